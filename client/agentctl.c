@@ -1,0 +1,610 @@
+/* agentctl: the thin command-line client. Every command is one or more RPC
+ * calls; this file only parses arguments and prints results. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "agentd-build.h"
+#include "macro.h"
+#include "print.h"
+#include "proto.h"
+#include "rpc-client.h"
+
+enum {
+        EXIT_DAEMON_ERROR = 1,
+        EXIT_USAGE = 2,
+        EXIT_UNREACHABLE = 3,
+};
+
+static bool arg_json;
+static const char *arg_socket;
+
+static void usage(FILE *f) {
+        fprintf(f, "Usage: agentctl [--socket PATH] [--json] COMMAND ...\n\nCommands:\n");
+        for (size_t i = 0; i < _RPC_METHOD_MAX; i++)
+                fprintf(f, "  %-72s %s\n", rpc_methods[i].cli, rpc_methods[i].summary);
+        fprintf(f, "\nExit status: 0 success, 1 error from the daemon, 2 usage error, 3 daemon unreachable;\n"
+                   "spawn without --detach exits with the command's status (128+N for signal N).\n");
+}
+
+static char *socket_path(void) {
+        if (arg_socket)
+                return strdup(arg_socket);
+        const char *e = getenv("AGENTD_SOCKET");
+        if (e && *e)
+                return strdup(e);
+        const char *rt = getenv("XDG_RUNTIME_DIR");
+        if (!rt || !*rt)
+                return NULL;
+        char *p;
+        if (asprintf(&p, "%s/agentd/agentd.sock", rt) < 0)
+                return NULL;
+        return p;
+}
+
+static int connect_daemon(rpc_client *c) {
+        _cleanup_free_ char *path = socket_path();
+        if (!path) {
+                fprintf(stderr, "agentctl: no socket: set XDG_RUNTIME_DIR or AGENTD_SOCKET, or pass --socket\n");
+                return -EXIT_UNREACHABLE;
+        }
+        int r = rpc_client_connect(c, path);
+        if (r < 0) {
+                fprintf(stderr, "agentctl: cannot reach agentd at %s: %s\n", path, strerror(-r));
+                return -EXIT_UNREACHABLE;
+        }
+        return 0;
+}
+
+/* One call: returns the exit status to use; prints errors. */
+static int call(rpc_client *c, const char *method, msgpack_sbuffer *params, const int *fds, unsigned n_fds,
+                rpc_result *res) {
+        int r = rpc_client_call(c, method, params ? params->data : NULL, params ? params->size : 0, fds, n_fds, res);
+        if (r < 0) {
+                fprintf(stderr, "agentctl: connection to agentd lost: %s\n", strerror(-r));
+                return EXIT_UNREACHABLE;
+        }
+        if (res->error) {
+                fprintf(stderr, "agentctl: %s: %s\n", res->code, res->message);
+                return EXIT_DAEMON_ERROR;
+        }
+        return 0;
+}
+
+/* The common case: call, print the result, exit. */
+static int simple(const char *method, msgpack_sbuffer *params, void (*printer)(const msgpack_object *)) {
+        rpc_client c;
+        rpc_result res;
+        int r = connect_daemon(&c);
+        if (r < 0)
+                return -r;
+        r = call(&c, method, params, NULL, 0, &res);
+        if (r == 0) {
+                if (arg_json)
+                        print_json(res.result);
+                else if (printer)
+                        printer(res.result);
+                else
+                        print_human(res.result);
+        }
+        rpc_result_done(&res);
+        rpc_client_close(&c);
+        return r;
+}
+
+typedef struct params {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+} params;
+
+static void params_init(params *p, size_t n) {
+        msgpack_sbuffer_init(&p->sb);
+        msgpack_packer_init(&p->pk, &p->sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&p->pk, n);
+}
+
+static int need_args(int argc, int want, const char *what) {
+        if (argc != want) {
+                fprintf(stderr, "agentctl: usage: agentctl %s\n", what);
+                return -1;
+        }
+        return 0;
+}
+
+static int cmd_by_id(const char *method, int argc, char **argv, const char *use) {
+        if (need_args(argc, 2, use) < 0)
+                return EXIT_USAGE;
+        params p;
+        params_init(&p, 1);
+        mp_pack_kv_str(&p.pk, "id", argv[1]);
+        int r = simple(method, &p.sb, NULL);
+        msgpack_sbuffer_destroy(&p.sb);
+        return r;
+}
+
+/* ---- spawn ------------------------------------------------------------- */
+
+static rpc_client *signal_client;
+static const char *signal_sandbox;
+static volatile sig_atomic_t pending_signal, got_winch;
+
+static void on_forward_signal(int sig) {
+        pending_signal = sig;
+}
+static void on_winch(int sig) {
+        got_winch = 1;
+}
+
+/* Forwards a signal the user sent agentctl (Ctrl-C) to the sandbox: the
+ * command runs in its own session, so the terminal cannot reach it. */
+static void forward_pending_signal(void) {
+        if (!pending_signal || !signal_client)
+                return;
+        int sig = pending_signal;
+        pending_signal = 0;
+        rpc_client k;
+        if (connect_daemon(&k) < 0)
+                return;
+        params p;
+        params_init(&p, 2);
+        mp_pack_kv_str(&p.pk, "id", signal_sandbox);
+        mp_pack_kv_i64(&p.pk, "signal", sig);
+        rpc_result res;
+        (void) rpc_client_call(&k, "sandbox.kill", p.sb.data, p.sb.size, NULL, 0, &res);
+        rpc_result_done(&res);
+        msgpack_sbuffer_destroy(&p.sb);
+        rpc_client_close(&k);
+}
+
+static struct termios saved_termios;
+static bool termios_saved;
+
+static void restore_terminal(void) {
+        if (termios_saved)
+                tcsetattr(STDIN_FILENO, TCSADRAIN, &saved_termios);
+        termios_saved = false;
+}
+
+static void copy_winsize(int master) {
+        struct winsize ws;
+        if (ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0)
+                (void) ioctl(master, TIOCSWINSZ, &ws);
+}
+
+/* Relays the user's terminal and the sandbox's pty until the pty closes. */
+static void relay_pty(int master) {
+        char buf[16384];
+        bool stdin_open = true;
+
+        if (isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved_termios) == 0) {
+                struct termios raw = saved_termios;
+                cfmakeraw(&raw);
+                termios_saved = true;
+                atexit(restore_terminal);
+                tcsetattr(STDIN_FILENO, TCSADRAIN, &raw);
+        }
+        copy_winsize(master);
+        for (;;) {
+                if (got_winch) {
+                        got_winch = 0;
+                        copy_winsize(master);
+                }
+                forward_pending_signal();
+                struct pollfd p[2] = { { .fd = master, .events = POLLIN }, { .fd = stdin_open ? STDIN_FILENO : -1, .events = POLLIN } };
+                int r = poll(p, 2, -1);
+                if (r < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        break;
+                }
+                if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+                        ssize_t n = read(master, buf, sizeof(buf));
+                        if (n <= 0)
+                                break; /* EIO: every slave is closed */
+                        for (ssize_t off = 0; off < n;) {
+                                ssize_t w = write(STDOUT_FILENO, buf + off, (size_t) (n - off));
+                                if (w < 0) {
+                                        if (errno == EINTR)
+                                                continue;
+                                        break;
+                                }
+                                off += w;
+                        }
+                }
+                if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+                        ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
+                        if (n <= 0) {
+                                stdin_open = false;
+                                /* Pass end-of-file on the way a terminal does. */
+                                char eof = 4;
+                                (void) !write(master, &eof, 1);
+                        } else
+                                (void) !write(master, buf, (size_t) n);
+                }
+        }
+        restore_terminal();
+}
+
+static int wait_exit_status(rpc_client *c, const char *id) {
+        for (;;) {
+                params p;
+                params_init(&p, 1);
+                mp_pack_kv_str(&p.pk, "id", id);
+                rpc_result res;
+                int r = rpc_client_call(c, "sandbox.wait", p.sb.data, p.sb.size, NULL, 0, &res);
+                msgpack_sbuffer_destroy(&p.sb);
+                if (r == -EINTR) {
+                        forward_pending_signal();
+                        continue;
+                }
+                if (r < 0) {
+                        fprintf(stderr, "agentctl: connection to agentd lost: %s\n", strerror(-r));
+                        return EXIT_UNREACHABLE;
+                }
+                if (res.error) {
+                        fprintf(stderr, "agentctl: %s: %s\n", res.code, res.message);
+                        rpc_result_done(&res);
+                        return EXIT_DAEMON_ERROR;
+                }
+                int64_t code = 0, sig = 0;
+                const msgpack_object *o = res.result;
+                for (uint32_t i = 0; o->type == MSGPACK_OBJECT_MAP && i < o->via.map.size; i++) {
+                        const msgpack_object_kv *kv = &o->via.map.ptr[i];
+                        if (mp_str_eq(&kv->key, "exit_code") && kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                                code = (int64_t) kv->val.via.u64;
+                        else if (mp_str_eq(&kv->key, "signal") && kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                                sig = (int64_t) kv->val.via.u64;
+                }
+                rpc_result_done(&res);
+                return sig > 0 ? 128 + (int) sig : (int) (code & 0xff);
+        }
+}
+
+static int cmd_spawn(int argc, char **argv) {
+        static const struct option opts[] = {
+                { "task", required_argument, NULL, 'T' },
+                { "workspace", required_argument, NULL, 'w' },
+                { "detach", no_argument, NULL, 'd' },
+                { "interactive", no_argument, NULL, 'i' },
+                { "tty", no_argument, NULL, 't' },
+                {},
+        };
+        const char *task = NULL, *workspace = NULL;
+        bool detach = false, tty = false;
+        int o;
+
+        optind = 1;
+        while ((o = getopt_long(argc, argv, "+itd", opts, NULL)) >= 0) {
+                switch (o) {
+                case 'T': task = optarg; break;
+                case 'w': workspace = optarg; break;
+                case 'd': detach = true; break;
+                case 'i': break; /* stdin is attached by default */
+                case 't': tty = true; break;
+                default: return EXIT_USAGE;
+                }
+        }
+        char **cmd = argv + optind;
+        int ncmd = argc - optind;
+        if (tty && detach) {
+                fprintf(stderr, "agentctl: -t and --detach cannot be combined\n");
+                return EXIT_USAGE;
+        }
+        if (tty && !isatty(STDIN_FILENO)) {
+                fprintf(stderr, "agentctl: -t needs a terminal on standard input\n");
+                return EXIT_USAGE;
+        }
+        _cleanup_free_ char *cwd = NULL;
+        if (!workspace) {
+                cwd = getcwd(NULL, 0);
+                if (!cwd) {
+                        fprintf(stderr, "agentctl: cannot determine the current directory: %m\n");
+                        return EXIT_USAGE;
+                }
+                workspace = cwd;
+        }
+        _cleanup_free_ char *ws_abs = realpath(workspace, NULL);
+        if (!ws_abs) {
+                fprintf(stderr, "agentctl: workspace %s: %m\n", workspace);
+                return EXIT_USAGE;
+        }
+
+        /* Only terminal-related variables leave the client; the task decides the rest. */
+        static const char *const passed[] = { "TERM", "COLORTERM", "LANG", "LC_ALL", "NO_COLOR" };
+        size_t nenv = 0;
+        for (size_t i = 0; i < ELEMENTSOF(passed); i++)
+                if (getenv(passed[i]))
+                        nenv++;
+
+        params p;
+        params_init(&p, 5 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0));
+        if (task)
+                mp_pack_kv_str(&p.pk, "task", task);
+        if (ncmd > 0) {
+                mp_pack_cstr(&p.pk, "argv");
+                msgpack_pack_array(&p.pk, (size_t) ncmd);
+                for (int i = 0; i < ncmd; i++)
+                        mp_pack_cstr(&p.pk, cmd[i]);
+        }
+        mp_pack_kv_str(&p.pk, "workspace", ws_abs);
+        mp_pack_kv_bool(&p.pk, "tty", tty);
+        mp_pack_kv_bool(&p.pk, "attach", !detach && !tty);
+        mp_pack_kv_bool(&p.pk, "detach", detach);
+        mp_pack_cstr(&p.pk, "env");
+        msgpack_pack_map(&p.pk, nenv);
+        for (size_t i = 0; i < ELEMENTSOF(passed); i++)
+                if (getenv(passed[i]))
+                        mp_pack_kv_str(&p.pk, passed[i], getenv(passed[i]));
+
+        rpc_client c;
+        int r = connect_daemon(&c);
+        if (r < 0) {
+                msgpack_sbuffer_destroy(&p.sb);
+                return -r;
+        }
+        int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
+        rpc_result res;
+        r = call(&c, "sandbox.spawn", &p.sb, fds, !detach && !tty ? 3 : 0, &res);
+        msgpack_sbuffer_destroy(&p.sb);
+        if (r != 0) {
+                rpc_result_done(&res);
+                rpc_client_close(&c);
+                return r;
+        }
+        _cleanup_free_ char *id = NULL;
+        const msgpack_object *o2 = res.result;
+        for (uint32_t i = 0; o2->type == MSGPACK_OBJECT_MAP && i < o2->via.map.size; i++)
+                if (mp_str_eq(&o2->via.map.ptr[i].key, "id") && o2->via.map.ptr[i].val.type == MSGPACK_OBJECT_STR)
+                        id = strndup(o2->via.map.ptr[i].val.via.str.ptr, o2->via.map.ptr[i].val.via.str.size);
+        if (detach) {
+                if (arg_json)
+                        print_json(res.result);
+                else
+                        printf("%s\n", id ? id : "?");
+                rpc_result_done(&res);
+                rpc_client_close(&c);
+                return 0;
+        }
+        rpc_result_done(&res);
+        if (!id) {
+                fprintf(stderr, "agentctl: internal: spawn reply without id\n");
+                rpc_client_close(&c);
+                return EXIT_DAEMON_ERROR;
+        }
+
+        signal_client = &c;
+        signal_sandbox = id;
+        struct sigaction sa = { .sa_handler = on_forward_signal };
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL);
+        sigaction(SIGQUIT, &sa, NULL);
+        if (tty) {
+                if (c.n_received_fds < 1) {
+                        fprintf(stderr, "agentctl: internal: no terminal received from agentd\n");
+                        rpc_client_close(&c);
+                        return EXIT_DAEMON_ERROR;
+                }
+                int master = c.received_fds[0];
+                c.received_fds[0] = -1;
+                c.n_received_fds = 0;
+                struct sigaction sw = { .sa_handler = on_winch };
+                sigaction(SIGWINCH, &sw, NULL);
+                relay_pty(master);
+                close(master);
+        }
+        r = wait_exit_status(&c, id);
+        rpc_client_close(&c);
+        return r;
+}
+
+/* ---- logs -------------------------------------------------------------- */
+
+static void write_bin(int fd, const msgpack_object *o) {
+        if (!o || (o->type != MSGPACK_OBJECT_BIN && o->type != MSGPACK_OBJECT_STR))
+                return;
+        const char *p = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.ptr : o->via.str.ptr;
+        size_t n = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.size : o->via.str.size;
+        while (n > 0) {
+                ssize_t w = write(fd, p, n);
+                if (w < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return;
+                }
+                p += w;
+                n -= (size_t) w;
+        }
+}
+
+static const msgpack_object *map_get(const msgpack_object *m, const char *key) {
+        for (uint32_t i = 0; m && m->type == MSGPACK_OBJECT_MAP && i < m->via.map.size; i++)
+                if (mp_str_eq(&m->via.map.ptr[i].key, key))
+                        return &m->via.map.ptr[i].val;
+        return NULL;
+}
+
+static void print_logs(const msgpack_object *o) {
+        write_bin(STDOUT_FILENO, map_get(o, "stdout"));
+        write_bin(STDERR_FILENO, map_get(o, "stderr"));
+}
+
+static bool follow_done;
+
+static void on_follow_notification(const char *method, size_t len, const msgpack_object *params, void *userdata) {
+        if (len == strlen("sandbox.output") && memcmp(method, "sandbox.output", len) == 0) {
+                const msgpack_object *stream = map_get(params, "stream");
+                write_bin(mp_str_eq(stream, "stderr") ? STDERR_FILENO : STDOUT_FILENO, map_get(params, "data"));
+        } else if (len == strlen("sandbox.state") && memcmp(method, "sandbox.state", len) == 0) {
+                const msgpack_object *state = map_get(params, "state");
+                if (mp_str_eq(state, "exited") || mp_str_eq(state, "killed"))
+                        follow_done = true;
+        }
+}
+
+static int cmd_logs(int argc, char **argv) {
+        bool follow = false;
+        const char *id = NULL;
+        for (int i = 1; i < argc; i++) {
+                if (streq(argv[i], "-f") || streq(argv[i], "--follow"))
+                        follow = true;
+                else if (!id)
+                        id = argv[i];
+                else
+                        id = NULL, i = argc;
+        }
+        if (!id) {
+                fprintf(stderr, "agentctl: usage: agentctl logs ID [-f]\n");
+                return EXIT_USAGE;
+        }
+        if (!follow) {
+                params p;
+                params_init(&p, 1);
+                mp_pack_kv_str(&p.pk, "id", id);
+                int r = simple("sandbox.logs", &p.sb, print_logs);
+                msgpack_sbuffer_destroy(&p.sb);
+                return r;
+        }
+        rpc_client c;
+        int r = connect_daemon(&c);
+        if (r < 0)
+                return -r;
+        c.on_notification = on_follow_notification;
+        params p;
+        params_init(&p, 1);
+        mp_pack_kv_str(&p.pk, "sandbox", id);
+        rpc_result res;
+        r = call(&c, "events.subscribe", &p.sb, NULL, 0, &res);
+        msgpack_sbuffer_destroy(&p.sb);
+        rpc_result_done(&res);
+        if (r == 0) {
+                /* Output so far, then live output until the sandbox ends. */
+                params q;
+                params_init(&q, 1);
+                mp_pack_kv_str(&q.pk, "id", id);
+                r = call(&c, "sandbox.logs", &q.sb, NULL, 0, &res);
+                msgpack_sbuffer_destroy(&q.sb);
+                if (r == 0) {
+                        print_logs(res.result);
+                        const msgpack_object *st = map_get(res.result, "state");
+                        if (mp_str_eq(st, "exited") || mp_str_eq(st, "killed"))
+                                follow_done = true;
+                }
+                rpc_result_done(&res);
+                while (r == 0 && !follow_done) {
+                        int q2 = rpc_client_pump(&c, -1);
+                        if (q2 < 0 && q2 != -EINTR)
+                                break;
+                }
+        }
+        rpc_client_close(&c);
+        return r;
+}
+
+static int cmd_kill(int argc, char **argv) {
+        const char *id = NULL, *sig = NULL;
+        for (int i = 1; i < argc; i++) {
+                if ((streq(argv[i], "--signal") || streq(argv[i], "-s")) && i + 1 < argc)
+                        sig = argv[++i];
+                else if (!strncmp(argv[i], "--signal=", 9))
+                        sig = argv[i] + 9;
+                else if (!id)
+                        id = argv[i];
+                else {
+                        id = NULL;
+                        break;
+                }
+        }
+        if (!id) {
+                fprintf(stderr, "agentctl: usage: agentctl kill ID [--signal SIG]\n");
+                return EXIT_USAGE;
+        }
+        params p;
+        params_init(&p, sig ? 2 : 1);
+        mp_pack_kv_str(&p.pk, "id", id);
+        if (sig) {
+                char *end;
+                long n = strtol(sig, &end, 10);
+                if (*end == 0 && end != sig)
+                        mp_pack_kv_i64(&p.pk, "signal", n);
+                else
+                        mp_pack_kv_str(&p.pk, "signal", sig);
+        }
+        int r = simple("sandbox.kill", &p.sb, print_nothing);
+        msgpack_sbuffer_destroy(&p.sb);
+        return r;
+}
+
+int main(int argc, char **argv) {
+        static const struct option opts[] = {
+                { "socket", required_argument, NULL, 's' },
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                {},
+        };
+        int o;
+        while ((o = getopt_long(argc, argv, "+h", opts, NULL)) >= 0) {
+                switch (o) {
+                case 's': arg_socket = optarg; break;
+                case 'j': arg_json = true; break;
+                case 'h': usage(stdout); return 0;
+                case 'V': printf("agentctl %s (protocol %d)\n", AGENTD_VERSION, AGENTD_PROTOCOL_VERSION); return 0;
+                default: usage(stderr); return EXIT_USAGE;
+                }
+        }
+        if (optind >= argc) {
+                usage(stderr);
+                return EXIT_USAGE;
+        }
+        argc -= optind;
+        argv += optind;
+        const char *cmd = argv[0];
+
+        if (streq(cmd, "ping") || streq(cmd, "status")) {
+                if (need_args(argc, 1, cmd) < 0)
+                        return EXIT_USAGE;
+                return simple(streq(cmd, "ping") ? "agentd.ping" : "agentd.status", NULL, NULL);
+        }
+        if (streq(cmd, "tasks")) {
+                if (need_args(argc, 1, "tasks") < 0)
+                        return EXIT_USAGE;
+                return simple("task.list", NULL, print_task_list);
+        }
+        if (streq(cmd, "task")) {
+                if (argc != 3 || !streq(argv[1], "show")) {
+                        fprintf(stderr, "agentctl: usage: agentctl task show NAME\n");
+                        return EXIT_USAGE;
+                }
+                params p;
+                params_init(&p, 1);
+                mp_pack_kv_str(&p.pk, "name", argv[2]);
+                int r = simple("task.show", &p.sb, NULL);
+                msgpack_sbuffer_destroy(&p.sb);
+                return r;
+        }
+        if (streq(cmd, "spawn"))
+                return cmd_spawn(argc, argv);
+        if (streq(cmd, "ps")) {
+                if (need_args(argc, 1, "ps") < 0)
+                        return EXIT_USAGE;
+                return simple("sandbox.list", NULL, print_sandbox_list);
+        }
+        if (streq(cmd, "wait"))
+                return cmd_by_id("sandbox.wait", argc, argv, "wait ID");
+        if (streq(cmd, "kill"))
+                return cmd_kill(argc, argv);
+        if (streq(cmd, "logs"))
+                return cmd_logs(argc, argv);
+
+        fprintf(stderr, "agentctl: unknown command '%s' (see agentctl --help)\n", cmd);
+        return EXIT_USAGE;
+}

@@ -1,0 +1,218 @@
+/* Blocking msgpack-rpc client: one request at a time, notifications handed
+ * to a callback while waiting for the matching response. */
+#include "rpc-client.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "macro.h"
+#include "proto.h"
+
+int rpc_client_connect(rpc_client *c, const char *path) {
+        memset(c, 0, sizeof(*c));
+        c->fd = -1;
+        c->next_msgid = 1;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        c->fd = fd;
+        if (!msgpack_unpacker_init(&c->unpacker, 64 * 1024)) {
+                close(fd);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+void rpc_client_close(rpc_client *c) {
+        if (c->fd >= 0) {
+                close(c->fd);
+                msgpack_unpacker_destroy(&c->unpacker);
+        }
+        for (unsigned i = 0; i < c->n_received_fds; i++)
+                safe_close(c->received_fds[i]);
+        c->n_received_fds = 0;
+        c->fd = -1;
+}
+
+static int send_all(int fd, const char *data, size_t len, const int *fds, unsigned n_fds) {
+        bool first = true;
+        while (len > 0) {
+                struct iovec iov = { (void *) data, len };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+                union {
+                        struct cmsghdr h;
+                        char buf[CMSG_SPACE(sizeof(int) * 4)];
+                } cm;
+                if (first && n_fds > 0) {
+                        memset(&cm, 0, sizeof(cm));
+                        mh.msg_control = cm.buf;
+                        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+                        struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
+                        h->cmsg_level = SOL_SOCKET;
+                        h->cmsg_type = SCM_RIGHTS;
+                        h->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+                        memcpy(CMSG_DATA(h), fds, sizeof(int) * n_fds);
+                }
+                ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                first = false;
+                data += n;
+                len -= (size_t) n;
+        }
+        return 0;
+}
+
+/* Reads more bytes into the unpacker, keeping fds that arrive. */
+static int read_more(rpc_client *c, int timeout_ms) {
+        if (timeout_ms >= 0) {
+                struct pollfd p = { .fd = c->fd, .events = POLLIN };
+                int r = poll(&p, 1, timeout_ms);
+                if (r < 0)
+                        return errno == EINTR ? 0 : -errno;
+                if (r == 0)
+                        return -ETIMEDOUT;
+        }
+        if (msgpack_unpacker_buffer_capacity(&c->unpacker) < 4096 &&
+            !msgpack_unpacker_reserve_buffer(&c->unpacker, 64 * 1024))
+                return -ENOMEM;
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int) * 4)];
+        } cm;
+        struct iovec iov = { msgpack_unpacker_buffer(&c->unpacker), msgpack_unpacker_buffer_capacity(&c->unpacker) };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+        ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
+        if (n < 0)
+                return errno == EINTR ? 0 : -errno;
+        for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
+                if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+                        continue;
+                size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                int *fds = (int *) CMSG_DATA(h);
+                for (size_t i = 0; i < nfd; i++) {
+                        if (c->n_received_fds < ELEMENTSOF(c->received_fds))
+                                c->received_fds[c->n_received_fds++] = fds[i];
+                        else
+                                close(fds[i]);
+                }
+        }
+        if (n == 0)
+                return -ECONNRESET;
+        msgpack_unpacker_buffer_consumed(&c->unpacker, (size_t) n);
+        return 1;
+}
+
+static void copy_str(char *dst, size_t n, const msgpack_object *o) {
+        if (!o || o->type != MSGPACK_OBJECT_STR) {
+                dst[0] = 0;
+                return;
+        }
+        size_t l = o->via.str.size < n - 1 ? o->via.str.size : n - 1;
+        memcpy(dst, o->via.str.ptr, l);
+        dst[l] = 0;
+}
+
+/* Waits for the response to msgid (or, with msgid 0, for any notification). */
+static int wait_response(rpc_client *c, uint32_t msgid, rpc_result *res, int timeout_ms) {
+        for (;;) {
+                msgpack_unpacked u;
+                msgpack_unpacked_init(&u);
+                msgpack_unpack_return ur;
+                while ((ur = msgpack_unpacker_next(&c->unpacker, &u)) == MSGPACK_UNPACK_SUCCESS) {
+                        const msgpack_object *o = &u.data;
+                        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 3)
+                                continue;
+                        const msgpack_object *a = o->via.array.ptr;
+                        if (a[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[0].via.u64 == RPC_NOTIFICATION &&
+                            a[1].type == MSGPACK_OBJECT_STR) {
+                                const msgpack_object *params = NULL;
+                                if (a[2].type == MSGPACK_OBJECT_ARRAY && a[2].via.array.size == 1)
+                                        params = &a[2].via.array.ptr[0];
+                                if (c->on_notification)
+                                        c->on_notification(a[1].via.str.ptr, a[1].via.str.size, params, c->userdata);
+                                if (msgid == 0) {
+                                        msgpack_unpacked_destroy(&u);
+                                        return 0;
+                                }
+                                continue;
+                        }
+                        if (o->via.array.size == 4 && a[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                            a[0].via.u64 == RPC_RESPONSE && msgid != 0 &&
+                            ((a[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[1].via.u64 == msgid) ||
+                             a[1].type == MSGPACK_OBJECT_NIL)) {
+                                res->unpacked = u;
+                                res->error = a[2].type == MSGPACK_OBJECT_NIL ? NULL : &a[2];
+                                res->result = &a[3];
+                                res->code[0] = res->message[0] = 0;
+                                if (res->error && res->error->type == MSGPACK_OBJECT_MAP) {
+                                        for (uint32_t i = 0; i < res->error->via.map.size; i++) {
+                                                const msgpack_object_kv *kv = &res->error->via.map.ptr[i];
+                                                if (mp_str_eq(&kv->key, "code"))
+                                                        copy_str(res->code, sizeof(res->code), &kv->val);
+                                                else if (mp_str_eq(&kv->key, "message"))
+                                                        copy_str(res->message, sizeof(res->message), &kv->val);
+                                        }
+                                } else if (res->error)
+                                        snprintf(res->code, sizeof(res->code), "internal");
+                                return 0;
+                        }
+                }
+                msgpack_unpacked_destroy(&u);
+                if (ur == MSGPACK_UNPACK_PARSE_ERROR)
+                        return -EBADMSG;
+                int r = read_more(c, timeout_ms);
+                if (r < 0)
+                        return r;
+        }
+}
+
+int rpc_client_call(rpc_client *c, const char *method, const char *params, size_t params_len,
+                    const int *fds, unsigned n_fds, rpc_result *res) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        uint32_t id = c->next_msgid++;
+
+        memset(res, 0, sizeof(*res));
+        msgpack_unpacked_init(&res->unpacked);
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        rpc_pack_request_header(&pk, id, method);
+        if (params) {
+                msgpack_pack_array(&pk, 1);
+                msgpack_sbuffer_write(&sb, params, params_len);
+        } else
+                msgpack_pack_array(&pk, 0);
+        int r = send_all(c->fd, sb.data, sb.size, fds, n_fds);
+        msgpack_sbuffer_destroy(&sb);
+        if (r < 0)
+                return r;
+        msgpack_unpacked_destroy(&res->unpacked);
+        return wait_response(c, id, res, -1);
+}
+
+int rpc_client_pump(rpc_client *c, int timeout_ms) {
+        return wait_response(c, 0, NULL, timeout_ms);
+}
+
+void rpc_result_done(rpc_result *res) {
+        msgpack_unpacked_destroy(&res->unpacked);
+        memset(res, 0, sizeof(*res));
+}

@@ -1,0 +1,237 @@
+/* agentd.conf: defaults for every key, then the file, parsed by libinih.
+ * A bad line is reported as file:line and nothing of the file is applied. */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "macro.h"
+
+typedef struct parse_state {
+        agentd_config *c;
+        const char *home;
+        char message[256];
+        unsigned line;
+} parse_state;
+
+static int parse_bool(const char *v, bool *ret) {
+        if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "on"))
+                *ret = true;
+        else if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcmp(v, "0") || !strcasecmp(v, "off"))
+                *ret = false;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+static int parse_size(const char *v, size_t *ret) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(v, &end, 10);
+        if (errno || end == v || v[0] == '-')
+                return -EINVAL;
+        unsigned long long mul = 1;
+        if (*end == 'K' || *end == 'k')
+                mul = 1024, end++;
+        else if (*end == 'M')
+                mul = 1024 * 1024, end++;
+        else if (*end == 'G')
+                mul = 1024ull * 1024 * 1024, end++;
+        if (*end)
+                return -EINVAL;
+        if (n > SIZE_MAX / mul)
+                return -ERANGE;
+        *ret = (size_t) (n * mul);
+        return 0;
+}
+
+static int parse_uint(const char *v, unsigned *ret) {
+        char *end;
+        errno = 0;
+        unsigned long n = strtoul(v, &end, 10);
+        if (errno || end == v || *end || v[0] == '-' || n > 1000000)
+                return -EINVAL;
+        *ret = (unsigned) n;
+        return 0;
+}
+
+static char *expand_home(const char *v, const char *home) {
+        if (v[0] == '~' && (v[1] == '/' || v[1] == 0) && home) {
+                char *r;
+                if (asprintf(&r, "%s%s", home, v + 1) < 0)
+                        return NULL;
+                return r;
+        }
+        return strdup(v);
+}
+
+static int set_str(char **field, const char *v) {
+        char *n = strdup(v);
+        if (!n)
+                return -ENOMEM;
+        free(*field);
+        *field = *v ? n : (free(n), NULL);
+        return 0;
+}
+
+/* "Key=value   # comment": the contract's own examples carry trailing comments. */
+static void strip_inline_comment(char *v) {
+        for (char *p = v; *p; p++)
+                if ((*p == '#' || *p == ';') && p > v && (p[-1] == ' ' || p[-1] == '\t')) {
+                        *p = 0;
+                        break;
+                }
+        size_t n = strlen(v);
+        while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+                v[--n] = 0;
+}
+
+static int handler(void *userdata, const char *section, const char *key, const char *raw_value) {
+        parse_state *s = userdata;
+        char value[4096];
+        snprintf(value, sizeof(value), "%s", raw_value ? raw_value : "");
+        strip_inline_comment(value);
+        agentd_config *c = s->c;
+        int r = 0;
+
+#define KEY(sec, k) (!strcmp(section, sec) && !strcmp(key, k))
+        if (!key) {
+                if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM")) {
+                        snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
+                        return 0;
+                }
+                return 1;
+        }
+        if (KEY("Daemon", "StateDirectory")) {
+                if (value[0] != '/' && value[0] != '~') {
+                        snprintf(s->message, sizeof(s->message), "StateDirectory= must be an absolute path");
+                        return 0;
+                }
+                char *p = expand_home(value, s->home);
+                if (!p)
+                        return 0;
+                free(c->state_directory);
+                c->state_directory = p;
+        } else if (KEY("Daemon", "MaxMessageSize")) {
+                r = parse_size(value, &c->max_message_size);
+                if (r == 0 && (c->max_message_size < 1024 || c->max_message_size > 64u * 1024 * 1024))
+                        r = -ERANGE;
+        } else if (KEY("Daemon", "MaxConnections")) {
+                r = parse_uint(value, &c->max_connections);
+                if (r == 0 && c->max_connections == 0)
+                        r = -ERANGE;
+        } else if (KEY("Daemon", "MaxRequestsInFlight")) {
+                r = parse_uint(value, &c->max_in_flight);
+                if (r == 0 && c->max_in_flight == 0)
+                        r = -ERANGE;
+        } else if (KEY("Daemon", "MaxSandboxes")) {
+                r = parse_uint(value, &c->max_sandboxes);
+        } else if (KEY("Daemon", "LogLimit")) {
+                r = parse_size(value, &c->log_limit);
+        } else if (KEY("Daemon", "CgroupPath")) {
+                r = set_str(&c->cgroup_path, value);
+        } else if (KEY("Daemon", "SandboxHelper")) {
+                r = set_str(&c->sandbox_helper, value);
+        } else if (KEY("Vault", "Address")) {
+                r = set_str(&c->vault_address, value);
+        } else if (KEY("Vault", "Namespace")) {
+                r = set_str(&c->vault_namespace, value);
+        } else if (KEY("Vault", "CACertificate")) {
+                r = set_str(&c->vault_ca_certificate, value);
+        } else if (KEY("Vault", "AppRolePath")) {
+                r = set_str(&c->vault_approle_path, value);
+        } else if (KEY("TPM", "TCTI")) {
+                r = set_str(&c->tpm_tcti, value);
+        } else if (KEY("TPM", "AllowSoftwareKey")) {
+                r = parse_bool(value, &c->tpm_allow_software_key);
+        } else {
+                snprintf(s->message, sizeof(s->message), "unknown key %s= in [%s]", key, section);
+                return 0;
+        }
+#undef KEY
+        if (r < 0) {
+                snprintf(s->message, sizeof(s->message), "bad value for %s=: \"%.100s\"", key, value);
+                return 0;
+        }
+        return 1;
+}
+
+void config_free(agentd_config *c) {
+        if (!c)
+                return;
+        free(c->state_directory);
+        free(c->cgroup_path);
+        free(c->sandbox_helper);
+        free(c->vault_address);
+        free(c->vault_namespace);
+        free(c->vault_ca_certificate);
+        free(c->vault_approle_path);
+        free(c->tpm_tcti);
+        free(c);
+}
+
+char *config_default_path(void) {
+        const char *xdg = getenv("XDG_CONFIG_HOME");
+        const char *home = getenv("HOME");
+        char *p = NULL;
+        if (xdg && xdg[0] == '/')
+                (void) !asprintf(&p, "%s/agentd/agentd.conf", xdg);
+        else if (home)
+                (void) !asprintf(&p, "%s/.config/agentd/agentd.conf", home);
+        return p;
+}
+
+int config_load(const char *path, const char *home, agentd_config **ret, config_error *err) {
+        agentd_config *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+
+        const char *xdg_state = getenv("XDG_STATE_HOME");
+        if (xdg_state && xdg_state[0] == '/')
+                (void) !asprintf(&c->state_directory, "%s/agentd", xdg_state);
+        else
+                (void) !asprintf(&c->state_directory, "%s/.local/state/agentd", home ? home : "/nonexistent");
+        c->max_message_size = 1024 * 1024;
+        c->max_connections = 512;
+        c->max_in_flight = 32;
+        c->max_sandboxes = 1024;
+        c->log_limit = 1024 * 1024;
+        c->vault_approle_path = strdup("approle");
+        c->tpm_tcti = strdup("device:/dev/tpmrm0");
+        if (!c->state_directory || !c->vault_approle_path || !c->tpm_tcti) {
+                config_free(c);
+                return -ENOMEM;
+        }
+
+        if (path) {
+                FILE *f = fopen(path, "re");
+                if (!f && errno != ENOENT) {
+                        int e = errno;
+                        snprintf(err->file, sizeof(err->file), "%s", path);
+                        err->line = 0;
+                        snprintf(err->message, sizeof(err->message), "cannot open: %s", strerror(e));
+                        config_free(c);
+                        return -e;
+                }
+                if (f) {
+                        parse_state s = { .c = c, .home = home };
+                        int line = ini_parse_file(f, handler, &s);
+                        fclose(f);
+                        if (line != 0) {
+                                snprintf(err->file, sizeof(err->file), "%s", path);
+                                err->line = line > 0 ? (unsigned) line : 0;
+                                snprintf(err->message, sizeof(err->message), "%s",
+                                         s.message[0] ? s.message : "syntax error");
+                                config_free(c);
+                                return -EINVAL;
+                        }
+                }
+        }
+        *ret = c;
+        return 0;
+}

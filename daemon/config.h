@@ -1,0 +1,35 @@
+/* agentd.conf (CONTRACT §5): INI parsed by libinih; every key has a default. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct agentd_config {
+        char *state_directory;
+        size_t max_message_size;
+        unsigned max_connections;
+        unsigned max_in_flight;
+        char *cgroup_path;           /* override of the cgroup sandboxes go under */
+        char *sandbox_helper;        /* override of the agentd-sandbox path */
+        unsigned max_sandboxes;
+        size_t log_limit;            /* bytes of output kept per stream */
+
+        char *vault_address;
+        char *vault_namespace;
+        char *vault_ca_certificate;
+        char *vault_approle_path;
+
+        char *tpm_tcti;
+        bool tpm_allow_software_key;
+} agentd_config;
+
+typedef struct config_error {
+        char file[512];
+        unsigned line;
+        char message[256];
+} config_error;
+
+/* Defaults, then the file if it exists. A missing file is not an error. */
+int config_load(const char *path, const char *home, agentd_config **ret, config_error *err);
+void config_free(agentd_config *c);
+char *config_default_path(void);

@@ -1,0 +1,48 @@
+/* agentd.ping and agentd.status. */
+#include "agentd-build.h"
+#include <string.h>
+
+#include "config.h"
+#include "manager.h"
+#include "server.h"
+
+int rpc_agentd_ping(rpc_ctx *ctx, rpc_error *err) {
+        msgpack_packer *pk = ctx->pk;
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_str(pk, "version", AGENTD_VERSION);
+        mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
+        mp_pack_kv_u64(pk, "uptime_ms", now_msec() - ctx->m->start_msec);
+        return 0;
+}
+
+static const char *vault_state(const manager *m) {
+        if (!m->config->vault_address)
+                return "unconfigured";
+        return "unavailable: the credential broker is not built into this version";
+}
+
+static const char *tpm_state(const manager *m) {
+        if (!m->config->vault_address)
+                return "unconfigured";
+        return "unavailable: the credential broker is not built into this version";
+}
+
+int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        msgpack_packer *pk = ctx->pk;
+
+        msgpack_pack_map(pk, 12);
+        mp_pack_kv_str(pk, "version", AGENTD_VERSION);
+        mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
+        mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);
+        mp_pack_kv_u64(pk, "sandboxes", m->n_sandboxes);
+        mp_pack_kv_bool(pk, "locked_down", m->locked_down);
+        mp_pack_kv_str(pk, "vault", vault_state(m));
+        mp_pack_kv_str(pk, "tpm", tpm_state(m));
+        mp_pack_kv_str(pk, "cgroup", m->cgroup_status ? m->cgroup_status : "unavailable: not set up");
+        mp_pack_kv_str(pk, "cgroup_controllers", m->cgroup_controllers ? m->cgroup_controllers : "");
+        mp_pack_kv_u64(pk, "connections", m->n_connections);
+        mp_pack_kv_str(pk, "state_directory", m->config->state_directory);
+        mp_pack_kv_str(pk, "socket", m->socket_path ? m->socket_path : "(socket-activated)");
+        return 0;
+}

@@ -1,0 +1,1458 @@
+/* The sandbox lifecycle in the daemon (the "brains"). The namespace work is
+ * done by a separate helper executable, agentd-sandbox (the "hands"), started
+ * with posix_spawn and watched through pidfds on the libuv loop, so the
+ * daemon never forks into a sandbox. This file builds the helper's spec,
+ * relays and records output, enforces timeouts and answers the sandbox.*
+ * methods. */
+#include "sandbox.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agentd-build.h"
+#include "cgroup.h"
+#include "daemon.h"
+#include "log.h"
+#include "macro.h"
+#include "policy.h"
+#include "seccomp-build.h"
+
+#define MAX_ENDED_KEPT 256
+#define MAX_ARGV_BYTES (256 * 1024)
+#define MAX_ARGV_COUNT 4096
+#define CLIENT_PENDING_MAX (1024 * 1024)
+
+extern char **environ;
+
+static int pidfd_open_(pid_t pid) {
+        return (int) syscall(SYS_pidfd_open, pid, 0);
+}
+static int pidfd_send_signal_(int pidfd, int sig) {
+        return (int) syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+const char *sandbox_state_to_string(sandbox_state s) {
+        switch (s) {
+        case SANDBOX_STARTING: return "starting";
+        case SANDBOX_RUNNING: return "running";
+        case SANDBOX_FROZEN: return "frozen";
+        case SANDBOX_EXITED: return "exited";
+        case SANDBOX_KILLED: return "killed";
+        }
+        return "?";
+}
+
+static bool sandbox_ended(const sandbox *s) {
+        return s->state == SANDBOX_EXITED || s->state == SANDBOX_KILLED;
+}
+
+sandbox *sandbox_find(manager *m, const char *id) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (streq(s->id, id))
+                        return s;
+        }
+        return NULL;
+}
+
+/* ---- seccomp programs, built once per profile ---------------------------- */
+
+typedef struct bpf_cache {
+        struct bpf_cache *next;
+        char *profile;
+        void *bpf;
+        size_t len;
+} bpf_cache;
+static bpf_cache *bpf_cached;
+
+static int get_bpf(const char *profile, const void **ret_bpf, size_t *ret_len, char **ret_error) {
+        for (bpf_cache *c = bpf_cached; c; c = c->next)
+                if (streq(c->profile, profile)) {
+                        *ret_bpf = c->bpf;
+                        *ret_len = c->len;
+                        return 0;
+                }
+        void *bpf = NULL;
+        size_t len = 0;
+        int r = seccomp_build_bpf(profile, &bpf, &len, ret_error);
+        if (r < 0)
+                return r;
+        bpf_cache *c = calloc(1, sizeof(*c));
+        if (!c || !(c->profile = strdup(profile))) {
+                free(c);
+                free(bpf);
+                return -ENOMEM;
+        }
+        c->bpf = bpf;
+        c->len = len;
+        /* A profile file may change: only named profiles are cached. */
+        if (profile[0] != '/') {
+                c->next = bpf_cached;
+                bpf_cached = c;
+        }
+        *ret_bpf = c->bpf;
+        *ret_len = c->len;
+        if (profile[0] == '/') {
+                /* Caller copies into a memfd right away; keep it alive until the next call. */
+                static bpf_cache *last_file;
+                if (last_file) {
+                        free(last_file->profile);
+                        free(last_file->bpf);
+                        free(last_file);
+                }
+                last_file = c;
+        }
+        return 0;
+}
+
+static void bpf_cache_free(void) {
+        for (bpf_cache *c = bpf_cached, *n; c; c = n) {
+                n = c->next;
+                free(c->profile);
+                free(c->bpf);
+                free(c);
+        }
+        bpf_cached = NULL;
+}
+
+static int memfd_with(const char *name, const void *data, size_t len) {
+        int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return -errno;
+        const char *p = data;
+        size_t left = len;
+        while (left > 0) {
+                ssize_t n = write(fd, p, left);
+                if (n < 0) {
+                        int r = -errno;
+                        close(fd);
+                        return r;
+                }
+                p += n;
+                left -= (size_t) n;
+        }
+        (void) fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+        if (lseek(fd, 0, SEEK_SET) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+/* ---- the spec handed to the helper ---------------------------------------- */
+
+typedef struct spec {
+        char *buf;
+        size_t len, cap;
+        bool oom;
+} spec;
+
+static void spec_add(spec *s, const char *key, const char *value) {
+        size_t kl = strlen(key), vl = strlen(value), need = kl + 1 + vl + 1;
+        if (s->oom)
+                return;
+        if (s->len + need > s->cap) {
+                size_t ncap = (s->cap + need) * 2;
+                char *n = realloc(s->buf, ncap);
+                if (!n) {
+                        s->oom = true;
+                        return;
+                }
+                s->buf = n;
+                s->cap = ncap;
+        }
+        memcpy(s->buf + s->len, key, kl);
+        s->buf[s->len + kl] = '=';
+        memcpy(s->buf + s->len + kl + 1, value, vl);
+        s->buf[s->len + kl + 1 + vl] = 0;
+        s->len += need;
+}
+
+static void spec_add_int(spec *s, const char *key, long v) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "%ld", v);
+        spec_add(s, key, buf);
+}
+
+/* ---- environment ----------------------------------------------------------- */
+
+static bool env_name_valid(const char *n) {
+        if (!*n || strlen(n) > 128)
+                return false;
+        for (const char *p = n; *p; p++)
+                if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+                        return false;
+        return !(n[0] >= '0' && n[0] <= '9');
+}
+
+/* What a caller may always set: terminal and locale, nothing that changes
+ * how programs load code (no LD_*, no PATH). */
+static bool env_always_allowed(const char *n) {
+        static const char *const names[] = { "TERM", "COLORTERM", "LANG", "LANGUAGE", "LC_ALL", "NO_COLOR", "TZ", "COLUMNS", "LINES" };
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (streq(n, names[i]))
+                        return true;
+        return strncmp(n, "LC_", 3) == 0;
+}
+
+static bool strv_contains(char *const *v, const char *s) {
+        for (size_t i = 0; v && v[i]; i++)
+                if (streq(v[i], s))
+                        return true;
+        return false;
+}
+
+/* ---- lifecycle --------------------------------------------------------------- */
+
+static void sandbox_maybe_complete(sandbox *s);
+static void sandbox_free(sandbox *s);
+
+static void handle_closed(uv_handle_t *h) {
+        sandbox *s = h->data;
+        if (--s->open_handles == 0 && s->refcount == 0)
+                sandbox_free(s);
+}
+
+static void close_handle(sandbox *s, uv_handle_t *h, bool *flag) {
+        if (!*flag)
+                return;
+        *flag = false;
+        h->data = s;
+        s->open_handles++;
+        uv_close(h, handle_closed);
+}
+
+static void sandbox_unref(sandbox *s) {
+        if (--s->refcount == 0 && s->open_handles == 0)
+                sandbox_free(s);
+}
+
+static void sandbox_free(sandbox *s) {
+        free(s->task);
+        free(s->workspace);
+        free(s->dir);
+        free(s->cgroup);
+        free(s->limits_note);
+        free(s->end_reason);
+        free(s->setup_error);
+        strv_free(s->argv);
+        for (int i = 0; i < 2; i++) {
+                safe_close(s->out[i].pipe_fd);
+                safe_close(s->out[i].log_fd);
+                safe_close(s->out[i].client_fd);
+                free(s->out[i].pending);
+        }
+        safe_close(s->helper_pidfd);
+        safe_close(s->init_pidfd);
+        safe_close(s->status_fd);
+        safe_close(s->tty_master);
+        free(s);
+}
+
+typedef struct state_event {
+        sandbox *s;
+} state_event;
+
+static void pack_state_event(msgpack_packer *pk, void *userdata) {
+        sandbox *s = userdata;
+        bool ended = sandbox_ended(s);
+        msgpack_pack_map(pk, ended ? 5 : 3);
+        mp_pack_kv_str(pk, "id", s->id);
+        mp_pack_kv_str(pk, "state", sandbox_state_to_string(s->state));
+        mp_pack_kv_str(pk, "task", s->task);
+        if (ended) {
+                mp_pack_kv_i64(pk, "exit_code", s->exit_code);
+                mp_pack_kv_i64(pk, "signal", s->exit_signal);
+        }
+}
+
+static void set_state(sandbox *s, sandbox_state st) {
+        s->state = st;
+        server_broadcast(s->m, s->id, "sandbox.state", pack_state_event, s);
+}
+
+typedef struct output_event {
+        sandbox *s;
+        const char *stream;
+        const void *data;
+        size_t len;
+} output_event;
+
+static void pack_output_event(msgpack_packer *pk, void *userdata) {
+        output_event *e = userdata;
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_str(pk, "id", e->s->id);
+        mp_pack_kv_str(pk, "stream", e->stream);
+        mp_pack_cstr(pk, "data");
+        msgpack_pack_bin(pk, e->len);
+        msgpack_pack_bin_body(pk, e->data, e->len);
+}
+
+/* ---- output relay ----------------------------------------------------------- */
+
+static void on_client_writable(uv_poll_t *h, int status, int events);
+static void on_pipe_readable(uv_poll_t *h, int status, int events);
+
+static void stream_update(output_stream *o) {
+        sandbox *s = o->sb;
+        /* Read from the sandbox only while the client keeps up. */
+        if (o->pipe_fd >= 0 && o->pipe_poll_init) {
+                if (o->pending_len < CLIENT_PENDING_MAX)
+                        uv_poll_start(&o->pipe_poll, UV_READABLE, on_pipe_readable);
+                else
+                        uv_poll_stop(&o->pipe_poll);
+        }
+        if (o->client_poll_init) {
+                if (o->pending_len > 0)
+                        uv_poll_start(&o->client_poll, UV_WRITABLE, on_client_writable);
+                else
+                        uv_poll_stop(&o->client_poll);
+        }
+        (void) s;
+}
+
+static void client_drop(output_stream *o) {
+        close_handle(o->sb, (uv_handle_t *) &o->client_poll, &o->client_poll_init);
+        o->client_fd = safe_close(o->client_fd);
+        free(o->pending);
+        o->pending = NULL;
+        o->pending_len = 0;
+}
+
+static void client_flush(output_stream *o) {
+        while (o->pending_len > 0 && o->client_fd >= 0) {
+                ssize_t n;
+                if (o->client_is_socket)
+                        n = send(o->client_fd, o->pending, o->pending_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+                else
+                        n = write(o->client_fd, o->pending, o->pending_len);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                break;
+                        client_drop(o); /* the reader went away: keep running, keep logging */
+                        return;
+                }
+                memmove(o->pending, o->pending + n, o->pending_len - (size_t) n);
+                o->pending_len -= (size_t) n;
+        }
+}
+
+static void client_queue(output_stream *o, const uint8_t *data, size_t len) {
+        if (o->client_fd < 0)
+                return;
+        uint8_t *n = realloc(o->pending, o->pending_len + len);
+        if (!n) {
+                client_drop(o);
+                return;
+        }
+        o->pending = n;
+        memcpy(o->pending + o->pending_len, data, len);
+        o->pending_len += len;
+        client_flush(o);
+}
+
+static void on_client_writable(uv_poll_t *h, int status, int events) {
+        output_stream *o = container_of(h, output_stream, client_poll);
+        sandbox *s = o->sb;
+        if (status < 0)
+                client_drop(o);
+        else
+                client_flush(o);
+        stream_update(o);
+        sandbox_maybe_complete(s);
+}
+
+static void stream_record(output_stream *o, const uint8_t *buf, size_t n) {
+        sandbox *s = o->sb;
+        size_t keep = 0;
+        if (o->logged < s->m->config->log_limit)
+                keep = n < s->m->config->log_limit - o->logged ? n : (size_t) (s->m->config->log_limit - o->logged);
+        if (keep > 0 && o->log_fd >= 0 && write(o->log_fd, buf, keep) == (ssize_t) keep)
+                o->logged += keep;
+        o->dropped += n - keep;
+        client_queue(o, buf, n);
+        output_event e = { .s = s, .stream = o->name, .data = buf, .len = n };
+        server_broadcast(s->m, s->id, "sandbox.output", pack_output_event, &e);
+}
+
+static void stream_eof(output_stream *o) {
+        close_handle(o->sb, (uv_handle_t *) &o->pipe_poll, &o->pipe_poll_init);
+        o->pipe_fd = safe_close(o->pipe_fd);
+}
+
+/* Returns true when the pipe is at EOF. */
+static bool stream_read(output_stream *o, int max_rounds) {
+        uint8_t buf[65536];
+        for (int i = 0; i < max_rounds && o->pipe_fd >= 0; i++) {
+                ssize_t n = read(o->pipe_fd, buf, sizeof(buf));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                return false;
+                        stream_eof(o);
+                        return true;
+                }
+                if (n == 0) {
+                        stream_eof(o);
+                        return true;
+                }
+                stream_record(o, buf, (size_t) n);
+                if (o->pending_len >= CLIENT_PENDING_MAX)
+                        return false;
+        }
+        return o->pipe_fd < 0;
+}
+
+static void on_pipe_readable(uv_poll_t *h, int status, int events) {
+        output_stream *o = container_of(h, output_stream, pipe_poll);
+        sandbox *s = o->sb;
+        s->refcount++;
+        if (status < 0)
+                stream_eof(o);
+        else
+                (void) stream_read(o, 4);
+        stream_update(o);
+        sandbox_maybe_complete(s);
+        sandbox_unref(s);
+}
+
+/* Prepares the attached client's fd so writing to it can never block the loop. */
+static int client_fd_prepare(output_stream *o, int fd) {
+        struct stat st;
+        if (fstat(fd, &st) < 0) {
+                close(fd);
+                return -errno;
+        }
+        if (S_ISSOCK(st.st_mode)) {
+                o->client_is_socket = true;
+                o->client_fd = fd;
+        } else if (S_ISFIFO(st.st_mode) || (S_ISCHR(st.st_mode) && isatty(fd))) {
+                /* A new open file description: O_NONBLOCK here does not touch the user's shell. */
+                char path[64];
+                snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+                int nfd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+                close(fd);
+                if (nfd < 0)
+                        return -errno;
+                o->client_fd = nfd;
+        } else {
+                /* Regular files and /dev/null do not block. */
+                o->client_fd = fd;
+                return 0;
+        }
+        uv_poll_init(o->sb->m->loop, &o->client_poll, o->client_fd);
+        o->client_poll_init = true;
+        return 0;
+}
+
+/* ---- waiters ------------------------------------------------------------------ */
+
+static void pack_wait_result(msgpack_packer *pk, void *userdata) {
+        sandbox *s = userdata;
+        size_t n = 3 + (s->end_reason ? 1 : 0);
+        msgpack_pack_map(pk, n);
+        mp_pack_kv_i64(pk, "exit_code", s->exit_code);
+        mp_pack_kv_i64(pk, "signal", s->exit_signal);
+        mp_pack_kv_str(pk, "state", sandbox_state_to_string(s->state));
+        if (s->end_reason)
+                mp_pack_kv_str(pk, "reason", s->end_reason);
+}
+
+static void complete_waiters(sandbox *s) {
+        while (s->waiters) {
+                sandbox_waiter *w = s->waiters;
+                s->waiters = w->next;
+                rpc_call_reply(w->call, pack_wait_result, s);
+                free(w);
+        }
+}
+
+static void release_owner(sandbox *s) {
+        if (s->owner) {
+                connection_unref(s->owner);
+                s->owner = NULL;
+        }
+}
+
+static void evict_old(manager *m) {
+        unsigned ended = 0;
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (sandbox_ended(s))
+                        ended++;
+        }
+        list_for_each_safe(i, t, &m->sandboxes) {
+                if (ended <= MAX_ENDED_KEPT)
+                        break;
+                sandbox *s = container_of(i, sandbox, link);
+                if (!sandbox_ended(s) || s->waiters)
+                        continue;
+                list_del(&s->link);
+                m->n_sandboxes--;
+                ended--;
+                sandbox_unref(s);
+        }
+}
+
+/* The end: the helper is reaped, output drained and delivered. */
+static void sandbox_maybe_complete(sandbox *s) {
+        if (sandbox_ended(s) || !s->helper_reaped)
+                return;
+        for (int i = 0; i < 2; i++) {
+                if (s->out[i].pipe_fd >= 0)
+                        (void) stream_read(&s->out[i], 64);
+                if (s->out[i].pipe_fd >= 0 || s->out[i].pending_len > 0)
+                        return;
+        }
+        manager *m = s->m;
+        if (s->timeout_init) {
+                uv_timer_stop(&s->timeout);
+                close_handle(s, (uv_handle_t *) &s->timeout, &s->timeout_init);
+        }
+        close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
+        s->status_fd = safe_close(s->status_fd);
+        for (int i = 0; i < 2; i++)
+                client_drop(&s->out[i]);
+        s->init_pidfd = safe_close(s->init_pidfd);
+        if (s->cgroup) {
+                int r = cgroup_remove(s->cgroup);
+                if (r < 0 && r != -ENOENT)
+                        log_warning("sandbox %s: cannot remove cgroup %s: %s", s->id, s->cgroup, strerror(-r));
+        }
+        set_state(s, s->killed || (s->exit_signal == SIGKILL) ? SANDBOX_KILLED : SANDBOX_EXITED);
+        log_info("sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
+                 s->exit_code, s->exit_signal, s->end_reason ? " reason=" : "", s->end_reason ? s->end_reason : "");
+        complete_waiters(s);
+        release_owner(s);
+        m->n_sandboxes_live--;
+        evict_old(m);
+        daemon_maybe_finish(m);
+}
+
+static void spawn_failed(sandbox *s, const char *message) {
+        if (s->spawn_call) {
+                rpc_call_error(s->spawn_call, RPC_E_SPAWN_FAILED, message);
+                s->spawn_call = NULL;
+        }
+}
+
+static void on_helper_exit(uv_poll_t *h, int status, int events) {
+        sandbox *s = container_of(h, sandbox, helper_poll);
+        siginfo_t si = { 0 };
+
+        if (waitid(P_PIDFD, (id_t) s->helper_pidfd, &si, WEXITED | WNOHANG) < 0 || si.si_pid == 0)
+                return;
+        s->helper_reaped = true;
+        close_handle(s, (uv_handle_t *) &s->helper_poll, &s->helper_poll_init);
+        s->helper_pidfd = safe_close(s->helper_pidfd);
+
+        /* Whatever the helper still said before it died. */
+        if (s->status_fd >= 0 && s->status_poll_init) {
+                extern void sandbox_read_status(sandbox *s);
+                sandbox_read_status(s);
+        }
+        if (!s->have_exit) {
+                if (si.si_code == CLD_EXITED) {
+                        s->exit_code = si.si_status;
+                        s->exit_signal = 0;
+                } else {
+                        s->exit_code = 128 + si.si_status;
+                        s->exit_signal = si.si_status;
+                }
+        }
+        if (s->spawn_call) {
+                char msg[600];
+                snprintf(msg, sizeof(msg), "sandbox setup failed: %s",
+                         s->setup_error ? s->setup_error : "the sandbox helper ended before reporting");
+                spawn_failed(s, msg);
+        }
+        sandbox_maybe_complete(s);
+}
+
+static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
+        sandbox *s = userdata;
+        msgpack_pack_map(pk, 6);
+        mp_pack_kv_str(pk, "id", s->id);
+        mp_pack_kv_i64(pk, "pid", s->init_pid);
+        mp_pack_kv_str(pk, "task", s->task);
+        mp_pack_kv_str(pk, "state_dir", s->dir);
+        mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->cgroup_status);
+        mp_pack_kv_str(pk, "limits", s->limits_note ? s->limits_note : (s->cgroup ? "enforced" : "not enforced: no cgroup"));
+}
+
+static void on_timeout(uv_timer_t *t) {
+        sandbox *s = container_of(t, sandbox, timeout);
+        if (sandbox_ended(s))
+                return;
+        free(s->end_reason);
+        s->end_reason = strdup("timeout");
+        s->killed = true;
+        log_notice("sandbox %s: Timeout reached after %llu ms, killing it", s->id, (unsigned long long) s->timeout_ms);
+        (void) sandbox_signal(s, SIGKILL);
+}
+
+static void handle_status_line(sandbox *s, char *line, int fd) {
+        if (strncmp(line, "started ", 8) == 0) {
+                s->init_pid = (pid_t) strtol(line + 8, NULL, 10);
+                if (s->init_pid > 0)
+                        s->init_pidfd = pidfd_open_(s->init_pid);
+                if (s->state == SANDBOX_STARTING)
+                        set_state(s, SANDBOX_RUNNING);
+                if (fd >= 0) {
+                        safe_close(s->tty_master);
+                        s->tty_master = fd;
+                        fd = -1;
+                }
+                if (s->spawn_call) {
+                        rpc_call *call = s->spawn_call;
+                        s->spawn_call = NULL;
+                        if (s->tty && s->tty_master >= 0) {
+                                /* The pty master goes to the client, which relays it. */
+                                msgpack_sbuffer sb;
+                                msgpack_packer pk;
+                                msgpack_sbuffer_init(&sb);
+                                msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+                                rpc_pack_response_header(&pk, call->msgid);
+                                pack_spawn_result(&pk, s);
+                                int mfd = s->tty_master;
+                                s->tty_master = -1;
+                                (void) connection_send(call->conn, sb.data, sb.size, &mfd, 1);
+                                msgpack_sbuffer_destroy(&sb);
+                                rpc_call_free(call);
+                        } else
+                                rpc_call_reply(call, pack_spawn_result, s);
+                }
+                if (s->timeout_ms > 0) {
+                        uv_timer_init(s->m->loop, &s->timeout);
+                        s->timeout_init = true;
+                        uv_timer_start(&s->timeout, on_timeout, s->timeout_ms, 0);
+                }
+        } else if (strncmp(line, "error ", 6) == 0) {
+                free(s->setup_error);
+                s->setup_error = strdup(line + 6);
+                log_notice("sandbox %s: %s", s->id, line + 6);
+                if (s->spawn_call) {
+                        char msg[1200];
+                        snprintf(msg, sizeof(msg), "sandbox setup failed at %s", line + 6);
+                        spawn_failed(s, msg);
+                } else {
+                        /* After setup (exec failed): tell the user like a shell would. */
+                        char msg[1200];
+                        int n = snprintf(msg, sizeof(msg), "agentd: %s\n", line + 6);
+                        stream_record(&s->out[1], (const uint8_t *) msg, (size_t) (n < (int) sizeof(msg) ? n : (int) sizeof(msg) - 1));
+                }
+        } else if (strncmp(line, "exit ", 5) == 0) {
+                s->have_exit = true;
+                s->exit_code = (int) strtol(line + 5, NULL, 10);
+                s->exit_signal = 0;
+        } else if (strncmp(line, "signal ", 7) == 0) {
+                s->have_exit = true;
+                s->exit_signal = (int) strtol(line + 7, NULL, 10);
+                s->exit_code = 128 + s->exit_signal;
+        } else
+                log_warning("sandbox %s: unexpected message from the helper: %.100s", s->id, line);
+        safe_close(fd);
+}
+
+void sandbox_read_status(sandbox *s) {
+        for (;;) {
+                union {
+                        struct cmsghdr h;
+                        char buf[CMSG_SPACE(sizeof(int) * 2)];
+                } cm;
+                struct iovec iov = { s->status_buf + s->status_len, sizeof(s->status_buf) - 1 - s->status_len };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+                ssize_t n = recvmsg(s->status_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        if (n == 0 || errno != EAGAIN) {
+                                close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
+                                s->status_fd = safe_close(s->status_fd);
+                        }
+                        return;
+                }
+                int rxfd = -1;
+                for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
+                        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+                                continue;
+                        size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                        int *fds = (int *) CMSG_DATA(h);
+                        for (size_t i = 0; i < nfd; i++) {
+                                if (rxfd < 0)
+                                        rxfd = fds[i];
+                                else
+                                        close(fds[i]);
+                        }
+                }
+                s->status_len += (size_t) n;
+                s->status_buf[s->status_len] = 0;
+                char *nl;
+                while ((nl = memchr(s->status_buf, '\n', s->status_len))) {
+                        *nl = 0;
+                        handle_status_line(s, s->status_buf, rxfd);
+                        rxfd = -1;
+                        size_t used = (size_t) (nl + 1 - s->status_buf);
+                        memmove(s->status_buf, nl + 1, s->status_len - used);
+                        s->status_len -= used;
+                        s->status_buf[s->status_len] = 0;
+                }
+                safe_close(rxfd);
+                if (s->status_len >= sizeof(s->status_buf) - 1)
+                        s->status_len = 0; /* a line this long is not ours */
+        }
+}
+
+static void on_status_readable(uv_poll_t *h, int status, int events) {
+        sandbox *s = container_of(h, sandbox, status_poll);
+        s->refcount++;
+        sandbox_read_status(s);
+        sandbox_unref(s);
+}
+
+int sandbox_signal(sandbox *s, int sig) {
+        if (sandbox_ended(s))
+                return -ESRCH;
+        if (sig == SIGKILL && s->cgroup) {
+                int r = cgroup_kill(s->cgroup);
+                if (r == 0)
+                        return 0;
+        }
+        if (s->init_pidfd >= 0 && s->state != SANDBOX_STARTING) {
+                if (pidfd_send_signal_(s->init_pidfd, sig) == 0)
+                        return 0;
+        }
+        /* Not started yet, or init already gone: end the helper; the init dies with it. */
+        if (s->helper_pidfd >= 0 && sig == SIGKILL) {
+                if (pidfd_send_signal_(s->helper_pidfd, SIGKILL) == 0)
+                        return 0;
+                return -errno;
+        }
+        return -ESRCH;
+}
+
+void sandboxes_connection_closed(manager *m, connection *c) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (s->owner != c)
+                        continue;
+                release_owner(s);
+                if (!sandbox_ended(s)) {
+                        /* An attached command whose terminal went away ends, as under a shell. */
+                        s->killed = true;
+                        free(s->end_reason);
+                        s->end_reason = strdup("client disconnected");
+                        (void) sandbox_signal(s, SIGKILL);
+                }
+        }
+}
+
+/* ---- spawning ------------------------------------------------------------------ */
+
+static bool path_is_prefix(const char *prefix, const char *path) {
+        size_t n = strlen(prefix);
+        if (n == 1 && prefix[0] == '/')
+                return true;
+        return strncmp(prefix, path, n) == 0 && (path[n] == '/' || path[n] == 0);
+}
+
+static char *find_helper(manager *m) {
+        if (m->config->sandbox_helper)
+                return strdup(m->config->sandbox_helper);
+        char *p = NULL;
+        if (asprintf(&p, "%s/agentd-sandbox", AGENTD_LIBEXECDIR) >= 0 && access(p, X_OK) == 0)
+                return p;
+        free(p);
+        /* Running from the build tree: the helper is built next to us. */
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        if (n <= 0)
+                return NULL;
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        if (!slash)
+                return NULL;
+        *slash = 0;
+        if (asprintf(&p, "%s/sandbox/agentd-sandbox", self) >= 0 && access(p, X_OK) == 0)
+                return p;
+        free(p);
+        return NULL;
+}
+
+static void make_id(char out[16]) {
+        uint8_t r[6];
+        if (getrandom(r, sizeof(r), 0) != sizeof(r)) {
+                uint64_t t = now_msec() ^ (uint64_t) getpid();
+                memcpy(r, &t, sizeof(r));
+        }
+        snprintf(out, 16, "%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
+}
+
+static int mkdir_private(const char *p) {
+        if (mkdir(p, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+/* Moves fd to a number above every target so the dup2 file actions cannot clobber each other. */
+static int high_fd(int fd) {
+        return fcntl(fd, F_DUPFD_CLOEXEC, 64);
+}
+
+int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        const msgpack_object *params = ctx->params;
+        _cleanup_free_ char *task_name = rpc_param_strdup(params, "task");
+        _cleanup_free_ char *ws_param = rpc_param_strdup(params, "workspace");
+        _cleanup_strv_free_ char **argv = rpc_param_strv(params, "argv");
+        bool tty = rpc_param_bool(params, "tty", false);
+        bool attach = rpc_param_bool(params, "attach", false);
+        int client_fds[3] = { -1, -1, -1 };
+        int r;
+
+        if (m->locked_down) {
+                rpc_error_set(err, RPC_E_LOCKED_DOWN, "spawning is locked down after an incident revocation; run 'agentctl unlock'");
+                return -EPERM;
+        }
+        if (m->shutting_down) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "agentd is stopping");
+                return -ESHUTDOWN;
+        }
+        if (m->n_sandboxes_live >= m->config->max_sandboxes) {
+                rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "too many running sandboxes (MaxSandboxes=%u)", m->config->max_sandboxes);
+                return -EBUSY;
+        }
+        if (tty && attach) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameters 'tty' and 'attach' exclude each other");
+                return -EINVAL;
+        }
+        const task_policy *p = policy_registry_find(m->tasks, task_name ? task_name : "default");
+        if (!p) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no task named '%.64s'", task_name ? task_name : "default");
+                return -ENOENT;
+        }
+        if (!argv && p->command) {
+                size_t n = strv_length(p->command);
+                argv = calloc(n + 1, sizeof(char *));
+                for (size_t i = 0; argv && i < n; i++)
+                        argv[i] = strdup(p->command[i]);
+        }
+        if (!argv || !argv[0]) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "no command: pass 'argv' or set Command= in task '%s'", p->name);
+                return -EINVAL;
+        }
+        size_t argbytes = 0, argc = strv_length(argv);
+        for (size_t i = 0; i < argc; i++)
+                argbytes += strlen(argv[i]) + 1;
+        if (argc > MAX_ARGV_COUNT || argbytes > MAX_ARGV_BYTES) {
+                rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "argv too large (at most %d arguments, %d bytes)", MAX_ARGV_COUNT, MAX_ARGV_BYTES);
+                return -E2BIG;
+        }
+        if (argv[0][0] == 0) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'argv' must not start with an empty string");
+                return -EINVAL;
+        }
+
+        /* Credentials and egress are refused rather than silently dropped. */
+        if (p->vault_policies && p->vault_policies[0]) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE,
+                              "task '%s' needs Vault credentials (VaultPolicies=%s), but %s", p->name, p->vault_policies[0],
+                              m->config->vault_address ? "the credential broker is not built into this version"
+                                                       : "Vault is unconfigured ([Vault] Address= in agentd.conf)");
+                return -EOPNOTSUPP;
+        }
+        if (p->network == NETWORK_PROXY) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE,
+                              "task '%s' asks for Network Mode=proxy, but the egress proxy is not built into this version", p->name);
+                return -EOPNOTSUPP;
+        }
+
+        /* The workspace: a real directory, and never the home itself (it would expose every secret). */
+        _cleanup_free_ char *workspace = NULL;
+        if (p->workspace != WORKSPACE_NONE) {
+                if (!ws_param || ws_param[0] != '/') {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'workspace' must be an absolute directory");
+                        return -EINVAL;
+                }
+                workspace = realpath(ws_param, NULL);
+                struct stat st;
+                if (!workspace || stat(workspace, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "workspace %.300s: %s", ws_param,
+                                      workspace ? "not a directory" : strerror(errno));
+                        return -EINVAL;
+                }
+                if (path_is_prefix(workspace, m->home) || path_is_prefix(workspace, m->config->state_directory) ||
+                    path_is_prefix(m->config->state_directory, workspace)) {
+                        rpc_error_set(err, RPC_E_POLICY_DENIED,
+                                      "workspace %.300s is the home directory, an ancestor of it, or holds agentd's state; "
+                                      "use a project directory", workspace);
+                        return -EPERM;
+                }
+        }
+
+        /* Environment: a fixed allowlist, then the task's, then what the caller may pass. */
+        spec sp = { 0 };
+        const char *user = getenv("USER");
+        char buf[PATH_MAX + 16];
+        spec_add(&sp, "version", "1");
+        for (size_t i = 0; i < argc; i++)
+                spec_add(&sp, "arg", argv[i]);
+        spec_add(&sp, "env", "PATH=/usr/local/bin:/usr/bin:/bin");
+        snprintf(buf, sizeof(buf), "HOME=%s", m->home);
+        spec_add(&sp, "env", buf);
+        if (user && env_name_valid(user)) {
+                snprintf(buf, sizeof(buf), "USER=%s", user);
+                spec_add(&sp, "env", buf);
+                snprintf(buf, sizeof(buf), "LOGNAME=%s", user);
+                spec_add(&sp, "env", buf);
+        }
+        spec_add(&sp, "env", "SHELL=/bin/sh");
+        snprintf(buf, sizeof(buf), "AGENTD_SANDBOX=%s", "1");
+        spec_add(&sp, "env", buf);
+        for (size_t i = 0; p->environment && p->environment[i]; i++)
+                spec_add(&sp, "env", p->environment[i]);
+        const msgpack_object *env = rpc_param(params, "env");
+        bool have_lang = false;
+        for (uint32_t i = 0; env && i < env->via.map.size; i++) {
+                const msgpack_object_kv *kv = &env->via.map.ptr[i];
+                char name[160];
+                if (kv->key.via.str.size >= sizeof(name)) {
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "environment variable name too long");
+                        return -EINVAL;
+                }
+                memcpy(name, kv->key.via.str.ptr, kv->key.via.str.size);
+                name[kv->key.via.str.size] = 0;
+                if (!env_name_valid(name)) {
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "invalid environment variable name '%.64s'", name);
+                        return -EINVAL;
+                }
+                if (!env_always_allowed(name) && !strv_contains(p->pass_environment, name)) {
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_POLICY_DENIED,
+                                      "environment variable %s is not allowed by task '%s' (add it to PassEnvironment=)", name, p->name);
+                        return -EPERM;
+                }
+                if (kv->val.via.str.size > 32768) {
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "environment variable %s is longer than 32768 bytes", name);
+                        return -E2BIG;
+                }
+                if (streq(name, "LANG"))
+                        have_lang = true;
+                _cleanup_free_ char *kvs = NULL;
+                if (asprintf(&kvs, "%s=%.*s", name, (int) kv->val.via.str.size, kv->val.via.str.ptr) < 0) {
+                        free(sp.buf);
+                        return -ENOMEM;
+                }
+                spec_add(&sp, "env", kvs);
+        }
+        if (!have_lang)
+                spec_add(&sp, "env", "LANG=C.UTF-8");
+
+        /* Seccomp program for the task's profile, built once. */
+        const void *bpf = NULL;
+        size_t bpf_len = 0;
+        _cleanup_free_ char *bpf_error = NULL;
+        r = get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error);
+        if (r < 0) {
+                free(sp.buf);
+                rpc_error_set(err, RPC_E_POLICY_DENIED, "task '%s': seccomp profile %s: %s", p->name,
+                              p->seccomp ? p->seccomp : "default", bpf_error ? bpf_error : strerror(-r));
+                return r;
+        }
+
+        _cleanup_free_ char *helper = find_helper(m);
+        if (!helper) {
+                free(sp.buf);
+                rpc_error_set(err, RPC_E_INTERNAL, "the sandbox helper agentd-sandbox is not installed");
+                return -ENOENT;
+        }
+
+        if (attach) {
+                for (int i = 0; i < 3; i++)
+                        client_fds[i] = connection_take_fd(ctx->conn);
+                if (client_fds[2] < 0) {
+                        for (int i = 0; i < 3; i++)
+                                safe_close(client_fds[i]);
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "'attach' needs stdin, stdout and stderr sent with the request (SCM_RIGHTS)");
+                        return -EINVAL;
+                }
+        }
+
+        sandbox *s = calloc(1, sizeof(*s));
+        if (!s) {
+                free(sp.buf);
+                return -ENOMEM;
+        }
+        s->m = m;
+        s->refcount = 1;
+        s->helper_pidfd = s->init_pidfd = s->status_fd = s->tty_master = -1;
+        for (int i = 0; i < 2; i++) {
+                s->out[i].sb = s;
+                s->out[i].name = i == 0 ? "stdout" : "stderr";
+                s->out[i].pipe_fd = s->out[i].log_fd = s->out[i].client_fd = -1;
+        }
+        make_id(s->id);
+        s->task = strdup(p->name);
+        s->workspace = workspace ? strdup(workspace) : strdup("");
+        s->argv = TAKE_PTR(argv);
+        s->tty = tty;
+        s->started_at = now_realtime_msec();
+        s->timeout_ms = p->timeout_usec / 1000;
+        s->state = SANDBOX_STARTING;
+
+        int spec_fd = -1, bpf_fd = -1, cg_fd = -1, status_pair[2] = { -1, -1 }, outp[2][2] = { { -1, -1 }, { -1, -1 } };
+        int devnull = -1;
+        int child_fds[7];
+        char *error_text = NULL;
+        rpc_error_code error_code = RPC_E_INTERNAL;
+
+#define FAIL(code, ...)                                                  \
+        do {                                                             \
+                error_code = code;                                       \
+                if (asprintf(&error_text, __VA_ARGS__) < 0)              \
+                        error_text = NULL;                               \
+                goto fail;                                               \
+        } while (0)
+
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/sandboxes", m->config->state_directory);
+        if ((r = mkdir_private(path)) < 0)
+                FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
+        if (asprintf(&s->dir, "%s/sandboxes/%s", m->config->state_directory, s->id) < 0)
+                FAIL(RPC_E_INTERNAL, "out of memory");
+        if (mkdir(s->dir, 0700) < 0)
+                FAIL(RPC_E_INTERNAL, "cannot create %s: %s", s->dir, strerror(errno));
+        if (p->workspace == WORKSPACE_OVERLAY) {
+                snprintf(path, sizeof(path), "%s/upper", s->dir);
+                if ((r = mkdir_private(path)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
+                spec_add(&sp, "upper", path);
+                snprintf(path, sizeof(path), "%s/work", s->dir);
+                if ((r = mkdir_private(path)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
+                spec_add(&sp, "work", path);
+        }
+        static const char *const ws_modes[] = { [WORKSPACE_OVERLAY] = "overlay", [WORKSPACE_RO] = "ro", [WORKSPACE_RW] = "rw", [WORKSPACE_NONE] = "none" };
+        spec_add(&sp, "workspace_mode", ws_modes[p->workspace]);
+        if (workspace)
+                spec_add(&sp, "workspace", workspace);
+        spec_add(&sp, "home", m->home);
+        for (size_t i = 0; p->read_only_paths && p->read_only_paths[i]; i++)
+                spec_add(&sp, "ro", p->read_only_paths[i]);
+        for (size_t i = 0; p->writable_paths && p->writable_paths[i]; i++)
+                spec_add(&sp, "rw", p->writable_paths[i]);
+        for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
+                spec_add(&sp, "hide", p->hide_paths[i]);
+        spec_add(&sp, "hostname", "agentd");
+        spec_add(&sp, "landlock", p->landlock ? "1" : "0");
+        if (tty)
+                spec_add(&sp, "tty", "1");
+
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof(path), "%s/%s.log", s->dir, s->out[i].name);
+                s->out[i].log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+                if (s->out[i].log_fd < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(errno));
+        }
+
+        if (m->cgroup_root) {
+                cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
+                                      .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
+                r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &cg_fd, &s->limits_note);
+                if (r < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox cgroup: %s", strerror(-r));
+        } else {
+                const char *why = m->cgroup_status ? m->cgroup_status : "unavailable";
+                if (asprintf(&s->limits_note, "not enforced (cgroup %s)", why) < 0)
+                        s->limits_note = NULL;
+        }
+
+        bpf_fd = memfd_with("agentd-seccomp", bpf, bpf_len);
+        if (bpf_fd < 0)
+                FAIL(RPC_E_INTERNAL, "cannot pass the seccomp program: %s", strerror(-bpf_fd));
+        /* Fixed child fd numbers: 3 spec, 4 status, 5 seccomp, 6 cgroup. */
+        spec_add_int(&sp, "status_fd", 4);
+        spec_add_int(&sp, "seccomp_fd", 5);
+        if (cg_fd >= 0)
+                spec_add_int(&sp, "cgroup_fd", 6);
+        if (sp.oom)
+                FAIL(RPC_E_INTERNAL, "out of memory");
+        spec_fd = memfd_with("agentd-spec", sp.buf, sp.len);
+        if (spec_fd < 0)
+                FAIL(RPC_E_INTERNAL, "cannot pass the sandbox spec: %s", strerror(-spec_fd));
+
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, status_pair) < 0)
+                FAIL(RPC_E_INTERNAL, "socketpair: %s", strerror(errno));
+        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (devnull < 0)
+                FAIL(RPC_E_INTERNAL, "/dev/null: %s", strerror(errno));
+        if (!tty)
+                for (int i = 0; i < 2; i++)
+                        if (pipe2(outp[i], O_CLOEXEC) < 0)
+                                FAIL(RPC_E_INTERNAL, "pipe: %s", strerror(errno));
+
+        int src[7] = {
+                attach ? client_fds[0] : devnull,
+                tty ? devnull : outp[0][1],
+                tty ? devnull : outp[1][1],
+                spec_fd, status_pair[1], bpf_fd, cg_fd,
+        };
+        int nfds = cg_fd >= 0 ? 7 : 6;
+        for (int i = 0; i < 7; i++)
+                child_fds[i] = -1;
+        for (int i = 0; i < nfds; i++) {
+                child_fds[i] = high_fd(src[i]);
+                if (child_fds[i] < 0)
+                        FAIL(RPC_E_INTERNAL, "fcntl: %s", strerror(errno));
+        }
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        for (int i = 0; i < nfds; i++)
+                posix_spawn_file_actions_adddup2(&fa, child_fds[i], i);
+        posix_spawnattr_t attr;
+        posix_spawnattr_init(&attr);
+        sigset_t none, all;
+        sigemptyset(&none);
+        sigfillset(&all);
+        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setsigdefault(&attr, &all);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+        char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", (char *) "3", NULL };
+        char *henv[] = { NULL };
+        pid_t pid;
+        r = posix_spawn(&pid, helper, &fa, &attr, hargv, henv);
+        posix_spawn_file_actions_destroy(&fa);
+        posix_spawnattr_destroy(&attr);
+        if (r != 0)
+                FAIL(RPC_E_INTERNAL, "cannot start %s: %s", helper, strerror(r));
+        s->helper_pid = pid;
+        s->helper_pidfd = pidfd_open_(pid);
+        if (s->helper_pidfd < 0) {
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                FAIL(RPC_E_INTERNAL, "pidfd_open: %s", strerror(errno));
+        }
+
+        /* The parent keeps only its ends. */
+        for (int i = 0; i < 7; i++)
+                safe_close(child_fds[i]);
+        spec_fd = safe_close(spec_fd);
+        bpf_fd = safe_close(bpf_fd);
+        cg_fd = safe_close(cg_fd);
+        devnull = safe_close(devnull);
+        status_pair[1] = safe_close(status_pair[1]);
+        client_fds[0] = safe_close(client_fds[0]);
+        s->status_fd = TAKE_FD(status_pair[0]);
+        free(sp.buf);
+        sp.buf = NULL;
+
+        uv_poll_init(m->loop, &s->helper_poll, s->helper_pidfd);
+        s->helper_poll_init = true;
+        uv_poll_start(&s->helper_poll, UV_READABLE, on_helper_exit);
+        uv_poll_init(m->loop, &s->status_poll, s->status_fd);
+        s->status_poll_init = true;
+        uv_poll_start(&s->status_poll, UV_READABLE, on_status_readable);
+        for (int i = 0; i < 2 && !tty; i++) {
+                output_stream *o = &s->out[i];
+                safe_close(outp[i][1]);
+                o->pipe_fd = outp[i][0];
+                fcntl(o->pipe_fd, F_SETFL, O_NONBLOCK);
+                uv_poll_init(m->loop, &o->pipe_poll, o->pipe_fd);
+                o->pipe_poll_init = true;
+                if (attach) {
+                        int cfd = TAKE_FD(client_fds[1 + i]);
+                        if (client_fd_prepare(o, cfd) < 0)
+                                log_warning("sandbox %s: cannot attach %s: %m", s->id, o->name);
+                }
+                stream_update(o);
+        }
+        for (int i = 0; i < 3; i++)
+                safe_close(client_fds[i]);
+        if (attach || tty)
+                s->owner = connection_ref(ctx->conn);
+
+        list_add_tail(&m->sandboxes, &s->link);
+        m->n_sandboxes++;
+        m->n_sandboxes_live++;
+        s->spawn_call = rpc_ctx_defer(ctx);
+        log_info("sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
+        return 0;
+
+fail:
+        for (int i = 0; i < 7; i++)
+                safe_close(child_fds[i]);
+        safe_close(spec_fd);
+        safe_close(bpf_fd);
+        safe_close(cg_fd);
+        safe_close(devnull);
+        safe_close(status_pair[0]);
+        safe_close(status_pair[1]);
+        for (int i = 0; i < 2; i++) {
+                safe_close(outp[i][0]);
+                safe_close(outp[i][1]);
+        }
+        for (int i = 0; i < 3; i++)
+                safe_close(client_fds[i]);
+        free(sp.buf);
+        if (s->cgroup)
+                (void) cgroup_remove(s->cgroup);
+        rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
+        log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
+        free(error_text);
+        sandbox_free(s);
+        return -EIO;
+#undef FAIL
+}
+
+/* ---- the other methods ---------------------------------------------------------- */
+
+static sandbox *lookup(rpc_ctx *ctx, rpc_error *err) {
+        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "id");
+        sandbox *s = id ? sandbox_find(ctx->m, id) : NULL;
+        if (!s)
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id ? id : "");
+        return s;
+}
+
+int rpc_sandbox_list(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        list_head *i, *t;
+        msgpack_pack_array(ctx->pk, m->n_sandboxes);
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                bool ended = sandbox_ended(s);
+                msgpack_pack_map(ctx->pk, ended ? 9 : 7);
+                mp_pack_kv_str(ctx->pk, "id", s->id);
+                mp_pack_kv_str(ctx->pk, "task", s->task);
+                mp_pack_kv_str(ctx->pk, "state", sandbox_state_to_string(s->state));
+                mp_pack_kv_i64(ctx->pk, "pid", s->init_pid);
+                mp_pack_kv_u64(ctx->pk, "started_at", s->started_at);
+                mp_pack_kv_str(ctx->pk, "workspace", s->workspace);
+                mp_pack_cstr(ctx->pk, "argv");
+                mp_pack_strv(ctx->pk, s->argv);
+                if (ended) {
+                        mp_pack_kv_i64(ctx->pk, "exit_code", s->exit_code);
+                        mp_pack_kv_i64(ctx->pk, "signal", s->exit_signal);
+                }
+        }
+        return 0;
+}
+
+int rpc_sandbox_wait(rpc_ctx *ctx, rpc_error *err) {
+        sandbox *s = lookup(ctx, err);
+        if (!s)
+                return -ENOENT;
+        if (sandbox_ended(s)) {
+                pack_wait_result(ctx->pk, s);
+                return 0;
+        }
+        sandbox_waiter *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->call = rpc_ctx_defer(ctx);
+        if (!w->call) {
+                free(w);
+                return -ENOMEM;
+        }
+        w->next = s->waiters;
+        s->waiters = w;
+        return 0;
+}
+
+static int parse_signal(const msgpack_object *o, int *ret) {
+        if (!o) {
+                *ret = SIGTERM;
+                return 0;
+        }
+        if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                if (o->via.u64 < 1 || o->via.u64 > 64)
+                        return -ERANGE;
+                *ret = (int) o->via.u64;
+                return 0;
+        }
+        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > 16)
+                return -EINVAL;
+        char name[20];
+        memcpy(name, o->via.str.ptr, o->via.str.size);
+        name[o->via.str.size] = 0;
+        const char *n = strncmp(name, "SIG", 3) == 0 ? name + 3 : name;
+        static const struct { const char *name; int sig; } tbl[] = {
+                { "TERM", SIGTERM }, { "KILL", SIGKILL }, { "INT", SIGINT }, { "HUP", SIGHUP }, { "QUIT", SIGQUIT },
+                { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "STOP", SIGSTOP }, { "CONT", SIGCONT }, { "WINCH", SIGWINCH },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(tbl); i++)
+                if (streq(n, tbl[i].name)) {
+                        *ret = tbl[i].sig;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+int rpc_sandbox_kill(rpc_ctx *ctx, rpc_error *err) {
+        sandbox *s = lookup(ctx, err);
+        if (!s)
+                return -ENOENT;
+        int sig;
+        if (parse_signal(rpc_param(ctx->params, "signal"), &sig) < 0) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'signal' must be a signal name (TERM, KILL, ...) or number 1..64");
+                return -EINVAL;
+        }
+        if (sandbox_ended(s)) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "sandbox %s has already ended", s->id);
+                return -ESRCH;
+        }
+        if (sig == SIGKILL) {
+                s->killed = true;
+                free(s->end_reason);
+                s->end_reason = strdup("killed by request");
+        }
+        int r = sandbox_signal(s, sig);
+        if (r < 0) {
+                rpc_error_set(err, RPC_E_INTERNAL, "cannot signal sandbox %s: %s", s->id, strerror(-r));
+                return r;
+        }
+        msgpack_pack_map(ctx->pk, 0);
+        return 0;
+}
+
+static int read_log(const char *dir, const char *name, char **ret, size_t *ret_len) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/%s.log", dir, name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return -errno;
+        struct stat st;
+        if (fstat(fd, &st) < 0 || st.st_size > 64 * 1024 * 1024) {
+                close(fd);
+                return -EFBIG;
+        }
+        char *b = malloc((size_t) st.st_size + 1);
+        ssize_t n = b ? read(fd, b, (size_t) st.st_size) : -1;
+        close(fd);
+        if (n < 0) {
+                free(b);
+                return -EIO;
+        }
+        *ret = b;
+        *ret_len = (size_t) n;
+        return 0;
+}
+
+int rpc_sandbox_logs(rpc_ctx *ctx, rpc_error *err) {
+        sandbox *s = lookup(ctx, err);
+        if (!s)
+                return -ENOENT;
+        msgpack_pack_map(ctx->pk, 5);
+        for (int i = 0; i < 2; i++) {
+                _cleanup_free_ char *b = NULL;
+                size_t n = 0;
+                if (read_log(s->dir, s->out[i].name, &b, &n) < 0)
+                        n = 0;
+                mp_pack_cstr(ctx->pk, s->out[i].name);
+                msgpack_pack_bin(ctx->pk, n);
+                msgpack_pack_bin_body(ctx->pk, b ? b : "", n);
+        }
+        mp_pack_kv_u64(ctx->pk, "stdout_dropped", s->out[0].dropped);
+        mp_pack_kv_u64(ctx->pk, "stderr_dropped", s->out[1].dropped);
+        mp_pack_kv_str(ctx->pk, "state", sandbox_state_to_string(s->state));
+        return 0;
+}
+
+int rpc_events_subscribe(rpc_ctx *ctx, rpc_error *err) {
+        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "sandbox");
+        if (id && !sandbox_find(ctx->m, id)) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id);
+                return -ENOENT;
+        }
+        ctx->conn->subscribed = true;
+        free(ctx->conn->subscribe_sandbox);
+        ctx->conn->subscribe_sandbox = TAKE_PTR(id);
+        msgpack_pack_map(ctx->pk, 0);
+        return 0;
+}
+
+/* ---- daemon start and stop ------------------------------------------------------- */
+
+int sandboxes_init(manager *m) {
+        cgroup_setup(m);
+        m->sandbox_helper = find_helper(m);
+        if (!m->sandbox_helper)
+                log_warning("the sandbox helper agentd-sandbox was not found; spawning will fail");
+        return 0;
+}
+
+void sandboxes_shutdown(manager *m) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (sandbox_ended(s))
+                        continue;
+                s->killed = true;
+                free(s->end_reason);
+                s->end_reason = strdup("agentd stopping");
+                (void) sandbox_signal(s, SIGKILL);
+        }
+}
+
+void sandboxes_free(manager *m) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                list_del(&s->link);
+                m->n_sandboxes--;
+                if (s->spawn_call) {
+                        rpc_call_free(s->spawn_call);
+                        s->spawn_call = NULL;
+                }
+                while (s->waiters) {
+                        sandbox_waiter *w = s->waiters;
+                        s->waiters = w->next;
+                        rpc_call_free(w->call);
+                        free(w);
+                }
+                release_owner(s);
+                if (s->helper_pidfd >= 0)
+                        (void) pidfd_send_signal_(s->helper_pidfd, SIGKILL);
+                if (s->timeout_init)
+                        uv_timer_stop(&s->timeout);
+                close_handle(s, (uv_handle_t *) &s->timeout, &s->timeout_init);
+                close_handle(s, (uv_handle_t *) &s->helper_poll, &s->helper_poll_init);
+                close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
+                for (int k = 0; k < 2; k++) {
+                        close_handle(s, (uv_handle_t *) &s->out[k].pipe_poll, &s->out[k].pipe_poll_init);
+                        close_handle(s, (uv_handle_t *) &s->out[k].client_poll, &s->out[k].client_poll_init);
+                }
+                sandbox_unref(s);
+        }
+        free(m->sandbox_helper);
+        m->sandbox_helper = NULL;
+        free(m->cgroup_root);
+        free(m->cgroup_status);
+        free(m->cgroup_controllers);
+        m->cgroup_root = m->cgroup_status = m->cgroup_controllers = NULL;
+        bpf_cache_free();
+}

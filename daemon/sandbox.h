@@ -1,0 +1,88 @@
+/* Sandboxes as the daemon sees them: state, the helper process that built
+ * the namespaces, captured output, waiters. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "manager.h"
+#include "server.h"
+
+typedef enum sandbox_state {
+        SANDBOX_STARTING,
+        SANDBOX_RUNNING,
+        SANDBOX_FROZEN,
+        SANDBOX_EXITED,
+        SANDBOX_KILLED,
+} sandbox_state;
+
+const char *sandbox_state_to_string(sandbox_state s);
+
+typedef struct output_stream {
+        struct sandbox *sb;
+        const char *name;        /* "stdout" / "stderr" */
+        int pipe_fd;             /* read end from the sandbox, -1 at EOF */
+        uv_poll_t pipe_poll;
+        bool pipe_poll_init;
+        int log_fd;              /* bounded copy in the state dir */
+        uint64_t logged, dropped;
+        int client_fd;           /* attached client's fd (non-blocking description), or -1 */
+        bool client_is_socket;
+        uv_poll_t client_poll;
+        bool client_poll_init;
+        uint8_t *pending;        /* bytes the client's fd did not take yet */
+        size_t pending_len;
+} output_stream;
+
+typedef struct sandbox_waiter {
+        struct sandbox_waiter *next;
+        rpc_call *call;
+} sandbox_waiter;
+
+typedef struct sandbox {
+        manager *m;
+        list_head link;
+        unsigned refcount;
+        char id[16];
+        char *task;
+        char *workspace;
+        char *dir;                /* state dir */
+        char *cgroup;             /* cgroup dir or NULL */
+        char *limits_note;
+        char **argv;
+        sandbox_state state;
+        uint64_t started_at;      /* realtime ms */
+        pid_t helper_pid;
+        int helper_pidfd;
+        uv_poll_t helper_poll;
+        bool helper_poll_init;
+        bool helper_reaped;
+        pid_t init_pid;
+        int init_pidfd;
+        int status_fd;
+        uv_poll_t status_poll;
+        bool status_poll_init;
+        char status_buf[1024];
+        size_t status_len;
+        bool have_exit;
+        int exit_code, exit_signal;
+        bool killed;              /* we ended it (kill, timeout, shutdown) */
+        char *end_reason;
+        char *setup_error;
+        output_stream out[2];
+        uv_timer_t timeout;
+        bool timeout_init;
+        uint64_t timeout_ms;
+        rpc_call *spawn_call;     /* answered when the helper reports started/error */
+        bool tty;
+        int tty_master;
+        connection *owner;        /* attached client: the sandbox ends when it leaves */
+        sandbox_waiter *waiters;
+        unsigned open_handles;
+} sandbox;
+
+sandbox *sandbox_find(manager *m, const char *id);
+int sandbox_signal(sandbox *s, int sig);
+void sandboxes_connection_closed(manager *m, connection *c);

@@ -1,0 +1,100 @@
+/* The msgpack-rpc server: listening socket, connections, dispatch. */
+#pragma once
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "manager.h"
+#include "proto.h"
+
+#define CONN_MAX_RX_FDS 8
+
+typedef enum connection_state {
+        CONNECTION_OPEN,
+        CONNECTION_DRAINING,     /* replying what is queued, then closing */
+        CONNECTION_CLOSED,       /* fd closed, waiting for the last reference */
+} connection_state;
+
+typedef struct out_chunk {
+        struct out_chunk *next;
+        size_t len, off;
+        int fds[3];
+        unsigned n_fds;
+        uint8_t data[];
+} out_chunk;
+
+struct connection {
+        manager *m;
+        list_head link;
+        unsigned refcount;
+        connection_state state;
+        int fd;
+        uv_poll_t poll;
+        bool poll_active;
+        int poll_events;
+        struct ucred peer;
+        uint64_t peer_starttime;
+
+        uint8_t *in;
+        size_t in_len, in_cap;
+        proto_scanner scan;
+
+        out_chunk *out_head, *out_tail;
+        size_t out_bytes;
+
+        int rx_fds[CONN_MAX_RX_FDS];
+        unsigned n_rx_fds;
+
+        unsigned in_flight;
+        bool subscribed;
+        char *subscribe_sandbox;
+};
+
+/* A request being answered; async handlers keep it (and so a connection
+ * reference) until they reply. */
+typedef struct rpc_call {
+        connection *conn;
+        uint32_t msgid;
+        const rpc_method *method;
+} rpc_call;
+
+typedef struct rpc_ctx {
+        manager *m;
+        connection *conn;
+        const rpc_message *msg;
+        const msgpack_object *params;
+        const rpc_method *method;
+        msgpack_packer *pk;       /* pack exactly one result object into it */
+        int reply_fds[3];         /* fds to send along with the reply */
+        unsigned n_reply_fds;
+        rpc_call *async;          /* set by rpc_ctx_defer() */
+} rpc_ctx;
+
+/* Handlers: return 0 after packing the result, or a negative errno with err set. */
+#define METHOD(name, ident, flags, params, cli, summary) int rpc_##ident(rpc_ctx *ctx, rpc_error *err);
+#include "methods.def"
+#undef METHOD
+
+int server_listen(manager *m);
+void server_stop_listening(manager *m);
+void server_close_all(manager *m);
+
+connection *connection_ref(connection *c);
+void connection_unref(connection *c);
+/* Takes an fd the client sent with its request (SCM_RIGHTS), or -1. */
+int connection_take_fd(connection *c);
+int connection_send(connection *c, const void *data, size_t len, const int *fds, unsigned n_fds);
+
+/* Reply later: returns a call object the handler keeps. */
+rpc_call *rpc_ctx_defer(rpc_ctx *ctx);
+/* pack(pk, userdata) packs the result; or pass an error. Frees the call. */
+void rpc_call_reply(rpc_call *call, void (*pack)(msgpack_packer *pk, void *userdata), void *userdata);
+void rpc_call_error(rpc_call *call, rpc_error_code code, const char *message);
+void rpc_call_free(rpc_call *call);
+
+/* Notifications to every subscribed connection (sandbox filter: id or NULL). */
+void server_broadcast(manager *m, const char *sandbox_id, const char *method,
+                      void (*pack)(msgpack_packer *pk, void *userdata), void *userdata);

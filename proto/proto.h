@@ -1,0 +1,173 @@
+/* proto/: MessagePack-RPC framing, limits, envelope decoding, parameter
+ * validation and the method table. No I/O, no libuv: bytes in, bytes out. */
+#pragma once
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bumped on any incompatible change of the wire protocol; additions keep it. */
+#define AGENTD_PROTOCOL_VERSION 1
+
+#define PROTO_DEFAULT_MAX_MESSAGE (1024u * 1024u)
+#define PROTO_MAX_DEPTH 32u
+#define PROTO_DEFAULT_MAX_ELEMENTS 65536u
+#define PROTO_MAX_METHOD_NAME 64u
+
+/* Stable error codes (CONTRACT §2). Add, never rename. */
+#define RPC_ERROR_CODES(X)                         \
+        X(INVALID_REQUEST, "invalid_request")      \
+        X(METHOD_NOT_FOUND, "method_not_found")    \
+        X(INVALID_PARAMS, "invalid_params")        \
+        X(NOT_FOUND, "not_found")                  \
+        X(POLICY_DENIED, "policy_denied")          \
+        X(LIMIT_EXCEEDED, "limit_exceeded")        \
+        X(UNAUTHORIZED, "unauthorized")            \
+        X(LOCKED_DOWN, "locked_down")              \
+        X(BACKEND_UNAVAILABLE, "backend_unavailable") \
+        X(INTERNAL, "internal")                    \
+        X(SPAWN_FAILED, "spawn_failed")
+
+typedef enum rpc_error_code {
+#define X(id, s) RPC_E_##id,
+        RPC_ERROR_CODES(X)
+#undef X
+        _RPC_E_MAX,
+} rpc_error_code;
+
+const char *rpc_error_code_to_string(rpc_error_code c);
+
+/* ---- incremental framing ---------------------------------------------- */
+
+typedef struct proto_limits {
+        size_t max_message;   /* bytes of one message */
+        unsigned max_depth;   /* container nesting, the envelope included */
+        size_t max_elements;  /* objects in one message, bounds decoder memory */
+} proto_limits;
+
+void proto_limits_default(proto_limits *l);
+
+typedef enum proto_scan_error {
+        PROTO_SCAN_OK = 0,
+        PROTO_SCAN_TOO_BIG,       /* message (or a declared length) exceeds max_message */
+        PROTO_SCAN_TOO_DEEP,      /* nesting exceeds max_depth */
+        PROTO_SCAN_TOO_MANY,      /* more than max_elements objects */
+        PROTO_SCAN_MALFORMED,     /* a byte that is not msgpack (0xc1) */
+} proto_scan_error;
+
+/* Finds the end of one msgpack object in a byte stream that arrives in pieces,
+ * checking every limit from the headers alone, before anything is allocated.
+ * Resumable: feed the same (growing) buffer again after more bytes arrive. */
+typedef struct proto_scanner {
+        size_t pos;
+        unsigned depth;
+        size_t elements;
+        uint32_t remaining[PROTO_MAX_DEPTH + 2];
+        /* What is known of the envelope so far, for error replies. */
+        uint32_t top_index;      /* index of the next element of the top-level array */
+        bool top_is_array;
+        bool have_type;
+        uint8_t type;
+        bool have_msgid;
+        uint32_t msgid;
+} proto_scanner;
+
+void proto_scanner_reset(proto_scanner *s);
+/* Returns 1 and the message length when buf holds a complete message, 0 when
+ * more bytes are needed, or -1 with *ret_error set. */
+int proto_scan(proto_scanner *s, const proto_limits *lim, const uint8_t *buf, size_t len,
+               size_t *ret_len, proto_scan_error *ret_error);
+const char *proto_scan_error_to_string(proto_scan_error e);
+
+/* ---- the method table -------------------------------------------------- */
+
+enum {
+        RPC_HOST_ONLY = 1u << 0,
+        RPC_ASYNC = 1u << 1,
+};
+
+typedef enum rpc_method_id {
+#define METHOD(name, ident, flags, params, cli, summary) RPC_METHOD_##ident,
+#include "methods.def"
+#undef METHOD
+        _RPC_METHOD_MAX,
+} rpc_method_id;
+
+typedef struct rpc_method {
+        const char *name;
+        rpc_method_id id;
+        unsigned flags;
+        const char *params;
+        const char *cli;
+        const char *summary;
+} rpc_method;
+
+extern const rpc_method rpc_methods[_RPC_METHOD_MAX];
+const rpc_method *rpc_method_find(const char *name, size_t len);
+
+/* ---- envelope ---------------------------------------------------------- */
+
+typedef enum rpc_msg_type {
+        RPC_REQUEST = 0,
+        RPC_RESPONSE = 1,
+        RPC_NOTIFICATION = 2,
+} rpc_msg_type;
+
+/* A decoded message. Strings point into the zone of `unpacked`. */
+typedef struct rpc_message {
+        msgpack_unpacked unpacked;
+        rpc_msg_type type;
+        bool have_msgid;
+        uint32_t msgid;
+        const char *method;      /* not NUL-terminated */
+        size_t method_len;
+        const msgpack_object *params;    /* the single map, or NULL for [] */
+        const msgpack_object *error;     /* responses */
+        const msgpack_object *result;
+} rpc_message;
+
+/* The error an operation failed with; set only on failure. */
+typedef struct rpc_error {
+        rpc_error_code code;
+        char message[512];
+} rpc_error;
+
+void rpc_error_set(rpc_error *e, rpc_error_code code, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+/* Decodes one complete message (as delimited by proto_scan). On failure the
+ * msgid is still filled in when it could be read. */
+int rpc_message_decode(rpc_message *m, const uint8_t *buf, size_t len, rpc_error *err);
+void rpc_message_done(rpc_message *m);
+
+/* Validates a request's params against the method's spec. */
+int rpc_params_validate(const rpc_method *method, const msgpack_object *params, rpc_error *err);
+
+/* Parameter access after validation. */
+const msgpack_object *rpc_param(const msgpack_object *params, const char *key);
+/* Copies a string param into a new NUL-terminated buffer; NULL if absent. */
+char *rpc_param_strdup(const msgpack_object *params, const char *key);
+bool rpc_param_bool(const msgpack_object *params, const char *key, bool def);
+/* NULL-terminated array of strings, NULL if absent. */
+char **rpc_param_strv(const msgpack_object *params, const char *key);
+
+/* ---- encoding ---------------------------------------------------------- */
+
+/* [1, msgid, nil, <result follows>]: the caller packs exactly one result object. */
+void rpc_pack_response_header(msgpack_packer *pk, uint32_t msgid);
+void rpc_pack_error_response(msgpack_packer *pk, bool have_msgid, uint32_t msgid,
+                             rpc_error_code code, const char *message);
+void rpc_pack_request_header(msgpack_packer *pk, uint32_t msgid, const char *method);
+void rpc_pack_notification_header(msgpack_packer *pk, const char *method);
+
+/* Packing conveniences. */
+void mp_pack_cstr(msgpack_packer *pk, const char *s);
+void mp_pack_kv_str(msgpack_packer *pk, const char *key, const char *value);
+void mp_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t value);
+void mp_pack_kv_i64(msgpack_packer *pk, const char *key, int64_t value);
+void mp_pack_kv_bool(msgpack_packer *pk, const char *key, bool value);
+void mp_pack_kv_nil(msgpack_packer *pk, const char *key);
+void mp_pack_strv(msgpack_packer *pk, char *const *v);
+
+bool mp_str_eq(const msgpack_object *o, const char *s);

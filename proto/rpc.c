@@ -1,0 +1,411 @@
+/* MessagePack-RPC envelopes: decoding requests, validating parameters against
+ * the method table, and packing responses, errors and notifications. */
+#include "proto.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "macro.h"
+
+static const char *const error_code_names[_RPC_E_MAX] = {
+#define X(id, s) [RPC_E_##id] = s,
+        RPC_ERROR_CODES(X)
+#undef X
+};
+
+const char *rpc_error_code_to_string(rpc_error_code c) {
+        if ((unsigned) c >= _RPC_E_MAX)
+                return "internal";
+        return error_code_names[c];
+}
+
+const rpc_method rpc_methods[_RPC_METHOD_MAX] = {
+#define METHOD(n, ident, f, p, c, s) [RPC_METHOD_##ident] = { .name = n, .id = RPC_METHOD_##ident, .flags = (f), .params = p, .cli = c, .summary = s },
+#include "methods.def"
+#undef METHOD
+};
+
+const rpc_method *rpc_method_find(const char *name, size_t len) {
+        for (size_t i = 0; i < _RPC_METHOD_MAX; i++)
+                if (strlen(rpc_methods[i].name) == len && memcmp(rpc_methods[i].name, name, len) == 0)
+                        return &rpc_methods[i];
+        return NULL;
+}
+
+void rpc_error_set(rpc_error *e, rpc_error_code code, const char *fmt, ...) {
+        va_list ap;
+        if (!e)
+                return;
+        e->code = code;
+        va_start(ap, fmt);
+        vsnprintf(e->message, sizeof(e->message), fmt, ap);
+        va_end(ap);
+}
+
+bool mp_str_eq(const msgpack_object *o, const char *s) {
+        size_t n = strlen(s);
+        return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && memcmp(o->via.str.ptr, s, n) == 0;
+}
+
+int rpc_message_decode(rpc_message *m, const uint8_t *buf, size_t len, rpc_error *err) {
+        size_t off = 0;
+
+        memset(m, 0, sizeof(*m));
+        msgpack_unpacked_init(&m->unpacked);
+        msgpack_unpack_return r = msgpack_unpack_next(&m->unpacked, (const char *) buf, len, &off);
+        if (r != MSGPACK_UNPACK_SUCCESS || off != len) {
+                rpc_error_set(err, RPC_E_INVALID_REQUEST, "not a msgpack-rpc message: undecodable msgpack");
+                return -EBADMSG;
+        }
+
+        const msgpack_object *o = &m->unpacked.data;
+        if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 3 || o->via.array.size > 4) {
+                rpc_error_set(err, RPC_E_INVALID_REQUEST, "not a msgpack-rpc message: expected an array of 3 or 4 elements");
+                return -EBADMSG;
+        }
+        const msgpack_object *a = o->via.array.ptr;
+        if (a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[0].via.u64 > 2) {
+                rpc_error_set(err, RPC_E_INVALID_REQUEST, "not a msgpack-rpc message: element 0 must be 0, 1 or 2");
+                return -EBADMSG;
+        }
+        m->type = (rpc_msg_type) a[0].via.u64;
+
+        if (m->type == RPC_NOTIFICATION) {
+                if (o->via.array.size != 3) {
+                        rpc_error_set(err, RPC_E_INVALID_REQUEST, "a notification has 3 elements");
+                        return -EBADMSG;
+                }
+                if (a[1].type != MSGPACK_OBJECT_STR) {
+                        rpc_error_set(err, RPC_E_INVALID_REQUEST, "method must be a string");
+                        return -EBADMSG;
+                }
+                m->method = a[1].via.str.ptr;
+                m->method_len = a[1].via.str.size;
+                return 0;
+        }
+
+        if (o->via.array.size != 4) {
+                rpc_error_set(err, RPC_E_INVALID_REQUEST, "requests and responses have 4 elements");
+                return -EBADMSG;
+        }
+        if (a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[1].via.u64 > UINT32_MAX) {
+                rpc_error_set(err, RPC_E_INVALID_REQUEST, "msgid must be a uint32");
+                return -EBADMSG;
+        }
+        m->have_msgid = true;
+        m->msgid = (uint32_t) a[1].via.u64;
+
+        if (m->type == RPC_RESPONSE) {
+                m->error = &a[2];
+                m->result = &a[3];
+                return 0;
+        }
+
+        if (a[2].type != MSGPACK_OBJECT_STR) {
+                rpc_error_set(err, RPC_E_INVALID_REQUEST, "method must be a string");
+                return -EBADMSG;
+        }
+        if (a[2].via.str.size == 0 || a[2].via.str.size > PROTO_MAX_METHOD_NAME) {
+                rpc_error_set(err, RPC_E_INVALID_REQUEST, "method name must be 1..%u bytes", PROTO_MAX_METHOD_NAME);
+                return -EBADMSG;
+        }
+        m->method = a[2].via.str.ptr;
+        m->method_len = a[2].via.str.size;
+
+        if (a[3].type != MSGPACK_OBJECT_ARRAY) {
+                rpc_error_set(err, RPC_E_INVALID_REQUEST, "params must be an array");
+                return -EBADMSG;
+        }
+        if (a[3].via.array.size > 1) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "params must be [] or [{named parameters}]");
+                return -EINVAL;
+        }
+        if (a[3].via.array.size == 1) {
+                const msgpack_object *p = &a[3].via.array.ptr[0];
+                if (p->type == MSGPACK_OBJECT_NIL)
+                        m->params = NULL;
+                else if (p->type != MSGPACK_OBJECT_MAP) {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "params must be [] or [{named parameters}]");
+                        return -EINVAL;
+                } else
+                        m->params = p;
+        }
+        return 0;
+}
+
+void rpc_message_done(rpc_message *m) {
+        msgpack_unpacked_destroy(&m->unpacked);
+        memset(m, 0, sizeof(*m));
+}
+
+/* ---- parameters -------------------------------------------------------- */
+
+static bool type_matches(char t, const msgpack_object *v, const char **why) {
+        switch (t) {
+        case 's':
+                *why = "a string";
+                return v->type == MSGPACK_OBJECT_STR && !memchr(v->via.str.ptr, 0, v->via.str.size);
+        case 'b':
+                *why = "a boolean";
+                return v->type == MSGPACK_OBJECT_BOOLEAN;
+        case 'u':
+                *why = "an unsigned integer";
+                return v->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+        case 'i':
+                *why = "an integer";
+                return v->type == MSGPACK_OBJECT_POSITIVE_INTEGER || v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        case 'S':
+                *why = "an array of strings";
+                if (v->type != MSGPACK_OBJECT_ARRAY)
+                        return false;
+                for (uint32_t i = 0; i < v->via.array.size; i++) {
+                        const msgpack_object *e = &v->via.array.ptr[i];
+                        if (e->type != MSGPACK_OBJECT_STR || memchr(e->via.str.ptr, 0, e->via.str.size))
+                                return false;
+                }
+                return true;
+        case 'M':
+                *why = "a map of strings to strings";
+                if (v->type != MSGPACK_OBJECT_MAP)
+                        return false;
+                for (uint32_t i = 0; i < v->via.map.size; i++) {
+                        const msgpack_object_kv *kv = &v->via.map.ptr[i];
+                        if (kv->key.type != MSGPACK_OBJECT_STR || kv->val.type != MSGPACK_OBJECT_STR ||
+                            memchr(kv->key.via.str.ptr, 0, kv->key.via.str.size) ||
+                            memchr(kv->val.via.str.ptr, 0, kv->val.via.str.size))
+                                return false;
+                }
+                return true;
+        case 'x':
+                *why = "anything";
+                return true;
+        }
+        *why = "?";
+        return false;
+}
+
+/* Walks "key:t key:t? ..." calling fn for each entry; stops when fn returns non-zero. */
+typedef int (*spec_fn)(const char *key, size_t keylen, char type, bool optional, void *userdata);
+static int spec_foreach(const char *spec, spec_fn fn, void *userdata) {
+        const char *p = spec;
+        while (*p) {
+                while (*p == ' ')
+                        p++;
+                if (!*p)
+                        break;
+                const char *key = p;
+                while (*p && *p != ':')
+                        p++;
+                size_t keylen = (size_t) (p - key);
+                char type = p[0] == ':' ? p[1] : '?';
+                p += 2;
+                bool optional = *p == '?';
+                if (optional)
+                        p++;
+                int r = fn(key, keylen, type, optional, userdata);
+                if (r != 0)
+                        return r;
+        }
+        return 0;
+}
+
+typedef struct spec_lookup {
+        const char *key;
+        size_t len;
+        char type;
+        bool found;
+} spec_lookup;
+
+static int spec_lookup_fn(const char *key, size_t keylen, char type, bool optional, void *userdata) {
+        spec_lookup *l = userdata;
+        if (keylen == l->len && memcmp(key, l->key, keylen) == 0) {
+                l->type = type;
+                l->found = true;
+                return 1;
+        }
+        return 0;
+}
+
+typedef struct required_check {
+        const msgpack_object *params;
+        rpc_error *err;
+} required_check;
+
+static int required_fn(const char *key, size_t keylen, char type, bool optional, void *userdata) {
+        required_check *c = userdata;
+        if (optional)
+                return 0;
+        if (c->params)
+                for (uint32_t i = 0; i < c->params->via.map.size; i++) {
+                        const msgpack_object *k = &c->params->via.map.ptr[i].key;
+                        if (k->via.str.size == keylen && memcmp(k->via.str.ptr, key, keylen) == 0)
+                                return 0;
+                }
+        rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "missing parameter '%.*s'", (int) keylen, key);
+        return -1;
+}
+
+int rpc_params_validate(const rpc_method *method, const msgpack_object *params, rpc_error *err) {
+        if (params) {
+                for (uint32_t i = 0; i < params->via.map.size; i++) {
+                        const msgpack_object_kv *kv = &params->via.map.ptr[i];
+                        if (kv->key.type != MSGPACK_OBJECT_STR) {
+                                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter names must be strings");
+                                return -EINVAL;
+                        }
+                        spec_lookup l = { .key = kv->key.via.str.ptr, .len = kv->key.via.str.size };
+                        spec_foreach(method->params, spec_lookup_fn, &l);
+                        if (!l.found) {
+                                rpc_error_set(err, RPC_E_INVALID_PARAMS, "unknown parameter '%.*s' for %s",
+                                              (int) (l.len > 64 ? 64 : l.len), l.key, method->name);
+                                return -EINVAL;
+                        }
+                        for (uint32_t j = 0; j < i; j++) {
+                                const msgpack_object *k = &params->via.map.ptr[j].key;
+                                if (k->via.str.size == l.len && memcmp(k->via.str.ptr, l.key, l.len) == 0) {
+                                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter '%.*s' given twice",
+                                                      (int) l.len, l.key);
+                                        return -EINVAL;
+                                }
+                        }
+                        const char *why;
+                        /* nil means "default" for optional parameters. */
+                        if (kv->val.type == MSGPACK_OBJECT_NIL)
+                                continue;
+                        if (!type_matches(l.type, &kv->val, &why)) {
+                                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter '%.*s' must be %s",
+                                              (int) l.len, l.key, why);
+                                return -EINVAL;
+                        }
+                }
+        }
+        required_check c = { .params = params, .err = err };
+        if (spec_foreach(method->params, required_fn, &c) != 0)
+                return -EINVAL;
+        return 0;
+}
+
+const msgpack_object *rpc_param(const msgpack_object *params, const char *key) {
+        if (!params || params->type != MSGPACK_OBJECT_MAP)
+                return NULL;
+        for (uint32_t i = 0; i < params->via.map.size; i++)
+                if (mp_str_eq(&params->via.map.ptr[i].key, key)) {
+                        const msgpack_object *v = &params->via.map.ptr[i].val;
+                        return v->type == MSGPACK_OBJECT_NIL ? NULL : v;
+                }
+        return NULL;
+}
+
+char *rpc_param_strdup(const msgpack_object *params, const char *key) {
+        const msgpack_object *v = rpc_param(params, key);
+        if (!v || v->type != MSGPACK_OBJECT_STR)
+                return NULL;
+        return strndup(v->via.str.ptr, v->via.str.size);
+}
+
+bool rpc_param_bool(const msgpack_object *params, const char *key, bool def) {
+        const msgpack_object *v = rpc_param(params, key);
+        if (!v || v->type != MSGPACK_OBJECT_BOOLEAN)
+                return def;
+        return v->via.boolean;
+}
+
+char **rpc_param_strv(const msgpack_object *params, const char *key) {
+        const msgpack_object *v = rpc_param(params, key);
+        if (!v || v->type != MSGPACK_OBJECT_ARRAY)
+                return NULL;
+        char **r = calloc(v->via.array.size + 1, sizeof(char *));
+        if (!r)
+                return NULL;
+        for (uint32_t i = 0; i < v->via.array.size; i++) {
+                r[i] = strndup(v->via.array.ptr[i].via.str.ptr, v->via.array.ptr[i].via.str.size);
+                if (!r[i]) {
+                        strv_free(r);
+                        return NULL;
+                }
+        }
+        return r;
+}
+
+/* ---- encoding ---------------------------------------------------------- */
+
+void mp_pack_cstr(msgpack_packer *pk, const char *s) {
+        if (!s) {
+                msgpack_pack_nil(pk);
+                return;
+        }
+        size_t n = strlen(s);
+        msgpack_pack_str(pk, n);
+        msgpack_pack_str_body(pk, s, n);
+}
+
+void mp_pack_kv_str(msgpack_packer *pk, const char *key, const char *value) {
+        mp_pack_cstr(pk, key);
+        mp_pack_cstr(pk, value);
+}
+
+void mp_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t value) {
+        mp_pack_cstr(pk, key);
+        msgpack_pack_uint64(pk, value);
+}
+
+void mp_pack_kv_i64(msgpack_packer *pk, const char *key, int64_t value) {
+        mp_pack_cstr(pk, key);
+        msgpack_pack_int64(pk, value);
+}
+
+void mp_pack_kv_bool(msgpack_packer *pk, const char *key, bool value) {
+        mp_pack_cstr(pk, key);
+        if (value)
+                msgpack_pack_true(pk);
+        else
+                msgpack_pack_false(pk);
+}
+
+void mp_pack_kv_nil(msgpack_packer *pk, const char *key) {
+        mp_pack_cstr(pk, key);
+        msgpack_pack_nil(pk);
+}
+
+void mp_pack_strv(msgpack_packer *pk, char *const *v) {
+        size_t n = strv_length(v);
+        msgpack_pack_array(pk, n);
+        for (size_t i = 0; i < n; i++)
+                mp_pack_cstr(pk, v[i]);
+}
+
+void rpc_pack_response_header(msgpack_packer *pk, uint32_t msgid) {
+        msgpack_pack_array(pk, 4);
+        msgpack_pack_uint32(pk, RPC_RESPONSE);
+        msgpack_pack_uint32(pk, msgid);
+        msgpack_pack_nil(pk);
+}
+
+void rpc_pack_error_response(msgpack_packer *pk, bool have_msgid, uint32_t msgid,
+                             rpc_error_code code, const char *message) {
+        msgpack_pack_array(pk, 4);
+        msgpack_pack_uint32(pk, RPC_RESPONSE);
+        if (have_msgid)
+                msgpack_pack_uint32(pk, msgid);
+        else
+                msgpack_pack_nil(pk);
+        msgpack_pack_map(pk, 2);
+        mp_pack_kv_str(pk, "code", rpc_error_code_to_string(code));
+        mp_pack_kv_str(pk, "message", message ? message : "");
+        msgpack_pack_nil(pk);
+}
+
+void rpc_pack_request_header(msgpack_packer *pk, uint32_t msgid, const char *method) {
+        msgpack_pack_array(pk, 4);
+        msgpack_pack_uint32(pk, RPC_REQUEST);
+        msgpack_pack_uint32(pk, msgid);
+        mp_pack_cstr(pk, method);
+}
+
+void rpc_pack_notification_header(msgpack_packer *pk, const char *method) {
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_uint32(pk, RPC_NOTIFICATION);
+        mp_pack_cstr(pk, method);
+}

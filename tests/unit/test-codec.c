@@ -1,0 +1,454 @@
+/* Unit tests for proto/: framing limits, partial input, envelope decoding,
+ * parameter validation and every error code. */
+#include <check.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto.h"
+
+typedef struct buf {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+} buf;
+
+static void buf_init(buf *b) {
+        msgpack_sbuffer_init(&b->sb);
+        msgpack_packer_init(&b->pk, &b->sb, msgpack_sbuffer_write);
+}
+
+static void buf_done(buf *b) {
+        msgpack_sbuffer_destroy(&b->sb);
+}
+
+/* Scans bytes fed one at a time; returns the scan result at the end. */
+static int scan_bytewise(const uint8_t *data, size_t len, const proto_limits *lim, size_t *ret_len, proto_scan_error *e) {
+        proto_scanner s;
+        proto_scanner_reset(&s);
+        for (size_t n = 1; n <= len; n++) {
+                int r = proto_scan(&s, lim, data, n, ret_len, e);
+                if (r != 0)
+                        return r;
+        }
+        return 0;
+}
+
+static void pack_every_type(msgpack_packer *pk) {
+        msgpack_pack_array(pk, 16);
+        msgpack_pack_nil(pk);
+        msgpack_pack_true(pk);
+        msgpack_pack_false(pk);
+        msgpack_pack_uint8(pk, 200);
+        msgpack_pack_uint16(pk, 60000);
+        msgpack_pack_uint32(pk, 4000000000u);
+        msgpack_pack_uint64(pk, 1ull << 60);
+        msgpack_pack_int8(pk, -100);
+        msgpack_pack_int64(pk, -(1ll << 40));
+        msgpack_pack_float(pk, 1.5f);
+        msgpack_pack_double(pk, 2.25);
+        msgpack_pack_str_with_body(pk, "hello", 5);
+        msgpack_pack_bin_with_body(pk, "\x00\x01\x02", 3);
+        msgpack_pack_ext_with_body(pk, "abcd", 4, 7);
+        msgpack_pack_map(pk, 1);
+        msgpack_pack_str_with_body(pk, "k", 1);
+        msgpack_pack_array(pk, 0);
+        char big[70000];
+        memset(big, 'x', sizeof(big));
+        msgpack_pack_str_with_body(pk, big, sizeof(big));
+}
+
+START_TEST(test_scan_every_type_bytewise) {
+        buf b;
+        buf_init(&b);
+        pack_every_type(&b.pk);
+        /* Trailing bytes of a second message must not be consumed. */
+        msgpack_pack_nil(&b.pk);
+        proto_limits lim;
+        proto_limits_default(&lim);
+        size_t len = 0;
+        proto_scan_error e = PROTO_SCAN_OK;
+        int r = scan_bytewise((const uint8_t *) b.sb.data, b.sb.size - 1, &lim, &len, &e);
+        ck_assert_msg(r == 1, "r=%d error=%s", r, proto_scan_error_to_string(e));
+        ck_assert_uint_eq(len, b.sb.size - 1);
+
+        /* And all at once, with the extra byte present. */
+        proto_scanner s;
+        proto_scanner_reset(&s);
+        r = proto_scan(&s, &lim, (const uint8_t *) b.sb.data, b.sb.size, &len, &e);
+        ck_assert_int_eq(r, 1);
+        ck_assert_uint_eq(len, b.sb.size - 1);
+        buf_done(&b);
+}
+END_TEST
+
+START_TEST(test_scan_incomplete) {
+        buf b;
+        buf_init(&b);
+        pack_every_type(&b.pk);
+        proto_limits lim;
+        proto_limits_default(&lim);
+        for (size_t cut = 0; cut < b.sb.size; cut += 997) {
+                proto_scanner s;
+                proto_scanner_reset(&s);
+                size_t len;
+                proto_scan_error e;
+                ck_assert_int_eq(proto_scan(&s, &lim, (const uint8_t *) b.sb.data, cut, &len, &e), 0);
+        }
+        buf_done(&b);
+}
+END_TEST
+
+START_TEST(test_scan_size_limit_from_header) {
+        /* str32 declaring 2 GiB: refused from the 5-byte header alone. */
+        const uint8_t hdr[] = { 0x94, 0x00, 0x01, 0xdb, 0x80, 0x00, 0x00, 0x00 };
+        proto_limits lim;
+        proto_limits_default(&lim);
+        size_t len;
+        proto_scan_error e = PROTO_SCAN_OK;
+        proto_scanner s;
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, hdr, sizeof(hdr), &len, &e), -1);
+        ck_assert_int_eq(e, PROTO_SCAN_TOO_BIG);
+        ck_assert(s.have_msgid);
+        ck_assert_uint_eq(s.msgid, 1);
+
+        /* array32 with 2^31 elements: refused likewise. */
+        const uint8_t arr[] = { 0xdd, 0x80, 0x00, 0x00, 0x00 };
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, arr, sizeof(arr), &len, &e), -1);
+        ck_assert_int_eq(e, PROTO_SCAN_TOO_BIG);
+        ck_assert(!s.have_msgid);
+
+        /* A configured smaller limit applies exactly. */
+        lim.max_message = 1024;
+        buf b;
+        buf_init(&b);
+        char big[1100];
+        memset(big, 'a', sizeof(big));
+        msgpack_pack_str_with_body(&b.pk, big, 1000);
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, (const uint8_t *) b.sb.data, b.sb.size, &len, &e), 1);
+        buf_done(&b);
+        buf_init(&b);
+        msgpack_pack_str_with_body(&b.pk, big, 1100);
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, (const uint8_t *) b.sb.data, 3, &len, &e), -1);
+        ck_assert_int_eq(e, PROTO_SCAN_TOO_BIG);
+        buf_done(&b);
+}
+END_TEST
+
+START_TEST(test_scan_depth_limit) {
+        proto_limits lim;
+        proto_limits_default(&lim);
+        /* 32 levels are fine, 33 are not. */
+        uint8_t ok[64], bad[64];
+        memset(ok, 0x91, 31);
+        ok[31] = 0x90;
+        memset(bad, 0x91, 32);
+        bad[32] = 0x90;
+        size_t len;
+        proto_scan_error e = PROTO_SCAN_OK;
+        proto_scanner s;
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, ok, 32, &len, &e), 1);
+        ck_assert_uint_eq(len, 32);
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, bad, 33, &len, &e), -1);
+        ck_assert_int_eq(e, PROTO_SCAN_TOO_DEEP);
+
+        /* 100,000-deep nesting inside a request: refused, msgid still known. */
+        size_t n = 100000 + 8;
+        uint8_t *deep = malloc(n);
+        deep[0] = 0x94;
+        deep[1] = 0x00;
+        deep[2] = 0x2a;
+        deep[3] = 0xa1;
+        deep[4] = 'x';
+        memset(deep + 5, 0x91, n - 5);
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, deep, n, &len, &e), -1);
+        ck_assert_int_eq(e, PROTO_SCAN_TOO_DEEP);
+        ck_assert(s.have_msgid);
+        ck_assert_uint_eq(s.msgid, 42);
+        free(deep);
+
+        /* The decoder accepts what the scanner lets through at the limit. */
+        uint8_t req[64] = { 0x94, 0x00, 0x01, 0xa1, 'm' };
+        memset(req + 5, 0x91, 30);
+        req[35] = 0x90;
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, req, 36, &len, &e), 1);
+        rpc_message m;
+        rpc_error err = { 0 };
+        ck_assert_int_eq(rpc_message_decode(&m, req, len, &err), -EINVAL); /* params not [] / [map] */
+        ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
+        rpc_message_done(&m);
+}
+END_TEST
+
+START_TEST(test_scan_element_limit) {
+        proto_limits lim;
+        proto_limits_default(&lim);
+        lim.max_elements = 100;
+        buf b;
+        buf_init(&b);
+        msgpack_pack_array(&b.pk, 200);
+        for (int i = 0; i < 200; i++)
+                msgpack_pack_nil(&b.pk);
+        size_t len;
+        proto_scan_error e = PROTO_SCAN_OK;
+        proto_scanner s;
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, (const uint8_t *) b.sb.data, b.sb.size, &len, &e), -1);
+        ck_assert_int_eq(e, PROTO_SCAN_TOO_MANY);
+        buf_done(&b);
+}
+END_TEST
+
+START_TEST(test_scan_malformed) {
+        const uint8_t bad[] = { 0x94, 0x00, 0x07, 0xc1 };
+        proto_limits lim;
+        proto_limits_default(&lim);
+        size_t len;
+        proto_scan_error e = PROTO_SCAN_OK;
+        proto_scanner s;
+        proto_scanner_reset(&s);
+        ck_assert_int_eq(proto_scan(&s, &lim, bad, sizeof(bad), &len, &e), -1);
+        ck_assert_int_eq(e, PROTO_SCAN_MALFORMED);
+        ck_assert(s.have_msgid);
+        ck_assert_uint_eq(s.msgid, 7);
+}
+END_TEST
+
+static int decode_packed(buf *b, rpc_message *m, rpc_error *err) {
+        return rpc_message_decode(m, (const uint8_t *) b->sb.data, b->sb.size, err);
+}
+
+START_TEST(test_decode_request) {
+        buf b;
+        buf_init(&b);
+        rpc_pack_request_header(&b.pk, 77, "sandbox.kill");
+        msgpack_pack_array(&b.pk, 1);
+        msgpack_pack_map(&b.pk, 2);
+        mp_pack_kv_str(&b.pk, "id", "abc");
+        mp_pack_kv_i64(&b.pk, "signal", 9);
+        rpc_message m;
+        rpc_error err = { 0 };
+        ck_assert_int_eq(decode_packed(&b, &m, &err), 0);
+        ck_assert_int_eq(m.type, RPC_REQUEST);
+        ck_assert_uint_eq(m.msgid, 77);
+        ck_assert_uint_eq(m.method_len, strlen("sandbox.kill"));
+        const rpc_method *meth = rpc_method_find(m.method, m.method_len);
+        ck_assert_ptr_nonnull(meth);
+        ck_assert_int_eq(rpc_params_validate(meth, m.params, &err), 0);
+        char *id = rpc_param_strdup(m.params, "id");
+        ck_assert_str_eq(id, "abc");
+        free(id);
+        rpc_message_done(&m);
+        buf_done(&b);
+}
+END_TEST
+
+START_TEST(test_decode_bad_envelopes) {
+        rpc_message m;
+        rpc_error err;
+        buf b;
+
+        /* Not an array. */
+        buf_init(&b);
+        msgpack_pack_uint8(&b.pk, 5);
+        memset(&err, 0, sizeof(err));
+        ck_assert_int_lt(decode_packed(&b, &m, &err), 0);
+        ck_assert_int_eq(err.code, RPC_E_INVALID_REQUEST);
+        ck_assert(!m.have_msgid);
+        rpc_message_done(&m);
+        buf_done(&b);
+
+        /* msgid not a uint32. */
+        buf_init(&b);
+        msgpack_pack_array(&b.pk, 4);
+        msgpack_pack_uint8(&b.pk, 0);
+        msgpack_pack_int8(&b.pk, -1);
+        mp_pack_cstr(&b.pk, "agentd.ping");
+        msgpack_pack_array(&b.pk, 0);
+        ck_assert_int_lt(decode_packed(&b, &m, &err), 0);
+        ck_assert_int_eq(err.code, RPC_E_INVALID_REQUEST);
+        rpc_message_done(&m);
+        buf_done(&b);
+
+        /* Method not a string: msgid known. */
+        buf_init(&b);
+        msgpack_pack_array(&b.pk, 4);
+        msgpack_pack_uint8(&b.pk, 0);
+        msgpack_pack_uint8(&b.pk, 3);
+        msgpack_pack_uint8(&b.pk, 3);
+        msgpack_pack_array(&b.pk, 0);
+        ck_assert_int_lt(decode_packed(&b, &m, &err), 0);
+        ck_assert_int_eq(err.code, RPC_E_INVALID_REQUEST);
+        ck_assert(m.have_msgid);
+        ck_assert_uint_eq(m.msgid, 3);
+        rpc_message_done(&m);
+        buf_done(&b);
+
+        /* Params not an array. */
+        buf_init(&b);
+        rpc_pack_request_header(&b.pk, 4, "agentd.ping");
+        msgpack_pack_map(&b.pk, 0);
+        ck_assert_int_lt(decode_packed(&b, &m, &err), 0);
+        ck_assert_int_eq(err.code, RPC_E_INVALID_REQUEST);
+        rpc_message_done(&m);
+        buf_done(&b);
+
+        /* Positional params. */
+        buf_init(&b);
+        rpc_pack_request_header(&b.pk, 5, "task.show");
+        msgpack_pack_array(&b.pk, 1);
+        mp_pack_cstr(&b.pk, "default");
+        ck_assert_int_lt(decode_packed(&b, &m, &err), 0);
+        ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
+        rpc_message_done(&m);
+        buf_done(&b);
+}
+END_TEST
+
+static int validate(const char *method, void (*fill)(msgpack_packer *), rpc_error *err) {
+        buf b;
+        buf_init(&b);
+        rpc_pack_request_header(&b.pk, 1, method);
+        msgpack_pack_array(&b.pk, 1);
+        fill(&b.pk);
+        rpc_message m;
+        int r = decode_packed(&b, &m, err);
+        if (r == 0)
+                r = rpc_params_validate(rpc_method_find(m.method, m.method_len), m.params, err);
+        rpc_message_done(&m);
+        buf_done(&b);
+        return r;
+}
+
+static void fill_missing(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 0);
+}
+static void fill_wrong_type(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 1);
+        mp_pack_cstr(pk, "name");
+        msgpack_pack_uint8(pk, 1);
+}
+static void fill_unknown(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 2);
+        mp_pack_kv_str(pk, "name", "x");
+        mp_pack_kv_str(pk, "bogus", "x");
+}
+static void fill_dup(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 2);
+        mp_pack_kv_str(pk, "name", "x");
+        mp_pack_kv_str(pk, "name", "y");
+}
+static void fill_argv_bad(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 1);
+        mp_pack_cstr(pk, "argv");
+        msgpack_pack_array(pk, 2);
+        mp_pack_cstr(pk, "ls");
+        msgpack_pack_uint8(pk, 1);
+}
+static void fill_env_bad(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 1);
+        mp_pack_cstr(pk, "env");
+        msgpack_pack_map(pk, 1);
+        mp_pack_cstr(pk, "A");
+        msgpack_pack_true(pk);
+}
+static void fill_nul(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 1);
+        mp_pack_cstr(pk, "name");
+        msgpack_pack_str_with_body(pk, "a\0b", 3);
+}
+static void fill_ok(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 3);
+        mp_pack_cstr(pk, "argv");
+        msgpack_pack_array(pk, 1);
+        mp_pack_cstr(pk, "true");
+        mp_pack_kv_bool(pk, "tty", false);
+        mp_pack_kv_nil(pk, "task");
+}
+
+START_TEST(test_params) {
+        rpc_error err;
+        ck_assert_int_lt(validate("task.show", fill_missing, &err), 0);
+        ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
+        ck_assert_ptr_nonnull(strstr(err.message, "missing parameter 'name'"));
+        ck_assert_int_lt(validate("task.show", fill_wrong_type, &err), 0);
+        ck_assert_ptr_nonnull(strstr(err.message, "'name' must be a string"));
+        ck_assert_int_lt(validate("task.show", fill_unknown, &err), 0);
+        ck_assert_ptr_nonnull(strstr(err.message, "unknown parameter 'bogus'"));
+        ck_assert_int_lt(validate("task.show", fill_dup, &err), 0);
+        ck_assert_ptr_nonnull(strstr(err.message, "given twice"));
+        ck_assert_int_lt(validate("task.show", fill_nul, &err), 0);
+        ck_assert_int_lt(validate("sandbox.spawn", fill_argv_bad, &err), 0);
+        ck_assert_ptr_nonnull(strstr(err.message, "array of strings"));
+        ck_assert_int_lt(validate("sandbox.spawn", fill_env_bad, &err), 0);
+        ck_assert_ptr_nonnull(strstr(err.message, "map of strings"));
+        ck_assert_int_eq(validate("sandbox.spawn", fill_ok, &err), 0);
+}
+END_TEST
+
+START_TEST(test_error_codes_and_table) {
+        static const char *const want[] = {
+                "invalid_request", "method_not_found", "invalid_params", "not_found", "policy_denied",
+                "limit_exceeded", "unauthorized", "locked_down", "backend_unavailable", "internal",
+        };
+        for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+                ck_assert_str_eq(rpc_error_code_to_string((rpc_error_code) i), want[i]);
+
+        /* Every method is findable, names are unique, specs parse. */
+        for (size_t i = 0; i < _RPC_METHOD_MAX; i++) {
+                const rpc_method *m = rpc_method_find(rpc_methods[i].name, strlen(rpc_methods[i].name));
+                ck_assert_ptr_eq(m, &rpc_methods[i]);
+                ck_assert(rpc_methods[i].cli && rpc_methods[i].summary);
+        }
+        ck_assert_ptr_null(rpc_method_find("agentd.nope", 11));
+
+        /* An error response has exactly the contract's shape. */
+        buf b;
+        buf_init(&b);
+        rpc_pack_error_response(&b.pk, true, 9, RPC_E_NOT_FOUND, "gone");
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
+        size_t off = 0;
+        ck_assert_int_eq(msgpack_unpack_next(&u, b.sb.data, b.sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+        ck_assert_int_eq(u.data.type, MSGPACK_OBJECT_ARRAY);
+        ck_assert_uint_eq(u.data.via.array.size, 4);
+        ck_assert_uint_eq(u.data.via.array.ptr[1].via.u64, 9);
+        ck_assert_int_eq(u.data.via.array.ptr[2].type, MSGPACK_OBJECT_MAP);
+        ck_assert(mp_str_eq(&u.data.via.array.ptr[2].via.map.ptr[0].val, "not_found"));
+        ck_assert_int_eq(u.data.via.array.ptr[3].type, MSGPACK_OBJECT_NIL);
+        msgpack_unpacked_destroy(&u);
+        buf_done(&b);
+}
+END_TEST
+
+static Suite *codec_suite(void) {
+        Suite *s = suite_create("codec");
+        TCase *tc = tcase_create("codec");
+        tcase_add_test(tc, test_scan_every_type_bytewise);
+        tcase_add_test(tc, test_scan_incomplete);
+        tcase_add_test(tc, test_scan_size_limit_from_header);
+        tcase_add_test(tc, test_scan_depth_limit);
+        tcase_add_test(tc, test_scan_element_limit);
+        tcase_add_test(tc, test_scan_malformed);
+        tcase_add_test(tc, test_decode_request);
+        tcase_add_test(tc, test_decode_bad_envelopes);
+        tcase_add_test(tc, test_params);
+        tcase_add_test(tc, test_error_codes_and_table);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void) {
+        SRunner *sr = srunner_create(codec_suite());
+        srunner_run_all(sr, CK_NORMAL);
+        int failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
