@@ -282,7 +282,11 @@ int main(int argc, char **argv) {
                 log_error("HOME is not set to an absolute path");
                 return 1;
         }
-        m->home = strdup(home);
+        m->home = realpath(home, NULL);
+        if (!m->home) {
+                log_error("HOME %s: %m", home);
+                return 1;
+        }
         m->config_path = arg_config ? strdup(arg_config) : config_default_path();
         config_error ce = { 0 };
         int r = config_load(m->config_path, m->home, &m->config, &ce);
@@ -313,6 +317,12 @@ int main(int argc, char **argv) {
         if (r < 0) {
                 log_error("cannot prepare state directory %s: %s", m->config->state_directory, strerror(-r));
                 return 1;
+        }
+        /* Canonical from here on: sandboxes mount beneath it. */
+        char *state = realpath(m->config->state_directory, NULL);
+        if (state) {
+                free(m->config->state_directory);
+                m->config->state_directory = state;
         }
         r = sandboxes_init(m);
         if (r < 0)

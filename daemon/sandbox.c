@@ -538,7 +538,7 @@ static void sandbox_maybe_complete(sandbox *s) {
                 if (r < 0 && r != -ENOENT)
                         log_warning("sandbox %s: cannot remove cgroup %s: %s", s->id, s->cgroup, strerror(-r));
         }
-        set_state(s, s->killed || (s->exit_signal == SIGKILL) ? SANDBOX_KILLED : SANDBOX_EXITED);
+        set_state(s, s->killed ? SANDBOX_KILLED : SANDBOX_EXITED);
         log_info("sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
                  s->exit_code, s->exit_signal, s->end_reason ? " reason=" : "", s->end_reason ? s->end_reason : "");
         complete_waiters(s);
@@ -549,6 +549,10 @@ static void sandbox_maybe_complete(sandbox *s) {
 }
 
 static void spawn_failed(sandbox *s, const char *message) {
+        /* Nothing ran: the client leaving now is not a kill. */
+        release_owner(s);
+        if (!s->end_reason)
+                s->end_reason = strdup(message);
         if (s->spawn_call) {
                 rpc_call_error(s->spawn_call, RPC_E_SPAWN_FAILED, message);
                 s->spawn_call = NULL;
@@ -769,6 +773,50 @@ void sandboxes_connection_closed(manager *m, connection *c) {
 
 /* ---- spawning ------------------------------------------------------------------ */
 
+/* The helper wants canonical absolute paths: resolve what exists, and
+ * normalise the spelling (// . trailing /) of what does not. */
+static char *canonical_path(const char *p) {
+        char *r = realpath(p, NULL);
+        if (r)
+                return r;
+        if (p[0] != '/')
+                return NULL;
+        r = malloc(strlen(p) + 2);
+        if (!r)
+                return NULL;
+        char *o = r;
+        for (const char *i = p; *i;) {
+                while (*i == '/')
+                        i++;
+                const char *e = strchrnul(i, '/');
+                size_t n = (size_t) (e - i);
+                if (n == 0)
+                        break;
+                if (n == 1 && i[0] == '.') {
+                } else if (n == 2 && i[0] == '.' && i[1] == '.') {
+                        while (o > r && *--o != '/')
+                                ;
+                } else {
+                        *o++ = '/';
+                        memcpy(o, i, n);
+                        o += n;
+                }
+                i = e;
+        }
+        if (o == r)
+                *o++ = '/';
+        *o = 0;
+        return r;
+}
+
+static void spec_add_path(spec *sp, const char *key, const char *path) {
+        _cleanup_free_ char *c = canonical_path(path);
+        if (c)
+                spec_add(sp, key, c);
+        else
+                sp->oom = true;
+}
+
 static bool path_is_prefix(const char *prefix, const char *path) {
         size_t n = strlen(prefix);
         if (n == 1 && prefix[0] == '/')
@@ -914,7 +962,6 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
         spec sp = { 0 };
         const char *user = getenv("USER");
         char buf[PATH_MAX + 16];
-        spec_add(&sp, "version", "1");
         for (size_t i = 0; i < argc; i++)
                 spec_add(&sp, "arg", argv[i]);
         spec_add(&sp, "env", "PATH=/usr/local/bin:/usr/bin:/bin");
@@ -1060,13 +1107,13 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
         spec_add(&sp, "workspace_mode", ws_modes[p->workspace]);
         if (workspace)
                 spec_add(&sp, "workspace", workspace);
-        spec_add(&sp, "home", m->home);
+        spec_add_path(&sp, "home", m->home);
         for (size_t i = 0; p->read_only_paths && p->read_only_paths[i]; i++)
-                spec_add(&sp, "ro", p->read_only_paths[i]);
+                spec_add_path(&sp, "ro", p->read_only_paths[i]);
         for (size_t i = 0; p->writable_paths && p->writable_paths[i]; i++)
-                spec_add(&sp, "rw", p->writable_paths[i]);
+                spec_add_path(&sp, "rw", p->writable_paths[i]);
         for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
-                spec_add(&sp, "hide", p->hide_paths[i]);
+                spec_add_path(&sp, "hide", p->hide_paths[i]);
         spec_add(&sp, "hostname", "agentd");
         spec_add(&sp, "landlock", p->landlock ? "1" : "0");
         if (tty)

@@ -1,0 +1,450 @@
+/* agentd-sandbox ("the hands"): the daemon execs this once per sandbox. It
+ * reads the spec, enters a user namespace, clones the sandbox init into fresh
+ * mount/pid/net/ipc/uts/cgroup namespaces, waits for it and reports the
+ * outcome on status_fd. The init builds the root, forks the command and reaps.
+ *
+ * Status messages (one line each, in this order):
+ *   started <host pid of the sandbox init>   (tty=1: the pty master rides along, SCM_RIGHTS)
+ *   error <step>: <message>                  (setup failed; the command did not run)
+ *   exit <code> | signal <N>                 (always last, sent by the hands)
+ * Exit code of the hands: the command's, 128+N for signal N, 125 when setup
+ * failed, 127 when the command was not found. */
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "sandbox.h"
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+/* struct clone_args up to CLONE_INTO_CGROUP (linux/sched.h clashes with sched.h). */
+struct sandbox_clone_args {
+        uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+
+extern char **environ;
+
+static const int forwarded_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
+
+static int status_send(int fd, int passfd, const char *fmt, ...) _printf_(3, 4);
+static int status_send(int fd, int passfd, const char *fmt, ...) {
+        char buf[640];
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        struct iovec iov = { .iov_base = buf };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+                return -EINVAL;
+        if ((size_t) n > sizeof(buf) - 2)
+                n = sizeof(buf) - 2;
+        buf[n++] = '\n';
+        iov.iov_len = (size_t) n;
+
+        if (passfd >= 0) {
+                struct cmsghdr *c;
+
+                msg.msg_control = control.buf;
+                msg.msg_controllen = sizeof(control.buf);
+                c = CMSG_FIRSTHDR(&msg);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(c), &passfd, sizeof(int));
+        }
+        for (;;) {
+                if (sendmsg(fd, &msg, MSG_NOSIGNAL) >= 0)
+                        return 0;
+                if (errno == EINTR)
+                        continue;
+                if (errno == ENOTSOCK && passfd < 0 && write(fd, buf, (size_t) n) == n)
+                        return 0;
+                return -errno;
+        }
+}
+
+/* The one place setup failures are reported; without a status channel, stderr. */
+static void report_error(int status_fd, const SandboxError *err) {
+        if (status_fd < 0 || status_send(status_fd, -1, "error %s: %s", err->step, err->message) < 0)
+                dprintf(STDERR_FILENO, "agentd-sandbox: error %s: %s\n", err->step, err->message);
+}
+
+static _Noreturn void fail(int status_fd, const SandboxError *err, int code) {
+        report_error(status_fd, err);
+        _exit(code);
+}
+
+static int write_file(const char *path, const char *content, SandboxError *err) {
+        _cleanup_close_ int fd = -1;
+        size_t l = strlen(content);
+
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, content, l) != (ssize_t) l)
+                return sandbox_fail(err, "userns", -errno, "write %s: %m", path);
+        return 0;
+}
+
+/* The user keeps their own uid and gid inside; nothing else is mapped. */
+static int enter_user_namespace(SandboxError *err) {
+        char map[64];
+        uid_t uid = getuid();
+        gid_t gid = getgid();
+        int r;
+
+        if (unshare(CLONE_NEWUSER) < 0)
+                return sandbox_fail(err, "userns", -errno, "unshare: %m");
+        r = write_file("/proc/self/setgroups", "deny", err);
+        if (r < 0)
+                return r;
+        snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
+        r = write_file("/proc/self/uid_map", map, err);
+        if (r < 0)
+                return r;
+        snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
+        return write_file("/proc/self/gid_map", map, err);
+}
+
+static int loopback_up(SandboxError *err) {
+        _cleanup_close_ int fd = -1;
+        struct ifreq ifr = { .ifr_name = "lo", .ifr_flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING };
+
+        fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+                return sandbox_fail(err, "network", -errno, "bring up lo: %m");
+        return 0;
+}
+
+/* execvpe's search, but against the sandbox's PATH and before anything is
+ * announced, so a missing command fails setup instead of running nothing. */
+static int resolve_command(const SandboxSpec *spec, char *buf, size_t size, const char **ret) {
+        const char *name = spec->argv[0], *path;
+        size_t nl = strlen(name);
+        int r = -ENOENT;
+
+        if (strchr(name, '/')) {
+                *ret = name;
+                return 0;
+        }
+        path = spec_env_get(spec, "PATH") ?: "/usr/local/bin:/usr/bin:/bin";
+        while (path) {
+                const char *colon = strchr(path, ':');
+                size_t dl = colon ? (size_t) (colon - path) : strlen(path);
+                struct stat st;
+
+                if (dl + nl + 2 <= size) {
+                        if (dl == 0)
+                                buf[0] = '.', dl = 1;
+                        else
+                                memcpy(buf, path, dl);
+                        buf[dl] = '/';
+                        memcpy(buf + dl + 1, name, nl + 1);
+                        if (stat(buf, &st) == 0 && S_ISREG(st.st_mode)) {
+                                if (access(buf, X_OK) == 0) {
+                                        *ret = buf;
+                                        return 0;
+                                }
+                                r = -EACCES;
+                        }
+                }
+                path = colon ? colon + 1 : NULL;
+        }
+        return r;
+}
+
+static void close_all_except(int a, int b) {
+        int lo = a < b ? a : b, hi = a < b ? b : a;
+
+        /* Keep a and b (may be -1) until execve; every other fd above 2 goes now. */
+        if (lo < 3) {
+                lo = hi;
+                hi = -1;
+        }
+        if (lo < 3) {
+                syscall(SYS_close_range, 3U, ~0U, 0);
+                return;
+        }
+        syscall(SYS_close_range, 3U, (unsigned) lo - 1, 0);
+        if (hi > lo) {
+                syscall(SYS_close_range, (unsigned) lo + 1, (unsigned) hi - 1, 0);
+                syscall(SYS_close_range, (unsigned) hi + 1, ~0U, 0);
+        } else
+                syscall(SYS_close_range, (unsigned) lo + 1, ~0U, 0);
+        syscall(SYS_close_range, (unsigned) lo, (unsigned) lo, CLOSE_RANGE_CLOEXEC);
+        if (hi > lo)
+                syscall(SYS_close_range, (unsigned) hi, (unsigned) hi, CLOSE_RANGE_CLOEXEC);
+}
+
+static _Noreturn void run_command(const SandboxSpec *spec, int master, pid_t host_pid) {
+        SandboxError err = {};
+        char pathbuf[4096];
+        const char *path;
+        sigset_t none;
+        int r;
+
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+
+        /* Always a new session: no TIOCSTI into a terminal we merely inherited. */
+        if (setsid() < 0)
+                fail(spec->status_fd, (sandbox_fail(&err, "setsid", -errno, "%m"), &err), SANDBOX_EXIT_SETUP);
+        if (master >= 0) {
+                int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY);
+
+                if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0 || dup2(slave, 0) < 0 || dup2(slave, 1) < 0 ||
+                    dup2(slave, 2) < 0)
+                        fail(spec->status_fd, (sandbox_fail(&err, "tty", -errno, "pty slave: %m"), &err), SANDBOX_EXIT_SETUP);
+                if (slave > 2)
+                        close(slave);
+        }
+        close_all_except(spec->status_fd, master);
+
+        if (chdir(spec_cwd(spec) ?: "/") < 0)
+                fail(spec->status_fd, (sandbox_fail(&err, "chdir", -errno, "%s: %m", spec_cwd(spec)), &err), SANDBOX_EXIT_SETUP);
+        r = confine_drop_capabilities(&err);
+        if (r >= 0)
+                r = confine_landlock(spec, &err);
+        if (r < 0)
+                fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+
+        r = resolve_command(spec, pathbuf, sizeof(pathbuf), &path);
+        if (r < 0) {
+                errno = -r;
+                sandbox_fail(&err, "exec", r, "%s: %m", spec->argv[0]);
+                fail(spec->status_fd, &err, r == -ENOENT ? SANDBOX_EXIT_NOTFOUND : SANDBOX_EXIT_NOEXEC);
+        }
+
+        if (status_send(spec->status_fd, master, "started %d", (int) host_pid) < 0)
+                _exit(SANDBOX_EXIT_SETUP); /* nobody listens: do not run unobserved */
+        if (master >= 0)
+                close(master);
+
+        r = confine_seccomp(spec, &err);
+        if (r < 0)
+                fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+        execve(path, spec->argv, spec->envp);
+        r = errno;
+        sandbox_fail(&err, "exec", -r, "%s: %s", spec->argv[0], strerror(r));
+        fail(spec->status_fd, &err, r == ENOENT ? SANDBOX_EXIT_NOTFOUND : SANDBOX_EXIT_NOEXEC);
+}
+
+/* pid 1 of the sandbox. The command's wait status goes to the hands over
+ * `parent`; the hands reports it, so a killed init is reported too. */
+static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset_t *mask) {
+        _cleanup_close_ int master = -1;
+        SandboxError err = {};
+        pid_t host_pid = 0, cmd;
+        int r;
+
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+                _exit(SANDBOX_EXIT_SETUP);
+        /* Keeps the command from ptracing us or reading our memory and fds. */
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+                fail(spec->status_fd, (sandbox_fail(&err, "init", -errno, "dumpable: %m"), &err), SANDBOX_EXIT_SETUP);
+
+        r = mounts_build_root(spec, &err);
+        if (r < 0)
+                fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+        if (sethostname(spec->hostname, strlen(spec->hostname)) < 0 || setdomainname("(none)", 6) < 0)
+                fail(spec->status_fd, (sandbox_fail(&err, "hostname", -errno, "%m"), &err), SANDBOX_EXIT_SETUP);
+        r = loopback_up(&err);
+        if (r < 0)
+                fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+        if (spec->tty) {
+                master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+                if (master < 0 || ioctl(master, TIOCSPTLCK, &(int) { 0 }) < 0)
+                        fail(spec->status_fd, (sandbox_fail(&err, "tty", -errno, "open /dev/pts/ptmx: %m"), &err), SANDBOX_EXIT_SETUP);
+        }
+
+        /* The hands wrote our host pid right after clone3; EOF means it is gone. */
+        if (recv(parent, &host_pid, sizeof(host_pid), 0) != sizeof(host_pid))
+                _exit(SANDBOX_EXIT_SETUP);
+
+        cmd = fork();
+        if (cmd < 0)
+                fail(spec->status_fd, (sandbox_fail(&err, "fork", -errno, "%m"), &err), SANDBOX_EXIT_SETUP);
+        if (cmd == 0) {
+                close(parent);
+                run_command(spec, master, host_pid);
+        }
+        master = safe_close(master);
+
+        for (;;) {
+                siginfo_t si;
+                int sig = sigwaitinfo(mask, &si);
+
+                if (sig < 0)
+                        continue;
+                if (sig != SIGCHLD) {
+                        kill(cmd, sig);
+                        continue;
+                }
+                /* Reap everything; leave as soon as the command is gone (the
+                 * pid namespace dies with us and takes the rest along). */
+                for (;;) {
+                        int ws;
+                        pid_t p = waitpid(-1, &ws, WNOHANG);
+
+                        if (p <= 0)
+                                break;
+                        if (p == cmd) {
+                                (void) send(parent, &ws, sizeof(ws), MSG_NOSIGNAL);
+                                _exit(WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws));
+                        }
+                }
+        }
+}
+
+static int parse_args(int argc, char **argv) {
+        for (int i = 1; i < argc; i++) {
+                const char *v = NULL;
+                char *end;
+                long fd;
+
+                if (streq(argv[i], "--spec-fd") && i + 1 < argc)
+                        v = argv[++i];
+                else if (strncmp(argv[i], "--spec-fd=", 10) == 0)
+                        v = argv[i] + 10;
+                else
+                        return -EINVAL;
+                errno = 0;
+                fd = strtol(v, &end, 10);
+                if (errno || *end || end == v || fd < 0 || fd > INT32_MAX)
+                        return -EINVAL;
+                if (i == argc - 1)
+                        return (int) fd;
+        }
+        return -EINVAL;
+}
+
+int main(int argc, char **argv) {
+        SandboxError err = {};
+        SandboxSpec spec = { .status_fd = -1 };
+        _cleanup_free_ char *buf = NULL;
+        struct sandbox_clone_args args = {};
+        sigset_t mask;
+        size_t size = 0;
+        pid_t ppid, pid;
+        int spec_fd, pair[2], ws = 0, status, r;
+        ssize_t n;
+
+        /* Nothing of the daemon's environment is kept, not even in our memory. */
+        for (char **e = environ; e && *e; e++)
+                explicit_zero(*e, strlen(*e));
+        environ = NULL;
+
+        spec_fd = parse_args(argc, argv);
+        if (spec_fd < 0) {
+                dprintf(STDERR_FILENO, "usage: %s --spec-fd N\n", argv[0]);
+                return SANDBOX_EXIT_SETUP;
+        }
+
+        ppid = getppid();
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != ppid)
+                return SANDBOX_EXIT_SETUP;
+
+        r = spec_read(spec_fd, &buf, &size, &err);
+        if (r >= 0)
+                r = spec_parse(buf, size, &spec, &err);
+        if (r < 0)
+                fail(spec.status_fd, &err, SANDBOX_EXIT_SETUP);
+        close(spec_fd);
+
+        r = enter_user_namespace(&err);
+        if (r < 0)
+                fail(spec.status_fd, &err, SANDBOX_EXIT_SETUP);
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+                fail(spec.status_fd, (sandbox_fail(&err, "init", -errno, "dumpable: %m"), &err), SANDBOX_EXIT_SETUP);
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+                fail(spec.status_fd, (sandbox_fail(&err, "init", -errno, "socketpair: %m"), &err), SANDBOX_EXIT_SETUP);
+
+        /* Blocked before clone3, so no SIGCHLD and no forwarded signal is lost. */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGCHLD);
+        for (size_t i = 0; i < ELEMENTSOF(forwarded_signals); i++)
+                sigaddset(&mask, forwarded_signals[i]);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+
+        args.flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
+        args.exit_signal = SIGCHLD;
+        if (spec.cgroup_fd >= 0) {
+                args.flags |= CLONE_INTO_CGROUP;
+                args.cgroup = (uint64_t) spec.cgroup_fd;
+        }
+        pid = (pid_t) syscall(SYS_clone3, &args, sizeof(args));
+        if (pid < 0) {
+                r = -errno;
+                if (spec.cgroup_fd >= 0 && r != -ENOMEM && r != -ENOSPC && r != -EUSERS && r != -EAGAIN)
+                        sandbox_fail(&err, "cgroup", r, "clone3 into cgroup: %s", strerror(-r));
+                else
+                        sandbox_fail(&err, "clone", r, "clone3: %s", strerror(-r));
+                fail(spec.status_fd, &err, SANDBOX_EXIT_SETUP);
+        }
+        if (pid == 0) {
+                close(pair[0]);
+                run_init(&spec, pair[1], &mask);
+        }
+        close(pair[1]);
+        (void) send(pair[0], &pid, sizeof(pid), MSG_NOSIGNAL);
+
+        /* The init has its own copy; ours holds the command's environment for nothing. */
+        explicit_zero(buf, size);
+        if (spec.cgroup_fd >= 0)
+                spec.cgroup_fd = safe_close(spec.cgroup_fd);
+        if (spec.seccomp_fd >= 0)
+                spec.seccomp_fd = safe_close(spec.seccomp_fd);
+
+        for (;;) {
+                siginfo_t si;
+                int sig = sigwaitinfo(&mask, &si);
+
+                if (sig < 0)
+                        continue;
+                if (sig != SIGCHLD) {
+                        kill(pid, sig);
+                        continue;
+                }
+                if (waitpid(pid, &ws, WNOHANG) == pid)
+                        break;
+        }
+
+        /* The command's status if the init got to send it; the init's own otherwise. */
+        n = recv(pair[0], &status, sizeof(status), MSG_DONTWAIT);
+        if (n != sizeof(status))
+                status = ws;
+        if (WIFSIGNALED(status)) {
+                status_send(spec.status_fd, -1, "signal %d", WTERMSIG(status));
+                return 128 + WTERMSIG(status);
+        }
+        status_send(spec.status_fd, -1, "exit %d", WEXITSTATUS(status));
+        return WEXITSTATUS(status);
+}

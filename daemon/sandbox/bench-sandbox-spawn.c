@@ -1,0 +1,120 @@
+/* Spawn-time benchmark: N runs of /bin/true through agentd-sandbox (spec in a
+ * memfd, status on a socketpair, exactly as the daemon drives it) against
+ * `unshare -Urmpfn --mount-proc /bin/true`, side by side; prints medians.
+ * Usage: bench-sandbox-spawn path/to/agentd-sandbox [runs] [workspace] */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "macro.h"
+
+static double now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec * 1e3 + (double) ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+        return x < y ? -1 : x > y;
+}
+
+static int run_hands(const char *hands, const char *workspace) {
+        _cleanup_close_ int memfd = -1, ours = -1;
+        int pair[2], status;
+        char spec[8192], fdarg[16], buf[256];
+        size_t len = 0;
+        pid_t pid;
+
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+                return -errno;
+        ours = pair[0];
+        memfd = memfd_create("spec", 0);
+        if (memfd < 0)
+                return -errno;
+        len += (size_t) snprintf(spec + len, sizeof(spec) - len, "arg=/bin/true%cenv=PATH=/usr/bin:/bin%c", 0, 0);
+        if (workspace)
+                len += (size_t) snprintf(spec + len, sizeof(spec) - len, "workspace=%s%cworkspace_mode=ro%c", workspace, 0, 0);
+        else
+                len += (size_t) snprintf(spec + len, sizeof(spec) - len, "workspace_mode=none%c", 0);
+        len += (size_t) snprintf(spec + len, sizeof(spec) - len, "unsafe_no_seccomp=1%cstatus_fd=%d%c", 0, pair[1], 0);
+        if (write(memfd, spec, len) != (ssize_t) len)
+                return -EIO;
+        snprintf(fdarg, sizeof(fdarg), "%d", memfd);
+
+        pid = vfork();
+        if (pid == 0) {
+                fcntl(pair[1], F_SETFD, 0);
+                execl(hands, hands, "--spec-fd", fdarg, (char *) NULL);
+                _exit(127);
+        }
+        close(pair[1]);
+        if (pid < 0)
+                return -errno;
+        while (recv(ours, buf, sizeof(buf), 0) > 0)
+                ;
+        if (waitpid(pid, &status, 0) < 0)
+                return -errno;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -EINTR;
+}
+
+static int run_argv(char *const argv[]) {
+        int status;
+        pid_t pid = vfork();
+
+        if (pid == 0) {
+                execv(argv[0], argv);
+                _exit(127);
+        }
+        if (pid < 0 || waitpid(pid, &status, 0) < 0)
+                return -errno;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -EINTR;
+}
+
+int main(int argc, char **argv) {
+        char *unshare_argv[] = { "/usr/bin/unshare", "-Urmpfn", "--mount-proc", "/bin/true", NULL };
+        char *plain_argv[] = { "/bin/true", NULL };
+        int runs = argc > 2 ? atoi(argv[2]) : 200;
+        const char *workspace = argc > 3 ? argv[3] : NULL;
+        double *t[3];
+
+        if (argc < 2 || runs < 1) {
+                fprintf(stderr, "usage: %s path/to/agentd-sandbox [runs] [workspace]\n", argv[0]);
+                return 2;
+        }
+        for (int k = 0; k < 3; k++)
+                t[k] = calloc((size_t) runs, sizeof(double));
+        /* Interleaved, so drift on the machine hits all three alike. */
+        for (int i = 0; i < runs; i++) {
+                double s = now_ms();
+                int r = run_hands(argv[1], workspace);
+                t[0][i] = now_ms() - s;
+                if (r != 0) {
+                        fprintf(stderr, "agentd-sandbox run %d failed: %d\n", i, r);
+                        return 1;
+                }
+                s = now_ms();
+                if (run_argv(unshare_argv) != 0) {
+                        fprintf(stderr, "unshare run %d failed\n", i);
+                        return 1;
+                }
+                t[1][i] = now_ms() - s;
+                s = now_ms();
+                run_argv(plain_argv);
+                t[2][i] = now_ms() - s;
+        }
+        for (int k = 0; k < 3; k++)
+                qsort(t[k], (size_t) runs, sizeof(double), cmp_double);
+        printf("%d runs, median (p90) ms\n", runs);
+        printf("  agentd-sandbox /bin/true              %6.2f (%6.2f)\n", t[0][runs / 2], t[0][runs * 9 / 10]);
+        printf("  unshare -Urmpfn --mount-proc /bin/true %6.2f (%6.2f)\n", t[1][runs / 2], t[1][runs * 9 / 10]);
+        printf("  plain /bin/true                       %6.2f (%6.2f)\n", t[2][runs / 2], t[2][runs * 9 / 10]);
+        return 0;
+}

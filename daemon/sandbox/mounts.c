@@ -1,0 +1,405 @@
+/* agentd-sandbox: build the sandbox's root file system in the init's private
+ * mount namespace. Every source is first cloned into a detached mount (new
+ * mount API), then attached beneath a fresh tmpfs through O_PATH descriptors
+ * resolved without following symlinks, then the process pivots into it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "sandbox.h"
+
+#define ATTR_RO (MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+#define ATTR_RW (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+#define RESOLVE_SAFE (RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+#define MAX_ENTRIES 256
+
+typedef struct MountEntry {
+        const char *path;    /* absolute path inside the sandbox */
+        const char *symlink; /* create a symlink with this target instead of mounting */
+        int fd;              /* detached mount */
+        bool is_dir;
+} MountEntry;
+
+typedef struct MountPlan {
+        MountEntry entries[MAX_ENTRIES];
+        size_t n;
+} MountPlan;
+
+static int openat2_safe(int dirfd, const char *path, int flags) {
+        struct open_how how = {
+                .flags = (uint64_t) (flags | O_CLOEXEC),
+                .resolve = RESOLVE_SAFE,
+        };
+        int fd = (int) syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+        return fd < 0 ? -errno : fd;
+}
+
+static unsigned path_depth(const char *p) {
+        unsigned d = 0;
+        for (; *p; p++)
+                d += *p == '/';
+        return d;
+}
+
+static int plan_add(MountPlan *plan, const char *path, int fd, const char *symlink, SandboxError *err) {
+        struct stat st;
+
+        if (plan->n >= MAX_ENTRIES) {
+                safe_close(fd);
+                return sandbox_fail(err, "mount", -E2BIG, "more than %d mounts", MAX_ENTRIES);
+        }
+        if (fd >= 0 && fstat(fd, &st) < 0) {
+                int r = -errno;
+                safe_close(fd);
+                return sandbox_fail(err, "mount", r, "fstat %s: %m", path);
+        }
+        plan->entries[plan->n++] = (MountEntry) {
+                .path = path,
+                .fd = fd,
+                .symlink = symlink,
+                .is_dir = symlink || S_ISDIR(st.st_mode),
+        };
+        return 0;
+}
+
+/* The last message the kernel logged on an fs_context, for a useful error. */
+static void fs_context_message(int fsfd, char *buf, size_t size) {
+        ssize_t n = read(fsfd, buf, size - 1);
+        buf[n > 0 ? n : 0] = '\0';
+        if (n > 0 && buf[n - 1] == '\n')
+                buf[n - 1] = '\0';
+}
+
+static int make_fs(const char *type, const char *const *opts, unsigned attr, const char *step, SandboxError *err) {
+        _cleanup_close_ int fsfd = -1;
+        char msg[256];
+        int fd, r;
+
+        fsfd = fsopen(type, FSOPEN_CLOEXEC);
+        if (fsfd < 0)
+                return sandbox_fail(err, step, -errno, "fsopen %s: %m", type);
+        for (; opts && *opts; opts += 2)
+                if (fsconfig(fsfd, opts[1] ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG, opts[0], opts[1], 0) < 0) {
+                        r = -errno;
+                        fs_context_message(fsfd, msg, sizeof(msg));
+                        errno = -r;
+                        return sandbox_fail(err, step, r, "%s option %s%s%s: %s%s%m", type, opts[0],
+                                            opts[1] ? "=" : "", opts[1] ?: "", msg, *msg ? ": " : "");
+                }
+        if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+                r = -errno;
+                fs_context_message(fsfd, msg, sizeof(msg));
+                errno = -r;
+                return sandbox_fail(err, step, r, "create %s: %s%s%m", type, msg, *msg ? ": " : "");
+        }
+        fd = fsmount(fsfd, FSMOUNT_CLOEXEC, attr);
+        if (fd < 0)
+                return sandbox_fail(err, step, -errno, "fsmount %s: %m", type);
+        return fd;
+}
+
+static int make_tmpfs(const char *mode, unsigned attr, SandboxError *err) {
+        const char *opts[] = { "mode", mode, NULL };
+        return make_fs("tmpfs", opts, attr, "tmpfs", err);
+}
+
+/* Clone a host path (recursively) into a detached mount with the given attributes. */
+static int clone_tree(const char *path, bool recursive, unsigned attr, const char *step, SandboxError *err) {
+        _cleanup_close_ int fd = -1;
+        struct mount_attr ma = { .attr_set = attr };
+
+        fd = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0));
+        if (fd < 0)
+                return sandbox_fail(err, step, -errno, "%s: %m", path);
+        if (attr && mount_setattr(fd, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &ma, sizeof(ma)) < 0)
+                return sandbox_fail(err, step, -errno, "%s: mount_setattr: %m", path);
+        return TAKE_FD(fd);
+}
+
+static int plan_system(MountPlan *plan, SandboxError *err) {
+        static const char *const merged[] = { "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32" };
+        static const char *const devices[] = { "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty" };
+        static char links[ELEMENTSOF(merged)][256];
+        const char *devpts_opts[] = { "newinstance", NULL, "ptmxmode", "0666", "mode", "0620", NULL };
+        int fd, r;
+
+        fd = clone_tree("/usr", true, ATTR_RO, "mount /usr", err);
+        if (fd < 0 || (r = plan_add(plan, "/usr", fd, NULL, err)) < 0)
+                return fd < 0 ? fd : r;
+        fd = clone_tree("/etc", true, ATTR_RO, "mount /etc", err);
+        if (fd < 0 || (r = plan_add(plan, "/etc", fd, NULL, err)) < 0)
+                return fd < 0 ? fd : r;
+
+        for (size_t i = 0; i < ELEMENTSOF(merged); i++) {
+                ssize_t n = readlink(merged[i], links[i], sizeof(links[i]) - 1);
+
+                if (n >= 0) {
+                        links[i][n] = '\0';
+                        r = plan_add(plan, merged[i], -1, links[i], err);
+                } else if (errno == ENOENT)
+                        continue;
+                else if (errno == EINVAL) { /* a real directory */
+                        fd = clone_tree(merged[i], true, ATTR_RO, "mount", err);
+                        if (fd < 0)
+                                return fd;
+                        r = plan_add(plan, merged[i], fd, NULL, err);
+                } else
+                        return sandbox_fail(err, "mount", -errno, "readlink %s: %m", merged[i]);
+                if (r < 0)
+                        return r;
+        }
+
+        fd = make_tmpfs("0755", ATTR_RW | MOUNT_ATTR_NOEXEC, err);
+        if (fd < 0 || (r = plan_add(plan, "/dev", fd, NULL, err)) < 0)
+                return fd < 0 ? fd : r;
+        for (size_t i = 0; i < ELEMENTSOF(devices); i++) {
+                fd = clone_tree(devices[i], false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "mount /dev", err);
+                if (fd < 0 || (r = plan_add(plan, devices[i], fd, NULL, err)) < 0)
+                        return fd < 0 ? fd : r;
+        }
+        fd = make_fs("devpts", devpts_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "mount /dev/pts", err);
+        if (fd < 0 || (r = plan_add(plan, "/dev/pts", fd, NULL, err)) < 0)
+                return fd < 0 ? fd : r;
+        fd = make_tmpfs("1777", ATTR_RW, err);
+        if (fd < 0 || (r = plan_add(plan, "/dev/shm", fd, NULL, err)) < 0)
+                return fd < 0 ? fd : r;
+        r = plan_add(plan, "/dev/ptmx", -1, "pts/ptmx", err);
+        if (r >= 0)
+                r = plan_add(plan, "/dev/fd", -1, "/proc/self/fd", err);
+        if (r >= 0)
+                r = plan_add(plan, "/dev/stdin", -1, "/proc/self/fd/0", err);
+        if (r >= 0)
+                r = plan_add(plan, "/dev/stdout", -1, "/proc/self/fd/1", err);
+        if (r >= 0)
+                r = plan_add(plan, "/dev/stderr", -1, "/proc/self/fd/2", err);
+        if (r < 0)
+                return r;
+
+        /* proc of the new pid namespace: we are its pid 1 already. */
+        fd = make_fs("proc", NULL, ATTR_RW | MOUNT_ATTR_NOEXEC, "mount /proc", err);
+        if (fd < 0 || (r = plan_add(plan, "/proc", fd, NULL, err)) < 0)
+                return fd < 0 ? fd : r;
+        fd = make_tmpfs("1777", ATTR_RW, err);
+        if (fd < 0 || (r = plan_add(plan, "/tmp", fd, NULL, err)) < 0)
+                return fd < 0 ? fd : r;
+        fd = make_tmpfs("0755", ATTR_RW, err);
+        if (fd < 0 || (r = plan_add(plan, "/run", fd, NULL, err)) < 0)
+                return fd < 0 ? fd : r;
+        return 0;
+}
+
+static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err) {
+        int fd, r;
+
+        if (spec->home) {
+                fd = make_tmpfs("0700", ATTR_RW, err);
+                if (fd < 0 || (r = plan_add(plan, spec->home, fd, NULL, err)) < 0)
+                        return fd < 0 ? fd : r;
+        }
+
+        switch (spec->workspace_mode) {
+        case WORKSPACE_OVERLAY: {
+                const char *opts[] = { "lowerdir", spec->workspace, "upperdir", spec->upper,
+                                       "workdir", spec->work, "userxattr", NULL, NULL };
+                fd = make_fs("overlay", opts, ATTR_RW, "workspace", err);
+                break;
+        }
+        case WORKSPACE_RO:
+                fd = clone_tree(spec->workspace, true, ATTR_RO, "workspace", err);
+                break;
+        case WORKSPACE_RW:
+                fd = clone_tree(spec->workspace, true, ATTR_RW, "workspace", err);
+                break;
+        case WORKSPACE_NONE:
+        default:
+                fd = -ENOENT;
+        }
+        if (spec->workspace_mode != WORKSPACE_NONE) {
+                if (fd < 0)
+                        return fd;
+                r = plan_add(plan, spec->workspace, fd, NULL, err);
+                if (r < 0)
+                        return r;
+                if (!plan->entries[plan->n - 1].is_dir)
+                        return sandbox_fail(err, "workspace", -ENOTDIR, "%s: %s", spec->workspace, strerror(ENOTDIR));
+        }
+
+        for (char **p = spec->ro; *p; p++) {
+                fd = clone_tree(*p, true, ATTR_RO, "bind ro", err);
+                if (fd < 0 || (r = plan_add(plan, *p, fd, NULL, err)) < 0)
+                        return fd < 0 ? fd : r;
+        }
+        for (char **p = spec->rw; *p; p++) {
+                fd = clone_tree(*p, true, ATTR_RW, "bind rw", err);
+                if (fd < 0 || (r = plan_add(plan, *p, fd, NULL, err)) < 0)
+                        return fd < 0 ? fd : r;
+        }
+        return 0;
+}
+
+/* Open (creating as needed) the mount point for path beneath rootfd, one
+ * component at a time, refusing symlinks anywhere on the way. */
+static int open_mountpoint(int rootfd, const char *path, bool is_dir, SandboxError *err) {
+        _cleanup_close_ int dirfd = -1;
+        char comp[256];
+        const char *p = path;
+        int fd;
+
+        dirfd = fcntl(rootfd, F_DUPFD_CLOEXEC, 3);
+        if (dirfd < 0)
+                return sandbox_fail(err, "mount", -errno, "dup: %m");
+        while (*p == '/')
+                p++;
+        while (*p) {
+                size_t l = strcspn(p, "/");
+                bool last = p[l] == '\0';
+
+                if (l >= sizeof(comp))
+                        return sandbox_fail(err, "mount", -ENAMETOOLONG, "%s: component too long", path);
+                memcpy(comp, p, l);
+                comp[l] = '\0';
+                p += l;
+                while (*p == '/')
+                        p++;
+
+                fd = openat2_safe(dirfd, comp, O_PATH | O_NOFOLLOW | (last && !is_dir ? 0 : O_DIRECTORY));
+                if (fd == -ENOENT) {
+                        if (last && !is_dir) {
+                                fd = openat(dirfd, comp, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
+                                if (fd >= 0)
+                                        close(fd);
+                        } else
+                                fd = mkdirat(dirfd, comp, 0755);
+                        if (fd < 0 && errno != EEXIST)
+                                return sandbox_fail(err, "mount", -errno, "create mount point %s: %m", path);
+                        fd = openat2_safe(dirfd, comp, O_PATH | O_NOFOLLOW | (last && !is_dir ? 0 : O_DIRECTORY));
+                }
+                if (fd < 0) {
+                        errno = -fd;
+                        return sandbox_fail(err, "mount", fd, "mount point %s%s: %m", path,
+                                            fd == -ELOOP || fd == -EXDEV ? " crosses a symlink" : "");
+                }
+                safe_close(dirfd);
+                dirfd = fd;
+        }
+        return TAKE_FD(dirfd);
+}
+
+static int place_entry(int rootfd, MountEntry *e, SandboxError *err) {
+        _cleanup_close_ int target = -1;
+
+        if (e->symlink) {
+                _cleanup_close_ int parent = -1;
+                const char *slash = strrchr(e->path, '/');
+                char dir[4096];
+
+                memcpy(dir, e->path, (size_t) (slash - e->path));
+                dir[slash - e->path] = '\0';
+                parent = *dir ? open_mountpoint(rootfd, dir, true, err) : fcntl(rootfd, F_DUPFD_CLOEXEC, 3);
+                if (parent < 0)
+                        return parent;
+                if (symlinkat(e->symlink, parent, slash + 1) < 0)
+                        return sandbox_fail(err, "mount", -errno, "symlink %s: %m", e->path);
+                return 0;
+        }
+        target = open_mountpoint(rootfd, e->path, e->is_dir, err);
+        if (target < 0)
+                return target;
+        if (move_mount(e->fd, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+                return sandbox_fail(err, "mount", -errno, "attach %s: %m", e->path);
+        e->fd = safe_close(e->fd);
+        return 0;
+}
+
+/* Mask a path: an empty read-only tmpfs over a directory, /dev/null over anything else. */
+static int hide_path(int rootfd, const char *path, SandboxError *err) {
+        _cleanup_close_ int target = -1, src = -1;
+        struct stat st;
+
+        target = openat2_safe(rootfd, path + 1, O_PATH | O_NOFOLLOW);
+        if (target == -ENOENT)
+                return 0;
+        if (target < 0) {
+                errno = -target;
+                return sandbox_fail(err, "hide", target, "%s: %m", path);
+        }
+        if (fstat(target, &st) < 0)
+                return sandbox_fail(err, "hide", -errno, "%s: %m", path);
+        if (S_ISDIR(st.st_mode))
+                src = make_tmpfs("0755", ATTR_RO | MOUNT_ATTR_NOEXEC, err);
+        else
+                src = clone_tree("/dev/null", false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "hide", err);
+        if (src < 0)
+                return src;
+        if (move_mount(src, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+                return sandbox_fail(err, "hide", -errno, "%s: %m", path);
+        return 0;
+}
+
+int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
+        _cleanup_free_ MountPlan *plan = NULL;
+        _cleanup_close_ int rootfd = -1;
+        struct mount_attr ro = { .attr_set = MOUNT_ATTR_RDONLY };
+        int r = 0;
+
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+                return sandbox_fail(err, "mount", -errno, "make / private: %m");
+
+        plan = calloc(1, sizeof(*plan));
+        if (!plan)
+                return sandbox_fail(err, "mount", -ENOMEM, "out of memory");
+
+        /* Clone every source before anything is covered: the sources may live anywhere. */
+        r = plan_system(plan, err);
+        if (r >= 0)
+                r = plan_user(plan, spec, err);
+        if (r >= 0) {
+                rootfd = make_tmpfs("0755", ATTR_RW, err);
+                if (rootfd < 0)
+                        r = rootfd;
+                else if (move_mount(rootfd, "", AT_FDCWD, "/tmp", MOVE_MOUNT_F_EMPTY_PATH) < 0)
+                        r = sandbox_fail(err, "mount", -errno, "attach new root: %m");
+        }
+
+        /* Parents before children; a stable order keeps later entries on top. */
+        for (size_t i = 1; r >= 0 && i < plan->n; i++) {
+                MountEntry e = plan->entries[i];
+                unsigned d = path_depth(e.path);
+                size_t j = i;
+
+                for (; j > 0 && path_depth(plan->entries[j - 1].path) > d; j--)
+                        plan->entries[j] = plan->entries[j - 1];
+                plan->entries[j] = e;
+        }
+        for (size_t i = 0; r >= 0 && i < plan->n; i++)
+                r = place_entry(rootfd, &plan->entries[i], err);
+        for (char **h = spec->hide; r >= 0 && *h; h++)
+                r = hide_path(rootfd, *h, err);
+        for (size_t i = 0; i < plan->n; i++)
+                safe_close(plan->entries[i].fd);
+        if (r < 0)
+                return r;
+
+        /* pivot_root(".", ".") stacks the old root under the new one; detach it. */
+        if (fchdir(rootfd) < 0)
+                return sandbox_fail(err, "pivot_root", -errno, "chdir: %m");
+        if (syscall(SYS_pivot_root, ".", ".") < 0)
+                return sandbox_fail(err, "pivot_root", -errno, "%m");
+        if (umount2(".", MNT_DETACH) < 0)
+                return sandbox_fail(err, "pivot_root", -errno, "detach old root: %m");
+        if (chdir("/") < 0)
+                return sandbox_fail(err, "pivot_root", -errno, "chdir /: %m");
+
+        /* The root and /dev themselves become read-only; the tmpfs mounts on them stay writable. */
+        if (mount_setattr(AT_FDCWD, "/", 0, &ro, sizeof(ro)) < 0 ||
+            mount_setattr(AT_FDCWD, "/dev", 0, &ro, sizeof(ro)) < 0)
+                return sandbox_fail(err, "mount", -errno, "make root read-only: %m");
+        return 0;
+}

@@ -1,0 +1,74 @@
+/* agentd-sandbox ("the hands"): shared types of the standalone sandbox helper.
+ * Links nothing but libc; nothing here is used by the daemon itself. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <linux/filter.h>
+
+#include "macro.h"
+
+#define SPEC_MAX (1024 * 1024)
+#define SANDBOX_EXIT_SETUP 125
+#define SANDBOX_EXIT_NOEXEC 126
+#define SANDBOX_EXIT_NOTFOUND 127
+
+/* Failure detail, written only on failure: the step that failed and why. */
+typedef struct SandboxError {
+        const char *step;
+        char message[512];
+} SandboxError;
+
+int sandbox_fail(SandboxError *err, const char *step, int r, const char *fmt, ...) _printf_(4, 5);
+
+typedef enum WorkspaceMode {
+        WORKSPACE_OVERLAY,
+        WORKSPACE_RO,
+        WORKSPACE_RW,
+        WORKSPACE_NONE,
+} WorkspaceMode;
+
+/* The parsed spec. All strings point into the spec buffer, which lives as long
+ * as the process; vectors are NULL-terminated arrays of such pointers. */
+typedef struct SandboxSpec {
+        char **argv;
+        char **envp;
+        const char *workspace;
+        WorkspaceMode workspace_mode;
+        bool workspace_mode_set;
+        const char *upper;
+        const char *work;
+        const char *home;
+        char **ro;
+        char **rw;
+        char **hide;
+        const char *hostname;
+        bool landlock;
+        bool tty;
+        bool unsafe_no_seccomp;
+        int seccomp_fd;
+        int cgroup_fd;
+        int status_fd;
+
+        struct sock_filter *seccomp_insns; /* loaded from seccomp_fd */
+        unsigned short seccomp_len;
+} SandboxSpec;
+
+/* spec.c */
+int spec_read(int fd, char **ret_buf, size_t *ret_size, SandboxError *err);
+int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err);
+const char *spec_env_get(const SandboxSpec *spec, const char *key);
+
+/* mounts.c: runs in the sandbox init, in its fresh mount namespace. */
+int mounts_build_root(const SandboxSpec *spec, SandboxError *err);
+
+/* confine.c: runs in the command child right before execve. */
+int confine_drop_capabilities(SandboxError *err);
+int confine_landlock(const SandboxSpec *spec, SandboxError *err);
+int confine_seccomp(const SandboxSpec *spec, SandboxError *err);
+
+/* Where the command runs inside the sandbox. */
+static inline const char *spec_cwd(const SandboxSpec *spec) {
+        return spec->workspace_mode == WORKSPACE_NONE || !spec->workspace ? spec->home : spec->workspace;
+}

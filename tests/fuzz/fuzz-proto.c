@@ -1,0 +1,69 @@
+/* libFuzzer target for proto/: the input is fed to the incremental scanner
+ * in small chunks (sizes taken from the input itself, to exercise partial
+ * reads), and every complete message goes through envelope decoding, method
+ * lookup and parameter validation, as the daemon's dispatcher does. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto.h"
+
+static void handle(const uint8_t *msg, size_t len) {
+        rpc_message m;
+        rpc_error err = { 0 };
+        if (rpc_message_decode(&m, msg, len, &err) == 0 && m.type == RPC_REQUEST) {
+                const rpc_method *method = rpc_method_find(m.method, m.method_len);
+                if (method && rpc_params_validate(method, m.params, &err) == 0) {
+                        /* Exercise the accessors handlers use. */
+                        free(rpc_param_strdup(m.params, "id"));
+                        free(rpc_param_strdup(m.params, "name"));
+                        char **v = rpc_param_strv(m.params, "argv");
+                        if (v) {
+                                for (char **i = v; *i; i++)
+                                        free(*i);
+                                free(v);
+                        }
+                        (void) rpc_param_bool(m.params, "tty", false);
+                }
+        }
+        rpc_message_done(&m);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        proto_limits lim;
+        proto_limits_default(&lim);
+        lim.max_message = 64 * 1024;
+        if (size < 1)
+                return 0;
+        /* First byte: chunk size for feeding. */
+        size_t chunk = (size_t) (data[0] % 17) + 1;
+        data++;
+        size--;
+
+        uint8_t *buf = malloc(size + 1);
+        size_t have = 0, start = 0;
+        proto_scanner s;
+        proto_scanner_reset(&s);
+        size_t fed = 0;
+        while (fed < size) {
+                size_t n = size - fed < chunk ? size - fed : chunk;
+                memcpy(buf + have, data + fed, n);
+                have += n;
+                fed += n;
+                for (;;) {
+                        size_t msglen;
+                        proto_scan_error e;
+                        int r = proto_scan(&s, &lim, buf + start, have - start, &msglen, &e);
+                        if (r < 0)
+                                goto out;
+                        if (r == 0)
+                                break;
+                        handle(buf + start, msglen);
+                        start += msglen;
+                        proto_scanner_reset(&s);
+                }
+        }
+out:
+        free(buf);
+        return 0;
+}

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Debian 12 packages for building, running and testing agentd.
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
+      libsystemd-dev libuv1-dev libmsgpack-dev libseccomp-dev libtss2-dev libcurl4-openssl-dev libssl-dev
+      libinih-dev libjson-c-dev check
+      python3-msgpack python3-hvac swtpm swtpm-tools tpm2-tools
+      systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps)
+missing=()
+for p in "${PKGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,210 @@
+"""Shared helpers for agentd's integration tests.
+
+Runs the real agentd (from the build tree) on a socket in a temporary
+directory and talks to it with an independent msgpack-rpc client (Debian's
+python3-msgpack) and with the real agentctl. Run with /usr/bin/python3.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import msgpack
+
+BUILD = os.environ.get("AGENTD_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+BUILD = os.path.abspath(BUILD)
+AGENTD = os.path.join(BUILD, "daemon", "agentd")
+AGENTCTL = os.path.join(BUILD, "client", "agentctl")
+
+
+class Client:
+    """An independent msgpack-rpc client (not agentd's code)."""
+
+    def __init__(self, path, timeout=10):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self.msgid = 0
+        self.notifications = []
+
+    def close(self):
+        self.sock.close()
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def read_message(self):
+        while True:
+            for msg in self.unpacker:
+                return msg
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.unpacker.feed(data)
+
+    def request(self, method, params=None, msgid=None):
+        if msgid is None:
+            self.msgid += 1
+            msgid = self.msgid
+        args = [] if params is None else [params]
+        self.send_raw(msgpack.packb([0, msgid, method, args], use_bin_type=True))
+        return msgid
+
+    def response(self, msgid):
+        while True:
+            msg = self.read_message()
+            if msg is None:
+                raise ConnectionError("connection closed before the response")
+            if msg[0] == 2:
+                self.notifications.append(msg)
+                continue
+            assert msg[0] == 1, msg
+            if msg[1] == msgid or msg[1] is None:
+                return msg[2], msg[3]
+
+    def call(self, method, params=None):
+        return self.response(self.request(method, params))
+
+    def ok(self, method, params=None):
+        err, res = self.call(method, params)
+        assert err is None, f"{method}: {err}"
+        return res
+
+
+class Daemon:
+    def __init__(self, config=None, tasks=None, env=None, args=()):
+        self.tmp = tempfile.mkdtemp(prefix="agentd-it-")
+        os.chmod(self.tmp, 0o700)
+        self.runtime = os.path.join(self.tmp, "run")
+        self.config_home = os.path.join(self.tmp, "config")
+        self.state_home = os.path.join(self.tmp, "state")
+        for d in (self.runtime, self.config_home, self.state_home):
+            os.makedirs(d, mode=0o700)
+        self.socket = os.path.join(self.runtime, "agentd", "agentd.sock")
+        if config is not None:
+            os.makedirs(os.path.join(self.config_home, "agentd"), exist_ok=True)
+            with open(os.path.join(self.config_home, "agentd", "agentd.conf"), "w") as f:
+                f.write(config)
+        if tasks:
+            d = os.path.join(self.config_home, "agentd", "tasks")
+            os.makedirs(d, exist_ok=True)
+            for name, text in tasks.items():
+                with open(os.path.join(d, name + ".task"), "w") as f:
+                    f.write(text)
+        self.env = {
+            "HOME": os.environ.get("HOME", "/"),
+            "USER": os.environ.get("USER", "user"),
+            "PATH": "/usr/bin:/bin",
+            "XDG_RUNTIME_DIR": self.runtime,
+            "XDG_CONFIG_HOME": self.config_home,
+            "XDG_STATE_HOME": self.state_home,
+            "AGENTD_LOG_TARGET": "stderr",
+        }
+        if env:
+            self.env.update(env)
+        self.args = list(args)
+        self.proc = None
+        self.log_path = os.path.join(self.tmp, "agentd.log")
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([AGENTD] + self.args, env=self.env, stdout=self.log, stderr=self.log)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agentd exited with {self.proc.returncode}: {self.read_log()}")
+            try:
+                c = Client(self.socket, timeout=2)
+                c.ok("agentd.ping")
+                c.close()
+                return
+            except (OSError, ConnectionError):
+                time.sleep(0.02)
+        raise RuntimeError("agentd did not become ready: " + self.read_log())
+
+    def read_log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def client(self):
+        return Client(self.socket)
+
+    def agentctl(self, *args, input=None, timeout=60, env=None, cwd=None, check=None):
+        e = dict(self.env)
+        e.pop("XDG_RUNTIME_DIR", None)
+        e["AGENTD_SOCKET"] = self.socket
+        if env:
+            e.update(env)
+        p = subprocess.run([AGENTCTL] + list(args), input=input, capture_output=True, env=e,
+                           timeout=timeout, cwd=cwd)
+        if check is not None:
+            assert p.returncode == check, f"agentctl {args}: rc={p.returncode} stdout={p.stdout!r} stderr={p.stderr!r}"
+        return p
+
+    def rss_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def n_fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self, expect_rc=0):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait()
+                raise AssertionError("agentd did not stop on SIGTERM: " + self.read_log())
+            assert rc == expect_rc, f"agentd exited {rc}: {self.read_log()}"
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def run_tests(module_globals):
+    """Runs every test_* function in definition order; prints a closing line."""
+    tests = [(n, f) for n, f in module_globals.items() if n.startswith("test_") and callable(f)]
+    only = os.environ.get("AGENTD_TEST_ONLY")
+    passed = failed = skipped = 0
+    for name, fn in tests:
+        if only and only not in name:
+            continue
+        t0 = time.time()
+        try:
+            r = fn()
+            if r == "skip":
+                skipped += 1
+                print(f"SKIP {name}", flush=True)
+            else:
+                passed += 1
+                print(f"PASS {name} ({time.time() - t0:.2f}s)", flush=True)
+        except Exception:
+            failed += 1
+            print(f"FAIL {name}", flush=True)
+            traceback.print_exc()
+            sys.stdout.flush()
+    print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""A peer whose uid differs from the daemon's is refused; the daemon keeps
+serving its own user. Runs as root: agentd runs as the unprivileged test user
+(AGENTD_TEST_USER), the root client is the stranger."""
+import os
+import pwd
+import shutil
+import subprocess
+import time
+
+from harness import AGENTD, AGENTCTL, Client, Daemon, run_tests
+
+USER = os.environ.get("AGENTD_TEST_USER", "agentd-test")
+
+
+def as_user(argv):
+    return ["runuser", "-u", USER, "--"] + argv
+
+
+def test_other_uid_refused():
+    if os.getuid() != 0:
+        return "skip"
+    pw = pwd.getpwnam(USER)
+    d = Daemon(env={"HOME": pw.pw_dir, "USER": USER})
+    for root, dirs, files in os.walk(d.tmp):
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        for f in files:
+            os.chown(os.path.join(root, f), pw.pw_uid, pw.pw_gid)
+    log = open(d.log_path, "ab")
+    proc = subprocess.Popen(as_user([AGENTD, "--socket", d.socket]), env=d.env, stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 10
+        while not os.path.exists(d.socket) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        env = dict(d.env, AGENTD_SOCKET=d.socket)
+        p = subprocess.run(as_user([AGENTCTL, "ping"]), env=env, capture_output=True, timeout=10)
+        assert p.returncode == 0, p
+        # root is a different uid: refused with unauthorized, then closed.
+        c = Client(d.socket)
+        msg = c.read_message()
+        assert msg is not None and msg[2]["code"] == "unauthorized", msg
+        assert c.read_message() is None
+        p = subprocess.run([AGENTCTL, "--socket", d.socket, "ping"], capture_output=True, timeout=10)
+        assert p.returncode == 1 and b"unauthorized" in p.stderr, p
+        assert "refused connection" in d.read_log() and "uid 0" in d.read_log(), d.read_log()
+        # Still serving its user.
+        p = subprocess.run(as_user([AGENTCTL, "ping"]), env=env, capture_output=True, timeout=10)
+        assert p.returncode == 0, p
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0, d.read_log()
+        shutil.rmtree(d.tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_tests(globals())

@@ -1,0 +1,542 @@
+#!/usr/bin/python3
+"""Integration test of agentd-sandbox ("the hands"), driven the way the daemon
+drives it: a spec in a memfd, a status socket, fds 0-2 passed through.
+
+Usage: test_sandbox_hands.py [path/to/agentd-sandbox] [seccomp.bpf]
+       (or AGENTD_SANDBOX=...). Run as root it re-executes itself as the
+unprivileged user sbtest (created if missing)."""
+
+import array
+import os
+import pwd
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TEST_USER = "sbtest"
+HOST_SECRET_VAR = "AGENTD_TEST_HOST_SECRET"
+
+
+def reexec_unprivileged():
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", TEST_USER], check=True)
+    binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.environ["AGENTD_SANDBOX"])
+    # The binary and this script must be reachable by the test user: copy both.
+    stage = tempfile.mkdtemp(prefix="sbhands-")
+    os.chmod(stage, 0o755)
+    shutil.copy(binary, os.path.join(stage, "agentd-sandbox"))
+    shutil.copy(os.path.abspath(__file__), os.path.join(stage, "test.py"))
+    extra = []
+    if len(sys.argv) > 2:
+        shutil.copy(sys.argv[2], os.path.join(stage, "seccomp.bpf"))
+        extra = [os.path.join(stage, "seccomp.bpf")]
+    for f in os.listdir(stage):
+        os.chmod(os.path.join(stage, f), 0o755)
+    cgroup = make_delegated_cgroup()
+    if cgroup:
+        os.environ["AGENTD_TEST_CGROUP"] = cgroup
+    try:
+        def enter_cgroup():
+            # Like a daemon in its delegated user@ subtree: migrations stay beneath it.
+            if cgroup:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+        rc = subprocess.run(["runuser", "-u", TEST_USER, "--", "/usr/bin/python3",
+                             os.path.join(stage, "test.py"), os.path.join(stage, "agentd-sandbox")] + extra,
+                            preexec_fn=enter_cgroup).returncode
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if cgroup:
+            for d in (os.path.join(cgroup, "child"), cgroup):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+    sys.exit(rc)
+
+
+def make_delegated_cgroup():
+    """A cgroup v2 directory delegated to the test user, as systemd would; None without cgroup2."""
+    with open("/proc/self/mounts") as f:
+        roots = [line.split()[1] for line in f if line.split()[2] == "cgroup2"]
+    if not roots:
+        return None
+    path = os.path.join(roots[0], f"agentd-sbtest-{os.getpid()}")
+    try:
+        os.mkdir(path)
+        os.mkdir(os.path.join(path, "child"))
+    except OSError:
+        return None
+    pw = pwd.getpwnam(TEST_USER)
+    for d in (path, os.path.join(path, "child")):
+        for f in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
+            os.chown(os.path.join(d, f), pw.pw_uid, pw.pw_gid)
+    return path
+
+
+class Result:
+    def __init__(self, rc, messages, fds, out, err):
+        self.rc, self.messages, self.fds, self.out, self.err = rc, messages, fds, out, err
+
+    def __repr__(self):
+        return f"rc={self.rc} messages={self.messages} out={self.out[:300]!r} err={self.err[:300]!r}"
+
+
+class Env:
+    def __init__(self, binary, bpf):
+        self.binary = binary
+        self.bpf = bpf
+        self.home = os.path.expanduser("~")
+        self.root = tempfile.mkdtemp(prefix="sbhands-")
+        self.ws = os.path.join(self.root, "ws")
+        os.mkdir(self.ws)
+        with open(os.path.join(self.ws, "README"), "w") as f:
+            f.write("workspace file\n")
+        os.makedirs(os.path.join(self.home, ".ssh"), exist_ok=True)
+        with open(os.path.join(self.home, ".ssh", "id_rsa"), "w") as f:
+            f.write("PRIVATE KEY\n")
+        self.n = 0
+
+    def fresh_overlay(self):
+        self.n += 1
+        upper = os.path.join(self.root, f"upper{self.n}")
+        work = os.path.join(self.root, f"work{self.n}")
+        os.mkdir(upper)
+        os.mkdir(work)
+        return upper, work
+
+    def spec(self, argv, mode="overlay", extra=(), env=None, seccomp=True):
+        items = [f"arg={a}" for a in argv]
+        for e in (env if env is not None else ["PATH=/usr/local/bin:/usr/bin:/bin", f"HOME={self.home}"]):
+            items.append(f"env={e}")
+        items += [f"home={self.home}", f"workspace_mode={mode}"]
+        if mode != "none":
+            items.append(f"workspace={self.ws}")
+        if mode == "overlay":
+            self.upper, self.work = self.fresh_overlay()
+            items += [f"upper={self.upper}", f"work={self.work}"]
+        if seccomp and not self.bpf:
+            items.append("unsafe_no_seccomp=1")
+        items += list(extra)
+        return items
+
+    def run(self, items, stdin=b"", timeout=20, extra_fds=(), seccomp_file=None, on_started=None, keep_tty=False):
+        """Run the hands; returns Result. Adds status_fd/seccomp_fd itself."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        memfd = os.memfd_create("spec", 0)
+        pass_fds = [theirs.fileno(), memfd] + list(extra_fds)
+        items = list(items) + [f"status_fd={theirs.fileno()}"]
+        bpf_fd = None
+        bpf = seccomp_file or self.bpf
+        if bpf and not any(i.startswith("unsafe_no_seccomp=") for i in items):
+            bpf_fd = os.open(bpf, os.O_RDONLY)
+            pass_fds.append(bpf_fd)
+            items.append(f"seccomp_fd={bpf_fd}")
+        os.write(memfd, b"".join(i.encode() + b"\0" for i in items))
+        outf = tempfile.TemporaryFile()
+        errf = tempfile.TemporaryFile()
+        p = subprocess.Popen([self.binary, "--spec-fd", str(memfd)], stdin=subprocess.PIPE, stdout=outf,
+                             stderr=errf, pass_fds=pass_fds, env={HOST_SECRET_VAR: "leaked", "PATH": "/usr/bin:/bin"})
+        theirs.close()
+        os.close(memfd)
+        if bpf_fd is not None:
+            os.close(bpf_fd)
+        try:
+            p.stdin.write(stdin)
+            p.stdin.close()
+        except BrokenPipeError:
+            pass
+        messages, fds = [], []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([ours], [], [], left)[0]:
+                p.kill()
+                raise AssertionError(f"timeout; messages so far {messages}")
+            anc = array.array("i")
+            data, cmsgs, _, _ = ours.recvmsg(4096, socket.CMSG_SPACE(4 * anc.itemsize))
+            if not data:
+                break
+            for level, typ, cdata in cmsgs:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    anc.frombytes(cdata[: len(cdata) - (len(cdata) % anc.itemsize)])
+                    fds.extend(anc)
+            msg = data.decode()
+            assert msg.endswith("\n"), msg
+            messages.append(msg[:-1])
+            if on_started and msg.startswith("started"):
+                on_started(p, fds)
+        ours.close()
+        rc = p.wait(timeout=max(1, deadline - time.monotonic()))
+        outf.seek(0)
+        errf.seek(0)
+        if not keep_tty:
+            for fd in fds:
+                os.close(fd)
+        return Result(rc, messages, fds, outf.read().decode(errors="replace"), errf.read().decode(errors="replace"))
+
+    def sh(self, script, **kw):
+        spec_kw = {k: kw.pop(k) for k in ("mode", "extra", "env", "seccomp") if k in kw}
+        return self.run(self.spec(["/bin/sh", "-c", script], **spec_kw), **kw)
+
+
+def started_ok(r):
+    return len(r.messages) >= 1 and r.messages[0].startswith("started ") and r.messages[0][8:].isdigit()
+
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+@test
+def true_exits_0(e):
+    r = e.run(e.spec(["/bin/true"]))
+    assert r.rc == 0 and started_ok(r) and r.messages[1:] == ["exit 0"], r
+
+
+@test
+def exit_code_propagates(e):
+    r = e.sh("exit 7")
+    assert r.rc == 7 and started_ok(r) and r.messages[-1] == "exit 7", r
+
+
+@test
+def signal_is_reported(e):
+    r = e.sh("kill -9 $$")
+    assert r.rc == 128 + 9 and r.messages[-1] == "signal 9", r
+
+
+@test
+def cwd_is_workspace(e):
+    r = e.run(e.spec(["pwd"]))
+    assert r.rc == 0 and r.out.strip() == e.ws, r
+    r = e.run(e.spec(["pwd"], mode="none"))
+    assert r.rc == 0 and r.out.strip() == e.home, r
+
+
+@test
+def workspace_visible_and_overlay_writes_go_to_upper(e):
+    r = e.sh("cat README && echo new > created && echo changed > README")
+    assert r.rc == 0 and r.out == "workspace file\n", r
+    assert open(os.path.join(e.upper, "created")).read() == "new\n"
+    assert not os.path.exists(os.path.join(e.ws, "created"))
+    assert open(os.path.join(e.ws, "README")).read() == "workspace file\n"
+
+
+@test
+def workspace_ro_and_rw(e):
+    r = e.sh("echo x > ro-attempt", mode="ro")
+    assert r.rc != 0 and "Read-only file system" in r.err, r
+    assert not os.path.exists(os.path.join(e.ws, "ro-attempt"))
+    r = e.sh("echo x > rw-file", mode="rw")
+    assert r.rc == 0 and os.path.exists(os.path.join(e.ws, "rw-file")), r
+    os.unlink(os.path.join(e.ws, "rw-file"))
+
+
+@test
+def ssh_key_not_readable(e):
+    r = e.sh("cat ~/.ssh/id_rsa; ls -A ~")
+    assert r.rc == 0 and "PRIVATE KEY" not in r.out and ".ssh" not in r.out, r
+    assert "No such file" in r.err, r
+
+
+@test
+def system_dirs_read_only(e):
+    for path in ("/etc/agentd-x", "/usr/agentd-x", "/agentd-x", "/dev/agentd-x", "/bin/agentd-x"):
+        r = e.sh(f"echo x > {path}")
+        assert r.rc != 0 and ("Read-only" in r.err or "Permission denied" in r.err), (path, r)
+        assert not os.path.exists(path), path
+    r = e.sh("echo x > /tmp/a && echo x > /run/a && echo x > /dev/shm/a && echo x > ~/a && echo x > /dev/null && cat /tmp/a")
+    assert r.rc == 0 and r.out == "x\n", r
+
+
+@test
+def hostname_is_private(e):
+    host = socket.gethostname()
+    r = e.run(e.spec(["hostname"]))
+    assert r.rc == 0 and r.out.strip() == "agentd", r
+    r = e.run(e.spec(["hostname"], extra=["hostname=box1"]))
+    assert r.rc == 0 and r.out.strip() == "box1", r
+    assert socket.gethostname() == host
+
+
+@test
+def only_sandbox_pids(e):
+    r = e.sh("ls /proc | grep -E '^[0-9]+$'; echo --; ps -e -o pid=")
+    assert r.rc == 0, r
+    procs, ps = r.out.split("--\n")
+    pids = [int(x) for x in procs.split()]
+    ps_pids = [int(x) for x in ps.split()]
+    assert 1 in pids and max(pids) < 10, r
+    assert 1 in ps_pids and max(ps_pids) < 10 and len(ps_pids) <= 5, r
+
+
+@test
+def only_loopback(e):
+    r = e.sh("tail -n +3 /proc/net/dev | cut -d: -f1; echo --; ip -o link")
+    assert r.rc == 0, r
+    devs, links = r.out.split("--\n")
+    assert devs.split() == ["lo"], r
+    assert len(links.strip().splitlines()) == 1 and ": lo:" in links and "UP" in links, r
+    r = e.sh("exec 3<>/dev/tcp/1.1.1.1/53", )  # dash has no /dev/tcp; use python-free check below
+    r = e.run(e.spec(["/usr/bin/python3", "-c",
+                      "import socket; s=socket.socket(); s.settimeout(2); s.connect(('1.1.1.1', 53))"]))
+    assert r.rc != 0 and "unreachable" in r.err, r
+
+
+@test
+def environment_is_only_the_spec(e):
+    r = e.run(e.spec(["env"], env=["PATH=/usr/bin:/bin", "FOO=bar baz"]))
+    assert r.rc == 0 and sorted(r.out.splitlines()) == ["FOO=bar baz", "PATH=/usr/bin:/bin"], r
+    assert HOST_SECRET_VAR not in r.out
+
+
+@test
+def init_environ_and_memory_closed(e):
+    r = e.sh("cat /proc/1/environ; echo rc=$?; tr '\\0' '\\n' < /proc/$$/environ", env=["PATH=/usr/bin:/bin", "TOKEN=s3cret"])
+    assert "rc=1" in r.out and "Permission denied" in r.err, r
+    assert "TOKEN=s3cret" in r.out, r  # the command sees its own environment
+
+
+@test
+def capabilities_dropped_and_no_new_privs(e):
+    r = e.sh("grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status")
+    assert r.rc == 0, r
+    fields = dict(line.split(":\t") for line in r.out.strip().splitlines())
+    for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(fields[k], 16) == 0, r
+    assert fields["NoNewPrivs"] == "1", r
+
+
+@test
+def inherited_fds_closed(e):
+    extra = os.open("/etc/hostname", os.O_RDONLY)
+    try:
+        r = e.run(e.spec(["ls", "/proc/self/fd"]), extra_fds=[extra])
+    finally:
+        os.close(extra)
+    assert r.rc == 0 and sorted(r.out.split()) == ["0", "1", "2", "3"], r
+
+
+@test
+def missing_command(e):
+    r = e.run(e.spec(["no-such-command-xyz"]))
+    assert r.rc == 127, r
+    assert r.messages[0] == "error exec: no-such-command-xyz: No such file or directory", r
+    assert not any(m.startswith("started") for m in r.messages), r
+    assert r.messages[-1] == "exit 127", r
+
+
+@test
+def unknown_key_fails_closed(e):
+    marker = os.path.join(e.ws, "ran")
+    r = e.run(e.spec(["/bin/sh", "-c", f"touch {marker}"], mode="rw", extra=["frobnicate=1"]))
+    assert r.rc == 125 and r.messages[0] == "error spec: unknown key 'frobnicate'", r
+    assert not os.path.exists(marker)
+
+
+@test
+def missing_seccomp_fails_closed(e):
+    r = e.run(e.spec(["/bin/true"], seccomp=False), seccomp_file=None) if not e.bpf else None
+    if r is not None:
+        assert r.rc == 125 and r.messages[0].startswith("error seccomp:"), r
+
+
+@test
+def bad_workspace(e):
+    items = [i for i in e.spec(["/bin/true"], mode="rw") if not i.startswith("workspace=")]
+    r = e.run(items + ["workspace=/nonexistent/agentd-ws"])
+    assert r.rc == 125 and r.messages[0].startswith("error workspace: /nonexistent/agentd-ws:"), r
+    assert "No such file" in r.messages[0] and r.messages[-1] == "exit 125", r
+    items = [i for i in e.spec(["/bin/true"]) if not i.startswith("workspace=")]
+    r = e.run(items + ["workspace=/nonexistent/agentd-ws"])
+    assert r.rc == 125 and r.messages[0].startswith("error workspace:"), r
+    r = e.run(e.spec(["/bin/true"], extra=["ro=relative/path"]))
+    assert r.rc == 125 and r.messages[0].startswith("error spec: ro: path"), r
+
+
+@test
+def ro_rw_hide(e):
+    d = os.path.join(e.root, "extra-ro")
+    w = os.path.join(e.root, "extra-rw")
+    os.makedirs(d, exist_ok=True)
+    os.makedirs(w, exist_ok=True)
+    open(os.path.join(d, "f"), "w").write("ro data\n")
+    os.makedirs(os.path.join(e.ws, "secretdir"), exist_ok=True)
+    open(os.path.join(e.ws, "secretdir", "k"), "w").write("k\n")
+    open(os.path.join(e.ws, ".env"), "w").write("SECRET=1\n")
+    r = e.sh(f"cat {d}/f; echo x > {d}/g; echo y > {w}/h; cat .env; ls secretdir; cat /etc/hostname; echo done",
+             extra=[f"ro={d}", f"rw={w}", f"hide={e.ws}/.env", f"hide={e.ws}/secretdir", "hide=/etc/hostname",
+                    "hide=/does/not/exist"])
+    assert r.rc == 0 and r.out == "ro data\ndone\n", r
+    assert "Read-only" in r.err, r
+    assert open(os.path.join(w, "h")).read() == "y\n"
+    assert not os.path.exists(os.path.join(d, "g"))
+
+
+@test
+def symlink_in_mount_target_refused(e):
+    link = os.path.join(e.ws, "evil")
+    if not os.path.islink(link):
+        os.symlink("/etc", link)
+    r = e.run(e.spec(["/bin/true"], extra=[f"hide={link}/passwd"]))
+    os.unlink(link)
+    assert r.rc == 125 and r.messages[0].startswith("error hide:"), r
+
+
+@test
+def landlock_confines_writes(e):
+    w = os.path.join(e.root, "extra-rw2")
+    os.makedirs(w, exist_ok=True)
+    r = e.sh(f"echo a > new && echo b > /tmp/b && echo c > ~/c && echo d > {w}/d && cat new /tmp/b ~/c {w}/d",
+             extra=["landlock=1", f"rw={w}"])
+    assert r.rc == 0 and r.out == "a\nb\nc\nd\n", r
+    # Only the signals of its own domain: the (unconfined) init is out of reach.
+    r = e.sh("kill -TERM 1; echo rc=$?", extra=["landlock=1"])
+    assert "rc=1" in r.out, r
+
+
+@test
+def seccomp_program_loaded(e):
+    # x86_64 only: deny mkdir/mkdirat with EPERM, allow everything else.
+    import platform
+    if platform.machine() != "x86_64":
+        return
+    AUDIT_ARCH_X86_64 = 0xC000003E
+
+    def insn(code, jt, jf, k):
+        return struct.pack("HBBI", code, jt, jf, k)
+    LD, JEQ, RET = 0x20, 0x15, 0x06
+    prog = b"".join([
+        insn(LD, 0, 0, 4), insn(JEQ, 1, 0, AUDIT_ARCH_X86_64), insn(RET, 0, 0, 0x80000000),  # kill process
+        insn(LD, 0, 0, 0), insn(JEQ, 2, 0, 83), insn(JEQ, 1, 0, 258),
+        insn(RET, 0, 0, 0x7FFF0000), insn(RET, 0, 0, 0x00050000 | 1),
+    ])
+    path = os.path.join(e.root, "deny-mkdir.bpf")
+    open(path, "wb").write(prog)
+    items = [i for i in e.spec(["/bin/sh", "-c", "mkdir /tmp/d; echo rc=$?"]) if i != "unsafe_no_seccomp=1"]
+    r = e.run(items, seccomp_file=path)
+    assert r.rc == 0 and "rc=1" in r.out and "Operation not permitted" in r.err, r
+
+
+@test
+def tty_gives_working_pty(e):
+    out = bytearray()
+
+    def on_started(p, fds):
+        assert len(fds) == 1, fds
+        m = fds[0]
+        os.write(m, b"tty; echo MARK$((6*7)); exit 3\n")
+        deadline = time.monotonic() + 10
+        while b"MARK42" not in out and time.monotonic() < deadline:
+            if select.select([m], [], [], 1)[0]:
+                try:
+                    out.extend(os.read(m, 4096))
+                except OSError:
+                    break
+    r = e.run(e.spec(["/bin/sh", "-i"], extra=["tty=1"]), on_started=on_started)
+    text = out.decode(errors="replace")
+    assert "/dev/pts/0" in text and "MARK42" in text, (text, r)
+    assert r.rc == 3 and r.messages[-1] == "exit 3", r
+    assert r.out == "" and r.err == "", r
+
+
+@test
+def cgroup_fd_places_init(e):
+    cg = os.environ.get("AGENTD_TEST_CGROUP")
+    if not cg:
+        print("     (skipped: no delegated cgroup2 directory)")
+        return
+    child = os.path.join(cg, "child")
+    fd = os.open(child, os.O_RDONLY | os.O_DIRECTORY)
+    holder = {}
+
+    def grab(p, fds):
+        # The hands stays outside; the init (and so the command) is in the cgroup.
+        with open(os.path.join(child, "cgroup.procs")) as f:
+            holder["procs"] = f.read().split()
+    try:
+        r = e.run(e.spec(["/bin/sh", "-c", "cat /proc/self/cgroup; sleep 0.3"], extra=[f"cgroup_fd={fd}"]),
+                  extra_fds=[fd], on_started=grab)
+    finally:
+        os.close(fd)
+    # Inside, the cgroup namespace is rooted at the sandbox's cgroup.
+    assert r.rc == 0 and "0::/\n" in r.out and "agentd-sbtest" not in r.out, r
+    init_pid = r.messages[0].split()[1]
+    assert init_pid in holder["procs"] and len(holder["procs"]) == 2, (holder, r)
+    # A cgroup the user may not write to: fail closed, step "cgroup".
+    root = os.path.dirname(cg)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        r = e.run(e.spec(["/bin/true"], extra=[f"cgroup_fd={fd}"]), extra_fds=[fd])
+    finally:
+        os.close(fd)
+    assert r.rc == 125 and r.messages[0].startswith("error cgroup:"), r
+
+
+@test
+def sigterm_forwarded(e):
+    def on_started(p, fds):
+        time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+    r = e.run(e.spec(["sleep", "30"]), on_started=on_started)
+    assert r.rc == 128 + 15 and r.messages[-1] == "signal 15", r
+
+
+@test
+def nothing_outlives_hands(e):
+    tag = f"{os.getpid()}{int(time.time() * 1000) % 100000}"
+
+    def on_started(p, fds):
+        time.sleep(0.2)
+        p.kill()
+    r = e.run(e.spec(["/bin/sh", "-c", f"sleep 3{tag} & sleep 4{tag}"]), on_started=on_started)
+    assert r.rc == -9, r
+    time.sleep(0.2)
+    left = subprocess.run(["pgrep", "-f", f"sleep [34]{tag}"], capture_output=True, text=True).stdout
+    assert left == "", left
+
+
+def main():
+    if os.geteuid() == 0:
+        reexec_unprivileged()
+    binary = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("AGENTD_SANDBOX")
+    if not binary:
+        print("usage: test_sandbox_hands.py path/to/agentd-sandbox [seccomp.bpf]", file=sys.stderr)
+        sys.exit(2)
+    bpf = sys.argv[2] if len(sys.argv) > 2 else None
+    os.environ[HOST_SECRET_VAR] = "leaked"
+    e = Env(os.path.abspath(binary), bpf)
+    passed = failed = 0
+    try:
+        for t in TESTS:
+            try:
+                t(e)
+                print(f"ok   {t.__name__}")
+                passed += 1
+            except Exception:
+                print(f"FAIL {t.__name__}")
+                traceback.print_exc()
+                failed += 1
+    finally:
+        shutil.rmtree(e.root, ignore_errors=True)
+        shutil.rmtree(os.path.join(e.home, ".ssh"), ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

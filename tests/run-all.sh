@@ -1,0 +1,149 @@
+#!/bin/bash
+# The whole test suite on a fresh Debian 12 machine: installs its packages,
+# builds (normal and ASan+UBSan), runs unit tests, integration tests as an
+# unprivileged user, the fuzzers for a bounded time, and the systemd checks.
+# Usage: sudo bash tests/run-all.sh   (README's test command; .ci/run calls it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export LC_ALL=C.UTF-8
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+bash "$ROOT/tests/install-deps.sh"
+
+FUZZ_SECONDS=${AGENTD_FUZZ_SECONDS:-60}
+TEST_USER=${AGENTD_TEST_USER:-agentd-test}
+results=()
+overall=0
+
+step() {
+        local name=$1; shift
+        echo "=== $name"
+        local t0=$SECONDS
+        if "$@"; then
+                results+=("PASS $name ($((SECONDS - t0))s)")
+        else
+                results+=("FAIL $name ($((SECONDS - t0))s)")
+                overall=1
+        fi
+}
+
+build() {
+        local dir=$1; shift
+        if [ ! -f "$dir/build.ninja" ]; then
+                meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
+        fi
+        ninja -C "$dir"
+}
+
+# The test user: integration tests run agentd unprivileged so root hides nothing.
+if [ "$(id -u)" -eq 0 ]; then
+        id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+fi
+
+step "build" build build
+step "build (asan+ubsan)" build build-asan -Db_sanitize=address,undefined -Db_lundef=false
+step "build (fuzz, clang)" env CC=clang bash -c "$(declare -f build); build build-fuzz -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false -Dtests=false"
+
+step "unit tests" meson test -C build --suite unit --print-errorlogs
+step "unit tests (asan+ubsan)" env ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        meson test -C build-asan --suite unit --print-errorlogs
+step "protocol reference matches the method table" bash -c \
+        "diff <(sed -n '/<!-- methods:begin -->/,/<!-- methods:end -->/p' proto/PROTOCOL.md | sed '1d;\$d') <(build/proto/gen-protocol)"
+
+run_fuzz() {
+        local target=$1
+        local corpus=$ROOT/build-fuzz/corpus-$target
+        rm -rf "$corpus"; mkdir -p "$corpus"
+        cp "$ROOT/tests/fuzz/corpus/$target/"* "$corpus/" 2>/dev/null || true
+        "$ROOT/build-fuzz/tests/fuzz/fuzz-$target" -max_total_time="$FUZZ_SECONDS" -max_len=65536 \
+                -rss_limit_mb=2048 -artifact_prefix="$ROOT/build-fuzz/" -print_final_stats=1 "$corpus" 2>&1 | tail -15
+        return "${PIPESTATUS[0]}"
+}
+for t in proto policy; do
+        if [ -x "build-fuzz/tests/fuzz/fuzz-$t" ]; then
+                step "fuzz $t (${FUZZ_SECONDS}s)" run_fuzz "$t"
+        fi
+done
+
+systemd_checks() {
+        local prefix=$ROOT/build-install
+        rm -rf "$prefix"
+        [ -f build-units/build.ninja ] || meson setup build-units --prefix="$prefix" -Dtests=false >/dev/null
+        meson install -C build-units --quiet
+        local unitdir
+        unitdir=$(find "$prefix" -name agentd.service -printf '%h\n' | head -1)
+        grep -q "ExecStart=$prefix/bin/agentd" "$unitdir/agentd.service"
+        systemd-analyze verify --man=no "$unitdir/agentd.service" "$unitdir/agentd.socket"
+}
+step "systemd units: install + systemd-analyze verify" systemd_checks
+
+# Integration tests: each file runs as the unprivileged user, in a cgroup v2
+# subtree delegated to that user the way systemd's Delegate=yes does it.
+CGROUP_BASE=""
+setup_cgroup() {
+        local mnt
+        mnt=$(awk '$9 == "cgroup2" {print $5; exit}' FS=' ' /proc/self/mountinfo 2>/dev/null || true)
+        mnt=$(grep -m1 ' - cgroup2 ' /proc/self/mountinfo | awk '{print $5}')
+        [ -n "$mnt" ] || return 0
+        CGROUP_BASE="$mnt/agentd-test-$$"
+        mkdir -p "$CGROUP_BASE" && chown -R "$TEST_USER" "$CGROUP_BASE" || CGROUP_BASE=""
+}
+
+run_integration() {
+        local file=$1
+        local copy=/tmp/agentd-tests-$$
+        if [ "$(id -u)" -eq 0 ]; then
+                # The test user needs to read the tree and run the binaries.
+                chmod o+rx "$ROOT" "$ROOT/.." 2>/dev/null || true
+                local home
+                home=$(getent passwd "$TEST_USER" | cut -d: -f6)
+                local cg=""
+                if [ -n "$CGROUP_BASE" ]; then
+                        cg="$CGROUP_BASE/$(basename "$file" .py)"
+                        mkdir -p "$cg" && chown -R "$TEST_USER" "$cg"
+                fi
+                env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$home" USER="$TEST_USER" \
+                        AGENTD_BUILD="${AGENTD_BUILD:-$ROOT/build}" CG="$cg" \
+                        sh -c '[ -z "$CG" ] || echo $$ > "$CG/cgroup.procs"; exec runuser -u '"$TEST_USER"' -- /usr/bin/python3 "$0"' \
+                        "$ROOT/tests/integration/$file"
+        else
+                AGENTD_BUILD="${AGENTD_BUILD:-$ROOT/build}" /usr/bin/python3 "$ROOT/tests/integration/$file"
+        fi
+}
+[ "$(id -u)" -eq 0 ] && setup_cgroup
+for f in tests/integration/test_*.py; do
+        f=$(basename "$f")
+        case $f in
+        test_sandbox_hands.py)
+                # Runs as root and re-executes itself as its own unprivileged user.
+                step "integration $f" env AGENTD_SANDBOX="$ROOT/build/daemon/sandbox/agentd-sandbox" \
+                        /usr/bin/python3 "tests/integration/$f"
+                ;;
+        test_peer_uid.py)
+                if [ "$(id -u)" -eq 0 ]; then
+                        step "integration $f (root client vs. unprivileged daemon)" \
+                                env AGENTD_TEST_USER="$TEST_USER" /usr/bin/python3 "tests/integration/$f"
+                fi
+                ;;
+        *)
+                step "integration $f" run_integration "$f"
+                ;;
+        esac
+done
+step "integration test_foundation.py (asan+ubsan)" env AGENTD_BUILD="$ROOT/build-asan" bash -c "$(declare -f run_integration); ROOT=$ROOT TEST_USER=$TEST_USER CGROUP_BASE=$CGROUP_BASE run_integration test_foundation.py"
+
+if [ -n "$CGROUP_BASE" ]; then
+        find "$CGROUP_BASE" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+fi
+
+echo
+echo "=== summary"
+passed=0; failed=0
+for r in "${results[@]}"; do
+        echo "$r"
+        case $r in PASS*) passed=$((passed + 1)) ;; *) failed=$((failed + 1)) ;; esac
+done
+echo "$passed passed, $failed failed"
+exit $overall
