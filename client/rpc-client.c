@@ -86,7 +86,7 @@ static int read_more(rpc_client *c, int timeout_ms) {
                 struct pollfd p = { .fd = c->fd, .events = POLLIN };
                 int r = poll(&p, 1, timeout_ms);
                 if (r < 0)
-                        return errno == EINTR ? 0 : -errno;
+                        return -errno;
                 if (r == 0)
                         return -ETIMEDOUT;
         }
@@ -99,9 +99,10 @@ static int read_more(rpc_client *c, int timeout_ms) {
         } cm;
         struct iovec iov = { msgpack_unpacker_buffer(&c->unpacker), msgpack_unpacker_buffer_capacity(&c->unpacker) };
         struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+        /* EINTR goes up: the caller may have a signal to forward. */
         ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
         if (n < 0)
-                return errno == EINTR ? 0 : -errno;
+                return -errno;
         for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
                 if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
                         continue;

@@ -530,8 +530,10 @@ static void sandbox_maybe_complete(sandbox *s) {
         }
         close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
         s->status_fd = safe_close(s->status_fd);
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < 2; i++) {
                 client_drop(&s->out[i]);
+                s->out[i].log_fd = safe_close(s->out[i].log_fd);
+        }
         s->init_pidfd = safe_close(s->init_pidfd);
         if (s->cgroup) {
                 int r = cgroup_remove(s->cgroup);
