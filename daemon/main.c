@@ -308,9 +308,12 @@ int main(int argc, char **argv) {
         if (r < 0)
                 return 1;
         if (check_only) {
+                size_t n = tasks_n_errors(m);
                 tasks_free(m);
                 config_free(m->config);
-                return tasks_n_errors(m) > 0 ? 1 : 0;
+                uv_run(m->loop, UV_RUN_DEFAULT);
+                (void) uv_loop_close(m->loop);
+                return n > 0 ? 1 : 0;
         }
 
         r = make_private_dir(m->config->state_directory);

@@ -1024,7 +1024,8 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
         const void *bpf = NULL;
         size_t bpf_len = 0;
         _cleanup_free_ char *bpf_error = NULL;
-        r = get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error);
+        bool seccomp_on = task_policy_seccomp_enabled(p);
+        r = seccomp_on ? get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error) : 0;
         if (r < 0) {
                 free(sp.buf);
                 rpc_error_set(err, RPC_E_POLICY_DENIED, "task '%s': seccomp profile %s: %s", p->name,
@@ -1140,12 +1141,15 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
                         s->limits_note = NULL;
         }
 
-        bpf_fd = memfd_with("agentd-seccomp", bpf, bpf_len);
-        if (bpf_fd < 0)
-                FAIL(RPC_E_INTERNAL, "cannot pass the seccomp program: %s", strerror(-bpf_fd));
-        /* Fixed child fd numbers: 3 spec, 4 status, 5 seccomp, 6 cgroup. */
+        /* Fixed child fd numbers: 3 spec, 4 status, 5 seccomp (or /dev/null), 6 cgroup. */
         spec_add_int(&sp, "status_fd", 4);
-        spec_add_int(&sp, "seccomp_fd", 5);
+        if (seccomp_on) {
+                bpf_fd = memfd_with("agentd-seccomp", bpf, bpf_len);
+                if (bpf_fd < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot pass the seccomp program: %s", strerror(-bpf_fd));
+                spec_add_int(&sp, "seccomp_fd", 5);
+        } else
+                spec_add(&sp, "unsafe_no_seccomp", "1"); /* the task said Seccomp=off; task show lists it */
         if (cg_fd >= 0)
                 spec_add_int(&sp, "cgroup_fd", 6);
         if (sp.oom)
@@ -1168,7 +1172,7 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
                 attach ? client_fds[0] : devnull,
                 tty ? devnull : outp[0][1],
                 tty ? devnull : outp[1][1],
-                spec_fd, status_pair[1], bpf_fd, cg_fd,
+                spec_fd, status_pair[1], bpf_fd >= 0 ? bpf_fd : devnull, cg_fd,
         };
         int nfds = cg_fd >= 0 ? 7 : 6;
         for (int i = 0; i < 7; i++)

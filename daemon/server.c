@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,8 +332,22 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                         rpc_call_error(ctx.async, err.code, err.message);
                 else
                         send_packed_error(c, true, msg.msgid, err.code, err.message);
-        } else if (!ctx.async)
-                (void) connection_send(c, sb.data, sb.size, ctx.reply_fds, ctx.n_reply_fds);
+        } else if (!ctx.async) {
+                /* A handler that packed a wrong count would desynchronise the
+                 * client's stream: check the reply is exactly one object. */
+                proto_scanner check;
+                proto_limits unlimited = { .max_message = SIZE_MAX / 2, .max_depth = PROTO_MAX_DEPTH, .max_elements = SIZE_MAX / 2 };
+                size_t got = 0;
+                proto_scan_error e;
+                proto_scanner_reset(&check);
+                if (proto_scan(&check, &unlimited, (const uint8_t *) sb.data, sb.size, &got, &e) != 1 || got != sb.size) {
+                        log_error("%s: handler produced a malformed reply (bug)", method->name);
+                        for (unsigned i = 0; i < ctx.n_reply_fds; i++)
+                                safe_close(ctx.reply_fds[i]);
+                        send_packed_error(c, true, msg.msgid, RPC_E_INTERNAL, "internal error: malformed reply");
+                } else
+                        (void) connection_send(c, sb.data, sb.size, ctx.reply_fds, ctx.n_reply_fds);
+        }
         msgpack_sbuffer_destroy(&sb);
         rpc_message_done(&msg);
         connection_unref(c);

@@ -185,7 +185,7 @@ static void pack_origins(msgpack_packer *pk, const task_policy *p) {
 void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         _cleanup_strv_free_ char **caps = task_policy_capabilities(p);
 
-        msgpack_pack_map(pk, 9);
+        msgpack_pack_map(pk, 10);
         mp_pack_kv_str(pk, "name", p->name);
         mp_pack_kv_str(pk, "source", p->source);
 
