@@ -90,6 +90,7 @@ void cgroup_setup(manager *m) {
         _cleanup_free_ char *mnt = cgroup2_mount();
         _cleanup_free_ char *own = own_cgroup();
         _cleanup_free_ char *root = NULL;
+        _cleanup_free_ char *ctrls = NULL;
 
         if (!mnt) {
                 set_status(m, "unavailable: %s", "no cgroup v2 hierarchy is mounted");
@@ -136,7 +137,6 @@ void cgroup_setup(manager *m) {
         }
 
         /* Enable what the parent gives us; none is fine, we just say so. */
-        _cleanup_free_ char *ctrls = NULL;
         char path[4096];
         snprintf(path, sizeof(path), "%s/cgroup.controllers", root);
         ctrls = read_small(path);

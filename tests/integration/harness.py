@@ -161,6 +161,14 @@ class Daemon:
                     return int(line.split()[1])
         return 0
 
+    def sanitized(self):
+        """ASan keeps freed memory in quarantine: RSS bounds are looser there."""
+        with open(f"/proc/{self.proc.pid}/maps") as f:
+            return "libasan" in f.read()
+
+    def rss_slack_kb(self, kb):
+        return kb * 16 if self.sanitized() else kb
+
     def n_fds(self):
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
