@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -543,6 +544,178 @@ static int cmd_kill(int argc, char **argv) {
         return r;
 }
 
+/* ---- review ------------------------------------------------------------ */
+
+static void print_diff(const msgpack_object *o) {
+        if (o->type != MSGPACK_OBJECT_ARRAY)
+                return print_human(o);
+        size_t guarded = 0;
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+                const msgpack_object *e = &o->via.array.ptr[i];
+                const msgpack_object *ch = map_get(e, "change"), *path = map_get(e, "path"), *g = map_get(e, "guarded"),
+                                     *type = map_get(e, "type");
+                char c = mp_str_eq(ch, "added") ? 'A' : mp_str_eq(ch, "deleted") ? 'D' : 'M';
+                bool is_guarded = g && g->type == MSGPACK_OBJECT_BOOLEAN && g->via.boolean;
+                guarded += is_guarded;
+                printf("%c %.*s%s%s\n", c, path ? (int) path->via.str.size : 0, path ? path->via.str.ptr : "",
+                       mp_str_eq(type, "directory") ? "/" : "", is_guarded ? "   [guarded: promote needs --include-hooks]" : "");
+        }
+        if (guarded)
+                printf("\n%zu change(s) to files the host runs later (git hooks/config, .envrc, editor settings).\n", guarded);
+}
+
+static int run_diff_u(const char *label, const char *a, const char *b) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid < 0)
+                return -1;
+        if (pid == 0) {
+                char la[4200], lb[4200];
+                snprintf(la, sizeof(la), "a/%s", label);
+                snprintf(lb, sizeof(lb), "b/%s", label);
+                execl("/usr/bin/diff", "diff", "-u", "--label", la, "--label", lb, a, b, (char *) NULL);
+                _exit(127);
+        }
+        int st;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+                ;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int cmd_diff(int argc, char **argv) {
+        bool patch = false;
+        const char *id = NULL;
+        for (int i = 1; i < argc; i++) {
+                if (streq(argv[i], "--patch") || streq(argv[i], "-p"))
+                        patch = true;
+                else if (!id)
+                        id = argv[i];
+                else {
+                        id = NULL;
+                        break;
+                }
+        }
+        if (!id) {
+                fprintf(stderr, "agentctl: usage: agentctl diff ID [--patch]\n");
+                return EXIT_USAGE;
+        }
+        params p;
+        params_init(&p, patch ? 2 : 1);
+        mp_pack_kv_str(&p.pk, "id", id);
+        if (patch)
+                mp_pack_kv_bool(&p.pk, "patch", true);
+        if (!patch || arg_json) {
+                int r = simple("sandbox.diff", &p.sb, print_diff);
+                msgpack_sbuffer_destroy(&p.sb);
+                return r;
+        }
+        rpc_client c;
+        rpc_result res;
+        int r = connect_daemon(&c);
+        if (r < 0) {
+                msgpack_sbuffer_destroy(&p.sb);
+                return -r;
+        }
+        r = call(&c, "sandbox.diff", &p.sb, NULL, 0, &res);
+        msgpack_sbuffer_destroy(&p.sb);
+        const msgpack_object *o = res.result;
+        for (uint32_t i = 0; r == 0 && o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size; i++) {
+                const msgpack_object *e = &o->via.array.ptr[i];
+                const msgpack_object *ch = map_get(e, "change"), *type = map_get(e, "type");
+                char path[4096], host[8192], layer[8192];
+                const msgpack_object *pp = map_get(e, "path"), *hp = map_get(e, "host_path"), *lp = map_get(e, "layer_path");
+                if (!pp || !hp || !lp)
+                        continue;
+                snprintf(path, sizeof(path), "%.*s", (int) pp->via.str.size, pp->via.str.ptr);
+                snprintf(host, sizeof(host), "%.*s", (int) hp->via.str.size, hp->via.str.ptr);
+                snprintf(layer, sizeof(layer), "%.*s", (int) lp->via.str.size, lp->via.str.ptr);
+                if (mp_str_eq(type, "directory")) {
+                        printf("%s directory %s/\n", mp_str_eq(ch, "deleted") ? "deleted" : "new", path);
+                        continue;
+                }
+                if (mp_str_eq(type, "symlink")) {
+                        char t[4096] = "";
+                        ssize_t n = readlink(layer, t, sizeof(t) - 1);
+                        if (n > 0)
+                                t[n] = 0;
+                        printf("%s symlink %s%s%s\n", mp_str_eq(ch, "deleted") ? "deleted" : "changed", path,
+                               n > 0 ? " -> " : "", t);
+                        continue;
+                }
+                const char *a = mp_str_eq(ch, "added") ? "/dev/null" : host;
+                const char *b = mp_str_eq(ch, "deleted") ? "/dev/null" : layer;
+                int k = run_diff_u(path, a, b);
+                if (k < 0 || k > 1) {
+                        fprintf(stderr, "agentctl: diff of %s failed\n", path);
+                        r = EXIT_DAEMON_ERROR;
+                }
+        }
+        rpc_result_done(&res);
+        rpc_client_close(&c);
+        return r;
+}
+
+static void print_promote(const msgpack_object *o) {
+        const msgpack_object *pr = map_get(o, "promoted"), *cf = map_get(o, "conflicts"), *gd = map_get(o, "guarded");
+        for (uint32_t i = 0; pr && pr->type == MSGPACK_OBJECT_ARRAY && i < pr->via.array.size; i++)
+                printf("promoted  %.*s\n", (int) pr->via.array.ptr[i].via.str.size, pr->via.array.ptr[i].via.str.ptr);
+        for (uint32_t i = 0; cf && cf->type == MSGPACK_OBJECT_ARRAY && i < cf->via.array.size; i++) {
+                const msgpack_object *p = map_get(&cf->via.array.ptr[i], "path"), *w = map_get(&cf->via.array.ptr[i], "reason");
+                printf("CONFLICT  %.*s: %.*s\n", p ? (int) p->via.str.size : 0, p ? p->via.str.ptr : "",
+                       w ? (int) w->via.str.size : 0, w ? w->via.str.ptr : "");
+        }
+        for (uint32_t i = 0; gd && gd->type == MSGPACK_OBJECT_ARRAY && i < gd->via.array.size; i++) {
+                const msgpack_object *p = map_get(&gd->via.array.ptr[i], "path");
+                printf("skipped   %.*s (runs on the host later: pass --include-hooks to promote it)\n",
+                       p ? (int) p->via.str.size : 0, p ? p->via.str.ptr : "");
+        }
+}
+
+static bool promote_had_conflicts;
+static void print_promote_and_note(const msgpack_object *o) {
+        print_promote(o);
+        const msgpack_object *cf = map_get(o, "conflicts");
+        promote_had_conflicts = cf && cf->type == MSGPACK_OBJECT_ARRAY && cf->via.array.size > 0;
+}
+
+static int cmd_promote(int argc, char **argv) {
+        const char *id = NULL;
+        bool hooks = false;
+        int npaths = 0;
+        char **paths = calloc((size_t) argc, sizeof(char *));
+        for (int i = 1; i < argc; i++) {
+                if (streq(argv[i], "--include-hooks"))
+                        hooks = true;
+                else if (!id)
+                        id = argv[i];
+                else
+                        paths[npaths++] = argv[i];
+        }
+        if (!id) {
+                free(paths);
+                fprintf(stderr, "agentctl: usage: agentctl promote ID [PATH...] [--include-hooks]\n");
+                return EXIT_USAGE;
+        }
+        params p;
+        params_init(&p, 1 + (npaths ? 1 : 0) + (hooks ? 1 : 0));
+        mp_pack_kv_str(&p.pk, "id", id);
+        if (npaths) {
+                mp_pack_cstr(&p.pk, "paths");
+                msgpack_pack_array(&p.pk, (size_t) npaths);
+                for (int i = 0; i < npaths; i++)
+                        mp_pack_cstr(&p.pk, paths[i]);
+        }
+        if (hooks)
+                mp_pack_kv_bool(&p.pk, "include_hooks", true);
+        free(paths);
+        int r = simple("sandbox.promote", &p.sb, print_promote_and_note);
+        msgpack_sbuffer_destroy(&p.sb);
+        /* Something was not applied: say so in the exit status too. */
+        if (r == 0 && promote_had_conflicts)
+                r = EXIT_DAEMON_ERROR;
+        return r;
+}
+
 int main(int argc, char **argv) {
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },
@@ -604,6 +777,12 @@ int main(int argc, char **argv) {
                 return cmd_kill(argc, argv);
         if (streq(cmd, "logs"))
                 return cmd_logs(argc, argv);
+        if (streq(cmd, "diff"))
+                return cmd_diff(argc, argv);
+        if (streq(cmd, "promote"))
+                return cmd_promote(argc, argv);
+        if (streq(cmd, "discard"))
+                return cmd_by_id("sandbox.discard", argc, argv, "discard ID");
 
         fprintf(stderr, "agentctl: unknown command '%s' (see agentctl --help)\n", cmd);
         return EXIT_USAGE;

@@ -6,6 +6,7 @@
  * methods. */
 #include "sandbox.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -20,7 +21,10 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <json-c/json.h>
 
 #include "agentd-build.h"
 #include "cgroup.h"
@@ -44,6 +48,9 @@ static int pidfd_send_signal_(int pidfd, int sig) {
         return (int) syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
+static void sandbox_free(sandbox *s);
+static sandbox *sandbox_load(manager *m, const char *id);
+
 const char *sandbox_state_to_string(sandbox_state s) {
         switch (s) {
         case SANDBOX_STARTING: return "starting";
@@ -55,7 +62,7 @@ const char *sandbox_state_to_string(sandbox_state s) {
         return "?";
 }
 
-static bool sandbox_ended(const sandbox *s) {
+bool sandbox_ended(const sandbox *s) {
         return s->state == SANDBOX_EXITED || s->state == SANDBOX_KILLED;
 }
 
@@ -66,7 +73,7 @@ sandbox *sandbox_find(manager *m, const char *id) {
                 if (streq(s->id, id))
                         return s;
         }
-        return NULL;
+        return sandbox_load(m, id);
 }
 
 /* ---- seccomp programs, built once per profile ---------------------------- */
@@ -215,6 +222,135 @@ static bool strv_contains(char *const *v, const char *s) {
                 if (streq(v[i], s))
                         return true;
         return false;
+}
+
+/* ---- the record on disk ------------------------------------------------------- */
+
+/* meta.json in the sandbox's state dir: what review needs after the sandbox
+ * and the daemon are gone. Written atomically (temp + rename). */
+int sandbox_save_meta(sandbox *s) {
+        json_object *o = json_object_new_object();
+        if (!o)
+                return -ENOMEM;
+        json_object_object_add(o, "id", json_object_new_string(s->id));
+        json_object_object_add(o, "task", json_object_new_string(s->task));
+        json_object_object_add(o, "workspace", json_object_new_string(s->workspace));
+        json_object_object_add(o, "workspace_mode", json_object_new_int(s->workspace_mode));
+        json_object_object_add(o, "started_at", json_object_new_int64((int64_t) s->started_at));
+        json_object_object_add(o, "started_ns", json_object_new_int64(s->started_ns));
+        json_object_object_add(o, "state", json_object_new_string(sandbox_state_to_string(s->state)));
+        json_object_object_add(o, "exit_code", json_object_new_int(s->exit_code));
+        json_object_object_add(o, "signal", json_object_new_int(s->exit_signal));
+        json_object_object_add(o, "discarded", json_object_new_boolean(s->discarded));
+        if (s->end_reason)
+                json_object_object_add(o, "reason", json_object_new_string(s->end_reason));
+        json_object *av = json_object_new_array();
+        for (size_t i = 0; s->argv && s->argv[i]; i++)
+                json_object_array_add(av, json_object_new_string(s->argv[i]));
+        json_object_object_add(o, "argv", av);
+        const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+        char tmp[PATH_MAX], final[PATH_MAX];
+        snprintf(tmp, sizeof(tmp), "%s/meta.json.tmp", s->dir);
+        snprintf(final, sizeof(final), "%s/meta.json", s->dir);
+        int r = 0;
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                r = -errno;
+        else {
+                size_t n = strlen(text);
+                if (write(fd, text, n) != (ssize_t) n || write(fd, "\n", 1) != 1 || fsync(fd) < 0)
+                        r = -EIO;
+                close(fd);
+                if (r == 0 && rename(tmp, final) < 0)
+                        r = -errno;
+        }
+        json_object_put(o);
+        if (r < 0)
+                log_warning("sandbox %s: cannot save its record: %s", s->id, strerror(-r));
+        return r;
+}
+
+static sandbox *sandbox_alloc(manager *m) {
+        sandbox *s = calloc(1, sizeof(*s));
+        if (!s)
+                return NULL;
+        s->m = m;
+        s->refcount = 1;
+        s->helper_pidfd = s->init_pidfd = s->status_fd = s->tty_master = -1;
+        for (int i = 0; i < 2; i++) {
+                s->out[i].sb = s;
+                s->out[i].name = i == 0 ? "stdout" : "stderr";
+                s->out[i].pipe_fd = s->out[i].log_fd = s->out[i].client_fd = -1;
+        }
+        return s;
+}
+
+static bool id_valid(const char *id) {
+        if (strlen(id) != 12)
+                return false;
+        for (const char *p = id; *p; p++)
+                if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+                        return false;
+        return true;
+}
+
+/* Loads an ended sandbox's record from its state dir (after a restart, or
+ * evicted from memory). A record left "running" means agentd died with it. */
+static sandbox *sandbox_load(manager *m, const char *id) {
+        if (!id_valid(id))
+                return NULL;
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/sandboxes/%s/meta.json", m->config->state_directory, id);
+        json_object *o = json_object_from_file(path);
+        if (!o)
+                return NULL;
+        sandbox *s = sandbox_alloc(m);
+        json_object *v;
+        if (!s)
+                goto fail;
+        snprintf(s->id, sizeof(s->id), "%s", id);
+        if (asprintf(&s->dir, "%s/sandboxes/%s", m->config->state_directory, id) < 0)
+                s->dir = NULL;
+        s->task = strdup(json_object_object_get_ex(o, "task", &v) ? json_object_get_string(v) : "?");
+        s->workspace = strdup(json_object_object_get_ex(o, "workspace", &v) ? json_object_get_string(v) : "");
+        s->workspace_mode = json_object_object_get_ex(o, "workspace_mode", &v) ? json_object_get_int(v) : WORKSPACE_NONE;
+        s->started_at = json_object_object_get_ex(o, "started_at", &v) ? (uint64_t) json_object_get_int64(v) : 0;
+        s->started_ns = json_object_object_get_ex(o, "started_ns", &v) ? json_object_get_int64(v) : 0;
+        s->exit_code = json_object_object_get_ex(o, "exit_code", &v) ? json_object_get_int(v) : 0;
+        s->exit_signal = json_object_object_get_ex(o, "signal", &v) ? json_object_get_int(v) : 0;
+        s->discarded = json_object_object_get_ex(o, "discarded", &v) && json_object_get_boolean(v);
+        const char *state = json_object_object_get_ex(o, "state", &v) ? json_object_get_string(v) : "exited";
+        if (json_object_object_get_ex(o, "reason", &v))
+                s->end_reason = strdup(json_object_get_string(v));
+        if (json_object_object_get_ex(o, "argv", &v) && json_object_is_type(v, json_type_array)) {
+                size_t n = json_object_array_length(v);
+                s->argv = calloc(n + 1, sizeof(char *));
+                for (size_t i = 0; s->argv && i < n; i++)
+                        s->argv[i] = strdup(json_object_get_string(json_object_array_get_idx(v, i)));
+        }
+        if (streq(state, "exited"))
+                s->state = SANDBOX_EXITED;
+        else if (streq(state, "killed"))
+                s->state = SANDBOX_KILLED;
+        else {
+                s->state = SANDBOX_KILLED;
+                free(s->end_reason);
+                s->end_reason = strdup("agentd stopped while it ran");
+                s->exit_signal = SIGKILL;
+                s->exit_code = 128 + SIGKILL;
+        }
+        s->from_disk = true;
+        if (!s->dir || !s->task || !s->workspace)
+                goto fail;
+        json_object_put(o);
+        list_add_tail(&m->sandboxes, &s->link);
+        m->n_sandboxes++;
+        return s;
+fail:
+        json_object_put(o);
+        if (s)
+                sandbox_free(s);
+        return NULL;
 }
 
 /* ---- lifecycle --------------------------------------------------------------- */
@@ -543,6 +679,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         set_state(s, s->killed ? SANDBOX_KILLED : SANDBOX_EXITED);
         log_info("sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
                  s->exit_code, s->exit_signal, s->end_reason ? " reason=" : "", s->end_reason ? s->end_reason : "");
+        (void) sandbox_save_meta(s);
         complete_waiters(s);
         release_owner(s);
         m->n_sandboxes_live--;
@@ -1052,20 +1189,16 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
                 }
         }
 
-        sandbox *s = calloc(1, sizeof(*s));
+        sandbox *s = sandbox_alloc(m);
         if (!s) {
                 free(sp.buf);
                 return -ENOMEM;
         }
-        s->m = m;
-        s->refcount = 1;
-        s->helper_pidfd = s->init_pidfd = s->status_fd = s->tty_master = -1;
-        for (int i = 0; i < 2; i++) {
-                s->out[i].sb = s;
-                s->out[i].name = i == 0 ? "stdout" : "stderr";
-                s->out[i].pipe_fd = s->out[i].log_fd = s->out[i].client_fd = -1;
-        }
         make_id(s->id);
+        s->workspace_mode = (int) p->workspace;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        s->started_ns = (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
         s->task = strdup(p->name);
         s->workspace = workspace ? strdup(workspace) : strdup("");
         s->argv = TAKE_PTR(argv);
@@ -1248,6 +1381,7 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
         if (attach || tty)
                 s->owner = connection_ref(ctx->conn);
 
+        (void) sandbox_save_meta(s);
         list_add_tail(&m->sandboxes, &s->link);
         m->n_sandboxes++;
         m->n_sandboxes_live++;
@@ -1450,8 +1584,64 @@ int rpc_events_subscribe(rpc_ctx *ctx, rpc_error *err) {
 
 /* ---- daemon start and stop ------------------------------------------------------- */
 
+/* Records of earlier runs, newest last, so ps and review work after a restart. */
+static int cmp_started(const void *a, const void *b) {
+        const sandbox *x = *(sandbox *const *) a, *y = *(sandbox *const *) b;
+        return x->started_at < y->started_at ? -1 : x->started_at > y->started_at;
+}
+
+static void load_previous(manager *m) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/sandboxes", m->config->state_directory);
+        DIR *d = opendir(path);
+        if (!d)
+                return;
+        struct dirent *de;
+        while ((de = readdir(d)))
+                if (id_valid(de->d_name))
+                        (void) sandbox_load(m, de->d_name);
+        closedir(d);
+        /* Sort by start time, keep the newest in memory (the rest load on demand). */
+        size_t n = m->n_sandboxes, k = 0;
+        sandbox **v = calloc(n ? n : 1, sizeof(*v));
+        if (!v)
+                return;
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                v[k++] = container_of(i, sandbox, link);
+                list_del(i);
+        }
+        qsort(v, k, sizeof(*v), cmp_started);
+        m->n_sandboxes = 0;
+        for (size_t j = 0; j < k; j++) {
+                if (k - j > MAX_ENDED_KEPT) {
+                        sandbox_unref(v[j]);
+                        continue;
+                }
+                if (streq(v[j]->end_reason ? v[j]->end_reason : "", "agentd stopped while it ran"))
+                        (void) sandbox_save_meta(v[j]);
+                list_add_tail(&m->sandboxes, &v[j]->link);
+                m->n_sandboxes++;
+        }
+        free(v);
+        if (m->cgroup_root) {
+                /* Sandbox cgroups a previous instance left behind (all their processes died with it). */
+                DIR *cg = opendir(m->cgroup_root);
+                while (cg && (de = readdir(cg)))
+                        if (!strncmp(de->d_name, "sb-", 3)) {
+                                char p[PATH_MAX];
+                                snprintf(p, sizeof(p), "%s/%s", m->cgroup_root, de->d_name);
+                                (void) cgroup_kill(p);
+                                (void) rmdir(p);
+                        }
+                if (cg)
+                        closedir(cg);
+        }
+}
+
 int sandboxes_init(manager *m) {
         cgroup_setup(m);
+        load_previous(m);
         m->sandbox_helper = find_helper(m);
         if (!m->sandbox_helper)
                 log_warning("the sandbox helper agentd-sandbox was not found; spawning will fail");

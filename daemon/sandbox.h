@@ -54,6 +54,10 @@ typedef struct sandbox {
         char **argv;
         sandbox_state state;
         uint64_t started_at;      /* realtime ms */
+        int64_t started_ns;       /* realtime ns: host files changed later are promote conflicts */
+        int workspace_mode;       /* workspace_mode of the task at spawn */
+        bool discarded;
+        bool from_disk;           /* loaded from the state dir after a restart */
         pid_t helper_pid;
         int helper_pidfd;
         uv_poll_t helper_poll;
@@ -84,5 +88,7 @@ typedef struct sandbox {
 } sandbox;
 
 sandbox *sandbox_find(manager *m, const char *id);
+bool sandbox_ended(const sandbox *s);
+int sandbox_save_meta(sandbox *s);
 int sandbox_signal(sandbox *s, int sig);
 void sandboxes_connection_closed(manager *m, connection *c);

@@ -60,6 +60,7 @@ class Host:
 
     def __init__(self):
         self.saved = {}
+        self.created_ssh_dir = not os.path.isdir(os.path.join(HOME, ".ssh"))
         for rel, text in ((".ssh/id_rsa", f"-----BEGIN PRIVATE KEY----- {MARKER}\n"),
                           (".bashrc", f"# host bashrc {MARKER}\n")):
             path = os.path.join(HOME, rel)
@@ -116,6 +117,11 @@ class Host:
             else:
                 with open(path, "wb") as f:
                     f.write(data)
+        if self.created_ssh_dir:
+            try:
+                os.rmdir(os.path.join(HOME, ".ssh"))
+            except OSError:
+                pass
 
 
 D = None
