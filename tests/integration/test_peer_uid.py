@@ -14,7 +14,7 @@ USER = os.environ.get("AGENTD_TEST_USER", "agentd-test")
 
 
 def as_user(argv):
-    return ["runuser", "-u", USER, "--"] + argv
+    return ["/usr/sbin/runuser", "-u", USER, "--"] + argv
 
 
 def test_other_uid_refused():
