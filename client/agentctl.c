@@ -353,6 +353,15 @@ static int cmd_spawn(int argc, char **argv) {
         }
         int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
         rpc_result res;
+        if (!detach) {
+                /* From here on, Ctrl-C belongs to the sandboxed command: it is
+                 * forwarded once the sandbox id is known. */
+                struct sigaction sa = { .sa_handler = on_forward_signal };
+                sigaction(SIGINT, &sa, NULL);
+                sigaction(SIGTERM, &sa, NULL);
+                sigaction(SIGHUP, &sa, NULL);
+                sigaction(SIGQUIT, &sa, NULL);
+        }
         r = call(&c, "sandbox.spawn", &p.sb, fds, !detach && !tty ? 3 : 0, &res);
         msgpack_sbuffer_destroy(&p.sb);
         if (r != 0) {
@@ -383,11 +392,8 @@ static int cmd_spawn(int argc, char **argv) {
 
         signal_client = &c;
         signal_sandbox = id;
-        struct sigaction sa = { .sa_handler = on_forward_signal };
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
-        sigaction(SIGHUP, &sa, NULL);
-        sigaction(SIGQUIT, &sa, NULL);
+        c.interruptible = true;
+        forward_pending_signal();
         if (tty) {
                 if (c.n_received_fds < 1) {
                         fprintf(stderr, "agentctl: internal: no terminal received from agentd\n");

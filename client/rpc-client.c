@@ -180,6 +180,8 @@ static int wait_response(rpc_client *c, uint32_t msgid, rpc_result *res, int tim
                 if (ur == MSGPACK_UNPACK_PARSE_ERROR)
                         return -EBADMSG;
                 int r = read_more(c, timeout_ms);
+                if (r == -EINTR && !c->interruptible)
+                        continue;
                 if (r < 0)
                         return r;
         }
@@ -203,9 +205,14 @@ int rpc_client_call(rpc_client *c, const char *method, const char *params, size_
                 msgpack_pack_array(&pk, 0);
         int r = send_all(c->fd, sb.data, sb.size, fds, n_fds);
         msgpack_sbuffer_destroy(&sb);
-        if (r < 0)
-                return r;
         msgpack_unpacked_destroy(&res->unpacked);
+        if (r < 0) {
+                /* The daemon may have answered and closed first (a refused
+                 * peer): its reason is more useful than EPIPE. */
+                if ((r == -EPIPE || r == -ECONNRESET) && wait_response(c, id, res, 1000) == 0)
+                        return 0;
+                return r;
+        }
         return wait_response(c, id, res, -1);
 }
 

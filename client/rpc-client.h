@@ -12,6 +12,7 @@ typedef struct rpc_client {
         /* Called for server notifications that arrive while waiting. */
         void (*on_notification)(const char *method, size_t len, const msgpack_object *params, void *userdata);
         void *userdata;
+        bool interruptible;      /* return -EINTR from waits (to forward a signal) */
         int received_fds[4];
         unsigned n_received_fds;
 } rpc_client;

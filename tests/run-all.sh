@@ -45,7 +45,7 @@ fi
 
 step "build" build build
 step "build (asan+ubsan)" build build-asan -Db_sanitize=address,undefined -Db_lundef=false
-step "build (fuzz, clang)" env CC=clang bash -c "$(declare -f build); build build-fuzz -Dfuzz=true -Dc_args=-fsanitize=fuzzer-no-link -Db_sanitize=address,undefined -Db_lundef=false -Dtests=false"
+step "build (fuzz, clang)" env CC=clang bash -c "$(declare -f build); build build-fuzz -Dfuzz=true -Dc_args=-fsanitize=fuzzer-no-link -Db_sanitize=address,undefined -Db_lundef=false"
 
 step "unit tests" meson test -C build --suite unit --print-errorlogs
 step "unit tests (asan+ubsan)" env ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
