@@ -49,7 +49,7 @@ def test_other_uid_refused():
         assert p.returncode == 0, p
     finally:
         # Stop agentd itself (not runuser) and expect its clean exit.
-        subprocess.run(["pkill", "-TERM", "-f", f"agentd --socket {d.socket}"])
+        subprocess.run(["pkill", "-TERM", "-f", f"^{AGENTD} --socket {d.socket}"])
         rc = proc.wait(timeout=15)
         assert rc == 0, (rc, d.read_log())
         shutil.rmtree(d.tmp, ignore_errors=True)
