@@ -722,6 +722,103 @@ static int cmd_promote(int argc, char **argv) {
         return r;
 }
 
+/* ---- credentials ------------------------------------------------------- */
+
+static int cmd_broker(int argc, char **argv) {
+        if (argc >= 2 && streq(argv[1], "status") && argc == 2)
+                return simple("broker.status", NULL, NULL);
+        if (argc < 2 || !streq(argv[1], "enroll")) {
+                fprintf(stderr, "agentctl: usage: agentctl broker enroll --role-id ID --secret-id-file FILE | broker status\n");
+                return EXIT_USAGE;
+        }
+        const char *role = NULL, *file = NULL;
+        for (int i = 2; i < argc; i++) {
+                if (streq(argv[i], "--role-id") && i + 1 < argc)
+                        role = argv[++i];
+                else if (streq(argv[i], "--secret-id-file") && i + 1 < argc)
+                        file = argv[++i];
+                else {
+                        role = NULL;
+                        break;
+                }
+        }
+        if (!role || !file) {
+                fprintf(stderr, "agentctl: usage: agentctl broker enroll --role-id ID --secret-id-file FILE\n");
+                return EXIT_USAGE;
+        }
+        /* The secret comes from a file (or - for stdin), never from argv. */
+        char secret[512];
+        size_t n = 0;
+        FILE *f = streq(file, "-") ? stdin : fopen(file, "re");
+        if (!f) {
+                fprintf(stderr, "agentctl: %s: %m\n", file);
+                return EXIT_USAGE;
+        }
+        n = fread(secret, 1, sizeof(secret) - 1, f);
+        if (f != stdin)
+                fclose(f);
+        while (n > 0 && (secret[n - 1] == '\n' || secret[n - 1] == '\r' || secret[n - 1] == ' '))
+                n--;
+        if (n == 0) {
+                fprintf(stderr, "agentctl: %s is empty\n", file);
+                return EXIT_USAGE;
+        }
+        params p;
+        params_init(&p, 2);
+        mp_pack_kv_str(&p.pk, "role_id", role);
+        mp_pack_cstr(&p.pk, "secret_id");
+        msgpack_pack_str(&p.pk, n);
+        msgpack_pack_str_body(&p.pk, secret, n);
+        explicit_zero(secret, sizeof(secret));
+        int r = simple("broker.enroll", &p.sb, NULL);
+        explicit_zero(p.sb.data, p.sb.size);
+        msgpack_sbuffer_destroy(&p.sb);
+        return r;
+}
+
+/* Inside a sandbox: ask $AGENTD_BROKER for this sandbox's token (a sealed memfd) and print it. */
+static int cmd_token(int argc, char **argv) {
+        if (argc != 1) {
+                fprintf(stderr, "agentctl: usage: agentctl token\n");
+                return EXIT_USAGE;
+        }
+        const char *path = getenv("AGENTD_BROKER");
+        if (!path || !*path) {
+                fprintf(stderr, "agentctl: AGENTD_BROKER is not set: 'token' works inside a sandbox whose task has VaultPolicies=\n");
+                return EXIT_UNREACHABLE;
+        }
+        rpc_client c;
+        int r = rpc_client_connect(&c, path);
+        if (r < 0) {
+                fprintf(stderr, "agentctl: cannot reach the broker at %s: %s\n", path, strerror(-r));
+                return EXIT_UNREACHABLE;
+        }
+        rpc_result res;
+        r = call(&c, "credentials.get", NULL, NULL, 0, &res);
+        if (r == 0) {
+                if (c.n_received_fds < 1) {
+                        fprintf(stderr, "agentctl: the broker sent no token\n");
+                        r = EXIT_DAEMON_ERROR;
+                } else {
+                        char buf[4096];
+                        ssize_t n = pread(c.received_fds[0], buf, sizeof(buf), 0);
+                        if (n <= 0) {
+                                fprintf(stderr, "agentctl: cannot read the token: %m\n");
+                                r = EXIT_DAEMON_ERROR;
+                        } else if (arg_json)
+                                print_json(res.result);
+                        else {
+                                fwrite(buf, 1, (size_t) n, stdout);
+                                fputc('\n', stdout);
+                        }
+                        explicit_zero(buf, sizeof(buf));
+                }
+        }
+        rpc_result_done(&res);
+        rpc_client_close(&c);
+        return r;
+}
+
 int main(int argc, char **argv) {
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },
@@ -783,6 +880,10 @@ int main(int argc, char **argv) {
                 return cmd_kill(argc, argv);
         if (streq(cmd, "logs"))
                 return cmd_logs(argc, argv);
+        if (streq(cmd, "broker"))
+                return cmd_broker(argc, argv);
+        if (streq(cmd, "token"))
+                return cmd_token(argc, argv);
         if (streq(cmd, "diff"))
                 return cmd_diff(argc, argv);
         if (streq(cmd, "promote"))

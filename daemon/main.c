@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "agentd-build.h"
+#include "broker.h"
 #include "daemon.h"
 #include "log.h"
 #include "macro.h"
@@ -182,6 +183,7 @@ static void begin_shutdown(manager *m, const char *why) {
         sd_notify(0, "STOPPING=1");
         server_stop_listening(m);
         sandboxes_shutdown(m);
+        broker_shutdown(m);
         uv_timer_start(&m->shutdown_timer, on_shutdown_timer, 5000, 0);
         daemon_maybe_finish(m);
 }
@@ -234,6 +236,7 @@ void daemon_finish(manager *m) {
         uv_timer_stop(&m->shutdown_timer);
         server_close_all(m);
         sandboxes_free(m);
+        broker_free(m);
         tasks_free(m);
         uv_walk(m->loop, on_close_walk, NULL);
 }
@@ -267,6 +270,8 @@ int main(int argc, char **argv) {
         }
 
         log_setup("agentd");
+        /* libtss2 prints every expected TPM error on stderr; we report them ourselves. */
+        setenv("TSS2_LOG", "all+none", 0);
         signal(SIGPIPE, SIG_IGN);
 
         static manager mgr;
@@ -330,6 +335,11 @@ int main(int argc, char **argv) {
         r = sandboxes_init(m);
         if (r < 0)
                 return 1;
+        r = broker_init(m);
+        if (r < 0) {
+                log_error("cannot start the credential broker: %s", strerror(-r));
+                return 1;
+        }
 
         if (arg_socket)
                 m->socket_path = strdup(arg_socket);

@@ -12,6 +12,7 @@
 typedef struct connection connection;
 typedef struct sandbox sandbox;
 typedef struct policy_registry policy_registry;
+typedef struct broker broker;
 
 typedef struct list_head {
         struct list_head *prev, *next;
@@ -76,6 +77,7 @@ typedef struct manager {
         char *cgroup_status;         /* "ok", or "unavailable: why" */
         char *cgroup_controllers;    /* enabled for sandboxes, e.g. "memory pids" */
         bool locked_down;
+        broker *broker;
 } manager;
 
 uint64_t now_msec(void);

@@ -2,6 +2,7 @@
 #include "agentd-build.h"
 #include <string.h>
 
+#include "broker.h"
 #include "config.h"
 #include "manager.h"
 #include "server.h"
@@ -15,17 +16,6 @@ int rpc_agentd_ping(rpc_ctx *ctx, rpc_error *err) {
         return 0;
 }
 
-static const char *vault_state(const manager *m) {
-        if (!m->config->vault_address)
-                return "unconfigured";
-        return "unavailable: the credential broker is not built into this version";
-}
-
-static const char *tpm_state(const manager *m) {
-        if (!m->config->vault_address)
-                return "unconfigured";
-        return "unavailable: the credential broker is not built into this version";
-}
 
 int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         manager *m = ctx->m;
@@ -37,8 +27,8 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);
         mp_pack_kv_u64(pk, "sandboxes", m->n_sandboxes);
         mp_pack_kv_bool(pk, "locked_down", m->locked_down);
-        mp_pack_kv_str(pk, "vault", vault_state(m));
-        mp_pack_kv_str(pk, "tpm", tpm_state(m));
+        mp_pack_kv_str(pk, "vault", broker_vault_state(m));
+        mp_pack_kv_str(pk, "tpm", broker_tpm_state(m));
         mp_pack_kv_str(pk, "cgroup", m->cgroup_status ? m->cgroup_status : "unavailable: not set up");
         mp_pack_kv_str(pk, "cgroup_controllers", m->cgroup_controllers ? m->cgroup_controllers : "");
         mp_pack_kv_u64(pk, "connections", m->n_connections);

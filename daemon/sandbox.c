@@ -27,6 +27,7 @@
 #include <json-c/json.h>
 
 #include "agentd-build.h"
+#include "broker.h"
 #include "cgroup.h"
 #include "daemon.h"
 #include "log.h"
@@ -679,6 +680,9 @@ static void sandbox_maybe_complete(sandbox *s) {
         set_state(s, s->killed ? SANDBOX_KILLED : SANDBOX_EXITED);
         log_info("sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
                  s->exit_code, s->exit_signal, s->end_reason ? " reason=" : "", s->end_reason ? s->end_reason : "");
+        if (s->creds)
+                broker_release(m, TAKE_PTR(s->creds));
+        server_close_sandbox(TAKE_PTR(s->broker_listener));
         (void) sandbox_save_meta(s);
         complete_waiters(s);
         release_owner(s);
@@ -1006,9 +1010,26 @@ static int high_fd(int fd) {
         return fcntl(fd, F_DUPFD_CLOEXEC, 64);
 }
 
-int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
-        manager *m = ctx->m;
-        const msgpack_object *params = ctx->params;
+/* A spawn in progress: credentials may have to be issued (asynchronously)
+ * before the sandbox is built, so the request's parameters are kept packed. */
+typedef struct spawn_request {
+        manager *m;
+        rpc_call *call;
+        msgpack_sbuffer params;
+        int client_fds[3];
+        char id[16];
+        sandbox_creds *creds;
+} spawn_request;
+
+static void spawn_request_free(spawn_request *req) {
+        for (int i = 0; i < 3; i++)
+                safe_close(req->client_fds[i]);
+        msgpack_sbuffer_destroy(&req->params);
+        free(req);
+}
+
+static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_error *err) {
+        manager *m = req->m;
         _cleanup_free_ char *task_name = rpc_param_strdup(params, "task");
         _cleanup_free_ char *ws_param = rpc_param_strdup(params, "workspace");
         _cleanup_strv_free_ char **argv = rpc_param_strv(params, "argv");
@@ -1060,13 +1081,11 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
                 return -EINVAL;
         }
 
-        /* Credentials and egress are refused rather than silently dropped. */
-        if (p->vault_policies && p->vault_policies[0]) {
-                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE,
-                              "task '%s' needs Vault credentials (VaultPolicies=%s), but %s", p->name, p->vault_policies[0],
-                              m->config->vault_address ? "the credential broker is not built into this version"
-                                                       : "Vault is unconfigured ([Vault] Address= in agentd.conf)");
-                return -EOPNOTSUPP;
+        /* Credentials are issued before we get here; a task edited meanwhile is refused. */
+        bool wants_creds = p->vault_policies && p->vault_policies[0];
+        if (wants_creds != (req->creds != NULL)) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' changed while its credentials were issued; try again", p->name);
+                return -EAGAIN;
         }
         if (p->network == NETWORK_PROXY) {
                 rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE,
@@ -1113,6 +1132,8 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
                 spec_add(&sp, "env", buf);
         }
         spec_add(&sp, "env", "SHELL=/bin/sh");
+        if (req->creds)
+                spec_add(&sp, "env", "AGENTD_BROKER=/run/agentd/broker.sock");
         snprintf(buf, sizeof(buf), "AGENTD_SANDBOX=%s", "1");
         spec_add(&sp, "env", buf);
         for (size_t i = 0; p->environment && p->environment[i]; i++)
@@ -1179,7 +1200,7 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
 
         if (attach) {
                 for (int i = 0; i < 3; i++)
-                        client_fds[i] = connection_take_fd(ctx->conn);
+                        client_fds[i] = TAKE_FD(req->client_fds[i]);
                 if (client_fds[2] < 0) {
                         for (int i = 0; i < 3; i++)
                                 safe_close(client_fds[i]);
@@ -1194,7 +1215,7 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
                 free(sp.buf);
                 return -ENOMEM;
         }
-        make_id(s->id);
+        snprintf(s->id, sizeof(s->id), "%s", req->id);
         s->workspace_mode = (int) p->workspace;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -1229,6 +1250,12 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
                 FAIL(RPC_E_INTERNAL, "out of memory");
         if (mkdir(s->dir, 0700) < 0)
                 FAIL(RPC_E_INTERNAL, "cannot create %s: %s", s->dir, strerror(errno));
+        if (req->creds) {
+                snprintf(path, sizeof(path), "%s/broker.sock", s->dir);
+                if ((r = server_listen_sandbox(m, s->id, path, &s->broker_listener)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox's broker socket: %s", strerror(-r));
+                spec_add(&sp, "broker_socket", path);
+        }
         if (p->workspace == WORKSPACE_OVERLAY) {
                 snprintf(path, sizeof(path), "%s/upper", s->dir);
                 if ((r = mkdir_private(path)) < 0)
@@ -1379,13 +1406,14 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
         for (int i = 0; i < 3; i++)
                 safe_close(client_fds[i]);
         if (attach || tty)
-                s->owner = connection_ref(ctx->conn);
+                s->owner = connection_ref(req->call->conn);
 
         (void) sandbox_save_meta(s);
         list_add_tail(&m->sandboxes, &s->link);
         m->n_sandboxes++;
         m->n_sandboxes_live++;
-        s->spawn_call = rpc_ctx_defer(ctx);
+        s->spawn_call = TAKE_PTR(req->call);
+        s->creds = TAKE_PTR(req->creds);
         log_info("sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
         return 0;
 
@@ -1407,12 +1435,94 @@ fail:
         free(sp.buf);
         if (s->cgroup)
                 (void) cgroup_remove(s->cgroup);
+        server_close_sandbox(s->broker_listener);
         rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
         log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
         free(error_text);
         sandbox_free(s);
         return -EIO;
 #undef FAIL
+}
+
+static void on_creds_issued(sandbox_creds *creds, const char *error, void *userdata) {
+        spawn_request *req = userdata;
+        if (!creds) {
+                char msg[800];
+                snprintf(msg, sizeof(msg), "cannot issue this sandbox's credentials: %s", error ? error : "unknown error");
+                rpc_call_error(req->call, RPC_E_BACKEND_UNAVAILABLE, msg);
+                spawn_request_free(req);
+                return;
+        }
+        req->creds = creds;
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
+        size_t off = 0;
+        rpc_error err = { 0 };
+        int r = -EINVAL;
+        if (msgpack_unpack_next(&u, req->params.data, req->params.size, &off) == MSGPACK_UNPACK_SUCCESS)
+                r = spawn_impl(req, &u.data, &err);
+        msgpack_unpacked_destroy(&u);
+        if (r < 0) {
+                if (req->creds)
+                        broker_release(req->m, TAKE_PTR(req->creds));
+                if (req->call)
+                        rpc_call_error(req->call, err.message[0] ? err.code : RPC_E_INTERNAL,
+                                       err.message[0] ? err.message : "spawn failed");
+                req->call = NULL;
+        }
+        spawn_request_free(req);
+}
+
+int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        spawn_request *req = calloc(1, sizeof(*req));
+        if (!req)
+                return -ENOMEM;
+        req->m = m;
+        req->client_fds[0] = req->client_fds[1] = req->client_fds[2] = -1;
+        msgpack_sbuffer_init(&req->params);
+        make_id(req->id);
+        if (rpc_param_bool(ctx->params, "attach", false))
+                for (int i = 0; i < 3; i++)
+                        req->client_fds[i] = connection_take_fd(ctx->conn);
+
+        _cleanup_free_ char *task_name = rpc_param_strdup(ctx->params, "task");
+        const task_policy *p = policy_registry_find(m->tasks, task_name ? task_name : "default");
+        if (p && p->vault_policies && p->vault_policies[0] && !m->locked_down) {
+                const char *why = broker_unavailable_reason(m);
+                if (why) {
+                        rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' needs Vault credentials (VaultPolicies=%s): %s",
+                                      p->name, p->vault_policies[0], why);
+                        spawn_request_free(req);
+                        return -EOPNOTSUPP;
+                }
+                msgpack_packer pk;
+                msgpack_packer_init(&pk, &req->params, msgpack_sbuffer_write);
+                if (ctx->params)
+                        msgpack_pack_object(&pk, *ctx->params);
+                else
+                        msgpack_pack_map(&pk, 0);
+                req->call = rpc_ctx_defer(ctx);
+                int r = req->call ? broker_issue(m, req->id, p->name, p->vault_policies, p->token_ttl_usec, on_creds_issued, req)
+                                  : -ENOMEM;
+                if (r < 0) {
+                        rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "cannot issue credentials: %s", strerror(-r));
+                        req->call = NULL; /* dispatch answers through ctx->async */
+                        spawn_request_free(req);
+                        return r;
+                }
+                return 0;
+        }
+        req->call = rpc_ctx_defer(ctx);
+        if (!req->call) {
+                spawn_request_free(req);
+                return -ENOMEM;
+        }
+        int r = spawn_impl(req, ctx->params, err);
+        if (r < 0)
+                req->call = NULL; /* dispatch answers the error through ctx->async */
+        spawn_request_free(req);
+        return r;
 }
 
 /* ---- the other methods ---------------------------------------------------------- */

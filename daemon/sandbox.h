@@ -85,6 +85,8 @@ typedef struct sandbox {
         connection *owner;        /* attached client: the sandbox ends when it leaves */
         sandbox_waiter *waiters;
         unsigned open_handles;
+        struct sandbox_creds *creds;            /* Vault tokens, when the task names policies */
+        struct sandbox_listener *broker_listener;
 } sandbox;
 
 sandbox *sandbox_find(manager *m, const char *id);

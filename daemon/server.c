@@ -78,6 +78,7 @@ void connection_unref(connection *c) {
         for (unsigned i = 0; i < c->n_rx_fds; i++)
                 safe_close(c->rx_fds[i]);
         free(c->subscribe_sandbox);
+        free(c->sandbox_id);
         free(c);
 }
 
@@ -303,6 +304,20 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 rpc_message_done(&msg);
                 return;
         }
+        if (c->sandbox_id && !(method->flags & RPC_SANDBOX_ONLY)) {
+                char text[160];
+                snprintf(text, sizeof(text), "%s is not available from inside a sandbox", method->name);
+                send_packed_error(c, true, msg.msgid, RPC_E_UNAUTHORIZED, text);
+                rpc_message_done(&msg);
+                return;
+        }
+        if (!c->sandbox_id && (method->flags & RPC_SANDBOX_ONLY)) {
+                char text[160];
+                snprintf(text, sizeof(text), "%s is only answered on a sandbox's broker socket ($AGENTD_BROKER)", method->name);
+                send_packed_error(c, true, msg.msgid, RPC_E_UNAUTHORIZED, text);
+                rpc_message_done(&msg);
+                return;
+        }
         if ((method->flags & RPC_ASYNC) && c->in_flight >= m->config->max_in_flight) {
                 send_packed_error(c, true, msg.msgid, RPC_E_LIMIT_EXCEEDED,
                                   "too many requests in flight on this connection (MaxRequestsInFlight)");
@@ -387,6 +402,8 @@ static void process_input(connection *c) {
                 }
                 proto_scanner_reset(&c->scan);
                 dispatch(c, c->in + consumed, msglen);
+                /* Requests may carry secrets (broker.enroll): leave no copy behind. */
+                explicit_zero(c->in + consumed, msglen);
                 consumed += msglen;
         }
         if (consumed > 0) {
@@ -486,7 +503,7 @@ out:
         connection_unref(c);
 }
 
-static void accept_one(manager *m, int fd) {
+static void accept_one(manager *m, int fd, const char *sandbox_id) {
         struct ucred cred;
         socklen_t len = sizeof(cred);
 
@@ -506,6 +523,11 @@ static void accept_one(manager *m, int fd) {
         c->peer = cred;
         c->peer_starttime = pid_starttime(cred.pid);
         c->state = CONNECTION_OPEN;
+        if (sandbox_id && !(c->sandbox_id = strdup(sandbox_id))) {
+                free(c);
+                close(fd);
+                return;
+        }
         proto_scanner_reset(&c->scan);
         list_add_tail(&m->connections, &c->link);
         m->n_connections++;
@@ -538,8 +560,79 @@ static void on_listen_poll(uv_poll_t *h, int status, int events) {
                         /* EMFILE: leave it pending; the next poll retries. */
                         return;
                 }
-                accept_one(m, fd);
+                accept_one(m, fd, NULL);
         }
+}
+
+static void on_sandbox_listen_poll(uv_poll_t *h, int status, int events) {
+        sandbox_listener *l = container_of(h, sandbox_listener, poll);
+        if (status < 0)
+                return;
+        for (int i = 0; i < 16; i++) {
+                int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0)
+                        return;
+                accept_one(l->m, fd, l->sandbox_id);
+        }
+}
+
+int server_listen_sandbox(manager *m, const char *sandbox_id, const char *path, sandbox_listener **ret) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+        sandbox_listener *l = calloc(1, sizeof(*l));
+        if (!l)
+                return -ENOMEM;
+        l->m = m;
+        l->sandbox_id = strdup(sandbox_id);
+        l->path = strdup(path);
+        l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int r = 0;
+        if (!l->sandbox_id || !l->path || l->fd < 0)
+                r = l->fd < 0 ? -errno : -ENOMEM;
+        if (r == 0) {
+                (void) unlink(path);
+                mode_t old = umask(0177);
+                if (bind(l->fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(l->fd, 16) < 0)
+                        r = -errno;
+                umask(old);
+        }
+        if (r == 0)
+                r = uv_poll_init(m->loop, &l->poll, l->fd);
+        if (r == 0)
+                r = uv_poll_start(&l->poll, UV_READABLE, on_sandbox_listen_poll);
+        if (r < 0) {
+                safe_close(l->fd);
+                free(l->sandbox_id);
+                free(l->path);
+                free(l);
+                return r;
+        }
+        *ret = l;
+        return 0;
+}
+
+static void on_sandbox_listener_closed(uv_handle_t *h) {
+        sandbox_listener *l = container_of((uv_poll_t *) h, sandbox_listener, poll);
+        safe_close(l->fd);
+        free(l->sandbox_id);
+        free(l->path);
+        free(l);
+}
+
+void server_close_sandbox(sandbox_listener *l) {
+        if (!l)
+                return;
+        (void) unlink(l->path);
+        /* Live connections from the sandbox end too: it is gone. */
+        list_head *i, *t;
+        list_for_each_safe(i, t, &l->m->connections) {
+                connection *c = container_of(i, connection, link);
+                if (c->sandbox_id && streq(c->sandbox_id, l->sandbox_id))
+                        connection_close(c);
+        }
+        uv_close((uv_handle_t *) &l->poll, on_sandbox_listener_closed);
 }
 
 int server_listen(manager *m) {

@@ -49,6 +49,7 @@ struct connection {
         unsigned n_rx_fds;
 
         unsigned in_flight;
+        char *sandbox_id;         /* set for connections on a sandbox's broker socket */
         bool subscribed;
         char *subscribe_sandbox;
 };
@@ -79,6 +80,19 @@ typedef struct rpc_ctx {
 #undef METHOD
 
 int server_listen(manager *m);
+
+/* A listening socket inside one sandbox (the credential broker): connections
+ * on it speak the same protocol but may only call sandbox methods, and are
+ * identified as that sandbox. */
+typedef struct sandbox_listener {
+        manager *m;
+        uv_poll_t poll;
+        int fd;
+        char *sandbox_id;
+        char *path;
+} sandbox_listener;
+int server_listen_sandbox(manager *m, const char *sandbox_id, const char *path, sandbox_listener **ret);
+void server_close_sandbox(sandbox_listener *l);
 void server_stop_listening(manager *m);
 void server_close_all(manager *m);
 

@@ -83,8 +83,9 @@ const char *proto_scan_error_to_string(proto_scan_error e);
 /* ---- the method table -------------------------------------------------- */
 
 enum {
-        RPC_HOST_ONLY = 1u << 0,
-        RPC_ASYNC = 1u << 1,
+        RPC_HOST_ONLY = 1u << 0,      /* refused on a sandbox's broker socket */
+        RPC_ASYNC = 1u << 1,          /* the reply may come later */
+        RPC_SANDBOX_ONLY = 1u << 2,   /* only on a sandbox's broker socket */
 };
 
 typedef enum rpc_method_id {

@@ -1,0 +1,29 @@
+/* The credential broker in the daemon: the TPM-sealed AppRole secret, the
+ * Vault session, and one child token per sandbox handed over as a sealed
+ * memfd on the sandbox's own broker socket. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "manager.h"
+
+typedef struct broker broker;
+typedef struct sandbox_creds sandbox_creds;
+
+int broker_init(manager *m);
+void broker_shutdown(manager *m);       /* stops timers; pending Vault calls are dropped */
+void broker_free(manager *m);
+const char *broker_vault_state(manager *m);
+const char *broker_tpm_state(manager *m);
+/* For spawn: NULL when a credentialed sandbox can be served now, else why not. */
+const char *broker_unavailable_reason(manager *m);
+
+typedef void (*broker_issue_cb)(sandbox_creds *creds, const char *error, void *userdata);
+/* Creates the sandbox's first token (child of the session token) and records
+ * its accessor durably before anyone can see the token. */
+int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
+                 broker_issue_cb cb, void *userdata);
+/* The sandbox is gone: revoke every token it had (retried until Vault confirms). */
+void broker_release(manager *m, sandbox_creds *creds);
+unsigned broker_tokens_live(manager *m);
