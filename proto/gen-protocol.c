@@ -40,7 +40,8 @@ int main(void) {
                 printf("| `%s` | ", m->name);
                 print_params(m->params);
                 printf(" | `agentctl %s` | %s | %s%s |\n", m->cli, m->summary,
-                       m->flags & RPC_HOST_ONLY ? "host-only " : "", m->flags & RPC_ASYNC ? "async" : "");
+                       m->flags & RPC_HOST_ONLY ? "host-only " : m->flags & RPC_SANDBOX_ONLY ? "sandbox-only " : "",
+                       m->flags & RPC_ASYNC ? "async" : "");
         }
         return 0;
 }

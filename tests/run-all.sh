@@ -68,6 +68,8 @@ for t in proto policy; do
         fi
 done
 
+step "Vault dev server held to Vault's wire behaviour by python3-hvac" /usr/bin/python3 tests/vaultdev/test_vault_dev.py
+
 systemd_checks() {
         local prefix=$ROOT/build-install
         rm -rf "$prefix"
