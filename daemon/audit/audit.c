@@ -1,0 +1,1678 @@
+/* The tamper-evident audit log: hash-chained, HMAC'd JSON Lines with an HMAC'd
+ * head file as the anchor for the end of the chain. The format, and exactly which
+ * bytes are hashed and MAC'd, is documented in audit.h. */
+#include "audit.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <math.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <systemd/sd-journal.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HASH_LEN 32
+#define HEX_LEN (2 * HASH_LEN)
+#define HEAD_NAME "audit.head"
+#define HEAD_TMP_NAME "audit.head.tmp"
+#define JOURNAL_SOCKET "/run/systemd/journal/socket"
+/* ,"hmac":"<64 hex>"}  — the part of a line the HMAC does not cover (plus the '}' it does). */
+#define HMAC_SUFFIX_PREFIX ",\"hmac\":\""
+#define HMAC_SUFFIX_LEN (sizeof(HMAC_SUFFIX_PREFIX) - 1 + HEX_LEN + 2)
+#define TYPE_MAX 64
+#define SANDBOX_MAX 256
+/* json-c's parser stops at depth 32; the record adds one level. */
+#define FIELDS_DEPTH_MAX 16
+/* How much of a torn line goes into the audit.recovered record, as hex. */
+#define TORN_DATA_MAX 1024
+
+typedef struct audit_key {
+        const uint8_t *key;
+        size_t len;
+        EVP_MAC *mac;
+} audit_key;
+
+struct audit_log {
+        int dir_fd;
+        int fd;                         /* the newest file, O_APPEND */
+        unsigned file_no;
+        uint64_t file_size;
+        uint64_t rotate_bytes;
+        size_t max_record;
+        bool journal;
+
+        uint8_t *key_page;              /* one locked, non-dumpable page holding the key */
+        size_t key_page_size;
+        audit_key key;
+
+        uint64_t seq;                   /* of the last record written */
+        uint8_t last_hash[HASH_LEN];    /* SHA-256 of that record's line */
+        bool ready;                     /* opened completely: only then may close write a head */
+        bool dirty;                     /* written, not yet fsync'd */
+        uint64_t head_seq;              /* what audit.head says */
+        bool head_current;
+};
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_object *, json_object_put)
+DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free)
+DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_MAC *, EVP_MAC_free)
+DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir)
+
+_printf_(3, 4) static int fail(audit_error *err, int r, const char *fmt, ...) {
+        if (err) {
+                va_list ap;
+
+                va_start(ap, fmt);
+                vsnprintf(err->message, sizeof(err->message), fmt, ap);
+                va_end(ap);
+        }
+        return r;
+}
+
+/* ---- crypto and hex ---- */
+
+static int sha256(const void *p, size_t n, uint8_t out[HASH_LEN]) {
+        unsigned len = 0;
+
+        if (EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) != 1 || len != HASH_LEN)
+                return -EIO;
+        return 0;
+}
+
+/* HMAC-SHA256 over the concatenation a || b. A context per call, rather than one
+ * kept initialized, so the only long-lived copy of the key is our locked page. */
+static int hmac_sha256(const audit_key *k, const void *a, size_t na, const void *b, size_t nb,
+                       uint8_t out[HASH_LEN]) {
+        OSSL_PARAM params[] = {
+                OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *) "SHA256", 0),
+                OSSL_PARAM_construct_end(),
+        };
+        EVP_MAC_CTX *ctx;
+        size_t len = 0;
+        int r = -EIO;
+
+        ctx = EVP_MAC_CTX_new(k->mac);
+        if (!ctx)
+                return -ENOMEM;
+        if (EVP_MAC_init(ctx, k->key, k->len, params) == 1 &&
+            EVP_MAC_update(ctx, a, na) == 1 &&
+            (nb == 0 || EVP_MAC_update(ctx, b, nb) == 1) &&
+            EVP_MAC_final(ctx, out, &len, HASH_LEN) == 1 && len == HASH_LEN)
+                r = 0;
+        EVP_MAC_CTX_free(ctx);
+        return r;
+}
+
+static void hex_encode(const uint8_t *p, size_t n, char *out) {
+        static const char digits[] = "0123456789abcdef";
+
+        for (size_t i = 0; i < n; i++) {
+                out[2 * i] = digits[p[i] >> 4];
+                out[2 * i + 1] = digits[p[i] & 15];
+        }
+        out[2 * n] = 0;
+}
+
+/* Lowercase only: the writer never emits anything else, so anything else is not ours. */
+static int hex_digit(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        return -1;
+}
+
+static bool hex_decode(const char *s, size_t len, uint8_t *out, size_t n) {
+        if (len != 2 * n)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                int h = hex_digit(s[2 * i]), l = hex_digit(s[2 * i + 1]);
+                if (h < 0 || l < 0)
+                        return false;
+                out[i] = (uint8_t) (h << 4 | l);
+        }
+        return true;
+}
+
+/* ---- the key ---- */
+
+/* One page of its own: locked so it never reaches swap, excluded from core dumps,
+ * and wiped in children so the sandboxes the daemon forks never inherit it. A
+ * failing mlock is tolerated: the daemon held the unsealed key in ordinary memory
+ * before handing it over, so refusing to run would protect nothing. */
+static int key_page_new(const uint8_t *key, size_t len, uint8_t **ret, size_t *ret_size) {
+        long pg = sysconf(_SC_PAGESIZE);
+        size_t size = pg > 0 ? (size_t) pg : 4096;
+        void *p;
+
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+                return -errno;
+        (void) madvise(p, size, MADV_DONTDUMP);
+#ifdef MADV_WIPEONFORK
+        (void) madvise(p, size, MADV_WIPEONFORK);
+#endif
+        (void) mlock(p, size);
+        memcpy(p, key, len);
+        *ret = p;
+        *ret_size = size;
+        return 0;
+}
+
+static void key_page_free(uint8_t *p, size_t size) {
+        if (!p)
+                return;
+        explicit_zero(p, size);
+        (void) munlock(p, size);
+        (void) munmap(p, size);
+}
+
+/* ---- small file helpers ---- */
+
+static int write_all(int fd, const void *p, size_t n) {
+        const char *c = p;
+
+        while (n > 0) {
+                ssize_t k = write(fd, c, n);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        return -EIO;
+                c += k;
+                n -= (size_t) k;
+        }
+        return 0;
+}
+
+static void file_name(unsigned no, char buf[static 32]) {
+        snprintf(buf, 32, "audit-%06u.jsonl", no);
+}
+
+/* Only the canonical spelling counts, so "audit-1.jsonl" cannot pose as file 1. */
+static bool parse_file_name(const char *name, unsigned *ret) {
+        char canon[32], *end;
+        unsigned long v;
+
+        if (strncmp(name, "audit-", 6) != 0 || name[6] < '0' || name[6] > '9')
+                return false;
+        errno = 0;
+        v = strtoul(name + 6, &end, 10);
+        if (errno != 0 || end == name + 6 || !streq(end, ".jsonl") || v == 0 || v > 999999999UL)
+                return false;
+        file_name((unsigned) v, canon);
+        if (!streq(canon, name))
+                return false;
+        *ret = (unsigned) v;
+        return true;
+}
+
+static int cmp_unsigned(const void *a, const void *b) {
+        unsigned x = *(const unsigned *) a, y = *(const unsigned *) b;
+        return x < y ? -1 : x > y;
+}
+
+/* The log files' numbers, ascending. */
+static int list_files(int dir_fd, unsigned **ret, size_t *ret_n) {
+        _cleanup_(closedirp) DIR *d = NULL;
+        _cleanup_free_ unsigned *v = NULL;
+        size_t n = 0, cap = 0;
+        struct dirent *de;
+        int fd;
+
+        fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        d = fdopendir(fd);
+        if (!d) {
+                safe_close(fd);
+                return -errno;
+        }
+        for (;;) {
+                unsigned no;
+
+                errno = 0;
+                de = readdir(d);
+                if (!de) {
+                        if (errno != 0)
+                                return -errno;
+                        break;
+                }
+                if (!parse_file_name(de->d_name, &no))
+                        continue;
+                if (n == cap) {
+                        size_t c = cap ? cap * 2 : 16;
+                        unsigned *nv = realloc(v, c * sizeof(*v));
+                        if (!nv)
+                                return -ENOMEM;
+                        v = nv;
+                        cap = c;
+                }
+                v[n++] = no;
+        }
+        if (n > 0)
+                qsort(v, n, sizeof(*v), cmp_unsigned);
+        *ret = TAKE_PTR(v);
+        *ret_n = n;
+        return 0;
+}
+
+/* ---- reading lines with a bound ---- */
+
+typedef struct line_reader {
+        int fd;
+        char *buf;
+        size_t cap, start, end;
+        uint64_t offset;                /* file offset of buf[start] */
+        bool eof;
+} line_reader;
+
+enum {
+        LINE_EOF,
+        LINE_OK,                        /* a complete line, '\n' not included */
+        LINE_TORN,                      /* bytes at the end of the file without '\n' */
+        LINE_OVERLONG,                  /* longer than the buffer; content not available */
+};
+
+static int reader_init(line_reader *r, int fd) {
+        *r = (line_reader) { .fd = fd, .cap = AUDIT_RECORD_MAX_LIMIT };
+        r->buf = malloc(r->cap);
+        return r->buf ? 0 : -ENOMEM;
+}
+
+static void reader_done(line_reader *r) {
+        free(r->buf);
+        r->buf = NULL;
+}
+
+static int reader_next(line_reader *r, const char **ret_line, size_t *ret_len, uint64_t *ret_offset) {
+        bool skipping = false;
+        uint64_t skip_offset = 0;
+
+        for (;;) {
+                char *nl = memchr(r->buf + r->start, '\n', r->end - r->start);
+                ssize_t n;
+
+                if (nl) {
+                        size_t len = (size_t) (nl - (r->buf + r->start));
+
+                        *ret_line = r->buf + r->start;
+                        *ret_len = len;
+                        *ret_offset = skipping ? skip_offset : r->offset;
+                        r->start += len + 1;
+                        r->offset += len + 1;
+                        return skipping ? LINE_OVERLONG : LINE_OK;
+                }
+                if (r->eof) {
+                        if (r->start == r->end && !skipping)
+                                return LINE_EOF;
+                        *ret_line = r->buf + r->start;
+                        *ret_len = r->end - r->start;
+                        *ret_offset = skipping ? skip_offset : r->offset;
+                        r->offset += r->end - r->start;
+                        r->start = r->end;
+                        return LINE_TORN;
+                }
+                if (r->start > 0) {
+                        memmove(r->buf, r->buf + r->start, r->end - r->start);
+                        r->end -= r->start;
+                        r->start = 0;
+                }
+                if (r->end == r->cap) {
+                        /* Longer than any record can be: drop it and look for its end, so one
+                         * planted giant line costs neither unbounded memory nor the rest of the file. */
+                        if (!skipping) {
+                                skipping = true;
+                                skip_offset = r->offset;
+                        }
+                        r->offset += r->end;
+                        r->end = 0;
+                }
+                n = read(r->fd, r->buf + r->end, r->cap - r->end);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        r->eof = true;
+                else
+                        r->end += (size_t) n;
+        }
+}
+
+/* ---- records ---- */
+
+typedef struct record_info {
+        uint64_t seq;
+        uint8_t prev[HASH_LEN];
+        uint8_t hash[HASH_LEN];         /* SHA-256 of the line */
+} record_info;
+
+enum {
+        REC_OK,
+        REC_MALFORMED,
+        REC_BAD_HMAC,                   /* well-formed, but not written with this key */
+};
+
+/* A complete JSON object spanning exactly the line, or NULL. */
+static struct json_object *parse_line(json_tokener *tok, const char *line, size_t len) {
+        struct json_object *o;
+
+        if (len == 0 || len > INT_MAX)
+                return NULL;
+        json_tokener_reset(tok);
+        o = json_tokener_parse_ex(tok, line, (int) len);
+        if (!o)
+                return NULL;
+        if (json_tokener_get_error(tok) != json_tokener_success || json_tokener_get_parse_end(tok) != len ||
+            !json_object_is_type(o, json_type_object)) {
+                json_object_put(o);
+                return NULL;
+        }
+        return o;
+}
+
+static bool get_member(struct json_object *o, const char *key, json_type type, struct json_object **ret) {
+        struct json_object *v = NULL;
+
+        if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, type))
+                return false;
+        if (ret)
+                *ret = v;
+        return true;
+}
+
+/* Checks one line (without '\n'): shape, then hmac. On REC_OK fills *info. On
+ * REC_BAD_HMAC *info->seq holds the seq the line claims. *ret_why says what is
+ * malformed. */
+static int record_check(const audit_key *k, json_tokener *tok, const char *line, size_t len, record_info *info,
+                        const char **ret_why) {
+        _cleanup_(json_object_putp) struct json_object *o = NULL;
+        struct json_object *v;
+        uint8_t mac[HASH_LEN], want[HASH_LEN];
+        const char *suffix;
+        int64_t seq;
+        int r;
+
+        *info = (record_info) {};
+        *ret_why = NULL;
+
+        if (len < HMAC_SUFFIX_LEN + 2) {
+                *ret_why = "too short";
+                return REC_MALFORMED;
+        }
+        suffix = line + len - HMAC_SUFFIX_LEN;
+        if (memcmp(suffix, HMAC_SUFFIX_PREFIX, sizeof(HMAC_SUFFIX_PREFIX) - 1) != 0 ||
+            !hex_decode(suffix + sizeof(HMAC_SUFFIX_PREFIX) - 1, HEX_LEN, mac, HASH_LEN) ||
+            memcmp(line + len - 2, "\"}", 2) != 0) {
+                *ret_why = "does not end with the hmac member";
+                return REC_MALFORMED;
+        }
+
+        o = parse_line(tok, line, len);
+        if (!o) {
+                *ret_why = "not a JSON object";
+                return REC_MALFORMED;
+        }
+        if (!get_member(o, "seq", json_type_int, &v) || (seq = json_object_get_int64(v)) <= 0) {
+                *ret_why = "no valid seq";
+                return REC_MALFORMED;
+        }
+        info->seq = (uint64_t) seq;
+        if (!get_member(o, "time", json_type_string, NULL) || !get_member(o, "type", json_type_string, NULL) ||
+            !get_member(o, "fields", json_type_object, NULL) ||
+            !(get_member(o, "sandbox", json_type_string, NULL) || get_member(o, "sandbox", json_type_null, NULL))) {
+                *ret_why = "a member is missing or of the wrong type";
+                return REC_MALFORMED;
+        }
+        if (!get_member(o, "prev", json_type_string, &v) ||
+            !hex_decode(json_object_get_string(v), (size_t) json_object_get_string_len(v), info->prev, HASH_LEN)) {
+                *ret_why = "no valid prev";
+                return REC_MALFORMED;
+        }
+
+        /* The MAC'd bytes: the line up to the hmac member, closed with '}'. */
+        r = hmac_sha256(k, line, len - HMAC_SUFFIX_LEN, "}", 1, want);
+        if (r < 0)
+                return r;
+        if (CRYPTO_memcmp(mac, want, HASH_LEN) != 0)
+                return REC_BAD_HMAC;
+
+        r = sha256(line, len, info->hash);
+        if (r < 0)
+                return r;
+        return REC_OK;
+}
+
+/* ---- the head ---- */
+
+enum {
+        HEAD_OK,
+        HEAD_MISSING,
+        HEAD_INVALID,
+};
+
+static int head_format(const audit_key *k, uint64_t seq, const uint8_t hash[HASH_LEN], char *buf, size_t size,
+                       size_t *ret_len) {
+        char hex[HEX_LEN + 1], mhex[HEX_LEN + 1], u[160];
+        uint8_t mac[HASH_LEN];
+        int n, r;
+
+        hex_encode(hash, HASH_LEN, hex);
+        n = snprintf(u, sizeof(u), "{\"audit_head\":1,\"seq\":%" PRIu64 ",\"hash\":\"%s\"}", seq, hex);
+        if (n < 0 || (size_t) n >= sizeof(u))
+                return -EINVAL;
+        r = hmac_sha256(k, u, (size_t) n, NULL, 0, mac);
+        if (r < 0)
+                return r;
+        hex_encode(mac, HASH_LEN, mhex);
+        n = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", n - 1, u, mhex);
+        if (n < 0 || (size_t) n >= size)
+                return -EINVAL;
+        *ret_len = (size_t) n;
+        return 0;
+}
+
+/* Reads and authenticates audit.head: HEAD_OK with *ret_seq and ret_hash filled,
+ * HEAD_MISSING, HEAD_INVALID, or a negative errno. */
+static int head_read(int dir_fd, const audit_key *k, uint64_t *ret_seq, uint8_t ret_hash[HASH_LEN]) {
+        _cleanup_close_ int fd = -1;
+        char buf[512], canon[512], hex[HEX_LEN + 1];
+        size_t n = 0, canon_len;
+        uint64_t seq;
+        int r;
+
+        fd = openat(dir_fd, HEAD_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0) {
+                if (errno == ENOENT)
+                        return HEAD_MISSING;
+                if (errno == ELOOP)
+                        return HEAD_INVALID;
+                return -errno;
+        }
+        while (n < sizeof(buf) - 1) {
+                ssize_t k2 = read(fd, buf + n, sizeof(buf) - 1 - n);
+                if (k2 < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k2 == 0)
+                        break;
+                n += (size_t) k2;
+        }
+        buf[n] = 0;
+
+        /* Parse loosely, then require the file to be byte for byte what we would write. */
+        if (sscanf(buf, "{\"audit_head\":1,\"seq\":%" SCNu64 ",\"hash\":\"%64[0-9a-f]\"", &seq, hex) != 2 ||
+            !hex_decode(hex, strlen(hex), ret_hash, HASH_LEN))
+                return HEAD_INVALID;
+        r = head_format(k, seq, ret_hash, canon, sizeof(canon), &canon_len);
+        if (r < 0)
+                return r;
+        if (canon_len != n || CRYPTO_memcmp(canon, buf, n) != 0)
+                return HEAD_INVALID;
+        *ret_seq = seq;
+        return HEAD_OK;
+}
+
+/* Atomically: a reader sees the old head or the new one, never half of either. */
+static int head_write(audit_log *a) {
+        _cleanup_close_ int fd = -1;
+        char buf[512];
+        size_t len;
+        int r;
+
+        r = head_format(&a->key, a->seq, a->last_hash, buf, sizeof(buf), &len);
+        if (r < 0)
+                return r;
+        fd = openat(a->dir_fd, HEAD_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        if (fd < 0)
+                return -errno;
+        r = write_all(fd, buf, len);
+        if (r < 0)
+                return r;
+        if (fsync(fd) < 0)
+                return -errno;
+        if (renameat(a->dir_fd, HEAD_TMP_NAME, a->dir_fd, HEAD_NAME) < 0)
+                return -errno;
+        if (fsync(a->dir_fd) < 0)
+                return -errno;
+        return 0;
+}
+
+/* ---- what fields may contain ---- */
+
+static bool key_refused(const char *k) {
+        static const char *const refused[] = { "token", "client_token", "secret_id", "password" };
+
+        for (size_t i = 0; i < ELEMENTSOF(refused); i++)
+                if (strcasecmp(k, refused[i]) == 0)
+                        return true;
+        return false;
+}
+
+/* Length of the valid UTF-8 sequence at p, 0 if there is none. */
+static size_t utf8_len(const uint8_t *p, size_t n) {
+        uint32_t cp, min;
+        size_t len;
+
+        if (p[0] < 0x80)
+                return 1;
+        if ((p[0] & 0xe0) == 0xc0) {
+                len = 2, cp = p[0] & 0x1f, min = 0x80;
+        } else if ((p[0] & 0xf0) == 0xe0) {
+                len = 3, cp = p[0] & 0x0f, min = 0x800;
+        } else if ((p[0] & 0xf8) == 0xf0) {
+                len = 4, cp = p[0] & 0x07, min = 0x10000;
+        } else
+                return 0;
+        if (n < len)
+                return 0;
+        for (size_t i = 1; i < len; i++) {
+                if ((p[i] & 0xc0) != 0x80)
+                        return 0;
+                cp = cp << 6 | (p[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                return 0;
+        return len;
+}
+
+static bool utf8_valid(const char *s, size_t n) {
+        for (size_t i = 0; i < n;) {
+                size_t l = utf8_len((const uint8_t *) s + i, n - i);
+                if (l == 0)
+                        return false;
+                i += l;
+        }
+        return true;
+}
+
+/* Refuses secret-looking keys, non-finite doubles and deep nesting; notes the longest
+ * string and whether any string or key needs repairing (invalid UTF-8: json-c would
+ * write it through, and the log is meant to be readable JSON for years). */
+static int fields_check(struct json_object *o, unsigned depth, size_t *longest, bool *needs_repair) {
+        int r;
+
+        if (depth > FIELDS_DEPTH_MAX)
+                return -EINVAL;
+        switch (json_object_get_type(o)) {
+        case json_type_object: {
+                json_object_object_foreach(o, key, val) {
+                        if (key_refused(key))
+                                return -EINVAL;
+                        if (!utf8_valid(key, strlen(key)))
+                                *needs_repair = true;
+                        r = fields_check(val, depth + 1, longest, needs_repair);
+                        if (r < 0)
+                                return r;
+                }
+                return 0;
+        }
+        case json_type_array:
+                for (size_t i = 0; i < json_object_array_length(o); i++) {
+                        r = fields_check(json_object_array_get_idx(o, i), depth + 1, longest, needs_repair);
+                        if (r < 0)
+                                return r;
+                }
+                return 0;
+        case json_type_string: {
+                size_t n = (size_t) json_object_get_string_len(o);
+                if (n > *longest)
+                        *longest = n;
+                if (!utf8_valid(json_object_get_string(o), n))
+                        *needs_repair = true;
+                return 0;
+        }
+        case json_type_double:
+                return isfinite(json_object_get_double(o)) ? 0 : -EINVAL;
+        default:
+                return 0;
+        }
+}
+
+/* s as valid UTF-8 (U+FFFD for what is not) of at most `limit` bytes, cut at a
+ * character boundary and marked when cut. */
+static char *string_repair(const char *s, size_t n, size_t limit, size_t *ret_len) {
+        static const char replacement[] = "\xef\xbf\xbd";
+        size_t cap = (n < limit ? n : limit) * 3 + 64, o = 0, i = 0;
+        char *out;
+
+        out = malloc(cap);
+        if (!out)
+                return NULL;
+        while (i < n) {
+                size_t l = utf8_len((const uint8_t *) s + i, n - i);
+                size_t emit = l ? l : 3;
+
+                if (o + emit > limit)
+                        break;
+                if (l)
+                        memcpy(out + o, s + i, l);
+                else
+                        memcpy(out + o, replacement, 3);
+                o += emit;
+                i += l ? l : 1;
+        }
+        if (i < n)
+                o += (size_t) snprintf(out + o, cap - o, "...[truncated %zu bytes]", n - i);
+        out[o] = 0;
+        *ret_len = o;
+        return out;
+}
+
+/* A copy of o with every string and key repaired and cut to `limit` bytes. */
+static int fields_copy(struct json_object *o, size_t limit, struct json_object **ret) {
+        _cleanup_(json_object_putp) struct json_object *n = NULL;
+        int r;
+
+        switch (json_object_get_type(o)) {
+        case json_type_object: {
+                n = json_object_new_object();
+                if (!n)
+                        return -ENOMEM;
+                json_object_object_foreach(o, key, val) {
+                        _cleanup_free_ char *k = NULL;
+                        struct json_object *c = NULL;
+                        size_t kl;
+
+                        k = string_repair(key, strlen(key), limit, &kl);
+                        if (!k)
+                                return -ENOMEM;
+                        r = fields_copy(val, limit, &c);
+                        if (r < 0)
+                                return r;
+                        if (json_object_object_add(n, k, c) < 0) {
+                                json_object_put(c);
+                                return -ENOMEM;
+                        }
+                }
+                break;
+        }
+        case json_type_array: {
+                size_t len = json_object_array_length(o);
+
+                n = json_object_new_array_ext((int) (len > 0 ? len : 1));
+                if (!n)
+                        return -ENOMEM;
+                for (size_t i = 0; i < len; i++) {
+                        struct json_object *c = NULL;
+
+                        r = fields_copy(json_object_array_get_idx(o, i), limit, &c);
+                        if (r < 0)
+                                return r;
+                        if (json_object_array_add(n, c) < 0) {
+                                json_object_put(c);
+                                return -ENOMEM;
+                        }
+                }
+                break;
+        }
+        case json_type_string: {
+                _cleanup_free_ char *s = NULL;
+                size_t len;
+
+                s = string_repair(json_object_get_string(o), (size_t) json_object_get_string_len(o), limit, &len);
+                if (!s)
+                        return -ENOMEM;
+                n = json_object_new_string_len(s, (int) len);
+                if (!n)
+                        return -ENOMEM;
+                break;
+        }
+        default:
+                /* Numbers, booleans; null is the NULL pointer and stays so. */
+                n = json_object_get(o);
+                break;
+        }
+        *ret = TAKE_PTR(n);
+        return 0;
+}
+
+static const char *to_json(struct json_object *o) {
+        return json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+}
+
+/* s as a JSON string literal (or null), malloc'd. */
+static char *json_quote(const char *s) {
+        _cleanup_(json_object_putp) struct json_object *o = NULL;
+        const char *q;
+
+        if (!s)
+                return strdup("null");
+        o = json_object_new_string(s);
+        if (!o)
+                return NULL;
+        q = to_json(o);
+        return q ? strdup(q) : NULL;
+}
+
+static bool type_valid(const char *type) {
+        size_t n = type ? strlen(type) : 0;
+
+        if (n == 0 || n > TYPE_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!((type[i] >= 'a' && type[i] <= 'z') || (type[i] >= '0' && type[i] <= '9') || strchr("._-", type[i])))
+                        return false;
+        return true;
+}
+
+static int format_time(char buf[static 40]) {
+        struct timespec ts;
+        struct tm tm;
+
+        if (clock_gettime(CLOCK_REALTIME, &ts) < 0)
+                return -errno;
+        if (!gmtime_r(&ts.tv_sec, &tm))
+                return -EOVERFLOW;
+        snprintf(buf, 40, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                 tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000);
+        return 0;
+}
+
+static bool parse_time_ms(const char *s, uint64_t *ret) {
+        unsigned y, mo, d, h, mi, sec, usec;
+        struct tm tm = {};
+        char z = 0;
+        time_t t;
+
+        if (sscanf(s, "%4u-%2u-%2uT%2u:%2u:%2u.%6u%c", &y, &mo, &d, &h, &mi, &sec, &usec, &z) != 8 || z != 'Z')
+                return false;
+        tm.tm_year = (int) y - 1900;
+        tm.tm_mon = (int) mo - 1;
+        tm.tm_mday = (int) d;
+        tm.tm_hour = (int) h;
+        tm.tm_min = (int) mi;
+        tm.tm_sec = (int) sec;
+        t = timegm(&tm);
+        if (t < 0)
+                return false;
+        *ret = (uint64_t) t * 1000 + usec / 1000;
+        return true;
+}
+
+/* ---- writing ---- */
+
+static int audit_rotate(audit_log *a) {
+        char name[32];
+        int fd;
+
+        /* The old file's tail must be durable before a successor exists, or a crash
+         * could leave a hole in the middle of the chain. */
+        if (fsync(a->fd) < 0)
+                return -errno;
+        file_name(a->file_no + 1, name);
+        fd = openat(a->dir_fd, name, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        if (fd < 0)
+                return -errno;
+        if (fsync(a->dir_fd) < 0) {
+                int r = -errno;
+                safe_close(fd);
+                return r;
+        }
+        safe_close(a->fd);
+        a->fd = fd;
+        a->file_no++;
+        a->file_size = 0;
+        return 0;
+}
+
+static void audit_journal(audit_log *a, uint64_t seq, const char *type, const char *sandbox, const char *fields) {
+        if (!a->journal)
+                return;
+        if (sandbox)
+                (void) sd_journal_send("MESSAGE=audit %s seq=%" PRIu64 " sandbox=%s", type, seq, sandbox,
+                                       "PRIORITY=%i", LOG_INFO,
+                                       "AGENTD_AUDIT_TYPE=%s", type,
+                                       "AGENTD_AUDIT_SEQ=%" PRIu64, seq,
+                                       "AGENTD_SANDBOX_ID=%s", sandbox,
+                                       "AGENTD_AUDIT_FIELDS=%s", fields,
+                                       NULL);
+        else
+                (void) sd_journal_send("MESSAGE=audit %s seq=%" PRIu64, type, seq,
+                                       "PRIORITY=%i", LOG_INFO,
+                                       "AGENTD_AUDIT_TYPE=%s", type,
+                                       "AGENTD_AUDIT_SEQ=%" PRIu64, seq,
+                                       "AGENTD_AUDIT_FIELDS=%s", fields,
+                                       NULL);
+}
+
+/* The unsigned record U (see audit.h), malloc'd. */
+static char *record_unsigned(uint64_t seq, const char *time, const char *type_q, const char *sandbox_q,
+                             const char *fields_s, const uint8_t prev[HASH_LEN]) {
+        char hex[HEX_LEN + 1];
+        char *u = NULL;
+
+        hex_encode(prev, HASH_LEN, hex);
+        if (asprintf(&u, "{\"seq\":%" PRIu64 ",\"time\":\"%s\",\"type\":%s,\"sandbox\":%s,\"fields\":%s,\"prev\":\"%s\"}",
+                     seq, time, type_q, sandbox_q, fields_s, hex) < 0)
+                return NULL;
+        return u;
+}
+
+int audit_append(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
+        _cleanup_(json_object_putp) struct json_object *copy = NULL;
+        _cleanup_free_ char *type_q = NULL, *sandbox_q = NULL, *u = NULL, *line = NULL, *fallback = NULL;
+        static const size_t limits[] = { 4096, 512, 64 };
+        const char *fields_s = "{}";
+        char now[40], mhex[HEX_LEN + 1];
+        uint8_t mac[HASH_LEN], hash[HASH_LEN];
+        size_t longest = 0, original, ulen, len;
+        bool needs_repair = false;
+        uint64_t seq;
+        int r;
+
+        if (!a || !type_valid(type))
+                return -EINVAL;
+        if (sandbox && (strlen(sandbox) > SANDBOX_MAX || !utf8_valid(sandbox, strlen(sandbox))))
+                return -EINVAL;
+        if (fields) {
+                if (!json_object_is_type(fields, json_type_object))
+                        return -EINVAL;
+                r = fields_check(fields, 0, &longest, &needs_repair);
+                if (r < 0)
+                        return r;
+        }
+
+        type_q = json_quote(type);
+        sandbox_q = json_quote(sandbox);
+        if (!type_q || !sandbox_q)
+                return -ENOMEM;
+        r = format_time(now);
+        if (r < 0)
+                return r;
+        seq = a->seq + 1;
+
+        if (fields) {
+                if (needs_repair) {
+                        r = fields_copy(fields, SIZE_MAX / 4, &copy);
+                        if (r < 0)
+                                return r;
+                }
+                fields_s = to_json(copy ?: fields);
+                if (!fields_s)
+                        return -ENOMEM;
+        }
+        original = strlen(fields_s);
+
+        /* Bound the record: cut long strings harder until it fits, and as a last
+         * resort say only how big the fields were. */
+        for (size_t i = 0;; i++) {
+                free(u);
+                u = record_unsigned(seq, now, type_q, sandbox_q, fields_s, a->last_hash);
+                if (!u)
+                        return -ENOMEM;
+                ulen = strlen(u);
+                if (ulen + HMAC_SUFFIX_LEN <= a->max_record)
+                        break;
+                while (i < ELEMENTSOF(limits) && limits[i] >= longest)
+                        i++;            /* would cut nothing */
+                if (i < ELEMENTSOF(limits)) {
+                        json_object_put(copy);
+                        copy = NULL;
+                        r = fields_copy(fields, limits[i], &copy);
+                        if (r < 0)
+                                return r;
+                        fields_s = to_json(copy);
+                        if (!fields_s)
+                                return -ENOMEM;
+                        continue;
+                }
+                if (fallback)
+                        return -E2BIG;  /* cannot happen: type and sandbox are bounded */
+                if (asprintf(&fallback, "{\"_truncated\":true,\"_original_bytes\":%zu}", original) < 0)
+                        return -ENOMEM;
+                fields_s = fallback;
+                i = ELEMENTSOF(limits);
+        }
+
+        r = hmac_sha256(&a->key, u, ulen, NULL, 0, mac);
+        if (r < 0)
+                return r;
+        hex_encode(mac, HASH_LEN, mhex);
+        if (asprintf(&line, "%.*s" HMAC_SUFFIX_PREFIX "%s\"}\n", (int) (ulen - 1), u, mhex) < 0)
+                return -ENOMEM;
+        len = strlen(line);
+        r = sha256(line, len - 1, hash);
+        if (r < 0)
+                return r;
+
+        if (a->file_size > 0 && a->file_size + len > a->rotate_bytes) {
+                r = audit_rotate(a);
+                if (r < 0)
+                        return r;
+        }
+
+        r = write_all(a->fd, line, len);
+        if (r < 0) {
+                /* Take back a partial line (ENOSPC mid-write), so the next record does not
+                 * land behind garbage and the file stays a valid chain. */
+                (void) ftruncate(a->fd, (off_t) a->file_size);
+                return r;
+        }
+        a->file_size += len;
+        a->seq = seq;
+        memcpy(a->last_hash, hash, HASH_LEN);
+        a->dirty = true;
+        a->head_current = false;
+
+        audit_journal(a, seq, type, sandbox, fields_s);
+        return 0;
+}
+
+int audit_flush(audit_log *a) {
+        int r;
+
+        if (!a)
+                return -EINVAL;
+        if (a->dirty) {
+                if (fsync(a->fd) < 0)
+                        return -errno;
+                a->dirty = false;
+        }
+        if (a->head_current)
+                return 0;
+        /* Only after the records are durable may the head vouch for them. */
+        r = head_write(a);
+        if (r < 0)
+                return r;
+        a->head_seq = a->seq;
+        a->head_current = true;
+        return 0;
+}
+
+uint64_t audit_seq(const audit_log *a) {
+        return a ? a->seq : 0;
+}
+
+void audit_close(audit_log *a) {
+        if (!a)
+                return;
+        /* A half-opened log must not write a head: it could vouch for a state that
+         * recovery never examined. */
+        if (a->ready && a->fd >= 0)
+                (void) audit_flush(a);
+        safe_close(a->fd);
+        safe_close(a->dir_fd);
+        key_page_free(a->key_page, a->key_page_size);
+        EVP_MAC_free(a->key.mac);
+        free(a);
+}
+
+/* ---- opening ---- */
+
+typedef struct tail_scan {
+        bool found;
+        record_info last;               /* the last authentic record */
+        bool torn;
+        uint64_t torn_offset;
+} tail_scan;
+
+static int scan_file(const audit_key *k, int fd, tail_scan *ret) {
+        _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
+        line_reader rd;
+        int r;
+
+        *ret = (tail_scan) {};
+        tok = json_tokener_new();
+        if (!tok)
+                return -ENOMEM;
+        if (lseek(fd, 0, SEEK_SET) < 0)
+                return -errno;
+        r = reader_init(&rd, fd);
+        if (r < 0)
+                return r;
+        for (;;) {
+                const char *line, *why;
+                uint64_t offset;
+                record_info info;
+                size_t len;
+
+                r = reader_next(&rd, &line, &len, &offset);
+                if (r < 0 || r == LINE_EOF)
+                        break;
+                if (r == LINE_TORN) {
+                        ret->torn = true;
+                        ret->torn_offset = offset;
+                        continue;
+                }
+                if (r != LINE_OK)
+                        continue;
+                /* Anything unauthentic is skipped here and left in place for verify to name. */
+                r = record_check(k, tok, line, len, &info, &why);
+                if (r < 0)
+                        break;
+                if (r == REC_OK) {
+                        ret->found = true;
+                        ret->last = info;
+                }
+        }
+        reader_done(&rd);
+        return r < 0 ? r : 0;
+}
+
+typedef struct torn_info {
+        uint64_t offset, length;
+        uint8_t hash[HASH_LEN];
+        char *data_hex;
+        bool has_seq;
+        uint64_t seq;
+} torn_info;
+
+/* Copies out what the crash left behind, then cuts it off: appending behind a line
+ * without '\n' would glue the next record onto it. */
+static int torn_take(int fd, uint64_t offset, torn_info *ret) {
+        _cleanup_free_ char *head = NULL;
+        EVP_MD_CTX *md = NULL;
+        struct stat st;
+        uint64_t pos;
+        char buf[65536];
+        size_t headn = 0;
+        unsigned hl = 0;
+        int r = 0;
+
+        *ret = (torn_info) { .offset = offset };
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        ret->length = (uint64_t) st.st_size > offset ? (uint64_t) st.st_size - offset : 0;
+
+        head = malloc(TORN_DATA_MAX + 1);
+        md = EVP_MD_CTX_new();
+        if (!head || !md) {
+                EVP_MD_CTX_free(md);
+                return -ENOMEM;
+        }
+        if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+                EVP_MD_CTX_free(md);
+                return -EIO;
+        }
+        for (pos = offset; pos < (uint64_t) st.st_size;) {
+                ssize_t n = pread(fd, buf, sizeof(buf), (off_t) pos);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        r = -errno;
+                        break;
+                }
+                if (n == 0)
+                        break;
+                if (headn < TORN_DATA_MAX) {
+                        size_t c = (size_t) n < TORN_DATA_MAX - headn ? (size_t) n : TORN_DATA_MAX - headn;
+                        memcpy(head + headn, buf, c);
+                        headn += c;
+                }
+                if (EVP_DigestUpdate(md, buf, (size_t) n) != 1) {
+                        r = -EIO;
+                        break;
+                }
+                pos += (uint64_t) n;
+        }
+        if (r == 0 && (EVP_DigestFinal_ex(md, ret->hash, &hl) != 1 || hl != HASH_LEN))
+                r = -EIO;
+        EVP_MD_CTX_free(md);
+        if (r < 0)
+                return r;
+
+        head[headn] = 0;
+        if (headn > 7 && strncmp(head, "{\"seq\":", 7) == 0) {
+                char *end;
+                unsigned long long v;
+
+                errno = 0;
+                v = strtoull(head + 7, &end, 10);
+                if (errno == 0 && end > head + 7 && v > 0) {
+                        ret->has_seq = true;
+                        ret->seq = v;
+                }
+        }
+        ret->data_hex = malloc(2 * headn + 1);
+        if (!ret->data_hex)
+                return -ENOMEM;
+        hex_encode((const uint8_t *) head, headn, ret->data_hex);
+
+        if (ftruncate(fd, (off_t) offset) < 0 || fsync(fd) < 0) {
+                r = -errno;
+                free(ret->data_hex);
+                ret->data_hex = NULL;
+                return r;
+        }
+        return 0;
+}
+
+static int mkdir_p(const char *path, mode_t mode) {
+        _cleanup_free_ char *p = strdup(path);
+
+        if (!p)
+                return -ENOMEM;
+        for (char *s = p + 1; *s; s++) {
+                if (*s != '/')
+                        continue;
+                *s = 0;
+                if (mkdir(p, mode) < 0 && errno != EEXIST)
+                        return -errno;
+                *s = '/';
+        }
+        if (mkdir(p, mode) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+/* Adds one member to a recovery record, ignoring allocation failure of the value
+ * (the record then lacks it; better than no record). */
+static void add(struct json_object *o, const char *k, struct json_object *v) {
+        if (v && json_object_object_add(o, k, v) < 0)
+                json_object_put(v);
+}
+
+int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_options *opt, audit_log **ret,
+               audit_error *err) {
+        _cleanup_(audit_closep) audit_log *a = NULL;
+        _cleanup_(json_object_putp) struct json_object *ev_torn = NULL, *ev_head = NULL;
+        _cleanup_free_ unsigned *files = NULL;
+        tail_scan scan = {};
+        size_t n_files = 0;
+        uint64_t head_seq = 0;
+        uint8_t head_hash[HASH_LEN];
+        char name[32];
+        struct stat st;
+        int r, head;
+
+        if (err)
+                err->message[0] = 0;
+        if (!dir || !key || !ret)
+                return fail(err, -EINVAL, "audit: missing argument");
+        if (key_len < AUDIT_KEY_MIN || key_len > AUDIT_KEY_MAX)
+                return fail(err, -EINVAL, "audit: key must be %u..%u bytes, got %zu", AUDIT_KEY_MIN, AUDIT_KEY_MAX,
+                            key_len);
+
+        a = calloc(1, sizeof(*a));
+        if (!a)
+                return fail(err, -ENOMEM, "audit: out of memory");
+        a->dir_fd = a->fd = -1;
+        a->rotate_bytes = opt && opt->rotate_bytes ? opt->rotate_bytes : AUDIT_ROTATE_BYTES_DEFAULT;
+        a->max_record = opt && opt->max_record_bytes ? opt->max_record_bytes : AUDIT_RECORD_MAX_DEFAULT;
+        if (a->max_record < AUDIT_RECORD_MAX_MIN)
+                a->max_record = AUDIT_RECORD_MAX_MIN;
+        if (a->max_record > AUDIT_RECORD_MAX_LIMIT)
+                a->max_record = AUDIT_RECORD_MAX_LIMIT;
+        a->journal = !(opt && opt->no_journal) && access(JOURNAL_SOCKET, F_OK) == 0;
+
+        a->key.mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        if (!a->key.mac)
+                return fail(err, -EIO, "audit: OpenSSL has no HMAC");
+        r = key_page_new(key, key_len, &a->key_page, &a->key_page_size);
+        if (r < 0)
+                return fail(err, r, "audit: cannot allocate key memory: %s", strerror(-r));
+        a->key.key = a->key_page;
+        a->key.len = key_len;
+
+        r = mkdir_p(dir, 0700);
+        if (r < 0)
+                return fail(err, r, "audit: cannot create %s: %s", dir, strerror(-r));
+        a->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (a->dir_fd < 0)
+                return fail(err, -errno, "audit: cannot open %s: %m", dir);
+        /* An existing directory may have been created looser; the log is ours alone. */
+        if (fstat(a->dir_fd, &st) < 0)
+                return fail(err, -errno, "audit: cannot stat %s: %m", dir);
+        if (st.st_uid != geteuid())
+                return fail(err, -EPERM, "audit: %s is owned by uid %u, not us", dir, (unsigned) st.st_uid);
+        if ((st.st_mode & 07777) != 0700 && fchmod(a->dir_fd, 0700) < 0)
+                return fail(err, -errno, "audit: cannot chmod %s: %m", dir);
+
+        r = list_files(a->dir_fd, &files, &n_files);
+        if (r < 0)
+                return fail(err, r, "audit: cannot list %s: %s", dir, strerror(-r));
+
+        if (n_files == 0) {
+                a->file_no = 1;
+                file_name(a->file_no, name);
+                a->fd = openat(a->dir_fd, name, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
+                               0600);
+                if (a->fd < 0)
+                        return fail(err, -errno, "audit: cannot create %s/%s: %m", dir, name);
+                if (fsync(a->dir_fd) < 0)
+                        return fail(err, -errno, "audit: cannot fsync %s: %m", dir);
+        } else {
+                a->file_no = files[n_files - 1];
+                file_name(a->file_no, name);
+                a->fd = openat(a->dir_fd, name, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+                if (a->fd < 0)
+                        return fail(err, -errno, "audit: cannot open %s/%s: %m", dir, name);
+                r = scan_file(&a->key, a->fd, &scan);
+                if (r < 0)
+                        return fail(err, r, "audit: cannot read %s/%s: %s", dir, name, strerror(-r));
+
+                if (scan.torn) {
+                        torn_info t;
+
+                        r = torn_take(a->fd, scan.torn_offset, &t);
+                        if (r < 0)
+                                return fail(err, r, "audit: cannot recover the torn end of %s/%s: %s", dir, name,
+                                            strerror(-r));
+                        ev_torn = json_object_new_object();
+                        if (!ev_torn) {
+                                free(t.data_hex);
+                                return fail(err, -ENOMEM, "audit: out of memory");
+                        }
+                        char hex[HEX_LEN + 1];
+                        hex_encode(t.hash, HASH_LEN, hex);
+                        add(ev_torn, "reason", json_object_new_string("torn"));
+                        add(ev_torn, "file", json_object_new_string(name));
+                        add(ev_torn, "offset", json_object_new_int64((int64_t) t.offset));
+                        add(ev_torn, "length", json_object_new_int64((int64_t) t.length));
+                        add(ev_torn, "sha256", json_object_new_string(hex));
+                        if (t.has_seq)
+                                add(ev_torn, "claimed_seq", json_object_new_uint64(t.seq));
+                        add(ev_torn, "data_hex", json_object_new_string(t.data_hex));
+                        free(t.data_hex);
+                }
+
+                /* A file without any record of ours (a crash right after rotating): the
+                 * chain continues from an older one. */
+                for (size_t i = n_files - 1; !scan.found && i > 0; i--) {
+                        _cleanup_close_ int fd = -1;
+                        char older[32];
+
+                        file_name(files[i - 1], older);
+                        fd = openat(a->dir_fd, older, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+                        if (fd < 0)
+                                continue;
+                        r = scan_file(&a->key, fd, &scan);
+                        if (r < 0)
+                                return fail(err, r, "audit: cannot read %s/%s: %s", dir, older, strerror(-r));
+                }
+                if (scan.found) {
+                        a->seq = scan.last.seq;
+                        memcpy(a->last_hash, scan.last.hash, HASH_LEN);
+                }
+                if (fstat(a->fd, &st) < 0)
+                        return fail(err, -errno, "audit: cannot stat %s/%s: %m", dir, name);
+                a->file_size = (uint64_t) st.st_size;
+        }
+
+        head = head_read(a->dir_fd, &a->key, &head_seq, head_hash);
+        if (head < 0)
+                return fail(err, head, "audit: cannot read %s/" HEAD_NAME ": %s", dir, strerror(-head));
+        if (head == HEAD_OK && head_seq > a->seq) {
+                /* The files end before what was once durable: records were cut off or the
+                 * newest file removed. Continue after the head, so the hole stays in the
+                 * chain for verify to name instead of being papered over. */
+                ev_head = json_object_new_object();
+                if (!ev_head)
+                        return fail(err, -ENOMEM, "audit: out of memory");
+                add(ev_head, "reason", json_object_new_string("truncated"));
+                add(ev_head, "missing_from", json_object_new_uint64(a->seq + 1));
+                add(ev_head, "missing_to", json_object_new_uint64(head_seq));
+                a->seq = head_seq;
+                memcpy(a->last_hash, head_hash, HASH_LEN);
+        } else if (head == HEAD_OK && head_seq == a->seq && memcmp(head_hash, a->last_hash, HASH_LEN) != 0) {
+                ev_head = json_object_new_object();
+                if (!ev_head)
+                        return fail(err, -ENOMEM, "audit: out of memory");
+                add(ev_head, "reason", json_object_new_string("head_mismatch"));
+                add(ev_head, "head_seq", json_object_new_uint64(head_seq));
+        } else if (head == HEAD_INVALID || (head == HEAD_MISSING && a->seq > 0)) {
+                ev_head = json_object_new_object();
+                if (!ev_head)
+                        return fail(err, -ENOMEM, "audit: out of memory");
+                add(ev_head, "reason", json_object_new_string(head == HEAD_INVALID ? "head_invalid" : "head_missing"));
+                add(ev_head, "last_seq", json_object_new_uint64(a->seq));
+        } else if (head == HEAD_OK && head_seq == a->seq)
+                a->head_current = true;
+        a->head_seq = head == HEAD_OK ? head_seq : 0;
+
+        if (ev_torn) {
+                r = audit_append(a, "audit.recovered", NULL, ev_torn);
+                if (r < 0)
+                        return fail(err, r, "audit: cannot record the recovery: %s", strerror(-r));
+        }
+        if (ev_head) {
+                r = audit_append(a, "audit.recovered", NULL, ev_head);
+                if (r < 0)
+                        return fail(err, r, "audit: cannot record the recovery: %s", strerror(-r));
+        }
+        /* Records past the head (written before a crash, never flushed) become durable
+         * and anchored now; a new log gets its head at once, so a missing head later
+         * always means someone removed it. */
+        a->dirty = true;
+        r = audit_flush(a);
+        if (r < 0)
+                return fail(err, r, "audit: cannot flush %s: %s", dir, strerror(-r));
+
+        a->ready = true;
+        *ret = TAKE_PTR(a);
+        return 0;
+}
+
+/* ---- verification ---- */
+
+typedef struct anchor {
+        bool set;
+        uint64_t seq;
+        uint8_t hash[HASH_LEN];
+        const char *what;
+} anchor;
+
+typedef struct verdict {
+        bool bad;
+        uint64_t seq;
+        char *reason;
+} verdict;
+
+_printf_(3, 4) static void verdict_set(verdict *v, uint64_t seq, const char *fmt, ...) {
+        va_list ap;
+
+        if (v->bad)
+                return;
+        v->bad = true;
+        v->seq = seq;
+        va_start(ap, fmt);
+        if (vasprintf(&v->reason, fmt, ap) < 0)
+                v->reason = NULL;
+        va_end(ap);
+}
+
+static int verify_file(const audit_key *k, int dir_fd, unsigned no, const anchor *anchors, size_t n_anchors,
+                       uint64_t *expected, uint8_t prev[HASH_LEN], uint64_t *records, verdict *v) {
+        _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
+        _cleanup_close_ int fd = -1;
+        line_reader rd;
+        char name[32];
+        int r;
+
+        file_name(no, name);
+        fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0) {
+                if (errno == EIO || errno == ENOMEM)
+                        return -errno;
+                verdict_set(v, *expected, "%s: cannot be opened: %m", name);
+                return 0;
+        }
+        tok = json_tokener_new();
+        if (!tok)
+                return -ENOMEM;
+        r = reader_init(&rd, fd);
+        if (r < 0)
+                return r;
+
+        while (!v->bad) {
+                const char *line, *why;
+                record_info info;
+                uint64_t offset;
+                size_t len;
+
+                r = reader_next(&rd, &line, &len, &offset);
+                if (r < 0 || r == LINE_EOF)
+                        break;
+                if (r == LINE_TORN) {
+                        verdict_set(v, *expected, "%s: torn record at offset %" PRIu64 " (%zu bytes without a newline)",
+                                    name, offset, len);
+                        break;
+                }
+                if (r == LINE_OVERLONG) {
+                        verdict_set(v, *expected, "%s: line at offset %" PRIu64 " is longer than any record can be",
+                                    name, offset);
+                        break;
+                }
+                r = record_check(k, tok, line, len, &info, &why);
+                if (r < 0)
+                        break;
+                if (r == REC_MALFORMED) {
+                        verdict_set(v, *expected, "%s: line at offset %" PRIu64 " is not an audit record (%s)", name,
+                                    offset, why);
+                        break;
+                }
+                if (r == REC_BAD_HMAC) {
+                        verdict_set(v, *expected,
+                                    "%s: record at offset %" PRIu64 " (claiming seq %" PRIu64
+                                    ") has an invalid hmac: modified or forged",
+                                    name, offset, info.seq);
+                        break;
+                }
+                if (info.seq != *expected) {
+                        verdict_set(v, info.seq,
+                                    "%s: seq %" PRIu64 " found where %" PRIu64 " was expected (records deleted or reordered)",
+                                    name, info.seq, *expected);
+                        break;
+                }
+                if (memcmp(info.prev, prev, HASH_LEN) != 0) {
+                        verdict_set(v, info.seq, "%s: seq %" PRIu64 " does not chain to the record before it", name,
+                                    info.seq);
+                        break;
+                }
+                for (size_t i = 0; i < n_anchors; i++)
+                        if (anchors[i].set && anchors[i].seq == info.seq &&
+                            memcmp(anchors[i].hash, info.hash, HASH_LEN) != 0)
+                                verdict_set(v, info.seq, "%s: seq %" PRIu64 " is not the record %s vouches for", name,
+                                            info.seq, anchors[i].what);
+                if (v->bad)
+                        break;
+                memcpy(prev, info.hash, HASH_LEN);
+                (*expected)++;
+                (*records)++;
+        }
+        reader_done(&rd);
+        return r < 0 ? r : 0;
+}
+
+static int verify_core(int dir_fd, const audit_key *k, const anchor *mem, bool *ret_ok, uint64_t *ret_records,
+                       uint64_t *ret_first_bad_seq, char **ret_reason) {
+        _cleanup_free_ unsigned *files = NULL;
+        anchor anchors[2] = {};
+        verdict v = {};
+        uint8_t prev[HASH_LEN] = {};
+        uint64_t expected = 1, records = 0, last;
+        size_t n_files = 0;
+        int head, r;
+
+        head = head_read(dir_fd, k, &anchors[0].seq, anchors[0].hash);
+        if (head < 0)
+                return head;
+        anchors[0].set = head == HEAD_OK && anchors[0].seq > 0;
+        anchors[0].what = HEAD_NAME;
+        if (mem && mem->set && mem->seq > 0) {
+                anchors[1] = *mem;
+                anchors[1].what = "this daemon's last write";
+        }
+
+        r = list_files(dir_fd, &files, &n_files);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n_files && !v.bad; i++) {
+                r = verify_file(k, dir_fd, files[i], anchors, ELEMENTSOF(anchors), &expected, prev, &records, &v);
+                if (r < 0) {
+                        free(v.reason);
+                        return r;
+                }
+        }
+
+        /* A valid chain that stops early is a truncated one, if anything says it went further. */
+        last = expected - 1;
+        for (size_t i = 0; i < ELEMENTSOF(anchors) && !v.bad; i++)
+                if (anchors[i].set && anchors[i].seq > last)
+                        verdict_set(&v, last + 1,
+                                    "the log ends at seq %" PRIu64 " but %s has seq %" PRIu64
+                                    " (records removed from the end)",
+                                    last, anchors[i].what, anchors[i].seq);
+        if (!v.bad && head == HEAD_INVALID)
+                verdict_set(&v, last + 1, HEAD_NAME " is not valid (edited or forged); records after seq %" PRIu64
+                            " cannot be vouched for", last);
+        if (!v.bad && head == HEAD_MISSING && last > 0)
+                verdict_set(&v, last + 1, HEAD_NAME " is missing; records after seq %" PRIu64
+                            " cannot be vouched for", last);
+
+        if (v.bad && !v.reason) {
+                v.reason = strdup("verification failed");
+                if (!v.reason)
+                        return -ENOMEM;
+        }
+        if (ret_ok)
+                *ret_ok = !v.bad;
+        if (ret_records)
+                *ret_records = records;
+        if (ret_first_bad_seq)
+                *ret_first_bad_seq = v.bad ? v.seq : 0;
+        if (ret_reason)
+                *ret_reason = TAKE_PTR(v.reason);
+        free(v.reason);
+        return 0;
+}
+
+int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *ret_first_bad_seq, char **ret_reason) {
+        anchor mem = { .set = true };
+
+        if (!a)
+                return -EINVAL;
+        mem.seq = a->seq;
+        memcpy(mem.hash, a->last_hash, HASH_LEN);
+        return verify_core(a->dir_fd, &a->key, &mem, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
+}
+
+int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *ret_ok, uint64_t *ret_records,
+                     uint64_t *ret_first_bad_seq, char **ret_reason) {
+        _cleanup_(EVP_MAC_freep) EVP_MAC *mac = NULL;
+        _cleanup_close_ int dir_fd = -1;
+        audit_key k;
+
+        if (!dir || !key || key_len < AUDIT_KEY_MIN || key_len > AUDIT_KEY_MAX)
+                return -EINVAL;
+        mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        if (!mac)
+                return -EIO;
+        k = (audit_key) { .key = key, .len = key_len, .mac = mac };
+        dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (dir_fd < 0)
+                return -errno;
+        return verify_core(dir_fd, &k, NULL, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
+}
+
+/* ---- query ---- */
+
+static bool record_matches(struct json_object *o, const char *sandbox, uint64_t since_ms) {
+        struct json_object *v;
+        uint64_t ms;
+
+        if (sandbox) {
+                if (!get_member(o, "sandbox", json_type_string, &v) || !streq(json_object_get_string(v), sandbox))
+                        return false;
+        }
+        if (since_ms > 0) {
+                if (!get_member(o, "time", json_type_string, &v) || !parse_time_ms(json_object_get_string(v), &ms) ||
+                    ms < since_ms)
+                        return false;
+        }
+        return true;
+}
+
+int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array) {
+        _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
+        _cleanup_(json_object_putp) struct json_object *arr = NULL;
+        _cleanup_free_ struct json_object **ring = NULL;
+        _cleanup_free_ unsigned *files = NULL;
+        size_t n_files = 0, count = 0;
+        int r;
+
+        if (!a || !ret_array)
+                return -EINVAL;
+        tok = json_tokener_new();
+        if (!tok)
+                return -ENOMEM;
+        /* With a limit only the newest `limit` matches are kept while walking, so a
+         * query for the last few records costs no memory for the whole log. */
+        if (limit > 0) {
+                ring = calloc(limit, sizeof(*ring));
+                if (!ring)
+                        return -ENOMEM;
+        } else {
+                arr = json_object_new_array();
+                if (!arr)
+                        return -ENOMEM;
+        }
+
+        r = list_files(a->dir_fd, &files, &n_files);
+        for (size_t i = 0; r >= 0 && i < n_files; i++) {
+                _cleanup_close_ int fd = -1;
+                line_reader rd;
+                char name[32];
+
+                file_name(files[i], name);
+                fd = openat(a->dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+                if (fd < 0)
+                        continue;
+                r = reader_init(&rd, fd);
+                if (r < 0)
+                        break;
+                for (;;) {
+                        struct json_object *o;
+                        const char *line;
+                        uint64_t offset;
+                        size_t len;
+
+                        r = reader_next(&rd, &line, &len, &offset);
+                        if (r < 0 || r == LINE_EOF)
+                                break;
+                        if (r != LINE_OK)
+                                continue;
+                        o = parse_line(tok, line, len);
+                        if (!o)
+                                continue;
+                        if (!get_member(o, "seq", json_type_int, NULL) || !record_matches(o, sandbox, since_ms)) {
+                                json_object_put(o);
+                                continue;
+                        }
+                        if (ring) {
+                                json_object_put(ring[count % limit]);
+                                ring[count % limit] = o;
+                        } else if (json_object_array_add(arr, o) < 0) {
+                                json_object_put(o);
+                                r = -ENOMEM;
+                                break;
+                        }
+                        count++;
+                }
+                reader_done(&rd);
+        }
+
+        if (ring) {
+                size_t n = count < limit ? count : limit, first = count < limit ? 0 : count % limit;
+
+                if (r >= 0) {
+                        arr = json_object_new_array_ext((int) (n > 0 ? n : 1));
+                        if (!arr)
+                                r = -ENOMEM;
+                }
+                for (size_t i = 0; i < n; i++) {
+                        struct json_object *o = TAKE_PTR(ring[(first + i) % limit]);
+                        if (r >= 0 && json_object_array_add(arr, o) < 0) {
+                                r = -ENOMEM;
+                                json_object_put(o);
+                        } else if (r < 0)
+                                json_object_put(o);
+                }
+        }
+        if (r < 0)
+                return r;
+        *ret_array = TAKE_PTR(arr);
+        return 0;
+}

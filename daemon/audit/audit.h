@@ -1,0 +1,173 @@
+/* The tamper-evident audit log: append-only JSON Lines in the state dir, each
+ * record hash-chained to the one before it and authenticated with an HMAC whose
+ * key the daemon unseals from the TPM (or the software key). Someone who can
+ * write the files but does not hold the key can delete, reorder, truncate or
+ * edit records, but audit_verify() will name the first seq where that happened.
+ *
+ * Files
+ * -----
+ * <dir>/audit-000001.jsonl, audit-000002.jsonl, ...   mode 0600, dir mode 0700.
+ * A new file is started when the current one would grow past rotate_bytes; seq
+ * and the chain continue across files (the first record of a file chains to the
+ * last record of the previous one). Old files are never removed by this module.
+ *
+ * <dir>/audit.head    the anchor: the seq and hash of the newest durable record,
+ * rewritten atomically (tmp + rename) by every audit_flush(). Without it, deleting
+ * the newest file or cutting records off its end would leave a valid, shorter
+ * chain. One line:
+ *
+ *     {"audit_head":1,"seq":N,"hash":"<64 hex>","hmac":"<64 hex>"}\n
+ *
+ * where hmac = HMAC-SHA256(key, `{"audit_head":1,"seq":N,"hash":"<64 hex>"}`).
+ * The head records "seq":0 and 64 zeros for an empty log.
+ * Records and the head share the key; their MAC'd bytes cannot be confused, as
+ * one starts with {"seq": and the other with {"audit_head":.
+ *
+ * Record format (one line each, '\n'-terminated, UTF-8, no other whitespace)
+ * ------------------------------------------------------------------------
+ *     {"seq":N,"time":"2026-11-24T19:21:12.123456Z","type":T,"sandbox":S,
+ *      "fields":F,"prev":"<64 hex>","hmac":"<64 hex>"}
+ *
+ * - the members appear in exactly this order; N is a decimal integer without
+ *   leading zeros, starting at 1; time is UTC with microseconds; T is a JSON
+ *   string; S is a JSON string or null; F is a JSON object (json-c's plain
+ *   serialization, slashes not escaped); all hex is lowercase.
+ * - prev is SHA-256 of the previous record line exactly as written, without its
+ *   '\n' (64 zeros for seq 1).
+ * - hmac is HMAC-SHA256(key, U) where U, the "unsigned record", is the line with
+ *   the hmac member removed:
+ *
+ *     U = {"seq":N,"time":"...","type":T,"sandbox":S,"fields":F,"prev":"<hex>"}
+ *
+ *   Equivalently: take the line without '\n'; it must end with the 75 bytes
+ *   ,"hmac":"<64 hex>"}  — drop them and append a single '}'. Those are the
+ *   HMAC'd bytes, byte for byte; nothing is re-serialized for verification.
+ *
+ * What is refused
+ * ---------------
+ * audit_append() returns -EINVAL, and writes nothing, when `fields` is not an
+ * object or contains, at any depth (inside nested objects and arrays), a key
+ * named "token", "client_token", "secret_id" or "password" (compared ignoring
+ * case): a future caller passing a whole Vault response must fail loudly rather
+ * than put a secret into a file that lives for years. Tokens are named by their
+ * accessor only (e.g. "accessor"). Non-finite doubles are refused as well (they
+ * have no JSON spelling). type must be 1..64 characters of [a-z0-9._-]; sandbox
+ * at most 256 bytes.
+ *
+ * Size bound: a record line is at most max_record_bytes (default 64 KiB). Longer
+ * string values in fields are cut at a UTF-8 boundary and end with
+ * "...[truncated N bytes]"; if that is not enough, fields is replaced by
+ * {"_truncated":true,"_original_bytes":N}.
+ *
+ * Durability: audit_append() write(2)s the line at once (so a daemon crash loses
+ * nothing already appended); audit_flush() fsyncs the file and then rewrites
+ * audit.head. The daemon calls audit_flush() from a short timer; audit_close()
+ * flushes.
+ *
+ * Journald: each record is also sent with sd_journal_send() (MESSAGE,
+ * AGENTD_AUDIT_TYPE, AGENTD_AUDIT_SEQ, AGENTD_SANDBOX_ID, AGENTD_AUDIT_FIELDS)
+ * when /run/systemd/journal/socket exists at open time and opt->no_journal is
+ * not set. The journal is a convenience mirror; the files are the record.
+ *
+ * Not single-writer safe across processes: one daemon per user owns the dir.
+ * The functions are not thread-safe; the daemon calls them from its loop. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "macro.h"
+
+struct json_object;
+
+typedef struct audit_log audit_log;
+
+typedef struct audit_error {
+        char message[512];
+} audit_error;
+
+#define AUDIT_ROTATE_BYTES_DEFAULT (16u * 1024u * 1024u)
+#define AUDIT_RECORD_MAX_DEFAULT (64u * 1024u)
+/* Bounds for max_record_bytes; verification and query read lines up to the upper one. */
+#define AUDIT_RECORD_MAX_MIN 4096u
+#define AUDIT_RECORD_MAX_LIMIT (1024u * 1024u)
+#define AUDIT_KEY_MIN 16u
+#define AUDIT_KEY_MAX 64u
+
+typedef struct audit_options {
+        uint64_t rotate_bytes;          /* 0: AUDIT_ROTATE_BYTES_DEFAULT */
+        size_t max_record_bytes;        /* 0: AUDIT_RECORD_MAX_DEFAULT; clamped to [MIN, LIMIT] */
+        bool no_journal;                /* do not mirror to journald */
+} audit_options;
+
+/* dir: the audit directory (created 0700 with its parents if missing). key: the
+ * HMAC key, AUDIT_KEY_MIN..AUDIT_KEY_MAX bytes (32 from the TPM); it is copied
+ * into locked, non-dumpable memory and zeroed on close. opt may be NULL.
+ *
+ * Continues seq and the chain from the newest valid record. Crash debris is
+ * handled and recorded, never silently dropped:
+ * - a torn last line (no '\n') is cut off and an "audit.recovered" record with
+ *   reason "torn" names its file, offset, length, sha256, the seq it claimed
+ *   and its first bytes in hex;
+ * - if audit.head vouches for more records than the files hold (tail truncated
+ *   or the newest file deleted), seq continues after the head, so the gap stays
+ *   visible to audit_verify(), and a record with reason "truncated" says which
+ *   seqs are missing;
+ * - a missing or forged audit.head while records exist gives reason
+ *   "head_missing" / "head_invalid".
+ * Returns 0, or a negative errno with err->message set (err may be NULL). */
+int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_options *opt,
+               audit_log **ret, audit_error *err);
+
+/* Flushes (fsync + head) and frees. NULL is fine. */
+void audit_close(audit_log *a);
+DEFINE_TRIVIAL_CLEANUP_FUNC(audit_log *, audit_close)
+#define _cleanup_audit_log_ _cleanup_(audit_closep)
+
+/* Appends one record (see the format above). type like "rpc", "sandbox.spawn";
+ * sandbox may be NULL; fields a json object or NULL ({}), borrowed (not consumed,
+ * not modified). Returns 0, -EINVAL (bad type/sandbox, a refused key), -ENOMEM,
+ * or the write error (then nothing of the record stays in the file and seq does
+ * not advance). */
+int audit_append(audit_log *a, const char *type, const char *sandbox, struct json_object *fields);
+
+/* Makes every appended record durable: fsync of the current file, then audit.head
+ * is rewritten (tmp, fsync, rename, fsync dir). Cheap when nothing is pending. */
+int audit_flush(audit_log *a);
+
+/* The seq of the last appended record (0: empty log). */
+uint64_t audit_seq(const audit_log *a);
+
+/* Verifies every file in order: each line parses as a record of the format above,
+ * its hmac is valid, seq is exactly the previous seq + 1 (starting at 1, across
+ * files), prev is the SHA-256 of the previous line; then the end of the chain
+ * against audit.head and (for an open log) against what this process wrote.
+ *
+ * *ret_ok false: *ret_first_bad_seq is where the chain breaks —
+ *   - a line that is torn, unparsable or whose hmac fails: the seq expected at
+ *     that position (the seq it claims is not trusted);
+ *   - an authentic record at the wrong position: the seq it carries (a deleted
+ *     record or file: the seq after the gap; a reorder: the first record found
+ *     out of place);
+ *   - the chain ends before audit.head's seq (truncated tail, deleted newest
+ *     file): the first missing seq, i.e. last seq + 1;
+ *   - audit.head itself missing or forged: last seq + 1 (nothing after the last
+ *     record can be vouched for);
+ * and *ret_reason (free() it; NULL when ok) says what and where.
+ * *ret_records: records verified good before the break (all of them when ok).
+ * Returns 0, or a negative errno when the files could not be read at all. Any of
+ * the ret_ pointers may be NULL. */
+int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *ret_first_bad_seq, char **ret_reason);
+
+/* The same over a directory that is not open (offline verification, or a copy):
+ * anchored only by its audit.head. */
+int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *ret_ok, uint64_t *ret_records,
+                     uint64_t *ret_first_bad_seq, char **ret_reason);
+
+/* Records as a new json array of objects (seq, time, type, sandbox, fields, prev,
+ * hmac), oldest first, newest last: only those of `sandbox` (NULL: all), with
+ * time >= since_ms (unix ms; 0: all), and of those the last `limit` (0: all).
+ * Lines that do not parse are skipped; query does not check hmacs — that is
+ * audit_verify()'s job. Returns 0 or a negative errno. */
+int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array);
