@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -819,6 +820,72 @@ static int cmd_token(int argc, char **argv) {
         return r;
 }
 
+/* ---- evidence ------------------------------------------------------------ */
+
+static void print_audit_records(const msgpack_object *o) {
+        if (o->type != MSGPACK_OBJECT_ARRAY)
+                return print_human(o);
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+                const msgpack_object *r = &o->via.array.ptr[i];
+                const msgpack_object *seq = map_get(r, "seq"), *time = map_get(r, "time"), *type = map_get(r, "type"),
+                                     *sb = map_get(r, "sandbox"), *fields = map_get(r, "fields");
+                printf("%6" PRIu64 " %.*s %-16.*s %.*s ", seq && seq->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? seq->via.u64 : 0,
+                       time ? (int) time->via.str.size : 0, time ? time->via.str.ptr : "", type ? (int) type->via.str.size : 0,
+                       type ? type->via.str.ptr : "", sb && sb->type == MSGPACK_OBJECT_STR ? (int) sb->via.str.size : 1,
+                       sb && sb->type == MSGPACK_OBJECT_STR ? sb->via.str.ptr : "-");
+                if (fields) {
+                        fflush(stdout);
+                        print_json(fields);
+                } else
+                        printf("\n");
+        }
+}
+
+static bool verify_failed;
+static void print_verify(const msgpack_object *o) {
+        const msgpack_object *ok = map_get(o, "ok"), *n = map_get(o, "records"), *bad = map_get(o, "first_bad_seq"),
+                             *why = map_get(o, "reason");
+        bool good = ok && ok->type == MSGPACK_OBJECT_BOOLEAN && ok->via.boolean;
+        verify_failed = !good;
+        if (good)
+                printf("audit log OK: %" PRIu64 " records, chain and HMACs intact\n", n ? n->via.u64 : 0);
+        else
+                printf("audit log TAMPERED: first bad record seq %" PRIu64 " (%.*s)\n", bad ? bad->via.u64 : 0,
+                       why ? (int) why->via.str.size : 0, why ? why->via.str.ptr : "");
+}
+
+static int cmd_audit(int argc, char **argv) {
+        if (argc == 2 && streq(argv[1], "verify")) {
+                int r = simple("audit.verify", NULL, print_verify);
+                return r == 0 && verify_failed ? EXIT_DAEMON_ERROR : r;
+        }
+        if (argc >= 2 && streq(argv[1], "show")) {
+                const char *sb = NULL;
+                long limit = -1;
+                for (int i = 2; i < argc; i++) {
+                        if (streq(argv[i], "--sandbox") && i + 1 < argc)
+                                sb = argv[++i];
+                        else if (streq(argv[i], "--limit") && i + 1 < argc)
+                                limit = strtol(argv[++i], NULL, 10);
+                        else {
+                                fprintf(stderr, "agentctl: usage: agentctl audit show [--sandbox ID] [--limit N]\n");
+                                return EXIT_USAGE;
+                        }
+                }
+                params p;
+                params_init(&p, (sb ? 1 : 0) + (limit >= 0 ? 1 : 0));
+                if (sb)
+                        mp_pack_kv_str(&p.pk, "sandbox", sb);
+                if (limit >= 0)
+                        mp_pack_kv_u64(&p.pk, "limit", (uint64_t) limit);
+                int r = simple("audit.query", &p.sb, print_audit_records);
+                msgpack_sbuffer_destroy(&p.sb);
+                return r;
+        }
+        fprintf(stderr, "agentctl: usage: agentctl audit verify | audit show [--sandbox ID] [--limit N]\n");
+        return EXIT_USAGE;
+}
+
 int main(int argc, char **argv) {
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },
@@ -880,6 +947,8 @@ int main(int argc, char **argv) {
                 return cmd_kill(argc, argv);
         if (streq(cmd, "logs"))
                 return cmd_logs(argc, argv);
+        if (streq(cmd, "audit"))
+                return cmd_audit(argc, argv);
         if (streq(cmd, "broker"))
                 return cmd_broker(argc, argv);
         if (streq(cmd, "token"))

@@ -21,6 +21,7 @@
 
 #include "broker/seal.h"
 #include "broker/vault.h"
+#include "auditlog.h"
 #include "log.h"
 #include "macro.h"
 #include "server.h"
@@ -196,6 +197,10 @@ static void on_revoked(const vault_response *resp, void *userdata) {
                 snprintf(path, sizeof(path), "%s/%s", b->accessor_dir, rc->accessor);
                 (void) unlink(path);
                 log_info("broker: token %s revoked", rc->accessor);
+                json_object *ev = json_object_new_object();
+                json_object_object_add(ev, "accessor", json_object_new_string(rc->accessor));
+                json_object_object_add(ev, "vault_status", json_object_new_int((int) resp->status));
+                audit_event(b->m, "token.revoked", NULL, ev);
         } else {
                 log_warning("broker: revoking token %s failed (%s); will retry", rc->accessor, resp->error);
                 schedule_retry(b, 5000);
@@ -657,6 +662,13 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                         c->expires_ms = realtime_ms() + (uint64_t) ttl * 1000;
                         log_info("broker: sandbox %s: token issued (accessor %s, ttl %llds)", c->sandbox_id, c->accessor,
                                  (long long) ttl);
+                        json_object *ev = json_object_new_object(), *pv = json_object_new_array();
+                        for (size_t i = 0; c->policies && c->policies[i]; i++)
+                                json_object_array_add(pv, json_object_new_string(c->policies[i]));
+                        json_object_object_add(ev, "accessor", json_object_new_string(c->accessor));
+                        json_object_object_add(ev, "policies", pv);
+                        json_object_object_add(ev, "ttl", json_object_new_int64(ttl));
+                        audit_event(b->m, "token.issued", c->sandbox_id, ev);
                         if (!c->reissue_init) {
                                 uv_timer_init(b->m->loop, &c->reissue);
                                 c->reissue_init = true;

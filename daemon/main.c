@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "agentd-build.h"
+#include "auditlog.h"
 #include "broker.h"
 #include "daemon.h"
 #include "log.h"
@@ -221,6 +222,7 @@ int daemon_reload(manager *m) {
                 m->config = c;
                 m->limits.max_message = c->max_message_size;
                 log_info("configuration reloaded");
+                audit_event(m, "config.reload", NULL, NULL);
         }
         tasks_reload(m);
         sd_notify(0, "READY=1");
@@ -237,6 +239,7 @@ void daemon_finish(manager *m) {
         server_close_all(m);
         sandboxes_free(m);
         broker_free(m);
+        auditlog_free(m);
         tasks_free(m);
         uv_walk(m->loop, on_close_walk, NULL);
 }
@@ -335,6 +338,7 @@ int main(int argc, char **argv) {
         r = sandboxes_init(m);
         if (r < 0)
                 return 1;
+        auditlog_init(m);
         r = broker_init(m);
         if (r < 0) {
                 log_error("cannot start the credential broker: %s", strerror(-r));

@@ -2,6 +2,7 @@
 #include "agentd-build.h"
 #include <string.h>
 
+#include "auditlog.h"
 #include "broker.h"
 #include "config.h"
 #include "manager.h"
@@ -21,7 +22,8 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         manager *m = ctx->m;
         msgpack_packer *pk = ctx->pk;
 
-        msgpack_pack_map(pk, 12);
+        msgpack_pack_map(pk, 13);
+        mp_pack_kv_str(pk, "audit", auditlog_state(m));
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
         mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
         mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auditlog.h"
 #include "log.h"
 #include "macro.h"
 #include "policy.h"
@@ -105,6 +106,23 @@ int rpc_sandbox_promote(rpc_ctx *ctx, rpc_error *err) {
         }
         log_info("sandbox %s: promoted %zu paths into %s (%zu conflicts, %zu guarded skipped)", s->id, res.promoted.n,
                  s->workspace, res.conflicts.n, res.guarded.n);
+        {
+                json_object *ev = json_object_new_object(), *pr = json_object_new_object(), *cf = json_object_new_array(),
+                            *gd = json_object_new_array();
+                for (size_t i = 0; i < res.promoted.n; i++)
+                        json_object_object_add(pr, res.promoted.v[i].path,
+                                               res.promoted.v[i].detail[0] ? json_object_new_string(res.promoted.v[i].detail) : NULL);
+                for (size_t i = 0; i < res.conflicts.n; i++)
+                        json_object_array_add(cf, json_object_new_string(res.conflicts.v[i].path));
+                for (size_t i = 0; i < res.guarded.n; i++)
+                        json_object_array_add(gd, json_object_new_string(res.guarded.v[i].path));
+                json_object_object_add(ev, "workspace", json_object_new_string(s->workspace));
+                json_object_object_add(ev, "promoted_sha256", pr);
+                json_object_object_add(ev, "conflicts", cf);
+                json_object_object_add(ev, "guarded_skipped", gd);
+                json_object_object_add(ev, "include_hooks", json_object_new_boolean(hooks));
+                audit_event(ctx->m, "sandbox.promote", s->id, ev);
+        }
         msgpack_pack_map(ctx->pk, 5);
         mp_pack_cstr(ctx->pk, "promoted");
         pack_items(ctx->pk, &res.promoted, false, NULL);
@@ -147,6 +165,7 @@ int rpc_sandbox_discard(rpc_ctx *ctx, rpc_error *err) {
         s->discarded = true;
         (void) sandbox_save_meta(s);
         log_info("sandbox %s: changes discarded", s->id);
+        audit_event(ctx->m, "sandbox.discard", s->id, NULL);
         msgpack_pack_map(ctx->pk, 0);
         return 0;
 }

@@ -25,8 +25,10 @@
 #include <unistd.h>
 
 #include <json-c/json.h>
+#include <openssl/evp.h>
 
 #include "agentd-build.h"
+#include "auditlog.h"
 #include "broker.h"
 #include "cgroup.h"
 #include "daemon.h"
@@ -684,6 +686,15 @@ static void sandbox_maybe_complete(sandbox *s) {
                 broker_release(m, TAKE_PTR(s->creds));
         server_close_sandbox(TAKE_PTR(s->broker_listener));
         (void) sandbox_save_meta(s);
+        {
+                json_object *ev = json_object_new_object();
+                json_object_object_add(ev, "state", json_object_new_string(sandbox_state_to_string(s->state)));
+                json_object_object_add(ev, "exit_code", json_object_new_int(s->exit_code));
+                json_object_object_add(ev, "signal", json_object_new_int(s->exit_signal));
+                if (s->end_reason)
+                        json_object_object_add(ev, "reason", json_object_new_string(s->end_reason));
+                audit_event(m, "sandbox.exit", s->id, ev);
+        }
         complete_waiters(s);
         release_owner(s);
         m->n_sandboxes_live--;
@@ -1415,6 +1426,32 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         s->spawn_call = TAKE_PTR(req->call);
         s->creds = TAKE_PTR(req->creds);
         log_info("sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
+        {
+                /* What ran, where, under which exact policy (hash of its canonical form). */
+                json_object *ev = json_object_new_object();
+                _cleanup_free_ char *canon = task_policy_canonical(p);
+                unsigned char dg[32];
+                char hexd[65] = "";
+                unsigned int dl = 0;
+                if (canon && EVP_Digest(canon, strlen(canon), dg, &dl, EVP_sha256(), NULL) == 1)
+                        for (unsigned i = 0; i < 32; i++)
+                                sprintf(hexd + 2 * i, "%02x", dg[i]);
+                json_object_object_add(ev, "task", json_object_new_string(s->task));
+                json_object_object_add(ev, "policy_sha256", json_object_new_string(hexd));
+                json_object_object_add(ev, "policy_source", json_object_new_string(p->source));
+                json_object *av = json_object_new_array();
+                for (size_t i = 0; s->argv && s->argv[i]; i++)
+                        json_object_array_add(av, json_object_new_string(s->argv[i]));
+                json_object_object_add(ev, "argv", av);
+                json_object_object_add(ev, "workspace", json_object_new_string(s->workspace));
+                _cleanup_strv_free_ char **caps = task_policy_capabilities(p);
+                json_object *cv = json_object_new_array();
+                for (size_t i = 0; caps && caps[i]; i++)
+                        json_object_array_add(cv, json_object_new_string(caps[i]));
+                json_object_object_add(ev, "capabilities", cv);
+                json_object_object_add(ev, "attached", json_object_new_boolean(attach || tty));
+                audit_event(m, "sandbox.spawn", s->id, ev);
+        }
         return 0;
 
 fail:

@@ -16,6 +16,7 @@
 
 #include "log.h"
 #include "macro.h"
+#include "auditlog.h"
 #include "sandbox.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -336,6 +337,14 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         };
         connection_ref(c);
         int r = handlers[method->id](&ctx, &err);
+        /* Every request is evidence: who asked what, and how it went. */
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "method", json_object_new_string(method->name));
+        json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));
+        json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
+        json_object_object_add(ev, "outcome", json_object_new_string(r < 0 ? rpc_error_code_to_string(err.message[0] ? err.code : RPC_E_INTERNAL)
+                                                                          : ctx.async ? "pending" : "ok"));
+        audit_event(m, "rpc", c->sandbox_id, ev);
         if (r < 0) {
                 if (err.message[0] == 0)
                         rpc_error_set(&err, RPC_E_INTERNAL, "%s failed: %s", method->name, strerror(-r));

@@ -100,7 +100,7 @@ static void note_envelope(proto_scanner *s, const uint8_t *p, size_t objlen) {
         if (s->depth != 1 || !s->top_is_array)
                 return;
         uint8_t b = p[0];
-        uint64_t v;
+        uint64_t v = 0;
         bool is_uint = true;
         if (b <= 0x7f)
                 v = b;

@@ -1,0 +1,255 @@
+/* Audit log wiring. The HMAC key is 32 random bytes sealed like the broker's
+ * secret: by the TPM when one answers on [TPM] TCTI=, else with a software
+ * key file (the log must work on machines without a TPM; status says which).
+ * Records are written at once and fsync'd in batches by a short timer. */
+#include "auditlog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "audit/audit.h"
+#include "broker/seal.h"
+#include "log.h"
+#include "macro.h"
+#include "server.h"
+
+typedef struct auditlog {
+        audit_log *log;
+        uv_timer_t flush_timer;
+        bool dirty;
+        char *state;
+} auditlog;
+
+static auditlog the_log;
+
+static int read_all(const char *path, char **ret, size_t *ret_len) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return -errno;
+        char *b = malloc(65536);
+        ssize_t n = b ? read(fd, b, 65536) : -1;
+        close(fd);
+        if (n < 0) {
+                free(b);
+                return -EIO;
+        }
+        *ret = b;
+        *ret_len = (size_t) n;
+        return 0;
+}
+
+static int write_new(const char *path, const void *data, size_t len) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return -errno;
+        int r = write(fd, data, len) == (ssize_t) len && fsync(fd) == 0 ? 0 : -EIO;
+        close(fd);
+        return r;
+}
+
+static void set_state(const char *fmt, const char *arg) {
+        free(the_log.state);
+        the_log.state = NULL;
+        if (asprintf(&the_log.state, fmt, arg ? arg : "") < 0)
+                the_log.state = NULL;
+}
+
+/* Gets the HMAC key: unseal the stored one, or make, seal and store a new one. */
+static int audit_key(manager *m, const char *dir, uint8_t **ret, size_t *ret_len, const char **ret_kind, char *why, size_t whylen) {
+        char blob_path[PATH_MAX], soft[PATH_MAX];
+        snprintf(blob_path, sizeof(blob_path), "%s/hmac-key.sealed", dir);
+        snprintf(soft, sizeof(soft), "%s/software-seal.key", dir);
+        seal_error se = { 0 };
+        _cleanup_free_ char *blob = NULL;
+        size_t blen = 0;
+        if (read_all(blob_path, &blob, &blen) == 0) {
+                int r = unseal_secret(m->config->tpm_tcti, soft, blob, blen, ret, ret_len, &se);
+                if (r < 0) {
+                        snprintf(why, whylen, "cannot unseal the audit key (%s: %s)", se.step, se.message);
+                        return r;
+                }
+                *ret_kind = blen > 8 && ((unsigned char *) blob)[8] == 0 ? "tpm" : "sealed";
+                return 0;
+        }
+        uint8_t key[32];
+        if (getrandom(key, sizeof(key), 0) != sizeof(key))
+                return -EIO;
+        seal_kind kind;
+        void *nb = NULL;
+        size_t nlen = 0;
+        int r = seal_secret(m->config->tpm_tcti, true, soft, key, sizeof(key), &kind, &nb, &nlen, &se);
+        if (r < 0) {
+                explicit_zero(key, sizeof(key));
+                snprintf(why, whylen, "cannot seal a new audit key (%s: %s)", se.step, se.message);
+                return r;
+        }
+        r = write_new(blob_path, nb, nlen);
+        free(nb);
+        if (r < 0) {
+                explicit_zero(key, sizeof(key));
+                snprintf(why, whylen, "cannot store the sealed audit key: %s", strerror(-r));
+                return r;
+        }
+        uint8_t *k = secure_alloc(sizeof(key));
+        if (!k) {
+                explicit_zero(key, sizeof(key));
+                return -ENOMEM;
+        }
+        memcpy(k, key, sizeof(key));
+        explicit_zero(key, sizeof(key));
+        *ret = k;
+        *ret_len = sizeof(key);
+        *ret_kind = kind == SEAL_TPM ? "tpm" : "software";
+        return 0;
+}
+
+static void on_flush(uv_timer_t *t) {
+        if (the_log.log && the_log.dirty) {
+                the_log.dirty = false;
+                int r = audit_flush(the_log.log);
+                if (r < 0)
+                        log_error("audit: flush failed: %s", strerror(-r));
+        }
+}
+
+int auditlog_init(manager *m) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/audit", m->config->state_directory);
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+                set_state("unavailable: cannot create the audit directory: %s", strerror(errno));
+                return 0;
+        }
+        uint8_t *key = NULL;
+        size_t klen = 0;
+        const char *kind = "?";
+        char why[700] = "";
+        /* Blocking TPM round trips, once, before we serve anyone. */
+        int r = audit_key(m, dir, &key, &klen, &kind, why, sizeof(why));
+        if (r < 0) {
+                set_state("unavailable: %s", why);
+                log_error("audit: %s; the audit log is OFF", why);
+                return 0;
+        }
+        audit_error ae = { 0 };
+        r = audit_open(dir, key, klen, NULL, &the_log.log, &ae);
+        secure_free(key, klen);
+        if (r < 0) {
+                set_state("unavailable: %s", ae.message);
+                log_error("audit: cannot open the log: %s", ae.message);
+                return 0;
+        }
+        char st[64];
+        snprintf(st, sizeof(st), "ok (key sealed: %s)", kind);
+        set_state("%s", st);
+        uv_timer_init(m->loop, &the_log.flush_timer);
+        uv_timer_start(&the_log.flush_timer, on_flush, 50, 50);
+        return 0;
+}
+
+void auditlog_free(manager *m) {
+        if (the_log.log) {
+                uv_timer_stop(&the_log.flush_timer);
+                uv_close((uv_handle_t *) &the_log.flush_timer, NULL);
+                audit_close(the_log.log);
+                the_log.log = NULL;
+        }
+        free(the_log.state);
+        the_log.state = NULL;
+}
+
+const char *auditlog_state(manager *m) {
+        return the_log.state ? the_log.state : "unavailable: not started";
+}
+
+void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields) {
+        if (!fields)
+                fields = json_object_new_object();
+        if (the_log.log) {
+                int r = audit_append(the_log.log, type, sandbox, fields);
+                if (r < 0)
+                        log_error("audit: cannot record %s: %s", type, strerror(-r));
+                else
+                        the_log.dirty = true;
+        }
+        json_object_put(fields);
+}
+
+int rpc_audit_verify(rpc_ctx *ctx, rpc_error *err) {
+        if (!the_log.log) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "audit log %s", auditlog_state(ctx->m));
+                return -ENODEV;
+        }
+        (void) audit_flush(the_log.log);
+        bool ok = false;
+        uint64_t records = 0, bad = 0;
+        _cleanup_free_ char *reason = NULL;
+        int r = audit_verify(the_log.log, &ok, &records, &bad, &reason);
+        if (r < 0) {
+                rpc_error_set(err, RPC_E_INTERNAL, "audit verify failed: %s", strerror(-r));
+                return r;
+        }
+        msgpack_pack_map(ctx->pk, ok ? 2 : 4);
+        mp_pack_kv_bool(ctx->pk, "ok", ok);
+        mp_pack_kv_u64(ctx->pk, "records", records);
+        if (!ok) {
+                mp_pack_kv_u64(ctx->pk, "first_bad_seq", bad);
+                mp_pack_kv_str(ctx->pk, "reason", reason ? reason : "");
+        }
+        return 0;
+}
+
+static void pack_json(msgpack_packer *pk, json_object *o) {
+        switch (json_object_get_type(o)) {
+        case json_type_null: msgpack_pack_nil(pk); break;
+        case json_type_boolean:
+                if (json_object_get_boolean(o))
+                        msgpack_pack_true(pk);
+                else
+                        msgpack_pack_false(pk);
+                break;
+        case json_type_double: msgpack_pack_double(pk, json_object_get_double(o)); break;
+        case json_type_int: msgpack_pack_int64(pk, json_object_get_int64(o)); break;
+        case json_type_string: mp_pack_cstr(pk, json_object_get_string(o)); break;
+        case json_type_array: {
+                size_t n = json_object_array_length(o);
+                msgpack_pack_array(pk, n);
+                for (size_t i = 0; i < n; i++)
+                        pack_json(pk, json_object_array_get_idx(o, i));
+                break;
+        }
+        case json_type_object: {
+                msgpack_pack_map(pk, (size_t) json_object_object_length(o));
+                json_object_object_foreach(o, k, v) {
+                        mp_pack_cstr(pk, k);
+                        pack_json(pk, v);
+                }
+                break;
+        }
+        }
+}
+
+int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
+        if (!the_log.log) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "audit log %s", auditlog_state(ctx->m));
+                return -ENODEV;
+        }
+        _cleanup_free_ char *sb = rpc_param_strdup(ctx->params, "sandbox");
+        const msgpack_object *since = rpc_param(ctx->params, "since"), *limit = rpc_param(ctx->params, "limit");
+        json_object *arr = NULL;
+        (void) audit_flush(the_log.log);
+        int r = audit_query(the_log.log, sb, since ? since->via.u64 : 0, limit ? (size_t) limit->via.u64 : 1000, &arr);
+        if (r < 0) {
+                rpc_error_set(err, RPC_E_INTERNAL, "audit query failed: %s", strerror(-r));
+                return r;
+        }
+        pack_json(ctx->pk, arr);
+        json_object_put(arr);
+        return 0;
+}
