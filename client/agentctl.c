@@ -886,6 +886,83 @@ static int cmd_audit(int argc, char **argv) {
         return EXIT_USAGE;
 }
 
+/* ---- incident ------------------------------------------------------------ */
+
+static unsigned revoke_pending;
+static void print_revoke(const msgpack_object *o) {
+        const msgpack_object *f = map_get(o, "frozen"), *k = map_get(o, "killed"), *r = map_get(o, "tokens_revoked"),
+                             *p = map_get(o, "tokens_pending"), *snaps = map_get(o, "snapshots"), *ld = map_get(o, "locked_down");
+        revoke_pending = p && p->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (unsigned) p->via.u64 : 0;
+        printf("frozen: %" PRIu64 "\nkilled: %" PRIu64 "\ntokens revoked: %" PRIu64 "\ntokens pending: %u\n",
+               f ? f->via.u64 : 0, k ? k->via.u64 : 0, r ? r->via.u64 : 0, revoke_pending);
+        for (uint32_t i = 0; snaps && snaps->type == MSGPACK_OBJECT_ARRAY && i < snaps->via.array.size; i++)
+                printf("snapshot: %.*s\n", (int) snaps->via.array.ptr[i].via.str.size, snaps->via.array.ptr[i].via.str.ptr);
+        if (ld && ld->type == MSGPACK_OBJECT_BOOLEAN && ld->via.boolean)
+                printf("lockdown: new spawns are refused until 'agentctl unlock'\n");
+}
+
+static void note_pending_json(const msgpack_object *o) {
+        const msgpack_object *p = map_get(o, "tokens_pending");
+        revoke_pending = p && p->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (unsigned) p->via.u64 : 0;
+}
+
+static int cmd_revoke(int argc, char **argv) {
+        bool all = false, freeze_only = false;
+        const char *sb = NULL, *task = NULL;
+        for (int i = 1; i < argc; i++) {
+                if (streq(argv[i], "--all"))
+                        all = true;
+                else if (streq(argv[i], "--freeze-only"))
+                        freeze_only = true;
+                else if (streq(argv[i], "--sandbox") && i + 1 < argc)
+                        sb = argv[++i];
+                else if (streq(argv[i], "--task") && i + 1 < argc)
+                        task = argv[++i];
+                else {
+                        all = false, sb = task = NULL;
+                        break;
+                }
+        }
+        if ((all ? 1 : 0) + (sb ? 1 : 0) + (task ? 1 : 0) != 1) {
+                fprintf(stderr, "agentctl: usage: agentctl revoke --all | --sandbox ID | --task NAME [--freeze-only]\n");
+                return EXIT_USAGE;
+        }
+        params p;
+        params_init(&p, 2);
+        if (all)
+                mp_pack_kv_bool(&p.pk, "all", true);
+        else if (sb)
+                mp_pack_kv_str(&p.pk, "sandbox", sb);
+        else
+                mp_pack_kv_str(&p.pk, "task", task);
+        mp_pack_kv_bool(&p.pk, "freeze_only", freeze_only);
+        rpc_client c;
+        rpc_result res;
+        int r = connect_daemon(&c);
+        if (r < 0) {
+                msgpack_sbuffer_destroy(&p.sb);
+                return -r;
+        }
+        r = call(&c, "credentials.revoke", &p.sb, NULL, 0, &res);
+        msgpack_sbuffer_destroy(&p.sb);
+        if (r == 0) {
+                if (arg_json) {
+                        print_json(res.result);
+                        note_pending_json(res.result);
+                } else
+                        print_revoke(res.result);
+        }
+        rpc_result_done(&res);
+        rpc_client_close(&c);
+        /* Not done until Vault confirmed every revocation. */
+        if (r == 0 && revoke_pending > 0) {
+                fprintf(stderr, "agentctl: %u token revocation(s) not yet confirmed by Vault; agentd retries them (see agentctl broker status)\n",
+                        revoke_pending);
+                r = EXIT_DAEMON_ERROR;
+        }
+        return r;
+}
+
 int main(int argc, char **argv) {
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },
@@ -947,6 +1024,13 @@ int main(int argc, char **argv) {
                 return cmd_kill(argc, argv);
         if (streq(cmd, "logs"))
                 return cmd_logs(argc, argv);
+        if (streq(cmd, "revoke"))
+                return cmd_revoke(argc, argv);
+        if (streq(cmd, "unlock")) {
+                if (need_args(argc, 1, "unlock") < 0)
+                        return EXIT_USAGE;
+                return simple("agentd.unlock", NULL, NULL);
+        }
         if (streq(cmd, "audit"))
                 return cmd_audit(argc, argv);
         if (streq(cmd, "broker"))

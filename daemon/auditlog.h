@@ -13,3 +13,4 @@ void auditlog_free(manager *m);
 const char *auditlog_state(manager *m);
 /* Takes ownership of `fields` (may be NULL). */
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields);
+json_object *auditlog_tail(manager *m, const char *sandbox, size_t n);

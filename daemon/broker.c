@@ -55,6 +55,7 @@ struct broker {
         uint8_t *session;        /* secure memory */
         size_t session_len;
         uint64_t session_expires_ms;
+        char session_accessor[128];
         bool logging_in;
         unsigned login_failures;
         uv_timer_t renew_timer, retry_timer;
@@ -62,6 +63,8 @@ struct broker {
         unsigned pending_revokes;
         bool stopping;
         unsigned closing;
+        unsigned revoke_failures;
+        bool locked;              /* incident lockdown: no new tokens */
 };
 
 static void set_str(char **field, const char *fmt, const char *arg) {
@@ -180,22 +183,67 @@ static int record_accessor(broker *b, const char *accessor, const char *sandbox_
 
 /* ---- revocation ----------------------------------------------------------------- */
 
+struct revoke_batch {
+        unsigned refs;            /* the owner + every request still out */
+        unsigned outstanding, confirmed;
+        bool reported;
+        uv_timer_t deadline;
+        broker_revoke_cb cb;
+        void *userdata;
+};
+
 typedef struct revoke_ctx {
         broker *b;
         char accessor[128];
+        revoke_batch *batch;
 } revoke_ctx;
 
 static void schedule_retry(broker *b, uint64_t ms);
+
+static void batch_deadline_closed(uv_handle_t *h) {
+        free(h->data);
+}
+
+static void batch_unref(revoke_batch *rb) {
+        if (--rb->refs == 0) {
+                rb->deadline.data = rb;
+                uv_close((uv_handle_t *) &rb->deadline, batch_deadline_closed);
+        }
+}
+
+static void batch_report(revoke_batch *rb) {
+        if (rb->reported)
+                return;
+        rb->reported = true;
+        uv_timer_stop(&rb->deadline);
+        rb->cb(rb->confirmed, rb->outstanding, rb->userdata);
+        batch_unref(rb);
+}
+
+static void on_batch_deadline(uv_timer_t *t) {
+        batch_report(container_of(t, revoke_batch, deadline));
+}
 
 static void on_revoked(const vault_response *resp, void *userdata) {
         revoke_ctx *rc = userdata;
         broker *b = rc->b;
         b->pending_revokes--;
+        bool done = resp->status == 204 || resp->status == 200 || resp->status == 400;
+        if (rc->batch) {
+                if (done && !rc->batch->reported) {
+                        rc->batch->confirmed++;
+                        rc->batch->outstanding--;
+                        if (rc->batch->outstanding == 0)
+                                batch_report(rc->batch);
+                }
+                batch_unref(rc->batch);
+        }
         /* 204, or 200 with "no token found": either way it is gone. 400 = invalid/expired accessor. */
-        if (resp->status == 204 || resp->status == 200 || resp->status == 400) {
+        if (done) {
                 char path[PATH_MAX];
                 snprintf(path, sizeof(path), "%s/%s", b->accessor_dir, rc->accessor);
                 (void) unlink(path);
+                b->revoke_failures = 0;
                 log_info("broker: token %s revoked", rc->accessor);
                 json_object *ev = json_object_new_object();
                 json_object_object_add(ev, "accessor", json_object_new_string(rc->accessor));
@@ -203,27 +251,40 @@ static void on_revoked(const vault_response *resp, void *userdata) {
                 audit_event(b->m, "token.revoked", NULL, ev);
         } else {
                 log_warning("broker: revoking token %s failed (%s); will retry", rc->accessor, resp->error);
-                schedule_retry(b, 5000);
+                b->revoke_failures++;
+                schedule_retry(b, 1000ull << (b->revoke_failures < 6 ? b->revoke_failures : 6));
         }
         free(rc);
 }
 
-static void revoke_accessor(broker *b, const char *accessor) {
+static void revoke_accessor_batch(broker *b, const char *accessor, revoke_batch *batch) {
+        if (batch)
+                batch->outstanding++;
         if (!b->vault || !b->session)
                 return; /* the file stays; retried once there is a session */
         revoke_ctx *rc = calloc(1, sizeof(*rc));
         if (!rc)
                 return;
         rc->b = b;
+        if (batch) {
+                rc->batch = batch;
+                batch->refs++;
+        }
         snprintf(rc->accessor, sizeof(rc->accessor), "%s", accessor);
         json_object *body = json_object_new_object();
         json_object_object_add(body, "accessor", json_object_new_string(accessor));
         b->pending_revokes++;
         if (vault_request(b->vault, "POST", "auth/token/revoke-accessor", (const char *) b->session, body, on_revoked, rc) < 0) {
                 b->pending_revokes--;
+                if (rc->batch)
+                        batch_unref(rc->batch);
                 free(rc);
         }
         json_object_put(body);
+}
+
+static void revoke_accessor(broker *b, const char *accessor) {
+        revoke_accessor_batch(b, accessor, NULL);
 }
 
 /* Every recorded accessor whose sandbox is not live (after a crash: all of them). */
@@ -235,7 +296,7 @@ static void revoke_orphans(broker *b) {
         while ((de = readdir(d))) {
                 if (!accessor_valid(de->d_name) || strstr(de->d_name, ".tmp"))
                         continue;
-                bool live = false;
+                bool live = streq(de->d_name, b->session_accessor) && b->session;
                 list_head *i, *t;
                 list_for_each_safe(i, t, &b->creds) {
                         sandbox_creds *c = container_of(i, sandbox_creds, link);
@@ -290,6 +351,11 @@ static void session_established(broker *b, json_object *body) {
         b->login_failures = 0;
         set_str(&b->vault_state, "ok%s", NULL);
         json_object *acc = auth_field(body, "accessor");
+        /* The session is a token too: recorded, so an incident can revoke it even later. */
+        if (acc && accessor_valid(json_object_get_string(acc))) {
+                snprintf(b->session_accessor, sizeof(b->session_accessor), "%s", json_object_get_string(acc));
+                (void) record_accessor(b, b->session_accessor, "session");
+        }
         log_info("broker: Vault session established (accessor %s, ttl %llds)", acc ? json_object_get_string(acc) : "?",
                  (long long) ttl);
         if (ttl > 0)
@@ -721,7 +787,7 @@ static void create_token(sandbox_creds *c) {
 int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
                  broker_issue_cb cb, void *userdata) {
         broker *b = m->broker;
-        if (!b || !b->vault || !b->session)
+        if (!b || !b->vault || !b->session || b->locked)
                 return -ENOTCONN;
         sandbox_creds *c = calloc(1, sizeof(*c));
         if (!c)
@@ -766,6 +832,180 @@ void broker_release(manager *m, sandbox_creds *c) {
         if (!c->issuing)
                 creds_destroy(c);
         /* else: freed... the pending create sees `released` and revokes; keep it listed. */
+}
+
+static revoke_batch *batch_new(broker *b, broker_revoke_cb cb, void *userdata, uint64_t deadline_ms) {
+        revoke_batch *rb = calloc(1, sizeof(*rb));
+        if (!rb)
+                return NULL;
+        rb->refs = 1;
+        rb->cb = cb;
+        rb->userdata = userdata;
+        uv_timer_init(b->m->loop, &rb->deadline);
+        uv_timer_start(&rb->deadline, on_batch_deadline, deadline_ms, 0);
+        return rb;
+}
+
+static void batch_start_done(revoke_batch *rb) {
+        if (rb->outstanding == 0)
+                batch_report(rb);
+}
+
+/* Revokes the tokens of these sandboxes (by their recorded accessors). */
+void broker_revoke_sandboxes(manager *m, char *const *sandbox_ids, uint64_t deadline_ms, broker_revoke_cb cb, void *userdata) {
+        broker *b = m->broker;
+        if (!b) {
+                cb(0, 0, userdata);
+                return;
+        }
+        revoke_batch *rb = batch_new(b, cb, userdata, deadline_ms);
+        if (!rb) {
+                cb(0, 0, userdata);
+                return;
+        }
+        DIR *d = opendir(b->accessor_dir);
+        struct dirent *de;
+        while (d && (de = readdir(d))) {
+                if (!accessor_valid(de->d_name) || strstr(de->d_name, ".tmp"))
+                        continue;
+                char path[PATH_MAX], *owner = NULL;
+                size_t n;
+                snprintf(path, sizeof(path), "%s/%s", b->accessor_dir, de->d_name);
+                if (read_file(path, 64, &owner, &n) == 0)
+                        for (size_t i = 0; sandbox_ids && sandbox_ids[i]; i++)
+                                if (streq(owner, sandbox_ids[i]))
+                                        revoke_accessor_batch(b, de->d_name, rb);
+                free(owner);
+        }
+        if (d)
+                closedir(d);
+        batch_start_done(rb);
+}
+
+typedef struct all_ctx {
+        broker *b;
+        revoke_batch *rb;
+} all_ctx;
+
+static void on_session_revoked(const vault_response *resp, void *userdata) {
+        all_ctx *ac = userdata;
+        broker *b = ac->b;
+        revoke_batch *rb = ac->rb;
+        if (resp->status == 204 || resp->status == 200) {
+                /* Vault revoked the session and, with it, every child token. */
+                DIR *d = opendir(b->accessor_dir);
+                struct dirent *de;
+                unsigned n = 0;
+                while (d && (de = readdir(d))) {
+                        if (!accessor_valid(de->d_name))
+                                continue;
+                        char path[PATH_MAX];
+                        snprintf(path, sizeof(path), "%s/%s", b->accessor_dir, de->d_name);
+                        if (unlink(path) == 0)
+                                n++;
+                }
+                if (d)
+                        closedir(d);
+                log_notice("broker: session token revoked; Vault revoked its %u recorded token(s) with it", n);
+                json_object *ev = json_object_new_object();
+                json_object_object_add(ev, "accessor", json_object_new_string(b->session_accessor));
+                json_object_object_add(ev, "cascade", json_object_new_int((int) n));
+                audit_event(b->m, "token.revoked", NULL, ev);
+                if (!rb->reported) {
+                        rb->confirmed += rb->outstanding;
+                        rb->outstanding = 0;
+                        batch_report(rb);
+                }
+        } else {
+                log_warning("broker: revoking the session failed (%s); every token stays pending", resp->error);
+                schedule_retry(b, 2000);
+        }
+        session_clear(b);
+        set_str(&b->vault_state, "unavailable: session revoked by an incident lockdown (agentctl unlock)%s", NULL);
+        batch_unref(rb);
+        free(ac);
+}
+
+/* Incident: revoke the session token, which Vault cascades to every child. */
+void broker_revoke_all(manager *m, uint64_t deadline_ms, broker_revoke_cb cb, void *userdata) {
+        broker *b = m->broker;
+        if (!b) {
+                cb(0, 0, userdata);
+                return;
+        }
+        b->locked = true;
+        uv_timer_stop(&b->renew_timer);
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *c = container_of(i, sandbox_creds, link);
+                if (c->reissue_init)
+                        uv_timer_stop(&c->reissue);
+        }
+        revoke_batch *rb = batch_new(b, cb, userdata, deadline_ms);
+        if (!rb) {
+                cb(0, 0, userdata);
+                return;
+        }
+        /* Count what is recorded: children and the session itself. */
+        DIR *d = opendir(b->accessor_dir);
+        struct dirent *de;
+        while (d && (de = readdir(d)))
+                if (accessor_valid(de->d_name) && !strstr(de->d_name, ".tmp"))
+                        rb->outstanding++;
+        if (d)
+                closedir(d);
+        all_ctx *ac = calloc(1, sizeof(*ac));
+        if (!ac || !b->vault || !b->session) {
+                free(ac);
+                /* No session (Vault down): everything stays recorded and is retried at the next login. */
+                schedule_retry(b, 1000);
+                batch_report(rb);
+                return;
+        }
+        ac->b = b;
+        ac->rb = rb;
+        rb->refs++;
+        json_object *body = json_object_new_object();
+        if (vault_request(b->vault, "POST", "auth/token/revoke-self", (const char *) b->session, body, on_session_revoked, ac) < 0) {
+                batch_unref(rb);
+                free(ac);
+        }
+        json_object_put(body);
+        batch_start_done(rb);
+}
+
+void broker_unlock(manager *m) {
+        broker *b = m->broker;
+        if (!b)
+                return;
+        b->locked = false;
+        if (!b->session)
+                start_login(b);
+}
+
+unsigned broker_revocations_pending(manager *m) {
+        broker *b = m->broker;
+        unsigned n = 0;
+        if (!b)
+                return 0;
+        DIR *d = opendir(b->accessor_dir);
+        struct dirent *de;
+        while (d && (de = readdir(d))) {
+                if (!accessor_valid(de->d_name) || strstr(de->d_name, ".tmp"))
+                        continue;
+                bool live = b->session && streq(de->d_name, b->session_accessor);
+                list_head *i, *t;
+                list_for_each_safe(i, t, &b->creds) {
+                        sandbox_creds *c = container_of(i, sandbox_creds, link);
+                        if (!c->released && streq(c->accessor, de->d_name))
+                                live = true;
+                }
+                if (!live)
+                        n++;
+        }
+        if (d)
+                closedir(d);
+        return n;
 }
 
 /* ---- methods ------------------------------------------------------------------------------ */
@@ -824,7 +1064,7 @@ int rpc_broker_status(rpc_ctx *ctx, rpc_error *err) {
         mp_pack_kv_str(ctx->pk, "tpm", broker_tpm_state(m));
         mp_pack_kv_bool(ctx->pk, "enrolled", b && b->enrolled);
         mp_pack_kv_u64(ctx->pk, "tokens_live", broker_tokens_live(m));
-        mp_pack_kv_u64(ctx->pk, "revocations_pending", b ? b->pending_revokes : 0);
+        mp_pack_kv_u64(ctx->pk, "revocations_pending", broker_revocations_pending(m));
         if (b && b->session && b->session_expires_ms)
                 mp_pack_kv_u64(ctx->pk, "session_expires_at", b->session_expires_ms);
         return 0;

@@ -27,3 +27,12 @@ int broker_issue(manager *m, const char *sandbox_id, const char *task, char *con
 /* The sandbox is gone: revoke every token it had (retried until Vault confirms). */
 void broker_release(manager *m, sandbox_creds *creds);
 unsigned broker_tokens_live(manager *m);
+
+typedef struct revoke_batch revoke_batch;
+/* Called once: when Vault confirmed everything, or at the deadline with what is still pending
+ * (which stays recorded and is retried with backoff, across restarts too). */
+typedef void (*broker_revoke_cb)(unsigned confirmed, unsigned pending, void *userdata);
+void broker_revoke_sandboxes(manager *m, char *const *sandbox_ids, uint64_t deadline_ms, broker_revoke_cb cb, void *userdata);
+void broker_revoke_all(manager *m, uint64_t deadline_ms, broker_revoke_cb cb, void *userdata);
+void broker_unlock(manager *m);
+unsigned broker_revocations_pending(manager *m);

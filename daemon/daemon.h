@@ -17,3 +17,6 @@ size_t tasks_n_errors(manager *m);
 int sandboxes_init(manager *m);
 void sandboxes_shutdown(manager *m);
 void sandboxes_free(manager *m);
+
+/* revoke.c */
+void lockdown_load(manager *m);

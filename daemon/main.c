@@ -339,6 +339,7 @@ int main(int argc, char **argv) {
         if (r < 0)
                 return 1;
         auditlog_init(m);
+        lockdown_load(m);
         r = broker_init(m);
         if (r < 0) {
                 log_error("cannot start the credential broker: %s", strerror(-r));

@@ -22,7 +22,8 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         manager *m = ctx->m;
         msgpack_packer *pk = ctx->pk;
 
-        msgpack_pack_map(pk, 13);
+        msgpack_pack_map(pk, 14);
+        mp_pack_kv_u64(pk, "revocations_pending", broker_revocations_pending(m));
         mp_pack_kv_str(pk, "audit", auditlog_state(m));
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
         mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);

@@ -92,5 +92,6 @@ typedef struct sandbox {
 sandbox *sandbox_find(manager *m, const char *id);
 bool sandbox_ended(const sandbox *s);
 int sandbox_save_meta(sandbox *s);
+int sandbox_freeze(sandbox *s);
 int sandbox_signal(sandbox *s, int sig);
 void sandboxes_connection_closed(manager *m, connection *c);

@@ -7,6 +7,9 @@
  *   started <host pid of the sandbox init>   (tty=1: the pty master rides along, SCM_RIGHTS)
  *   error <step>: <message>                  (setup failed; the command did not run)
  *   exit <code> | signal <N>                 (always last, sent by the hands)
+ * Optional sockets: proxy_socket= + proxy_port= (bridge.c: the daemon's proxy
+ * as TCP 127.0.0.1:port inside), broker_socket= (bound read-only at
+ * /run/agentd/broker.sock).
  * Exit code of the hands: the command's, 128+N for signal N, 125 when setup
  * failed, 127 when the command was not found. */
 #include <errno.h>
@@ -260,7 +263,7 @@ static _Noreturn void run_command(const SandboxSpec *spec, int master, pid_t hos
 /* pid 1 of the sandbox. The command's wait status goes to the hands over
  * `parent`; the hands reports it, so a killed init is reported too. */
 static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset_t *mask) {
-        _cleanup_close_ int master = -1;
+        _cleanup_close_ int master = -1, proxy_fd = -1, bridge_ready = -1;
         SandboxError err = {};
         pid_t host_pid = 0, cmd;
         int r;
@@ -271,6 +274,12 @@ static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset
         if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
                 fail(spec->status_fd, (sandbox_fail(&err, "init", -errno, "dumpable: %m"), &err), SANDBOX_EXIT_SETUP);
 
+        /* The proxy's socket node, opened while the host's root is still ours. */
+        if (spec->proxy_socket) {
+                proxy_fd = bridge_open_socket(spec, &err);
+                if (proxy_fd < 0)
+                        fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+        }
         r = mounts_build_root(spec, &err);
         if (r < 0)
                 fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
@@ -279,6 +288,13 @@ static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset
         r = loopback_up(&err);
         if (r < 0)
                 fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+        if (proxy_fd >= 0) {
+                /* Listening before we go on; its readiness is collected right before the fork. */
+                bridge_ready = bridge_start(spec, proxy_fd, &err);
+                if (bridge_ready < 0)
+                        fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+                proxy_fd = safe_close(proxy_fd);
+        }
         if (spec->tty) {
                 master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
                 if (master < 0 || ioctl(master, TIOCSPTLCK, &(int) { 0 }) < 0)
@@ -288,6 +304,13 @@ static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset
         /* The hands wrote our host pid right after clone3; EOF means it is gone. */
         if (recv(parent, &host_pid, sizeof(host_pid), 0) != sizeof(host_pid))
                 _exit(SANDBOX_EXIT_SETUP);
+
+        if (bridge_ready >= 0) {
+                r = bridge_wait_ready(bridge_ready, &err);
+                if (r < 0)
+                        fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+                bridge_ready = safe_close(bridge_ready);
+        }
 
         cmd = fork();
         if (cmd < 0)
@@ -309,7 +332,8 @@ static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset
                         continue;
                 }
                 /* Reap everything; leave as soon as the command is gone (the
-                 * pid namespace dies with us and takes the rest along). */
+                 * pid namespace dies with us and takes the rest along, the
+                 * proxy bridge included: its exit is reaped and ignored). */
                 for (;;) {
                         int ws;
                         pid_t p = waitpid(-1, &ws, WNOHANG);

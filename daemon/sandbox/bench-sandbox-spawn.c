@@ -1,7 +1,9 @@
 /* Spawn-time benchmark: N runs of /bin/true through agentd-sandbox (spec in a
  * memfd, status on a socketpair, exactly as the daemon drives it) against
  * `unshare -Urmpfn --mount-proc /bin/true`, side by side; prints medians.
- * Usage: bench-sandbox-spawn path/to/agentd-sandbox [runs] [workspace] */
+ * Usage: bench-sandbox-spawn path/to/agentd-sandbox [runs] [workspace]
+ * BENCH_SOCKETS=proxy|broker|proxy,broker adds proxy_socket=/proxy_port= and/or
+ * broker_socket= keys, served by listening sockets the benchmark creates. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -9,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,6 +27,22 @@ static double now_ms(void) {
 static int cmp_double(const void *a, const void *b) {
         double x = *(const double *) a, y = *(const double *) b;
         return x < y ? -1 : x > y;
+}
+
+static char proxy_path[108], broker_path[108];
+
+/* A listening Unix socket nobody accepts on: connecting is not what is measured. */
+static int make_socket(char *path, size_t size, const char *name) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd;
+
+        snprintf(path, size, "/tmp/bench-sandbox-%d-%s.sock", (int) getpid(), name);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        unlink(path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 16) < 0)
+                return -errno;
+        return fd;
 }
 
 static int run_hands(const char *hands, const char *workspace) {
@@ -44,6 +63,10 @@ static int run_hands(const char *hands, const char *workspace) {
                 len += (size_t) snprintf(spec + len, sizeof(spec) - len, "workspace=%s%cworkspace_mode=ro%c", workspace, 0, 0);
         else
                 len += (size_t) snprintf(spec + len, sizeof(spec) - len, "workspace_mode=none%c", 0);
+        if (*proxy_path)
+                len += (size_t) snprintf(spec + len, sizeof(spec) - len, "proxy_socket=%s%cproxy_port=18080%c", proxy_path, 0, 0);
+        if (*broker_path)
+                len += (size_t) snprintf(spec + len, sizeof(spec) - len, "broker_socket=%s%c", broker_path, 0);
         len += (size_t) snprintf(spec + len, sizeof(spec) - len, "unsafe_no_seccomp=1%cstatus_fd=%d%c", 0, pair[1], 0);
         if (write(memfd, spec, len) != (ssize_t) len)
                 return -EIO;
@@ -83,11 +106,20 @@ int main(int argc, char **argv) {
         char *plain_argv[] = { "/bin/true", NULL };
         int runs = argc > 2 ? atoi(argv[2]) : 200;
         const char *workspace = argc > 3 ? argv[3] : NULL;
+        const char *sockets = getenv("BENCH_SOCKETS");
         double *t[3];
 
         if (argc < 2 || runs < 1) {
                 fprintf(stderr, "usage: %s path/to/agentd-sandbox [runs] [workspace]\n", argv[0]);
                 return 2;
+        }
+        if (sockets && strstr(sockets, "proxy") && make_socket(proxy_path, sizeof(proxy_path), "proxy") < 0) {
+                perror("proxy socket");
+                return 1;
+        }
+        if (sockets && strstr(sockets, "broker") && make_socket(broker_path, sizeof(broker_path), "broker") < 0) {
+                perror("broker socket");
+                return 1;
         }
         for (int k = 0; k < 3; k++)
                 t[k] = calloc((size_t) runs, sizeof(double));
@@ -112,7 +144,11 @@ int main(int argc, char **argv) {
         }
         for (int k = 0; k < 3; k++)
                 qsort(t[k], (size_t) runs, sizeof(double), cmp_double);
-        printf("%d runs, median (p90) ms\n", runs);
+        if (*proxy_path)
+                unlink(proxy_path);
+        if (*broker_path)
+                unlink(broker_path);
+        printf("%d runs%s%s, median (p90) ms\n", runs, sockets ? ", BENCH_SOCKETS=" : "", sockets ?: "");
         printf("  agentd-sandbox /bin/true              %6.2f (%6.2f)\n", t[0][runs / 2], t[0][runs * 9 / 10]);
         printf("  unshare -Urmpfn --mount-proc /bin/true %6.2f (%6.2f)\n", t[1][runs / 2], t[1][runs * 9 / 10]);
         printf("  plain /bin/true                       %6.2f (%6.2f)\n", t[2][runs / 2], t[2][runs * 9 / 10]);

@@ -231,6 +231,27 @@ static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err
                         return sandbox_fail(err, "workspace", -ENOTDIR, "%s: %s", spec->workspace, strerror(ENOTDIR));
         }
 
+        /* Just the socket node, read-only (connect() needs no writable mount). */
+        if (spec->broker_socket) {
+                struct stat st;
+
+                fd = clone_tree(spec->broker_socket, false, ATTR_RO | MOUNT_ATTR_NOEXEC, "broker", err);
+                if (fd < 0)
+                        return fd;
+                if (fstat(fd, &st) < 0) {
+                        r = -errno;
+                        safe_close(fd);
+                        return sandbox_fail(err, "broker", r, "%s: %s", spec->broker_socket, strerror(-r));
+                }
+                if (!S_ISSOCK(st.st_mode)) {
+                        safe_close(fd);
+                        return sandbox_fail(err, "broker", -ENOTSOCK, "%s: not a socket", spec->broker_socket);
+                }
+                r = plan_add(plan, SANDBOX_BROKER_PATH, fd, NULL, err);
+                if (r < 0)
+                        return r;
+        }
+
         for (char **p = spec->ro; *p; p++) {
                 fd = clone_tree(*p, true, ATTR_RO, "bind ro", err);
                 if (fd < 0 || (r = plan_add(plan, *p, fd, NULL, err)) < 0)

@@ -50,6 +50,9 @@ typedef struct SandboxSpec {
         int seccomp_fd;
         int cgroup_fd;
         int status_fd;
+        const char *proxy_socket;  /* host Unix socket, reached as 127.0.0.1:proxy_port inside */
+        unsigned proxy_port;
+        const char *broker_socket; /* host Unix socket, bound at /run/agentd/broker.sock inside */
 
         struct sock_filter *seccomp_insns; /* loaded from seccomp_fd */
         unsigned short seccomp_len;
@@ -67,6 +70,13 @@ int mounts_build_root(const SandboxSpec *spec, SandboxError *err);
 int confine_drop_capabilities(SandboxError *err);
 int confine_landlock(const SandboxSpec *spec, SandboxError *err);
 int confine_seccomp(const SandboxSpec *spec, SandboxError *err);
+
+/* bridge.c: the TCP-to-Unix bridge of proxy_socket/proxy_port, run by the init. */
+int bridge_open_socket(const SandboxSpec *spec, SandboxError *err);
+int bridge_start(const SandboxSpec *spec, int socket_fd, SandboxError *err);
+int bridge_wait_ready(int ready_fd, SandboxError *err);
+
+#define SANDBOX_BROKER_PATH "/run/agentd/broker.sock"
 
 /* Where the command runs inside the sandbox. */
 static inline const char *spec_cwd(const SandboxSpec *spec) {

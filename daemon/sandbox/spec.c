@@ -234,6 +234,25 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                                 spec->work = value;
                         else
                                 spec->home = value;
+                } else if (streq(p, "proxy_socket") || streq(p, "broker_socket")) {
+                        r = check_path(p, value, err);
+                        if (r < 0)
+                                return r;
+                        if (strlen(value) >= 108) /* sizeof(sun_path), for the daemon's side */
+                                return sandbox_fail(err, "spec", -ENAMETOOLONG, "%s: path too long for a socket", p);
+                        if (streq(p, "proxy_socket"))
+                                spec->proxy_socket = value;
+                        else
+                                spec->broker_socket = value;
+                } else if (streq(p, "proxy_port")) {
+                        char *end;
+                        long v;
+
+                        errno = 0;
+                        v = strtol(value, &end, 10);
+                        if (errno || end == value || *end || v < 1 || v > 65535)
+                                return sandbox_fail(err, "spec", -EINVAL, "proxy_port: bad port '%.16s'", value);
+                        spec->proxy_port = (unsigned) v;
                 } else if (streq(p, "workspace_mode")) {
                         if (streq(value, "overlay"))
                                 spec->workspace_mode = WORKSPACE_OVERLAY;
@@ -286,6 +305,8 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                 return sandbox_fail(err, "spec", -EINVAL, "workspace is required unless workspace_mode=none");
         if (spec->workspace_mode == WORKSPACE_OVERLAY && (!spec->upper || !spec->work))
                 return sandbox_fail(err, "spec", -EINVAL, "workspace_mode=overlay needs upper= and work=");
+        if (!spec->proxy_socket != !spec->proxy_port)
+                return sandbox_fail(err, "spec", -EINVAL, "proxy_socket and proxy_port go together");
         if (spec->workspace_mode == WORKSPACE_NONE)
                 spec->workspace = NULL;
         if (spec->workspace && streq(spec->workspace, "/"))

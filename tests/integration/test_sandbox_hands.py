@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -508,6 +509,277 @@ def nothing_outlives_hands(e):
     time.sleep(0.2)
     left = subprocess.run(["pgrep", "-f", f"sleep [34]{tag}"], capture_output=True, text=True).stdout
     assert left == "", left
+
+
+class UnixServer:
+    """A Unix stream socket server of the test user's, one thread per connection."""
+
+    def __init__(self, path, handler):
+        self.path, self.handler = path, handler
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(128)
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def echo_handler(conn):
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            conn.shutdown(socket.SHUT_WR)  # half-close passed on: the client's EOF ends the echo
+            return
+        conn.sendall(data)
+
+
+PROXY_PORT = 18080
+
+
+def proxy_env(e):
+    d = tempfile.mkdtemp(prefix="proxy-", dir=e.root)
+    srv = UnixServer(os.path.join(d, "proxy.sock"), echo_handler)
+    return srv, [f"proxy_socket={srv.path}", f"proxy_port={PROXY_PORT}"]
+
+
+def py(e, code, extra=(), **kw):
+    return e.run(e.spec(["/usr/bin/python3", "-c", code], extra=extra), **kw)
+
+
+@test
+def proxy_echo_and_parallel(e):
+    srv, keys = proxy_env(e)
+    try:
+        code = f"""
+import socket
+s = socket.create_connection(('127.0.0.1', {PROXY_PORT}))
+s.sendall(b'hello proxy'); s.shutdown(socket.SHUT_WR)
+got = b''
+while True:
+    d = s.recv(4096)
+    if not d: break
+    got += d
+print('one', got.decode())
+socks = [socket.create_connection(('127.0.0.1', {PROXY_PORT})) for i in range(20)]
+for i, c in enumerate(socks):
+    c.sendall(b'conn%02d' % i * 100)
+ok = 0
+for i, c in enumerate(socks):
+    want = b'conn%02d' % i * 100
+    got = b''
+    while len(got) < len(want):
+        got += c.recv(65536)
+    ok += got == want
+print('parallel', ok)
+try:
+    s6 = socket.create_connection(('::1', {PROXY_PORT}), timeout=5)
+    s6.sendall(b'v6'); print('v6', s6.recv(10).decode())
+except OSError as ex:
+    print('v6 unavailable', ex)
+"""
+        r = py(e, code, extra=keys)
+        assert r.rc == 0 and "one hello proxy\n" in r.out and "parallel 20\n" in r.out, r
+        assert srv.accepted == 21 + ("v6 v6" in r.out), (srv.accepted, r)
+        print(f"     ({r.out.strip().splitlines()[-1]})")
+    finally:
+        srv.close()
+
+
+@test
+def proxy_large_transfer_both_ways(e):
+    srv, keys = proxy_env(e)
+    try:
+        code = f"""
+import hashlib, os, socket, threading
+data = os.urandom(10 * 1024 * 1024)
+s = socket.create_connection(('127.0.0.1', {PROXY_PORT}))
+def send():
+    s.sendall(data); s.shutdown(socket.SHUT_WR)
+t = threading.Thread(target=send); t.start()
+h = hashlib.sha256(); n = 0
+while True:
+    d = s.recv(1 << 20)
+    if not d: break
+    h.update(d); n += len(d)
+t.join()
+print(n, h.hexdigest() == hashlib.sha256(data).hexdigest())
+"""
+        t0 = time.monotonic()
+        r = py(e, code, extra=keys, timeout=60)
+        assert r.rc == 0 and r.out == f"{10 * 1024 * 1024} True\n", r
+        print(f"     (10 MiB each way in {time.monotonic() - t0:.2f}s)")
+    finally:
+        srv.close()
+
+
+@test
+def proxy_ready_before_command(e):
+    srv, keys = proxy_env(e)
+    try:
+        # bash connects in its first microseconds; under Landlock too.
+        script = (f"exec 3<>/dev/tcp/127.0.0.1/{PROXY_PORT} && printf 'ping\\n' >&3 && read -r line <&3 "
+                  "&& echo got=$line")
+        for n in range(5):
+            r = e.run(e.spec(["/bin/bash", "-c", script], extra=keys + ["landlock=1"]))
+            assert r.rc == 0 and r.out == "got=ping\n", (n, r)
+    finally:
+        srv.close()
+
+
+def find_bridge(p):
+    """Host pid and status of the bridge: a child of the init, the hands' only child."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for init in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split():
+            for pid in open(f"/proc/{init}/task/{init}/children").read().split():
+                try:
+                    if open(f"/proc/{pid}/comm").read().strip() == "agentd-proxy":
+                        return int(pid), open(f"/proc/{pid}/status").read()
+                except OSError:
+                    pass
+        time.sleep(0.01)
+    return None, None
+
+
+def is_bridge(pid):
+    try:
+        return open(f"/proc/{pid}/comm").read().strip() == "agentd-proxy"
+    except OSError:
+        return False
+
+
+@test
+def proxy_bridge_confined_and_gone(e):
+    srv, keys = proxy_env(e)
+    holder = {}
+
+    def grab(p, fds):
+        holder["pid"], holder["status"] = find_bridge(p)
+    try:
+        # Seen from inside: no capabilities, no_new_privs.
+        r = e.sh("for p in /proc/[0-9]*; do [ \"$(cat $p/comm)\" = agentd-proxy ] && "
+                 "grep -E '^(CapEff|CapBnd|NoNewPrivs)' $p/status; done; sleep 0.3", extra=keys, on_started=grab)
+        assert r.rc == 0 and r.messages[-1] == "exit 0", r
+        fields = dict(line.split(":\t") for line in r.out.strip().splitlines())
+        assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0 and fields["NoNewPrivs"] == "1", r
+        assert holder["pid"] and "NoNewPrivs:\t1" in holder["status"], holder
+        # The command's exit ends the sandbox, bridge included.
+        assert not is_bridge(holder["pid"]), f"bridge {holder['pid']} outlived the sandbox"
+
+        # A killed hands takes the bridge along too.
+        def grab_and_kill(p, fds):
+            grab(p, fds)
+            p.kill()
+        r = e.run(e.spec(["sleep", "30"], extra=keys), on_started=grab_and_kill)
+        assert r.rc == -9 and holder["pid"], (holder, r)
+        time.sleep(0.2)
+        assert not is_bridge(holder["pid"]), f"bridge {holder['pid']} outlived a killed hands"
+    finally:
+        srv.close()
+
+
+@test
+def proxy_failures_fail_closed(e):
+    marker = os.path.join(e.ws, "proxy-ran")
+    cmd = ["/bin/sh", "-c", f"touch {marker}"]
+    for keys, want in (
+        ([f"proxy_socket={e.root}/no-such.sock", f"proxy_port={PROXY_PORT}"], "error proxy: "),
+        ([f"proxy_socket={e.ws}/README", f"proxy_port={PROXY_PORT}"], "error proxy: "),
+        ([f"proxy_socket={e.root}/x.sock"], "error spec: proxy_socket and proxy_port go together"),
+        ([f"proxy_port={PROXY_PORT}"], "error spec: proxy_socket and proxy_port go together"),
+        ([f"proxy_socket={e.root}/x.sock", "proxy_port=0"], "error spec: proxy_port"),
+        ([f"proxy_socket={e.root}/x.sock", "proxy_port=65536"], "error spec: proxy_port"),
+        (["proxy_socket=rel/x.sock", f"proxy_port={PROXY_PORT}"], "error spec: proxy_socket"),
+        ([f"broker_socket={e.root}/no-such.sock"], "error broker: "),
+        ([f"broker_socket={e.ws}/README"], "error broker: "),
+    ):
+        r = e.run(e.spec(cmd, mode="rw", extra=keys))
+        assert r.rc == 125 and r.messages[0].startswith(want), (keys, r)
+        assert not any(m.startswith("started") for m in r.messages), r
+        assert not os.path.exists(marker), keys
+
+
+@test
+def proxy_gone_resets_connection(e):
+    # The socket node is there but nobody listens: the client is refused, promptly.
+    path = os.path.join(tempfile.mkdtemp(prefix="proxy-", dir=e.root), "dead.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)  # never listens: connecting is refused
+    keys = [f"proxy_socket={path}", f"proxy_port={PROXY_PORT}"]
+    try:
+        code = f"""
+import socket
+try:
+    s = socket.create_connection(('127.0.0.1', {PROXY_PORT}), timeout=5)
+    s.sendall(b'x'); print('recv', s.recv(10))
+except OSError as ex:  # the reset may even beat connect() returning
+    print('error', type(ex).__name__)
+"""
+        r = py(e, code, extra=keys)
+        assert r.rc == 0 and (r.out in ("recv b''\n", "error ConnectionResetError\n")), r
+    finally:
+        dead.close()
+
+
+@test
+def broker_socket_bound(e):
+    d = tempfile.mkdtemp(prefix="broker-", dir=e.root)
+    open(os.path.join(d, "secret"), "w").write("host secret\n")
+
+    def handler(conn):
+        msg = conn.recv(1024)
+        conn.sendall(b"broker:" + msg)
+    srv = UnixServer(os.path.join(d, "broker.sock"), handler)
+    try:
+        code = f"""
+import os, socket
+p = os.environ['AGENTD_BROKER']
+s = socket.socket(socket.AF_UNIX); s.connect(p); s.sendall(b'hello'); print(s.recv(100).decode())
+print(sorted(os.listdir('/run/agentd')), os.path.exists({d!r}), os.path.exists({d + '/secret'!r}))
+try:
+    os.unlink(p); print('unlinked')
+except OSError as ex:
+    print('unlink', ex.errno)
+"""
+        env = ["PATH=/usr/bin:/bin", "AGENTD_BROKER=/run/agentd/broker.sock"]
+        for extra in ([], ["landlock=1"]):
+            r = e.run(e.spec(["/usr/bin/python3", "-c", code], env=env,
+                             extra=[f"broker_socket={srv.path}"] + extra))
+            assert r.rc == 0, (extra, r)
+            lines = r.out.splitlines()
+            assert lines[0] == "broker:hello" and lines[1] == "['broker.sock'] False False", (extra, r)
+            assert lines[2] != "unlinked", (extra, r)
+        assert os.path.exists(srv.path)
+    finally:
+        srv.close()
 
 
 def main():

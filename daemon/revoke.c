@@ -1,0 +1,405 @@
+/* Incident response: credentials.revoke and agentd.unlock. In order: freeze
+ * the affected sandboxes (cgroup.freeze, or SIGSTOP to every process of the
+ * sandbox when there is no cgroup), revoke their tokens at Vault (for --all
+ * the broker's session, which Vault cascades to every child), save a
+ * forensic snapshot per sandbox, kill them unless freeze_only, and for --all
+ * lock new spawns out until agentd.unlock — a lock that survives restarts. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auditlog.h"
+#include "broker.h"
+#include "cgroup.h"
+#include "daemon.h"
+#include "log.h"
+#include "macro.h"
+#include "policy.h"
+#include "sandbox.h"
+#include "server.h"
+#include "workspace.h"
+
+#define REVOKE_DEADLINE_MS 3000
+
+static char *lockdown_path(manager *m) {
+        char *p = NULL;
+        if (asprintf(&p, "%s/lockdown", m->config->state_directory) < 0)
+                return NULL;
+        return p;
+}
+
+void lockdown_load(manager *m) {
+        _cleanup_free_ char *p = lockdown_path(m);
+        if (p && access(p, F_OK) == 0) {
+                m->locked_down = true;
+                log_warning("lockdown is in force (since an earlier 'agentctl revoke --all'): spawning is refused until 'agentctl unlock'");
+        }
+}
+
+/* Every process of a sandbox: the cgroup's list, else a /proc scan by pid namespace. */
+static int sandbox_pids(sandbox *s, pid_t **ret, size_t *ret_n) {
+        size_t n = 0, cap = 64;
+        pid_t *v = malloc(cap * sizeof(pid_t));
+        if (!v)
+                return -ENOMEM;
+        if (s->cgroup) {
+                char path[PATH_MAX];
+                snprintf(path, sizeof(path), "%s/cgroup.procs", s->cgroup);
+                FILE *f = fopen(path, "re");
+                long pid;
+                while (f && fscanf(f, "%ld", &pid) == 1) {
+                        if (n == cap) {
+                                pid_t *nv = realloc(v, (cap *= 2) * sizeof(pid_t));
+                                if (!nv)
+                                        break;
+                                v = nv;
+                        }
+                        v[n++] = (pid_t) pid;
+                }
+                if (f)
+                        fclose(f);
+        } else if (s->init_pid > 0) {
+                char path[64], want[64], got[64];
+                snprintf(path, sizeof(path), "/proc/%d/ns/pid", (int) s->init_pid);
+                ssize_t wl = readlink(path, want, sizeof(want) - 1);
+                if (wl > 0) {
+                        want[wl] = 0;
+                        DIR *d = opendir("/proc");
+                        struct dirent *de;
+                        while (d && (de = readdir(d))) {
+                                char *end;
+                                long pid = strtol(de->d_name, &end, 10);
+                                if (*end || pid <= 0)
+                                        continue;
+                                snprintf(path, sizeof(path), "/proc/%ld/ns/pid", pid);
+                                ssize_t gl = readlink(path, got, sizeof(got) - 1);
+                                if (gl <= 0)
+                                        continue;
+                                got[gl] = 0;
+                                if (!streq(got, want))
+                                        continue;
+                                if (n == cap) {
+                                        pid_t *nv = realloc(v, (cap *= 2) * sizeof(pid_t));
+                                        if (!nv)
+                                                break;
+                                        v = nv;
+                                }
+                                v[n++] = (pid_t) pid;
+                        }
+                        if (d)
+                                closedir(d);
+                        /* The init is in the parent's view of that namespace as pid 1 too. */
+                        bool have_init = false;
+                        for (size_t i = 0; i < n; i++)
+                                have_init |= v[i] == s->init_pid;
+                        if (!have_init && n < cap)
+                                v[n++] = s->init_pid;
+                }
+        }
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+int sandbox_freeze(sandbox *s) {
+        if (s->state != SANDBOX_RUNNING && s->state != SANDBOX_STARTING)
+                return s->state == SANDBOX_FROZEN ? 0 : -ESRCH;
+        int r = -EOPNOTSUPP;
+        if (s->cgroup)
+                r = cgroup_freeze(s->cgroup, true);
+        if (r < 0) {
+                /* No cgroup: stop every process we can find, the init last. */
+                pid_t *v = NULL;
+                size_t n = 0;
+                if (sandbox_pids(s, &v, &n) == 0) {
+                        for (size_t i = n; i > 0; i--)
+                                (void) kill(v[i - 1], SIGSTOP);
+                        r = n > 0 ? 0 : -ESRCH;
+                }
+                free(v);
+        }
+        if (r == 0)
+                s->state = SANDBOX_FROZEN;
+        return r;
+}
+
+static void write_text(const char *path, const char *text) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return;
+        size_t n = strlen(text);
+        (void) !write(fd, text, n);
+        (void) fsync(fd);
+        close(fd);
+}
+
+static char *read_small(const char *path, size_t max) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return NULL;
+        char *b = malloc(max + 1);
+        ssize_t n = b ? read(fd, b, max) : -1;
+        close(fd);
+        if (n < 0) {
+                free(b);
+                return NULL;
+        }
+        for (ssize_t i = 0; i < n; i++)
+                if (b[i] == 0)
+                        b[i] = ' ';
+        b[n] = 0;
+        return b;
+}
+
+/* Evidence while the processes are frozen: who runs what, with which files
+ * and sockets open, what changed in the workspace, and what was recorded. */
+static char *sandbox_snapshot(manager *m, sandbox *s, const char *stamp) {
+        char dir[PATH_MAX], path[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/snapshots", s->dir);
+        (void) mkdir(dir, 0700);
+        snprintf(dir, sizeof(dir), "%s/snapshots/%s", s->dir, stamp);
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+                return NULL;
+
+        json_object *procs = json_object_new_array();
+        pid_t *v = NULL;
+        size_t n = 0;
+        if (sandbox_pids(s, &v, &n) == 0)
+                for (size_t i = 0; i < n; i++) {
+                        json_object *p = json_object_new_object();
+                        char pp[64];
+                        json_object_object_add(p, "pid", json_object_new_int(v[i]));
+                        snprintf(pp, sizeof(pp), "/proc/%d/cmdline", (int) v[i]);
+                        _cleanup_free_ char *cmd = read_small(pp, 4096);
+                        json_object_object_add(p, "cmdline", json_object_new_string(cmd ? cmd : ""));
+                        snprintf(pp, sizeof(pp), "/proc/%d/stat", (int) v[i]);
+                        _cleanup_free_ char *st = read_small(pp, 1024);
+                        json_object_object_add(p, "stat", json_object_new_string(st ? st : ""));
+                        snprintf(pp, sizeof(pp), "/proc/%d/exe", (int) v[i]);
+                        char exe[PATH_MAX];
+                        ssize_t el = readlink(pp, exe, sizeof(exe) - 1);
+                        json_object_object_add(p, "exe", el > 0 ? json_object_new_string_len(exe, (int) el) : NULL);
+                        json_object *fds = json_object_new_object();
+                        snprintf(pp, sizeof(pp), "/proc/%d/fd", (int) v[i]);
+                        DIR *d = opendir(pp);
+                        struct dirent *de;
+                        while (d && (de = readdir(d))) {
+                                if (de->d_name[0] == '.')
+                                        continue;
+                                char lp[PATH_MAX], target[PATH_MAX];
+                                snprintf(lp, sizeof(lp), "%s/%s", pp, de->d_name);
+                                ssize_t tl = readlink(lp, target, sizeof(target) - 1);
+                                if (tl > 0)
+                                        json_object_object_add(fds, de->d_name, json_object_new_string_len(target, (int) tl));
+                        }
+                        if (d)
+                                closedir(d);
+                        json_object_object_add(p, "fds", fds);
+                        json_object_array_add(procs, p);
+                }
+        free(v);
+        json_object *snap = json_object_new_object();
+        json_object_object_add(snap, "sandbox", json_object_new_string(s->id));
+        json_object_object_add(snap, "task", json_object_new_string(s->task));
+        json_object_object_add(snap, "processes", procs);
+        /* Sockets as the sandbox's network namespace sees them. */
+        static const char *const nets[] = { "tcp", "tcp6", "udp", "udp6", "unix" };
+        json_object *net = json_object_new_object();
+        for (size_t i = 0; s->init_pid > 0 && i < ELEMENTSOF(nets); i++) {
+                char pp[64];
+                snprintf(pp, sizeof(pp), "/proc/%d/net/%s", (int) s->init_pid, nets[i]);
+                _cleanup_free_ char *t = read_small(pp, 65536);
+                if (t)
+                        json_object_object_add(net, nets[i], json_object_new_string(t));
+        }
+        json_object_object_add(snap, "sockets", net);
+        if (s->workspace_mode == WORKSPACE_OVERLAY) {
+                char upper[PATH_MAX];
+                snprintf(upper, sizeof(upper), "%s/upper", s->dir);
+                ws_changes c = { 0 };
+                _cleanup_free_ char *why = NULL;
+                json_object *ch = json_object_new_array();
+                if (workspace_diff(s->workspace, upper, &c, &why) == 0)
+                        for (size_t i = 0; i < c.n && i < 10000; i++) {
+                                json_object *e = json_object_new_object();
+                                json_object_object_add(e, "path", json_object_new_string(c.v[i].path));
+                                json_object_object_add(e, "change", json_object_new_string(ws_change_kind_to_string(c.v[i].change)));
+                                json_object_array_add(ch, e);
+                        }
+                ws_changes_free(&c);
+                json_object_object_add(snap, "workspace_changes", ch);
+        }
+        json_object_object_add(snap, "egress", json_object_new_string("egress decisions are in the audit log (type egress)"));
+        snprintf(path, sizeof(path), "%s/snapshot.json", dir);
+        write_text(path, json_object_to_json_string_ext(snap, JSON_C_TO_STRING_PRETTY));
+        json_object_put(snap);
+        /* The last audit records of this sandbox. */
+        json_object *tail = auditlog_tail(m, s->id, 200);
+        if (tail) {
+                snprintf(path, sizeof(path), "%s/audit-tail.json", dir);
+                write_text(path, json_object_to_json_string_ext(tail, JSON_C_TO_STRING_PRETTY));
+                json_object_put(tail);
+        }
+        return strdup(dir);
+}
+
+typedef struct revoke_op {
+        rpc_call *call;
+        manager *m;
+        bool all, freeze_only;
+        unsigned frozen, killed, confirmed, pending;
+        char **ids;               /* sandboxes acted on */
+        char **snapshots;
+        size_t n_ids;
+} revoke_op;
+
+static void pack_revoke(msgpack_packer *pk, void *userdata) {
+        revoke_op *op = userdata;
+        msgpack_pack_map(pk, 7);
+        mp_pack_kv_u64(pk, "frozen", op->frozen);
+        mp_pack_kv_u64(pk, "killed", op->killed);
+        mp_pack_kv_u64(pk, "tokens_revoked", op->confirmed);
+        mp_pack_kv_u64(pk, "tokens_pending", op->pending);
+        mp_pack_cstr(pk, "snapshots");
+        mp_pack_strv(pk, op->snapshots);
+        mp_pack_cstr(pk, "sandboxes");
+        mp_pack_strv(pk, op->ids);
+        mp_pack_kv_bool(pk, "locked_down", op->m->locked_down);
+}
+
+static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) {
+        revoke_op *op = userdata;
+        manager *m = op->m;
+        op->confirmed = confirmed;
+        op->pending = pending;
+        /* (3) evidence, while everything is still frozen. */
+        char stamp[32];
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+        op->snapshots = calloc(op->n_ids + 1, sizeof(char *));
+        size_t k = 0;
+        for (size_t i = 0; i < op->n_ids; i++) {
+                sandbox *s = sandbox_find(m, op->ids[i]);
+                if (!s || sandbox_ended(s))
+                        continue;
+                char *p = sandbox_snapshot(m, s, stamp);
+                if (p && op->snapshots)
+                        op->snapshots[k++] = p;
+                else
+                        free(p);
+        }
+        /* (4) kill unless asked to keep them frozen. */
+        if (!op->freeze_only)
+                for (size_t i = 0; i < op->n_ids; i++) {
+                        sandbox *s = sandbox_find(m, op->ids[i]);
+                        if (!s || sandbox_ended(s))
+                                continue;
+                        s->killed = true;
+                        free(s->end_reason);
+                        s->end_reason = strdup("killed by an incident revocation");
+                        if (sandbox_signal(s, SIGKILL) == 0)
+                                op->killed++;
+                }
+        json_object *ev = json_object_new_object(), *ids = json_object_new_array();
+        for (size_t i = 0; i < op->n_ids; i++)
+                json_object_array_add(ids, json_object_new_string(op->ids[i]));
+        json_object_object_add(ev, "all", json_object_new_boolean(op->all));
+        json_object_object_add(ev, "sandboxes", ids);
+        json_object_object_add(ev, "frozen", json_object_new_int((int) op->frozen));
+        json_object_object_add(ev, "killed", json_object_new_int((int) op->killed));
+        json_object_object_add(ev, "tokens_revoked", json_object_new_int((int) op->confirmed));
+        json_object_object_add(ev, "tokens_pending", json_object_new_int((int) op->pending));
+        audit_event(m, "revoke", NULL, ev);
+        log_notice("revoke%s: %u frozen, %u killed, %u tokens revoked, %u pending", op->all ? " --all" : "", op->frozen,
+                   op->killed, op->confirmed, op->pending);
+        rpc_call_reply(op->call, pack_revoke, op);
+        strv_free(op->ids);
+        strv_free(op->snapshots);
+        free(op);
+}
+
+int rpc_credentials_revoke(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        bool all = rpc_param_bool(ctx->params, "all", false);
+        _cleanup_free_ char *sid = rpc_param_strdup(ctx->params, "sandbox");
+        _cleanup_free_ char *task = rpc_param_strdup(ctx->params, "task");
+        if ((all ? 1 : 0) + (sid ? 1 : 0) + (task ? 1 : 0) != 1) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "give exactly one of 'all: true', 'sandbox' or 'task'");
+                return -EINVAL;
+        }
+        if (sid && !sandbox_find(m, sid)) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", sid);
+                return -ENOENT;
+        }
+        revoke_op *op = calloc(1, sizeof(*op));
+        if (!op)
+                return -ENOMEM;
+        op->m = m;
+        op->all = all;
+        op->freeze_only = rpc_param_bool(ctx->params, "freeze_only", false);
+        op->ids = calloc(m->n_sandboxes + 2, sizeof(char *));
+        if (!op->ids) {
+                free(op);
+                return -ENOMEM;
+        }
+        /* (5 first, for --all) no new spawn may slip in while we work. */
+        if (all) {
+                m->locked_down = true;
+                _cleanup_free_ char *p = lockdown_path(m);
+                if (p)
+                        write_text(p, "locked by credentials.revoke all\n");
+                audit_event(m, "lockdown", NULL, NULL);
+        }
+        /* (1) freeze. */
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                bool match = all || (sid && streq(s->id, sid)) || (task && streq(s->task, task));
+                if (!match)
+                        continue;
+                op->ids[op->n_ids++] = strdup(s->id);
+                if (!sandbox_ended(s) && sandbox_freeze(s) == 0)
+                        op->frozen++;
+        }
+        op->call = rpc_ctx_defer(ctx);
+        if (!op->call) {
+                strv_free(op->ids);
+                free(op);
+                return -ENOMEM;
+        }
+        /* (2) tokens, in parallel, bounded in time: what Vault does not confirm stays pending. */
+        if (all)
+                broker_revoke_all(m, REVOKE_DEADLINE_MS, revoke_finish, op);
+        else
+                broker_revoke_sandboxes(m, op->ids, REVOKE_DEADLINE_MS, revoke_finish, op);
+        return 0;
+}
+
+int rpc_agentd_unlock(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        _cleanup_free_ char *p = lockdown_path(m);
+        bool was = m->locked_down;
+        if (p && unlink(p) < 0 && errno != ENOENT) {
+                rpc_error_set(err, RPC_E_INTERNAL, "cannot remove the lockdown marker: %s", strerror(errno));
+                return -errno;
+        }
+        m->locked_down = false;
+        broker_unlock(m);
+        if (was) {
+                audit_event(m, "unlock", NULL, NULL);
+                log_notice("lockdown lifted");
+        }
+        msgpack_pack_map(ctx->pk, 1);
+        mp_pack_kv_bool(ctx->pk, "was_locked_down", was);
+        return 0;
+}
