@@ -101,7 +101,7 @@ static int handler(void *userdata, const char *section, const char *key, const c
 
 #define KEY(sec, k) (!strcmp(section, sec) && !strcmp(key, k))
         if (!key) {
-                if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM")) {
+                if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM") && strcmp(section, "Response")) {
                         snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
                         return 0;
                 }
@@ -133,6 +133,20 @@ static int handler(void *userdata, const char *section, const char *key, const c
                 r = parse_uint(value, &c->max_sandboxes);
         } else if (KEY("Daemon", "LogLimit")) {
                 r = parse_size(value, &c->log_limit);
+        } else if (KEY("Daemon", "ProxyPort")) {
+                r = parse_uint(value, &c->proxy_port);
+                if (r == 0 && (c->proxy_port == 0 || c->proxy_port > 65535))
+                        r = -ERANGE;
+        } else if (KEY("Daemon", "ProxyHeaderTimeoutMs")) {
+                r = parse_uint(value, &c->proxy_header_timeout_ms);
+                if (r == 0 && (c->proxy_header_timeout_ms < 100 || c->proxy_header_timeout_ms > 600000))
+                        r = -ERANGE;
+        } else if (KEY("Response", "EgressDenials")) {
+                r = parse_uint(value, &c->egress_denials);
+        } else if (KEY("Response", "EgressWindowSec")) {
+                r = parse_uint(value, &c->egress_window_s);
+                if (r == 0 && c->egress_window_s == 0)
+                        r = -ERANGE;
         } else if (KEY("Daemon", "CgroupPath")) {
                 r = set_str(&c->cgroup_path, value);
         } else if (KEY("Daemon", "SandboxHelper")) {
@@ -201,6 +215,10 @@ int config_load(const char *path, const char *home, agentd_config **ret, config_
         c->max_in_flight = 32;
         c->max_sandboxes = 1024;
         c->log_limit = 1024 * 1024;
+        c->proxy_port = 3128;
+        c->proxy_header_timeout_ms = 10000;
+        c->egress_denials = 20;
+        c->egress_window_s = 60;
         c->vault_approle_path = strdup("approle");
         c->tpm_tcti = strdup("device:/dev/tpmrm0");
         if (!c->state_directory || !c->vault_approle_path || !c->tpm_tcti) {

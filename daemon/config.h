@@ -13,6 +13,12 @@ typedef struct agentd_config {
         char *sandbox_helper;        /* override of the agentd-sandbox path */
         unsigned max_sandboxes;
         size_t log_limit;            /* bytes of output kept per stream */
+        unsigned proxy_port;         /* 127.0.0.1:PORT inside a Mode=proxy sandbox */
+        unsigned proxy_header_timeout_ms;
+
+        /* [Response]: automatic freeze + revoke of a sandbox that keeps hitting walls. */
+        unsigned egress_denials;     /* 0 = off */
+        unsigned egress_window_s;
 
         char *vault_address;
         char *vault_namespace;

@@ -3,6 +3,8 @@
 
 #include "manager.h"
 
+struct rpc_call;
+
 int daemon_reload(manager *m);
 void daemon_maybe_finish(manager *m);
 void daemon_finish(manager *m);
@@ -20,3 +22,9 @@ void sandboxes_free(manager *m);
 
 /* revoke.c */
 void lockdown_load(manager *m);
+int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool freeze_only, struct rpc_call *call,
+                 const char *trigger);
+
+/* egress.c */
+int egress_init(manager *m);
+void egress_free(manager *m);

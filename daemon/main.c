@@ -238,6 +238,7 @@ void daemon_finish(manager *m) {
         uv_timer_stop(&m->shutdown_timer);
         server_close_all(m);
         sandboxes_free(m);
+        egress_free(m);
         broker_free(m);
         auditlog_free(m);
         tasks_free(m);
@@ -340,6 +341,7 @@ int main(int argc, char **argv) {
                 return 1;
         auditlog_init(m);
         lockdown_load(m);
+        egress_init(m);
         r = broker_init(m);
         if (r < 0) {
                 log_error("cannot start the credential broker: %s", strerror(-r));

@@ -13,6 +13,7 @@ typedef struct connection connection;
 typedef struct sandbox sandbox;
 typedef struct policy_registry policy_registry;
 typedef struct broker broker;
+typedef struct netproxy netproxy;
 
 typedef struct list_head {
         struct list_head *prev, *next;
@@ -78,6 +79,7 @@ typedef struct manager {
         char *cgroup_controllers;    /* enabled for sandboxes, e.g. "memory pids" */
         bool locked_down;
         broker *broker;
+        netproxy *proxy;
 } manager;
 
 uint64_t now_msec(void);

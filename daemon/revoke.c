@@ -257,13 +257,26 @@ typedef struct revoke_op {
         bool all, freeze_only;
         unsigned frozen, killed, confirmed, pending;
         char **ids;               /* sandboxes acted on */
+        uint64_t t0_us, frozen_us, tokens_us;
         char **snapshots;
         size_t n_ids;
 } revoke_op;
 
+static uint64_t now_us(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
 static void pack_revoke(msgpack_packer *pk, void *userdata) {
         revoke_op *op = userdata;
-        msgpack_pack_map(pk, 7);
+        msgpack_pack_map(pk, 8);
+        /* How long each step took, for the incident record and the benchmark. */
+        mp_pack_cstr(pk, "timing_us");
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_u64(pk, "frozen", op->frozen_us - op->t0_us);
+        mp_pack_kv_u64(pk, "tokens", op->tokens_us - op->t0_us);
+        mp_pack_kv_u64(pk, "total", now_us() - op->t0_us);
         mp_pack_kv_u64(pk, "frozen", op->frozen);
         mp_pack_kv_u64(pk, "killed", op->killed);
         mp_pack_kv_u64(pk, "tokens_revoked", op->confirmed);
@@ -278,6 +291,7 @@ static void pack_revoke(msgpack_packer *pk, void *userdata) {
 static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) {
         revoke_op *op = userdata;
         manager *m = op->m;
+        op->tokens_us = now_us();
         op->confirmed = confirmed;
         op->pending = pending;
         /* (3) evidence, while everything is still frozen. */
@@ -322,31 +336,23 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
         audit_event(m, "revoke", NULL, ev);
         log_notice("revoke%s: %u frozen, %u killed, %u tokens revoked, %u pending", op->all ? " --all" : "", op->frozen,
                    op->killed, op->confirmed, op->pending);
-        rpc_call_reply(op->call, pack_revoke, op);
+        if (op->call)
+                rpc_call_reply(op->call, pack_revoke, op);
         strv_free(op->ids);
         strv_free(op->snapshots);
         free(op);
 }
 
-int rpc_credentials_revoke(rpc_ctx *ctx, rpc_error *err) {
-        manager *m = ctx->m;
-        bool all = rpc_param_bool(ctx->params, "all", false);
-        _cleanup_free_ char *sid = rpc_param_strdup(ctx->params, "sandbox");
-        _cleanup_free_ char *task = rpc_param_strdup(ctx->params, "task");
-        if ((all ? 1 : 0) + (sid ? 1 : 0) + (task ? 1 : 0) != 1) {
-                rpc_error_set(err, RPC_E_INVALID_PARAMS, "give exactly one of 'all: true', 'sandbox' or 'task'");
-                return -EINVAL;
-        }
-        if (sid && !sandbox_find(m, sid)) {
-                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", sid);
-                return -ENOENT;
-        }
+/* Starts a revocation; `call` (may be NULL for automatic responses) gets the reply. */
+int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool freeze_only, rpc_call *call, const char *trigger) {
         revoke_op *op = calloc(1, sizeof(*op));
         if (!op)
                 return -ENOMEM;
         op->m = m;
+        op->t0_us = now_us();
         op->all = all;
-        op->freeze_only = rpc_param_bool(ctx->params, "freeze_only", false);
+        op->freeze_only = freeze_only;
+        op->call = call;
         op->ids = calloc(m->n_sandboxes + 2, sizeof(char *));
         if (!op->ids) {
                 free(op);
@@ -371,17 +377,36 @@ int rpc_credentials_revoke(rpc_ctx *ctx, rpc_error *err) {
                 if (!sandbox_ended(s) && sandbox_freeze(s) == 0)
                         op->frozen++;
         }
-        op->call = rpc_ctx_defer(ctx);
-        if (!op->call) {
-                strv_free(op->ids);
-                free(op);
-                return -ENOMEM;
-        }
+        op->frozen_us = now_us();
+        if (trigger)
+                log_notice("automatic response (%s): froze %u sandbox(es)", trigger, op->frozen);
         /* (2) tokens, in parallel, bounded in time: what Vault does not confirm stays pending. */
         if (all)
                 broker_revoke_all(m, REVOKE_DEADLINE_MS, revoke_finish, op);
         else
                 broker_revoke_sandboxes(m, op->ids, REVOKE_DEADLINE_MS, revoke_finish, op);
+        return 0;
+}
+
+int rpc_credentials_revoke(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        bool all = rpc_param_bool(ctx->params, "all", false);
+        _cleanup_free_ char *sid = rpc_param_strdup(ctx->params, "sandbox");
+        _cleanup_free_ char *task = rpc_param_strdup(ctx->params, "task");
+        if ((all ? 1 : 0) + (sid ? 1 : 0) + (task ? 1 : 0) != 1) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "give exactly one of 'all: true', 'sandbox' or 'task'");
+                return -EINVAL;
+        }
+        if (sid && !sandbox_find(m, sid)) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", sid);
+                return -ENOENT;
+        }
+        rpc_call *call = rpc_ctx_defer(ctx);
+        if (!call)
+                return -ENOMEM;
+        int r = revoke_begin(m, all, sid, task, rpc_param_bool(ctx->params, "freeze_only", false), call, NULL);
+        if (r < 0)
+                return r; /* dispatch answers through ctx->async */
         return 0;
 }
 

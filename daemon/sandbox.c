@@ -34,6 +34,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "macro.h"
+#include "netproxy/netproxy.h"
 #include "policy.h"
 #include "seccomp-build.h"
 
@@ -685,6 +686,10 @@ static void sandbox_maybe_complete(sandbox *s) {
         if (s->creds)
                 broker_release(m, TAKE_PTR(s->creds));
         server_close_sandbox(TAKE_PTR(s->broker_listener));
+        if (s->proxied) {
+                s->proxied = false;
+                netproxy_remove_sandbox(m->proxy, s->id);
+        }
         (void) sandbox_save_meta(s);
         {
                 json_object *ev = json_object_new_object();
@@ -1098,9 +1103,8 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' changed while its credentials were issued; try again", p->name);
                 return -EAGAIN;
         }
-        if (p->network == NETWORK_PROXY) {
-                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE,
-                              "task '%s' asks for Network Mode=proxy, but the egress proxy is not built into this version", p->name);
+        if (p->network == NETWORK_PROXY && !m->proxy) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' asks for Network Mode=proxy, but the egress proxy is not running", p->name);
                 return -EOPNOTSUPP;
         }
 
@@ -1145,6 +1149,17 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         spec_add(&sp, "env", "SHELL=/bin/sh");
         if (req->creds)
                 spec_add(&sp, "env", "AGENTD_BROKER=/run/agentd/broker.sock");
+        if (p->network == NETWORK_PROXY) {
+                /* Every common spelling, so curl, pip, npm, git and Python all find the proxy. */
+                static const char *const vars[] = { "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy" };
+                char v[96];
+                for (size_t i = 0; i < ELEMENTSOF(vars); i++) {
+                        snprintf(v, sizeof(v), "%s=http://127.0.0.1:%u", vars[i], m->config->proxy_port);
+                        spec_add(&sp, "env", v);
+                }
+                spec_add(&sp, "env", "NO_PROXY=localhost,127.0.0.1,::1");
+                spec_add(&sp, "env", "no_proxy=localhost,127.0.0.1,::1");
+        }
         snprintf(buf, sizeof(buf), "AGENTD_SANDBOX=%s", "1");
         spec_add(&sp, "env", buf);
         for (size_t i = 0; p->environment && p->environment[i]; i++)
@@ -1266,6 +1281,14 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 if ((r = server_listen_sandbox(m, s->id, path, &s->broker_listener)) < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create the sandbox's broker socket: %s", strerror(-r));
                 spec_add(&sp, "broker_socket", path);
+        }
+        if (p->network == NETWORK_PROXY) {
+                snprintf(path, sizeof(path), "%s/proxy.sock", s->dir);
+                if ((r = netproxy_add_sandbox(m->proxy, s->id, p->name, p->allow, p->n_allow, path)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox's egress proxy socket: %s", strerror(-r));
+                s->proxied = true;
+                spec_add(&sp, "proxy_socket", path);
+                spec_add_int(&sp, "proxy_port", (long) m->config->proxy_port);
         }
         if (p->workspace == WORKSPACE_OVERLAY) {
                 snprintf(path, sizeof(path), "%s/upper", s->dir);
@@ -1473,6 +1496,8 @@ fail:
         if (s->cgroup)
                 (void) cgroup_remove(s->cgroup);
         server_close_sandbox(s->broker_listener);
+        if (s->proxied)
+                netproxy_remove_sandbox(m->proxy, s->id);
         rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
         log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
         free(error_text);

@@ -87,6 +87,10 @@ typedef struct sandbox {
         unsigned open_handles;
         struct sandbox_creds *creds;            /* Vault tokens, when the task names policies */
         struct sandbox_listener *broker_listener;
+        bool proxied;             /* registered with the egress proxy */
+        uint64_t denials[64];     /* recent egress denial times (ms), a ring */
+        unsigned n_denials;
+        bool auto_responded;
 } sandbox;
 
 sandbox *sandbox_find(manager *m, const char *id);

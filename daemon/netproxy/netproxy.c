@@ -1,0 +1,1463 @@
+/* The egress proxy (see netproxy.h). One uv_pipe_t listener per sandbox; each
+ * accepted connection reads a bounded request head, is decided against that
+ * sandbox's Allow= list, resolved (off the loop thread), checked address by
+ * address, connected to the checked address, and then relayed byte for byte.
+ *
+ * Memory: a connection owns three handles (client pipe, upstream TCP, timer)
+ * and possibly an outstanding getaddrinfo; it is freed when the last of those
+ * is gone, never earlier, so a callback can always look at its connection.
+ * A sandbox is freed when its listener and all its connections are gone, the
+ * proxy when all sandboxes are (after netproxy_free()). */
+#include "netproxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "macro.h"
+
+/* The whole head (request line + headers) plus whatever arrived after it in
+ * the same reads must fit here: a proxy request head is a few hundred bytes. */
+#define HEAD_MAX (16U * 1024U)
+#define RELAY_CHUNK (64U * 1024U)
+/* Backpressure: stop reading a side while the other side has this much queued
+ * in user space, resume once it has drained below the low mark. */
+#define QUEUE_HIGH (1024U * 1024U)
+#define QUEUE_LOW (256U * 1024U)
+#define DEFAULT_HEADER_TIMEOUT_MS UINT64_C(10000)
+/* Resolution plus TCP connect; a SYN to a black hole would otherwise take minutes. */
+#define CONNECT_TIMEOUT_MS UINT64_C(30000)
+/* A final response (400/403/502...) is small; a peer that does not take it
+ * within this time is dropped. */
+#define RESPONSE_TIMEOUT_MS UINT64_C(5000)
+#define DEFAULT_MAX_CONNECTIONS 256U
+#define METHOD_MAX 32U
+#define HOST_MAX 253U
+/* The "Allowed: ..." list in a 403 body is a hint, not a dump. */
+#define ALLOWED_LIST_MAX 2048U
+
+typedef struct np_sandbox np_sandbox;
+typedef struct np_conn np_conn;
+
+typedef struct np_override {
+        char *name;
+        char *ip;                    /* NULL: the lookup fails */
+        struct np_override *next;
+} np_override;
+
+struct netproxy {
+        uv_loop_t *loop;
+        netproxy_event_cb cb;
+        void *userdata;
+
+        np_sandbox *sandboxes;       /* active ones (not yet removed) */
+        unsigned n_live;             /* sandboxes not yet freed, removed ones included */
+        np_override *overrides;
+
+        uint64_t header_timeout_ms;
+        unsigned max_connections;
+
+        bool freeing;
+        void (*done)(void *userdata);
+        void *done_userdata;
+};
+
+struct np_sandbox {
+        netproxy *proxy;
+        np_sandbox *prev, *next;     /* in proxy->sandboxes while active */
+        char *id, *task, *socket_path;
+        policy_host *allow;
+        size_t n_allow;
+
+        uv_pipe_t listener;
+        bool removed;
+        unsigned refs;               /* the listener + each connection */
+        np_conn *conns;              /* connections not yet closing */
+        unsigned n_conns;            /* connections not yet freed */
+};
+
+typedef enum conn_state {
+        CONN_HEAD,                   /* reading the request head */
+        CONN_RESOLVING,
+        CONN_CONNECTING,
+        CONN_RELAY,
+        CONN_RESPONDING,             /* writing a final error response */
+        CONN_CLOSED,
+} conn_state;
+
+struct np_conn {
+        np_sandbox *sb;
+        np_conn *prev, *next;
+        conn_state state;
+
+        uv_pipe_t client;
+        uv_tcp_t upstream;
+        uv_timer_t timer;
+        uv_getaddrinfo_t gai;
+        uv_connect_t connect_req;
+        uv_shutdown_t shutdown_client, shutdown_upstream;
+        unsigned n_pending;          /* open handles + an outstanding getaddrinfo */
+        bool gai_pending;
+
+        char *head;                  /* HEAD_MAX bytes while reading the head */
+        size_t head_len;
+
+        char method[METHOD_MAX];
+        bool is_connect;
+        char *host;
+        uint16_t port;
+        int host_family;             /* AF_INET/AF_INET6 for an IP literal, else AF_UNSPEC */
+        union {
+                struct in_addr v4;
+                struct in6_addr v6;
+        } host_ip;
+        const policy_host *rule;     /* the Allow= entry that matched */
+
+        char *forward;               /* sent upstream first once connected */
+        size_t forward_len;
+
+        char address[INET6_ADDRSTRLEN];
+        bool allowed;                /* ALLOWED emitted: CLOSED owed */
+        bool client_eof, upstream_eof;
+        bool client_paused, upstream_paused;
+        unsigned shutdowns_done;
+        uint64_t bytes_up, bytes_down;
+};
+
+typedef struct np_write {
+        uv_write_t req;
+        np_conn *conn;
+        bool to_upstream;
+        bool counted;                /* relayed payload, counts toward bytes_up/down */
+        size_t len;
+        char data[];
+} np_write;
+
+static void conn_close(np_conn *c);
+static void conn_respond(np_conn *c, const char *status, const char *extra_headers, const char *body);
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void relay_flow(np_conn *c);
+static void on_timer(uv_timer_t *t);
+
+static void *memdup(const void *p, size_t n) {
+        void *q = malloc(n);
+        return q ? memcpy(q, p, n) : NULL;
+}
+
+/* ---- address checks ---- */
+
+static const char *class_v4(uint32_t a) {
+        if (a == 0)
+                return "an unspecified address";
+        if ((a >> 24) == 0)
+                return "a reserved address";               /* 0/8 "this network" */
+        if ((a >> 24) == 127)
+                return "a loopback address";
+        if ((a >> 24) == 10 || (a >> 20) == 0xac1 || (a >> 16) == 0xc0a8)
+                return "a private address";                /* 10/8 172.16/12 192.168/16 */
+        if ((a >> 16) == 0xa9fe)
+                return "a link-local address";             /* 169.254/16, cloud metadata */
+        if ((a >> 22) == (100U << 2 | 1U))
+                return "a shared (CGNAT) address";         /* 100.64/10 */
+        if (a == UINT32_C(0xffffffff))
+                return "a broadcast address";
+        if ((a >> 28) == 0xe)
+                return "a multicast address";
+        if ((a >> 28) == 0xf)
+                return "a reserved address";               /* 240/4 */
+        /* 192.0.0/24 (protocol assignments: DS-Lite, NAT64 discovery) and
+         * 198.18/15 (benchmarking) are used inside networks, never on the Internet. */
+        if ((a >> 8) == 0xc00000 || (a >> 17) == (0xc612 >> 1))
+                return "a reserved address";
+        return NULL;
+}
+
+static uint32_t v4_at(const uint8_t *b) {
+        return (uint32_t) b[0] << 24 | (uint32_t) b[1] << 16 | (uint32_t) b[2] << 8 | b[3];
+}
+
+const char *netproxy_address_class(const struct sockaddr *sa) {
+        if (!sa)
+                return "an unknown address";
+        if (sa->sa_family == AF_INET)
+                return class_v4(ntohl(((const struct sockaddr_in *) sa)->sin_addr.s_addr));
+        if (sa->sa_family != AF_INET6)
+                return "an unknown address";
+
+        const struct in6_addr *a = &((const struct sockaddr_in6 *) sa)->sin6_addr;
+        const uint8_t *b = a->s6_addr;
+        static const uint8_t nat64[12] = { 0x00, 0x64, 0xff, 0x9b };
+
+        if (IN6_IS_ADDR_UNSPECIFIED(a))
+                return "an unspecified address";
+        if (IN6_IS_ADDR_LOOPBACK(a))
+                return "a loopback address";
+        /* Forms that carry an IPv4 address reach that IPv4 address (the kernel
+         * for mapped ones, a translator for the others): judge that one. */
+        if (IN6_IS_ADDR_V4MAPPED(a) || IN6_IS_ADDR_V4COMPAT(a) || memcmp(b, nat64, sizeof(nat64)) == 0)
+                return class_v4(v4_at(b + 12));
+        if (b[0] == 0x20 && b[1] == 0x02)                  /* 6to4 2002::/16 */
+                return class_v4(v4_at(b + 2));
+        if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0x00 && b[5] == 0x01)
+                return "a private address";                /* 64:ff9b:1::/48, local-use NAT64 */
+        if ((b[0] & 0xfe) == 0xfc)
+                return "a private address";                /* fc00::/7 ULA */
+        if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)
+                return "a link-local address";             /* fe80::/10 */
+        if (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0)
+                return "a private address";                /* fec0::/10, old site-local */
+        if (b[0] == 0xff)
+                return "a multicast address";
+        if (b[0] == 0x01 && b[1] == 0x00 && memcmp(b + 2, (const uint8_t[6]) {}, 6) == 0)
+                return "a reserved address";               /* 100::/64 discard-only */
+        return NULL;
+}
+
+/* The IPv4 address an IPv4-mapped IPv6 address stands for, so that
+ * ::ffff:192.168.1.5 is recognised as this host's 192.168.1.5. */
+static bool sockaddr_v4(const struct sockaddr *sa, struct in_addr *ret) {
+        if (sa->sa_family == AF_INET) {
+                *ret = ((const struct sockaddr_in *) sa)->sin_addr;
+                return true;
+        }
+        if (sa->sa_family == AF_INET6) {
+                const struct in6_addr *a = &((const struct sockaddr_in6 *) sa)->sin6_addr;
+                if (IN6_IS_ADDR_V4MAPPED(a)) {
+                        memcpy(&ret->s_addr, a->s6_addr + 12, 4);
+                        return true;
+                }
+        }
+        return false;
+}
+
+static bool address_is_host_owned(const struct ifaddrs *ifs, const struct sockaddr *sa) {
+        struct in_addr v4, iv4;
+        bool is_v4 = sockaddr_v4(sa, &v4);
+
+        for (const struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+                if (!i->ifa_addr)
+                        continue;
+                if (is_v4) {
+                        if (sockaddr_v4(i->ifa_addr, &iv4) && iv4.s_addr == v4.s_addr)
+                                return true;
+                } else if (sa->sa_family == AF_INET6 && i->ifa_addr->sa_family == AF_INET6 &&
+                           memcmp(&((const struct sockaddr_in6 *) i->ifa_addr)->sin6_addr,
+                                  &((const struct sockaddr_in6 *) sa)->sin6_addr, sizeof(struct in6_addr)) == 0)
+                        return true;
+        }
+        return false;
+}
+
+static void sockaddr_to_string(const struct sockaddr *sa, char *buf, size_t size) {
+        const void *a = sa->sa_family == AF_INET ? (const void *) &((const struct sockaddr_in *) sa)->sin_addr
+                                                 : (const void *) &((const struct sockaddr_in6 *) sa)->sin6_addr;
+        if (!inet_ntop(sa->sa_family, a, buf, (socklen_t) size))
+                snprintf(buf, size, "?");
+}
+
+/* ---- request parsing ---- */
+
+static bool is_tchar(char ch) {
+        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+               (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* host[:port] or [v6][:port]. Lowercases, strips one trailing dot, and refuses
+ * anything a resolver could read differently from us: numeric forms inet_aton
+ * takes but inet_pton does not ("0x7f.1", "2130706433"), userinfo, zone ids. */
+static int parse_authority(np_conn *c, const char *s, size_t n, bool port_required, const char **why) {
+        _cleanup_free_ char *host = NULL;
+        const char *host_start, *port_start = NULL;
+        size_t host_len;
+        unsigned long port = 80;
+        struct in_addr aton;
+
+        if (n == 0) {
+                *why = "missing host";
+                return -EINVAL;
+        }
+        if (memchr(s, '@', n)) {
+                *why = "userinfo in the authority";
+                return -EINVAL;
+        }
+        if (s[0] == '[') {
+                const char *close = memchr(s, ']', n);
+                if (!close) {
+                        *why = "unterminated IPv6 literal";
+                        return -EINVAL;
+                }
+                host_start = s + 1;
+                host_len = (size_t) (close - s - 1);
+                if (close + 1 < s + n) {
+                        if (close[1] != ':') {
+                                *why = "bad authority";
+                                return -EINVAL;
+                        }
+                        port_start = close + 2;
+                }
+        } else {
+                const char *colon = memchr(s, ':', n);
+                host_start = s;
+                host_len = colon ? (size_t) (colon - s) : n;
+                if (colon)
+                        port_start = colon + 1;
+        }
+
+        if (port_start) {
+                size_t plen = (size_t) (s + n - port_start);
+                if (plen == 0 || plen > 5 || strspn(port_start, "0123456789") < plen) {
+                        *why = "bad port";
+                        return -EINVAL;
+                }
+                port = strtoul(port_start, NULL, 10);
+                if (port < 1 || port > 65535) {
+                        *why = "bad port";
+                        return -EINVAL;
+                }
+        } else if (port_required) {
+                *why = "missing port";
+                return -EINVAL;
+        }
+
+        if (host_len > 0 && host_start[host_len - 1] == '.' && s[0] != '[')
+                host_len--;
+        if (host_len == 0 || host_len > HOST_MAX) {
+                *why = "missing or overlong host";
+                return -EINVAL;
+        }
+        host = strndup(host_start, host_len);
+        if (!host)
+                return -ENOMEM;
+        for (char *p = host; *p; p++)
+                if (*p >= 'A' && *p <= 'Z')
+                        *p = (char) (*p - 'A' + 'a');
+
+        c->host_family = AF_UNSPEC;
+        if (s[0] == '[') {
+                if (inet_pton(AF_INET6, host, &c->host_ip.v6) != 1) {
+                        *why = "bad IPv6 literal";
+                        return -EINVAL;
+                }
+                c->host_family = AF_INET6;
+        } else if (inet_pton(AF_INET, host, &c->host_ip.v4) == 1)
+                c->host_family = AF_INET;
+        else if (inet_aton(host, &aton) != 0) {
+                *why = "ambiguous numeric host";
+                return -EINVAL;
+        } else {
+                const char *label = host;
+                for (const char *p = host;; p++) {
+                        if (*p == '.' || *p == '\0') {
+                                if (p == label || p - label > 63) {
+                                        *why = "bad host name";
+                                        return -EINVAL;
+                                }
+                                if (*p == '\0')
+                                        break;
+                                label = p + 1;
+                        } else if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_')) {
+                                *why = "bad host name";
+                                return -EINVAL;
+                        }
+                }
+        }
+
+        c->host = TAKE_PTR(host);
+        c->port = (uint16_t) port;
+        return 0;
+}
+
+static bool header_is_dropped(const char *line, size_t name_len) {
+        /* Hop-by-hop headers and the proxy's own: Proxy-Authorization must never
+         * reach the origin, Host is replaced by the URI's authority (so the
+         * origin sees the host that was checked), Connection by "close". */
+        static const char *const dropped[] = { "host", "connection", "keep-alive", "te", "trailer", "upgrade" };
+
+        if (name_len >= 6 && strncasecmp(line, "proxy-", 6) == 0)
+                return true;
+        for (size_t i = 0; i < ELEMENTSOF(dropped); i++)
+                if (strlen(dropped[i]) == name_len && strncasecmp(line, dropped[i], name_len) == 0)
+                        return true;
+        return false;
+}
+
+/* Appends to a growing buffer; the result always fits in what was reserved. */
+static void append(char *buf, size_t *len, const char *s, size_t n) {
+        memcpy(buf + *len, s, n);
+        *len += n;
+}
+
+/* Parses the head in c->head[0..head_end) and prepares c->forward. Returns 0,
+ * -EINVAL with *why set (answered 400), or -ENOMEM. */
+static int parse_request(np_conn *c, size_t head_end, const char **why) {
+        const char *head = c->head, *end = c->head + head_end - 2; /* at the final CRLF */
+        const char *line_end, *sp1, *sp2, *target, *version;
+        size_t target_len, version_len, method_len;
+
+        if (memchr(head, '\0', head_end)) {
+                *why = "NUL byte in request head";
+                return -EINVAL;
+        }
+        line_end = memmem(head, head_end, "\r\n", 2);
+        sp1 = memchr(head, ' ', (size_t) (line_end - head));
+        if (!sp1) {
+                *why = "malformed request line";
+                return -EINVAL;
+        }
+        sp2 = memchr(sp1 + 1, ' ', (size_t) (line_end - sp1 - 1));
+        if (!sp2) {
+                *why = "malformed request line";
+                return -EINVAL;
+        }
+        method_len = (size_t) (sp1 - head);
+        if (method_len == 0 || method_len >= METHOD_MAX) {
+                *why = "malformed request line";
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < method_len; i++)
+                if (!is_tchar(head[i])) {
+                        *why = "malformed request line";
+                        return -EINVAL;
+                }
+        memcpy(c->method, head, method_len);
+        c->method[method_len] = '\0';
+
+        target = sp1 + 1;
+        target_len = (size_t) (sp2 - target);
+        version = sp2 + 1;
+        version_len = (size_t) (line_end - version);
+        if (target_len == 0 || !(version_len == 8 && (memcmp(version, "HTTP/1.1", 8) == 0 ||
+                                                       memcmp(version, "HTTP/1.0", 8) == 0))) {
+                *why = "malformed request line";
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < target_len; i++)
+                if (target[i] <= ' ' || target[i] >= 0x7f) {
+                        *why = "malformed request target";
+                        return -EINVAL;
+                }
+
+        /* Every header line must be "name: value" with no bare CR/LF and no
+         * obs-fold: anything we and the origin could split differently is a
+         * request-smuggling vector. */
+        for (const char *l = line_end + 2; l < end;) {
+                const char *le = memmem(l, (size_t) (end + 2 - l), "\r\n", 2);
+                const char *colon = memchr(l, ':', (size_t) (le - l));
+                if (!colon || colon == l || memchr(l, '\r', (size_t) (le - l)) || memchr(l, '\n', (size_t) (le - l))) {
+                        *why = "malformed header";
+                        return -EINVAL;
+                }
+                for (const char *p = l; p < colon; p++)
+                        if (!is_tchar(*p)) {
+                                *why = "malformed header";
+                                return -EINVAL;
+                        }
+                l = le + 2;
+        }
+
+        size_t leftover = c->head_len - head_end;
+        if (streq(c->method, "CONNECT")) {
+                int r;
+
+                c->is_connect = true;
+                r = parse_authority(c, target, target_len, true, why);
+                if (r < 0)
+                        return r;
+                /* Bytes sent right behind the CONNECT head (a TLS ClientHello sent
+                 * eagerly) belong to the tunnel. */
+                if (leftover > 0) {
+                        c->forward = memdup(c->head + head_end, leftover);
+                        if (!c->forward)
+                                return -ENOMEM;
+                        c->forward_len = leftover;
+                }
+                return 0;
+        }
+
+        /* Absolute-URI form. https:// would need TLS here: clients use CONNECT. */
+        if (target_len < 7 || strncasecmp(target, "http://", 7) != 0) {
+                *why = target[0] == '/' ? "origin-form request: this is a proxy, send an absolute URI or CONNECT"
+                                        : "unsupported request target (only http:// URIs and CONNECT)";
+                return -EINVAL;
+        }
+        const char *auth = target + 7, *tend = target + target_len;
+        const char *auth_end = auth;
+        while (auth_end < tend && !strchr("/?#", *auth_end))
+                auth_end++;
+        int r = parse_authority(c, auth, (size_t) (auth_end - auth), false, why);
+        if (r < 0)
+                return r;
+        const char *path = auth_end, *path_end = memchr(path, '#', (size_t) (tend - path));
+        if (!path_end)
+                path_end = tend;
+
+        /* The new head is never longer than the old one plus the lines we add. */
+        size_t cap = head_end + leftover + strlen(c->host) + 64;
+        _cleanup_free_ char *f = malloc(cap);
+        size_t n = 0;
+        char hostline[HOST_MAX + 32];
+        int k;
+
+        if (!f)
+                return -ENOMEM;
+        append(f, &n, c->method, method_len);
+        append(f, &n, " ", 1);
+        if (path == path_end || *path != '/')
+                append(f, &n, "/", 1);
+        append(f, &n, path, (size_t) (path_end - path));
+        append(f, &n, " ", 1);
+        append(f, &n, version, version_len);
+        append(f, &n, "\r\n", 2);
+        k = snprintf(hostline, sizeof(hostline), "Host: %s%s%s", c->host_family == AF_INET6 ? "[" : "", c->host,
+                     c->host_family == AF_INET6 ? "]" : "");
+        append(f, &n, hostline, (size_t) k);
+        if (c->port != 80) {
+                k = snprintf(hostline, sizeof(hostline), ":%u", (unsigned) c->port);
+                append(f, &n, hostline, (size_t) k);
+        }
+        append(f, &n, "\r\n", 2);
+        for (const char *l = line_end + 2; l < end;) {
+                const char *le = memmem(l, (size_t) (end + 2 - l), "\r\n", 2);
+                const char *colon = memchr(l, ':', (size_t) (le - l));
+                if (!header_is_dropped(l, (size_t) (colon - l)))
+                        append(f, &n, l, (size_t) (le + 2 - l));
+                l = le + 2;
+        }
+        append(f, &n, "Connection: close\r\n\r\n", 21);
+        append(f, &n, c->head + head_end, leftover);
+
+        c->forward = TAKE_PTR(f);
+        c->forward_len = n;
+        return 0;
+}
+
+/* ---- allow list ---- */
+
+static const policy_host *find_rule(const np_sandbox *sb, const np_conn *c) {
+        for (size_t i = 0; i < sb->n_allow; i++) {
+                const policy_host *h = &sb->allow[i];
+
+                if (h->port != c->port)
+                        continue;
+                if (c->host_family != AF_UNSPEC) {
+                        /* Compare addresses, not spellings: [::1] and [0:0::1] are one. */
+                        union {
+                                struct in_addr v4;
+                                struct in6_addr v6;
+                        } a;
+                        if (!h->is_ip || inet_pton(c->host_family, h->host, &a) != 1)
+                                continue;
+                        if (memcmp(&a, &c->host_ip, c->host_family == AF_INET ? sizeof(a.v4) : sizeof(a.v6)) == 0)
+                                return h;
+                } else if (!h->is_ip && policy_host_match(h, c->host, c->port))
+                        return h;
+        }
+        return NULL;
+}
+
+static void format_allowed(const np_sandbox *sb, char *buf, size_t size) {
+        size_t n = 0;
+
+        buf[0] = '\0';
+        if (sb->n_allow == 0) {
+                snprintf(buf, size, "(nothing)");
+                return;
+        }
+        for (size_t i = 0; i < sb->n_allow; i++) {
+                const policy_host *h = &sb->allow[i];
+                bool v6 = h->is_ip && strchr(h->host, ':');
+                int k = snprintf(buf + n, size - n, "%s%s%s%s%s:%u", i > 0 ? ", " : "", h->wildcard ? "*." : "",
+                                 v6 ? "[" : "", h->host, v6 ? "]" : "", (unsigned) h->port);
+                if (k < 0 || (size_t) k >= size - n) {
+                        /* Cut at the last whole entry. */
+                        buf[n] = '\0';
+                        snprintf(buf + n, size - n, ", ...");
+                        return;
+                }
+                n += (size_t) k;
+        }
+}
+
+/* ---- events and lifetime ---- */
+
+static void emit(np_conn *c, netproxy_event_kind kind, const char *reason) {
+        netproxy *p = c->sb->proxy;
+        netproxy_event ev = {
+                .kind = kind,
+                .sandbox_id = c->sb->id,
+                .task = c->sb->task,
+                .host = c->host,
+                .port = c->port,
+                .address = kind == NETPROXY_DENIED || !c->address[0] ? NULL : c->address,
+                .reason = reason,
+                .method = c->method,
+                .bytes_up = c->bytes_up,
+                .bytes_down = c->bytes_down,
+        };
+
+        if (p->cb)
+                p->cb(&ev, p->userdata);
+}
+
+static void proxy_finalize(netproxy *p) {
+        void (*done)(void *) = p->done;
+        void *ud = p->done_userdata;
+
+        for (np_override *o = p->overrides, *next; o; o = next) {
+                next = o->next;
+                free(o->name);
+                free(o->ip);
+                free(o);
+        }
+        free(p);
+        if (done)
+                done(ud);
+}
+
+static void sandbox_unref(np_sandbox *sb) {
+        netproxy *p = sb->proxy;
+
+        if (--sb->refs > 0)
+                return;
+        for (size_t i = 0; i < sb->n_allow; i++)
+                free(sb->allow[i].host);
+        free(sb->allow);
+        free(sb->id);
+        free(sb->task);
+        free(sb->socket_path);
+        free(sb);
+        if (--p->n_live == 0 && p->freeing)
+                proxy_finalize(p);
+}
+
+static void conn_release(np_conn *c) {
+        np_sandbox *sb = c->sb;
+
+        if (--c->n_pending > 0)
+                return;
+        /* CLOSED is emitted here, not in conn_close(): by now every write
+         * callback has run, so the byte counts are final. */
+        if (c->allowed)
+                emit(c, NETPROXY_CLOSED, NULL);
+        free(c->head);
+        free(c->host);
+        free(c->forward);
+        free(c);
+        sb->n_conns--;
+        sandbox_unref(sb);
+}
+
+static void on_client_closed(uv_handle_t *h) {
+        conn_release(container_of((uv_pipe_t *) h, np_conn, client));
+}
+
+static void on_upstream_closed(uv_handle_t *h) {
+        conn_release(container_of((uv_tcp_t *) h, np_conn, upstream));
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+        conn_release(container_of((uv_timer_t *) h, np_conn, timer));
+}
+
+static void conn_close(np_conn *c) {
+        np_sandbox *sb = c->sb;
+
+        if (c->state == CONN_CLOSED)
+                return;
+        c->state = CONN_CLOSED;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                sb->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        c->prev = c->next = NULL;
+
+        /* Pending writes, shutdowns and the connect request are cancelled by
+         * libuv before the close callbacks run. */
+        uv_close((uv_handle_t *) &c->client, on_client_closed);
+        uv_close((uv_handle_t *) &c->upstream, on_upstream_closed);
+        uv_close((uv_handle_t *) &c->timer, on_timer_closed);
+        if (c->gai_pending)
+                (void) uv_cancel((uv_req_t *) &c->gai);   /* if it already runs, its callback comes later */
+}
+
+/* ---- writing ---- */
+
+static void on_written(uv_write_t *req, int status) {
+        np_write *w = container_of(req, np_write, req);
+        np_conn *c = w->conn;
+
+        if (status == 0 && w->counted) {
+                if (w->to_upstream)
+                        c->bytes_up += w->len;
+                else
+                        c->bytes_down += w->len;
+        }
+        free(w);
+        if (c->state == CONN_CLOSED)
+                return;
+        if (status < 0) {
+                conn_close(c);
+                return;
+        }
+        /* Reading resumes here once the queue has drained. */
+        relay_flow(c);
+}
+
+static int conn_write(np_conn *c, bool to_upstream, np_write *w, size_t len, bool counted, uv_write_cb cb) {
+        uv_buf_t buf = uv_buf_init(w->data, (unsigned) len);
+        int r;
+
+        w->conn = c;
+        w->to_upstream = to_upstream;
+        w->counted = counted;
+        w->len = len;
+        r = uv_write(&w->req, to_upstream ? (uv_stream_t *) &c->upstream : (uv_stream_t *) &c->client, &buf, 1,
+                     cb ? cb : on_written);
+        if (r < 0) {
+                free(w);
+                return r;
+        }
+        return 0;
+}
+
+static np_write *write_new(const char *data, size_t len) {
+        np_write *w = malloc(sizeof(np_write) + len);
+        if (w)
+                memcpy(w->data, data, len);
+        return w;
+}
+
+static void on_response_written(uv_write_t *req, int status) {
+        np_write *w = container_of(req, np_write, req);
+        np_conn *c = w->conn;
+
+        free(w);
+        /* The response is in the kernel: closing now delivers it, then EOF. */
+        conn_close(c);
+}
+
+static void conn_respond(np_conn *c, const char *status, const char *extra_headers, const char *body) {
+        _cleanup_free_ char *text = NULL;
+        np_write *w;
+        int n;
+
+        if (c->state == CONN_CLOSED || c->state == CONN_RESPONDING)
+                return;
+        c->state = CONN_RESPONDING;
+        (void) uv_read_stop((uv_stream_t *) &c->client);
+        (void) uv_timer_start(&c->timer, on_timer, RESPONSE_TIMEOUT_MS, 0);
+
+        n = asprintf(&text,
+                     "HTTP/1.1 %s\r\n"
+                     "Content-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\n"
+                     "Connection: close\r\n"
+                     "%s"
+                     "\r\n"
+                     "%s",
+                     status, strlen(body), extra_headers ?: "", body);
+        if (n < 0 || !(w = write_new(text, (size_t) n)) ||
+            conn_write(c, false, w, (size_t) n, false, on_response_written) < 0)
+                conn_close(c);
+}
+
+/* ---- relaying ---- */
+
+static void relay_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+        np_write *w = malloc(sizeof(np_write) + RELAY_CHUNK);
+
+        /* A NULL buffer makes libuv report UV_ENOBUFS, which closes the connection. */
+        *buf = w ? uv_buf_init(w->data, RELAY_CHUNK) : uv_buf_init(NULL, 0);
+}
+
+static int flow_one(uv_stream_t *src, uv_stream_t *dst, bool eof, bool *paused, uv_read_cb cb) {
+        size_t q = uv_stream_get_write_queue_size(dst);
+
+        if (eof)
+                return 0;
+        if (!*paused && q >= QUEUE_HIGH) {
+                *paused = true;
+                return uv_read_stop(src);
+        }
+        if (*paused && q <= QUEUE_LOW) {
+                *paused = false;
+                return uv_read_start(src, relay_alloc, cb);
+        }
+        return 0;
+}
+
+static void relay_flow(np_conn *c) {
+        if (c->state != CONN_RELAY)
+                return;
+        if (flow_one((uv_stream_t *) &c->client, (uv_stream_t *) &c->upstream, c->client_eof, &c->client_paused,
+                     on_client_read) < 0 ||
+            flow_one((uv_stream_t *) &c->upstream, (uv_stream_t *) &c->client, c->upstream_eof, &c->upstream_paused,
+                     on_upstream_read) < 0)
+                conn_close(c);
+}
+
+static void on_shutdown(np_conn *c, int status) {
+        if (c->state == CONN_CLOSED)
+                return;
+        if (status < 0) {
+                conn_close(c);
+                return;
+        }
+        /* Both directions have ended and been passed on: nothing is left to relay. */
+        if (++c->shutdowns_done == 2)
+                conn_close(c);
+}
+
+static void on_client_shutdown(uv_shutdown_t *req, int status) {
+        on_shutdown(container_of(req, np_conn, shutdown_client), status);
+}
+
+static void on_upstream_shutdown(uv_shutdown_t *req, int status) {
+        on_shutdown(container_of(req, np_conn, shutdown_upstream), status);
+}
+
+static void relay_read(np_conn *c, bool from_client, ssize_t nread, const uv_buf_t *buf) {
+        np_write *w = buf->base ? container_of(buf->base, np_write, data) : NULL;
+        int r;
+
+        if (nread > 0) {
+                if (c->state != CONN_RELAY) {
+                        free(w);
+                        return;
+                }
+                r = conn_write(c, from_client, w, (size_t) nread, true, NULL);
+                if (r < 0) {
+                        conn_close(c);
+                        return;
+                }
+                relay_flow(c);
+                return;
+        }
+        free(w);
+        if (nread == 0 || c->state != CONN_RELAY)
+                return;
+        if (nread != UV_EOF) {
+                conn_close(c);
+                return;
+        }
+        /* Half-close: pass the EOF on once what was read has been written. */
+        if (from_client) {
+                c->client_eof = true;
+                r = uv_shutdown(&c->shutdown_upstream, (uv_stream_t *) &c->upstream, on_upstream_shutdown);
+        } else {
+                c->upstream_eof = true;
+                r = uv_shutdown(&c->shutdown_client, (uv_stream_t *) &c->client, on_client_shutdown);
+        }
+        if (r < 0)
+                conn_close(c);
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+        relay_read(container_of((uv_pipe_t *) s, np_conn, client), true, nread, buf);
+}
+
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+        relay_read(container_of((uv_tcp_t *) s, np_conn, upstream), false, nread, buf);
+}
+
+static void on_connected(uv_connect_t *req, int status) {
+        np_conn *c = container_of(req, np_conn, connect_req);
+        static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+        char body[512];
+        np_write *w;
+
+        if (c->state != CONN_CONNECTING)
+                return;        /* closed or timed out meanwhile */
+        if (status < 0) {
+                snprintf(body, sizeof(body), "agentd: cannot connect to %s:%u (%s): %s\n", c->host, (unsigned) c->port,
+                         c->address, uv_strerror(status));
+                conn_respond(c, "502 Bad Gateway", NULL, body);
+                return;
+        }
+        (void) uv_timer_stop(&c->timer);
+        c->state = CONN_RELAY;
+
+        if (c->is_connect) {
+                w = write_new(established, sizeof(established) - 1);
+                if (!w || conn_write(c, false, w, sizeof(established) - 1, false, NULL) < 0) {
+                        conn_close(c);
+                        return;
+                }
+        }
+        if (c->forward_len > 0) {
+                w = write_new(c->forward, c->forward_len);
+                if (!w || conn_write(c, true, w, c->forward_len, true, NULL) < 0) {
+                        conn_close(c);
+                        return;
+                }
+        }
+        free(c->forward);
+        c->forward = NULL;
+        c->forward_len = 0;
+
+        /* Start both directions through the backpressure logic. */
+        c->client_paused = c->upstream_paused = true;
+        relay_flow(c);
+}
+
+/* ---- deciding ---- */
+
+static void deny(np_conn *c, const char *event_reason, const char *detail) {
+        char allowed[ALLOWED_LIST_MAX], body[ALLOWED_LIST_MAX + 1024];
+        bool v6 = c->host_family == AF_INET6;
+
+        emit(c, NETPROXY_DENIED, event_reason);
+        if (c->state == CONN_CLOSED)
+                return;        /* the callback removed the sandbox */
+        format_allowed(c->sb, allowed, sizeof(allowed));
+        snprintf(body, sizeof(body), "agentd: egress to %s%s%s:%u denied by task '%s' (%s). Allowed: %s\n",
+                 v6 ? "[" : "", c->host, v6 ? "]" : "", (unsigned) c->port, c->sb->task, detail, allowed);
+        conn_respond(c, "403 Forbidden", "X-Agentd-Denied: 1\r\n", body);
+}
+
+static void dns_failed(np_conn *c, const char *why) {
+        char body[512];
+
+        emit(c, NETPROXY_DENIED, "DNS lookup failed");
+        if (c->state == CONN_CLOSED)
+                return;
+        snprintf(body, sizeof(body), "agentd: cannot resolve %s: %s\n", c->host, why);
+        conn_respond(c, "502 Bad Gateway", NULL, body);
+}
+
+/* Picks the first acceptable address of the candidates and connects to it. */
+static void decide_addresses(np_conn *c, const struct sockaddr *const *addrs, size_t n) {
+        const struct sockaddr *chosen = NULL;
+        char first_bad[INET6_ADDRSTRLEN] = "";
+        const char *first_class = NULL;
+        struct ifaddrs *ifs = NULL;
+        int r;
+
+        /* An Allow= entry naming the IP literal the client asked for permits that
+         * address whatever its range: the user said so explicitly. A name never
+         * does: it may be re-pointed at any time (DNS rebinding). */
+        if (c->rule->is_ip)
+                chosen = n > 0 ? addrs[0] : NULL;
+        else {
+                if (getifaddrs(&ifs) < 0) {
+                        deny(c, "cannot list this host's addresses", "this host's addresses could not be listed");
+                        return;
+                }
+                for (size_t i = 0; i < n && !chosen; i++) {
+                        const char *cls = netproxy_address_class(addrs[i]);
+                        if (!cls && address_is_host_owned(ifs, addrs[i]))
+                                cls = "an address of this host";
+                        if (!cls)
+                                chosen = addrs[i];
+                        else if (!first_class) {
+                                first_class = cls;
+                                sockaddr_to_string(addrs[i], first_bad, sizeof(first_bad));
+                        }
+                }
+                freeifaddrs(ifs);
+        }
+
+        if (!chosen) {
+                char reason[256], detail[512];
+                if (!first_class) {
+                        dns_failed(c, "no usable address");
+                        return;
+                }
+                snprintf(reason, sizeof(reason), "resolves to %s %s", first_class, first_bad);
+                snprintf(detail, sizeof(detail),
+                         "%s resolves to %s %s, which only an Allow= entry naming that IP permits", c->host,
+                         first_class, first_bad);
+                deny(c, reason, detail);
+                return;
+        }
+
+        sockaddr_to_string(chosen, c->address, sizeof(c->address));
+        c->state = CONN_CONNECTING;
+        c->allowed = true;
+        emit(c, NETPROXY_ALLOWED, NULL);
+        if (c->state != CONN_CONNECTING)
+                return;
+        /* The very address just checked, with the port set here: no second lookup. */
+        r = uv_tcp_connect(&c->connect_req, &c->upstream, chosen, on_connected);
+        if (r < 0) {
+                char body[512];
+                snprintf(body, sizeof(body), "agentd: cannot connect to %s:%u (%s): %s\n", c->host, (unsigned) c->port,
+                         c->address, uv_strerror(r));
+                conn_respond(c, "502 Bad Gateway", NULL, body);
+        }
+}
+
+static void set_port(struct sockaddr *sa, uint16_t port) {
+        if (sa->sa_family == AF_INET)
+                ((struct sockaddr_in *) sa)->sin_port = htons(port);
+        else
+                ((struct sockaddr_in6 *) sa)->sin6_port = htons(port);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+        np_conn *c = container_of(req, np_conn, gai);
+        const struct sockaddr *addrs[16];
+        size_t n = 0;
+
+        c->gai_pending = false;
+        if (c->state != CONN_RESOLVING) {
+                uv_freeaddrinfo(res);
+                if (c->state == CONN_CLOSED)
+                        conn_release(c);
+                else
+                        c->n_pending--;        /* its handles still hold it */
+                return;
+        }
+        c->n_pending--;
+        if (status < 0) {
+                uv_freeaddrinfo(res);
+                dns_failed(c, uv_strerror(status));
+                return;
+        }
+        for (struct addrinfo *ai = res; ai && n < ELEMENTSOF(addrs); ai = ai->ai_next)
+                if (ai->ai_family == AF_INET || ai->ai_family == AF_INET6) {
+                        set_port(ai->ai_addr, c->port);
+                        addrs[n++] = ai->ai_addr;
+                }
+        decide_addresses(c, addrs, n);
+        uv_freeaddrinfo(res);
+}
+
+static int literal_sockaddr(int family, const void *a, uint16_t port, struct sockaddr_storage *ret) {
+        memset(ret, 0, sizeof(*ret));
+        if (family == AF_INET) {
+                struct sockaddr_in *s = (struct sockaddr_in *) ret;
+                s->sin_family = AF_INET;
+                memcpy(&s->sin_addr, a, sizeof(s->sin_addr));
+        } else if (family == AF_INET6) {
+                struct sockaddr_in6 *s = (struct sockaddr_in6 *) ret;
+                s->sin6_family = AF_INET6;
+                memcpy(&s->sin6_addr, a, sizeof(s->sin6_addr));
+        } else
+                return -EAFNOSUPPORT;
+        set_port((struct sockaddr *) ret, port);
+        return 0;
+}
+
+static void conn_decide(np_conn *c, size_t head_end) {
+        netproxy *p = c->sb->proxy;
+        const char *why = NULL;
+        struct sockaddr_storage ss;
+        const struct sockaddr *one[1] = { (const struct sockaddr *) &ss };
+        int r;
+
+        r = parse_request(c, head_end, &why);
+        free(c->head);
+        c->head = NULL;
+        if (r == -EINVAL) {
+                char body[256];
+                snprintf(body, sizeof(body), "agentd: bad proxy request: %s\n", why);
+                conn_respond(c, "400 Bad Request", NULL, body);
+                return;
+        }
+        if (r < 0) {
+                conn_respond(c, "500 Internal Server Error", NULL, "agentd: out of memory\n");
+                return;
+        }
+
+        /* Allow= before any lookup: a name outside the list is never resolved,
+         * so queries for made-up names cannot carry data out (DNS exfiltration);
+         * only a wildcard entry's own subdomains can be looked up. */
+        c->rule = find_rule(c->sb, c);
+        if (!c->rule) {
+                char reason[128];
+                snprintf(reason, sizeof(reason), "not in Allow= of task %s", c->sb->task);
+                deny(c, reason, "not in Network Allow=");
+                return;
+        }
+
+        /* The head deadline is over; resolving and connecting get their own. */
+        (void) uv_timer_start(&c->timer, on_timer, CONNECT_TIMEOUT_MS, 0);
+
+        if (c->host_family != AF_UNSPEC) {
+                (void) literal_sockaddr(c->host_family, &c->host_ip, c->port, &ss);
+                decide_addresses(c, one, 1);
+                return;
+        }
+        for (np_override *o = p->overrides; o; o = o->next) {
+                if (!streq(o->name, c->host))
+                        continue;
+                unsigned char a[sizeof(struct in6_addr)];
+                int family = o->ip && strchr(o->ip, ':') ? AF_INET6 : AF_INET;
+                if (!o->ip || inet_pton(family, o->ip, a) != 1) {
+                        dns_failed(c, "lookup failed (override)");
+                        return;
+                }
+                (void) literal_sockaddr(family, a, c->port, &ss);
+                decide_addresses(c, one, 1);
+                return;
+        }
+
+        struct addrinfo hints = {
+                .ai_family = AF_UNSPEC,
+                .ai_socktype = SOCK_STREAM,
+        };
+        c->state = CONN_RESOLVING;
+        r = uv_getaddrinfo(p->loop, &c->gai, on_resolved, c->host, NULL, &hints);
+        if (r < 0) {
+                dns_failed(c, uv_strerror(r));
+                return;
+        }
+        c->gai_pending = true;
+        c->n_pending++;
+}
+
+static void on_timer(uv_timer_t *t) {
+        np_conn *c = container_of(t, np_conn, timer);
+        char body[256];
+
+        switch (c->state) {
+        case CONN_HEAD:
+                snprintf(body, sizeof(body), "agentd: request head not complete within %llu ms\n",
+                         (unsigned long long) c->sb->proxy->header_timeout_ms);
+                conn_respond(c, "408 Request Timeout", NULL, body);
+                break;
+        case CONN_RESOLVING:
+        case CONN_CONNECTING:
+                snprintf(body, sizeof(body), "agentd: timed out resolving or connecting to %s:%u\n", c->host,
+                         (unsigned) c->port);
+                conn_respond(c, "504 Gateway Timeout", NULL, body);
+                break;
+        default:
+                /* A final response the peer does not take. */
+                conn_close(c);
+                break;
+        }
+}
+
+/* ---- reading the head ---- */
+
+static void head_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+        np_conn *c = container_of((uv_pipe_t *) h, np_conn, client);
+
+        /* Reads land directly in the head buffer, never past its end. */
+        *buf = uv_buf_init(c->head + c->head_len, (unsigned) (HEAD_MAX - c->head_len));
+}
+
+static void on_head_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+        np_conn *c = container_of((uv_pipe_t *) s, np_conn, client);
+        const char *end;
+        size_t from;
+
+        if (c->state != CONN_HEAD || nread == 0)
+                return;
+        if (nread < 0) {
+                /* EOF or error before a complete head: nobody to answer. */
+                conn_close(c);
+                return;
+        }
+        /* The terminator may straddle reads: look back three bytes. */
+        from = c->head_len >= 3 ? c->head_len - 3 : 0;
+        c->head_len += (size_t) nread;
+        end = memmem(c->head + from, c->head_len - from, "\r\n\r\n", 4);
+        if (!end) {
+                if (c->head_len >= HEAD_MAX) {
+                        char body[128];
+                        snprintf(body, sizeof(body), "agentd: request head larger than %u bytes\n", HEAD_MAX);
+                        conn_respond(c, "431 Request Header Fields Too Large", NULL, body);
+                }
+                return;
+        }
+        (void) uv_read_stop(s);
+        conn_decide(c, (size_t) (end + 4 - c->head));
+}
+
+/* ---- listening ---- */
+
+static void on_connection(uv_stream_t *server, int status) {
+        np_sandbox *sb = container_of((uv_pipe_t *) server, np_sandbox, listener);
+        netproxy *p = sb->proxy;
+        np_conn *c;
+        bool over;
+        int r;
+
+        if (status < 0 || sb->removed)
+                return;
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return;        /* libuv retries on the next readiness */
+        c->sb = sb;
+        c->host_family = AF_UNSPEC;
+        /* None of these inits allocates or fails on Linux (no socket is created
+         * for the TCP handle until connect): everything after may conn_close(). */
+        if (uv_pipe_init(p->loop, &c->client, 0) < 0) {
+                free(c);
+                return;
+        }
+        (void) uv_tcp_init(p->loop, &c->upstream);
+        (void) uv_timer_init(p->loop, &c->timer);
+        c->n_pending = 3;
+        sb->refs++;
+        over = sb->n_conns >= p->max_connections;
+        sb->n_conns++;
+        c->next = sb->conns;
+        if (sb->conns)
+                sb->conns->prev = c;
+        sb->conns = c;
+
+        r = uv_accept(server, (uv_stream_t *) &c->client);
+        if (r < 0) {
+                conn_close(c);
+                return;
+        }
+        if (over) {
+                char body[256];
+                snprintf(body, sizeof(body), "agentd: too many proxy connections from sandbox %s (limit %u)\n", sb->id,
+                         p->max_connections);
+                conn_respond(c, "503 Service Unavailable", NULL, body);
+                return;
+        }
+        c->head = malloc(HEAD_MAX);
+        if (!c->head) {
+                conn_close(c);
+                return;
+        }
+        /* One deadline for the whole head, not reset by progress: a byte every
+         * few seconds must not hold a slot forever. */
+        if (uv_timer_start(&c->timer, on_timer, p->header_timeout_ms, 0) < 0 ||
+            uv_read_start((uv_stream_t *) &c->client, head_alloc, on_head_read) < 0)
+                conn_close(c);
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+        sandbox_unref(container_of((uv_pipe_t *) h, np_sandbox, listener));
+}
+
+static int bind_unix(const char *path, int *ret) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+        mode_t old;
+        int r;
+
+        /* libuv would silently truncate a long path. */
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return -errno;
+        /* A socket left by a daemon that died is ours to replace; anything else is not. */
+        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+                (void) unlink(path);
+        /* The file gets its mode at bind(); a tighter umask meanwhile can only make
+         * files other threads create stricter, never looser. */
+        old = umask(0177);
+        r = bind(fd, (struct sockaddr *) &sa, sizeof(sa));
+        umask(old);
+        if (r < 0)
+                return -errno;
+        *ret = TAKE_FD(fd);
+        return 0;
+}
+
+static np_sandbox *sandbox_find(netproxy *p, const char *id) {
+        for (np_sandbox *sb = p->sandboxes; sb; sb = sb->next)
+                if (streq(sb->id, id))
+                        return sb;
+        return NULL;
+}
+
+static void sandbox_remove(np_sandbox *sb) {
+        netproxy *p = sb->proxy;
+
+        if (sb->removed)
+                return;
+        sb->removed = true;
+        if (sb->prev)
+                sb->prev->next = sb->next;
+        else
+                p->sandboxes = sb->next;
+        if (sb->next)
+                sb->next->prev = sb->prev;
+        sb->prev = sb->next = NULL;
+
+        (void) unlink(sb->socket_path);
+        uv_close((uv_handle_t *) &sb->listener, on_listener_closed);
+        /* conn_close() unlinks the connection, so this ends. */
+        while (sb->conns)
+                conn_close(sb->conns);
+}
+
+int netproxy_add_sandbox(netproxy *p, const char *sandbox_id, const char *task, const policy_host *allow, size_t n_allow,
+                         const char *socket_path) {
+        np_sandbox *sb;
+        int fd = -1, r;
+
+        if (!p || !sandbox_id || !task || !socket_path || (n_allow > 0 && !allow))
+                return -EINVAL;
+        if (p->freeing)
+                return -ESHUTDOWN;
+        if (sandbox_find(p, sandbox_id))
+                return -EEXIST;
+
+        sb = calloc(1, sizeof(*sb));
+        if (!sb)
+                return -ENOMEM;
+        sb->proxy = p;
+        sb->id = strdup(sandbox_id);
+        sb->task = strdup(task);
+        sb->socket_path = strdup(socket_path);
+        sb->allow = calloc(n_allow ?: 1, sizeof(policy_host));
+        if (!sb->id || !sb->task || !sb->socket_path || !sb->allow) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        for (size_t i = 0; i < n_allow; i++) {
+                sb->allow[i] = allow[i];
+                sb->allow[i].host = strdup(allow[i].host ?: "");
+                if (!sb->allow[i].host) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                sb->n_allow = i + 1;
+        }
+
+        r = bind_unix(socket_path, &fd);
+        if (r < 0)
+                goto fail;
+        r = uv_pipe_init(p->loop, &sb->listener, 0);
+        if (r < 0) {
+                (void) unlink(socket_path);
+                safe_close(fd);
+                goto fail;
+        }
+        /* From here the listener handle owns the sandbox's memory. */
+        sb->refs = 1;
+        p->n_live++;
+        r = uv_pipe_open(&sb->listener, fd);
+        if (r < 0)
+                safe_close(fd);
+        else
+                r = uv_listen((uv_stream_t *) &sb->listener, 128, on_connection);
+        if (r < 0) {
+                sb->removed = true;
+                (void) unlink(socket_path);
+                uv_close((uv_handle_t *) &sb->listener, on_listener_closed);
+                return r;
+        }
+
+        sb->next = p->sandboxes;
+        if (p->sandboxes)
+                p->sandboxes->prev = sb;
+        p->sandboxes = sb;
+        return 0;
+
+fail:
+        for (size_t i = 0; i < sb->n_allow; i++)
+                free(sb->allow[i].host);
+        free(sb->allow);
+        free(sb->id);
+        free(sb->task);
+        free(sb->socket_path);
+        free(sb);
+        return r;
+}
+
+void netproxy_remove_sandbox(netproxy *p, const char *sandbox_id) {
+        np_sandbox *sb;
+
+        if (!p || !sandbox_id)
+                return;
+        sb = sandbox_find(p, sandbox_id);
+        if (sb)
+                sandbox_remove(sb);
+}
+
+/* ---- the proxy ---- */
+
+int netproxy_new(uv_loop_t *loop, netproxy_event_cb cb, void *userdata, netproxy **ret) {
+        netproxy *p;
+
+        if (!loop || !ret)
+                return -EINVAL;
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        p->loop = loop;
+        p->cb = cb;
+        p->userdata = userdata;
+        p->header_timeout_ms = DEFAULT_HEADER_TIMEOUT_MS;
+        p->max_connections = DEFAULT_MAX_CONNECTIONS;
+        *ret = p;
+        return 0;
+}
+
+void netproxy_free(netproxy *p, void (*done)(void *userdata), void *userdata) {
+        if (!p) {
+                if (done)
+                        done(userdata);
+                return;
+        }
+        if (p->freeing)
+                return;
+        p->freeing = true;
+        p->done = done;
+        p->done_userdata = userdata;
+        while (p->sandboxes)
+                sandbox_remove(p->sandboxes);
+        if (p->n_live == 0)
+                proxy_finalize(p);
+}
+
+int netproxy_set_resolver_override(netproxy *p, const char *name, const char *ip) {
+        _cleanup_free_ char *n = NULL, *i = NULL;
+        size_t len;
+
+        if (!p || !name)
+                return -EINVAL;
+        n = strdup(name);
+        if (!n || (ip && !(i = strdup(ip))))
+                return -ENOMEM;
+        /* Stored the way requests are normalised: lowercase, no trailing dot. */
+        for (char *c = n; *c; c++)
+                if (*c >= 'A' && *c <= 'Z')
+                        *c = (char) (*c - 'A' + 'a');
+        len = strlen(n);
+        if (len > 0 && n[len - 1] == '.')
+                n[len - 1] = '\0';
+
+        for (np_override *o = p->overrides; o; o = o->next)
+                if (streq(o->name, n)) {
+                        free(o->ip);
+                        o->ip = TAKE_PTR(i);
+                        return 0;
+                }
+        np_override *o = calloc(1, sizeof(*o));
+        if (!o)
+                return -ENOMEM;
+        o->name = TAKE_PTR(n);
+        o->ip = TAKE_PTR(i);
+        o->next = p->overrides;
+        p->overrides = o;
+        return 0;
+}
+
+void netproxy_set_header_timeout_ms(netproxy *p, uint64_t ms) {
+        if (p)
+                p->header_timeout_ms = ms ?: 1;
+}
+
+void netproxy_set_max_connections(netproxy *p, unsigned n) {
+        if (p)
+                p->max_connections = n ?: 1;
+}
