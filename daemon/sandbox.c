@@ -360,6 +360,7 @@ fail:
 /* ---- lifecycle --------------------------------------------------------------- */
 
 static void sandbox_maybe_complete(sandbox *s);
+static void spawn_failed(sandbox *s, const char *message);
 static void sandbox_free(sandbox *s);
 
 static void handle_closed(uv_handle_t *h) {
@@ -655,7 +656,9 @@ static void evict_old(manager *m) {
 
 /* The end: the helper is reaped, output drained and delivered. */
 static void sandbox_maybe_complete(sandbox *s) {
-        if (sandbox_ended(s) || !s->helper_reaped)
+        /* The helper reports the exit as soon as the command is gone; the
+         * namespace teardown finishes behind it (the helper is reaped later). */
+        if (sandbox_ended(s) || (!s->helper_reaped && !s->have_exit))
                 return;
         for (int i = 0; i < 2; i++) {
                 if (s->out[i].pipe_fd >= 0)
@@ -675,10 +678,15 @@ static void sandbox_maybe_complete(sandbox *s) {
                 s->out[i].log_fd = safe_close(s->out[i].log_fd);
         }
         s->init_pidfd = safe_close(s->init_pidfd);
-        if (s->cgroup) {
+        if (s->cgroup && s->helper_reaped) {
                 int r = cgroup_remove(s->cgroup);
                 if (r < 0 && r != -ENOENT)
                         log_warning("sandbox %s: cannot remove cgroup %s: %s", s->id, s->cgroup, strerror(-r));
+        }
+        if (s->spawn_call) {
+                char msg[600];
+                snprintf(msg, sizeof(msg), "sandbox setup failed: %s", s->setup_error ? s->setup_error : "the sandbox ended before it started");
+                spawn_failed(s, msg);
         }
         set_state(s, s->killed ? SANDBOX_KILLED : SANDBOX_EXITED);
         log_info("sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
@@ -727,6 +735,12 @@ static void on_helper_exit(uv_poll_t *h, int status, int events) {
         s->helper_reaped = true;
         close_handle(s, (uv_handle_t *) &s->helper_poll, &s->helper_poll_init);
         s->helper_pidfd = safe_close(s->helper_pidfd);
+        if (sandbox_ended(s)) {
+                /* Reported earlier; the teardown is over now: the cgroup is empty. */
+                if (s->cgroup)
+                        (void) cgroup_remove(s->cgroup);
+                return;
+        }
 
         /* Whatever the helper still said before it died. */
         if (s->status_fd >= 0 && s->status_poll_init) {
@@ -889,6 +903,7 @@ static void on_status_readable(uv_poll_t *h, int status, int events) {
         sandbox *s = container_of(h, sandbox, status_poll);
         s->refcount++;
         sandbox_read_status(s);
+        sandbox_maybe_complete(s);
         sandbox_unref(s);
 }
 

@@ -894,7 +894,7 @@ int seal_secret(const char *tcti, bool allow_software, const char *software_key_
 
 int unseal_secret(const char *tcti, const char *software_key_path, const void *blob, size_t blob_len,
                   uint8_t **ret_secret, size_t *ret_len, seal_error *err) {
-        blob_view v;
+        blob_view v = {};
         int r;
 
         if (!ret_secret || !ret_len)
