@@ -1117,8 +1117,10 @@ static void after_seal(uv_work_t *req, int status) {
         /* A new secret: a new session. */
         session_clear(b);
         b->login_failures = 0;
-        if (b->vault)
+        if (b->vault) {
+                set_str(&b->vault_state, "unavailable: logging in%s", NULL);
                 start_login(b);
+        }
 }
 
 int rpc_broker_enroll(rpc_ctx *ctx, rpc_error *err) {

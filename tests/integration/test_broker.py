@@ -69,15 +69,19 @@ class Swtpm:
 
 
 class Vault:
-    def __init__(self, state_file, port=0):
+    def __init__(self, state_file, port=0, tls=None, role_ttl="1h"):
         self.state_file = state_file
+        self.tls = tls
+        self.role_ttl = role_ttl
         self.start(port)
 
     def start(self, port=0):
         cmd = ["/usr/bin/python3", SERVER, "--port", str(port), "--print-root-token", "--role-id", ROLE_ID,
-               "--secret-id", SECRET_ID, "--role-policies", "agentd,ci-read,deploy", "--role-token-ttl", "1h",
+               "--secret-id", SECRET_ID, "--role-policies", "agentd,ci-read,deploy", "--role-token-ttl", self.role_ttl,
                "--grant", "agentd=auth/token/revoke-accessor", "--state-file", self.state_file,
                "--root-token", "root-token-for-tests"]
+        if self.tls:
+            cmd += ["--tls-cert", os.path.join(self.tls, "server.pem"), "--tls-key", os.path.join(self.tls, "server-key.pem")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         while True:
             line = self.proc.stdout.readline()
@@ -89,7 +93,7 @@ class Vault:
             if kind == "READY":
                 self.port = int(val)
                 break
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self):
         self.proc.terminate()
@@ -100,8 +104,12 @@ class Vault:
         r = urllib.request.Request(self.url + "/v1/" + path, data=data, method=method)
         if token:
             r.add_header("X-Vault-Token", token)
+        ctx = None
+        if self.tls:
+            import ssl
+            ctx = ssl.create_default_context(cafile=os.path.join(self.tls, "ca.pem"))
         try:
-            with urllib.request.urlopen(r, timeout=10) as resp:
+            with urllib.request.urlopen(r, timeout=10, context=ctx) as resp:
                 raw = resp.read()
                 return resp.status, json.loads(raw) if raw else None
         except urllib.error.HTTPError as e:
@@ -393,6 +401,67 @@ def test_no_tpm_refused_unless_software_allowed():
             d.agentctl("spawn", "--task", "creds", "--", "./agentctl", "token", cwd=ws, check=0)
     finally:
         vault.stop()
+
+
+def test_tls_verified_with_ca_and_refused_without():
+    certs = tempfile.mkdtemp(prefix="vaultcerts-")
+    subprocess.run(["bash", os.path.join(HERE, "..", "vaultdev", "make_cert.sh"), certs], check=True, capture_output=True)
+    tpm = Swtpm()
+    vault = Vault(os.path.join(tempfile.mkdtemp(prefix="vaultstate-"), "state.json"), tls=certs)
+    try:
+        # Without the CA: TLS verification fails and says so; nothing falls back to plain text.
+        d = Daemon(config=f"[Vault]\nAddress={vault.url}\n[TPM]\nTCTI={tpm.tcti}\n", tasks=TASKS)
+        with d:
+            enroll(d)
+            deadline = time.time() + 10
+            st = None
+            while time.time() < deadline:
+                st = d.client().ok("broker.status")
+                if st["vault"].startswith("unavailable") and "logging in" not in st["vault"]:
+                    break
+                time.sleep(0.1)
+            assert st["vault"].startswith("unavailable") and ("certificate" in st["vault"] or "SSL" in st["vault"]), st
+        d = Daemon(config=f"[Vault]\nAddress={vault.url}\nCACertificate={certs}/ca.pem\n[TPM]\nTCTI={tpm.tcti}\n", tasks=TASKS)
+        with d:
+            enroll(d)
+            wait_vault_ok(d)
+            d.agentctl("spawn", "--task", "creds", "--", "./agentctl", "token", cwd=workspace(d), check=0)
+    finally:
+        vault.stop()
+        tpm.stop()
+
+
+def test_session_renewed_and_tokens_reissued():
+    tpm = Swtpm()
+    vault = Vault(os.path.join(tempfile.mkdtemp(prefix="vaultstate-"), "state.json"), role_ttl="3")
+    try:
+        d = Daemon(config=f"[Vault]\nAddress={vault.url}\n[TPM]\nTCTI={tpm.tcti}\n", tasks=TASKS)
+        with d:
+            enroll(d)
+            st0 = wait_vault_ok(d)
+            ws = workspace(d)
+            c = d.client()
+            # A 6 s token re-issued at about 4 s while the sandbox lives.
+            sid = c.ok("sandbox.spawn", {"task": "creds-short", "argv": ["/bin/sh", "-c",
+                       "./agentctl token | rev; sleep 5; ./agentctl token | rev"], "workspace": ws})["id"]
+            res = c.ok("sandbox.wait", {"id": sid})
+            assert res["exit_code"] == 0, (res, c.ok("sandbox.logs", {"id": sid}))
+            t1, t2 = [l[::-1] for l in c.ok("sandbox.logs", {"id": sid})["stdout"].decode().split()]
+            assert t1 != t2, "the token was not re-issued"
+            # The session (3 s TTL) was renewed meanwhile, not lost.
+            st = c.ok("broker.status")
+            assert st["vault"] == "ok" and st["session_expires_at"] > st0["session_expires_at"], (st0, st)
+            st_, body = vault.req("GET", "sys/dev/requests", vault.root)
+            paths = [r["path"] for r in body["data"]["requests"]]
+            assert any("renew-self" in p for p in paths), paths[-20:]
+            deadline = time.time() + 10
+            while time.time() < deadline and (vault.req("GET", "auth/token/lookup-self", t1)[0] != 403 or
+                                              vault.req("GET", "auth/token/lookup-self", t2)[0] != 403):
+                time.sleep(0.1)
+            assert vault.req("GET", "auth/token/lookup-self", t2)[0] == 403
+    finally:
+        vault.stop()
+        tpm.stop()
 
 
 if __name__ == "__main__":
