@@ -435,6 +435,7 @@ START_TEST(test_tamper_truncate_last) {
         path_of(p, sizeof(p), copy, s.f[s.n - 1].no);
         size_t n;
         _cleanup_free_ char *c = read_all(p, &n);
+        ck_assert_ptr_nonnull(c);
         ck_assert_int_eq(truncate(p, (off_t) (n - 40)), 0);
         expect_bad(copy, N_RECORDS, "torn");
         lset_free(&s);
