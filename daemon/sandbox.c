@@ -1397,11 +1397,17 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 posix_spawn_file_actions_adddup2(&fa, child_fds[i], i);
         posix_spawnattr_t attr;
         posix_spawnattr_init(&attr);
-        sigset_t none, all;
+        /* Only what the daemon changed needs resetting (each reset is a syscall in the child). */
+        sigset_t none, ours;
         sigemptyset(&none);
-        sigfillset(&all);
+        sigemptyset(&ours);
+        sigaddset(&ours, SIGPIPE);
+        sigaddset(&ours, SIGTERM);
+        sigaddset(&ours, SIGINT);
+        sigaddset(&ours, SIGHUP);
+        sigaddset(&ours, SIGCHLD);
         posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setsigdefault(&attr, &all);
+        posix_spawnattr_setsigdefault(&attr, &ours);
         posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
         char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", (char *) "3", NULL };
         char *henv[] = { NULL };
