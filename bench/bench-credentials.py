@@ -22,33 +22,13 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-USER = "agentd-bench"
+from benchutil import reexec_unprivileged  # noqa: E402
 
 
 def reexec():
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["/usr/sbin/useradd", "-m", USER], check=True)
-    pw = pwd.getpwnam(USER)
-    mnt = None
-    for line in open("/proc/self/mountinfo"):
-        if " - cgroup2 " in line:
-            mnt = line.split()[4]
-            break
-    cg = ""
-    if mnt:
-        cg = os.path.join(mnt, f"agentd-bench-{os.getpid()}")
-        os.makedirs(cg, exist_ok=True)
-        subprocess.run(["chown", "-R", USER, cg], check=True)
-    env = {"HOME": pw.pw_dir, "USER": USER, "PATH": "/usr/bin:/bin", "CG": cg,
-           "AGENTD_BUILD": os.environ.get("AGENTD_BUILD", os.path.abspath(os.path.join(HERE, "..", "build")))}
-    rc = subprocess.run(["sh", "-c", '[ -z "$CG" ] || echo $$ > "$CG/cgroup.procs"; exec /usr/sbin/runuser -u ' + USER +
-                         ' -- /usr/bin/python3 "$0" "$@"', os.path.abspath(__file__)] + sys.argv[1:], env=env).returncode
-    if cg:
-        subprocess.run(["find", cg, "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"], stderr=subprocess.DEVNULL)
-    sys.exit(rc)
+    reexec_unprivileged(__file__, delegate_cgroup=True)
 
 
 def med(v):

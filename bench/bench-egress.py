@@ -13,21 +13,14 @@ import sys
 import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-USER = "agentd-bench"
+from benchutil import reexec_unprivileged  # noqa: E402
 SIZE = 100 * 1024 * 1024
 
 
 def reexec():
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["/usr/sbin/useradd", "-m", USER], check=True)
-    pw = pwd.getpwnam(USER)
-    env = {"HOME": pw.pw_dir, "USER": USER, "PATH": "/usr/bin:/bin",
-           "AGENTD_BUILD": os.environ.get("AGENTD_BUILD", os.path.abspath(os.path.join(HERE, "..", "build")))}
-    sys.exit(subprocess.run(["/usr/sbin/runuser", "-u", USER, "--", "/usr/bin/python3", os.path.abspath(__file__)] + sys.argv[1:],
-                            env=env).returncode)
+    reexec_unprivileged(__file__, delegate_cgroup=False)
 
 
 CHUNK = b"x" * (1024 * 1024)

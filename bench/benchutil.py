@@ -1,0 +1,33 @@
+"""Shared by the Python benchmarks: run unprivileged (the product's real
+setting), optionally inside a cgroup delegated to that user the way systemd's
+Delegate=yes does it."""
+import os
+import pwd
+import subprocess
+import sys
+
+USER = "agentd-bench"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def reexec_unprivileged(script, delegate_cgroup=False):
+    """Called as root: re-run `script` as agentd-bench and exit with its status."""
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["/usr/sbin/useradd", "-m", USER], check=True)
+    pw = pwd.getpwnam(USER)
+    cg = ""
+    if delegate_cgroup:
+        mnt = next((l.split()[4] for l in open("/proc/self/mountinfo") if " - cgroup2 " in l), None)
+        if mnt:
+            cg = os.path.join(mnt, f"agentd-bench-{os.getpid()}")
+            os.makedirs(cg, exist_ok=True)
+            subprocess.run(["chown", "-R", USER, cg], check=True)
+    env = {"HOME": pw.pw_dir, "USER": USER, "PATH": "/usr/bin:/bin", "CG": cg,
+           "AGENTD_BUILD": os.environ.get("AGENTD_BUILD", os.path.abspath(os.path.join(HERE, "..", "build")))}
+    rc = subprocess.run(["sh", "-c", '[ -z "$CG" ] || echo $$ > "$CG/cgroup.procs"; exec /usr/sbin/runuser -u ' + USER +
+                         ' -- /usr/bin/python3 "$0" "$@"', os.path.abspath(script)] + sys.argv[1:], env=env).returncode
+    if cg:
+        subprocess.run(["find", cg, "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"], stderr=subprocess.DEVNULL)
+    sys.exit(rc)

@@ -1,0 +1,133 @@
+#!/bin/bash
+# Spawn-time benchmark: `agentctl spawn --task default -- /bin/true` through a
+# daemon started here (temp dir, temp workspace) against bubblewrap, unshare
+# and plain exec of /bin/true, plus `agentctl ping` as the client-overhead
+# floor, all in ONE hyperfine run. Prints medians, p95 and the ratios
+# agentd/bwrap and agentd/unshare (absolute times drift between machines; the
+# ratios are the result).
+#
+# Usage: bench/spawn.sh [BUILD_DIR]    (default: build/ next to bench/)
+# Env:   WARMUP (20, per round) RUNS (200 per command) ROUNDS (2)
+#        JSON_OUT (keep the hyperfine JSONs there, as a list)
+#        BENCH_USER (agentd-bench): run as root, the script re-executes itself
+#        as this unprivileged user (user namespaces are what we measure).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BUILD=$(cd "${1:-$HERE/../build}" && pwd)
+WARMUP=${WARMUP:-20}
+RUNS=${RUNS:-200}
+BENCH_USER=${BENCH_USER:-agentd-bench}
+
+if [ "$(id -u)" = 0 ]; then
+        if ! id "$BENCH_USER" >/dev/null 2>&1; then
+                useradd -m "$BENCH_USER"
+        fi
+        exec runuser -u "$BENCH_USER" -- env WARMUP="$WARMUP" RUNS="$RUNS" ROUNDS="${ROUNDS:-2}" JSON_OUT="${JSON_OUT:-}" \
+                PATH=/usr/bin:/bin "$0" "$BUILD"
+fi
+
+AGENTD=$BUILD/daemon/agentd
+AGENTCTL=$BUILD/client/agentctl
+for b in "$AGENTD" "$AGENTCTL"; do
+        [ -x "$b" ] || { echo "spawn.sh: $b missing (build first: ninja -C $BUILD)" >&2; exit 1; }
+done
+for t in hyperfine bwrap unshare /usr/bin/python3; do
+        command -v "$t" >/dev/null || { echo "spawn.sh: $t not installed" >&2; exit 1; }
+done
+
+T=$(mktemp -d /tmp/agentd-spawn-bench.XXXXXX)
+chmod 700 "$T"
+mkdir -p "$T/run" "$T/config" "$T/state" "$T/ws"
+SOCK=$T/agentd.sock
+DPID=
+cleanup() {
+        if [ -n "$DPID" ]; then kill "$DPID" 2>/dev/null || true; wait "$DPID" 2>/dev/null || true; fi
+        rm -rf "$T"
+}
+trap cleanup EXIT
+
+env -i HOME="$HOME" USER="$(id -un)" PATH=/usr/bin:/bin \
+        XDG_RUNTIME_DIR="$T/run" XDG_CONFIG_HOME="$T/config" XDG_STATE_HOME="$T/state" \
+        AGENTD_LOG_TARGET=stderr "$AGENTD" --socket "$SOCK" 2>"$T/agentd.log" &
+DPID=$!
+for _ in $(seq 100); do
+        [ -S "$SOCK" ] && break
+        sleep 0.05
+done
+export AGENTD_SOCKET=$SOCK
+if ! "$AGENTCTL" ping >/dev/null; then
+        echo "spawn.sh: agentd did not start:" >&2; cat "$T/agentd.log" >&2; exit 1
+fi
+if ! "$AGENTCTL" spawn --task default --workspace "$T/ws" -- /bin/true; then
+        echo "spawn.sh: agentctl spawn failed:" >&2; cat "$T/agentd.log" >&2; exit 1
+fi
+
+echo "spawn.sh: $(nproc) cpus, kernel $(uname -r), user $(id -un), warmup $WARMUP, runs $RUNS, build $BUILD"
+# -N: no intermediate shell, each command is exec'd directly by hyperfine.
+# hyperfine measures one command after the other; to keep drift (other load,
+# thermal, page cache) from biasing the ratios, the runs are split into ROUNDS
+# rounds, the command order reversed every other round, and the times pooled.
+ROUNDS=${ROUNDS:-2}
+PER_ROUND=$(( (RUNS + ROUNDS - 1) / ROUNDS ))
+CMDS=(
+        agentd "$AGENTCTL spawn --task default --workspace $T/ws -- /bin/true"
+        bwrap "bwrap --unshare-all --die-with-parent --new-session --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp /bin/true"
+        unshare "unshare -Urmpfn --mount-proc /bin/true"
+        true "/bin/true"
+        agentctl-ping "$AGENTCTL ping"
+)
+JSONS=()
+for r in $(seq "$ROUNDS"); do
+        args=()
+        n=$(( ${#CMDS[@]} / 2 ))
+        for i in $(seq 0 $((n - 1))); do
+                j=$i
+                [ $((r % 2)) = 0 ] && j=$((n - 1 - i))
+                args+=(-n "${CMDS[$((2 * j))]}" "${CMDS[$((2 * j + 1))]}")
+        done
+        hyperfine -N --style basic --warmup "$WARMUP" --runs "$PER_ROUND" \
+                --export-json "$T/spawn-$r.json" "${args[@]}" >"$T/hyperfine-$r.out" 2>&1
+        JSONS+=("$T/spawn-$r.json")
+done
+if [ -n "${JSON_OUT:-}" ]; then
+        /usr/bin/python3 -c 'import json,sys; json.dump([json.load(open(f)) for f in sys.argv[2:]], open(sys.argv[1], "w"))' \
+                "$JSON_OUT" "${JSONS[@]}"
+fi
+
+echo "spawn.sh: $ROUNDS rounds x $PER_ROUND runs per command (order reversed every other round), pooled"
+/usr/bin/python3 - "${JSONS[@]}" <<'EOF'
+import json, statistics, sys
+
+res = {}
+for f in sys.argv[1:]:
+    for r in json.load(open(f))["results"]:
+        res.setdefault(r["command"], {"times": []})["times"] += r["times"]
+
+def pct(xs, p):
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p
+    f = int(k)
+    c = min(f + 1, len(xs) - 1)
+    return xs[f] + (xs[c] - xs[f]) * (k - f)
+
+rows = {}
+print()
+print(f"{'command':<14} {'median ms':>10} {'p95 ms':>8} {'mean ms':>8} {'min ms':>7} {'runs':>5}")
+for name in ("agentd", "bwrap", "unshare", "true", "agentctl-ping"):
+    t = [x * 1e3 for x in res[name]["times"]]
+    rows[name] = (statistics.median(t), pct(t, 0.95))
+    print(f"{name:<14} {rows[name][0]:>10.2f} {rows[name][1]:>8.2f} {statistics.mean(t):>8.2f} {min(t):>7.2f} {len(t):>5}")
+
+a = rows["agentd"]
+print()
+print(f"{'ratio':<28} {'median':>7} {'p95':>7}")
+for peer, target in (("bwrap", "target <= 1.0"), ("unshare", "")):
+    p = rows[peer]
+    print(f"{'agentd/' + peer:<28} {a[0] / p[0]:>7.2f} {a[1] / p[1]:>7.2f}  {target}")
+net = a[0] - rows["agentctl-ping"][0]
+print(f"{'agentd - agentctl ping':<28} {net:>7.2f} ms (spawn cost beyond the client round trip floor)")
+print(f"{'(agentd - ping)/bwrap':<28} {net / rows['bwrap'][0]:>7.2f}")
+verdict = "met" if a[0] / rows["bwrap"][0] <= 1.0 else "NOT met"
+print(f"\nspawn.sh: agentd/bwrap median ratio target (<= 1.0) {verdict}")
+EOF
