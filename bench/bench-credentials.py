@@ -14,7 +14,6 @@ Run as root: it delegates a cgroup to the user agentd-bench (as systemd's
 Delegate=yes would) and re-executes itself as that user."""
 import json
 import os
-import pwd
 import statistics
 import subprocess
 import sys

@@ -6,7 +6,6 @@ plus the latency the proxy adds to a small request. Prints ratios.
 Run as root (re-executes as the unprivileged user agentd-bench) or as a user."""
 import http.server
 import os
-import pwd
 import statistics
 import subprocess
 import sys
