@@ -16,6 +16,7 @@
 
 #include "audit/audit.h"
 #include "broker/seal.h"
+#include "fileio.h"
 #include "log.h"
 #include "macro.h"
 #include "server.h"
@@ -28,22 +29,6 @@ typedef struct auditlog {
 } auditlog;
 
 static auditlog the_log;
-
-static int read_all(const char *path, char **ret, size_t *ret_len) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-                return -errno;
-        char *b = malloc(65536);
-        ssize_t n = b ? read(fd, b, 65536) : -1;
-        close(fd);
-        if (n < 0) {
-                free(b);
-                return -EIO;
-        }
-        *ret = b;
-        *ret_len = (size_t) n;
-        return 0;
-}
 
 static int write_new(const char *path, const void *data, size_t len) {
         int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -69,7 +54,7 @@ static int audit_key(manager *m, const char *dir, uint8_t **ret, size_t *ret_len
         seal_error se = { 0 };
         _cleanup_free_ char *blob = NULL;
         size_t blen = 0;
-        if (read_all(blob_path, &blob, &blen) == 0) {
+        if (read_file_bounded(blob_path, 65536, &blob, &blen) == 0) {
                 int r = unseal_secret(m->config->tpm_tcti, soft, blob, blen, ret, ret_len, &se);
                 if (r < 0) {
                         snprintf(why, whylen, "cannot unseal the audit key (%s: %s)", se.step, se.message);

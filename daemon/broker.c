@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "broker/seal.h"
+#include "fileio.h"
 #include "broker/vault.h"
 #include "auditlog.h"
 #include "log.h"
@@ -114,45 +115,6 @@ static json_object *auth_field(json_object *body, const char *key) {
 }
 
 /* ---- files -------------------------------------------------------------------- */
-
-static int write_file_atomic(const char *path, const void *data, size_t len) {
-        char tmp[PATH_MAX];
-        snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        int r = 0;
-        if (write(fd, data, len) != (ssize_t) len || fsync(fd) < 0)
-                r = -EIO;
-        close(fd);
-        if (r == 0 && rename(tmp, path) < 0)
-                r = -errno;
-        if (r < 0)
-                unlink(tmp);
-        return r;
-}
-
-static int read_file(const char *path, size_t max, char **ret, size_t *ret_len) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-                return -errno;
-        struct stat st;
-        if (fstat(fd, &st) < 0 || (size_t) st.st_size > max) {
-                close(fd);
-                return -EFBIG;
-        }
-        char *b = malloc((size_t) st.st_size + 1);
-        ssize_t n = b ? read(fd, b, (size_t) st.st_size) : -1;
-        close(fd);
-        if (n < 0) {
-                free(b);
-                return -EIO;
-        }
-        b[n] = 0;
-        *ret = b;
-        *ret_len = (size_t) n;
-        return 0;
-}
 
 static void fsync_dir(const char *dir) {
         int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -479,7 +441,7 @@ static void start_login(broker *b) {
         w->b = b;
         w->tcti = strdup(b->m->config->tpm_tcti ? b->m->config->tpm_tcti : "");
         w->soft_key = b->m->config->tpm_allow_software_key ? strdup(b->soft_key_path) : NULL;
-        if (read_file(b->blob_path, 65536, &w->blob, &w->blob_len) < 0) {
+        if (read_file_bounded(b->blob_path, 65536, &w->blob, &w->blob_len) < 0) {
                 session_failed(b, "the sealed AppRole secret cannot be read");
                 unseal_work_free(w);
                 return;
@@ -554,7 +516,7 @@ int broker_init(manager *m) {
         (void) mkdir(b->dir, 0700);
         (void) mkdir(b->accessor_dir, 0700);
         size_t n;
-        if (read_file(b->role_path, 4096, &b->role_id, &n) == 0 && access(b->blob_path, R_OK) == 0)
+        if (read_file_bounded(b->role_path, 4096, &b->role_id, &n) == 0 && access(b->blob_path, R_OK) == 0)
                 b->enrolled = true;
 
         if (!m->config->vault_address) {
@@ -823,7 +785,7 @@ void broker_release(manager *m, sandbox_creds *c) {
                 char path[PATH_MAX], *owner = NULL;
                 size_t n;
                 snprintf(path, sizeof(path), "%s/%s", b->accessor_dir, de->d_name);
-                if (read_file(path, 64, &owner, &n) == 0 && streq(owner, c->sandbox_id))
+                if (read_file_bounded(path, 64, &owner, &n) == 0 && streq(owner, c->sandbox_id))
                         revoke_accessor(b, de->d_name);
                 free(owner);
         }
@@ -871,7 +833,7 @@ void broker_revoke_sandboxes(manager *m, char *const *sandbox_ids, uint64_t dead
                 char path[PATH_MAX], *owner = NULL;
                 size_t n;
                 snprintf(path, sizeof(path), "%s/%s", b->accessor_dir, de->d_name);
-                if (read_file(path, 64, &owner, &n) == 0)
+                if (read_file_bounded(path, 64, &owner, &n) == 0)
                         for (size_t i = 0; sandbox_ids && sandbox_ids[i]; i++)
                                 if (streq(owner, sandbox_ids[i]))
                                         revoke_accessor_batch(b, de->d_name, rb);

@@ -31,6 +31,7 @@
 #include "auditlog.h"
 #include "broker.h"
 #include "cgroup.h"
+#include "fileio.h"
 #include "daemon.h"
 #include "log.h"
 #include "macro.h"
@@ -1722,24 +1723,7 @@ int rpc_sandbox_kill(rpc_ctx *ctx, rpc_error *err) {
 static int read_log(const char *dir, const char *name, char **ret, size_t *ret_len) {
         char path[PATH_MAX];
         snprintf(path, sizeof(path), "%s/%s.log", dir, name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-                return -errno;
-        struct stat st;
-        if (fstat(fd, &st) < 0 || st.st_size > 64 * 1024 * 1024) {
-                close(fd);
-                return -EFBIG;
-        }
-        char *b = malloc((size_t) st.st_size + 1);
-        ssize_t n = b ? read(fd, b, (size_t) st.st_size) : -1;
-        close(fd);
-        if (n < 0) {
-                free(b);
-                return -EIO;
-        }
-        *ret = b;
-        *ret_len = (size_t) n;
-        return 0;
+        return read_file_bounded(path, 64 * 1024 * 1024, ret, ret_len);
 }
 
 int rpc_sandbox_logs(rpc_ctx *ctx, rpc_error *err) {
