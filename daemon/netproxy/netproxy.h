@@ -1,9 +1,12 @@
 /* The egress proxy for Network.Mode=proxy sandboxes. A sandbox's network
- * namespace has only loopback; its one way out is a per-sandbox Unix socket
- * (bridged to 127.0.0.1:PORT inside, not done here) on which this proxy speaks
- * HTTP CONNECT and absolute-URI HTTP. The socket a request arrives on says which
- * sandbox (and so which task's Allow= list) it is from; nothing the sandbox
- * sends can change that.
+ * namespace has only loopback; its one way out is a per-sandbox Unix socket.
+ * The sandbox's bridge (daemon/sandbox/bridge.c) listens on 127.0.0.1:PORT
+ * inside and passes each accepted TCP socket over that Unix socket (one byte +
+ * the fd, SCM_RIGHTS); this proxy then speaks HTTP CONNECT and absolute-URI
+ * HTTP on the TCP socket itself. Anything but one connected TCP socket per
+ * Unix connection is refused. The Unix socket a connection arrives on says
+ * which sandbox (and so which task's Allow= list) it is from; nothing the
+ * sandbox sends can change that.
  *
  * Names are resolved here (the sandbox has no resolver), every resolved address
  * is checked against loopback/private/link-local/host-owned ranges (DNS

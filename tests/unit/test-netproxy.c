@@ -5,6 +5,7 @@
  * main thread after the client thread has been joined and the loop has ended. */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <pthread.h>
@@ -272,16 +273,76 @@ static void run(void (*body)(void)) {
 
 /* ---- the sandbox side (client thread) ---- */
 
-static int client_connect(void) {
+static int unix_connect(void) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        struct timeval tv = { .tv_sec = 5 };
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
         ck_assert_int_ge(fd, 0);
         snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", H.sock);
         ck_assert_int_eq(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        return fd;
+}
+
+/* What the bridge does: one byte and the fds, then close. */
+static void send_fds(int unx, const int *fds, size_t n) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * 8)];
+        } control = {};
+        struct iovec iov = { .iov_base = (char[]) { 'F' }, .iov_len = 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+        ck_assert_uint_le(n, 8);
+        if (n > 0) {
+                struct cmsghdr *cm;
+                mh.msg_control = &control;
+                mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+                cm = CMSG_FIRSTHDR(&mh);
+                cm->cmsg_level = SOL_SOCKET;
+                cm->cmsg_type = SCM_RIGHTS;
+                cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+                memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
+        }
+        ck_assert_int_eq(sendmsg(unx, &mh, MSG_NOSIGNAL), 1);
+}
+
+/* A loopback TCP connection: *ret_client is the sandbox program's end, the
+ * returned fd the bridge's accepted end. */
+static int tcp_pair(int *ret_client) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        int l, c, a;
+
+        l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(l, 0);
+        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        ck_assert_int_eq(listen(l, 1), 0);
+        ck_assert_int_eq(getsockname(l, (struct sockaddr *) &sa, &len), 0);
+        c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(c, 0);
+        ck_assert_int_eq(connect(c, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        a = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        ck_assert_int_ge(a, 0);
+        close(l);
+        *ret_client = c;
+        return a;
+}
+
+static void set_timeouts(int fd) {
+        struct timeval tv = { .tv_sec = 5 };
+
         ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
         ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)), 0);
+}
+
+/* A connection from inside the sandbox, handed to the proxy like the bridge does. */
+static int client_connect(void) {
+        int fd, accepted = tcp_pair(&fd), unx = unix_connect();
+
+        send_fds(unx, &accepted, 1);
+        close(unx);
+        close(accepted);
+        set_timeouts(fd);
         return fd;
 }
 
@@ -697,6 +758,144 @@ START_TEST(test_connection_limit) {
 }
 END_TEST
 
+/* The proxy hung up on a handoff connection: EOF or a reset, not our timeout. */
+static void assert_hung_up(int fd) {
+        char buf[16];
+        ssize_t k = read(fd, buf, sizeof(buf));
+        ck_assert_msg(k == 0 || (k < 0 && errno == ECONNRESET), "read %zd: %s", k, k < 0 ? strerror(errno) : "");
+}
+
+static void body_bad_handoffs(void) {
+        int unx, p[2], c1, c2, a1, a2, u, l;
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+        /* One byte, no fd. */
+        unx = unix_connect();
+        set_timeouts(unx);
+        send_fds(unx, NULL, 0);
+        assert_hung_up(unx);
+        close(unx);
+
+        /* A pipe, a Unix socket, an unconnected and a listening TCP socket: not a client connection. */
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        u = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        c1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        ck_assert_int_eq(listen(l, 1), 0);
+        int bad[] = { p[0], u, c1, l };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                unx = unix_connect();
+                set_timeouts(unx);
+                send_fds(unx, &bad[i], 1);
+                assert_hung_up(unx);
+                close(unx);
+        }
+        /* The proxy kept no reference: the pipe's write end sees the read end gone. */
+        close(p[0]);
+        {
+                struct pollfd pfd = { .fd = p[1], .events = POLLOUT };
+                ck_assert_int_eq(poll(&pfd, 1, 0), 1);
+                ck_assert(pfd.revents & POLLERR);
+        }
+        close(p[1]);
+        close(u);
+        close(c1);
+        close(l);
+
+        /* Two client sockets in one handoff: both refused, both closed. */
+        a1 = tcp_pair(&c1);
+        a2 = tcp_pair(&c2);
+        unx = unix_connect();
+        set_timeouts(unx);
+        send_fds(unx, (int[]) { a1, a2 }, 2);
+        close(a1);
+        close(a2);
+        assert_hung_up(unx);
+        close(unx);
+        set_timeouts(c1);
+        set_timeouts(c2);
+        assert_hung_up(c1);
+        assert_hung_up(c2);
+        close(c1);
+        close(c2);
+
+        /* And the sandbox's socket still works. */
+        body_denied_port();
+}
+
+START_TEST(test_bad_handoffs) {
+        setup();
+        run(body_bad_handoffs);
+        ck_assert_msg(strncmp(answer, "HTTP/1.1 403 Forbidden\r\n", 24) == 0, "%s", answer);
+        ck_assert_uint_eq(H.n_events, 1);
+        ck_assert_int_eq(H.events[0].kind, NETPROXY_DENIED);
+}
+END_TEST
+
+static double handoff_elapsed;
+
+static void body_handoff_timeout(void) {
+        int unx = unix_connect();
+        double start = now_sec();
+
+        /* Connected, never sends: dropped at the head deadline (nobody to answer). */
+        set_timeouts(unx);
+        assert_hung_up(unx);
+        handoff_elapsed = now_sec() - start;
+        close(unx);
+}
+
+START_TEST(test_handoff_timeout) {
+        setup();
+        netproxy_set_header_timeout_ms(H.proxy, 300);
+        run(body_handoff_timeout);
+        ck_assert_msg(handoff_elapsed >= 0.25 && handoff_elapsed < 3.0, "elapsed %f", handoff_elapsed);
+        ck_assert_uint_eq(H.n_events, 0);
+}
+END_TEST
+
+static uint64_t get_total;
+
+/* A large response through absolute-URI HTTP: the byte counts are exact. */
+static void body_get_big(void) {
+        char req[256];
+        _cleanup_free_ char *buf = malloc(BIG + 4096);
+        int fd = client_connect();
+        size_t n = 0;
+
+        ck_assert_ptr_nonnull(buf);
+        /* Not "GET ": the echo upstream sends the rewritten head and the body back. */
+        snprintf(req, sizeof(req), "PUT http://127.0.0.1:%u/x HTTP/1.1\r\nContent-Length: %u\r\n\r\n", (unsigned) H.port,
+                 BIG);
+        send_str(fd, req);
+        memset(buf, 'b', BIG);
+        send_all(fd, buf, BIG);
+        ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+        for (;;) {
+                ssize_t k = read(fd, buf + n, BIG + 4096 - n);
+                ck_assert_msg(k >= 0, "read: %s", strerror(errno));
+                if (k == 0)
+                        break;
+                n += (size_t) k;
+        }
+        get_total = n;
+        close(fd);
+}
+
+START_TEST(test_put_big_counts) {
+        setup();
+        run(body_get_big);
+        ck_assert_uint_eq(H.n_events, 2);
+        ck_assert_int_eq(H.events[1].kind, NETPROXY_CLOSED);
+        ck_assert_str_eq(H.events[1].method, "PUT");
+        /* The echo returns exactly what the upstream got. */
+        ck_assert_uint_gt(H.events[1].up, BIG);
+        ck_assert_uint_eq(H.events[1].up, H.events[1].down);
+        ck_assert_uint_eq(H.events[1].down, get_total);
+}
+END_TEST
+
 static const char *classify(const char *ip) {
         struct sockaddr_storage ss = {};
 
@@ -828,6 +1027,9 @@ static Suite *netproxy_suite(void) {
         tcase_add_test(tc, test_remove_sandbox);
         tcase_add_test(tc, test_remove_from_callback);
         tcase_add_test(tc, test_connection_limit);
+        tcase_add_test(tc, test_bad_handoffs);
+        tcase_add_test(tc, test_handoff_timeout);
+        tcase_add_test(tc, test_put_big_counts);
         suite_add_tcase(s, tc);
         return s;
 }
