@@ -6,7 +6,11 @@
  * Status messages (one line each, in this order):
  *   started <host pid of the sandbox init>   (tty=1: the pty master rides along, SCM_RIGHTS)
  *   error <step>: <message>                  (setup failed; the command did not run)
- *   exit <code> | signal <N>                 (always last, sent by the hands)
+ *   exit <code> | signal <N>                 (always last, sent by the hands as soon as
+ *                                             the command is reaped; the hands itself
+ *                                             exits after the init's namespace teardown)
+ * Only the command (and what it leaves running) holds the daemon's stdio pipes
+ * once it runs: EOF on them plus exit/signal is the end of the sandbox.
  * Optional sockets: proxy_socket= + proxy_port= (bridge.c: the daemon's proxy
  * as TCP 127.0.0.1:port inside), broker_socket= (bound read-only at
  * /run/agentd/broker.sock).
@@ -16,6 +20,7 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <sched.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -24,6 +29,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -260,8 +266,28 @@ static _Noreturn void run_command(const SandboxSpec *spec, int master, pid_t hos
         fail(spec->status_fd, &err, r == ENOENT ? SANDBOX_EXIT_NOTFOUND : SANDBOX_EXIT_NOEXEC);
 }
 
+typedef struct CommandArgs {
+        const SandboxSpec *spec;
+        int master;
+        pid_t host_pid;
+        int parent;
+} CommandArgs;
+
+/* The command child's stack while it shares the init's memory (printf-family
+ * calls on the error paths want a few KiB; zero pages until touched). */
+static uint8_t command_stack[256 * 1024] __attribute__((aligned(16)));
+
+static int command_main(void *userdata) {
+        const CommandArgs *a = userdata;
+
+        close(a->parent);
+        run_command(a->spec, a->master, a->host_pid);
+}
+
 /* pid 1 of the sandbox. The command's wait status goes to the hands over
- * `parent`; the hands reports it, so a killed init is reported too. */
+ * `parent` the moment it is reaped (the hands reports it right away, before
+ * our own exit and the pid namespace teardown); a killed init is reported by
+ * the hands from its wait status. */
 static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset_t *mask) {
         _cleanup_close_ int master = -1, proxy_fd = -1, bridge_ready = -1;
         SandboxError err = {};
@@ -312,14 +338,23 @@ static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset
                 bridge_ready = safe_close(bridge_ready);
         }
 
-        cmd = fork();
+        /* posix_spawn's trick: the child borrows our memory until its execve
+         * (we are suspended meanwhile), so no page tables are copied and
+         * neither side takes copy-on-write faults. It has its own fd table,
+         * fs and credentials, so everything it confines is its own; it only
+         * writes its own stack, and errno, which nobody reads while we wait. */
+        cmd = clone(command_main, command_stack + sizeof(command_stack), CLONE_VM | CLONE_VFORK | SIGCHLD,
+                    &(CommandArgs) { .spec = spec, .master = master, .host_pid = host_pid, .parent = parent });
         if (cmd < 0)
                 fail(spec->status_fd, (sandbox_fail(&err, "fork", -errno, "%m"), &err), SANDBOX_EXIT_SETUP);
-        if (cmd == 0) {
-                close(parent);
-                run_command(spec, master, host_pid);
-        }
         master = safe_close(master);
+        /* From here on the init only forwards signals and reaps. It lets go of
+         * the daemon's output pipes and the status channel, so that EOF there
+         * right after the command's exit means the command and its own
+         * background processes are done, not that pid 1 is still on its way
+         * out through the namespace teardown. */
+        (void) syscall(SYS_close_range, 0U, 2U, 0);
+        (void) close(spec->status_fd);
 
         for (;;) {
                 siginfo_t si;
@@ -346,6 +381,82 @@ static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset
                         }
                 }
         }
+}
+
+static void report_exit(int status_fd, int status) {
+        if (WIFSIGNALED(status))
+                (void) status_send(status_fd, -1, "signal %d", WTERMSIG(status));
+        else
+                (void) status_send(status_fd, -1, "exit %d", WEXITSTATUS(status));
+}
+
+/* Until the command's status arrives, the signals and the init's socket are
+ * watched together: the status is reported the moment the init sends it,
+ * while the init still has its exit and the namespace teardown ahead (pid 1
+ * going away kills whatever is left, so nothing outlives it; we still reap
+ * it before we exit ourselves). Without a signalfd we fall back to waiting
+ * for the init first. Returns the wait status reported: the command's, or
+ * the init's own when it died before sending one. */
+static int wait_init(pid_t pid, int sock, const sigset_t *mask, int status_fd) {
+        _cleanup_close_ int sfd = -1;
+        struct pollfd p[2];
+        int status, ws = 0;
+        ssize_t n;
+
+        sfd = signalfd(-1, mask, SFD_NONBLOCK | SFD_CLOEXEC);
+        /* The daemon's pipes are the command's business, not ours (see run_init). */
+        (void) syscall(SYS_close_range, 0U, 2U, 0);
+
+        p[0] = (struct pollfd) { .fd = sfd, .events = POLLIN };
+        p[1] = (struct pollfd) { .fd = sfd >= 0 ? sock : -1, .events = POLLIN };
+        for (;;) {
+                if (sfd < 0) {
+                        siginfo_t si;
+                        int sig = sigwaitinfo(mask, &si);
+
+                        if (sig < 0)
+                                continue;
+                        if (sig != SIGCHLD)
+                                (void) kill(pid, sig);
+                        else if (waitpid(pid, &ws, WNOHANG) == pid)
+                                break;
+                        continue;
+                }
+                if (poll(p, 2, -1) < 0)
+                        continue;
+                if (p[1].revents) {
+                        n = recv(sock, &status, sizeof(status), MSG_DONTWAIT);
+                        if (n == sizeof(status)) {
+                                report_exit(status_fd, status);
+                                while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
+                                        ;
+                                return status;
+                        }
+                        /* EOF: the init died without a status; its wait status tells. */
+                        if (n >= 0 || (errno != EAGAIN && errno != EINTR))
+                                p[1].fd = -1;
+                }
+                if (p[0].revents) {
+                        struct signalfd_siginfo si;
+                        bool child = false;
+
+                        while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+                                if (si.ssi_signo == SIGCHLD)
+                                        child = true;
+                                else
+                                        (void) kill(pid, (int) si.ssi_signo);
+                        }
+                        if (child && waitpid(pid, &ws, WNOHANG) == pid)
+                                break;
+                }
+        }
+
+        /* The command's status if the init got to send it; the init's own otherwise. */
+        n = recv(sock, &status, sizeof(status), MSG_DONTWAIT);
+        if (n != sizeof(status))
+                status = ws;
+        report_exit(status_fd, status);
+        return status;
 }
 
 static int parse_args(int argc, char **argv) {
@@ -378,8 +489,7 @@ int main(int argc, char **argv) {
         sigset_t mask;
         size_t size = 0;
         pid_t ppid, pid;
-        int spec_fd, pair[2], ws = 0, status, r;
-        ssize_t n;
+        int spec_fd, pair[2], status, r;
 
         /* Nothing of the daemon's environment is kept, not even in our memory. */
         for (char **e = environ; e && *e; e++)
@@ -447,28 +557,7 @@ int main(int argc, char **argv) {
         if (spec.seccomp_fd >= 0)
                 spec.seccomp_fd = safe_close(spec.seccomp_fd);
 
-        for (;;) {
-                siginfo_t si;
-                int sig = sigwaitinfo(&mask, &si);
-
-                if (sig < 0)
-                        continue;
-                if (sig != SIGCHLD) {
-                        kill(pid, sig);
-                        continue;
-                }
-                if (waitpid(pid, &ws, WNOHANG) == pid)
-                        break;
-        }
-
-        /* The command's status if the init got to send it; the init's own otherwise. */
-        n = recv(pair[0], &status, sizeof(status), MSG_DONTWAIT);
-        if (n != sizeof(status))
-                status = ws;
-        if (WIFSIGNALED(status)) {
-                status_send(spec.status_fd, -1, "signal %d", WTERMSIG(status));
-                return 128 + WTERMSIG(status);
-        }
-        status_send(spec.status_fd, -1, "exit %d", WEXITSTATUS(status));
-        return WEXITSTATUS(status);
+        status = wait_init(pid, pair[0], &mask, spec.status_fd);
+        return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
+

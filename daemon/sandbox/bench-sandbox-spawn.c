@@ -1,6 +1,9 @@
 /* Spawn-time benchmark: N runs of /bin/true through agentd-sandbox (spec in a
  * memfd, status on a socketpair, exactly as the daemon drives it) against
  * `unshare -Urmpfn --mount-proc /bin/true`, side by side; prints medians.
+ * Two times for the hands: until the "exit"/"signal" report arrives (what the
+ * daemon waits for; the namespace teardown may still run behind it) and until
+ * the hands itself has exited and been reaped.
  * Usage: bench-sandbox-spawn path/to/agentd-sandbox [runs] [workspace]
  * BENCH_SOCKETS=proxy|broker|proxy,broker adds proxy_socket=/proxy_port= and/or
  * broker_socket= keys, served by listening sockets the benchmark creates. */
@@ -45,7 +48,7 @@ static int make_socket(char *path, size_t size, const char *name) {
         return fd;
 }
 
-static int run_hands(const char *hands, const char *workspace) {
+static int run_hands(const char *hands, const char *workspace, double start, double *ret_reported) {
         _cleanup_close_ int memfd = -1, ours = -1;
         int pair[2], status;
         char spec[8192], fdarg[16], buf[256];
@@ -81,8 +84,16 @@ static int run_hands(const char *hands, const char *workspace) {
         close(pair[1]);
         if (pid < 0)
                 return -errno;
-        while (recv(ours, buf, sizeof(buf), 0) > 0)
-                ;
+        *ret_reported = -1;
+        for (;;) {
+                ssize_t n = recv(ours, buf, sizeof(buf) - 1, 0);
+
+                if (n <= 0)
+                        break;
+                if (*ret_reported < 0 && ((n > 5 && memcmp(buf, "exit ", 5) == 0) ||
+                                          (n > 7 && memcmp(buf, "signal ", 7) == 0)))
+                        *ret_reported = now_ms() - start;
+        }
         if (waitpid(pid, &status, 0) < 0)
                 return -errno;
         return WIFEXITED(status) ? WEXITSTATUS(status) : -EINTR;
@@ -107,7 +118,7 @@ int main(int argc, char **argv) {
         int runs = argc > 2 ? atoi(argv[2]) : 200;
         const char *workspace = argc > 3 ? argv[3] : NULL;
         const char *sockets = getenv("BENCH_SOCKETS");
-        double *t[3];
+        double *t[4];
 
         if (argc < 2 || runs < 1) {
                 fprintf(stderr, "usage: %s path/to/agentd-sandbox [runs] [workspace]\n", argv[0]);
@@ -121,13 +132,15 @@ int main(int argc, char **argv) {
                 perror("broker socket");
                 return 1;
         }
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < 4; k++)
                 t[k] = calloc((size_t) runs, sizeof(double));
         /* Interleaved, so drift on the machine hits all three alike. */
         for (int i = 0; i < runs; i++) {
                 double s = now_ms();
-                int r = run_hands(argv[1], workspace);
+                int r = run_hands(argv[1], workspace, s, &t[3][i]);
                 t[0][i] = now_ms() - s;
+                if (r == 0 && t[3][i] < 0)
+                        r = -EPROTO; /* no exit report */
                 if (r != 0) {
                         fprintf(stderr, "agentd-sandbox run %d failed: %d\n", i, r);
                         return 1;
@@ -142,14 +155,15 @@ int main(int argc, char **argv) {
                 run_argv(plain_argv);
                 t[2][i] = now_ms() - s;
         }
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < 4; k++)
                 qsort(t[k], (size_t) runs, sizeof(double), cmp_double);
         if (*proxy_path)
                 unlink(proxy_path);
         if (*broker_path)
                 unlink(broker_path);
         printf("%d runs%s%s, median (p90) ms\n", runs, sockets ? ", BENCH_SOCKETS=" : "", sockets ?: "");
-        printf("  agentd-sandbox /bin/true              %6.2f (%6.2f)\n", t[0][runs / 2], t[0][runs * 9 / 10]);
+        printf("  agentd-sandbox /bin/true: exit report %6.2f (%6.2f)\n", t[3][runs / 2], t[3][runs * 9 / 10]);
+        printf("  agentd-sandbox /bin/true: hands reaped %6.2f (%6.2f)\n", t[0][runs / 2], t[0][runs * 9 / 10]);
         printf("  unshare -Urmpfn --mount-proc /bin/true %6.2f (%6.2f)\n", t[1][runs / 2], t[1][runs * 9 / 10]);
         printf("  plain /bin/true                       %6.2f (%6.2f)\n", t[2][runs / 2], t[2][runs * 9 / 10]);
         return 0;

@@ -7,11 +7,14 @@
  * creates the listening sockets once lo is up (so a command that connects
  * right away finds them) and forks the bridge. The bridge drops every
  * capability, sets no_new_privs, is not dumpable and dies with the init; it
- * accepts TCP connections and relays each one to a fresh connection to the
- * proxy, reached through /proc/self/fd/N: nothing of the host's file system
- * is bound into the sandbox for it. One poll() loop, non-blocking sockets,
- * two bounded buffers per connection, half-closes passed on with
- * shutdown(SHUT_WR). */
+ * accepts TCP connections and hands each accepted socket to the proxy over a
+ * fresh connection to the proxy socket, reached through /proc/self/fd/N
+ * (nothing of the host's file system is bound into the sandbox for it): one
+ * byte with the fd attached (SCM_RIGHTS), then it closes its copies. The
+ * proxy then reads and writes the sandbox's TCP socket itself, so no byte of
+ * the payload passes through here (a relay hop here cost half the
+ * throughput). The bridge holds a connection only until the proxy's backlog
+ * takes it, so its table is small. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -31,36 +34,23 @@
 
 #include "sandbox.h"
 
-#define BRIDGE_MAX_CONNS 256
-#define BRIDGE_BUF (64 * 1024) /* per direction: at most 32 MiB for a full table */
+#define BRIDGE_MAX_PENDING 64  /* connections waiting for room in the proxy's backlog */
 #define BRIDGE_RETRY_MS 10     /* the proxy's backlog was full: connect again after */
 #define BRIDGE_CONNECT_MS 5000 /* ... and give up after */
 #define BRIDGE_BACKOFF_MS 100  /* accept() ran out of fds or memory */
 
-typedef struct Flow {
-        char *buf;
-        size_t off, len;
-        bool eof;  /* the source is finished (EOF or error) */
-        bool done; /* ... and everything was passed on, or the sink failed */
-} Flow;
-
-typedef struct Conn {
+typedef struct Pending {
         int tcp, unx;
-        bool connecting; /* unx not connected yet */
-        bool failed;     /* reset the TCP side when closing */
         int64_t retry_at, give_up_at;
-        Flow up;   /* tcp -> unx */
-        Flow down; /* unx -> tcp */
-} Conn;
+} Pending;
 
 typedef struct Bridge {
         int listeners[2];
         struct sockaddr_un proxy;
         socklen_t proxy_len;
-        Conn conns[BRIDGE_MAX_CONNS];
+        Pending pending[BRIDGE_MAX_PENDING];
         size_t n;
         int64_t accept_after;
-        struct pollfd pfd[2 + 2 * BRIDGE_MAX_CONNS];
 } Bridge;
 
 int bridge_open_socket(const SandboxSpec *spec, SandboxError *err) {
@@ -133,78 +123,54 @@ static int64_t now_ms(void) {
         return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void conn_close(Conn *c) {
-        if (c->failed) /* the client learns that something broke: RST, not a clean EOF */
-                (void) setsockopt(c->tcp, SOL_SOCKET, SO_LINGER, &(struct linger) { .l_onoff = 1 }, sizeof(struct linger));
-        safe_close(c->tcp);
-        safe_close(c->unx);
-        free(c->up.buf); /* both buffers */
+/* The client learns that the proxy is unreachable: a reset, not a clean EOF. */
+static void tcp_reset(int fd) {
+        (void) setsockopt(fd, SOL_SOCKET, SO_LINGER, &(struct linger) { .l_onoff = 1 }, sizeof(struct linger));
+        safe_close(fd);
 }
 
-/* One read and one write per round: a busy connection cannot starve the rest. */
-static void flow_pump(Conn *c, Flow *f, int src, int dst) {
-        ssize_t n;
+/* 0: handed over; 1: the proxy's backlog is full, try again later; <0: failed.
+ * On a fresh connection the one byte always fits, so sending cannot block. */
+static int handoff(const Bridge *b, int unx, int tcp) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        struct iovec iov = { .iov_base = (char[]) { 'F' }, .iov_len = 1 };
+        struct msghdr mh = {
+                .msg_iov = &iov,
+                .msg_iovlen = 1,
+                .msg_control = &control,
+                .msg_controllen = sizeof(control),
+        };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
 
-        if (f->done)
-                return;
-        if (!f->eof && f->len < BRIDGE_BUF) {
-                n = recv(src, f->buf + f->len, BRIDGE_BUF - f->len, MSG_DONTWAIT);
-                if (n > 0)
-                        f->len += (size_t) n;
-                else if (n == 0)
-                        f->eof = true;
-                else if (errno != EAGAIN && errno != EINTR) {
-                        f->eof = true;
-                        c->failed = true;
-                }
-        }
-        if (f->len > f->off) {
-                n = send(dst, f->buf + f->off, f->len - f->off, MSG_DONTWAIT | MSG_NOSIGNAL);
-                if (n > 0) {
-                        f->off += (size_t) n;
-                        if (f->off == f->len)
-                                f->off = f->len = 0;
-                } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
-                        /* The sink is gone: drop what it would have got, stop reading. */
-                        f->off = f->len = 0;
-                        f->eof = f->done = true;
-                        c->failed = true;
-                        return;
-                }
-        }
-        if (f->eof && f->len == 0) {
-                (void) shutdown(dst, SHUT_WR);
-                f->done = true;
-        }
+        if (connect(unx, (const struct sockaddr *) &b->proxy, b->proxy_len) < 0)
+                return errno == EAGAIN || errno == EINTR ? 1 : -errno;
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &tcp, sizeof(int));
+        if (sendmsg(unx, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
+                return -errno;
+        return 0;
 }
 
-/* What a direction waits for: room to read its source, or a drained sink.
- * Every unfinished direction waits for one of them, so nothing stalls. */
-static short flow_src_events(const Flow *f) {
-        return !f->done && !f->eof && f->len < BRIDGE_BUF ? POLLIN : 0;
-}
-
-static short flow_dst_events(const Flow *f) {
-        return !f->done && f->len > f->off ? POLLOUT : 0;
-}
-
-/* 0: connected; 1: the proxy's backlog is full, try again later; <0: failed. */
-static int conn_connect(Bridge *b, Conn *c) {
-        if (connect(c->unx, (const struct sockaddr *) &b->proxy, b->proxy_len) == 0)
-                return 0;
-        if (errno == EAGAIN || errno == EINTR)
-                return 1;
-        return -errno;
+/* Finishes a connection whose handoff is done (r == 0) or failed (r < 0). */
+static void finish(int tcp, int unx, int r) {
+        safe_close(unx);
+        if (r < 0)
+                tcp_reset(tcp);
+        else
+                safe_close(tcp); /* the proxy holds the socket now */
 }
 
 static void bridge_accept(Bridge *b, int listener, int64_t now) {
-        while (b->n < BRIDGE_MAX_CONNS) {
-                Conn *c = &b->conns[b->n];
-                char *buf;
-                int fd, r;
+        while (b->n < BRIDGE_MAX_PENDING) {
+                int tcp, unx, r;
 
-                fd = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd < 0) {
+                tcp = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (tcp < 0) {
                         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
                                 b->accept_after = now + BRIDGE_BACKOFF_MS;
                         if (errno == EAGAIN || errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
@@ -212,60 +178,48 @@ static void bridge_accept(Bridge *b, int listener, int64_t now) {
                                 return;
                         continue; /* ECONNABORTED and the like: the next one */
                 }
-                (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int) { 1 }, sizeof(int));
-                buf = malloc(2 * BRIDGE_BUF);
-                *c = (Conn) {
-                        .tcp = fd,
-                        .unx = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0),
-                        .up.buf = buf,
-                        .down.buf = buf ? buf + BRIDGE_BUF : NULL,
-                        .failed = true,
-                };
-                if (!buf || c->unx < 0 || (r = conn_connect(b, c)) < 0) {
-                        conn_close(c);
-                        if (!buf || c->unx < 0)
-                                b->accept_after = now + BRIDGE_BACKOFF_MS;
+                /* Socket options travel with the socket: set here, where it is ours. */
+                (void) setsockopt(tcp, IPPROTO_TCP, TCP_NODELAY, &(int) { 1 }, sizeof(int));
+                unx = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                if (unx < 0) {
+                        tcp_reset(tcp);
+                        b->accept_after = now + BRIDGE_BACKOFF_MS;
+                        return;
+                }
+                r = handoff(b, unx, tcp);
+                if (r > 0) {
+                        b->pending[b->n++] = (Pending) {
+                                .tcp = tcp,
+                                .unx = unx,
+                                .retry_at = now + BRIDGE_RETRY_MS,
+                                .give_up_at = now + BRIDGE_CONNECT_MS,
+                        };
                         continue;
                 }
-                c->failed = false;
-                c->connecting = r > 0;
-                c->retry_at = now + BRIDGE_RETRY_MS;
-                c->give_up_at = now + BRIDGE_CONNECT_MS;
-                b->n++;
+                finish(tcp, unx, r);
         }
 }
 
 static _Noreturn void bridge_loop(Bridge *b) {
+        struct pollfd pfd[2];
+
         for (;;) {
                 int64_t now = now_ms(), wake = -1;
-                bool accepting = b->n < BRIDGE_MAX_CONNS && now >= b->accept_after;
+                bool accepting = b->n < BRIDGE_MAX_PENDING && now >= b->accept_after;
                 int timeout, n;
 
                 for (size_t i = 0; i < 2; i++) {
-                        b->pfd[i].fd = accepting ? b->listeners[i] : -1;
-                        b->pfd[i].events = POLLIN;
+                        pfd[i].fd = accepting ? b->listeners[i] : -1;
+                        pfd[i].events = POLLIN;
                 }
-                if (!accepting && b->n < BRIDGE_MAX_CONNS)
+                if (!accepting && b->n < BRIDGE_MAX_PENDING)
                         wake = b->accept_after;
-                for (size_t i = 0; i < b->n; i++) {
-                        Conn *c = &b->conns[i];
-                        struct pollfd *t = &b->pfd[2 + 2 * i], *u = t + 1;
-
-                        if (c->connecting) {
-                                t->fd = u->fd = -1;
-                                if (wake < 0 || c->retry_at < wake)
-                                        wake = c->retry_at;
-                                continue;
-                        }
-                        t->events = flow_src_events(&c->up) | flow_dst_events(&c->down);
-                        u->events = flow_src_events(&c->down) | flow_dst_events(&c->up);
-                        /* An fd nobody waits on stays out: its POLLHUP would spin us. */
-                        t->fd = t->events ? c->tcp : -1;
-                        u->fd = u->events ? c->unx : -1;
-                }
+                for (size_t i = 0; i < b->n; i++)
+                        if (wake < 0 || b->pending[i].retry_at < wake)
+                                wake = b->pending[i].retry_at;
                 timeout = wake < 0 ? -1 : wake <= now ? 0 : (int) (wake - now);
 
-                n = poll(b->pfd, 2 + 2 * b->n, timeout);
+                n = poll(pfd, 2, timeout);
                 if (n < 0) {
                         if (errno == EINTR || errno == EAGAIN)
                                 continue;
@@ -273,39 +227,25 @@ static _Noreturn void bridge_loop(Bridge *b) {
                 }
                 now = now_ms();
 
-                /* Backwards, so the last connection can fill a closed one's slot. */
+                /* Backwards, so the last one can fill a finished one's slot. */
                 for (size_t i = b->n; i-- > 0;) {
-                        Conn *c = &b->conns[i];
-                        struct pollfd *t = &b->pfd[2 + 2 * i], *u = t + 1;
+                        Pending *c = &b->pending[i];
+                        int r;
 
-                        if (c->connecting) {
-                                int r;
-
-                                if (now < c->retry_at)
-                                        continue;
-                                r = conn_connect(b, c);
-                                if (r > 0 && now < c->give_up_at) {
-                                        c->retry_at = now + BRIDGE_RETRY_MS;
-                                        continue;
-                                }
-                                if (r != 0) {
-                                        c->failed = true;
-                                        c->up.done = c->down.done = true;
-                                } else
-                                        c->connecting = false;
-                        } else if ((t->fd >= 0 && t->revents) || (u->fd >= 0 && u->revents)) {
-                                flow_pump(c, &c->up, c->tcp, c->unx);
-                                flow_pump(c, &c->down, c->unx, c->tcp);
+                        if (now < c->retry_at)
+                                continue;
+                        r = handoff(b, c->unx, c->tcp);
+                        if (r > 0 && now < c->give_up_at) {
+                                c->retry_at = now + BRIDGE_RETRY_MS;
+                                continue;
                         }
-                        if (c->up.done && c->down.done) {
-                                conn_close(c);
-                                *c = b->conns[--b->n];
-                        }
+                        finish(c->tcp, c->unx, r > 0 ? -ETIMEDOUT : r);
+                        *c = b->pending[--b->n];
                 }
 
                 if (accepting)
                         for (size_t i = 0; i < 2; i++)
-                                if (b->listeners[i] >= 0 && (b->pfd[i].revents & POLLIN))
+                                if (b->listeners[i] >= 0 && (pfd[i].revents & POLLIN))
                                         bridge_accept(b, b->listeners[i], now);
         }
 }

@@ -48,14 +48,16 @@ static unsigned path_depth(const char *p) {
         return d;
 }
 
-static int plan_add(MountPlan *plan, const char *path, int fd, const char *symlink, SandboxError *err) {
-        struct stat st;
+/* type: S_IFDIR or S_IFREG when the caller knows what fd is (a file system
+ * instance is a directory, a device node is not), 0 to ask fstat. */
+static int plan_add(MountPlan *plan, const char *path, int fd, const char *symlink, mode_t type, SandboxError *err) {
+        struct stat st = { .st_mode = type };
 
         if (plan->n >= MAX_ENTRIES) {
                 safe_close(fd);
                 return sandbox_fail(err, "mount", -E2BIG, "more than %d mounts", MAX_ENTRIES);
         }
-        if (fd >= 0 && fstat(fd, &st) < 0) {
+        if (fd >= 0 && type == 0 && fstat(fd, &st) < 0) {
                 int r = -errno;
                 safe_close(fd);
                 return sandbox_fail(err, "mount", r, "fstat %s: %m", path);
@@ -107,7 +109,8 @@ static int make_fs(const char *type, const char *const *opts, unsigned attr, con
 
 static int make_tmpfs(const char *mode, unsigned attr, SandboxError *err) {
         const char *opts[] = { "mode", mode, NULL };
-        return make_fs("tmpfs", opts, attr, "tmpfs", err);
+        /* 1777 is tmpfs's own default for its root: one fsconfig call less. */
+        return make_fs("tmpfs", streq(mode, "1777") ? NULL : opts, attr, "tmpfs", err);
 }
 
 /* Clone a host path (recursively) into a detached mount with the given attributes. */
@@ -131,10 +134,10 @@ static int plan_system(MountPlan *plan, SandboxError *err) {
         int fd, r;
 
         fd = clone_tree("/usr", true, ATTR_RO, "mount /usr", err);
-        if (fd < 0 || (r = plan_add(plan, "/usr", fd, NULL, err)) < 0)
+        if (fd < 0 || (r = plan_add(plan, "/usr", fd, NULL, 0, err)) < 0)
                 return fd < 0 ? fd : r;
         fd = clone_tree("/etc", true, ATTR_RO, "mount /etc", err);
-        if (fd < 0 || (r = plan_add(plan, "/etc", fd, NULL, err)) < 0)
+        if (fd < 0 || (r = plan_add(plan, "/etc", fd, NULL, 0, err)) < 0)
                 return fd < 0 ? fd : r;
 
         for (size_t i = 0; i < ELEMENTSOF(merged); i++) {
@@ -142,14 +145,14 @@ static int plan_system(MountPlan *plan, SandboxError *err) {
 
                 if (n >= 0) {
                         links[i][n] = '\0';
-                        r = plan_add(plan, merged[i], -1, links[i], err);
+                        r = plan_add(plan, merged[i], -1, links[i], 0, err);
                 } else if (errno == ENOENT)
                         continue;
                 else if (errno == EINVAL) { /* a real directory */
                         fd = clone_tree(merged[i], true, ATTR_RO, "mount", err);
                         if (fd < 0)
                                 return fd;
-                        r = plan_add(plan, merged[i], fd, NULL, err);
+                        r = plan_add(plan, merged[i], fd, NULL, 0, err);
                 } else
                         return sandbox_fail(err, "mount", -errno, "readlink %s: %m", merged[i]);
                 if (r < 0)
@@ -157,40 +160,40 @@ static int plan_system(MountPlan *plan, SandboxError *err) {
         }
 
         fd = make_tmpfs("0755", ATTR_RW | MOUNT_ATTR_NOEXEC, err);
-        if (fd < 0 || (r = plan_add(plan, "/dev", fd, NULL, err)) < 0)
+        if (fd < 0 || (r = plan_add(plan, "/dev", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         for (size_t i = 0; i < ELEMENTSOF(devices); i++) {
                 fd = clone_tree(devices[i], false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "mount /dev", err);
-                if (fd < 0 || (r = plan_add(plan, devices[i], fd, NULL, err)) < 0)
+                if (fd < 0 || (r = plan_add(plan, devices[i], fd, NULL, S_IFCHR, err)) < 0)
                         return fd < 0 ? fd : r;
         }
         fd = make_fs("devpts", devpts_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "mount /dev/pts", err);
-        if (fd < 0 || (r = plan_add(plan, "/dev/pts", fd, NULL, err)) < 0)
+        if (fd < 0 || (r = plan_add(plan, "/dev/pts", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         fd = make_tmpfs("1777", ATTR_RW, err);
-        if (fd < 0 || (r = plan_add(plan, "/dev/shm", fd, NULL, err)) < 0)
+        if (fd < 0 || (r = plan_add(plan, "/dev/shm", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
-        r = plan_add(plan, "/dev/ptmx", -1, "pts/ptmx", err);
+        r = plan_add(plan, "/dev/ptmx", -1, "pts/ptmx", 0, err);
         if (r >= 0)
-                r = plan_add(plan, "/dev/fd", -1, "/proc/self/fd", err);
+                r = plan_add(plan, "/dev/fd", -1, "/proc/self/fd", 0, err);
         if (r >= 0)
-                r = plan_add(plan, "/dev/stdin", -1, "/proc/self/fd/0", err);
+                r = plan_add(plan, "/dev/stdin", -1, "/proc/self/fd/0", 0, err);
         if (r >= 0)
-                r = plan_add(plan, "/dev/stdout", -1, "/proc/self/fd/1", err);
+                r = plan_add(plan, "/dev/stdout", -1, "/proc/self/fd/1", 0, err);
         if (r >= 0)
-                r = plan_add(plan, "/dev/stderr", -1, "/proc/self/fd/2", err);
+                r = plan_add(plan, "/dev/stderr", -1, "/proc/self/fd/2", 0, err);
         if (r < 0)
                 return r;
 
         /* proc of the new pid namespace: we are its pid 1 already. */
         fd = make_fs("proc", NULL, ATTR_RW | MOUNT_ATTR_NOEXEC, "mount /proc", err);
-        if (fd < 0 || (r = plan_add(plan, "/proc", fd, NULL, err)) < 0)
+        if (fd < 0 || (r = plan_add(plan, "/proc", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         fd = make_tmpfs("1777", ATTR_RW, err);
-        if (fd < 0 || (r = plan_add(plan, "/tmp", fd, NULL, err)) < 0)
+        if (fd < 0 || (r = plan_add(plan, "/tmp", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         fd = make_tmpfs("0755", ATTR_RW, err);
-        if (fd < 0 || (r = plan_add(plan, "/run", fd, NULL, err)) < 0)
+        if (fd < 0 || (r = plan_add(plan, "/run", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         return 0;
 }
@@ -200,7 +203,7 @@ static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err
 
         if (spec->home) {
                 fd = make_tmpfs("0700", ATTR_RW, err);
-                if (fd < 0 || (r = plan_add(plan, spec->home, fd, NULL, err)) < 0)
+                if (fd < 0 || (r = plan_add(plan, spec->home, fd, NULL, S_IFDIR, err)) < 0)
                         return fd < 0 ? fd : r;
         }
 
@@ -224,7 +227,8 @@ static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err
         if (spec->workspace_mode != WORKSPACE_NONE) {
                 if (fd < 0)
                         return fd;
-                r = plan_add(plan, spec->workspace, fd, NULL, err);
+                r = plan_add(plan, spec->workspace, fd, NULL,
+                             spec->workspace_mode == WORKSPACE_OVERLAY ? S_IFDIR : 0, err);
                 if (r < 0)
                         return r;
                 if (!plan->entries[plan->n - 1].is_dir)
@@ -247,19 +251,19 @@ static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err
                         safe_close(fd);
                         return sandbox_fail(err, "broker", -ENOTSOCK, "%s: not a socket", spec->broker_socket);
                 }
-                r = plan_add(plan, SANDBOX_BROKER_PATH, fd, NULL, err);
+                r = plan_add(plan, SANDBOX_BROKER_PATH, fd, NULL, S_IFSOCK, err);
                 if (r < 0)
                         return r;
         }
 
         for (char **p = spec->ro; *p; p++) {
                 fd = clone_tree(*p, true, ATTR_RO, "bind ro", err);
-                if (fd < 0 || (r = plan_add(plan, *p, fd, NULL, err)) < 0)
+                if (fd < 0 || (r = plan_add(plan, *p, fd, NULL, 0, err)) < 0)
                         return fd < 0 ? fd : r;
         }
         for (char **p = spec->rw; *p; p++) {
                 fd = clone_tree(*p, true, ATTR_RW, "bind rw", err);
-                if (fd < 0 || (r = plan_add(plan, *p, fd, NULL, err)) < 0)
+                if (fd < 0 || (r = plan_add(plan, *p, fd, NULL, 0, err)) < 0)
                         return fd < 0 ? fd : r;
         }
         return 0;
@@ -267,7 +271,7 @@ static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err
 
 /* Open (creating as needed) the mount point for path beneath rootfd, one
  * component at a time, refusing symlinks anywhere on the way. */
-static int open_mountpoint(int rootfd, const char *path, bool is_dir, SandboxError *err) {
+static int open_mountpoint_walk(int rootfd, const char *path, bool is_dir, SandboxError *err) {
         _cleanup_close_ int dirfd = -1;
         char comp[256];
         const char *p = path;
@@ -313,24 +317,98 @@ static int open_mountpoint(int rootfd, const char *path, bool is_dir, SandboxErr
         return TAKE_FD(dirfd);
 }
 
-static int place_entry(int rootfd, MountEntry *e, SandboxError *err) {
+/* The directory last opened as a parent, kept for its siblings (/dev/null,
+ * /dev/zero, ...). Entries are placed shallowest first, so by the time an
+ * entry at depth d is placed every mount at depth < d is in place and its
+ * parent directory cannot be covered any more. */
+typedef struct ParentCache {
+        const char *path; /* prefix of an entry's path, len bytes */
+        size_t len;
+        int fd;
+} ParentCache;
+
+/* The directory that will hold path's last component (borrowed, not to be
+ * closed): the root itself, the cached parent, or the parent opened in one
+ * openat2 (same RESOLVE_ flags as the walk, so a symlink anywhere still
+ * fails); only a parent that does not exist yet is created by the walk. */
+static int parent_dir(int rootfd, const char *path, ParentCache *cache, SandboxError *err) {
+        size_t len = (size_t) (strrchr(path, '/') - path);
+        char dir[4096];
+        int fd;
+
+        if (len == 0)
+                return rootfd;
+        if (cache->fd >= 0 && cache->len == len && strncmp(cache->path, path, len) == 0)
+                return cache->fd;
+        if (len >= sizeof(dir))
+                return sandbox_fail(err, "mount", -ENAMETOOLONG, "%s: path too long", path);
+        memcpy(dir, path, len);
+        dir[len] = '\0';
+        fd = openat2_safe(rootfd, dir + 1, O_PATH | O_DIRECTORY | O_NOFOLLOW);
+        if (fd == -ENOENT)
+                fd = open_mountpoint_walk(rootfd, dir, true, err);
+        else if (fd < 0) {
+                errno = -fd;
+                return sandbox_fail(err, "mount", fd, "mount point %s%s: %m", path,
+                                    fd == -ELOOP || fd == -EXDEV ? " crosses a symlink" : "");
+        }
+        if (fd < 0)
+                return fd;
+        safe_close(cache->fd);
+        *cache = (ParentCache) { .path = path, .len = len, .fd = fd };
+        return fd;
+}
+
+/* The mount point itself, created in its parent when missing: mkdirat first
+ * (a fresh root has none of them), and for a file the O_EXCL|O_NOFOLLOW
+ * creation's fd is the mount point already (it cannot be anything else). */
+static int open_mountpoint(int rootfd, const char *path, bool is_dir, ParentCache *cache, SandboxError *err) {
+        const char *name = strrchr(path, '/') + 1;
+        int parent, fd, r = 0;
+
+        if (!*name) { /* "/" */
+                fd = fcntl(rootfd, F_DUPFD_CLOEXEC, 3);
+                return fd < 0 ? sandbox_fail(err, "mount", -errno, "dup: %m") : fd;
+        }
+        parent = parent_dir(rootfd, path, cache, err);
+        if (parent < 0)
+                return parent;
+        if (is_dir) {
+                if (mkdirat(parent, name, 0755) < 0 && errno != EEXIST)
+                        r = -errno;
+        } else {
+                fd = openat(parent, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
+                if (fd >= 0)
+                        return fd;
+                if (errno != EEXIST)
+                        r = -errno;
+        }
+        fd = openat2_safe(parent, name, O_PATH | O_NOFOLLOW | (is_dir ? O_DIRECTORY : 0));
+        if (fd == -ENOENT && r < 0) {
+                errno = -r;
+                return sandbox_fail(err, "mount", r, "create mount point %s: %m", path);
+        }
+        if (fd < 0) {
+                errno = -fd;
+                return sandbox_fail(err, "mount", fd, "mount point %s%s: %m", path,
+                                    fd == -ELOOP || fd == -EXDEV ? " crosses a symlink" : "");
+        }
+        return fd;
+}
+
+static int place_entry(int rootfd, MountEntry *e, ParentCache *cache, SandboxError *err) {
         _cleanup_close_ int target = -1;
 
         if (e->symlink) {
-                _cleanup_close_ int parent = -1;
-                const char *slash = strrchr(e->path, '/');
-                char dir[4096];
+                int parent = parent_dir(rootfd, e->path, cache, err);
 
-                memcpy(dir, e->path, (size_t) (slash - e->path));
-                dir[slash - e->path] = '\0';
-                parent = *dir ? open_mountpoint(rootfd, dir, true, err) : fcntl(rootfd, F_DUPFD_CLOEXEC, 3);
                 if (parent < 0)
                         return parent;
-                if (symlinkat(e->symlink, parent, slash + 1) < 0)
+                if (symlinkat(e->symlink, parent, strrchr(e->path, '/') + 1) < 0)
                         return sandbox_fail(err, "mount", -errno, "symlink %s: %m", e->path);
                 return 0;
         }
-        target = open_mountpoint(rootfd, e->path, e->is_dir, err);
+        target = open_mountpoint(rootfd, e->path, e->is_dir, cache, err);
         if (target < 0)
                 return target;
         if (move_mount(e->fd, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
@@ -367,6 +445,7 @@ static int hide_path(int rootfd, const char *path, SandboxError *err) {
 int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
         _cleanup_free_ MountPlan *plan = NULL;
         _cleanup_close_ int rootfd = -1;
+        ParentCache cache = { .fd = -1 };
         struct mount_attr ro = { .attr_set = MOUNT_ATTR_RDONLY };
         int r = 0;
 
@@ -400,7 +479,8 @@ int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
                 plan->entries[j] = e;
         }
         for (size_t i = 0; r >= 0 && i < plan->n; i++)
-                r = place_entry(rootfd, &plan->entries[i], err);
+                r = place_entry(rootfd, &plan->entries[i], &cache, err);
+        cache.fd = safe_close(cache.fd);
         for (char **h = spec->hide; r >= 0 && *h; h++)
                 r = hide_path(rootfd, *h, err);
         for (size_t i = 0; i < plan->n; i++)

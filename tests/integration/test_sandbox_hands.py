@@ -511,6 +511,50 @@ def nothing_outlives_hands(e):
     assert left == "", left
 
 
+@test
+def exit_reported_with_pipes_released(e):
+    """The exit is reported as soon as the command is reaped, and by then only
+    the command's own processes may hold the output pipe: the hands and the
+    init have let go, so the daemon sees EOF right away (the pid namespace
+    teardown still runs behind it and still takes the background process)."""
+    tag = f"{os.getpid()}{int(time.time() * 1000) % 100000}"
+    # Redirected before the fork: a job started with its own redirections
+    # holds the pipes itself until the forked shell applies them.
+    items = e.spec(["/bin/sh", "-c", f"echo out; echo err >&2; exec </dev/null >/dev/null 2>&1; sleep 5{tag} &"])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    memfd = os.memfd_create("spec", 0)
+    os.write(memfd, b"".join(i.encode() + b"\0" for i in items + [f"status_fd={theirs.fileno()}"]))
+    p = subprocess.Popen([e.binary, "--spec-fd", str(memfd)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, pass_fds=[theirs.fileno(), memfd], env={"PATH": "/usr/bin:/bin"})
+    theirs.close()
+    os.close(memfd)
+    try:
+        messages = []
+        while not messages or not messages[-1].startswith(("exit ", "signal ", "error ")):
+            assert select.select([ours], [], [], 20)[0], messages
+            data = ours.recv(4096)
+            assert data, messages
+            messages.append(data.decode().rstrip("\n"))
+        assert messages[0].startswith("started ") and messages[-1] == "exit 0", messages
+        for f, want in ((p.stdout, b"out\n"), (p.stderr, b"err\n")):
+            got = b""
+            while True:  # EOF must be there already, not after the teardown
+                assert select.select([f], [], [], 0)[0], (want, got, messages)
+                d = os.read(f.fileno(), 4096)
+                if not d:
+                    break
+                got += d
+            assert got == want, (got, want)
+        assert p.wait(timeout=20) == 0
+        assert ours.recv(4096) == b""  # nothing after the exit report
+    finally:
+        p.kill()
+        p.wait()
+        ours.close()
+    left = subprocess.run(["pgrep", "-f", f"sleep 5{tag}"], capture_output=True, text=True).stdout
+    assert left == "", left
+
+
 class UnixServer:
     """A Unix stream socket server of the test user's, one thread per connection."""
 
@@ -564,9 +608,42 @@ def echo_handler(conn):
 PROXY_PORT = 18080
 
 
+class HandoffServer(UnixServer):
+    """The proxy's side of the bridge: each connection carries one byte and one
+    fd, the TCP socket the bridge accepted inside the sandbox; the handler then
+    talks to that socket directly. Anything else is counted as bad."""
+
+    def __init__(self, path, handler):
+        self.bad = []
+        super().__init__(path, self._take(handler))
+
+    def _take(self, handler):
+        def take(conn):
+            msg, fds, _, _ = socket.recv_fds(conn, 1, 4)
+            if msg != b"F" or len(fds) != 1:
+                self.bad.append((msg, fds))
+                for fd in fds:
+                    os.close(fd)
+                return
+            tcp = socket.socket(fileno=fds[0])
+            tcp.setblocking(True)  # the bridge accepted it non-blocking; the flag travels with it
+            try:
+                kind = (tcp.family, tcp.type, tcp.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+                if kind[0] not in (socket.AF_INET, socket.AF_INET6) or kind[1:] != (socket.SOCK_STREAM, socket.IPPROTO_TCP):
+                    self.bad.append(kind)
+                    return
+                tcp.getpeername()  # connected
+                # The bridge's copy is closed once the handoff is sent: ours is the only one.
+                conn.close()
+                handler(tcp)
+            finally:
+                tcp.close()
+        return take
+
+
 def proxy_env(e):
     d = tempfile.mkdtemp(prefix="proxy-", dir=e.root)
-    srv = UnixServer(os.path.join(d, "proxy.sock"), echo_handler)
+    srv = HandoffServer(os.path.join(d, "proxy.sock"), echo_handler)
     return srv, [f"proxy_socket={srv.path}", f"proxy_port={PROXY_PORT}"]
 
 
@@ -607,7 +684,7 @@ except OSError as ex:
 """
         r = py(e, code, extra=keys)
         assert r.rc == 0 and "one hello proxy\n" in r.out and "parallel 20\n" in r.out, r
-        assert srv.accepted == 21 + ("v6 v6" in r.out), (srv.accepted, r)
+        assert srv.accepted == 21 + ("v6 v6" in r.out) and not srv.bad, (srv.accepted, srv.bad, r)
         print(f"     ({r.out.strip().splitlines()[-1]})")
     finally:
         srv.close()
@@ -634,7 +711,7 @@ print(n, h.hexdigest() == hashlib.sha256(data).hexdigest())
 """
         t0 = time.monotonic()
         r = py(e, code, extra=keys, timeout=60)
-        assert r.rc == 0 and r.out == f"{10 * 1024 * 1024} True\n", r
+        assert r.rc == 0 and r.out == f"{10 * 1024 * 1024} True\n" and not srv.bad, (srv.bad, r)
         print(f"     (10 MiB each way in {time.monotonic() - t0:.2f}s)")
     finally:
         srv.close()
