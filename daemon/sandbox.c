@@ -231,6 +231,43 @@ static bool strv_contains(char *const *v, const char *s) {
 
 /* ---- the record on disk ------------------------------------------------------- */
 
+typedef struct sync_work {
+        uv_work_t req;
+        char path[];
+} sync_work;
+
+static void do_sync(uv_work_t *req) {
+        sync_work *w = container_of(req, sync_work, req);
+        int fd = open(w->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0) {
+                (void) fsync(fd);
+                close(fd);
+        }
+        char *slash = strrchr(w->path, '/');
+        if (slash) {
+                *slash = 0;
+                fd = open(w->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (fd >= 0) {
+                        (void) fsync(fd);
+                        close(fd);
+                }
+        }
+}
+
+static void after_sync(uv_work_t *req, int status) {
+        free(container_of(req, sync_work, req));
+}
+
+static void sync_in_background(manager *m, const char *path) {
+        size_t n = strlen(path) + 1;
+        sync_work *w = malloc(sizeof(*w) + n);
+        if (!w)
+                return;
+        memcpy(w->path, path, n);
+        if (uv_queue_work(m->loop, &w->req, do_sync, after_sync) < 0)
+                free(w);
+}
+
 /* meta.json in the sandbox's state dir: what review needs after the sandbox
  * and the daemon are gone. Written atomically (temp + rename). */
 int sandbox_save_meta(sandbox *s) {
@@ -263,13 +300,16 @@ int sandbox_save_meta(sandbox *s) {
                 r = -errno;
         else {
                 size_t n = strlen(text);
-                if (write(fd, text, n) != (ssize_t) n || write(fd, "\n", 1) != 1 || fsync(fd) < 0)
+                if (write(fd, text, n) != (ssize_t) n || write(fd, "\n", 1) != 1)
                         r = -EIO;
                 close(fd);
                 if (r == 0 && rename(tmp, final) < 0)
                         r = -errno;
         }
         json_object_put(o);
+        /* fsync costs milliseconds on some disks: never on the loop thread. */
+        if (r == 0)
+                sync_in_background(s->m, final);
         if (r < 0)
                 log_warning("sandbox %s: cannot save its record: %s", s->id, strerror(-r));
         return r;
