@@ -190,6 +190,13 @@ static void on_revoked(const vault_response *resp, void *userdata) {
         revoke_ctx *rc = userdata;
         broker *b = rc->b;
         b->pending_revokes--;
+        if (resp->cancelled) {
+                /* Stopping: the accessor file stays and is revoked at the next start. */
+                if (rc->batch)
+                        batch_unref(rc->batch);
+                free(rc);
+                return;
+        }
         bool done = resp->status == 204 || resp->status == 200 || resp->status == 400;
         if (rc->batch) {
                 if (done && !rc->batch->reported) {
@@ -327,6 +334,8 @@ static void session_established(broker *b, json_object *body) {
 
 static void on_renewed(const vault_response *resp, void *userdata) {
         broker *b = userdata;
+        if (resp->cancelled)
+                return;
         if (resp->status == 200) {
                 json_object *lease = auth_field(resp->body, "lease_duration");
                 int64_t ttl = lease ? json_object_get_int64(lease) : 0;
@@ -357,6 +366,8 @@ static void on_renew_timer(uv_timer_t *t) {
 static void on_login(const vault_response *resp, void *userdata) {
         broker *b = userdata;
         b->logging_in = false;
+        if (resp->cancelled)
+                return;
         if (resp->status == 200)
                 session_established(b, resp->body);
         else
@@ -587,10 +598,12 @@ void broker_free(manager *m) {
         if (!b)
                 return;
         b->stopping = true;
+        /* Cancel Vault calls first: their callbacks still see live creds. */
+        vault_client_free(b->vault);
+        b->vault = NULL;
         list_head *i, *t;
         list_for_each_safe(i, t, &b->creds)
                 creds_destroy(container_of(i, sandbox_creds, link));
-        vault_client_free(b->vault);
         session_clear(b);
         b->closing = 2;
         uv_close((uv_handle_t *) &b->renew_timer, on_broker_timer_closed);
@@ -651,6 +664,15 @@ static void on_token_created(const vault_response *resp, void *userdata) {
         sandbox_creds *c = userdata;
         broker *b = c->b;
         c->issuing = false;
+        if (resp->cancelled) {
+                /* The creds go with broker_free; a spawn still waiting is told why. */
+                if (c->cb) {
+                        broker_issue_cb cb = c->cb;
+                        c->cb = NULL;
+                        cb(NULL, "agentd is stopping", c->userdata);
+                }
+                return;
+        }
         json_object *tok = auth_field(resp->body, "client_token"), *acc = auth_field(resp->body, "accessor"),
                     *lease = auth_field(resp->body, "lease_duration");
         const char *error = NULL;
@@ -853,6 +875,11 @@ static void on_session_revoked(const vault_response *resp, void *userdata) {
         all_ctx *ac = userdata;
         broker *b = ac->b;
         revoke_batch *rb = ac->rb;
+        if (resp->cancelled) {
+                batch_unref(rb);
+                free(ac);
+                return;
+        }
         if (resp->status == 204 || resp->status == 200) {
                 /* Vault revoked the session and, with it, every child token. */
                 DIR *d = opendir(b->accessor_dir);

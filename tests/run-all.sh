@@ -135,7 +135,10 @@ for f in tests/integration/test_*.py; do
                 ;;
         esac
 done
-step "integration test_foundation.py (asan+ubsan)" env AGENTD_BUILD="$ROOT/build-asan" bash -c "$(declare -f run_integration); ROOT=$ROOT TEST_USER=$TEST_USER CGROUP_BASE=$CGROUP_BASE run_integration test_foundation.py"
+# The daemon again under ASan+UBSan (leaks fail its exit status, which the tests check).
+for f in test_foundation.py test_tasks.py test_sandbox.py test_workspace.py test_audit.py test_egress.py test_broker.py test_revoke.py; do
+        step "integration $f (asan+ubsan)" env AGENTD_BUILD="$ROOT/build-asan" bash -c "$(declare -f run_integration); ROOT=$ROOT TEST_USER=$TEST_USER CGROUP_BASE=$CGROUP_BASE run_integration $f"
+done
 
 if [ -n "$CGROUP_BASE" ]; then
         find "$CGROUP_BASE" -depth -type d -exec rmdir {} \; 2>/dev/null || true

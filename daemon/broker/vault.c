@@ -351,6 +351,12 @@ void vault_client_free(vault_client *v) {
                 vault_req *r = v->reqs;
                 if (r->easy)
                         curl_multi_remove_handle(v->multi, r->easy);
+                /* Let the owner free its context; nothing else happens now. */
+                vault_response resp = { .cancelled = true };
+                snprintf(resp.error, sizeof(resp.error), "cancelled: agentd is stopping");
+                if (r->retry_timer_init)
+                        uv_timer_stop(&r->retry_timer);
+                r->cb(&resp, r->userdata);
                 req_unlink_free(r);
         }
         if (v->multi)

@@ -14,6 +14,7 @@ typedef struct vault_response {
         long status;               /* HTTP status, 0 when no answer came */
         json_object *body;         /* parsed body or NULL (204, not JSON) */
         char error[512];           /* for status 0 or >= 400: what went wrong, with Vault's own words */
+        bool cancelled;            /* the client is being freed: only release what the request owns */
 } vault_response;
 
 typedef void (*vault_cb)(const vault_response *resp, void *userdata);
@@ -28,7 +29,7 @@ typedef struct vault_config {
 } vault_config;
 
 int vault_client_new(uv_loop_t *loop, const vault_config *cfg, vault_client **ret);
-/* Closes all handles; pending requests are dropped without their callbacks. */
+/* Closes all handles; each pending request's callback runs once with `cancelled` set. */
 void vault_client_free(vault_client *v);
 
 /* method "GET"/"POST"/"PUT"; path without "/v1/"; token may be NULL; body may be NULL (not consumed). */

@@ -21,6 +21,22 @@ AGENTD = os.path.join(BUILD, "daemon", "agentd")
 AGENTCTL = os.path.join(BUILD, "client", "agentctl")
 
 
+def _inside_agentctl():
+    """The agentctl copied into sandboxes: a sanitizer build cannot run under
+    the sandbox's seccomp filter (LeakSanitizer needs ptrace), so use the plain
+    build's (static) one when testing a sanitized daemon."""
+    try:
+        with open(AGENTCTL, "rb") as f:
+            sanitized = b"libasan" in f.read()
+    except OSError:
+        return AGENTCTL
+    plain = os.path.join(os.path.dirname(BUILD), "build", "client", "agentctl")
+    return plain if sanitized and os.path.exists(plain) else AGENTCTL
+
+
+AGENTCTL_INSIDE = _inside_agentctl()
+
+
 class Client:
     """An independent msgpack-rpc client (not agentd's code)."""
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 
-from harness import AGENTCTL, BUILD, Daemon, run_tests
+from harness import AGENTCTL, AGENTCTL_INSIDE, BUILD, Daemon, run_tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "..", "vaultdev", "vault_dev.py")
@@ -157,7 +157,7 @@ def enroll(d):
 def workspace(d):
     ws = os.path.join(d.tmp, "ws")
     os.makedirs(ws, exist_ok=True)
-    shutil.copy(AGENTCTL, os.path.join(ws, "agentctl"))
+    shutil.copy(AGENTCTL_INSIDE, os.path.join(ws, "agentctl"))
     return ws
 
 
