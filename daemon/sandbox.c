@@ -1,11 +1,13 @@
 /* The sandbox lifecycle in the daemon (the "brains"). The namespace work is
- * done by a separate helper executable, agentd-sandbox (the "hands"), started
- * with posix_spawn and watched through pidfds on the libuv loop, so the
- * daemon never forks into a sandbox. This file builds the helper's spec,
+ * done by a separate helper executable, agentd-sandbox (the "hands"), forked
+ * by its zygote as our child (posix_spawn'd when there is no zygote) and
+ * watched through pidfds on the libuv loop, so the daemon never forks into a
+ * sandbox. This file builds the helper's spec,
  * relays and records output, enforces timeouts and answers the sandbox.*
  * methods. */
 #include "sandbox.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +40,7 @@
 #include "netproxy/netproxy.h"
 #include "policy.h"
 #include "seccomp-build.h"
+#include "sandbox/zygote.h"
 
 #define MAX_ENDED_KEPT 256
 #define MAX_ARGV_BYTES (256 * 1024)
@@ -770,8 +773,16 @@ static void spawn_failed(sandbox *s, const char *message) {
 static void on_helper_exit(uv_poll_t *h, int status, int events) {
         sandbox *s = container_of(h, sandbox, helper_poll);
         siginfo_t si = { 0 };
+        bool no_status = false;
 
-        if (waitid(P_PIDFD, (id_t) s->helper_pidfd, &si, WEXITED | WNOHANG) < 0 || si.si_pid == 0)
+        if (waitid(P_PIDFD, (id_t) s->helper_pidfd, &si, WEXITED | WNOHANG) < 0) {
+                /* Not ours to reap (the hands is our child, spawned or cloned with
+                 * CLONE_PARENT, so this should not happen): the readable pidfd
+                 * still says it is gone, and polling on would spin. */
+                if (errno != ECHILD)
+                        return;
+                no_status = true;
+        } else if (si.si_pid == 0)
                 return;
         s->helper_reaped = true;
         close_handle(s, (uv_handle_t *) &s->helper_poll, &s->helper_poll_init);
@@ -789,7 +800,12 @@ static void on_helper_exit(uv_poll_t *h, int status, int events) {
                 sandbox_read_status(s);
         }
         if (!s->have_exit) {
-                if (si.si_code == CLD_EXITED) {
+                if (no_status) {
+                        s->exit_code = 125;
+                        s->exit_signal = 0;
+                        if (!s->end_reason)
+                                s->end_reason = strdup("sandbox helper died");
+                } else if (si.si_code == CLD_EXITED) {
                         s->exit_code = si.si_status;
                         s->exit_signal = 0;
                 } else {
@@ -1082,6 +1098,231 @@ static int high_fd(int fd) {
         return fcntl(fd, F_DUPFD_CLOEXEC, 64);
 }
 
+/* posix_spawn()s agentd-sandbox with src[i] at fd i. Only what the daemon
+ * changed is reset in the child (each reset is a syscall there). */
+static int helper_spawn(const char *helper, char *const *argv, const int *src, int n, pid_t *ret_pid) {
+        int fds[8];
+        int r = 0;
+
+        assert(n <= (int) ELEMENTSOF(fds));
+        for (int i = 0; i < n; i++)
+                fds[i] = -1;
+        /* Above every target first, so the dup2 file actions cannot clobber each other. */
+        for (int i = 0; i < n && r == 0; i++)
+                if ((fds[i] = high_fd(src[i])) < 0)
+                        r = -errno;
+        if (r == 0) {
+                posix_spawn_file_actions_t fa;
+                posix_spawn_file_actions_init(&fa);
+                for (int i = 0; i < n; i++)
+                        posix_spawn_file_actions_adddup2(&fa, fds[i], i);
+                posix_spawnattr_t attr;
+                posix_spawnattr_init(&attr);
+                sigset_t none, ours;
+                sigemptyset(&none);
+                sigemptyset(&ours);
+                sigaddset(&ours, SIGPIPE);
+                sigaddset(&ours, SIGTERM);
+                sigaddset(&ours, SIGINT);
+                sigaddset(&ours, SIGHUP);
+                sigaddset(&ours, SIGCHLD);
+                posix_spawnattr_setsigmask(&attr, &none);
+                posix_spawnattr_setsigdefault(&attr, &ours);
+                posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+                char *henv[] = { NULL };
+                r = -posix_spawn(ret_pid, helper, &fa, &attr, argv, henv);
+                posix_spawn_file_actions_destroy(&fa);
+                posix_spawnattr_destroy(&attr);
+        }
+        for (int i = 0; i < n; i++)
+                safe_close(fds[i]);
+        return r;
+}
+
+/* ---- the zygote ------------------------------------------------------------------ */
+
+/* posix_spawn costs the loop a vfork (~1 ms) and the helper an exec per
+ * sandbox. Instead a zygote, `agentd-sandbox --zygote` started once, forks
+ * the hands: we send it the child's fds (sandbox/zygote.h) and it answers
+ * with the pid. It clones with CLONE_PARENT, so the hands is still our child:
+ * we reap it, its PDEATHSIG is our death and a dying zygote takes no sandbox
+ * along. posix_spawn remains the fallback: when the zygote cannot be started,
+ * or died and one lazy restart did not help. */
+#define ZYGOTE_REPLY_TIMEOUT_USEC (1000 * 1000)
+
+typedef struct zygote {
+        uv_poll_t poll; /* on the pidfd: it died */
+        int fd;         /* our end of the socketpair */
+        int pidfd;
+        pid_t pid;
+        char *helper;
+        uint32_t seq;
+} zygote;
+
+static zygote *zygote_current;
+static unsigned zygote_starts;
+static bool zygote_stopped;
+
+static void zygote_closed(uv_handle_t *h) {
+        zygote *z = container_of((uv_poll_t *) h, zygote, poll);
+        safe_close(z->pidfd);
+        free(z->helper);
+        free(z);
+}
+
+/* Kills and reaps it (a stateless process: nothing is lost); the next spawn restarts it or falls back. */
+static void zygote_drop(zygote *z) {
+        siginfo_t si;
+
+        if (zygote_current == z)
+                zygote_current = NULL;
+        z->fd = safe_close(z->fd);
+        (void) pidfd_send_signal_(z->pidfd, SIGKILL);
+        while (waitid(P_PIDFD, (id_t) z->pidfd, &si, WEXITED) < 0 && errno == EINTR)
+                ;
+        uv_close((uv_handle_t *) &z->poll, zygote_closed);
+}
+
+static void on_zygote_exit(uv_poll_t *h, int status, int events) {
+        zygote *z = container_of(h, zygote, poll);
+        siginfo_t si = { 0 };
+
+        if (waitid(P_PIDFD, (id_t) z->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0)
+                return; /* still there */
+        log_warning("the sandbox zygote (pid %d) %s %d; sandboxes start without it until it is restarted", (int) z->pid,
+                    si.si_code == CLD_EXITED ? "exited with status" : "was killed by signal", si.si_status);
+        zygote_drop(z);
+}
+
+static int zygote_start(manager *m, const char *helper) {
+        _cleanup_close_ int devnull = -1;
+        int pair[2] = { -1, -1 }, r;
+        pid_t pid;
+
+        zygote_starts++;
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (devnull < 0) {
+                r = -errno;
+                goto fail;
+        }
+        /* Our stderr stays its stderr: it has nothing to say unless it cannot start. */
+        int err_fd = fcntl(STDERR_FILENO, F_GETFD) >= 0 ? STDERR_FILENO : devnull;
+        char *argv[] = { (char *) "agentd-sandbox", (char *) "--zygote", NULL };
+        r = helper_spawn(helper, argv, (int[]) { devnull, devnull, err_fd, pair[1] }, 4, &pid);
+        if (r < 0)
+                goto fail;
+        pair[1] = safe_close(pair[1]);
+
+        zygote *z = calloc(1, sizeof(*z));
+        if (!z || !(z->helper = strdup(helper)) || (z->pidfd = pidfd_open_(pid)) < 0) {
+                r = z && z->helper ? -errno : -ENOMEM;
+                (void) kill(pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                if (z)
+                        free(z->helper);
+                free(z);
+                goto fail;
+        }
+        z->pid = pid;
+        z->fd = TAKE_FD(pair[0]);
+        /* It answers in microseconds; a zygote that does not is dropped, never waited on for long. */
+        struct timeval tv = { .tv_sec = ZYGOTE_REPLY_TIMEOUT_USEC / 1000000, .tv_usec = ZYGOTE_REPLY_TIMEOUT_USEC % 1000000 };
+        (void) setsockopt(z->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        (void) setsockopt(z->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        uv_poll_init(m->loop, &z->poll, z->pidfd);
+        uv_poll_start(&z->poll, UV_READABLE, on_zygote_exit);
+        zygote_current = z;
+        log_info("sandbox zygote started (pid %d)", (int) pid);
+        return 0;
+
+fail:
+        safe_close(pair[0]);
+        safe_close(pair[1]);
+        log_warning("cannot start the sandbox zygote %s --zygote: %s; sandboxes start with posix_spawn", helper, strerror(-r));
+        return r;
+}
+
+/* The zygote for `helper`: started at daemon start, restarted lazily once. */
+static zygote *zygote_get(manager *m, const char *helper) {
+        if (zygote_current && streq(zygote_current->helper, helper))
+                return zygote_current;
+        if (zygote_current)
+                zygote_drop(zygote_current); /* SandboxHelper= changed on reload */
+        if (zygote_stopped || m->shutting_down)
+                return NULL;
+        if (zygote_starts >= 2) {
+                if (zygote_starts == 2)
+                        log_notice("the sandbox zygote is gone for good; sandboxes start with posix_spawn from now on");
+                zygote_starts = 3; /* said once */
+                return NULL;
+        }
+        log_notice("restarting the sandbox zygote");
+        return zygote_start(m, helper) < 0 ? NULL : zygote_current;
+}
+
+/* Starts a hands with fds[i] at i through the zygote. Returns -ENOTCONN when
+ * the request did not reach a zygote: nothing was started, the caller may
+ * posix_spawn. Any other error means something may have been started: the
+ * spawn fails (the hands of a lost reply finds nobody on its status socket
+ * and never runs the command). */
+static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, pid_t *ret_pid) {
+        zygote *z = zygote_get(m, helper);
+        if (!z)
+                return -ENOTCONN;
+
+        ZygoteRequest req = { .magic = ZYGOTE_MAGIC, .seq = ++z->seq, .n_fds = (uint32_t) n };
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int) * ZYGOTE_FDS_MAX)];
+        } cm = {};
+        struct iovec iov = { &req, sizeof(req) };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                             .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t) n) };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        ssize_t k;
+
+        assert(n >= ZYGOTE_FDS_MIN && n <= ZYGOTE_FDS_MAX);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t) n);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t) n);
+        while ((k = sendmsg(z->fd, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+                ;
+        if (k != (ssize_t) sizeof(req)) {
+                log_warning("sandbox zygote (pid %d): cannot send: %s; starting this sandbox with posix_spawn",
+                            (int) z->pid, k < 0 ? strerror(errno) : "short write");
+                zygote_drop(z);
+                return -ENOTCONN;
+        }
+
+        ZygoteReply rep;
+        while ((k = recv(z->fd, &rep, sizeof(rep), MSG_TRUNC)) < 0 && errno == EINTR)
+                ;
+        if (k != (ssize_t) sizeof(rep) || rep.magic != ZYGOTE_MAGIC || rep.seq != req.seq) {
+                int r = k < 0 ? -errno : -EBADMSG;
+                if (r == -EAGAIN)
+                        r = -ETIMEDOUT;
+                log_error("sandbox zygote (pid %d): %s; dropping it", (int) z->pid,
+                          k < 0 ? strerror(-r) : k == 0 ? "it went away" : "garbled reply");
+                zygote_drop(z);
+                return r == -ENOTCONN ? -EIO : r;
+        }
+        if (rep.pid <= 0)
+                return rep.pid < 0 ? rep.pid : -EBADMSG; /* it started nothing */
+        *ret_pid = rep.pid;
+        return 0;
+}
+
+static void zygote_stop(void) {
+        zygote_stopped = true;
+        if (zygote_current)
+                zygote_drop(zygote_current);
+}
+
 /* A spawn in progress: credentials may have to be issued (asynchronously)
  * before the sandbox is built, so the request's parameters are kept packed. */
 typedef struct spawn_request {
@@ -1312,7 +1553,6 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
 
         int spec_fd = -1, bpf_fd = -1, cg_fd = -1, status_pair[2] = { -1, -1 }, outp[2][2] = { { -1, -1 }, { -1, -1 } };
         int devnull = -1;
-        int child_fds[7];
         char *error_text = NULL;
         rpc_error_code error_code = RPC_E_INTERNAL;
 
@@ -1425,39 +1665,14 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 spec_fd, status_pair[1], bpf_fd >= 0 ? bpf_fd : devnull, cg_fd,
         };
         int nfds = cg_fd >= 0 ? 7 : 6;
-        for (int i = 0; i < 7; i++)
-                child_fds[i] = -1;
-        for (int i = 0; i < nfds; i++) {
-                child_fds[i] = high_fd(src[i]);
-                if (child_fds[i] < 0)
-                        FAIL(RPC_E_INTERNAL, "fcntl: %s", strerror(errno));
-        }
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        for (int i = 0; i < nfds; i++)
-                posix_spawn_file_actions_adddup2(&fa, child_fds[i], i);
-        posix_spawnattr_t attr;
-        posix_spawnattr_init(&attr);
-        /* Only what the daemon changed needs resetting (each reset is a syscall in the child). */
-        sigset_t none, ours;
-        sigemptyset(&none);
-        sigemptyset(&ours);
-        sigaddset(&ours, SIGPIPE);
-        sigaddset(&ours, SIGTERM);
-        sigaddset(&ours, SIGINT);
-        sigaddset(&ours, SIGHUP);
-        sigaddset(&ours, SIGCHLD);
-        posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setsigdefault(&attr, &ours);
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-        char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", (char *) "3", NULL };
-        char *henv[] = { NULL };
         pid_t pid;
-        r = posix_spawn(&pid, helper, &fa, &attr, hargv, henv);
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&attr);
-        if (r != 0)
-                FAIL(RPC_E_INTERNAL, "cannot start %s: %s", helper, strerror(r));
+        r = zygote_spawn(m, helper, src, nfds, &pid);
+        if (r == -ENOTCONN) {
+                char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", (char *) "3", NULL };
+                r = helper_spawn(helper, hargv, src, nfds, &pid);
+        }
+        if (r < 0)
+                FAIL(RPC_E_INTERNAL, "cannot start %s: %s", helper, strerror(-r));
         s->helper_pid = pid;
         s->helper_pidfd = pidfd_open_(pid);
         if (s->helper_pidfd < 0) {
@@ -1467,8 +1682,6 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         }
 
         /* The parent keeps only its ends. */
-        for (int i = 0; i < 7; i++)
-                safe_close(child_fds[i]);
         spec_fd = safe_close(spec_fd);
         bpf_fd = safe_close(bpf_fd);
         cg_fd = safe_close(cg_fd);
@@ -1540,8 +1753,6 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         return 0;
 
 fail:
-        for (int i = 0; i < 7; i++)
-                safe_close(child_fds[i]);
         safe_close(spec_fd);
         safe_close(bpf_fd);
         safe_close(cg_fd);
@@ -1862,11 +2073,15 @@ int sandboxes_init(manager *m) {
         m->sandbox_helper = find_helper(m);
         if (!m->sandbox_helper)
                 log_warning("the sandbox helper agentd-sandbox was not found; spawning will fail");
+        else
+                (void) zygote_start(m, m->sandbox_helper); /* failing is logged: posix_spawn then */
         return 0;
 }
 
 void sandboxes_shutdown(manager *m) {
         list_head *i, *t;
+
+        zygote_stop(); /* nothing is spawned any more */
         list_for_each_safe(i, t, &m->sandboxes) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (sandbox_ended(s))
@@ -1908,6 +2123,7 @@ void sandboxes_free(manager *m) {
                 }
                 sandbox_unref(s);
         }
+        zygote_stop();
         free(m->sandbox_helper);
         m->sandbox_helper = NULL;
         free(m->cgroup_root);

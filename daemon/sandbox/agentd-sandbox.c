@@ -1,4 +1,6 @@
-/* agentd-sandbox ("the hands"): the daemon execs this once per sandbox. It
+/* agentd-sandbox ("the hands"): one per sandbox, exec'd by the daemon with
+ * --spec-fd, or forked by `agentd-sandbox --zygote` (started once by the
+ * daemon, see zygote.h), which saves the exec. It
  * reads the spec, enters a user namespace, clones the sandbox init into fresh
  * mount/pid/net/ipc/uts/cgroup namespaces, waits for it and reports the
  * outcome on status_fd. The init builds the root, forks the command and reaps.
@@ -17,6 +19,7 @@
  * Exit code of the hands: the command's, 128+N for signal N, 125 when setup
  * failed, 127 when the command was not found. */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <sched.h>
@@ -38,6 +41,7 @@
 #include <unistd.h>
 
 #include "sandbox.h"
+#include "zygote.h"
 
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
@@ -481,29 +485,20 @@ static int parse_args(int argc, char **argv) {
         return -EINVAL;
 }
 
-int main(int argc, char **argv) {
+/* The hands proper, run either right after exec (--spec-fd) or in a child of
+ * the zygote. `parent` is agentd: its death must be ours. */
+static int hands_main(int spec_fd, pid_t parent) {
         SandboxError err = {};
         SandboxSpec spec = { .status_fd = -1 };
         _cleanup_free_ char *buf = NULL;
         struct sandbox_clone_args args = {};
         sigset_t mask;
         size_t size = 0;
-        pid_t ppid, pid;
-        int spec_fd, pair[2], status, r;
+        pid_t pid;
+        int pair[2], status, r;
 
-        /* Nothing of the daemon's environment is kept, not even in our memory. */
-        for (char **e = environ; e && *e; e++)
-                explicit_zero(*e, strlen(*e));
-        environ = NULL;
-
-        spec_fd = parse_args(argc, argv);
-        if (spec_fd < 0) {
-                dprintf(STDERR_FILENO, "usage: %s --spec-fd N\n", argv[0]);
-                return SANDBOX_EXIT_SETUP;
-        }
-
-        ppid = getppid();
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != ppid)
+        /* The check after the prctl closes the race with an agentd that died before it. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent)
                 return SANDBOX_EXIT_SETUP;
 
         r = spec_read(spec_fd, &buf, &size, &err);
@@ -561,3 +556,152 @@ int main(int argc, char **argv) {
         return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
 
+/* ---- the zygote (--zygote) ------------------------------------------------------ */
+
+/* A child of the zygote becomes exactly what an exec'd `--spec-fd 3` is: the
+ * request's fds at 0..n-1 and nothing else (not the zygote's socket), default
+ * signal handling, dumpable until the user namespace is mapped (the id maps
+ * are only writable then, as after exec), and no memory but the zygote's,
+ * which holds nothing of any sandbox. */
+static _Noreturn void zygote_child(const int *fds, unsigned n, pid_t parent) {
+        SandboxError err = {};
+        sigset_t none;
+        int high[ZYGOTE_FDS_MAX];
+
+        if (signal(SIGCHLD, SIG_DFL) == SIG_ERR)
+                fail(fds[4], (sandbox_fail(&err, "zygote", -errno, "SIGCHLD: %m"), &err), SANDBOX_EXIT_SETUP);
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+
+        /* Everything above the targets first, so no dup2 below clobbers a source. */
+        for (unsigned i = 0; i < n; i++) {
+                high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, (int) n);
+                if (high[i] < 0)
+                        fail(fds[4], (sandbox_fail(&err, "zygote", -errno, "fcntl: %m"), &err), SANDBOX_EXIT_SETUP);
+        }
+        for (unsigned i = 0; i < n; i++)
+                if (dup2(high[i], (int) i) < 0)
+                        fail(fds[4], (sandbox_fail(&err, "zygote", -errno, "dup2: %m"), &err), SANDBOX_EXIT_SETUP);
+        if (syscall(SYS_close_range, n, ~0U, 0) < 0)
+                fail(4, (sandbox_fail(&err, "zygote", -errno, "close_range: %m"), &err), SANDBOX_EXIT_SETUP);
+        if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+                fail(4, (sandbox_fail(&err, "zygote", -errno, "dumpable: %m"), &err), SANDBOX_EXIT_SETUP);
+
+        _exit(hands_main(3, parent));
+}
+
+static int zygote_reply(uint32_t seq, int32_t pid) {
+        ZygoteReply reply = { .magic = ZYGOTE_MAGIC, .seq = seq, .pid = pid };
+
+        for (;;) {
+                if (send(ZYGOTE_FD, &reply, sizeof(reply), MSG_NOSIGNAL) == (ssize_t) sizeof(reply))
+                        return 0;
+                if (errno != EINTR)
+                        return -errno;
+        }
+}
+
+/* Serves agentd until it closes its end (or dies: PDEATHSIG). Single-threaded,
+ * no allocations (its size never changes), no secrets: requests carry only
+ * fds, which are closed again before the next one is read. */
+static int zygote_main(void) {
+        pid_t parent = getppid();
+        int type = 0;
+        socklen_t tl = sizeof(type);
+
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent || parent <= 1)
+                return SANDBOX_EXIT_SETUP;
+        /* Nobody may ptrace it into starting something else. */
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+                return SANDBOX_EXIT_SETUP;
+        /* Children are agentd's (CLONE_PARENT); should one ever be ours, no zombie. */
+        if (signal(SIGCHLD, SIG_IGN) == SIG_ERR)
+                return SANDBOX_EXIT_SETUP;
+        (void) syscall(SYS_close_range, ZYGOTE_FD + 1, ~0U, 0);
+        if (getsockopt(ZYGOTE_FD, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_SEQPACKET) {
+                dprintf(STDERR_FILENO, "agentd-sandbox: --zygote wants a SOCK_SEQPACKET socket at fd %d\n", ZYGOTE_FD);
+                return SANDBOX_EXIT_SETUP;
+        }
+
+        for (;;) {
+                ZygoteRequest req;
+                union {
+                        struct cmsghdr h;
+                        char buf[CMSG_SPACE(sizeof(int) * ZYGOTE_FDS_MAX)];
+                } control;
+                struct iovec iov = { .iov_base = &req, .iov_len = sizeof(req) };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                                     .msg_controllen = sizeof(control.buf) };
+                int fds[ZYGOTE_FDS_MAX];
+                unsigned n_fds = 0, n_rights = 0;
+                bool bad = false;
+                ssize_t n;
+                pid_t pid;
+
+                n = recvmsg(ZYGOTE_FD, &mh, MSG_CMSG_CLOEXEC);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return 0; /* agentd closed its end: we are done */
+
+                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+                        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+                                bad = true;
+                                continue;
+                        }
+                        n_rights++;
+                        for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                                int fd;
+
+                                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                                if (n_fds < ZYGOTE_FDS_MAX)
+                                        fds[n_fds++] = fd;
+                                else {
+                                        close(fd);
+                                        bad = true;
+                                }
+                        }
+                }
+                /* Fail closed on anything but exactly the request we expect. */
+                if (bad || n != (ssize_t) sizeof(req) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n_rights != 1 ||
+                    req.magic != ZYGOTE_MAGIC || req.n_fds != n_fds || n_fds < ZYGOTE_FDS_MIN) {
+                        for (unsigned i = 0; i < n_fds; i++)
+                                close(fds[i]);
+                        if (zygote_reply(n >= (ssize_t) offsetof(ZygoteRequest, n_fds) ? req.seq : 0, -EBADMSG) < 0)
+                                return 0;
+                        continue;
+                }
+
+                /* Like fork, but agentd becomes the parent: it reaps the hands
+                 * and the hands' PDEATHSIG is agentd's death, not ours. */
+                pid = (pid_t) syscall(SYS_clone3, &(struct sandbox_clone_args) { .flags = CLONE_PARENT },
+                                      sizeof(struct sandbox_clone_args));
+                if (pid == 0)
+                        zygote_child(fds, n_fds, parent);
+                if (pid < 0)
+                        pid = -errno;
+                for (unsigned i = 0; i < n_fds; i++)
+                        close(fds[i]);
+                if (zygote_reply(req.seq, pid) < 0)
+                        return 0;
+        }
+}
+
+int main(int argc, char **argv) {
+        int spec_fd;
+
+        /* Nothing of the daemon's environment is kept, not even in our memory. */
+        for (char **e = environ; e && *e; e++)
+                explicit_zero(*e, strlen(*e));
+        environ = NULL;
+
+        if (argc == 2 && streq(argv[1], "--zygote"))
+                return zygote_main();
+
+        spec_fd = parse_args(argc, argv);
+        if (spec_fd < 0) {
+                dprintf(STDERR_FILENO, "usage: %s --spec-fd N | --zygote\n", argv[0]);
+                return SANDBOX_EXIT_SETUP;
+        }
+        return hands_main(spec_fd, getppid());
+}

@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """Integration test of agentd-sandbox ("the hands"), driven the way the daemon
-drives it: a spec in a memfd, a status socket, fds 0-2 passed through.
+drives it: a spec in a memfd, a status socket, fds 0-2 passed through. Every
+test that goes through Env.run runs twice: exec'd with --spec-fd, and forked by
+the zygote (--zygote, the daemon's fast path; see daemon/sandbox/zygote.h).
 
 Usage: test_sandbox_hands.py [path/to/agentd-sandbox] [seccomp.bpf]
        (or AGENTD_SANDBOX=...). Run as root it re-executes itself as the
@@ -106,6 +108,7 @@ class Env:
         with open(os.path.join(self.home, ".ssh", "id_rsa"), "w") as f:
             f.write("PRIVATE KEY\n")
         self.n = 0
+        self.zygote = None  # set: run() goes through this Zygote instead of exec
 
     def fresh_overlay(self):
         self.n += 1
@@ -132,6 +135,8 @@ class Env:
 
     def run(self, items, stdin=b"", timeout=20, extra_fds=(), seccomp_file=None, on_started=None, keep_tty=False):
         """Run the hands; returns Result. Adds status_fd/seccomp_fd itself."""
+        if self.zygote:
+            return self.run_zygote(items, stdin, timeout, extra_fds, seccomp_file, on_started, keep_tty)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         memfd = os.memfd_create("spec", 0)
         pass_fds = [theirs.fileno(), memfd] + list(extra_fds)
@@ -156,6 +161,49 @@ class Env:
             p.stdin.close()
         except BrokenPipeError:
             pass
+        return self.collect(p, ours, outf, errf, timeout, on_started, keep_tty)
+
+    def run_zygote(self, items, stdin, timeout, extra_fds, seccomp_file, on_started, keep_tty):
+        """run() through the zygote: the fds at the daemon's fixed numbers (3 spec,
+        4 status, 5 seccomp or /dev/null, 6 cgroup). Extra fds that are not the
+        cgroup's cannot be passed that way: they are left out (and must not show up)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        memfd = os.memfd_create("spec", 0)
+        items = list(items)
+        cgroup_fd = None
+        for i, it in enumerate(items):
+            if it.startswith("cgroup_fd="):
+                cgroup_fd = int(it[10:])
+                items[i] = "cgroup_fd=6"
+        items.append("status_fd=4")
+        bpf = seccomp_file or self.bpf
+        if bpf and not any(i.startswith("unsafe_no_seccomp=") for i in items):
+            bpf_fd = os.open(bpf, os.O_RDONLY)
+            items.append("seccomp_fd=5")
+        else:
+            bpf_fd = os.open("/dev/null", os.O_RDWR)
+        os.write(memfd, b"".join(i.encode() + b"\0" for i in items))
+        outf = tempfile.TemporaryFile()
+        errf = tempfile.TemporaryFile()
+        rin, win = os.pipe()
+        fds = [rin, outf.fileno(), errf.fileno(), memfd, theirs.fileno(), bpf_fd]
+        if cgroup_fd is not None:
+            fds.append(cgroup_fd)
+        try:
+            pid = self.zygote.spawn(fds)
+        finally:
+            for fd in (rin, memfd, bpf_fd):
+                os.close(fd)
+            theirs.close()
+        p = ZygoteChild(pid, os.fdopen(win, "wb"))
+        try:
+            p.stdin.write(stdin)
+            p.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.collect(p, ours, outf, errf, timeout, on_started, keep_tty)
+
+    def collect(self, p, ours, outf, errf, timeout, on_started, keep_tty):
         messages, fds = [], []
         deadline = time.monotonic() + timeout
         while True:
@@ -188,6 +236,78 @@ class Env:
     def sh(self, script, **kw):
         spec_kw = {k: kw.pop(k) for k in ("mode", "extra", "env", "seccomp") if k in kw}
         return self.run(self.spec(["/bin/sh", "-c", script], **spec_kw), **kw)
+
+
+ZYGOTE_MAGIC = 0x7A79676F
+EBADMSG = 74
+
+
+class Zygote:
+    """`agentd-sandbox --zygote`, started the way the daemon starts it: its end of
+    a SOCK_SEQPACKET socketpair at fd 3. Its children are ours (CLONE_PARENT)."""
+
+    def __init__(self, binary):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        tfd = theirs.fileno()
+        # Our fds are not inheritable (PEP 446): only fd 3 reaches the zygote.
+        self.p = subprocess.Popen([binary, "--zygote"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  close_fds=False, preexec_fn=lambda: os.dup2(tfd, 3), env={})
+        theirs.close()
+        self.seq = 0
+
+    def request(self, header, fds, timeout=5):
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        self.sock.sendmsg([header], anc)
+        assert select.select([self.sock], [], [], timeout)[0], "zygote did not answer"
+        data = self.sock.recv(64)
+        assert len(data) == 16, data
+        magic, seq, pid, _ = struct.unpack("=IIiI", data)
+        assert magic == ZYGOTE_MAGIC, data
+        return seq, pid
+
+    def spawn(self, fds):
+        self.seq += 1
+        seq, pid = self.request(struct.pack("=IIII", ZYGOTE_MAGIC, self.seq, len(fds), 0), fds)
+        assert seq == self.seq and pid > 0, (seq, pid)
+        return pid
+
+    def memory(self):
+        with open(f"/proc/{self.p.pid}/status") as f:
+            return {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k in ("VmSize", "VmRSS", "VmData")}
+
+    def close(self):
+        self.sock.close()
+        try:
+            self.p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+
+class ZygoteChild:
+    """What run() needs of a Popen, for a hands forked by the zygote (our child)."""
+
+    def __init__(self, pid, stdin):
+        self.pid, self.stdin, self.returncode = pid, stdin, None
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout=None):
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while self.returncode is None:
+            pid, ws = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(ws)
+                break
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.005)
+        return self.returncode
 
 
 def started_ok(r):
@@ -512,7 +632,7 @@ def nothing_outlives_hands(e):
 
 
 @test
-def exit_reported_with_pipes_released(e):
+def exit_reported_with_pipes_released(e):  # exec only: drives the hands itself
     """The exit is reported as soon as the command is reaped, and by then only
     the command's own processes may hold the output pipe: the hands and the
     init have let go, so the daemon sees EOF right away (the pid namespace
@@ -553,6 +673,9 @@ def exit_reported_with_pipes_released(e):
         ours.close()
     left = subprocess.run(["pgrep", "-f", f"sleep 5{tag}"], capture_output=True, text=True).stdout
     assert left == "", left
+
+
+EXEC_ONLY = {exit_reported_with_pipes_released}
 
 
 class UnixServer:
@@ -859,6 +982,142 @@ except OSError as ex:
         srv.close()
 
 
+# ---- the zygote ------------------------------------------------------------------
+
+ZYGOTE_TESTS = []
+
+
+def zygote_test(fn):
+    ZYGOTE_TESTS.append(fn)
+    return fn
+
+
+def eof_within(fd, timeout):
+    """True when fd (a pipe's read end) reports EOF within timeout: no writer is left."""
+    if not select.select([fd], [], [], timeout)[0]:
+        return False
+    return os.read(fd, 1) == b""
+
+
+def gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@zygote_test
+def zygote_refuses_garbage_and_leaks_nothing(e):
+    z = Zygote(e.binary)
+    try:
+        def hdr(magic=ZYGOTE_MAGIC, seq=7, n=6, size=16):
+            return struct.pack("=IIII", magic, seq, n, 0).ljust(size, b"x")[:size]
+        r, w = os.pipe()
+        six = [w] * 6
+        for header, fds in ((hdr(magic=0xDEADBEEF), six),  # not ours
+                            (hdr(n=7), six),                 # count does not match
+                            (hdr(), []),                     # no fds
+                            (hdr(n=8), [w] * 8),             # too many
+                            (hdr(n=5), [w] * 5),             # too few
+                            (hdr(size=17), six),             # too long
+                            (hdr(size=12), six)):            # too short
+            seq, pid = z.request(header, fds)
+            assert pid == -EBADMSG, (header, len(fds), pid)
+        # Every copy of w the zygote received is closed again.
+        os.close(w)
+        assert eof_within(r, 2), "the zygote kept a refused request's fd"
+        os.close(r)
+        # Still serving, and a spawn leaves nothing behind in it either.
+        e.zygote = z
+        r, w = os.pipe()
+        res = e.run(e.spec(["/bin/true"]), extra_fds=[w])
+        assert res.rc == 0 and started_ok(res) and res.messages[1:] == ["exit 0"], res
+        os.close(w)
+        assert eof_within(r, 2)
+        os.close(r)
+        # Its memory does not grow with the number of requests.
+        for _ in range(3):
+            e.run(e.spec(["/bin/true"], mode="none"))
+        before = z.memory()
+        null = os.open("/dev/null", os.O_RDONLY)
+        try:
+            for _ in range(20):
+                res = e.run(e.spec(["/bin/true"], mode="none"))
+                assert res.rc == 0, res
+                z.request(hdr(magic=1), [null])
+        finally:
+            os.close(null)
+        after = z.memory()
+        assert before == after, (before, after)
+    finally:
+        e.zygote = None
+        z.close()
+    assert z.p.returncode == 0, z.p.returncode  # EOF on its socket: a clean exit
+
+
+@zygote_test
+def zygote_socket_not_inherited_and_sandbox_outlives_zygote(e):
+    """The hands holds no copy of the zygote's socket (we see EOF once the zygote
+    is gone), and it is agentd's child: a dead zygote takes no sandbox along."""
+    z = Zygote(e.binary)
+    e.zygote = z
+    seen = {}
+
+    def on_started(p, fds):
+        z.p.kill()
+        z.p.wait()
+        assert select.select([z.sock], [], [], 2)[0] and z.sock.recv(64) == b"", "the zygote's socket lives on"
+        time.sleep(0.2)
+        seen["alive"] = not gone(p.pid)
+        p.send_signal(signal.SIGTERM)
+    try:
+        r = e.run(e.spec(["sleep", "30"]), on_started=on_started)
+    finally:
+        e.zygote = None
+        z.sock.close()
+    assert seen.get("alive") and r.rc == 128 + 15 and r.messages[-1] == "signal 15", (seen, r)
+
+
+@zygote_test
+def daemon_sigkill_takes_everything(e):
+    """daemon -> zygote, daemon -> hands -> init -> command: a SIGKILLed daemon
+    leaves no zygote and no sandbox behind."""
+    tag = f"{os.getpid()}{int(time.time() * 1000) % 100000}"
+    rp, wp = os.pipe()
+    daemon = os.fork()
+    if daemon == 0:
+        try:
+            os.close(rp)
+            z = Zygote(e.binary)
+            e.zygote = z
+            def on_started(p, fds):
+                os.write(wp, f"{z.p.pid} {p.pid}\n".encode())
+                time.sleep(60)
+            e.run(e.spec(["/bin/sh", "-c", f"sleep 3{tag} & sleep 4{tag}"]), on_started=on_started, timeout=60)
+        finally:
+            os._exit(1)
+    os.close(wp)
+    try:
+        assert select.select([rp], [], [], 20)[0], "no sandbox started"
+        zpid, hpid = map(int, os.read(rp, 100).split())
+        deadline = time.monotonic() + 5
+        while subprocess.run(["pgrep", "-f", f"sleep [34]{tag}"], capture_output=True).stdout.count(b"\n") < 2:
+            assert time.monotonic() < deadline, "the command did not start"
+            time.sleep(0.02)
+    finally:
+        os.kill(daemon, signal.SIGKILL)
+        os.waitpid(daemon, 0)
+        os.close(rp)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = subprocess.run(["pgrep", "-f", f"sleep [34]{tag}"], capture_output=True, text=True).stdout
+        if gone(zpid) and gone(hpid) and left == "":
+            break
+        time.sleep(0.05)
+    assert gone(zpid) and gone(hpid) and left == "", (gone(zpid), gone(hpid), left)
+
+
 def main():
     if os.geteuid() == 0:
         reexec_unprivileged()
@@ -870,17 +1129,24 @@ def main():
     os.environ[HOST_SECRET_VAR] = "leaked"
     e = Env(os.path.abspath(binary), bpf)
     passed = failed = 0
+    # exec'd first, then all again forked by one zygote, then the zygote's own.
+    z = Zygote(e.binary)
+    rounds = [("", TESTS, None), (" [zygote]", [t for t in TESTS if t not in EXEC_ONLY], z), ("", ZYGOTE_TESTS, None)]
     try:
-        for t in TESTS:
-            try:
-                t(e)
-                print(f"ok   {t.__name__}")
-                passed += 1
-            except Exception:
-                print(f"FAIL {t.__name__}")
-                traceback.print_exc()
-                failed += 1
+        for suffix, tests, zygote in rounds:
+            for t in tests:
+                e.zygote = zygote
+                try:
+                    t(e)
+                    print(f"ok   {t.__name__}{suffix}")
+                    passed += 1
+                except Exception:
+                    print(f"FAIL {t.__name__}{suffix}")
+                    traceback.print_exc()
+                    failed += 1
     finally:
+        e.zygote = None
+        z.close()
         shutil.rmtree(e.root, ignore_errors=True)
         shutil.rmtree(os.path.join(e.home, ".ssh"), ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
