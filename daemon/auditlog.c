@@ -60,7 +60,8 @@ static int audit_key(manager *m, const char *dir, uint8_t **ret, size_t *ret_len
                         snprintf(why, whylen, "cannot unseal the audit key (%s: %s)", se.step, se.message);
                         return r;
                 }
-                *ret_kind = blen > 8 && ((unsigned char *) blob)[8] == 0 ? "tpm" : "sealed";
+                /* The blob header ("AGSEAL1\0", then the kind byte) says how it was sealed. */
+                *ret_kind = blen > 8 && ((unsigned char *) blob)[8] == 1 /* BLOB_KIND_TPM */ ? "tpm" : "software";
                 return 0;
         }
         uint8_t key[32];

@@ -23,8 +23,6 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         msgpack_packer *pk = ctx->pk;
 
         msgpack_pack_map(pk, 14);
-        mp_pack_kv_u64(pk, "revocations_pending", broker_revocations_pending(m));
-        mp_pack_kv_str(pk, "audit", auditlog_state(m));
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
         mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
         mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);
@@ -32,6 +30,8 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         mp_pack_kv_bool(pk, "locked_down", m->locked_down);
         mp_pack_kv_str(pk, "vault", broker_vault_state(m));
         mp_pack_kv_str(pk, "tpm", broker_tpm_state(m));
+        mp_pack_kv_u64(pk, "revocations_pending", broker_revocations_pending(m));
+        mp_pack_kv_str(pk, "audit", auditlog_state(m));
         mp_pack_kv_str(pk, "cgroup", m->cgroup_status ? m->cgroup_status : "unavailable: not set up");
         mp_pack_kv_str(pk, "cgroup_controllers", m->cgroup_controllers ? m->cgroup_controllers : "");
         mp_pack_kv_u64(pk, "connections", m->n_connections);

@@ -41,6 +41,6 @@ set +e
 rc=$?
 set -e
 echo "--- sandbox exited with $rc; the host copy still says: $(cat "$WS/README")"
-"$ROOT/build/client/agentctl" ps
+"$ROOT/build/client/agentctl" ps | sed -n '1p;$p'   # the header and this sandbox
 echo
 echo "agentd keeps running: AGENTD_SOCKET=$SOCK $ROOT/build/client/agentctl --help"
