@@ -45,6 +45,7 @@ typedef struct audit_key {
         const uint8_t *key;
         size_t len;
         EVP_MAC *mac;
+        EVP_MAC_CTX *tmpl;      /* digest already set, no key: duplicated per record */
 } audit_key;
 
 struct audit_log {
@@ -86,30 +87,52 @@ _printf_(3, 4) static int fail(audit_error *err, int r, const char *fmt, ...) {
 
 /* ---- crypto and hex ---- */
 
+/* Fetched once: OpenSSL 3 otherwise looks the algorithm up on every call,
+ * which was most of the cost of a record (and agentd records every RPC). */
+static const EVP_MD *sha256_md(void) {
+        static EVP_MD *md;
+        if (!md)
+                md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        return md;
+}
+
 static int sha256(const void *p, size_t n, uint8_t out[HASH_LEN]) {
         unsigned len = 0;
+        const EVP_MD *md = sha256_md();
 
-        if (EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) != 1 || len != HASH_LEN)
+        if (!md || EVP_Digest(p, n, out, &len, md, NULL) != 1 || len != HASH_LEN)
                 return -EIO;
         return 0;
 }
 
-/* HMAC-SHA256 over the concatenation a || b. A context per call, rather than one
- * kept initialized, so the only long-lived copy of the key is our locked page. */
-static int hmac_sha256(const audit_key *k, const void *a, size_t na, const void *b, size_t nb,
+/* HMAC-SHA256 over the concatenation a || b. The key is given to a fresh copy
+ * of a keyless template per call, so the only long-lived copy of the key is
+ * our locked page (the template holds just the digest choice). */
+static int hmac_sha256(const audit_key *key, const void *a, size_t na, const void *b, size_t nb,
                        uint8_t out[HASH_LEN]) {
-        OSSL_PARAM params[] = {
-                OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *) "SHA256", 0),
-                OSSL_PARAM_construct_end(),
-        };
+        audit_key *k = (audit_key *) key; /* the template is a cache, filled on first use */
         EVP_MAC_CTX *ctx;
         size_t len = 0;
         int r = -EIO;
 
-        ctx = EVP_MAC_CTX_new(k->mac);
+        if (!k->tmpl) {
+                OSSL_PARAM params[] = {
+                        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *) "SHA256", 0),
+                        OSSL_PARAM_construct_end(),
+                };
+                k->tmpl = EVP_MAC_CTX_new(k->mac);
+                if (!k->tmpl)
+                        return -ENOMEM;
+                if (EVP_MAC_CTX_set_params(k->tmpl, params) != 1) {
+                        EVP_MAC_CTX_free(k->tmpl);
+                        k->tmpl = NULL;
+                        return -EIO;
+                }
+        }
+        ctx = EVP_MAC_CTX_dup(k->tmpl);
         if (!ctx)
                 return -ENOMEM;
-        if (EVP_MAC_init(ctx, k->key, k->len, params) == 1 &&
+        if (EVP_MAC_init(ctx, k->key, k->len, NULL) == 1 &&
             EVP_MAC_update(ctx, a, na) == 1 &&
             (nb == 0 || EVP_MAC_update(ctx, b, nb) == 1) &&
             EVP_MAC_final(ctx, out, &len, HASH_LEN) == 1 && len == HASH_LEN)
@@ -1015,6 +1038,7 @@ void audit_close(audit_log *a) {
         safe_close(a->fd);
         safe_close(a->dir_fd);
         key_page_free(a->key_page, a->key_page_size);
+        EVP_MAC_CTX_free(a->key.tmpl);
         EVP_MAC_free(a->key.mac);
         free(a);
 }
@@ -1564,7 +1588,9 @@ int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *
         dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (dir_fd < 0)
                 return -errno;
-        return verify_core(dir_fd, &k, NULL, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
+        int r = verify_core(dir_fd, &k, NULL, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
+        EVP_MAC_CTX_free(k.tmpl);
+        return r;
 }
 
 /* ---- query ---- */
