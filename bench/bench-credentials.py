@@ -37,7 +37,7 @@ def med(v):
 def main():
     if os.geteuid() == 0:
         reexec()
-    from test_broker import TASKS, Swtpm, Vault, enroll, setup, wait_vault_ok, workspace  # noqa
+    from test_broker import enroll, setup, wait_vault_ok, workspace  # noqa
     tpm, vault, d = setup()
     d.env["PATH"] = "/usr/bin:/bin"
     try:

@@ -4,7 +4,6 @@ walking the same two trees (workspace vs. change layer) in the same run.
 Prints medians and the ratio; run as an unprivileged user (re-executes as
 agentd-bench when started as root)."""
 import os
-import shutil
 import statistics
 import subprocess
 import sys

@@ -4,6 +4,7 @@ secret; agentd logs in to the Vault-compatible dev server (tests/vaultdev,
 itself checked against python3-hvac); a sandbox gets its own child token over
 $AGENTD_BROKER as a sealed memfd; it is revoked when the sandbox ends, and
 after a crash at the next start."""
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import tempfile
 import time
 import urllib.request
 
-from harness import AGENTCTL, AGENTCTL_INSIDE, BUILD, Daemon, run_tests
+from harness import AGENTCTL_INSIDE, Daemon, run_tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "..", "vaultdev", "vault_dev.py")
@@ -161,6 +162,21 @@ def workspace(d):
     return ws
 
 
+@contextlib.contextmanager
+def enrolled_daemon():
+    """swtpm + the Vault dev server + agentd, enrolled and logged in; all stopped after."""
+    tpm, vault, d = setup()
+    try:
+        d.start()
+        enroll(d)
+        wait_vault_ok(d)
+        yield tpm, vault, d, workspace(d), d.client()
+    finally:
+        d.stop()
+        vault.stop()
+        tpm.stop()
+
+
 def sandbox_accessors(d):
     """Recorded accessors of sandbox tokens (the session's own record is not one)."""
     adir = os.path.join(d.state_home, "agentd", "broker", "accessors")
@@ -240,13 +256,7 @@ def test_enroll_spawn_token_revoke():
 
 
 def test_token_works_ttl_and_policy_check():
-    tpm, vault, d = setup()
-    try:
-        d.start()
-        enroll(d)
-        wait_vault_ok(d)
-        ws = workspace(d)
-        c = d.client()
+    with enrolled_daemon() as (tpm, vault, d, ws, c):
         sid = c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl --json token; ./agentctl token; sleep 30"],
                                      "workspace": ws})["id"]
         deadline = time.time() + 10
@@ -268,10 +278,6 @@ def test_token_works_ttl_and_policy_check():
             time.sleep(0.1)
         assert vault.req("GET", "auth/token/lookup-self", token)[0] == 403
         assert c.ok("broker.status")["tokens_live"] == 0
-    finally:
-        d.stop()
-        vault.stop()
-        tpm.stop()
 
 
 def test_vault_down_and_back():
@@ -339,13 +345,7 @@ def test_restart_unseals_and_other_tpm_cannot():
 
 
 def test_crash_with_live_token_revoked_at_next_start():
-    tpm, vault, d = setup()
-    try:
-        d.start()
-        enroll(d)
-        wait_vault_ok(d)
-        ws = workspace(d)
-        c = d.client()
+    with enrolled_daemon() as (tpm, vault, d, ws, c):
         sid = c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token; sleep 60"], "workspace": ws})["id"]
         deadline = time.time() + 10
         token = b""
@@ -369,10 +369,6 @@ def test_crash_with_live_token_revoked_at_next_start():
             time.sleep(0.1)
         assert not sandbox_accessors(d)
         assert d.client().ok("broker.status")["revocations_pending"] == 0
-    finally:
-        d.stop()
-        vault.stop()
-        tpm.stop()
 
 
 def test_no_tpm_refused_unless_software_allowed():

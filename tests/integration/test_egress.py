@@ -3,9 +3,7 @@
 agentd's proxy (exposed inside as 127.0.0.1:PORT); every decision audited;
 repeated denials trip the automatic response."""
 import http.server
-import json
 import os
-import socket
 import threading
 import time
 

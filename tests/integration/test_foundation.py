@@ -5,14 +5,13 @@ import os
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import threading
 import time
 
 import msgpack
 
-from harness import AGENTD, AGENTCTL, Client, Daemon, run_tests
+from harness import AGENTD, Daemon, run_tests
 
 
 def test_ping_status_agentctl_and_raw():

@@ -4,11 +4,10 @@ across a restart, --freeze-only really stops CPU use, and revocations that
 Vault could not confirm are retried until they are (also across a restart)."""
 import json
 import os
-import signal
 import time
 
 from harness import Daemon, run_tests
-from test_broker import TASKS, Swtpm, Vault, enroll, sandbox_accessors, setup, wait_vault_ok, workspace
+from test_broker import enrolled_daemon, sandbox_accessors, wait_vault_ok
 
 
 def wait_tokens(d, c, ids, vault, timeout=20):
@@ -38,13 +37,7 @@ def children_cpu(init_pid):
 
 
 def test_revoke_all_20_sandboxes_and_lockdown():
-    tpm, vault, d = setup()
-    try:
-        d.start()
-        enroll(d)
-        wait_vault_ok(d)
-        ws = workspace(d)
-        c = d.client()
+    with enrolled_daemon() as (tpm, vault, d, ws, c):
         ids = [c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token >/dev/null; sleep 300"],
                                       "workspace": ws})["id"] for _ in range(20)]
         wait_tokens(d, c, ids, vault)
@@ -78,10 +71,6 @@ def test_revoke_all_20_sandboxes_and_lockdown():
         d.agentctl("spawn", "--task", "creds", "--", "./agentctl", "token", cwd=ws, check=0)
         types = [r["type"] for r in c.ok("audit.query", {"limit": 5000})]
         assert "revoke" in types and "lockdown" in types and "unlock" in types
-    finally:
-        d.stop()
-        vault.stop()
-        tpm.stop()
 
 
 def test_freeze_only_stops_cpu():
@@ -115,13 +104,7 @@ def test_freeze_only_stops_cpu():
 
 
 def test_vault_down_during_revoke_then_back_and_restart():
-    tpm, vault, d = setup()
-    try:
-        d.start()
-        enroll(d)
-        wait_vault_ok(d)
-        ws = workspace(d)
-        c = d.client()
+    with enrolled_daemon() as (tpm, vault, d, ws, c):
         ids = [c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token >/dev/null; sleep 300"],
                                       "workspace": ws})["id"] for _ in range(3)]
         wait_tokens(d, c, ids, vault)
@@ -147,10 +130,6 @@ def test_vault_down_during_revoke_then_back_and_restart():
         assert not sandbox_accessors(d), (sandbox_accessors(d), d.read_log())
         toks = [t for t in vault.tokens().values() if t.get("display_name", "").startswith("token-agentd-")]
         assert len(toks) == 3 and all(t["revoked"] for t in toks), toks
-    finally:
-        d.stop()
-        vault.stop()
-        tpm.stop()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from harness import AGENTCTL, Client, Daemon, run_tests
+from harness import AGENTCTL, Daemon, run_tests
 
 TASKS = {
     "quick": "[Task]\nDescription=short timeout\nTimeout=1s\n",

@@ -1,6 +1,5 @@
 #!/usr/bin/python3
 """Workspace review: diff, promote and discard of a sandbox's copy-on-write layer."""
-import json
 import os
 import signal
 import stat
