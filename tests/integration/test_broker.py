@@ -460,5 +460,24 @@ def test_session_renewed_and_tokens_reissued():
         tpm.stop()
 
 
+def test_vault_namespace_is_sent():
+    tpm = Swtpm()
+    vault = Vault(os.path.join(tempfile.mkdtemp(prefix="vaultstate-"), "state.json"))
+    try:
+        d = Daemon(config=f"[Vault]\nAddress={vault.url}\nNamespace=team-a\n[TPM]\nTCTI={tpm.tcti}\n", tasks=TASKS)
+        with d:
+            enroll(d)
+            wait_vault_ok(d)
+            d.agentctl("spawn", "--task", "creds", "--", "./agentctl", "token", cwd=workspace(d), check=0)
+            toks = vault.tokens()
+            mine = [t for t in toks.values() if t.get("display_name", "").startswith("token-agentd-")]
+            sessions = [t for t in toks.values() if "agentd" in t.get("policies", []) and not t.get("display_name", "").startswith("token-agentd-")]
+            assert mine and all(t["namespace"] == "team-a" for t in mine), mine
+            assert sessions and all(t["namespace"] == "team-a" for t in sessions), sessions
+    finally:
+        vault.stop()
+        tpm.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
