@@ -1514,7 +1514,8 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 return r;
         }
 
-        _cleanup_free_ char *helper = find_helper(m);
+        /* Found once at start (sandboxes_init), like the zygote that runs it. */
+        const char *helper = m->sandbox_helper;
         if (!helper) {
                 free(sp.buf);
                 rpc_error_set(err, RPC_E_INTERNAL, "the sandbox helper agentd-sandbox is not installed");

@@ -161,15 +161,22 @@ static int join(char *out, size_t n, const char *rel, const char *name) {
         return r < 0 || (size_t) r >= n ? -ENAMETOOLONG : 0;
 }
 
-/* Every entry under a host directory, reported as deleted (an opaque dir replaced them). */
-static int host_only_deleted(int hostfd, int upfd, const char *rel, ws_changes *out) {
-        _cleanup_close_ int d = fcntl(hostfd, F_DUPFD_CLOEXEC, 3);
+/* A DIR stream on a copy of dirfd, so the caller keeps its fd. */
+static DIR *opendir_dup(int dirfd) {
+        int d = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
         if (d < 0)
-                return -errno;
+                return NULL;
         DIR *dir = fdopendir(d);
         if (!dir)
+                safe_close(d);
+        return dir;
+}
+
+/* Every entry under a host directory, reported as deleted (an opaque dir replaced them). */
+static int host_only_deleted(int hostfd, int upfd, const char *rel, ws_changes *out) {
+        DIR *dir = opendir_dup(hostfd);
+        if (!dir)
                 return -errno;
-        d = -1;
         struct dirent *de;
         int r = 0;
         while ((de = readdir(dir))) {
@@ -192,13 +199,9 @@ static int host_only_deleted(int hostfd, int upfd, const char *rel, ws_changes *
 static int walk(int upfd, int hostfd, const char *rel, ws_changes *out, unsigned depth) {
         if (depth > 256)
                 return -ELOOP;
-        _cleanup_close_ int d = fcntl(upfd, F_DUPFD_CLOEXEC, 3);
-        if (d < 0)
-                return -errno;
-        DIR *dir = fdopendir(d);
+        DIR *dir = opendir_dup(upfd);
         if (!dir)
                 return -errno;
-        d = -1;
         struct dirent *de;
         int r = 0;
         while (r == 0 && (de = readdir(dir))) {
