@@ -1345,6 +1345,16 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         manager *m = req->m;
         _cleanup_free_ char *task_name = rpc_param_strdup(params, "task");
         _cleanup_free_ char *ws_param = rpc_param_strdup(params, "workspace");
+        if (!ws_param && req->call && req->call->conn->peer.pid > 0) {
+                /* CONTRACT §3: the default is the caller's working directory. */
+                char link[64], cwd[PATH_MAX];
+                snprintf(link, sizeof(link), "/proc/%d/cwd", (int) req->call->conn->peer.pid);
+                ssize_t n = readlink(link, cwd, sizeof(cwd) - 1);
+                if (n > 0) {
+                        cwd[n] = 0;
+                        ws_param = strdup(cwd);
+                }
+        }
         _cleanup_strv_free_ char **argv = rpc_param_strv(params, "argv");
         bool tty = rpc_param_bool(params, "tty", false);
         bool attach = rpc_param_bool(params, "attach", false);

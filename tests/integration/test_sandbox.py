@@ -177,6 +177,17 @@ def test_environment_is_rebuilt():
         assert "FOO=bar\n" in out and "FROM_TASK=yes\n" in out, out
 
 
+def test_workspace_defaults_to_the_callers_cwd():
+    with Daemon() as d:
+        ws = workspace(d)
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = ("import sys; sys.path.insert(0, %r); from harness import Client; c = Client(%r); "
+                "sid = c.ok('sandbox.spawn', {'argv': ['/bin/pwd']})['id']; c.ok('sandbox.wait', {'id': sid}); "
+                "sys.stdout.write(c.ok('sandbox.logs', {'id': sid})['stdout'].decode())") % (here, d.socket)
+        p = subprocess.run(["/usr/bin/python3", "-c", code], cwd=ws, capture_output=True, timeout=30)
+        assert p.returncode == 0 and p.stdout.decode() == os.path.realpath(ws) + "\n", p
+
+
 def test_spawn_errors():
     with Daemon(tasks=TASKS) as d:
         ws = workspace(d)
