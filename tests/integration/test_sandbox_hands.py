@@ -590,7 +590,10 @@ def cgroup_fd_places_init(e):
         with open(os.path.join(child, "cgroup.procs")) as f:
             holder["procs"] = f.read().split()
     try:
-        r = e.run(e.spec(["/bin/sh", "-c", "cat /proc/self/cgroup; sleep 0.3"], extra=[f"cgroup_fd={fd}"]),
+        # One process that never forks (a shell forking `cat` could be caught mid-fork).
+        r = e.run(e.spec(["/usr/bin/python3", "-c",
+                          "import time; print(open('/proc/self/cgroup').read(), end=''); time.sleep(0.3)"],
+                         extra=[f"cgroup_fd={fd}"]),
                   extra_fds=[fd], on_started=grab)
     finally:
         os.close(fd)
