@@ -230,11 +230,17 @@ def test_enroll_spawn_token_revoke():
         assert "IN-ENV" not in out and "IN-PROC-ENV" not in out and "got-json=0" in out, out
         token = [l for l in out.splitlines() if l.startswith("TOKEN=")][0][6:][::-1]  # printed reversed: the log must not hold it
         assert token, out
-        # The token is a child of the session with exactly the task's policies.
-        toks = vault.tokens()
-        mine = [t for t in toks.values() if t.get("display_name", "").startswith("token-agentd-")]
-        assert len(mine) == 1, toks
-        rec = mine[0]
+        # The token is a child of the session with exactly the task's policies. It is revoked
+        # when the sandbox ends; the revocation request runs just after the exit is reported.
+        deadline = time.time() + 10
+        while True:
+            toks = vault.tokens()
+            mine = [t for t in toks.values() if t.get("display_name", "").startswith("token-agentd-")]
+            assert len(mine) == 1, toks
+            rec = mine[0]
+            if rec["revoked"] or time.time() > deadline:
+                break
+            time.sleep(0.05)
         assert rec["revoked"] is True, rec  # the sandbox ended: revoked
         assert sorted(rec["policies"]) == ["ci-read"] or sorted(rec["policies"]) == ["ci-read", "default"], rec
         st_, body = vault.req("GET", "auth/token/lookup-self", token)
@@ -243,6 +249,9 @@ def test_enroll_spawn_token_revoke():
         assert not grep_tree(d.state_home, token.encode()), grep_tree(d.state_home, token.encode())
         assert token not in d.read_log()
         assert rec["accessor"] in d.read_log()
+        deadline = time.time() + 10
+        while sandbox_accessors(d) and time.time() < deadline:
+            time.sleep(0.05)
         assert not sandbox_accessors(d), sandbox_accessors(d)
         # Outside a sandbox, credentials.get is refused; inside a task without credentials there is no broker.
         err, _ = d.client().call("credentials.get")
