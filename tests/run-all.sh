@@ -95,25 +95,7 @@ setup_cgroup() {
 }
 
 run_integration() {
-        local file=$1
-        local copy=/tmp/agentd-tests-$$
-        if [ "$(id -u)" -eq 0 ]; then
-                # The test user needs to read the tree and run the binaries.
-                chmod o+rx "$ROOT" "$ROOT/.." 2>/dev/null || true
-                local home
-                home=$(getent passwd "$TEST_USER" | cut -d: -f6)
-                local cg=""
-                if [ -n "$CGROUP_BASE" ]; then
-                        cg="$CGROUP_BASE/$(basename "$file" .py)"
-                        mkdir -p "$cg" && chown -R "$TEST_USER" "$cg"
-                fi
-                env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$home" USER="$TEST_USER" \
-                        AGENTD_BUILD="${AGENTD_BUILD:-$ROOT/build}" CG="$cg" \
-                        sh -c '[ -z "$CG" ] || echo $$ > "$CG/cgroup.procs"; exec runuser -u '"$TEST_USER"' -- /usr/bin/python3 "$0"' \
-                        "$ROOT/tests/integration/$file"
-        else
-                AGENTD_BUILD="${AGENTD_BUILD:-$ROOT/build}" /usr/bin/python3 "$ROOT/tests/integration/$file"
-        fi
+        CGROUP_BASE=$CGROUP_BASE AGENTD_TEST_USER=$TEST_USER bash "$ROOT/tests/run-integration.sh" "$1"
 }
 [ "$(id -u)" -eq 0 ] && setup_cgroup
 for f in tests/integration/test_*.py; do
@@ -137,7 +119,8 @@ for f in tests/integration/test_*.py; do
 done
 # The daemon again under ASan+UBSan (leaks fail its exit status, which the tests check).
 for f in test_foundation.py test_tasks.py test_sandbox.py test_workspace.py test_audit.py test_egress.py test_broker.py test_revoke.py; do
-        step "integration $f (asan+ubsan)" env AGENTD_BUILD="$ROOT/build-asan" bash -c "$(declare -f run_integration); ROOT=$ROOT TEST_USER=$TEST_USER CGROUP_BASE=$CGROUP_BASE run_integration $f"
+        step "integration $f (asan+ubsan)" env AGENTD_BUILD="$ROOT/build-asan" CGROUP_BASE="$CGROUP_BASE" \
+                AGENTD_TEST_USER="$TEST_USER" bash tests/run-integration.sh "$f"
 done
 
 if [ -n "$CGROUP_BASE" ]; then
