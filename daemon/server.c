@@ -34,6 +34,17 @@ static const rpc_handler handlers[_RPC_METHOD_MAX] = {
 static void connection_close(connection *c);
 static void connection_update_poll(connection *c);
 
+/* The connection lifecycle, in one direction only:
+ *   OPEN -> DRAINING -> CLOSED, or OPEN -> CLOSED.
+ * Any reply may fail to send and close the connection underneath its caller
+ * (the peer hung up), so nothing assigns a state except these two functions,
+ * and nothing touches the poll handle once the state is CLOSED: its uv_close()
+ * has begun and restarting it aborts libuv. */
+static void connection_drain(connection *c) {
+        if (c->state == CONNECTION_OPEN)
+                c->state = CONNECTION_DRAINING;
+}
+
 static uint64_t pid_starttime(pid_t pid) {
         char path[64], buf[1024];
         snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
@@ -281,7 +292,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 else {
                         /* The stream is in sync but we cannot say which request this was. */
                         send_packed_error(c, false, 0, err.code, err.message);
-                        c->state = CONNECTION_DRAINING;
+                        connection_drain(c);
                 }
                 rpc_message_done(&msg);
                 return;
@@ -404,8 +415,7 @@ static void process_input(connection *c) {
                                 snprintf(text, sizeof(text), "not a msgpack-rpc message: %s", proto_scan_error_to_string(e));
                         log_notice("closing connection of pid %d: %s", (int) c->peer.pid, text);
                         send_packed_error(c, c->scan.have_msgid, c->scan.msgid, code, text);
-                        if (c->state == CONNECTION_OPEN)
-                                c->state = CONNECTION_DRAINING;
+                        connection_drain(c);
                         c->in_len = 0;
                         return;
                 }
@@ -462,7 +472,7 @@ static int read_input(connection *c) {
 static void on_conn_poll(uv_poll_t *h, int status, int events);
 
 static void connection_update_poll(connection *c) {
-        if (c->state == CONNECTION_CLOSED)
+        if (c->state == CONNECTION_CLOSED || uv_is_closing((uv_handle_t *) &c->poll))
                 return;
         if (c->state == CONNECTION_DRAINING && !c->out_head) {
                 connection_close(c);
@@ -477,7 +487,10 @@ static void connection_update_poll(connection *c) {
                 return;
         c->poll_events = ev;
         if (ev) {
-                uv_poll_start(&c->poll, ev, on_conn_poll);
+                if (uv_poll_start(&c->poll, ev, on_conn_poll) < 0) {
+                        connection_close(c);
+                        return;
+                }
                 c->poll_active = true;
         } else {
                 uv_poll_stop(&c->poll);
@@ -512,19 +525,20 @@ out:
         connection_unref(c);
 }
 
-static void accept_one(manager *m, int fd, const char *sandbox_id) {
+int server_adopt(manager *m, int fd, const char *sandbox_id) {
         struct ucred cred;
         socklen_t len = sizeof(cred);
 
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+                int r = -errno;
                 log_error("SO_PEERCRED failed: %m");
                 close(fd);
-                return;
+                return r;
         }
         connection *c = calloc(1, sizeof(*c));
         if (!c) {
                 close(fd);
-                return;
+                return -ENOMEM;
         }
         c->m = m;
         c->fd = fd;
@@ -532,29 +546,32 @@ static void accept_one(manager *m, int fd, const char *sandbox_id) {
         c->peer = cred;
         c->peer_starttime = pid_starttime(cred.pid);
         c->state = CONNECTION_OPEN;
-        if (sandbox_id && !(c->sandbox_id = strdup(sandbox_id))) {
+        int r = sandbox_id && !(c->sandbox_id = strdup(sandbox_id)) ? -ENOMEM : uv_poll_init(m->loop, &c->poll, fd);
+        if (r < 0) {
+                /* The poll handle was never initialised: nothing to uv_close(). */
+                free(c->sandbox_id);
                 free(c);
                 close(fd);
-                return;
+                return r;
         }
         proto_scanner_reset(&c->scan);
         list_add_tail(&m->connections, &c->link);
         m->n_connections++;
-        uv_poll_init(m->loop, &c->poll, fd);
 
         if (cred.uid != getuid()) {
                 m->n_refused_uid++;
                 log_warning("refused connection from pid %d uid %u: not the daemon's user (uid %u)",
                             (int) cred.pid, cred.uid, getuid());
                 send_packed_error(c, false, 0, RPC_E_UNAUTHORIZED, "peer uid differs from the daemon's");
-                c->state = CONNECTION_DRAINING;
+                connection_drain(c);
         } else if (m->n_connections > m->config->max_connections) {
                 log_warning("refused connection from pid %d: MaxConnections=%u reached", (int) cred.pid,
                             m->config->max_connections);
                 send_packed_error(c, false, 0, RPC_E_LIMIT_EXCEEDED, "too many connections (MaxConnections)");
-                c->state = CONNECTION_DRAINING;
+                connection_drain(c);
         }
         connection_update_poll(c);
+        return 0;
 }
 
 static void on_listen_poll(uv_poll_t *h, int status, int events) {
@@ -569,7 +586,7 @@ static void on_listen_poll(uv_poll_t *h, int status, int events) {
                         /* EMFILE: leave it pending; the next poll retries. */
                         return;
                 }
-                accept_one(m, fd, NULL);
+                (void) server_adopt(m, fd, NULL);
         }
 }
 
@@ -581,7 +598,7 @@ static void on_sandbox_listen_poll(uv_poll_t *h, int status, int events) {
                 int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0)
                         return;
-                accept_one(l->m, fd, l->sandbox_id);
+                (void) server_adopt(l->m, fd, l->sandbox_id);
         }
 }
 

@@ -80,6 +80,8 @@ typedef struct rpc_ctx {
 #undef METHOD
 
 int server_listen(manager *m);
+/* Serves an accepted (non-blocking) socket; sandbox_id marks a broker-socket peer. */
+int server_adopt(manager *m, int fd, const char *sandbox_id);
 
 /* A listening socket inside one sandbox (the credential broker): connections
  * on it speak the same protocol but may only call sandbox methods, and are
