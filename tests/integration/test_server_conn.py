@@ -1,0 +1,155 @@
+"""The RPC server's connection lifecycle under hostile peers: short malformed
+messages followed at once by a hang-up, on the main socket and on a sandbox's
+$AGENTD_BROKER socket from inside the sandbox. agentd must keep serving (it
+used to abort in libuv: a reply failed, closed the connection, and the poll
+of the closing connection was restarted)."""
+import os
+import socket
+import struct
+import sys
+import time
+
+import msgpack
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Daemon, run_tests  # noqa: E402
+
+
+def _req(method, params=None, msgid=1):
+    return msgpack.packb([0, msgid, method, [] if params is None else [params]], use_bin_type=True)
+
+
+# Each a byte string sent in one piece, then the peer hangs up.
+VARIANTS = [
+    b"\xa5hello",                       # a msgpack string, not an array
+    b"\x91\x00",                        # [0]
+    b"\x90",                            # []
+    b"\x93\x00\x01\x90",                # [0, 1, []]
+    b"\x94\x00\xc0\xa4ping\x90",        # nil msgid
+    b"\x94\x05\x01\xa4ping\x90",        # bad type
+    b"\xc1",                            # never-used byte
+    b"\x80",                            # {}
+    b"\x00",                            # 0
+    b"\xc0",                            # nil
+    b"\xdb\xff\xff\xff\xff",            # a 4 GiB string header
+    b"\xdd\xff\xff\xff\xff",            # a 4G-element array header
+    b"\x94\x00\x01\xa4ping",            # truncated request
+    b"\x94\x00\x01",                    # truncated header
+    b"\x91" * 40 + b"\x00",             # too deep
+    _req("nope.nope"),                  # unknown method
+    _req("agentd.ping"),                # a valid request, gone before its reply
+    _req("task.show", {"name": 7}),     # invalid params
+    _req("credentials.get"),            # unauthorized on the host socket
+    _req("sandbox.wait", {"id": "nope"}),
+    msgpack.packb([2, "x", []]),        # a notification
+    msgpack.packb([1, 1, None, None]),  # a response
+    _req("agentd.ping") * 200,          # many replies to a peer that left
+    _req("agentd.ping") + b"\xa5hello", # a good request, then garbage
+    b"\xa5hello" + _req("agentd.ping"),
+]
+
+
+def hangup(path, data, how):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    try:
+        s.sendall(data)
+    except OSError:
+        pass  # the daemon may already have answered and closed
+    if how == "shutdown":
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(0.01)
+    elif how == "linger":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif how == "read-some":
+        s.settimeout(0.2)
+        try:
+            s.recv(1)
+        except OSError:
+            pass
+    s.close()
+
+
+def assert_serving(d):
+    assert d.proc.poll() is None, f"agentd died: {d.proc.returncode}\n{d.read_log()[-3000:]}"
+    c = d.client()
+    assert "version" in c.ok("agentd.ping")
+    c.close()
+
+
+def test_malformed_then_hangup_main_socket():
+    with Daemon() as d:
+        for rnd in range(3):
+            for how in ("close", "shutdown", "linger", "read-some"):
+                for data in VARIANTS:
+                    hangup(d.socket, data, how)
+                # The daemon works through them asynchronously: give it a moment, then check.
+                time.sleep(0.05)
+                assert_serving(d)
+        # Many at once, before the daemon gets to any of them.
+        socks = []
+        for data in VARIANTS * 4:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(d.socket)
+            s.sendall(data)
+            socks.append(s)
+        for s in socks:
+            s.close()
+        time.sleep(0.2)
+        assert_serving(d)
+        # No connection is leaked: the fd count comes back down.
+        deadline = time.time() + 5
+        while d.n_fds() > 40 and time.time() < deadline:
+            time.sleep(0.05)
+        assert d.n_fds() <= 40, d.n_fds()
+
+
+INSIDE = r"""
+import os, socket, struct, sys, time, msgpack
+variants = [bytes.fromhex(h) for h in sys.argv[1:]]
+p = os.environ['AGENTD_BROKER']
+for how in ("close", "shutdown", "linger"):
+    for data in variants:
+        s = socket.socket(socket.AF_UNIX); s.connect(p)
+        try:
+            s.sendall(data)
+        except OSError:
+            pass
+        if how == "shutdown":
+            s.shutdown(socket.SHUT_WR)
+        elif how == "linger":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+time.sleep(0.2)
+# The broker still answers this sandbox.
+s = socket.socket(socket.AF_UNIX); s.connect(p)
+s.sendall(msgpack.packb([0, 9, "credentials.get", []]))
+u = msgpack.Unpacker(raw=False)
+while True:
+    b = s.recv(65536)
+    if not b:
+        print("closed"); break
+    u.feed(b)
+    got = [m for m in u]
+    if got:
+        print("reply", got[0][1], "error" if got[0][2] is not None else "ok"); break
+"""
+
+
+def test_malformed_then_hangup_broker_socket():
+    """From inside a sandbox, on $AGENTD_BROKER (needs swtpm and the Vault dev server)."""
+    import shutil
+    if not shutil.which("swtpm"):
+        print("swtpm not installed")
+        return "skip"
+    from test_broker import enrolled_daemon
+    with enrolled_daemon() as (tpm, vault, d, ws, c):
+        args = [v.hex() for v in VARIANTS]
+        p = d.agentctl("spawn", "--task", "creds", "--", "/usr/bin/python3", "-c", INSIDE, *args, cwd=ws, timeout=120)
+        assert p.returncode == 0, (p, d.read_log()[-3000:])
+        assert p.stdout.decode().strip() == "reply 9 ok", (p, d.read_log()[-3000:])
+        assert_serving(d)
+
+
+if __name__ == "__main__":
+    run_tests(globals())
