@@ -62,7 +62,7 @@ run_fuzz() {
                 -rss_limit_mb=2048 -artifact_prefix="$ROOT/build-fuzz/" -print_final_stats=1 "$corpus" 2>&1 | tail -15
         return "${PIPESTATUS[0]}"
 }
-for t in proto policy; do
+for t in proto policy server; do
         if [ -x "build-fuzz/tests/fuzz/fuzz-$t" ]; then
                 step "fuzz $t (${FUZZ_SECONDS}s)" run_fuzz "$t"
         fi
