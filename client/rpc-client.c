@@ -121,16 +121,6 @@ static int read_more(rpc_client *c, int timeout_ms) {
         return 1;
 }
 
-static void copy_str(char *dst, size_t n, const msgpack_object *o) {
-        if (!o || o->type != MSGPACK_OBJECT_STR) {
-                dst[0] = 0;
-                return;
-        }
-        size_t l = o->via.str.size < n - 1 ? o->via.str.size : n - 1;
-        memcpy(dst, o->via.str.ptr, l);
-        dst[l] = 0;
-}
-
 /* Waits for the response to msgid (or, with msgid 0, for any notification). */
 static int wait_response(rpc_client *c, uint32_t msgid, rpc_result *res, int timeout_ms) {
         for (;;) {
@@ -163,16 +153,11 @@ static int wait_response(rpc_client *c, uint32_t msgid, rpc_result *res, int tim
                                 res->error = a[2].type == MSGPACK_OBJECT_NIL ? NULL : &a[2];
                                 res->result = &a[3];
                                 res->code[0] = res->message[0] = 0;
-                                if (res->error && res->error->type == MSGPACK_OBJECT_MAP) {
-                                        for (uint32_t i = 0; i < res->error->via.map.size; i++) {
-                                                const msgpack_object_kv *kv = &res->error->via.map.ptr[i];
-                                                if (mp_str_eq(&kv->key, "code"))
-                                                        copy_str(res->code, sizeof(res->code), &kv->val);
-                                                else if (mp_str_eq(&kv->key, "message"))
-                                                        copy_str(res->message, sizeof(res->message), &kv->val);
-                                        }
-                                } else if (res->error)
+                                if (res->error && rpc_error_parse(res->error, res->code, sizeof(res->code),
+                                                                  res->message, sizeof(res->message)) < 0) {
                                         snprintf(res->code, sizeof(res->code), "internal");
+                                        snprintf(res->message, sizeof(res->message), "agentd sent an error of unknown shape");
+                                }
                                 return 0;
                         }
                 }

@@ -19,7 +19,7 @@ typedef struct rpc_client {
 
 typedef struct rpc_result {
         msgpack_unpacked unpacked;
-        const msgpack_object *error;    /* map, or NULL */
+        const msgpack_object *error;    /* [kind, "code: message"], or NULL */
         const msgpack_object *result;
         char code[64];
         char message[512];

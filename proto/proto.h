@@ -157,8 +157,15 @@ char **rpc_param_strv(const msgpack_object *params, const char *key);
 
 /* [1, msgid, nil, <result follows>]: the caller packs exactly one result object. */
 void rpc_pack_response_header(msgpack_packer *pk, uint32_t msgid);
+/* [1, msgid, [kind, "code: message"], nil]; msgid nil when it could not be read. */
 void rpc_pack_error_response(msgpack_packer *pk, bool have_msgid, uint32_t msgid,
                              rpc_error_code code, const char *message);
+/* 1 for invalid_request, invalid_params, method_not_found; 0 for the rest. */
+unsigned rpc_error_kind(rpc_error_code code);
+/* Splits an error object [kind, "code: message"] into its code and message
+ * (NUL-terminated, truncated to the sizes); -EBADMSG if it has another shape. */
+int rpc_error_parse(const msgpack_object *error, char *ret_code, size_t code_size, char *ret_message,
+                    size_t message_size);
 void rpc_pack_request_header(msgpack_packer *pk, uint32_t msgid, const char *method);
 void rpc_pack_notification_header(msgpack_packer *pk, const char *method);
 

@@ -2,6 +2,7 @@
  * the method table, and packing responses, errors and notifications. */
 #include "proto.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,7 +125,9 @@ int rpc_message_decode(rpc_message *m, const uint8_t *buf, size_t len, rpc_error
         }
         if (a[3].via.array.size == 1) {
                 const msgpack_object *p = &a[3].via.array.ptr[0];
-                if (p->type == MSGPACK_OBJECT_NIL)
+                /* [[]]: clients that cannot tell an empty map from an empty
+                 * array (Lua's {}) mean "all defaults" (CONTRACT §2). */
+                if (p->type == MSGPACK_OBJECT_NIL || (p->type == MSGPACK_OBJECT_ARRAY && p->via.array.size == 0))
                         m->params = NULL;
                 else if (p->type != MSGPACK_OBJECT_MAP) {
                         rpc_error_set(err, RPC_E_INVALID_PARAMS, "params must be [] or [{named parameters}]");
@@ -168,6 +171,10 @@ static bool type_matches(char t, const msgpack_object *v, const char **why) {
                 return true;
         case 'M':
                 *why = "a map of strings to strings";
+                /* An empty array is an empty map (Lua's {}); handlers read it
+                 * through via.map.size, the common initial member. */
+                if (v->type == MSGPACK_OBJECT_ARRAY && v->via.array.size == 0)
+                        return true;
                 if (v->type != MSGPACK_OBJECT_MAP)
                         return false;
                 for (uint32_t i = 0; i < v->via.map.size; i++) {
@@ -239,9 +246,15 @@ static int required_fn(const char *key, size_t keylen, char type, bool optional,
                 return 0;
         if (c->params)
                 for (uint32_t i = 0; i < c->params->via.map.size; i++) {
-                        const msgpack_object *k = &c->params->via.map.ptr[i].key;
-                        if (k->via.str.size == keylen && memcmp(k->via.str.ptr, key, keylen) == 0)
+                        const msgpack_object_kv *kv = &c->params->via.map.ptr[i];
+                        if (kv->key.via.str.size != keylen || memcmp(kv->key.via.str.ptr, key, keylen) != 0)
+                                continue;
+                        /* Required means present and non-nil: handlers never see a nil they must have. */
+                        if (kv->val.type != MSGPACK_OBJECT_NIL)
                                 return 0;
+                        rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "parameter '%.*s' is required and must not be nil",
+                                      (int) keylen, key);
+                        return -1;
                 }
         rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "missing parameter '%.*s'", (int) keylen, key);
         return -1;
@@ -391,10 +404,49 @@ void rpc_pack_error_response(msgpack_packer *pk, bool have_msgid, uint32_t msgid
                 msgpack_pack_uint32(pk, msgid);
         else
                 msgpack_pack_nil(pk);
-        msgpack_pack_map(pk, 2);
-        mp_pack_kv_str(pk, "code", rpc_error_code_to_string(code));
-        mp_pack_kv_str(pk, "message", message ? message : "");
+        /* [kind, "code: message"] (CONTRACT §2, errors v2). */
+        const char *name = rpc_error_code_to_string(code);
+        size_t nlen = strlen(name), mlen = message ? strlen(message) : 0;
+        msgpack_pack_array(pk, 2);
+        msgpack_pack_uint32(pk, rpc_error_kind(code));
+        msgpack_pack_str(pk, nlen + 2 + mlen);
+        msgpack_pack_str_body(pk, name, nlen);
+        msgpack_pack_str_body(pk, ": ", 2);
+        msgpack_pack_str_body(pk, message ? message : "", mlen);
         msgpack_pack_nil(pk);
+}
+
+unsigned rpc_error_kind(rpc_error_code code) {
+        /* Neovim's validation type: the request itself was wrong. */
+        return code == RPC_E_INVALID_REQUEST || code == RPC_E_INVALID_PARAMS || code == RPC_E_METHOD_NOT_FOUND ? 1 : 0;
+}
+
+static void copy_bounded(char *dst, size_t size, const char *src, size_t n) {
+        if (size == 0)
+                return;
+        if (n >= size)
+                n = size - 1;
+        memcpy(dst, src, n);
+        dst[n] = 0;
+}
+
+int rpc_error_parse(const msgpack_object *error, char *ret_code, size_t code_size, char *ret_message,
+                    size_t message_size) {
+        if (!error || error->type != MSGPACK_OBJECT_ARRAY || error->via.array.size != 2 ||
+            error->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            error->via.array.ptr[1].type != MSGPACK_OBJECT_STR)
+                return -EBADMSG;
+        const char *text = error->via.array.ptr[1].via.str.ptr;
+        size_t len = error->via.array.ptr[1].via.str.size;
+        /* The code is the prefix up to the first ": ", made of [a-z_]. */
+        size_t i = 0;
+        while (i < len && ((text[i] >= 'a' && text[i] <= 'z') || text[i] == '_'))
+                i++;
+        if (i == 0 || i + 1 >= len || text[i] != ':' || text[i + 1] != ' ')
+                return -EBADMSG;
+        copy_bounded(ret_code, code_size, text, i);
+        copy_bounded(ret_message, message_size, text + i + 2, len - i - 2);
+        return 0;
 }
 
 void rpc_pack_request_header(msgpack_packer *pk, uint32_t msgid, const char *method) {

@@ -37,6 +37,25 @@ def _inside_agentctl():
 AGENTCTL_INSIDE = _inside_agentctl()
 
 
+class RpcError(dict):
+    """An error response, normalised: err["code"], err["message"], err["kind"].
+    On the wire it is [kind, "code: message"] (CONTRACT §2, errors v2);
+    err.raw is what came over the wire."""
+
+    def __init__(self, raw):
+        assert isinstance(raw, list) and len(raw) == 2, f"error of unknown shape: {raw!r}"
+        kind, text = raw
+        assert isinstance(kind, int) and isinstance(text, str) and ": " in text, f"error of unknown shape: {raw!r}"
+        code, message = text.split(": ", 1)
+        super().__init__(code=code, message=message, kind=kind)
+        self.raw = raw
+
+
+def rpc_error(raw):
+    """The normalised form of a response's error element (None stays None)."""
+    return None if raw is None else RpcError(raw)
+
+
 class Client:
     """An independent msgpack-rpc client (not agentd's code)."""
 
@@ -81,7 +100,7 @@ class Client:
                 continue
             assert msg[0] == 1, msg
             if msg[1] == msgid or msg[1] is None:
-                return msg[2], msg[3]
+                return rpc_error(msg[2]), msg[3]
 
     def call(self, method, params=None):
         return self.response(self.request(method, params))

@@ -11,7 +11,7 @@ import time
 
 import msgpack
 
-from harness import AGENTD, Daemon, run_tests
+from harness import AGENTD, Daemon, rpc_error, run_tests
 
 
 def test_ping_status_agentctl_and_raw():
@@ -94,12 +94,12 @@ def test_garbage_bytes_close_connection_only():
         c = d.client()
         c.send_raw(b"\xc1\xc1\xc1 this is not msgpack")
         msg = c.read_message()
-        assert msg is not None and msg[2]["code"] == "invalid_request", msg
+        assert msg is not None and rpc_error(msg[2])["code"] == "invalid_request", msg
         assert c.read_message() is None  # closed
         c = d.client()
         c.send_raw(b"hello world\n")  # 'h' is a fixint: a complete non-request message
         msg = c.read_message()
-        assert msg[1] is None and msg[2]["code"] == "invalid_request", msg
+        assert msg[1] is None and rpc_error(msg[2])["code"] == "invalid_request", msg
         assert other.ok("agentd.ping")
         assert d.client().ok("agentd.ping")
 
@@ -117,7 +117,7 @@ def test_huge_length_header():
         c = d.client()
         c.send_raw(b"\xc6\x80\x00\x00\x00")
         msg = c.read_message()
-        assert msg[1] is None and msg[2]["code"] == "limit_exceeded", msg
+        assert msg[1] is None and rpc_error(msg[2])["code"] == "limit_exceeded", msg
         assert d.client().ok("agentd.ping")
         assert d.rss_kb() < rss0 + d.rss_slack_kb(8 * 1024), (rss0, d.rss_kb())
 
@@ -187,7 +187,7 @@ def test_connection_cap():
             c.ok("agentd.ping")
         extra = d.client()
         msg = extra.read_message()
-        assert msg[2]["code"] == "limit_exceeded" and "MaxConnections" in msg[2]["message"], msg
+        assert rpc_error(msg[2])["code"] == "limit_exceeded" and "MaxConnections" in rpc_error(msg[2])["message"], msg
         assert extra.read_message() is None
         keep[0].close()
         time.sleep(0.1)

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import time
 
-from harness import AGENTD, AGENTCTL, Client, Daemon, run_tests
+from harness import AGENTD, AGENTCTL, Client, Daemon, rpc_error, run_tests
 
 USER = os.environ.get("AGENTD_TEST_USER", "agentd-test")
 
@@ -39,7 +39,7 @@ def test_other_uid_refused():
         # root is a different uid: refused with unauthorized, then closed.
         c = Client(d.socket)
         msg = c.read_message()
-        assert msg is not None and msg[2]["code"] == "unauthorized", msg
+        assert msg is not None and rpc_error(msg[2])["code"] == "unauthorized", msg
         assert c.read_message() is None
         p = subprocess.run([AGENTCTL, "--socket", d.socket, "ping"], capture_output=True, timeout=10)
         assert p.returncode == 1 and b"unauthorized" in p.stderr, p

@@ -373,6 +373,97 @@ static void fill_ok(msgpack_packer *pk) {
         mp_pack_kv_nil(pk, "task");
 }
 
+static void fill_env_empty_array(msgpack_packer *pk) {
+        msgpack_pack_map(pk, 1);
+        mp_pack_cstr(pk, "env");
+        msgpack_pack_array(pk, 0);
+}
+static void fill_empty_array(msgpack_packer *pk) {
+        msgpack_pack_array(pk, 0);
+}
+
+/* Every method's every required parameter, given as nil (the others present
+ * and valid): invalid_params naming it, from the one validation place. */
+static void pack_value_of_type(msgpack_packer *pk, char t) {
+        switch (t) {
+        case 'b': msgpack_pack_true(pk); break;
+        case 'u': case 'i': msgpack_pack_uint8(pk, 1); break;
+        case 'S': msgpack_pack_array(pk, 0); break;
+        case 'M': msgpack_pack_map(pk, 0); break;
+        default: mp_pack_cstr(pk, "x");
+        }
+}
+
+typedef struct spec_item {
+        char key[32];
+        char type;
+        bool optional;
+} spec_item;
+
+static size_t parse_spec(const char *spec, spec_item *items, size_t max) {
+        size_t n = 0;
+        for (const char *p = spec; *p && n < max;) {
+                while (*p == ' ')
+                        p++;
+                if (!*p)
+                        break;
+                size_t k = strcspn(p, ":");
+                ck_assert_uint_lt(k, sizeof(items[n].key));
+                memcpy(items[n].key, p, k);
+                items[n].key[k] = 0;
+                items[n].type = p[k + 1];
+                p += k + 2;
+                items[n].optional = *p == '?';
+                if (*p == '?')
+                        p++;
+                n++;
+        }
+        return n;
+}
+
+START_TEST(test_required_nil_every_method) {
+        unsigned checked = 0;
+        for (size_t mi = 0; mi < _RPC_METHOD_MAX; mi++) {
+                spec_item items[16];
+                size_t n = parse_spec(rpc_methods[mi].params, items, 16);
+                for (size_t nil_at = 0; nil_at < n; nil_at++) {
+                        if (items[nil_at].optional)
+                                continue;
+                        buf b;
+                        buf_init(&b);
+                        rpc_pack_request_header(&b.pk, 1, rpc_methods[mi].name);
+                        msgpack_pack_array(&b.pk, 1);
+                        size_t n_required = 0;
+                        for (size_t i = 0; i < n; i++)
+                                n_required += !items[i].optional;
+                        msgpack_pack_map(&b.pk, n_required);
+                        for (size_t i = 0; i < n; i++) {
+                                if (items[i].optional)
+                                        continue;
+                                mp_pack_cstr(&b.pk, items[i].key);
+                                if (i == nil_at)
+                                        msgpack_pack_nil(&b.pk);
+                                else
+                                        pack_value_of_type(&b.pk, items[i].type);
+                        }
+                        rpc_message m;
+                        rpc_error err = { 0 };
+                        ck_assert_int_eq(decode_packed(&b, &m, &err), 0);
+                        ck_assert_int_eq(rpc_params_validate(&rpc_methods[mi], m.params, &err), -EINVAL);
+                        ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
+                        char want[64];
+                        snprintf(want, sizeof(want), "'%s'", items[nil_at].key);
+                        ck_assert_msg(strstr(err.message, want), "%s: %s", rpc_methods[mi].name, err.message);
+                        rpc_message_done(&m);
+                        buf_done(&b);
+                        checked++;
+                }
+        }
+        /* task.show name, sandbox.{wait,kill,logs,diff,promote,discard} id, broker.enroll role_id, secret_id. */
+        ck_assert_uint_ge(checked, 9);
+}
+END_TEST
+
 START_TEST(test_params) {
         rpc_error err;
         ck_assert_int_lt(validate("task.show", fill_missing, &err), 0);
@@ -390,6 +481,13 @@ START_TEST(test_params) {
         ck_assert_int_lt(validate("sandbox.spawn", fill_env_bad, &err), 0);
         ck_assert_ptr_nonnull(strstr(err.message, "map of strings"));
         ck_assert_int_eq(validate("sandbox.spawn", fill_ok, &err), 0);
+        /* An empty array where a map is taken is an empty map (Lua's {}). */
+        ck_assert_int_eq(validate("sandbox.spawn", fill_env_empty_array, &err), 0);
+        /* params [[]] is "all defaults", like [] and [{}]. */
+        ck_assert_int_eq(validate("agentd.ping", fill_empty_array, &err), 0);
+        ck_assert_int_eq(validate("sandbox.spawn", fill_empty_array, &err), 0);
+        ck_assert_int_lt(validate("task.show", fill_empty_array, &err), 0);
+        ck_assert_ptr_nonnull(strstr(err.message, "missing parameter 'name'"));
 }
 END_TEST
 
@@ -420,11 +518,55 @@ START_TEST(test_error_codes_and_table) {
         ck_assert_int_eq(u.data.type, MSGPACK_OBJECT_ARRAY);
         ck_assert_uint_eq(u.data.via.array.size, 4);
         ck_assert_uint_eq(u.data.via.array.ptr[1].via.u64, 9);
-        ck_assert_int_eq(u.data.via.array.ptr[2].type, MSGPACK_OBJECT_MAP);
-        ck_assert(mp_str_eq(&u.data.via.array.ptr[2].via.map.ptr[0].val, "not_found"));
+        /* Errors v2: [kind, "code: message"], kind 0 for not_found. */
+        const msgpack_object *e = &u.data.via.array.ptr[2];
+        ck_assert_int_eq(e->type, MSGPACK_OBJECT_ARRAY);
+        ck_assert_uint_eq(e->via.array.size, 2);
+        ck_assert_int_eq(e->via.array.ptr[0].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+        ck_assert_uint_eq(e->via.array.ptr[0].via.u64, 0);
+        ck_assert(mp_str_eq(&e->via.array.ptr[1], "not_found: gone"));
         ck_assert_int_eq(u.data.via.array.ptr[3].type, MSGPACK_OBJECT_NIL);
+        char code[64], message[64];
+        ck_assert_int_eq(rpc_error_parse(e, code, sizeof(code), message, sizeof(message)), 0);
+        ck_assert_str_eq(code, "not_found");
+        ck_assert_str_eq(message, "gone");
         msgpack_unpacked_destroy(&u);
         buf_done(&b);
+
+        /* kind 1 exactly for the three validation codes. */
+        for (int c = 0; c < _RPC_E_MAX; c++)
+                ck_assert_uint_eq(rpc_error_kind((rpc_error_code) c),
+                                  c == RPC_E_INVALID_REQUEST || c == RPC_E_INVALID_PARAMS || c == RPC_E_METHOD_NOT_FOUND);
+
+        /* Without a msgid, with a message holding ": " itself, truncated. */
+        buf_init(&b);
+        rpc_pack_error_response(&b.pk, false, 0, RPC_E_INVALID_PARAMS, "parameter 'id': must be a string");
+        msgpack_unpacked_init(&u);
+        off = 0;
+        ck_assert_int_eq(msgpack_unpack_next(&u, b.sb.data, b.sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+        ck_assert_int_eq(u.data.via.array.ptr[1].type, MSGPACK_OBJECT_NIL);
+        e = &u.data.via.array.ptr[2];
+        ck_assert_uint_eq(e->via.array.ptr[0].via.u64, 1);
+        ck_assert_int_eq(rpc_error_parse(e, code, sizeof(code), message, 10), 0);
+        ck_assert_str_eq(code, "invalid_params");
+        ck_assert_str_eq(message, "parameter");
+        msgpack_unpacked_destroy(&u);
+        buf_done(&b);
+
+        /* Other shapes are refused, not guessed at. */
+        msgpack_object bad = { .type = MSGPACK_OBJECT_NIL };
+        ck_assert_int_eq(rpc_error_parse(&bad, code, sizeof(code), message, sizeof(message)), -EBADMSG);
+        msgpack_object items[2] = { { .type = MSGPACK_OBJECT_POSITIVE_INTEGER }, { .type = MSGPACK_OBJECT_STR } };
+        items[1].via.str.ptr = "no colon";
+        items[1].via.str.size = 8;
+        bad.type = MSGPACK_OBJECT_ARRAY;
+        bad.via.array.size = 2;
+        bad.via.array.ptr = items;
+        ck_assert_int_eq(rpc_error_parse(&bad, code, sizeof(code), message, sizeof(message)), -EBADMSG);
+        items[1].via.str.ptr = "not_found: x";
+        items[1].via.str.size = 12;
+        ck_assert_int_eq(rpc_error_parse(&bad, code, sizeof(code), message, sizeof(message)), 0);
+        ck_assert_str_eq(message, "x");
 }
 END_TEST
 
@@ -440,6 +582,7 @@ static Suite *codec_suite(void) {
         tcase_add_test(tc, test_decode_request);
         tcase_add_test(tc, test_decode_bad_envelopes);
         tcase_add_test(tc, test_params);
+        tcase_add_test(tc, test_required_nil_every_method);
         tcase_add_test(tc, test_error_codes_and_table);
         suite_add_tcase(s, tc);
         return s;
