@@ -125,6 +125,12 @@ static int handler(void *userdata, const char *section, const char *key, const c
                 r = parse_uint(value, &c->max_connections);
                 if (r == 0 && c->max_connections == 0)
                         r = -ERANGE;
+        } else if (KEY("Daemon", "MaxConnectionsPerSandbox")) {
+                r = parse_uint(value, &c->max_connections_per_sandbox);
+                if (r == 0 && c->max_connections_per_sandbox == 0)
+                        r = -ERANGE;
+        } else if (KEY("Daemon", "SandboxRequestRate")) {
+                r = parse_uint(value, &c->sandbox_request_rate);
         } else if (KEY("Daemon", "MaxRequestsInFlight")) {
                 r = parse_uint(value, &c->max_in_flight);
                 if (r == 0 && c->max_in_flight == 0)
@@ -213,6 +219,8 @@ int config_load(const char *path, const char *home, agentd_config **ret, config_
         c->max_message_size = 1024 * 1024;
         c->max_connections = 512;
         c->max_in_flight = 32;
+        c->max_connections_per_sandbox = 8;
+        c->sandbox_request_rate = 20;
         c->max_sandboxes = 1024;
         c->log_limit = 1024 * 1024;
         c->proxy_port = 3128;

@@ -9,6 +9,8 @@ typedef struct agentd_config {
         size_t max_message_size;
         unsigned max_connections;
         unsigned max_in_flight;
+        unsigned max_connections_per_sandbox;  /* on each sandbox's broker socket */
+        unsigned sandbox_request_rate;         /* per second, per method, per sandbox; 0 = unlimited */
         char *cgroup_path;           /* override of the cgroup sandboxes go under */
         char *sandbox_helper;        /* override of the agentd-sandbox path */
         unsigned max_sandboxes;

@@ -59,6 +59,7 @@ typedef struct manager {
 
         list_head connections;
         unsigned n_connections;
+        unsigned n_sandbox_connections;  /* of n_connections, those on sandboxes' broker sockets */
         uint64_t n_refused_uid;
 
         /* Task policies. */

@@ -23,6 +23,10 @@
 /* Stop reading from a peer that does not read its replies. */
 #define OUT_HIGH_WATER (4u * 1024 * 1024)
 #define OUT_HARD_LIMIT (64u * 1024 * 1024)
+/* Host connections past MaxConnections that may still call credentials.revoke. */
+#define REVOKE_RESERVE 8u
+/* At most one "requests suppressed" audit record per sandbox and method per interval. */
+#define SUPPRESSED_INTERVAL_MS 1000u
 
 typedef int (*rpc_handler)(rpc_ctx *ctx, rpc_error *err);
 static const rpc_handler handlers[_RPC_METHOD_MAX] = {
@@ -101,6 +105,11 @@ static void connection_close(connection *c) {
         sandboxes_connection_closed(c->m, c);
         list_del(&c->link);
         c->m->n_connections--;
+        if (c->listener) {
+                c->listener->n_connections--;
+                c->m->n_sandbox_connections--;
+                c->listener = NULL;
+        }
         /* The poll handle holds a reference until its close callback. */
         uv_close((uv_handle_t *) &c->poll, on_conn_poll_closed);
         safe_close(c->fd);
@@ -279,6 +288,46 @@ void server_broadcast(manager *m, const char *sandbox_id, const char *method,
         msgpack_sbuffer_destroy(&sb);
 }
 
+/* ---- sandbox request rate -------------------------------------------- */
+
+static void audit_suppressed(manager *m, const char *sandbox_id, const rpc_method *method, rate_bucket *b) {
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "method", json_object_new_string(method->name));
+        json_object_object_add(ev, "suppressed", json_object_new_int64((int64_t) b->suppressed));
+        json_object_object_add(ev, "interval_ms", json_object_new_int64((int64_t) (now_msec() - b->suppressed_since_ms)));
+        audit_event(m, "rpc.suppressed", sandbox_id, ev);
+        b->suppressed = 0;
+}
+
+/* A token bucket per sandbox and method (SandboxRequestRate per second, a
+ * burst of twice that): a sandbox looping on a method gets limit_exceeded and
+ * one audit record per interval counting what was refused, instead of one
+ * record per request. Returns false when the request is over the rate. */
+static bool sandbox_rate_admit(connection *c, const rpc_method *method) {
+        sandbox_listener *l = c->listener;
+        unsigned rate = c->m->config->sandbox_request_rate;
+        if (!l || rate == 0)
+                return true;
+        rate_bucket *b = &l->rate[method->id];
+        uint64_t now = now_msec();
+        double burst = 2.0 * rate;
+        if (b->last_ms == 0)
+                b->tokens = burst;
+        else
+                b->tokens += (double) (now - b->last_ms) * rate / 1000.0;
+        if (b->tokens > burst)
+                b->tokens = burst;
+        b->last_ms = now;
+        bool admit = b->tokens >= 1.0;
+        if (admit)
+                b->tokens -= 1.0;
+        else if (b->suppressed++ == 0)
+                b->suppressed_since_ms = now;
+        if (b->suppressed > 0 && (admit || now - b->suppressed_since_ms >= SUPPRESSED_INTERVAL_MS))
+                audit_suppressed(c->m, l->sandbox_id, method, b);
+        return admit;
+}
+
 /* ---- dispatch ---------------------------------------------------------- */
 
 static void dispatch(connection *c, const uint8_t *buf, size_t len) {
@@ -327,6 +376,23 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 char text[160];
                 snprintf(text, sizeof(text), "%s is only answered on a sandbox's broker socket ($AGENTD_BROKER)", method->name);
                 send_packed_error(c, true, msg.msgid, RPC_E_UNAUTHORIZED, text);
+                rpc_message_done(&msg);
+                return;
+        }
+        if (c->revoke_only && method->id != RPC_METHOD_credentials_revoke) {
+                char text[200];
+                snprintf(text, sizeof(text), "too many connections (MaxConnections=%u): only credentials.revoke is served on this one",
+                         m->config->max_connections);
+                send_packed_error(c, true, msg.msgid, RPC_E_LIMIT_EXCEEDED, text);
+                connection_drain(c);
+                rpc_message_done(&msg);
+                return;
+        }
+        if (!sandbox_rate_admit(c, method)) {
+                char text[200];
+                snprintf(text, sizeof(text), "%s called too often from this sandbox (SandboxRequestRate=%u per second)",
+                         method->name, m->config->sandbox_request_rate);
+                send_packed_error(c, true, msg.msgid, RPC_E_LIMIT_EXCEEDED, text);
                 rpc_message_done(&msg);
                 return;
         }
@@ -525,7 +591,8 @@ out:
         connection_unref(c);
 }
 
-int server_adopt(manager *m, int fd, const char *sandbox_id) {
+int server_adopt(manager *m, int fd, sandbox_listener *l) {
+        const char *sandbox_id = l ? l->sandbox_id : NULL;
         struct ucred cred;
         socklen_t len = sizeof(cred);
 
@@ -557,6 +624,13 @@ int server_adopt(manager *m, int fd, const char *sandbox_id) {
         proto_scanner_reset(&c->scan);
         list_add_tail(&m->connections, &c->link);
         m->n_connections++;
+        if (l) {
+                c->listener = l;
+                l->n_connections++;
+                m->n_sandbox_connections++;
+        }
+        /* Sandboxes draw on their own allowances, so they cannot crowd out the host's clients. */
+        unsigned n_host = m->n_connections - m->n_sandbox_connections;
 
         if (cred.uid != getuid()) {
                 m->n_refused_uid++;
@@ -564,11 +638,22 @@ int server_adopt(manager *m, int fd, const char *sandbox_id) {
                             (int) cred.pid, cred.uid, getuid());
                 send_packed_error(c, false, 0, RPC_E_UNAUTHORIZED, "peer uid differs from the daemon's");
                 connection_drain(c);
-        } else if (m->n_connections > m->config->max_connections) {
+        } else if (l && l->n_connections > m->config->max_connections_per_sandbox) {
+                log_warning("refused connection from sandbox %s: MaxConnectionsPerSandbox=%u reached", l->sandbox_id,
+                            m->config->max_connections_per_sandbox);
+                send_packed_error(c, false, 0, RPC_E_LIMIT_EXCEEDED,
+                                  "too many connections from this sandbox (MaxConnectionsPerSandbox)");
+                connection_drain(c);
+        } else if (!l && n_host > m->config->max_connections + REVOKE_RESERVE) {
                 log_warning("refused connection from pid %d: MaxConnections=%u reached", (int) cred.pid,
                             m->config->max_connections);
                 send_packed_error(c, false, 0, RPC_E_LIMIT_EXCEEDED, "too many connections (MaxConnections)");
                 connection_drain(c);
+        } else if (!l && n_host > m->config->max_connections) {
+                /* An incident response must get through even when the host's clients are at the limit. */
+                log_warning("connection from pid %d over MaxConnections=%u: only credentials.revoke is served on it",
+                            (int) cred.pid, m->config->max_connections);
+                c->revoke_only = true;
         }
         connection_update_poll(c);
         return 0;
@@ -598,7 +683,7 @@ static void on_sandbox_listen_poll(uv_poll_t *h, int status, int events) {
                 int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0)
                         return;
-                (void) server_adopt(l->m, fd, l->sandbox_id);
+                (void) server_adopt(l->m, fd, l);
         }
 }
 
@@ -655,9 +740,12 @@ void server_close_sandbox(sandbox_listener *l) {
         list_head *i, *t;
         list_for_each_safe(i, t, &l->m->connections) {
                 connection *c = container_of(i, connection, link);
-                if (c->sandbox_id && streq(c->sandbox_id, l->sandbox_id))
+                if (c->listener == l)
                         connection_close(c);
         }
+        for (size_t k = 0; k < ELEMENTSOF(l->rate); k++)
+                if (l->rate[k].suppressed > 0)
+                        audit_suppressed(l->m, l->sandbox_id, &rpc_methods[k], &l->rate[k]);
         uv_close((uv_handle_t *) &l->poll, on_sandbox_listener_closed);
 }
 

@@ -49,6 +49,8 @@ struct connection {
         unsigned n_rx_fds;
 
         unsigned in_flight;
+        struct sandbox_listener *listener;  /* the broker socket it came in on; NULL for the host socket */
+        bool revoke_only;         /* over MaxConnections, in the slots kept for credentials.revoke */
         char *sandbox_id;         /* set for connections on a sandbox's broker socket */
         bool subscribed;
         char *subscribe_sandbox;
@@ -80,18 +82,31 @@ typedef struct rpc_ctx {
 #undef METHOD
 
 int server_listen(manager *m);
-/* Serves an accepted (non-blocking) socket; sandbox_id marks a broker-socket peer. */
-int server_adopt(manager *m, int fd, const char *sandbox_id);
+/* Serves an accepted (non-blocking) socket; l is the sandbox broker socket it
+ * came in on, or NULL for the host socket. */
+int server_adopt(manager *m, int fd, struct sandbox_listener *l);
+
+/* Requests from one sandbox for one method: a token bucket, and how many were
+ * refused since the last audit record saying so. */
+typedef struct rate_bucket {
+        uint64_t last_ms;
+        double tokens;
+        uint64_t suppressed;
+        uint64_t suppressed_since_ms;
+} rate_bucket;
 
 /* A listening socket inside one sandbox (the credential broker): connections
  * on it speak the same protocol but may only call sandbox methods, and are
- * identified as that sandbox. */
+ * identified as that sandbox. Its connections come from a small allowance of
+ * their own (MaxConnectionsPerSandbox), never from the host's. */
 typedef struct sandbox_listener {
         manager *m;
         uv_poll_t poll;
         int fd;
         char *sandbox_id;
         char *path;
+        unsigned n_connections;
+        rate_bucket rate[_RPC_METHOD_MAX];
 } sandbox_listener;
 int server_listen_sandbox(manager *m, const char *sandbox_id, const char *path, sandbox_listener **ret);
 void server_close_sandbox(sandbox_listener *l);

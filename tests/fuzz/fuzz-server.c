@@ -49,6 +49,16 @@ void audit_event(manager *m, const char *type, const char *sandbox, json_object 
 void sandboxes_connection_closed(manager *m, connection *c) {
 }
 
+/* A clock the script moves, so rate limits are reached and recovered from. */
+static uint64_t fake_now = 1;
+uint64_t now_msec(void) {
+        return fake_now;
+}
+
+/* The broker socket of one sandbox (its listening side is not needed). */
+static char sandbox_name[] = "sandbox-1";
+static sandbox_listener listener;
+
 static rpc_call *pending[MAX_PENDING];
 static unsigned n_pending;
 static unsigned handler_mode;
@@ -140,7 +150,7 @@ static void peer_open(manager *m, script *s) {
                 (void) setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
                 (void) setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
         }
-        if (server_adopt(m, sv[0], (flags & 1) ? "sandbox-1" : NULL) < 0) {
+        if (server_adopt(m, sv[0], (flags & 1) ? &listener : NULL) < 0) {
                 close(sv[1]);
                 return;
         }
@@ -219,7 +229,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         uv_loop_t loop;
-        agentd_config config = { .max_connections = 4, .max_in_flight = 3 };
+        agentd_config config = {
+                .max_connections = 3, .max_in_flight = 3, .max_connections_per_sandbox = 2, .sandbox_request_rate = 2,
+        };
         manager m = { .loop = &loop, .config = &config, .listen_fd = -1 };
         script s = { data, size };
 
@@ -230,10 +242,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         proto_limits_default(&m.limits);
         m.limits.max_message = 2048;
         n_peers = n_pending = handler_mode = 0;
+        memset(&listener, 0, sizeof(listener));
+        listener.m = &m;
+        listener.sandbox_id = sandbox_name;
+        fake_now = 1;
 
         while (s.left > 0) {
                 uint8_t op = next(&s);
-                switch (op % 12) {
+                switch (op % 13) {
                 case 0: peer_open(&m, &s); break;
                 case 1: case 2: case 3: peer_send(&s); break;
                 case 4: if (n_peers) (void) shutdown(peers[next(&s) % n_peers], SHUT_WR); break;
@@ -242,6 +258,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 case 8: finish_pending(next(&s)); break;
                 case 9: peer_read(&s); break;
                 case 10: server_broadcast(&m, (next(&s) & 1) ? "sandbox-1" : NULL, "sandbox.state", pack_event, NULL); break;
+                case 11: fake_now += 100u * next(&s); break;
                 default: handler_mode = next(&s); break;
                 }
         }
@@ -252,7 +269,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 peer_drop(0);
         for (int i = 0; i < 1000 && m.n_connections > 0; i++)
                 (void) uv_run(&loop, UV_RUN_NOWAIT);
-        if (m.n_connections != 0)
+        if (m.n_connections != 0 || m.n_sandbox_connections != 0 || listener.n_connections != 0)
                 abort();
         while (n_pending > 0)
                 finish_pending(n_pending);

@@ -185,10 +185,22 @@ def test_connection_cap():
         keep = [d.client() for _ in range(5)]
         for c in keep:
             c.ok("agentd.ping")
+        # Past the limit a few connections are kept for credentials.revoke: anything
+        # else is refused on them, revoke is served.
+        extra = d.client()
+        err, _ = extra.call("agentd.ping")
+        assert err["code"] == "limit_exceeded" and "MaxConnections" in err["message"], err
+        assert extra.read_message() is None
+        reserve = [d.client() for _ in range(8)]
+        err, _ = reserve[0].call("credentials.revoke", {"sandbox": "nope"})
+        assert err["code"] == "not_found", err
+        # Past those too: refused at once.
         extra = d.client()
         msg = extra.read_message()
         assert rpc_error(msg[2])["code"] == "limit_exceeded" and "MaxConnections" in rpc_error(msg[2])["message"], msg
         assert extra.read_message() is None
+        for c in reserve:
+            c.close()
         keep[0].close()
         time.sleep(0.1)
         assert d.client().ok("agentd.ping")

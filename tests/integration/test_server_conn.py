@@ -120,19 +120,25 @@ for how in ("close", "shutdown", "linger"):
         elif how == "linger":
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
-time.sleep(0.2)
-# The broker still answers this sandbox.
-s = socket.socket(socket.AF_UNIX); s.connect(p)
-s.sendall(msgpack.packb([0, 9, "credentials.get", []]))
-u = msgpack.Unpacker(raw=False)
-while True:
-    b = s.recv(65536)
-    if not b:
-        print("closed"); break
-    u.feed(b)
-    got = [m for m in u]
-    if got:
-        print("reply", got[0][1], "error" if got[0][2] is not None else "ok"); break
+# The broker still answers this sandbox (once the daemon has seen the hang-ups,
+# the sandbox's connection allowance is free again).
+for attempt in range(100):
+    time.sleep(0.1)
+    s = socket.socket(socket.AF_UNIX); s.connect(p)
+    s.sendall(msgpack.packb([0, 9, "credentials.get", []]))
+    u = msgpack.Unpacker(raw=False)
+    got = []
+    while not got:
+        b = s.recv(65536)
+        if not b:
+            break
+        u.feed(b)
+        got = [m for m in u]
+    s.close()
+    if got and got[0][2] is not None and got[0][2][1].startswith("limit_exceeded"):
+        continue
+    break
+print("reply", got[0][1], "error" if got[0][2] is not None else "ok") if got else print("closed")
 """
 
 
@@ -149,6 +155,128 @@ def test_malformed_then_hangup_broker_socket():
         assert p.returncode == 0, (p, d.read_log()[-3000:])
         assert p.stdout.decode().strip() == "reply 9 ok", (p, d.read_log()[-3000:])
         assert_serving(d)
+
+
+def broker_daemon(extra_conf):
+    """swtpm + the Vault dev server + agentd (with extra [Daemon] keys), enrolled."""
+    import contextlib
+    import test_broker as tb
+
+    @contextlib.contextmanager
+    def cm():
+        tpm, vault, d = tb.setup()
+        with open(os.path.join(d.config_home, "agentd", "agentd.conf"), "a") as f:
+            f.write("[Daemon]\n" + extra_conf)
+        try:
+            d.start()
+            tb.enroll(d)
+            tb.wait_vault_ok(d)
+            yield d, tb.workspace(d)
+        finally:
+            d.stop()
+            vault.stop()
+            tpm.stop()
+    return cm()
+
+
+HOLD = r"""
+import os, socket, sys, time, msgpack
+p = os.environ['AGENTD_BROKER']
+socks, refused = [], 0
+for i in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_UNIX); s.connect(p); socks.append(s)
+time.sleep(0.5)
+for s in socks:
+    s.setblocking(False)
+    try:
+        b = s.recv(4096)
+        if b and 'limit_exceeded' in msgpack.unpackb(b, raw=False)[2][1]:
+            refused += 1
+    except BlockingIOError:
+        pass
+print('held', len(socks), 'refused', refused, flush=True)
+time.sleep(60)
+"""
+
+
+def test_sandbox_connections_do_not_crowd_out_host():
+    """A sandbox holding many connections on $AGENTD_BROKER: it gets its own small
+    allowance, the host's ping and revoke still work."""
+    import shutil
+    if not shutil.which("swtpm"):
+        print("swtpm not installed")
+        return "skip"
+    with broker_daemon("MaxConnections=20\nMaxConnectionsPerSandbox=4\n") as (d, ws):
+        c = d.client()
+        res = c.ok("sandbox.spawn", {"task": "creds", "argv": ["/usr/bin/python3", "-c", HOLD, "100"],
+                                     "workspace": ws})
+        sid = res["id"]
+        deadline = time.time() + 30
+        out = b""
+        while b"held" not in out and time.time() < deadline:
+            out = c.ok("sandbox.logs", {"id": sid})["stdout"]
+            time.sleep(0.1)
+        assert out.decode().split() == ["held", "100", "refused", "96"], (out, d.read_log()[-2000:])
+        p = d.agentctl("ping")
+        assert p.returncode == 0, p
+        p = d.agentctl("revoke", "--sandbox", sid)
+        assert p.returncode == 0, (p, d.read_log()[-2000:])
+        assert c.ok("sandbox.wait", {"id": sid})["signal"] != 0
+        assert_serving(d)
+
+
+LOOP = r"""
+import os, socket, time, msgpack
+p = os.environ['AGENTD_BROKER']
+s = socket.socket(socket.AF_UNIX); s.connect(p)
+u = msgpack.Unpacker(raw=False)
+ok = limited = 0
+t0 = time.time()
+for i in range(1, 3001):
+    s.sendall(msgpack.packb([0, i, "credentials.get", []]))
+    while True:
+        m = next(u, None)
+        if m is not None:
+            break
+        u.feed(s.recv(65536))
+    if m[2] is None:
+        ok += 1
+    elif m[2][1].startswith("limit_exceeded: "):
+        limited += 1
+print(ok, limited, round(time.time() - t0, 3))
+"""
+
+
+def test_sandbox_request_flood_is_rate_limited_and_aggregated_in_audit():
+    import shutil
+    if not shutil.which("swtpm"):
+        print("swtpm not installed")
+        return "skip"
+    with broker_daemon("SandboxRequestRate=5\n") as (d, ws):
+        c = d.client()
+        res = c.ok("sandbox.spawn", {"task": "creds", "argv": ["/usr/bin/python3", "-c", LOOP], "workspace": ws})
+        sid = res["id"]
+        assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0, c.ok("sandbox.logs", {"id": sid})
+        ok, limited, secs = c.ok("sandbox.logs", {"id": sid})["stdout"].decode().split()
+        ok, limited, secs = int(ok), int(limited), float(secs)
+        assert ok + limited == 3000, (ok, limited)
+        # A burst of 10, then 5 per second.
+        assert 10 <= ok <= 10 + 5 * (secs + 1), (ok, limited, secs)
+        deadline = time.time() + 5
+        while True:
+            recs = c.ok("audit.query", {"sandbox": sid, "limit": 100000})
+            gets = [r for r in recs if r["type"] == "rpc" and r["fields"]["method"] == "credentials.get"]
+            supp = [r for r in recs if r["type"] == "rpc.suppressed"]
+            if sum(r["fields"]["suppressed"] for r in supp) == limited or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        # One record per admitted request, the refused ones only counted.
+        assert len(gets) == ok, (len(gets), ok)
+        assert sum(r["fields"]["suppressed"] for r in supp) == limited, supp
+        assert all(r["fields"]["method"] == "credentials.get" for r in supp)
+        assert len(supp) <= secs + 2, (len(supp), secs)
+        v = c.ok("audit.verify")
+        assert v["ok"] is True, v
 
 
 if __name__ == "__main__":
