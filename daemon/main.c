@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -274,6 +275,14 @@ int main(int argc, char **argv) {
         }
 
         log_setup("agentd");
+        /* agentd holds the Vault session and tokens: other processes of the
+         * user may not read its memory (/proc/PID/mem, environ, ptrace) nor
+         * get a core dump of it. Children that exec (the sandbox helper)
+         * become dumpable again as usual. */
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+                log_error("cannot make agentd non-dumpable: %m");
+                return 1;
+        }
         /* libtss2 prints every expected TPM error on stderr; we report them ourselves. */
         setenv("TSS2_LOG", "all+none", 0);
         signal(SIGPIPE, SIG_IGN);

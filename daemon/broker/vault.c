@@ -10,6 +10,7 @@
 #include <sys/random.h>
 
 #include "macro.h"
+#include "secbuf.h"
 
 #define MAX_BODY (1024 * 1024)
 
@@ -33,8 +34,7 @@ typedef struct vault_req {
         char *url, *method, *body;
         char *token;                /* zeroed when freed */
         size_t token_len;
-        char *resp;
-        size_t resp_len;
+        secbuf resp;                /* may hold a token: grown and freed with wiping */
         bool resp_overflow;
         unsigned attempt;
         uv_timer_t retry_timer;
@@ -67,10 +67,7 @@ static void req_free_now(vault_req *r) {
                 explicit_zero(r->token, r->token_len);
                 free(r->token);
         }
-        if (r->resp) {
-                explicit_zero(r->resp, r->resp_len);
-                free(r->resp);
-        }
+        secbuf_wipe_free(&r->resp);
         free(r);
 }
 
@@ -94,6 +91,29 @@ static void req_unlink_free(vault_req *r) {
 }
 
 static void check_done(vault_client *v);
+
+/* Zeroes every string in a parsed response before it is freed: json-c does
+ * not, and Vault's answers carry client tokens. */
+static void json_wipe_strings(json_object *o) {
+        switch (json_object_get_type(o)) {
+        case json_type_string:
+                explicit_zero((char *) json_object_get_string(o), (size_t) json_object_get_string_len(o));
+                break;
+        case json_type_array:
+                for (size_t i = 0; i < json_object_array_length(o); i++)
+                        json_wipe_strings(json_object_array_get_idx(o, i));
+                break;
+        case json_type_object: {
+                json_object_object_foreach(o, key, val) {
+                        (void) key;
+                        json_wipe_strings(val);
+                }
+                break;
+        }
+        default:
+                break;
+        }
+}
 
 static void on_poll(uv_poll_t *h, int status, int events) {
         sock_ctx *s = container_of(h, sock_ctx, poll);
@@ -164,18 +184,10 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
         vault_req *r = userdata;
         size_t n = size * nmemb;
-        if (r->resp_len + n > MAX_BODY) {
+        int e = secbuf_append(&r->resp, ptr, n, MAX_BODY);
+        if (e == -EFBIG)
                 r->resp_overflow = true;
-                return 0;
-        }
-        char *nb = realloc(r->resp, r->resp_len + n + 1);
-        if (!nb)
-                return 0;
-        r->resp = nb;
-        memcpy(r->resp + r->resp_len, ptr, n);
-        r->resp_len += n;
-        r->resp[r->resp_len] = 0;
-        return n;
+        return e < 0 ? 0 : n;
 }
 
 static int req_start(vault_req *r) {
@@ -184,12 +196,7 @@ static int req_start(vault_req *r) {
                 curl_easy_cleanup(r->easy);
                 r->easy = NULL;
         }
-        if (r->resp) {
-                explicit_zero(r->resp, r->resp_len);
-                free(r->resp);
-                r->resp = NULL;
-                r->resp_len = 0;
-        }
+        secbuf_wipe_free(&r->resp);
         CURL *e = curl_easy_init();
         if (!e)
                 return -ENOMEM;
@@ -272,10 +279,13 @@ static void finish(vault_req *r, CURLcode code) {
                 snprintf(resp.error, sizeof(resp.error), "%s", r->curl_error[0] ? r->curl_error : curl_easy_strerror(code));
         else if (r->resp_overflow)
                 snprintf(resp.error, sizeof(resp.error), "response larger than %d bytes", MAX_BODY);
-        if (r->resp && r->resp_len > 0) {
+        if (r->resp.len > 0) {
                 json_tokener *tok = json_tokener_new();
                 if (tok) {
-                        resp.body = json_tokener_parse_ex(tok, r->resp, (int) r->resp_len);
+                        resp.body = json_tokener_parse_ex(tok, r->resp.data, (int) r->resp.len);
+                        /* The tokenizer's scratch buffer held the last strings parsed. */
+                        if (tok->pb && tok->pb->buf)
+                                explicit_zero(tok->pb->buf, (size_t) tok->pb->size);
                         json_tokener_free(tok);
                 }
         }
@@ -286,6 +296,8 @@ static void finish(vault_req *r, CURLcode code) {
         }
         v->in_flight--;
         r->cb(&resp, r->userdata);
+        /* Callbacks copy what they keep (tokens into wiped buffers) and take no reference. */
+        json_wipe_strings(resp.body);
         json_object_put(resp.body);
         req_unlink_free(r);
 }

@@ -157,6 +157,30 @@ def test_malformed_then_hangup_broker_socket():
         assert_serving(d)
 
 
+def test_agentd_memory_not_readable_by_its_user():
+    """agentd is not dumpable: another process of the same user cannot read its
+    memory, environment or fd table (and it leaves no core dump)."""
+    with Daemon(env={"AGENTD_TEST_CANARY": "canary-7f3a"}) as d:
+        pid = d.proc.pid
+        for name in ("mem", "environ", "maps", "auxv"):
+            try:
+                with open(f"/proc/{pid}/{name}", "rb") as f:
+                    data = f.read(4096)
+            except PermissionError:
+                continue
+            raise AssertionError(f"/proc/{pid}/{name} readable by uid {os.getuid()}: {data[:64]!r}")
+        try:
+            os.listdir(f"/proc/{pid}/fd")
+            raise AssertionError("fd table listable")
+        except PermissionError:
+            pass
+        # The files belong to root now (the kernel's sign of a non-dumpable process).
+        assert os.stat(f"/proc/{pid}/environ").st_uid == 0
+        # And it still serves, fd accounting included.
+        assert d.n_fds() > 0
+        assert_serving(d)
+
+
 def broker_daemon(extra_conf):
     """swtpm + the Vault dev server + agentd (with extra [Daemon] keys), enrolled."""
     import contextlib
