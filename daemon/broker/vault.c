@@ -400,6 +400,10 @@ int vault_request(vault_client *v, const char *method, const char *path, const c
         if (body) {
                 const char *s = json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN);
                 r->body = strdup(s ? s : "{}");
+                /* The serialization stays cached in the caller's object (a login
+                 * body holds the secret_id): wipe it, it is rebuilt on demand. */
+                if (s)
+                        explicit_zero((char *) s, strlen(s));
         }
         r->headers = curl_slist_append(NULL, "Content-Type: application/json");
         r->headers = curl_slist_append(r->headers, "Accept: application/json");
