@@ -124,8 +124,7 @@ int auditlog_init(manager *m) {
                 return 0;
         }
         audit_error ae = { 0 };
-        audit_options opt = { .max_files = m->config->audit_max_files };
-        r = audit_open(dir, key, klen, &opt, &the_log.log, &ae);
+        r = audit_open(dir, key, klen, NULL, &the_log.log, &ae);
         secure_free(key, klen);
         if (r < 0) {
                 set_state("unavailable: %s", ae.message);

@@ -129,8 +129,6 @@ static int handler(void *userdata, const char *section, const char *key, const c
                 r = parse_uint(value, &c->max_connections_per_sandbox);
                 if (r == 0 && c->max_connections_per_sandbox == 0)
                         r = -ERANGE;
-        } else if (KEY("Daemon", "AuditMaxFiles")) {
-                r = parse_uint(value, &c->audit_max_files);
         } else if (KEY("Daemon", "SandboxRequestRate")) {
                 r = parse_uint(value, &c->sandbox_request_rate);
         } else if (KEY("Daemon", "MaxRequestsInFlight")) {
@@ -223,7 +221,6 @@ int config_load(const char *path, const char *home, agentd_config **ret, config_
         c->max_in_flight = 32;
         c->max_connections_per_sandbox = 8;
         c->sandbox_request_rate = 20;
-        c->audit_max_files = 64;
         c->max_sandboxes = 1024;
         c->log_limit = 1024 * 1024;
         c->proxy_port = 3128;

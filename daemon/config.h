@@ -11,7 +11,6 @@ typedef struct agentd_config {
         unsigned max_in_flight;
         unsigned max_connections_per_sandbox;  /* on each sandbox's broker socket */
         unsigned sandbox_request_rate;         /* per second, per method, per sandbox; 0 = unlimited */
-        unsigned audit_max_files;              /* audit files kept (16 MiB each); 0 = all */
         char *cgroup_path;           /* override of the cgroup sandboxes go under */
         char *sandbox_helper;        /* override of the agentd-sandbox path */
         unsigned max_sandboxes;

@@ -30,8 +30,6 @@
 #define HEX_LEN (2 * HASH_LEN)
 #define HEAD_NAME "audit.head"
 #define HEAD_TMP_NAME "audit.head.tmp"
-#define BASE_NAME "audit.base"
-#define BASE_TMP_NAME "audit.base.tmp"
 #define JOURNAL_SOCKET "/run/systemd/journal/socket"
 /* ,"hmac":"<64 hex>"}  — the part of a line the HMAC does not cover (plus the '}' it does). */
 #define HMAC_SUFFIX_PREFIX ",\"hmac\":\""
@@ -56,7 +54,6 @@ struct audit_log {
         unsigned file_no;
         uint64_t file_size;
         uint64_t rotate_bytes;
-        unsigned max_files;
         size_t max_record;
         bool journal;
 
@@ -585,165 +582,6 @@ static int head_write(audit_log *a) {
         return 0;
 }
 
-/* ---- the base (retention) ---- */
-
-typedef struct base_info {
-        unsigned file;
-        uint64_t seq;
-        uint8_t prev[HASH_LEN];
-} base_info;
-
-static int base_format(const audit_key *k, const base_info *b, char *buf, size_t size, size_t *ret_len) {
-        char hex[HEX_LEN + 1], mhex[HEX_LEN + 1], u[200];
-        uint8_t mac[HASH_LEN];
-        int n, r;
-
-        hex_encode(b->prev, HASH_LEN, hex);
-        n = snprintf(u, sizeof(u), "{\"audit_base\":1,\"file\":%u,\"seq\":%" PRIu64 ",\"prev\":\"%s\"}", b->file,
-                     b->seq, hex);
-        if (n < 0 || (size_t) n >= sizeof(u))
-                return -EINVAL;
-        r = hmac_sha256(k, u, (size_t) n, NULL, 0, mac);
-        if (r < 0)
-                return r;
-        hex_encode(mac, HASH_LEN, mhex);
-        n = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", n - 1, u, mhex);
-        if (n < 0 || (size_t) n >= size)
-                return -EINVAL;
-        *ret_len = (size_t) n;
-        return 0;
-}
-
-/* Reads and authenticates audit.base: HEAD_OK with *ret filled, HEAD_MISSING,
- * HEAD_INVALID, or a negative errno. */
-static int base_read(int dir_fd, const audit_key *k, base_info *ret) {
-        _cleanup_close_ int fd = -1;
-        char buf[512], canon[512], hex[HEX_LEN + 1];
-        size_t n = 0, canon_len;
-        base_info b = {};
-        int r;
-
-        fd = openat(dir_fd, BASE_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-        if (fd < 0) {
-                if (errno == ENOENT)
-                        return HEAD_MISSING;
-                if (errno == ELOOP)
-                        return HEAD_INVALID;
-                return -errno;
-        }
-        while (n < sizeof(buf) - 1) {
-                ssize_t k2 = read(fd, buf + n, sizeof(buf) - 1 - n);
-                if (k2 < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k2 == 0)
-                        break;
-                n += (size_t) k2;
-        }
-        buf[n] = 0;
-        if (sscanf(buf, "{\"audit_base\":1,\"file\":%u,\"seq\":%" SCNu64 ",\"prev\":\"%64[0-9a-f]\"", &b.file, &b.seq,
-                   hex) != 3 ||
-            b.file == 0 || b.seq == 0 || !hex_decode(hex, strlen(hex), b.prev, HASH_LEN))
-                return HEAD_INVALID;
-        r = base_format(k, &b, canon, sizeof(canon), &canon_len);
-        if (r < 0)
-                return r;
-        if (canon_len != n || CRYPTO_memcmp(canon, buf, n) != 0)
-                return HEAD_INVALID;
-        *ret = b;
-        return HEAD_OK;
-}
-
-static int base_write(audit_log *a, const base_info *b) {
-        _cleanup_close_ int fd = -1;
-        char buf[512];
-        size_t len;
-        int r;
-
-        r = base_format(&a->key, b, buf, sizeof(buf), &len);
-        if (r < 0)
-                return r;
-        fd = openat(a->dir_fd, BASE_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
-        if (fd < 0)
-                return -errno;
-        r = write_all(fd, buf, len);
-        if (r < 0)
-                return r;
-        if (fsync(fd) < 0)
-                return -errno;
-        if (renameat(a->dir_fd, BASE_TMP_NAME, a->dir_fd, BASE_NAME) < 0)
-                return -errno;
-        if (fsync(a->dir_fd) < 0)
-                return -errno;
-        return 0;
-}
-
-/* The first record of a file, authenticated. */
-static int first_record(const audit_key *k, int dir_fd, unsigned no, record_info *ret) {
-        _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
-        _cleanup_close_ int fd = -1;
-        line_reader rd;
-        const char *line, *why;
-        uint64_t offset;
-        size_t len;
-        char name[32];
-        int r;
-
-        file_name(no, name);
-        fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-        if (fd < 0)
-                return -errno;
-        tok = json_tokener_new();
-        if (!tok)
-                return -ENOMEM;
-        r = reader_init(&rd, fd);
-        if (r < 0)
-                return r;
-        r = reader_next(&rd, &line, &len, &offset);
-        if (r == LINE_OK)
-                r = record_check(k, tok, line, len, ret, &why) == REC_OK ? 0 : -EBADMSG;
-        else if (r >= 0)
-                r = -ENODATA;
-        reader_done(&rd);
-        return r;
-}
-
-/* Removes the oldest files beyond max_files, after a durable audit.base names
- * where the chain now starts. A file whose first record does not authenticate
- * is never made the base: then nothing is removed. */
-static int retention_apply(audit_log *a) {
-        _cleanup_free_ unsigned *files = NULL;
-        size_t n = 0;
-        record_info info;
-        char name[32];
-        int r;
-
-        if (a->max_files == 0)
-                return 0;
-        r = list_files(a->dir_fd, &files, &n);
-        if (r < 0 || n <= a->max_files)
-                return r;
-        size_t keep = n - a->max_files;
-        r = first_record(&a->key, a->dir_fd, files[keep], &info);
-        if (r < 0)
-                return r;
-        base_info b = { .file = files[keep], .seq = info.seq };
-        memcpy(b.prev, info.prev, HASH_LEN);
-        r = base_write(a, &b);
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < keep; i++) {
-                file_name(files[i], name);
-                if (unlinkat(a->dir_fd, name, 0) < 0 && errno != ENOENT)
-                        return -errno;
-        }
-        if (fsync(a->dir_fd) < 0)
-                return -errno;
-        return 0;
-}
-
 /* ---- what fields may contain ---- */
 
 static bool key_refused(const char *k) {
@@ -1019,8 +857,6 @@ static int audit_rotate(audit_log *a) {
         a->fd = fd;
         a->file_no++;
         a->file_size = 0;
-        /* Best effort: a failure keeps more history, never less. */
-        (void) retention_apply(a);
         return 0;
 }
 
@@ -1398,7 +1234,6 @@ int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_
                 return fail(err, -ENOMEM, "audit: out of memory");
         a->dir_fd = a->fd = -1;
         a->rotate_bytes = opt && opt->rotate_bytes ? opt->rotate_bytes : AUDIT_ROTATE_BYTES_DEFAULT;
-        a->max_files = opt ? opt->max_files : 0;
         a->max_record = opt && opt->max_record_bytes ? opt->max_record_bytes : AUDIT_RECORD_MAX_DEFAULT;
         if (a->max_record < AUDIT_RECORD_MAX_MIN)
                 a->max_record = AUDIT_RECORD_MAX_MIN;
@@ -1685,24 +1520,10 @@ static int verify_core(int dir_fd, const audit_key *k, const anchor *mem, bool *
                 anchors[1].what = "this daemon's last write";
         }
 
-        base_info base = {};
-        int b = base_read(dir_fd, k, &base);
-        if (b < 0)
-                return b;
-        if (b == HEAD_INVALID)
-                verdict_set(&v, 1, BASE_NAME " is not valid (edited or forged): where the chain starts cannot be vouched for");
-        if (b == HEAD_OK) {
-                /* Older files were removed by retention: the chain starts at the base. */
-                expected = base.seq;
-                memcpy(prev, base.prev, HASH_LEN);
-        }
-
         r = list_files(dir_fd, &files, &n_files);
         if (r < 0)
                 return r;
         for (size_t i = 0; i < n_files && !v.bad; i++) {
-                if (b == HEAD_OK && files[i] < base.file)
-                        continue;   /* left over from before the base; not part of the kept chain */
                 r = verify_file(k, dir_fd, files[i], anchors, ELEMENTSOF(anchors), &expected, prev, &records, &v);
                 if (r < 0) {
                         free(v.reason);

@@ -9,21 +9,7 @@
  * <dir>/audit-000001.jsonl, audit-000002.jsonl, ...   mode 0600, dir mode 0700.
  * A new file is started when the current one would grow past rotate_bytes; seq
  * and the chain continue across files (the first record of a file chains to the
- * last record of the previous one).
- *
- * Retention: with opt->max_files set, starting a new file removes the oldest
- * ones beyond that many. Before anything is removed, the new base is made
- * durable:
- *
- * <dir>/audit.base    the oldest file kept, the seq of its first record and
- *                     that record's prev, which verification starts from:
- *
- *     {"audit_base":1,"file":F,"seq":N,"prev":"<64 hex>","hmac":"<64 hex>"}\n
- *
- * where hmac = HMAC-SHA256(key, `{"audit_base":1,"file":F,"seq":N,"prev":"<64 hex>"}`).
- * Without audit.base the chain must start at seq 1; a forged or edited base
- * fails verification, and removing the base (or the file it names) shows as a
- * break at the start of the chain. Nothing else is ever removed.
+ * last record of the previous one). Old files are never removed by this module.
  *
  * <dir>/audit.head    the anchor: the seq and hash of the newest durable record,
  * rewritten atomically (tmp + rename) by every audit_flush(). Without it, deleting
@@ -113,7 +99,6 @@ typedef struct audit_options {
         uint64_t rotate_bytes;          /* 0: AUDIT_ROTATE_BYTES_DEFAULT */
         size_t max_record_bytes;        /* 0: AUDIT_RECORD_MAX_DEFAULT; clamped to [MIN, LIMIT] */
         bool no_journal;                /* do not mirror to journald */
-        unsigned max_files;             /* 0: keep every file; else remove the oldest beyond this many */
 } audit_options;
 
 /* dir: the audit directory (created 0700 with its parents if missing). key: the

@@ -5,7 +5,6 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <dirent.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <json-c/json.h>
@@ -303,97 +302,6 @@ static void path_of(char *buf, size_t size, const char *dir, unsigned no) {
 }
 
 /* ---- tests ---- */
-
-/* Retention leaves files that do not start at 1: these helpers look at the whole directory. */
-static unsigned count_files(const char *dir, unsigned *ret_oldest) {
-        DIR *d = opendir(dir);
-        unsigned n = 0, oldest = 0, no;
-        ck_assert_ptr_nonnull(d);
-        for (struct dirent *de; (de = readdir(d));)
-                if (sscanf(de->d_name, "audit-%u.jsonl", &no) == 1) {
-                        n++;
-                        if (!oldest || no < oldest)
-                                oldest = no;
-                }
-        closedir(d);
-        *ret_oldest = oldest;
-        return n;
-}
-
-static void copy_all(const char *src, const char *dst) {
-        (void) nftw(dst, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-        ck_assert_int_eq(mkdir(dst, 0700), 0);
-        DIR *d = opendir(src);
-        ck_assert_ptr_nonnull(d);
-        for (struct dirent *de; (de = readdir(d));) {
-                if (de->d_name[0] == '.')
-                        continue;
-                char sp[256], dp[256];
-                snprintf(sp, sizeof(sp), "%s/%s", src, de->d_name);
-                snprintf(dp, sizeof(dp), "%s/%s", dst, de->d_name);
-                size_t n;
-                _cleanup_free_ char *c = read_all(sp, &n);
-                write_all_file(dp, c, n);
-        }
-        closedir(d);
-}
-
-START_TEST(test_retention) {
-        char p[256], base[256];
-        unsigned oldest;
-
-        /* Three files kept of many: the chain verifies from audit.base. */
-        audit_options opt = { .rotate_bytes = ROTATE, .no_journal = true, .max_files = 3 };
-        audit_error err = {};
-        audit_log *a = NULL;
-        ck_assert_int_eq(audit_open(master, KEY, sizeof(KEY), &opt, &a, &err), 0);
-        append_n(a, 1, 4 * N_RECORDS);
-        audit_close(a);
-        ck_assert_uint_eq(count_files(master, &oldest), 3);
-        ck_assert_uint_gt(oldest, 1);
-        snprintf(base, sizeof(base), "%s/audit.base", master);
-        size_t blen;
-        _cleanup_free_ char *btext = read_all(base, &blen);
-        ck_assert_ptr_nonnull(btext);
-        ck_assert(strncmp(btext, "{\"audit_base\":1,\"file\":", 23) == 0);
-        uint64_t first_seq = 0;
-        ck_assert_int_eq(sscanf(strstr(btext, "\"seq\":") + 6, "%" SCNu64, &first_seq), 1);
-        ck_assert_uint_gt(first_seq, 1);
-        expect_ok(master, 4 * N_RECORDS - first_seq + 1);
-
-        /* Reopened, the log continues and keeps trimming. */
-        ck_assert_int_eq(audit_open(master, KEY, sizeof(KEY), &opt, &a, &err), 0);
-        append_n(a, 4 * N_RECORDS + 1, 6 * N_RECORDS);
-        audit_close(a);
-        ck_assert_uint_eq(count_files(master, &oldest), 3);
-        bool ok;
-        ck_assert_int_eq(audit_verify_dir(master, KEY, sizeof(KEY), &ok, NULL, NULL, NULL), 0);
-        ck_assert(ok);
-
-        /* Without the base, the kept chain no longer starts at seq 1: refused. */
-        copy_all(master, copy);
-        snprintf(p, sizeof(p), "%s/audit.base", copy);
-        ck_assert_int_eq(unlink(p), 0);
-        ck_assert_int_eq(audit_verify_dir(copy, KEY, sizeof(KEY), &ok, NULL, NULL, NULL), 0);
-        ck_assert(!ok);
-
-        /* An edited base (pointing further on, to hide records) is refused. */
-        copy_all(master, copy);
-        _cleanup_free_ char *b2 = read_all(base, &blen);
-        char *q = strstr(b2, "\"file\":") + 7;
-        *q = *q == '9' ? '8' : (char) (*q + 1);
-        write_all_file(p, b2, blen);
-        expect_bad(copy, 1, "audit.base");
-
-        /* Deleting the oldest kept file is a break at the start of the chain. */
-        copy_all(master, copy);
-        count_files(copy, &oldest);
-        path_of(p, sizeof(p), copy, oldest);
-        ck_assert_int_eq(unlink(p), 0);
-        ck_assert_int_eq(audit_verify_dir(copy, KEY, sizeof(KEY), &ok, NULL, NULL, NULL), 0);
-        ck_assert(!ok);
-}
-END_TEST
 
 START_TEST(test_format_and_rotation) {
         lset s;
@@ -1040,7 +948,6 @@ static Suite *audit_suite(void) {
         tcase_add_test(tc, test_size_bound);
         tcase_add_test(tc, test_durable_after_flush);
         tcase_add_test(tc, test_open_errors);
-        tcase_add_test(tc, test_retention);
         suite_add_tcase(s, tc);
         return s;
 }
