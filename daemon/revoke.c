@@ -23,6 +23,7 @@
 #include "log.h"
 #include "macro.h"
 #include "policy.h"
+#include "report.h"
 #include "sandbox.h"
 #include "server.h"
 #include "workspace.h"
@@ -307,6 +308,7 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
                 if (!s || sandbox_ended(s))
                         continue;
                 char *p = sandbox_snapshot(m, s, stamp);
+                report_snapshot(m, s, p);
                 if (p && op->snapshots)
                         op->snapshots[k++] = p;
                 else

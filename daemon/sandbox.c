@@ -39,6 +39,7 @@
 #include "macro.h"
 #include "netproxy/netproxy.h"
 #include "policy.h"
+#include "report.h"
 #include "seccomp-build.h"
 #include "sandbox/zygote.h"
 
@@ -722,6 +723,7 @@ static void sandbox_maybe_complete(sandbox *s) {
                 s->out[i].log_fd = safe_close(s->out[i].log_fd);
         }
         s->init_pidfd = safe_close(s->init_pidfd);
+        json_object *usage = report_usage(s); /* before the cgroup goes */
         if (s->cgroup && s->helper_reaped) {
                 int r = cgroup_remove(s->cgroup);
                 if (r < 0 && r != -ENOENT)
@@ -750,6 +752,7 @@ static void sandbox_maybe_complete(sandbox *s) {
                 json_object_object_add(ev, "signal", json_object_new_int(s->exit_signal));
                 if (s->end_reason)
                         json_object_object_add(ev, "reason", json_object_new_string(s->end_reason));
+                json_object_object_add(ev, "usage", usage);
                 audit_event(m, "sandbox.exit", s->id, ev);
         }
         complete_waiters(s);
@@ -1759,6 +1762,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                         json_object_array_add(cv, json_object_new_string(caps[i]));
                 json_object_object_add(ev, "capabilities", cv);
                 json_object_object_add(ev, "attached", json_object_new_boolean(attach || tty));
+                report_annotate_spawn(ev, s, params, p);
                 audit_event(m, "sandbox.spawn", s->id, ev);
         }
         return 0;

@@ -1,0 +1,318 @@
+#!/usr/bin/python3
+"""agentctl report: one sandbox's story from request to diff, built from the
+verified audit records; a tampered record makes it fail loudly; the HTML page
+renders in headless Chromium without a single outside request; a revoke
+snapshot carries the report."""
+import glob
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+from harness import Daemon, run_tests
+from test_broker import ROLE_ID, SECRET_ID, Swtpm, Vault, enroll, wait_vault_ok, workspace
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class Upstream:
+    """A loopback HTTP server, the allowed destination; or (record=True) a
+    recorder that notes every request reaching it (the browser's proxy)."""
+
+    def __init__(self):
+        hits = self.hits = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def handle_one_request(self):
+                super().handle_one_request()
+
+            def do_GET(self):
+                hits.append(("GET", self.path))
+                body = b"hello from upstream\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_CONNECT(self):
+                hits.append(("CONNECT", self.path))
+                self.send_response(502)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.srv.shutdown()
+
+
+def tasks(port):
+    return {"story": "[Task]\nDescription=network, token and a change\n"
+                     f"Environment=REVIEW_TICKET=secret-ticket-value\n[Network]\nMode=proxy\nAllow=127.0.0.1:{port}\n"
+                     "[Credentials]\nVaultPolicies=ci-read\n",
+            "plain": "[Task]\nDescription=writes a file\n"}
+
+
+def wait_ended(c, sid, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = [x for x in c.ok("sandbox.list") if x["id"] == sid]
+        if s and s[0]["state"] in ("exited", "killed"):
+            return s[0]
+        time.sleep(0.05)
+    raise AssertionError(f"sandbox {sid} did not end")
+
+
+def report_json(d, sid, check=0):
+    p = d.agentctl("--json", "report", sid, check=check)
+    return json.loads(p.stdout), p
+
+
+def audit_files(d):
+    return sorted(glob.glob(os.path.join(d.state_home, "agentd", "audit", "audit-*.jsonl")))
+
+
+def plain_sandbox(d, script="echo changed > note.txt"):
+    ws = os.path.join(d.tmp, "ws")
+    os.makedirs(ws, exist_ok=True)
+    p = d.agentctl("spawn", "--task", "plain", "--detach", "--", "/bin/sh", "-c", script, cwd=ws, check=0)
+    sid = p.stdout.decode().strip()
+    c = d.client()
+    c.ok("sandbox.wait", {"id": sid})
+    wait_ended(c, sid)
+    return sid, ws
+
+
+def test_report_network_token_promote_verified():
+    """The done-when case: network, a token and a promote, all in the report, verified."""
+    up = Upstream()
+    tpm = Swtpm()
+    vault = Vault(os.path.join(tempfile.mkdtemp(prefix="vaultstate-"), "state.json"))
+    d = Daemon(config=f"[Vault]\nAddress={vault.url}\n[TPM]\nTCTI={tpm.tcti}\n", tasks=tasks(up.port))
+    try:
+        d.start()
+        enroll(d)
+        wait_vault_ok(d)
+        ws = workspace(d)
+        script = (f"./agentctl token >/dev/null || exit 9; export NO_PROXY= no_proxy=; "
+                  f"curl -sS -m 5 http://127.0.0.1:{up.port}/fetch >fetched.txt || exit 8; "
+                  f"curl -sS -m 5 http://127.0.0.1:1/denied; printf 'result 42\\n' > result.txt; echo done")
+        p = d.agentctl("spawn", "--task", "story", "--detach", "--", "/bin/sh", "-c", script, cwd=ws,
+                       env={"LANG": "C.UTF-8-from-the-caller"}, check=0)
+        sid = p.stdout.decode().strip()
+        c = d.client()
+        assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0, d.read_log()
+        wait_ended(c, sid)
+        # The token's revocation follows the exit asynchronously.
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r, _ = report_json(d, sid)
+            if r["tokens"] and r["tokens"][0]["status"] == "revoked":
+                break
+            time.sleep(0.1)
+        # Before the promote: the change layer, with a SHA-256 per changed file.
+        want = hashlib.sha256(b"result 42\n").hexdigest()
+        files = {f["path"]: f for f in r["changes"]["files"]}
+        assert r["changes"]["layer"] == "present", r["changes"]
+        assert files["result.txt"]["sha256"] == want and files["result.txt"]["change"] == "added", files
+        assert r["promotions"] == [] and r["discarded"] is None
+        text_before = d.agentctl("report", sid, check=0).stdout.decode()
+        assert want in text_before and "added    result.txt" in text_before, text_before
+        d.agentctl("promote", sid, check=0)
+        r, _ = report_json(d, sid)
+
+        v = r["verification"]
+        assert v["ok"] is True and v["chain_ok"] is True, v
+        own = [x["seq"] for x in c.ok("audit.query", {"sandbox": sid, "limit": 0})]
+        assert set(own) <= set(v["seqs"]), (own, v["seqs"])  # names every record of the sandbox, and more
+        assert v["seqs"] == sorted(v["seqs"])
+        # Who asked: agentctl, by pid and executable.
+        assert r["requested_by"]["comm"] == "agentctl" and r["requested_by"]["exe"].endswith("/agentctl"), r["requested_by"]
+        pol = [x for x in c.ok("audit.query", {"sandbox": sid, "limit": 0})
+               if x["type"] == "sandbox.spawn"][0]["fields"]["policy_sha256"]
+        assert r["policy"]["sha256"] == pol and len(pol) == 64 and r["policy"]["task"] == "story", r["policy"]
+        assert r["argv"] == ["/bin/sh", "-c", script], r["argv"]
+        # Names of the environment, never values.
+        assert "REVIEW_TICKET" in r["env_names"] and "LANG" in r["env_names"], r["env_names"]
+        assert "secret-ticket-value" not in json.dumps(r) and "from-the-caller" not in json.dumps(r)
+        assert r["exit"]["exit_code"] == 0 and r["exit"]["signal"] == 0 and r["exit"]["state"] == "exited", r["exit"]
+        u = r["usage"]
+        assert u["cpu_usec"] > 0 and u["layer_bytes"] >= len("result 42\n"), u
+        allowed = [e for e in r["egress"] if e["decision"] == "allowed"]
+        denied = [e for e in r["egress"] if e["decision"] == "denied"]
+        assert len(allowed) == 1 and allowed[0]["port"] == up.port and allowed[0]["bytes_down"] > 0, r["egress"]
+        assert len(denied) == 1 and denied[0]["port"] == 1, r["egress"]
+        assert len(r["tokens"]) == 1 and r["tokens"][0]["status"] == "revoked", r["tokens"]
+        assert r["tokens"][0]["accessor"] and r["tokens"][0]["policies"] == ["ci-read"], r["tokens"]
+        assert len(r["promotions"]) == 1, r["promotions"]
+        pr = r["promotions"][0]
+        assert pr["files"]["result.txt"] == want and pr["by"]["comm"] == "agentctl", pr
+        types = [t["type"] for t in r["timeline"]]
+        for t in ("sandbox.spawn", "token.issued", "egress", "egress.closed", "sandbox.exit", "token.revoked",
+                  "sandbox.promote"):
+            assert t in types, (t, types)
+        assert any(t["type"] == "rpc" and "sandbox.promote" in t["summary"] for t in r["timeline"]), r["timeline"]
+        assert all(t["verified"] for t in r["timeline"])
+        # The text a reviewer reads.
+        p = d.agentctl("report", sid, check=0)
+        out = p.stdout.decode()
+        for s in ("Verified:   yes", "agentctl (pid", pol, "REVIEW_TICKET", f"127.0.0.1:{up.port}  allowed",
+                  "denied", r["tokens"][0]["accessor"], want, "Promoted at", "Built from audit records (seq): " +
+                  " ".join(str(x) for x in v["seqs"])):
+            assert s in out, (s, out)
+        assert "secret-ticket-value" not in out
+    finally:
+        d.stop()
+        vault.stop()
+        tpm.stop()
+        up.stop()
+
+
+def tamper(path, old, new):
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data.count(old) >= 1, (old, path)
+    i = data.rfind(old)
+    with open(path, "r+b") as f:
+        f.seek(i)
+        f.write(new)
+    return i
+
+
+def test_tampered_record_is_named_and_fails():
+    with Daemon(tasks=tasks(1)) as d:
+        sid, _ = plain_sandbox(d, "exit 3")
+        r, _ = report_json(d, sid)
+        assert r["verification"]["ok"] and r["exit"]["exit_code"] == 3
+        exit_seq = [t["seq"] for t in r["timeline"] if t["type"] == "sandbox.exit"][0]
+        # Someone rewrites history: the sandbox "succeeded" (same length, so nothing else moves).
+        f = audit_files(d)[-1]
+        with open(f, "rb") as fh:
+            line = [l for l in fh.read().split(b"\n") if l.startswith(b'{"seq":%d,' % exit_seq)][0]
+        tamper(f, line, line.replace(b'"exit_code":3', b'"exit_code":0'))
+        r, p = report_json(d, sid, check=1)
+        v = r["verification"]
+        assert v["ok"] is False and v["chain_ok"] is False and v["first_bad_seq"] == exit_seq, v
+        assert v["problems"][0]["seq"] == exit_seq and "invalid hmac" in v["problems"][0]["problem"], v
+        # What follows the break cannot be vouched for either.
+        assert all("after the break" in x["problem"] for x in v["problems"][1:]), v
+        # Not silently omitted: the record is there, flagged.
+        ex = [t for t in r["timeline"] if t["seq"] == exit_seq]
+        assert ex and ex[0]["verified"] is False, r["timeline"]
+        p = d.agentctl("report", sid, check=1)
+        out = p.stdout.decode()
+        assert "Verified:   NO" in out and f"seq {exit_seq} (sandbox.exit): invalid hmac" in out, out
+        assert "NOT VERIFIED" in out and b"do not verify" in p.stderr, (out, p.stderr)
+        p = d.agentctl("report", sid, "--html", check=1)
+        assert b"NOT VERIFIED" in p.stdout
+
+
+def test_deleted_record_breaks_the_report():
+    with Daemon(tasks=tasks(1)) as d:
+        sid, _ = plain_sandbox(d)
+        r, _ = report_json(d, sid)
+        spawn_seq = [t["seq"] for t in r["timeline"] if t["type"] == "sandbox.spawn"][0]
+        f = audit_files(d)[-1]
+        with open(f, "rb") as fh:
+            data = fh.read()
+        lines = data.split(b"\n")
+        kept = [l for l in lines if not l.startswith(b'{"seq":%d,' % spawn_seq)]
+        assert len(kept) == len(lines) - 1
+        # Rewritten in place: the daemon's O_APPEND fd keeps writing at the (new) end.
+        with open(f, "r+b") as fh:
+            fh.write(b"\n".join(kept))
+            fh.truncate()
+        r, _ = report_json(d, sid, check=1)
+        v = r["verification"]
+        assert not v["ok"] and not v["chain_ok"] and v["first_bad_seq"] == spawn_seq + 1, v
+        assert "deleted or reordered" in v["reason"], v
+
+
+def test_unknown_and_bad_ids():
+    with Daemon() as d:
+        c = d.client()
+        err, _ = c.call("sandbox.report", {"id": "nope123"})
+        assert err is not None and err["code"] == "not_found", err
+        err, _ = c.call("sandbox.report", {"id": "../../etc"})
+        assert err is not None and err["code"] == "invalid_params", err
+        err, _ = c.call("sandbox.report", {})
+        assert err is not None and err["code"] == "invalid_params", err
+        p = d.agentctl("report", check=2)
+        p = d.agentctl("report", "x", "--json", "--html", check=2)
+
+
+def test_html_renders_offline_in_chromium():
+    if not os.path.exists(CHROMIUM):
+        print("chromium is not installed (tests/install-deps.sh installs it)")
+        return "skip"
+    rec = Upstream()
+    try:
+        with Daemon(tasks=tasks(1)) as d:
+            # A file name that tries to pull in an outside resource must stay text.
+            sid, _ = plain_sandbox(d, "echo changed > note.txt; "
+                                      f"touch '<img src=http:__127.0.0.1:{rec.port}_x.png>'")
+            out = os.path.join(d.tmp, "report.html")
+            d.agentctl("report", sid, "--html", "-o", out, check=0)
+            html = open(out).read()
+            assert "default-src 'none'" in html and "<script" not in html
+            assert "<img" not in html and "&lt;img" in html
+            prof = tempfile.mkdtemp(prefix="chromium-")
+            shot = os.path.join(tempfile.gettempdir(), f"agentd-report-{sid}.png")
+            common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                      f"--user-data-dir={prof}", f"--proxy-server=http://127.0.0.1:{rec.port}",
+                      "--proxy-bypass-list=<-loopback>", "--host-resolver-rules=MAP * 127.0.0.1"]
+            p = subprocess.run(common + ["--dump-dom", "file://" + out], capture_output=True, timeout=120)
+            dom = p.stdout.decode()
+            assert p.returncode == 0 and 'id="timeline"' in dom, (p.returncode, p.stderr[-2000:])
+            for t in ("spawned task plain", "exited: exit code 0", "note.txt", "Verified: "):
+                assert t in dom, (t, dom[:3000])
+            p = subprocess.run(common + ["--window-size=1100,1400", f"--screenshot={shot}", "file://" + out],
+                               capture_output=True, timeout=120)
+            assert p.returncode == 0 and os.path.getsize(shot) > 10000, p.stderr[-2000:]
+            print(f"screenshot: {shot}")
+            shutil.rmtree(prof, ignore_errors=True)
+            # Every request chromium made would have gone through the recorder.
+            assert rec.hits == [], rec.hits
+    finally:
+        rec.stop()
+
+
+def test_revoke_snapshot_carries_the_report():
+    with Daemon(tasks=tasks(1)) as d:
+        ws = os.path.join(d.tmp, "ws")
+        os.makedirs(ws)
+        p = d.agentctl("spawn", "--task", "plain", "--detach", "--", "/bin/sh", "-c", "echo x > a.txt; sleep 60",
+                       cwd=ws, check=0)
+        sid = p.stdout.decode().strip()
+        c = d.client()
+        deadline = time.time() + 10
+        while not os.path.exists(os.path.join(ws, "a.txt")) and time.time() < deadline:
+            layer = glob.glob(os.path.join(d.state_home, "agentd", "sandboxes", sid, "upper", "a.txt"))
+            if layer:
+                break
+            time.sleep(0.05)
+        res = c.ok("credentials.revoke", {"sandbox": sid})
+        assert len(res["snapshots"]) == 1, res
+        path = os.path.join(res["snapshots"][0], "report.json")
+        deadline = time.time() + 10
+        while not os.path.exists(path) and time.time() < deadline:
+            time.sleep(0.05)
+        with open(path) as f:
+            rep = json.load(f)
+        assert rep["id"] == sid and rep["verification"]["ok"] is True, rep["verification"]
+        assert rep["argv"][-1].startswith("echo x > a.txt"), rep["argv"]
+        assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+if __name__ == "__main__":
+    run_tests(globals())
