@@ -81,7 +81,7 @@ static const char CSS[] =
         ".allowed{color:#15803d;font-weight:600}.denied{color:#b91c1c;font-weight:600}"
         "ol.tl{list-style:none;padding:0;margin:0;border-left:3px solid #c9ced8;margin-left:10px}"
         "ol.tl li{position:relative;padding:6px 0 6px 22px}"
-        "ol.tl li:before{content:'';position:absolute;left:-9px;top:11px;width:13px;height:13px;border-radius:50%;"
+        "ol.tl li:before{content:'';position:absolute;left:-10px;top:10px;width:13px;height:13px;border-radius:50%;"
         "background:#8a94a6;border:2px solid #f5f6f8}"
         "ol.tl li.k-spawn:before{background:#2563eb}ol.tl li.k-exit:before{background:#475569}"
         "ol.tl li.k-egress:before{background:#0891b2}ol.tl li.k-token:before{background:#a16207}"
