@@ -105,7 +105,7 @@ int rpc_sandbox_promote(rpc_ctx *ctx, rpc_error *err) {
                 rpc_error_set(err, RPC_E_INTERNAL, "sandbox %s: %s", s->id, why ? why : strerror(-r));
                 return r;
         }
-        log_info("sandbox %s: promoted %zu paths into %s (%zu conflicts, %zu guarded skipped)", s->id, res.promoted.n,
+        log_sandbox(LOG_INFO, s->id, s->task, "promote", "sandbox %s: promoted %zu paths into %s (%zu conflicts, %zu guarded skipped)", s->id, res.promoted.n,
                  s->workspace, res.conflicts.n, res.guarded.n);
         {
                 json_object *ev = json_object_new_object(), *pr = json_object_new_object(), *cf = json_object_new_array(),
@@ -166,7 +166,7 @@ int rpc_sandbox_discard(rpc_ctx *ctx, rpc_error *err) {
         }
         s->discarded = true;
         (void) sandbox_save_meta(s);
-        log_info("sandbox %s: changes discarded", s->id);
+        log_sandbox(LOG_INFO, s->id, s->task, "discard", "sandbox %s: changes discarded", s->id);
         json_object *ev = json_object_new_object();
         report_annotate_peer(ev, ctx->conn);
         audit_event(ctx->m, "sandbox.discard", s->id, ev);

@@ -735,7 +735,7 @@ static void sandbox_maybe_complete(sandbox *s) {
                 spawn_failed(s, msg);
         }
         set_state(s, s->killed ? SANDBOX_KILLED : SANDBOX_EXITED);
-        log_info("sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
+        log_sandbox(LOG_INFO, s->id, s->task, "exit", "sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
                  s->exit_code, s->exit_signal, s->end_reason ? " reason=" : "", s->end_reason ? s->end_reason : "");
         if (s->creds)
                 broker_release(m, TAKE_PTR(s->creds));
@@ -843,7 +843,7 @@ static void on_timeout(uv_timer_t *t) {
         free(s->end_reason);
         s->end_reason = strdup("timeout");
         s->killed = true;
-        log_notice("sandbox %s: Timeout reached after %llu ms, killing it", s->id, (unsigned long long) s->timeout_ms);
+        log_sandbox(LOG_NOTICE, s->id, s->task, "timeout", "sandbox %s: Timeout reached after %llu ms, killing it", s->id, (unsigned long long) s->timeout_ms);
         (void) sandbox_signal(s, SIGKILL);
 }
 
@@ -886,7 +886,7 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
         } else if (strncmp(line, "error ", 6) == 0) {
                 free(s->setup_error);
                 s->setup_error = strdup(line + 6);
-                log_notice("sandbox %s: %s", s->id, line + 6);
+                log_sandbox(LOG_NOTICE, s->id, s->task, "helper", "sandbox %s: %s", s->id, line + 6);
                 if (s->spawn_call) {
                         char msg[1200];
                         snprintf(msg, sizeof(msg), "sandbox setup failed at %s", line + 6);
@@ -1737,7 +1737,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         m->n_sandboxes_live++;
         s->spawn_call = TAKE_PTR(req->call);
         s->creds = TAKE_PTR(req->creds);
-        log_info("sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
+        log_sandbox(LOG_INFO, s->id, s->task, "spawn", "sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
         {
                 /* What ran, where, under which exact policy (hash of its canonical form). */
                 json_object *ev = json_object_new_object();

@@ -342,5 +342,21 @@ def test_revoke_snapshot_carries_the_report():
         assert os.stat(path).st_mode & 0o777 == 0o600
 
 
+def test_log_lines_carry_journal_fields():
+    """The daemon's own lines about a sandbox carry AGENTD_SANDBOX/TASK/EVENT. This
+    host has no journald, so the daemon runs with its stderr fallback, which
+    appends the same fields it would send to the journal; selecting lines by
+    AGENTD_SANDBOX= here is what `journalctl --user -u agentd AGENTD_SANDBOX=ID` does."""
+    with Daemon(tasks=tasks(1)) as d:
+        sid, _ = plain_sandbox(d)
+        other, _ = plain_sandbox(d, "exit 4")
+        d.agentctl("promote", sid, check=0)
+        mine = [l for l in d.read_log().splitlines() if f" AGENTD_SANDBOX={sid}" in l]
+        events = [l.rsplit("AGENTD_EVENT=", 1)[1] for l in mine]
+        assert events == ["spawn", "exit", "promote"], mine
+        assert all(" AGENTD_TASK=plain " in l for l in mine), mine
+        assert not any(other in l for l in mine), mine
+
+
 if __name__ == "__main__":
     run_tests(globals())
