@@ -20,6 +20,7 @@
 #include "log.h"
 #include "macro.h"
 #include "server.h"
+#include "telemetry.h"
 
 typedef struct auditlog {
         audit_log *log;
@@ -157,6 +158,7 @@ const char *auditlog_state(manager *m) {
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields) {
         if (!fields)
                 fields = json_object_new_object();
+        telemetry_event(m, type, sandbox, fields);
         if (the_log.log) {
                 int r = audit_append(the_log.log, type, sandbox, fields);
                 if (r < 0)

@@ -335,6 +335,7 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
         json_object_object_add(ev, "killed", json_object_new_int((int) op->killed));
         json_object_object_add(ev, "tokens_revoked", json_object_new_int((int) op->confirmed));
         json_object_object_add(ev, "tokens_pending", json_object_new_int((int) op->pending));
+        json_object_object_add(ev, "duration_us", json_object_new_int64((int64_t) (now_us() - op->t0_us)));
         audit_event(m, "revoke", NULL, ev);
         log_notice("revoke%s: %u frozen, %u killed, %u tokens revoked, %u pending", op->all ? " --all" : "", op->frozen,
                    op->killed, op->confirmed, op->pending);

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "manager.h"
 #include "server.h"
+#include "telemetry.h"
 
 int rpc_agentd_ping(rpc_ctx *ctx, rpc_error *err) {
         msgpack_packer *pk = ctx->pk;
@@ -22,7 +23,7 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         manager *m = ctx->m;
         msgpack_packer *pk = ctx->pk;
 
-        msgpack_pack_map(pk, 14);
+        msgpack_pack_map(pk, 15);
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
         mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
         mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);
@@ -37,5 +38,7 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         mp_pack_kv_u64(pk, "connections", m->n_connections);
         mp_pack_kv_str(pk, "state_directory", m->config->state_directory);
         mp_pack_kv_str(pk, "socket", m->socket_path ? m->socket_path : "(socket-activated)");
+        mp_pack_cstr(pk, "telemetry");
+        telemetry_pack_status(pk);
         return 0;
 }

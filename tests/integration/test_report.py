@@ -358,5 +358,181 @@ def test_log_lines_carry_journal_fields():
         assert not any(other in l for l in mine), mine
 
 
+OTLP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "otlp")
+
+
+class Receiver:
+    """tests/otlp/receiver.js: decodes every post against the official OTLP schema."""
+
+    def __init__(self, fail=None):
+        self.out = tempfile.mktemp(prefix="otlp-", suffix=".jsonl")
+        cmd = ["node", os.path.join(OTLP_DIR, "receiver.js"), "--out", self.out]
+        if fail:
+            cmd += ["--fail", str(fail)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("READY "), line
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def posts(self):
+        try:
+            with open(self.out) as f:
+                return [json.loads(l) for l in f if l.endswith("\n")]  # a line being written is not one yet
+        except FileNotFoundError:
+            return []
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def otlp_available():
+    if not shutil.which("node") or not os.path.isdir(os.path.join(OTLP_DIR, "node_modules", "@opentelemetry")):
+        print("node or tests/otlp/node_modules missing (tests/install-deps.sh installs them)")
+        return False
+    return True
+
+
+def attrs(items):
+    out = {}
+    for kv in items or []:
+        v = kv["value"]
+        out[kv["key"]] = (v.get("stringValue") if "stringValue" in v else v.get("intValue") if "intValue" in v
+                          else [x.get("stringValue") for x in v["arrayValue"].get("values", [])] if "arrayValue" in v
+                          else v.get("boolValue"))
+    return out
+
+
+def otlp_items(posts, signal):
+    key = {"logs": ("resourceLogs", "scopeLogs", "logRecords"), "traces": ("resourceSpans", "scopeSpans", "spans"),
+           "metrics": ("resourceMetrics", "scopeMetrics", "metrics")}[signal]
+    out = []
+    for p in posts:
+        if p.get("signal") != signal or "body" not in p:
+            continue
+        for r in p["body"].get(key[0], []):
+            for sc in r.get(key[1], []):
+                out += sc.get(key[2], [])
+    return out
+
+
+def wait_for(pred, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    return pred()
+
+
+def telemetry_run(include_args):
+    """Spawns two sandboxes in a workspace whose path, file names and arguments
+    carry markers, promotes, revokes a third; returns what the receiver decoded."""
+    up = Upstream()
+    rx = Receiver()
+    conf = f"[Telemetry]\nEndpoint={rx.url}\nFlushIntervalMs=100\n" + ("IncludeArguments=yes\n" if include_args else "")
+    try:
+        with Daemon(config=conf, tasks={**tasks(up.port), "web": f"[Task]\nDescription=web\n[Network]\nMode=proxy\n"
+                                                                   f"Allow=127.0.0.1:{up.port}\n"}) as d:
+            ws = os.path.join(d.tmp, "wsmarker-private-project")
+            os.makedirs(ws)
+            script = (f"export NO_PROXY= no_proxy=; curl -sS -m 5 http://127.0.0.1:{up.port}/ >/dev/null; "
+                      "echo argmarker-SECRET-ARG > filemarker-private-name.txt")
+            for _ in range(2):
+                d.agentctl("spawn", "--task", "web", "--", "/bin/sh", "-c", script, cwd=ws, check=0)
+            sid = d.client().ok("sandbox.list")[-1]["id"]
+            d.agentctl("promote", sid, check=0)
+            p = d.agentctl("spawn", "--task", "plain", "--detach", "--", "sleep", "60", cwd=ws, check=0)
+            victim = p.stdout.decode().strip()
+            time.sleep(0.3)
+            d.client().ok("credentials.revoke", {"sandbox": victim})
+
+            def done():
+                logs = [attrs(r["attributes"]).get("agentd.event") for r in otlp_items(rx.posts(), "logs")]
+                spans = [s["name"] for s in otlp_items(rx.posts(), "traces")]
+                return (logs.count("sandbox.exit") >= 3 and "sandbox.promote" in logs and "revoke" in logs and
+                        spans.count("agentd.sandbox") >= 3 and "agentd.revoke" in spans)
+            assert wait_for(done), (rx.posts(), d.read_log())
+            time.sleep(0.3)  # the metrics of the last flush
+            status = d.client().ok("agentd.status")["telemetry"]
+            return rx.posts(), status, d.tmp, ws, up.port
+    finally:
+        rx.stop()
+        up.stop()
+
+
+def test_otlp_export_decodes_and_is_redacted():
+    if not otlp_available():
+        return "skip"
+    posts, status, tmp, ws, port = telemetry_run(include_args=False)
+    assert not [p for p in posts if "error" in p], [p for p in posts if "error" in p]
+    raw = "".join(p["raw"] for p in posts)
+    # Nothing that names the user's files or what the command was told leaves the machine.
+    for secret in ("wsmarker", "private-project", "filemarker", "private-name", "argmarker", "SECRET-ARG", tmp):
+        assert secret not in raw, secret
+    logs = otlp_items(posts, "logs")
+    spawns = [attrs(r["attributes"]) for r in logs if attrs(r["attributes"])["agentd.event"] == "sandbox.spawn"]
+    assert len(spawns) == 3, spawns
+    # The workspace as a keyed hash: the same on this machine, not the path.
+    hashes = {s["agentd.workspace.hmac"] for s in spawns}
+    assert len(hashes) == 1 and hashes.pop().startswith("hmac-sha256:"), spawns
+    assert all("process.command_args" not in s and s["agentd.argc"] in ("3", "2") for s in spawns), spawns
+    promote = [attrs(r["attributes"]) for r in logs if attrs(r["attributes"])["agentd.event"] == "sandbox.promote"][0]
+    assert promote["agentd.promote.files.hmac"][0].startswith("hmac-sha256:"), promote
+    egress = [attrs(r["attributes"]) for r in logs if attrs(r["attributes"])["agentd.event"] == "egress"]
+    assert len(egress) == 2 and all(e["server.port"] == str(port) and e["agentd.egress.decision"] == "allowed"
+                                    for e in egress), egress
+    # A sandbox's log records carry its span's ids.
+    spans = otlp_items(posts, "traces")
+    sb = [s for s in spans if s["name"] == "agentd.sandbox"]
+    ids = {(s["traceId"], s["spanId"]) for s in sb}
+    assert all((r["traceId"], r["spanId"]) in ids for r in logs if "traceId" in r), (logs, sb)
+    assert all(int(s["endTimeUnixNano"]) >= int(s["startTimeUnixNano"]) for s in spans)
+    rv = [s for s in spans if s["name"] == "agentd.revoke"][0]
+    assert attrs(rv["attributes"])["agentd.revoke.frozen"] == "1", rv
+    metrics = {m["name"]: m for m in otlp_items(posts, "metrics")}
+    spawned = max(int(dp["asInt"]) for m in otlp_items(posts, "metrics") if m["name"] == "agentd.sandboxes.spawned"
+                  for dp in m["sum"]["dataPoints"])
+    assert spawned == 3 and metrics["agentd.sandboxes.spawned"]["sum"]["isMonotonic"] is True, metrics
+    assert status["sent_logs"] >= 10 and status["dropped"] == 0 and status["state"].startswith("ok"), status
+
+
+def test_otlp_arguments_only_when_opted_in():
+    if not otlp_available():
+        return "skip"
+    posts, status, tmp, ws, port = telemetry_run(include_args=True)
+    spawns = [attrs(r["attributes"]) for r in otlp_items(posts, "logs")
+              if attrs(r["attributes"])["agentd.event"] == "sandbox.spawn"]
+    assert any("argmarker-SECRET-ARG" in " ".join(s.get("process.command_args", [])) for s in spawns), spawns
+    raw = "".join(p["raw"] for p in posts)
+    assert "wsmarker" not in raw and all(s["agentd.workspace.hmac"].startswith("hmac-sha256:") for s in spawns)
+
+
+def test_otlp_bounded_queue_and_failures_are_counted():
+    if not otlp_available():
+        return "skip"
+    rx = Receiver(fail=503)
+    try:
+        # A queue of 16 that is never flushed by the timer: the 17th record is dropped, and counted.
+        conf = f"[Telemetry]\nEndpoint={rx.url}\nQueueMax=16\nFlushIntervalMs=600000\n"
+        with Daemon(config=conf, tasks=tasks(1)) as d:
+            for _ in range(6):
+                plain_sandbox(d, "true")
+            st = d.client().ok("agentd.status")["telemetry"]
+            assert st["queued"] == 16 and st["dropped_queue_full"] == 6 * 3 - 16, st
+            assert not rx.posts()
+        # A collector that refuses: after the client's retries the batch is dropped and counted.
+        conf = f"[Telemetry]\nEndpoint={rx.url}\nFlushIntervalMs=50\n"
+        with Daemon(config=conf, tasks=tasks(1)) as d:
+            plain_sandbox(d, "true")
+            st = wait_for(lambda: (lambda s: s if s["dropped_failed"] >= 2 else None)(d.client().ok("agentd.status")["telemetry"]))
+            assert st and st["state"].startswith("failing: the collector answered HTTP 503"), st
+            assert d.client().ok("agentd.ping")  # the loop never waited for it
+    finally:
+        rx.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
