@@ -233,6 +233,8 @@ static void html_changes(FILE *f, const msgpack_object *r) {
                              *dis = rep_get(r, "discarded");
         fputs("<h2>Changes</h2>\n<p>Change layer: ", f);
         val(f, rep_get(c, "layer"));
+        if (files)
+                fprintf(f, ", %zu change(s) not promoted", rep_len(files));
         fputs("</p>\n", f);
         if (rep_len(files)) {
                 fputs("<table><thead><tr><th>Change</th><th>Path</th><th>SHA-256 (in the layer)</th></tr></thead>\n", f);

@@ -25,7 +25,7 @@
 #include "workspace.h"
 
 /* Bounds: a report is for a person; the audit records it names stay complete. */
-#define REPORT_LAYER_ENTRIES_MAX 100000u
+#define REPORT_LAYER_ENTRIES_MAX 20000u  /* the exit path walks the layer on the loop: keep it short */
 #define REPORT_HASH_FILES_MAX 5000u
 
 /* ---- hooks where records are written ---- */

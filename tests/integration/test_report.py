@@ -170,6 +170,13 @@ def test_report_network_token_promote_verified():
                   " ".join(str(x) for x in v["seqs"])):
             assert s in out, (s, out)
         assert "secret-ticket-value" not in out
+        # The page shows the same story (its rendering is checked in Chromium below).
+        page = os.path.join(tempfile.gettempdir(), f"agentd-report-{sid}.html")
+        d.agentctl("report", sid, "--html", "-o", page, check=0)
+        html = open(page).read()
+        for s in (r["tokens"][0]["accessor"], want, f"127.0.0.1", "denied", "REVIEW_TICKET", "Promoted", pol):
+            assert s in html, s
+        print(f"page: {page}")
     finally:
         d.stop()
         vault.stop()
