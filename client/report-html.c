@@ -316,6 +316,11 @@ void report_print_html(FILE *f, const msgpack_object *r) {
         fprintf(f, "<h2>Approvals and incidents</h2>\n<p>%zu approval(s); %zu incident record(s) (freezes, revocations, alerts): "
                    "see the timeline.</p>\n",
                 rep_len(rep_get(r, "approvals")), rep_len(rep_get(r, "incidents")));
+        if (rep_len(rep_get(r, "snapshots"))) {
+                fputs("<p>Forensic snapshots: <code>", f);
+                val(f, rep_get(r, "snapshots"));
+                fputs("</code></p>\n", f);
+        }
         html_changes(f, r);
         html_timeline(f, rep_get(r, "timeline"));
         fputs("<footer>Built by agentd from the audit records with seq ", f);

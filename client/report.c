@@ -221,6 +221,11 @@ void report_print_text(FILE *f, const msgpack_object *r) {
         print_tokens(f, rep_get(r, "tokens"));
         fprintf(f, "\nApprovals: %zu; incidents (freezes, revocations, alerts): %zu\n", rep_len(rep_get(r, "approvals")),
                 rep_len(rep_get(r, "incidents")));
+        const msgpack_object *snaps = rep_get(r, "snapshots");
+        for (size_t i = 0; i < rep_len(snaps); i++) {
+                char sp[4096];
+                fprintf(f, "Snapshot:   %s\n", obj_str(&snaps->via.array.ptr[i], sp, sizeof(sp), "?"));
+        }
         print_changes(f, rep_get(r, "changes"));
         print_promotions(f, rep_get(r, "promotions"), rep_get(r, "discarded"));
         print_timeline(f, rep_get(r, "timeline"));

@@ -179,7 +179,7 @@ typedef struct report_job {
         char *snapshot_path;
         audit_snapshot *snap;
         /* The sandbox record, copied on the loop. */
-        char *id, *task, *state, *workspace, *upper;
+        char *id, *task, *state, *workspace, *upper, *dir;
         bool live, discarded, overlay;
         uint64_t started_at;
         int exit_code, exit_signal;
@@ -204,6 +204,7 @@ static void job_free(report_job *j) {
         free(j->state);
         free(j->workspace);
         free(j->upper);
+        free(j->dir);
         free(j->end_reason);
         json_object_put(j->accessors);
         json_object_put(j->report);
@@ -288,6 +289,10 @@ static int sha256_file(int dfd, const char *path, char hex[65]) {
 /* What is in the change layer now, with a SHA-256 of each changed file. */
 static json_object *layer_changes(report_job *j) {
         json_object *c = json_object_new_object();
+        if (!j->live) {
+                add_str(c, "layer", "unknown: no sandbox record");
+                return c;
+        }
         if (!j->overlay) {
                 add_str(c, "layer", "none");
                 return c;
@@ -323,6 +328,31 @@ static json_object *layer_changes(report_job *j) {
         json_object_object_add(c, "files", files);
         ws_changes_free(&ch);
         return c;
+}
+
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(json_object_get_string(*(json_object *const *) a), json_object_get_string(*(json_object *const *) b));
+}
+
+/* The forensic snapshots credentials.revoke took of this sandbox (directories). */
+static json_object *snapshot_dirs(report_job *j) {
+        json_object *a = json_object_new_array();
+        char p[PATH_MAX];
+        if (!j->dir)
+                return a;
+        snprintf(p, sizeof(p), "%s/snapshots", j->dir);
+        DIR *d = opendir(p);
+        struct dirent *de;
+        while (d && (de = readdir(d)))
+                if (de->d_name[0] != '.') {
+                        char full[PATH_MAX * 2];
+                        snprintf(full, sizeof(full), "%s/%s", p, de->d_name);
+                        json_object_array_add(a, json_object_new_string(full));
+                }
+        if (d)
+                closedir(d);
+        json_object_array_sort(a, cmp_str);
+        return a;
 }
 
 static json_object *copy_of(json_object *f, const char *k) {
@@ -572,6 +602,7 @@ static void build_report(report_job *j, audit_selection *sel) {
         json_object_object_add(r, "tokens", tokens);
         json_object_object_add(r, "approvals", x.approvals);
         json_object_object_add(r, "incidents", x.incidents);
+        json_object_object_add(r, "snapshots", snapshot_dirs(j));
         json_object_object_add(r, "changes", layer_changes(j));
         json_object_object_add(r, "promotions", x.promotions);
         json_object_object_add(r, "discarded", x.discarded);
@@ -658,6 +689,7 @@ static int job_new(manager *m, const char *id, report_job **ret) {
                 j->state = strdup(sandbox_state_to_string(s->state));
                 j->workspace = s->workspace ? strdup(s->workspace) : NULL;
                 j->upper = strdup(upper);
+                j->dir = strdup(s->dir);
                 j->overlay = s->workspace_mode == WORKSPACE_OVERLAY;
                 j->discarded = s->discarded;
                 j->started_at = s->started_at;
