@@ -228,6 +228,10 @@ static void attrs_for(json_object *a, const char *type, json_object *f) {
                 attr(a, "agentd.alert.count", field(f, "count"));
         } else if (streq(type, "sandbox.promote")) {
                 json_object *pr = field(f, "promoted_sha256"), *names = json_object_new_array();
+                if (!pr || !json_object_is_type(pr, json_type_object)) {
+                        json_object_put(pr);
+                        pr = json_object_new_object();
+                }
                 json_object_object_foreach(pr, path, sha) {
                         (void) sha;
                         json_object *h = redacted(path);
