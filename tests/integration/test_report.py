@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from harness import Daemon, run_tests
+from harness import AGENTD as AGENTD_BIN, Daemon, run_tests
 from test_broker import ROLE_ID, SECRET_ID, Swtpm, Vault, enroll, wait_vault_ok, workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -368,6 +368,82 @@ def test_log_lines_carry_journal_fields():
         assert events == ["spawn", "exit", "promote"], mine
         assert all(" AGENTD_TASK=plain " in l for l in mine), mine
         assert not any(other in l for l in mine), mine
+
+
+JOURNALD = "/lib/systemd/systemd-journald"
+
+
+class JournaldDaemon(Daemon):
+    """agentd logging to a real systemd-journald. The host has no journald, so
+    both run in a private user + mount namespace: a tmpfs on /run/systemd (the
+    journal's sockets) and a host directory bound on /run/log, where journald
+    writes the journal files that journalctl then reads from outside."""
+
+    def start(self, wait=True):
+        self.jdir = os.path.join(self.tmp, "runlog")
+        os.makedirs(self.jdir)
+        self.jpid = os.path.join(self.tmp, "journald.pid")
+        self.env.pop("AGENTD_LOG_TARGET", None)
+        script = (f"mount -t tmpfs none /run/systemd && mkdir -p /run/systemd/journal && "
+                  f"mount --bind {self.jdir} /run/log || exit 99; "
+                  f"{JOURNALD} >/dev/null 2>&1 & echo $! > {self.jpid}; "
+                  "i=0; while [ ! -S /run/systemd/journal/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+                  f"exec {AGENTD_BIN}")
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["unshare", "-Urm", "sh", "-c", script], env=self.env, stdout=self.log,
+                                     stderr=self.log)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def stop(self, expect_rc=0):
+        try:
+            super().stop(expect_rc)
+        finally:
+            try:
+                with open(self.jpid) as f:
+                    os.kill(int(f.read()), 15)
+            except (OSError, ValueError):
+                pass
+
+    def journal(self, *matches):
+        p = subprocess.run(["journalctl", "-D", os.path.join(self.jdir, "journal"), "--no-pager", "-o", "json"]
+                           + list(matches), capture_output=True, text=True, timeout=30)
+        return [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+
+
+def test_journalctl_filters_by_sandbox():
+    """The real thing: journalctl AGENTD_SANDBOX=ID selects that sandbox's lines."""
+    if not os.path.exists(JOURNALD) or not shutil.which("unshare"):
+        print("systemd-journald or unshare missing")
+        return "skip"
+    probe = subprocess.run(["unshare", "-Urm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        print(f"no unprivileged user namespaces here: {probe.stderr!r}")
+        return "skip"
+    d = JournaldDaemon(tasks=tasks(1))
+    try:
+        d.start()
+        sid, _ = plain_sandbox(d)
+        other, _ = plain_sandbox(d, "exit 4")
+        d.agentctl("promote", sid, check=0)
+
+        def mine():
+            got = d.journal(f"AGENTD_SANDBOX={sid}")
+            return got if [e.get("AGENTD_EVENT") for e in got] == ["spawn", "exit", "promote"] else None
+        got = wait_for(mine, timeout=10) or d.journal(f"AGENTD_SANDBOX={sid}")
+        assert [e.get("AGENTD_EVENT") for e in got] == ["spawn", "exit", "promote"], (got, d.read_log())
+        assert all(e["AGENTD_TASK"] == "plain" and e["SYSLOG_IDENTIFIER"] == "agentd" for e in got), got
+        assert sid in got[0]["MESSAGE"] and "spawned task plain" in got[0]["MESSAGE"], got[0]
+        assert all(other not in e["MESSAGE"] for e in got)
+        # Other matches journalctl combines: by event across sandboxes, by task.
+        exits = d.journal("AGENTD_EVENT=exit")
+        assert {e["AGENTD_SANDBOX"] for e in exits} == {sid, other}, exits
+        assert len(d.journal("AGENTD_TASK=plain", "AGENTD_EVENT=spawn")) == 2
+        # The daemon's lines went to the journal, not to stderr.
+        assert "spawned task" not in d.read_log()
+    finally:
+        d.stop()
 
 
 OTLP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "otlp")
