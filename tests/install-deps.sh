@@ -20,5 +20,6 @@ fi
 # The OTLP test receiver's packages (the official OpenTelemetry schema, generated
 # for protobufjs), pinned by tests/otlp/package-lock.json.
 if [ ! -d "$(dirname "$0")/otlp/node_modules/@opentelemetry/otlp-transformer" ]; then
-        npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error
+        npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error ||
+                npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error
 fi
