@@ -17,6 +17,7 @@
 #include "agentd-build.h"
 #include "macro.h"
 #include "print.h"
+#include "report.h"
 #include "proto.h"
 #include "rpc-client.h"
 
@@ -886,6 +887,62 @@ static int cmd_audit(int argc, char **argv) {
         return EXIT_USAGE;
 }
 
+/* report ID [--json | --html] [-o FILE]: exits 1 when the records do not verify. */
+static int cmd_report(int argc, char **argv) {
+        const char *id = NULL, *out = NULL;
+        bool html = false;
+        for (int i = 1; i < argc; i++) {
+                if (streq(argv[i], "--html"))
+                        html = true;
+                else if (streq(argv[i], "--json"))
+                        arg_json = true;
+                else if (streq(argv[i], "-o") && i + 1 < argc)
+                        out = argv[++i];
+                else if (!id && argv[i][0] != '-')
+                        id = argv[i];
+                else
+                        id = NULL, i = argc;
+        }
+        if (!id || (html && arg_json)) {
+                fprintf(stderr, "agentctl: usage: agentctl report ID [--json | --html] [-o FILE]\n");
+                return EXIT_USAGE;
+        }
+        params p;
+        params_init(&p, 1);
+        mp_pack_kv_str(&p.pk, "id", id);
+        rpc_client c;
+        rpc_result res;
+        int r = connect_daemon(&c);
+        if (r < 0) {
+                msgpack_sbuffer_destroy(&p.sb);
+                return -r;
+        }
+        r = call(&c, "sandbox.report", &p.sb, NULL, 0, &res);
+        msgpack_sbuffer_destroy(&p.sb);
+        FILE *f = r == 0 && out ? fopen(out, "we") : stdout;
+        if (!f) {
+                fprintf(stderr, "agentctl: cannot write %s: %m\n", out);
+                r = EXIT_DAEMON_ERROR;
+        } else if (r == 0) {
+                if (arg_json) {
+                        fflush(stdout);
+                        print_json(res.result); /* stdout only: -o is for --html and text */
+                } else if (html)
+                        report_print_html(f, res.result);
+                else
+                        report_print_text(f, res.result);
+                if (!report_verified(res.result)) {
+                        fprintf(stderr, "agentctl: the audit records of sandbox %s do not verify (see the report)\n", id);
+                        r = EXIT_DAEMON_ERROR;
+                }
+                if (f != stdout && fclose(f) != 0)
+                        r = EXIT_DAEMON_ERROR;
+        }
+        rpc_result_done(&res);
+        rpc_client_close(&c);
+        return r;
+}
+
 /* ---- incident ------------------------------------------------------------ */
 
 static unsigned revoke_pending;
@@ -1041,6 +1098,8 @@ int main(int argc, char **argv) {
                 return cmd_diff(argc, argv);
         if (streq(cmd, "promote"))
                 return cmd_promote(argc, argv);
+        if (streq(cmd, "report"))
+                return cmd_report(argc, argv);
         if (streq(cmd, "discard"))
                 return cmd_by_id("sandbox.discard", argc, argv, "discard ID");
 

@@ -20,6 +20,7 @@
 #include "log.h"
 #include "macro.h"
 #include "server.h"
+#include "telemetry.h"
 
 typedef struct auditlog {
         audit_log *log;
@@ -157,6 +158,7 @@ const char *auditlog_state(manager *m) {
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields) {
         if (!fields)
                 fields = json_object_new_object();
+        telemetry_event(m, type, sandbox, fields);
         if (the_log.log) {
                 int r = audit_append(the_log.log, type, sandbox, fields);
                 if (r < 0)
@@ -191,7 +193,7 @@ int rpc_audit_verify(rpc_ctx *ctx, rpc_error *err) {
         return 0;
 }
 
-static void pack_json(msgpack_packer *pk, json_object *o) {
+void auditlog_pack_json(msgpack_packer *pk, json_object *o) {
         switch (json_object_get_type(o)) {
         case json_type_null: msgpack_pack_nil(pk); break;
         case json_type_boolean:
@@ -207,14 +209,14 @@ static void pack_json(msgpack_packer *pk, json_object *o) {
                 size_t n = json_object_array_length(o);
                 msgpack_pack_array(pk, n);
                 for (size_t i = 0; i < n; i++)
-                        pack_json(pk, json_object_array_get_idx(o, i));
+                        auditlog_pack_json(pk, json_object_array_get_idx(o, i));
                 break;
         }
         case json_type_object: {
                 msgpack_pack_map(pk, (size_t) json_object_object_length(o));
                 json_object_object_foreach(o, k, v) {
                         mp_pack_cstr(pk, k);
-                        pack_json(pk, v);
+                        auditlog_pack_json(pk, v);
                 }
                 break;
         }
@@ -235,7 +237,7 @@ int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
                 rpc_error_set(err, RPC_E_INTERNAL, "audit query failed: %s", strerror(-r));
                 return r;
         }
-        pack_json(ctx->pk, arr);
+        auditlog_pack_json(ctx->pk, arr);
         json_object_put(arr);
         return 0;
 }
@@ -248,4 +250,11 @@ json_object *auditlog_tail(manager *m, const char *sandbox, size_t n) {
         if (audit_query(the_log.log, sandbox, 0, n, &arr) < 0)
                 return NULL;
         return arr;
+}
+
+int auditlog_snapshot(manager *m, audit_snapshot **ret) {
+        if (!the_log.log)
+                return -ENODEV;
+        (void) audit_flush(the_log.log);
+        return audit_snapshot_new(the_log.log, ret);
 }

@@ -710,7 +710,7 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                         snprintf(c->accessor, sizeof(c->accessor), "%s", json_object_get_string(acc));
                         int64_t ttl = lease ? json_object_get_int64(lease) : (int64_t) c->ttl_s;
                         c->expires_ms = realtime_ms() + (uint64_t) ttl * 1000;
-                        log_info("broker: sandbox %s: token issued (accessor %s, ttl %llds)", c->sandbox_id, c->accessor,
+                        log_sandbox(LOG_INFO, c->sandbox_id, c->task, "token.issued", "broker: sandbox %s: token issued (accessor %s, ttl %llds)", c->sandbox_id, c->accessor,
                                  (long long) ttl);
                         json_object *ev = json_object_new_object(), *pv = json_object_new_array();
                         for (size_t i = 0; c->policies && c->policies[i]; i++)

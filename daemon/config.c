@@ -101,7 +101,8 @@ static int handler(void *userdata, const char *section, const char *key, const c
 
 #define KEY(sec, k) (!strcmp(section, sec) && !strcmp(key, k))
         if (!key) {
-                if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM") && strcmp(section, "Response")) {
+                if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM") && strcmp(section, "Response") &&
+                    strcmp(section, "Telemetry")) {
                         snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
                         return 0;
                 }
@@ -169,6 +170,22 @@ static int handler(void *userdata, const char *section, const char *key, const c
                 r = set_str(&c->tpm_tcti, value);
         } else if (KEY("TPM", "AllowSoftwareKey")) {
                 r = parse_bool(value, &c->tpm_allow_software_key);
+        } else if (KEY("Telemetry", "Endpoint")) {
+                if (value[0] && strncmp(value, "http://", 7) && strncmp(value, "https://", 8)) {
+                        snprintf(s->message, sizeof(s->message), "Endpoint= must be an http:// or https:// URL");
+                        return 0;
+                }
+                r = set_str(&c->telemetry_endpoint, value);
+        } else if (KEY("Telemetry", "IncludeArguments")) {
+                r = parse_bool(value, &c->telemetry_include_arguments);
+        } else if (KEY("Telemetry", "QueueMax")) {
+                r = parse_uint(value, &c->telemetry_queue_max);
+                if (r == 0 && (c->telemetry_queue_max < 16 || c->telemetry_queue_max > 1000000))
+                        r = -ERANGE;
+        } else if (KEY("Telemetry", "FlushIntervalMs")) {
+                r = parse_uint(value, &c->telemetry_flush_interval_ms);
+                if (r == 0 && (c->telemetry_flush_interval_ms < 10 || c->telemetry_flush_interval_ms > 600000))
+                        r = -ERANGE;
         } else {
                 snprintf(s->message, sizeof(s->message), "unknown key %s= in [%s]", key, section);
                 return 0;
@@ -192,6 +209,7 @@ void config_free(agentd_config *c) {
         free(c->vault_ca_certificate);
         free(c->vault_approle_path);
         free(c->tpm_tcti);
+        free(c->telemetry_endpoint);
         free(c);
 }
 
@@ -229,6 +247,8 @@ int config_load(const char *path, const char *home, agentd_config **ret, config_
         c->egress_window_s = 60;
         c->vault_approle_path = strdup("approle");
         c->tpm_tcti = strdup("device:/dev/tpmrm0");
+        c->telemetry_queue_max = 2048;
+        c->telemetry_flush_interval_ms = 1000;
         if (!c->state_directory || !c->vault_approle_path || !c->tpm_tcti) {
                 config_free(c);
                 return -ENOMEM;

@@ -29,6 +29,12 @@ typedef struct agentd_config {
 
         char *tpm_tcti;
         bool tpm_allow_software_key;
+
+        /* [Telemetry]: optional OTLP/HTTP (JSON) export, redacted by default. */
+        char *telemetry_endpoint;    /* NULL: off */
+        bool telemetry_include_arguments;
+        unsigned telemetry_queue_max;
+        unsigned telemetry_flush_interval_ms;
 } agentd_config;
 
 typedef struct config_error {

@@ -50,7 +50,7 @@ static void note_denial(manager *m, const char *id) {
         s->auto_responded = true;
         char rule[128];
         snprintf(rule, sizeof(rule), "EgressDenials=%u within %us", limit, m->config->egress_window_s);
-        log_warning("sandbox %s: %u denied egress attempts within %us: freezing it and revoking its tokens", id, recent,
+        log_sandbox(LOG_WARNING, id, NULL, "alert", "sandbox %s: %u denied egress attempts within %us: freezing it and revoking its tokens", id, recent,
                     m->config->egress_window_s);
         json_object *ev = json_object_new_object();
         json_object_object_add(ev, "rule", json_object_new_string(rule));

@@ -40,15 +40,12 @@ static const char *level_name(int level) {
         }
 }
 
-void log_fieldsv(int level, const char *const *fields, const char *fmt, ...) {
+static void log_fields_va(int level, const char *const *fields, const char *fmt, va_list ap) {
         char msg[2048];
-        va_list ap;
 
         if (level > max_level)
                 return;
-        va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
-        va_end(ap);
 
         if (use_journal) {
                 struct iovec iov[16];
@@ -69,4 +66,45 @@ void log_fieldsv(int level, const char *const *fields, const char *fmt, ...) {
         for (size_t i = 0; fields && fields[i]; i++)
                 fprintf(stderr, " %s", fields[i]);
         fputc('\n', stderr);
+}
+
+void log_fieldsv(int level, const char *const *fields, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        log_fields_va(level, fields, fmt, ap);
+        va_end(ap);
+}
+
+static const char *field(char *buf, size_t size, const char *name, const char *value) {
+        size_t n = (size_t) snprintf(buf, size, "%s=", name);
+        for (const char *p = value; *p && n + 1 < size && p - value < LOG_FIELD_VALUE_MAX; p++) {
+                char c = *p;
+                bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                          strchr("._:/@+-", c);
+                buf[n++] = ok ? c : '_';
+        }
+        buf[n] = 0;
+        return buf;
+}
+
+void log_sandbox_fields_init(log_sandbox_fields *f, const char *sandbox, const char *task, const char *event) {
+        size_t n = 0;
+        if (sandbox)
+                f->v[n++] = field(f->sandbox, sizeof(f->sandbox), "AGENTD_SANDBOX", sandbox);
+        if (task)
+                f->v[n++] = field(f->task, sizeof(f->task), "AGENTD_TASK", task);
+        if (event)
+                f->v[n++] = field(f->event, sizeof(f->event), "AGENTD_EVENT", event);
+        f->v[n] = NULL;
+}
+
+void log_sandbox(int level, const char *sandbox, const char *task, const char *event, const char *fmt, ...) {
+        log_sandbox_fields f;
+        va_list ap;
+
+        log_sandbox_fields_init(&f, sandbox, task, event);
+        va_start(ap, fmt);
+        log_fields_va(level, f.v, fmt, ap);
+        va_end(ap);
 }

@@ -18,6 +18,7 @@
 
 #include "agentd-build.h"
 #include "auditlog.h"
+#include "telemetry.h"
 #include "broker.h"
 #include "daemon.h"
 #include "log.h"
@@ -242,6 +243,7 @@ void daemon_finish(manager *m) {
         egress_free(m);
         broker_free(m);
         auditlog_free(m);
+        telemetry_free(m);
         tasks_free(m);
         uv_walk(m->loop, on_close_walk, NULL);
 }
@@ -348,6 +350,7 @@ int main(int argc, char **argv) {
         r = sandboxes_init(m);
         if (r < 0)
                 return 1;
+        telemetry_init(m);
         auditlog_init(m);
         lockdown_load(m);
         egress_init(m);

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "macro.h"
 #include "policy.h"
+#include "report.h"
 #include "sandbox.h"
 #include "server.h"
 #include "workspace.h"
@@ -307,6 +308,7 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
                 if (!s || sandbox_ended(s))
                         continue;
                 char *p = sandbox_snapshot(m, s, stamp);
+                report_snapshot(m, s, p);
                 if (p && op->snapshots)
                         op->snapshots[k++] = p;
                 else
@@ -333,6 +335,7 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
         json_object_object_add(ev, "killed", json_object_new_int((int) op->killed));
         json_object_object_add(ev, "tokens_revoked", json_object_new_int((int) op->confirmed));
         json_object_object_add(ev, "tokens_pending", json_object_new_int((int) op->pending));
+        json_object_object_add(ev, "duration_us", json_object_new_int64((int64_t) (now_us() - op->t0_us)));
         audit_event(m, "revoke", NULL, ev);
         log_notice("revoke%s: %u frozen, %u killed, %u tokens revoked, %u pending", op->all ? " --all" : "", op->frozen,
                    op->killed, op->confirmed, op->pending);

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "manager.h"
 #include "server.h"
+#include "telemetry.h"
 
 int rpc_agentd_ping(rpc_ctx *ctx, rpc_error *err) {
         msgpack_packer *pk = ctx->pk;
@@ -51,5 +52,7 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         mp_pack_kv_u64(pk, "open_fds", count_open_fds());
         mp_pack_kv_str(pk, "state_directory", m->config->state_directory);
         mp_pack_kv_str(pk, "socket", m->socket_path ? m->socket_path : "(socket-activated)");
+        mp_pack_cstr(pk, "telemetry");
+        telemetry_pack_status(pk);
         return 0;
 }

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "macro.h"
 #include "policy.h"
+#include "report.h"
 #include "sandbox.h"
 #include "server.h"
 #include "workspace.h"
@@ -104,7 +105,7 @@ int rpc_sandbox_promote(rpc_ctx *ctx, rpc_error *err) {
                 rpc_error_set(err, RPC_E_INTERNAL, "sandbox %s: %s", s->id, why ? why : strerror(-r));
                 return r;
         }
-        log_info("sandbox %s: promoted %zu paths into %s (%zu conflicts, %zu guarded skipped)", s->id, res.promoted.n,
+        log_sandbox(LOG_INFO, s->id, s->task, "promote", "sandbox %s: promoted %zu paths into %s (%zu conflicts, %zu guarded skipped)", s->id, res.promoted.n,
                  s->workspace, res.conflicts.n, res.guarded.n);
         {
                 json_object *ev = json_object_new_object(), *pr = json_object_new_object(), *cf = json_object_new_array(),
@@ -121,6 +122,7 @@ int rpc_sandbox_promote(rpc_ctx *ctx, rpc_error *err) {
                 json_object_object_add(ev, "conflicts", cf);
                 json_object_object_add(ev, "guarded_skipped", gd);
                 json_object_object_add(ev, "include_hooks", json_object_new_boolean(hooks));
+                report_annotate_peer(ev, ctx->conn);
                 audit_event(ctx->m, "sandbox.promote", s->id, ev);
         }
         msgpack_pack_map(ctx->pk, 5);
@@ -164,8 +166,10 @@ int rpc_sandbox_discard(rpc_ctx *ctx, rpc_error *err) {
         }
         s->discarded = true;
         (void) sandbox_save_meta(s);
-        log_info("sandbox %s: changes discarded", s->id);
-        audit_event(ctx->m, "sandbox.discard", s->id, NULL);
+        log_sandbox(LOG_INFO, s->id, s->task, "discard", "sandbox %s: changes discarded", s->id);
+        json_object *ev = json_object_new_object();
+        report_annotate_peer(ev, ctx->conn);
+        audit_event(ctx->m, "sandbox.discard", s->id, ev);
         msgpack_pack_map(ctx->pk, 0);
         return 0;
 }

@@ -39,6 +39,7 @@
 #include "macro.h"
 #include "netproxy/netproxy.h"
 #include "policy.h"
+#include "report.h"
 #include "seccomp-build.h"
 #include "sandbox/zygote.h"
 
@@ -722,6 +723,7 @@ static void sandbox_maybe_complete(sandbox *s) {
                 s->out[i].log_fd = safe_close(s->out[i].log_fd);
         }
         s->init_pidfd = safe_close(s->init_pidfd);
+        json_object *usage = report_usage(s); /* before the cgroup goes */
         if (s->cgroup && s->helper_reaped) {
                 int r = cgroup_remove(s->cgroup);
                 if (r < 0 && r != -ENOENT)
@@ -733,7 +735,7 @@ static void sandbox_maybe_complete(sandbox *s) {
                 spawn_failed(s, msg);
         }
         set_state(s, s->killed ? SANDBOX_KILLED : SANDBOX_EXITED);
-        log_info("sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
+        log_sandbox(LOG_INFO, s->id, s->task, "exit", "sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
                  s->exit_code, s->exit_signal, s->end_reason ? " reason=" : "", s->end_reason ? s->end_reason : "");
         if (s->creds)
                 broker_release(m, TAKE_PTR(s->creds));
@@ -750,6 +752,7 @@ static void sandbox_maybe_complete(sandbox *s) {
                 json_object_object_add(ev, "signal", json_object_new_int(s->exit_signal));
                 if (s->end_reason)
                         json_object_object_add(ev, "reason", json_object_new_string(s->end_reason));
+                json_object_object_add(ev, "usage", usage);
                 audit_event(m, "sandbox.exit", s->id, ev);
         }
         complete_waiters(s);
@@ -840,7 +843,7 @@ static void on_timeout(uv_timer_t *t) {
         free(s->end_reason);
         s->end_reason = strdup("timeout");
         s->killed = true;
-        log_notice("sandbox %s: Timeout reached after %llu ms, killing it", s->id, (unsigned long long) s->timeout_ms);
+        log_sandbox(LOG_NOTICE, s->id, s->task, "timeout", "sandbox %s: Timeout reached after %llu ms, killing it", s->id, (unsigned long long) s->timeout_ms);
         (void) sandbox_signal(s, SIGKILL);
 }
 
@@ -883,7 +886,7 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
         } else if (strncmp(line, "error ", 6) == 0) {
                 free(s->setup_error);
                 s->setup_error = strdup(line + 6);
-                log_notice("sandbox %s: %s", s->id, line + 6);
+                log_sandbox(LOG_NOTICE, s->id, s->task, "helper", "sandbox %s: %s", s->id, line + 6);
                 if (s->spawn_call) {
                         char msg[1200];
                         snprintf(msg, sizeof(msg), "sandbox setup failed at %s", line + 6);
@@ -1734,7 +1737,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         m->n_sandboxes_live++;
         s->spawn_call = TAKE_PTR(req->call);
         s->creds = TAKE_PTR(req->creds);
-        log_info("sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
+        log_sandbox(LOG_INFO, s->id, s->task, "spawn", "sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
         {
                 /* What ran, where, under which exact policy (hash of its canonical form). */
                 json_object *ev = json_object_new_object();
@@ -1759,6 +1762,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                         json_object_array_add(cv, json_object_new_string(caps[i]));
                 json_object_object_add(ev, "capabilities", cv);
                 json_object_object_add(ev, "attached", json_object_new_boolean(attach || tty));
+                report_annotate_spawn(ev, s, params, p);
                 audit_event(m, "sandbox.spawn", s->id, ev);
         }
         return 0;

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "macro.h"
 #include "auditlog.h"
+#include "report.h"
 #include "sandbox.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -421,6 +422,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
         json_object_object_add(ev, "outcome", json_object_new_string(r < 0 ? rpc_error_code_to_string(err.message[0] ? err.code : RPC_E_INTERNAL)
                                                                           : ctx.async ? "pending" : "ok"));
+        report_annotate_rpc(ev, &ctx);
         audit_event(m, "rpc", c->sandbox_id, ev);
         if (r < 0) {
                 if (err.message[0] == 0)

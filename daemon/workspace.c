@@ -139,7 +139,7 @@ static int same_content(int dfa, const char *na, int dfb, const char *nb, const 
         _cleanup_close_ int b = openat(dfb, nb, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (a < 0 || b < 0)
                 return 0;
-        static char ba[65536], bb[65536];
+        static _Thread_local char ba[65536], bb[65536]; /* the report walks the layer in a worker thread */
         for (;;) {
                 ssize_t ra = read(a, ba, sizeof(ba));
                 if (ra <= 0)

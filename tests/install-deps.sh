@@ -7,7 +7,8 @@ PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       libsystemd-dev libuv1-dev libmsgpack-dev libseccomp-dev libtss2-dev libcurl4-openssl-dev libssl-dev
       libinih-dev libjson-c-dev check
       python3-msgpack python3-hvac swtpm swtpm-tools tpm2-tools
-      systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps)
+      systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps
+      chromium fonts-dejavu-core nodejs npm)
 missing=()
 for p in "${PKGS[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,4 +16,10 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
         $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The OTLP test receiver's packages (the official OpenTelemetry schema, generated
+# for protobufjs), pinned by tests/otlp/package-lock.json.
+if [ ! -d "$(dirname "$0")/otlp/node_modules/@opentelemetry/otlp-transformer" ]; then
+        npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error ||
+                npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error
 fi

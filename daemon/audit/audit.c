@@ -1418,7 +1418,7 @@ _printf_(3, 4) static void verdict_set(verdict *v, uint64_t seq, const char *fmt
 }
 
 static int verify_file(const audit_key *k, int dir_fd, unsigned no, const anchor *anchors, size_t n_anchors,
-                       uint64_t *expected, uint8_t prev[HASH_LEN], uint64_t *records, verdict *v) {
+                       uint64_t limit, uint64_t *expected, uint8_t prev[HASH_LEN], uint64_t *records, verdict *v) {
         _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
         _cleanup_close_ int fd = -1;
         line_reader rd;
@@ -1440,7 +1440,8 @@ static int verify_file(const audit_key *k, int dir_fd, unsigned no, const anchor
         if (r < 0)
                 return r;
 
-        while (!v->bad) {
+        /* limit: records after it may still be being written by the loop (a snapshot). */
+        while (!v->bad && (limit == 0 || *expected <= limit)) {
                 const char *line, *why;
                 record_info info;
                 uint64_t offset;
@@ -1500,8 +1501,8 @@ static int verify_file(const audit_key *k, int dir_fd, unsigned no, const anchor
         return r < 0 ? r : 0;
 }
 
-static int verify_core(int dir_fd, const audit_key *k, const anchor *mem, bool *ret_ok, uint64_t *ret_records,
-                       uint64_t *ret_first_bad_seq, char **ret_reason) {
+static int verify_core(int dir_fd, const audit_key *k, const anchor *mem, uint64_t limit, bool *ret_ok,
+                       uint64_t *ret_records, uint64_t *ret_first_bad_seq, char **ret_reason) {
         _cleanup_free_ unsigned *files = NULL;
         anchor anchors[2] = {};
         verdict v = {};
@@ -1519,12 +1520,16 @@ static int verify_core(int dir_fd, const audit_key *k, const anchor *mem, bool *
                 anchors[1] = *mem;
                 anchors[1].what = "this daemon's last write";
         }
+        /* A head newer than the limit vouches for records this check does not read. */
+        for (size_t i = 0; limit > 0 && i < ELEMENTSOF(anchors); i++)
+                if (anchors[i].seq > limit)
+                        anchors[i].set = false;
 
         r = list_files(dir_fd, &files, &n_files);
         if (r < 0)
                 return r;
         for (size_t i = 0; i < n_files && !v.bad; i++) {
-                r = verify_file(k, dir_fd, files[i], anchors, ELEMENTSOF(anchors), &expected, prev, &records, &v);
+                r = verify_file(k, dir_fd, files[i], anchors, ELEMENTSOF(anchors), limit, &expected, prev, &records, &v);
                 if (r < 0) {
                         free(v.reason);
                         return r;
@@ -1570,7 +1575,7 @@ int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *re
                 return -EINVAL;
         mem.seq = a->seq;
         memcpy(mem.hash, a->last_hash, HASH_LEN);
-        return verify_core(a->dir_fd, &a->key, &mem, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
+        return verify_core(a->dir_fd, &a->key, &mem, 0, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
 }
 
 int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *ret_ok, uint64_t *ret_records,
@@ -1588,7 +1593,7 @@ int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *
         dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (dir_fd < 0)
                 return -errno;
-        int r = verify_core(dir_fd, &k, NULL, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
+        int r = verify_core(dir_fd, &k, NULL, 0, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
         EVP_MAC_CTX_free(k.tmpl);
         return r;
 }
@@ -1700,5 +1705,184 @@ int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t lim
         if (r < 0)
                 return r;
         *ret_array = TAKE_PTR(arr);
+        return 0;
+}
+
+/* ---- snapshots: verify and select off the loop ---- */
+
+struct audit_snapshot {
+        int dir_fd;
+        uint8_t *key_page;
+        size_t key_page_size;
+        audit_key key;
+        anchor mem;
+};
+
+int audit_snapshot_new(audit_log *a, audit_snapshot **ret) {
+        audit_snapshot *s;
+        int r;
+
+        if (!a || !ret)
+                return -EINVAL;
+        /* Fetched here, on the loop, so that worker threads only read the cache. */
+        if (!sha256_md())
+                return -EIO;
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->dir_fd = fcntl(a->dir_fd, F_DUPFD_CLOEXEC, 3);
+        if (s->dir_fd < 0) {
+                free(s);
+                return -errno;
+        }
+        r = key_page_new(a->key.key, a->key.len, &s->key_page, &s->key_page_size);
+        if (r < 0) {
+                audit_snapshot_free(s);
+                return r;
+        }
+        s->key = (audit_key) { .key = s->key_page, .len = a->key.len, .mac = EVP_MAC_fetch(NULL, "HMAC", NULL) };
+        if (!s->key.mac) {
+                audit_snapshot_free(s);
+                return -EIO;
+        }
+        s->mem = (anchor) { .set = a->seq > 0, .seq = a->seq };
+        memcpy(s->mem.hash, a->last_hash, HASH_LEN);
+        *ret = s;
+        return 0;
+}
+
+void audit_snapshot_free(audit_snapshot *s) {
+        if (!s)
+                return;
+        safe_close(s->dir_fd);
+        key_page_free(s->key_page, s->key_page_size);
+        EVP_MAC_CTX_free(s->key.tmpl);
+        EVP_MAC_free(s->key.mac);
+        free(s);
+}
+
+void audit_selection_done(audit_selection *sel) {
+        if (!sel)
+                return;
+        free(sel->reason);
+        json_object_put(sel->selected);
+        *sel = (audit_selection) {};
+}
+
+/* Marks a selected record with what the checks said about it. */
+static void selection_mark(struct json_object *o, int rec, uint64_t seq, const audit_selection *sel) {
+        const char *problem = NULL;
+        char buf[128];
+
+        if (rec == REC_BAD_HMAC)
+                problem = "invalid hmac: modified or forged";
+        else if (rec != REC_OK)
+                problem = "not a valid record";
+        else if (!sel->ok && seq >= sel->first_bad_seq) {
+                snprintf(buf, sizeof(buf), "after the break in the chain at seq %" PRIu64, sel->first_bad_seq);
+                problem = buf;
+        }
+        json_object_object_add(o, "verified", json_object_new_boolean(!problem));
+        if (problem)
+                json_object_object_add(o, "problem", json_object_new_string(problem));
+}
+
+static int select_file(audit_snapshot *s, json_tokener *tok, unsigned no, uint64_t limit, audit_select_fn fn,
+                       void *userdata, audit_selection *sel, bool *ret_done) {
+        _cleanup_close_ int fd = -1;
+        line_reader rd;
+        char name[32];
+        int r;
+
+        file_name(no, name);
+        fd = openat(s->dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0)
+                return 0; /* the verdict already says so */
+        r = reader_init(&rd, fd);
+        if (r < 0)
+                return r;
+        for (;;) {
+                struct json_object *o, *v;
+                const char *line, *why;
+                record_info info;
+                uint64_t offset, seq;
+                size_t len;
+                int rec;
+
+                r = reader_next(&rd, &line, &len, &offset);
+                if (r < 0 || r == LINE_EOF)
+                        break;
+                if (r != LINE_OK)
+                        continue;
+                rec = record_check(&s->key, tok, line, len, &info, &why);
+                if (rec < 0) {
+                        r = rec;
+                        break;
+                }
+                o = parse_line(tok, line, len);
+                if (!o)
+                        continue;
+                if (!get_member(o, "seq", json_type_int, &v) || json_object_get_int64(v) <= 0) {
+                        json_object_put(o);
+                        continue;
+                }
+                seq = (uint64_t) json_object_get_int64(v);
+                if (seq > limit) {
+                        json_object_put(o);
+                        *ret_done = true;
+                        break;
+                }
+                if (!fn(o, userdata)) {
+                        json_object_put(o);
+                        continue;
+                }
+                selection_mark(o, rec, seq, sel);
+                if (json_object_array_add(sel->selected, o) < 0) {
+                        json_object_put(o);
+                        r = -ENOMEM;
+                        break;
+                }
+        }
+        reader_done(&rd);
+        return r < 0 ? r : 0;
+}
+
+int audit_snapshot_select(audit_snapshot *s, audit_select_fn fn, void *userdata, audit_selection *ret) {
+        _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
+        _cleanup_free_ unsigned *files = NULL;
+        audit_selection sel = {};
+        uint8_t head_hash[HASH_LEN];
+        uint64_t head_seq = 0;
+        size_t n_files = 0;
+        bool done = false;
+        int r;
+
+        if (!s || !fn || !ret)
+                return -EINVAL;
+        /* Everything up to the newer of our last write and the head is complete on disk. */
+        r = head_read(s->dir_fd, &s->key, &head_seq, head_hash);
+        if (r < 0)
+                return r;
+        sel.last_seq = s->mem.seq;
+        if (r == HEAD_OK && head_seq > sel.last_seq)
+                sel.last_seq = head_seq;
+        r = verify_core(s->dir_fd, &s->key, &s->mem, sel.last_seq > 0 ? sel.last_seq : 0, &sel.ok, &sel.records,
+                        &sel.first_bad_seq, &sel.reason);
+        if (r < 0)
+                return r;
+        tok = json_tokener_new();
+        sel.selected = json_object_new_array();
+        if (!tok || !sel.selected) {
+                audit_selection_done(&sel);
+                return -ENOMEM;
+        }
+        r = list_files(s->dir_fd, &files, &n_files);
+        for (size_t i = 0; r >= 0 && !done && i < n_files; i++)
+                r = select_file(s, tok, files[i], sel.last_seq, fn, userdata, &sel, &done);
+        if (r < 0) {
+                audit_selection_done(&sel);
+                return r;
+        }
+        *ret = sel;
         return 0;
 }

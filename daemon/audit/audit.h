@@ -171,3 +171,35 @@ int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *
  * Lines that do not parse are skipped; query does not check hmacs — that is
  * audit_verify()'s job. Returns 0 or a negative errno. */
 int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array);
+
+/* Reading the log off the loop. A snapshot, made on the loop, holds its own
+ * locked copy of the key, a duplicate of the directory fd and this process's
+ * end of the chain; audit_snapshot_select() may then run in a worker thread
+ * while the loop goes on appending (one thread per snapshot at a time).
+ * Records appended after the snapshot are not read: the chain is checked up to
+ * the newer of the snapshot's last write and audit.head. */
+typedef struct audit_snapshot audit_snapshot;
+int audit_snapshot_new(audit_log *a, audit_snapshot **ret);
+void audit_snapshot_free(audit_snapshot *s);
+
+/* Called for every record that parses (authentic or not, in chain order) with
+ * the parsed record; returns true to select it. */
+typedef bool (*audit_select_fn)(struct json_object *record, void *userdata);
+
+typedef struct audit_selection {
+        bool ok;                        /* the whole chain verified, as audit_verify() */
+        uint64_t records;               /* records verified good before any break */
+        uint64_t first_bad_seq;         /* when !ok */
+        char *reason;                   /* when !ok */
+        uint64_t last_seq;              /* the end of the chain that was read */
+        /* The selected records, oldest first, each with "verified": true, or
+         * false and "problem": its hmac fails, or it lies at or after the break. */
+        struct json_object *selected;
+} audit_selection;
+
+/* Verifies the chain (as audit_verify()) and selects records with fn. A
+ * tampered record is selected, marked, when fn picks it: a report built on
+ * the selection must say so rather than leave it out. Returns 0 or a
+ * negative errno; on success the caller owns *ret (audit_selection_done()). */
+int audit_snapshot_select(audit_snapshot *s, audit_select_fn fn, void *userdata, audit_selection *ret);
+void audit_selection_done(audit_selection *sel);
