@@ -40,6 +40,7 @@
 #include "netproxy/netproxy.h"
 #include "policy.h"
 #include "seccomp-build.h"
+#include "spawn-guard.h"
 #include "sandbox/zygote.h"
 
 #define MAX_ENDED_KEPT 256
@@ -469,6 +470,10 @@ static void pack_state_event(msgpack_packer *pk, void *userdata) {
 static void set_state(sandbox *s, sandbox_state st) {
         s->state = st;
         server_broadcast(s->m, s->id, "sandbox.state", pack_state_event, s);
+}
+
+void sandbox_set_state(sandbox *s, sandbox_state st) {
+        set_state(s, st);
 }
 
 typedef struct output_event {
@@ -1048,13 +1053,6 @@ static void spec_add_path(spec *sp, const char *key, const char *path) {
                 sp->oom = true;
 }
 
-static bool path_is_prefix(const char *prefix, const char *path) {
-        size_t n = strlen(prefix);
-        if (n == 1 && prefix[0] == '/')
-                return true;
-        return strncmp(prefix, path, n) == 0 && (path[n] == '/' || path[n] == 0);
-}
-
 static char *find_helper(manager *m) {
         if (m->config->sandbox_helper)
                 return strdup(m->config->sandbox_helper);
@@ -1417,26 +1415,8 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
 
         /* The workspace: a real directory, and never the home itself (it would expose every secret). */
         _cleanup_free_ char *workspace = NULL;
-        if (p->workspace != WORKSPACE_NONE) {
-                if (!ws_param || ws_param[0] != '/') {
-                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'workspace' must be an absolute directory");
-                        return -EINVAL;
-                }
-                workspace = realpath(ws_param, NULL);
-                struct stat st;
-                if (!workspace || stat(workspace, &st) < 0 || !S_ISDIR(st.st_mode)) {
-                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "workspace %.300s: %s", ws_param,
-                                      workspace ? "not a directory" : strerror(errno));
-                        return -EINVAL;
-                }
-                if (path_is_prefix(workspace, m->home) || path_is_prefix(workspace, m->config->state_directory) ||
-                    path_is_prefix(m->config->state_directory, workspace)) {
-                        rpc_error_set(err, RPC_E_POLICY_DENIED,
-                                      "workspace %.300s is the home directory, an ancestor of it, or holds agentd's state; "
-                                      "use a project directory", workspace);
-                        return -EPERM;
-                }
-        }
+        if (p->workspace != WORKSPACE_NONE && (r = spawn_workspace_resolve(m, ws_param, &workspace, err)) < 0)
+                return r;
 
         /* Environment: a fixed allowlist, then the task's, then what the caller may pass. */
         spec sp = { 0 };

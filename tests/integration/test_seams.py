@@ -1,0 +1,186 @@
+#!/usr/bin/python3
+"""Spawn and incident seams (issue 12 §3, §5, §6, §7): places that are never a
+workspace, incident actions that fail closed and report only what happened,
+stdin as agentd's pipe rather than the caller's open file, and resource bounds
+that hold without delegated cgroups."""
+import json
+import os
+import time
+
+from harness import Daemon, run_tests
+from test_broker import enrolled_daemon
+
+# A CgroupPath that cannot be used: agentd runs as if started by hand, without a delegated cgroup.
+NO_CGROUP = "[Daemon]\nCgroupPath=/nonexistent-agentd-cgroup\n"
+
+
+def workspace(d, name="ws"):
+    ws = os.path.join(d.tmp, name)
+    os.makedirs(ws, exist_ok=True)
+    return ws
+
+
+def proc_tree(root):
+    """{pid: state} of `root` and every process below it (host view)."""
+    ppid, state = {}, {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            st = open(f"/proc/{p}/stat").read()
+        except OSError:
+            continue
+        f = st[st.rindex(")") + 2:].split()
+        state[int(p)], ppid[int(p)] = f[0], int(f[1])
+    out = {}
+    for p in state:
+        q, n = p, 0
+        while q > 1 and q != root and n < 10000:
+            q, n = ppid.get(q, 0), n + 1
+        if q == root:
+            out[p] = state[p]
+    return out
+
+
+def cpu_of(pids):
+    total = 0
+    for p in pids:
+        try:
+            st = open(f"/proc/{p}/stat").read()
+        except OSError:
+            continue
+        f = st[st.rindex(")") + 2:].split()
+        total += int(f[11]) + int(f[12])
+    return total
+
+
+# ---- §3: the caller chooses the workspace, but not every place is one ----
+
+def test_workspace_refuses_agentd_dirs_pseudo_fs_and_their_ancestors():
+    with Daemon() as d:
+        c = d.client()
+        os.makedirs(os.path.join(d.config_home, "agentd", "tasks"), exist_ok=True)
+        link = os.path.join(d.tmp, "innocent")
+        os.symlink(d.runtime, link)
+        refused = {
+            d.runtime: "runtime directory",                             # $XDG_RUNTIME_DIR: the agentd socket
+            os.path.join(d.runtime, "agentd"): "runtime directory",     # the socket's own directory
+            link: "runtime directory",                                  # a symlink does not dodge the rule
+            d.tmp: "runtime directory",                                 # an ancestor of all of them
+            os.path.join(d.config_home, "agentd"): "config directory",
+            os.path.join(d.config_home, "agentd", "tasks"): "config directory",
+            d.config_home: "config directory",
+            os.path.join(d.state_home, "agentd"): "state directory",
+            os.path.join(d.state_home, "agentd", "sandboxes"): "state directory",
+            "/proc": "pseudo-filesystem (proc)",
+            "/proc/self": "pseudo-filesystem (proc)",
+            "/sys": "pseudo-filesystem (sysfs)",
+            "/sys/fs/cgroup": "/sys",
+            "/dev/shm": "tree /dev",
+            "/": "root directory",
+            os.environ["HOME"]: "home directory",
+        }
+        for task in ("default", "build"):
+            for path, rule in refused.items():
+                if not os.path.isdir(path):
+                    continue
+                err, res = c.call("sandbox.spawn", {"task": task, "argv": ["true"], "workspace": path})
+                assert err is not None, (path, res)
+                assert err["code"] == "policy_denied" and rule in err["message"], (path, err)
+        # agentctl says so, with the rule, and exits 1.
+        p = d.agentctl("spawn", "--task", "build", "--workspace", d.runtime, "--", "true")
+        assert p.returncode == 1 and b"policy_denied" in p.stderr and b"runtime directory" in p.stderr, p
+        # A project directory beside them is fine.
+        ws = workspace(d)
+        sid = c.ok("sandbox.spawn", {"argv": ["true"], "workspace": ws})["id"]
+        assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0
+
+
+# ---- §5: incident actions fail closed and report only what happened ----
+
+def test_freeze_without_cgroup_stops_every_process():
+    with Daemon(config=NO_CGROUP) as d:
+        c = d.client()
+        assert c.ok("agentd.status")["cgroup"].startswith("unavailable"), c.ok("agentd.status")
+        ws = workspace(d)
+        # A busy loop and a busy child of it (a second process of the pid namespace).
+        res = c.ok("sandbox.spawn", {"argv": ["/bin/sh", "-c", "(while :; do :; done) & while :; do :; done"],
+                                     "workspace": ws})
+        sid, init = res["id"], res["pid"]
+        deadline = time.time() + 5
+        while time.time() < deadline and len(proc_tree(init)) < 3:
+            time.sleep(0.05)
+        assert len(proc_tree(init)) >= 3, proc_tree(init)
+        p = d.agentctl("--json", "revoke", "--sandbox", sid, "--freeze-only")
+        assert p.returncode == 0, p
+        r = json.loads(p.stdout)
+        assert r["frozen"] == 1 and r["killed"] == 0 and r["freeze_method"] == "signal" and r["failures"] == [], r
+        assert len(r["snapshots"]) == 1, r
+        snap = json.load(open(os.path.join(r["snapshots"][0], "snapshot.json")))
+        assert len(snap["processes"]) >= 3, snap["processes"]
+        tree = proc_tree(init)
+        assert tree and all(s in "Tt" for s in tree.values()), tree
+        assert {s["id"]: s for s in c.ok("sandbox.list")}[sid]["state"] == "frozen"
+        a = cpu_of(tree)
+        time.sleep(1.0)
+        assert cpu_of(tree) - a <= 1, "a frozen sandbox still uses CPU"
+        # The text form says how, too.
+        p = d.agentctl("revoke", "--sandbox", sid, "--freeze-only", check=0)
+        assert b"freeze method: signal" in p.stdout, p
+        c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
+        assert c.ok("sandbox.wait", {"id": sid})["state"] == "killed"
+
+
+def test_revoke_without_cgroup_kills_and_snapshots_only_frozen():
+    with Daemon(config=NO_CGROUP) as d:
+        c = d.client()
+        ws = workspace(d)
+        ids = [c.ok("sandbox.spawn", {"argv": ["/bin/sh", "-c", "while :; do :; done"], "workspace": ws})["id"]
+               for _ in range(2)]
+        done = c.ok("sandbox.spawn", {"argv": ["true"], "workspace": ws})["id"]
+        c.ok("sandbox.wait", {"id": done})
+        time.sleep(0.2)
+        p = d.agentctl("--json", "revoke", "--task", "default")
+        assert p.returncode == 0, p
+        r = json.loads(p.stdout)
+        assert r["frozen"] == 2 and r["killed"] == 2 and r["freeze_method"] == "signal", r
+        # The sandbox that had already ended was not frozen: no "while frozen" snapshot of it.
+        assert len(r["snapshots"]) == 2 and not any(done in s for s in r["snapshots"]), r
+        for sid in ids:
+            w = c.ok("sandbox.wait", {"id": sid})
+            assert w["state"] == "killed" and w["reason"] == "killed by an incident revocation", w
+
+
+def test_revoked_sandbox_gets_no_token_again():
+    with enrolled_daemon() as (tpm, vault, d, ws, c):
+        res = c.ok("sandbox.spawn", {"task": "creds-short", "argv": ["/bin/sh", "-c", "sleep 60"], "workspace": ws})
+        sid = res["id"]
+        broker_sock = os.path.join(res["state_dir"], "broker.sock")
+        deadline = time.time() + 10
+        while time.time() < deadline and c.ok("broker.status")["tokens_live"] < 1:
+            time.sleep(0.05)
+        from harness import Client
+        b = Client(broker_sock)
+        tok = b.ok("credentials.get")
+        assert tok["accessor"], tok
+        p = d.agentctl("--json", "revoke", "--sandbox", sid, "--freeze-only")
+        assert p.returncode == 0, p
+        assert json.loads(p.stdout)["frozen"] == 1, p.stdout
+        err, res = b.call("credentials.get")
+        assert err is not None and err["code"] == "unauthorized" and "revoked" in err["message"], (err, res)
+        # Past the re-issue time of the 6 s token (about 4 s): no fresh token was made.
+        time.sleep(5)
+        name = f"token-agentd-{sid}"
+        live = [t for t in vault.tokens().values() if t.get("display_name") == name and not t["revoked"]]
+        assert live == [], live
+        assert len([t for t in vault.tokens().values() if t.get("display_name") == name]) == 1
+        err, _ = b.call("credentials.get")
+        assert err is not None and err["code"] == "unauthorized", err
+        assert c.ok("broker.status")["tokens_live"] == 0
+        b.close()
+        c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
+        c.ok("sandbox.wait", {"id": sid})
+
+
+if __name__ == "__main__":
+    run_tests(globals())
