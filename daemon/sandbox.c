@@ -41,6 +41,7 @@
 #include "policy.h"
 #include "seccomp-build.h"
 #include "spawn-guard.h"
+#include "stdin-relay.h"
 #include "sandbox/zygote.h"
 
 #define MAX_ENDED_KEPT 256
@@ -447,6 +448,7 @@ static void sandbox_free(sandbox *s) {
         safe_close(s->init_pidfd);
         safe_close(s->status_fd);
         safe_close(s->tty_master);
+        stdin_relay_free(s->stdin_relay);
         free(s);
 }
 
@@ -727,6 +729,7 @@ static void sandbox_maybe_complete(sandbox *s) {
                 s->out[i].log_fd = safe_close(s->out[i].log_fd);
         }
         s->init_pidfd = safe_close(s->init_pidfd);
+        stdin_relay_free(TAKE_PTR(s->stdin_relay));
         if (s->cgroup && s->helper_reaped) {
                 int r = cgroup_remove(s->cgroup);
                 if (r < 0 && r != -ENOENT)
@@ -1543,7 +1546,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         s->state = SANDBOX_STARTING;
 
         int spec_fd = -1, bpf_fd = -1, cg_fd = -1, status_pair[2] = { -1, -1 }, outp[2][2] = { { -1, -1 }, { -1, -1 } };
-        int devnull = -1;
+        int devnull = -1, stdin_fd = -1;
         char *error_text = NULL;
         rpc_error_code error_code = RPC_E_INTERNAL;
 
@@ -1649,8 +1652,11 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                         if (pipe2(outp[i], O_CLOEXEC) < 0)
                                 FAIL(RPC_E_INTERNAL, "pipe: %s", strerror(errno));
 
+        /* The caller's stdin reaches the sandbox through our pipe, never as its own open file. */
+        if (attach && (r = stdin_relay_start(m->loop, TAKE_FD(client_fds[0]), &stdin_fd, &s->stdin_relay)) < 0)
+                FAIL(RPC_E_INTERNAL, "cannot relay stdin: %s", strerror(-r));
         int src[7] = {
-                attach ? client_fds[0] : devnull,
+                attach ? stdin_fd : devnull,
                 tty ? devnull : outp[0][1],
                 tty ? devnull : outp[1][1],
                 spec_fd, status_pair[1], bpf_fd >= 0 ? bpf_fd : devnull, cg_fd,
@@ -1678,7 +1684,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         cg_fd = safe_close(cg_fd);
         devnull = safe_close(devnull);
         status_pair[1] = safe_close(status_pair[1]);
-        client_fds[0] = safe_close(client_fds[0]);
+        stdin_fd = safe_close(stdin_fd);
         s->status_fd = TAKE_FD(status_pair[0]);
         free(sp.buf);
         sp.buf = NULL;
@@ -1748,6 +1754,7 @@ fail:
         safe_close(bpf_fd);
         safe_close(cg_fd);
         safe_close(devnull);
+        safe_close(stdin_fd);
         safe_close(status_pair[0]);
         safe_close(status_pair[1]);
         for (int i = 0; i < 2; i++) {

@@ -92,6 +92,7 @@ typedef struct sandbox {
         unsigned n_denials;
         bool auto_responded;
         const char *frozen_by;    /* "cgroup" or "signal" while frozen */
+        struct stdin_relay *stdin_relay; /* attached: the caller's stdin, copied into the sandbox's */
 } sandbox;
 
 sandbox *sandbox_find(manager *m, const char *id);

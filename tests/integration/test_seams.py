@@ -5,9 +5,13 @@ stdin as agentd's pipe rather than the caller's open file, and resource bounds
 that hold without delegated cgroups."""
 import json
 import os
+import pty
+import stat
+import subprocess
+import termios
 import time
 
-from harness import Daemon, run_tests
+from harness import AGENTCTL, Daemon, run_tests
 from test_broker import enrolled_daemon
 
 # A CgroupPath that cannot be used: agentd runs as if started by hand, without a delegated cgroup.
@@ -18,6 +22,13 @@ def workspace(d, name="ws"):
     ws = os.path.join(d.tmp, name)
     os.makedirs(ws, exist_ok=True)
     return ws
+
+
+def ctl_env(d):
+    e = dict(d.env)
+    e.pop("XDG_RUNTIME_DIR", None)
+    e["AGENTD_SOCKET"] = d.socket
+    return e
 
 
 def proc_tree(root):
@@ -180,6 +191,79 @@ def test_revoked_sandbox_gets_no_token_again():
         b.close()
         c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
         c.ok("sandbox.wait", {"id": sid})
+
+
+# ---- §6: what the sandbox receives is a copy, never the caller's open file ----
+
+def test_stdin_is_a_pipe_not_the_callers_file():
+    with Daemon() as d:
+        ws = workspace(d)
+        f = os.path.join(d.tmp, "input.txt")
+        with open(f, "w") as fh:
+            fh.write("hello from the caller\n")
+        os.chmod(f, 0o644)
+        os.utime(f, (1000000000, 1000000000))
+        script = ("stat -L -c %F /dev/stdin; chmod 0666 /dev/stdin; touch /dev/stdin; "
+                  "setfattr -n user.agentd -v x /dev/stdin 2>/dev/null; cat")
+        with open(f, "rb") as stdin:
+            p = subprocess.run([AGENTCTL, "spawn", "-i", "--", "/bin/sh", "-c", script], stdin=stdin,
+                               capture_output=True, env=ctl_env(d), cwd=ws, timeout=60)
+        assert p.returncode == 0, p
+        assert p.stdout.decode().splitlines() == ["fifo", "hello from the caller"], p
+        st = os.stat(f)
+        assert stat.S_IMODE(st.st_mode) == 0o644, oct(st.st_mode)
+        assert st.st_mtime == 1000000000, st
+        assert "user.agentd" not in os.listxattr(f)
+
+
+def test_stdin_terminal_is_not_handed_over():
+    with Daemon() as d:
+        ws = workspace(d)
+        master, slave = pty.openpty()
+        try:
+            mode0 = stat.S_IMODE(os.fstat(slave).st_mode)
+            echo0 = termios.tcgetattr(slave)[3] & termios.ECHO
+            assert echo0
+            p = subprocess.run([AGENTCTL, "spawn", "-i", "--", "/bin/sh", "-c",
+                                "stty -echo 2>/dev/null; chmod 0666 /dev/stdin 2>/dev/null; test -t 0 && echo tty || echo notty"],
+                               stdin=slave, capture_output=True, env=ctl_env(d), cwd=ws, timeout=60)
+            assert p.stdout == b"notty\n", p
+            assert termios.tcgetattr(slave)[3] & termios.ECHO, "the sandbox turned the caller's terminal echo off"
+            assert stat.S_IMODE(os.fstat(slave).st_mode) == mode0
+        finally:
+            os.close(master)
+            os.close(slave)
+
+
+def test_stdin_closed_inside_does_not_block_agentd():
+    with Daemon() as d:
+        ws = workspace(d)
+        r, w = os.pipe()
+        ino = os.fstat(r).st_ino
+        proc = subprocess.Popen([AGENTCTL, "spawn", "-i", "--", "/bin/sh", "-c",
+                                 "stat -L -c %i /dev/stdin; exec 0<&-; sleep 1; echo done"],
+                                stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ctl_env(d), cwd=ws)
+        os.close(r)
+        os.set_blocking(w, False)
+        chunk, written = b"x" * 65536, 0
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            try:
+                written += os.write(w, chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except BrokenPipeError:
+                break
+            assert d.client().ok("agentd.ping")
+        out, err = proc.communicate(timeout=30)
+        os.close(w)
+        assert proc.returncode == 0 and out.split()[1:] == [b"done"], (proc.returncode, out, err)
+        # The sandbox read agentd's pipe, not the caller's.
+        assert int(out.split()[0]) != ino, (out, ino)
+        assert d.client().ok("agentd.ping")
+        # EOF still reaches a command that reads to the end.
+        p = d.agentctl("spawn", "--", "/bin/sh", "-c", "wc -c", cwd=ws, input=b"y" * 200000, check=0)
+        assert p.stdout.strip() == b"200000", p
 
 
 if __name__ == "__main__":
