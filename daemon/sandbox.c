@@ -48,6 +48,8 @@
 #define MAX_ARGV_BYTES (256 * 1024)
 #define MAX_ARGV_COUNT 4096
 #define CLIENT_PENDING_MAX (1024 * 1024)
+/* RLIMIT_NPROC of a task without TasksMax=: a fork bomb stops here even without a cgroup. */
+#define SANDBOX_DEFAULT_NPROC 4096
 
 extern char **environ;
 
@@ -1601,6 +1603,13 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 spec_add_path(&sp, "rw", p->writable_paths[i]);
         for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
                 spec_add_path(&sp, "hide", p->hide_paths[i]);
+        /* Bounded tmpfs mounts (0: the task said infinity), and the pids bound
+         * that holds without a cgroup: TasksMax, plus the hands (counted there too). */
+        spec_add_int(&sp, "tmp_size", p->tmp_size == POLICY_INFINITY ? 0 : (long) p->tmp_size);
+        spec_add_int(&sp, "shm_size", p->shm_size == POLICY_INFINITY ? 0 : (long) p->shm_size);
+        spec_add_int(&sp, "home_size", p->home_size == POLICY_INFINITY ? 0 : (long) p->home_size);
+        if (p->tasks_max != POLICY_INFINITY)
+                spec_add_int(&sp, "nproc", (long) (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
         spec_add(&sp, "hostname", "agentd");
         spec_add(&sp, "landlock", p->landlock ? "1" : "0");
         if (tty)
@@ -1619,10 +1628,13 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &cg_fd, &s->limits_note);
                 if (r < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create the sandbox cgroup: %s", strerror(-r));
-        } else {
-                const char *why = m->cgroup_status ? m->cgroup_status : "unavailable";
-                if (asprintf(&s->limits_note, "not enforced (cgroup %s)", why) < 0)
-                        s->limits_note = NULL;
+                r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &error_text);
+        } else
+                r = spawn_limits_check(m, p, task_limits_asked(p), m->cgroup_status ? m->cgroup_status : "unavailable",
+                                       &s->limits_note, &error_text);
+        if (r < 0) {
+                error_code = RPC_E_BACKEND_UNAVAILABLE;
+                goto fail;
         }
 
         /* Fixed child fd numbers: 3 spec, 4 status, 5 seccomp (or /dev/null), 6 cgroup. */

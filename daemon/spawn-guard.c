@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <linux/magic.h>
 
+#include "cgroup.h"
 #include "macro.h"
 
 /* Kernel filesystems whose files are the host's state, not anybody's project. */
@@ -175,5 +176,57 @@ int spawn_workspace_resolve(manager *m, const char *requested, char **ret_path, 
         if (!p)
                 return -ENOMEM;
         *ret_path = p;
+        return 0;
+}
+
+/* ---- limits ---------------------------------------------------------------- */
+
+unsigned task_limits_asked(const task_policy *p) {
+        unsigned asked = 0;
+        if (p->memory_max && p->memory_max != POLICY_INFINITY)
+                asked |= CGROUP_LIMIT_MEMORY;
+        if (p->tasks_max && p->tasks_max != POLICY_INFINITY)
+                asked |= CGROUP_LIMIT_PIDS;
+        if (p->cpu_weight || p->cpu_quota_percent)
+                asked |= CGROUP_LIMIT_CPU;
+        return asked;
+}
+
+static void limits_list(unsigned bits, char *buf, size_t size) {
+        snprintf(buf, size, "%s%s%s", bits & CGROUP_LIMIT_MEMORY ? "MemoryMax " : "",
+                 bits & CGROUP_LIMIT_CPU ? "CPUWeight/CPUQuota " : "", bits & CGROUP_LIMIT_PIDS ? "TasksMax " : "");
+        size_t n = strlen(buf);
+        if (n > 0)
+                buf[n - 1] = 0;
+}
+
+int spawn_limits_check(manager *m, const task_policy *p, unsigned unenforced, const char *no_cgroup_why, char **note,
+                       char **ret_error) {
+        /* TasksMax holds anyway: the helper sets RLIMIT_NPROC from it. */
+        unsigned missing = unenforced & ~CGROUP_LIMIT_PIDS;
+        char what[64];
+
+        limits_list(missing, what, sizeof(what));
+        if (missing && m->config->require_limits) {
+                if (asprintf(ret_error,
+                             "task '%s' sets %s, which cannot be enforced here (%s%s), and agentd.conf says RequireLimits=yes",
+                             p->name, what, no_cgroup_why ? "cgroup " : "", no_cgroup_why ? no_cgroup_why : *note ? *note : "?") < 0)
+                        *ret_error = NULL;
+                return -EOPNOTSUPP;
+        }
+        if (!no_cgroup_why)
+                return 0; /* the cgroup's own note says what it could not apply */
+        free(*note);
+        *note = NULL;
+        int r;
+        if (missing)
+                r = asprintf(note, "%s not enforced (cgroup %s)%s", what, no_cgroup_why,
+                             unenforced & CGROUP_LIMIT_PIDS ? "; TasksMax held by RLIMIT_NPROC only" : "");
+        else if (unenforced & CGROUP_LIMIT_PIDS)
+                r = asprintf(note, "TasksMax held by RLIMIT_NPROC only (cgroup %s)", no_cgroup_why);
+        else
+                r = asprintf(note, "none set; not enforced (cgroup %s)", no_cgroup_why);
+        if (r < 0)
+                *note = NULL;
         return 0;
 }

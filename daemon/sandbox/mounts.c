@@ -113,6 +113,17 @@ static int make_tmpfs(const char *mode, unsigned attr, SandboxError *err) {
         return make_fs("tmpfs", streq(mode, "1777") ? NULL : opts, attr, "tmpfs", err);
 }
 
+/* A tmpfs the sandbox writes to: bounded (size 0 = the kernel's default, half of RAM). */
+static int make_sized_tmpfs(const char *mode, uint64_t size, unsigned attr, SandboxError *err) {
+        char sz[32];
+        const char *opts[] = { "mode", mode, "size", sz, NULL };
+
+        if (size == 0)
+                return make_tmpfs(mode, attr, err);
+        snprintf(sz, sizeof(sz), "%llu", (unsigned long long) size);
+        return make_fs("tmpfs", opts, attr, "tmpfs", err);
+}
+
 /* Clone a host path (recursively) into a detached mount with the given attributes. */
 static int clone_tree(const char *path, bool recursive, unsigned attr, const char *step, SandboxError *err) {
         _cleanup_close_ int fd = -1;
@@ -126,7 +137,7 @@ static int clone_tree(const char *path, bool recursive, unsigned attr, const cha
         return TAKE_FD(fd);
 }
 
-static int plan_system(MountPlan *plan, SandboxError *err) {
+static int plan_system(MountPlan *plan, const SandboxSpec *spec, SandboxError *err) {
         static const char *const merged[] = { "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32" };
         static const char *const devices[] = { "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty" };
         static char links[ELEMENTSOF(merged)][256];
@@ -170,7 +181,7 @@ static int plan_system(MountPlan *plan, SandboxError *err) {
         fd = make_fs("devpts", devpts_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "mount /dev/pts", err);
         if (fd < 0 || (r = plan_add(plan, "/dev/pts", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
-        fd = make_tmpfs("1777", ATTR_RW, err);
+        fd = make_sized_tmpfs("1777", spec->shm_size, ATTR_RW, err);
         if (fd < 0 || (r = plan_add(plan, "/dev/shm", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         r = plan_add(plan, "/dev/ptmx", -1, "pts/ptmx", 0, err);
@@ -189,7 +200,7 @@ static int plan_system(MountPlan *plan, SandboxError *err) {
         fd = make_fs("proc", NULL, ATTR_RW | MOUNT_ATTR_NOEXEC, "mount /proc", err);
         if (fd < 0 || (r = plan_add(plan, "/proc", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
-        fd = make_tmpfs("1777", ATTR_RW, err);
+        fd = make_sized_tmpfs("1777", spec->tmp_size, ATTR_RW, err);
         if (fd < 0 || (r = plan_add(plan, "/tmp", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         fd = make_tmpfs("0755", ATTR_RW, err);
@@ -202,7 +213,7 @@ static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err
         int fd, r;
 
         if (spec->home) {
-                fd = make_tmpfs("0700", ATTR_RW, err);
+                fd = make_sized_tmpfs("0700", spec->home_size, ATTR_RW, err);
                 if (fd < 0 || (r = plan_add(plan, spec->home, fd, NULL, S_IFDIR, err)) < 0)
                         return fd < 0 ? fd : r;
         }
@@ -457,7 +468,7 @@ int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
                 return sandbox_fail(err, "mount", -ENOMEM, "out of memory");
 
         /* Clone every source before anything is covered: the sources may live anywhere. */
-        r = plan_system(plan, err);
+        r = plan_system(plan, spec, err);
         if (r >= 0)
                 r = plan_user(plan, spec, err);
         if (r >= 0) {

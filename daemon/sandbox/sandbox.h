@@ -53,6 +53,8 @@ typedef struct SandboxSpec {
         const char *proxy_socket;  /* host Unix socket, reached as 127.0.0.1:proxy_port inside */
         unsigned proxy_port;
         const char *broker_socket; /* host Unix socket, bound at /run/agentd/broker.sock inside */
+        uint64_t tmp_size, shm_size, home_size; /* bytes of those tmpfs mounts; 0 = the kernel's default */
+        uint64_t nproc;            /* RLIMIT_NPROC inside the user namespace; 0 = left as it is */
 
         struct sock_filter *seccomp_insns; /* loaded from seccomp_fd */
         unsigned short seccomp_len;

@@ -6,13 +6,16 @@ that hold without delegated cgroups."""
 import json
 import os
 import pty
+import shutil
 import stat
 import subprocess
 import termios
 import time
 
-from harness import AGENTCTL, Daemon, run_tests
+from harness import AGENTCTL, BUILD, Daemon, run_tests
 from test_broker import enrolled_daemon
+
+ATTACKS = os.path.join(BUILD, "tests/attack/attacks")
 
 # A CgroupPath that cannot be used: agentd runs as if started by hand, without a delegated cgroup.
 NO_CGROUP = "[Daemon]\nCgroupPath=/nonexistent-agentd-cgroup\n"
@@ -264,6 +267,76 @@ def test_stdin_closed_inside_does_not_block_agentd():
         # EOF still reaches a command that reads to the end.
         p = d.agentctl("spawn", "--", "/bin/sh", "-c", "wc -c", cwd=ws, input=b"y" * 200000, check=0)
         assert p.stdout.strip() == b"200000", p
+
+
+# ---- §7: resource bounds that hold on an ordinary machine ----
+
+def test_tmpfs_mounts_are_sized():
+    tasks = {"small": "[Task]\nTimeout=1min\n[Filesystem]\nTmpSize=8M\nShmSize=4M\nHomeSize=16M\n"}
+    with Daemon(tasks=tasks) as d:
+        c = d.client()
+        ws = workspace(d)
+        home = os.environ["HOME"]
+        script = f"stat -f -c '%b %S' /tmp /dev/shm {home}"
+        for task, sizes in (("default", (1 << 30, 256 << 20, 1 << 30)), ("small", (8 << 20, 4 << 20, 16 << 20))):
+            sid = c.ok("sandbox.spawn", {"task": task, "argv": ["/bin/sh", "-c", script], "workspace": ws})["id"]
+            assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0, c.ok("sandbox.logs", {"id": sid})
+            out = c.ok("sandbox.logs", {"id": sid})["stdout"].decode().split("\n")
+            got = tuple(int(l.split()[0]) * int(l.split()[1]) for l in out if l.strip())
+            assert got == sizes, (task, got, sizes)
+        # Writing past the size fails inside; the host's memory is not the limit.
+        sid = c.ok("sandbox.spawn", {"task": "small", "argv": ["/bin/sh", "-c",
+                   "head -c 20M /dev/zero > /tmp/big; echo rc=$?; head -c 20M /dev/zero > /dev/shm/big; echo rc=$?"],
+                   "workspace": ws})["id"]
+        c.ok("sandbox.wait", {"id": sid})
+        logs = c.ok("sandbox.logs", {"id": sid})
+        assert logs["stdout"].split() == [b"rc=1", b"rc=1"] and b"No space left" in logs["stderr"], logs
+        show = c.ok("task.show", {"name": "small"})
+        assert show["Filesystem"]["TmpSize"] == 8 << 20 and show["Filesystem"]["HomeSize"] == 16 << 20, show
+        assert show["Limits"]["ChangeMax"] == 4 << 30 and "Filesystem.ShmSize" in show["origins"], show
+        # The built-in default task has a Timeout now.
+        assert c.ok("task.show", {"name": "default"})["Task"]["Timeout"] == "1h"
+
+
+def test_fork_bomb_bounded_without_cgroup():
+    tasks = {"bomb": "[Task]\nTimeout=8s\n[Limits]\nTasksMax=64\n"}
+    with Daemon(config=NO_CGROUP, tasks=tasks) as d:
+        c = d.client()
+        ws = workspace(d)
+        shutil.copy(ATTACKS, os.path.join(ws, "attacks"))
+        res = c.ok("sandbox.spawn", {"task": "bomb", "argv": ["./attacks", "fork_bomb", "2000"], "workspace": ws})
+        assert "RLIMIT_NPROC" in res["limits"], res
+        w = c.ok("sandbox.wait", {"id": res["id"]})
+        out = c.ok("sandbox.logs", {"id": res["id"]})["stdout"].decode()
+        assert w["reason"] == "timeout", (w, out)
+        n = int(out.split("FORKED ")[1].split()[0])
+        assert n < 64 and "Resource temporarily unavailable" in out, out
+        # A task without TasksMax= is still bounded (4096), and infinity lifts it.
+        p = d.agentctl("spawn", "--", "/bin/sh", "-c", "ulimit -p 2>/dev/null || cat /proc/self/limits | grep processes",
+                       cwd=ws, check=0)
+        assert b"4097" in p.stdout, p
+
+
+def test_require_limits_refuses_what_cannot_be_enforced():
+    with Daemon(config=NO_CGROUP + "RequireLimits=yes\n") as d:
+        c = d.client()
+        ws = workspace(d)
+        err, _ = c.call("sandbox.spawn", {"task": "build", "argv": ["true"], "workspace": ws})
+        assert err["code"] == "backend_unavailable", err
+        assert "MemoryMax" in err["message"] and "RequireLimits=yes" in err["message"], err
+        assert "TasksMax" not in err["message"], err  # RLIMIT_NPROC holds that one
+        # A task whose limits all hold is spawned.
+        sid = c.ok("sandbox.spawn", {"argv": ["true"], "workspace": ws})["id"]
+        assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0
+        p = d.agentctl("spawn", "--task", "build", "--workspace", ws, "--", "true")
+        assert p.returncode == 1 and b"RequireLimits" in p.stderr, p
+    # Without RequireLimits= the spawn goes on and says what does not hold.
+    with Daemon(config=NO_CGROUP) as d:
+        c = d.client()
+        ws = workspace(d)
+        res = c.ok("sandbox.spawn", {"task": "build", "argv": ["true"], "workspace": ws})
+        assert "MemoryMax not enforced" in res["limits"] and "TasksMax held by RLIMIT_NPROC" in res["limits"], res
+        c.ok("sandbox.wait", {"id": res["id"]})
 
 
 if __name__ == "__main__":
