@@ -42,6 +42,7 @@
 #include "seccomp-build.h"
 #include "spawn-guard.h"
 #include "stdin-relay.h"
+#include "change-watch.h"
 #include "sandbox/zygote.h"
 
 #define MAX_ENDED_KEPT 256
@@ -451,6 +452,7 @@ static void sandbox_free(sandbox *s) {
         safe_close(s->status_fd);
         safe_close(s->tty_master);
         stdin_relay_free(s->stdin_relay);
+        change_watch_free(s->change_watch);
         free(s);
 }
 
@@ -732,6 +734,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         }
         s->init_pidfd = safe_close(s->init_pidfd);
         stdin_relay_free(TAKE_PTR(s->stdin_relay));
+        change_watch_free(TAKE_PTR(s->change_watch));
         if (s->cgroup && s->helper_reaped) {
                 int r = cgroup_remove(s->cgroup);
                 if (r < 0 && r != -ENOENT)
@@ -841,6 +844,52 @@ static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
         mp_pack_kv_str(pk, "state_dir", s->dir);
         mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->cgroup_status);
         mp_pack_kv_str(pk, "limits", s->limits_note ? s->limits_note : (s->cgroup ? "enforced" : "not enforced: no cgroup"));
+}
+
+typedef struct limit_alert {
+        const char *id, *rule, *action;
+} limit_alert;
+
+static void pack_limit_alert(msgpack_packer *pk, void *userdata) {
+        limit_alert *a = userdata;
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_str(pk, "sandbox", a->id);
+        mp_pack_kv_str(pk, "rule", a->rule);
+        mp_pack_kv_str(pk, "action", a->action);
+}
+
+/* ChangeMax= reached: freeze it (the changes stay for review: diff, promote,
+ * discard), or kill it if it cannot be frozen; tell the user either way. */
+static void on_change_max(void *userdata, uint64_t used, uint64_t limit) {
+        sandbox *s = userdata;
+        if (sandbox_ended(s))
+                return;
+        _cleanup_free_ char *u = NULL, *l = NULL;
+        char rule[96], msg[512];
+        if (policy_format_size(used, &u) < 0 || policy_format_size(limit, &l) < 0)
+                return;
+        snprintf(rule, sizeof(rule), "ChangeMax=%s", l);
+        int r = sandbox_freeze(s);
+        const char *action = r == 0 ? "frozen" : "killed (it could not be frozen)";
+        if (r < 0) {
+                s->killed = true;
+                free(s->end_reason);
+                s->end_reason = strdup("killed: ChangeMax= reached and it could not be frozen");
+                (void) sandbox_signal(s, SIGKILL);
+        }
+        log_notice("sandbox %s: its changes use %s, over %s: %s", s->id, u, rule, action);
+        int n = snprintf(msg, sizeof(msg),
+                         "agentd: this sandbox's changes use %s on disk, over the task's %s: it is %s. "
+                         "Review them with 'agentctl diff %s', then promote, discard or kill it.\n",
+                         u, rule, action, s->id);
+        stream_record(&s->out[1], (const uint8_t *) msg, (size_t) (n < (int) sizeof(msg) ? n : (int) sizeof(msg) - 1));
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "rule", json_object_new_string(rule));
+        json_object_object_add(ev, "used", json_object_new_int64((int64_t) used));
+        json_object_object_add(ev, "action", json_object_new_string(action));
+        audit_event(s->m, "alert", s->id, ev);
+        limit_alert a = { .id = s->id, .rule = rule, .action = action };
+        server_broadcast(s->m, s->id, "alert", pack_limit_alert, &a);
 }
 
 static void on_timeout(uv_timer_t *t) {
@@ -1587,6 +1636,9 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 if ((r = mkdir_private(path)) < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
                 spec_add(&sp, "upper", path);
+                if (p->change_max != POLICY_INFINITY &&
+                    (r = change_watch_start(m->loop, path, p->change_max, on_change_max, s, &s->change_watch)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot watch ChangeMax=: %s", strerror(-r));
                 snprintf(path, sizeof(path), "%s/work", s->dir);
                 if ((r = mkdir_private(path)) < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));

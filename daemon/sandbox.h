@@ -93,6 +93,7 @@ typedef struct sandbox {
         bool auto_responded;
         const char *frozen_by;    /* "cgroup" or "signal" while frozen */
         struct stdin_relay *stdin_relay; /* attached: the caller's stdin, copied into the sandbox's */
+        struct change_watch *change_watch; /* overlay: ChangeMax= on the upper dir */
 } sandbox;
 
 sandbox *sandbox_find(manager *m, const char *id);

@@ -339,5 +339,44 @@ def test_require_limits_refuses_what_cannot_be_enforced():
         c.ok("sandbox.wait", {"id": res["id"]})
 
 
+def test_change_max_freezes_and_keeps_review_working():
+    tasks = {"small": "[Task]\nTimeout=1min\n[Limits]\nChangeMax=2M\n"}
+    with Daemon(tasks=tasks) as d:
+        c = d.client()
+        c.ok("events.subscribe")
+        ws = workspace(d)
+        with open(os.path.join(ws, "kept.txt"), "w") as f:
+            f.write("old\n")
+        res = c.ok("sandbox.spawn", {"task": "small", "workspace": ws, "argv": ["/bin/sh", "-c",
+                   "echo new > kept.txt; head -c 4M /dev/urandom > big; echo written; "
+                   "while :; do head -c 1M /dev/urandom > more.$$; done"]})
+        sid = res["id"]
+        deadline = time.time() + 20
+        while time.time() < deadline and {s["id"]: s for s in c.ok("sandbox.list")}[sid]["state"] != "frozen":
+            time.sleep(0.1)
+        assert {s["id"]: s for s in c.ok("sandbox.list")}[sid]["state"] == "frozen", c.ok("sandbox.logs", {"id": sid})
+        alerts = [m[2][0] for m in c.notifications if m[1] == "alert"]
+        deadline = time.time() + 5
+        while not alerts and time.time() < deadline:
+            c.sock.settimeout(1)
+            try:
+                m = c.read_message()
+            except OSError:
+                continue
+            if m and m[0] == 2 and m[1] == "alert":
+                alerts.append(m[2][0])
+        assert alerts and alerts[0]["sandbox"] == sid and alerts[0]["rule"] == "ChangeMax=2M", alerts
+        assert alerts[0]["action"] == "frozen", alerts
+        assert b"ChangeMax=2M" in c.ok("sandbox.logs", {"id": sid})["stderr"]
+        # Review still works: the layer is where it was, on disk.
+        changes = {e["path"]: e["change"] for e in c.ok("sandbox.diff", {"id": sid})}
+        assert changes.get("kept.txt") == "modified" and changes.get("big") == "added", changes
+        c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
+        c.ok("sandbox.wait", {"id": sid})
+        c.ok("sandbox.promote", {"id": sid, "paths": ["kept.txt"]})
+        assert open(os.path.join(ws, "kept.txt")).read() == "new\n"
+        assert not os.path.exists(os.path.join(ws, "big"))
+
+
 if __name__ == "__main__":
     run_tests(globals())
