@@ -196,6 +196,33 @@ def test_revoked_sandbox_gets_no_token_again():
         c.ok("sandbox.wait", {"id": sid})
 
 
+def test_egress_response_without_cgroup_says_what_it_did():
+    conf = NO_CGROUP + "[Response]\nEgressDenials=3\nEgressWindowSec=60\n"
+    tasks = {"web": "[Task]\nDescription=web\n[Network]\nMode=proxy\nAllow=127.0.0.1:9\n"}
+    with Daemon(config=conf, tasks=tasks) as d:
+        ws = workspace(d)
+        sub = d.client()
+        sub.ok("events.subscribe")
+        c = d.client()
+        res = c.ok("sandbox.spawn", {"task": "web", "workspace": ws, "argv": ["/bin/sh", "-c",
+                   "for i in 1 2 3 4; do curl -s -m 2 -o /dev/null http://denied.example/; done; "
+                   "while :; do :; done"]})
+        sid, init = res["id"], res["pid"]
+        deadline = time.time() + 20
+        alert = None
+        while time.time() < deadline and not alert:
+            msg = sub.read_message()
+            if msg[0] == 2 and msg[1] == "alert":
+                alert = msg[2][0]
+        assert alert and alert["sandbox"] == sid, alert
+        assert alert["action"] == "frozen (signal); revoking its tokens", alert
+        assert {s["id"]: s for s in c.ok("sandbox.list")}[sid]["state"] == "frozen"
+        tree = proc_tree(init)
+        assert tree and all(st in "Tt" for st in tree.values()), tree
+        c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
+        c.ok("sandbox.wait", {"id": sid})
+
+
 # ---- §6: what the sandbox receives is a copy, never the caller's open file ----
 
 def test_stdin_is_a_pipe_not_the_callers_file():
