@@ -165,6 +165,28 @@ def test_revoke_without_cgroup_kills_and_snapshots_only_frozen():
             assert w["state"] == "killed" and w["reason"] == "killed by an incident revocation", w
 
 
+def test_sandbox_that_cannot_be_frozen_is_killed_and_reported():
+    # A vfork parent waits uninterruptibly ("D") for its child: SIGSTOP cannot stop it
+    # while the child is stopped, so the signal freeze cannot be confirmed.
+    vfork = "my $p = syscall(58); if ($p == 0) { sleep 60; require POSIX; POSIX::_exit(0) } sleep 60;"
+    with Daemon(config=NO_CGROUP) as d:
+        c = d.client()
+        ws = workspace(d)
+        res = c.ok("sandbox.spawn", {"argv": ["/usr/bin/perl", "-e", vfork], "workspace": ws})
+        sid, init = res["id"], res["pid"]
+        deadline = time.time() + 10
+        while time.time() < deadline and "D" not in proc_tree(init).values():
+            time.sleep(0.05)
+        assert "D" in proc_tree(init).values(), (proc_tree(init), c.ok("sandbox.logs", {"id": sid}))
+        p = d.agentctl("--json", "revoke", "--sandbox", sid, "--freeze-only")
+        assert p.returncode == 1 and b"could not be frozen" in p.stderr, p
+        r = json.loads(p.stdout)
+        assert r["frozen"] == 0 and r["killed"] == 1 and r["snapshots"] == [] and r["freeze_method"] == "none", r
+        assert [f["sandbox"] for f in r["failures"]] == [sid] and "killed instead" in r["failures"][0]["error"], r
+        w = c.ok("sandbox.wait", {"id": sid})
+        assert w["state"] == "killed" and "could not be frozen" in w["reason"], w
+
+
 def test_revoked_sandbox_gets_no_token_again():
     with enrolled_daemon() as (tpm, vault, d, ws, c):
         res = c.ok("sandbox.spawn", {"task": "creds-short", "argv": ["/bin/sh", "-c", "sleep 60"], "workspace": ws})
