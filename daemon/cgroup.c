@@ -265,6 +265,21 @@ int cgroup_freeze(const char *dir, bool freeze) {
         return cgroup_write(dir, "cgroup.freeze", freeze ? "1" : "0");
 }
 
+int cgroup_wait_frozen(const char *dir, unsigned timeout_ms) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/cgroup.events", dir);
+        for (unsigned waited = 0;; waited++) {
+                _cleanup_free_ char *ev = read_small(path);
+                if (!ev)
+                        return -errno ? -errno : -EIO;
+                if (strstr(ev, "frozen 1"))
+                        return 0;
+                if (waited >= timeout_ms)
+                        return -ETIMEDOUT;
+                usleep(1000);
+        }
+}
+
 int cgroup_remove(const char *dir) {
         if (rmdir(dir) < 0)
                 return -errno;

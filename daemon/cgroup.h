@@ -30,4 +30,7 @@ int cgroup_create_sandbox(manager *m, const char *id, cgroup_limits *lim, char *
 int cgroup_write(const char *dir, const char *file, const char *value);
 int cgroup_kill(const char *dir);
 int cgroup_freeze(const char *dir, bool freeze);
+/* Waits until cgroup.events says "frozen 1" (the kernel freezes asynchronously):
+ * 0, or -ETIMEDOUT after timeout_ms. */
+int cgroup_wait_frozen(const char *dir, unsigned timeout_ms);
 int cgroup_remove(const char *dir);

@@ -213,8 +213,13 @@ int sandbox_freeze(sandbox *s) {
                 return s->state == SANDBOX_FROZEN ? 0 : -ESRCH;
         int r = -EOPNOTSUPP;
         const char *method = "cgroup";
-        if (s->cgroup)
+        if (s->cgroup) {
                 r = cgroup_freeze(s->cgroup, true);
+                if (r == 0)
+                        r = cgroup_wait_frozen(s->cgroup, SIGNAL_FREEZE_DEADLINE_MS);
+                if (r == -ETIMEDOUT)
+                        return r; /* frozen tasks take no SIGSTOP either: the caller kills it */
+        }
         if (r < 0) {
                 method = "signal";
                 r = freeze_by_signal(s);
