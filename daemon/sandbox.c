@@ -1467,7 +1467,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 return -EOPNOTSUPP;
         }
 
-        /* The workspace: a real directory, and never the home itself (it would expose every secret). */
+        /* The workspace: a real directory, and never one of the places spawn-guard.c refuses. */
         _cleanup_free_ char *workspace = NULL;
         if (p->workspace != WORKSPACE_NONE && (r = spawn_workspace_resolve(m, ws_param, &workspace, err)) < 0)
                 return r;
