@@ -177,7 +177,8 @@ static int relay_prepare_in(stdin_relay *r, int fd) {
                         r->in_pollable = true;
                         return 0;
                 }
-                if (!S_ISCHR(st.st_mode))
+                /* A terminal read in its shared, blocking description could stall the loop: refuse. */
+                if (!S_ISCHR(st.st_mode) || isatty(fd))
                         return -errno;
         }
         /* Regular files, /dev/null and the like never block: read as the pipe drains. */
