@@ -1,6 +1,8 @@
 /* Incident response: credentials.revoke and agentd.unlock. In order: freeze
  * the affected sandboxes (cgroup.freeze, or SIGSTOP to every process of the
- * sandbox when there is no cgroup), revoke their tokens at Vault (for --all
+ * sandbox when there is no cgroup; either confirmed, and a sandbox that cannot
+ * be frozen is killed and listed in the reply's failures), revoke their tokens
+ * at Vault (the broker then never hands them a token again) (for --all
  * the broker's session, which Vault cascades to every child), save a
  * forensic snapshot per sandbox, kill them unless freeze_only, and for --all
  * lock new spawns out until agentd.unlock — a lock that survives restarts. */
