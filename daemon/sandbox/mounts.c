@@ -203,7 +203,8 @@ static int plan_system(MountPlan *plan, const SandboxSpec *spec, SandboxError *e
         fd = make_sized_tmpfs("1777", spec->tmp_size, ATTR_RW, err);
         if (fd < 0 || (r = plan_add(plan, "/tmp", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
-        fd = make_tmpfs("0755", ATTR_RW, err);
+        /* Only sockets and pid files belong here: a small fixed size, never half of RAM. */
+        fd = make_sized_tmpfs("0755", SANDBOX_RUN_SIZE, ATTR_RW, err);
         if (fd < 0 || (r = plan_add(plan, "/run", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         return 0;

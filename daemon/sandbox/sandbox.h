@@ -13,6 +13,7 @@
 #define SANDBOX_EXIT_SETUP 125
 #define SANDBOX_EXIT_NOEXEC 126
 #define SANDBOX_EXIT_NOTFOUND 127
+#define SANDBOX_RUN_SIZE (UINT64_C(16) << 20) /* the tmpfs /run inside */
 
 /* Failure detail, written only on failure: the step that failed and why. */
 typedef struct SandboxError {

@@ -326,8 +326,9 @@ def test_tmpfs_mounts_are_sized():
         c = d.client()
         ws = workspace(d)
         home = os.environ["HOME"]
-        script = f"stat -f -c '%b %S' /tmp /dev/shm {home}"
-        for task, sizes in (("default", (1 << 30, 256 << 20, 1 << 30)), ("small", (8 << 20, 4 << 20, 16 << 20))):
+        script = f"stat -f -c '%b %S' /tmp /dev/shm {home} /run"
+        for task, sizes in (("default", (1 << 30, 256 << 20, 1 << 30, 16 << 20)),
+                            ("small", (8 << 20, 4 << 20, 16 << 20, 16 << 20))):
             sid = c.ok("sandbox.spawn", {"task": task, "argv": ["/bin/sh", "-c", script], "workspace": ws})["id"]
             assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0, c.ok("sandbox.logs", {"id": sid})
             out = c.ok("sandbox.logs", {"id": sid})["stdout"].decode().split("\n")
