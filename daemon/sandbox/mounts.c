@@ -210,7 +210,29 @@ static int plan_system(MountPlan *plan, const SandboxSpec *spec, SandboxError *e
         return 0;
 }
 
+/* The workspace exactly as agentd checked it (a canonical path): resolved
+ * again with no symlink allowed anywhere, so a component swapped for a
+ * symlink after the check (towards agentd's runtime dir, say) fails here
+ * instead of being followed. The mounts then take it through this fd. */
+static int open_checked_workspace(const char *path, char *ret_src, size_t size, SandboxError *err) {
+        _cleanup_close_ int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        int fd;
+
+        if (root < 0)
+                return sandbox_fail(err, "workspace", -errno, "/: %m");
+        fd = openat2_safe(root, path + 1, O_PATH | O_DIRECTORY);
+        if (fd < 0) {
+                errno = -fd;
+                return sandbox_fail(err, "workspace", fd, "%s: %m%s", path,
+                                    fd == -ELOOP || fd == -EXDEV ? " (changed into a symlink since agentd checked it)" : "");
+        }
+        snprintf(ret_src, size, "/proc/self/fd/%d", fd);
+        return fd;
+}
+
 static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err) {
+        _cleanup_close_ int wsfd = -1;
+        char ws_src[64];
         int fd, r;
 
         if (spec->home) {
@@ -219,18 +241,23 @@ static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err
                         return fd < 0 ? fd : r;
         }
 
+        if (spec->workspace_mode != WORKSPACE_NONE) {
+                wsfd = open_checked_workspace(spec->workspace, ws_src, sizeof(ws_src), err);
+                if (wsfd < 0)
+                        return wsfd;
+        }
         switch (spec->workspace_mode) {
         case WORKSPACE_OVERLAY: {
-                const char *opts[] = { "lowerdir", spec->workspace, "upperdir", spec->upper,
+                const char *opts[] = { "lowerdir", ws_src, "upperdir", spec->upper,
                                        "workdir", spec->work, "userxattr", NULL, NULL };
                 fd = make_fs("overlay", opts, ATTR_RW, "workspace", err);
                 break;
         }
         case WORKSPACE_RO:
-                fd = clone_tree(spec->workspace, true, ATTR_RO, "workspace", err);
+                fd = clone_tree(ws_src, true, ATTR_RO, "workspace", err);
                 break;
         case WORKSPACE_RW:
-                fd = clone_tree(spec->workspace, true, ATTR_RW, "workspace", err);
+                fd = clone_tree(ws_src, true, ATTR_RW, "workspace", err);
                 break;
         case WORKSPACE_NONE:
         default:
