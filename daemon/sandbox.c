@@ -1471,6 +1471,10 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         _cleanup_free_ char *workspace = NULL;
         if (p->workspace != WORKSPACE_NONE && (r = spawn_workspace_resolve(m, ws_param, &workspace, err)) < 0)
                 return r;
+        /* The task's own binds never show agentd's directories either. */
+        _cleanup_strv_free_ char **agentd_hides = NULL;
+        if ((r = spawn_task_paths_check(m, p, &agentd_hides, err)) < 0)
+                return r;
 
         /* Environment: a fixed allowlist, then the task's, then what the caller may pass. */
         spec sp = { 0 };
@@ -1655,6 +1659,8 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 spec_add_path(&sp, "rw", p->writable_paths[i]);
         for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
                 spec_add_path(&sp, "hide", p->hide_paths[i]);
+        for (size_t i = 0; agentd_hides && agentd_hides[i]; i++)
+                spec_add(&sp, "hide", agentd_hides[i]);
         /* Bounded tmpfs mounts (0: the task said infinity), and the pids bound
          * that holds without a cgroup: TasksMax, plus the hands (counted there too). */
         spec_add_int(&sp, "tmp_size", p->tmp_size == POLICY_INFINITY ? 0 : (long) p->tmp_size);

@@ -230,3 +230,59 @@ int spawn_limits_check(manager *m, const task_policy *p, unsigned unenforced, co
                 *note = NULL;
         return 0;
 }
+
+/* ---- the task's own paths ------------------------------------------------------ */
+
+int spawn_task_paths_check(manager *m, const task_policy *p, char ***ret_hide, rpc_error *err) {
+        _cleanup_free_ char *socket_dir = dir_of(m->socket_path);
+        _cleanup_free_ char *config_dir = dir_of(m->config_path);
+        const struct {
+                const char *dir, *what;
+                bool writes_only;     /* only a writable bind matters */
+        } rules[] = {
+                { getenv("XDG_RUNTIME_DIR"), "the runtime directory $XDG_RUNTIME_DIR", false },
+                { socket_dir, "the directory of agentd's socket", false },
+                { m->config->state_directory, "agentd's state directory", false },
+                { config_dir, "agentd's config directory", true },
+        };
+        const struct {
+                char **paths;
+                const char *key;
+                bool writable;
+        } keys[] = {
+                { p->read_only_paths, "ReadOnlyPaths", false },
+                { p->writable_paths, "WritablePaths", true },
+        };
+        _cleanup_strv_free_ char **hide = calloc(ELEMENTSOF(rules) + 1, sizeof(char *));
+        size_t n_hide = 0;
+
+        if (!hide)
+                return -ENOMEM;
+        for (size_t r = 0; r < ELEMENTSOF(rules); r++) {
+                _cleanup_free_ char *d = protected_path(rules[r].dir);
+                bool below = false;
+                if (!d)
+                        continue;
+                for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
+                        if (rules[r].writes_only && !keys[k].writable)
+                                continue;
+                        for (char **i = keys[k].paths; i && *i; i++) {
+                                _cleanup_free_ char *c = protected_path(*i);
+                                if (!c)
+                                        continue;
+                                if (path_within(d, c)) {
+                                        rpc_error_set(err, RPC_E_POLICY_DENIED,
+                                                      "task '%s': %s=%.300s is %s%s (%.300s), which a sandbox never sees", p->name,
+                                                      keys[k].key, c, streq(c, d) ? "" : "inside ", rules[r].what, d);
+                                        return -EPERM;
+                                }
+                                below |= path_within(c, d);
+                        }
+                }
+                /* A path above it is fine; the directory itself is masked inside. */
+                if (below && !(hide[n_hide++] = TAKE_PTR(d)))
+                        return -ENOMEM;
+        }
+        *ret_hide = TAKE_PTR(hide);
+        return 0;
+}

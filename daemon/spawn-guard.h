@@ -21,3 +21,9 @@ unsigned task_limits_asked(const task_policy *p);
  * -EOPNOTSUPP and *ret_error saying which and why. */
 int spawn_limits_check(manager *m, const task_policy *p, unsigned unenforced, const char *no_cgroup_why, char **note,
                        char **ret_error);
+
+/* The task's ReadOnlyPaths=/WritablePaths= against the same directories of
+ * agentd's (runtime, socket, state; config for writable ones): one that is or
+ * is inside such a directory is refused (policy_denied); for one above it,
+ * *ret_hide lists the directories to mask inside (caller frees). */
+int spawn_task_paths_check(manager *m, const task_policy *p, char ***ret_hide, rpc_error *err);

@@ -110,6 +110,37 @@ def test_workspace_refuses_agentd_dirs_pseudo_fs_and_their_ancestors():
         assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0
 
 
+def test_task_paths_never_show_agentd_dirs():
+    d = Daemon()
+    tdir = os.path.join(d.config_home, "agentd", "tasks")
+    os.makedirs(tdir)
+    tasks = {
+        "peek": f"[Task]\nTimeout=1min\n[Filesystem]\nReadOnlyPaths={d.tmp}\n",
+        "ro-runtime": f"[Filesystem]\nReadOnlyPaths={d.runtime}/agentd\n",
+        "ro-state": f"[Filesystem]\nReadOnlyPaths={d.state_home}/agentd/sandboxes\n",
+        "rw-config": f"[Filesystem]\nWritablePaths={d.config_home}/agentd\n",
+    }
+    for name, text in tasks.items():
+        with open(os.path.join(tdir, name + ".task"), "w") as f:
+            f.write(text)
+    with d:
+        c = d.client()
+        ws = workspace(d, "proj")
+        for name, rule in (("ro-runtime", "runtime directory"), ("ro-state", "state directory"),
+                           ("rw-config", "config directory")):
+            err, res = c.call("sandbox.spawn", {"task": name, "argv": ["true"], "workspace": ws})
+            assert err is not None and err["code"] == "policy_denied" and rule in err["message"], (name, err, res)
+        # A path above them is bound, but they are masked inside: no socket, no state.
+        sock = os.path.join(d.runtime, "agentd", "agentd.sock")
+        script = (f"test -S {sock} && echo SOCKET; ls -A {d.runtime} {d.state_home}/agentd; "
+                  f"ls {d.config_home}/agentd/tasks | wc -l")
+        sid = c.ok("sandbox.spawn", {"task": "peek", "argv": ["/bin/sh", "-c", script], "workspace": ws})["id"]
+        c.ok("sandbox.wait", {"id": sid})
+        out = c.ok("sandbox.logs", {"id": sid})["stdout"].decode()
+        assert "SOCKET" not in out and "agentd.sock" not in out and "sandboxes" not in out, out
+        assert out.split()[-1] == "4", out  # the config dir is only read, and stays readable
+
+
 # ---- §5: incident actions fail closed and report only what happened ----
 
 def test_freeze_without_cgroup_stops_every_process():
