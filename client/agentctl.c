@@ -945,13 +945,29 @@ static int cmd_report(int argc, char **argv) {
 
 /* ---- incident ------------------------------------------------------------ */
 
-static unsigned revoke_pending;
+static unsigned revoke_pending, revoke_failures;
+
+/* Sandboxes the daemon could not freeze: a revocation that did not fully take effect is an error. */
+static void note_failures(const msgpack_object *o, bool print) {
+        const msgpack_object *fl = map_get(o, "failures");
+        revoke_failures = fl && fl->type == MSGPACK_OBJECT_ARRAY ? fl->via.array.size : 0;
+        for (uint32_t i = 0; print && i < revoke_failures; i++) {
+                const msgpack_object *sb = map_get(&fl->via.array.ptr[i], "sandbox"), *er = map_get(&fl->via.array.ptr[i], "error");
+                if (sb && er && sb->type == MSGPACK_OBJECT_STR && er->type == MSGPACK_OBJECT_STR)
+                        printf("failed: %.*s %.*s\n", (int) sb->via.str.size, sb->via.str.ptr, (int) er->via.str.size, er->via.str.ptr);
+        }
+}
+
 static void print_revoke(const msgpack_object *o) {
         const msgpack_object *f = map_get(o, "frozen"), *k = map_get(o, "killed"), *r = map_get(o, "tokens_revoked"),
                              *p = map_get(o, "tokens_pending"), *snaps = map_get(o, "snapshots"), *ld = map_get(o, "locked_down");
         revoke_pending = p && p->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (unsigned) p->via.u64 : 0;
         printf("frozen: %" PRIu64 "\nkilled: %" PRIu64 "\ntokens revoked: %" PRIu64 "\ntokens pending: %u\n",
                f ? f->via.u64 : 0, k ? k->via.u64 : 0, r ? r->via.u64 : 0, revoke_pending);
+        const msgpack_object *fm = map_get(o, "freeze_method");
+        if (fm && fm->type == MSGPACK_OBJECT_STR)
+                printf("freeze method: %.*s\n", (int) fm->via.str.size, fm->via.str.ptr);
+        note_failures(o, true);
         for (uint32_t i = 0; snaps && snaps->type == MSGPACK_OBJECT_ARRAY && i < snaps->via.array.size; i++)
                 printf("snapshot: %.*s\n", (int) snaps->via.array.ptr[i].via.str.size, snaps->via.array.ptr[i].via.str.ptr);
         if (ld && ld->type == MSGPACK_OBJECT_BOOLEAN && ld->via.boolean)
@@ -961,6 +977,7 @@ static void print_revoke(const msgpack_object *o) {
 static void note_pending_json(const msgpack_object *o) {
         const msgpack_object *p = map_get(o, "tokens_pending");
         revoke_pending = p && p->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (unsigned) p->via.u64 : 0;
+        note_failures(o, false);
 }
 
 static int cmd_revoke(int argc, char **argv) {
@@ -1015,6 +1032,11 @@ static int cmd_revoke(int argc, char **argv) {
         if (r == 0 && revoke_pending > 0) {
                 fprintf(stderr, "agentctl: %u token revocation(s) not yet confirmed by Vault; agentd retries them (see agentctl broker status)\n",
                         revoke_pending);
+                r = EXIT_DAEMON_ERROR;
+        }
+        if (r == 0 && revoke_failures > 0) {
+                fprintf(stderr, "agentctl: %u sandbox(es) could not be frozen (killed instead where possible); see 'failures'\n",
+                        revoke_failures);
                 r = EXIT_DAEMON_ERROR;
         }
         return r;

@@ -41,6 +41,7 @@ struct sandbox_creds {
         uv_timer_t reissue;
         bool reissue_init;
         bool released;
+        bool revoked;            /* by an incident revocation: no token again until it ends */
         bool issuing;
         broker_issue_cb cb;
         void *userdata;
@@ -656,8 +657,19 @@ static void create_token(sandbox_creds *c);
 
 static void on_reissue(uv_timer_t *t) {
         sandbox_creds *c = container_of(t, sandbox_creds, reissue);
-        if (!c->released && !c->b->stopping)
+        if (!c->released && !c->revoked && !c->b->stopping)
                 create_token(c);
+}
+
+/* An incident revocation took this sandbox's credentials: forget the token
+ * and never make another (a token being made now is revoked when it comes). */
+static void creds_mark_revoked(sandbox_creds *c) {
+        c->revoked = true;
+        if (c->reissue_init)
+                uv_timer_stop(&c->reissue);
+        secure_free(c->token, c->token_cap);
+        c->token = NULL;
+        c->token_len = c->token_cap = 0;
 }
 
 static void on_token_created(const vault_response *resp, void *userdata) {
@@ -683,6 +695,21 @@ static void on_token_created(const vault_response *resp, void *userdata) {
         } else if (record_accessor(b, json_object_get_string(acc), c->sandbox_id) < 0) {
                 /* Not recorded durably = not handed out: revoke it now. */
                 snprintf(why, sizeof(why), "cannot record the token's accessor durably");
+                error = why;
+                revoke_accessor(b, json_object_get_string(acc));
+        }
+        if (c->revoked && !c->released && !c->cb) {
+                /* Revoked while a re-issued token was being made: it never reaches the sandbox. */
+                if (!error) {
+                        log_notice("broker: sandbox %s: token made after its revocation; revoking it", c->sandbox_id);
+                        revoke_accessor(b, json_object_get_string(acc));
+                }
+                scrub_json_string(tok);
+                return;
+        }
+        if (c->revoked && !error) {
+                /* A first token that was still being made: the spawn waiting for it fails. */
+                snprintf(why, sizeof(why), "an incident revocation took this sandbox's credentials");
                 error = why;
                 revoke_accessor(b, json_object_get_string(acc));
         }
@@ -847,6 +874,13 @@ void broker_revoke_sandboxes(manager *m, char *const *sandbox_ids, uint64_t dead
                 cb(0, 0, userdata);
                 return;
         }
+        list_head *li, *lt;
+        list_for_each_safe(li, lt, &b->creds) {
+                sandbox_creds *c = container_of(li, sandbox_creds, link);
+                for (size_t i = 0; sandbox_ids && sandbox_ids[i]; i++)
+                        if (streq(c->sandbox_id, sandbox_ids[i]))
+                                creds_mark_revoked(c);
+        }
         DIR *d = opendir(b->accessor_dir);
         struct dirent *de;
         while (d && (de = readdir(d))) {
@@ -927,8 +961,7 @@ void broker_revoke_all(manager *m, uint64_t deadline_ms, broker_revoke_cb cb, vo
         list_head *i, *t;
         list_for_each_safe(i, t, &b->creds) {
                 sandbox_creds *c = container_of(i, sandbox_creds, link);
-                if (c->reissue_init)
-                        uv_timer_stop(&c->reissue);
+                creds_mark_revoked(c);
         }
         revoke_batch *rb = batch_new(b, cb, userdata, deadline_ms);
         if (!rb) {
@@ -1012,6 +1045,11 @@ static sandbox_creds *find_creds(broker *b, const char *sandbox_id) {
 int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
         broker *b = ctx->m->broker;
         sandbox_creds *c = b ? find_creds(b, ctx->conn->sandbox_id) : NULL;
+        if (c && c->revoked) {
+                rpc_error_set(err, RPC_E_UNAUTHORIZED, "this sandbox's credentials were revoked by an incident revocation; "
+                                                       "it gets no token again");
+                return -EACCES;
+        }
         if (!c || !c->token) {
                 rpc_error_set(err, RPC_E_NOT_FOUND, "this sandbox's task has no Vault credentials");
                 return -ENOENT;

@@ -180,7 +180,7 @@ static bool has_controller(manager *m, const char *name) {
         return hit && (hit[strlen(name)] == ' ' || hit[strlen(name)] == 0);
 }
 
-int cgroup_create_sandbox(manager *m, const char *id, const cgroup_limits *lim, char **ret_path, int *ret_fd,
+int cgroup_create_sandbox(manager *m, const char *id, cgroup_limits *lim, char **ret_path, int *ret_fd,
                           char **ret_note) {
         _cleanup_free_ char *path = NULL;
         char note[512] = "";
@@ -199,30 +199,48 @@ int cgroup_create_sandbox(manager *m, const char *id, const cgroup_limits *lim, 
                                 snprintf(v, sizeof(v), "max");
                         else
                                 snprintf(v, sizeof(v), "%llu", (unsigned long long) lim->memory_max);
-                        (void) cgroup_write(path, "memory.max", v);
-                        (void) cgroup_write(path, "memory.swap.max", "0");
-                } else
+                        /* A write that failed is a limit that does not hold: say so, never "enforced". */
+                        if (cgroup_write(path, "memory.max", v) < 0) {
+                                lim->unenforced |= CGROUP_LIMIT_MEMORY;
+                                strcat(note, "MemoryMax not enforced (memory.max refused it); ");
+                        }
+                        (void) cgroup_write(path, "memory.swap.max", "0"); /* absent without swap accounting */
+                } else {
+                        lim->unenforced |= CGROUP_LIMIT_MEMORY;
                         strcat(note, "MemoryMax not enforced (no memory controller); ");
+                }
         }
         if (lim->tasks_max) {
                 if (has_controller(m, "pids")) {
                         snprintf(v, sizeof(v), "%llu", (unsigned long long) lim->tasks_max);
-                        (void) cgroup_write(path, "pids.max", v);
-                } else
-                        strcat(note, "TasksMax not enforced (no pids controller); ");
+                        if (cgroup_write(path, "pids.max", v) < 0) {
+                                lim->unenforced |= CGROUP_LIMIT_PIDS;
+                                strcat(note, "TasksMax held by RLIMIT_NPROC only (pids.max refused it); ");
+                        }
+                } else {
+                        lim->unenforced |= CGROUP_LIMIT_PIDS;
+                        strcat(note, "TasksMax held by RLIMIT_NPROC only (no pids controller); ");
+                }
         }
         if (lim->cpu_weight || lim->cpu_quota_percent) {
                 if (has_controller(m, "cpu")) {
+                        int r = 0;
                         if (lim->cpu_weight) {
                                 snprintf(v, sizeof(v), "%u", lim->cpu_weight);
-                                (void) cgroup_write(path, "cpu.weight", v);
+                                r = cgroup_write(path, "cpu.weight", v);
                         }
-                        if (lim->cpu_quota_percent) {
+                        if (r >= 0 && lim->cpu_quota_percent) {
                                 snprintf(v, sizeof(v), "%u 100000", lim->cpu_quota_percent * 1000);
-                                (void) cgroup_write(path, "cpu.max", v);
+                                r = cgroup_write(path, "cpu.max", v);
                         }
-                } else
+                        if (r < 0) {
+                                lim->unenforced |= CGROUP_LIMIT_CPU;
+                                strcat(note, "CPU limits not enforced (the cpu controller refused them); ");
+                        }
+                } else {
+                        lim->unenforced |= CGROUP_LIMIT_CPU;
                         strcat(note, "CPU limits not enforced (no cpu controller); ");
+                }
         }
         int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0) {
@@ -245,6 +263,21 @@ int cgroup_kill(const char *dir) {
 
 int cgroup_freeze(const char *dir, bool freeze) {
         return cgroup_write(dir, "cgroup.freeze", freeze ? "1" : "0");
+}
+
+int cgroup_wait_frozen(const char *dir, unsigned timeout_ms) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/cgroup.events", dir);
+        for (unsigned waited = 0;; waited++) {
+                _cleanup_free_ char *ev = read_small(path);
+                if (!ev)
+                        return -errno ? -errno : -EIO;
+                if (strstr(ev, "frozen 1"))
+                        return 0;
+                if (waited >= timeout_ms)
+                        return -ETIMEDOUT;
+                usleep(1000);
+        }
 }
 
 int cgroup_remove(const char *dir) {

@@ -154,6 +154,8 @@ static int handler(void *userdata, const char *section, const char *key, const c
                 r = parse_uint(value, &c->egress_window_s);
                 if (r == 0 && c->egress_window_s == 0)
                         r = -ERANGE;
+        } else if (KEY("Daemon", "RequireLimits")) {
+                r = parse_bool(value, &c->require_limits);
         } else if (KEY("Daemon", "CgroupPath")) {
                 r = set_str(&c->cgroup_path, value);
         } else if (KEY("Daemon", "SandboxHelper")) {

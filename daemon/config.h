@@ -17,6 +17,7 @@ typedef struct agentd_config {
         size_t log_limit;            /* bytes of output kept per stream */
         unsigned proxy_port;         /* 127.0.0.1:PORT inside a Mode=proxy sandbox */
         unsigned proxy_header_timeout_ms;
+        bool require_limits;         /* refuse a spawn whose task limits cannot be enforced */
 
         /* [Response]: automatic freeze + revoke of a sandbox that keeps hitting walls. */
         unsigned egress_denials;     /* 0 = off */

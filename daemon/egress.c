@@ -55,10 +55,18 @@ static void note_denial(manager *m, const char *id) {
         json_object *ev = json_object_new_object();
         json_object_object_add(ev, "rule", json_object_new_string(rule));
         json_object_object_add(ev, "count", json_object_new_int((int) recent));
+        /* Act first, then say what actually happened: the freeze is done when
+         * revoke_begin returns; the token revocation goes on asynchronously. */
+        int r = revoke_begin(m, false, id, NULL, true, NULL, rule);
+        const char *action = r < 0 ? "nothing: the revocation could not start"
+                             : s->state == SANDBOX_FROZEN ? (streq(s->frozen_by, "cgroup") ? "frozen (cgroup); revoking its tokens"
+                                                                                          : "frozen (signal); revoking its tokens")
+                             : s->killed ? "could not be frozen: killed; revoking its tokens"
+                                         : "not frozen; revoking its tokens";
+        json_object_object_add(ev, "action", json_object_new_string(action));
         audit_event(m, "alert", id, ev);
-        alert a = { .id = id, .rule = rule, .action = "frozen, tokens revoked", .count = recent, .window = m->config->egress_window_s };
+        alert a = { .id = id, .rule = rule, .action = action, .count = recent, .window = m->config->egress_window_s };
         server_broadcast(m, id, "alert", pack_alert, &a);
-        (void) revoke_begin(m, false, id, NULL, true, NULL, rule);
 }
 
 static void on_egress(const netproxy_event *ev, void *userdata) {

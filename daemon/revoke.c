@@ -1,6 +1,8 @@
 /* Incident response: credentials.revoke and agentd.unlock. In order: freeze
  * the affected sandboxes (cgroup.freeze, or SIGSTOP to every process of the
- * sandbox when there is no cgroup), revoke their tokens at Vault (for --all
+ * sandbox when there is no cgroup; either confirmed, and a sandbox that cannot
+ * be frozen is killed and listed in the reply's failures), revoke their tokens
+ * at Vault (the broker then never hands them a token again) (for --all
  * the broker's session, which Vault cascades to every child), save a
  * forensic snapshot per sandbox, kill them unless freeze_only, and for --all
  * lock new spawns out until agentd.unlock — a lock that survives restarts. */
@@ -45,7 +47,97 @@ void lockdown_load(manager *m) {
         }
 }
 
-/* Every process of a sandbox: the cgroup's list, else a /proc scan by pid namespace. */
+/* A process as /proc/PID/stat tells it (world-readable, even for the
+ * non-dumpable sandbox init, unlike its ns/ links). */
+typedef struct proc_entry {
+        pid_t pid, ppid;
+        char state;
+} proc_entry;
+
+static int proc_stat(pid_t pid, pid_t *ret_ppid, char *ret_state) {
+        char path[64], buf[512];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+                return -ESRCH;
+        buf[n] = 0;
+        /* "pid (comm) S ppid ...": comm may hold anything, so from its last ')'. */
+        char *e = strrchr(buf, ')');
+        char state;
+        long ppid;
+        if (!e || sscanf(e + 1, " %c %ld", &state, &ppid) != 2)
+                return -EBADMSG;
+        *ret_ppid = (pid_t) ppid;
+        *ret_state = state;
+        return 0;
+}
+
+static int cmp_pid(const void *a, const void *b) {
+        const proc_entry *x = a, *y = b;
+        return (x->pid > y->pid) - (x->pid < y->pid);
+}
+
+static const proc_entry *proc_lookup(const proc_entry *v, size_t n, pid_t pid) {
+        proc_entry key = { .pid = pid };
+        return bsearch(&key, v, n, sizeof(*v), cmp_pid);
+}
+
+/* Every process below `init` (and the init): the sandbox's pid namespace.
+ * Orphans there are re-parented to its pid 1, so the parent chain of every
+ * member leads to the init, and no process outside leads there. */
+static int descendants_of(pid_t init, proc_entry **ret, size_t *ret_n) {
+        size_t n = 0, cap = 256;
+        proc_entry *all = malloc(cap * sizeof(*all));
+        if (!all)
+                return -ENOMEM;
+        DIR *d = opendir("/proc");
+        if (!d) {
+                free(all);
+                return -errno;
+        }
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                char *end;
+                long pid = strtol(de->d_name, &end, 10);
+                if (*end || pid <= 0)
+                        continue;
+                proc_entry e = { .pid = (pid_t) pid };
+                if (proc_stat(e.pid, &e.ppid, &e.state) < 0)
+                        continue;
+                if (n == cap) {
+                        proc_entry *nv = realloc(all, (cap *= 2) * sizeof(*all));
+                        if (!nv) {
+                                closedir(d);
+                                free(all);
+                                return -ENOMEM;
+                        }
+                        all = nv;
+                }
+                all[n++] = e;
+        }
+        closedir(d);
+        qsort(all, n, sizeof(*all), cmp_pid);
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+                pid_t p = all[i].pid;
+                /* Bounded walk up: a chain longer than the table is a loop of reused pids. */
+                for (size_t depth = 0; p > 1 && p != init && depth <= n; depth++) {
+                        const proc_entry *up = proc_lookup(all, n, p);
+                        p = up ? up->ppid : 0;
+                }
+                if (p == init && init > 1)
+                        all[k++] = all[i]; /* k <= i: compacting in place keeps the rest intact */
+        }
+        *ret = all;
+        *ret_n = k;
+        return 0;
+}
+
+/* Every process of a sandbox: the cgroup's list, else its pid namespace found through /proc. */
 static int sandbox_pids(sandbox *s, pid_t **ret, size_t *ret_n) {
         size_t n = 0, cap = 64;
         pid_t *v = malloc(cap * sizeof(pid_t));
@@ -68,67 +160,77 @@ static int sandbox_pids(sandbox *s, pid_t **ret, size_t *ret_n) {
                 if (f)
                         fclose(f);
         } else if (s->init_pid > 0) {
-                char path[64], want[64], got[64];
-                snprintf(path, sizeof(path), "/proc/%d/ns/pid", (int) s->init_pid);
-                ssize_t wl = readlink(path, want, sizeof(want) - 1);
-                if (wl > 0) {
-                        want[wl] = 0;
-                        DIR *d = opendir("/proc");
-                        struct dirent *de;
-                        while (d && (de = readdir(d))) {
-                                char *end;
-                                long pid = strtol(de->d_name, &end, 10);
-                                if (*end || pid <= 0)
-                                        continue;
-                                snprintf(path, sizeof(path), "/proc/%ld/ns/pid", pid);
-                                ssize_t gl = readlink(path, got, sizeof(got) - 1);
-                                if (gl <= 0)
-                                        continue;
-                                got[gl] = 0;
-                                if (!streq(got, want))
-                                        continue;
-                                if (n == cap) {
-                                        pid_t *nv = realloc(v, (cap *= 2) * sizeof(pid_t));
-                                        if (!nv)
-                                                break;
-                                        v = nv;
-                                }
-                                v[n++] = (pid_t) pid;
+                proc_entry *e = NULL;
+                size_t k = 0;
+                if (descendants_of(s->init_pid, &e, &k) == 0 && k > 0) {
+                        pid_t *nv = realloc(v, k * sizeof(pid_t));
+                        if (nv) {
+                                v = nv;
+                                for (size_t i = 0; i < k; i++)
+                                        v[n++] = e[i].pid;
                         }
-                        if (d)
-                                closedir(d);
-                        /* The init is in the parent's view of that namespace as pid 1 too. */
-                        bool have_init = false;
-                        for (size_t i = 0; i < n; i++)
-                                have_init |= v[i] == s->init_pid;
-                        if (!have_init && n < cap)
-                                v[n++] = s->init_pid;
                 }
+                free(e);
         }
         *ret = v;
         *ret_n = n;
         return 0;
 }
 
+#define SIGNAL_FREEZE_DEADLINE_MS 1000
+
+/* Without a cgroup: SIGSTOP to every process of the sandbox's pid namespace,
+ * rescanning until a scan finds every member stopped (a process forked
+ * between two scans is caught by the next; a stopped one forks no more).
+ * Fails with -ETIMEDOUT if that does not happen within the deadline. */
+static int freeze_by_signal(sandbox *s) {
+        uint64_t deadline = now_msec() + SIGNAL_FREEZE_DEADLINE_MS;
+        if (s->init_pid <= 0)
+                return -ESRCH;
+        for (;;) {
+                proc_entry *e = NULL;
+                size_t n = 0;
+                int r = descendants_of(s->init_pid, &e, &n);
+                if (r < 0)
+                        return r;
+                bool all_stopped = n > 0;
+                for (size_t i = 0; i < n; i++) {
+                        if (e[i].state == 'T' || e[i].state == 't' || e[i].state == 'Z' || e[i].state == 'X')
+                                continue;
+                        all_stopped = false;
+                        (void) kill(e[i].pid, SIGSTOP);
+                }
+                free(e);
+                if (n == 0)
+                        return -ESRCH; /* the init is gone: nothing left to stop */
+                if (all_stopped)
+                        return 0;
+                if (now_msec() > deadline)
+                        return -ETIMEDOUT;
+                usleep(1000);
+        }
+}
+
 int sandbox_freeze(sandbox *s) {
         if (s->state != SANDBOX_RUNNING && s->state != SANDBOX_STARTING)
                 return s->state == SANDBOX_FROZEN ? 0 : -ESRCH;
         int r = -EOPNOTSUPP;
-        if (s->cgroup)
+        const char *method = "cgroup";
+        if (s->cgroup) {
                 r = cgroup_freeze(s->cgroup, true);
-        if (r < 0) {
-                /* No cgroup: stop every process we can find, the init last. */
-                pid_t *v = NULL;
-                size_t n = 0;
-                if (sandbox_pids(s, &v, &n) == 0) {
-                        for (size_t i = n; i > 0; i--)
-                                (void) kill(v[i - 1], SIGSTOP);
-                        r = n > 0 ? 0 : -ESRCH;
-                }
-                free(v);
+                if (r == 0)
+                        r = cgroup_wait_frozen(s->cgroup, SIGNAL_FREEZE_DEADLINE_MS);
+                if (r == -ETIMEDOUT)
+                        return r; /* frozen tasks take no SIGSTOP either: the caller kills it */
         }
-        if (r == 0)
-                s->state = SANDBOX_FROZEN;
+        if (r < 0) {
+                method = "signal";
+                r = freeze_by_signal(s);
+        }
+        if (r == 0) {
+                s->frozen_by = method;
+                sandbox_set_state(s, SANDBOX_FROZEN);
+        }
         return r;
 }
 
@@ -261,7 +363,16 @@ typedef struct revoke_op {
         uint64_t t0_us, frozen_us, tokens_us;
         char **snapshots;
         size_t n_ids;
+        bool by_cgroup, by_signal;  /* how the frozen ones were stopped */
+        char **failed_ids, **failures; /* sandboxes that could not be frozen, and why */
+        size_t n_failures;
 } revoke_op;
+
+static const char *freeze_method(const revoke_op *op) {
+        if (op->by_cgroup && op->by_signal)
+                return "cgroup+signal";
+        return op->by_cgroup ? "cgroup" : op->by_signal ? "signal" : "none";
+}
 
 static uint64_t now_us(void) {
         struct timespec ts;
@@ -271,7 +382,7 @@ static uint64_t now_us(void) {
 
 static void pack_revoke(msgpack_packer *pk, void *userdata) {
         revoke_op *op = userdata;
-        msgpack_pack_map(pk, 8);
+        msgpack_pack_map(pk, 10);
         /* How long each step took, for the incident record and the benchmark. */
         mp_pack_cstr(pk, "timing_us");
         msgpack_pack_map(pk, 3);
@@ -287,6 +398,46 @@ static void pack_revoke(msgpack_packer *pk, void *userdata) {
         mp_pack_cstr(pk, "sandboxes");
         mp_pack_strv(pk, op->ids);
         mp_pack_kv_bool(pk, "locked_down", op->m->locked_down);
+        mp_pack_kv_str(pk, "freeze_method", freeze_method(op));
+        mp_pack_cstr(pk, "failures");
+        msgpack_pack_array(pk, op->n_failures);
+        for (size_t i = 0; i < op->n_failures; i++) {
+                msgpack_pack_map(pk, 2);
+                mp_pack_kv_str(pk, "sandbox", op->failed_ids[i]);
+                mp_pack_kv_str(pk, "error", op->failures[i]);
+        }
+}
+
+/* A sandbox that could not be frozen is killed instead (fail closed), and the reply says so. */
+static void freeze_failed(revoke_op *op, sandbox *s, int r) {
+        char why[256];
+        s->killed = true;
+        free(s->end_reason);
+        s->end_reason = strdup("killed by an incident revocation (it could not be frozen)");
+        int k = sandbox_signal(s, SIGKILL);
+        if (k == 0)
+                op->killed++;
+        snprintf(why, sizeof(why), "could not be frozen (%s); %s", strerror(-r),
+                 k == 0 ? "killed instead" : "killing it failed too");
+        log_warning("revoke: sandbox %s %s", s->id, why);
+        if (op->failures && op->failed_ids) {
+                op->failed_ids[op->n_failures] = strdup(s->id);
+                op->failures[op->n_failures] = strdup(why);
+                if (op->failed_ids[op->n_failures] && op->failures[op->n_failures])
+                        op->n_failures++;
+        }
+}
+
+static void revoke_op_free(revoke_op *op) {
+        for (size_t i = 0; i < op->n_failures; i++) {
+                free(op->failed_ids[i]);
+                free(op->failures[i]);
+        }
+        free(op->failed_ids);
+        free(op->failures);
+        strv_free(op->ids);
+        strv_free(op->snapshots);
+        free(op);
 }
 
 static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) {
@@ -305,8 +456,8 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
         size_t k = 0;
         for (size_t i = 0; i < op->n_ids; i++) {
                 sandbox *s = sandbox_find(m, op->ids[i]);
-                if (!s || sandbox_ended(s))
-                        continue;
+                if (!s || s->state != SANDBOX_FROZEN)
+                        continue; /* "while frozen" only where that is true */
                 char *p = sandbox_snapshot(m, s, stamp);
                 report_snapshot(m, s, p);
                 if (p && op->snapshots)
@@ -314,11 +465,11 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
                 else
                         free(p);
         }
-        /* (4) kill unless asked to keep them frozen. */
+        /* (4) kill unless asked to keep them frozen (those that could not be were killed at once). */
         if (!op->freeze_only)
                 for (size_t i = 0; i < op->n_ids; i++) {
                         sandbox *s = sandbox_find(m, op->ids[i]);
-                        if (!s || sandbox_ended(s))
+                        if (!s || s->state != SANDBOX_FROZEN)
                                 continue;
                         s->killed = true;
                         free(s->end_reason);
@@ -336,14 +487,21 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
         json_object_object_add(ev, "tokens_revoked", json_object_new_int((int) op->confirmed));
         json_object_object_add(ev, "tokens_pending", json_object_new_int((int) op->pending));
         json_object_object_add(ev, "duration_us", json_object_new_int64((int64_t) (now_us() - op->t0_us)));
+        json_object_object_add(ev, "freeze_method", json_object_new_string(freeze_method(op)));
+        json_object *fv = json_object_new_array();
+        for (size_t i = 0; i < op->n_failures; i++) {
+                json_object *f = json_object_new_object();
+                json_object_object_add(f, "sandbox", json_object_new_string(op->failed_ids[i]));
+                json_object_object_add(f, "error", json_object_new_string(op->failures[i]));
+                json_object_array_add(fv, f);
+        }
+        json_object_object_add(ev, "failures", fv);
         audit_event(m, "revoke", NULL, ev);
-        log_notice("revoke%s: %u frozen, %u killed, %u tokens revoked, %u pending", op->all ? " --all" : "", op->frozen,
-                   op->killed, op->confirmed, op->pending);
+        log_notice("revoke%s: %u frozen (%s), %u killed, %u tokens revoked, %u pending, %zu failure(s)", op->all ? " --all" : "",
+                   op->frozen, freeze_method(op), op->killed, op->confirmed, op->pending, op->n_failures);
         if (op->call)
                 rpc_call_reply(op->call, pack_revoke, op);
-        strv_free(op->ids);
-        strv_free(op->snapshots);
-        free(op);
+        revoke_op_free(op);
 }
 
 /* Starts a revocation; `call` (may be NULL for automatic responses) gets the reply. */
@@ -357,8 +515,10 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         op->freeze_only = freeze_only;
         op->call = call;
         op->ids = calloc(m->n_sandboxes + 2, sizeof(char *));
-        if (!op->ids) {
-                free(op);
+        op->failed_ids = calloc(m->n_sandboxes + 1, sizeof(char *));
+        op->failures = calloc(m->n_sandboxes + 1, sizeof(char *));
+        if (!op->ids || !op->failed_ids || !op->failures) {
+                revoke_op_free(op);
                 return -ENOMEM;
         }
         /* (5 first, for --all) no new spawn may slip in while we work. */
@@ -377,12 +537,21 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
                 if (!match)
                         continue;
                 op->ids[op->n_ids++] = strdup(s->id);
-                if (!sandbox_ended(s) && sandbox_freeze(s) == 0)
-                        op->frozen++;
+                if (sandbox_ended(s))
+                        continue;
+                int r = sandbox_freeze(s);
+                if (r < 0) {
+                        freeze_failed(op, s, r);
+                        continue;
+                }
+                op->frozen++;
+                op->by_cgroup |= streq(s->frozen_by, "cgroup");
+                op->by_signal |= streq(s->frozen_by, "signal");
         }
         op->frozen_us = now_us();
         if (trigger)
-                log_notice("automatic response (%s): froze %u sandbox(es)", trigger, op->frozen);
+                log_notice("automatic response (%s): froze %u sandbox(es) (%s), %zu could not be frozen and were killed", trigger,
+                           op->frozen, freeze_method(op), op->n_failures);
         /* (2) tokens, in parallel, bounded in time: what Vault does not confirm stays pending. */
         if (all)
                 broker_revoke_all(m, REVOKE_DEADLINE_MS, revoke_finish, op);

@@ -41,12 +41,17 @@
 #include "policy.h"
 #include "report.h"
 #include "seccomp-build.h"
+#include "spawn-guard.h"
+#include "stdin-relay.h"
+#include "change-watch.h"
 #include "sandbox/zygote.h"
 
 #define MAX_ENDED_KEPT 256
 #define MAX_ARGV_BYTES (256 * 1024)
 #define MAX_ARGV_COUNT 4096
 #define CLIENT_PENDING_MAX (1024 * 1024)
+/* RLIMIT_NPROC of a task without TasksMax=: a fork bomb stops here even without a cgroup. */
+#define SANDBOX_DEFAULT_NPROC 4096
 
 extern char **environ;
 
@@ -447,6 +452,8 @@ static void sandbox_free(sandbox *s) {
         safe_close(s->init_pidfd);
         safe_close(s->status_fd);
         safe_close(s->tty_master);
+        stdin_relay_free(s->stdin_relay);
+        change_watch_free(s->change_watch);
         free(s);
 }
 
@@ -470,6 +477,10 @@ static void pack_state_event(msgpack_packer *pk, void *userdata) {
 static void set_state(sandbox *s, sandbox_state st) {
         s->state = st;
         server_broadcast(s->m, s->id, "sandbox.state", pack_state_event, s);
+}
+
+void sandbox_set_state(sandbox *s, sandbox_state st) {
+        set_state(s, st);
 }
 
 typedef struct output_event {
@@ -724,6 +735,8 @@ static void sandbox_maybe_complete(sandbox *s) {
         }
         s->init_pidfd = safe_close(s->init_pidfd);
         json_object *usage = report_usage(s); /* before the cgroup goes */
+        stdin_relay_free(TAKE_PTR(s->stdin_relay));
+        change_watch_free(TAKE_PTR(s->change_watch));
         if (s->cgroup && s->helper_reaped) {
                 int r = cgroup_remove(s->cgroup);
                 if (r < 0 && r != -ENOENT)
@@ -834,6 +847,52 @@ static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
         mp_pack_kv_str(pk, "state_dir", s->dir);
         mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->cgroup_status);
         mp_pack_kv_str(pk, "limits", s->limits_note ? s->limits_note : (s->cgroup ? "enforced" : "not enforced: no cgroup"));
+}
+
+typedef struct limit_alert {
+        const char *id, *rule, *action;
+} limit_alert;
+
+static void pack_limit_alert(msgpack_packer *pk, void *userdata) {
+        limit_alert *a = userdata;
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_str(pk, "sandbox", a->id);
+        mp_pack_kv_str(pk, "rule", a->rule);
+        mp_pack_kv_str(pk, "action", a->action);
+}
+
+/* ChangeMax= reached: freeze it (the changes stay for review: diff, promote,
+ * discard), or kill it if it cannot be frozen; tell the user either way. */
+static void on_change_max(void *userdata, uint64_t used, uint64_t limit) {
+        sandbox *s = userdata;
+        if (sandbox_ended(s))
+                return;
+        _cleanup_free_ char *u = NULL, *l = NULL;
+        char rule[96], msg[512];
+        if (policy_format_size(used, &u) < 0 || policy_format_size(limit, &l) < 0)
+                return;
+        snprintf(rule, sizeof(rule), "ChangeMax=%s", l);
+        int r = sandbox_freeze(s);
+        const char *action = r == 0 ? "frozen" : "killed (it could not be frozen)";
+        if (r < 0) {
+                s->killed = true;
+                free(s->end_reason);
+                s->end_reason = strdup("killed: ChangeMax= reached and it could not be frozen");
+                (void) sandbox_signal(s, SIGKILL);
+        }
+        log_notice("sandbox %s: its changes use %s, over %s: %s", s->id, u, rule, action);
+        int n = snprintf(msg, sizeof(msg),
+                         "agentd: this sandbox's changes use %s on disk, over the task's %s: it is %s. "
+                         "Review them with 'agentctl diff %s', then promote, discard or kill it.\n",
+                         u, rule, action, s->id);
+        stream_record(&s->out[1], (const uint8_t *) msg, (size_t) (n < (int) sizeof(msg) ? n : (int) sizeof(msg) - 1));
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "rule", json_object_new_string(rule));
+        json_object_object_add(ev, "used", json_object_new_int64((int64_t) used));
+        json_object_object_add(ev, "action", json_object_new_string(action));
+        audit_event(s->m, "alert", s->id, ev);
+        limit_alert a = { .id = s->id, .rule = rule, .action = action };
+        server_broadcast(s->m, s->id, "alert", pack_limit_alert, &a);
 }
 
 static void on_timeout(uv_timer_t *t) {
@@ -1049,13 +1108,6 @@ static void spec_add_path(spec *sp, const char *key, const char *path) {
                 spec_add(sp, key, c);
         else
                 sp->oom = true;
-}
-
-static bool path_is_prefix(const char *prefix, const char *path) {
-        size_t n = strlen(prefix);
-        if (n == 1 && prefix[0] == '/')
-                return true;
-        return strncmp(prefix, path, n) == 0 && (path[n] == '/' || path[n] == 0);
 }
 
 static char *find_helper(manager *m) {
@@ -1418,28 +1470,14 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 return -EOPNOTSUPP;
         }
 
-        /* The workspace: a real directory, and never the home itself (it would expose every secret). */
+        /* The workspace: a real directory, and never one of the places spawn-guard.c refuses. */
         _cleanup_free_ char *workspace = NULL;
-        if (p->workspace != WORKSPACE_NONE) {
-                if (!ws_param || ws_param[0] != '/') {
-                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'workspace' must be an absolute directory");
-                        return -EINVAL;
-                }
-                workspace = realpath(ws_param, NULL);
-                struct stat st;
-                if (!workspace || stat(workspace, &st) < 0 || !S_ISDIR(st.st_mode)) {
-                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "workspace %.300s: %s", ws_param,
-                                      workspace ? "not a directory" : strerror(errno));
-                        return -EINVAL;
-                }
-                if (path_is_prefix(workspace, m->home) || path_is_prefix(workspace, m->config->state_directory) ||
-                    path_is_prefix(m->config->state_directory, workspace)) {
-                        rpc_error_set(err, RPC_E_POLICY_DENIED,
-                                      "workspace %.300s is the home directory, an ancestor of it, or holds agentd's state; "
-                                      "use a project directory", workspace);
-                        return -EPERM;
-                }
-        }
+        if (p->workspace != WORKSPACE_NONE && (r = spawn_workspace_resolve(m, ws_param, &workspace, err)) < 0)
+                return r;
+        /* The task's own binds never show agentd's directories either. */
+        _cleanup_strv_free_ char **agentd_hides = NULL;
+        if ((r = spawn_task_paths_check(m, p, &agentd_hides, err)) < 0)
+                return r;
 
         /* Environment: a fixed allowlist, then the task's, then what the caller may pass. */
         spec sp = { 0 };
@@ -1566,7 +1604,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         s->state = SANDBOX_STARTING;
 
         int spec_fd = -1, bpf_fd = -1, cg_fd = -1, status_pair[2] = { -1, -1 }, outp[2][2] = { { -1, -1 }, { -1, -1 } };
-        int devnull = -1;
+        int devnull = -1, stdin_fd = -1;
         char *error_text = NULL;
         rpc_error_code error_code = RPC_E_INTERNAL;
 
@@ -1605,6 +1643,9 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 if ((r = mkdir_private(path)) < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
                 spec_add(&sp, "upper", path);
+                if (p->change_max != POLICY_INFINITY &&
+                    (r = change_watch_start(m->loop, path, p->change_max, on_change_max, s, &s->change_watch)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot watch ChangeMax=: %s", strerror(-r));
                 snprintf(path, sizeof(path), "%s/work", s->dir);
                 if ((r = mkdir_private(path)) < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
@@ -1621,6 +1662,15 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 spec_add_path(&sp, "rw", p->writable_paths[i]);
         for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
                 spec_add_path(&sp, "hide", p->hide_paths[i]);
+        for (size_t i = 0; agentd_hides && agentd_hides[i]; i++)
+                spec_add(&sp, "hide", agentd_hides[i]);
+        /* Bounded tmpfs mounts (0: the task said infinity), and the pids bound
+         * that holds without a cgroup: TasksMax, plus the hands (counted there too). */
+        spec_add_int(&sp, "tmp_size", p->tmp_size == POLICY_INFINITY ? 0 : (long) p->tmp_size);
+        spec_add_int(&sp, "shm_size", p->shm_size == POLICY_INFINITY ? 0 : (long) p->shm_size);
+        spec_add_int(&sp, "home_size", p->home_size == POLICY_INFINITY ? 0 : (long) p->home_size);
+        if (p->tasks_max != POLICY_INFINITY)
+                spec_add_int(&sp, "nproc", (long) (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
         spec_add(&sp, "hostname", "agentd");
         spec_add(&sp, "landlock", p->landlock ? "1" : "0");
         if (tty)
@@ -1639,10 +1689,13 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &cg_fd, &s->limits_note);
                 if (r < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create the sandbox cgroup: %s", strerror(-r));
-        } else {
-                const char *why = m->cgroup_status ? m->cgroup_status : "unavailable";
-                if (asprintf(&s->limits_note, "not enforced (cgroup %s)", why) < 0)
-                        s->limits_note = NULL;
+                r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &error_text);
+        } else
+                r = spawn_limits_check(m, p, task_limits_asked(p), m->cgroup_status ? m->cgroup_status : "unavailable",
+                                       &s->limits_note, &error_text);
+        if (r < 0) {
+                error_code = RPC_E_BACKEND_UNAVAILABLE;
+                goto fail;
         }
 
         /* Fixed child fd numbers: 3 spec, 4 status, 5 seccomp (or /dev/null), 6 cgroup. */
@@ -1672,8 +1725,11 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                         if (pipe2(outp[i], O_CLOEXEC) < 0)
                                 FAIL(RPC_E_INTERNAL, "pipe: %s", strerror(errno));
 
+        /* The caller's stdin reaches the sandbox through our pipe, never as its own open file. */
+        if (attach && (r = stdin_relay_start(m->loop, TAKE_FD(client_fds[0]), &stdin_fd, &s->stdin_relay)) < 0)
+                FAIL(RPC_E_INTERNAL, "cannot relay stdin: %s", strerror(-r));
         int src[7] = {
-                attach ? client_fds[0] : devnull,
+                attach ? stdin_fd : devnull,
                 tty ? devnull : outp[0][1],
                 tty ? devnull : outp[1][1],
                 spec_fd, status_pair[1], bpf_fd >= 0 ? bpf_fd : devnull, cg_fd,
@@ -1701,7 +1757,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         cg_fd = safe_close(cg_fd);
         devnull = safe_close(devnull);
         status_pair[1] = safe_close(status_pair[1]);
-        client_fds[0] = safe_close(client_fds[0]);
+        stdin_fd = safe_close(stdin_fd);
         s->status_fd = TAKE_FD(status_pair[0]);
         free(sp.buf);
         sp.buf = NULL;
@@ -1772,6 +1828,7 @@ fail:
         safe_close(bpf_fd);
         safe_close(cg_fd);
         safe_close(devnull);
+        safe_close(stdin_fd);
         safe_close(status_pair[0]);
         safe_close(status_pair[1]);
         for (int i = 0; i < 2; i++) {

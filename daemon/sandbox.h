@@ -91,11 +91,18 @@ typedef struct sandbox {
         uint64_t denials[64];     /* recent egress denial times (ms), a ring */
         unsigned n_denials;
         bool auto_responded;
+        const char *frozen_by;    /* "cgroup" or "signal" while frozen */
+        struct stdin_relay *stdin_relay; /* attached: the caller's stdin, copied into the sandbox's */
+        struct change_watch *change_watch; /* overlay: ChangeMax= on the upper dir */
 } sandbox;
 
 sandbox *sandbox_find(manager *m, const char *id);
 bool sandbox_ended(const sandbox *s);
 int sandbox_save_meta(sandbox *s);
+/* Stops every process of the sandbox (cgroup.freeze, else SIGSTOP to each,
+ * confirmed): 0 only when it is stopped; sets frozen_by. */
 int sandbox_freeze(sandbox *s);
+/* The one way a sandbox's state changes (tells subscribers). */
+void sandbox_set_state(sandbox *s, sandbox_state st);
 int sandbox_signal(sandbox *s, int sig);
 void sandboxes_connection_closed(manager *m, connection *c);

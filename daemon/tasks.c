@@ -163,8 +163,9 @@ static void pack_origins(msgpack_packer *pk, const task_policy *p) {
         static const char *const keys[] = {
                 "Task.Description", "Task.Command", "Task.Timeout", "Task.Environment", "Task.PassEnvironment",
                 "Filesystem.Workspace", "Filesystem.ReadOnlyPaths", "Filesystem.WritablePaths", "Filesystem.HidePaths",
+                "Filesystem.TmpSize", "Filesystem.ShmSize", "Filesystem.HomeSize",
                 "Network.Mode", "Network.Allow", "Credentials.VaultPolicies", "Credentials.TTL",
-                "Limits.MemoryMax", "Limits.TasksMax", "Limits.CPUWeight", "Limits.CPUQuota",
+                "Limits.MemoryMax", "Limits.TasksMax", "Limits.CPUWeight", "Limits.CPUQuota", "Limits.ChangeMax",
                 "Security.Seccomp", "Security.Landlock",
         };
         size_t n = 0;
@@ -201,7 +202,7 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         mp_pack_strv(pk, p->pass_environment);
 
         mp_pack_cstr(pk, "Filesystem");
-        msgpack_pack_map(pk, 4);
+        msgpack_pack_map(pk, 7);
         mp_pack_kv_str(pk, "Workspace", workspace_mode_name(p->workspace));
         mp_pack_cstr(pk, "ReadOnlyPaths");
         mp_pack_strv(pk, p->read_only_paths);
@@ -209,6 +210,9 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         mp_pack_strv(pk, p->writable_paths);
         mp_pack_cstr(pk, "HidePaths");
         mp_pack_strv(pk, p->hide_paths);
+        pack_size(pk, "TmpSize", p->tmp_size);
+        pack_size(pk, "ShmSize", p->shm_size);
+        pack_size(pk, "HomeSize", p->home_size);
 
         mp_pack_cstr(pk, "Network");
         msgpack_pack_map(pk, 2);
@@ -231,11 +235,12 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         pack_duration(pk, "TTL", p->token_ttl_usec);
 
         mp_pack_cstr(pk, "Limits");
-        msgpack_pack_map(pk, 4);
+        msgpack_pack_map(pk, 5);
         pack_size(pk, "MemoryMax", p->memory_max);
         pack_size(pk, "TasksMax", p->tasks_max);
         mp_pack_kv_u64(pk, "CPUWeight", p->cpu_weight);
         mp_pack_kv_u64(pk, "CPUQuota", p->cpu_quota_percent);
+        pack_size(pk, "ChangeMax", p->change_max);
 
         mp_pack_cstr(pk, "Security");
         msgpack_pack_map(pk, 2);

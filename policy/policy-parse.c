@@ -30,6 +30,9 @@ static const key_def keys[_POLICY_KEY_MAX] = {
         { "Filesystem", "ReadOnlyPaths", POLICY_KEY_FS_READ_ONLY_PATHS, true },
         { "Filesystem", "WritablePaths", POLICY_KEY_FS_WRITABLE_PATHS, true },
         { "Filesystem", "HidePaths", POLICY_KEY_FS_HIDE_PATHS, true },
+        { "Filesystem", "TmpSize", POLICY_KEY_FS_TMP_SIZE, false },
+        { "Filesystem", "ShmSize", POLICY_KEY_FS_SHM_SIZE, false },
+        { "Filesystem", "HomeSize", POLICY_KEY_FS_HOME_SIZE, false },
         { "Network", "Mode", POLICY_KEY_NETWORK_MODE, false },
         { "Network", "Allow", POLICY_KEY_NETWORK_ALLOW, true },
         { "Credentials", "VaultPolicies", POLICY_KEY_CREDENTIALS_VAULT_POLICIES, true },
@@ -38,6 +41,7 @@ static const key_def keys[_POLICY_KEY_MAX] = {
         { "Limits", "TasksMax", POLICY_KEY_LIMITS_TASKS_MAX, false },
         { "Limits", "CPUWeight", POLICY_KEY_LIMITS_CPU_WEIGHT, false },
         { "Limits", "CPUQuota", POLICY_KEY_LIMITS_CPU_QUOTA, false },
+        { "Limits", "ChangeMax", POLICY_KEY_LIMITS_CHANGE_MAX, false },
         { "Security", "Seccomp", POLICY_KEY_SECURITY_SECCOMP, false },
         { "Security", "Landlock", POLICY_KEY_SECURITY_LANDLOCK, false },
 };
@@ -409,6 +413,23 @@ static int parse_scalar(parse_state *s, const key_def *k, const char *v) {
                         return fail(s, k, -EINVAL, "Limits.MemoryMax: invalid size '%.256s' (e.g. 4G, 512M, bytes, "
                                     "infinity)", v);
                 p->memory_max = u;
+                return 0;
+        case POLICY_KEY_FS_TMP_SIZE:
+        case POLICY_KEY_FS_SHM_SIZE:
+        case POLICY_KEY_FS_HOME_SIZE:
+        case POLICY_KEY_LIMITS_CHANGE_MAX:
+                /* At least 1M: a smaller tmpfs or change layer is a typo, not a policy. */
+                if (policy_parse_size(v, &u) < 0 || u < (UINT64_C(1) << 20))
+                        return fail(s, k, -EINVAL, "%s.%s: invalid size '%.256s' (at least 1M, e.g. 512M, 2G, infinity)",
+                                    k->section, k->name, v);
+                if (k->id == POLICY_KEY_FS_TMP_SIZE)
+                        p->tmp_size = u;
+                else if (k->id == POLICY_KEY_FS_SHM_SIZE)
+                        p->shm_size = u;
+                else if (k->id == POLICY_KEY_FS_HOME_SIZE)
+                        p->home_size = u;
+                else
+                        p->change_max = u;
                 return 0;
         case POLICY_KEY_LIMITS_TASKS_MAX: {
                 const char *e;

@@ -23,6 +23,10 @@ int task_policy_new(const char *name, const char *source, task_policy **ret) {
         p->workspace = WORKSPACE_OVERLAY;
         p->network = NETWORK_NONE;
         p->token_ttl_usec = POLICY_DEFAULT_TOKEN_TTL_USEC;
+        p->tmp_size = POLICY_DEFAULT_TMP_SIZE;
+        p->shm_size = POLICY_DEFAULT_SHM_SIZE;
+        p->home_size = POLICY_DEFAULT_HOME_SIZE;
+        p->change_max = POLICY_DEFAULT_CHANGE_MAX;
         p->landlock = true;
         *ret = TAKE_PTR(p);
         return 0;
@@ -72,6 +76,10 @@ int task_policy_copy(const task_policy *p, task_policy **ret) {
                 .tasks_max = p->tasks_max,
                 .cpu_weight = p->cpu_weight,
                 .cpu_quota_percent = p->cpu_quota_percent,
+                .tmp_size = p->tmp_size,
+                .shm_size = p->shm_size,
+                .home_size = p->home_size,
+                .change_max = p->change_max,
                 .landlock = p->landlock,
         };
         c->name = strdup(p->name);
@@ -253,6 +261,9 @@ char *task_policy_canonical(const task_policy *p) {
                 r = canon_list(f, "Filesystem.WritablePaths", p->writable_paths);
         if (r >= 0)
                 r = canon_list(f, "Filesystem.HidePaths", p->hide_paths);
+        fprintf(f, "Filesystem.TmpSize=%" PRIu64 "\n", p->tmp_size);
+        fprintf(f, "Filesystem.ShmSize=%" PRIu64 "\n", p->shm_size);
+        fprintf(f, "Filesystem.HomeSize=%" PRIu64 "\n", p->home_size);
         fprintf(f, "Network.Mode=%s\n", p->network == NETWORK_PROXY ? "proxy" : "none");
         fprintf(f, "Network.Allow=");
         for (size_t i = 0; r >= 0 && i < p->n_allow; i++) {
@@ -269,6 +280,7 @@ char *task_policy_canonical(const task_policy *p) {
         fprintf(f, "Limits.TasksMax=%" PRIu64 "\n", p->tasks_max);
         fprintf(f, "Limits.CPUWeight=%u\n", p->cpu_weight);
         fprintf(f, "Limits.CPUQuota=%u\n", p->cpu_quota_percent);
+        fprintf(f, "Limits.ChangeMax=%" PRIu64 "\n", p->change_max);
         fprintf(f, "Security.Seccomp=%s\n", p->seccomp);
         fprintf(f, "Security.Landlock=%s\n", p->landlock ? "yes" : "no");
 

@@ -20,6 +20,11 @@
 #define USEC_PER_MINUTE (UINT64_C(60) * USEC_PER_SEC)
 #define POLICY_DEFAULT_TOKEN_TTL_USEC (UINT64_C(15) * USEC_PER_MINUTE)
 #define POLICY_INFINITY UINT64_MAX
+/* Sizes of the sandbox's own tmpfs mounts and its change layer, unless the task says otherwise. */
+#define POLICY_DEFAULT_TMP_SIZE (UINT64_C(1) << 30)        /* /tmp: 1G */
+#define POLICY_DEFAULT_SHM_SIZE (UINT64_C(256) << 20)      /* /dev/shm: 256M */
+#define POLICY_DEFAULT_HOME_SIZE (UINT64_C(1) << 30)       /* the tmpfs $HOME: 1G */
+#define POLICY_DEFAULT_CHANGE_MAX (UINT64_C(4) << 30)      /* the overlay's upper layer on disk: 4G */
 
 /* Written only on failure. `key` is "Section.Key" when the error is about a key. */
 typedef struct policy_error {
@@ -70,6 +75,9 @@ typedef enum policy_key {
         POLICY_KEY_FS_READ_ONLY_PATHS,
         POLICY_KEY_FS_WRITABLE_PATHS,
         POLICY_KEY_FS_HIDE_PATHS,
+        POLICY_KEY_FS_TMP_SIZE,
+        POLICY_KEY_FS_SHM_SIZE,
+        POLICY_KEY_FS_HOME_SIZE,
         POLICY_KEY_NETWORK_MODE,
         POLICY_KEY_NETWORK_ALLOW,
         POLICY_KEY_CREDENTIALS_VAULT_POLICIES,
@@ -78,6 +86,7 @@ typedef enum policy_key {
         POLICY_KEY_LIMITS_TASKS_MAX,
         POLICY_KEY_LIMITS_CPU_WEIGHT,
         POLICY_KEY_LIMITS_CPU_QUOTA,
+        POLICY_KEY_LIMITS_CHANGE_MAX,
         POLICY_KEY_SECURITY_SECCOMP,
         POLICY_KEY_SECURITY_LANDLOCK,
         _POLICY_KEY_MAX,
@@ -97,6 +106,9 @@ typedef struct task_policy {
         char **read_only_paths;      /* absolute, ~ expanded, NULL if none */
         char **writable_paths;
         char **hide_paths;
+        uint64_t tmp_size;           /* bytes of the tmpfs /tmp; POLICY_INFINITY = the kernel's default (half of RAM) */
+        uint64_t shm_size;           /* likewise /dev/shm */
+        uint64_t home_size;          /* likewise the tmpfs home */
 
         network_mode network;
         policy_host *allow;
@@ -109,6 +121,7 @@ typedef struct task_policy {
         uint64_t tasks_max;          /* 0 = unset, POLICY_INFINITY = "infinity" */
         unsigned cpu_weight;         /* 1..10000; 0 = unset */
         unsigned cpu_quota_percent;  /* 0 = unset; 100 = one CPU */
+        uint64_t change_max;         /* bytes the overlay's change layer may use on disk; POLICY_INFINITY = unwatched */
 
         char *seccomp;               /* "default", "strict", "off" or an absolute path */
         bool landlock;

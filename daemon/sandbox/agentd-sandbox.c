@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -511,6 +512,12 @@ static int hands_main(int spec_fd, pid_t parent) {
         r = enter_user_namespace(&err);
         if (r < 0)
                 fail(spec.status_fd, &err, SANDBOX_EXIT_SETUP);
+        /* The pids bound that holds without a cgroup: the kernel counts our
+         * tasks in this user namespace alone (the hands, the init and all
+         * below it), and nothing in it may raise the hard limit. */
+        if (spec.nproc > 0 && setrlimit(RLIMIT_NPROC, &(struct rlimit) { spec.nproc, spec.nproc }) < 0)
+                fail(spec.status_fd, (sandbox_fail(&err, "rlimit", -errno, "RLIMIT_NPROC %llu: %m", (unsigned long long) spec.nproc), &err),
+                     SANDBOX_EXIT_SETUP);
         if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
                 fail(spec.status_fd, (sandbox_fail(&err, "init", -errno, "dumpable: %m"), &err), SANDBOX_EXIT_SETUP);
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)

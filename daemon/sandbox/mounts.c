@@ -113,6 +113,17 @@ static int make_tmpfs(const char *mode, unsigned attr, SandboxError *err) {
         return make_fs("tmpfs", streq(mode, "1777") ? NULL : opts, attr, "tmpfs", err);
 }
 
+/* A tmpfs the sandbox writes to: bounded (size 0 = the kernel's default, half of RAM). */
+static int make_sized_tmpfs(const char *mode, uint64_t size, unsigned attr, SandboxError *err) {
+        char sz[32];
+        const char *opts[] = { "mode", mode, "size", sz, NULL };
+
+        if (size == 0)
+                return make_tmpfs(mode, attr, err);
+        snprintf(sz, sizeof(sz), "%llu", (unsigned long long) size);
+        return make_fs("tmpfs", opts, attr, "tmpfs", err);
+}
+
 /* Clone a host path (recursively) into a detached mount with the given attributes. */
 static int clone_tree(const char *path, bool recursive, unsigned attr, const char *step, SandboxError *err) {
         _cleanup_close_ int fd = -1;
@@ -126,7 +137,7 @@ static int clone_tree(const char *path, bool recursive, unsigned attr, const cha
         return TAKE_FD(fd);
 }
 
-static int plan_system(MountPlan *plan, SandboxError *err) {
+static int plan_system(MountPlan *plan, const SandboxSpec *spec, SandboxError *err) {
         static const char *const merged[] = { "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32" };
         static const char *const devices[] = { "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty" };
         static char links[ELEMENTSOF(merged)][256];
@@ -170,7 +181,7 @@ static int plan_system(MountPlan *plan, SandboxError *err) {
         fd = make_fs("devpts", devpts_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "mount /dev/pts", err);
         if (fd < 0 || (r = plan_add(plan, "/dev/pts", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
-        fd = make_tmpfs("1777", ATTR_RW, err);
+        fd = make_sized_tmpfs("1777", spec->shm_size, ATTR_RW, err);
         if (fd < 0 || (r = plan_add(plan, "/dev/shm", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         r = plan_add(plan, "/dev/ptmx", -1, "pts/ptmx", 0, err);
@@ -189,36 +200,64 @@ static int plan_system(MountPlan *plan, SandboxError *err) {
         fd = make_fs("proc", NULL, ATTR_RW | MOUNT_ATTR_NOEXEC, "mount /proc", err);
         if (fd < 0 || (r = plan_add(plan, "/proc", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
-        fd = make_tmpfs("1777", ATTR_RW, err);
+        fd = make_sized_tmpfs("1777", spec->tmp_size, ATTR_RW, err);
         if (fd < 0 || (r = plan_add(plan, "/tmp", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
-        fd = make_tmpfs("0755", ATTR_RW, err);
+        /* Only sockets and pid files belong here: a small fixed size, never half of RAM. */
+        fd = make_sized_tmpfs("0755", SANDBOX_RUN_SIZE, ATTR_RW, err);
         if (fd < 0 || (r = plan_add(plan, "/run", fd, NULL, S_IFDIR, err)) < 0)
                 return fd < 0 ? fd : r;
         return 0;
 }
 
+/* The workspace exactly as agentd checked it (a canonical path): resolved
+ * again with no symlink allowed anywhere, so a component swapped for a
+ * symlink after the check (towards agentd's runtime dir, say) fails here
+ * instead of being followed. The mounts then take it through this fd. */
+static int open_checked_workspace(const char *path, char *ret_src, size_t size, SandboxError *err) {
+        _cleanup_close_ int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        int fd;
+
+        if (root < 0)
+                return sandbox_fail(err, "workspace", -errno, "/: %m");
+        fd = openat2_safe(root, path + 1, O_PATH | O_DIRECTORY);
+        if (fd < 0) {
+                errno = -fd;
+                return sandbox_fail(err, "workspace", fd, "%s: %m%s", path,
+                                    fd == -ELOOP || fd == -EXDEV ? " (changed into a symlink since agentd checked it)" : "");
+        }
+        snprintf(ret_src, size, "/proc/self/fd/%d", fd);
+        return fd;
+}
+
 static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err) {
+        _cleanup_close_ int wsfd = -1;
+        char ws_src[64];
         int fd, r;
 
         if (spec->home) {
-                fd = make_tmpfs("0700", ATTR_RW, err);
+                fd = make_sized_tmpfs("0700", spec->home_size, ATTR_RW, err);
                 if (fd < 0 || (r = plan_add(plan, spec->home, fd, NULL, S_IFDIR, err)) < 0)
                         return fd < 0 ? fd : r;
         }
 
+        if (spec->workspace_mode != WORKSPACE_NONE) {
+                wsfd = open_checked_workspace(spec->workspace, ws_src, sizeof(ws_src), err);
+                if (wsfd < 0)
+                        return wsfd;
+        }
         switch (spec->workspace_mode) {
         case WORKSPACE_OVERLAY: {
-                const char *opts[] = { "lowerdir", spec->workspace, "upperdir", spec->upper,
+                const char *opts[] = { "lowerdir", ws_src, "upperdir", spec->upper,
                                        "workdir", spec->work, "userxattr", NULL, NULL };
                 fd = make_fs("overlay", opts, ATTR_RW, "workspace", err);
                 break;
         }
         case WORKSPACE_RO:
-                fd = clone_tree(spec->workspace, true, ATTR_RO, "workspace", err);
+                fd = clone_tree(ws_src, true, ATTR_RO, "workspace", err);
                 break;
         case WORKSPACE_RW:
-                fd = clone_tree(spec->workspace, true, ATTR_RW, "workspace", err);
+                fd = clone_tree(ws_src, true, ATTR_RW, "workspace", err);
                 break;
         case WORKSPACE_NONE:
         default:
@@ -457,7 +496,7 @@ int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
                 return sandbox_fail(err, "mount", -ENOMEM, "out of memory");
 
         /* Clone every source before anything is covered: the sources may live anywhere. */
-        r = plan_system(plan, err);
+        r = plan_system(plan, spec, err);
         if (r >= 0)
                 r = plan_user(plan, spec, err);
         if (r >= 0) {

@@ -13,6 +13,7 @@
 #define SANDBOX_EXIT_SETUP 125
 #define SANDBOX_EXIT_NOEXEC 126
 #define SANDBOX_EXIT_NOTFOUND 127
+#define SANDBOX_RUN_SIZE (UINT64_C(16) << 20) /* the tmpfs /run inside */
 
 /* Failure detail, written only on failure: the step that failed and why. */
 typedef struct SandboxError {
@@ -53,6 +54,8 @@ typedef struct SandboxSpec {
         const char *proxy_socket;  /* host Unix socket, reached as 127.0.0.1:proxy_port inside */
         unsigned proxy_port;
         const char *broker_socket; /* host Unix socket, bound at /run/agentd/broker.sock inside */
+        uint64_t tmp_size, shm_size, home_size; /* bytes of those tmpfs mounts; 0 = the kernel's default */
+        uint64_t nproc;            /* RLIMIT_NPROC inside the user namespace; 0 = left as it is */
 
         struct sock_filter *seccomp_insns; /* loaded from seccomp_fd */
         unsigned short seccomp_len;

@@ -92,6 +92,18 @@ static int parse_fd(const char *key, const char *value, int *ret, SandboxError *
         return 0;
 }
 
+static int parse_u64(const char *key, const char *value, uint64_t *ret, SandboxError *err) {
+        char *end;
+        unsigned long long v;
+
+        errno = 0;
+        v = strtoull(value, &end, 10);
+        if (errno || end == value || *end || value[0] == '-')
+                return sandbox_fail(err, "spec", -EINVAL, "%s: bad number '%.32s'", key, value);
+        *ret = (uint64_t) v;
+        return 0;
+}
+
 static int parse_bool(const char *key, const char *value, bool *ret, SandboxError *err) {
         if (streq(value, "1"))
                 *ret = true;
@@ -253,6 +265,14 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                         if (errno || end == value || *end || v < 1 || v > 65535)
                                 return sandbox_fail(err, "spec", -EINVAL, "proxy_port: bad port '%.16s'", value);
                         spec->proxy_port = (unsigned) v;
+                } else if (streq(p, "tmp_size") || streq(p, "shm_size") || streq(p, "home_size") || streq(p, "nproc")) {
+                        r = parse_u64(p, value, streq(p, "tmp_size")    ? &spec->tmp_size
+                                                : streq(p, "shm_size")  ? &spec->shm_size
+                                                : streq(p, "home_size") ? &spec->home_size
+                                                                        : &spec->nproc,
+                                      err);
+                        if (r < 0)
+                                return r;
                 } else if (streq(p, "workspace_mode")) {
                         if (streq(value, "overlay"))
                                 spec->workspace_mode = WORKSPACE_OVERLAY;

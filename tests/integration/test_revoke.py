@@ -87,6 +87,8 @@ def test_freeze_only_stops_cpu():
         p = d.agentctl("--json", "revoke", "--sandbox", sid, "--freeze-only", check=0)
         r = json.loads(p.stdout)
         assert r["frozen"] == 1 and r["killed"] == 0 and r["locked_down"] is False, r
+        cgroup_ok = c.ok("agentd.status")["cgroup"].startswith("ok")
+        assert r["freeze_method"] == ("cgroup" if cgroup_ok else "signal") and r["failures"] == [], r
         assert {s["id"]: s for s in c.ok("sandbox.list")}[sid]["state"] == "frozen"
         time.sleep(0.2)
         a = children_cpu(pid)

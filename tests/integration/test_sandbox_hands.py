@@ -490,6 +490,23 @@ def bad_workspace(e):
 
 
 @test
+def workspace_swapped_for_symlink_refused(e):
+    # agentd checks a canonical path; a component that is a symlink by the time
+    # the helper mounts it (swapped in after the check) fails closed, in every mode.
+    link = os.path.join(e.root, "ws-link")
+    if not os.path.islink(link):
+        os.symlink(e.ws, link)
+    try:
+        for mode in ("overlay", "ro", "rw"):
+            items = [i for i in e.spec(["/bin/true"], mode=mode) if not i.startswith("workspace=")]
+            r = e.run(items + [f"workspace={link}"])
+            assert r.rc == 125 and r.messages[0].startswith("error workspace: " + link), (mode, r)
+            assert "symlink" in r.messages[0], (mode, r)
+    finally:
+        os.unlink(link)
+
+
+@test
 def ro_rw_hide(e):
     d = os.path.join(e.root, "extra-ro")
     w = os.path.join(e.root, "extra-rw")

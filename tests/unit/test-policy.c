@@ -83,6 +83,33 @@ START_TEST(test_default_task) {
 }
 END_TEST
 
+START_TEST(test_tmpfs_sizes_and_change_max) {
+        _cleanup_task_policy_ task_policy *d = parse_ok("");
+        ck_assert_uint_eq(d->tmp_size, POLICY_DEFAULT_TMP_SIZE);
+        ck_assert_uint_eq(d->shm_size, POLICY_DEFAULT_SHM_SIZE);
+        ck_assert_uint_eq(d->home_size, POLICY_DEFAULT_HOME_SIZE);
+        ck_assert_uint_eq(d->change_max, POLICY_DEFAULT_CHANGE_MAX);
+        _cleanup_task_policy_ task_policy *p =
+                parse_ok("[Filesystem]\nTmpSize=2G\nShmSize=64M\nHomeSize=infinity\n[Limits]\nChangeMax=512M\n");
+        ck_assert_uint_eq(p->tmp_size, UINT64_C(2) << 30);
+        ck_assert_uint_eq(p->shm_size, UINT64_C(64) << 20);
+        ck_assert_uint_eq(p->home_size, POLICY_INFINITY);
+        ck_assert_uint_eq(p->change_max, UINT64_C(512) << 20);
+        ck_assert_uint_eq(task_policy_origin(p, "Limits.ChangeMax")->line, 6);
+        /* The canonical form (the policy hash in the audit log) tells them apart. */
+        _cleanup_free_ char *a = task_policy_canonical(d), *b = task_policy_canonical(p);
+        ck_assert_str_ne(a, b);
+        ck_assert_ptr_nonnull(strstr(b, "Filesystem.TmpSize=2147483648\n"));
+        static const char *const bad[] = { "[Filesystem]\nTmpSize=0\n", "[Filesystem]\nShmSize=12K\n",
+                                           "[Filesystem]\nHomeSize=lots\n", "[Limits]\nChangeMax=-1\n" };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                policy_error e = parse_fail(bad[i]);
+                ck_assert_uint_eq(e.line, 2);
+                ck_assert_ptr_nonnull(strstr(e.message, "at least 1M"));
+        }
+}
+END_TEST
+
 START_TEST(test_empty_is_defaults) {
         _cleanup_task_policy_ task_policy *p = parse_ok("");
         ck_assert_str_eq(p->name, "x");
@@ -760,6 +787,7 @@ static Suite *policy_suite(void) {
         tcase_add_test(tc, test_builtins);
         tcase_add_test(tc, test_default_task);
         tcase_add_test(tc, test_empty_is_defaults);
+        tcase_add_test(tc, test_tmpfs_sizes_and_change_max);
         tcase_add_test(tc, test_every_key);
         tcase_add_test(tc, test_capabilities_and_canonical);
         tcase_add_test(tc, test_seccomp_off_capability);
