@@ -347,7 +347,9 @@ def test_revoke_snapshot_carries_the_report():
         assert rep["id"] == sid and rep["verification"]["ok"] is True, rep["verification"]
         assert rep["argv"][-1].startswith("echo x > a.txt"), rep["argv"]
         assert os.stat(path).st_mode & 0o777 == 0o600
-        # Later reports name the snapshot and the revocation that froze it.
+        # Later reports name the snapshot and the revocation that froze it
+        # (the kill is asynchronous: wait for the exit record first).
+        c.ok("sandbox.wait", {"id": sid})
         r, _ = report_json(d, sid)
         assert r["snapshots"] == [res["snapshots"][0]], (r["snapshots"], res)
         assert [i["type"] for i in r["incidents"]] == ["revoke"] and r["incidents"][0]["fields"]["frozen"] == 1, r
