@@ -25,6 +25,9 @@ typedef struct agentd_config {
         char *vault_ca_certificate;
         char *vault_approle_path;
 
+        /* [Audit] */
+        size_t audit_min_free;       /* state-changing requests are refused below this many free bytes */
+
         char *tpm_tcti;
         bool tpm_allow_software_key;
 } agentd_config;

@@ -20,6 +20,7 @@
 #include "broker.h"
 #include "cgroup.h"
 #include "daemon.h"
+#include "fileio.h"
 #include "log.h"
 #include "macro.h"
 #include "policy.h"
@@ -42,6 +43,22 @@ void lockdown_load(manager *m) {
                 m->locked_down = true;
                 log_warning("lockdown is in force (since an earlier 'agentctl revoke --all'): spawning is refused until 'agentctl unlock'");
         }
+}
+
+/* The marker that keeps a lockdown across restarts, durable before we say it
+ * is: written to a temp file, fsync'd, renamed, and the directory fsync'd. */
+static int lockdown_persist(manager *m) {
+        _cleanup_free_ char *p = lockdown_path(m);
+        if (!p)
+                return -ENOMEM;
+        static const char text[] = "locked by credentials.revoke all\n";
+        int r = write_file_atomic(p, text, sizeof(text) - 1);
+        if (r < 0)
+                return r;
+        _cleanup_close_ int dfd = open(m->config->state_directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || fsync(dfd) < 0)
+                return -errno;
+        return 0;
 }
 
 /* Every process of a sandbox: the cgroup's list, else a /proc scan by pid namespace. */
@@ -260,6 +277,7 @@ typedef struct revoke_op {
         uint64_t t0_us, frozen_us, tokens_us;
         char **snapshots;
         size_t n_ids;
+        int lockdown_error;       /* the marker could not be made durable: the reply is an error */
 } revoke_op;
 
 static uint64_t now_us(void) {
@@ -336,7 +354,16 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
         audit_event(m, "revoke", NULL, ev);
         log_notice("revoke%s: %u frozen, %u killed, %u tokens revoked, %u pending", op->all ? " --all" : "", op->frozen,
                    op->killed, op->confirmed, op->pending);
-        if (op->call)
+        if (op->call && op->lockdown_error < 0) {
+                /* Frozen, revoked and killed as asked, but a lockdown that a restart
+                 * forgets is not a lockdown: say so instead of locked_down: true. */
+                char text[300];
+                snprintf(text, sizeof(text),
+                         "lockdown is in force until agentd stops but could not be persisted in the state directory (%s); "
+                         "%u frozen, %u killed, %u tokens revoked, %u pending",
+                         strerror(-op->lockdown_error), op->frozen, op->killed, op->confirmed, op->pending);
+                rpc_call_error(op->call, RPC_E_BACKEND_UNAVAILABLE, text);
+        } else if (op->call)
                 rpc_call_reply(op->call, pack_revoke, op);
         strv_free(op->ids);
         strv_free(op->snapshots);
@@ -361,10 +388,12 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         /* (5 first, for --all) no new spawn may slip in while we work. */
         if (all) {
                 m->locked_down = true;
-                _cleanup_free_ char *p = lockdown_path(m);
-                if (p)
-                        write_text(p, "locked by credentials.revoke all\n");
-                audit_event(m, "lockdown", NULL, NULL);
+                op->lockdown_error = lockdown_persist(m);
+                if (op->lockdown_error < 0)
+                        log_error("lockdown: cannot persist the marker: %s", strerror(-op->lockdown_error));
+                json_object *ev = json_object_new_object();
+                json_object_object_add(ev, "persisted", json_object_new_boolean(op->lockdown_error == 0));
+                audit_event(m, "lockdown", NULL, ev);
         }
         /* (1) freeze. */
         list_head *i, *t;
