@@ -22,6 +22,8 @@
 #include "macro.h"
 #include "server.h"
 
+#define AUDIT_QUERY_DEFAULT 1000u
+
 typedef struct auditlog {
         audit_log *log;
         uv_timer_t flush_timer;
@@ -314,10 +316,23 @@ int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
                 return -ENODEV;
         }
         _cleanup_free_ char *sb = rpc_param_strdup(ctx->params, "sandbox");
-        const msgpack_object *since = rpc_param(ctx->params, "since"), *limit = rpc_param(ctx->params, "limit");
+        const msgpack_object *since = rpc_param(ctx->params, "since"), *limit = rpc_param(ctx->params, "limit"),
+                             *before = rpc_param(ctx->params, "before");
+        if (limit && (limit->via.u64 == 0 || limit->via.u64 > AUDIT_QUERY_MAX)) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "limit must be 1..%u (page with 'before': the first seq returned)",
+                              AUDIT_QUERY_MAX);
+                return -EINVAL;
+        }
+        audit_query_opts q = {
+                .sandbox = sb,
+                .since_ms = since ? since->via.u64 : 0,
+                .before_seq = before ? before->via.u64 : 0,
+                .limit = limit ? (size_t) limit->via.u64 : AUDIT_QUERY_DEFAULT,
+                .max_bytes = AUDIT_QUERY_MAX_BYTES,
+        };
         json_object *arr = NULL;
         (void) audit_flush(the_log.log);
-        int r = audit_query(the_log.log, sb, since ? since->via.u64 : 0, limit ? (size_t) limit->via.u64 : 1000, &arr);
+        int r = audit_query_page(the_log.log, &q, &arr, NULL);
         if (r < 0) {
                 rpc_error_set(err, RPC_E_INTERNAL, "audit query failed: %s", strerror(-r));
                 return r;

@@ -1595,45 +1595,86 @@ int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *
 
 /* ---- query ---- */
 
-static bool record_matches(struct json_object *o, const char *sandbox, uint64_t since_ms) {
+static bool record_matches(struct json_object *o, const audit_query_opts *q) {
         struct json_object *v;
         uint64_t ms;
 
-        if (sandbox) {
-                if (!get_member(o, "sandbox", json_type_string, &v) || !streq(json_object_get_string(v), sandbox))
+        if (!get_member(o, "seq", json_type_int, &v))
+                return false;
+        if (q->before_seq > 0 && (uint64_t) json_object_get_int64(v) >= q->before_seq)
+                return false;
+        if (q->sandbox) {
+                if (!get_member(o, "sandbox", json_type_string, &v) || !streq(json_object_get_string(v), q->sandbox))
                         return false;
         }
-        if (since_ms > 0) {
+        if (q->since_ms > 0) {
                 if (!get_member(o, "time", json_type_string, &v) || !parse_time_ms(json_object_get_string(v), &ms) ||
-                    ms < since_ms)
+                    ms < q->since_ms)
                         return false;
         }
         return true;
 }
 
-int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array) {
+/* The newest matching lines, as written: at most `cap` of them and (when
+ * max_bytes is set) at most max_bytes of line text. Only lines are kept while
+ * walking, never parsed objects, so memory is bounded by the page, not the log. */
+typedef struct line_ring {
+        char **line;
+        size_t *len;
+        size_t cap, first, n, bytes;
+        uint64_t dropped;             /* matches that fell out (older than the page) */
+} line_ring;
+
+static void ring_drop_oldest(line_ring *g) {
+        free(g->line[g->first]);
+        g->line[g->first] = NULL;
+        g->bytes -= g->len[g->first];
+        g->first = (g->first + 1) % g->cap;
+        g->n--;
+        g->dropped++;
+}
+
+static int ring_push(line_ring *g, const char *line, size_t len, size_t max_bytes) {
+        char *copy = malloc(len + 1);
+        if (!copy)
+                return -ENOMEM;
+        memcpy(copy, line, len);
+        copy[len] = 0;
+        if (g->n == g->cap)
+                ring_drop_oldest(g);
+        size_t at = (g->first + g->n) % g->cap;
+        g->line[at] = copy;
+        g->len[at] = len;
+        g->n++;
+        g->bytes += len;
+        while (max_bytes > 0 && g->bytes > max_bytes && g->n > 1)
+                ring_drop_oldest(g);
+        return 0;
+}
+
+static void ring_free(line_ring *g) {
+        for (size_t i = 0; g->line && i < g->cap; i++)
+                free(g->line[i]);
+        free(g->line);
+        free(g->len);
+}
+
+int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object **ret_array, bool *ret_more) {
         _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
-        _cleanup_(json_object_putp) struct json_object *arr = NULL;
-        _cleanup_free_ struct json_object **ring = NULL;
         _cleanup_free_ unsigned *files = NULL;
-        size_t n_files = 0, count = 0;
+        size_t n_files = 0;
+        line_ring g = { 0 };
         int r;
 
-        if (!a || !ret_array)
+        if (!a || !q || !ret_array || q->limit == 0)
                 return -EINVAL;
         tok = json_tokener_new();
-        if (!tok)
+        g.cap = q->limit;
+        g.line = calloc(g.cap, sizeof(*g.line));
+        g.len = calloc(g.cap, sizeof(*g.len));
+        if (!tok || !g.line || !g.len) {
+                ring_free(&g);
                 return -ENOMEM;
-        /* With a limit only the newest `limit` matches are kept while walking, so a
-         * query for the last few records costs no memory for the whole log. */
-        if (limit > 0) {
-                ring = calloc(limit, sizeof(*ring));
-                if (!ring)
-                        return -ENOMEM;
-        } else {
-                arr = json_object_new_array();
-                if (!arr)
-                        return -ENOMEM;
         }
 
         r = list_files(a->dir_fd, &files, &n_files);
@@ -1650,7 +1691,6 @@ int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t lim
                 if (r < 0)
                         break;
                 for (;;) {
-                        struct json_object *o;
                         const char *line;
                         uint64_t offset;
                         size_t len;
@@ -1660,45 +1700,44 @@ int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t lim
                                 break;
                         if (r != LINE_OK)
                                 continue;
-                        o = parse_line(tok, line, len);
+                        struct json_object *o = parse_line(tok, line, len);
                         if (!o)
                                 continue;
-                        if (!get_member(o, "seq", json_type_int, NULL) || !record_matches(o, sandbox, since_ms)) {
-                                json_object_put(o);
-                                continue;
-                        }
-                        if (ring) {
-                                json_object_put(ring[count % limit]);
-                                ring[count % limit] = o;
-                        } else if (json_object_array_add(arr, o) < 0) {
-                                json_object_put(o);
-                                r = -ENOMEM;
+                        bool match = record_matches(o, q);
+                        json_object_put(o);
+                        if (match && (r = ring_push(&g, line, len, q->max_bytes)) < 0)
                                 break;
-                        }
-                        count++;
                 }
                 reader_done(&rd);
         }
 
-        if (ring) {
-                size_t n = count < limit ? count : limit, first = count < limit ? 0 : count % limit;
-
-                if (r >= 0) {
-                        arr = json_object_new_array_ext((int) (n > 0 ? n : 1));
-                        if (!arr)
-                                r = -ENOMEM;
-                }
-                for (size_t i = 0; i < n; i++) {
-                        struct json_object *o = TAKE_PTR(ring[(first + i) % limit]);
-                        if (r >= 0 && json_object_array_add(arr, o) < 0) {
-                                r = -ENOMEM;
-                                json_object_put(o);
-                        } else if (r < 0)
-                                json_object_put(o);
+        struct json_object *arr = r >= 0 ? json_object_new_array_ext((int) (g.n > 0 ? g.n : 1)) : NULL;
+        if (r >= 0 && !arr)
+                r = -ENOMEM;
+        for (size_t i = 0; r >= 0 && i < g.n; i++) {
+                size_t at = (g.first + i) % g.cap;
+                struct json_object *o = parse_line(tok, g.line[at], g.len[at]);
+                if (o && json_object_array_add(arr, o) < 0) {
+                        json_object_put(o);
+                        r = -ENOMEM;
                 }
         }
-        if (r < 0)
+        bool more = g.dropped > 0;
+        ring_free(&g);
+        if (r < 0) {
+                json_object_put(arr);
                 return r;
-        *ret_array = TAKE_PTR(arr);
+        }
+        *ret_array = arr;
+        if (ret_more)
+                *ret_more = more;
         return 0;
+}
+
+int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array) {
+        audit_query_opts q = {
+                .sandbox = sandbox, .since_ms = since_ms, .limit = limit > 0 ? limit : AUDIT_QUERY_MAX,
+                .max_bytes = AUDIT_QUERY_MAX_BYTES,
+        };
+        return audit_query_page(a, &q, ret_array, NULL);
 }

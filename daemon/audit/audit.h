@@ -165,9 +165,30 @@ int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *re
 int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *ret_ok, uint64_t *ret_records,
                      uint64_t *ret_first_bad_seq, char **ret_reason);
 
-/* Records as a new json array of objects (seq, time, type, sandbox, fields, prev,
- * hmac), oldest first, newest last: only those of `sandbox` (NULL: all), with
- * time >= since_ms (unix ms; 0: all), and of those the last `limit` (0: all).
- * Lines that do not parse are skipped; query does not check hmacs — that is
- * audit_verify()'s job. Returns 0 or a negative errno. */
+/* A page of records, bounded in count and bytes whatever the log's size.
+ * Queries never hold more than one page: AUDIT_QUERY_MAX records and
+ * AUDIT_QUERY_MAX_BYTES of record text (lines are at most AUDIT_RECORD_MAX_LIMIT). */
+#define AUDIT_QUERY_MAX 10000u
+#define AUDIT_QUERY_MAX_BYTES (8u * 1024u * 1024u)
+
+typedef struct audit_query_opts {
+        const char *sandbox;            /* only this sandbox's records (NULL: all) */
+        uint64_t since_ms;              /* time >= since_ms (unix ms; 0: all) */
+        uint64_t before_seq;            /* seq < before_seq (0: up to the newest): the cursor for the next page */
+        size_t limit;                   /* 1..any: the newest `limit` matches */
+        size_t max_bytes;               /* 0: no byte bound; else the newest matches whose lines fit */
+} audit_query_opts;
+
+/* Records as a new json array of objects (seq, time, type, sandbox, fields,
+ * prev, hmac), oldest first, newest last: of the records matching q, the newest
+ * that fit q->limit and q->max_bytes (at least one when any matches). Memory is
+ * O(page), not O(log): lines are kept while walking and parsed at the end.
+ * *ret_more (may be NULL): older matches exist; ask again with before_seq =
+ * the first returned seq. Lines that do not parse are skipped; query does not
+ * check hmacs — that is audit_verify()'s job. Returns 0, -EINVAL (limit 0), or
+ * a negative errno. */
+int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object **ret_array, bool *ret_more);
+
+/* audit_query_page() without a cursor: limit 0 means AUDIT_QUERY_MAX; the
+ * byte bound is AUDIT_QUERY_MAX_BYTES. */
 int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array);

@@ -275,15 +275,70 @@ def test_no_audit_key_refuses_changes():
     with open(key, "r+b") as f:
         f.seek(20)
         f.write(b"\xff" * 16)
+    ws = os.path.join(d.tmp, "ws")
+    os.makedirs(ws)
     with d:
         c = d.client()
         st = c.ok("agentd.status")
         assert st["audit"].startswith("unavailable:"), st
-        err, _ = c.call("sandbox.spawn", {"argv": ["/bin/true"], "workspace": d.tmp})
+        err, _ = c.call("sandbox.spawn", {"argv": ["/bin/true"], "workspace": ws})
         assert err["code"] == "backend_unavailable" and "audit" in err["message"], err
         err, _ = c.call("agentd.unlock")
         assert err["code"] == "backend_unavailable", err
         c.ok("sandbox.list")
+
+
+# ---- audit.query is bounded -------------------------------------------------------
+
+def test_audit_query_limit_bounded_and_paged():
+    with Daemon() as d:
+        c = d.client()
+        for _ in range(30):
+            c.ok("agentd.ping")
+        rss0 = d.rss_kb()
+        for bad in (2**64 - 1, 2**32, 10001, 0):
+            err, _ = c.call("audit.query", {"limit": bad})
+            assert err["code"] == "invalid_params" and "10000" in err["message"], (bad, err)
+        assert d.rss_kb() < rss0 + d.rss_slack_kb(16 * 1024), (rss0, d.rss_kb())
+        p = d.agentctl("audit", "show", "--limit", "18446744073709551615")
+        assert p.returncode == 1 and b"invalid_params" in p.stderr, p
+        allrecs = c.ok("audit.query", {"limit": 10000})
+        assert len(allrecs) >= 30
+        # Each query is recorded too: page from a fixed point.
+        page = c.ok("audit.query", {"limit": 10, "before": allrecs[-1]["seq"] + 1})
+        assert [r["seq"] for r in page] == [r["seq"] for r in allrecs[-10:]]
+        older = c.ok("audit.query", {"limit": 10, "before": page[0]["seq"]})
+        assert [r["seq"] for r in older] == [r["seq"] for r in allrecs[-20:-10]], (older, allrecs[-20:])
+        assert c.ok("audit.query", {"limit": 10, "before": 1}) == []
+
+
+# ---- a reload that fails changes nothing -----------------------------------------
+
+def test_reload_of_nul_config_keeps_previous():
+    conf = "[Daemon]\nMaxMessageSize=4096\n"
+    d = Daemon(config=conf).start()
+    try:
+        big = {"name": "x" * 8000}
+
+        def refused():
+            c = d.client()
+            err, _ = c.call("task.show", big)
+            return err["code"] == "limit_exceeded"
+        assert refused()
+        path = os.path.join(d.config_home, "agentd", "agentd.conf")
+        with open(path, "wb") as f:
+            f.write(b"\0" * len(conf))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "keeping the previous configuration" in d.read_log(), what="reload refused")
+        assert "NUL" in d.read_log()
+        assert refused()
+        # A good file is taken again.
+        with open(path, "w") as f:
+            f.write("[Daemon]\nMaxMessageSize=1M\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: not refused(), what="reload applied")
+    finally:
+        d.stop()
 
 
 if __name__ == "__main__":
