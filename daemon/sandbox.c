@@ -58,6 +58,7 @@ static int pidfd_send_signal_(int pidfd, int sig) {
 
 static void sandbox_free(sandbox *s);
 static sandbox *sandbox_load(manager *m, const char *id);
+static void evict_old(manager *m, sandbox *keep);
 
 const char *sandbox_state_to_string(sandbox_state s) {
         switch (s) {
@@ -286,6 +287,8 @@ int sandbox_save_meta(sandbox *s) {
         json_object_object_add(o, "state", json_object_new_string(sandbox_state_to_string(s->state)));
         json_object_object_add(o, "exit_code", json_object_new_int(s->exit_code));
         json_object_object_add(o, "signal", json_object_new_int(s->exit_signal));
+        if (s->init_pid > 0 || s->recorded_pid > 0)
+                json_object_object_add(o, "pid", json_object_new_int(s->init_pid > 0 ? s->init_pid : s->recorded_pid));
         json_object_object_add(o, "discarded", json_object_new_boolean(s->discarded));
         if (s->end_reason)
                 json_object_object_add(o, "reason", json_object_new_string(s->end_reason));
@@ -366,6 +369,7 @@ static sandbox *sandbox_load(manager *m, const char *id) {
         s->started_ns = json_object_object_get_ex(o, "started_ns", &v) ? json_object_get_int64(v) : 0;
         s->exit_code = json_object_object_get_ex(o, "exit_code", &v) ? json_object_get_int(v) : 0;
         s->exit_signal = json_object_object_get_ex(o, "signal", &v) ? json_object_get_int(v) : 0;
+        s->recorded_pid = json_object_object_get_ex(o, "pid", &v) ? (pid_t) json_object_get_int(v) : 0;
         s->discarded = json_object_object_get_ex(o, "discarded", &v) && json_object_get_boolean(v);
         const char *state = json_object_object_get_ex(o, "state", &v) ? json_object_get_string(v) : "exited";
         if (json_object_object_get_ex(o, "reason", &v))
@@ -393,6 +397,8 @@ static sandbox *sandbox_load(manager *m, const char *id) {
         json_object_put(o);
         list_add_tail(&m->sandboxes, &s->link);
         m->n_sandboxes++;
+        /* Looking up old ids must not grow memory without bound. */
+        evict_old(m, s);
         return s;
 fail:
         json_object_put(o);
@@ -677,7 +683,9 @@ static void release_owner(sandbox *s) {
         }
 }
 
-static void evict_old(manager *m) {
+/* Keeps at most MAX_ENDED_KEPT ended sandboxes in memory, oldest out first
+ * (their records stay on disk and load again on demand); never `keep`. */
+static void evict_old(manager *m, sandbox *keep) {
         unsigned ended = 0;
         list_head *i, *t;
         list_for_each_safe(i, t, &m->sandboxes) {
@@ -689,7 +697,7 @@ static void evict_old(manager *m) {
                 if (ended <= MAX_ENDED_KEPT)
                         break;
                 sandbox *s = container_of(i, sandbox, link);
-                if (!sandbox_ended(s) || s->waiters)
+                if (!sandbox_ended(s) || s->waiters || s == keep)
                         continue;
                 list_del(&s->link);
                 m->n_sandboxes--;
@@ -755,7 +763,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         complete_waiters(s);
         release_owner(s);
         m->n_sandboxes_live--;
-        evict_old(m);
+        evict_old(m, NULL);
         daemon_maybe_finish(m);
 }
 
@@ -1892,7 +1900,13 @@ int rpc_sandbox_list(rpc_ctx *ctx, rpc_error *err) {
                 mp_pack_kv_str(ctx->pk, "id", s->id);
                 mp_pack_kv_str(ctx->pk, "task", s->task);
                 mp_pack_kv_str(ctx->pk, "state", sandbox_state_to_string(s->state));
-                mp_pack_kv_i64(ctx->pk, "pid", s->init_pid);
+                /* The pid it ran as (from its record after a restart); nil when unknown. */
+                pid_t pid = s->init_pid > 0 ? s->init_pid : s->recorded_pid;
+                mp_pack_cstr(ctx->pk, "pid");
+                if (pid > 0)
+                        msgpack_pack_int64(ctx->pk, pid);
+                else
+                        msgpack_pack_nil(ctx->pk);
                 mp_pack_kv_u64(ctx->pk, "started_at", s->started_at);
                 mp_pack_kv_str(ctx->pk, "workspace", s->workspace);
                 mp_pack_cstr(ctx->pk, "argv");

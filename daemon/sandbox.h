@@ -64,6 +64,7 @@ typedef struct sandbox {
         bool helper_poll_init;
         bool helper_reaped;
         pid_t init_pid;
+        pid_t recorded_pid;       /* init_pid as its record says (loaded after a restart) */
         int init_pidfd;
         int status_fd;
         uv_poll_t status_poll;

@@ -341,5 +341,44 @@ def test_reload_of_nul_config_keeps_previous():
         d.stop()
 
 
+# ---- ps and status after a restart say what is true, memory stays bounded -------
+
+def fake_record(d, sid, started_at):
+    dd = os.path.join(state_dir(d), "sandboxes", sid)
+    os.makedirs(dd, mode=0o700)
+    with open(os.path.join(dd, "meta.json"), "w") as f:
+        json.dump({"id": sid, "task": "default", "workspace": d.tmp, "workspace_mode": 0, "started_at": started_at,
+                   "started_ns": started_at * 1000000, "state": "exited", "exit_code": 0, "signal": 0,
+                   "discarded": False, "argv": ["/bin/true"]}, f)
+
+
+def test_restart_ps_pid_status_count_and_bounded_lookups():
+    d = Daemon().start()
+    ws = os.path.join(d.tmp, "ws")
+    os.makedirs(ws)
+    d.agentctl("spawn", "--", "/bin/true", cwd=ws, check=0)
+    before = d.client().ok("sandbox.list")
+    assert len(before) == 1 and before[0]["pid"] > 0, before
+    d.stop()
+    for k in range(300):
+        fake_record(d, "%012x" % (0xa00000000000 + k), 1000 + k)
+    d.start()
+    c = d.client()
+    lst = c.ok("sandbox.list")
+    mine = [s for s in lst if s["id"] == before[0]["id"]]
+    assert mine and mine[0]["pid"] == before[0]["pid"], (mine, before)
+    st = c.ok("agentd.status")
+    assert st["sandboxes"] == 0, st
+    n0 = len(lst)
+    assert n0 <= 256, n0
+    # Looking up every old record does not keep them all.
+    for k in range(300):
+        res = c.ok("sandbox.wait", {"id": "%012x" % (0xa00000000000 + k)})
+        assert res["exit_code"] == 0
+    assert len(c.ok("sandbox.list")) <= 256
+    assert c.ok("agentd.status")["sandboxes"] == 0
+    d.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
