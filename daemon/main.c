@@ -361,6 +361,7 @@ int main(int argc, char **argv) {
                           strerror(-m->state_lock_fd));
                 return 1;
         }
+        (void) statedir_sweep(m->config->state_directory);
         r = sandboxes_init(m);
         if (r < 0)
                 return 1;

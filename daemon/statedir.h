@@ -12,3 +12,13 @@
  * Returns the fd, -EBUSY when another process holds it (*ret_holder: that
  * process's pid as it wrote it, or 0), or another negative errno. */
 int statedir_lock(const char *dir, pid_t *ret_holder);
+
+/* Start-up sweep of a crashed predecessor's debris (call with the lock held,
+ * before the records are loaded):
+ * - sandbox directories without a record (meta.json): a spawn that the crash
+ *   cut short; nothing can list, review or remove them, so they are removed;
+ * - promote's temporary files (".agentd-promote.*", regular files or symlinks
+ *   of ours) in each recorded sandbox's workspace, in the directories that its
+ *   change layer touches (the only ones promote writes to).
+ * Returns the number of entries removed; failures are logged, never fatal. */
+unsigned statedir_sweep(const char *state_dir);

@@ -380,5 +380,44 @@ def test_restart_ps_pid_status_count_and_bounded_lookups():
     d.stop()
 
 
+# ---- crash leftovers are cleaned at start ------------------------------------------
+
+def test_crash_leftovers_removed_at_start():
+    d = Daemon().start()
+    ws = os.path.join(d.tmp, "ws")
+    os.makedirs(os.path.join(ws, "sub"))
+    d.agentctl("spawn", "--", "/bin/sh", "-c", "echo a > sub/new.txt; echo b > top.txt", cwd=ws, check=0)
+    sid = d.client().ok("sandbox.list")[-1]["id"]
+    # What a kill -9 in the middle of a promote leaves: temp files beside the targets.
+    d.proc.kill()
+    d.proc.wait()
+    d.log.close()
+    temps = [os.path.join(ws, ".agentd-promote.0123456789abcdef"), os.path.join(ws, "sub", ".agentd-promote.l4242")]
+    for t in temps:
+        with open(t, "w") as f:
+            f.write("half")
+    keep = os.path.join(ws, "sub", "agentd-promote.notours")
+    open(keep, "w").close()
+    # And a sandbox directory created before the crash, without a record yet.
+    orphan = os.path.join(state_dir(d), "sandboxes", "0badc0ffee00")
+    os.makedirs(os.path.join(orphan, "upper", "x"))
+    os.makedirs(os.path.join(orphan, "work", "work"))
+    open(os.path.join(orphan, "upper", "x", "f"), "w").close()
+    os.chmod(os.path.join(orphan, "work", "work"), 0)
+    d.start()
+    try:
+        for t in temps:
+            assert not os.path.exists(t), t
+        assert os.path.exists(keep)
+        assert not os.path.exists(orphan)
+        c = d.client()
+        assert [s for s in c.ok("sandbox.list") if s["id"] == sid]
+        res = c.ok("sandbox.promote", {"id": sid})
+        assert sorted(res["promoted"]) == ["sub/new.txt", "top.txt"] or len(res["promoted"]) == 2, res
+        assert open(os.path.join(ws, "sub", "new.txt")).read() == "a\n"
+    finally:
+        d.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
