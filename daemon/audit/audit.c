@@ -582,6 +582,97 @@ static int head_write(audit_log *a) {
         return 0;
 }
 
+/* ---- the checkpoint: where a pruned log starts ---- */
+
+#define CHECKPOINT_NAME "audit.checkpoint"
+#define CHECKPOINT_TMP_NAME "audit.checkpoint.tmp"
+
+enum {
+        CP_OK,
+        CP_MISSING,
+        CP_INVALID,
+};
+
+static int checkpoint_format(const audit_key *k, unsigned file, uint64_t seq, const uint8_t hash[HASH_LEN], char *buf,
+                             size_t size, size_t *ret_len) {
+        char hex[HEX_LEN + 1], mhex[HEX_LEN + 1], u[200];
+        uint8_t mac[HASH_LEN];
+        int n, r;
+
+        hex_encode(hash, HASH_LEN, hex);
+        n = snprintf(u, sizeof(u), "{\"audit_checkpoint\":1,\"file\":%u,\"seq\":%" PRIu64 ",\"hash\":\"%s\"}", file, seq,
+                     hex);
+        if (n < 0 || (size_t) n >= sizeof(u))
+                return -EINVAL;
+        r = hmac_sha256(k, u, (size_t) n, NULL, 0, mac);
+        if (r < 0)
+                return r;
+        hex_encode(mac, HASH_LEN, mhex);
+        n = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", n - 1, u, mhex);
+        if (n < 0 || (size_t) n >= size)
+                return -EINVAL;
+        *ret_len = (size_t) n;
+        return 0;
+}
+
+/* CP_OK with the first kept file's number and the seq and hash of the record
+ * before its first one; CP_MISSING (never pruned); CP_INVALID; or -errno. */
+static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, uint64_t *ret_seq,
+                           uint8_t ret_hash[HASH_LEN]) {
+        _cleanup_close_ int fd = -1;
+        char buf[512], canon[512], hex[HEX_LEN + 1];
+        size_t canon_len;
+        unsigned file;
+        uint64_t seq;
+        ssize_t n;
+        int r;
+
+        fd = openat(dir_fd, CHECKPOINT_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0)
+                return errno == ENOENT ? CP_MISSING : errno == ELOOP ? CP_INVALID : -errno;
+        n = read(fd, buf, sizeof(buf) - 1);
+        if (n < 0)
+                return -errno;
+        buf[n] = 0;
+        if (sscanf(buf, "{\"audit_checkpoint\":1,\"file\":%u,\"seq\":%" SCNu64 ",\"hash\":\"%64[0-9a-f]\"", &file, &seq,
+                   hex) != 3 ||
+            !hex_decode(hex, strlen(hex), ret_hash, HASH_LEN))
+                return CP_INVALID;
+        r = checkpoint_format(k, file, seq, ret_hash, canon, sizeof(canon), &canon_len);
+        if (r < 0)
+                return r;
+        if (canon_len != (size_t) n || CRYPTO_memcmp(canon, buf, (size_t) n) != 0)
+                return CP_INVALID;
+        *ret_file = file;
+        *ret_seq = seq;
+        return CP_OK;
+}
+
+static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uint8_t hash[HASH_LEN]) {
+        _cleanup_close_ int fd = -1;
+        char buf[512];
+        size_t len;
+        int r;
+
+        r = checkpoint_format(&a->key, file, seq, hash, buf, sizeof(buf), &len);
+        if (r < 0)
+                return r;
+        fd = openat(a->dir_fd, CHECKPOINT_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
+                    0600);
+        if (fd < 0)
+                return -errno;
+        r = write_all(fd, buf, len);
+        if (r < 0)
+                return r;
+        if (fsync(fd) < 0)
+                return -errno;
+        if (renameat(a->dir_fd, CHECKPOINT_TMP_NAME, a->dir_fd, CHECKPOINT_NAME) < 0)
+                return -errno;
+        if (fsync(a->dir_fd) < 0)
+                return -errno;
+        return 0;
+}
+
 /* ---- what fields may contain ---- */
 
 static bool key_refused(const char *k) {
@@ -1520,10 +1611,31 @@ static int verify_core(int dir_fd, const audit_key *k, const anchor *mem, bool *
                 anchors[1].what = "this daemon's last write";
         }
 
+        /* A pruned log starts where its checkpoint says; files before that one
+         * are what an interrupted prune had not removed yet. */
+        unsigned cp_file = 0;
+        uint64_t cp_seq = 0;
+        int cp = checkpoint_read(dir_fd, k, &cp_file, &cp_seq, prev);
+        if (cp < 0)
+                return cp;
+        if (cp == CP_INVALID)
+                verdict_set(&v, 1, CHECKPOINT_NAME " is not valid (edited or forged): where the pruned log starts cannot be vouched for");
+        if (cp == CP_OK)
+                expected = cp_seq + 1;
+
         r = list_files(dir_fd, &files, &n_files);
         if (r < 0)
                 return r;
+        bool first = true;
         for (size_t i = 0; i < n_files && !v.bad; i++) {
+                if (cp == CP_OK && files[i] < cp_file)
+                        continue;
+                if (cp == CP_OK && first && files[i] != cp_file) {
+                        verdict_set(&v, expected, "audit-%06u.jsonl, where " CHECKPOINT_NAME " says the log starts, is missing",
+                                    cp_file);
+                        break;
+                }
+                first = false;
                 r = verify_file(k, dir_fd, files[i], anchors, ELEMENTSOF(anchors), &expected, prev, &records, &v);
                 if (r < 0) {
                         free(v.reason);
@@ -1591,6 +1703,126 @@ int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *
         int r = verify_core(dir_fd, &k, NULL, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
         EVP_MAC_CTX_free(k.tmpl);
         return r;
+}
+
+/* ---- pruning ---- */
+
+/* The record before file `no`'s first one, as its first record names it
+ * (seq - 1 and prev); an authentic record is required. */
+static int first_record_anchor(audit_log *a, unsigned no, uint64_t *ret_seq, uint8_t ret_hash[HASH_LEN]) {
+        _cleanup_(json_tokener_freep) json_tokener *tok = json_tokener_new();
+        _cleanup_close_ int fd = -1;
+        line_reader rd;
+        char name[32];
+        int r;
+
+        if (!tok)
+                return -ENOMEM;
+        file_name(no, name);
+        fd = openat(a->dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+        r = reader_init(&rd, fd);
+        if (r < 0)
+                return r;
+        const char *line, *why;
+        uint64_t offset;
+        size_t len;
+        record_info info;
+        r = reader_next(&rd, &line, &len, &offset);
+        if (r == LINE_OK)
+                r = record_check(&a->key, tok, line, len, &info, &why) == REC_OK ? 0 : -EBADMSG;
+        else if (r >= 0)
+                r = -ENODATA;
+        reader_done(&rd);
+        if (r < 0)
+                return r;
+        *ret_seq = info.seq - 1;
+        memcpy(ret_hash, info.prev, HASH_LEN);
+        return 0;
+}
+
+int audit_prune(audit_log *a, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, audit_error *err) {
+        _cleanup_free_ unsigned *files = NULL;
+        _cleanup_free_ struct stat *st = NULL;
+        size_t n_files = 0, cut = 0;
+        uint64_t total = 0, removed_bytes = 0;
+        int r;
+
+        if (!a || !ret)
+                return -EINVAL;
+        *ret = (audit_prune_result) {};
+        r = audit_flush(a);
+        if (r < 0)
+                return fail(err, r, "audit: cannot flush before pruning: %s", strerror(-r));
+        r = list_files(a->dir_fd, &files, &n_files);
+        if (r < 0)
+                return fail(err, r, "audit: cannot list the log files: %s", strerror(-r));
+        st = calloc(n_files ? n_files : 1, sizeof(*st));
+        if (!st)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_files; i++) {
+                char name[32];
+                file_name(files[i], name);
+                if (fstatat(a->dir_fd, name, &st[i], AT_SYMLINK_NOFOLLOW) < 0)
+                        return fail(err, -errno, "audit: cannot stat %s: %m", name);
+                total += (uint64_t) st[i].st_size;
+        }
+        /* The oldest files, never the one being written, while too old or too many bytes. */
+        while (cut + 1 < n_files && files[cut] != a->file_no &&
+               ((older_than_s > 0 && st[cut].st_mtim.tv_sec < older_than_s) || (max_bytes > 0 && total > max_bytes))) {
+                total -= (uint64_t) st[cut].st_size;
+                removed_bytes += (uint64_t) st[cut].st_size;
+                cut++;
+        }
+        if (cut == 0)
+                return 0;
+
+        /* Pruning must not launder a break: the whole chain verifies first. */
+        bool ok = false;
+        uint64_t bad = 0;
+        _cleanup_free_ char *reason = NULL;
+        r = audit_verify(a, &ok, NULL, &bad, &reason);
+        if (r < 0)
+                return fail(err, r, "audit: cannot verify before pruning: %s", strerror(-r));
+        if (!ok)
+                return fail(err, -EBADMSG, "audit: not pruning a log that does not verify (seq %" PRIu64 ": %s)", bad,
+                            reason ? reason : "?");
+
+        uint64_t seq = 0;
+        uint8_t hash[HASH_LEN];
+        r = first_record_anchor(a, files[cut], &seq, hash);
+        if (r < 0)
+                return fail(err, r, "audit: cannot read the first record of file %u: %s", files[cut], strerror(-r));
+        /* Checkpoint first: a crash between it and the unlinks leaves files that
+         * verify skips and the next prune removes, never a log without a start. */
+        r = checkpoint_write(a, files[cut], seq, hash);
+        if (r < 0)
+                return fail(err, r, "audit: cannot write %s: %s", CHECKPOINT_NAME, strerror(-r));
+        for (size_t i = 0; i < cut; i++) {
+                char name[32];
+                file_name(files[i], name);
+                if (unlinkat(a->dir_fd, name, 0) < 0 && errno != ENOENT)
+                        return fail(err, -errno, "audit: cannot remove %s: %m", name);
+        }
+        if (fsync(a->dir_fd) < 0)
+                return fail(err, -errno, "audit: cannot fsync the audit directory: %m");
+
+        char hex[HEX_LEN + 1];
+        hex_encode(hash, HASH_LEN, hex);
+        _cleanup_(json_object_putp) struct json_object *f = json_object_new_object();
+        if (f) {
+                add(f, "files_removed", json_object_new_int64((int64_t) cut));
+                add(f, "bytes_removed", json_object_new_int64((int64_t) removed_bytes));
+                add(f, "first_file", json_object_new_int64(files[cut]));
+                add(f, "first_seq", json_object_new_int64((int64_t) seq + 1));
+                add(f, "prev", json_object_new_string(hex));
+                (void) audit_append(a, "audit.pruned", NULL, f);
+        }
+        ret->files_removed = (unsigned) cut;
+        ret->bytes_removed = removed_bytes;
+        ret->first_seq = seq + 1;
+        return 0;
 }
 
 /* ---- query ---- */

@@ -9,7 +9,8 @@
  * <dir>/audit-000001.jsonl, audit-000002.jsonl, ...   mode 0600, dir mode 0700.
  * A new file is started when the current one would grow past rotate_bytes; seq
  * and the chain continue across files (the first record of a file chains to the
- * last record of the previous one). Old files are never removed by this module.
+ * last record of the previous one). Old files are removed only by audit_prune(),
+ * which leaves a signed checkpoint where the kept log starts.
  *
  * <dir>/audit.head    the anchor: the seq and hash of the newest durable record,
  * rewritten atomically (tmp + rename) by every audit_flush(). Without it, deleting
@@ -164,6 +165,27 @@ int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *re
  * anchored only by its audit.head. */
 int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *ret_ok, uint64_t *ret_records,
                      uint64_t *ret_first_bad_seq, char **ret_reason);
+
+/* Retention. Removes whole files, oldest first and never the one being
+ * written: those last modified before older_than_s (unix seconds; 0: none by
+ * age), and more while the files total over max_bytes (0: no bound). The
+ * chain must verify first (-EBADMSG otherwise: a break is never pruned away).
+ * Then <dir>/audit.checkpoint is written atomically:
+ *
+ *     {"audit_checkpoint":1,"file":F,"seq":S,"hash":"<64 hex>","hmac":"<64 hex>"}\n
+ *
+ * hmac = HMAC-SHA256(key, the line without its hmac member, closed by '}'), as
+ * for audit.head: file F is the first kept, its first record has seq S+1 and
+ * prev = hash. audit_verify() starts there (files numbered below F are
+ * leftovers of an interrupted prune and are skipped); a missing checkpoint
+ * while the log does not start at seq 1, a forged one, or a missing file F is
+ * a break. Finally an "audit.pruned" record names what went. */
+typedef struct audit_prune_result {
+        unsigned files_removed;
+        uint64_t bytes_removed;
+        uint64_t first_seq;             /* the oldest seq kept */
+} audit_prune_result;
+int audit_prune(audit_log *a, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, audit_error *err);
 
 /* A page of records, bounded in count and bytes whatever the log's size.
  * Queries never hold more than one page: AUDIT_QUERY_MAX records and
