@@ -1038,6 +1038,11 @@ int main(int argc, char **argv) {
         }
         if (streq(cmd, "audit"))
                 return cmd_audit(argc, argv);
+        if (streq(cmd, "prune")) {
+                if (need_args(argc, 1, "prune") < 0)
+                        return EXIT_USAGE;
+                return simple("agentd.prune", NULL, NULL);
+        }
         if (streq(cmd, "broker"))
                 return cmd_broker(argc, argv);
         if (streq(cmd, "token"))

@@ -143,7 +143,8 @@ int auditlog_init(manager *m) {
                 return 0;
         }
         audit_error ae = { 0 };
-        r = audit_open(dir, key, klen, NULL, &the_log.log, &ae);
+        audit_options opt = { .rotate_bytes = m->config->audit_file_size };
+        r = audit_open(dir, key, klen, &opt, &the_log.log, &ae);
         secure_free(key, klen);
         if (r < 0) {
                 set_state("unavailable: %s", ae.message);
@@ -340,6 +341,22 @@ int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
         pack_json(ctx->pk, arr);
         json_object_put(arr);
         return 0;
+}
+
+int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, char **ret_why) {
+        *ret = (audit_prune_result) {};
+        if (!the_log.log) {
+                if (ret_why && asprintf(ret_why, "the audit log is %s", auditlog_state(m)) < 0)
+                        *ret_why = NULL;
+                return -ENODEV;
+        }
+        audit_error ae = { 0 };
+        int r = audit_prune(the_log.log, older_than_s, max_bytes, ret, &ae);
+        if (r < 0 && ret_why)
+                *ret_why = strdup(ae.message);
+        if (r == 0 && ret->files_removed > 0)
+                the_log.dirty = true;
+        return r;
 }
 
 json_object *auditlog_tail(manager *m, const char *sandbox, size_t n) {

@@ -20,4 +20,7 @@ const char *auditlog_state(manager *m);
 int auditlog_can_record(manager *m, char **ret_why);
 /* Takes ownership of `fields` (may be NULL). */
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields);
+struct audit_prune_result;
+/* audit_prune() on the open log (see audit.h); *ret_why (free()) on failure. */
+int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, struct audit_prune_result *ret, char **ret_why);
 json_object *auditlog_tail(manager *m, const char *sandbox, size_t n);

@@ -115,7 +115,7 @@ static int handler(void *userdata, const char *section, const char *key, const c
 #define KEY(sec, k) (!strcmp(section, sec) && !strcmp(key, k))
         if (!key) {
                 if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM") && strcmp(section, "Response") &&
-                    strcmp(section, "Audit")) {
+                    strcmp(section, "Audit") && strcmp(section, "Retention")) {
                         snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
                         return 0;
                 }
@@ -163,6 +163,18 @@ static int handler(void *userdata, const char *section, const char *key, const c
                         r = -ERANGE;
         } else if (KEY("Audit", "MinFreeSpace")) {
                 r = parse_size(value, &c->audit_min_free);
+        } else if (KEY("Audit", "FileSize")) {
+                r = parse_size(value, &c->audit_file_size);
+                if (r == 0 && (c->audit_file_size < 4096 || c->audit_file_size > 1024u * 1024 * 1024))
+                        r = -ERANGE;
+        } else if (KEY("Retention", "SandboxDays")) {
+                r = parse_uint(value, &c->retention_sandbox_days);
+        } else if (KEY("Retention", "SandboxRecords")) {
+                r = parse_uint(value, &c->retention_sandbox_records);
+        } else if (KEY("Retention", "AuditDays")) {
+                r = parse_uint(value, &c->retention_audit_days);
+        } else if (KEY("Retention", "AuditMaxSize")) {
+                r = parse_size(value, &c->retention_audit_max);
         } else if (KEY("Daemon", "CgroupPath")) {
                 r = set_str(&c->cgroup_path, value);
         } else if (KEY("Daemon", "SandboxHelper")) {
@@ -271,6 +283,11 @@ int config_load(const char *path, const char *home, agentd_config **ret, config_
         c->egress_denials = 20;
         c->egress_window_s = 60;
         c->audit_min_free = 1024 * 1024;
+        c->audit_file_size = 16u * 1024 * 1024;
+        c->retention_sandbox_days = 30;
+        c->retention_sandbox_records = 1000;
+        c->retention_audit_days = 365;
+        c->retention_audit_max = (size_t) 1024 * 1024 * 1024;
         c->vault_approle_path = strdup("approle");
         c->tpm_tcti = strdup("device:/dev/tpmrm0");
         if (!c->state_directory || !c->vault_approle_path || !c->tpm_tcti) {

@@ -23,6 +23,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "server.h"
+#include "retention.h"
 #include "statedir.h"
 
 uint64_t now_msec(void) {
@@ -246,6 +247,7 @@ void daemon_finish(manager *m) {
         sandboxes_free(m);
         egress_free(m);
         broker_free(m);
+        retention_free(m);
         auditlog_free(m);
         tasks_free(m);
         uv_walk(m->loop, on_close_walk, NULL);
@@ -366,6 +368,7 @@ int main(int argc, char **argv) {
         if (r < 0)
                 return 1;
         auditlog_init(m);
+        retention_init(m);
         lockdown_load(m);
         egress_init(m);
         r = broker_init(m);

@@ -683,6 +683,24 @@ static void release_owner(sandbox *s) {
         }
 }
 
+/* Retention is about to remove this record: drop it from memory. -EBUSY while
+ * it has not ended or someone waits on it. */
+int sandbox_forget(manager *m, const char *id) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (!streq(s->id, id))
+                        continue;
+                if (!sandbox_ended(s) || s->waiters || s->owner)
+                        return -EBUSY;
+                list_del(&s->link);
+                m->n_sandboxes--;
+                sandbox_unref(s);
+                return 0;
+        }
+        return 0;
+}
+
 /* Keeps at most MAX_ENDED_KEPT ended sandboxes in memory, oldest out first
  * (their records stay on disk and load again on demand); never `keep`. */
 static void evict_old(manager *m, sandbox *keep) {

@@ -96,6 +96,7 @@ typedef struct sandbox {
 
 sandbox *sandbox_find(manager *m, const char *id);
 bool sandbox_ended(const sandbox *s);
+int sandbox_forget(manager *m, const char *id);
 int sandbox_save_meta(sandbox *s);
 int sandbox_freeze(sandbox *s);
 int sandbox_signal(sandbox *s, int sig);

@@ -70,6 +70,12 @@ static bool sandbox_id_valid(const char *id) {
 
 /* rm -r beneath dir_fd, making our own 0000 directories (overlay's work dir)
  * traversable; never follows a symlink. */
+static int remove_tree_at(int dir_fd, const char *name, unsigned depth);
+
+int statedir_remove_tree(int dir_fd, const char *name) {
+        return remove_tree_at(dir_fd, name, 0);
+}
+
 static int remove_tree_at(int dir_fd, const char *name, unsigned depth) {
         if (unlinkat(dir_fd, name, 0) == 0 || errno == ENOENT)
                 return 0;

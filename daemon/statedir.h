@@ -13,6 +13,9 @@
  * process's pid as it wrote it, or 0), or another negative errno. */
 int statedir_lock(const char *dir, pid_t *ret_holder);
 
+/* rm -r of dir_fd/name, never following symlinks. */
+int statedir_remove_tree(int dir_fd, const char *name);
+
 /* Start-up sweep of a crashed predecessor's debris (call with the lock held,
  * before the records are loaded):
  * - sandbox directories without a record (meta.json): a spawn that the crash

@@ -419,5 +419,71 @@ def test_crash_leftovers_removed_at_start():
         d.stop()
 
 
+# ---- retention ---------------------------------------------------------------------
+
+RETENTION_CONF = """[Audit]
+FileSize=4K
+[Retention]
+SandboxRecords=2
+AuditMaxSize=16K
+"""
+
+
+def audit_files(d):
+    return sorted(glob.glob(os.path.join(state_dir(d), "audit", "audit-*.jsonl")))
+
+
+def test_prune_records_and_audit_chain_stays_verifiable():
+    d = Daemon(config=RETENTION_CONF).start()
+    ws = os.path.join(d.tmp, "ws")
+    os.makedirs(ws)
+    ids = []
+    for i in range(4):
+        d.agentctl("spawn", "--", "/bin/true", cwd=ws, check=0)
+        ids.append(d.client().ok("sandbox.list")[-1]["id"])
+        time.sleep(0.01)
+    c = d.client()
+    for _ in range(150):
+        c.ok("agentd.ping")
+    n_files = len(audit_files(d))
+    assert n_files >= 8, n_files
+    p = d.agentctl("--json", "prune", check=0)
+    res = json.loads(p.stdout)
+    assert res["sandboxes_removed"] == 2 and res["audit_files_removed"] >= 1 and res["audit_first_seq"] > 1, res
+    for sid in ids[:2]:
+        assert not os.path.exists(os.path.join(state_dir(d), "sandboxes", sid))
+        err, _ = c.call("sandbox.wait", {"id": sid})
+        assert err["code"] == "not_found", err
+    listed = [s["id"] for s in c.ok("sandbox.list")]
+    assert ids[2] in listed and ids[3] in listed and ids[0] not in listed, listed
+    assert len(audit_files(d)) < n_files
+    total = sum(os.path.getsize(f) for f in audit_files(d))
+    assert total <= 16 * 1024 + 4096, total
+    v = c.ok("audit.verify")
+    assert v["ok"] is True, v
+    recs = c.ok("audit.query", {"limit": 10000})
+    assert recs[0]["seq"] == res["audit_first_seq"], (recs[0]["seq"], res)
+    assert any(r["type"] == "audit.pruned" for r in recs)
+    d.stop()
+    # Still verifiable after a restart; the checkpoint cannot be removed or edited unnoticed.
+    d.start()
+    assert d.client().ok("audit.verify")["ok"] is True
+    d.stop()
+    cp = os.path.join(state_dir(d), "audit", "audit.checkpoint")
+    text = open(cp).read()
+    os.rename(cp, cp + ".away")
+    d.start()
+    v = d.client().ok("audit.verify")
+    assert v["ok"] is False and v["first_bad_seq"] == res["audit_first_seq"], v
+    d.stop()
+    edited = text.replace('"seq":', '"seq":1', 1)
+    with open(cp, "w") as f:
+        f.write(edited)
+    d.start()
+    v = d.client().ok("audit.verify")
+    assert v["ok"] is False and "checkpoint" in v["reason"], v
+    d.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
