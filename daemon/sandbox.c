@@ -1609,6 +1609,10 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 FAIL(RPC_E_INTERNAL, "out of memory");
         if (mkdir(s->dir, 0700) < 0)
                 FAIL(RPC_E_INTERNAL, "cannot create %s: %s", s->dir, strerror(errno));
+        /* The record exists before anything runs: a sandbox that could not be
+         * recorded would be unknown after a crash, so it is not started. */
+        if ((r = sandbox_save_meta(s)) < 0)
+                FAIL(RPC_E_BACKEND_UNAVAILABLE, "cannot write the sandbox's record in %s: %s", s->dir, strerror(-r));
         if (req->creds) {
                 snprintf(path, sizeof(path), "%s/broker.sock", s->dir);
                 if ((r = server_listen_sandbox(m, s->id, path, &s->broker_listener)) < 0)
@@ -1808,6 +1812,11 @@ fail:
         server_close_sandbox(s->broker_listener);
         if (s->proxied)
                 netproxy_remove_sandbox(m->proxy, s->id);
+        if (s->dir) {
+                /* Nothing ran: without its record the directory is swept at the next start. */
+                snprintf(path, sizeof(path), "%s/meta.json", s->dir);
+                (void) unlink(path);
+        }
         rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
         log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
         free(error_text);

@@ -257,6 +257,28 @@ def test_full_state_filesystem_refuses_changes_and_lockdown_is_not_faked():
         d.stop()
 
 
+def test_spawn_refused_when_its_record_cannot_be_written():
+    if not userns_works():
+        return "skip"
+    # No free-space reserve: only the record's own write can say no.
+    d = TmpfsDaemon(size="8m", config="[Audit]\nMinFreeSpace=0\n").start()
+    try:
+        ws = os.path.join(d.tmp, "ws")
+        os.makedirs(ws)
+        c = d.client()
+        fill(d.inside("filler"))
+        err, res = c.call("sandbox.spawn", {"argv": ["/bin/true"], "workspace": ws})
+        assert err is not None and err["code"] == "backend_unavailable" and "record" in err["message"], (err, res)
+        assert c.ok("sandbox.list") == []
+        # No record of a sandbox that never ran (its directory is swept at start).
+        assert glob.glob(d.inside("agentd", "sandboxes", "*", "meta.json")) == []
+        os.unlink(d.inside("filler"))
+        res = c.ok("sandbox.spawn", {"argv": ["/bin/true"], "workspace": ws})
+        assert len(glob.glob(d.inside("agentd", "sandboxes", "*", "meta.json"))) == 1, res
+    finally:
+        d.stop()
+
+
 def test_lockdown_marker_survives_restart():
     with Daemon() as d:
         c = d.client()
