@@ -189,10 +189,14 @@ static int space_check(manager *m, char **ret_why) {
 
 /* After a failure, the first record that goes through says how many were lost. */
 static int try_resume(void) {
+        /* What was appended must be durable first; a failing fsync adds no records. */
+        int r = audit_flush(the_log.log);
+        if (r < 0)
+                return r;
         json_object *f = json_object_new_object();
         json_object_object_add(f, "error", json_object_new_string(strerror(-the_log.write_error)));
         json_object_object_add(f, "events_not_recorded", json_object_new_int64((int64_t) the_log.lost));
-        int r = audit_append(the_log.log, "audit.resumed", NULL, f);
+        r = audit_append(the_log.log, "audit.resumed", NULL, f);
         json_object_put(f);
         if (r == 0)
                 r = audit_flush(the_log.log);
