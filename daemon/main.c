@@ -363,10 +363,12 @@ int main(int argc, char **argv) {
                           strerror(-m->state_lock_fd));
                 return 1;
         }
-        (void) statedir_sweep(m->config->state_directory);
         r = sandboxes_init(m);
         if (r < 0)
                 return 1;
+        /* After the records are loaded and our leftover cgroups killed (they are
+         * found by the sandbox directories the sweep may remove). */
+        (void) statedir_sweep(m->config->state_directory);
         auditlog_init(m);
         retention_init(m);
         lockdown_load(m);

@@ -2105,11 +2105,15 @@ static void load_previous(manager *m) {
         }
         free(v);
         if (m->cgroup_root) {
-                /* Sandbox cgroups a previous instance left behind (all their processes died with it). */
+                /* Sandbox cgroups a previous instance left behind (all their processes died with it).
+                 * Only ours: another agentd (another state directory) may share this cgroup. */
                 DIR *cg = opendir(m->cgroup_root);
                 while (cg && (de = readdir(cg)))
-                        if (!strncmp(de->d_name, "sb-", 3)) {
+                        if (!strncmp(de->d_name, "sb-", 3) && id_valid(de->d_name + 3)) {
                                 char p[PATH_MAX];
+                                snprintf(p, sizeof(p), "%s/%s", path, de->d_name + 3);
+                                if (access(p, F_OK) < 0)
+                                        continue;
                                 snprintf(p, sizeof(p), "%s/%s", m->cgroup_root, de->d_name);
                                 (void) cgroup_kill(p);
                                 (void) rmdir(p);

@@ -108,6 +108,22 @@ def test_second_daemon_other_socket_refuses_and_chain_stays_whole():
     assert res["ok"] is True, res
 
 
+def test_daemon_with_another_state_leaves_our_sandboxes_alone():
+    """Two agentd with their own state directories may share a cgroup (started
+    from one shell): starting one must not kill the other's sandboxes."""
+    with Daemon() as d:
+        sid = spawn_sleeper(d)
+        pid = sandbox_state(d, sid)["pid"]
+        other = Daemon()
+        os.makedirs(os.path.join(state_dir(other), "sandboxes"))  # it has run before
+        with other:
+            other.client().ok("agentd.ping")
+            time.sleep(0.3)
+            s = sandbox_state(d, sid)
+            assert s["state"] == "running" and s["pid"] == pid, s
+            os.kill(pid, 0)
+
+
 def test_two_daemons_started_together_one_serves():
     d = Daemon()
     d2 = second_daemon(d, os.path.join(d.tmp, "b.sock"))
