@@ -52,8 +52,8 @@ static bool has_snapshots(int sb_fd, const char *id) {
         return fstatat(sb_fd, p, &st, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
-/* Ended records on disk, with what the rules need. */
-static int list_ended(int sb_fd, record **ret, size_t *ret_n) {
+/* Records on disk, with what the rules need. */
+static int list_records(int sb_fd, record **ret, size_t *ret_n) {
         int dfd = fcntl(sb_fd, F_DUPFD_CLOEXEC, 3);
         DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
         if (!d) {
@@ -71,13 +71,11 @@ static int list_ended(int sb_fd, record **ret, size_t *ret_n) {
                 struct stat st;
                 if (stat(p, &st) < 0)
                         continue;
+                /* Every record: one still "running" on disk whose sandbox is not live
+                 * in memory died with an earlier agentd (sandbox_forget() refuses live ones). */
                 json_object *o = json_object_from_file(p), *x;
-                const char *state = o && json_object_object_get_ex(o, "state", &x) ? json_object_get_string(x) : NULL;
-                bool ended = state && (!strcmp(state, "exited") || !strcmp(state, "killed"));
                 uint64_t started = o && json_object_object_get_ex(o, "started_at", &x) ? (uint64_t) json_object_get_int64(x) : 0;
                 json_object_put(o);
-                if (!ended)
-                        continue;
                 record *nv = realloc(v, (n + 1) * sizeof(*v));
                 if (!nv) {
                         closedir(d);
@@ -104,7 +102,7 @@ static void prune_sandboxes(manager *m, prune_result *res) {
                 return;
         _cleanup_free_ record *v = NULL;
         size_t n = 0;
-        if (list_ended(sb_fd, &v, &n) < 0)
+        if (list_records(sb_fd, &v, &n) < 0)
                 return;
         qsort(v, n, sizeof(*v), cmp_newest_first);
         int64_t cutoff = m->config->retention_sandbox_days > 0
