@@ -301,6 +301,9 @@ def test_lockdown_marker_survives_restart():
         res = c.ok("credentials.revoke", {"all": True})
         assert res["locked_down"] is True
         assert open(os.path.join(state_dir(d), "lockdown")).read().startswith("locked")
+        # The evidence says the lockdown was made durable.
+        ev = [r for r in c.ok("audit.query", {"limit": 100}) if r["type"] == "lockdown"]
+        assert ev and ev[-1]["fields"].get("persisted") is True, ev
     with d:
         err, _ = d.client().call("sandbox.spawn", {"argv": ["/bin/true"], "workspace": d.tmp})
         assert err["code"] == "locked_down", err
