@@ -176,8 +176,9 @@ void auditlog_free(manager *m) {
  * records may not fit: refuse what would need one before it happens. */
 static int space_check(manager *m, char **ret_why) {
         struct statvfs sv;
-        if (statvfs(the_log.dir, &sv) < 0)
-                return 0; /* the writes themselves will tell */
+        /* A filesystem that reports no sizes (f_blocks 0): the writes themselves will tell. */
+        if (statvfs(the_log.dir, &sv) < 0 || sv.f_blocks == 0)
+                return 0;
         uint64_t avail = (uint64_t) sv.f_bavail * sv.f_frsize;
         if (avail >= m->config->audit_min_free)
                 return 0;
