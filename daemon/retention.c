@@ -130,12 +130,20 @@ static void prune_sandboxes(manager *m, prune_result *res) {
 
 int retention_prune(manager *m, prune_result *ret, char **ret_why) {
         prune_result res = {};
+        *ret = res;
+        /* Pruning is allowed on a full disk (it frees space) but never without
+         * an audit log at all: what goes must be recorded somewhere. */
+        int r = auditlog_can_record(m, ret_why);
+        if (r == -ENODEV)
+                return r;
+        free(*ret_why);
+        *ret_why = NULL;
         prune_sandboxes(m, &res);
         audit_prune_result ar = {};
         int64_t older = m->config->retention_audit_days > 0
                                 ? (int64_t) time(NULL) - (int64_t) m->config->retention_audit_days * 86400
                                 : 0;
-        int r = auditlog_prune(m, older, m->config->retention_audit_max, &ar, ret_why);
+        r = auditlog_prune(m, older, m->config->retention_audit_max, &ar, ret_why);
         res.audit_files_removed = ar.files_removed;
         res.audit_bytes_removed = ar.bytes_removed;
         res.audit_first_seq = ar.first_seq;

@@ -326,6 +326,8 @@ def test_no_audit_key_refuses_changes():
         assert err["code"] == "backend_unavailable" and "audit" in err["message"], err
         err, _ = c.call("agentd.unlock")
         assert err["code"] == "backend_unavailable", err
+        err, _ = c.call("agentd.prune")
+        assert err["code"] == "backend_unavailable" and "audit" in err["message"], err
         c.ok("sandbox.list")
 
 
