@@ -17,6 +17,7 @@
 
 #include "audit/audit.h"
 #include "broker/seal.h"
+#include "daemon.h"
 #include "fileio.h"
 #include "log.h"
 #include "macro.h"
@@ -113,9 +114,11 @@ static void write_failed(const char *what, int r) {
 static int try_resume(void);
 
 static void on_flush(uv_timer_t *t) {
-        /* A log that failed resumes by itself once records fit again. */
+        /* A log that failed resumes by itself once records fit again; so does
+         * the writing of a lockdown marker that did not fit. */
         if (the_log.log && the_log.write_error < 0)
                 (void) try_resume();
+        lockdown_retry_persist(t->data);
         if (the_log.log && the_log.dirty) {
                 the_log.dirty = false;
                 int r = audit_flush(the_log.log);
@@ -155,6 +158,7 @@ int auditlog_init(manager *m) {
         snprintf(st, sizeof(st), "ok (key sealed: %s)", kind);
         set_state("%s", st);
         uv_timer_init(m->loop, &the_log.flush_timer);
+        the_log.flush_timer.data = m;
         uv_timer_start(&the_log.flush_timer, on_flush, 50, 50);
         return 0;
 }

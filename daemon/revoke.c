@@ -61,6 +61,19 @@ static int lockdown_persist(manager *m) {
         return 0;
 }
 
+/* A lockdown in force whose marker could not be written: retried until it is. */
+static bool lockdown_unpersisted;
+
+void lockdown_retry_persist(manager *m) {
+        if (!m->locked_down || !lockdown_unpersisted || lockdown_persist(m) < 0)
+                return;
+        lockdown_unpersisted = false;
+        log_notice("lockdown: the marker is written now; the lockdown survives a restart");
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "persisted", json_object_new_boolean(true));
+        audit_event(m, "lockdown", NULL, ev);
+}
+
 /* Every process of a sandbox: the cgroup's list, else a /proc scan by pid namespace. */
 static int sandbox_pids(sandbox *s, pid_t **ret, size_t *ret_n) {
         size_t n = 0, cap = 64;
@@ -389,6 +402,7 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         if (all) {
                 m->locked_down = true;
                 op->lockdown_error = lockdown_persist(m);
+                lockdown_unpersisted = op->lockdown_error < 0;
                 if (op->lockdown_error < 0)
                         log_error("lockdown: cannot persist the marker: %s", strerror(-op->lockdown_error));
                 json_object *ev = json_object_new_object();

@@ -258,11 +258,13 @@ def test_full_state_filesystem_refuses_changes_and_lockdown_is_not_faked():
         # ... and a lockdown that cannot be persisted is not reported as done.
         err, res = c.call("credentials.revoke", {"all": True})
         assert err is not None and err["code"] == "backend_unavailable" and "persisted" in err["message"], (err, res)
-        assert not os.path.exists(d.inside("lockdown"))
+        assert not os.path.exists(d.inside("agentd", "lockdown"))
         assert c.ok("agentd.status")["locked_down"] is True  # in force while this process lives
         # Space again: requests are recorded again, with the gap accounted for.
         os.unlink(filler)
         wait_for(lambda: c.ok("agentd.status")["audit"].startswith("ok"), what="audit ok again")
+        # The lockdown becomes durable as soon as its marker fits.
+        wait_for(lambda: os.path.exists(d.inside("agentd", "lockdown")), what="lockdown marker written")
         err, _ = c.call("sandbox.spawn", {"argv": ["/bin/true"], "workspace": ws})
         assert err["code"] == "locked_down", err
         recs = c.ok("audit.query", {"limit": 50})
