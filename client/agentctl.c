@@ -863,22 +863,27 @@ static int cmd_audit(int argc, char **argv) {
         if (argc >= 2 && streq(argv[1], "show")) {
                 const char *sb = NULL;
                 long limit = -1;
+                unsigned long long before = 0;
                 for (int i = 2; i < argc; i++) {
                         if (streq(argv[i], "--sandbox") && i + 1 < argc)
                                 sb = argv[++i];
                         else if (streq(argv[i], "--limit") && i + 1 < argc)
                                 limit = strtol(argv[++i], NULL, 10);
+                        else if (streq(argv[i], "--before") && i + 1 < argc)
+                                before = strtoull(argv[++i], NULL, 10);
                         else {
-                                fprintf(stderr, "agentctl: usage: agentctl audit show [--sandbox ID] [--limit N]\n");
+                                fprintf(stderr, "agentctl: usage: agentctl audit show [--sandbox ID] [--limit N] [--before SEQ]\n");
                                 return EXIT_USAGE;
                         }
                 }
                 params p;
-                params_init(&p, (sb ? 1 : 0) + (limit >= 0 ? 1 : 0));
+                params_init(&p, (sb ? 1 : 0) + (limit >= 0 ? 1 : 0) + (before > 0 ? 1 : 0));
                 if (sb)
                         mp_pack_kv_str(&p.pk, "sandbox", sb);
                 if (limit >= 0)
                         mp_pack_kv_u64(&p.pk, "limit", (uint64_t) limit);
+                if (before > 0)
+                        mp_pack_kv_u64(&p.pk, "before", before);
                 int r = simple("audit.query", &p.sb, print_audit_records);
                 msgpack_sbuffer_destroy(&p.sb);
                 return r;
@@ -1112,6 +1117,11 @@ int main(int argc, char **argv) {
         }
         if (streq(cmd, "audit"))
                 return cmd_audit(argc, argv);
+        if (streq(cmd, "prune")) {
+                if (need_args(argc, 1, "prune") < 0)
+                        return EXIT_USAGE;
+                return simple("agentd.prune", NULL, NULL);
+        }
         if (streq(cmd, "broker"))
                 return cmd_broker(argc, argv);
         if (streq(cmd, "token"))

@@ -12,21 +12,29 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "audit/audit.h"
 #include "broker/seal.h"
+#include "daemon.h"
 #include "fileio.h"
 #include "log.h"
 #include "macro.h"
 #include "server.h"
 #include "telemetry.h"
 
+#define AUDIT_QUERY_DEFAULT 1000u
+
 typedef struct auditlog {
         audit_log *log;
         uv_timer_t flush_timer;
         bool dirty;
-        char *state;
+        char *state;              /* why it is unavailable, or "ok (key sealed: ...)" */
+        char dir[PATH_MAX];
+        int write_error;          /* sticky: the last append or flush failed (-errno) */
+        uint64_t lost;            /* events that could not be recorded since then */
+        char *why;                /* auditlog_state()'s answer while failing */
 } auditlog;
 
 static auditlog the_log;
@@ -97,18 +105,32 @@ static int audit_key(manager *m, const char *dir, uint8_t **ret, size_t *ret_len
         return 0;
 }
 
+static void write_failed(const char *what, int r) {
+        if (the_log.write_error == 0)
+                log_error("audit: cannot %s: %s; state-changing requests are refused until records can be written",
+                          what, strerror(-r));
+        the_log.write_error = r;
+}
+
+static int try_resume(void);
+
 static void on_flush(uv_timer_t *t) {
+        /* A log that failed resumes by itself once records fit again; so does
+         * the writing of a lockdown marker that did not fit. */
+        if (the_log.log && the_log.write_error < 0)
+                (void) try_resume();
+        lockdown_retry_persist(t->data);
         if (the_log.log && the_log.dirty) {
                 the_log.dirty = false;
                 int r = audit_flush(the_log.log);
                 if (r < 0)
-                        log_error("audit: flush failed: %s", strerror(-r));
+                        write_failed("flush the log", r);
         }
 }
 
 int auditlog_init(manager *m) {
-        char dir[PATH_MAX];
-        snprintf(dir, sizeof(dir), "%s/audit", m->config->state_directory);
+        char *dir = the_log.dir;
+        snprintf(dir, sizeof(the_log.dir), "%s/audit", m->config->state_directory);
         if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
                 set_state("unavailable: cannot create the audit directory: %s", strerror(errno));
                 return 0;
@@ -125,7 +147,8 @@ int auditlog_init(manager *m) {
                 return 0;
         }
         audit_error ae = { 0 };
-        r = audit_open(dir, key, klen, NULL, &the_log.log, &ae);
+        audit_options opt = { .rotate_bytes = m->config->audit_file_size };
+        r = audit_open(dir, key, klen, &opt, &the_log.log, &ae);
         secure_free(key, klen);
         if (r < 0) {
                 set_state("unavailable: %s", ae.message);
@@ -136,6 +159,7 @@ int auditlog_init(manager *m) {
         snprintf(st, sizeof(st), "ok (key sealed: %s)", kind);
         set_state("%s", st);
         uv_timer_init(m->loop, &the_log.flush_timer);
+        the_log.flush_timer.data = m;
         uv_timer_start(&the_log.flush_timer, on_flush, 50, 50);
         return 0;
 }
@@ -149,10 +173,81 @@ void auditlog_free(manager *m) {
         }
         free(the_log.state);
         the_log.state = NULL;
+        free(the_log.why);
+        the_log.why = NULL;
+}
+
+/* Free bytes on the state filesystem below AuditMinFreeSpace= mean the next
+ * records may not fit: refuse what would need one before it happens. */
+static int space_check(manager *m, char **ret_why) {
+        struct statvfs sv;
+        /* A filesystem that reports no sizes (f_blocks 0): the writes themselves will tell. */
+        if (statvfs(the_log.dir, &sv) < 0 || sv.f_blocks == 0)
+                return 0;
+        uint64_t avail = (uint64_t) sv.f_bavail * sv.f_frsize;
+        if (avail >= m->config->audit_min_free)
+                return 0;
+        if (ret_why && asprintf(ret_why, "the state filesystem is full (%llu bytes free, [Audit] MinFreeSpace=%zu)",
+                                (unsigned long long) avail, m->config->audit_min_free) < 0)
+                *ret_why = NULL;
+        return -ENOSPC;
+}
+
+/* After a failure, the first record that goes through says how many were lost. */
+static int try_resume(void) {
+        /* What was appended must be durable first; a failing fsync adds no records. */
+        int r = audit_flush(the_log.log);
+        if (r < 0)
+                return r;
+        json_object *f = json_object_new_object();
+        json_object_object_add(f, "error", json_object_new_string(strerror(-the_log.write_error)));
+        json_object_object_add(f, "events_not_recorded", json_object_new_int64((int64_t) the_log.lost));
+        r = audit_append(the_log.log, "audit.resumed", NULL, f);
+        json_object_put(f);
+        if (r == 0)
+                r = audit_flush(the_log.log);
+        if (r < 0)
+                return r;
+        log_notice("audit: records are written again (%llu events were not recorded)", (unsigned long long) the_log.lost);
+        the_log.write_error = 0;
+        the_log.lost = 0;
+        return 0;
+}
+
+int auditlog_can_record(manager *m, char **ret_why) {
+        if (!the_log.log) {
+                if (ret_why && asprintf(ret_why, "the audit log is %s", auditlog_state(m)) < 0)
+                        *ret_why = NULL;
+                return -ENODEV;
+        }
+        int r = space_check(m, ret_why);
+        if (r < 0)
+                return r;
+        if (the_log.write_error < 0 && (r = try_resume()) < 0) {
+                if (ret_why && asprintf(ret_why, "the audit log cannot write records (%s)", strerror(-r)) < 0)
+                        *ret_why = NULL;
+                return r;
+        }
+        return 0;
 }
 
 const char *auditlog_state(manager *m) {
-        return the_log.state ? the_log.state : "unavailable: not started";
+        if (!the_log.state)
+                return "unavailable: not started";
+        if (!the_log.log)
+                return the_log.state;
+        _cleanup_free_ char *why = NULL;
+        if (space_check(m, &why) < 0 || the_log.write_error < 0) {
+                free(the_log.why);
+                the_log.why = NULL;
+                if (the_log.write_error < 0)
+                        (void) !asprintf(&the_log.why, "failing: cannot write records (%s); %llu events not recorded",
+                                         strerror(-the_log.write_error), (unsigned long long) the_log.lost);
+                else
+                        (void) !asprintf(&the_log.why, "failing: %s", why ? why : "no space");
+                return the_log.why ? the_log.why : "failing";
+        }
+        return the_log.state;
 }
 
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields) {
@@ -161,11 +256,15 @@ void audit_event(manager *m, const char *type, const char *sandbox, json_object 
         telemetry_event(m, type, sandbox, fields);
         if (the_log.log) {
                 int r = audit_append(the_log.log, type, sandbox, fields);
-                if (r < 0)
-                        log_error("audit: cannot record %s: %s", type, strerror(-r));
-                else
+                if (r == -EINVAL)
+                        log_error("audit: refused to record %s (a bug: see audit.h)", type);
+                else if (r < 0) {
+                        write_failed("write records", r);
+                        the_log.lost++;
+                } else
                         the_log.dirty = true;
-        }
+        } else
+                the_log.lost++;
         json_object_put(fields);
 }
 
@@ -229,10 +328,23 @@ int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
                 return -ENODEV;
         }
         _cleanup_free_ char *sb = rpc_param_strdup(ctx->params, "sandbox");
-        const msgpack_object *since = rpc_param(ctx->params, "since"), *limit = rpc_param(ctx->params, "limit");
+        const msgpack_object *since = rpc_param(ctx->params, "since"), *limit = rpc_param(ctx->params, "limit"),
+                             *before = rpc_param(ctx->params, "before");
+        if (limit && (limit->via.u64 == 0 || limit->via.u64 > AUDIT_QUERY_MAX)) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "limit must be 1..%u (page with 'before': the first seq returned)",
+                              AUDIT_QUERY_MAX);
+                return -EINVAL;
+        }
+        audit_query_opts q = {
+                .sandbox = sb,
+                .since_ms = since ? since->via.u64 : 0,
+                .before_seq = before ? before->via.u64 : 0,
+                .limit = limit ? (size_t) limit->via.u64 : AUDIT_QUERY_DEFAULT,
+                .max_bytes = AUDIT_QUERY_MAX_BYTES,
+        };
         json_object *arr = NULL;
         (void) audit_flush(the_log.log);
-        int r = audit_query(the_log.log, sb, since ? since->via.u64 : 0, limit ? (size_t) limit->via.u64 : 1000, &arr);
+        int r = audit_query_page(the_log.log, &q, &arr, NULL);
         if (r < 0) {
                 rpc_error_set(err, RPC_E_INTERNAL, "audit query failed: %s", strerror(-r));
                 return r;
@@ -240,6 +352,22 @@ int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
         auditlog_pack_json(ctx->pk, arr);
         json_object_put(arr);
         return 0;
+}
+
+int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, char **ret_why) {
+        *ret = (audit_prune_result) {};
+        if (!the_log.log) {
+                if (ret_why && asprintf(ret_why, "the audit log is %s", auditlog_state(m)) < 0)
+                        *ret_why = NULL;
+                return -ENODEV;
+        }
+        audit_error ae = { 0 };
+        int r = audit_prune(the_log.log, older_than_s, max_bytes, ret, &ae);
+        if (r < 0 && ret_why)
+                *ret_why = strdup(ae.message);
+        if (r == 0 && ret->files_removed > 0)
+                the_log.dirty = true;
+        return r;
 }
 
 json_object *auditlog_tail(manager *m, const char *sandbox, size_t n) {

@@ -12,9 +12,19 @@
 
 int auditlog_init(manager *m);     /* never fatal: status says when the log is unavailable */
 void auditlog_free(manager *m);
+/* "ok (key sealed: tpm|software)", "unavailable: <why>" (no log at all) or
+ * "failing: <why>" (records cannot be written now: filesystem full, I/O error). */
 const char *auditlog_state(manager *m);
+/* 0 when a state-changing request may go ahead because its record can be
+ * written; else a negative errno and *ret_why (free() it) says why. A log that
+ * failed is retried here: the first record that goes through is
+ * "audit.resumed" with the number of events that were not recorded. */
+int auditlog_can_record(manager *m, char **ret_why);
 /* Takes ownership of `fields` (may be NULL). */
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields);
+struct audit_prune_result;
+/* audit_prune() on the open log (see audit.h); *ret_why (free()) on failure. */
+int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, struct audit_prune_result *ret, char **ret_why);
 json_object *auditlog_tail(manager *m, const char *sandbox, size_t n);
 /* A json value as msgpack (maps, arrays, strings, numbers, booleans, nil). */
 void auditlog_pack_json(msgpack_packer *pk, json_object *o);

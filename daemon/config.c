@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <ini.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +92,18 @@ static void strip_inline_comment(char *v) {
                 v[--n] = 0;
 }
 
+#define CONFIG_MAX_BYTES (1024u * 1024u)
+
+_printf_(5, 6) static int config_fail(config_error *err, const char *path, unsigned line, int r, const char *fmt, ...) {
+        snprintf(err->file, sizeof(err->file), "%s", path);
+        err->line = line;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof(err->message), fmt, ap);
+        va_end(ap);
+        return r;
+}
+
 static int handler(void *userdata, const char *section, const char *key, const char *raw_value) {
         parse_state *s = userdata;
         char value[4096];
@@ -102,7 +115,8 @@ static int handler(void *userdata, const char *section, const char *key, const c
 #define KEY(sec, k) (!strcmp(section, sec) && !strcmp(key, k))
         if (!key) {
                 if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM") && strcmp(section, "Response") &&
-                    strcmp(section, "Telemetry")) {
+                    strcmp(section, "Telemetry") &&
+                    strcmp(section, "Audit") && strcmp(section, "Retention")) {
                         snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
                         return 0;
                 }
@@ -156,6 +170,20 @@ static int handler(void *userdata, const char *section, const char *key, const c
                         r = -ERANGE;
         } else if (KEY("Daemon", "RequireLimits")) {
                 r = parse_bool(value, &c->require_limits);
+        } else if (KEY("Audit", "MinFreeSpace")) {
+                r = parse_size(value, &c->audit_min_free);
+        } else if (KEY("Audit", "FileSize")) {
+                r = parse_size(value, &c->audit_file_size);
+                if (r == 0 && (c->audit_file_size < 4096 || c->audit_file_size > 1024u * 1024 * 1024))
+                        r = -ERANGE;
+        } else if (KEY("Retention", "SandboxDays")) {
+                r = parse_uint(value, &c->retention_sandbox_days);
+        } else if (KEY("Retention", "SandboxRecords")) {
+                r = parse_uint(value, &c->retention_sandbox_records);
+        } else if (KEY("Retention", "AuditDays")) {
+                r = parse_uint(value, &c->retention_audit_days);
+        } else if (KEY("Retention", "AuditMaxSize")) {
+                r = parse_size(value, &c->retention_audit_max);
         } else if (KEY("Daemon", "CgroupPath")) {
                 r = set_str(&c->cgroup_path, value);
         } else if (KEY("Daemon", "SandboxHelper")) {
@@ -226,6 +254,41 @@ char *config_default_path(void) {
         return p;
 }
 
+/* The whole file, refused when it is not text: a NUL byte would end a line
+ * early for the INI parser, so a file of NULs (a crash while it was written, a
+ * corrupted disk) would parse as empty and put every setting back to default. */
+static int config_read(const char *path, char **ret, config_error *err) {
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return errno == ENOENT ? -ENOENT : config_fail(err, path, 0, -errno, "cannot open: %s", strerror(errno));
+        char *buf = malloc(CONFIG_MAX_BYTES + 1);
+        size_t n = buf ? fread(buf, 1, CONFIG_MAX_BYTES + 1, f) : 0;
+        bool bad = ferror(f);
+        fclose(f);
+        if (!buf)
+                return -ENOMEM;
+        if (bad) {
+                free(buf);
+                return config_fail(err, path, 0, -EIO, "cannot read: %s", strerror(EIO));
+        }
+        if (n > CONFIG_MAX_BYTES) {
+                free(buf);
+                return config_fail(err, path, 0, -EFBIG, "larger than %u bytes", CONFIG_MAX_BYTES);
+        }
+        unsigned line = 1;
+        for (size_t i = 0; i < n; i++) {
+                if (buf[i] == 0) {
+                        free(buf);
+                        return config_fail(err, path, line, -EINVAL, "NUL byte at offset %zu: not a text file", i);
+                }
+                if (buf[i] == '\n')
+                        line++;
+        }
+        buf[n] = 0;
+        *ret = buf;
+        return 0;
+}
+
 int config_load(const char *path, const char *home, agentd_config **ret, config_error *err) {
         agentd_config *c = calloc(1, sizeof(*c));
         if (!c)
@@ -247,6 +310,12 @@ int config_load(const char *path, const char *home, agentd_config **ret, config_
         c->proxy_header_timeout_ms = 10000;
         c->egress_denials = 20;
         c->egress_window_s = 60;
+        c->audit_min_free = 1024 * 1024;
+        c->audit_file_size = 16u * 1024 * 1024;
+        c->retention_sandbox_days = 30;
+        c->retention_sandbox_records = 1000;
+        c->retention_audit_days = 365;
+        c->retention_audit_max = (size_t) 1024 * 1024 * 1024;
         c->vault_approle_path = strdup("approle");
         c->tpm_tcti = strdup("device:/dev/tpmrm0");
         c->telemetry_queue_max = 2048;
@@ -257,19 +326,15 @@ int config_load(const char *path, const char *home, agentd_config **ret, config_
         }
 
         if (path) {
-                FILE *f = fopen(path, "re");
-                if (!f && errno != ENOENT) {
-                        int e = errno;
-                        snprintf(err->file, sizeof(err->file), "%s", path);
-                        err->line = 0;
-                        snprintf(err->message, sizeof(err->message), "cannot open: %s", strerror(e));
+                _cleanup_free_ char *text = NULL;
+                int r = config_read(path, &text, err);
+                if (r < 0 && r != -ENOENT) {
                         config_free(c);
-                        return -e;
+                        return r;
                 }
-                if (f) {
+                if (text) {
                         parse_state s = { .c = c, .home = home };
-                        int line = ini_parse_file(f, handler, &s);
-                        fclose(f);
+                        int line = ini_parse_string(text, handler, &s);
                         if (line != 0) {
                                 snprintf(err->file, sizeof(err->file), "%s", path);
                                 err->line = line > 0 ? (unsigned) line : 0;

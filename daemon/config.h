@@ -28,6 +28,16 @@ typedef struct agentd_config {
         char *vault_ca_certificate;
         char *vault_approle_path;
 
+        /* [Audit] */
+        size_t audit_min_free;       /* state-changing requests are refused below this many free bytes */
+        size_t audit_file_size;      /* a new audit file past this size */
+
+        /* [Retention]: 0 = no bound */
+        unsigned retention_sandbox_days;
+        unsigned retention_sandbox_records;
+        unsigned retention_audit_days;
+        size_t retention_audit_max;
+
         char *tpm_tcti;
         bool tpm_allow_software_key;
 

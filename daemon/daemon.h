@@ -22,6 +22,7 @@ void sandboxes_free(manager *m);
 
 /* revoke.c */
 void lockdown_load(manager *m);
+void lockdown_retry_persist(manager *m);   /* after a revoke --all whose marker could not be written */
 int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool freeze_only, struct rpc_call *call,
                  const char *trigger);
 

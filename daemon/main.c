@@ -25,6 +25,8 @@
 #include "macro.h"
 #include "manager.h"
 #include "server.h"
+#include "retention.h"
+#include "statedir.h"
 
 uint64_t now_msec(void) {
         struct timespec ts;
@@ -138,11 +140,16 @@ static int bind_socket(manager *m) {
                 log_error("cannot bind %s: %s", m->socket_path, strerror(-r));
                 return r;
         }
-        if (chmod(m->socket_path, 0600) < 0 || listen(fd, SOMAXCONN) < 0) {
+        /* What we bound, so that stopping removes this socket and never one that
+         * took its place (systemd's socket unit, a newer agentd). */
+        if (lstat(m->socket_path, &st) < 0 || chmod(m->socket_path, 0600) < 0 || listen(fd, SOMAXCONN) < 0) {
                 r = -errno;
                 close(fd);
                 return r;
         }
+        m->socket_dev = st.st_dev;
+        m->socket_ino = st.st_ino;
+        m->socket_bound = true;
         m->listen_fd = fd;
         return 0;
 }
@@ -242,6 +249,7 @@ void daemon_finish(manager *m) {
         sandboxes_free(m);
         egress_free(m);
         broker_free(m);
+        retention_free(m);
         auditlog_free(m);
         telemetry_free(m);
         tasks_free(m);
@@ -292,6 +300,7 @@ int main(int argc, char **argv) {
         static manager mgr;
         manager *m = &mgr;
         m->listen_fd = -1;
+        m->state_lock_fd = -1;
         m->start_msec = now_msec();
         list_init(&m->connections);
         list_init(&m->sandboxes);
@@ -347,11 +356,33 @@ int main(int argc, char **argv) {
                 free(m->config->state_directory);
                 m->config->state_directory = state;
         }
+        /* One daemon per state directory, before anything in it (or any
+         * cgroup, or the socket) is touched. Held until the process ends. */
+        pid_t holder = 0;
+        m->state_lock_fd = statedir_lock(m->config->state_directory, &holder);
+        if (m->state_lock_fd == -EBUSY) {
+                if (holder > 0)
+                        log_error("another agentd (pid %d) is using the state directory %s; not starting",
+                                  (int) holder, m->config->state_directory);
+                else
+                        log_error("another agentd is using the state directory %s; not starting",
+                                  m->config->state_directory);
+                return 1;
+        }
+        if (m->state_lock_fd < 0) {
+                log_error("cannot lock the state directory %s: %s", m->config->state_directory,
+                          strerror(-m->state_lock_fd));
+                return 1;
+        }
         r = sandboxes_init(m);
         if (r < 0)
                 return 1;
         telemetry_init(m);
+        /* After the records are loaded and our leftover cgroups killed (they are
+         * found by the sandbox directories the sweep may remove). */
+        (void) statedir_sweep(m->config->state_directory);
         auditlog_init(m);
+        retention_init(m);
         lockdown_load(m);
         egress_init(m);
         r = broker_init(m);

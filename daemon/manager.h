@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "config.h"
@@ -46,6 +47,10 @@ typedef struct manager {
         char *home;
         char *socket_path;       /* NULL when socket-activated */
         bool socket_activated;
+        bool socket_bound;       /* we bound socket_path: its inode is ours */
+        dev_t socket_dev;
+        ino_t socket_ino;
+        int state_lock_fd;       /* flock on <state>/agentd.lock, held for life */
         int listen_fd;
         uv_poll_t listen_poll;
         bool listening;

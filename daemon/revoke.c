@@ -22,6 +22,7 @@
 #include "broker.h"
 #include "cgroup.h"
 #include "daemon.h"
+#include "fileio.h"
 #include "log.h"
 #include "macro.h"
 #include "policy.h"
@@ -138,6 +139,35 @@ static int descendants_of(pid_t init, proc_entry **ret, size_t *ret_n) {
 }
 
 /* Every process of a sandbox: the cgroup's list, else its pid namespace found through /proc. */
+/* The marker that keeps a lockdown across restarts, durable before we say it
+ * is: written to a temp file, fsync'd, renamed, and the directory fsync'd. */
+static int lockdown_persist(manager *m) {
+        _cleanup_free_ char *p = lockdown_path(m);
+        if (!p)
+                return -ENOMEM;
+        static const char text[] = "locked by credentials.revoke all\n";
+        int r = write_file_atomic(p, text, sizeof(text) - 1);
+        if (r < 0)
+                return r;
+        _cleanup_close_ int dfd = open(m->config->state_directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || fsync(dfd) < 0)
+                return -errno;
+        return 0;
+}
+
+/* A lockdown in force whose marker could not be written: retried until it is. */
+static bool lockdown_unpersisted;
+
+void lockdown_retry_persist(manager *m) {
+        if (!m->locked_down || !lockdown_unpersisted || lockdown_persist(m) < 0)
+                return;
+        lockdown_unpersisted = false;
+        log_notice("lockdown: the marker is written now; the lockdown survives a restart");
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "persisted", json_object_new_boolean(true));
+        audit_event(m, "lockdown", NULL, ev);
+}
+
 static int sandbox_pids(sandbox *s, pid_t **ret, size_t *ret_n) {
         size_t n = 0, cap = 64;
         pid_t *v = malloc(cap * sizeof(pid_t));
@@ -366,6 +396,7 @@ typedef struct revoke_op {
         bool by_cgroup, by_signal;  /* how the frozen ones were stopped */
         char **failed_ids, **failures; /* sandboxes that could not be frozen, and why */
         size_t n_failures;
+        int lockdown_error;       /* the marker could not be made durable: the reply is an error */
 } revoke_op;
 
 static const char *freeze_method(const revoke_op *op) {
@@ -499,7 +530,16 @@ static void revoke_finish(unsigned confirmed, unsigned pending, void *userdata) 
         audit_event(m, "revoke", NULL, ev);
         log_notice("revoke%s: %u frozen (%s), %u killed, %u tokens revoked, %u pending, %zu failure(s)", op->all ? " --all" : "",
                    op->frozen, freeze_method(op), op->killed, op->confirmed, op->pending, op->n_failures);
-        if (op->call)
+        if (op->call && op->lockdown_error < 0) {
+                /* Frozen, revoked and killed as asked, but a lockdown that a restart
+                 * forgets is not a lockdown: say so instead of locked_down: true. */
+                char text[300];
+                snprintf(text, sizeof(text),
+                         "lockdown is in force until agentd stops but could not be persisted in the state directory (%s); "
+                         "%u frozen, %u killed, %u tokens revoked, %u pending",
+                         strerror(-op->lockdown_error), op->frozen, op->killed, op->confirmed, op->pending);
+                rpc_call_error(op->call, RPC_E_BACKEND_UNAVAILABLE, text);
+        } else if (op->call)
                 rpc_call_reply(op->call, pack_revoke, op);
         revoke_op_free(op);
 }
@@ -524,10 +564,13 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         /* (5 first, for --all) no new spawn may slip in while we work. */
         if (all) {
                 m->locked_down = true;
-                _cleanup_free_ char *p = lockdown_path(m);
-                if (p)
-                        write_text(p, "locked by credentials.revoke all\n");
-                audit_event(m, "lockdown", NULL, NULL);
+                op->lockdown_error = lockdown_persist(m);
+                lockdown_unpersisted = op->lockdown_error < 0;
+                if (op->lockdown_error < 0)
+                        log_error("lockdown: cannot persist the marker: %s", strerror(-op->lockdown_error));
+                json_object *ev = json_object_new_object();
+                json_object_object_add(ev, "persisted", json_object_new_boolean(op->lockdown_error == 0));
+                audit_event(m, "lockdown", NULL, ev);
         }
         /* (1) freeze. */
         list_head *i, *t;

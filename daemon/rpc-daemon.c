@@ -6,7 +6,9 @@
 #include "auditlog.h"
 #include "broker.h"
 #include "config.h"
+#include "macro.h"
 #include "manager.h"
+#include "sandbox.h"
 #include "server.h"
 #include "telemetry.h"
 
@@ -35,11 +37,18 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         manager *m = ctx->m;
         msgpack_packer *pk = ctx->pk;
 
-        msgpack_pack_map(pk, 16);
+        /* sandboxes: those not ended; sandboxes_listed: what sandbox.list shows
+         * (ended ones too, up to the in-memory bound). */
+        unsigned active = 0;
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes)
+                active += !sandbox_ended(container_of(i, sandbox, link));
+        msgpack_pack_map(pk, 17);
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
         mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
         mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);
-        mp_pack_kv_u64(pk, "sandboxes", m->n_sandboxes);
+        mp_pack_kv_u64(pk, "sandboxes", active);
+        mp_pack_kv_u64(pk, "sandboxes_listed", m->n_sandboxes);
         mp_pack_kv_bool(pk, "locked_down", m->locked_down);
         mp_pack_kv_str(pk, "vault", broker_vault_state(m));
         mp_pack_kv_str(pk, "tpm", broker_tpm_state(m));

@@ -64,6 +64,7 @@ static int pidfd_send_signal_(int pidfd, int sig) {
 
 static void sandbox_free(sandbox *s);
 static sandbox *sandbox_load(manager *m, const char *id);
+static void evict_old(manager *m, sandbox *keep);
 
 const char *sandbox_state_to_string(sandbox_state s) {
         switch (s) {
@@ -292,6 +293,8 @@ int sandbox_save_meta(sandbox *s) {
         json_object_object_add(o, "state", json_object_new_string(sandbox_state_to_string(s->state)));
         json_object_object_add(o, "exit_code", json_object_new_int(s->exit_code));
         json_object_object_add(o, "signal", json_object_new_int(s->exit_signal));
+        if (s->init_pid > 0 || s->recorded_pid > 0)
+                json_object_object_add(o, "pid", json_object_new_int(s->init_pid > 0 ? s->init_pid : s->recorded_pid));
         json_object_object_add(o, "discarded", json_object_new_boolean(s->discarded));
         if (s->end_reason)
                 json_object_object_add(o, "reason", json_object_new_string(s->end_reason));
@@ -372,6 +375,7 @@ static sandbox *sandbox_load(manager *m, const char *id) {
         s->started_ns = json_object_object_get_ex(o, "started_ns", &v) ? json_object_get_int64(v) : 0;
         s->exit_code = json_object_object_get_ex(o, "exit_code", &v) ? json_object_get_int(v) : 0;
         s->exit_signal = json_object_object_get_ex(o, "signal", &v) ? json_object_get_int(v) : 0;
+        s->recorded_pid = json_object_object_get_ex(o, "pid", &v) ? (pid_t) json_object_get_int(v) : 0;
         s->discarded = json_object_object_get_ex(o, "discarded", &v) && json_object_get_boolean(v);
         const char *state = json_object_object_get_ex(o, "state", &v) ? json_object_get_string(v) : "exited";
         if (json_object_object_get_ex(o, "reason", &v))
@@ -399,6 +403,8 @@ static sandbox *sandbox_load(manager *m, const char *id) {
         json_object_put(o);
         list_add_tail(&m->sandboxes, &s->link);
         m->n_sandboxes++;
+        /* Looking up old ids must not grow memory without bound. */
+        evict_old(m, s);
         return s;
 fail:
         json_object_put(o);
@@ -689,7 +695,27 @@ static void release_owner(sandbox *s) {
         }
 }
 
-static void evict_old(manager *m) {
+/* Retention is about to remove this record: drop it from memory. -EBUSY while
+ * it has not ended or someone waits on it. */
+int sandbox_forget(manager *m, const char *id) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (!streq(s->id, id))
+                        continue;
+                if (!sandbox_ended(s) || s->waiters || s->owner)
+                        return -EBUSY;
+                list_del(&s->link);
+                m->n_sandboxes--;
+                sandbox_unref(s);
+                return 0;
+        }
+        return 0;
+}
+
+/* Keeps at most MAX_ENDED_KEPT ended sandboxes in memory, oldest out first
+ * (their records stay on disk and load again on demand); never `keep`. */
+static void evict_old(manager *m, sandbox *keep) {
         unsigned ended = 0;
         list_head *i, *t;
         list_for_each_safe(i, t, &m->sandboxes) {
@@ -701,7 +727,7 @@ static void evict_old(manager *m) {
                 if (ended <= MAX_ENDED_KEPT)
                         break;
                 sandbox *s = container_of(i, sandbox, link);
-                if (!sandbox_ended(s) || s->waiters)
+                if (!sandbox_ended(s) || s->waiters || s == keep)
                         continue;
                 list_del(&s->link);
                 m->n_sandboxes--;
@@ -771,7 +797,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         complete_waiters(s);
         release_owner(s);
         m->n_sandboxes_live--;
-        evict_old(m);
+        evict_old(m, NULL);
         daemon_maybe_finish(m);
 }
 
@@ -1624,6 +1650,10 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 FAIL(RPC_E_INTERNAL, "out of memory");
         if (mkdir(s->dir, 0700) < 0)
                 FAIL(RPC_E_INTERNAL, "cannot create %s: %s", s->dir, strerror(errno));
+        /* The record exists before anything runs: a sandbox that could not be
+         * recorded would be unknown after a crash, so it is not started. */
+        if ((r = sandbox_save_meta(s)) < 0)
+                FAIL(RPC_E_BACKEND_UNAVAILABLE, "cannot write the sandbox's record in %s: %s", s->dir, strerror(-r));
         if (req->creds) {
                 snprintf(path, sizeof(path), "%s/broker.sock", s->dir);
                 if ((r = server_listen_sandbox(m, s->id, path, &s->broker_listener)) < 0)
@@ -1843,6 +1873,11 @@ fail:
         server_close_sandbox(s->broker_listener);
         if (s->proxied)
                 netproxy_remove_sandbox(m->proxy, s->id);
+        if (s->dir) {
+                /* Nothing ran: without its record the directory is swept at the next start. */
+                snprintf(path, sizeof(path), "%s/meta.json", s->dir);
+                (void) unlink(path);
+        }
         rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
         log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
         free(error_text);
@@ -1953,7 +1988,13 @@ int rpc_sandbox_list(rpc_ctx *ctx, rpc_error *err) {
                 mp_pack_kv_str(ctx->pk, "id", s->id);
                 mp_pack_kv_str(ctx->pk, "task", s->task);
                 mp_pack_kv_str(ctx->pk, "state", sandbox_state_to_string(s->state));
-                mp_pack_kv_i64(ctx->pk, "pid", s->init_pid);
+                /* The pid it ran as (from its record after a restart); nil when unknown. */
+                pid_t pid = s->init_pid > 0 ? s->init_pid : s->recorded_pid;
+                mp_pack_cstr(ctx->pk, "pid");
+                if (pid > 0)
+                        msgpack_pack_int64(ctx->pk, pid);
+                else
+                        msgpack_pack_nil(ctx->pk);
                 mp_pack_kv_u64(ctx->pk, "started_at", s->started_at);
                 mp_pack_kv_str(ctx->pk, "workspace", s->workspace);
                 mp_pack_cstr(ctx->pk, "argv");
@@ -2125,11 +2166,15 @@ static void load_previous(manager *m) {
         }
         free(v);
         if (m->cgroup_root) {
-                /* Sandbox cgroups a previous instance left behind (all their processes died with it). */
+                /* Sandbox cgroups a previous instance left behind (all their processes died with it).
+                 * Only ours: another agentd (another state directory) may share this cgroup. */
                 DIR *cg = opendir(m->cgroup_root);
                 while (cg && (de = readdir(cg)))
-                        if (!strncmp(de->d_name, "sb-", 3)) {
+                        if (!strncmp(de->d_name, "sb-", 3) && id_valid(de->d_name + 3)) {
                                 char p[PATH_MAX];
+                                snprintf(p, sizeof(p), "%s/%s", path, de->d_name + 3);
+                                if (access(p, F_OK) < 0)
+                                        continue;
                                 snprintf(p, sizeof(p), "%s/%s", m->cgroup_root, de->d_name);
                                 (void) cgroup_kill(p);
                                 (void) rmdir(p);

@@ -64,6 +64,7 @@ typedef struct sandbox {
         bool helper_poll_init;
         bool helper_reaped;
         pid_t init_pid;
+        pid_t recorded_pid;       /* init_pid as its record says (loaded after a restart) */
         int init_pidfd;
         int status_fd;
         uv_poll_t status_poll;
@@ -98,6 +99,7 @@ typedef struct sandbox {
 
 sandbox *sandbox_find(manager *m, const char *id);
 bool sandbox_ended(const sandbox *s);
+int sandbox_forget(manager *m, const char *id);
 int sandbox_save_meta(sandbox *s);
 /* Stops every process of the sandbox (cgroup.freeze, else SIGSTOP to each,
  * confirmed): 0 only when it is stopped; sets frozen_by. */

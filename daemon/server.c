@@ -404,6 +404,18 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 return;
         }
 
+        /* Evidence fails closed: what changes state waits until it can be recorded. */
+        if (!(method->flags & (RPC_READ_ONLY | RPC_CONTAINMENT))) {
+                _cleanup_free_ char *why = NULL;
+                if (auditlog_can_record(m, &why) < 0) {
+                        char text[400];
+                        snprintf(text, sizeof(text), "%s refused: the audit log cannot record it: %s", method->name, why ? why : "unavailable");
+                        send_packed_error(c, true, msg.msgid, RPC_E_BACKEND_UNAVAILABLE, text);
+                        rpc_message_done(&msg);
+                        return;
+                }
+        }
+
         msgpack_sbuffer sb;
         msgpack_packer pk;
         msgpack_sbuffer_init(&sb);
@@ -767,10 +779,12 @@ void server_stop_listening(manager *m) {
                 return;
         m->listening = false;
         uv_close((uv_handle_t *) &m->listen_poll, NULL);
-        if (!m->socket_activated) {
-                if (m->socket_path)
-                        unlink(m->socket_path);
-        }
+        /* Only the socket this process bound: the path may belong to someone
+         * else by now (systemd's socket unit, another agentd). */
+        struct stat st;
+        if (!m->socket_activated && m->socket_bound && m->socket_path && lstat(m->socket_path, &st) == 0 &&
+            st.st_dev == m->socket_dev && st.st_ino == m->socket_ino)
+                unlink(m->socket_path);
         safe_close(m->listen_fd);
         m->listen_fd = -1;
 }

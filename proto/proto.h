@@ -86,6 +86,8 @@ enum {
         RPC_HOST_ONLY = 1u << 0,      /* refused on a sandbox's broker socket */
         RPC_ASYNC = 1u << 1,          /* the reply may come later */
         RPC_SANDBOX_ONLY = 1u << 2,   /* only on a sandbox's broker socket */
+        RPC_READ_ONLY = 1u << 3,      /* changes nothing: answered even while the audit log cannot record */
+        RPC_CONTAINMENT = 1u << 4,    /* stops, revokes or frees space: answered (and logged as well as can be) even then */
 };
 
 typedef enum rpc_method_id {

@@ -582,6 +582,97 @@ static int head_write(audit_log *a) {
         return 0;
 }
 
+/* ---- the checkpoint: where a pruned log starts ---- */
+
+#define CHECKPOINT_NAME "audit.checkpoint"
+#define CHECKPOINT_TMP_NAME "audit.checkpoint.tmp"
+
+enum {
+        CP_OK,
+        CP_MISSING,
+        CP_INVALID,
+};
+
+static int checkpoint_format(const audit_key *k, unsigned file, uint64_t seq, const uint8_t hash[HASH_LEN], char *buf,
+                             size_t size, size_t *ret_len) {
+        char hex[HEX_LEN + 1], mhex[HEX_LEN + 1], u[200];
+        uint8_t mac[HASH_LEN];
+        int n, r;
+
+        hex_encode(hash, HASH_LEN, hex);
+        n = snprintf(u, sizeof(u), "{\"audit_checkpoint\":1,\"file\":%u,\"seq\":%" PRIu64 ",\"hash\":\"%s\"}", file, seq,
+                     hex);
+        if (n < 0 || (size_t) n >= sizeof(u))
+                return -EINVAL;
+        r = hmac_sha256(k, u, (size_t) n, NULL, 0, mac);
+        if (r < 0)
+                return r;
+        hex_encode(mac, HASH_LEN, mhex);
+        n = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", n - 1, u, mhex);
+        if (n < 0 || (size_t) n >= size)
+                return -EINVAL;
+        *ret_len = (size_t) n;
+        return 0;
+}
+
+/* CP_OK with the first kept file's number and the seq and hash of the record
+ * before its first one; CP_MISSING (never pruned); CP_INVALID; or -errno. */
+static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, uint64_t *ret_seq,
+                           uint8_t ret_hash[HASH_LEN]) {
+        _cleanup_close_ int fd = -1;
+        char buf[512], canon[512], hex[HEX_LEN + 1];
+        size_t canon_len;
+        unsigned file;
+        uint64_t seq;
+        ssize_t n;
+        int r;
+
+        fd = openat(dir_fd, CHECKPOINT_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0)
+                return errno == ENOENT ? CP_MISSING : errno == ELOOP ? CP_INVALID : -errno;
+        n = read(fd, buf, sizeof(buf) - 1);
+        if (n < 0)
+                return -errno;
+        buf[n] = 0;
+        if (sscanf(buf, "{\"audit_checkpoint\":1,\"file\":%u,\"seq\":%" SCNu64 ",\"hash\":\"%64[0-9a-f]\"", &file, &seq,
+                   hex) != 3 ||
+            !hex_decode(hex, strlen(hex), ret_hash, HASH_LEN))
+                return CP_INVALID;
+        r = checkpoint_format(k, file, seq, ret_hash, canon, sizeof(canon), &canon_len);
+        if (r < 0)
+                return r;
+        if (canon_len != (size_t) n || CRYPTO_memcmp(canon, buf, (size_t) n) != 0)
+                return CP_INVALID;
+        *ret_file = file;
+        *ret_seq = seq;
+        return CP_OK;
+}
+
+static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uint8_t hash[HASH_LEN]) {
+        _cleanup_close_ int fd = -1;
+        char buf[512];
+        size_t len;
+        int r;
+
+        r = checkpoint_format(&a->key, file, seq, hash, buf, sizeof(buf), &len);
+        if (r < 0)
+                return r;
+        fd = openat(a->dir_fd, CHECKPOINT_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
+                    0600);
+        if (fd < 0)
+                return -errno;
+        r = write_all(fd, buf, len);
+        if (r < 0)
+                return r;
+        if (fsync(fd) < 0)
+                return -errno;
+        if (renameat(a->dir_fd, CHECKPOINT_TMP_NAME, a->dir_fd, CHECKPOINT_NAME) < 0)
+                return -errno;
+        if (fsync(a->dir_fd) < 0)
+                return -errno;
+        return 0;
+}
+
 /* ---- what fields may contain ---- */
 
 static bool key_refused(const char *k) {
@@ -1525,10 +1616,31 @@ static int verify_core(int dir_fd, const audit_key *k, const anchor *mem, uint64
                 if (anchors[i].seq > limit)
                         anchors[i].set = false;
 
+        /* A pruned log starts where its checkpoint says; files before that one
+         * are what an interrupted prune had not removed yet. */
+        unsigned cp_file = 0;
+        uint64_t cp_seq = 0;
+        int cp = checkpoint_read(dir_fd, k, &cp_file, &cp_seq, prev);
+        if (cp < 0)
+                return cp;
+        if (cp == CP_INVALID)
+                verdict_set(&v, 1, CHECKPOINT_NAME " is not valid (edited or forged): where the pruned log starts cannot be vouched for");
+        if (cp == CP_OK)
+                expected = cp_seq + 1;
+
         r = list_files(dir_fd, &files, &n_files);
         if (r < 0)
                 return r;
+        bool first = true;
         for (size_t i = 0; i < n_files && !v.bad; i++) {
+                if (cp == CP_OK && files[i] < cp_file)
+                        continue;
+                if (cp == CP_OK && first && files[i] != cp_file) {
+                        verdict_set(&v, expected, "audit-%06u.jsonl, where " CHECKPOINT_NAME " says the log starts, is missing",
+                                    cp_file);
+                        break;
+                }
+                first = false;
                 r = verify_file(k, dir_fd, files[i], anchors, ELEMENTSOF(anchors), limit, &expected, prev, &records, &v);
                 if (r < 0) {
                         free(v.reason);
@@ -1598,47 +1710,208 @@ int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *
         return r;
 }
 
+/* ---- pruning ---- */
+
+/* The record before file `no`'s first one, as its first record names it
+ * (seq - 1 and prev); an authentic record is required. */
+static int first_record_anchor(audit_log *a, unsigned no, uint64_t *ret_seq, uint8_t ret_hash[HASH_LEN]) {
+        _cleanup_(json_tokener_freep) json_tokener *tok = json_tokener_new();
+        _cleanup_close_ int fd = -1;
+        line_reader rd;
+        char name[32];
+        int r;
+
+        if (!tok)
+                return -ENOMEM;
+        file_name(no, name);
+        fd = openat(a->dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+        r = reader_init(&rd, fd);
+        if (r < 0)
+                return r;
+        const char *line, *why;
+        uint64_t offset;
+        size_t len;
+        record_info info;
+        r = reader_next(&rd, &line, &len, &offset);
+        if (r == LINE_OK)
+                r = record_check(&a->key, tok, line, len, &info, &why) == REC_OK ? 0 : -EBADMSG;
+        else if (r >= 0)
+                r = -ENODATA;
+        reader_done(&rd);
+        if (r < 0)
+                return r;
+        *ret_seq = info.seq - 1;
+        memcpy(ret_hash, info.prev, HASH_LEN);
+        return 0;
+}
+
+int audit_prune(audit_log *a, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, audit_error *err) {
+        _cleanup_free_ unsigned *files = NULL;
+        _cleanup_free_ struct stat *st = NULL;
+        size_t n_files = 0, cut = 0;
+        uint64_t total = 0, removed_bytes = 0;
+        int r;
+
+        if (!a || !ret)
+                return -EINVAL;
+        *ret = (audit_prune_result) {};
+        r = audit_flush(a);
+        if (r < 0)
+                return fail(err, r, "audit: cannot flush before pruning: %s", strerror(-r));
+        r = list_files(a->dir_fd, &files, &n_files);
+        if (r < 0)
+                return fail(err, r, "audit: cannot list the log files: %s", strerror(-r));
+        st = calloc(n_files ? n_files : 1, sizeof(*st));
+        if (!st)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_files; i++) {
+                char name[32];
+                file_name(files[i], name);
+                if (fstatat(a->dir_fd, name, &st[i], AT_SYMLINK_NOFOLLOW) < 0)
+                        return fail(err, -errno, "audit: cannot stat %s: %m", name);
+                total += (uint64_t) st[i].st_size;
+        }
+        /* The oldest files, never the one being written, while too old or too many bytes. */
+        while (cut + 1 < n_files && files[cut] != a->file_no &&
+               ((older_than_s > 0 && st[cut].st_mtim.tv_sec < older_than_s) || (max_bytes > 0 && total > max_bytes))) {
+                total -= (uint64_t) st[cut].st_size;
+                removed_bytes += (uint64_t) st[cut].st_size;
+                cut++;
+        }
+        if (cut == 0)
+                return 0;
+
+        /* Pruning must not launder a break: the whole chain verifies first. */
+        bool ok = false;
+        uint64_t bad = 0;
+        _cleanup_free_ char *reason = NULL;
+        r = audit_verify(a, &ok, NULL, &bad, &reason);
+        if (r < 0)
+                return fail(err, r, "audit: cannot verify before pruning: %s", strerror(-r));
+        if (!ok)
+                return fail(err, -EBADMSG, "audit: not pruning a log that does not verify (seq %" PRIu64 ": %s)", bad,
+                            reason ? reason : "?");
+
+        uint64_t seq = 0;
+        uint8_t hash[HASH_LEN];
+        r = first_record_anchor(a, files[cut], &seq, hash);
+        if (r < 0)
+                return fail(err, r, "audit: cannot read the first record of file %u: %s", files[cut], strerror(-r));
+        /* Checkpoint first: a crash between it and the unlinks leaves files that
+         * verify skips and the next prune removes, never a log without a start. */
+        r = checkpoint_write(a, files[cut], seq, hash);
+        if (r < 0)
+                return fail(err, r, "audit: cannot write %s: %s", CHECKPOINT_NAME, strerror(-r));
+        for (size_t i = 0; i < cut; i++) {
+                char name[32];
+                file_name(files[i], name);
+                if (unlinkat(a->dir_fd, name, 0) < 0 && errno != ENOENT)
+                        return fail(err, -errno, "audit: cannot remove %s: %m", name);
+        }
+        if (fsync(a->dir_fd) < 0)
+                return fail(err, -errno, "audit: cannot fsync the audit directory: %m");
+
+        char hex[HEX_LEN + 1];
+        hex_encode(hash, HASH_LEN, hex);
+        _cleanup_(json_object_putp) struct json_object *f = json_object_new_object();
+        if (f) {
+                add(f, "files_removed", json_object_new_int64((int64_t) cut));
+                add(f, "bytes_removed", json_object_new_int64((int64_t) removed_bytes));
+                add(f, "first_file", json_object_new_int64(files[cut]));
+                add(f, "first_seq", json_object_new_int64((int64_t) seq + 1));
+                add(f, "prev", json_object_new_string(hex));
+                (void) audit_append(a, "audit.pruned", NULL, f);
+        }
+        ret->files_removed = (unsigned) cut;
+        ret->bytes_removed = removed_bytes;
+        ret->first_seq = seq + 1;
+        return 0;
+}
+
 /* ---- query ---- */
 
-static bool record_matches(struct json_object *o, const char *sandbox, uint64_t since_ms) {
+static bool record_matches(struct json_object *o, const audit_query_opts *q) {
         struct json_object *v;
         uint64_t ms;
 
-        if (sandbox) {
-                if (!get_member(o, "sandbox", json_type_string, &v) || !streq(json_object_get_string(v), sandbox))
+        if (!get_member(o, "seq", json_type_int, &v))
+                return false;
+        if (q->before_seq > 0 && (uint64_t) json_object_get_int64(v) >= q->before_seq)
+                return false;
+        if (q->sandbox) {
+                if (!get_member(o, "sandbox", json_type_string, &v) || !streq(json_object_get_string(v), q->sandbox))
                         return false;
         }
-        if (since_ms > 0) {
+        if (q->since_ms > 0) {
                 if (!get_member(o, "time", json_type_string, &v) || !parse_time_ms(json_object_get_string(v), &ms) ||
-                    ms < since_ms)
+                    ms < q->since_ms)
                         return false;
         }
         return true;
 }
 
-int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array) {
+/* The newest matching lines, as written: at most `cap` of them and (when
+ * max_bytes is set) at most max_bytes of line text. Only lines are kept while
+ * walking, never parsed objects, so memory is bounded by the page, not the log. */
+typedef struct line_ring {
+        char **line;
+        size_t *len;
+        size_t cap, first, n, bytes;
+        uint64_t dropped;             /* matches that fell out (older than the page) */
+} line_ring;
+
+static void ring_drop_oldest(line_ring *g) {
+        free(g->line[g->first]);
+        g->line[g->first] = NULL;
+        g->bytes -= g->len[g->first];
+        g->first = (g->first + 1) % g->cap;
+        g->n--;
+        g->dropped++;
+}
+
+static int ring_push(line_ring *g, const char *line, size_t len, size_t max_bytes) {
+        char *copy = malloc(len + 1);
+        if (!copy)
+                return -ENOMEM;
+        memcpy(copy, line, len);
+        copy[len] = 0;
+        if (g->n == g->cap)
+                ring_drop_oldest(g);
+        size_t at = (g->first + g->n) % g->cap;
+        g->line[at] = copy;
+        g->len[at] = len;
+        g->n++;
+        g->bytes += len;
+        while (max_bytes > 0 && g->bytes > max_bytes && g->n > 1)
+                ring_drop_oldest(g);
+        return 0;
+}
+
+static void ring_free(line_ring *g) {
+        for (size_t i = 0; g->line && i < g->cap; i++)
+                free(g->line[i]);
+        free(g->line);
+        free(g->len);
+}
+
+int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object **ret_array, bool *ret_more) {
         _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
-        _cleanup_(json_object_putp) struct json_object *arr = NULL;
-        _cleanup_free_ struct json_object **ring = NULL;
         _cleanup_free_ unsigned *files = NULL;
-        size_t n_files = 0, count = 0;
+        size_t n_files = 0;
+        line_ring g = { 0 };
         int r;
 
-        if (!a || !ret_array)
+        if (!a || !q || !ret_array || q->limit == 0)
                 return -EINVAL;
         tok = json_tokener_new();
-        if (!tok)
+        g.cap = q->limit;
+        g.line = calloc(g.cap, sizeof(*g.line));
+        g.len = calloc(g.cap, sizeof(*g.len));
+        if (!tok || !g.line || !g.len) {
+                ring_free(&g);
                 return -ENOMEM;
-        /* With a limit only the newest `limit` matches are kept while walking, so a
-         * query for the last few records costs no memory for the whole log. */
-        if (limit > 0) {
-                ring = calloc(limit, sizeof(*ring));
-                if (!ring)
-                        return -ENOMEM;
-        } else {
-                arr = json_object_new_array();
-                if (!arr)
-                        return -ENOMEM;
         }
 
         r = list_files(a->dir_fd, &files, &n_files);
@@ -1655,7 +1928,6 @@ int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t lim
                 if (r < 0)
                         break;
                 for (;;) {
-                        struct json_object *o;
                         const char *line;
                         uint64_t offset;
                         size_t len;
@@ -1665,46 +1937,37 @@ int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t lim
                                 break;
                         if (r != LINE_OK)
                                 continue;
-                        o = parse_line(tok, line, len);
+                        struct json_object *o = parse_line(tok, line, len);
                         if (!o)
                                 continue;
-                        if (!get_member(o, "seq", json_type_int, NULL) || !record_matches(o, sandbox, since_ms)) {
-                                json_object_put(o);
-                                continue;
-                        }
-                        if (ring) {
-                                json_object_put(ring[count % limit]);
-                                ring[count % limit] = o;
-                        } else if (json_object_array_add(arr, o) < 0) {
-                                json_object_put(o);
-                                r = -ENOMEM;
+                        bool match = record_matches(o, q);
+                        json_object_put(o);
+                        if (match && (r = ring_push(&g, line, len, q->max_bytes)) < 0)
                                 break;
-                        }
-                        count++;
                 }
                 reader_done(&rd);
         }
 
-        if (ring) {
-                size_t n = count < limit ? count : limit, first = count < limit ? 0 : count % limit;
-
-                if (r >= 0) {
-                        arr = json_object_new_array_ext((int) (n > 0 ? n : 1));
-                        if (!arr)
-                                r = -ENOMEM;
-                }
-                for (size_t i = 0; i < n; i++) {
-                        struct json_object *o = TAKE_PTR(ring[(first + i) % limit]);
-                        if (r >= 0 && json_object_array_add(arr, o) < 0) {
-                                r = -ENOMEM;
-                                json_object_put(o);
-                        } else if (r < 0)
-                                json_object_put(o);
+        struct json_object *arr = r >= 0 ? json_object_new_array_ext((int) (g.n > 0 ? g.n : 1)) : NULL;
+        if (r >= 0 && !arr)
+                r = -ENOMEM;
+        for (size_t i = 0; r >= 0 && i < g.n; i++) {
+                size_t at = (g.first + i) % g.cap;
+                struct json_object *o = parse_line(tok, g.line[at], g.len[at]);
+                if (o && json_object_array_add(arr, o) < 0) {
+                        json_object_put(o);
+                        r = -ENOMEM;
                 }
         }
-        if (r < 0)
+        bool more = g.dropped > 0;
+        ring_free(&g);
+        if (r < 0) {
+                json_object_put(arr);
                 return r;
-        *ret_array = TAKE_PTR(arr);
+        }
+        *ret_array = arr;
+        if (ret_more)
+                *ret_more = more;
         return 0;
 }
 
@@ -1885,4 +2148,12 @@ int audit_snapshot_select(audit_snapshot *s, audit_select_fn fn, void *userdata,
         }
         *ret = sel;
         return 0;
+}
+
+int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array) {
+        audit_query_opts q = {
+                .sandbox = sandbox, .since_ms = since_ms, .limit = limit > 0 ? limit : AUDIT_QUERY_MAX,
+                .max_bytes = AUDIT_QUERY_MAX_BYTES,
+        };
+        return audit_query_page(a, &q, ret_array, NULL);
 }

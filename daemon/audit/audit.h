@@ -9,7 +9,8 @@
  * <dir>/audit-000001.jsonl, audit-000002.jsonl, ...   mode 0600, dir mode 0700.
  * A new file is started when the current one would grow past rotate_bytes; seq
  * and the chain continue across files (the first record of a file chains to the
- * last record of the previous one). Old files are never removed by this module.
+ * last record of the previous one). Old files are removed only by audit_prune(),
+ * which leaves a signed checkpoint where the kept log starts.
  *
  * <dir>/audit.head    the anchor: the seq and hash of the newest durable record,
  * rewritten atomically (tmp + rename) by every audit_flush(). Without it, deleting
@@ -165,11 +166,53 @@ int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *re
 int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *ret_ok, uint64_t *ret_records,
                      uint64_t *ret_first_bad_seq, char **ret_reason);
 
-/* Records as a new json array of objects (seq, time, type, sandbox, fields, prev,
- * hmac), oldest first, newest last: only those of `sandbox` (NULL: all), with
- * time >= since_ms (unix ms; 0: all), and of those the last `limit` (0: all).
- * Lines that do not parse are skipped; query does not check hmacs — that is
- * audit_verify()'s job. Returns 0 or a negative errno. */
+/* Retention. Removes whole files, oldest first and never the one being
+ * written: those last modified before older_than_s (unix seconds; 0: none by
+ * age), and more while the files total over max_bytes (0: no bound). The
+ * chain must verify first (-EBADMSG otherwise: a break is never pruned away).
+ * Then <dir>/audit.checkpoint is written atomically:
+ *
+ *     {"audit_checkpoint":1,"file":F,"seq":S,"hash":"<64 hex>","hmac":"<64 hex>"}\n
+ *
+ * hmac = HMAC-SHA256(key, the line without its hmac member, closed by '}'), as
+ * for audit.head: file F is the first kept, its first record has seq S+1 and
+ * prev = hash. audit_verify() starts there (files numbered below F are
+ * leftovers of an interrupted prune and are skipped); a missing checkpoint
+ * while the log does not start at seq 1, a forged one, or a missing file F is
+ * a break. Finally an "audit.pruned" record names what went. */
+typedef struct audit_prune_result {
+        unsigned files_removed;
+        uint64_t bytes_removed;
+        uint64_t first_seq;             /* the oldest seq kept */
+} audit_prune_result;
+int audit_prune(audit_log *a, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, audit_error *err);
+
+/* A page of records, bounded in count and bytes whatever the log's size.
+ * Queries never hold more than one page: AUDIT_QUERY_MAX records and
+ * AUDIT_QUERY_MAX_BYTES of record text (lines are at most AUDIT_RECORD_MAX_LIMIT). */
+#define AUDIT_QUERY_MAX 10000u
+#define AUDIT_QUERY_MAX_BYTES (8u * 1024u * 1024u)
+
+typedef struct audit_query_opts {
+        const char *sandbox;            /* only this sandbox's records (NULL: all) */
+        uint64_t since_ms;              /* time >= since_ms (unix ms; 0: all) */
+        uint64_t before_seq;            /* seq < before_seq (0: up to the newest): the cursor for the next page */
+        size_t limit;                   /* 1..any: the newest `limit` matches */
+        size_t max_bytes;               /* 0: no byte bound; else the newest matches whose lines fit */
+} audit_query_opts;
+
+/* Records as a new json array of objects (seq, time, type, sandbox, fields,
+ * prev, hmac), oldest first, newest last: of the records matching q, the newest
+ * that fit q->limit and q->max_bytes (at least one when any matches). Memory is
+ * O(page), not O(log): lines are kept while walking and parsed at the end.
+ * *ret_more (may be NULL): older matches exist; ask again with before_seq =
+ * the first returned seq. Lines that do not parse are skipped; query does not
+ * check hmacs — that is audit_verify()'s job. Returns 0, -EINVAL (limit 0), or
+ * a negative errno. */
+int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object **ret_array, bool *ret_more);
+
+/* audit_query_page() without a cursor: limit 0 means AUDIT_QUERY_MAX; the
+ * byte bound is AUDIT_QUERY_MAX_BYTES. */
 int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t limit, struct json_object **ret_array);
 
 /* Reading the log off the loop. A snapshot, made on the loop, holds its own

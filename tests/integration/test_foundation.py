@@ -275,7 +275,7 @@ def test_config_errors_and_reload():
 def test_second_daemon_refused():
     with Daemon() as d:
         p = subprocess.run([AGENTD, "--socket", d.socket], env=d.env, capture_output=True, timeout=10)
-        assert p.returncode == 1 and b"already serving" in p.stderr, p
+        assert p.returncode == 1 and b"another agentd" in p.stderr, p  # the state-directory lock (docs/faults.md)
         assert d.client().ok("agentd.ping")
 
 

@@ -132,12 +132,12 @@ def test_report_network_token_promote_verified():
 
         v = r["verification"]
         assert v["ok"] is True and v["chain_ok"] is True, v
-        own = [x["seq"] for x in c.ok("audit.query", {"sandbox": sid, "limit": 0})]
+        own = [x["seq"] for x in c.ok("audit.query", {"sandbox": sid, "limit": 10000})]
         assert set(own) <= set(v["seqs"]), (own, v["seqs"])  # names every record of the sandbox, and more
         assert v["seqs"] == sorted(v["seqs"])
         # Who asked: agentctl, by pid and executable.
         assert r["requested_by"]["comm"] == "agentctl" and r["requested_by"]["exe"].endswith("/agentctl"), r["requested_by"]
-        pol = [x for x in c.ok("audit.query", {"sandbox": sid, "limit": 0})
+        pol = [x for x in c.ok("audit.query", {"sandbox": sid, "limit": 10000})
                if x["type"] == "sandbox.spawn"][0]["fields"]["policy_sha256"]
         assert r["policy"]["sha256"] == pol and len(pol) == 64 and r["policy"]["task"] == "story", r["policy"]
         assert r["argv"] == ["/bin/sh", "-c", script], r["argv"]

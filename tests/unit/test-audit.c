@@ -97,7 +97,7 @@ static void copy_dir(const char *src, const char *dst) {
                 char s[256], d[256];
                 snprintf(s, sizeof(s), "%s/audit-%06u.jsonl", src, no);
                 if (access(s, F_OK) < 0)
-                        break;
+                        continue; /* a pruned log starts later */
                 snprintf(d, sizeof(d), "%s/audit-%06u.jsonl", dst, no);
                 size_t n;
                 _cleanup_free_ char *c = read_all(s, &n);
@@ -109,6 +109,12 @@ static void copy_dir(const char *src, const char *dst) {
         size_t n;
         _cleanup_free_ char *c = read_all(s, &n);
         write_all_file(d, c, n);
+        snprintf(s, sizeof(s), "%s/audit.checkpoint", src);
+        snprintf(d, sizeof(d), "%s/audit.checkpoint", dst);
+        if (access(s, F_OK) == 0) {
+                _cleanup_free_ char *cp = read_all(s, &n);
+                write_all_file(d, cp, n);
+        }
 }
 
 /* ---- the log's files as lines, for tampering ---- */
@@ -130,7 +136,7 @@ static void lset_load(const char *dir, lset *s) {
                 char p[256];
                 snprintf(p, sizeof(p), "%s/audit-%06u.jsonl", dir, no);
                 if (access(p, F_OK) < 0)
-                        break;
+                        continue;
                 lfile *f = &s->f[s->n++];
                 f->no = no;
                 _cleanup_free_ char *c = read_all(p, NULL);
@@ -763,6 +769,142 @@ START_TEST(test_query) {
 }
 END_TEST
 
+START_TEST(test_query_page_bounded) {
+        audit_log *a = open_log(master);
+        append_n(a, 1, 40);
+
+        struct json_object *q = NULL, *v;
+        bool more = false;
+        /* limit 0 is refused, never "everything". */
+        audit_query_opts o = { .limit = 0 };
+        ck_assert_int_eq(audit_query_page(a, &o, &q, &more), -EINVAL);
+
+        /* A cursor walks back page by page, contiguous, to the start. */
+        uint64_t before = 0, expect_last = 40;
+        for (int page = 0; page < 4; page++) {
+                o = (audit_query_opts) { .limit = 10, .before_seq = before };
+                ck_assert_int_eq(audit_query_page(a, &o, &q, &more), 0);
+                ck_assert_uint_eq(json_object_array_length(q), 10);
+                ck_assert(json_object_object_get_ex(json_object_array_get_idx(q, 9), "seq", &v));
+                ck_assert_int_eq(json_object_get_int64(v), (int64_t) expect_last);
+                ck_assert(json_object_object_get_ex(json_object_array_get_idx(q, 0), "seq", &v));
+                before = (uint64_t) json_object_get_int64(v);
+                ck_assert(more == (page < 3));
+                expect_last -= 10;
+                json_object_put(q);
+        }
+        /* A byte bound keeps the newest lines that fit, at least one. */
+        o = (audit_query_opts) { .limit = 1000, .max_bytes = 1000 };
+        ck_assert_int_eq(audit_query_page(a, &o, &q, &more), 0);
+        size_t n = json_object_array_length(q);
+        ck_assert_uint_ge(n, 1);
+        ck_assert_uint_lt(n, 10);
+        ck_assert(more);
+        ck_assert(json_object_object_get_ex(json_object_array_get_idx(q, n - 1), "seq", &v));
+        ck_assert_int_eq(json_object_get_int64(v), 40);
+        json_object_put(q);
+        o = (audit_query_opts) { .limit = 1000, .max_bytes = 1 };
+        ck_assert_int_eq(audit_query_page(a, &o, &q, &more), 0);
+        ck_assert_uint_eq(json_object_array_length(q), 1);
+        json_object_put(q);
+        audit_close(a);
+}
+END_TEST
+
+static unsigned count_files(const char *dir) {
+        lset s;
+        lset_load(dir, &s);
+        unsigned n = (unsigned) s.n;
+        lset_free(&s);
+        return n;
+}
+
+START_TEST(test_prune_keeps_chain_verifiable) {
+        build(master, N_RECORDS);
+        unsigned before = count_files(master);
+        ck_assert_uint_ge(before, 5);
+
+        audit_log *a = open_log(master);
+        audit_prune_result res;
+        audit_error err = {};
+        /* Nothing is old enough and there is no byte bound: nothing goes. */
+        ck_assert_int_eq(audit_prune(a, 1, 0, &res, &err), 0);
+        ck_assert_uint_eq(res.files_removed, 0);
+        /* A byte bound removes the oldest files, never the current one. */
+        ck_assert_int_eq(audit_prune(a, 0, 3 * ROTATE, &res, &err), 0);
+        ck_assert_uint_ge(res.files_removed, 1);
+        ck_assert_uint_gt(res.first_seq, 1);
+        ck_assert_uint_lt(count_files(master), before);
+        bool ok = false;
+        uint64_t n = 0, bad = 0;
+        _cleanup_free_ char *reason = NULL;
+        ck_assert_int_eq(audit_verify(a, &ok, &n, &bad, &reason), 0);
+        ck_assert_msg(ok, "after prune: %s", reason);
+        uint64_t last = audit_seq(a);
+        /* Everything from first_seq on (the audit.pruned record included) is verified. */
+        ck_assert_uint_eq(n, last - res.first_seq + 1);
+        audit_close(a);
+        expect_ok(master, last - res.first_seq + 1);
+
+        /* Reopening continues the chain. */
+        a = open_log(master);
+        append_n(a, 1, 3);
+        audit_close(a);
+        expect_ok(master, last + 3 - res.first_seq + 1);
+        uint64_t first_seq = res.first_seq;
+
+        /* Removing the checkpoint: the log starts at first_seq with nothing to vouch for it. */
+        char p[256];
+        copy_dir(master, copy);
+        snprintf(p, sizeof(p), "%s/audit.checkpoint", copy);
+        ck_assert_int_eq(unlink(p), 0);
+        expect_bad(copy, first_seq, "expected");
+
+        /* Editing it (moving the start later) is caught by its hmac. */
+        copy_dir(master, copy);
+        size_t len;
+        _cleanup_free_ char *cp = read_all(p, &len);
+        char *at = strstr(cp, "\"seq\":");
+        ck_assert_ptr_nonnull(at);
+        at[6] = at[6] == '9' ? '8' : at[6] + 1;
+        write_all_file(p, cp, len);
+        expect_bad(copy, 1, "checkpoint");
+
+        /* Deleting the first kept file too. */
+        lset s;
+        copy_dir(master, copy);
+        lset_load(copy, &s);
+        path_of(p, sizeof(p), copy, s.f[0].no);
+        ck_assert_int_eq(unlink(p), 0);
+        expect_bad(copy, first_seq, "missing");
+        lset_free(&s);
+}
+END_TEST
+
+START_TEST(test_prune_refuses_broken_chain) {
+        lset s;
+        char p[256];
+
+        master_and_copy(&s);
+        /* Delete a record in the second file: pruning the first two must not hide it. */
+        path_of(p, sizeof(p), copy, s.f[1].no);
+        size_t len;
+        _cleanup_free_ char *text = read_all(p, &len);
+        char *nl = strchr(text, '\n');
+        ck_assert_ptr_nonnull(nl);
+        write_all_file(p, nl + 1, len - (size_t) (nl + 1 - text));
+        audit_log *a = open_log(copy);
+        audit_prune_result res;
+        audit_error err = {};
+        ck_assert_int_eq(audit_prune(a, 0, 2 * ROTATE, &res, &err), -EBADMSG);
+        ck_assert_msg(strstr(err.message, "does not verify"), "%s", err.message);
+        ck_assert_uint_eq(res.files_removed, 0);
+        audit_close(a);
+        ck_assert_uint_eq(count_files(copy), s.n);
+        lset_free(&s);
+}
+END_TEST
+
 START_TEST(test_secret_guard) {
         static const char *const refused[] = { "token", "client_token", "secret_id", "password", "Token" };
         audit_log *a = open_log(master);
@@ -1035,6 +1177,9 @@ static Suite *audit_suite(void) {
         tcase_add_test(tc, test_size_bound);
         tcase_add_test(tc, test_durable_after_flush);
         tcase_add_test(tc, test_open_errors);
+        tcase_add_test(tc, test_query_page_bounded);
+        tcase_add_test(tc, test_prune_keeps_chain_verifiable);
+        tcase_add_test(tc, test_prune_refuses_broken_chain);
         suite_add_tcase(s, tc);
         return s;
 }
