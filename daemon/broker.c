@@ -653,7 +653,7 @@ static void start_login(broker *b) {
         }
         b->logging_in = true;
         if (!session_usable(b))
-                set_str(&b->vault_state, "unavailable: logging in (unsealing the AppRole secret)%s", NULL);
+                set_str(&b->vault_state, "unavailable: logging in (waiting for the TPM)%s", NULL);
         if (tpm_job_start(b->m->loop, "unsealing the AppRole secret", TPM_JOB_DEADLINE_MS, do_unseal, unseal_late,
                           after_unseal, unseal_work_discard, w, &b->unseal_job) < 0) {
                 b->logging_in = false;
