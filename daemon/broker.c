@@ -991,6 +991,11 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                 }
         }
         scrub_json_string(tok);
+        /* Made under a session that a re-login replaced meanwhile: it dies with
+         * that one, so a token under the current session now (before the
+         * callback, which may release and free these creds). */
+        if (!error && c->session_gen != b->session_gen && session_usable(b))
+                create_token(c);
         if (c->cb) {
                 broker_issue_cb cb = c->cb;
                 c->cb = NULL;
@@ -1192,6 +1197,7 @@ void broker_revoke_all(manager *m, uint64_t deadline_ms, broker_revoke_cb cb, vo
         }
         b->locked = true;
         uv_timer_stop(&b->renew_timer);
+        uv_timer_stop(&b->expiry_timer);
         list_head *i, *t;
         list_for_each_safe(i, t, &b->creds) {
                 sandbox_creds *c = container_of(i, sandbox_creds, link);
