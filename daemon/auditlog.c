@@ -28,7 +28,7 @@
 typedef struct auditlog {
         manager *m;
         audit_log *log;
-        uv_timer_t flush_timer, retry_timer;
+        uv_timer_t flush_timer, retry_timer, startup_timer;
         bool timers_init;
         bool dirty;
         char *state;
@@ -200,6 +200,12 @@ static void start_key_job(void) {
         }
 }
 
+#define AUDIT_KEY_STARTUP_WAIT_MS 3000
+
+static void on_startup_wait(uv_timer_t *t) {
+        /* Nothing: its expiry ends the start-up wait. */
+}
+
 int auditlog_init(manager *m) {
         the_log.m = m;
         snprintf(the_log.dir, sizeof(the_log.dir), "%s/audit", m->config->state_directory);
@@ -209,10 +215,18 @@ int auditlog_init(manager *m) {
         }
         uv_timer_init(m->loop, &the_log.flush_timer);
         uv_timer_init(m->loop, &the_log.retry_timer);
+        uv_timer_init(m->loop, &the_log.startup_timer);
         the_log.timers_init = true;
         /* TPM round trips happen off the loop: a stopped TPM must not stop the daemon. */
         set_state("unavailable: unsealing the audit key (waiting for the TPM)%s", NULL);
         start_key_job();
+        /* A TPM that answers takes milliseconds: give it a bounded moment before
+         * serving, so the first requests are recorded. A stopped one costs
+         * AUDIT_KEY_STARTUP_WAIT_MS of start-up, then the daemon serves without. */
+        uv_timer_start(&the_log.startup_timer, on_startup_wait, AUDIT_KEY_STARTUP_WAIT_MS, 0);
+        while (the_log.key_job && uv_is_active((uv_handle_t *) &the_log.startup_timer))
+                uv_run(m->loop, UV_RUN_ONCE);
+        uv_timer_stop(&the_log.startup_timer);
         return 0;
 }
 
@@ -228,6 +242,7 @@ void auditlog_free(manager *m) {
                 uv_timer_stop(&the_log.retry_timer);
                 uv_close((uv_handle_t *) &the_log.flush_timer, NULL);
                 uv_close((uv_handle_t *) &the_log.retry_timer, NULL);
+                uv_close((uv_handle_t *) &the_log.startup_timer, NULL);
                 the_log.timers_init = false;
         }
         if (the_log.log) {

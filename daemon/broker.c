@@ -45,6 +45,7 @@ struct sandbox_creds {
         bool reissue_init;
         bool released;
         bool issuing;
+        bool create_sent;        /* the pending create may have reached Vault */
         broker_issue_cb cb;
         void *userdata;
 };
@@ -902,6 +903,30 @@ static void on_reissue(uv_timer_t *t) {
                 create_token(c);
 }
 
+/* Vault may have made a token although we cannot name it: the answer was
+ * lost (no answer within VAULT_CREATE_BOUND_MS, a broken connection), was a
+ * 5xx after Vault may have acted, or is 200 without a readable token. */
+static bool create_answer_ambiguous(const vault_response *resp) {
+        if (resp->status == 0)
+                return true;
+        if (resp->status >= 500 && resp->status != 503)
+                return true;
+        return resp->status == 200;
+}
+
+/* A token we cannot name may hang under the session `gen`. No Vault call
+ * finds it, but it dies with its parent: log in again, re-issue the live
+ * sandboxes' tokens under the new session, and let the old one expire (it is
+ * no longer renewed), which takes the unknown token with it within a TTL. */
+static void session_taint(broker *b, uint64_t gen, const char *why) {
+        if (gen != b->session_gen || !session_usable(b))
+                return;
+        log_notice("broker: a token request's answer was lost (%s): Vault may have made a token agentd cannot name; "
+                   "logging in again so that it expires with the current session", why);
+        b->relogin_wanted = true;
+        start_login(b);
+}
+
 /* The spawn waited ISSUE_DEADLINE_MS for its token: it gets an error now. The
  * create stays in flight; whatever it makes is recorded and revoked. */
 static void on_issue_deadline(uv_timer_t *t) {
@@ -941,6 +966,8 @@ static void on_token_created(const vault_response *resp, void *userdata) {
         if (resp->status != 200 || !tok || !acc || !accessor_valid(json_object_get_string(acc))) {
                 snprintf(why, sizeof(why), "Vault: %s", resp->error[0] ? resp->error : "no token in the answer");
                 error = why;
+                if (c->create_sent && create_answer_ambiguous(resp))
+                        session_taint(b, c->issuing_gen, why);
         } else if (record_accessor(b, json_object_get_string(acc), c->sandbox_id) < 0) {
                 /* Not recorded durably = not handed out: revoke it now. */
                 snprintf(why, sizeof(why), "cannot record the token's accessor durably");
@@ -1025,6 +1052,7 @@ static void create_token(sandbox_creds *c) {
         json_object_object_add(body, "meta", meta);
         c->issuing = true;
         c->issuing_gen = b->session_gen;
+        c->create_sent = true;
         /* Sent once and awaited (bounded): a token Vault makes is never left unknown. */
         vault_request_opts o = { .create = true, .timeout_ms = VAULT_CREATE_BOUND_MS, .max_retries = -1 };
         int r = session_usable(b) ? vault_request_ex(b->vault, "POST", "auth/token/create", (const char *) b->session, body,
@@ -1033,6 +1061,7 @@ static void create_token(sandbox_creds *c) {
         json_object_put(body);
         if (r < 0) {
                 vault_response resp = { .status = 0 };
+                c->create_sent = false;
                 snprintf(resp.error, sizeof(resp.error), "%s", b->session ? "cannot start the request" : "no Vault session");
                 on_token_created(&resp, c);
         }

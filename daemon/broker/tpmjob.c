@@ -24,6 +24,11 @@ struct tpm_job {
 
 static tpm_job *outstanding;
 
+/* One TPM operation at a time: without a resource manager (swtpm, /dev/tpm0)
+ * two threads each loading a primary and a sealed object exhaust the TPM's
+ * object slots (TPM_RC_OBJECT_MEMORY). Jobs queue here, on their threads. */
+static pthread_mutex_t tpm_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void job_unref(tpm_job *j) {
         if (__atomic_sub_fetch(&j->refs, 1, __ATOMIC_ACQ_REL) == 0) {
                 pthread_mutex_destroy(&j->lock);
@@ -52,7 +57,9 @@ static void close_handles(tpm_job *j) {
 
 static void *job_thread(void *p) {
         tpm_job *j = p;
+        pthread_mutex_lock(&tpm_lock);
         j->work(j->arg);
+        pthread_mutex_unlock(&tpm_lock);
         pthread_mutex_lock(&j->lock);
         j->finished = true;
         bool abandoned = j->abandoned;

@@ -4,7 +4,9 @@
  * libuv's pool (a stuck pool thread starves every other uv_queue_work, and
  * libuv joins its pool at exit). The loop hears the outcome through a
  * uv_async; when the deadline passes first it is told so and the job keeps
- * running: a TPM that comes back still completes it, and then `done` runs. */
+ * running: a TPM that comes back still completes it, and then `done` runs.
+ * Jobs run one at a time (in the order their threads get the TPM lock): the
+ * deadline counts from the start, so a job queued behind a hung one is late too. */
 #pragma once
 
 #include <stdbool.h>

@@ -53,7 +53,11 @@ class FaultProxy:
                     time.sleep(r["delay"])
                 if r.get("status"):
                     return self.reply(r["status"], b'{"errors":["injected fault"]}')
-                status, data, ctype = proxy._forward(self.command, self.path, self.headers, body)
+                try:
+                    status, data, ctype = proxy._forward(self.command, self.path, self.headers, body)
+                except OSError:
+                    self.close_connection = True  # Vault is gone: so is the answer
+                    return
                 if r.get("delay_after"):
                     time.sleep(r["delay_after"])
                 if r.get("status_after"):
@@ -75,7 +79,11 @@ class FaultProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_LIST = do_HEAD = handle_any
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # a client that gave up mid-answer is part of the game
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"

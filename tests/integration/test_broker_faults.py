@@ -120,9 +120,12 @@ def test_slow_renewal_status_follows_expiry_and_relogin_first():
                 assert st["session_expires_at"] > time.time() * 1000 - 500, ("status ok with an expired session", st)
             time.sleep(0.3)
         # The first session has expired at Vault; agentd logged in before that.
-        p = d.agentctl("spawn", "--task", "creds", "--", "/bin/sh", "-c", "./agentctl token | rev", cwd=workspace(d))
-        assert p.returncode == 0, (p, d.read_log())
-        assert lookup(vault, p.stdout.decode().strip()[::-1]) == 200
+        err, res = c.call("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token | rev; sleep 30"],
+                                            "workspace": workspace(d)})
+        assert err is None, (err, d.read_log())
+        token = wait_for(lambda: tokens_printed(c, res["id"]), 10, "the sandbox's token")[0]
+        assert lookup(vault, token) == 200, (vault.tokens(), d.read_log())
+        c.ok("sandbox.kill", {"id": res["id"], "signal": "KILL"})
 
 
 def test_slow_token_create_bounded_spawn_and_no_leak():
@@ -143,6 +146,24 @@ def test_slow_token_create_bounded_spawn_and_no_leak():
         assert proxy.count("auth/token/create") == 1, proxy.seen
         assert len(children(vault)) == 1, children(vault)
         proxy.clear()
+        p = d.agentctl("spawn", "--task", "creds", "--", "./agentctl", "token", cwd=ws)
+        assert p.returncode == 0, (p, d.read_log())
+
+
+def test_garbage_create_answer_orphan_dies_with_old_session():
+    with faulty(role_ttl="8") as (tpm, vault, proxy, d):
+        c = d.client()
+        ws = workspace(d)
+        # Vault makes the token; agentd hears garbage and cannot name it.
+        proxy.rule("auth/token/create", count=1, garbage=True)
+        err, _ = c.call("sandbox.spawn", {"task": "creds", "argv": ["true"], "workspace": ws})
+        assert err and err["code"] == "backend_unavailable", err
+        orphan = [t for t in children(vault) if t["valid"]]
+        assert len(orphan) == 1, children(vault)
+        # agentd logs in again and lets the session holding the orphan expire (not renewed).
+        wait_for(lambda: not vault.tokens()[orphan[0]["accessor"]]["valid"], 20,
+                 f"the orphan to die with its session: {vault.tokens()[orphan[0]['accessor']]}")
+        assert c.ok("broker.status")["vault"] == "ok"
         p = d.agentctl("spawn", "--task", "creds", "--", "./agentctl", "token", cwd=ws)
         assert p.returncode == 0, (p, d.read_log())
 
