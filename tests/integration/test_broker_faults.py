@@ -194,6 +194,10 @@ def test_tpm_stopped_at_start_serves_and_recovers():
         err, _ = c.call("sandbox.spawn", {"task": "creds", "argv": ["true"], "workspace": workspace(d)})
         assert err["code"] == "backend_unavailable" and not err["message"].endswith(": ok"), err
         assert "TPM" in err["message"], err
+        # It stops on SIGTERM (exit 0) while a TPM call hangs, and starts again.
+        d.stop()
+        d.start()
+        c = d.client()
         tpm.proc.send_signal(signal.SIGCONT)
         # Recovery without a restart: the audit log turns on, the broker logs in.
         wait_for(lambda: c.ok("agentd.status")["audit"].startswith("ok (key sealed: tpm)"), 30, "the audit log to turn on")
