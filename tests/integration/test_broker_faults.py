@@ -107,6 +107,25 @@ def test_renewal_garbage_relogin_keeps_sandbox_tokens():
     renewal_fault_keeps_tokens(garbage=True)
 
 
+def test_session_revoked_at_vault_dead_token_never_handed_out():
+    with faulty(role_ttl="6") as (tpm, vault, proxy, d):
+        c = d.client()
+        sid = c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", LOOP_TOKEN], "workspace": workspace(d)})["id"]
+        t1 = wait_for(lambda: tokens_printed(c, sid), 10, "the first token")[0]
+        # Someone revokes agentd's session at Vault: every child (t1) goes with it.
+        session = [s for s in sessions(vault) if s["valid"]][0]["accessor"]
+        st, _ = vault.req("POST", "auth/token/revoke-accessor", vault.root, {"accessor": session})
+        assert st == 204 and lookup(vault, t1) == 403, st
+        # The next renewal is refused (403): agentd knows t1 is dead, stops handing it
+        # out, logs in and issues a new token.
+        t2 = wait_for(lambda: [t for t in tokens_printed(c, sid) if t != t1], 15, "a token under the new session")[0]
+        assert lookup(vault, t2) == 200
+        n = len(tokens_printed(c, sid))
+        time.sleep(1)
+        assert t1 not in tokens_printed(c, sid)[n:], "a dead token was handed out"
+        c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
+
+
 def test_slow_renewal_status_follows_expiry_and_relogin_first():
     with faulty(role_ttl="9") as (tpm, vault, proxy, d):
         c = d.client()
