@@ -50,7 +50,8 @@ def children(vault):
 
 def tokens_printed(c, sid):
     out = c.ok("sandbox.logs", {"id": sid})["stdout"].decode()
-    return [l[::-1] for l in out.split() if l]
+    # Complete lines only: the log may be read while a line is half written.
+    return [l.strip()[::-1] for l in out.split("\n")[:-1] if l.strip()]
 
 
 def lookup(vault, token):
@@ -87,7 +88,7 @@ def renewal_fault_keeps_tokens(**fault):
         # The sandbox gets a token made under the new session, and every token it is
         # handed from now on works (none is known to be dead).
         t_new = wait_for(lambda: [t for t in tokens_printed(c, sid) if t != t1], 10, "a re-issued token")[0]
-        assert lookup(vault, t_new) == 200, d.read_log()
+        assert lookup(vault, t_new) == 200, (t_new[:6], tokens_printed(c, sid)[-3:] and "...", children(vault), d.read_log())
         # Past the old session's expiry: its children die with it, and the sandbox is
         # never handed one of them.
         time.sleep(max(0, first_expiry - time.time()) + 1.5)
