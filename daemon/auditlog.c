@@ -1,7 +1,10 @@
 /* Audit log wiring. The HMAC key is 32 random bytes sealed like the broker's
  * secret: by the TPM when one answers on [TPM] TCTI=, else with a software
  * key file (the log must work on machines without a TPM; status says which).
- * Records are written at once and fsync'd in batches by a short timer. */
+ * Records are written at once and fsync'd in batches by a short timer.
+ * The key is unsealed off the loop (broker/tpmjob.h) so a stopped TPM never
+ * stops the daemon: until the key is there the log is off (auditlog_key_ready()
+ * says so), and it turns on by itself when the TPM answers. */
 #include "auditlog.h"
 
 #include <errno.h>
@@ -18,6 +21,7 @@
 #include "audit/audit.h"
 #include "broker/seal.h"
 #include "daemon.h"
+#include "broker/tpmjob.h"
 #include "fileio.h"
 #include "log.h"
 #include "macro.h"
@@ -27,15 +31,30 @@
 #define AUDIT_QUERY_DEFAULT 1000u
 
 typedef struct auditlog {
+        manager *m;
         audit_log *log;
-        uv_timer_t flush_timer;
+        uv_timer_t flush_timer, retry_timer, startup_timer;
+        bool timers_init;
         bool dirty;
         char *state;              /* why it is unavailable, or "ok (key sealed: ...)" */
         char dir[PATH_MAX];
         int write_error;          /* sticky: the last append or flush failed (-errno) */
         uint64_t lost;            /* events that could not be recorded since then */
         char *why;                /* auditlog_state()'s answer while failing */
+        tpm_job *key_job;
+        unsigned key_failures;
 } auditlog;
+
+/* The result of one attempt at the key, filled on the job's thread. */
+typedef struct key_work {
+        char *tcti;
+        char dir[PATH_MAX];
+        uint8_t *key;
+        size_t klen;
+        const char *kind;
+        int r;
+        char why[700];
+} key_work;
 
 static auditlog the_log;
 
@@ -56,7 +75,7 @@ static void set_state(const char *fmt, const char *arg) {
 }
 
 /* Gets the HMAC key: unseal the stored one, or make, seal and store a new one. */
-static int audit_key(manager *m, const char *dir, uint8_t **ret, size_t *ret_len, const char **ret_kind, char *why, size_t whylen) {
+static int audit_key(const char *tcti, const char *dir, uint8_t **ret, size_t *ret_len, const char **ret_kind, char *why, size_t whylen) {
         char blob_path[PATH_MAX], soft[PATH_MAX];
         snprintf(blob_path, sizeof(blob_path), "%s/hmac-key.sealed", dir);
         snprintf(soft, sizeof(soft), "%s/software-seal.key", dir);
@@ -64,7 +83,7 @@ static int audit_key(manager *m, const char *dir, uint8_t **ret, size_t *ret_len
         _cleanup_free_ char *blob = NULL;
         size_t blen = 0;
         if (read_file_bounded(blob_path, 65536, &blob, &blen) == 0) {
-                int r = unseal_secret(m->config->tpm_tcti, soft, blob, blen, ret, ret_len, &se);
+                int r = unseal_secret(tcti, soft, blob, blen, ret, ret_len, &se);
                 if (r < 0) {
                         snprintf(why, whylen, "cannot unseal the audit key (%s: %s)", se.step, se.message);
                         return r;
@@ -79,7 +98,7 @@ static int audit_key(manager *m, const char *dir, uint8_t **ret, size_t *ret_len
         seal_kind kind;
         void *nb = NULL;
         size_t nlen = 0;
-        int r = seal_secret(m->config->tpm_tcti, true, soft, key, sizeof(key), &kind, &nb, &nlen, &se);
+        int r = seal_secret(tcti, true, soft, key, sizeof(key), &kind, &nb, &nlen, &se);
         if (r < 0) {
                 explicit_zero(key, sizeof(key));
                 snprintf(why, whylen, "cannot seal a new audit key (%s: %s)", se.step, se.message);
@@ -128,46 +147,129 @@ static void on_flush(uv_timer_t *t) {
         }
 }
 
-int auditlog_init(manager *m) {
-        char *dir = the_log.dir;
-        snprintf(dir, sizeof(the_log.dir), "%s/audit", m->config->state_directory);
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-                set_state("unavailable: cannot create the audit directory: %s", strerror(errno));
-                return 0;
-        }
-        uint8_t *key = NULL;
-        size_t klen = 0;
-        const char *kind = "?";
-        char why[700] = "";
-        /* Blocking TPM round trips, once, before we serve anyone. */
-        int r = audit_key(m, dir, &key, &klen, &kind, why, sizeof(why));
-        if (r < 0) {
-                set_state("unavailable: %s", why);
-                log_error("audit: %s; the audit log is OFF", why);
-                return 0;
+static void start_key_job(void);
+
+static void on_key_retry(uv_timer_t *t) {
+        start_key_job();
+}
+
+static void key_work_free(void *arg) {
+        key_work *w = arg;
+        secure_free(w->key, w->klen);
+        free(w->tcti);
+        free(w);
+}
+
+static void do_key(void *arg) {
+        key_work *w = arg;
+        w->r = audit_key(w->tcti, w->dir, &w->key, &w->klen, &w->kind, w->why, sizeof(w->why));
+}
+
+static void key_late(void *arg) {
+        char st[200];
+        snprintf(st, sizeof(st), "unavailable: the TPM has not answered for %d s (unsealing the audit key); "
+                 "the log turns on when it does", TPM_JOB_DEADLINE_MS / 1000);
+        set_state("%s", st);
+        log_error("audit: %s", st + strlen("unavailable: "));
+}
+
+static void key_done(void *arg) {
+        key_work *w = arg;
+        the_log.key_job = NULL;
+        if (w->r < 0) {
+                /* Retried with backoff: 1 s, 2 s, ... 60 s, until the TPM answers. */
+                uint64_t delay = 1000ull << (the_log.key_failures < 6 ? the_log.key_failures : 6);
+                if (delay > 60000)
+                        delay = 60000;
+                the_log.key_failures++;
+                set_state("unavailable: %s", w->why);
+                log_error("audit: %s; the audit log is OFF (next attempt in %llu s)", w->why, (unsigned long long) (delay / 1000));
+                uv_timer_start(&the_log.retry_timer, on_key_retry, delay, 0);
+                key_work_free(w);
+                return;
         }
         audit_error ae = { 0 };
-        audit_options opt = { .rotate_bytes = m->config->audit_file_size };
-        r = audit_open(dir, key, klen, &opt, &the_log.log, &ae);
-        secure_free(key, klen);
+        audit_options opt = { .rotate_bytes = the_log.m->config->audit_file_size };
+        int r = audit_open(the_log.dir, w->key, w->klen, &opt, &the_log.log, &ae);
         if (r < 0) {
                 set_state("unavailable: %s", ae.message);
                 log_error("audit: cannot open the log: %s", ae.message);
-                return 0;
+                key_work_free(w);
+                return;
         }
         char st[64];
-        snprintf(st, sizeof(st), "ok (key sealed: %s)", kind);
+        snprintf(st, sizeof(st), "ok (key sealed: %s)", w->kind);
         set_state("%s", st);
+        if (the_log.key_failures > 0)
+                log_notice("audit: the audit key is unsealed; the audit log is on");
+        the_log.key_failures = 0;
+        uv_timer_start(&the_log.flush_timer, on_flush, 50, 50);
+        key_work_free(w);
+}
+
+static void start_key_job(void) {
+        manager *m = the_log.m;
+        if (the_log.key_job || the_log.log)
+                return;
+        key_work *w = calloc(1, sizeof(*w));
+        if (!w)
+                return;
+        w->tcti = m->config->tpm_tcti ? strdup(m->config->tpm_tcti) : NULL;
+        snprintf(w->dir, sizeof(w->dir), "%s", the_log.dir);
+        if (tpm_job_start(m->loop, "unsealing the audit key", TPM_JOB_DEADLINE_MS, do_key, key_late, key_done,
+                          key_work_free, w, &the_log.key_job) < 0) {
+                key_work_free(w);
+                uv_timer_start(&the_log.retry_timer, on_key_retry, 1000, 0);
+        }
+}
+
+#define AUDIT_KEY_STARTUP_WAIT_MS 3000
+
+static void on_startup_wait(uv_timer_t *t) {
+        /* Nothing: its expiry ends the start-up wait. */
+}
+
+int auditlog_init(manager *m) {
+        the_log.m = m;
+        snprintf(the_log.dir, sizeof(the_log.dir), "%s/audit", m->config->state_directory);
+        if (mkdir(the_log.dir, 0700) < 0 && errno != EEXIST) {
+                set_state("unavailable: cannot create the audit directory: %s", strerror(errno));
+                return 0;
+        }
         uv_timer_init(m->loop, &the_log.flush_timer);
         the_log.flush_timer.data = m;
-        uv_timer_start(&the_log.flush_timer, on_flush, 50, 50);
+        uv_timer_init(m->loop, &the_log.retry_timer);
+        uv_timer_init(m->loop, &the_log.startup_timer);
+        the_log.timers_init = true;
+        /* TPM round trips happen off the loop: a stopped TPM must not stop the daemon. */
+        set_state("unavailable: unsealing the audit key (waiting for the TPM)%s", NULL);
+        start_key_job();
+        /* A TPM that answers takes milliseconds: give it a bounded moment before
+         * serving, so the first requests are recorded. A stopped one costs
+         * AUDIT_KEY_STARTUP_WAIT_MS of start-up, then the daemon serves without. */
+        uv_timer_start(&the_log.startup_timer, on_startup_wait, AUDIT_KEY_STARTUP_WAIT_MS, 0);
+        while (the_log.key_job && uv_is_active((uv_handle_t *) &the_log.startup_timer))
+                uv_run(m->loop, UV_RUN_ONCE);
+        uv_timer_stop(&the_log.startup_timer);
         return 0;
 }
 
+bool auditlog_key_ready(manager *m) {
+        return the_log.log != NULL;
+}
+
 void auditlog_free(manager *m) {
-        if (the_log.log) {
+        tpm_job_abandon(the_log.key_job);
+        the_log.key_job = NULL;
+        if (the_log.timers_init) {
                 uv_timer_stop(&the_log.flush_timer);
+                uv_timer_stop(&the_log.retry_timer);
                 uv_close((uv_handle_t *) &the_log.flush_timer, NULL);
+                uv_close((uv_handle_t *) &the_log.retry_timer, NULL);
+                uv_close((uv_handle_t *) &the_log.startup_timer, NULL);
+                the_log.timers_init = false;
+        }
+        if (the_log.log) {
                 audit_close(the_log.log);
                 the_log.log = NULL;
         }

@@ -20,6 +20,9 @@ const char *auditlog_state(manager *m);
  * failed is retried here: the first record that goes through is
  * "audit.resumed" with the number of events that were not recorded. */
 int auditlog_can_record(manager *m, char **ret_why);
+/* True once the HMAC key is unsealed and the log is open. Until then (a TPM
+ * that is stopped or gone: retried with backoff) events cannot be recorded. */
+bool auditlog_key_ready(manager *m);
 /* Takes ownership of `fields` (may be NULL). */
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields);
 struct audit_prune_result;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "broker/seal.h"
+#include "broker/tpmjob.h"
 #include "fileio.h"
 #include "broker/vault.h"
 #include "auditlog.h"
@@ -38,14 +39,28 @@ struct sandbox_creds {
         size_t token_len, token_cap;
         char accessor[128];
         uint64_t expires_ms;     /* realtime */
-        uv_timer_t reissue;
+        uint64_t session_gen;    /* the session the token is a child of: it dies with it */
+        uint64_t issuing_gen;    /* the session the pending create was sent under */
+        uv_timer_t reissue;      /* first the spawn's deadline, then the next re-issue */
         bool reissue_init;
         bool released;
         bool revoked;            /* by an incident revocation: no token again until it ends */
         bool issuing;
+        bool create_sent;        /* the pending create may have reached Vault */
         broker_issue_cb cb;
         void *userdata;
 };
+
+/* A session replaced by a re-login while still valid. It is not revoked: that
+ * would cascade to the tokens sandboxes hold. Its children are re-issued under
+ * the new session and it is left to expire. */
+typedef struct retired_session {
+        char accessor[128];
+        uint64_t gen;
+        uint64_t expires_ms;
+} retired_session;
+
+#define MAX_RETIRED 4
 
 struct broker {
         manager *m;
@@ -57,10 +72,17 @@ struct broker {
         uint8_t *session;        /* secure memory */
         size_t session_len;
         uint64_t session_expires_ms;
+        uint64_t session_ttl_ms;
+        uint64_t session_gen;    /* +1 at every login */
         char session_accessor[128];
+        retired_session retired[MAX_RETIRED];
         bool logging_in;
+        bool relogin_wanted;     /* renewal failed or is overdue: log in while the session still works */
         unsigned login_failures;
-        uv_timer_t renew_timer, retry_timer;
+        uv_timer_t renew_timer, retry_timer, expiry_timer;
+        tpm_job *unseal_job, *probe_job, *seal_job;
+        uint64_t last_probe;     /* uv_now */
+        char tpm_late[200];
         list_head creds;
         unsigned pending_revokes;
         bool stopping;
@@ -258,6 +280,8 @@ static void revoke_accessor(broker *b, const char *accessor) {
 }
 
 /* Every recorded accessor whose sandbox is not live (after a crash: all of them). */
+static retired_session *find_retired(broker *b, const char *accessor, uint64_t gen);
+
 static void revoke_orphans(broker *b) {
         DIR *d = opendir(b->accessor_dir);
         if (!d)
@@ -266,7 +290,7 @@ static void revoke_orphans(broker *b) {
         while ((de = readdir(d))) {
                 if (!accessor_valid(de->d_name) || strstr(de->d_name, ".tmp"))
                         continue;
-                bool live = streq(de->d_name, b->session_accessor) && b->session;
+                bool live = (streq(de->d_name, b->session_accessor) && b->session) || find_retired(b, de->d_name, 0);
                 list_head *i, *t;
                 list_for_each_safe(i, t, &b->creds) {
                         sandbox_creds *c = container_of(i, sandbox_creds, link);
@@ -281,13 +305,64 @@ static void revoke_orphans(broker *b) {
 
 /* ---- session --------------------------------------------------------------------- */
 
+/* A login or a token creation makes something at Vault: it is sent once and its
+ * answer awaited this long (never abandoned at a shorter timeout, or Vault's
+ * token would live on unknown to us). What a late answer creates is revoked. */
+#define VAULT_CREATE_BOUND_MS 120000
+/* How long a spawn waits for its sandbox's token (then: backend_unavailable). */
+#define ISSUE_DEADLINE_MS 10000
+
 static void start_login(broker *b);
+static void create_token(sandbox_creds *c);
+
+static bool session_usable(broker *b) {
+        return b->session && (b->session_expires_ms == 0 || realtime_ms() < b->session_expires_ms);
+}
+
+static retired_session *find_retired(broker *b, const char *accessor, uint64_t gen) {
+        uint64_t now = realtime_ms();
+        for (size_t i = 0; i < MAX_RETIRED; i++) {
+                retired_session *r = &b->retired[i];
+                if (r->gen == 0 || r->expires_ms <= now)
+                        continue;
+                if ((accessor && streq(r->accessor, accessor)) || (!accessor && r->gen == gen))
+                        return r;
+        }
+        return NULL;
+}
+
+/* Until when a token made under session `gen` can work: its parent's expiry. */
+static uint64_t parent_expires_ms(broker *b, uint64_t gen) {
+        if (gen == b->session_gen)
+                return !session_usable(b) ? 0 : b->session_expires_ms ? b->session_expires_ms : UINT64_MAX;
+        retired_session *r = find_retired(b, NULL, gen);
+        return r ? r->expires_ms : 0;
+}
+
+static uint64_t creds_valid_until(sandbox_creds *c) {
+        uint64_t p = parent_expires_ms(c->b, c->session_gen);
+        return c->expires_ms < p ? c->expires_ms : p;
+}
+
+/* The current session is being replaced while it still works: keep it (and its
+ * children) alive until it expires instead of revoking it. */
+static void session_retire(broker *b) {
+        if (!session_usable(b) || !b->session_accessor[0])
+                return;
+        retired_session *slot = &b->retired[0];
+        for (size_t i = 0; i < MAX_RETIRED; i++)
+                if (b->retired[i].expires_ms < slot->expires_ms)
+                        slot = &b->retired[i];
+        snprintf(slot->accessor, sizeof(slot->accessor), "%s", b->session_accessor);
+        slot->gen = b->session_gen;
+        slot->expires_ms = b->session_expires_ms ? b->session_expires_ms : UINT64_MAX;
+}
 
 static void on_retry_timer(uv_timer_t *t) {
         broker *b = container_of(t, broker, retry_timer);
         if (b->stopping)
                 return;
-        if (!b->session)
+        if (!session_usable(b) || b->relogin_wanted)
                 start_login(b);
         else
                 revoke_orphans(b);
@@ -299,22 +374,87 @@ static void schedule_retry(broker *b, uint64_t ms) {
 }
 
 static void session_failed(broker *b, const char *why) {
-        set_str(&b->vault_state, "unavailable: %s", why);
-        session_clear(b);
         b->login_failures++;
         uint64_t delay = 1000ull << (b->login_failures < 6 ? b->login_failures : 6);
+        if (session_usable(b)) {
+                /* The current session still works: it stays in use until it expires. */
+                log_warning("broker: logging in again failed: %s; the current session stays in use (next attempt in %llus)",
+                            why, (unsigned long long) (delay / 1000));
+                schedule_retry(b, delay);
+                return;
+        }
+        set_str(&b->vault_state, "unavailable: %s", why);
+        session_clear(b);
         log_warning("broker: Vault session unavailable: %s (next attempt in %llus)", why, (unsigned long long) (delay / 1000));
         schedule_retry(b, delay);
 }
 
+/* The session is gone at Vault (expired, or refused at renewal): so is every
+ * token made under it. Log in again; live sandboxes get new tokens then. */
+static void session_lost(broker *b, const char *why) {
+        char st[700];
+        snprintf(st, sizeof(st), "unavailable: %s; logging in again", why);
+        set_str(&b->vault_state, "%s", st);
+        log_warning("broker: %s", st + strlen("unavailable: "));
+        session_clear(b);
+        uv_timer_stop(&b->renew_timer);
+        uv_timer_stop(&b->expiry_timer);
+        b->relogin_wanted = false;
+        start_login(b);
+}
+
 static void on_renew_timer(uv_timer_t *t);
+static void on_expiry_timer(uv_timer_t *t);
+
+/* Renewal at 2/3 of the TTL; if the session is still not renewed at 5/6, a
+ * re-login starts (the session stays in use); at the expiry it is dropped. */
+static void session_timers_start(broker *b, uint64_t ttl_ms) {
+        b->session_ttl_ms = ttl_ms;
+        if (ttl_ms == 0)
+                return;
+        uv_timer_start(&b->renew_timer, on_renew_timer, ttl_ms * 2 / 3, 0);
+        uv_timer_start(&b->expiry_timer, on_expiry_timer, ttl_ms * 5 / 6, 0);
+}
+
+static void on_expiry_timer(uv_timer_t *t) {
+        broker *b = container_of(t, broker, expiry_timer);
+        if (!b->session || b->stopping)
+                return;
+        uint64_t now = realtime_ms();
+        if (b->session_expires_ms && now >= b->session_expires_ms) {
+                session_lost(b, "the Vault session expired (its renewal did not succeed in time)");
+                return;
+        }
+        log_notice("broker: the session renewal has not succeeded by 5/6 of its TTL; logging in again");
+        b->relogin_wanted = true;
+        start_login(b);
+        if (b->session_expires_ms)
+                uv_timer_start(&b->expiry_timer, on_expiry_timer, b->session_expires_ms - now, 0);
+}
+
+static void reissue_all(broker *b) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *c = container_of(i, sandbox_creds, link);
+                if (!c->released && !c->revoked && !c->issuing && c->token && c->session_gen != b->session_gen)
+                        create_token(c);
+        }
+}
 
 static void session_established(broker *b, json_object *body) {
         json_object *tok = auth_field(body, "client_token"), *lease = auth_field(body, "lease_duration");
-        if (!tok || session_set(b, json_object_get_string(tok)) < 0) {
+        if (!tok || !json_object_get_string(tok)[0]) {
                 session_failed(b, "Vault's login answer has no client_token");
                 return;
         }
+        /* A re-login while the old session works: the old one is left to expire. */
+        session_retire(b);
+        if (session_set(b, json_object_get_string(tok)) < 0) {
+                session_failed(b, "out of memory");
+                return;
+        }
+        b->session_gen++;
+        b->relogin_wanted = false;
         scrub_json_string(tok);
         int64_t ttl = lease ? json_object_get_int64(lease) : 0;
         b->session_expires_ms = ttl > 0 ? realtime_ms() + (uint64_t) ttl * 1000 : 0;
@@ -322,35 +462,59 @@ static void session_established(broker *b, json_object *body) {
         set_str(&b->vault_state, "ok%s", NULL);
         json_object *acc = auth_field(body, "accessor");
         /* The session is a token too: recorded, so an incident can revoke it even later. */
+        b->session_accessor[0] = 0;
         if (acc && accessor_valid(json_object_get_string(acc))) {
                 snprintf(b->session_accessor, sizeof(b->session_accessor), "%s", json_object_get_string(acc));
                 (void) record_accessor(b, b->session_accessor, "session");
         }
         log_info("broker: Vault session established (accessor %s, ttl %llds)", acc ? json_object_get_string(acc) : "?",
                  (long long) ttl);
-        if (ttl > 0)
-                uv_timer_start(&b->renew_timer, on_renew_timer, (uint64_t) ttl * 1000 * 2 / 3, 0);
+        uv_timer_stop(&b->renew_timer);
+        uv_timer_stop(&b->expiry_timer);
+        session_timers_start(b, ttl > 0 ? (uint64_t) ttl * 1000 : 0);
         revoke_orphans(b);
+        /* Live sandboxes' tokens are children of the old session: new ones now. */
+        reissue_all(b);
 }
 
+typedef struct renew_ctx {
+        broker *b;
+        uint64_t gen;
+} renew_ctx;
+
 static void on_renewed(const vault_response *resp, void *userdata) {
-        broker *b = userdata;
-        if (resp->cancelled)
+        renew_ctx *rc = userdata;
+        broker *b = rc->b;
+        uint64_t gen = rc->gen;
+        free(rc);
+        if (resp->cancelled || b->stopping)
                 return;
+        json_object *tok = auth_field(resp->body, "client_token");
+        scrub_json_string(tok);
+        if (gen != b->session_gen || !b->session)
+                return; /* a re-login replaced that session meanwhile */
         if (resp->status == 200) {
                 json_object *lease = auth_field(resp->body, "lease_duration");
                 int64_t ttl = lease ? json_object_get_int64(lease) : 0;
-                json_object *tok = auth_field(resp->body, "client_token");
-                scrub_json_string(tok);
                 if (ttl > 0) {
                         b->session_expires_ms = realtime_ms() + (uint64_t) ttl * 1000;
-                        uv_timer_start(&b->renew_timer, on_renew_timer, (uint64_t) ttl * 1000 * 2 / 3, 0);
+                        session_timers_start(b, (uint64_t) ttl * 1000);
                         return;
                 }
         }
-        /* Renewal refused or impossible: a fresh login. */
-        log_notice("broker: session renewal failed (%s); logging in again", resp->error[0] ? resp->error : "no TTL");
-        session_clear(b);
+        char why[600];
+        snprintf(why, sizeof(why), "%s", resp->error[0] ? resp->error : "no TTL in Vault's answer");
+        if (resp->status == 403 || !session_usable(b)) {
+                /* Vault says the session is no longer valid: its tokens are gone with it. */
+                char msg[700];
+                snprintf(msg, sizeof(msg), "the Vault session was refused at renewal (%s)", why);
+                session_lost(b, msg);
+                return;
+        }
+        /* Renewal failed but the session still works until it expires: log in again
+         * alongside it, never revoking it (that would cascade to every sandbox's token). */
+        log_notice("broker: session renewal failed (%s); logging in again while the session still works", why);
+        b->relogin_wanted = true;
         start_login(b);
 }
 
@@ -358,9 +522,20 @@ static void on_renew_timer(uv_timer_t *t) {
         broker *b = container_of(t, broker, renew_timer);
         if (!b->session || b->stopping)
                 return;
+        renew_ctx *rc = calloc(1, sizeof(*rc));
+        if (!rc)
+                return;
+        rc->b = b;
+        rc->gen = b->session_gen;
+        /* Bounded by the re-login point at 5/6 of the TTL, not by the retries. */
+        long bound = (long) (b->session_ttl_ms / 6);
+        vault_request_opts o = { .timeout_ms = bound < 1000 ? 1000 : bound > 15000 ? 15000 : bound, .max_retries = -1 };
         json_object *body = json_object_new_object();
-        if (vault_request(b->vault, "POST", "auth/token/renew-self", (const char *) b->session, body, on_renewed, b) < 0)
+        if (vault_request_ex(b->vault, "POST", "auth/token/renew-self", (const char *) b->session, body, &o, on_renewed, rc) < 0) {
+                free(rc);
+                b->relogin_wanted = true;
                 start_login(b);
+        }
         json_object_put(body);
 }
 
@@ -369,16 +544,15 @@ static void on_login(const vault_response *resp, void *userdata) {
         b->logging_in = false;
         if (resp->cancelled)
                 return;
+        json_object *tok = auth_field(resp->body, "client_token");
         if (resp->status == 200)
                 session_established(b, resp->body);
         else
                 session_failed(b, resp->error[0] ? resp->error : "login failed");
-        json_object *tok = auth_field(resp->body, "client_token");
         scrub_json_string(tok);
 }
 
 typedef struct unseal_work {
-        uv_work_t req;
         broker *b;
         char *tcti, *soft_key, *blob;
         size_t blob_len;
@@ -406,15 +580,30 @@ static void unseal_work_free(unseal_work *w) {
         free(w);
 }
 
-static void do_unseal(uv_work_t *req) {
-        unseal_work *w = container_of(req, unseal_work, req);
+static void unseal_work_discard(void *arg) {
+        unseal_work_free(arg);
+}
+
+static void do_unseal(void *arg) {
+        unseal_work *w = arg;
         w->r = unseal_secret(w->tcti, w->soft_key, w->blob, w->blob_len, &w->secret, &w->secret_len, &w->err);
 }
 
-static void after_unseal(uv_work_t *req, int status) {
-        unseal_work *w = container_of(req, unseal_work, req);
+static void unseal_late(void *arg) {
+        unseal_work *w = arg;
         broker *b = w->b;
-        if (b->stopping || status < 0) {
+        snprintf(b->tpm_late, sizeof(b->tpm_late), "the TPM has not answered for %d s (unsealing the AppRole secret)",
+                 TPM_JOB_DEADLINE_MS / 1000);
+        log_warning("broker: %s; the login waits for it", b->tpm_late);
+        if (!session_usable(b))
+                set_str(&b->vault_state, "unavailable: logging in: %s", b->tpm_late);
+}
+
+static void after_unseal(void *arg) {
+        unseal_work *w = arg;
+        broker *b = w->b;
+        b->unseal_job = NULL;
+        if (b->stopping) {
                 b->logging_in = false;
                 unseal_work_free(w);
                 return;
@@ -428,12 +617,18 @@ static void after_unseal(uv_work_t *req, int status) {
                 unseal_work_free(w);
                 return;
         }
+        if (w->blob_len > 8 && ((unsigned char *) w->blob)[8] == 1 /* BLOB_KIND_TPM */)
+                set_str(&b->tpm_state, "ok%s", NULL);
         json_object *body = json_object_new_object();
         json_object_object_add(body, "role_id", json_object_new_string(b->role_id));
         json_object_object_add(body, "secret_id", json_object_new_string_len((const char *) w->secret, (int) w->secret_len));
         char path[300];
         snprintf(path, sizeof(path), "auth/%s/login", b->m->config->vault_approle_path ? b->m->config->vault_approle_path : "approle");
-        if (vault_request(b->vault, "POST", path, NULL, body, on_login, b) < 0) {
+        if (!session_usable(b))
+                set_str(&b->vault_state, "unavailable: logging in%s", NULL);
+        /* Sent once and awaited: a retried or abandoned login leaves a session at Vault. */
+        vault_request_opts o = { .create = true, .timeout_ms = VAULT_CREATE_BOUND_MS, .max_retries = -1 };
+        if (vault_request_ex(b->vault, "POST", path, NULL, body, &o, on_login, b) < 0) {
                 b->logging_in = false;
                 session_failed(b, "cannot start the login request");
         }
@@ -459,30 +654,44 @@ static void start_login(broker *b) {
                 return;
         }
         b->logging_in = true;
-        if (uv_queue_work(b->m->loop, &w->req, do_unseal, after_unseal) < 0) {
+        if (!session_usable(b))
+                set_str(&b->vault_state, "unavailable: logging in (waiting for the TPM)%s", NULL);
+        if (tpm_job_start(b->m->loop, "unsealing the AppRole secret", TPM_JOB_DEADLINE_MS, do_unseal, unseal_late,
+                          after_unseal, unseal_work_discard, w, &b->unseal_job) < 0) {
                 b->logging_in = false;
                 unseal_work_free(w);
+                session_failed(b, "cannot start a thread for the TPM");
         }
 }
 
 /* ---- probing the TPM --------------------------------------------------------------- */
 
+/* Status re-checks the TPM at most this often (a stopped TPM is noticed
+ * TPM_JOB_DEADLINE_MS after the check that found it stopped). */
+#define TPM_PROBE_MIN_INTERVAL_MS 5000
+
 typedef struct probe_work {
-        uv_work_t req;
         broker *b;
         char *tcti;
         int r;
         seal_error err;
 } probe_work;
 
-static void do_probe(uv_work_t *req) {
-        probe_work *w = container_of(req, probe_work, req);
+static void probe_work_free(void *arg) {
+        probe_work *w = arg;
+        free(w->tcti);
+        free(w);
+}
+
+static void do_probe(void *arg) {
+        probe_work *w = arg;
         w->r = seal_probe(w->tcti, &w->err);
 }
 
-static void after_probe(uv_work_t *req, int status) {
-        probe_work *w = container_of(req, probe_work, req);
+static void after_probe(void *arg) {
+        probe_work *w = arg;
         broker *b = w->b;
+        b->probe_job = NULL;
         if (!b->stopping) {
                 if (w->r == 0)
                         set_str(&b->tpm_state, "ok%s", NULL);
@@ -491,20 +700,21 @@ static void after_probe(uv_work_t *req, int status) {
                 else
                         set_str(&b->tpm_state, "unavailable: %s", w->err.message);
         }
-        free(w->tcti);
-        free(w);
+        probe_work_free(w);
 }
 
 static void probe_tpm(broker *b) {
+        if (b->probe_job || b->stopping)
+                return;
         probe_work *w = calloc(1, sizeof(*w));
         if (!w)
                 return;
         w->b = b;
         w->tcti = strdup(b->m->config->tpm_tcti ? b->m->config->tpm_tcti : "");
-        if (uv_queue_work(b->m->loop, &w->req, do_probe, after_probe) < 0) {
-                free(w->tcti);
-                free(w);
-        }
+        b->last_probe = uv_now(b->m->loop);
+        if (tpm_job_start(b->m->loop, "answering a status check", TPM_JOB_DEADLINE_MS, do_probe, NULL, after_probe,
+                          probe_work_free, w, &b->probe_job) < 0)
+                probe_work_free(w);
 }
 
 /* ---- public ---------------------------------------------------------------------------- */
@@ -518,7 +728,8 @@ int broker_init(manager *m) {
         m->broker = b;
         uv_timer_init(m->loop, &b->renew_timer);
         uv_timer_init(m->loop, &b->retry_timer);
-        b->renew_timer.data = b->retry_timer.data = b;
+        uv_timer_init(m->loop, &b->expiry_timer);
+        b->renew_timer.data = b->retry_timer.data = b->expiry_timer.data = b;
         if (asprintf(&b->dir, "%s/broker", m->config->state_directory) < 0 ||
             asprintf(&b->accessor_dir, "%s/broker/accessors", m->config->state_directory) < 0 ||
             asprintf(&b->blob_path, "%s/broker/approle-secret.sealed", m->config->state_directory) < 0 ||
@@ -586,6 +797,7 @@ void broker_shutdown(manager *m) {
         b->stopping = true;
         uv_timer_stop(&b->renew_timer);
         uv_timer_stop(&b->retry_timer);
+        uv_timer_stop(&b->expiry_timer);
 }
 
 static void on_broker_timer_closed(uv_handle_t *h) {
@@ -606,9 +818,15 @@ void broker_free(manager *m) {
         list_for_each_safe(i, t, &b->creds)
                 creds_destroy(container_of(i, sandbox_creds, link));
         session_clear(b);
-        b->closing = 2;
+        /* A TPM job still running (a stopped TPM) finishes on its own and is discarded. */
+        tpm_job_abandon(b->unseal_job);
+        tpm_job_abandon(b->probe_job);
+        tpm_job_abandon(b->seal_job);
+        b->unseal_job = b->probe_job = b->seal_job = NULL;
+        b->closing = 3;
         uv_close((uv_handle_t *) &b->renew_timer, on_broker_timer_closed);
         uv_close((uv_handle_t *) &b->retry_timer, on_broker_timer_closed);
+        uv_close((uv_handle_t *) &b->expiry_timer, on_broker_timer_closed);
         free(b->dir);
         free(b->accessor_dir);
         free(b->blob_path);
@@ -620,22 +838,47 @@ void broker_free(manager *m) {
         m->broker = NULL;
 }
 
+/* Status follows the session's real expiry, not only what the timers did. */
+static void session_check_expiry(broker *b) {
+        if (b->session && b->session_expires_ms && realtime_ms() >= b->session_expires_ms && !b->stopping)
+                session_lost(b, "the Vault session expired (its renewal did not succeed in time)");
+}
+
 const char *broker_vault_state(manager *m) {
         broker *b = m->broker;
+        if (b)
+                session_check_expiry(b);
         return b && b->vault_state ? b->vault_state : "unconfigured";
 }
 
 const char *broker_tpm_state(manager *m) {
         broker *b = m->broker;
-        return b && b->tpm_state ? b->tpm_state : "unconfigured";
+        if (!b || !b->tpm_state)
+                return "unconfigured";
+        if (!m->config->vault_address)
+                return b->tpm_state;
+        /* A TPM that stopped answering mid-run: every check asks it again (at most
+         * every few seconds), and a check that outlives its deadline says so. */
+        if (uv_now(m->loop) - b->last_probe >= TPM_PROBE_MIN_INTERVAL_MS)
+                probe_tpm(b);
+        const char *what = NULL;
+        uint64_t late = tpm_jobs_late_ms(&what);
+        if (late > 0) {
+                snprintf(b->tpm_late, sizeof(b->tpm_late), "unavailable: the TPM has not answered for %llu s (%s)",
+                         (unsigned long long) (late / 1000), what ? what : "?");
+                return b->tpm_late;
+        }
+        return b->tpm_state;
 }
 
 const char *broker_unavailable_reason(manager *m) {
         broker *b = m->broker;
         if (!b || !m->config->vault_address)
                 return "Vault is unconfigured ([Vault] Address= in agentd.conf)";
-        if (!b->session)
-                return b->vault_state;
+        session_check_expiry(b);
+        if (!session_usable(b))
+                return b->vault_state && strncmp(b->vault_state, "unavailable", 11) == 0 ? b->vault_state
+                                                                                          : "unavailable: logging in to Vault";
         return NULL;
 }
 
@@ -672,10 +915,53 @@ static void creds_mark_revoked(sandbox_creds *c) {
         c->token_len = c->token_cap = 0;
 }
 
+/* Vault may have made a token although we cannot name it: the answer was
+ * lost (no answer within VAULT_CREATE_BOUND_MS, a broken connection), was a
+ * 5xx after Vault may have acted, or is 200 without a readable token. */
+static bool create_answer_ambiguous(const vault_response *resp) {
+        if (resp->status == 0)
+                return true;
+        if (resp->status >= 500 && resp->status != 503)
+                return true;
+        return resp->status == 200;
+}
+
+/* A token we cannot name may hang under the session `gen`. No Vault call
+ * finds it, but it dies with its parent: log in again, re-issue the live
+ * sandboxes' tokens under the new session, and let the old one expire (it is
+ * no longer renewed), which takes the unknown token with it within a TTL. */
+static void session_taint(broker *b, uint64_t gen, const char *why) {
+        if (gen != b->session_gen || !session_usable(b))
+                return;
+        log_notice("broker: a token request's answer was lost (%s): Vault may have made a token agentd cannot name; "
+                   "logging in again so that it expires with the current session", why);
+        b->relogin_wanted = true;
+        start_login(b);
+}
+
+/* The spawn waited ISSUE_DEADLINE_MS for its token: it gets an error now. The
+ * create stays in flight; whatever it makes is recorded and revoked. */
+static void on_issue_deadline(uv_timer_t *t) {
+        sandbox_creds *c = container_of(t, sandbox_creds, reissue);
+        if (!c->cb)
+                return;
+        broker_issue_cb cb = TAKE_PTR(c->cb);
+        c->released = true;
+        log_warning("broker: sandbox %s: Vault did not answer the token request within %d s; the spawn fails and "
+                    "a token made later is revoked", c->sandbox_id, ISSUE_DEADLINE_MS / 1000);
+        char why[200];
+        snprintf(why, sizeof(why), "Vault did not answer within %d s (the token it makes later is revoked)", ISSUE_DEADLINE_MS / 1000);
+        cb(NULL, why, c->userdata);
+        if (!c->issuing)
+                creds_destroy(c);
+}
+
 static void on_token_created(const vault_response *resp, void *userdata) {
         sandbox_creds *c = userdata;
         broker *b = c->b;
         c->issuing = false;
+        if (c->cb)
+                uv_timer_stop(&c->reissue);
         if (resp->cancelled) {
                 /* The creds go with broker_free; a spawn still waiting is told why. */
                 if (c->cb) {
@@ -692,6 +978,8 @@ static void on_token_created(const vault_response *resp, void *userdata) {
         if (resp->status != 200 || !tok || !acc || !accessor_valid(json_object_get_string(acc))) {
                 snprintf(why, sizeof(why), "Vault: %s", resp->error[0] ? resp->error : "no token in the answer");
                 error = why;
+                if (c->create_sent && create_answer_ambiguous(resp))
+                        session_taint(b, c->issuing_gen, why);
         } else if (record_accessor(b, json_object_get_string(acc), c->sandbox_id) < 0) {
                 /* Not recorded durably = not handed out: revoke it now. */
                 snprintf(why, sizeof(why), "cannot record the token's accessor durably");
@@ -735,6 +1023,7 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                         c->token_len = n;
                         c->token_cap = n + 1;
                         snprintf(c->accessor, sizeof(c->accessor), "%s", json_object_get_string(acc));
+                        c->session_gen = c->issuing_gen;
                         int64_t ttl = lease ? json_object_get_int64(lease) : (int64_t) c->ttl_s;
                         c->expires_ms = realtime_ms() + (uint64_t) ttl * 1000;
                         log_sandbox(LOG_INFO, c->sandbox_id, c->task, "token.issued", "broker: sandbox %s: token issued (accessor %s, ttl %llds)", c->sandbox_id, c->accessor,
@@ -756,6 +1045,11 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                 }
         }
         scrub_json_string(tok);
+        /* Made under a session that a re-login replaced meanwhile: it dies with
+         * that one, so a token under the current session now (before the
+         * callback, which may release and free these creds). */
+        if (!error && !c->revoked && c->session_gen != b->session_gen && session_usable(b))
+                create_token(c);
         if (c->cb) {
                 broker_issue_cb cb = c->cb;
                 c->cb = NULL;
@@ -784,12 +1078,17 @@ static void create_token(sandbox_creds *c) {
         json_object_object_add(meta, "agentd_task", json_object_new_string(c->task));
         json_object_object_add(body, "meta", meta);
         c->issuing = true;
-        int r = b->session ? vault_request(b->vault, "POST", "auth/token/create", (const char *) b->session, body,
-                                           on_token_created, c)
-                           : -ENOTCONN;
+        c->issuing_gen = b->session_gen;
+        c->create_sent = true;
+        /* Sent once and awaited (bounded): a token Vault makes is never left unknown. */
+        vault_request_opts o = { .create = true, .timeout_ms = VAULT_CREATE_BOUND_MS, .max_retries = -1 };
+        int r = session_usable(b) ? vault_request_ex(b->vault, "POST", "auth/token/create", (const char *) b->session, body,
+                                                     &o, on_token_created, c)
+                                  : -ENOTCONN;
         json_object_put(body);
         if (r < 0) {
                 vault_response resp = { .status = 0 };
+                c->create_sent = false;
                 snprintf(resp.error, sizeof(resp.error), "%s", b->session ? "cannot start the request" : "no Vault session");
                 on_token_created(&resp, c);
         }
@@ -798,7 +1097,7 @@ static void create_token(sandbox_creds *c) {
 int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
                  broker_issue_cb cb, void *userdata) {
         broker *b = m->broker;
-        if (!b || !b->vault || !b->session || b->locked)
+        if (!b || !b->vault || !session_usable(b) || b->locked)
                 return -ENOTCONN;
         sandbox_creds *c = calloc(1, sizeof(*c));
         if (!c)
@@ -814,6 +1113,9 @@ int broker_issue(manager *m, const char *sandbox_id, const char *task, char *con
         c->cb = cb;
         c->userdata = userdata;
         list_add_tail(&b->creds, &c->link);
+        uv_timer_init(m->loop, &c->reissue);
+        c->reissue_init = true;
+        uv_timer_start(&c->reissue, on_issue_deadline, ISSUE_DEADLINE_MS, 0);
         create_token(c);
         return 0;
 }
@@ -958,6 +1260,7 @@ void broker_revoke_all(manager *m, uint64_t deadline_ms, broker_revoke_cb cb, vo
         }
         b->locked = true;
         uv_timer_stop(&b->renew_timer);
+        uv_timer_stop(&b->expiry_timer);
         list_head *i, *t;
         list_for_each_safe(i, t, &b->creds) {
                 sandbox_creds *c = container_of(i, sandbox_creds, link);
@@ -972,10 +1275,16 @@ void broker_revoke_all(manager *m, uint64_t deadline_ms, broker_revoke_cb cb, vo
         DIR *d = opendir(b->accessor_dir);
         struct dirent *de;
         while (d && (de = readdir(d)))
-                if (accessor_valid(de->d_name) && !strstr(de->d_name, ".tmp"))
+                if (accessor_valid(de->d_name) && !strstr(de->d_name, ".tmp") && !find_retired(b, de->d_name, 0))
                         rb->outstanding++;
         if (d)
                 closedir(d);
+        /* Sessions replaced by a re-login still hold children until they expire: revoked too. */
+        for (size_t k = 0; k < MAX_RETIRED; k++)
+                if (find_retired(b, b->retired[k].accessor, 0)) {
+                        revoke_accessor_batch(b, b->retired[k].accessor, rb);
+                        b->retired[k].gen = 0;
+                }
         all_ctx *ac = calloc(1, sizeof(*ac));
         if (!ac || !b->vault || !b->session) {
                 free(ac);
@@ -1015,7 +1324,7 @@ unsigned broker_revocations_pending(manager *m) {
         while (d && (de = readdir(d))) {
                 if (!accessor_valid(de->d_name) || strstr(de->d_name, ".tmp"))
                         continue;
-                bool live = b->session && streq(de->d_name, b->session_accessor);
+                bool live = (b->session && streq(de->d_name, b->session_accessor)) || find_retired(b, de->d_name, 0);
                 list_head *i, *t;
                 list_for_each_safe(i, t, &b->creds) {
                         sandbox_creds *c = container_of(i, sandbox_creds, link);
@@ -1055,8 +1364,13 @@ int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
                 return -ENOENT;
         }
         uint64_t now = realtime_ms();
-        if (c->expires_ms <= now) {
-                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "Vault: this sandbox's token expired and could not be re-issued");
+        session_check_expiry(b);
+        /* A token is dead when it expired or its parent session did: never hand one out. */
+        uint64_t until = creds_valid_until(c);
+        if (until <= now) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "Vault: this sandbox's token %s; a new one is issued as soon as "
+                              "Vault answers (%s)", c->expires_ms <= now ? "expired" : "died with agentd's Vault session",
+                              broker_vault_state(ctx->m));
                 return -ESTALE;
         }
         /* The token travels only as a sealed, read-only memfd. */
@@ -1077,8 +1391,8 @@ int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
         ctx->reply_fds[0] = ro;
         ctx->n_reply_fds = 1;
         msgpack_pack_map(ctx->pk, 3);
-        mp_pack_kv_u64(ctx->pk, "expires_at", c->expires_ms);
-        mp_pack_kv_u64(ctx->pk, "ttl", (c->expires_ms - now) / 1000);
+        mp_pack_kv_u64(ctx->pk, "expires_at", until);
+        mp_pack_kv_u64(ctx->pk, "ttl", (until - now) / 1000);
         mp_pack_kv_str(ctx->pk, "accessor", c->accessor);
         return 0;
 }
@@ -1097,8 +1411,8 @@ int rpc_broker_status(rpc_ctx *ctx, rpc_error *err) {
         return 0;
 }
 
-static void do_seal(uv_work_t *req) {
-        unseal_work *w = container_of(req, unseal_work, req);
+static void do_seal(void *arg) {
+        unseal_work *w = arg;
         w->r = seal_secret(w->tcti, w->soft_key != NULL, w->soft_key, w->plain, w->plain_len, &w->kind, &w->out_blob,
                            &w->out_blob_len, &w->err);
 }
@@ -1113,10 +1427,23 @@ static void pack_enroll(msgpack_packer *pk, void *userdata) {
         mp_pack_kv_str(pk, "sealed_with", e->sealed_with);
 }
 
-static void after_seal(uv_work_t *req, int status) {
-        unseal_work *w = container_of(req, unseal_work, req);
+/* The enrol call is answered at the deadline; a seal finishing later is dropped. */
+static void seal_late(void *arg) {
+        unseal_work *w = arg;
+        char msg[200];
+        snprintf(msg, sizeof(msg), "TPM: the TPM has not answered for %d s; nothing was enrolled", TPM_JOB_DEADLINE_MS / 1000);
+        rpc_call_error(TAKE_PTR(w->call), RPC_E_BACKEND_UNAVAILABLE, msg);
+}
+
+static void after_seal(void *arg) {
+        unseal_work *w = arg;
         broker *b = w->b;
-        if (status < 0 || w->r < 0) {
+        b->seal_job = NULL;
+        if (!w->call || b->stopping) {
+                unseal_work_free(w);
+                return;
+        }
+        if (w->r < 0) {
                 char msg[700];
                 snprintf(msg, sizeof(msg), "TPM: cannot seal the secret (%s: %s)%s", w->err.step, w->err.message,
                          w->r == -ENODEV ? "; set [TPM] AllowSoftwareKey=yes to use a software key (development only)" : "");
@@ -1161,6 +1488,10 @@ int rpc_broker_enroll(rpc_ctx *ctx, rpc_error *err) {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "role_id must be 1..256 bytes and secret_id 1..%d bytes", SEAL_SECRET_MAX);
                 return -EINVAL;
         }
+        if (b->seal_job) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "TPM: an enrolment is still waiting for the TPM");
+                return -EBUSY;
+        }
         unseal_work *w = calloc(1, sizeof(*w));
         if (!w)
                 return -ENOMEM;
@@ -1180,7 +1511,8 @@ int rpc_broker_enroll(rpc_ctx *ctx, rpc_error *err) {
         free(b->role_id);
         b->role_id = TAKE_PTR(role);
         w->call = rpc_ctx_defer(ctx);
-        if (!w->call || uv_queue_work(m->loop, &w->req, do_seal, after_seal) < 0) {
+        if (!w->call || tpm_job_start(m->loop, "sealing the AppRole secret", TPM_JOB_DEADLINE_MS, do_seal, seal_late, after_seal,
+                                      unseal_work_discard, w, &b->seal_job) < 0) {
                 if (w->call) {
                         rpc_call_free(w->call);
                         ctx->async = NULL;

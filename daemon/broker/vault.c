@@ -36,7 +36,9 @@ typedef struct vault_req {
         size_t token_len;
         secbuf resp;                /* may hold a token: grown and freed with wiping */
         bool resp_overflow;
-        unsigned attempt;
+        unsigned attempt, max_retries;
+        bool create;
+        long timeout_ms;
         uv_timer_t retry_timer;
         bool retry_timer_init;
         vault_cb cb;
@@ -210,7 +212,7 @@ static int req_start(vault_req *r) {
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->curl_error);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, v->timeout_ms);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms);
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
         /* TLS verification stays on; a private CA is added, never a bypass. */
@@ -259,7 +261,12 @@ static void finish(vault_req *r, CURLcode code) {
         curl_multi_remove_handle(v->multi, r->easy);
 
         bool transient = code != CURLE_OK || status >= 500;
-        if (transient && r->attempt < v->max_retries && !v->freeing) {
+        /* A creating request that may have reached Vault is never sent twice: a
+         * timeout or a 500 could mean Vault made the token and the answer was lost. */
+        if (r->create)
+                transient = code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST ||
+                            (code == CURLE_OK && (status == 429 || status == 503));
+        if (transient && r->attempt < r->max_retries && !v->freeing) {
                 /* Exponential backoff with full jitter. */
                 unsigned cap = v->base_backoff_ms << (r->attempt < 10 ? r->attempt : 10);
                 uint32_t rnd = 0;
@@ -388,10 +395,18 @@ unsigned vault_client_in_flight(const vault_client *v) {
 
 int vault_request(vault_client *v, const char *method, const char *path, const char *token, json_object *body,
                   vault_cb cb, void *userdata) {
+        return vault_request_ex(v, method, path, token, body, NULL, cb, userdata);
+}
+
+int vault_request_ex(vault_client *v, const char *method, const char *path, const char *token, json_object *body,
+                     const vault_request_opts *opts, vault_cb cb, void *userdata) {
         vault_req *r = calloc(1, sizeof(*r));
         if (!r)
                 return -ENOMEM;
         r->v = v;
+        r->create = opts && opts->create;
+        r->timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : v->timeout_ms;
+        r->max_retries = opts && opts->max_retries >= 0 ? (unsigned) opts->max_retries : v->max_retries;
         r->cb = cb;
         r->userdata = userdata;
         r->method = strdup(method);

@@ -35,4 +35,17 @@ void vault_client_free(vault_client *v);
 /* method "GET"/"POST"/"PUT"; path without "/v1/"; token may be NULL; body may be NULL (not consumed). */
 int vault_request(vault_client *v, const char *method, const char *path, const char *token, json_object *body,
                   vault_cb cb, void *userdata);
+
+typedef struct vault_request_opts {
+        /* The request creates something at Vault (a login, a token): it is sent
+         * at most once, so a slow Vault can never make two. It is retried only
+         * when it provably did not reach Vault (no connection) or Vault refused
+         * it unprocessed (503 sealed/standby, 429). A timeout is not retried. */
+        bool create;
+        long timeout_ms;           /* whole transfer; 0: the client's default */
+        int max_retries;           /* -1: the client's default */
+} vault_request_opts;
+
+int vault_request_ex(vault_client *v, const char *method, const char *path, const char *token, json_object *body,
+                     const vault_request_opts *opts, vault_cb cb, void *userdata);
 unsigned vault_client_in_flight(const vault_client *v);
