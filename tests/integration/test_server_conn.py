@@ -288,7 +288,7 @@ def test_sandbox_request_flood_is_rate_limited_and_aggregated_in_audit():
         assert 10 <= ok <= 10 + 5 * (secs + 1), (ok, limited, secs)
         deadline = time.time() + 5
         while True:
-            recs = c.ok("audit.query", {"sandbox": sid, "limit": 100000})
+            recs = c.ok("audit.query", {"sandbox": sid, "limit": 10000})
             gets = [r for r in recs if r["type"] == "rpc" and r["fields"]["method"] == "credentials.get"]
             supp = [r for r in recs if r["type"] == "rpc.suppressed"]
             if sum(r["fields"]["suppressed"] for r in supp) == limited or time.time() > deadline:
@@ -298,7 +298,10 @@ def test_sandbox_request_flood_is_rate_limited_and_aggregated_in_audit():
         assert len(gets) == ok, (len(gets), ok)
         assert sum(r["fields"]["suppressed"] for r in supp) == limited, supp
         assert all(r["fields"]["method"] == "credentials.get" for r in supp)
-        assert len(supp) <= secs + 2, (len(supp), secs)
+        # An aggregate closes when a request is admitted again (at most one per
+        # admitted request after the burst of 10), when its interval ends, and
+        # when the sandbox goes: thousands of refusals, a handful of records.
+        assert len(supp) <= (ok - 10) + secs + 2, (len(supp), ok, secs)
         v = c.ok("audit.verify")
         assert v["ok"] is True, v
 
