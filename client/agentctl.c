@@ -855,6 +855,33 @@ static void print_verify(const msgpack_object *o) {
                        why ? (int) why->via.str.size : 0, why ? why->via.str.ptr : "");
 }
 
+/* approvals | approve ID [--once|--sandbox|--task] | deny ID */
+static int cmd_approval(int argc, char **argv) {
+        const char *scope = NULL;
+        bool approve = streq(argv[0], "approve");
+
+        if (streq(argv[0], "approvals")) {
+                if (need_args(argc, 1, "approvals") < 0)
+                        return EXIT_USAGE;
+                return simple("approval.list", NULL, print_approval_list);
+        }
+        if (approve && argc == 3 && (streq(argv[2], "--once") || streq(argv[2], "--sandbox") || streq(argv[2], "--task")))
+                scope = argv[2] + 2;
+        if (argc != (scope ? 3 : 2)) {
+                fprintf(stderr, "agentctl: usage: agentctl approve ID [--once|--sandbox|--task] | agentctl deny ID\n");
+                return EXIT_USAGE;
+        }
+        params p;
+        params_init(&p, scope ? 3 : 2);
+        mp_pack_kv_str(&p.pk, "id", argv[1]);
+        mp_pack_kv_str(&p.pk, "decision", approve ? "approve" : "deny");
+        if (scope)
+                mp_pack_kv_str(&p.pk, "scope", scope);
+        int r = simple("approval.answer", &p.sb, print_nothing);
+        msgpack_sbuffer_destroy(&p.sb);
+        return r;
+}
+
 static int cmd_audit(int argc, char **argv) {
         if (argc == 2 && streq(argv[1], "verify")) {
                 int r = simple("audit.verify", NULL, print_verify);
@@ -1090,6 +1117,8 @@ int main(int argc, char **argv) {
         }
         if (streq(cmd, "audit"))
                 return cmd_audit(argc, argv);
+        if (streq(cmd, "approvals") || streq(cmd, "approve") || streq(cmd, "deny"))
+                return cmd_approval(argc, argv);
         if (streq(cmd, "broker"))
                 return cmd_broker(argc, argv);
         if (streq(cmd, "token"))

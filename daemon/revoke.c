@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "approval.h"
 #include "auditlog.h"
 #include "broker.h"
 #include "cgroup.h"
@@ -380,6 +381,7 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
                 if (!sandbox_ended(s) && sandbox_freeze(s) == 0)
                         op->frozen++;
         }
+        approvals_revoke(m, all, sid, task);
         op->frozen_us = now_us();
         if (trigger)
                 log_notice("automatic response (%s): froze %u sandbox(es)", trigger, op->frozen);

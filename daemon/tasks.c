@@ -163,7 +163,7 @@ static void pack_origins(msgpack_packer *pk, const task_policy *p) {
         static const char *const keys[] = {
                 "Task.Description", "Task.Command", "Task.Timeout", "Task.Environment", "Task.PassEnvironment",
                 "Filesystem.Workspace", "Filesystem.ReadOnlyPaths", "Filesystem.WritablePaths", "Filesystem.HidePaths",
-                "Network.Mode", "Network.Allow", "Credentials.VaultPolicies", "Credentials.TTL",
+                "Network.Mode", "Network.Allow", "Network.Ask", "Network.AskTimeout", "Credentials.VaultPolicies", "Credentials.TTL",
                 "Limits.MemoryMax", "Limits.TasksMax", "Limits.CPUWeight", "Limits.CPUQuota",
                 "Security.Seccomp", "Security.Landlock",
         };
@@ -211,8 +211,10 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         mp_pack_strv(pk, p->hide_paths);
 
         mp_pack_cstr(pk, "Network");
-        msgpack_pack_map(pk, 2);
+        msgpack_pack_map(pk, 4);
         mp_pack_kv_str(pk, "Mode", p->network == NETWORK_PROXY ? "proxy" : "none");
+        mp_pack_kv_bool(pk, "Ask", p->ask);
+        pack_duration(pk, "AskTimeout", p->ask_timeout_usec);
         mp_pack_cstr(pk, "Allow");
         msgpack_pack_array(pk, p->n_allow);
         for (size_t i = 0; i < p->n_allow; i++) {
