@@ -779,9 +779,11 @@ static int cmd_broker(int argc, char **argv) {
 }
 
 /* Inside a sandbox: ask $AGENTD_BROKER for this sandbox's token (a sealed memfd) and print it. */
+/* token | token --request POLICY...: the second waits until a person answers. */
 static int cmd_token(int argc, char **argv) {
-        if (argc != 1) {
-                fprintf(stderr, "agentctl: usage: agentctl token\n");
+        bool request = argc >= 3 && streq(argv[1], "--request");
+        if (argc != 1 && !request) {
+                fprintf(stderr, "agentctl: usage: agentctl token [--request POLICY...]\n");
                 return EXIT_USAGE;
         }
         const char *path = getenv("AGENTD_BROKER");
@@ -796,7 +798,16 @@ static int cmd_token(int argc, char **argv) {
                 return EXIT_UNREACHABLE;
         }
         rpc_result res;
-        r = call(&c, "credentials.get", NULL, NULL, 0, &res);
+        params p;
+        params_init(&p, request ? 1 : 0);
+        if (request) {
+                mp_pack_cstr(&p.pk, "policies");
+                msgpack_pack_array(&p.pk, (size_t) (argc - 2));
+                for (int i = 2; i < argc; i++)
+                        mp_pack_cstr(&p.pk, argv[i]);
+        }
+        r = call(&c, request ? "credentials.request" : "credentials.get", request ? &p.sb : NULL, NULL, 0, &res);
+        msgpack_sbuffer_destroy(&p.sb);
         if (r == 0) {
                 if (c.n_received_fds < 1) {
                         fprintf(stderr, "agentctl: the broker sent no token\n");

@@ -12,9 +12,11 @@
 #include <unistd.h>
 
 #include "auditlog.h"
+#include "broker.h"
 #include "log.h"
 #include "macro.h"
 #include "netproxy/netproxy.h"
+#include "policy.h"
 #include "report.h"
 #include "sandbox.h"
 #include "server.h"
@@ -334,13 +336,6 @@ int approval_request_credentials(manager *m, const char *sandbox, const char *ta
         return 0;
 }
 
-void approval_cancel(approval *a) {
-        if (!a)
-                return;
-        a->done = NULL;
-        approval_finish(a, false, SCOPE_ONCE, "requester gone", NULL, "withdrawn: the requester went away");
-}
-
 /* ---- clearing ---- */
 
 static void clear_matching(manager *m, const char *sandbox, const char *task, bool all, const char *by) {
@@ -498,5 +493,132 @@ int rpc_approval_answer(rpc_ctx *ctx, rpc_error *err) {
                         }
         }
         msgpack_pack_map(ctx->pk, 0);
+        return 0;
+}
+
+/* ---- credentials.request: more Vault policies for one sandbox, once a person says so ---- */
+
+#define REQUEST_POLICIES_MAX 16U
+
+typedef struct cred_request {
+        manager *m;
+        rpc_call *call;
+        char sandbox[16];
+        char *task;
+        char **policies;
+        uint64_t ttl_usec;
+} cred_request;
+
+static void cred_request_free(cred_request *q) {
+        if (!q)
+                return;
+        free(q->task);
+        strv_free(q->policies);
+        free(q);
+}
+
+static void pack_raw(msgpack_packer *pk, void *userdata) {
+        msgpack_sbuffer *sb = userdata;
+        pk->callback(pk->data, sb->data, sb->size);
+}
+
+static void on_extra_issued(sandbox_creds *creds, const char *error, void *userdata) {
+        cred_request *q = userdata;
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        int fd = -1, r;
+
+        if (!creds) {
+                char msg[800];
+                snprintf(msg, sizeof(msg), "approved, but the token could not be issued: %s", error ? error : "unknown error");
+                rpc_call_error(q->call, RPC_E_BACKEND_UNAVAILABLE, msg);
+                cred_request_free(q);
+                return;
+        }
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        r = broker_pack_token(creds, &pk, &fd);
+        if (r < 0)
+                rpc_call_error(q->call, RPC_E_INTERNAL, "cannot hand the token over");
+        else
+                rpc_call_reply_fds(q->call, pack_raw, &sb, &fd, 1);
+        msgpack_sbuffer_destroy(&sb);
+        cred_request_free(q);
+}
+
+static void issue_extra(cred_request *q) {
+        int r = broker_issue_once(q->m, q->sandbox, q->task, q->policies, q->ttl_usec, on_extra_issued, q);
+        if (r < 0) {
+                rpc_call_error(q->call, RPC_E_BACKEND_UNAVAILABLE, "approved, but the credential broker cannot issue tokens now");
+                cred_request_free(q);
+        }
+}
+
+static void on_cred_answer(bool approved, const char *reason, void *userdata) {
+        cred_request *q = userdata;
+        if (approved) {
+                issue_extra(q);
+                return;
+        }
+        rpc_call_error(q->call, RPC_E_POLICY_DENIED, reason);
+        cred_request_free(q);
+}
+
+int rpc_credentials_request(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        _cleanup_strv_free_ char **policies = rpc_param_strv(ctx->params, "policies");
+        size_t n = 0;
+
+        for (char **p = policies; p && *p; p++, n++)
+                if (!policy_name_is_valid(*p) || streq(*p, "root") || streq(*p, "none")) {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "invalid policy name '%.64s'%s", *p,
+                                      streq(*p, "root") ? " (the root policy is never handed to a sandbox)" : "");
+                        return -EINVAL;
+                }
+        if (n == 0 || n > REQUEST_POLICIES_MAX) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "policies: between 1 and %u Vault policy names", REQUEST_POLICIES_MAX);
+                return -EINVAL;
+        }
+        sandbox *s = sandbox_find(m, ctx->conn->sandbox_id);
+        if (!s || sandbox_ended(s)) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "this sandbox has ended");
+                return -ENOENT;
+        }
+        const char *why = broker_unavailable_reason(m);
+        if (why) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "%s", why);
+                return -ENOTCONN;
+        }
+        /* The task as it is now: its AskTimeout= and TTL= (defaults if it is gone). */
+        const task_policy *tp = policy_registry_find(m->tasks, s->task);
+        cred_request *q = calloc(1, sizeof(*q));
+        if (!q)
+                return -ENOMEM;
+        q->m = m;
+        snprintf(q->sandbox, sizeof(q->sandbox), "%s", s->id);
+        q->task = strdup(s->task);
+        q->policies = TAKE_PTR(policies);
+        q->ttl_usec = tp ? tp->token_ttl_usec : POLICY_DEFAULT_TOKEN_TTL_USEC;
+        if (!q->task) {
+                cred_request_free(q);
+                return -ENOMEM;
+        }
+        uint64_t timeout_ms = (tp ? tp->ask_timeout_usec : POLICY_DEFAULT_ASK_TIMEOUT_USEC) / 1000;
+        q->call = rpc_ctx_defer(ctx);
+        if (!q->call) {
+                cred_request_free(q);
+                return -ENOMEM;
+        }
+        approval *a;
+        int r = approval_request_credentials(m, q->sandbox, q->task, q->policies, timeout_ms, on_cred_answer, q, &a);
+        if (r < 0) {
+                /* The deferred call is answered with this error by the server. */
+                cred_request_free(q);
+                rpc_error_set(err, r == -EBUSY ? RPC_E_LIMIT_EXCEEDED : RPC_E_INTERNAL, "%s",
+                              r == -EBUSY ? "too many approvals pending" : "cannot ask for approval");
+                return r;
+        }
+        if (r == 1)
+                issue_extra(q);
         return 0;
 }

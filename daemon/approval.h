@@ -29,8 +29,6 @@ typedef void (*approval_done_cb)(bool approved, const char *reason, void *userda
  * when too many are pending, -EINVAL for no policies. */
 int approval_request_credentials(manager *m, const char *sandbox, const char *task, char **policies, uint64_t timeout_ms,
                                  approval_done_cb done, void *userdata, approval **ret);
-/* The requester went away: a denial, without calling done. */
-void approval_cancel(approval *a);
 
 /* Hooks the hold callback of the egress proxy. */
 int approvals_init(manager *m);

@@ -42,6 +42,7 @@ struct sandbox_creds {
         bool reissue_init;
         bool released;
         bool issuing;
+        bool once;               /* credentials.request: handed over once, never re-issued */
         broker_issue_cb cb;
         void *userdata;
 };
@@ -691,6 +692,11 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                 if (!error)
                         revoke_accessor(b, json_object_get_string(acc));
                 scrub_json_string(tok);
+                if (c->once && c->cb) {
+                        broker_issue_cb cb = c->cb;
+                        c->cb = NULL;
+                        cb(NULL, "the sandbox ended", c->userdata);
+                }
                 creds_destroy(c);
                 return;
         }
@@ -724,7 +730,7 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                                 c->reissue_init = true;
                         }
                         /* A fresh token well before this one expires. */
-                        if (ttl > 3)
+                        if (ttl > 3 && !c->once)
                                 uv_timer_start(&c->reissue, on_reissue, (uint64_t) ttl * 1000 * 2 / 3, 0);
                 }
         }
@@ -768,8 +774,8 @@ static void create_token(sandbox_creds *c) {
         }
 }
 
-int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
-                 broker_issue_cb cb, void *userdata) {
+static int issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
+                 bool once, broker_issue_cb cb, void *userdata) {
         broker *b = m->broker;
         if (!b || !b->vault || !b->session || b->locked)
                 return -ENOTCONN;
@@ -784,11 +790,22 @@ int broker_issue(manager *m, const char *sandbox_id, const char *task, char *con
         for (size_t i = 0; c->policies && i < n; i++)
                 c->policies[i] = strdup(policies[i]);
         c->ttl_s = ttl_usec / 1000000 ? ttl_usec / 1000000 : 900;
+        c->once = once;
         c->cb = cb;
         c->userdata = userdata;
         list_add_tail(&b->creds, &c->link);
         create_token(c);
         return 0;
+}
+
+int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
+                 broker_issue_cb cb, void *userdata) {
+        return issue(m, sandbox_id, task, policies, ttl_usec, false, cb, userdata);
+}
+
+int broker_issue_once(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
+                      broker_issue_cb cb, void *userdata) {
+        return issue(m, sandbox_id, task, policies, ttl_usec, true, cb, userdata);
 }
 
 void broker_release(manager *m, sandbox_creds *c) {
@@ -798,6 +815,16 @@ void broker_release(manager *m, sandbox_creds *c) {
         c->released = true;
         if (c->reissue_init)
                 uv_timer_stop(&c->reissue);
+        /* Tokens approved later (credentials.request) go with the sandbox too. */
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *o = container_of(i, sandbox_creds, link);
+                if (o == c || !o->once || o->released || !streq(o->sandbox_id, c->sandbox_id))
+                        continue;
+                o->released = true;
+                if (!o->issuing)
+                        creds_destroy(o);
+        }
         /* Every accessor recorded for this sandbox (earlier re-issued ones too). */
         DIR *d = opendir(b->accessor_dir);
         struct dirent *de;
@@ -1003,24 +1030,16 @@ static sandbox_creds *find_creds(broker *b, const char *sandbox_id) {
         list_head *i, *t;
         list_for_each_safe(i, t, &b->creds) {
                 sandbox_creds *c = container_of(i, sandbox_creds, link);
-                if (!c->released && streq(c->sandbox_id, sandbox_id))
+                if (!c->released && !c->once && streq(c->sandbox_id, sandbox_id))
                         return c;
         }
         return NULL;
 }
 
-int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
-        broker *b = ctx->m->broker;
-        sandbox_creds *c = b ? find_creds(b, ctx->conn->sandbox_id) : NULL;
-        if (!c || !c->token) {
-                rpc_error_set(err, RPC_E_NOT_FOUND, "this sandbox's task has no Vault credentials");
-                return -ENOENT;
-        }
+int broker_pack_token(sandbox_creds *c, msgpack_packer *pk, int *ret_fd) {
         uint64_t now = realtime_ms();
-        if (c->expires_ms <= now) {
-                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "Vault: this sandbox's token expired and could not be re-issued");
+        if (!c || !c->token || c->expires_ms <= now)
                 return -ESTALE;
-        }
         /* The token travels only as a sealed, read-only memfd. */
         int fd = memfd_create("agentd-token", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (fd < 0)
@@ -1036,12 +1055,29 @@ int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
         close(fd);
         if (ro < 0)
                 return -errno;
-        ctx->reply_fds[0] = ro;
+        *ret_fd = ro;
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_u64(pk, "expires_at", c->expires_ms);
+        mp_pack_kv_u64(pk, "ttl", (c->expires_ms - now) / 1000);
+        mp_pack_kv_str(pk, "accessor", c->accessor);
+        return 0;
+}
+
+int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
+        broker *b = ctx->m->broker;
+        sandbox_creds *c = b ? find_creds(b, ctx->conn->sandbox_id) : NULL;
+        if (!c || !c->token) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "this sandbox's task has no Vault credentials");
+                return -ENOENT;
+        }
+        if (c->expires_ms <= realtime_ms()) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "Vault: this sandbox's token expired and could not be re-issued");
+                return -ESTALE;
+        }
+        int r = broker_pack_token(c, ctx->pk, &ctx->reply_fds[0]);
+        if (r < 0)
+                return r;
         ctx->n_reply_fds = 1;
-        msgpack_pack_map(ctx->pk, 3);
-        mp_pack_kv_u64(ctx->pk, "expires_at", c->expires_ms);
-        mp_pack_kv_u64(ctx->pk, "ttl", (c->expires_ms - now) / 1000);
-        mp_pack_kv_str(ctx->pk, "accessor", c->accessor);
         return 0;
 }
 

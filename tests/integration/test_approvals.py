@@ -185,5 +185,72 @@ def test_scopes_sandbox_task_and_revoke():
         up.stop()
 
 
+def test_credentials_request_round_trip():
+    """A sandbox asks for another Vault policy (credentials.request through
+    $AGENTD_BROKER): approved -> a child token with it, revoked at the sandbox's
+    end; denied or unanswered -> policy_denied. A sandbox cannot answer."""
+    import tempfile
+    from test_broker import Swtpm, Vault, enroll, wait_vault_ok, workspace
+    tpm = Swtpm()
+    vault = Vault(os.path.join(tempfile.mkdtemp(prefix="vaultstate-"), "state.json"))
+    tasks = {"creds": "[Task]\nDescription=asks\n[Credentials]\nVaultPolicies=ci-read\n[Network]\nAskTimeout=3s\n"}
+    d = Daemon(config=f"[Vault]\nAddress={vault.url}\n[TPM]\nTCTI={tpm.tcti}\n", tasks=tasks)
+    try:
+        d.start()
+        enroll(d)
+        wait_vault_ok(d)
+        ws = workspace(d)
+        sub = d.client()
+        sub.ok("events.subscribe")
+        c = d.client()
+        script = ("AGENTD_SOCKET=$AGENTD_BROKER ./agentctl approvals 2>&1; "
+                  "AGENTD_SOCKET=$AGENTD_BROKER ./agentctl approve ap-0000000000 2>&1; "
+                  "tok=$(./agentctl token --request deploy); echo rc1=$?; echo \"TOKEN=$(echo \"$tok\" | rev)\"; "
+                  "./agentctl token --request deploy >/dev/null; echo rc1b=$?; "
+                  "./agentctl token --request agentd 2>&1; echo rc2=$?; "
+                  "./agentctl token --request agentd 2>&1; echo rc3=$?; "
+                  "./agentctl token --request root 2>&1; echo rc4=$?")
+        sid = spawn(c, ws, script, task="creds")
+        _, req = next_event(sub, ["approval.requested"])
+        assert req["kind"] == "credentials" and req["what"] == "deploy" and req["sandbox"] == sid, req
+        d.agentctl("approve", req["id"], "--sandbox", check=0)
+        _, req2 = next_event(sub, ["approval.requested"])
+        assert req2["what"] == "agentd", req2      # the second "deploy" was not asked about
+        d.agentctl("deny", req2["id"], check=0)
+        _, req3 = next_event(sub, ["approval.requested"])
+        _, ans3 = next_event(sub, ["approval.answered"], timeout=15)
+        while ans3["id"] != req3["id"]:
+            _, ans3 = next_event(sub, ["approval.answered"], timeout=15)
+        assert ans3["by"] == "timeout" and ans3["decision"] == "deny", ans3
+        out = finish(c, sid).decode()
+        lines = out.splitlines()
+        assert lines[0].startswith("agentctl: unauthorized:") and lines[1].startswith("agentctl: unauthorized:"), out
+        assert "rc1=0" in out and "rc1b=0" in out, out
+        assert "rc2=1" in out and "policy_denied" in out and "denied" in out, out
+        assert "rc3=1" in out and "expired" in out, out
+        assert "rc4=1" in out and "invalid_params" in out, out
+        token = [l for l in lines if l.startswith("TOKEN=")][0][6:][::-1]
+        assert token, out
+        # Child tokens with the approved policy, scoped to this sandbox, revoked at its end.
+        deadline = time.time() + 10
+        while True:
+            mine = [t for t in vault.tokens().values() if t["path"] == "auth/token/create" and "deploy" in t["policies"]]
+            if (len(mine) == 2 and all(t["revoked"] for t in mine)) or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(mine) == 2 and all(t["revoked"] and sid in t["display_name"] for t in mine), mine
+        assert all(sorted(t["policies"]) in (["deploy"], ["default", "deploy"]) for t in mine), mine
+        st, _ = vault.req("GET", "auth/token/lookup-self", token)
+        assert st == 403, st
+        answered = audit(c, sid, "approval.answered")
+        assert [(r["what"], r["decision"], r["by"] == "timeout") for r in answered] == \
+            [("deploy", "approve", False), ("agentd", "deny", False), ("agentd", "deny", True)], answered
+        assert answered[0]["peer_exe"].endswith("/agentctl"), answered[0]
+    finally:
+        d.stop()
+        vault.stop()
+        tpm.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
