@@ -338,14 +338,18 @@ int approval_request_credentials(manager *m, const char *sandbox, const char *ta
 
 /* ---- clearing ---- */
 
-static void clear_matching(manager *m, const char *sandbox, const char *task, bool all, const char *by) {
+/* Forgets remembered approvals and denies pending ones: everything (all), a
+ * sandbox's, a task's, and (task_scoped_of) the task-scoped ones of a task. */
+static void clear_matching(manager *m, bool all, const char *sandbox, const char *task, const char *task_scoped_of,
+                           const char *by) {
         approvals *t = m->approvals;
         list_head *i, *n;
         if (!t)
                 return;
         list_for_each_safe(i, n, &t->grants) {
                 grant *g = container_of(i, grant, link);
-                bool match = all || (sandbox && g->sandbox && streq(g->sandbox, sandbox)) || (task && streq(g->task, task));
+                bool match = all || (sandbox && g->sandbox && streq(g->sandbox, sandbox)) || (task && streq(g->task, task)) ||
+                             (task_scoped_of && !g->sandbox && streq(g->task, task_scoped_of));
                 if (!match)
                         continue;
                 json_object *ev = json_object_new_object();
@@ -375,14 +379,14 @@ static void clear_matching(manager *m, const char *sandbox, const char *task, bo
 
 void approvals_sandbox_ended(manager *m, const char *sandbox_id) {
         /* Task-scoped approvals stay: they are for the task's other sandboxes. */
-        clear_matching(m, sandbox_id, NULL, false, "sandbox ended");
+        clear_matching(m, false, sandbox_id, NULL, NULL, "sandbox ended");
 }
 
 void approvals_revoke(manager *m, bool all, const char *sandbox_id, const char *task) {
         /* An incident in one sandbox also withdraws what was approved for its
          * task: the next sandbox of that task asks again. */
         sandbox *s = sandbox_id ? sandbox_find(m, sandbox_id) : NULL;
-        clear_matching(m, sandbox_id, task ? task : s ? s->task : NULL, all, "revoke");
+        clear_matching(m, all, sandbox_id, task, s ? s->task : NULL, "revoke");
 }
 
 /* ---- lifetime ---- */
@@ -403,7 +407,7 @@ void approvals_free(manager *m) {
         approvals *t = m->approvals;
         if (!t)
                 return;
-        clear_matching(m, NULL, NULL, true, "agentd stopping");
+        clear_matching(m, true, NULL, NULL, NULL, "agentd stopping");
         if (m->proxy)
                 netproxy_set_hold_cb(m->proxy, NULL, NULL);
         free(t);
