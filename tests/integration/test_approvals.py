@@ -181,6 +181,24 @@ def test_scopes_sandbox_task_and_revoke():
             assert req6["sandbox"] == sid6, req6
             d.agentctl("deny", req6["id"], check=0)
             assert finish(c, sid6) == b"403\n"
+
+            # revoke --sandbox also withdraws what was approved for its task.
+            sid7 = spawn(c, ws, curls(up.port, 1))
+            _, req7 = next_event(sub, ["approval.requested"])
+            d.agentctl("approve", req7["id"], "--task", check=0)
+            assert finish(c, sid7) == b"200\n"
+            sid8 = spawn(c, ws, curls(up.port, 1) + "echo done; sleep 30")
+            deadline = time.time() + 20
+            while b"done" not in c.ok("sandbox.logs", {"id": sid8})["stdout"] and time.time() < deadline:
+                time.sleep(0.05)
+            assert c.ok("sandbox.logs", {"id": sid8})["stdout"] == b"200\ndone\n"
+            d.agentctl("revoke", "--sandbox", sid8, check=0)
+            c.ok("sandbox.wait", {"id": sid8})
+            sid9 = spawn(c, ws, curls(up.port, 1))
+            _, req9 = next_event(sub, ["approval.requested"])
+            assert req9["sandbox"] == sid9, req9
+            d.agentctl("deny", req9["id"], check=0)
+            assert finish(c, sid9) == b"403\n"
     finally:
         up.stop()
 
