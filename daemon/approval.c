@@ -158,7 +158,7 @@ static const grant *grant_find(manager *m, approval_kind kind, const char *sandb
         return NULL;
 }
 
-static int grant_add(manager *m, const approval *a, approval_scope scope) {
+static int grant_add(manager *m, const approval *a, approval_scope scope, grant **ret) {
         grant *g = calloc(1, sizeof(*g));
         if (!g)
                 return -ENOMEM;
@@ -172,7 +172,16 @@ static int grant_add(manager *m, const approval *a, approval_scope scope) {
                 return -ENOMEM;
         }
         list_add_tail(&m->approvals->grants, &g->link);
+        *ret = g;
         return 0;
+}
+
+static bool grant_listed(manager *m, const grant *g) {
+        list_head *i, *n;
+        list_for_each_safe(i, n, &m->approvals->grants)
+                if (container_of(i, grant, link) == g)
+                        return true;
+        return false;
 }
 
 /* ---- answering ---- */
@@ -466,8 +475,9 @@ int rpc_approval_answer(rpc_ctx *ctx, rpc_error *err) {
         }
         if (!approve)
                 scope = SCOPE_ONCE;
+        grant *g = NULL;
         if (approve && scope != SCOPE_ONCE) {
-                int r = grant_add(m, a, scope);
+                int r = grant_add(m, a, scope, &g);
                 if (r < 0) {
                         rpc_error_set(err, RPC_E_INTERNAL, "out of memory");
                         return r;
@@ -481,21 +491,11 @@ int rpc_approval_answer(rpc_ctx *ctx, rpc_error *err) {
         exe[n > 0 ? n : 0] = 0;
         snprintf(by, sizeof(by), "pid %d (%s)", (int) pid, n > 0 ? exe : "?");
 
-        /* The grant outlives this approval: copy what settle_covered needs. */
-        grant *g = NULL;
-        if (approve && scope != SCOPE_ONCE)
-                g = container_of(m->approvals->grants.prev, grant, link);
         approval_finish(a, approve, scope, by, ctx->conn, NULL);
-        if (g && list_empty(&m->approvals->pending) == false) {
-                /* g may have been cleared by a revoke the continuation caused:
-                 * look it up again. */
-                list_head *i, *t;
-                list_for_each_safe(i, t, &m->approvals->grants)
-                        if (container_of(i, grant, link) == g) {
-                                settle_covered(m, g, by);
-                                break;
-                        }
-        }
+        /* Other pending approvals the new grant covers go through too, unless
+         * the continuation (e.g. an automatic response) already withdrew it. */
+        if (g && grant_listed(m, g))
+                settle_covered(m, g, by);
         msgpack_pack_map(ctx->pk, 0);
         return 0;
 }

@@ -203,6 +203,30 @@ def test_scopes_sandbox_task_and_revoke():
         up.stop()
 
 
+def test_approval_settles_the_pending_ones_it_covers():
+    up = Upstream()
+    try:
+        with Daemon(tasks=tasks_for()) as d:
+            ws, sub, c = setup(d)
+            one = f"curl -s -m 40 -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.1:{up.port}/"
+            sid = spawn(c, ws, f"export NO_PROXY= no_proxy=; {one} & {one} & wait")
+            _, req1 = next_event(sub, ["approval.requested"])
+            _, req2 = next_event(sub, ["approval.requested"])
+            assert len(c.ok("approval.list")) == 2
+            d.agentctl("approve", req2["id"], "--sandbox", check=0)
+            answers = {}
+            while len(answers) < 2:
+                _, a = next_event(sub, ["approval.answered"])
+                answers[a["id"]] = a
+            assert answers[req2["id"]]["scope"] == "sandbox", answers
+            assert answers[req1["id"]]["decision"] == "approve" and answers[req1["id"]]["scope"] == "sandbox", answers
+            assert finish(c, sid) == b"200\n200\n"
+            rec = {r["id"]: r for r in audit(c, sid, "approval.answered")}
+            assert rec[req1["id"]]["reason"] == "covered by an earlier approval", rec
+    finally:
+        up.stop()
+
+
 def test_credentials_request_round_trip():
     """A sandbox asks for another Vault policy (credentials.request through
     $AGENTD_BROKER): approved -> a child token with it, revoked at the sandbox's
