@@ -779,9 +779,11 @@ static int cmd_broker(int argc, char **argv) {
 }
 
 /* Inside a sandbox: ask $AGENTD_BROKER for this sandbox's token (a sealed memfd) and print it. */
+/* token | token --request POLICY...: the second waits until a person answers. */
 static int cmd_token(int argc, char **argv) {
-        if (argc != 1) {
-                fprintf(stderr, "agentctl: usage: agentctl token\n");
+        bool request = argc >= 3 && streq(argv[1], "--request");
+        if (argc != 1 && !request) {
+                fprintf(stderr, "agentctl: usage: agentctl token [--request POLICY...]\n");
                 return EXIT_USAGE;
         }
         const char *path = getenv("AGENTD_BROKER");
@@ -796,7 +798,16 @@ static int cmd_token(int argc, char **argv) {
                 return EXIT_UNREACHABLE;
         }
         rpc_result res;
-        r = call(&c, "credentials.get", NULL, NULL, 0, &res);
+        params p;
+        params_init(&p, request ? 1 : 0);
+        if (request) {
+                mp_pack_cstr(&p.pk, "policies");
+                msgpack_pack_array(&p.pk, (size_t) (argc - 2));
+                for (int i = 2; i < argc; i++)
+                        mp_pack_cstr(&p.pk, argv[i]);
+        }
+        r = call(&c, request ? "credentials.request" : "credentials.get", request ? &p.sb : NULL, NULL, 0, &res);
+        msgpack_sbuffer_destroy(&p.sb);
         if (r == 0) {
                 if (c.n_received_fds < 1) {
                         fprintf(stderr, "agentctl: the broker sent no token\n");
@@ -853,6 +864,33 @@ static void print_verify(const msgpack_object *o) {
         else
                 printf("audit log TAMPERED: first bad record seq %" PRIu64 " (%.*s)\n", bad ? bad->via.u64 : 0,
                        why ? (int) why->via.str.size : 0, why ? why->via.str.ptr : "");
+}
+
+/* approvals | approve ID [--once|--sandbox|--task] | deny ID */
+static int cmd_approval(int argc, char **argv) {
+        const char *scope = NULL;
+        bool approve = streq(argv[0], "approve");
+
+        if (streq(argv[0], "approvals")) {
+                if (need_args(argc, 1, "approvals") < 0)
+                        return EXIT_USAGE;
+                return simple("approval.list", NULL, print_approval_list);
+        }
+        if (approve && argc == 3 && (streq(argv[2], "--once") || streq(argv[2], "--sandbox") || streq(argv[2], "--task")))
+                scope = argv[2] + 2;
+        if (argc != (scope ? 3 : 2)) {
+                fprintf(stderr, "agentctl: usage: agentctl approve ID [--once|--sandbox|--task] | agentctl deny ID\n");
+                return EXIT_USAGE;
+        }
+        params p;
+        params_init(&p, scope ? 3 : 2);
+        mp_pack_kv_str(&p.pk, "id", argv[1]);
+        mp_pack_kv_str(&p.pk, "decision", approve ? "approve" : "deny");
+        if (scope)
+                mp_pack_kv_str(&p.pk, "scope", scope);
+        int r = simple("approval.answer", &p.sb, print_nothing);
+        msgpack_sbuffer_destroy(&p.sb);
+        return r;
 }
 
 static int cmd_audit(int argc, char **argv) {
@@ -1122,6 +1160,8 @@ int main(int argc, char **argv) {
                         return EXIT_USAGE;
                 return simple("agentd.prune", NULL, NULL);
         }
+        if (streq(cmd, "approvals") || streq(cmd, "approve") || streq(cmd, "deny"))
+                return cmd_approval(argc, argv);
         if (streq(cmd, "broker"))
                 return cmd_broker(argc, argv);
         if (streq(cmd, "token"))

@@ -199,3 +199,26 @@ void print_sandbox_list(const msgpack_object *o) {
                 printf("\n");
         }
 }
+
+void print_approval_list(const msgpack_object *o) {
+        if (o->type != MSGPACK_OBJECT_ARRAY)
+                return print_human(o);
+        printf("%-14s %-14s %-10s %-12s %-8s %s\n", "ID", "SANDBOX", "TASK", "KIND", "EXPIRES", "WHAT");
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+                const msgpack_object *a = &o->via.array.ptr[i];
+                cell(get(a, "id"), 14);
+                cell(get(a, "sandbox"), 14);
+                cell(get(a, "task"), 10);
+                cell(get(a, "kind"), 12);
+                const msgpack_object *t = get(a, "expires_at");
+                char left[32] = "-";
+                struct timespec now;
+                clock_gettime(CLOCK_REALTIME, &now);
+                uint64_t now_ms = (uint64_t) now.tv_sec * 1000 + (uint64_t) now.tv_nsec / 1000000;
+                if (t && t->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                        snprintf(left, sizeof(left), "%" PRIu64 "s", t->via.u64 > now_ms ? (t->via.u64 - now_ms + 999) / 1000 : 0);
+                printf("%-8s ", left);
+                cell(get(a, "what"), 0);
+                printf("\n");
+        }
+}

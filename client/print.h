@@ -8,3 +8,4 @@ void print_human(const msgpack_object *o);
 void print_nothing(const msgpack_object *o);
 void print_task_list(const msgpack_object *o);
 void print_sandbox_list(const msgpack_object *o);
+void print_approval_list(const msgpack_object *o);

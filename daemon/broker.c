@@ -47,6 +47,7 @@ struct sandbox_creds {
         bool revoked;            /* by an incident revocation: no token again until it ends */
         bool issuing;
         bool create_sent;        /* the pending create may have reached Vault */
+        bool once;               /* credentials.request: handed over once, never re-issued */
         broker_issue_cb cb;
         void *userdata;
 };
@@ -1006,6 +1007,11 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                 if (!error)
                         revoke_accessor(b, json_object_get_string(acc));
                 scrub_json_string(tok);
+                if (c->once && c->cb) {
+                        broker_issue_cb cb = c->cb;
+                        c->cb = NULL;
+                        cb(NULL, "the sandbox ended", c->userdata);
+                }
                 creds_destroy(c);
                 return;
         }
@@ -1040,7 +1046,7 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                                 c->reissue_init = true;
                         }
                         /* A fresh token well before this one expires. */
-                        if (ttl > 3)
+                        if (ttl > 3 && !c->once)
                                 uv_timer_start(&c->reissue, on_reissue, (uint64_t) ttl * 1000 * 2 / 3, 0);
                 }
         }
@@ -1094,11 +1100,18 @@ static void create_token(sandbox_creds *c) {
         }
 }
 
-int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
-                 broker_issue_cb cb, void *userdata) {
+static int issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
+                 bool once, broker_issue_cb cb, void *userdata) {
         broker *b = m->broker;
         if (!b || !b->vault || !session_usable(b) || b->locked)
                 return -ENOTCONN;
+        /* An incident revocation took this sandbox's credentials: none again until it ends. */
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *o = container_of(i, sandbox_creds, link);
+                if (o->revoked && streq(o->sandbox_id, sandbox_id))
+                        return -EACCES;
+        }
         sandbox_creds *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
@@ -1110,6 +1123,7 @@ int broker_issue(manager *m, const char *sandbox_id, const char *task, char *con
         for (size_t i = 0; c->policies && i < n; i++)
                 c->policies[i] = strdup(policies[i]);
         c->ttl_s = ttl_usec / 1000000 ? ttl_usec / 1000000 : 900;
+        c->once = once;
         c->cb = cb;
         c->userdata = userdata;
         list_add_tail(&b->creds, &c->link);
@@ -1120,6 +1134,16 @@ int broker_issue(manager *m, const char *sandbox_id, const char *task, char *con
         return 0;
 }
 
+int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
+                 broker_issue_cb cb, void *userdata) {
+        return issue(m, sandbox_id, task, policies, ttl_usec, false, cb, userdata);
+}
+
+int broker_issue_once(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
+                      broker_issue_cb cb, void *userdata) {
+        return issue(m, sandbox_id, task, policies, ttl_usec, true, cb, userdata);
+}
+
 void broker_release(manager *m, sandbox_creds *c) {
         broker *b = m->broker;
         if (!c || !b)
@@ -1127,6 +1151,16 @@ void broker_release(manager *m, sandbox_creds *c) {
         c->released = true;
         if (c->reissue_init)
                 uv_timer_stop(&c->reissue);
+        /* Tokens approved later (credentials.request) go with the sandbox too. */
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *o = container_of(i, sandbox_creds, link);
+                if (o == c || !o->once || o->released || !streq(o->sandbox_id, c->sandbox_id))
+                        continue;
+                o->released = true;
+                if (!o->issuing)
+                        creds_destroy(o);
+        }
         /* Every accessor recorded for this sandbox (earlier re-issued ones too). */
         DIR *d = opendir(b->accessor_dir);
         struct dirent *de;
@@ -1345,10 +1379,38 @@ static sandbox_creds *find_creds(broker *b, const char *sandbox_id) {
         list_head *i, *t;
         list_for_each_safe(i, t, &b->creds) {
                 sandbox_creds *c = container_of(i, sandbox_creds, link);
-                if (!c->released && streq(c->sandbox_id, sandbox_id))
+                if (!c->released && !c->once && streq(c->sandbox_id, sandbox_id))
                         return c;
         }
         return NULL;
+}
+
+int broker_pack_token(sandbox_creds *c, msgpack_packer *pk, int *ret_fd) {
+        uint64_t now = realtime_ms();
+        uint64_t until = c ? creds_valid_until(c) : 0;
+        if (!c || !c->token || until <= now)
+                return -ESTALE;
+        /* The token travels only as a sealed, read-only memfd. */
+        int fd = memfd_create("agentd-token", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return -errno;
+        if (write(fd, c->token, c->token_len) != (ssize_t) c->token_len ||
+            fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+                close(fd);
+                return -EIO;
+        }
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        int ro = open(path, O_RDONLY | O_CLOEXEC);
+        close(fd);
+        if (ro < 0)
+                return -errno;
+        *ret_fd = ro;
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_u64(pk, "expires_at", until);
+        mp_pack_kv_u64(pk, "ttl", (until - now) / 1000);
+        mp_pack_kv_str(pk, "accessor", c->accessor);
+        return 0;
 }
 
 int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
@@ -1366,34 +1428,16 @@ int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
         uint64_t now = realtime_ms();
         session_check_expiry(b);
         /* A token is dead when it expired or its parent session did: never hand one out. */
-        uint64_t until = creds_valid_until(c);
-        if (until <= now) {
+        if (creds_valid_until(c) <= now) {
                 rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "Vault: this sandbox's token %s; a new one is issued as soon as "
                               "Vault answers (%s)", c->expires_ms <= now ? "expired" : "died with agentd's Vault session",
                               broker_vault_state(ctx->m));
                 return -ESTALE;
         }
-        /* The token travels only as a sealed, read-only memfd. */
-        int fd = memfd_create("agentd-token", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        if (fd < 0)
-                return -errno;
-        if (write(fd, c->token, c->token_len) != (ssize_t) c->token_len ||
-            fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
-                close(fd);
-                return -EIO;
-        }
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-        int ro = open(path, O_RDONLY | O_CLOEXEC);
-        close(fd);
-        if (ro < 0)
-                return -errno;
-        ctx->reply_fds[0] = ro;
+        int r = broker_pack_token(c, ctx->pk, &ctx->reply_fds[0]);
+        if (r < 0)
+                return r;
         ctx->n_reply_fds = 1;
-        msgpack_pack_map(ctx->pk, 3);
-        mp_pack_kv_u64(ctx->pk, "expires_at", until);
-        mp_pack_kv_u64(ctx->pk, "ttl", (until - now) / 1000);
-        mp_pack_kv_str(ctx->pk, "accessor", c->accessor);
         return 0;
 }
 

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <msgpack.h>
+
 #include "manager.h"
 
 typedef struct broker broker;
@@ -24,6 +26,13 @@ typedef void (*broker_issue_cb)(sandbox_creds *creds, const char *error, void *u
  * its accessor durably before anyone can see the token. */
 int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
                  broker_issue_cb cb, void *userdata);
+/* Like broker_issue, for a token a person approved (credentials.request): it is
+ * not re-issued, and goes (revoked) with the sandbox's first token. */
+int broker_issue_once(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
+                      broker_issue_cb cb, void *userdata);
+/* Packs {expires_at, ttl, accessor} and opens the token as a sealed, read-only
+ * memfd (*ret_fd, the caller's); -ESTALE if there is no live token. */
+int broker_pack_token(sandbox_creds *c, msgpack_packer *pk, int *ret_fd);
 /* The sandbox is gone: revoke every token it had (retried until Vault confirms). */
 void broker_release(manager *m, sandbox_creds *creds);
 unsigned broker_tokens_live(manager *m);

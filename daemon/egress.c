@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "approval.h"
 #include "auditlog.h"
 #include "daemon.h"
 #include "log.h"
@@ -103,10 +104,13 @@ int egress_init(manager *m) {
                 log_error("cannot start the egress proxy: %s (Mode=proxy tasks will be refused)", strerror(-r));
         else
                 netproxy_set_header_timeout_ms(m->proxy, m->config->proxy_header_timeout_ms);
+        if (approvals_init(m) < 0)
+                log_error("cannot start approvals: out of memory (Network.Ask= connections will be refused)");
         return 0;
 }
 
 void egress_free(manager *m) {
+        approvals_free(m);
         if (m->proxy) {
                 netproxy_free(m->proxy, NULL, NULL);
                 m->proxy = NULL;

@@ -86,6 +86,7 @@ typedef struct manager {
         bool locked_down;
         broker *broker;
         netproxy *proxy;
+        struct approvals *approvals;
 } manager;
 
 uint64_t now_msec(void);

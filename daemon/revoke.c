@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "approval.h"
 #include "auditlog.h"
 #include "broker.h"
 #include "cgroup.h"
@@ -591,6 +592,7 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
                 op->by_cgroup |= streq(s->frozen_by, "cgroup");
                 op->by_signal |= streq(s->frozen_by, "signal");
         }
+        approvals_revoke(m, all, sid, task);
         op->frozen_us = now_us();
         if (trigger)
                 log_notice("automatic response (%s): froze %u sandbox(es) (%s), %zu could not be frozen and were killed", trigger,

@@ -30,6 +30,7 @@
 #include <openssl/evp.h>
 
 #include "agentd-build.h"
+#include "approval.h"
 #include "auditlog.h"
 #include "broker.h"
 #include "cgroup.h"
@@ -779,6 +780,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         if (s->creds)
                 broker_release(m, TAKE_PTR(s->creds));
         server_close_sandbox(TAKE_PTR(s->broker_listener));
+        approvals_sandbox_ended(m, s->id);
         if (s->proxied) {
                 s->proxied = false;
                 netproxy_remove_sandbox(m->proxy, s->id);
@@ -1665,6 +1667,8 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 if ((r = netproxy_add_sandbox(m->proxy, s->id, p->name, p->allow, p->n_allow, path)) < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create the sandbox's egress proxy socket: %s", strerror(-r));
                 s->proxied = true;
+                if (p->ask && (r = netproxy_set_ask(m->proxy, s->id, p->ask_timeout_usec / 1000)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot set up Network.Ask for the sandbox: %s", strerror(-r));
                 spec_add(&sp, "proxy_socket", path);
                 spec_add_int(&sp, "proxy_port", (long) m->config->proxy_port);
         }

@@ -244,13 +244,18 @@ void rpc_call_free(rpc_call *call) {
 }
 
 void rpc_call_reply(rpc_call *call, void (*pack)(msgpack_packer *pk, void *userdata), void *userdata) {
+        rpc_call_reply_fds(call, pack, userdata, NULL, 0);
+}
+
+void rpc_call_reply_fds(rpc_call *call, void (*pack)(msgpack_packer *pk, void *userdata), void *userdata, const int *fds,
+                        unsigned n_fds) {
         msgpack_sbuffer sb;
         msgpack_packer pk;
         msgpack_sbuffer_init(&sb);
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         rpc_pack_response_header(&pk, call->msgid);
         pack(&pk, userdata);
-        (void) connection_send(call->conn, sb.data, sb.size, NULL, 0);
+        (void) connection_send(call->conn, sb.data, sb.size, fds, n_fds);
         msgpack_sbuffer_destroy(&sb);
         rpc_call_free(call);
 }

@@ -123,6 +123,9 @@ int connection_send(connection *c, const void *data, size_t len, const int *fds,
 rpc_call *rpc_ctx_defer(rpc_ctx *ctx);
 /* pack(pk, userdata) packs the result; or pass an error. Frees the call. */
 void rpc_call_reply(rpc_call *call, void (*pack)(msgpack_packer *pk, void *userdata), void *userdata);
+/* The same, sending fds along (SCM_RIGHTS); they are closed here in any case. */
+void rpc_call_reply_fds(rpc_call *call, void (*pack)(msgpack_packer *pk, void *userdata), void *userdata, const int *fds,
+                        unsigned n_fds);
 void rpc_call_error(rpc_call *call, rpc_error_code code, const char *message);
 void rpc_call_free(rpc_call *call);
 

@@ -164,7 +164,7 @@ static void pack_origins(msgpack_packer *pk, const task_policy *p) {
                 "Task.Description", "Task.Command", "Task.Timeout", "Task.Environment", "Task.PassEnvironment",
                 "Filesystem.Workspace", "Filesystem.ReadOnlyPaths", "Filesystem.WritablePaths", "Filesystem.HidePaths",
                 "Filesystem.TmpSize", "Filesystem.ShmSize", "Filesystem.HomeSize",
-                "Network.Mode", "Network.Allow", "Credentials.VaultPolicies", "Credentials.TTL",
+                "Network.Mode", "Network.Allow", "Network.Ask", "Network.AskTimeout", "Credentials.VaultPolicies", "Credentials.TTL",
                 "Limits.MemoryMax", "Limits.TasksMax", "Limits.CPUWeight", "Limits.CPUQuota", "Limits.ChangeMax",
                 "Security.Seccomp", "Security.Landlock",
         };
@@ -215,8 +215,10 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         pack_size(pk, "HomeSize", p->home_size);
 
         mp_pack_cstr(pk, "Network");
-        msgpack_pack_map(pk, 2);
+        msgpack_pack_map(pk, 4);
         mp_pack_kv_str(pk, "Mode", p->network == NETWORK_PROXY ? "proxy" : "none");
+        mp_pack_kv_bool(pk, "Ask", p->ask);
+        pack_duration(pk, "AskTimeout", p->ask_timeout_usec);
         mp_pack_cstr(pk, "Allow");
         msgpack_pack_array(pk, p->n_allow);
         for (size_t i = 0; i < p->n_allow; i++) {

@@ -35,6 +35,8 @@ static const key_def keys[_POLICY_KEY_MAX] = {
         { "Filesystem", "HomeSize", POLICY_KEY_FS_HOME_SIZE, false },
         { "Network", "Mode", POLICY_KEY_NETWORK_MODE, false },
         { "Network", "Allow", POLICY_KEY_NETWORK_ALLOW, true },
+        { "Network", "Ask", POLICY_KEY_NETWORK_ASK, false },
+        { "Network", "AskTimeout", POLICY_KEY_NETWORK_ASK_TIMEOUT, false },
         { "Credentials", "VaultPolicies", POLICY_KEY_CREDENTIALS_VAULT_POLICIES, true },
         { "Credentials", "TTL", POLICY_KEY_CREDENTIALS_TTL, false },
         { "Limits", "MemoryMax", POLICY_KEY_LIMITS_MEMORY_MAX, false },
@@ -403,6 +405,16 @@ static int parse_scalar(parse_state *s, const key_def *k, const char *v) {
                 else
                         return fail(s, k, -EINVAL, "Network.Mode: invalid value '%.256s' (expected none or proxy)", v);
                 return 0;
+        case POLICY_KEY_NETWORK_ASK:
+                if (policy_parse_bool(v, &b) < 0)
+                        return fail(s, k, -EINVAL, "Network.Ask: invalid boolean '%.256s' (yes/no/true/false/1/0/on/off)", v);
+                p->ask = b;
+                return 0;
+        case POLICY_KEY_NETWORK_ASK_TIMEOUT:
+                if (policy_parse_duration(v, &u) < 0 || u < USEC_PER_SEC || u > 3600 * USEC_PER_SEC)
+                        return fail(s, k, -EINVAL, "Network.AskTimeout: invalid duration '%.256s' (1s..1h, e.g. 60s, 5min)", v);
+                p->ask_timeout_usec = u;
+                return 0;
         case POLICY_KEY_CREDENTIALS_TTL:
                 if (policy_parse_duration(v, &u) < 0 || u < USEC_PER_SEC)
                         return fail(s, k, -EINVAL, "Credentials.TTL: invalid duration '%.256s' (at least 1s, e.g. 15min)", v);
@@ -541,6 +553,11 @@ static int validate(parse_state *s) {
                 s->line = p->origins[POLICY_KEY_NETWORK_ALLOW].line;
                 return fail(s, &keys[POLICY_KEY_NETWORK_ALLOW], -EINVAL,
                             "Network.Allow is set but Network.Mode is none; set Mode=proxy to allow these hosts");
+        }
+        if (p->ask && p->network == NETWORK_NONE) {
+                s->line = p->origins[POLICY_KEY_NETWORK_ASK].line;
+                return fail(s, &keys[POLICY_KEY_NETWORK_ASK], -EINVAL,
+                            "Network.Ask is set but Network.Mode is none; set Mode=proxy to ask for hosts");
         }
         return 0;
 }

@@ -27,6 +27,7 @@ int task_policy_new(const char *name, const char *source, task_policy **ret) {
         p->shm_size = POLICY_DEFAULT_SHM_SIZE;
         p->home_size = POLICY_DEFAULT_HOME_SIZE;
         p->change_max = POLICY_DEFAULT_CHANGE_MAX;
+        p->ask_timeout_usec = POLICY_DEFAULT_ASK_TIMEOUT_USEC;
         p->landlock = true;
         *ret = TAKE_PTR(p);
         return 0;
@@ -71,6 +72,8 @@ int task_policy_copy(const task_policy *p, task_policy **ret) {
                 .timeout_usec = p->timeout_usec,
                 .workspace = p->workspace,
                 .network = p->network,
+                .ask = p->ask,
+                .ask_timeout_usec = p->ask_timeout_usec,
                 .token_ttl_usec = p->token_ttl_usec,
                 .memory_max = p->memory_max,
                 .tasks_max = p->tasks_max,
@@ -181,6 +184,8 @@ char **task_policy_capabilities(const task_policy *p) {
                 if (r >= 0)
                         r = push_fmt(&l, "network: %s", h);
         }
+        if (r >= 0 && p->ask)
+                r = push_fmt(&l, "network: ask (a human may approve other hosts)");
         for (char **i = p->vault_policies; r >= 0 && i && *i; i++)
                 r = push_fmt(&l, "credentials: %s", *i);
         if (r >= 0 && p->vault_policies && p->vault_policies[0] && p->token_ttl_usec != POLICY_DEFAULT_TOKEN_TTL_USEC) {
@@ -273,6 +278,8 @@ char *task_policy_canonical(const task_policy *p) {
                         fprintf(f, "%s%s", i ? " " : "", h);
         }
         fputc('\n', f);
+        fprintf(f, "Network.Ask=%s\n", p->ask ? "yes" : "no");
+        fprintf(f, "Network.AskTimeout=%" PRIu64 "\n", p->ask_timeout_usec);
         if (r >= 0)
                 r = canon_list(f, "Credentials.VaultPolicies", p->vault_policies);
         fprintf(f, "Credentials.TTL=%" PRIu64 "\n", p->token_ttl_usec);

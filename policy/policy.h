@@ -19,6 +19,7 @@
 #define USEC_PER_SEC UINT64_C(1000000)
 #define USEC_PER_MINUTE (UINT64_C(60) * USEC_PER_SEC)
 #define POLICY_DEFAULT_TOKEN_TTL_USEC (UINT64_C(15) * USEC_PER_MINUTE)
+#define POLICY_DEFAULT_ASK_TIMEOUT_USEC (UINT64_C(60) * USEC_PER_SEC)
 #define POLICY_INFINITY UINT64_MAX
 /* Sizes of the sandbox's own tmpfs mounts and its change layer, unless the task says otherwise. */
 #define POLICY_DEFAULT_TMP_SIZE (UINT64_C(1) << 30)        /* /tmp: 1G */
@@ -80,6 +81,8 @@ typedef enum policy_key {
         POLICY_KEY_FS_HOME_SIZE,
         POLICY_KEY_NETWORK_MODE,
         POLICY_KEY_NETWORK_ALLOW,
+        POLICY_KEY_NETWORK_ASK,
+        POLICY_KEY_NETWORK_ASK_TIMEOUT,
         POLICY_KEY_CREDENTIALS_VAULT_POLICIES,
         POLICY_KEY_CREDENTIALS_TTL,
         POLICY_KEY_LIMITS_MEMORY_MAX,
@@ -113,6 +116,8 @@ typedef struct task_policy {
         network_mode network;
         policy_host *allow;
         size_t n_allow;
+        bool ask;                    /* hold connections outside Allow= for a human's approval */
+        uint64_t ask_timeout_usec;   /* no answer within this is a denial; default 60 s */
 
         char **vault_policies;       /* NULL = no credentials */
         uint64_t token_ttl_usec;     /* default 15 min */

@@ -58,6 +58,8 @@
  * within this time is dropped. */
 #define RESPONSE_TIMEOUT_MS UINT64_C(5000)
 #define DEFAULT_MAX_CONNECTIONS 256U
+/* A held connection outlives its approval's timeout by at most this. */
+#define HOLD_GRACE_MS UINT64_C(5000)
 /* accept() ran out of fds or memory: the listener stays readable, so stop
  * polling it for a while instead of spinning. */
 #define ACCEPT_BACKOFF_MS UINT64_C(100)
@@ -81,6 +83,9 @@ struct netproxy {
         uv_loop_t *loop;
         netproxy_event_cb cb;
         void *userdata;
+        netproxy_hold_cb hold_cb;
+        void *hold_userdata;
+        uint64_t next_conn_id;
 
         np_sandbox *sandboxes;       /* active ones (not yet removed) */
         unsigned n_live;             /* sandboxes not yet freed, removed ones included */
@@ -100,6 +105,7 @@ struct np_sandbox {
         char *id, *task, *socket_path;
         policy_host *allow;
         size_t n_allow;
+        uint64_t ask_timeout_ms;     /* > 0: Network.Ask=yes, hold what Allow= does not name */
 
         uv_poll_t listener;
         int listen_fd;
@@ -113,6 +119,7 @@ struct np_sandbox {
 typedef enum conn_state {
         CONN_HANDOFF,                /* waiting for the bridge to pass the client socket */
         CONN_HEAD,                   /* reading the request head */
+        CONN_HELD,                   /* outside Allow=, waiting for a human's answer */
         CONN_RESOLVING,
         CONN_CONNECTING,
         CONN_RELAY,
@@ -143,6 +150,7 @@ typedef struct np_dir {
 struct np_conn {
         np_sandbox *sb;
         np_conn *prev, *next;
+        uint64_t id;                 /* for netproxy_release() */
         conn_state state;
         bool over_limit;             /* accepted beyond max_connections: answered 503 */
 
@@ -167,7 +175,8 @@ struct np_conn {
                 struct in_addr v4;
                 struct in6_addr v6;
         } host_ip;
-        const policy_host *rule;     /* the Allow= entry that matched */
+        const policy_host *rule;     /* the Allow= entry that matched, or &approved */
+        policy_host approved;        /* what a human approved: exactly host:port (host borrowed) */
 
         char *forward;               /* sent upstream first once connected */
         size_t forward_len;
@@ -184,6 +193,8 @@ struct np_conn {
 static void conn_close(np_conn *c);
 static void conn_respond(np_conn *c, const char *status, const char *extra_headers, const char *body);
 static void on_timer(uv_timer_t *t);
+static void conn_proceed(np_conn *c);
+static void conn_hold(np_conn *c);
 
 static void *memdup(const void *p, size_t n) {
         void *q = malloc(n);
@@ -1173,11 +1184,57 @@ static int literal_sockaddr(int family, const void *a, uint16_t port, struct soc
         return 0;
 }
 
+/* An approval treats exactly the approved host:port like an Allow= entry
+ * naming it: an IP literal is then permitted whatever its range, a name must
+ * still resolve to public addresses. */
+static void conn_approve(np_conn *c) {
+        c->approved = (policy_host) {
+                .host = c->host,
+                .port = c->port,
+                .is_ip = c->host_family != AF_UNSPEC,
+        };
+        c->rule = &c->approved;
+        conn_proceed(c);
+}
+
+/* Network.Ask: the daemon decides now (a remembered approval or a refusal)
+ * or later through netproxy_release(). Nothing is resolved meanwhile. */
+static void conn_hold(np_conn *c) {
+        netproxy *p = c->sb->proxy;
+        netproxy_hold hold = {
+                .conn_id = c->id,
+                .sandbox_id = c->sb->id,
+                .task = c->sb->task,
+                .host = c->host,
+                .port = c->port,
+                .timeout_ms = c->sb->ask_timeout_ms,
+        };
+        char reason[160];
+
+        c->state = CONN_HELD;
+        /* A backstop only: the daemon answers (at the latest on its own
+         * timeout) through netproxy_release(). */
+        (void) uv_timer_start(&c->timer, on_timer, c->sb->ask_timeout_ms + HOLD_GRACE_MS, 0);
+        netproxy_verdict v = p->hold_cb(&hold, p->hold_userdata);
+        if (c->state != CONN_HELD)
+                return;        /* the callback removed the sandbox */
+        switch (v) {
+        case NETPROXY_VERDICT_HOLD:
+                return;
+        case NETPROXY_VERDICT_ALLOW:
+                conn_approve(c);
+                return;
+        case NETPROXY_VERDICT_DENY:
+        default:
+                snprintf(reason, sizeof(reason), "not in Allow= of task %s, and cannot ask", c->sb->task);
+                deny(c, reason, "not in Network Allow=; no approval could be requested");
+                return;
+        }
+}
+
 static void conn_decide(np_conn *c, size_t head_end) {
         netproxy *p = c->sb->proxy;
         const char *why = NULL;
-        struct sockaddr_storage ss;
-        const struct sockaddr *one[1] = { (const struct sockaddr *) &ss };
         int r;
 
         r = parse_request(c, head_end, &why);
@@ -1200,10 +1257,23 @@ static void conn_decide(np_conn *c, size_t head_end) {
         c->rule = find_rule(c->sb, c);
         if (!c->rule) {
                 char reason[128];
+                if (c->sb->ask_timeout_ms > 0 && p->hold_cb) {
+                        conn_hold(c);
+                        return;
+                }
                 snprintf(reason, sizeof(reason), "not in Allow= of task %s", c->sb->task);
                 deny(c, reason, "not in Network Allow=");
                 return;
         }
+        conn_proceed(c);
+}
+
+/* Past the allow list (c->rule is set): resolve, check the addresses, connect. */
+static void conn_proceed(np_conn *c) {
+        netproxy *p = c->sb->proxy;
+        struct sockaddr_storage ss;
+        const struct sockaddr *one[1] = { (const struct sockaddr *) &ss };
+        int r;
 
         /* The head deadline is over; resolving and connecting get their own. */
         (void) uv_timer_start(&c->timer, on_timer, CONNECT_TIMEOUT_MS, 0);
@@ -1466,6 +1536,7 @@ static void conn_new(np_sandbox *sb, int fd) {
                 return;
         }
         c->sb = sb;
+        c->id = ++p->next_conn_id;
         c->host_family = AF_UNSPEC;
         c->client_fd = c->upstream_fd = -1;
         if (uv_poll_init(p->loop, &c->handoff, fd) < 0) {
@@ -1759,4 +1830,40 @@ void netproxy_set_header_timeout_ms(netproxy *p, uint64_t ms) {
 void netproxy_set_max_connections(netproxy *p, unsigned n) {
         if (p)
                 p->max_connections = n ?: 1;
+}
+
+void netproxy_set_hold_cb(netproxy *p, netproxy_hold_cb cb, void *userdata) {
+        p->hold_cb = cb;
+        p->hold_userdata = userdata;
+}
+
+int netproxy_set_ask(netproxy *p, const char *sandbox_id, uint64_t timeout_ms) {
+        np_sandbox *sb = p && sandbox_id ? sandbox_find(p, sandbox_id) : NULL;
+
+        if (!sb)
+                return -ENOENT;
+        sb->ask_timeout_ms = timeout_ms;
+        return 0;
+}
+
+int netproxy_release(netproxy *p, uint64_t conn_id, bool allow, const char *why) {
+        char detail[256];
+
+        if (!p)
+                return -ENOENT;
+        for (np_sandbox *sb = p->sandboxes; sb; sb = sb->next)
+                for (np_conn *c = sb->conns; c; c = c->next) {
+                        if (c->id != conn_id)
+                                continue;
+                        if (c->state != CONN_HELD)
+                                return -EBUSY;
+                        if (allow) {
+                                conn_approve(c);
+                                return 0;
+                        }
+                        snprintf(detail, sizeof(detail), "not in Network Allow=; %s", why ? why : "not approved");
+                        deny(c, why ? why : "not approved", detail);
+                        return 0;
+                }
+        return -ENOENT;
 }

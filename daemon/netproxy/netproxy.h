@@ -51,6 +51,27 @@ typedef struct netproxy_event {
  * host:port are answered 400 and produce no event. */
 typedef void (*netproxy_event_cb)(const netproxy_event *ev, void *userdata);
 
+/* Network.Ask: a connection Allow= does not permit is held, and the hold
+ * callback (on the loop thread; it may remove the sandbox) says what to do.
+ * HOLD means the daemon answers later with netproxy_release(); it must, at
+ * the latest after timeout_ms (the proxy drops a held connection a few
+ * seconds after that). Strings are borrowed for the call only. */
+typedef enum netproxy_verdict {
+        NETPROXY_VERDICT_DENY,
+        NETPROXY_VERDICT_ALLOW,      /* e.g. an approval remembered for the sandbox or task */
+        NETPROXY_VERDICT_HOLD,
+} netproxy_verdict;
+
+typedef struct netproxy_hold {
+        uint64_t conn_id;
+        const char *sandbox_id, *task;
+        const char *host;            /* as in netproxy_event */
+        uint16_t port;
+        uint64_t timeout_ms;         /* the sandbox's Network.AskTimeout */
+} netproxy_hold;
+
+typedef netproxy_verdict (*netproxy_hold_cb)(const netproxy_hold *h, void *userdata);
+
 int netproxy_new(uv_loop_t *loop, netproxy_event_cb cb, void *userdata, netproxy **ret);
 
 /* Starts a listener for one sandbox on a new Unix socket at socket_path (created
@@ -59,6 +80,17 @@ int netproxy_new(uv_loop_t *loop, netproxy_event_cb cb, void *userdata, netproxy
  * the path does not fit in sun_path. */
 int netproxy_add_sandbox(netproxy *p, const char *sandbox_id, const char *task,
                          const policy_host *allow, size_t n_allow, const char *socket_path);
+
+/* Hold instead of refusing what Allow= does not name (timeout_ms > 0) for
+ * this sandbox; 0 turns it off. -ENOENT for an unknown sandbox. */
+int netproxy_set_ask(netproxy *p, const char *sandbox_id, uint64_t timeout_ms);
+void netproxy_set_hold_cb(netproxy *p, netproxy_hold_cb cb, void *userdata);
+
+/* Answers a held connection: allow goes on as if Allow= named exactly its
+ * host:port (an IP literal in any range, a name only to public addresses);
+ * otherwise 403 and a DENIED event whose reason is `why`. -ENOENT if the
+ * connection is gone, -EBUSY if it is not held. */
+int netproxy_release(netproxy *p, uint64_t conn_id, bool allow, const char *why);
 
 /* Closes the listener (and unlinks its socket) and every connection of that
  * sandbox; each allowed connection emits CLOSED once its handles are closed. */

@@ -896,6 +896,140 @@ START_TEST(test_put_big_counts) {
 }
 END_TEST
 
+/* ---- Network.Ask: held connections ---- */
+
+typedef enum hold_mode { HOLD_THEN_ALLOW, HOLD_THEN_DENY, ALLOW_NOW, DENY_NOW } hold_mode;
+
+static struct {
+        hold_mode mode;
+        unsigned n;
+        uint64_t conn_id, timeout_ms;
+        char host[64], what_sandbox[16];
+        uint16_t port;
+        uv_timer_t timer;
+        int release_r, again_r, unknown_r;
+} HOLD;
+
+static void on_hold_timer_closed(uv_handle_t *h) {
+}
+
+/* The daemon answers later, from the loop. */
+static void on_hold_timer(uv_timer_t *t) {
+        HOLD.release_r = netproxy_release(H.proxy, HOLD.conn_id, HOLD.mode == HOLD_THEN_ALLOW, "approval ap-1 denied");
+        HOLD.again_r = netproxy_release(H.proxy, HOLD.conn_id, true, NULL);
+        HOLD.unknown_r = netproxy_release(H.proxy, HOLD.conn_id + 1000, true, NULL);
+        uv_close((uv_handle_t *) t, on_hold_timer_closed);
+}
+
+static netproxy_verdict on_hold(const netproxy_hold *h, void *userdata) {
+        HOLD.n++;
+        HOLD.conn_id = h->conn_id;
+        HOLD.timeout_ms = h->timeout_ms;
+        HOLD.port = h->port;
+        snprintf(HOLD.host, sizeof(HOLD.host), "%s", h->host);
+        snprintf(HOLD.what_sandbox, sizeof(HOLD.what_sandbox), "%s", h->sandbox_id);
+        switch (HOLD.mode) {
+        case ALLOW_NOW:
+                return NETPROXY_VERDICT_ALLOW;
+        case DENY_NOW:
+                return NETPROXY_VERDICT_DENY;
+        default:
+                ck_assert_int_eq(uv_timer_init(&H.loop, &HOLD.timer), 0);
+                ck_assert_int_eq(uv_timer_start(&HOLD.timer, on_hold_timer, 50, 0), 0);
+                return NETPROXY_VERDICT_HOLD;
+        }
+}
+
+static void setup_ask(hold_mode mode) {
+        setup();
+        memset(&HOLD, 0, sizeof(HOLD));
+        HOLD.mode = mode;
+        netproxy_set_hold_cb(H.proxy, on_hold, NULL);
+        ck_assert_int_eq(netproxy_set_ask(H.proxy, "nope", 1000), -ENOENT);
+        ck_assert_int_eq(netproxy_set_ask(H.proxy, "sb1", 7000), 0);
+}
+
+/* A destination Allow= does not name: a listener of the client thread's own. */
+static void body_held(void) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        char req[128], buf[64];
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), fd, u;
+
+        ck_assert_int_ge(l, 0);
+        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        ck_assert_int_eq(listen(l, 1), 0);
+        ck_assert_int_eq(getsockname(l, (struct sockaddr *) &sa, &len), 0);
+        fd = client_connect();
+        snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%u HTTP/1.1\r\n\r\n", (unsigned) ntohs(sa.sin_port));
+        send_str(fd, req);
+        if (HOLD.mode == HOLD_THEN_DENY || HOLD.mode == DENY_NOW) {
+                read_all(fd, answer, sizeof(answer));
+                close(fd);
+                close(l);
+                return;
+        }
+        read_exact(fd, buf, sizeof(established) - 1);
+        ck_assert(memcmp(buf, established, sizeof(established) - 1) == 0);
+        u = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        ck_assert_int_ge(u, 0);
+        send_str(fd, "hi");
+        read_exact(u, buf, 2);
+        ck_assert(memcmp(buf, "hi", 2) == 0);
+        close(u);
+        close(fd);
+        close(l);
+}
+
+START_TEST(test_held_then_allowed) {
+        setup_ask(HOLD_THEN_ALLOW);
+        run(body_held);
+        ck_assert_uint_eq(HOLD.n, 1);
+        ck_assert_str_eq(HOLD.host, "127.0.0.1");
+        ck_assert_str_eq(HOLD.what_sandbox, "sb1");
+        ck_assert_uint_eq(HOLD.timeout_ms, 7000);
+        ck_assert_int_eq(HOLD.release_r, 0);
+        ck_assert_int_eq(HOLD.again_r, -EBUSY);
+        ck_assert_int_eq(HOLD.unknown_r, -ENOENT);
+        ck_assert_uint_eq(H.n_events, 2);
+        ck_assert_int_eq(H.events[0].kind, NETPROXY_ALLOWED);
+        ck_assert_uint_eq(H.events[0].port, HOLD.port);
+        ck_assert_int_eq(H.events[1].kind, NETPROXY_CLOSED);
+        ck_assert_uint_eq(H.events[1].up, 2);
+}
+END_TEST
+
+START_TEST(test_held_then_denied) {
+        setup_ask(HOLD_THEN_DENY);
+        run(body_held);
+        ck_assert_uint_eq(HOLD.n, 1);
+        ck_assert_int_eq(HOLD.release_r, 0);
+        /* Answered once: the 403 may already be written and the connection gone. */
+        ck_assert(HOLD.again_r == -EBUSY || HOLD.again_r == -ENOENT);
+        ck_assert_msg(strncmp(answer, "HTTP/1.1 403 Forbidden\r\n", 24) == 0, "%s", answer);
+        ck_assert_ptr_nonnull(strstr(answer, "(not in Network Allow=; approval ap-1 denied)"));
+        ck_assert_uint_eq(H.n_events, 1);
+        ck_assert_int_eq(H.events[0].kind, NETPROXY_DENIED);
+        ck_assert_str_eq(H.events[0].reason, "approval ap-1 denied");
+}
+END_TEST
+
+START_TEST(test_hold_verdicts_now) {
+        setup_ask(ALLOW_NOW);
+        run(body_held);
+        ck_assert_uint_eq(HOLD.n, 1);
+        ck_assert_uint_eq(H.n_events, 2);
+        ck_assert_int_eq(H.events[0].kind, NETPROXY_ALLOWED);
+
+        setup_ask(DENY_NOW);
+        run(body_held);
+        ck_assert_uint_eq(HOLD.n, 1);
+        ck_assert_msg(strncmp(answer, "HTTP/1.1 403 Forbidden\r\n", 24) == 0, "%s", answer);
+        ck_assert_uint_eq(H.n_events, 1);
+        ck_assert_str_eq(H.events[0].reason, "not in Allow= of task build, and cannot ask");
+}
+END_TEST
+
 static const char *classify(const char *ip) {
         struct sockaddr_storage ss = {};
 
@@ -1030,6 +1164,9 @@ static Suite *netproxy_suite(void) {
         tcase_add_test(tc, test_bad_handoffs);
         tcase_add_test(tc, test_handoff_timeout);
         tcase_add_test(tc, test_put_big_counts);
+        tcase_add_test(tc, test_held_then_allowed);
+        tcase_add_test(tc, test_held_then_denied);
+        tcase_add_test(tc, test_hold_verdicts_now);
         suite_add_tcase(s, tc);
         return s;
 }

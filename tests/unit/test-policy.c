@@ -121,7 +121,23 @@ START_TEST(test_empty_is_defaults) {
         ck_assert_uint_eq(p->memory_max, 0);
         ck_assert_str_eq(p->seccomp, "default");
         ck_assert(p->landlock);
+        ck_assert(!p->ask);
+        ck_assert_uint_eq(p->ask_timeout_usec, POLICY_DEFAULT_ASK_TIMEOUT_USEC);
         ck_assert_ptr_null(task_policy_origin(p, "Task.Command"));
+}
+END_TEST
+
+START_TEST(test_ask) {
+        _cleanup_task_policy_ task_policy *p = parse_ok("[Network]\nMode=proxy\nAsk=yes\nAskTimeout=90s\n");
+        _cleanup_task_policy_ task_policy *c = NULL;
+        ck_assert(p->ask);
+        ck_assert_uint_eq(p->ask_timeout_usec, 90 * USEC_PER_SEC);
+        ck_assert_uint_eq(task_policy_origin(p, "Network.AskTimeout")->line, 4);
+        ck_assert_int_eq(task_policy_copy(p, &c), 0);
+        ck_assert(c->ask);
+        ck_assert_uint_eq(c->ask_timeout_usec, 90 * USEC_PER_SEC);
+        _cleanup_free_ char *canon = task_policy_canonical(p);
+        ck_assert_ptr_nonnull(strstr(canon, "Network.Ask=yes\nNetwork.AskTimeout=90000000\n"));
 }
 END_TEST
 
@@ -520,6 +536,10 @@ START_TEST(test_errors) {
                 { "[Task]\nCommand=a\nTimeout=1h\nCommand=b\n", 4, "Task.Command" },           /* repeated scalar */
                 { "[Network]\nMode=proxy\nAllow=a.com:443 github.com\n", 3, "Network.Allow" }, /* missing port */
                 { "[Network]\nAllow=a.com:443\n", 2, "Network.Allow" },                        /* Allow without proxy */
+                { "[Network]\nAsk=yes\n", 2, "Network.Ask" },                                  /* Ask without proxy */
+                { "[Network]\nMode=proxy\nAsk=perhaps\n", 3, "Network.Ask" },
+                { "[Network]\nMode=proxy\nAskTimeout=0\n", 3, "Network.AskTimeout" },
+                { "[Network]\nMode=proxy\nAskTimeout=2h\n", 3, "Network.AskTimeout" },
                 { "Command=x\n", 1, "" },                                                      /* outside a section */
                 { "[Task]\nthis is not ini\n", 2, "" },
                 { "[Task\n", 1, "" },
@@ -801,6 +821,7 @@ static Suite *policy_suite(void) {
         tcase_add_test(tc, test_contract_sketch);
         tcase_add_test(tc, test_long_lines_and_continuation);
         tcase_add_test(tc, test_errors);
+        tcase_add_test(tc, test_ask);
         tcase_add_test(tc, test_binary_and_huge);
         tcase_add_test(tc, test_names);
         tcase_add_test(tc, test_seccomp_profile_file);
