@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@
 #include "agentd-build.h"
 #include "macro.h"
 #include "print.h"
+#include "relay.h"
 #include "proto.h"
 #include "rpc-client.h"
 
@@ -327,7 +329,7 @@ static int cmd_spawn(int argc, char **argv) {
                         nenv++;
 
         params p;
-        params_init(&p, 5 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0));
+        params_init(&p, 6 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0));
         if (task)
                 mp_pack_kv_str(&p.pk, "task", task);
         if (ncmd > 0) {
@@ -340,19 +342,31 @@ static int cmd_spawn(int argc, char **argv) {
         mp_pack_kv_bool(&p.pk, "tty", tty);
         mp_pack_kv_bool(&p.pk, "attach", !detach && !tty);
         mp_pack_kv_bool(&p.pk, "detach", detach);
+        /* Files the sandbox creates get our umask, as if the command ran here. */
+        mode_t mask = umask(0);
+        umask(mask);
+        mp_pack_cstr(&p.pk, "umask");
+        msgpack_pack_uint32(&p.pk, mask);
         mp_pack_cstr(&p.pk, "env");
         msgpack_pack_map(&p.pk, nenv);
         for (size_t i = 0; i < ELEMENTSOF(passed); i++)
                 if (getenv(passed[i]))
                         mp_pack_kv_str(&p.pk, passed[i], getenv(passed[i]));
 
+        int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
+        stdio_relay relay = { .write_fd = { -1, -1, -1 } };
+        if (!detach && !tty && stdio_relay_start(&relay, fds) < 0) {
+                fprintf(stderr, "agentctl: cannot relay the sandbox's output: %m\n");
+                msgpack_sbuffer_destroy(&p.sb);
+                return EXIT_USAGE;
+        }
         rpc_client c;
         int r = connect_daemon(&c);
         if (r < 0) {
                 msgpack_sbuffer_destroy(&p.sb);
+                stdio_relay_finish(&relay);
                 return -r;
         }
-        int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
         rpc_result res;
         if (!detach) {
                 /* From here on, Ctrl-C belongs to the sandboxed command: it is
@@ -365,9 +379,11 @@ static int cmd_spawn(int argc, char **argv) {
         }
         r = call(&c, "sandbox.spawn", &p.sb, fds, !detach && !tty ? 3 : 0, &res);
         msgpack_sbuffer_destroy(&p.sb);
+        stdio_relay_sent(&relay);
         if (r != 0) {
                 rpc_result_done(&res);
                 rpc_client_close(&c);
+                stdio_relay_finish(&relay);
                 return r;
         }
         _cleanup_free_ char *id = NULL;
@@ -388,6 +404,7 @@ static int cmd_spawn(int argc, char **argv) {
         if (!id) {
                 fprintf(stderr, "agentctl: internal: spawn reply without id\n");
                 rpc_client_close(&c);
+                stdio_relay_finish(&relay);
                 return EXIT_DAEMON_ERROR;
         }
 
@@ -411,6 +428,7 @@ static int cmd_spawn(int argc, char **argv) {
         }
         r = wait_exit_status(&c, id);
         rpc_client_close(&c);
+        stdio_relay_finish(&relay);
         return r;
 }
 
