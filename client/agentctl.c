@@ -17,6 +17,7 @@
 
 #include "agentd-build.h"
 #include "macro.h"
+#include "globalopts.h"
 #include "print.h"
 #include "relay.h"
 #include "proto.h"
@@ -270,6 +271,34 @@ static int wait_exit_status(rpc_client *c, const char *id) {
                 rpc_result_done(&res);
                 return sig > 0 ? 128 + (int) sig : (int) (code & 0xff);
         }
+}
+
+/* task check FILE: the daemon parses the text exactly as it would load the file. */
+static int cmd_task_check(const char *file) {
+        static char text[1 << 20];
+        _cleanup_close_ int fd = open(file, O_RDONLY | O_CLOEXEC);
+        size_t n = 0;
+        ssize_t k = 0;
+        while (fd >= 0 && n < sizeof(text) && (k = read(fd, text + n, sizeof(text) - n)) > 0)
+                n += (size_t) k;
+        if (fd < 0 || k < 0) {
+                fprintf(stderr, "agentctl: %s: %m\n", file);
+                return EXIT_USAGE;
+        }
+        if (n == sizeof(text)) {
+                fprintf(stderr, "agentctl: %s: larger than 1 MiB\n", file);
+                return EXIT_USAGE;
+        }
+        _cleanup_free_ char *abs = realpath(file, NULL);
+        params p;
+        params_init(&p, 2);
+        mp_pack_cstr(&p.pk, "text");
+        msgpack_pack_str(&p.pk, n);
+        msgpack_pack_str_body(&p.pk, text, n);
+        mp_pack_kv_str(&p.pk, "source", abs ? abs : file);
+        int r = simple("task.check", &p.sb, NULL);
+        msgpack_sbuffer_destroy(&p.sb);
+        return r;
 }
 
 static int cmd_spawn(int argc, char **argv) {
@@ -1005,6 +1034,9 @@ int main(int argc, char **argv) {
         }
         argc -= optind;
         argv += optind;
+        argc = global_options_extract(argc, argv, &arg_json, &arg_socket);
+        if (argc < 0)
+                return EXIT_USAGE;
         const char *cmd = argv[0];
 
         if (streq(cmd, "ping") || streq(cmd, "status")) {
@@ -1017,9 +1049,11 @@ int main(int argc, char **argv) {
                         return EXIT_USAGE;
                 return simple("task.list", NULL, print_task_list);
         }
+        if (streq(cmd, "task") && argc == 3 && streq(argv[1], "check"))
+                return cmd_task_check(argv[2]);
         if (streq(cmd, "task")) {
                 if (argc != 3 || !streq(argv[1], "show")) {
-                        fprintf(stderr, "agentctl: usage: agentctl task show NAME\n");
+                        fprintf(stderr, "agentctl: usage: agentctl task show NAME | task check FILE\n");
                         return EXIT_USAGE;
                 }
                 params p;

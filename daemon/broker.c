@@ -42,6 +42,7 @@ struct sandbox_creds {
         bool reissue_init;
         bool released;
         bool issuing;
+        bool waiting;            /* for the Vault login (reissue is its deadline timer) */
         broker_issue_cb cb;
         void *userdata;
 };
@@ -307,6 +308,25 @@ static void session_failed(broker *b, const char *why) {
 }
 
 static void on_renew_timer(uv_timer_t *t);
+static void create_token(sandbox_creds *c);
+static void waiting_fail(sandbox_creds *c, const char *why);
+
+/* The login finished: the spawns that waited for it get their tokens now. */
+static void waiting_flush(broker *b) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *c = container_of(i, sandbox_creds, link);
+                if (!c->waiting)
+                        continue;
+                if (b->locked) {
+                        waiting_fail(c, "spawning is locked down after an incident revocation");
+                        continue;
+                }
+                c->waiting = false;
+                uv_timer_stop(&c->reissue);
+                create_token(c);
+        }
+}
 
 static void session_established(broker *b, json_object *body) {
         json_object *tok = auth_field(body, "client_token"), *lease = auth_field(body, "lease_duration");
@@ -330,6 +350,7 @@ static void session_established(broker *b, json_object *body) {
         if (ttl > 0)
                 uv_timer_start(&b->renew_timer, on_renew_timer, (uint64_t) ttl * 1000 * 2 / 3, 0);
         revoke_orphans(b);
+        waiting_flush(b);
 }
 
 static void on_renewed(const vault_response *resp, void *userdata) {
@@ -585,6 +606,12 @@ void broker_shutdown(manager *m) {
         b->stopping = true;
         uv_timer_stop(&b->renew_timer);
         uv_timer_stop(&b->retry_timer);
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *c = container_of(i, sandbox_creds, link);
+                if (c->waiting)
+                        waiting_fail(c, "agentd is stopping");
+        }
 }
 
 static void on_broker_timer_closed(uv_handle_t *h) {
@@ -633,7 +660,8 @@ const char *broker_unavailable_reason(manager *m) {
         broker *b = m->broker;
         if (!b || !m->config->vault_address)
                 return "Vault is unconfigured ([Vault] Address= in agentd.conf)";
-        if (!b->session)
+        /* While it logs in, a spawn waits for it (broker_issue, BROKER_LOGIN_WAIT_MS). */
+        if (!b->session && !(b->logging_in && !b->locked))
                 return b->vault_state;
         return NULL;
 }
@@ -652,10 +680,25 @@ unsigned broker_tokens_live(manager *m) {
         return n;
 }
 
-static void create_token(sandbox_creds *c);
+static void waiting_fail(sandbox_creds *c, const char *why) {
+        c->waiting = false;
+        uv_timer_stop(&c->reissue);
+        broker_issue_cb cb = c->cb;
+        c->cb = NULL;
+        if (cb)
+                cb(NULL, why, c->userdata);
+        creds_destroy(c);
+}
 
 static void on_reissue(uv_timer_t *t) {
         sandbox_creds *c = container_of(t, sandbox_creds, reissue);
+        if (c->waiting) {
+                char why[600];
+                snprintf(why, sizeof(why), "the Vault login did not finish within %d s (%s)", BROKER_LOGIN_WAIT_MS / 1000,
+                         c->b->vault_state ? c->b->vault_state : "?");
+                waiting_fail(c, why);
+                return;
+        }
         if (!c->released && !c->b->stopping)
                 create_token(c);
 }
@@ -771,7 +814,7 @@ static void create_token(sandbox_creds *c) {
 int broker_issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
                  broker_issue_cb cb, void *userdata) {
         broker *b = m->broker;
-        if (!b || !b->vault || !b->session || b->locked)
+        if (!b || !b->vault || b->locked || (!b->session && !b->logging_in))
                 return -ENOTCONN;
         sandbox_creds *c = calloc(1, sizeof(*c));
         if (!c)
@@ -787,6 +830,14 @@ int broker_issue(manager *m, const char *sandbox_id, const char *task, char *con
         c->cb = cb;
         c->userdata = userdata;
         list_add_tail(&b->creds, &c->link);
+        if (!b->session) {
+                /* Right after enrolment, a restart or socket activation: wait for the login. */
+                c->waiting = true;
+                uv_timer_init(b->m->loop, &c->reissue);
+                c->reissue_init = true;
+                uv_timer_start(&c->reissue, on_reissue, BROKER_LOGIN_WAIT_MS, 0);
+                return 0;
+        }
         create_token(c);
         return 0;
 }

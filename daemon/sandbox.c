@@ -778,6 +778,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         release_owner(s);
         m->n_sandboxes_live--;
         evict_old(m);
+        daemon_status_notify(m);
         daemon_maybe_finish(m);
 }
 

@@ -7,7 +7,8 @@ PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       libsystemd-dev libuv1-dev libmsgpack-dev libseccomp-dev libtss2-dev libcurl4-openssl-dev libssl-dev
       libinih-dev libjson-c-dev check
       python3-msgpack python3-hvac swtpm swtpm-tools tpm2-tools
-      systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps)
+      systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps
+      debhelper dpkg-dev debootstrap systemd-container)   # the .deb and the e2e suite (tests/e2e)
 missing=()
 for p in "${PKGS[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
