@@ -80,9 +80,12 @@ systemd_checks() {
         rm -rf "$prefix"
         [ -f build-units/build.ninja ] || meson setup build-units --prefix="$prefix" -Dtests=false >/dev/null
         meson install -C build-units --quiet
-        local unitdir
-        unitdir=$(find "$prefix" -name agentd.service -printf '%h\n' | head -1)
+        # A prefix other than /usr(/local) puts the units in PREFIX/share/systemd/user, which
+        # systemctl --user searches for PREFIX=~/.local; Documentation= names installed files.
+        local unitdir=$prefix/share/systemd/user doc
         grep -q "ExecStart=$prefix/bin/agentd" "$unitdir/agentd.service"
+        doc=$(sed -n 's|^Documentation=.*file://\([^ ]*\).*|\1|p' "$unitdir/agentd.service")
+        [ -f "$doc" ] && [ -f "$prefix/share/man/man8/agentd.8" ] && [ -x "$prefix/libexec/agentd-sandbox" ]
         systemd-analyze verify --man=no "$unitdir/agentd.service" "$unitdir/agentd.socket"
 }
 step "systemd units: install + systemd-analyze verify" systemd_checks
