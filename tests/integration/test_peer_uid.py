@@ -83,6 +83,22 @@ def test_attached_output_to_a_pipe_another_uid_created():
                            stdout=subprocess.PIPE, timeout=60, cwd=ws)
         assert p.returncode == 0 and p.stdout == b"".join(b"%d\n" % i for i in range(1, 100001)), len(p.stdout)
         assert "cannot attach" not in d.read_log(), d.read_log()
+        # Another client that sends such pipes itself: refused before anything runs (it was
+        # spawned with its output dropped).
+        snippet = (
+            "import msgpack, socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "req = msgpack.packb([0, 1, 'sandbox.spawn', [{'argv': ['echo', 'lost'], 'workspace': sys.argv[2], 'attach': True}]])\n"
+            "socket.send_fds(s, [req], [0, 1, 2])\n"
+            "u = msgpack.Unpacker(raw=False)\n"
+            "while True:\n"
+            "    u.feed(s.recv(65536))\n"
+            "    for m in u:\n"
+            "        print(repr(m), flush=True); sys.exit(0)\n")
+        p = subprocess.run(as_user(["/usr/bin/python3", "-c", snippet, d.socket, ws]), env=env,
+                           capture_output=True, timeout=30, cwd=ws)
+        assert p.returncode == 0 and b"invalid_params" in p.stdout and b"cannot attach the caller's stdout" in p.stdout, p
+        assert b"lost" not in p.stdout
     finally:
         subprocess.run(["pkill", "-TERM", "-f", f"^{AGENTD} --socket {d.socket}"])
         rc = proc.wait(timeout=15)
