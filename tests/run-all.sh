@@ -57,6 +57,14 @@ step "unit tests (asan+ubsan)" env ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=hal
         meson test -C build-asan --suite unit --print-errorlogs
 step "protocol reference matches the method table" bash -c \
         "diff <(sed -n '/<!-- methods:begin -->/,/<!-- methods:end -->/p' proto/PROTOCOL.md | sed '1d;\$d') <(build/proto/gen-protocol)"
+readme_links() {
+        local rc=0 l
+        for l in $(grep -o '`[^` ]*\.md`' README.md | tr -d '`'); do
+                [ -f "$l" ] || { echo "README names $l, which is not in the repository"; rc=1; }
+        done
+        return $rc
+}
+step "README names only documents in the repository" readme_links
 
 run_fuzz() {
         local target=$1
