@@ -25,6 +25,10 @@ fi
 rm -rf "$ROOT/home/u"; cp -a "$ROOT/etc/skel" "$ROOT/home/u"
 cp -r "$HERE/cproj" "$ROOT/home/u/proj"
 chown -R 1000:1000 "$ROOT/home/u"; chmod 755 "$ROOT/home/u"
+# This run's journal only (the container shares the host's boot id, so -b cannot tell runs apart).
+mkdir -p "$ROOT/etc/systemd/journald.conf.d"
+printf '[Journal]\nStorage=volatile\n' > "$ROOT/etc/systemd/journald.conf.d/agentd-e2e.conf"
+rm -rf "$ROOT/var/log/journal"
 cp "$DEB" "$ROOT/root/agentd.deb"
 
 t=$SECONDS
@@ -88,6 +92,8 @@ expect "agentd.service active again" '^active$' U systemctl --user is-active age
 PID2=$(U systemctl --user show -P MainPID agentd.service)
 [ "$PID2" != "$PID1" ] && ok "a new process ($PID1 -> $PID2)" || bad "a new process" "MainPID $PID1 -> $PID2"
 
+expect "the journal has agentd's log (audit records other than requests mirrored)" '^[1-9]' \
+        bash -c "timeout 30 nsenter -t $LEADER -a journalctl -q --no-pager _SYSTEMD_USER_UNIT=agentd.service -o cat | grep -c '^audit sandbox.spawn ' || true"
 expect "the journal has no info line per RPC" '^0$' \
         bash -c "timeout 30 nsenter -t $LEADER -a journalctl -q --no-pager _SYSTEMD_USER_UNIT=agentd.service -o cat | grep -c '^audit rpc ' || true"
 IN journalctl -q --no-pager _SYSTEMD_USER_UNIT=agentd.service -o short-monotonic > "$E2E_DIR/agentd.journal" 2>&1 || true
