@@ -64,7 +64,7 @@ expect "agentd.service active" '^active$' U systemctl --user is-active agentd.se
 expect "systemctl --user status shows the STATUS= line" 'Status: "serving, [0-9]+ sandbox' U systemctl --user status agentd.service
 PID1=$(U systemctl --user show -P MainPID agentd.service)
 
-expect "spawn --task build compiles the C project with make" 'built hello' U agentctl spawn --task build -- make
+TMO=300 expect "spawn --task build compiles the C project with make" 'built hello' U agentctl spawn --task build -- make
 expect "the build output is on the host and runs" 'hello from a sandboxed build' U ./hello
 expect "build outputs get the caller's umask (022: rwxr-xr-x), not the unit's UMask=0077" '^755 644$' \
         U 'umask 022; stat -c %a hello main.o | tr "\n" " " | sed "s/ $//"'
