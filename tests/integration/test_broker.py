@@ -311,6 +311,14 @@ def test_spawn_waits_for_the_vault_login():
         waited = time.time() - t0
         assert err["code"] == "backend_unavailable" and "did not finish within 10 s" in err["message"], err
         assert waited >= 9, waited
+        # A spawn still waiting when agentd stops is answered (and nothing leaks).
+        c = d.client()
+        msgid = c.request("sandbox.spawn", {"task": "creds", "argv": ["true"], "workspace": ws})
+        time.sleep(0.3)
+        d.stop()
+        err, _ = c.response(msgid)
+        assert err["code"] == "backend_unavailable" and "stopping" in err["message"], err
+        d.start()
         vault.req("POST", "sys/dev/latency", vault.root, {"ms": 0})
         wait_vault_ok(d, timeout=30)
         d.agentctl("spawn", "--task", "creds", "--", "true", cwd=ws, check=0)
