@@ -30,6 +30,16 @@ mkdir -p "$ROOT/etc/systemd/journald.conf.d"
 printf '[Journal]\nStorage=volatile\n' > "$ROOT/etc/systemd/journald.conf.d/agentd-e2e.conf"
 rm -rf "$ROOT/var/log/journal"
 cp "$DEB" "$ROOT/root/agentd.deb"
+# The same tree installed the other way: `meson install` with --prefix ~/.local (as u would).
+t=$SECONDS
+SRC=$(cd "$HERE/../.." && pwd)
+LB=$E2E_DIR/build-local-$(echo "$SRC" | md5sum | cut -c1-8)
+{ [ -f "$LB/build.ninja" ] || timeout 300 meson setup "$LB" "$SRC" --prefix=/home/u/.local --buildtype=debug -Dtests=false; } \
+        >"$E2E_DIR/build-local.log" 2>&1 && timeout 900 ninja -C "$LB" >>"$E2E_DIR/build-local.log" 2>&1 &&
+        DESTDIR="$ROOT" timeout 120 meson install -C "$LB" --quiet >>"$E2E_DIR/build-local.log" 2>&1 ||
+        { tail -30 "$E2E_DIR/build-local.log"; echo "e2e: cannot build the --prefix ~/.local install"; exit 1; }
+chown -R 1000:1000 "$ROOT/home/u/.local"
+echo "meson install --prefix ~/.local: $((SECONDS - t))s"
 
 t=$SECONDS
 timeout 120 bash "$HERE/boot.sh" "$ROOT" || { echo "e2e: boot failed"; exit 1; }
@@ -91,6 +101,18 @@ expect "the next ping re-activates agentd" '"version"' U agentctl --json ping
 expect "agentd.service active again" '^active$' U systemctl --user is-active agentd.service
 PID2=$(U systemctl --user show -P MainPID agentd.service)
 [ "$PID2" != "$PID1" ] && ok "a new process ($PID1 -> $PID2)" || bad "a new process" "MainPID $PID1 -> $PID2"
+
+# The --prefix ~/.local install: its units are found by systemctl --user and work.
+check "disable the package's units" U systemctl --user disable --now agentd.socket agentd.service
+check "systemctl --user daemon-reload" U systemctl --user daemon-reload
+expect "agentd.service now from ~/.local/share/systemd/user" '^/home/u/\.local/share/systemd/user/agentd\.service$' \
+        U systemctl --user show -P FragmentPath agentd.service
+check "systemctl --user enable --now agentd.socket (~/.local)" U systemctl --user enable --now agentd.socket
+expect "~/.local/bin/agentctl ping socket-activates ~/.local/bin/agentd" '"version"' U '~/.local/bin/agentctl --json ping'
+expect "the running agentd is ~/.local/bin/agentd" '^/home/u/\.local/bin/agentd$' \
+        U 'readlink /proc/$(systemctl --user show -P MainPID agentd.service)/exe'
+expect "a spawn works (helper from ~/.local/libexec)" '^local-ok$' U '~/.local/bin/agentctl spawn -- echo local-ok'
+check "back to the package's units" U 'systemctl --user disable --now agentd.socket agentd.service && rm -r ~/.local/share/systemd && systemctl --user daemon-reload'
 
 expect "the journal has agentd's log (audit records other than requests mirrored)" '^[1-9]' \
         bash -c "timeout 30 nsenter -t $LEADER -a journalctl -q --no-pager _SYSTEMD_USER_UNIT=agentd.service -o cat | grep -c '^audit sandbox.spawn ' || true"
