@@ -73,6 +73,9 @@ expect "first agentctl ping socket-activates agentd" '"version"' U agentctl --js
 expect "agentd.service active" '^active$' U systemctl --user is-active agentd.service
 expect "systemctl --user status shows the STATUS= line" 'Status: "serving, [0-9]+ sandbox' U systemctl --user status agentd.service
 PID1=$(U systemctl --user show -P MainPID agentd.service)
+expect "the unit's hardening is in force for everything below" \
+        '^Delegate=yes LockPersonality=yes NoNewPrivileges=yes RestrictRealtime=yes UMask=0077$' \
+        U 'systemctl --user show -p LockPersonality,RestrictRealtime,NoNewPrivileges,UMask,Delegate agentd.service | sort -t= -k1,1 -s | tr "\n" " " | sed "s/ $//"'
 
 TMO=300 expect "spawn --task build compiles the C project with make" 'built hello' U agentctl spawn --task build -- make
 expect "the build output is on the host and runs" 'hello from a sandboxed build' U ./hello
