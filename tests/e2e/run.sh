@@ -42,8 +42,8 @@ chown -R 1000:1000 "$ROOT/home/u/.local"
 echo "meson install --prefix ~/.local: $((SECONDS - t))s"
 
 t=$SECONDS
-timeout 120 bash "$HERE/boot.sh" "$ROOT" || { echo "e2e: boot failed"; exit 1; }
 trap 'bash "$HERE/stop.sh"' EXIT
+timeout 120 bash "$HERE/boot.sh" "$ROOT" || { echo "e2e: boot failed"; exit 1; }
 echo "boot: $((SECONDS - t))s"
 LEADER=$(cat "$E2E_DIR/leader")
 
