@@ -10,14 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include "agentd-build.h"
 #include "macro.h"
+#include "globalopts.h"
 #include "print.h"
 #include "report.h"
+#include "relay.h"
 #include "proto.h"
 #include "rpc-client.h"
 
@@ -271,6 +274,34 @@ static int wait_exit_status(rpc_client *c, const char *id) {
         }
 }
 
+/* task check FILE: the daemon parses the text exactly as it would load the file. */
+static int cmd_task_check(const char *file) {
+        static char text[1 << 20];
+        _cleanup_close_ int fd = open(file, O_RDONLY | O_CLOEXEC);
+        size_t n = 0;
+        ssize_t k = 0;
+        while (fd >= 0 && n < sizeof(text) && (k = read(fd, text + n, sizeof(text) - n)) > 0)
+                n += (size_t) k;
+        if (fd < 0 || k < 0) {
+                fprintf(stderr, "agentctl: %s: %m\n", file);
+                return EXIT_USAGE;
+        }
+        if (n == sizeof(text)) {
+                fprintf(stderr, "agentctl: %s: larger than 1 MiB\n", file);
+                return EXIT_USAGE;
+        }
+        _cleanup_free_ char *abs = realpath(file, NULL);
+        params p;
+        params_init(&p, 2);
+        mp_pack_cstr(&p.pk, "text");
+        msgpack_pack_str(&p.pk, n);
+        msgpack_pack_str_body(&p.pk, text, n);
+        mp_pack_kv_str(&p.pk, "source", abs ? abs : file);
+        int r = simple("task.check", &p.sb, NULL);
+        msgpack_sbuffer_destroy(&p.sb);
+        return r;
+}
+
 static int cmd_spawn(int argc, char **argv) {
         static const struct option opts[] = {
                 { "task", required_argument, NULL, 'T' },
@@ -328,7 +359,7 @@ static int cmd_spawn(int argc, char **argv) {
                         nenv++;
 
         params p;
-        params_init(&p, 5 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0));
+        params_init(&p, 6 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0));
         if (task)
                 mp_pack_kv_str(&p.pk, "task", task);
         if (ncmd > 0) {
@@ -341,19 +372,31 @@ static int cmd_spawn(int argc, char **argv) {
         mp_pack_kv_bool(&p.pk, "tty", tty);
         mp_pack_kv_bool(&p.pk, "attach", !detach && !tty);
         mp_pack_kv_bool(&p.pk, "detach", detach);
+        /* Files the sandbox creates get our umask, as if the command ran here. */
+        mode_t mask = umask(0);
+        umask(mask);
+        mp_pack_cstr(&p.pk, "umask");
+        msgpack_pack_uint32(&p.pk, mask);
         mp_pack_cstr(&p.pk, "env");
         msgpack_pack_map(&p.pk, nenv);
         for (size_t i = 0; i < ELEMENTSOF(passed); i++)
                 if (getenv(passed[i]))
                         mp_pack_kv_str(&p.pk, passed[i], getenv(passed[i]));
 
+        int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
+        stdio_relay relay = { .write_fd = { -1, -1, -1 } };
+        if (!detach && !tty && stdio_relay_start(&relay, fds) < 0) {
+                fprintf(stderr, "agentctl: cannot relay the sandbox's output: %m\n");
+                msgpack_sbuffer_destroy(&p.sb);
+                return EXIT_USAGE;
+        }
         rpc_client c;
         int r = connect_daemon(&c);
         if (r < 0) {
                 msgpack_sbuffer_destroy(&p.sb);
+                stdio_relay_finish(&relay);
                 return -r;
         }
-        int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
         rpc_result res;
         if (!detach) {
                 /* From here on, Ctrl-C belongs to the sandboxed command: it is
@@ -366,9 +409,11 @@ static int cmd_spawn(int argc, char **argv) {
         }
         r = call(&c, "sandbox.spawn", &p.sb, fds, !detach && !tty ? 3 : 0, &res);
         msgpack_sbuffer_destroy(&p.sb);
+        stdio_relay_sent(&relay);
         if (r != 0) {
                 rpc_result_done(&res);
                 rpc_client_close(&c);
+                stdio_relay_finish(&relay);
                 return r;
         }
         _cleanup_free_ char *id = NULL;
@@ -389,6 +434,7 @@ static int cmd_spawn(int argc, char **argv) {
         if (!id) {
                 fprintf(stderr, "agentctl: internal: spawn reply without id\n");
                 rpc_client_close(&c);
+                stdio_relay_finish(&relay);
                 return EXIT_DAEMON_ERROR;
         }
 
@@ -412,6 +458,7 @@ static int cmd_spawn(int argc, char **argv) {
         }
         r = wait_exit_status(&c, id);
         rpc_client_close(&c);
+        stdio_relay_finish(&relay);
         return r;
 }
 
@@ -1109,6 +1156,9 @@ int main(int argc, char **argv) {
         }
         argc -= optind;
         argv += optind;
+        argc = global_options_extract(argc, argv, &arg_json, &arg_socket);
+        if (argc < 0)
+                return EXIT_USAGE;
         const char *cmd = argv[0];
 
         if (streq(cmd, "ping") || streq(cmd, "status")) {
@@ -1121,9 +1171,11 @@ int main(int argc, char **argv) {
                         return EXIT_USAGE;
                 return simple("task.list", NULL, print_task_list);
         }
+        if (streq(cmd, "task") && argc == 3 && streq(argv[1], "check"))
+                return cmd_task_check(argv[2]);
         if (streq(cmd, "task")) {
                 if (argc != 3 || !streq(argv[1], "show")) {
-                        fprintf(stderr, "agentctl: usage: agentctl task show NAME\n");
+                        fprintf(stderr, "agentctl: usage: agentctl task show NAME | task check FILE\n");
                         return EXIT_USAGE;
                 }
                 params p;

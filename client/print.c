@@ -168,9 +168,14 @@ void print_task_list(const msgpack_object *o) {
         printf("%-16s %-40s %s\n", "NAME", "SOURCE", "DESCRIPTION");
         for (uint32_t i = 0; i < o->via.array.size; i++) {
                 const msgpack_object *t = &o->via.array.ptr[i];
+                const msgpack_object *e = get(t, "error");
                 cell(get(t, "name"), 16);
                 cell(get(t, "source"), 40);
-                cell(get(t, "description"), 0);
+                if (e) {
+                        printf("BROKEN: ");
+                        cell(e, 0);
+                } else
+                        cell(get(t, "description"), 0);
                 printf("\n");
         }
 }

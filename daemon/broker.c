@@ -48,6 +48,7 @@ struct sandbox_creds {
         bool issuing;
         bool create_sent;        /* the pending create may have reached Vault */
         bool once;               /* credentials.request: handed over once, never re-issued */
+        bool waiting;            /* for the Vault login (reissue is its deadline timer) */
         broker_issue_cb cb;
         void *userdata;
 };
@@ -442,6 +443,29 @@ static void reissue_all(broker *b) {
         }
 }
 
+static void create_token(sandbox_creds *c);
+static void waiting_fail(sandbox_creds *c, const char *why);
+static void on_issue_deadline(uv_timer_t *t);
+
+/* The login finished: the spawns that waited for it get their tokens now
+ * (each then waits at most ISSUE_DEADLINE_MS for Vault's answer). */
+static void waiting_flush(broker *b) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *c = container_of(i, sandbox_creds, link);
+                if (!c->waiting)
+                        continue;
+                if (b->locked) {
+                        waiting_fail(c, "spawning is locked down after an incident revocation");
+                        continue;
+                }
+                c->waiting = false;
+                uv_timer_stop(&c->reissue);
+                uv_timer_start(&c->reissue, on_issue_deadline, ISSUE_DEADLINE_MS, 0);
+                create_token(c);
+        }
+}
+
 static void session_established(broker *b, json_object *body) {
         json_object *tok = auth_field(body, "client_token"), *lease = auth_field(body, "lease_duration");
         if (!tok || !json_object_get_string(tok)[0]) {
@@ -476,6 +500,7 @@ static void session_established(broker *b, json_object *body) {
         revoke_orphans(b);
         /* Live sandboxes' tokens are children of the old session: new ones now. */
         reissue_all(b);
+        waiting_flush(b);
 }
 
 typedef struct renew_ctx {
@@ -799,6 +824,12 @@ void broker_shutdown(manager *m) {
         uv_timer_stop(&b->renew_timer);
         uv_timer_stop(&b->retry_timer);
         uv_timer_stop(&b->expiry_timer);
+        list_head *i, *t;
+        list_for_each_safe(i, t, &b->creds) {
+                sandbox_creds *c = container_of(i, sandbox_creds, link);
+                if (c->waiting)
+                        waiting_fail(c, "agentd is stopping");
+        }
 }
 
 static void on_broker_timer_closed(uv_handle_t *h) {
@@ -877,9 +908,13 @@ const char *broker_unavailable_reason(manager *m) {
         if (!b || !m->config->vault_address)
                 return "Vault is unconfigured ([Vault] Address= in agentd.conf)";
         session_check_expiry(b);
-        if (!session_usable(b))
+        if (!session_usable(b)) {
+                /* While it logs in, a spawn waits for it (broker_issue, BROKER_LOGIN_WAIT_MS). */
+                if (b->logging_in && !b->locked)
+                        return NULL;
                 return b->vault_state && strncmp(b->vault_state, "unavailable", 11) == 0 ? b->vault_state
                                                                                           : "unavailable: logging in to Vault";
+        }
         return NULL;
 }
 
@@ -897,10 +932,25 @@ unsigned broker_tokens_live(manager *m) {
         return n;
 }
 
-static void create_token(sandbox_creds *c);
+static void waiting_fail(sandbox_creds *c, const char *why) {
+        c->waiting = false;
+        uv_timer_stop(&c->reissue);
+        broker_issue_cb cb = c->cb;
+        c->cb = NULL;
+        if (cb)
+                cb(NULL, why, c->userdata);
+        creds_destroy(c);
+}
 
 static void on_reissue(uv_timer_t *t) {
         sandbox_creds *c = container_of(t, sandbox_creds, reissue);
+        if (c->waiting) {
+                char why[600];
+                snprintf(why, sizeof(why), "the Vault login did not finish within %d s (%s)", BROKER_LOGIN_WAIT_MS / 1000,
+                         c->b->vault_state ? c->b->vault_state : "?");
+                waiting_fail(c, why);
+                return;
+        }
         if (!c->released && !c->revoked && !c->b->stopping)
                 create_token(c);
 }
@@ -1103,7 +1153,7 @@ static void create_token(sandbox_creds *c) {
 static int issue(manager *m, const char *sandbox_id, const char *task, char *const *policies, uint64_t ttl_usec,
                  bool once, broker_issue_cb cb, void *userdata) {
         broker *b = m->broker;
-        if (!b || !b->vault || !session_usable(b) || b->locked)
+        if (!b || !b->vault || b->locked || (!session_usable(b) && !b->logging_in))
                 return -ENOTCONN;
         /* An incident revocation took this sandbox's credentials: none again until it ends. */
         list_head *i, *t;
@@ -1129,6 +1179,12 @@ static int issue(manager *m, const char *sandbox_id, const char *task, char *con
         list_add_tail(&b->creds, &c->link);
         uv_timer_init(m->loop, &c->reissue);
         c->reissue_init = true;
+        if (!session_usable(b)) {
+                /* Right after enrolment, a restart or socket activation: wait for the login. */
+                c->waiting = true;
+                uv_timer_start(&c->reissue, on_reissue, BROKER_LOGIN_WAIT_MS, 0);
+                return 0;
+        }
         uv_timer_start(&c->reissue, on_issue_deadline, ISSUE_DEADLINE_MS, 0);
         create_token(c);
         return 0;

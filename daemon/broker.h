@@ -21,6 +21,10 @@ const char *broker_tpm_state(manager *m);
 /* For spawn: NULL when a credentialed sandbox can be served now, else why not. */
 const char *broker_unavailable_reason(manager *m);
 
+/* A credentialed spawn that arrives while the broker is logging in to Vault waits for the
+ * login this long (then fails with backend_unavailable naming the Vault state). */
+#define BROKER_LOGIN_WAIT_MS 10000
+
 typedef void (*broker_issue_cb)(sandbox_creds *creds, const char *error, void *userdata);
 /* Creates the sandbox's first token (child of the session token) and records
  * its accessor durably before anyone can see the token. */

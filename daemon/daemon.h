@@ -9,6 +9,10 @@ int daemon_reload(manager *m);
 void daemon_maybe_finish(manager *m);
 void daemon_finish(manager *m);
 
+/* notify-status.c: systemd's one-line status (STATUS=), sent when it changes */
+int daemon_status_format(manager *m, char *buf, size_t size);
+void daemon_status_notify(manager *m);
+
 /* tasks.c */
 int tasks_init(manager *m);
 void tasks_reload(manager *m);

@@ -191,6 +191,7 @@ static void begin_shutdown(manager *m, const char *why) {
         m->shutting_down = true;
         log_info("stopping (%s)", why);
         sd_notify(0, "STOPPING=1");
+        daemon_status_notify(m);
         server_stop_listening(m);
         sandboxes_shutdown(m);
         broker_shutdown(m);
@@ -209,6 +210,7 @@ static void on_signal(uv_signal_t *s, int signum) {
 
 static void on_watchdog(uv_timer_t *t) {
         sd_notify(0, "WATCHDOG=1");
+        daemon_status_notify(container_of(t, manager, watchdog));
 }
 
 static void on_close_walk(uv_handle_t *h, void *arg) {
@@ -235,6 +237,7 @@ int daemon_reload(manager *m) {
         }
         tasks_reload(m);
         sd_notify(0, "READY=1");
+        daemon_status_notify(m);
         return r;
 }
 
@@ -429,6 +432,7 @@ int main(int argc, char **argv) {
 
         log_info("agentd %s serving on %s", AGENTD_VERSION, m->socket_path ? m->socket_path : "(socket-activated)");
         sd_notify(0, "READY=1");
+        daemon_status_notify(m);
 
         uv_run(m->loop, UV_RUN_DEFAULT);
 

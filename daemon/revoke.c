@@ -565,6 +565,7 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         /* (5 first, for --all) no new spawn may slip in while we work. */
         if (all) {
                 m->locked_down = true;
+                daemon_status_notify(m);
                 op->lockdown_error = lockdown_persist(m);
                 lockdown_unpersisted = op->lockdown_error < 0;
                 if (op->lockdown_error < 0)
@@ -637,6 +638,7 @@ int rpc_agentd_unlock(rpc_ctx *ctx, rpc_error *err) {
         }
         m->locked_down = false;
         broker_unlock(m);
+        daemon_status_notify(m);
         if (was) {
                 audit_event(m, "unlock", NULL, NULL);
                 log_notice("lockdown lifted");

@@ -483,6 +483,7 @@ static void pack_state_event(msgpack_packer *pk, void *userdata) {
 
 static void set_state(sandbox *s, sandbox_state st) {
         s->state = st;
+        daemon_status_notify(s->m);
         server_broadcast(s->m, s->id, "sandbox.state", pack_state_event, s);
 }
 
@@ -667,6 +668,29 @@ static int client_fd_prepare(output_stream *o, int fd) {
         return 0;
 }
 
+/* Output is written through a new open file description of the caller's pipe or
+ * terminal (client_fd_prepare); one another uid created cannot be opened again. Checked
+ * before the sandbox starts, so such a spawn fails instead of losing its output. */
+static int client_fd_check(int fd, const char *name, rpc_error *err) {
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !(S_ISFIFO(st.st_mode) || (S_ISCHR(st.st_mode) && isatty(fd))))
+                return 0;
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        int nfd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (nfd >= 0) {
+                close(nfd);
+                return 0;
+        }
+        int r = -errno;
+        if (r != -EACCES && r != -EPERM)
+                return 0; /* e.g. a pipe nobody reads any more: as before, the output goes to the log only */
+        rpc_error_set(err, RPC_E_INVALID_PARAMS,
+                      "cannot attach the caller's %s: %s (a pipe or terminal another user created; send a pipe of your own "
+                      "and relay it, as agentctl does)", name, strerror(-r));
+        return r;
+}
+
 /* ---- waiters ------------------------------------------------------------------ */
 
 static void pack_wait_result(msgpack_packer *pk, void *userdata) {
@@ -800,6 +824,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         release_owner(s);
         m->n_sandboxes_live--;
         evict_old(m, NULL);
+        daemon_status_notify(m);
         daemon_maybe_finish(m);
 }
 
@@ -1441,8 +1466,14 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         _cleanup_strv_free_ char **argv = rpc_param_strv(params, "argv");
         bool tty = rpc_param_bool(params, "tty", false);
         bool attach = rpc_param_bool(params, "attach", false);
+        const msgpack_object *umask_param = rpc_param(params, "umask");
         int client_fds[3] = { -1, -1, -1 };
         int r;
+
+        if (umask_param && umask_param->via.u64 > 0777) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'umask' must be a file mode creation mask (0 to 0777)");
+                return -EINVAL;
+        }
 
         if (m->locked_down) {
                 rpc_error_set(err, RPC_E_LOCKED_DOWN, "spawning is locked down after an incident revocation; run 'agentctl unlock'");
@@ -1611,6 +1642,15 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                         rpc_error_set(err, RPC_E_INVALID_PARAMS, "'attach' needs stdin, stdout and stderr sent with the request (SCM_RIGHTS)");
                         return -EINVAL;
                 }
+                for (int i = 1; i < 3; i++) {
+                        r = client_fd_check(client_fds[i], i == 1 ? "stdout" : "stderr", err);
+                        if (r < 0) {
+                                for (int j = 0; j < 3; j++)
+                                        safe_close(client_fds[j]);
+                                free(sp.buf);
+                                return r;
+                        }
+                }
         }
 
         sandbox *s = sandbox_alloc(m);
@@ -1709,6 +1749,11 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         spec_add(&sp, "landlock", p->landlock ? "1" : "0");
         if (tty)
                 spec_add(&sp, "tty", "1");
+        if (umask_param) {
+                /* Files the command creates get the caller's umask, not agentd's (the unit's UMask=0077). */
+                snprintf(buf, sizeof(buf), "%03llo", (unsigned long long) umask_param->via.u64);
+                spec_add(&sp, "umask", buf);
+        }
 
         for (int i = 0; i < 2; i++) {
                 snprintf(path, sizeof(path), "%s/%s.log", s->dir, s->out[i].name);

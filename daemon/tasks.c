@@ -14,11 +14,28 @@
 #include "policy.h"
 #include "server.h"
 
+/* "file:line: key: reason", as task.list, task.show and task.check report it. */
+static void format_error(const policy_error *e, char *buf, size_t size) {
+        size_t k = strlen(e->key);
+        bool has_key = k > 0 && !(strncmp(e->message, e->key, k) == 0 && e->message[k] == ':');
+        snprintf(buf, size, "%s:%u: %s%s%s", e->file, e->line, has_key ? e->key : "", has_key ? ": " : "", e->message);
+}
+
+/* The task a broken file would have defined: its name without ".task"; "" for others. */
+static void error_task_name(const policy_error *e, char *buf, size_t size) {
+        const char *base = strrchr(e->file, '/');
+        base = base ? base + 1 : e->file;
+        size_t n = strlen(base);
+        if (n <= 5 || strcmp(base + n - 5, ".task") != 0)
+                n = 5;
+        snprintf(buf, size, "%.*s", (int) (n - 5), base);
+}
+
 static void report_errors(manager *m) {
         for (size_t i = 0; i < policy_registry_n_errors(m->tasks); i++) {
-                const policy_error *e = policy_registry_error(m->tasks, i);
-                log_error("task file %s:%u: %s%s%s", e->file, e->line, e->key[0] ? e->key : "",
-                          e->key[0] ? ": " : "", e->message);
+                char text[1200];
+                format_error(policy_registry_error(m->tasks, i), text, sizeof(text));
+                log_error("task file %s", text);
         }
 }
 
@@ -115,14 +132,26 @@ size_t tasks_n_errors(manager *m) {
 
 int rpc_task_list(rpc_ctx *ctx, rpc_error *err) {
         manager *m = ctx->m;
-        size_t n = policy_registry_count(m->tasks);
-        msgpack_pack_array(ctx->pk, n);
+        size_t n = policy_registry_count(m->tasks), n_err = policy_registry_n_errors(m->tasks);
+        msgpack_pack_array(ctx->pk, n + n_err);
         for (size_t i = 0; i < n; i++) {
                 const task_policy *p = policy_registry_get(m->tasks, i);
                 msgpack_pack_map(ctx->pk, 3);
                 mp_pack_kv_str(ctx->pk, "name", p->name);
                 mp_pack_kv_str(ctx->pk, "description", p->description ? p->description : "");
                 mp_pack_kv_str(ctx->pk, "source", p->source);
+        }
+        /* Broken files too, so the user sees them where they look (not only in the log). */
+        for (size_t i = 0; i < n_err; i++) {
+                const policy_error *e = policy_registry_error(m->tasks, i);
+                char name[128], text[1200];
+                error_task_name(e, name, sizeof(name));
+                format_error(e, text, sizeof(text));
+                msgpack_pack_map(ctx->pk, 4);
+                mp_pack_kv_str(ctx->pk, "name", name);
+                mp_pack_kv_str(ctx->pk, "description", "");
+                mp_pack_kv_str(ctx->pk, "source", e->file);
+                mp_pack_kv_str(ctx->pk, "error", text);
         }
         return 0;
 }
@@ -262,8 +291,57 @@ int rpc_task_show(rpc_ctx *ctx, rpc_error *err) {
                 return -ENOMEM;
         const task_policy *p = policy_registry_find(ctx->m->tasks, name);
         if (!p) {
+                /* A task whose file is broken is not "not found": say what is wrong with it. */
+                for (size_t i = 0; i < policy_registry_n_errors(ctx->m->tasks); i++) {
+                        const policy_error *e = policy_registry_error(ctx->m->tasks, i);
+                        char ename[128], text[1200];
+                        error_task_name(e, ename, sizeof(ename));
+                        if (strcmp(ename, name) != 0)
+                                continue;
+                        format_error(e, text, sizeof(text));
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "task '%.64s' is broken: %s", name, text);
+                        return -EINVAL;
+                }
                 rpc_error_set(err, RPC_E_NOT_FOUND, "no task named '%.64s'", name);
                 return -ENOENT;
+        }
+        pack_task_policy(ctx->pk, p);
+        return 0;
+}
+
+/* task.check: parse a task file's text as the daemon would load it (source names it in
+ * messages; name defaults to the source's file name without ".task"). */
+int rpc_task_check(rpc_ctx *ctx, rpc_error *err) {
+        const msgpack_object *text = rpc_param(ctx->params, "text");
+        _cleanup_free_ char *source = rpc_param_strdup(ctx->params, "source");
+        _cleanup_free_ char *name = rpc_param_strdup(ctx->params, "name");
+        if (!name) {
+                policy_error e = {};
+                snprintf(e.file, sizeof(e.file), "%s", source ? source : "check.task");
+                char buf[128];
+                error_task_name(&e, buf, sizeof(buf));
+                name = strdup(buf[0] ? buf : "check");
+                if (!name)
+                        return -ENOMEM;
+        }
+        if (!policy_name_is_valid(name)) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS,
+                              "invalid task name '%.80s' (1-64 of A-Z a-z 0-9 _ . -, from the file name without .task)", name);
+                return -EINVAL;
+        }
+        _cleanup_task_policy_ task_policy *p = NULL;
+        policy_error e = {};
+        int r = policy_parse_buffer(text->via.str.ptr, text->via.str.size, source ? source : "check.task", name,
+                                    ctx->m->home, &p, &e);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                char msg[1200];
+                if (!e.file[0])
+                        snprintf(e.file, sizeof(e.file), "%s", source ? source : "check.task");
+                format_error(&e, msg, sizeof(msg));
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "%s", msg);
+                return -EINVAL;
         }
         pack_task_policy(ctx->pk, p);
         return 0;

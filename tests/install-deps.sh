@@ -8,7 +8,8 @@ PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       libinih-dev libjson-c-dev check
       python3-msgpack python3-hvac swtpm swtpm-tools tpm2-tools
       systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps
-      chromium fonts-dejavu-core nodejs npm)
+      chromium fonts-dejavu-core nodejs npm
+      debhelper dpkg-dev debootstrap systemd-container)   # the .deb and the e2e suite (tests/e2e)
 missing=()
 for p in "${PKGS[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,8 +1,12 @@
 #!/bin/bash
 # The whole test suite on a fresh Debian 12 machine: installs its packages,
-# builds (normal and ASan+UBSan), runs unit tests, integration tests as an
-# unprivileged user, the fuzzers for a bounded time, and the systemd checks.
+# builds (normal, release and ASan+UBSan, all with -Werror), runs unit tests,
+# integration tests as an unprivileged user, the fuzzers for a bounded time, the
+# systemd checks and, as root, the end-to-end suite (tests/e2e: the .deb under a
+# real systemd user manager in a container).
 # Usage: sudo bash tests/run-all.sh   (README's test command; .ci/run calls it)
+# Without root: the e2e suite and the tests that need a delegated cgroup are skipped
+# with a message (unless this shell's cgroup is delegated to the user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,7 +37,7 @@ step() {
 build() {
         local dir=$1; shift
         if [ ! -f "$dir/build.ninja" ]; then
-                meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
+                meson setup "$dir" -Dwerror=true "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
         fi
         ninja -C "$dir"
 }
@@ -44,6 +48,7 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 step "build" build build
+step "build (release)" build build-release --buildtype=release -Dtests=false
 step "build (asan+ubsan)" build build-asan -Db_sanitize=address,undefined -Db_lundef=false
 step "build (fuzz, clang)" env CC=clang bash -c "$(declare -f build); build build-fuzz -Dfuzz=true -Dc_args=-fsanitize=fuzzer-no-link -Db_sanitize=address,undefined -Db_lundef=false"
 
@@ -52,6 +57,14 @@ step "unit tests (asan+ubsan)" env ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=hal
         meson test -C build-asan --suite unit --print-errorlogs
 step "protocol reference matches the method table" bash -c \
         "diff <(sed -n '/<!-- methods:begin -->/,/<!-- methods:end -->/p' proto/PROTOCOL.md | sed '1d;\$d') <(build/proto/gen-protocol)"
+readme_links() {
+        local rc=0 l
+        for l in $(grep -o '`[^` ]*\.md`' README.md | tr -d '`'); do
+                [ -f "$l" ] || { echo "README names $l, which is not in the repository"; rc=1; }
+        done
+        return $rc
+}
+step "README names only documents in the repository" readme_links
 
 run_fuzz() {
         local target=$1
@@ -75,12 +88,32 @@ systemd_checks() {
         rm -rf "$prefix"
         [ -f build-units/build.ninja ] || meson setup build-units --prefix="$prefix" -Dtests=false >/dev/null
         meson install -C build-units --quiet
-        local unitdir
-        unitdir=$(find "$prefix" -name agentd.service -printf '%h\n' | head -1)
+        # A prefix other than /usr(/local) puts the units in PREFIX/share/systemd/user, which
+        # systemctl --user searches for PREFIX=~/.local; Documentation= names installed files.
+        local unitdir=$prefix/share/systemd/user doc
         grep -q "ExecStart=$prefix/bin/agentd" "$unitdir/agentd.service"
+        doc=$(sed -n 's|^Documentation=.*file://\([^ ]*\).*|\1|p' "$unitdir/agentd.service")
+        [ -f "$doc" ] && [ -f "$prefix/share/man/man8/agentd.8" ] && [ -x "$prefix/libexec/agentd-sandbox" ]
         systemd-analyze verify --man=no "$unitdir/agentd.service" "$unitdir/agentd.socket"
 }
 step "systemd units: install + systemd-analyze verify" systemd_checks
+
+# The product's headline path: the .deb installed in a Debian 12 container booted with
+# systemd, agentd socket-activated by `systemctl --user` (tests/e2e/run.sh; rootfs cached).
+if [ "$(id -u)" -eq 0 ]; then
+        step "end-to-end: .deb + systemctl --user in a booted Debian 12 (tests/e2e)" timeout 1800 bash tests/e2e/run.sh
+else
+        echo "=== end-to-end suite skipped: it needs root (systemd-nspawn); run: sudo bash tests/e2e/run.sh"
+        results+=("SKIP end-to-end suite (needs root)")
+fi
+
+# Without root there is no test user and no cgroup to delegate: the files run as this
+# user, and the tests that need a delegated cgroup (freezing sandboxes) print SKIP with the
+# reason (harness.cgroup_delegated()) unless this shell's cgroup is writable.
+if [ "$(id -u)" -ne 0 ] && ! /usr/bin/python3 -c "import sys; sys.path.insert(0, 'tests/integration'); import harness; sys.exit(0 if harness.cgroup_delegated() else 1)"; then
+        echo "=== not root and no delegated cgroup: integration tests that freeze sandboxes will be skipped"
+        results+=("SKIP integration tests that need a delegated cgroup (not root)")
+fi
 
 # Integration tests: each file runs as the unprivileged user, in a cgroup v2
 # subtree delegated to that user the way systemd's Delegate=yes does it.
@@ -132,7 +165,7 @@ echo "=== summary"
 passed=0; failed=0
 for r in "${results[@]}"; do
         echo "$r"
-        case $r in PASS*) passed=$((passed + 1)) ;; *) failed=$((failed + 1)) ;; esac
+        case $r in PASS*) passed=$((passed + 1)) ;; SKIP*) ;; *) failed=$((failed + 1)) ;; esac
 done
 echo "$passed passed, $failed failed"
 exit $overall

@@ -68,7 +68,8 @@
  * Journald: each record is also sent with sd_journal_send() (MESSAGE,
  * AGENTD_AUDIT_TYPE, AGENTD_AUDIT_SEQ, AGENTD_SANDBOX_ID, AGENTD_AUDIT_FIELDS)
  * when /run/systemd/journal/socket exists at open time and opt->no_journal is
- * not set. The journal is a convenience mirror; the files are the record.
+ * not set, except the per-request "rpc" records (an IDE polling status would fill the
+ * journal with them). The journal is a convenience mirror; the files are the record.
  *
  * Not single-writer safe across processes: one daemon per user owns the dir.
  * The functions are not thread-safe; the daemon calls them from its loop. */

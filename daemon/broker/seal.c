@@ -761,7 +761,7 @@ static int soft_seal(const char *key_path, const void *secret, size_t len, uint8
         _cleanup_(EVP_CIPHER_CTX_freep) EVP_CIPHER_CTX *ctx = NULL;
         _cleanup_free_ uint8_t *blob = NULL;
         uint8_t nonce[SOFT_NONCE_SIZE];
-        size_t blob_len;
+        size_t blob_len = 0;
         int n, r;
 
         ERR_clear_error();

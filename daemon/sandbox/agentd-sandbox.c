@@ -242,6 +242,8 @@ static _Noreturn void run_command(const SandboxSpec *spec, int master, pid_t hos
         }
         close_all_except(spec->status_fd, master);
 
+        if (spec->umask >= 0)
+                umask((mode_t) spec->umask);
         if (chdir(spec_cwd(spec) ?: "/") < 0)
                 fail(spec->status_fd, (sandbox_fail(&err, "chdir", -errno, "%s: %m", spec_cwd(spec)), &err), SANDBOX_EXIT_SETUP);
         r = confine_drop_capabilities(&err);

@@ -48,6 +48,7 @@ typedef struct SandboxSpec {
         bool landlock;
         bool tty;
         bool unsafe_no_seccomp;
+        int umask;                 /* the command's umask (the caller's); -1: inherited */
         int seccomp_fd;
         int cgroup_fd;
         int status_fd;

@@ -182,6 +182,7 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                 .seccomp_fd = -1,
                 .cgroup_fd = -1,
                 .status_fd = -1,
+                .umask = -1,
         };
 
         for (char *p = buf; p < buf + size; p += strlen(p) + 1) {
@@ -301,6 +302,15 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                         r = parse_bool(p, value, &spec->unsafe_no_seccomp, err);
                         if (r < 0)
                                 return r;
+                } else if (streq(p, "umask")) {
+                        char *end;
+                        long v;
+
+                        errno = 0;
+                        v = strtol(value, &end, 8);
+                        if (errno || end == value || *end || v < 0 || v > 0777)
+                                return sandbox_fail(err, "spec", -EINVAL, "umask: bad mode '%.16s'", value);
+                        spec->umask = (int) v;
                 } else if (streq(p, "seccomp_fd")) {
                         r = parse_fd(p, value, &spec->seccomp_fd, err);
                         if (r < 0)

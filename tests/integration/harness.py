@@ -233,6 +233,29 @@ class Daemon:
         self.stop()
 
 
+def cgroup_delegated():
+    """True when this process's cgroup v2 directory is ours to manage (systemd's Delegate=yes,
+    or tests/run-integration.sh as root). Tests that freeze sandboxes need it; without it they
+    return skip_no_cgroup()."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+    except OSError:
+        return False
+    if path is None:
+        return False
+    d = "/sys/fs/cgroup" + path
+    if not os.path.exists(os.path.join(d, "cgroup.procs")):
+        d = "/sys/fs/cgroup/unified" + path   # a hybrid host
+    return all(os.access(os.path.join(d, f), os.W_OK) for f in ("cgroup.procs", "cgroup.subtree_control"))
+
+
+def skip_no_cgroup():
+    print("     (skipped: needs a cgroup delegated to this user: run tests/run-integration.sh as root, "
+          "or under systemd-run --user -p Delegate=yes)", flush=True)
+    return "skip"
+
+
 def run_tests(module_globals):
     """Runs every test_* function in definition order; prints a closing line."""
     tests = [(n, f) for n, f in module_globals.items() if n.startswith("test_") and callable(f)]

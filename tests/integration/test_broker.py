@@ -289,6 +289,46 @@ def test_token_works_ttl_and_policy_check():
         assert c.ok("broker.status")["tokens_live"] == 0
 
 
+def test_spawn_waits_for_the_vault_login():
+    """A credentialed spawn right after enrolment or a restart waits for the Vault login (at most
+    BROKER_LOGIN_WAIT_MS, 10 s) instead of failing with 'backend_unavailable: logging in'."""
+    tpm, vault, d = setup()
+    try:
+        d.start()
+        st, _ = vault.req("POST", "sys/dev/latency", vault.root, {"ms": 1500})
+        assert st in (200, 204), st
+        assert enroll(d).returncode == 0
+        st_ = d.client().ok("broker.status")["vault"]
+        assert st_.startswith("unavailable: logging in"), st_  # (waiting for the TPM) while the secret is unsealed
+        ws = workspace(d)
+        p = d.agentctl("spawn", "--task", "creds", "--", "./agentctl", "token", cwd=ws, timeout=60)
+        assert p.returncode == 0 and p.stdout.strip(), (p, d.read_log())
+        # After a restart, a login slower than the deadline: the spawn fails, saying so.
+        d.stop()
+        vault.req("POST", "sys/dev/latency", vault.root, {"ms": 14000})
+        d.start()
+        t0 = time.time()
+        err, _ = d.client().call("sandbox.spawn", {"task": "creds", "argv": ["true"], "workspace": ws})
+        waited = time.time() - t0
+        assert err["code"] == "backend_unavailable" and "did not finish within 10 s" in err["message"], err
+        assert waited >= 9, waited
+        # A spawn still waiting when agentd stops is answered (and nothing leaks).
+        c = d.client()
+        msgid = c.request("sandbox.spawn", {"task": "creds", "argv": ["true"], "workspace": ws})
+        time.sleep(0.3)
+        d.stop()
+        err, _ = c.response(msgid)
+        assert err["code"] == "backend_unavailable" and "stopping" in err["message"], err
+        d.start()
+        vault.req("POST", "sys/dev/latency", vault.root, {"ms": 0})
+        wait_vault_ok(d, timeout=30)
+        d.agentctl("spawn", "--task", "creds", "--", "true", cwd=ws, check=0)
+    finally:
+        d.stop()
+        vault.stop()
+        tpm.stop()
+
+
 def test_vault_down_and_back():
     tpm, vault, d = setup()
     try:

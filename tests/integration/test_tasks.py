@@ -61,13 +61,17 @@ def test_broken_file_reported_and_good_ones_kept():
         "junk": "\x01\x02\x03garbage",
     }
     with Daemon(tasks=tasks) as d:
-        names = {t["name"] for t in d.client().ok("task.list")}
+        tasks = d.client().ok("task.list")
+        names = {t["name"] for t in tasks if "error" not in t}
         assert "good" in names and "bad" not in names and "junk" not in names, names
+        # Broken files are listed with their error (issue 13), not only logged.
+        broken = {t["name"]: t["error"] for t in tasks if "error" in t}
+        assert set(broken) == {"bad", "junk"} and "bad.task:4" in broken["bad"], broken
         log = d.read_log()
         assert "bad.task:4" in log and "Mode" in log, log
         assert "junk.task" in log
         err, _ = d.client().call("task.show", {"name": "bad"})
-        assert err["code"] == "not_found"
+        assert err["code"] == "invalid_params" and "bad.task:4" in err["message"], err
 
 
 def test_reload_on_file_change_and_sighup():
@@ -75,7 +79,7 @@ def test_reload_on_file_change_and_sighup():
         path = os.path.join(d.config_home, "agentd", "tasks", "edit.task")
 
         def desc():
-            return {t["name"]: t["description"] for t in d.client().ok("task.list")}.get("edit")
+            return {t["name"]: t["description"] for t in d.client().ok("task.list") if "error" not in t}.get("edit")
 
         assert desc() == "v1"
         with open(path, "w") as f:
