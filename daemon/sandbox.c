@@ -422,7 +422,12 @@ static void close_handle(sandbox *s, uv_handle_t *h, bool *flag) {
         uv_close(h, handle_closed);
 }
 
-static void sandbox_unref(sandbox *s) {
+sandbox *sandbox_ref(sandbox *s) {
+        s->refcount++;
+        return s;
+}
+
+void sandbox_unref(sandbox *s) {
         if (--s->refcount == 0 && s->open_handles == 0)
                 sandbox_free(s);
 }
@@ -689,7 +694,7 @@ static void evict_old(manager *m) {
                 if (ended <= MAX_ENDED_KEPT)
                         break;
                 sandbox *s = container_of(i, sandbox, link);
-                if (!sandbox_ended(s) || s->waiters)
+                if (!sandbox_ended(s) || s->waiters || s->review_readers || s->review_writer)
                         continue;
                 list_del(&s->link);
                 m->n_sandboxes--;
