@@ -29,6 +29,8 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
 /* rpc-workspace.c: lists the sandbox's workspace changes into the snapshot
  * file on a worker thread (the file is first written without them). */
 int workspace_snapshot_queue(manager *m, struct sandbox *s, const char *snapshot_path, const char *snapshot_json);
+/* Shutdown: running diff/promote/snapshot walks stop at their next check. */
+void workspace_jobs_cancel(void);
 
 /* egress.c */
 int egress_init(manager *m);

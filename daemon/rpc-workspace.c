@@ -8,6 +8,7 @@
  * sent from the after-work callback, on the loop. */
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +43,10 @@ typedef struct ws_job {
         sandbox *s;               /* referenced; only the loop thread touches it */
         rpc_call *call;           /* NULL for snapshots */
         char *id, *workspace, *upper, *work, *snapshot_path, *snapshot_json;
-        int64_t started_ns, deadline_ns;
+        int64_t started_ns;
+        ws_budget budget;         /* the loop shortens it to cancel */
+        bool cancelled;
+        list_head link;           /* running_jobs */
         char **paths;
         bool hooks, patch;
         /* Results, written by the worker. */
@@ -51,6 +55,9 @@ typedef struct ws_job {
         ws_changes changes;
         ws_promote_result res;
 } ws_job;
+
+/* Jobs on the thread pool, so that shutdown can cut them short. */
+static list_head running_jobs = { &running_jobs, &running_jobs };
 
 static const char *job_name(ws_job_kind k) {
         switch (k) {
@@ -147,10 +154,10 @@ static void job_work(uv_work_t *req) {
         ws_job *j = container_of(req, ws_job, req);
         switch (j->kind) {
         case WS_JOB_DIFF:
-                j->r = workspace_diff(j->workspace, j->upper, j->deadline_ns, &j->changes, &j->why);
+                j->r = workspace_diff(j->workspace, j->upper, &j->budget, &j->changes, &j->why);
                 break;
         case WS_JOB_PROMOTE:
-                j->r = workspace_promote(j->workspace, j->upper, j->started_ns, j->paths, j->hooks, j->deadline_ns, &j->res,
+                j->r = workspace_promote(j->workspace, j->upper, j->started_ns, j->paths, j->hooks, &j->budget, &j->res,
                                          &j->why);
                 break;
         case WS_JOB_DISCARD:
@@ -159,7 +166,7 @@ static void job_work(uv_work_t *req) {
                         j->r = workspace_remove_tree(j->work);
                 break;
         case WS_JOB_SNAPSHOT:
-                j->r = workspace_diff(j->workspace, j->upper, j->deadline_ns, &j->changes, &j->why);
+                j->r = workspace_diff(j->workspace, j->upper, &j->budget, &j->changes, &j->why);
                 snapshot_write(j);
                 break;
         }
@@ -251,7 +258,9 @@ static void audit_promote(ws_job *j) {
 static void job_reply_error(ws_job *j) {
         char msg[600];
         rpc_error_code code = RPC_E_INTERNAL;
-        if (j->r == -ETIMEDOUT) {
+        if (j->cancelled)
+                snprintf(msg, sizeof(msg), "sandbox %s: the %s was cut short: agentd is stopping", j->id, job_name(j->kind));
+        else if (j->r == -ETIMEDOUT) {
                 code = RPC_E_LIMIT_EXCEEDED;
                 snprintf(msg, sizeof(msg), "sandbox %s: the %s took longer than its time limit (%d s)", j->id,
                          job_name(j->kind), WS_TIME_LIMIT_SEC);
@@ -265,6 +274,7 @@ static void job_reply_error(ws_job *j) {
 static void job_done(uv_work_t *req, int status) {
         ws_job *j = container_of(req, ws_job, req);
         sandbox *s = j->s;
+        list_del(&j->link);
         if (status < 0 && j->r == 0)
                 j->r = status == UV_ECANCELED ? -ECANCELED : status;
         if (job_writes(j->kind))
@@ -284,6 +294,8 @@ static void job_done(uv_work_t *req, int status) {
                         job_reply_error(j);
                         break;
                 }
+                if (j->cancelled)
+                        log_warning("sandbox %s: promote cut short by shutdown; what was not applied is reported as conflicts", j->id);
                 log_info("sandbox %s: promoted %zu paths into %s (%zu conflicts, %zu guarded skipped)", j->id,
                          j->res.promoted.n, j->workspace, j->res.conflicts.n, j->res.guarded.n);
                 audit_promote(j);
@@ -322,7 +334,7 @@ static int job_queue(ws_job *j, sandbox *s, rpc_error *err) {
                 return -EBUSY;
         }
         j->s = sandbox_ref(s);
-        j->deadline_ns = ws_now_ns() + (int64_t) WS_TIME_LIMIT_SEC * 1000000000;
+        atomic_init(&j->budget.deadline_ns, ws_now_ns() + (int64_t) WS_TIME_LIMIT_SEC * 1000000000);
         int r = uv_queue_work(s->m->loop, &j->req, job_work, job_done);
         if (r < 0) {
                 sandbox_unref(s);
@@ -330,6 +342,7 @@ static int job_queue(ws_job *j, sandbox *s, rpc_error *err) {
                 rpc_error_set(err, RPC_E_INTERNAL, "cannot start the %s: %s", job_name(j->kind), uv_strerror(r));
                 return r;
         }
+        list_add_tail(&running_jobs, &j->link);
         if (writes)
                 s->review_writer = true;
         else
@@ -413,6 +426,15 @@ int rpc_sandbox_discard(rpc_ctx *ctx, rpc_error *err) {
         if (!j)
                 return -ENOMEM;
         return job_queue_call(j, ctx, s, err);
+}
+
+void workspace_jobs_cancel(void) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &running_jobs) {
+                ws_job *j = container_of(i, ws_job, link);
+                j->cancelled = true;
+                atomic_store(&j->budget.deadline_ns, 0);
+        }
 }
 
 int workspace_snapshot_queue(manager *m, sandbox *s, const char *snapshot_path, const char *snapshot_json) {

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,7 +114,7 @@ typedef struct pending_dir {
 
 typedef struct walk {
         int up, host;
-        int64_t deadline_ns;
+        ws_budget *budget;
         unsigned ticks;
         ws_changes *out;
         pending_dir *stack;
@@ -121,8 +122,12 @@ typedef struct walk {
         char *buf_a, *buf_b;
 } walk;
 
+bool ws_budget_spent(ws_budget *b) {
+        return b && ws_now_ns() > atomic_load(&b->deadline_ns);
+}
+
 static int walk_tick(walk *w) {
-        if ((++w->ticks & 255) == 0 && w->deadline_ns && ws_now_ns() > w->deadline_ns)
+        if ((++w->ticks & 255) == 0 && ws_budget_spent(w->budget))
                 return -ETIMEDOUT;
         return 0;
 }
@@ -268,7 +273,7 @@ static int cmp_change(const void *a, const void *b) {
         return strcmp(((const ws_change *) a)->path, ((const ws_change *) b)->path);
 }
 
-int workspace_diff(const char *workspace, const char *upper, int64_t deadline_ns, ws_changes *ret, char **ret_error) {
+int workspace_diff(const char *workspace, const char *upper, ws_budget *budget, ws_changes *ret, char **ret_error) {
         ws_changes c = { 0 };
         _cleanup_close_ int up = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (up < 0) {
@@ -283,7 +288,7 @@ int workspace_diff(const char *workspace, const char *upper, int64_t deadline_ns
                 (void) !asprintf(ret_error, "reading the workspace's git configuration: %s", strerror(-r));
                 return r;
         }
-        walk w = { .up = up, .host = host, .deadline_ns = deadline_ns, .out = &c };
+        walk w = { .up = up, .host = host, .budget = budget, .out = &c };
         w.buf_a = malloc(COPY_BUF);
         w.buf_b = malloc(COPY_BUF);
         r = w.buf_a && w.buf_b ? walk_push(&w, strdup(""), host >= 0, false, false, WS_ADDED) : -ENOMEM;
@@ -526,6 +531,17 @@ static mode_t promoted_mode(mode_t upper, const struct stat *host) {
         return (upper & 0755) | (upper & allowed);
 }
 
+/* A file written to a temporary name, renamed into place after one syncfs()
+ * for the whole batch instead of one fsync per file. */
+typedef struct pending_file {
+        int parent;
+        char tmp[64];
+        char *name, *path;
+        char sha[65];
+} pending_file;
+
+#define PENDING_MAX 256
+
 typedef struct promote_ctx {
         const char *workspace;
         char *wsreal;
@@ -537,6 +553,8 @@ typedef struct promote_ctx {
         char **guard_prefixes;
         char *buf;
         ws_promote_result *res;
+        pending_file pending[PENDING_MAX];
+        size_t n_pending;
 } promote_ctx;
 
 static bool held_back(const promote_ctx *p, const char *rel) {
@@ -728,13 +746,13 @@ static void hex(const unsigned char *d, size_t n, char *out) {
                 sprintf(out + 2 * i, "%02x", d[i]);
 }
 
-/* Copies an upper file into place atomically: temp file, fsync, rename. */
-static int install_file(promote_ctx *p, int parent, const char *name, int src, mode_t mode, char sha[65]) {
-        char tmp[64];
+/* Copies an upper file to a temporary name beside its destination and
+ * hashes it; flush_pending() makes it durable and renames it into place. */
+static int write_temp(promote_ctx *p, int parent, int src, mode_t mode, char tmp[64], char sha[65]) {
         uint64_t rnd;
         if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
                 rnd = (uint64_t) getpid();
-        snprintf(tmp, sizeof(tmp), ".agentd-promote.%016llx", (unsigned long long) rnd);
+        snprintf(tmp, 64, ".agentd-promote.%016llx", (unsigned long long) rnd);
         int out = openat(parent, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (out < 0)
                 return -errno;
@@ -775,13 +793,37 @@ static int install_file(promote_ctx *p, int parent, const char *name, int src, m
         hex(dg, 32, sha);
         if (r == 0 && fchmod(out, mode) < 0)
                 r = -errno;
-        if (r == 0 && fsync(out) < 0)
-                r = -errno;
         close(out);
-        if (r == 0 && renameat(parent, tmp, parent, name) < 0)
-                r = -errno;
         if (r < 0)
                 unlinkat(parent, tmp, 0);
+        return r;
+}
+
+/* One syncfs() for the batch, then every rename: each file is either the old
+ * content or the complete new one, also after a crash. */
+static int flush_pending(promote_ctx *p) {
+        if (p->n_pending == 0)
+                return 0;
+        int sync_r = syncfs(p->wsfd) < 0 ? -errno : 0;
+        int r = 0;
+        for (size_t i = 0; i < p->n_pending; i++) {
+                pending_file *f = &p->pending[i];
+                int k = sync_r;
+                if (k == 0 && renameat(f->parent, f->tmp, f->parent, f->name) < 0)
+                        k = -errno;
+                if (k < 0) {
+                        (void) unlinkat(f->parent, f->tmp, 0);
+                        char why[200];
+                        snprintf(why, sizeof(why), "cannot write: %s", strerror(-k));
+                        if (r == 0)
+                                r = items_add(&p->res->conflicts, f->path, why);
+                } else if (r == 0)
+                        r = items_add(&p->res->promoted, f->path, f->sha);
+                safe_close(f->parent);
+                free(f->name);
+                free(f->path);
+        }
+        p->n_pending = 0;
         return r;
 }
 
@@ -881,18 +923,33 @@ static int promote_one(promote_ctx *p, const ws_change *c) {
         if (src < 0)
                 return conflict(p, c->path, src == -ESTALE ? "replaced in the change layer while promoting: not promoted"
                                                            : "cannot open it in the change layer");
-        char sha[65];
-        int r = install_file(p, parent, name, src, promoted_mode(us.st_mode, host && S_ISREG(hs.st_mode) ? &hs : NULL), sha);
+        if (p->n_pending == PENDING_MAX) {
+                int r = flush_pending(p);
+                if (r < 0)
+                        return r;
+        }
+        pending_file *f = &p->pending[p->n_pending];
+        int r = write_temp(p, parent, src, promoted_mode(us.st_mode, host && S_ISREG(hs.st_mode) ? &hs : NULL), f->tmp, f->sha);
         if (r < 0)
                 return conflict(p, c->path, "cannot write: %s", strerror(-r));
-        return items_add(&p->res->promoted, c->path, sha);
+        f->name = strdup(name);
+        f->path = strdup(c->path);
+        if (!f->name || !f->path) {
+                (void) unlinkat(parent, f->tmp, 0);
+                free(f->name);
+                free(f->path);
+                return -ENOMEM;
+        }
+        f->parent = TAKE_FD(parent);
+        p->n_pending++;
+        return 0;
 }
 
 int workspace_promote(const char *workspace, const char *upper, int64_t started_at_ns, char *const *paths,
-                      bool include_hooks, int64_t deadline_ns, ws_promote_result *ret, char **ret_error) {
+                      bool include_hooks, ws_budget *budget, ws_promote_result *ret, char **ret_error) {
         ws_changes c = { 0 };
         ws_promote_result res = { 0 };
-        int r = workspace_diff(workspace, upper, deadline_ns, &c, ret_error);
+        int r = workspace_diff(workspace, upper, budget, &c, ret_error);
         if (r < 0)
                 return r;
         _cleanup_close_ int wsfd = open(workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
@@ -903,15 +960,19 @@ int workspace_promote(const char *workspace, const char *upper, int64_t started_
                 ws_changes_free(&c);
                 return r;
         }
-        bool *applied = calloc(c.n ? c.n : 1, sizeof(bool));
-        promote_ctx p = {
+        _cleanup_free_ bool *applied = calloc(c.n ? c.n : 1, sizeof(bool));
+        _cleanup_free_ promote_ctx *p = calloc(1, sizeof(promote_ctx));
+        _cleanup_free_ char *buf = malloc(COPY_BUF);
+        if (!applied || !p || !buf) {
+                ws_changes_free(&c);
+                return -ENOMEM;
+        }
+        *p = (promote_ctx) {
                 .workspace = workspace, .wsreal = realpath(workspace, NULL), .wsfd = wsfd, .upfd = upfd,
                 .since = started_at_ns, .include_hooks = include_hooks, .c = &c, .applied = applied,
-                .guard_prefixes = c.guard_prefixes, .buf = malloc(COPY_BUF), .res = &res,
+                .guard_prefixes = c.guard_prefixes, .buf = buf, .res = &res,
         };
-        if (!applied || !p.buf)
-                r = -ENOMEM;
-        for (size_t k = 0; r >= 0 && k < c.n; k++)
+        for (size_t k = 0; k < c.n; k++)
                 applied[k] = selected(c.v[k].path, paths) && !(c.v[k].guarded && !include_hooks);
         /* Creations parents-first, then deletions children-first. */
         bool late = false;
@@ -923,16 +984,18 @@ int workspace_promote(const char *workspace, const char *upper, int64_t started_
                                 continue;
                         if (!applied[i])
                                 r = items_add(&res.guarded, ch->path, ws_change_kind_to_string(ch->change));
-                        else if (late || (deadline_ns && ws_now_ns() > deadline_ns)) {
+                        else if (late || ws_budget_spent(budget)) {
                                 late = true;
-                                r = conflict(&p, ch->path, "not applied: the promote reached its time limit");
+                                r = conflict(p, ch->path, "not applied: the promote reached its time limit");
                         } else
-                                r = promote_one(&p, ch);
+                                r = promote_one(p, ch);
                 }
+                /* Files land before the deletion pass, and before we answer. */
+                int k = flush_pending(p);
+                if (r >= 0)
+                        r = k;
         }
-        free(p.wsreal);
-        free(p.buf);
-        free(applied);
+        free(p->wsreal);
         ws_changes_free(&c);
         if (r < 0) {
                 (void) !asprintf(ret_error, "promote: %s", strerror(-r));

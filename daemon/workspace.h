@@ -48,10 +48,16 @@ const char *ws_change_kind_to_string(ws_change_kind k);
  * like a git directory (HEAD with objects or refs, or a commondir). */
 bool ws_path_is_guarded(const char *rel);
 
-/* deadline_ns: CLOCK_MONOTONIC time after which the walk gives up with
- * -ETIMEDOUT (0: none). Lists the changes, sorted by path. *ret_error
- * explains a failure. */
-int workspace_diff(const char *workspace, const char *upper, int64_t deadline_ns, ws_changes *ret, char **ret_error);
+/* A time limit the loop may shorten while a worker runs (to cancel it):
+ * deadline_ns is CLOCK_MONOTONIC (ws_now_ns()). NULL budgets are unlimited. */
+typedef struct ws_budget {
+        _Atomic int64_t deadline_ns;
+} ws_budget;
+bool ws_budget_spent(ws_budget *b);
+
+/* Lists the changes, sorted by path; -ETIMEDOUT once the budget is spent.
+ * *ret_error explains a failure. */
+int workspace_diff(const char *workspace, const char *upper, ws_budget *budget, ws_changes *ret, char **ret_error);
 void ws_changes_free(ws_changes *c);
 
 typedef struct ws_item {
@@ -73,9 +79,11 @@ typedef struct ws_promote_result {
 /* started_at_ns: CLOCK_REALTIME when the sandbox started; a host file whose
  * ctime is later was changed on the host since, and is a conflict. paths:
  * NULL for everything, else each selects that path and what is beneath it.
- * A change not applied before deadline_ns is reported as a conflict. */
+ * A change not applied before the budget is spent is reported as a conflict.
+ * Files are written to temporary names, made durable with one syncfs() per
+ * batch and renamed into place. */
 int workspace_promote(const char *workspace, const char *upper, int64_t started_at_ns, char *const *paths,
-                      bool include_hooks, int64_t deadline_ns, ws_promote_result *ret, char **ret_error);
+                      bool include_hooks, ws_budget *budget, ws_promote_result *ret, char **ret_error);
 void ws_promote_result_free(ws_promote_result *r);
 
 /* Removes a directory tree without following symlinks (also the overlay's
