@@ -5,7 +5,8 @@
  * plants FIFOs, cannot delay ping, revoke or the watchdog. The worker sees
  * only copies it owns; the sandbox record is referenced (never freed under
  * it) and marked busy, so a discard cannot run under a promote. The reply is
- * sent from the after-work callback, on the loop. */
+ * sent from the after-work callback, on the loop. A running sandbox is
+ * frozen (cgroup.freeze) while a diff reads its layer and thawed after. */
 #include <errno.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "auditlog.h"
+#include "cgroup.h"
 #include "daemon.h"
 #include "log.h"
 #include "macro.h"
@@ -281,6 +283,12 @@ static void job_done(uv_work_t *req, int status) {
                 s->review_writer = false;
         else
                 s->review_readers--;
+        /* The last diff of a running sandbox lets it go on (unless a revoke froze it meanwhile). */
+        if (s->review_readers == 0 && s->review_frozen) {
+                s->review_frozen = false;
+                if (s->state == SANDBOX_RUNNING && s->cgroup)
+                        (void) cgroup_freeze(s->cgroup, false);
+        }
 
         switch (j->kind) {
         case WS_JOB_DIFF:
@@ -333,10 +341,18 @@ static int job_queue(ws_job *j, sandbox *s, rpc_error *err) {
                 job_free(j);
                 return -EBUSY;
         }
+        /* A running sandbox is frozen while its layer is read, so the walk sees one state of it. */
+        if (j->kind == WS_JOB_DIFF && s->state == SANDBOX_RUNNING && s->cgroup && !s->review_frozen &&
+            cgroup_freeze(s->cgroup, true) == 0)
+                s->review_frozen = true;
         j->s = sandbox_ref(s);
         atomic_init(&j->budget.deadline_ns, ws_now_ns() + (int64_t) WS_TIME_LIMIT_SEC * 1000000000);
         int r = uv_queue_work(s->m->loop, &j->req, job_work, job_done);
         if (r < 0) {
+                if (s->review_frozen && s->review_readers == 0) {
+                        s->review_frozen = false;
+                        (void) cgroup_freeze(s->cgroup, false);
+                }
                 sandbox_unref(s);
                 job_free(j);
                 rpc_error_set(err, RPC_E_INTERNAL, "cannot start the %s: %s", job_name(j->kind), uv_strerror(r));

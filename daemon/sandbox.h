@@ -59,6 +59,7 @@ typedef struct sandbox {
         bool discarded;
         unsigned review_readers;  /* diff/snapshot walks running on a worker thread */
         bool review_writer;       /* a promote or discard running on a worker thread */
+        bool review_frozen;       /* cgroup frozen by a diff of the running sandbox */
         bool from_disk;           /* loaded from the state dir after a restart */
         pid_t helper_pid;
         int helper_pidfd;
