@@ -56,6 +56,10 @@ typedef struct ws_job {
         char *why;
         ws_changes changes;
         ws_promote_result res;
+        /* Built by the worker too, so the loop only sends and appends: a
+         * 60,000-entry reply and audit record take the loop ~1 s to build. */
+        msgpack_sbuffer reply;
+        json_object *audit;
 } ws_job;
 
 /* Jobs on the thread pool, so that shutdown can cut them short. */
@@ -88,6 +92,8 @@ static void job_free(ws_job *j) {
         free(j->why);
         ws_changes_free(&j->changes);
         ws_promote_result_free(&j->res);
+        msgpack_sbuffer_destroy(&j->reply);
+        json_object_put(j->audit);
         free(j);
 }
 
@@ -97,6 +103,7 @@ static ws_job *job_new(ws_job_kind kind, manager *m, sandbox *s) {
                 return NULL;
         j->kind = kind;
         j->m = m;
+        msgpack_sbuffer_init(&j->reply);
         j->started_ns = s->started_ns;
         j->id = strdup(s->id);
         j->workspace = strdup(s->workspace);
@@ -152,6 +159,10 @@ static void snapshot_write(ws_job *j) {
                 j->r = r;
 }
 
+static void pack_diff(msgpack_packer *pk, void *userdata);
+static void pack_promote(msgpack_packer *pk, void *userdata);
+static json_object *audit_promote_event(ws_job *j);
+
 static void job_work(uv_work_t *req) {
         ws_job *j = container_of(req, ws_job, req);
         switch (j->kind) {
@@ -171,6 +182,16 @@ static void job_work(uv_work_t *req) {
                 j->r = workspace_diff(j->workspace, j->upper, &j->budget, &j->changes, &j->why);
                 snapshot_write(j);
                 break;
+        }
+        if (j->r < 0 || (j->kind != WS_JOB_DIFF && j->kind != WS_JOB_PROMOTE))
+                return;
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
+        if (j->kind == WS_JOB_DIFF)
+                pack_diff(&pk, j);
+        else {
+                pack_promote(&pk, j);
+                j->audit = audit_promote_event(j);
         }
 }
 
@@ -238,7 +259,13 @@ static void pack_empty(msgpack_packer *pk, void *userdata) {
         msgpack_pack_map(pk, 0);
 }
 
-static void audit_promote(ws_job *j) {
+/* The result the worker packed. */
+static void pack_prepacked(msgpack_packer *pk, void *userdata) {
+        ws_job *j = userdata;
+        (void) pk->callback(pk->data, j->reply.data, j->reply.size);
+}
+
+static json_object *audit_promote_event(ws_job *j) {
         const ws_promote_result *res = &j->res;
         json_object *ev = json_object_new_object(), *pr = json_object_new_object(), *cf = json_object_new_array(),
                     *gd = json_object_new_array();
@@ -254,7 +281,7 @@ static void audit_promote(ws_job *j) {
         json_object_object_add(ev, "conflicts", cf);
         json_object_object_add(ev, "guarded_skipped", gd);
         json_object_object_add(ev, "include_hooks", json_object_new_boolean(j->hooks));
-        audit_event(j->m, "sandbox.promote", j->id, ev);
+        return ev;
 }
 
 static void job_reply_error(ws_job *j) {
@@ -295,7 +322,7 @@ static void job_done(uv_work_t *req, int status) {
                 if (j->r < 0)
                         job_reply_error(j);
                 else
-                        rpc_call_reply(j->call, pack_diff, j);
+                        rpc_call_reply(j->call, pack_prepacked, j);
                 break;
         case WS_JOB_PROMOTE:
                 if (j->r < 0) {
@@ -306,8 +333,8 @@ static void job_done(uv_work_t *req, int status) {
                         log_warning("sandbox %s: promote cut short by shutdown; what was not applied is reported as conflicts", j->id);
                 log_info("sandbox %s: promoted %zu paths into %s (%zu conflicts, %zu guarded skipped)", j->id,
                          j->res.promoted.n, j->workspace, j->res.conflicts.n, j->res.guarded.n);
-                audit_promote(j);
-                rpc_call_reply(j->call, pack_promote, j);
+                audit_event(j->m, "sandbox.promote", j->id, TAKE_PTR(j->audit));
+                rpc_call_reply(j->call, pack_prepacked, j);
                 break;
         case WS_JOB_DISCARD:
                 if (j->r < 0) {
