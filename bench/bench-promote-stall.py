@@ -7,9 +7,9 @@ systemd's WatchdogSec=30s kills a daemon whose loop stalls for 30 s.
 Usage: bench-promote-stall.py [FILES] [BUILD_DIR...]   (several build dirs:
 one run each, side by side, e.g. the current build and a baseline)."""
 import os
+import multiprocessing
 import statistics
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -18,24 +18,30 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchutil import reexec_unprivileged  # noqa: E402
 
 
-def pinger(d, stop, out):
-    c = d.client()
-    c.sock.settimeout(600)
+def pinger(socket_path, stop, conn):
+    """In its own process: the caller's decoding of a big reply must not hold it back (GIL)."""
+    import harness
+    c = harness.Client(socket_path, timeout=600)
+    out = []
     while not stop.is_set():
         t0 = time.perf_counter()
         c.ok("agentd.ping")
         out.append(time.perf_counter() - t0)
         time.sleep(0.005)
+    conn.send(out)
 
 
 def phase(d, seconds=None, work=None):
-    lat, stop = [], threading.Event()
-    t = threading.Thread(target=pinger, args=(d, stop, lat))
+    stop = multiprocessing.Event()
+    mine, theirs = multiprocessing.Pipe()
+    t = multiprocessing.Process(target=pinger, args=(d.socket, stop, theirs))
     t.start()
+    time.sleep(0.2)
     t0 = time.perf_counter()
     result = work() if work else time.sleep(seconds)
     took = time.perf_counter() - t0
     stop.set()
+    lat = mine.recv()
     t.join()
     lat.sort()
     return {"max": lat[-1], "p99": lat[int(len(lat) * 0.99) - 1 if len(lat) > 1 else 0],

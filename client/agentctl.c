@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -670,6 +671,14 @@ static int cmd_diff(int argc, char **argv) {
                 }
                 const char *a = mp_str_eq(ch, "added") ? "/dev/null" : host;
                 const char *b = mp_str_eq(ch, "deleted") ? "/dev/null" : layer;
+                /* diff(1) would block on a FIFO a running sandbox put there. */
+                struct stat sa, sb;
+                bool special = (a == host && lstat(a, &sa) == 0 && !S_ISREG(sa.st_mode)) ||
+                               (b == layer && lstat(b, &sb) == 0 && !S_ISREG(sb.st_mode));
+                if (special) {
+                        printf("skipped %s: not a regular file\n", qpath);
+                        continue;
+                }
                 int k = run_diff_u(path, a, b);
                 if (k < 0 || k > 1) {
                         fprintf(stderr, "agentctl: diff of %s failed\n", qpath);

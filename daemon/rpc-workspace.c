@@ -9,10 +9,13 @@
  * frozen (cgroup.freeze) while a diff reads its layer and thawed after. */
 #include <errno.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "auditlog.h"
@@ -44,7 +47,8 @@ typedef struct ws_job {
         manager *m;
         sandbox *s;               /* referenced; only the loop thread touches it */
         rpc_call *call;           /* NULL for snapshots */
-        char *id, *workspace, *upper, *work, *snapshot_path, *snapshot_json;
+        uint32_t msgid;           /* call->msgid, for the worker to pack the response */
+        char *id, *workspace, *dir, *upper, *work, *snapshot_path, *snapshot_json;
         int64_t started_ns;
         ws_budget budget;         /* the loop shortens it to cancel */
         bool cancelled;
@@ -84,6 +88,7 @@ static void job_free(ws_job *j) {
                 return;
         free(j->id);
         free(j->workspace);
+        free(j->dir);
         free(j->upper);
         free(j->work);
         free(j->snapshot_path);
@@ -107,11 +112,12 @@ static ws_job *job_new(ws_job_kind kind, manager *m, sandbox *s) {
         j->started_ns = s->started_ns;
         j->id = strdup(s->id);
         j->workspace = strdup(s->workspace);
+        j->dir = strdup(s->dir);
         if (asprintf(&j->upper, "%s/upper", s->dir) < 0)
                 j->upper = NULL;
         if (asprintf(&j->work, "%s/work", s->dir) < 0)
                 j->work = NULL;
-        if (!j->id || !j->workspace || !j->upper || !j->work) {
+        if (!j->id || !j->workspace || !j->dir || !j->upper || !j->work) {
                 job_free(j);
                 return NULL;
         }
@@ -185,8 +191,10 @@ static void job_work(uv_work_t *req) {
         }
         if (j->r < 0 || (j->kind != WS_JOB_DIFF && j->kind != WS_JOB_PROMOTE))
                 return;
+        /* The whole response, header included: the loop hands it to the connection as it is. */
         msgpack_packer pk;
         msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
+        rpc_pack_response_header(&pk, j->msgid);
         if (j->kind == WS_JOB_DIFF)
                 pack_diff(&pk, j);
         else {
@@ -259,28 +267,94 @@ static void pack_empty(msgpack_packer *pk, void *userdata) {
         msgpack_pack_map(pk, 0);
 }
 
-/* The result the worker packed. */
-static void pack_prepacked(msgpack_packer *pk, void *userdata) {
-        ws_job *j = userdata;
-        (void) pk->callback(pk->data, j->reply.data, j->reply.size);
+/* Sends the response the worker packed, without another copy on the loop. */
+static void reply_prepacked(ws_job *j) {
+        (void) connection_send(j->call->conn, j->reply.data, j->reply.size, NULL, 0);
+        rpc_call_free(TAKE_PTR(j->call));
 }
 
-static json_object *audit_promote_event(ws_job *j) {
+/* The whole promote, path by path with the sha256 of each file, written
+ * beside the sandbox's record (promotes/<ns>.json). The audit record names
+ * it with its digest, so the chain vouches for it; a 64 KiB audit record
+ * could not hold 60,000 entries. Runs on the worker. */
+static int write_manifest(ws_job *j, char **ret_path, char sha[65]) {
         const ws_promote_result *res = &j->res;
-        json_object *ev = json_object_new_object(), *pr = json_object_new_object(), *cf = json_object_new_array(),
+        json_object *m = json_object_new_object(), *pr = json_object_new_object(), *cf = json_object_new_object(),
                     *gd = json_object_new_array();
         for (size_t i = 0; i < res->promoted.n; i++)
                 json_object_object_add(pr, res->promoted.v[i].path,
                                        res->promoted.v[i].detail[0] ? json_object_new_string(res->promoted.v[i].detail) : NULL);
         for (size_t i = 0; i < res->conflicts.n; i++)
-                json_object_array_add(cf, json_object_new_string(res->conflicts.v[i].path));
+                json_object_object_add(cf, res->conflicts.v[i].path, json_object_new_string(res->conflicts.v[i].detail));
         for (size_t i = 0; i < res->guarded.n; i++)
                 json_object_array_add(gd, json_object_new_string(res->guarded.v[i].path));
+        json_object_object_add(m, "sandbox", json_object_new_string(j->id));
+        json_object_object_add(m, "workspace", json_object_new_string(j->workspace));
+        json_object_object_add(m, "include_hooks", json_object_new_boolean(j->hooks));
+        json_object_object_add(m, "promoted_sha256", pr);
+        json_object_object_add(m, "conflicts", cf);
+        json_object_object_add(m, "guarded_skipped", gd);
+        const char *text = json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN);
+        unsigned char dg[32];
+        unsigned int dl = 0;
+        int r = EVP_Digest(text, strlen(text), dg, &dl, EVP_sha256(), NULL) == 1 ? 0 : -EIO;
+        for (unsigned i = 0; r == 0 && i < 32; i++)
+                sprintf(sha + 2 * i, "%02x", dg[i]);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        _cleanup_free_ char *dir = NULL, *path = NULL;
+        if (r == 0 && (asprintf(&dir, "%s/promotes", j->dir) < 0 ||
+                       asprintf(&path, "%s/%lld%09ld.json", dir, (long long) ts.tv_sec, ts.tv_nsec) < 0))
+                r = -ENOMEM;
+        if (r == 0 && mkdir(dir, 0700) < 0 && errno != EEXIST)
+                r = -errno;
+        FILE *f = r == 0 ? fopen(path, "wxe") : NULL;
+        if (r == 0 && !f)
+                r = -errno;
+        if (f) {
+                if (fputs(text, f) < 0 || fflush(f) != 0 || fsync(fileno(f)) < 0)
+                        r = -EIO;
+                if (fclose(f) != 0 && r == 0)
+                        r = -EIO;
+        }
+        json_object_put(m);
+        if (r == 0)
+                *ret_path = TAKE_PTR(path);
+        return r;
+}
+
+/* Small promotes keep their lists in the audit record itself as well. */
+#define AUDIT_INLINE_MAX 100
+
+static json_object *audit_promote_event(ws_job *j) {
+        const ws_promote_result *res = &j->res;
+        json_object *ev = json_object_new_object();
         json_object_object_add(ev, "workspace", json_object_new_string(j->workspace));
-        json_object_object_add(ev, "promoted_sha256", pr);
-        json_object_object_add(ev, "conflicts", cf);
-        json_object_object_add(ev, "guarded_skipped", gd);
         json_object_object_add(ev, "include_hooks", json_object_new_boolean(j->hooks));
+        json_object_object_add(ev, "n_promoted", json_object_new_int64((int64_t) res->promoted.n));
+        json_object_object_add(ev, "n_conflicts", json_object_new_int64((int64_t) res->conflicts.n));
+        json_object_object_add(ev, "n_guarded_skipped", json_object_new_int64((int64_t) res->guarded.n));
+        _cleanup_free_ char *manifest = NULL;
+        char sha[65] = "";
+        int r = write_manifest(j, &manifest, sha);
+        if (r == 0) {
+                json_object_object_add(ev, "manifest", json_object_new_string(manifest));
+                json_object_object_add(ev, "manifest_sha256", json_object_new_string(sha));
+        } else
+                json_object_object_add(ev, "manifest_error", json_object_new_string(strerror(-r)));
+        if (res->promoted.n + res->conflicts.n + res->guarded.n <= AUDIT_INLINE_MAX) {
+                json_object *pr = json_object_new_object(), *cf = json_object_new_array(), *gd = json_object_new_array();
+                for (size_t i = 0; i < res->promoted.n; i++)
+                        json_object_object_add(pr, res->promoted.v[i].path,
+                                               res->promoted.v[i].detail[0] ? json_object_new_string(res->promoted.v[i].detail) : NULL);
+                for (size_t i = 0; i < res->conflicts.n; i++)
+                        json_object_array_add(cf, json_object_new_string(res->conflicts.v[i].path));
+                for (size_t i = 0; i < res->guarded.n; i++)
+                        json_object_array_add(gd, json_object_new_string(res->guarded.v[i].path));
+                json_object_object_add(ev, "promoted_sha256", pr);
+                json_object_object_add(ev, "conflicts", cf);
+                json_object_object_add(ev, "guarded_skipped", gd);
+        }
         return ev;
 }
 
@@ -322,7 +396,7 @@ static void job_done(uv_work_t *req, int status) {
                 if (j->r < 0)
                         job_reply_error(j);
                 else
-                        rpc_call_reply(j->call, pack_prepacked, j);
+                        reply_prepacked(j);
                 break;
         case WS_JOB_PROMOTE:
                 if (j->r < 0) {
@@ -334,7 +408,7 @@ static void job_done(uv_work_t *req, int status) {
                 log_info("sandbox %s: promoted %zu paths into %s (%zu conflicts, %zu guarded skipped)", j->id,
                          j->res.promoted.n, j->workspace, j->res.conflicts.n, j->res.guarded.n);
                 audit_event(j->m, "sandbox.promote", j->id, TAKE_PTR(j->audit));
-                rpc_call_reply(j->call, pack_prepacked, j);
+                reply_prepacked(j);
                 break;
         case WS_JOB_DISCARD:
                 if (j->r < 0) {
@@ -401,6 +475,7 @@ static int job_queue_call(ws_job *j, rpc_ctx *ctx, sandbox *s, rpc_error *err) {
                 return -ENOMEM;
         }
         j->call = call;
+        j->msgid = call->msgid;
         int r = job_queue(j, s, err);
         /* On failure dispatch answers err through ctx->async. */
         return r;

@@ -502,6 +502,14 @@ def test_loop_answers_during_a_big_promote_and_discard_waits():
         assert err is not None and err["code"] == "policy_denied" and "busy" in err["message"], err
         err, res = a.response(mid)
         assert err is None and len(res["promoted"]) == 20200 and not res["conflicts"], err
+        # The audit record names the full manifest and vouches for it with its digest.
+        rec = [r for r in b.ok("audit.query", {"sandbox": sid}) if r["type"] == "sandbox.promote"][-1]["fields"]
+        assert rec["n_promoted"] == 20200 and rec["n_conflicts"] == 0, rec
+        import hashlib
+        with open(rec["manifest"], "rb") as f:
+            data = f.read()
+        assert hashlib.sha256(data).hexdigest() == rec["manifest_sha256"]
+        assert len(json.loads(data)["promoted_sha256"]) == 20200
         b.ok("sandbox.discard", {"id": sid})
         assert not os.path.exists(os.path.join(d.state_home, "agentd", "sandboxes", sid, "upper"))
         print(f"    (ping during a 20,200-entry promote: {ping_s * 1000:.1f} ms)")
