@@ -154,6 +154,16 @@ static int guard_from_config(guard_list *g, const char *path, const char *worktr
                         continue;
                 *eq = 0;
                 char *key = line, *val = eq + 1;
+                /* A '#' or ';' outside double quotes starts a comment. */
+                bool quoted = false;
+                for (char *q = val; *q; q++) {
+                        if (*q == '"')
+                                quoted = !quoted;
+                        else if (!quoted && (*q == '#' || *q == ';')) {
+                                *q = 0;
+                                break;
+                        }
+                }
                 trim(&key);
                 trim(&val);
                 bool hooks = !strcasecmp(key, "hookspath"), fsmon = !strcasecmp(key, "fsmonitor");

@@ -94,7 +94,7 @@ START_TEST(test_static_guards) {
 END_TEST
 
 START_TEST(test_hookspath_and_gitdir_guarded) {
-        sh("cd '%s' && mkdir -p .git tools gd/objects gd/refs sub && printf '[core]\\n\\thooksPath = tools/hooks\\n' > .git/config"
+        sh("cd '%s' && mkdir -p .git tools gd/objects gd/refs sub && printf '[core]\\n\\tbare = false\\n\\thooksPath = \"tools/hooks\" ; team hooks\\n' > .git/config"
            " && echo 'ref: refs/heads/main' > gd/HEAD && echo 'gitdir: ../gd' > sub/.git", ws);
         sh("cd '%s' && mkdir -p tools/hooks gd other && echo x > tools/hooks/pre-commit && echo x > gd/config && echo x > other/f"
            " && ln -s elsewhere tools2", up);
