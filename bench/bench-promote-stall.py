@@ -74,10 +74,10 @@ def main():
     files = int(sys.argv[1]) if len(sys.argv) > 1 else 60000
     builds = sys.argv[2:] or [os.environ.get("AGENTD_BUILD") or os.path.join(os.path.dirname(__file__), "..", "build")]
     print(f"promote of {files // 100 * 101} entries ({files // 100 * 100} files); ping every 5 ms on a second connection")
-    print(f"{'build':40} {'idle max':>10} {'busy max':>10} {'busy p99':>10} {'ratio':>8} {'promote':>9}")
+    print(f"{'build':40} {'idle max':>10} {'idle p99':>10} {'busy max':>10} {'busy p99':>10} {'ratio':>8} {'promote':>9}")
     for b in builds:
         idle, busy = run(os.path.abspath(b), files)
-        print(f"{os.path.abspath(b)[-40:]:40} {idle['max']*1000:8.1f}ms {busy['max']*1000:8.1f}ms "
+        print(f"{os.path.abspath(b)[-40:]:40} {idle['max']*1000:8.1f}ms {idle['p99']*1000:8.1f}ms {busy['max']*1000:8.1f}ms "
               f"{busy['p99']*1000:8.1f}ms {busy['max']/idle['max']:8.1f} {busy['took']:8.1f}s")
     print("ratio: worst ping latency during the promote / worst when idle. "
           "Target: worst stall during the promote under 100 ms (WatchdogSec=30s)")
