@@ -454,9 +454,9 @@ static int job_queue(ws_job *j, sandbox *s, rpc_error *err) {
                         s->review_frozen = false;
                         (void) cgroup_freeze(s->cgroup, false);
                 }
+                rpc_error_set(err, RPC_E_INTERNAL, "cannot start the %s: %s", job_name(j->kind), uv_strerror(r));
                 sandbox_unref(s);
                 job_free(j);
-                rpc_error_set(err, RPC_E_INTERNAL, "cannot start the %s: %s", job_name(j->kind), uv_strerror(r));
                 return r;
         }
         list_add_tail(&running_jobs, &j->link);
