@@ -32,8 +32,12 @@ int ws_open_beneath(int rootfd, const char *rel, int flags) {
         int cur = -1;
         const char *p = rel;
         while (strlen(p) >= CHUNK) {
-                const char *cut = memrchr(p, '/', CHUNK);
-                if (!cut || cut == p) {
+                /* The last '/' within the chunk. */
+                const char *cut = NULL;
+                for (size_t i = CHUNK - 1; i > 0 && !cut; i--)
+                        if (p[i] == '/')
+                                cut = p + i;
+                if (!cut) {
                         safe_close(cur);
                         return -ENAMETOOLONG;
                 }
