@@ -574,7 +574,8 @@ static void print_diff(const msgpack_object *o) {
                 bool is_guarded = g && g->type == MSGPACK_OBJECT_BOOLEAN && g->via.boolean;
                 guarded += is_guarded;
                 _cleanup_free_ char *path = quoted(map_get(e, "path"));
-                printf("%c %s%s%s\n", c, path ? path : "?", mp_str_eq(type, "directory") ? "/" : "",
+                printf("%c %s%s%s%s\n", c, path ? path : "?", mp_str_eq(type, "directory") ? "/" : "",
+                       mp_str_eq(type, "other") && c != 'D' ? "   [not a file, directory or symlink: promote skips it]" : "",
                        is_guarded ? "   [guarded: promote needs --include-hooks]" : "");
         }
         if (guarded)

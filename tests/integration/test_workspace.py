@@ -484,6 +484,12 @@ def test_fifo_swapped_in_during_diff_never_stalls_the_loop():
             assert err is None or err["code"] in ("internal", "limit_exceeded"), err
         c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
         c.ok("sandbox.wait", {"id": sid})
+        # A FIFO left in the layer is shown, and promote skips it with the reason.
+        out = d.agentctl("diff", sid, check=0).stdout
+        assert b"A fifo   [not a file, directory or symlink: promote skips it]\n" in out, out
+        res = c.ok("sandbox.promote", {"id": sid})
+        conflicts = {x["path"]: x["reason"] for x in res["conflicts"]}
+        assert conflicts.get("fifo") == "not a regular file, directory or symlink: not promoted", conflicts
 
 
 def test_loop_answers_during_a_big_promote_and_discard_waits():
@@ -520,7 +526,7 @@ def test_sigterm_during_a_promote_cuts_it_short():
     d = Daemon().start()
     ws = os.path.join(d.tmp, "ws")
     os.makedirs(ws)
-    sid = spawn(d, ws, "for i in $(seq 0 199); do mkdir d$i; (cd d$i; seq 1 100 | xargs touch); done")
+    sid = spawn(d, ws, "for i in $(seq 0 99); do mkdir d$i; (cd d$i; seq 1 100 | xargs touch); done")
     a = d.client()
     a.request("sandbox.promote", {"id": sid})
     time.sleep(0.5)
