@@ -102,8 +102,34 @@ typedef struct guard_list {
         const char *ws, *wsreal;
 } guard_list;
 
-/* Records abs (absolute, normalised) when it lies inside the workspace. */
+/* Records abs (absolute, normalised) when it lies inside the workspace,
+ * also when it names it through a symlink (its longest existing prefix is
+ * resolved). */
+static int guard_add_lexical(guard_list *g, const char *abs);
 static int guard_add_abs(guard_list *g, const char *abs) {
+        int r = guard_add_lexical(g, abs);
+        if (r != 0)
+                return r < 0 ? r : 0;
+        _cleanup_free_ char *head = strdup(abs);
+        if (!head)
+                return -ENOMEM;
+        for (char *slash = NULL;; *slash = 0) {
+                _cleanup_free_ char *real = realpath(head[0] ? head : "/", NULL);
+                if (real) {
+                        _cleanup_free_ char *joined = NULL;
+                        if (asprintf(&joined, "%s%s", streq(real, "/") ? "" : real, abs + strlen(head)) < 0)
+                                return -ENOMEM;
+                        r = guard_add_lexical(g, joined);
+                        return r < 0 ? r : 0;
+                }
+                slash = strrchr(head, '/');
+                if (!slash)
+                        return 0;
+        }
+}
+
+/* 1 when recorded, 0 when outside. */
+static int guard_add_lexical(guard_list *g, const char *abs) {
         const char *roots[2] = { g->ws, g->wsreal };
         for (size_t i = 0; i < 2; i++) {
                 if (!roots[i])
@@ -119,7 +145,7 @@ static int guard_add_abs(guard_list *g, const char *abs) {
                 if (!(g->v[g->n] = strdup(rel)))
                         return -ENOMEM;
                 g->v[++g->n] = NULL;
-                return 0;
+                return 1;
         }
         return 0;
 }
@@ -195,6 +221,15 @@ static int find_gitdir(const char *start, char **ret_gitdir, char **ret_worktree
                 if (asprintf(&dotgit, "%s/.git", streq(dir, "/") ? "" : dir) < 0)
                         return -ENOMEM;
                 struct stat st;
+                /* git follows a .git symlink to its directory. */
+                if (lstat(dotgit, &st) == 0 && S_ISLNK(st.st_mode) && stat(dotgit, &st) == 0 && S_ISDIR(st.st_mode)) {
+                        char *real = realpath(dotgit, NULL);
+                        if (!real)
+                                return -errno;
+                        *ret_gitdir = real;
+                        *ret_worktree = TAKE_PTR(dir);
+                        return 0;
+                }
                 if (lstat(dotgit, &st) == 0 && S_ISDIR(st.st_mode)) {
                         *ret_gitdir = TAKE_PTR(dotgit);
                         *ret_worktree = TAKE_PTR(dir);

@@ -110,6 +110,20 @@ START_TEST(test_hookspath_and_gitdir_guarded) {
 }
 END_TEST
 
+/* The repository's config names the workspace through a symlink; its .git is a symlink too. */
+START_TEST(test_hookspath_through_symlinks) {
+        sh("cd '%s' && mkdir realgit && ln -s ws wslink && ln -s ../realgit ws/.git"
+           " && printf '[core]\\n\\thooksPath = %s/wslink/hooks\\n' > realgit/config", root, root);
+        sh("cd '%s' && mkdir hooks && echo x > hooks/post-checkout && echo x > plain", up);
+        ws_changes c = { 0 };
+        _cleanup_free_ char *why = NULL;
+        ck_assert_int_eq(workspace_diff(ws, up, NULL, &c, &why), 0);
+        ck_assert(find(&c, "hooks/post-checkout")->guarded);
+        ck_assert(!find(&c, "plain")->guarded);
+        ws_changes_free(&c);
+}
+END_TEST
+
 START_TEST(test_symlinks_in_final_tree) {
         sh("cd '%s' && mkdir d && echo b > d/b", ws);
         sh("cd '%s' && mkdir sub p p/q && ln -s .. sub/u && ln -s sub/u/.. x && ln -s c2 c1 && ln -s ../.. c2"
@@ -223,6 +237,7 @@ static Suite *workspace_suite(void) {
         tcase_add_test(tc, test_quote_path);
         tcase_add_test(tc, test_static_guards);
         tcase_add_test(tc, test_hookspath_and_gitdir_guarded);
+        tcase_add_test(tc, test_hookspath_through_symlinks);
         tcase_add_test(tc, test_symlinks_in_final_tree);
         tcase_add_test(tc, test_modes);
         tcase_add_test(tc, test_deep_tree);
