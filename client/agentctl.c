@@ -22,6 +22,7 @@
 #include "report.h"
 #include "relay.h"
 #include "proto.h"
+#include "quote.h"
 #include "rpc-client.h"
 
 enum {
@@ -601,22 +602,31 @@ static int cmd_kill(int argc, char **argv) {
 
 /* ---- review ------------------------------------------------------------ */
 
+/* A name from the daemon as git prints it (core.quotePath): a name chosen by
+ * a sandbox cannot forge a line or move the cursor. */
+static char *quoted(const msgpack_object *o) {
+        if (!o || (o->type != MSGPACK_OBJECT_STR && o->type != MSGPACK_OBJECT_BIN))
+                return quote_path("");
+        return quote_path_n(o->via.str.ptr, o->via.str.size);
+}
+
 static void print_diff(const msgpack_object *o) {
         if (o->type != MSGPACK_OBJECT_ARRAY)
                 return print_human(o);
         size_t guarded = 0;
         for (uint32_t i = 0; i < o->via.array.size; i++) {
                 const msgpack_object *e = &o->via.array.ptr[i];
-                const msgpack_object *ch = map_get(e, "change"), *path = map_get(e, "path"), *g = map_get(e, "guarded"),
-                                     *type = map_get(e, "type");
+                const msgpack_object *ch = map_get(e, "change"), *g = map_get(e, "guarded"), *type = map_get(e, "type");
                 char c = mp_str_eq(ch, "added") ? 'A' : mp_str_eq(ch, "deleted") ? 'D' : 'M';
                 bool is_guarded = g && g->type == MSGPACK_OBJECT_BOOLEAN && g->via.boolean;
                 guarded += is_guarded;
-                printf("%c %.*s%s%s\n", c, path ? (int) path->via.str.size : 0, path ? path->via.str.ptr : "",
-                       mp_str_eq(type, "directory") ? "/" : "", is_guarded ? "   [guarded: promote needs --include-hooks]" : "");
+                _cleanup_free_ char *path = quoted(map_get(e, "path"));
+                printf("%c %s%s%s%s\n", c, path ? path : "?", mp_str_eq(type, "directory") ? "/" : "",
+                       mp_str_eq(type, "other") && c != 'D' ? "   [not a file, directory or symlink: promote skips it]" : "",
+                       is_guarded ? "   [guarded: promote needs --include-hooks]" : "");
         }
         if (guarded)
-                printf("\n%zu change(s) to files the host runs later (git hooks/config, .envrc, editor settings).\n", guarded);
+                printf("\n%zu change(s) to files the host runs or obeys later (git internals and hooks, .envrc, editor settings, agentd config).\n", guarded);
 }
 
 static int run_diff_u(const char *label, const char *a, const char *b) {
@@ -625,10 +635,14 @@ static int run_diff_u(const char *label, const char *a, const char *b) {
         if (pid < 0)
                 return -1;
         if (pid == 0) {
+                /* Labels as git writes them: the whole "a/<name>" quoted when the name needs it. */
                 char la[4200], lb[4200];
                 snprintf(la, sizeof(la), "a/%s", label);
                 snprintf(lb, sizeof(lb), "b/%s", label);
-                execl("/usr/bin/diff", "diff", "-u", "--label", la, "--label", lb, a, b, (char *) NULL);
+                char *qa = quote_path(la), *qb = quote_path(lb);
+                if (!qa || !qb)
+                        _exit(127);
+                execl("/usr/bin/diff", "diff", "-u", "--label", qa, "--label", qb, a, b, (char *) NULL);
                 _exit(127);
         }
         int st;
@@ -684,8 +698,13 @@ static int cmd_diff(int argc, char **argv) {
                 snprintf(path, sizeof(path), "%.*s", (int) pp->via.str.size, pp->via.str.ptr);
                 snprintf(host, sizeof(host), "%.*s", (int) hp->via.str.size, hp->via.str.ptr);
                 snprintf(layer, sizeof(layer), "%.*s", (int) lp->via.str.size, lp->via.str.ptr);
+                _cleanup_free_ char *qpath = quote_path(path);
+                if (!qpath) {
+                        r = EXIT_DAEMON_ERROR;
+                        break;
+                }
                 if (mp_str_eq(type, "directory")) {
-                        printf("%s directory %s/\n", mp_str_eq(ch, "deleted") ? "deleted" : "new", path);
+                        printf("%s directory %s/\n", mp_str_eq(ch, "deleted") ? "deleted" : "new", qpath);
                         continue;
                 }
                 if (mp_str_eq(type, "symlink")) {
@@ -693,15 +712,24 @@ static int cmd_diff(int argc, char **argv) {
                         ssize_t n = readlink(layer, t, sizeof(t) - 1);
                         if (n > 0)
                                 t[n] = 0;
-                        printf("%s symlink %s%s%s\n", mp_str_eq(ch, "deleted") ? "deleted" : "changed", path,
-                               n > 0 ? " -> " : "", t);
+                        _cleanup_free_ char *qt = quote_path(t);
+                        printf("%s symlink %s%s%s\n", mp_str_eq(ch, "deleted") ? "deleted" : "changed", qpath,
+                               n > 0 ? " -> " : "", qt ? qt : "?");
                         continue;
                 }
                 const char *a = mp_str_eq(ch, "added") ? "/dev/null" : host;
                 const char *b = mp_str_eq(ch, "deleted") ? "/dev/null" : layer;
+                /* diff(1) would block on a FIFO a running sandbox put there. */
+                struct stat sa, sb;
+                bool special = (a == host && lstat(a, &sa) == 0 && !S_ISREG(sa.st_mode)) ||
+                               (b == layer && lstat(b, &sb) == 0 && !S_ISREG(sb.st_mode));
+                if (special) {
+                        printf("skipped %s: not a regular file\n", qpath);
+                        continue;
+                }
                 int k = run_diff_u(path, a, b);
                 if (k < 0 || k > 1) {
-                        fprintf(stderr, "agentctl: diff of %s failed\n", path);
+                        fprintf(stderr, "agentctl: diff of %s failed\n", qpath);
                         r = EXIT_DAEMON_ERROR;
                 }
         }
@@ -712,17 +740,27 @@ static int cmd_diff(int argc, char **argv) {
 
 static void print_promote(const msgpack_object *o) {
         const msgpack_object *pr = map_get(o, "promoted"), *cf = map_get(o, "conflicts"), *gd = map_get(o, "guarded");
-        for (uint32_t i = 0; pr && pr->type == MSGPACK_OBJECT_ARRAY && i < pr->via.array.size; i++)
-                printf("promoted  %.*s\n", (int) pr->via.array.ptr[i].via.str.size, pr->via.array.ptr[i].via.str.ptr);
+        for (uint32_t i = 0; pr && pr->type == MSGPACK_OBJECT_ARRAY && i < pr->via.array.size; i++) {
+                _cleanup_free_ char *p = quoted(&pr->via.array.ptr[i]);
+                printf("promoted  %s\n", p ? p : "?");
+        }
         for (uint32_t i = 0; cf && cf->type == MSGPACK_OBJECT_ARRAY && i < cf->via.array.size; i++) {
-                const msgpack_object *p = map_get(&cf->via.array.ptr[i], "path"), *w = map_get(&cf->via.array.ptr[i], "reason");
-                printf("CONFLICT  %.*s: %.*s\n", p ? (int) p->via.str.size : 0, p ? p->via.str.ptr : "",
-                       w ? (int) w->via.str.size : 0, w ? w->via.str.ptr : "");
+                _cleanup_free_ char *p = quoted(map_get(&cf->via.array.ptr[i], "path"));
+                const msgpack_object *w = map_get(&cf->via.array.ptr[i], "reason");
+                /* The daemon quotes names inside reasons; control bytes are escaped here all the same. */
+                printf("CONFLICT  %s: ", p ? p : "?");
+                for (uint32_t k = 0; w && w->type == MSGPACK_OBJECT_STR && k < w->via.str.size; k++) {
+                        unsigned char b = (unsigned char) w->via.str.ptr[k];
+                        if (b < 0x20 || b == 0x7f)
+                                printf("\\%03o", b);
+                        else
+                                putchar(b);
+                }
+                putchar('\n');
         }
         for (uint32_t i = 0; gd && gd->type == MSGPACK_OBJECT_ARRAY && i < gd->via.array.size; i++) {
-                const msgpack_object *p = map_get(&gd->via.array.ptr[i], "path");
-                printf("skipped   %.*s (runs on the host later: pass --include-hooks to promote it)\n",
-                       p ? (int) p->via.str.size : 0, p ? p->via.str.ptr : "");
+                _cleanup_free_ char *p = quoted(map_get(&gd->via.array.ptr[i], "path"));
+                printf("skipped   %s (runs on the host later: pass --include-hooks to promote it)\n", p ? p : "?");
         }
 }
 

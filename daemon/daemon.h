@@ -4,6 +4,7 @@
 #include "manager.h"
 
 struct rpc_call;
+struct sandbox;
 
 int daemon_reload(manager *m);
 void daemon_maybe_finish(manager *m);
@@ -29,6 +30,12 @@ void lockdown_load(manager *m);
 void lockdown_retry_persist(manager *m);   /* after a revoke --all whose marker could not be written */
 int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool freeze_only, struct rpc_call *call,
                  const char *trigger);
+
+/* rpc-workspace.c: lists the sandbox's workspace changes into the snapshot
+ * file on a worker thread (the file is first written without them). */
+int workspace_snapshot_queue(manager *m, struct sandbox *s, const char *snapshot_path, const char *snapshot_json);
+/* Shutdown: running diff/promote/snapshot walks stop at their next check. */
+void workspace_jobs_cancel(void);
 
 /* egress.c */
 int egress_init(manager *m);

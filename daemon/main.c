@@ -194,6 +194,7 @@ static void begin_shutdown(manager *m, const char *why) {
         daemon_status_notify(m);
         server_stop_listening(m);
         sandboxes_shutdown(m);
+        workspace_jobs_cancel();
         broker_shutdown(m);
         uv_timer_start(&m->shutdown_timer, on_shutdown_timer, 5000, 0);
         daemon_maybe_finish(m);

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <linux/openat2.h>
 #include <unistd.h>
 
 #include "auditlog.h"
@@ -256,9 +258,18 @@ static bool select_record(json_object *rec, void *userdata) {
 }
 
 static int sha256_file(int dfd, const char *path, char hex[65]) {
-        _cleanup_close_ int fd = openat(dfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        /* The layer is the sandbox's to change under us: never follow a link,
+         * never leave it, never block on a FIFO swapped in for the file. */
+        struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
+                                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+        _cleanup_close_ int fd = (int) syscall(SYS_openat2, dfd, path, &how, sizeof(how));
         if (fd < 0)
                 return -errno;
+        struct stat st;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return -EBADFD;
         EVP_MD_CTX *ctx = EVP_MD_CTX_new();
         if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
                 EVP_MD_CTX_free(ctx);
@@ -286,6 +297,9 @@ static int sha256_file(int dfd, const char *path, char hex[65]) {
         return 0;
 }
 
+/* The walk of the change layer runs in a worker; bounded like sandbox.diff's. */
+#define REPORT_LAYER_WALK_SEC 120
+
 /* What is in the change layer now, with a SHA-256 of each changed file. */
 static json_object *layer_changes(report_job *j) {
         json_object *c = json_object_new_object();
@@ -303,7 +317,8 @@ static json_object *layer_changes(report_job *j) {
         }
         ws_changes ch = { 0 };
         _cleanup_free_ char *why = NULL;
-        int r = workspace_diff(j->workspace, j->upper, &ch, &why);
+        ws_budget budget = { .deadline_ns = ws_now_ns() + (int64_t) REPORT_LAYER_WALK_SEC * 1000000000 };
+        int r = workspace_diff(j->workspace, j->upper, &budget, &ch, &why);
         if (r < 0) {
                 add_str(c, "layer", "unreadable");
                 add_str(c, "error", why ? why : strerror(-r));

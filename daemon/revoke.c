@@ -30,7 +30,6 @@
 #include "report.h"
 #include "sandbox.h"
 #include "server.h"
-#include "workspace.h"
 
 #define REVOKE_DEADLINE_MS 3000
 
@@ -355,25 +354,12 @@ static char *sandbox_snapshot(manager *m, sandbox *s, const char *stamp) {
                         json_object_object_add(net, nets[i], json_object_new_string(t));
         }
         json_object_object_add(snap, "sockets", net);
-        if (s->workspace_mode == WORKSPACE_OVERLAY) {
-                char upper[PATH_MAX];
-                snprintf(upper, sizeof(upper), "%s/upper", s->dir);
-                ws_changes c = { 0 };
-                _cleanup_free_ char *why = NULL;
-                json_object *ch = json_object_new_array();
-                if (workspace_diff(s->workspace, upper, &c, &why) == 0)
-                        for (size_t i = 0; i < c.n && i < 10000; i++) {
-                                json_object *e = json_object_new_object();
-                                json_object_object_add(e, "path", json_object_new_string(c.v[i].path));
-                                json_object_object_add(e, "change", json_object_new_string(ws_change_kind_to_string(c.v[i].change)));
-                                json_object_array_add(ch, e);
-                        }
-                ws_changes_free(&c);
-                json_object_object_add(snap, "workspace_changes", ch);
-        }
         json_object_object_add(snap, "egress", json_object_new_string("egress decisions are in the audit log (type egress)"));
         snprintf(path, sizeof(path), "%s/snapshot.json", dir);
-        write_text(path, json_object_to_json_string_ext(snap, JSON_C_TO_STRING_PRETTY));
+        const char *text = json_object_to_json_string_ext(snap, JSON_C_TO_STRING_PRETTY);
+        write_text(path, text);
+        /* What changed in the workspace: walked off the loop, added to the file when done. */
+        (void) workspace_snapshot_queue(m, s, path, text);
         json_object_put(snap);
         /* The last audit records of this sandbox. */
         json_object *tail = auditlog_tail(m, s->id, 200);

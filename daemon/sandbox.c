@@ -354,6 +354,9 @@ static bool id_valid(const char *id) {
 
 /* Loads an ended sandbox's record from its state dir (after a restart, or
  * evicted from memory). A record left "running" means agentd died with it. */
+/* While load_previous() reads every record (in directory order, not by age). */
+static bool loading_previous;
+
 static sandbox *sandbox_load(manager *m, const char *id) {
         if (!id_valid(id))
                 return NULL;
@@ -404,8 +407,10 @@ static sandbox *sandbox_load(manager *m, const char *id) {
         json_object_put(o);
         list_add_tail(&m->sandboxes, &s->link);
         m->n_sandboxes++;
-        /* Looking up old ids must not grow memory without bound. */
-        evict_old(m, s);
+        /* Looking up old ids must not grow memory without bound (at start,
+         * load_previous() keeps the newest once all are read and sorted). */
+        if (!loading_previous)
+                evict_old(m, s);
         return s;
 fail:
         json_object_put(o);
@@ -435,7 +440,12 @@ static void close_handle(sandbox *s, uv_handle_t *h, bool *flag) {
         uv_close(h, handle_closed);
 }
 
-static void sandbox_unref(sandbox *s) {
+sandbox *sandbox_ref(sandbox *s) {
+        s->refcount++;
+        return s;
+}
+
+void sandbox_unref(sandbox *s) {
         if (--s->refcount == 0 && s->open_handles == 0)
                 sandbox_free(s);
 }
@@ -752,7 +762,7 @@ static void evict_old(manager *m, sandbox *keep) {
                 if (ended <= MAX_ENDED_KEPT)
                         break;
                 sandbox *s = container_of(i, sandbox, link);
-                if (!sandbox_ended(s) || s->waiters || s == keep)
+                if (!sandbox_ended(s) || s->waiters || s == keep || s->review_readers || s->review_writer)
                         continue;
                 list_del(&s->link);
                 m->n_sandboxes--;
@@ -2187,9 +2197,11 @@ static void load_previous(manager *m) {
         if (!d)
                 return;
         struct dirent *de;
+        loading_previous = true;
         while ((de = readdir(d)))
                 if (id_valid(de->d_name))
                         (void) sandbox_load(m, de->d_name);
+        loading_previous = false;
         closedir(d);
         /* Sort by start time, keep the newest in memory (the rest load on demand). */
         size_t n = m->n_sandboxes, k = 0;

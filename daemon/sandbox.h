@@ -57,6 +57,9 @@ typedef struct sandbox {
         int64_t started_ns;       /* realtime ns: host files changed later are promote conflicts */
         int workspace_mode;       /* workspace_mode of the task at spawn */
         bool discarded;
+        unsigned review_readers;  /* diff/snapshot walks running on a worker thread */
+        bool review_writer;       /* a promote or discard running on a worker thread */
+        bool review_frozen;       /* cgroup frozen by a diff of the running sandbox */
         bool from_disk;           /* loaded from the state dir after a restart */
         pid_t helper_pid;
         int helper_pidfd;
@@ -98,6 +101,9 @@ typedef struct sandbox {
 } sandbox;
 
 sandbox *sandbox_find(manager *m, const char *id);
+/* References keep the record's memory alive (e.g. across a worker thread). */
+sandbox *sandbox_ref(sandbox *s);
+void sandbox_unref(sandbox *s);
 bool sandbox_ended(const sandbox *s);
 int sandbox_forget(manager *m, const char *id);
 int sandbox_save_meta(sandbox *s);
