@@ -327,7 +327,8 @@ static int cmd_spawn(int argc, char **argv) {
                         nenv++;
 
         params p;
-        params_init(&p, 5 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0));
+        const char *caller_path = getenv("PATH");
+        params_init(&p, 5 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0) + (caller_path ? 1 : 0));
         if (task)
                 mp_pack_kv_str(&p.pk, "task", task);
         if (ncmd > 0) {
@@ -337,6 +338,8 @@ static int cmd_spawn(int argc, char **argv) {
                         mp_pack_cstr(&p.pk, cmd[i]);
         }
         mp_pack_kv_str(&p.pk, "workspace", ws_abs);
+        if (caller_path) /* filtered by agentd to what the sandbox can see */
+                mp_pack_kv_str(&p.pk, "path", caller_path);
         mp_pack_kv_bool(&p.pk, "tty", tty);
         mp_pack_kv_bool(&p.pk, "attach", !detach && !tty);
         mp_pack_kv_bool(&p.pk, "detach", detach);

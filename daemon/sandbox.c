@@ -34,6 +34,7 @@
 #include "broker.h"
 #include "cgroup.h"
 #include "fileio.h"
+#include "laptop.h"
 #include "daemon.h"
 #include "log.h"
 #include "macro.h"
@@ -1438,13 +1439,25 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 }
         }
 
+        /* Toolchains, caches, credential files to hide, and PATH (laptop.c). */
+        _cleanup_(laptop_plan_done) laptop_plan lp = { 0 };
+        _cleanup_free_ char *caller_path = rpc_param_strdup(params, "path");
+        _cleanup_free_ char *runtime_dir = m->socket_path ? strdup(m->socket_path) : NULL;
+        if (runtime_dir && strrchr(runtime_dir, '/') && strrchr(runtime_dir, '/') != runtime_dir)
+                *strrchr(runtime_dir, '/') = 0;
+        const char *never[] = { m->config->state_directory, runtime_dir, NULL };
+        _cleanup_free_ char *path_env = NULL;
+        r = laptop_plan_build(p, m->home, caller_path, workspace, never, &lp);
+        if (r < 0 || asprintf(&path_env, "PATH=%s", lp.path) < 0)
+                return -ENOMEM;
+
         /* Environment: a fixed allowlist, then the task's, then what the caller may pass. */
         spec sp = { 0 };
         const char *user = getenv("USER");
         char buf[PATH_MAX + 16];
         for (size_t i = 0; i < argc; i++)
                 spec_add(&sp, "arg", argv[i]);
-        spec_add(&sp, "env", "PATH=/usr/local/bin:/usr/bin:/bin");
+        spec_add(&sp, "env", path_env);
         snprintf(buf, sizeof(buf), "HOME=%s", m->home);
         spec_add(&sp, "env", buf);
         if (user && env_name_valid(user)) {
@@ -1618,6 +1631,20 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 spec_add_path(&sp, "rw", p->writable_paths[i]);
         for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
                 spec_add_path(&sp, "hide", p->hide_paths[i]);
+        for (size_t i = 0; lp.ro && lp.ro[i]; i++)
+                spec_add(&sp, "ro", lp.ro[i]);
+        if (lp.cow) {
+                if ((r = laptop_make_cow_dirs(s->dir, strv_length(lp.cow))) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the cache layers in %s: %s", s->dir, strerror(-r));
+                snprintf(path, sizeof(path), "%s/cow", s->dir);
+                spec_add(&sp, "cow_dir", path);
+        }
+        for (size_t i = 0; lp.cow && lp.cow[i]; i++)
+                spec_add(&sp, "cow", lp.cow[i]);
+        for (size_t i = 0; lp.hide && lp.hide[i]; i++)
+                spec_add(&sp, "hide", lp.hide[i]);
+        if (lp.agentctl)
+                spec_add(&sp, "agentctl", lp.agentctl);
         spec_add(&sp, "hostname", "agentd");
         spec_add(&sp, "landlock", p->landlock ? "1" : "0");
         if (tty)

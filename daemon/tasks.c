@@ -163,6 +163,7 @@ static void pack_origins(msgpack_packer *pk, const task_policy *p) {
         static const char *const keys[] = {
                 "Task.Description", "Task.Command", "Task.Timeout", "Task.Environment", "Task.PassEnvironment",
                 "Filesystem.Workspace", "Filesystem.ReadOnlyPaths", "Filesystem.WritablePaths", "Filesystem.HidePaths",
+                "Filesystem.Toolchains",
                 "Network.Mode", "Network.Allow", "Credentials.VaultPolicies", "Credentials.TTL",
                 "Limits.MemoryMax", "Limits.TasksMax", "Limits.CPUWeight", "Limits.CPUQuota",
                 "Security.Seccomp", "Security.Landlock",
@@ -201,7 +202,7 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         mp_pack_strv(pk, p->pass_environment);
 
         mp_pack_cstr(pk, "Filesystem");
-        msgpack_pack_map(pk, 4);
+        msgpack_pack_map(pk, 5);
         mp_pack_kv_str(pk, "Workspace", workspace_mode_name(p->workspace));
         mp_pack_cstr(pk, "ReadOnlyPaths");
         mp_pack_strv(pk, p->read_only_paths);
@@ -209,6 +210,12 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         mp_pack_strv(pk, p->writable_paths);
         mp_pack_cstr(pk, "HidePaths");
         mp_pack_strv(pk, p->hide_paths);
+        mp_pack_cstr(pk, "Toolchains"); /* ["auto"], [] (none) or the paths */
+        if (p->toolchains_auto) {
+                msgpack_pack_array(pk, 1);
+                mp_pack_cstr(pk, "auto");
+        } else
+                mp_pack_strv(pk, p->toolchains);
 
         mp_pack_cstr(pk, "Network");
         msgpack_pack_map(pk, 2);

@@ -1,0 +1,261 @@
+#!/usr/bin/python3
+"""A developer's machine inside agentd's sandboxes: toolchains from the home
+directory (read-only) with the caller's PATH filtered to what is visible, package
+caches through a per-sandbox copy-on-write layer (the host's copy never changes),
+credential files hidden one by one even inside shown trees, agentctl on PATH,
+named Allow sets. Most tests use a fake home in a temporary directory; the ones
+using real toolchains (rustup, pyenv) need tests/integration/test_laptop-setup.sh
+to have run as root (tests/run-integration.sh does it) and skip otherwise."""
+import hashlib
+import os
+import shutil
+import stat
+
+from harness import Daemon, run_tests
+
+SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def data_list(name):
+    with open(os.path.join(SRC, "policy", "laptop", name)) as f:
+        return [l.strip() for l in f if l.strip() and not l.startswith("#")]
+
+
+def fake_home(d):
+    home = os.path.join(d.tmp, "home")
+    os.makedirs(home, exist_ok=True)
+    return home
+
+
+def write(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def spawn(d, *cmd, task=None, path=None, ws=None):
+    ws = ws or os.path.join(d.tmp, "ws")
+    os.makedirs(ws, exist_ok=True)
+    args = ["spawn"] + (["--task", task] if task else []) + ["--"] + list(cmd)
+    env = {"PATH": path} if path is not None else None
+    return d.agentctl(*args, cwd=ws, env=env, timeout=600)
+
+
+def sh(d, script, **kw):
+    return spawn(d, "/bin/sh", "-c", script, **kw)
+
+
+def tree_digest(root):
+    """Every path, type, mode and content under root."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            h.update(f"{os.path.relpath(p, root)} {stat.S_IFMT(st.st_mode)} {st.st_mode & 0o7777} {st.st_size}\n".encode())
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
+
+
+def new_daemon(tasks=None, home=None):
+    d = Daemon(tasks=tasks)
+    if home is None:
+        home = os.path.join(d.tmp, "home")
+    os.makedirs(home, exist_ok=True)
+    d.env["HOME"] = home
+    return d
+
+
+def test_toolchains_in_home_on_path_read_only():
+    """~/.local/bin and ~/.cargo/bin are shown read-only and stay on PATH; a PATH
+    directory the sandbox cannot see is dropped; Toolchains=none shows nothing."""
+    tasks = {"bare": "[Task]\nCommand=/bin/true\n[Filesystem]\nToolchains=none\n"}
+    with new_daemon(tasks) as d:
+        home = d.env["HOME"]
+        write(os.path.join(home, ".local", "bin", "laptop-hello"), "#!/bin/sh\necho hello from local-bin\n", 0o755)
+        write(os.path.join(home, ".cargo", "bin", "cargo"), "#!/bin/sh\necho fake cargo \"$@\"\n", 0o755)
+        write(os.path.join(home, "not-shown", "bin", "secret-tool"), "#!/bin/sh\necho no\n", 0o755)
+        caller = ":".join([os.path.join(home, ".cargo", "bin"), os.path.join(home, "not-shown", "bin"),
+                           os.path.join(home, ".local", "bin"), "relative/bin", "/usr/bin", "/bin"])
+        p = sh(d, 'echo "PATH=$PATH"; laptop-hello; cargo build; touch ~/.local/bin/x 2>/dev/null || echo read-only',
+               task="build", path=caller)
+        out = p.stdout.decode()
+        assert p.returncode == 0, (p.returncode, out, p.stderr)
+        want = ":".join([os.path.join(home, ".cargo", "bin"), os.path.join(home, ".local", "bin"),
+                         "/usr/bin", "/bin", "/usr/local/bin", "/run/agentd/bin"])
+        assert f"PATH={want}\n" in out, out
+        assert "hello from local-bin" in out and "fake cargo build" in out and "read-only" in out, out
+        assert not os.path.exists(os.path.join(home, ".local", "bin", "x"))
+        # Toolchains=none: nothing of the home, PATH is the defaults (and agentctl).
+        p = sh(d, 'echo "PATH=$PATH"; ls ~/.local/bin 2>&1; command -v laptop-hello || echo missing',
+               task="bare", path=caller)
+        out = p.stdout.decode()
+        assert "PATH=/usr/bin:/bin:/usr/local/bin:/run/agentd/bin\n" in out and "missing" in out, out
+
+
+def test_task_show_toolchains_key():
+    tasks = {
+        "mine": "[Filesystem]\nToolchains=~/tools /opt/x\n",
+        "off": "[Filesystem]\nToolchains=none\n",
+        "bad": "[Filesystem]\nToolchains=auto ~/x\n",
+    }
+    with new_daemon(tasks) as d:
+        c = d.client()
+        for name in ("build", "test", "default", "shell"):
+            assert c.ok("task.show", {"name": name})["Filesystem"]["Toolchains"] == ["auto"], name
+        show = c.ok("task.show", {"name": "mine"})
+        home = d.env["HOME"]
+        assert show["Filesystem"]["Toolchains"] == [home + "/tools", "/opt/x"], show["Filesystem"]
+        assert "toolchain (read-only): /opt/x" in show["capabilities"], show["capabilities"]
+        assert c.ok("task.show", {"name": "off"})["Filesystem"]["Toolchains"] == []
+        err, _ = c.call("task.show", {"name": "bad"})
+        assert err is not None
+        assert err["code"] == "not_found", err
+        assert "bad.task:2" in d.read_log() and "must stand alone" in d.read_log(), d.read_log()
+
+
+def test_secret_files_hidden_one_by_one():
+    """Every file of policy/laptop/secrets.list is unreadable inside, even with
+    the whole home shown read-only and its toolchain trees shown."""
+    tasks = {"home": "[Task]\nCommand=/bin/true\n[Filesystem]\nReadOnlyPaths=~\nToolchains=auto\n"}
+    with new_daemon(tasks) as d:
+        home = d.env["HOME"]
+        secrets = data_list("secrets.list")
+        assert len(secrets) >= 15, secrets
+        checks = []
+        for entry in secrets:
+            rel = entry[2:]
+            p = os.path.join(home, rel)
+            # Directories in the list are directories on real machines; files are files.
+            if rel in (".ssh", ".gnupg", ".aws", ".kube", ".config/gcloud", ".azure", ".config/gh", ".config/hub",
+                       ".local/share/keyrings", ".password-store"):
+                write(os.path.join(p, "key"), f"SECRET {rel}\n")
+                checks.append(f'cat "$HOME/{rel}/key" 2>/dev/null; ls -A "$HOME/{rel}" 2>/dev/null')
+            else:
+                write(p, f"SECRET {rel}\n")
+                checks.append(f'cat "$HOME/{rel}" 2>/dev/null')
+        # A shown toolchain tree with its credentials inside, and a symlinked credential.
+        write(os.path.join(home, ".cargo", "bin", "cargo"), "#!/bin/sh\n", 0o755)
+        write(os.path.join(home, "dotfiles", "npmrc"), "SECRET via symlink\n")
+        os.unlink(os.path.join(home, ".npmrc"))
+        os.symlink(os.path.join(home, "dotfiles", "npmrc"), os.path.join(home, ".npmrc"))
+        checks.append('cat "$HOME/.npmrc"')
+        script = "; ".join(checks) + '; echo x > "$HOME/.cargo/credentials.toml" || echo write-refused; echo END'
+        p = sh(d, script, task="home")
+        out = p.stdout.decode()
+        assert out.endswith("END\n") and "SECRET" not in out, (out, p.stderr)
+        assert "write-refused" in out, out
+        # The same files are readable outside, so the test is not vacuous.
+        assert open(os.path.join(home, ".cargo", "credentials.toml")).read().startswith("SECRET")
+        # and the shown tree's other files are there
+        p = sh(d, 'test -x "$HOME/.cargo/bin/cargo" && echo shown', task="home")
+        assert p.stdout == b"shown\n", p
+
+
+def test_caches_copy_on_write():
+    """Caches are visible and writable inside; the host's copy is byte-identical after."""
+    with new_daemon() as d:
+        home = d.env["HOME"]
+        files = {
+            ".cargo/registry/index/config.json": "{\"dl\": \"x\"}\n",
+            ".cargo/registry/cache/crate-1.0.crate": "crate bytes\n",
+            ".cargo/git/db/repo/HEAD": "ref: main\n",
+            ".npm/_cacache/index-v5/aa": "npm index\n",
+            ".cache/pip/http/x": "pip http cache\n",
+            "go/pkg/mod/cache/download/m.zip": "go module\n",
+            ".m2/repository/org/x/1.0/x.jar": "jar\n",
+        }
+        for rel, text in files.items():
+            write(os.path.join(home, rel), text)
+        before = tree_digest(home)
+        script = " && ".join([
+            'cat ~/.cargo/registry/index/config.json',
+            'echo poisoned >> ~/.cargo/registry/cache/crate-1.0.crate',
+            'echo new > ~/.cargo/registry/cache/new.crate',
+            'rm ~/.cargo/git/db/repo/HEAD',
+            'echo poisoned > ~/.npm/_cacache/index-v5/aa',
+            'mkdir -p ~/.cache/pip/wheels && echo w > ~/.cache/pip/wheels/w.whl',
+            'chmod 600 ~/.cache/pip/http/x',
+            'echo poisoned > ~/go/pkg/mod/cache/download/m.zip',
+            'echo poisoned > ~/.m2/repository/org/x/1.0/x.jar',
+            'cat ~/.cargo/registry/cache/crate-1.0.crate ~/.npm/_cacache/index-v5/aa',
+            'echo OK',
+        ])
+        p = sh(d, script, task="build")
+        out = p.stdout.decode()
+        assert p.returncode == 0 and out.endswith("OK\n"), (p.returncode, out, p.stderr)
+        assert out.startswith('{"dl": "x"}\ncrate bytes\npoisoned\npoisoned\n'), out
+        assert tree_digest(home) == before, "a sandbox changed the host's cache"
+        # A second sandbox starts from the host's copy again.
+        p = sh(d, "cat ~/.npm/_cacache/index-v5/aa; ls ~/.cargo/registry/cache", task="build")
+        assert p.stdout == b"npm index\ncrate-1.0.crate\n", p
+
+
+def test_agentctl_inside_on_path():
+    with new_daemon() as d:
+        p = sh(d, "command -v agentctl && agentctl --version")
+        out = p.stdout.decode()
+        assert p.returncode == 0 and out.startswith("/run/agentd/bin/agentctl\n") and "agentctl" in out.split("\n")[1], \
+            (out, p.stderr)
+        p = sh(d, "echo x > /run/agentd/bin/agentctl || echo read-only")
+        assert b"read-only" in p.stdout, p
+
+
+def test_allow_sets():
+    tasks = {
+        "pkgs": "[Network]\nMode=proxy\nAllow=@crates @npm @pypi @go @maven @github example.org:443\n",
+        "typo": "[Network]\nMode=proxy\nAllow=@cratez\n",
+    }
+    with new_daemon(tasks) as d:
+        c = d.client()
+        allow = c.ok("task.show", {"name": "pkgs"})["Network"]["Allow"]
+        for host in ("index.crates.io:443", "static.crates.io:443", "registry.npmjs.org:443", "pypi.org:443",
+                     "files.pythonhosted.org:443", "proxy.golang.org:443", "repo.maven.apache.org:443",
+                     "github.com:443", "example.org:443"):
+            assert host in allow, (host, allow)
+        err, _ = c.call("task.show", {"name": "typo"})
+        assert err is not None
+        assert err["code"] == "not_found", err
+        log = d.read_log()
+        assert "typo.task:3" in log and "unknown set '@cratez'" in log and "@crates @debian" in log, log
+
+
+def real_home_toolchains():
+    home = os.path.realpath(os.environ.get("HOME", "/"))
+    cargo = os.path.join(home, ".cargo", "bin", "cargo")
+    pyenv = os.path.join(home, ".pyenv", "shims", "python3")
+    if not (os.access(cargo, os.X_OK) and os.access(pyenv, os.X_OK)):
+        print(f"SKIP: no rustup/pyenv toolchains in {home} (run tests/integration/test_laptop-setup.sh "
+              "as root, or tests/run-integration.sh test_laptop.py as root)", flush=True)
+        return None
+    return home
+
+
+def test_real_rustup_and_pyenv_from_home():
+    """The machine's rustup toolchain and pyenv Python, installed the usual way in
+    the test user's home, work inside `--task build` with the caller's PATH."""
+    home = real_home_toolchains()
+    if not home:
+        return "skip"
+    with open(os.path.join(home, ".pyenv", "version")) as f:
+        version = f.read().strip()
+    path = f"{home}/.pyenv/shims:{home}/.pyenv/bin:{home}/.cargo/bin:/usr/bin:/bin"
+    with new_daemon(home=home) as d:
+        ws = os.path.join(d.tmp, "hello")
+        os.makedirs(os.path.join(ws, "src"))
+        write(os.path.join(ws, "Cargo.toml"), '[package]\nname = "hello"\nversion = "0.1.0"\nedition = "2021"\n')
+        write(os.path.join(ws, "src", "main.rs"), 'fn main() { println!("hello from cargo"); }\n')
+        p = spawn(d, "cargo", "run", "--offline", "-q", task="build", path=path, ws=ws)
+        assert p.returncode == 0 and p.stdout == b"hello from cargo\n", (p.stdout, p.stderr)
+        p = spawn(d, "python3", "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sys.prefix)",
+                  task="build", path=path, ws=ws)
+        out = p.stdout.decode().split("\n")
+        assert p.returncode == 0 and out[0] == version and out[1].startswith(home + "/.pyenv/"), (out, p.stderr)
+
+
+if __name__ == "__main__":
+    run_tests(globals())
