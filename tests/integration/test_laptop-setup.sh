@@ -24,11 +24,31 @@ copy() { # src dst: copy a tree once (stamp = source's mtime and size), then cho
         echo "$stamp" > "$dst.agentd-test-stamp"
 }
 
+# A pyenv Python built under /root names /root in its RUNPATH and its scripts'
+# shebangs: point them at the copy (what pyenv would have built for this user).
+relocate_python() {
+        local dir=$1 f
+        command -v patchelf >/dev/null || { echo "test_laptop-setup: patchelf missing (apt-get install patchelf)" >&2; return 0; }
+        for f in "$dir"/bin/*; do
+                [ -f "$f" ] && [ ! -L "$f" ] || continue
+                if [ "$(head -c4 "$f")" = $'\x7fELF' ]; then
+                        case $(patchelf --print-rpath "$f" 2>/dev/null) in
+                        /root/*) patchelf --set-rpath '$ORIGIN/../lib' "$f" ;;
+                        esac
+                elif head -n1 "$f" | grep -q '^#!/root/\.pyenv/'; then
+                        sed -i "1s|^#!/root/\.pyenv/|#!$home/.pyenv/|" "$f"
+                fi
+        done
+}
+
 # rustup: the default toolchain only (rustup's proxies in ~/.cargo/bin).
 if [ -d /root/.rustup ] && [ -d /root/.cargo/bin ]; then
         tc=$(sed -n 's/^default_toolchain = "\(.*\)"/\1/p' /root/.rustup/settings.toml)
         if [ -n "$tc" ] && [ -d "/root/.rustup/toolchains/$tc" ]; then
-                install -d -o "$user" -g "$group" "$home/.rustup" "$home/.rustup/toolchains" "$home/.cargo"
+                install -d -o "$user" -g "$group" "$home/.rustup" "$home/.rustup/toolchains" "$home/.cargo" \
+                        "$home/.rustup/update-hashes" "$home/.rustup/downloads" "$home/.rustup/tmp"
+                [ ! -e "/root/.rustup/update-hashes/$tc" ] ||
+                        install -o "$user" -g "$group" -m 644 "/root/.rustup/update-hashes/$tc" "$home/.rustup/update-hashes/$tc"
                 install -o "$user" -g "$group" -m 644 /root/.rustup/settings.toml "$home/.rustup/settings.toml"
                 copy "/root/.rustup/toolchains/$tc" "$home/.rustup/toolchains/$tc"
                 copy /root/.cargo/bin "$home/.cargo/bin"
@@ -45,6 +65,7 @@ if [ -d /root/.pyenv/versions ]; then
                         copy "/root/.pyenv/$d" "$home/.pyenv/$d"
                 done
                 copy "/root/.pyenv/versions/$v" "$home/.pyenv/versions/$v"
+                relocate_python "$home/.pyenv/versions/$v"
                 echo "$v" > "$home/.pyenv/version"
                 chown "$user:$group" "$home/.pyenv/version"
                 # pyenv's shims, made the usual way (pyenv rehash), as the user.

@@ -121,7 +121,7 @@ def test_task_show_toolchains_key():
 def test_secret_files_hidden_one_by_one():
     """Every file of policy/laptop/secrets.list is unreadable inside, even with
     the whole home shown read-only and its toolchain trees shown."""
-    tasks = {"home": "[Task]\nCommand=/bin/true\n[Filesystem]\nReadOnlyPaths=~\nToolchains=auto\n"}
+    tasks = {"home": "[Task]\nCommand=/bin/true\n[Filesystem]\nReadOnlyPaths=~\n"}
     with new_daemon(tasks) as d:
         home = d.env["HOME"]
         secrets = data_list("secrets.list")
