@@ -7,21 +7,24 @@
 # Usage: test_laptop-setup.sh USER HOME
 set -euo pipefail
 user=$1 home=$2
+here=$(cd "$(dirname "$0")" && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "test_laptop-setup: not root, nothing installed" >&2; exit 0; }
 group=$(id -gn "$user")
 
 copy() { # src dst: copy a tree once (stamp = source's mtime and size), then chown it
-        local src=$1 dst=$2 stamp
+        local src=$1 dst=$2 stamp stampfile
+        stampfile="$home/.agentd-test-stamps/$(echo "$dst" | tr / _)"
+        mkdir -p "$home/.agentd-test-stamps"
         [ -e "$src" ] || return 0
         stamp="$src $(du -s --apparent-size "$src" | cut -f1) $(stat -c %Y "$src")"
-        if [ -e "$dst" ] && [ "$(cat "$dst.agentd-test-stamp" 2>/dev/null)" = "$stamp" ]; then
+        if [ -e "$dst" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
                 return 0
         fi
-        rm -rf "$dst" "$dst.agentd-test-stamp"
+        rm -rf "$dst" "$stampfile"
         mkdir -p "$(dirname "$dst")"
         cp -a "$src" "$dst"
         chown -R "$user:$group" "$dst"
-        echo "$stamp" > "$dst.agentd-test-stamp"
+        echo "$stamp" > "$stampfile"
 }
 
 # A pyenv Python built under /root names /root in its RUNPATH and its scripts'
@@ -56,9 +59,12 @@ if [ -d /root/.rustup ] && [ -d /root/.cargo/bin ]; then
         fi
 fi
 
-# pyenv: the tool and one Python (the newest 3.x present), made the global version.
+# pyenv: the tool and one Python, made the global version: the one of Debian's
+# python3's minor version (the pytest wheels come from Debian), else the newest 3.x.
 if [ -d /root/.pyenv/versions ]; then
-        v=$(ls /root/.pyenv/versions | grep -E '^3\.[0-9]+\.[0-9]+$' | sort -V | tail -n1)
+        minor=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+        v=$(ls /root/.pyenv/versions | grep -E "^${minor//./\\.}\.[0-9]+$" | sort -V | tail -n1)
+        [ -n "$v" ] || v=$(ls /root/.pyenv/versions | grep -E '^3\.[0-9]+\.[0-9]+$' | sort -V | tail -n1)
         if [ -n "$v" ]; then
                 install -d -o "$user" -g "$group" "$home/.pyenv" "$home/.pyenv/versions"
                 for d in bin libexec plugins pyenv.d completions; do
@@ -71,4 +77,51 @@ if [ -d /root/.pyenv/versions ]; then
                 # pyenv's shims, made the usual way (pyenv rehash), as the user.
                 runuser -u "$user" -- env HOME="$home" PYENV_ROOT="$home/.pyenv" "$home/.pyenv/bin/pyenv" rehash
         fi
+fi
+
+# Real projects and their package sources, fetched once into a world-readable
+# fixture directory (Debian apt and the npm registry only; no other network):
+#   c/       zlib's upstream source (Debian's orig tarball, apt-get source)
+#   rust/    semver's crate source and a directory registry of its dependencies
+#            (Debian's librust-*-dev packages ship crate sources)
+#   node/    minimist's npm tarball (it ships its tests) and the tarballs of tape
+#            and everything tape needs, for a local npm registry
+#   python/  toolz with its tests (Debian's python3-toolz) and pytest with its
+#            dependencies repacked as wheels from Debian's packages, for a local index
+fixtures=${AGENTD_LAPTOP_FIXTURES:-/var/tmp/agentd-laptop-fixtures}
+if [ ! -e "$fixtures/READY" ]; then
+        rm -rf "$fixtures.new"
+        mkdir -p "$fixtures.new"/{apt/lists/partial,c,rust/registry,node/registry,python/wheels,debs}
+        cd "$fixtures.new"
+        cat > apt/src.sources <<'EOT'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOT
+        apto=(-o Dir::Etc::SourceList="$PWD/apt/src.sources" -o Dir::Etc::SourceParts=/nonexistent
+              -o Dir::State::Lists="$PWD/apt/lists" -o APT::Sandbox::User=root)
+        apt-get "${apto[@]}" -qq update
+        (cd c && apt-get "${apto[@]}" -qq source --download-only zlib >/dev/null &&
+                tar -xjf zlib_*.orig.tar.bz2 && rm -f zlib_* && mv zlib-* zlib)
+        (cd debs && apt-get -o APT::Sandbox::User=root -qq download librust-semver-dev librust-serde-dev \
+                python3-toolz python3-pytest python3-pluggy python3-iniconfig python3-packaging python3-attr \
+                python3-py python3-pyparsing)
+        for f in debs/*.deb; do dpkg-deb -x "$f" debs/root; done
+        cp -a debs/root/usr/share/cargo/registry/semver-* rust/semver
+        rm -f rust/semver/.cargo-checksum.json
+        cp -a debs/root/usr/share/cargo/registry/serde-* rust/registry/
+        cp -a debs/root/usr/lib/python3/dist-packages/toolz debs/root/usr/lib/python3/dist-packages/tlz python/
+        /usr/bin/python3 "$here/laptop_fixtures.py" wheels debs/root/usr/lib/python3/dist-packages python/wheels
+        (cd node && npm pack -q minimist@1.2.8 >/dev/null && mkdir -p tree && cd tree &&
+                npm install -q --no-audit --no-fund tape@5.7.5 >/dev/null &&
+                /usr/bin/python3 -c 'import json; print("\n".join(k.split("node_modules/")[-1] + "@" + v["version"] for k, v in json.load(open("package-lock.json"))["packages"].items() if k))' > ../specs &&
+                cd ../registry && xargs npm pack -q < ../specs >/dev/null && cd .. && rm -rf tree)
+        rm -rf debs apt
+        touch READY
+        chmod -R a+rX .
+        cd /
+        rm -rf "$fixtures"
+        mv "$fixtures.new" "$fixtures"
 fi

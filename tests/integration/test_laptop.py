@@ -7,6 +7,7 @@ named Allow sets. Most tests use a fake home in a temporary directory; the ones
 using real toolchains (rustup, pyenv) need tests/integration/test_laptop-setup.sh
 to have run as root (tests/run-integration.sh does it) and skip otherwise."""
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -255,6 +256,139 @@ def test_real_rustup_and_pyenv_from_home():
                   task="build", path=path, ws=ws)
         out = p.stdout.decode().split("\n")
         assert p.returncode == 0 and out[0] == version and out[1].startswith(home + "/.pyenv/"), (out, p.stderr)
+
+
+FIXTURES = os.environ.get("AGENTD_LAPTOP_FIXTURES", "/var/tmp/agentd-laptop-fixtures")
+
+
+def project_env(home):
+    """The caller's PATH of a developer with rustup and pyenv set up the usual way."""
+    return f"{home}/.pyenv/shims:{home}/.pyenv/bin:{home}/.cargo/bin:{home}/.local/bin:/usr/local/bin:/usr/bin:/bin"
+
+
+def prepare_project(name, ws, registry_url=None):
+    """Put a fresh copy of a real project in ws; returns (build, test) shell scripts.
+    The scripts run the same inside a sandbox and outside (bench/bench-laptop.py)."""
+    if os.path.exists(ws):
+        shutil.rmtree(ws)
+    proxied = "export NO_PROXY= no_proxy=; "
+    if name == "c-zlib":
+        shutil.copytree(os.path.join(FIXTURES, "c", "zlib"), ws, symlinks=True)
+        return "./configure >/dev/null && make -j2 >/dev/null && echo BUILT", "make test 2>&1 | tail -n 3"
+    if name == "rust-semver":
+        shutil.copytree(os.path.join(FIXTURES, "rust", "semver"), ws, symlinks=True)
+        shutil.copytree(os.path.join(FIXTURES, "rust", "registry"), os.path.join(ws, "vendor"), symlinks=True)
+        write(os.path.join(ws, ".cargo", "config.toml"),
+              f'[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "{ws}/vendor"\n')
+        return ("cargo build --offline --features serde -q && echo BUILT",
+                "cargo test --offline --features serde -q 2>&1 | grep -E '^test result' | head -n 3")
+    if name == "node-minimist":
+        os.makedirs(ws)
+        import tarfile
+        with tarfile.open(os.path.join(FIXTURES, "node", "minimist-1.2.8.tgz")) as t:
+            t.extractall(ws + ".x")
+        shutil.move(os.path.join(ws + ".x", "package"), ws + ".p")
+        shutil.rmtree(ws)
+        shutil.rmtree(ws + ".x")
+        os.rename(ws + ".p", ws)
+        # Its test runner from the local registry; the linters and coverage tools
+        # among its devDependencies are not served.
+        with open(os.path.join(ws, "package.json")) as f:
+            pkg = json.load(f)
+        pkg["devDependencies"] = {"tape": "^5.7.5"}
+        pkg["scripts"] = {"test": "tape 'test/*.js'"}
+        with open(os.path.join(ws, "package.json"), "w") as f:
+            json.dump(pkg, f, indent=2)
+        return (proxied + f"npm install --no-audit --no-fund --registry={registry_url}/npm/ "
+                          ">/dev/null && echo BUILT",
+                "npm test 2>&1 | tail -n 4")
+    if name == "python-toolz":
+        os.makedirs(ws)
+        for pkg in ("toolz", "tlz"):
+            shutil.copytree(os.path.join(FIXTURES, "python", pkg), os.path.join(ws, pkg), symlinks=True)
+        return (proxied + "python3 -m venv .venv && .venv/bin/pip install -q --disable-pip-version-check "
+                          f"--index-url {registry_url}/simple/ pytest && .venv/bin/python -m pytest --version && echo BUILT",
+                ".venv/bin/python -m pytest -q -p no:cacheprovider toolz/tests 2>&1 | tail -n 1")
+    raise ValueError(name)
+
+
+def registries():
+    from laptop_fixtures import Registries
+    return Registries(npm_dir=os.path.join(FIXTURES, "node", "registry"),
+                      wheel_dir=os.path.join(FIXTURES, "python", "wheels"))
+
+
+def project_tasks(port):
+    """build/test with the registry reachable through agentd's proxy (Allow=127.0.0.1:PORT)."""
+    net = f"[Network]\nMode=proxy\nAllow=127.0.0.1:{port}\n"
+    return {
+        "build-net": "[Task]\nTimeout=30min\n[Filesystem]\nWorkspace=rw\nToolchains=auto\n" + net,
+        "test-net": "[Task]\nTimeout=30min\n[Filesystem]\nWorkspace=overlay\nToolchains=auto\n" + net,
+    }
+
+
+def have_projects():
+    home = real_home_toolchains()
+    if not home:
+        return None
+    if not os.path.exists(os.path.join(FIXTURES, "READY")):
+        print(f"SKIP: no project fixtures in {FIXTURES} (run tests/integration/test_laptop-setup.sh as root)", flush=True)
+        return None
+    return home
+
+
+def run_project(name, proxied):
+    home = have_projects()
+    if not home:
+        return "skip"
+    regs = registries()
+    try:
+        with new_daemon(tasks=project_tasks(regs.port), home=home) as d:
+            ws = os.path.join(d.tmp, name)
+            build, test = prepare_project(name, ws, regs.url)
+            p = spawn(d, "/bin/sh", "-c", build, task="build-net" if proxied else "build", path=project_env(home), ws=ws)
+            assert p.returncode == 0 and p.stdout.decode().endswith("BUILT\n"), (name, p.stdout, p.stderr[-3000:])
+            p = spawn(d, "/bin/sh", "-c", test, task="test-net" if proxied else "test", path=project_env(home), ws=ws)
+            return p, regs.hits, d
+    finally:
+        regs.stop()
+
+
+def test_project_c_zlib_make():
+    r = run_project("c-zlib", False)
+    if r == "skip":
+        return r
+    p = r[0]
+    assert p.returncode == 0 and b"*** zlib 64-bit test OK ***" in p.stdout, (p.stdout, p.stderr[-2000:])
+
+
+def test_project_rust_semver_cargo_offline():
+    r = run_project("rust-semver", False)
+    if r == "skip":
+        return r
+    p = r[0]
+    out = p.stdout.decode()
+    assert p.returncode == 0 and out.count("test result: ok.") >= 3, (out, p.stderr[-2000:])
+
+
+def test_project_node_minimist_npm_through_proxy():
+    r = run_project("node-minimist", True)
+    if r == "skip":
+        return r
+    p, hits = r[0], r[1]
+    out = p.stdout.decode()
+    assert p.returncode == 0 and "# fail" not in out and "# pass" in out, (out, p.stderr[-2000:])
+    assert "/npm/tape" in hits and any(h.startswith("/npm/-/tape-5.7.5") for h in hits), hits[:20]
+
+
+def test_project_python_toolz_pip_through_proxy_then_pytest():
+    r = run_project("python-toolz", True)
+    if r == "skip":
+        return r
+    p, hits = r[0], r[1]
+    out = p.stdout.decode()
+    assert p.returncode == 0 and " passed" in out and "failed" not in out, (out, p.stderr[-2000:])
+    assert "/simple/pytest/" in hits and any(h.startswith("/wheels/pytest-7") for h in hits), hits
 
 
 if __name__ == "__main__":
