@@ -375,9 +375,13 @@ static int cmd_spawn(int argc, char **argv) {
         }
         _cleanup_free_ char *id = NULL;
         const msgpack_object *o2 = res.result;
-        for (uint32_t i = 0; o2->type == MSGPACK_OBJECT_MAP && i < o2->via.map.size; i++)
-                if (mp_str_eq(&o2->via.map.ptr[i].key, "id") && o2->via.map.ptr[i].val.type == MSGPACK_OBJECT_STR)
-                        id = strndup(o2->via.map.ptr[i].val.via.str.ptr, o2->via.map.ptr[i].val.via.str.size);
+        for (uint32_t i = 0; o2->type == MSGPACK_OBJECT_MAP && i < o2->via.map.size; i++) {
+                const msgpack_object_kv *kv = &o2->via.map.ptr[i];
+                if (mp_str_eq(&kv->key, "id") && kv->val.type == MSGPACK_OBJECT_STR)
+                        id = strndup(kv->val.via.str.ptr, kv->val.via.str.size);
+                else if (mp_str_eq(&kv->key, "workspace_note") && kv->val.type == MSGPACK_OBJECT_STR && !arg_json)
+                        fprintf(stderr, "agentctl: note: %.*s\n", (int) kv->val.via.str.size, kv->val.via.str.ptr);
+        }
         if (detach) {
                 if (arg_json)
                         print_json(res.result);

@@ -1,6 +1,8 @@
 /* Toolchains, caches, PATH, agentctl and hidden credential files for a sandbox:
  * see laptop.h. Decisions only (stat and access on the host); the helper mounts. */
 #include <errno.h>
+#include <ftw.h>
+#include <grp.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,5 +300,90 @@ int laptop_make_cow_dirs(const char *sandbox_dir, size_t n) {
                                 return -errno;
                 }
         }
+        return 0;
+}
+
+/* ---- files whose group the sandbox cannot map ------------------------------ */
+
+#define GROUP_SCAN_MAX 4096
+#define GROUP_NAMES_MAX 5
+
+typedef struct group_scan {
+        gid_t groups[NGROUPS_MAX];
+        int n_groups;
+        unsigned seen, found;
+        char names[GROUP_NAMES_MAX][PATH_MAX];
+        gid_t gids[GROUP_NAMES_MAX];
+        bool truncated;
+} group_scan;
+
+static group_scan *scan_ctx;
+
+static bool is_other_group(const group_scan *g, gid_t gid) {
+        if (gid == getgid())
+                return false;
+        for (int i = 0; i < g->n_groups; i++)
+                if (g->groups[i] == gid)
+                        return true;
+        return false;
+}
+
+static int scan_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+        group_scan *g = scan_ctx;
+
+        if (++g->seen > GROUP_SCAN_MAX) {
+                g->truncated = true;
+                return 1;
+        }
+        if ((type == FTW_F || type == FTW_D) && is_other_group(g, st->st_gid)) {
+                if (g->found < GROUP_NAMES_MAX) {
+                        snprintf(g->names[g->found], sizeof(g->names[0]), "%s", path);
+                        g->gids[g->found] = st->st_gid;
+                }
+                g->found++;
+        }
+        return 0;
+}
+
+int laptop_group_note(const char *workspace, bool overlay, char **ret) {
+        _cleanup_free_ group_scan *g = NULL;
+        _cleanup_free_ char *list = NULL;
+        size_t len = 0;
+        FILE *f;
+
+        *ret = NULL;
+        if (!workspace || !overlay)
+                return 0;
+        g = calloc(1, sizeof(*g));
+        if (!g)
+                return -ENOMEM;
+        g->n_groups = getgroups(NGROUPS_MAX, g->groups);
+        if (g->n_groups <= 0 || (g->n_groups == 1 && g->groups[0] == getgid()))
+                return 0; /* no other group: nothing can be unmapped (the common case costs nothing) */
+        scan_ctx = g;
+        (void) nftw(workspace, scan_one, 16, FTW_PHYS | FTW_MOUNT);
+        scan_ctx = NULL;
+        if (g->found == 0)
+                return 0;
+
+        f = open_memstream(&list, &len);
+        if (!f)
+                return -ENOMEM;
+        for (unsigned i = 0; i < g->found && i < GROUP_NAMES_MAX; i++) {
+                struct group *gr = getgrgid(g->gids[i]);
+                const char *rel = g->names[i] + strlen(workspace);
+                fprintf(f, "%s%s (group %s)", i ? ", " : "", *rel ? rel + 1 : ".", gr ? gr->gr_name : "?");
+        }
+        if (g->found > GROUP_NAMES_MAX)
+                fprintf(f, " and %u more", g->found - GROUP_NAMES_MAX);
+        if (fclose(f) != 0)
+                return -ENOMEM;
+        if (asprintf(ret, "%u file%s in the workspace belong%s to another of your groups, which the sandbox "
+                     "cannot map (only your own uid and gid are): %s will be read-only inside (writing fails "
+                     "with EOVERFLOW, \"Value too large for defined data type\"); chgrp them to your own group "
+                     "or use a task with Workspace=rw%s",
+                     g->found, g->found == 1 ? "" : "s", g->found == 1 ? "s" : "", list,
+                     g->truncated ? " (only the first entries were scanned)" : "") < 0)
+                return -ENOMEM;
         return 0;
 }

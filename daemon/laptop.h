@@ -33,3 +33,8 @@ int laptop_plan_build(const task_policy *p, const char *home, const char *caller
 
 /* dir/cow/<i>/{upper,work} for each cow entry, mode 0700. */
 int laptop_make_cow_dirs(const char *sandbox_dir, size_t n);
+
+/* For an overlay workspace, when the user has other groups than their own: the
+ * files (first few, from a bounded scan) whose group the sandbox cannot map, so
+ * they will be read-only inside; *ret is NULL when there are none. */
+int laptop_group_note(const char *workspace, bool overlay, char **ret);

@@ -434,6 +434,7 @@ static void sandbox_free(sandbox *s) {
         free(s->dir);
         free(s->cgroup);
         free(s->limits_note);
+        free(s->workspace_note);
         free(s->end_reason);
         free(s->setup_error);
         strv_free(s->argv);
@@ -825,7 +826,9 @@ static void on_helper_exit(uv_poll_t *h, int status, int events) {
 
 static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
         sandbox *s = userdata;
-        msgpack_pack_map(pk, 6);
+        msgpack_pack_map(pk, 6 + (s->workspace_note ? 1 : 0));
+        if (s->workspace_note)
+                mp_pack_kv_str(pk, "workspace_note", s->workspace_note);
         mp_pack_kv_str(pk, "id", s->id);
         mp_pack_kv_i64(pk, "pid", s->init_pid);
         mp_pack_kv_str(pk, "task", s->task);
@@ -1645,6 +1648,10 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 spec_add(&sp, "hide", lp.hide[i]);
         if (lp.agentctl)
                 spec_add(&sp, "agentctl", lp.agentctl);
+        if (laptop_group_note(workspace, p->workspace == WORKSPACE_OVERLAY, &s->workspace_note) < 0)
+                FAIL(RPC_E_INTERNAL, "out of memory");
+        if (s->workspace_note)
+                log_notice("sandbox %s: %s", s->id, s->workspace_note);
         spec_add(&sp, "hostname", "agentd");
         spec_add(&sp, "landlock", p->landlock ? "1" : "0");
         if (tty)

@@ -44,6 +44,11 @@ relocate_python() {
         done
 }
 
+# A supplementary group for the user (a file of that group in a workspace is
+# what the sandbox cannot map).
+getent group agentd-laptop >/dev/null || groupadd agentd-laptop
+id -nG "$user" | grep -qw agentd-laptop || usermod -aG agentd-laptop "$user"
+
 # rustup: the default toolchain only (rustup's proxies in ~/.cargo/bin).
 if [ -d /root/.rustup ] && [ -d /root/.cargo/bin ]; then
         tc=$(sed -n 's/^default_toolchain = "\(.*\)"/\1/p' /root/.rustup/settings.toml)

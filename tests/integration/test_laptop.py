@@ -225,6 +225,33 @@ def test_allow_sets():
         assert "typo.task:3" in log and "unknown set '@cratez'" in log and "@crates @debian" in log, log
 
 
+def test_supplementary_group_file_named_at_spawn():
+    """A workspace file whose group is another of the user's groups cannot be
+    copied up by the overlay (the group is unmapped inside): spawn names it."""
+    import grp
+    try:
+        gid = grp.getgrnam("agentd-laptop").gr_gid
+    except KeyError:
+        gid = None
+    if gid is None or gid not in os.getgroups():
+        print("SKIP: the test user is not in group agentd-laptop (run test_laptop-setup.sh as root)", flush=True)
+        return "skip"
+    with new_daemon() as d:
+        ws = os.path.join(d.tmp, "ws")
+        write(os.path.join(ws, "shared.txt"), "team file\n", 0o664)
+        write(os.path.join(ws, "mine.txt"), "my file\n")
+        os.chown(os.path.join(ws, "shared.txt"), -1, gid)
+        p = sh(d, "echo more >> mine.txt && echo mine-ok; echo more >> shared.txt || echo shared-refused", ws=ws)
+        err = p.stderr.decode()
+        assert b"mine-ok" in p.stdout and b"shared-refused" in p.stdout, (p.stdout, err)
+        assert "agentctl: note: 1 file in the workspace belongs to another of your groups" in err, err
+        assert "shared.txt (group agentd-laptop) will be read-only inside" in err and "mine.txt" not in err, err
+        # Workspace=rw writes the host file itself: no copy-up, and no note.
+        p = sh(d, "echo more >> shared.txt && echo rw-ok", task="build", ws=ws)
+        assert p.stdout == b"rw-ok\n" and b"note:" not in p.stderr, p
+        assert open(os.path.join(ws, "shared.txt")).read() == "team file\nmore\n"
+
+
 def real_home_toolchains():
     home = os.path.realpath(os.environ.get("HOME", "/"))
     cargo = os.path.join(home, ".cargo", "bin", "cargo")
