@@ -94,6 +94,36 @@ static bool in_system_root(const char *path) {
         return under("/usr", path) || under("/etc", path);
 }
 
+/* A cache that does not exist yet inside a shown (read-only) toolchain tree,
+ * such as ~/.cargo/registry before the first download: the tool would fail to
+ * create it inside, so create it, empty, on the host (as the tool itself would
+ * have) and show it through the copy-on-write layer like any other cache. */
+static bool make_cache_in_tree(char *const *trees, const char *path) {
+        char buf[PATH_MAX];
+        size_t base = 0;
+
+        for (size_t i = 0; trees && trees[i]; i++)
+                if (under(trees[i], path) && !streq(trees[i], path) && strlen(trees[i]) > base)
+                        base = strlen(trees[i]);
+        if (is_dir(path))
+                return true;
+        if (base == 0 || strlen(path) >= sizeof(buf))
+                return false;
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *c = buf + base + 1; ; c++) {
+                bool end = *c == 0;
+                if (*c != '/' && !end)
+                        continue;
+                *c = 0;
+                if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+                        return false;
+                if (end)
+                        break;
+                *c = '/';
+        }
+        return is_dir(path);
+}
+
 static int add_toolchains(laptop_plan *plan, const task_policy *p, const char *home, const char *const *never) {
         const char *const *auto_list = p->toolchains_auto ? policy_toolchains_paths : NULL;
         char *const *paths = p->toolchains_auto ? NULL : p->toolchains;
@@ -118,7 +148,7 @@ static int add_toolchains(laptop_plan *plan, const task_policy *p, const char *h
                 r = expand(policy_caches_paths[i], home, &abs);
                 if (r == -ENOMEM)
                         return r;
-                if (r < 0 || !path_plain(abs) || forbidden(abs, home, never) || !is_dir(abs))
+                if (r < 0 || !path_plain(abs) || forbidden(abs, home, never) || !make_cache_in_tree(plan->ro, abs))
                         continue;
                 r = strv_add(&plan->cow, abs);
                 if (r < 0)

@@ -82,7 +82,8 @@ def test_toolchains_in_home_on_path_read_only():
         write(os.path.join(home, "not-shown", "bin", "secret-tool"), "#!/bin/sh\necho no\n", 0o755)
         caller = ":".join([os.path.join(home, ".cargo", "bin"), os.path.join(home, "not-shown", "bin"),
                            os.path.join(home, ".local", "bin"), "relative/bin", "/usr/bin", "/bin"])
-        p = sh(d, 'echo "PATH=$PATH"; laptop-hello; cargo build; touch ~/.local/bin/x 2>/dev/null || echo read-only',
+        p = sh(d, 'echo "PATH=$PATH"; laptop-hello; cargo build; touch ~/.local/bin/x 2>/dev/null || echo read-only; '
+                  'mkdir -p ~/.cargo/registry/index/x && echo cache-ok',
                task="build", path=caller)
         out = p.stdout.decode()
         assert p.returncode == 0, (p.returncode, out, p.stderr)
@@ -91,6 +92,8 @@ def test_toolchains_in_home_on_path_read_only():
         assert f"PATH={want}\n" in out, out
         assert "hello from local-bin" in out and "fake cargo build" in out and "read-only" in out, out
         assert not os.path.exists(os.path.join(home, ".local", "bin", "x"))
+        # A cache the shown tree lacks yet (~/.cargo/registry) is made, empty, and written through the layer.
+        assert "cache-ok" in out and os.listdir(os.path.join(home, ".cargo", "registry")) == [], out
         # Toolchains=none: nothing of the home, PATH is the defaults (and agentctl).
         p = sh(d, 'echo "PATH=$PATH"; ls ~/.local/bin 2>&1; command -v laptop-hello || echo missing',
                task="bare", path=caller)
