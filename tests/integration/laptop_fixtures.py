@@ -7,7 +7,6 @@ installed pytest and its dependencies as wheels (pure Python, py3-none-any)."""
 import base64
 import hashlib
 import http.server
-import io
 import json
 import os
 import re
