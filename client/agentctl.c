@@ -360,7 +360,8 @@ static int cmd_spawn(int argc, char **argv) {
                         nenv++;
 
         params p;
-        params_init(&p, 6 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0));
+        const char *caller_path = getenv("PATH");
+        params_init(&p, 6 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0) + (caller_path ? 1 : 0));
         if (task)
                 mp_pack_kv_str(&p.pk, "task", task);
         if (ncmd > 0) {
@@ -370,6 +371,8 @@ static int cmd_spawn(int argc, char **argv) {
                         mp_pack_cstr(&p.pk, cmd[i]);
         }
         mp_pack_kv_str(&p.pk, "workspace", ws_abs);
+        if (caller_path) /* filtered by agentd to what the sandbox can see */
+                mp_pack_kv_str(&p.pk, "path", caller_path);
         mp_pack_kv_bool(&p.pk, "tty", tty);
         mp_pack_kv_bool(&p.pk, "attach", !detach && !tty);
         mp_pack_kv_bool(&p.pk, "detach", detach);
@@ -419,9 +422,13 @@ static int cmd_spawn(int argc, char **argv) {
         }
         _cleanup_free_ char *id = NULL;
         const msgpack_object *o2 = res.result;
-        for (uint32_t i = 0; o2->type == MSGPACK_OBJECT_MAP && i < o2->via.map.size; i++)
-                if (mp_str_eq(&o2->via.map.ptr[i].key, "id") && o2->via.map.ptr[i].val.type == MSGPACK_OBJECT_STR)
-                        id = strndup(o2->via.map.ptr[i].val.via.str.ptr, o2->via.map.ptr[i].val.via.str.size);
+        for (uint32_t i = 0; o2->type == MSGPACK_OBJECT_MAP && i < o2->via.map.size; i++) {
+                const msgpack_object_kv *kv = &o2->via.map.ptr[i];
+                if (mp_str_eq(&kv->key, "id") && kv->val.type == MSGPACK_OBJECT_STR)
+                        id = strndup(kv->val.via.str.ptr, kv->val.via.str.size);
+                else if (mp_str_eq(&kv->key, "workspace_note") && kv->val.type == MSGPACK_OBJECT_STR && !arg_json)
+                        fprintf(stderr, "agentctl: note: %.*s\n", (int) kv->val.via.str.size, kv->val.via.str.ptr);
+        }
         if (detach) {
                 if (arg_json)
                         print_json(res.result);

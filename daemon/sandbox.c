@@ -35,6 +35,7 @@
 #include "broker.h"
 #include "cgroup.h"
 #include "fileio.h"
+#include "laptop.h"
 #include "daemon.h"
 #include "log.h"
 #include "macro.h"
@@ -456,6 +457,7 @@ static void sandbox_free(sandbox *s) {
         free(s->dir);
         free(s->cgroup);
         free(s->limits_note);
+        free(s->workspace_note);
         free(s->end_reason);
         free(s->setup_error);
         strv_free(s->argv);
@@ -903,7 +905,9 @@ static void on_helper_exit(uv_poll_t *h, int status, int events) {
 
 static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
         sandbox *s = userdata;
-        msgpack_pack_map(pk, 6);
+        msgpack_pack_map(pk, 6 + (s->workspace_note ? 1 : 0));
+        if (s->workspace_note)
+                mp_pack_kv_str(pk, "workspace_note", s->workspace_note);
         mp_pack_kv_str(pk, "id", s->id);
         mp_pack_kv_i64(pk, "pid", s->init_pid);
         mp_pack_kv_str(pk, "task", s->task);
@@ -1548,13 +1552,25 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         if ((r = spawn_task_paths_check(m, p, &agentd_hides, err)) < 0)
                 return r;
 
+        /* Toolchains, caches, credential files to hide, and PATH (laptop.c). */
+        _cleanup_(laptop_plan_done) laptop_plan lp = { 0 };
+        _cleanup_free_ char *caller_path = rpc_param_strdup(params, "path");
+        _cleanup_free_ char *runtime_dir = m->socket_path ? strdup(m->socket_path) : NULL;
+        if (runtime_dir && strrchr(runtime_dir, '/') && strrchr(runtime_dir, '/') != runtime_dir)
+                *strrchr(runtime_dir, '/') = 0;
+        const char *never[] = { m->config->state_directory, runtime_dir, NULL };
+        _cleanup_free_ char *path_env = NULL;
+        r = laptop_plan_build(p, m->home, caller_path, workspace, never, &lp);
+        if (r < 0 || asprintf(&path_env, "PATH=%s", lp.path) < 0)
+                return -ENOMEM;
+
         /* Environment: a fixed allowlist, then the task's, then what the caller may pass. */
         spec sp = { 0 };
         const char *user = getenv("USER");
         char buf[PATH_MAX + 16];
         for (size_t i = 0; i < argc; i++)
                 spec_add(&sp, "arg", argv[i]);
-        spec_add(&sp, "env", "PATH=/usr/local/bin:/usr/bin:/bin");
+        spec_add(&sp, "env", path_env);
         snprintf(buf, sizeof(buf), "HOME=%s", m->home);
         spec_add(&sp, "env", buf);
         if (user && env_name_valid(user)) {
@@ -1755,6 +1771,24 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         spec_add_int(&sp, "home_size", p->home_size == POLICY_INFINITY ? 0 : (long) p->home_size);
         if (p->tasks_max != POLICY_INFINITY)
                 spec_add_int(&sp, "nproc", (long) (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
+        for (size_t i = 0; lp.ro && lp.ro[i]; i++)
+                spec_add(&sp, "ro", lp.ro[i]);
+        if (lp.cow) {
+                if ((r = laptop_make_cow_dirs(s->dir, strv_length(lp.cow))) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the cache layers in %s: %s", s->dir, strerror(-r));
+                snprintf(path, sizeof(path), "%s/cow", s->dir);
+                spec_add(&sp, "cow_dir", path);
+        }
+        for (size_t i = 0; lp.cow && lp.cow[i]; i++)
+                spec_add(&sp, "cow", lp.cow[i]);
+        for (size_t i = 0; lp.hide && lp.hide[i]; i++)
+                spec_add(&sp, "hide", lp.hide[i]);
+        if (lp.agentctl)
+                spec_add(&sp, "agentctl", lp.agentctl);
+        if (laptop_group_note(workspace, p->workspace == WORKSPACE_OVERLAY, &s->workspace_note) < 0)
+                FAIL(RPC_E_INTERNAL, "out of memory");
+        if (s->workspace_note)
+                log_notice("sandbox %s: %s", s->id, s->workspace_note);
         spec_add(&sp, "hostname", "agentd");
         spec_add(&sp, "landlock", p->landlock ? "1" : "0");
         if (tty)

@@ -51,6 +51,7 @@ typedef struct sandbox {
         char *dir;                /* state dir */
         char *cgroup;             /* cgroup dir or NULL */
         char *limits_note;
+        char *workspace_note;        /* files that will be read-only inside, and why (laptop.c), or NULL */
         char **argv;
         sandbox_state state;
         uint64_t started_at;      /* realtime ms */

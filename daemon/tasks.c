@@ -192,7 +192,7 @@ static void pack_origins(msgpack_packer *pk, const task_policy *p) {
         static const char *const keys[] = {
                 "Task.Description", "Task.Command", "Task.Timeout", "Task.Environment", "Task.PassEnvironment",
                 "Filesystem.Workspace", "Filesystem.ReadOnlyPaths", "Filesystem.WritablePaths", "Filesystem.HidePaths",
-                "Filesystem.TmpSize", "Filesystem.ShmSize", "Filesystem.HomeSize",
+                "Filesystem.TmpSize", "Filesystem.ShmSize", "Filesystem.HomeSize", "Filesystem.Toolchains",
                 "Network.Mode", "Network.Allow", "Network.Ask", "Network.AskTimeout", "Credentials.VaultPolicies", "Credentials.TTL",
                 "Limits.MemoryMax", "Limits.TasksMax", "Limits.CPUWeight", "Limits.CPUQuota", "Limits.ChangeMax",
                 "Security.Seccomp", "Security.Landlock",
@@ -231,7 +231,7 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         mp_pack_strv(pk, p->pass_environment);
 
         mp_pack_cstr(pk, "Filesystem");
-        msgpack_pack_map(pk, 7);
+        msgpack_pack_map(pk, 8);
         mp_pack_kv_str(pk, "Workspace", workspace_mode_name(p->workspace));
         mp_pack_cstr(pk, "ReadOnlyPaths");
         mp_pack_strv(pk, p->read_only_paths);
@@ -242,6 +242,12 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         pack_size(pk, "TmpSize", p->tmp_size);
         pack_size(pk, "ShmSize", p->shm_size);
         pack_size(pk, "HomeSize", p->home_size);
+        mp_pack_cstr(pk, "Toolchains"); /* ["auto"], [] (none) or the paths */
+        if (p->toolchains_auto) {
+                msgpack_pack_array(pk, 1);
+                mp_pack_cstr(pk, "auto");
+        } else
+                mp_pack_strv(pk, p->toolchains);
 
         mp_pack_cstr(pk, "Network");
         msgpack_pack_map(pk, 4);

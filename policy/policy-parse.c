@@ -33,6 +33,7 @@ static const key_def keys[_POLICY_KEY_MAX] = {
         { "Filesystem", "TmpSize", POLICY_KEY_FS_TMP_SIZE, false },
         { "Filesystem", "ShmSize", POLICY_KEY_FS_SHM_SIZE, false },
         { "Filesystem", "HomeSize", POLICY_KEY_FS_HOME_SIZE, false },
+        { "Filesystem", "Toolchains", POLICY_KEY_FS_TOOLCHAINS, true },
         { "Network", "Mode", POLICY_KEY_NETWORK_MODE, false },
         { "Network", "Allow", POLICY_KEY_NETWORK_ALLOW, true },
         { "Network", "Ask", POLICY_KEY_NETWORK_ASK, false },
@@ -253,6 +254,10 @@ static void list_reset(task_policy *p, policy_key id) {
         case POLICY_KEY_FS_HIDE_PATHS:
                 strv_free(TAKE_PTR(p->hide_paths));
                 break;
+        case POLICY_KEY_FS_TOOLCHAINS:
+                strv_free(TAKE_PTR(p->toolchains));
+                p->toolchains_auto = false;
+                break;
         case POLICY_KEY_NETWORK_ALLOW:
                 for (size_t i = 0; i < p->n_allow; i++)
                         policy_host_done(&p->allow[i]);
@@ -265,6 +270,44 @@ static void list_reset(task_policy *p, policy_key id) {
         default:
                 break;
         }
+}
+
+static int add_allow_host(parse_state *s, const key_def *k, const char *word) {
+        policy_host h;
+        policy_host *a;
+        int r = policy_parse_host_port(word, &h);
+
+        if (r == -ENOMEM)
+                return fail(s, k, r, "out of memory");
+        if (r < 0)
+                return fail(s, k, r, "Network.Allow: invalid entry '%.256s' (expected host:port, "
+                            "*.domain:port, a.b.c.d:port, [v6]:port or @set; the port is required)", word);
+        a = reallocarray(s->p->allow, s->p->n_allow + 1, sizeof(policy_host));
+        if (!a) {
+                policy_host_done(&h);
+                return fail(s, k, -ENOMEM, "out of memory");
+        }
+        s->p->allow = a;
+        s->p->allow[s->p->n_allow++] = h;
+        return 0;
+}
+
+/* "@crates": every host of a named set (policy/laptop/allow/crates.hosts). */
+static int add_allow_set(parse_state *s, const key_def *k, const char *name) {
+        const policy_allow_set *set = policy_allow_set_find(name);
+
+        if (!set) {
+                char known[256] = "";
+                for (const policy_allow_set *i = policy_allow_sets; i->name; i++)
+                        snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s@%s", *known ? " " : "", i->name);
+                return fail(s, k, -EINVAL, "Network.Allow: unknown set '@%.64s' (known: %s)", name, known);
+        }
+        for (const char *const *h = set->hosts; *h; h++) {
+                int r = add_allow_host(s, k, *h);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 static int parse_list(parse_state *s, const key_def *k, const char *v) {
@@ -305,24 +348,23 @@ static int parse_list(parse_state *s, const key_def *k, const char *v) {
                 return add_paths(s, k, &p->writable_paths, words);
         case POLICY_KEY_FS_HIDE_PATHS:
                 return add_paths(s, k, &p->hide_paths, words);
+        case POLICY_KEY_FS_TOOLCHAINS:
+                /* auto | none | paths: a keyword must stand alone, and replaces what came before */
+                if ((streq(words[0], "auto") || streq(words[0], "none")) && !words[1]) {
+                        list_reset(p, k->id);
+                        p->toolchains_auto = streq(words[0], "auto");
+                        return 0;
+                }
+                for (char **w = words; *w; w++)
+                        if (streq(*w, "auto") || streq(*w, "none"))
+                                return fail(s, k, -EINVAL, "Filesystem.Toolchains: '%s' must stand alone (auto, none or paths)", *w);
+                p->toolchains_auto = false;
+                return add_paths(s, k, &p->toolchains, words);
         case POLICY_KEY_NETWORK_ALLOW:
                 for (char **w = words; *w; w++) {
-                        policy_host h;
-                        policy_host *a;
-
-                        r = policy_parse_host_port(*w, &h);
-                        if (r == -ENOMEM)
-                                return fail(s, k, r, "out of memory");
+                        r = (*w)[0] == '@' ? add_allow_set(s, k, *w + 1) : add_allow_host(s, k, *w);
                         if (r < 0)
-                                return fail(s, k, r, "Network.Allow: invalid entry '%.256s' (expected host:port, "
-                                            "*.domain:port, a.b.c.d:port or [v6]:port; the port is required)", *w);
-                        a = reallocarray(p->allow, p->n_allow + 1, sizeof(policy_host));
-                        if (!a) {
-                                policy_host_done(&h);
-                                return fail(s, k, -ENOMEM, "out of memory");
-                        }
-                        p->allow = a;
-                        p->allow[p->n_allow++] = h;
+                                return r;
                 }
                 return 0;
         case POLICY_KEY_CREDENTIALS_VAULT_POLICIES:

@@ -45,6 +45,7 @@ void task_policy_free(task_policy *p) {
         strv_free(p->read_only_paths);
         strv_free(p->writable_paths);
         strv_free(p->hide_paths);
+        strv_free(p->toolchains);
         for (size_t i = 0; i < p->n_allow; i++)
                 policy_host_done(&p->allow[i]);
         free(p->allow);
@@ -84,6 +85,7 @@ int task_policy_copy(const task_policy *p, task_policy **ret) {
                 .home_size = p->home_size,
                 .change_max = p->change_max,
                 .landlock = p->landlock,
+                .toolchains_auto = p->toolchains_auto,
         };
         c->name = strdup(p->name);
         c->source = strdup(p->source);
@@ -98,6 +100,7 @@ int task_policy_copy(const task_policy *p, task_policy **ret) {
             copy_strv(p->read_only_paths, &c->read_only_paths) < 0 ||
             copy_strv(p->writable_paths, &c->writable_paths) < 0 ||
             copy_strv(p->hide_paths, &c->hide_paths) < 0 ||
+            copy_strv(p->toolchains, &c->toolchains) < 0 ||
             copy_strv(p->vault_policies, &c->vault_policies) < 0)
                 return -ENOMEM;
         if (p->n_allow > 0) {
@@ -120,6 +123,17 @@ int task_policy_copy(const task_policy *p, task_policy **ret) {
                 };
         *ret = TAKE_PTR(c);
         return 0;
+}
+
+bool task_policy_toolchains_enabled(const task_policy *p) {
+        return p && (p->toolchains_auto || (p->toolchains && p->toolchains[0]));
+}
+
+const policy_allow_set *policy_allow_set_find(const char *name) {
+        for (const policy_allow_set *s = policy_allow_sets; s->name; s++)
+                if (streq(s->name, name))
+                        return s;
+        return NULL;
 }
 
 bool task_policy_seccomp_enabled(const task_policy *p) {
@@ -176,6 +190,8 @@ char **task_policy_capabilities(const task_policy *p) {
                 r = push_fmt(&l, "readable: %s", *i);
         for (char **i = p->writable_paths; r >= 0 && i && *i; i++)
                 r = push_fmt(&l, "writable: %s", *i);
+        for (char **i = p->toolchains; r >= 0 && i && *i; i++)
+                r = push_fmt(&l, "toolchain (read-only): %s", *i);
         if (r >= 0 && p->network == NETWORK_PROXY && p->n_allow == 0)
                 r = push_fmt(&l, "network: proxy (no host allowed)");
         for (size_t i = 0; r >= 0 && i < p->n_allow; i++) {
@@ -269,6 +285,10 @@ char *task_policy_canonical(const task_policy *p) {
         fprintf(f, "Filesystem.TmpSize=%" PRIu64 "\n", p->tmp_size);
         fprintf(f, "Filesystem.ShmSize=%" PRIu64 "\n", p->shm_size);
         fprintf(f, "Filesystem.HomeSize=%" PRIu64 "\n", p->home_size);
+        if (r >= 0 && p->toolchains_auto)
+                fprintf(f, "Filesystem.Toolchains=auto\n");
+        else if (r >= 0)
+                r = canon_list(f, "Filesystem.Toolchains", p->toolchains);
         fprintf(f, "Network.Mode=%s\n", p->network == NETWORK_PROXY ? "proxy" : "none");
         fprintf(f, "Network.Allow=");
         for (size_t i = 0; r >= 0 && i < p->n_allow; i++) {

@@ -79,6 +79,7 @@ typedef enum policy_key {
         POLICY_KEY_FS_TMP_SIZE,
         POLICY_KEY_FS_SHM_SIZE,
         POLICY_KEY_FS_HOME_SIZE,
+        POLICY_KEY_FS_TOOLCHAINS,
         POLICY_KEY_NETWORK_MODE,
         POLICY_KEY_NETWORK_ALLOW,
         POLICY_KEY_NETWORK_ASK,
@@ -112,6 +113,8 @@ typedef struct task_policy {
         uint64_t tmp_size;           /* bytes of the tmpfs /tmp; POLICY_INFINITY = the kernel's default (half of RAM) */
         uint64_t shm_size;           /* likewise /dev/shm */
         uint64_t home_size;          /* likewise the tmpfs home */
+        bool toolchains_auto;        /* Toolchains=auto: every location of policy_toolchains_paths the machine has */
+        char **toolchains;           /* Toolchains=<paths>; NULL and !toolchains_auto = none (the default) */
 
         network_mode network;
         policy_host *allow;
@@ -184,6 +187,19 @@ typedef struct policy_builtin {
 } policy_builtin;
 extern const policy_builtin policy_builtins[];
 extern const size_t policy_n_builtins;
+
+/* Laptop data, embedded at build time from policy/laptop/: NULL-terminated lists
+ * of paths ("~/" = the caller's home) and the named Network.Allow sets (@crates). */
+typedef struct policy_allow_set {
+        const char *name;
+        const char *const *hosts;     /* "host:port", NULL-terminated */
+} policy_allow_set;
+extern const char *const policy_toolchains_paths[];  /* shown read-only (Toolchains=auto) */
+extern const char *const policy_caches_paths[];      /* writable through a copy-on-write layer */
+extern const char *const policy_secrets_paths[];     /* hidden in every sandbox */
+extern const policy_allow_set policy_allow_sets[];   /* terminated by { NULL, NULL } */
+const policy_allow_set *policy_allow_set_find(const char *name);
+bool task_policy_toolchains_enabled(const task_policy *p);
 
 /* The registry: every task by name, resolved across the search path. */
 typedef struct policy_registry policy_registry;

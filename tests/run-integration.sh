@@ -17,6 +17,9 @@ id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TES
 d=$ROOT
 while [ "$d" != / ]; do chmod o+rx "$d" 2>/dev/null || true; d=$(dirname "$d"); done
 home=$(getent passwd "$TEST_USER" | cut -d: -f6)
+# A file's root-only setup (e.g. toolchains copied into the test user's home).
+setup="$ROOT/tests/integration/${file%.py}-setup.sh"
+[ ! -x "$setup" ] || "$setup" "$TEST_USER" "$home"
 cg=""
 if [ -n "${CGROUP_BASE:-}" ]; then
         cg="$CGROUP_BASE/${file%.py}"

@@ -136,6 +136,8 @@ int confine_landlock(const SandboxSpec *spec, SandboxError *err) {
                 r = landlock_allow(ruleset, spec->workspace, attr.handled_access_fs, err);
         for (char **p = spec->rw; r >= 0 && *p; p++)
                 r = landlock_allow(ruleset, *p, attr.handled_access_fs, err);
+        for (char **p = spec->cow; r >= 0 && *p; p++)
+                r = landlock_allow(ruleset, *p, attr.handled_access_fs, err);
         if (r < 0)
                 return r;
 

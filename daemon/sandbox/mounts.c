@@ -230,6 +230,26 @@ static int open_checked_workspace(const char *path, char *ret_src, size_t size, 
         return fd;
 }
 
+/* Package caches: the host directory is the lower layer of an overlay whose
+ * upper and work directories are the sandbox's own (cow_dir/<i>/), so writes
+ * never reach the host's cache. */
+static int plan_cow(MountPlan *plan, const SandboxSpec *spec, SandboxError *err) {
+        for (size_t i = 0; spec->cow[i]; i++) {
+                char upper[4096], work[4096];
+                int fd, r;
+
+                if ((size_t) snprintf(upper, sizeof(upper), "%s/%zu/upper", spec->cow_dir, i) >= sizeof(upper) ||
+                    (size_t) snprintf(work, sizeof(work), "%s/%zu/work", spec->cow_dir, i) >= sizeof(work))
+                        return sandbox_fail(err, "cache", -ENAMETOOLONG, "cow_dir: path too long");
+                const char *opts[] = { "lowerdir", spec->cow[i], "upperdir", upper, "workdir", work,
+                                       "userxattr", NULL, NULL };
+                fd = make_fs("overlay", opts, ATTR_RW, "cache", err);
+                if (fd < 0 || (r = plan_add(plan, spec->cow[i], fd, NULL, S_IFDIR, err)) < 0)
+                        return fd < 0 ? fd : r;
+        }
+        return 0;
+}
+
 static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err) {
         _cleanup_close_ int wsfd = -1;
         char ws_src[64];
@@ -304,6 +324,16 @@ static int plan_user(MountPlan *plan, const SandboxSpec *spec, SandboxError *err
                 fd = clone_tree(*p, true, ATTR_RW, "bind rw", err);
                 if (fd < 0 || (r = plan_add(plan, *p, fd, NULL, 0, err)) < 0)
                         return fd < 0 ? fd : r;
+        }
+        r = plan_cow(plan, spec, err);
+        if (r < 0)
+                return r;
+        if (spec->agentctl) {
+                fd = clone_tree(spec->agentctl, false, ATTR_RO, "agentctl", err);
+                if (fd < 0 || (r = plan_add(plan, SANDBOX_AGENTCTL_PATH, fd, NULL, 0, err)) < 0)
+                        return fd < 0 ? fd : r;
+                if (plan->entries[plan->n - 1].is_dir)
+                        return sandbox_fail(err, "agentctl", -EISDIR, "%s: not a file", spec->agentctl);
         }
         return 0;
 }
@@ -456,12 +486,48 @@ static int place_entry(int rootfd, MountEntry *e, ParentCache *cache, SandboxErr
         return 0;
 }
 
-/* Mask a path: an empty read-only tmpfs over a directory, /dev/null over anything else. */
-static int hide_path(int rootfd, const char *path, SandboxError *err) {
+/* Mask a path: an empty read-only tmpfs over a directory, an empty read-only
+ * file over anything else. A symlink on the way is refused; a symlink as the
+ * last component is followed as the sandbox would follow it (resolved inside
+ * the new root), so what it reaches is masked. */
+/* A clone of one empty 0444 file on a read-only tmpfs, made once per sandbox
+ * (*cache holds that tmpfs): reads see nothing, writes fail with EROFS. */
+static int empty_file(int *cache, SandboxError *err) {
+        struct mount_attr ro = { .attr_set = MOUNT_ATTR_RDONLY };
+        int fd;
+
+        if (*cache < 0) {
+                _cleanup_close_ int mnt = make_tmpfs("0755", ATTR_RW | MOUNT_ATTR_NOEXEC, err);
+
+                if (mnt < 0)
+                        return mnt;
+                fd = openat(mnt, "empty", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0444);
+                if (fd < 0)
+                        return sandbox_fail(err, "hide", -errno, "empty file: %m");
+                close(fd);
+                if (mount_setattr(mnt, "", AT_EMPTY_PATH, &ro, sizeof(ro)) < 0)
+                        return sandbox_fail(err, "hide", -errno, "empty file: mount_setattr: %m");
+                *cache = TAKE_FD(mnt);
+        }
+        fd = open_tree(*cache, "empty", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        return fd < 0 ? sandbox_fail(err, "hide", -errno, "empty file: %m") : fd;
+}
+
+static int hide_path(int rootfd, const char *path, int *empty_cache, SandboxError *err) {
         _cleanup_close_ int target = -1, src = -1;
         struct stat st;
 
         target = openat2_safe(rootfd, path + 1, O_PATH | O_NOFOLLOW);
+        if (target >= 0 && fstat(target, &st) == 0 && S_ISLNK(st.st_mode)) {
+                struct open_how how = {
+                        .flags = O_PATH | O_CLOEXEC,
+                        .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+                };
+                safe_close(target);
+                target = (int) syscall(SYS_openat2, rootfd, path + 1, &how, sizeof(how));
+                if (target < 0)
+                        target = -errno;
+        }
         if (target == -ENOENT)
                 return 0;
         if (target < 0) {
@@ -473,7 +539,7 @@ static int hide_path(int rootfd, const char *path, SandboxError *err) {
         if (S_ISDIR(st.st_mode))
                 src = make_tmpfs("0755", ATTR_RO | MOUNT_ATTR_NOEXEC, err);
         else
-                src = clone_tree("/dev/null", false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "hide", err);
+                src = empty_file(empty_cache, err);
         if (src < 0)
                 return src;
         if (move_mount(src, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
@@ -485,6 +551,7 @@ int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
         _cleanup_free_ MountPlan *plan = NULL;
         _cleanup_close_ int rootfd = -1;
         ParentCache cache = { .fd = -1 };
+        int empty_cache = -1;
         struct mount_attr ro = { .attr_set = MOUNT_ATTR_RDONLY };
         int r = 0;
 
@@ -521,7 +588,8 @@ int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
                 r = place_entry(rootfd, &plan->entries[i], &cache, err);
         cache.fd = safe_close(cache.fd);
         for (char **h = spec->hide; r >= 0 && *h; h++)
-                r = hide_path(rootfd, *h, err);
+                r = hide_path(rootfd, *h, &empty_cache, err);
+        empty_cache = safe_close(empty_cache);
         for (size_t i = 0; i < plan->n; i++)
                 safe_close(plan->entries[i].fd);
         if (r < 0)

@@ -44,6 +44,9 @@ typedef struct SandboxSpec {
         char **ro;
         char **rw;
         char **hide;
+        char **cow;                /* shown writable through an overlay whose upper is cow_dir/<index>/upper */
+        const char *cow_dir;
+        const char *agentctl;      /* host file bound read-only at SANDBOX_AGENTCTL_PATH */
         const char *hostname;
         bool landlock;
         bool tty;
@@ -81,6 +84,7 @@ int bridge_start(const SandboxSpec *spec, int socket_fd, SandboxError *err);
 int bridge_wait_ready(int ready_fd, SandboxError *err);
 
 #define SANDBOX_BROKER_PATH "/run/agentd/broker.sock"
+#define SANDBOX_AGENTCTL_PATH "/run/agentd/bin/agentctl"
 
 /* Where the command runs inside the sandbox. */
 static inline const char *spec_cwd(const SandboxSpec *spec) {

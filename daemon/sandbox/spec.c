@@ -173,6 +173,7 @@ static int parse_seccomp(SandboxSpec *spec, SandboxError *err) {
 /* Fill three vectors in one pass: count first, then point into the buffer. */
 int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
         size_t n_arg = 0, n_env = 0, n_ro = 0, n_rw = 0, n_hide = 0, i_arg = 0, i_env = 0, i_ro = 0, i_rw = 0, i_hide = 0;
+        size_t n_cow = 0, i_cow = 0;
         char **vec;
         int r;
 
@@ -196,11 +197,13 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                         n_rw++;
                 else if (strncmp(p, "hide=", 5) == 0)
                         n_hide++;
+                else if (strncmp(p, "cow=", 4) == 0)
+                        n_cow++;
                 else if (strncmp(p, "status_fd=", 10) == 0)
                         /* Known early, so even a later spec error is reported there. */
                         (void) parse_fd("status_fd", p + 10, &spec->status_fd, err);
         }
-        vec = calloc(n_arg + n_env + n_ro + n_rw + n_hide + 5, sizeof(char *));
+        vec = calloc(n_arg + n_env + n_ro + n_rw + n_hide + n_cow + 6, sizeof(char *));
         if (!vec)
                 return sandbox_fail(err, "spec", -ENOMEM, "out of memory");
         spec->argv = vec;
@@ -208,6 +211,7 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
         spec->ro = spec->envp + n_env + 1;
         spec->rw = spec->ro + n_ro + 1;
         spec->hide = spec->rw + n_rw + 1;
+        spec->cow = spec->hide + n_hide + 1;
 
         for (char *p = buf, *next; p < buf + size; p = next) {
                 char *eq = strchr(p, '='), *value;
@@ -235,6 +239,22 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                                 spec->rw[i_rw++] = value;
                         else
                                 spec->hide[i_hide++] = value;
+                } else if (streq(p, "cow")) {
+                        r = check_path(p, value, err);
+                        if (r < 0)
+                                return r;
+                        /* overlayfs splits its options on ',' and lowerdir on ':' */
+                        if (strpbrk(value, ",:\\"))
+                                return sandbox_fail(err, "spec", -EINVAL, "cow: path '%.256s' holds ',', ':' or '\\'", value);
+                        spec->cow[i_cow++] = value;
+                } else if (streq(p, "cow_dir") || streq(p, "agentctl")) {
+                        r = check_path(p, value, err);
+                        if (r < 0)
+                                return r;
+                        if (streq(p, "cow_dir"))
+                                spec->cow_dir = value;
+                        else
+                                spec->agentctl = value;
                 } else if (streq(p, "workspace") || streq(p, "upper") || streq(p, "work") || streq(p, "home")) {
                         r = check_path(p, value, err);
                         if (r < 0)
@@ -335,6 +355,8 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                 return sandbox_fail(err, "spec", -EINVAL, "workspace is required unless workspace_mode=none");
         if (spec->workspace_mode == WORKSPACE_OVERLAY && (!spec->upper || !spec->work))
                 return sandbox_fail(err, "spec", -EINVAL, "workspace_mode=overlay needs upper= and work=");
+        if (n_cow > 0 && !spec->cow_dir)
+                return sandbox_fail(err, "spec", -EINVAL, "cow= needs cow_dir=");
         if (!spec->proxy_socket != !spec->proxy_port)
                 return sandbox_fail(err, "spec", -EINVAL, "proxy_socket and proxy_port go together");
         if (spec->workspace_mode == WORKSPACE_NONE)

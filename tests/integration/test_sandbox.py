@@ -165,7 +165,9 @@ def test_environment_is_rebuilt():
         p = d.agentctl("spawn", "--", "/usr/bin/env", cwd=ws, env={"SECRET_TOKEN": "s3cr3t", "TERM": "xterm-test"}, check=0)
         env = dict(l.split("=", 1) for l in p.stdout.decode().splitlines())
         assert "SECRET_TOKEN" not in env and env["TERM"] == "xterm-test", env
-        assert env["HOME"] == os.path.realpath(os.environ["HOME"]) and env["PATH"].startswith("/usr/local/bin"), env
+        # PATH: the caller's (agentctl's, here /usr/bin:/bin) filtered to what is visible, then the defaults.
+        assert env["HOME"] == os.path.realpath(os.environ["HOME"]) and \
+            env["PATH"] == "/usr/bin:/bin:/usr/local/bin:/run/agentd/bin", env
         assert not any(k.startswith("LD_") or k.startswith("XDG_") or k == "AGENTD_SOCKET" for k in env), env
         c = d.client()
         err, _ = c.call("sandbox.spawn", {"argv": ["env"], "workspace": ws, "env": {"LD_PRELOAD": "/x.so"}})

@@ -275,6 +275,62 @@ START_TEST(test_seccomp_off_capability) {
 }
 END_TEST
 
+START_TEST(test_toolchains_key) {
+        _cleanup_task_policy_ task_policy *none = parse_ok("");
+        _cleanup_task_policy_ task_policy *a = parse_ok("[Filesystem]\nToolchains=auto\n");
+        _cleanup_task_policy_ task_policy *paths = parse_ok("[Filesystem]\nToolchains=auto\nToolchains=~/t /opt/x\n");
+        _cleanup_task_policy_ task_policy *off = parse_ok("[Filesystem]\nToolchains=~/t\nToolchains=none\n");
+        _cleanup_task_policy_ task_policy *c = NULL;
+        _cleanup_free_ char *ca = NULL, *cc = NULL;
+        policy_error e;
+
+        ck_assert(!task_policy_toolchains_enabled(none));
+        ck_assert(a->toolchains_auto && !a->toolchains && task_policy_toolchains_enabled(a));
+        ck_assert(!paths->toolchains_auto);
+        ck_assert_str_eq(paths->toolchains[0], HOME "/t");
+        ck_assert_str_eq(paths->toolchains[1], "/opt/x");
+        ck_assert(!task_policy_toolchains_enabled(off));
+        ck_assert_int_eq(task_policy_copy(a, &c), 0);
+        ck_assert(c->toolchains_auto);
+        ca = task_policy_canonical(a);
+        cc = task_policy_canonical(paths);
+        ck_assert_ptr_nonnull(strstr(ca, "Filesystem.Toolchains=auto\n"));
+        ck_assert_ptr_nonnull(strstr(cc, "Filesystem.Toolchains="));
+        ck_assert_ptr_nonnull(strstr(strstr(cc, "Filesystem.Toolchains="), "/opt/x"));
+        ck_assert_ptr_null(strstr(cc, "Filesystem.Toolchains=auto"));
+        e = parse_fail("[Filesystem]\nToolchains=auto ~/x\n");
+        ck_assert_str_eq(e.key, "Filesystem.Toolchains");
+        ck_assert_ptr_nonnull(strstr(e.message, "must stand alone"));
+        e = parse_fail("[Filesystem]\nToolchains=relative/x\n");
+        ck_assert_uint_eq(e.line, 2);
+        /* every embedded location list is non-empty and made of ~/ or absolute paths */
+        const char *const *lists[] = { policy_toolchains_paths, policy_caches_paths, policy_secrets_paths };
+        for (size_t i = 0; i < ELEMENTSOF(lists); i++) {
+                ck_assert_ptr_nonnull(lists[i][0]);
+                for (const char *const *l = lists[i]; *l; l++)
+                        ck_assert_msg((*l)[0] == '/' || strncmp(*l, "~/", 2) == 0, "%s", *l);
+        }
+}
+END_TEST
+
+START_TEST(test_allow_sets) {
+        _cleanup_task_policy_ task_policy *p = parse_ok("[Network]\nMode=proxy\nAllow=@crates x.org:443 @pypi\n");
+        policy_error e;
+        bool crates = false, pypi = false;
+
+        ck_assert_ptr_nonnull(policy_allow_set_find("npm"));
+        ck_assert_ptr_null(policy_allow_set_find("nope"));
+        for (size_t i = 0; i < p->n_allow; i++) {
+                crates |= streq(p->allow[i].host, "index.crates.io") && p->allow[i].port == 443;
+                pypi |= streq(p->allow[i].host, "files.pythonhosted.org");
+        }
+        ck_assert(crates && pypi);
+        e = parse_fail("[Network]\nAllow=@nope\n");
+        ck_assert_ptr_nonnull(strstr(e.message, "unknown set '@nope'"));
+        ck_assert_ptr_nonnull(strstr(e.message, "@crates"));
+}
+END_TEST
+
 START_TEST(test_durations) {
         static const struct {
                 const char *s;
@@ -825,6 +881,8 @@ static Suite *policy_suite(void) {
         tcase_add_test(tc, test_binary_and_huge);
         tcase_add_test(tc, test_names);
         tcase_add_test(tc, test_seccomp_profile_file);
+        tcase_add_test(tc, test_toolchains_key);
+        tcase_add_test(tc, test_allow_sets);
         suite_add_tcase(s, tc);
 
         tcase_add_checked_fixture(reg, registry_setup, registry_teardown);
