@@ -35,7 +35,7 @@ int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
         manager *m = ctx->m;
         msgpack_packer *pk = ctx->pk;
 
-        msgpack_pack_map(pk, 15);
+        msgpack_pack_map(pk, 16);
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
         mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
         mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);
