@@ -8,7 +8,7 @@ PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       libinih-dev libjson-c-dev check
       python3-msgpack python3-hvac swtpm swtpm-tools tpm2-tools
       systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps
-      chromium fonts-dejavu-core nodejs npm)
+      chromium fonts-dejavu-core nodejs npm neovim zsh fish bash-completion man-db)
 missing=()
 for p in "${PKGS[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,4 +22,9 @@ fi
 if [ ! -d "$(dirname "$0")/otlp/node_modules/@opentelemetry/otlp-transformer" ]; then
         npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error ||
                 npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error
+fi
+# The Node client's msgpack library (ide/node), pinned by its package-lock.json.
+if [ ! -d "$(dirname "$0")/../ide/node/node_modules/@msgpack/msgpack" ]; then
+        npm ci --prefix "$(dirname "$0")/../ide/node" --no-audit --no-fund --loglevel=error ||
+                npm ci --prefix "$(dirname "$0")/../ide/node" --no-audit --no-fund --loglevel=error
 fi
