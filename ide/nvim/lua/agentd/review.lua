@@ -128,12 +128,14 @@ function M.open_diff(id, entry)
     local buf = agentd.scratch(bufname, lines)
     vim.api.nvim_set_current_buf(buf)
     vim.api.nvim_buf_set_option(buf, "readonly", true)
-    pcall(function()
-      local ft = vim.filetype.match({ filename = entry.path })
-      if ft then
+    if vim.filetype and vim.filetype.match then
+      local ok, ft = pcall(vim.filetype.match, { filename = entry.path }) -- Neovim 0.8+
+      if ok and type(ft) == "string" then
         vim.api.nvim_buf_set_option(buf, "filetype", ft)
+      elseif not ok then
+        pcall(vim.filetype.match, entry.path, buf) -- Neovim 0.7 sets it itself
       end
-    end)
+    end
     vim.cmd("diffthis")
     return buf
   end
