@@ -115,15 +115,37 @@ test("an events iterator ends when the loop breaks, and with the connection", op
   await assert.rejects(c2.agentdPing(), /closed/);
 });
 
-test("approvals: list and answer (when agentd has approval.*)", opts, async (t) => {
+test("approvals: approval.requested, approval.list, approval.answer, approval.answered", opts, async (t) => {
   let list;
   try {
     list = await c.call("approval.list", {});
   } catch (e) {
-    if (e.code === "method_not_found") return t.skip("this agentd has no approval.list");
+    if (e.code === "method_not_found") return t.skip("this agentd has no approval.list (method_not_found)");
     throw e;
   }
   assert.ok(Array.isArray(list));
   await assert.rejects(c.call("approval.answer", { id: "no-such-approval", decision: "deny" }),
     (e) => e.code === "not_found" || e.code === "invalid_params");
+  const port = process.env.AGENTD_TEST_UPSTREAM_PORT;
+  assert.ok(port, "agentd has approvals but test_node.py set up no 'ask' task and upstream");
+  const ws = workspace();
+  const ev = await c.events();
+  const curl = `export NO_PROXY= no_proxy=; curl -s -m 40 -o /dev/null -w 'code=%{http_code}\\n' http://127.0.0.1:${port}/`;
+  const r = await c.sandboxSpawn({ task: "ask", argv: ["/bin/sh", "-c", curl], workspace: ws });
+  const seen = await until(ev, (e) => e.method === "approval.requested" && e.params.sandbox === r.id, "approval.requested");
+  const req = seen.at(-1).params;
+  assert.equal(req.task, "ask");
+  assert.equal(req.kind, "network");
+  assert.equal(req.what, `127.0.0.1:${port}`);
+  assert.ok(req.expires_at > req.requested_at);
+  assert.deepEqual((await c.call("approval.list", {})).map((a) => a.id), [req.id]);
+  assert.deepEqual(await c.call("approval.answer", { id: req.id, decision: "approve", scope: "once" }), {});
+  const rest = await until(ev, (e, all) => e.method === "sandbox.state" && e.params.id === r.id && e.params.state === "exited" &&
+    all.some((x) => x.method === "approval.answered"), "the answer and the sandbox's end");
+  const ans = rest.find((e) => e.method === "approval.answered").params;
+  assert.equal(ans.id, req.id);
+  assert.equal(ans.decision, "approve");
+  assert.equal(ans.scope, "once");
+  const out = Buffer.from((await c.sandboxLogs({ id: r.id })).stdout).toString();
+  assert.equal(out, "code=200\n");
 });
