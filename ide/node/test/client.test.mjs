@@ -24,18 +24,21 @@ function workspace() {
   return ws;
 }
 
+// Reads events (without closing the iterator) until pred holds; fails after 30 s.
 async function until(iter, pred, what) {
-  const timer = setTimeout(() => iter.return(), 30000);
   const seen = [];
-  try {
-    for await (const ev of iter) {
-      seen.push(ev);
-      if (pred(ev, seen)) return seen;
-    }
-  } finally {
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    let timer;
+    const timeout = new Promise((resolve) => { timer = setTimeout(resolve, Math.max(0, deadline - Date.now()), "timeout"); });
+    const r = await Promise.race([iter.next(), timeout]);
     clearTimeout(timer);
+    if (r === "timeout" || r.done) {
+      assert.fail(`${r === "timeout" ? "no" : "events ended before"} ${what}: ${JSON.stringify(seen.map((e) => e.method))}`);
+    }
+    seen.push(r.value);
+    if (pred(r.value, seen)) return seen;
   }
-  assert.fail(`events ended before ${what}: ${JSON.stringify(seen.map((e) => e.method))}`);
 }
 
 test("defaultSocketPath follows AGENTD_SOCKET, then XDG_RUNTIME_DIR", () => {
