@@ -64,7 +64,8 @@ export function renderDts(methods) {
   const ifaces = methods.map((m) => {
     const t = camel(m.name).replace(/^./, (c) => c.toUpperCase()) + "Params";
     const body = m.params.map((p) => `  ${p.key}${p.optional ? "?" : ""}: ${p.tsType};`).join("\n");
-    return { m, t, decl: `export interface ${t} {${body ? "\n" + body + "\n" : ""}}` };
+    // No parameters: only the empty map (an interface {} would take anything).
+    return { m, t, decl: body ? `export interface ${t} {\n${body}\n}` : `export type ${t} = Record<string, never>;` };
   });
   const paramMap = ifaces.map(({ m, t }) => `  ${JSON.stringify(m.name)}: ${t};`).join("\n");
   const fns = ifaces.map(({ m, t }) => {

@@ -18,11 +18,11 @@ export interface MethodInfo {
 
 export declare const METHODS: readonly MethodInfo[];
 
-export interface AgentdPingParams {}
+export type AgentdPingParams = Record<string, never>;
 
-export interface AgentdStatusParams {}
+export type AgentdStatusParams = Record<string, never>;
 
-export interface TaskListParams {}
+export type TaskListParams = Record<string, never>;
 
 export interface TaskShowParams {
   name: string;
@@ -38,7 +38,7 @@ export interface SandboxSpawnParams {
   detach?: boolean;
 }
 
-export interface SandboxListParams {}
+export type SandboxListParams = Record<string, never>;
 
 export interface SandboxWaitParams {
   id: string;
@@ -73,9 +73,9 @@ export interface BrokerEnrollParams {
   secret_id: string;
 }
 
-export interface BrokerStatusParams {}
+export type BrokerStatusParams = Record<string, never>;
 
-export interface CredentialsGetParams {}
+export type CredentialsGetParams = Record<string, never>;
 
 export interface CredentialsRevokeParams {
   all?: boolean;
@@ -84,13 +84,13 @@ export interface CredentialsRevokeParams {
   freeze_only?: boolean;
 }
 
-export interface AgentdUnlockParams {}
+export type AgentdUnlockParams = Record<string, never>;
 
 export interface SandboxReportParams {
   id: string;
 }
 
-export interface AuditVerifyParams {}
+export type AuditVerifyParams = Record<string, never>;
 
 export interface AuditQueryParams {
   sandbox?: string;
