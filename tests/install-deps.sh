@@ -23,7 +23,7 @@ if [ ! -d "$(dirname "$0")/otlp/node_modules/@opentelemetry/otlp-transformer" ];
         npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error ||
                 npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error
 fi
-# The Node client's msgpack library (ide/node), pinned by its package-lock.json.
+# The Node client's packages (ide/node: @msgpack/msgpack; typescript for its type test), pinned by its package-lock.json.
 if [ ! -d "$(dirname "$0")/../ide/node/node_modules/@msgpack/msgpack" ] || [ ! -d "$(dirname "$0")/../ide/node/node_modules/typescript" ]; then
         npm ci --prefix "$(dirname "$0")/../ide/node" --no-audit --no-fund --loglevel=error ||
                 npm ci --prefix "$(dirname "$0")/../ide/node" --no-audit --no-fund --loglevel=error

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Shell completions for agentctl (completions/): bash by calling the
 completion function with COMP_WORDS, fish with `complete -C`, both against a
-real agentd for sandbox ids and task names; zsh by `zsh -n`."""
+real agentd for sandbox ids and task names; zsh by `zsh -n` and by running its
+completion function with the completion builtins as printing functions."""
 import os
 import shutil
 import subprocess
@@ -92,12 +93,53 @@ def test_fish():
         assert fish_complete(d, "agentctl revoke --") == {"--all", "--sandbox", "--task", "--freeze-only"}
 
 
-def test_zsh_syntax():
+# zsh: the completion function runs outside the completion system with the
+# builtins it reports through (compadd, _describe, _files, ...) as functions
+# that print what they were given.
+ZSH_DRIVER = r"""
+compadd() { [[ $1 == -- ]] && shift; print -l -- "$@" }
+_describe() { print -l -- ${(P)4} }
+_files() { print -- "<files>" }
+_directories() { print -- "<dirs>" }
+_command_names() { print -- "<commands>" }
+source "$1/_agentctl" >/dev/null 2>&1
+shift
+words=(agentctl "$@")
+CURRENT=${#words}
+_agentctl
+"""
+
+
+def zsh_complete(d, *words):
+    driver = os.path.join(d.tmp, "zsh-driver.zsh")
+    with open(driver, "w") as f:
+        f.write(ZSH_DRIVER)
+    p = subprocess.run(["zsh", "-f", driver, COMP] + list(words), env=shell_env(d), capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stderr
+    return set(filter(None, p.stdout.split("\n")))
+
+
+def test_zsh():
     if not shutil.which("zsh"):
         print("zsh is not installed (tests/install-deps.sh installs it): skipped")
         return "skip"
     p = subprocess.run(["zsh", "-n", os.path.join(COMP, "_agentctl")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+    with Daemon() as d:
+        sid, _ = spawn_one(d)
+        top = zsh_complete(d, "")
+        assert {"spawn", "ps", "kill", "promote", "revoke", "--json"} <= top, top
+        assert zsh_complete(d, "task", "") == {"show"}
+        assert zsh_complete(d, "audit", "") == {"verify", "show"}
+        assert {"default", "build"} <= zsh_complete(d, "task", "show", "")
+        assert {"default", "build"} <= zsh_complete(d, "spawn", "--task", "")
+        assert zsh_complete(d, "kill", "") == {sid}
+        assert zsh_complete(d, "kill", sid, "--") == {"--signal"}
+        assert zsh_complete(d, "revoke", "--sandbox", "") == {sid}
+        assert zsh_complete(d, "revoke", "--") == {"--all", "--sandbox", "--task", "--freeze-only"}
+        assert zsh_complete(d, "spawn", "--", "") == {"<commands>"}
+        assert zsh_complete(d, "promote", sid, "") == {"<files>"}
 
 
 if __name__ == "__main__":
