@@ -38,7 +38,8 @@ function M.format_error(err)
 end
 
 --- opts: path, reconnect (default true), on_notification(method, params),
---- on_connect(client) (after every (re)connection), on_disconnect(reason).
+--- on_connect(client) (after every (re)connection, in libuv's callback: it may
+--- only call client:request), on_disconnect(reason).
 function M.new(opts)
   opts = opts or {}
   local self = setmetatable({
@@ -177,15 +178,16 @@ function Client:connect(cb)
         self:_on_message(obj)
       end
     end)
+    -- on_connect runs here (a fast callback: it may only send requests), so
+    -- what it sends (events.subscribe) goes before the requests made while
+    -- connecting: no event of a sandbox spawned by them is missed.
+    if self.on_connect then
+      self.on_connect(self)
+    end
     local queue = self.queue
     self.queue = {}
     for _, data in ipairs(queue) do
       pipe:write(data)
-    end
-    if self.on_connect then
-      vim.schedule(function()
-        self.on_connect(self)
-      end)
     end
     if cb then
       vim.schedule(function()
