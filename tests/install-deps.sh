@@ -8,7 +8,7 @@ PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       libinih-dev libjson-c-dev check
       python3-msgpack python3-hvac swtpm swtpm-tools tpm2-tools
       systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps
-      chromium fonts-dejavu-core nodejs npm
+      chromium fonts-dejavu-core nodejs npm neovim zsh fish bash-completion man-db
       debhelper dpkg-dev debootstrap systemd-container)   # the .deb and the e2e suite (tests/e2e)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -23,4 +23,9 @@ fi
 if [ ! -d "$(dirname "$0")/otlp/node_modules/@opentelemetry/otlp-transformer" ]; then
         npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error ||
                 npm ci --prefix "$(dirname "$0")/otlp" --no-audit --no-fund --loglevel=error
+fi
+# The Node client's packages (ide/node: @msgpack/msgpack; typescript for its type test), pinned by its package-lock.json.
+if [ ! -d "$(dirname "$0")/../ide/node/node_modules/@msgpack/msgpack" ] || [ ! -d "$(dirname "$0")/../ide/node/node_modules/typescript" ]; then
+        npm ci --prefix "$(dirname "$0")/../ide/node" --no-audit --no-fund --loglevel=error ||
+                npm ci --prefix "$(dirname "$0")/../ide/node" --no-audit --no-fund --loglevel=error
 fi
