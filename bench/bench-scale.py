@@ -101,6 +101,7 @@ def cycles(n, ws):
 
 def main():
     global d_global
+    sys.stdout.reconfigure(line_buffering=True)
     if os.geteuid() == 0:
         reexec_unprivileged(__file__, delegate_cgroup=True, keep_env=("SCALE_COUNTS", "SCALE_SPAWNS", "SCALE_PAR"))
     from harness import Daemon  # noqa: E402

@@ -68,6 +68,7 @@ def round_of(argv, env):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)
     if os.geteuid() == 0:
         reexec_unprivileged(__file__, keep_env=("SPAWN_CONC", "SPAWN_TOTAL", "SPAWN_ROUNDS"))
     from harness import AGENTCTL, Daemon  # noqa: E402
