@@ -4,8 +4,8 @@ Mode=proxy sandbox, via the in-sandbox bridge) next to the same transfer
 directly on the host's loopback, in the same run, with the same client (curl);
 plus the latency the proxy adds to a small request and connections per second
 for many small requests (one curl, a new connection per request). The proxy
-runs twice, side by side: relaying with splice(2) (the default) and with the
-copy path (AGENTD_NETPROXY_NO_SPLICE=1); runs alternate. Prints ratios.
+runs twice, side by side: relaying with copies (the default) and with
+splice(2) (AGENTD_NETPROXY_SPLICE=1); runs alternate. Prints ratios.
 Run as root (re-executes as the unprivileged user agentd-bench) or as a user."""
 import http.server
 import os
@@ -56,7 +56,7 @@ def main():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     tasks = {"web": f"[Task]\nDescription=bench\n[Network]\nMode=proxy\nAllow=127.0.0.1:{port}\n"}
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    ds = {"splice": Daemon(tasks=tasks), "copy": Daemon(tasks=tasks, env={"AGENTD_NETPROXY_NO_SPLICE": "1"})}
+    ds = {"splice": Daemon(tasks=tasks, env={"AGENTD_NETPROXY_SPLICE": "1"}), "copy": Daemon(tasks=tasks)}
     for d in ds.values():
         d.start()
         os.makedirs(os.path.join(d.tmp, "ws"))

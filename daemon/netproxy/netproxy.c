@@ -6,13 +6,15 @@
  * checked address, and then relayed byte for byte through one large buffer
  * per direction.
  *
- * Relaying uses splice(2) through a pipe per direction (socket -> pipe ->
- * socket, no copy through user space), with the pipe enlarged to 1 MiB
- * (F_SETPIPE_SZ; the kernel's default 64 KiB pipe is what made wave 1's
- * splice lose: many small skbs the receiver paid for). When a pipe cannot be
- * made (fd or pipe-buffer limits), or AGENTD_NETPROXY_NO_SPLICE=1 is set in
- * the environment (benchmarks), that connection copies through one large
- * buffer per direction instead. BENCHMARKS.md §6 has the measurement. Why not libuv streams: they read 64 KiB at a time and
+ * Two relay paths. The default copies through one large buffer per
+ * direction. The other splices (socket -> pipe -> socket, no copy through
+ * user space) with the pipe enlarged to 1 MiB (F_SETPIPE_SZ); it is on with
+ * AGENTD_NETPROXY_SPLICE=1 in the environment, and falls back to copying
+ * when a pipe cannot be made. Measured on the 2-vCPU VM (BENCHMARKS.md §6),
+ * splice was no faster for 100 MB through CONNECT (0.82-1.03x of copying)
+ * and slower for many small connections (two extra fds and pipe set-up per
+ * direction), so copying stays the default; a machine with spare cores may
+ * differ: bench/bench-egress.py measures both side by side. Why not libuv streams: they read 64 KiB at a time and
  * queue writes; a read as large as the buffer, written out at once, is what
  * keeps the syscalls per byte low.
  *
@@ -94,7 +96,7 @@ struct netproxy {
 
         uint64_t header_timeout_ms;
         unsigned max_connections;
-        bool no_splice;              /* AGENTD_NETPROXY_NO_SPLICE=1: always the copy path */
+        bool splice;                 /* relay with splice(2) (AGENTD_NETPROXY_SPLICE=1) */
         netproxy_relay_stats stats;
 
         bool freeing;
@@ -1017,7 +1019,7 @@ static void relay(np_conn *c, bool pump_up, bool pump_down) {
 static int dir_init(np_dir *d, netproxy *p, uint64_t *count, const char *prefix, size_t prefix_len, bool counted) {
         d->count = count;
         d->stats = &p->stats;
-        if (!p->no_splice && pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) == 0) {
+        if (p->splice && pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) == 0) {
                 /* Best effort: a pipe at the default size still works, just in smaller steps. */
                 (void) fcntl(d->pipe[1], F_SETPIPE_SZ, (int) RELAY_PIPE);
                 d->spliced = true;
@@ -1773,8 +1775,8 @@ int netproxy_new(uv_loop_t *loop, netproxy_event_cb cb, void *userdata, netproxy
         p->userdata = userdata;
         p->header_timeout_ms = DEFAULT_HEADER_TIMEOUT_MS;
         p->max_connections = DEFAULT_MAX_CONNECTIONS;
-        const char *e = getenv("AGENTD_NETPROXY_NO_SPLICE");
-        p->no_splice = e && strcmp(e, "1") == 0;
+        const char *e = getenv("AGENTD_NETPROXY_SPLICE");
+        p->splice = e && strcmp(e, "1") == 0;
         *ret = p;
         return 0;
 }
@@ -1830,7 +1832,7 @@ int netproxy_set_resolver_override(netproxy *p, const char *name, const char *ip
 }
 
 void netproxy_set_splice(netproxy *p, bool on) {
-        p->no_splice = !on;
+        p->splice = on;
 }
 
 netproxy_relay_stats netproxy_get_relay_stats(const netproxy *p) {

@@ -78,12 +78,12 @@ int netproxy_set_resolver_override(netproxy *p, const char *name, const char *ip
 void netproxy_set_header_timeout_ms(netproxy *p, uint64_t ms);
 void netproxy_set_max_connections(netproxy *p, unsigned n);
 
-/* The relay path. Each direction of a relayed connection splices through a
- * pipe of its own (zero copy) unless splicing is off or no pipe could be made;
- * then it copies through a buffer. On by default; off with
- * netproxy_set_splice(p, false) or AGENTD_NETPROXY_NO_SPLICE=1 in the
- * environment at netproxy_new() (for benchmarks). Bytes are counted in the
- * events the same way on both paths. */
+/* The relay path. Each direction of a relayed connection copies through a
+ * buffer, or, with splicing on, splices through a pipe of its own (zero copy;
+ * copying when no pipe could be made). Off by default (measured: no faster
+ * here, see netproxy.c); on with netproxy_set_splice(p, true) or
+ * AGENTD_NETPROXY_SPLICE=1 in the environment at netproxy_new(). Bytes are
+ * counted in the events the same way on both paths. */
 typedef struct netproxy_relay_stats {
         uint64_t spliced_dirs, copied_dirs;     /* directions set up per path */
         uint64_t spliced_bytes, copied_bytes;   /* payload relayed per path (prefixes not included) */
