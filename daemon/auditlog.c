@@ -378,6 +378,8 @@ int auditlog_can_record(manager *m, char **ret_why) {
                         *ret_why = NULL;
                 return -ENODEV;
         }
+        /* A batch that cannot be written must be known before a state change goes ahead. */
+        (void) auditlog_commit(m);
         int r = space_check(m, ret_why);
         if (r < 0)
                 return r;

@@ -56,7 +56,7 @@ struct connection {
         char *subscribe_sandbox;
 
         /* Replies queued behind audit records not yet written (group commit):
-         * on the manager's held list, with a reference, until server_release_held(). */
+         * on server.c's held list, with a reference, until server_release_held(). */
         bool held;
         list_head held_link;
 };
