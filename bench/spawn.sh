@@ -38,12 +38,14 @@ done
 
 T=$(mktemp -d /tmp/agentd-spawn-bench.XXXXXX)
 chmod 700 "$T"
-mkdir -p "$T/run" "$T/config" "$T/state" "$T/ws"
+mkdir -p "$T/run" "$T/config" "$T/state"
+# The workspace may not be inside the socket's directory (agentd refuses that).
+WS=$(mktemp -d /tmp/agentd-spawn-ws.XXXXXX)
 SOCK=$T/agentd.sock
 DPID=
 cleanup() {
         if [ -n "$DPID" ]; then kill "$DPID" 2>/dev/null || true; wait "$DPID" 2>/dev/null || true; fi
-        rm -rf "$T"
+        rm -rf "$T" "$WS"
 }
 trap cleanup EXIT
 
@@ -59,7 +61,7 @@ export AGENTD_SOCKET=$SOCK
 if ! "$AGENTCTL" ping >/dev/null; then
         echo "spawn.sh: agentd did not start:" >&2; cat "$T/agentd.log" >&2; exit 1
 fi
-if ! "$AGENTCTL" spawn --task default --workspace "$T/ws" -- /bin/true; then
+if ! "$AGENTCTL" spawn --task default --workspace "$WS" -- /bin/true; then
         echo "spawn.sh: agentctl spawn failed:" >&2; cat "$T/agentd.log" >&2; exit 1
 fi
 
@@ -71,7 +73,7 @@ echo "spawn.sh: $(nproc) cpus, kernel $(uname -r), user $(id -un), warmup $WARMU
 ROUNDS=${ROUNDS:-2}
 PER_ROUND=$(( (RUNS + ROUNDS - 1) / ROUNDS ))
 CMDS=(
-        agentd "$AGENTCTL spawn --task default --workspace $T/ws -- /bin/true"
+        agentd "$AGENTCTL spawn --task default --workspace $WS -- /bin/true"
         bwrap "bwrap --unshare-all --die-with-parent --new-session --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp /bin/true"
         unshare "unshare -Urmpfn --mount-proc /bin/true"
         true "/bin/true"
