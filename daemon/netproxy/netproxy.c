@@ -12,7 +12,7 @@
  * AGENTD_NETPROXY_SPLICE=1 in the environment, and falls back to copying
  * when a pipe cannot be made. Measured on the 2-vCPU VM (BENCHMARKS.md §6),
  * splice was no faster for 100 MB through CONNECT (0.82-1.03x of copying)
- * and slower for many small connections (two extra fds and pipe set-up per
+ * and not faster for many small connections (two extra fds and pipe set-up per
  * direction), so copying stays the default; a machine with spare cores may
  * differ: bench/bench-egress.py measures both side by side. Why not libuv streams: they read 64 KiB at a time and
  * queue writes; a read as large as the buffer, written out at once, is what
