@@ -10,8 +10,9 @@ USER = "agentd-bench"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def reexec_unprivileged(script, delegate_cgroup=False):
-    """Called as root: re-run `script` as agentd-bench and exit with its status."""
+def reexec_unprivileged(script, delegate_cgroup=False, keep_env=()):
+    """Called as root: re-run `script` as agentd-bench and exit with its status.
+    keep_env: names of environment variables (the script's knobs) to pass on."""
     try:
         pwd.getpwnam(USER)
     except KeyError:
@@ -26,6 +27,7 @@ def reexec_unprivileged(script, delegate_cgroup=False):
             subprocess.run(["chown", "-R", USER, cg], check=True)
     env = {"HOME": pw.pw_dir, "USER": USER, "PATH": "/usr/bin:/bin", "CG": cg,
            "AGENTD_BUILD": os.environ.get("AGENTD_BUILD", os.path.abspath(os.path.join(HERE, "..", "build")))}
+    env.update({k: os.environ[k] for k in keep_env if k in os.environ})
     rc = subprocess.run(["sh", "-c", '[ -z "$CG" ] || echo $$ > "$CG/cgroup.procs"; exec /usr/sbin/runuser -u ' + USER +
                          ' -- /usr/bin/python3 "$0" "$@"', os.path.abspath(script)] + sys.argv[1:], env=env).returncode
     if cg:

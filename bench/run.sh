@@ -1,17 +1,39 @@
 #!/bin/bash
 # Runs every benchmark and prints everything: bench-rpc (agentd.ping vs a
 # plain epoll echo server) and spawn.sh (agentctl spawn vs bwrap / unshare /
-# plain exec). Builds first if needed. Run as root or as any user; the
+# plain exec); as root also the Python benches (diff, credentials, egress,
+# concurrent spawns, scale). Builds first if needed. Run as root or as any user; the
 # measurements run as an unprivileged user (BENCH_USER, default agentd-bench).
 #
 # Usage: bench/run.sh [BUILD_DIR]
 # Env:   RPC_SECONDS (3)  WARMUP (20)  RUNS (200)  ROUNDS (2)  RPC_PLACEMENTS  BENCH_USER
+#        SPAWN_CONC (50) SPAWN_TOTAL (500) SPAWN_ROUNDS (4)  SCALE_COUNTS ("1 100 500")
+#        SCALE_SPAWNS (10000) SCALE_PAR (8)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BUILD=${1:-$HERE/../build}
 BENCH_USER=${BENCH_USER:-agentd-bench}
 RPC_SECONDS=${RPC_SECONDS:-3}
+
+# The feature benchmarks run as root: each re-executes itself unprivileged.
+python_benches() {
+        echo
+        echo "== bench-diff.py (workspace review)"
+        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-diff.py"
+        echo
+        echo "== bench-credentials.py (broker and revoke --all)"
+        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-credentials.py"
+        echo
+        echo "== bench-egress.py (egress proxy: copy and splice relays, connections/s)"
+        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-egress.py"
+        echo
+        echo "== bench-spawn-concurrent.py (50 concurrent spawns vs 50 concurrent bwrap)"
+        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-spawn-concurrent.py"
+        echo
+        echo "== bench-scale.py (memory and fds per sandbox, growth over SCALE_SPAWNS=${SCALE_SPAWNS:-10000} spawns)"
+        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-scale.py"
+}
 
 if [ "${AGENTD_BENCH_INNER:-}" != 1 ]; then
         if [ ! -f "$BUILD/build.ninja" ]; then
@@ -27,8 +49,10 @@ if [ "${AGENTD_BENCH_INNER:-}" != 1 ]; then
         BUILD=$(cd "$BUILD" && pwd)
         if [ "$(id -u)" = 0 ]; then
                 id "$BENCH_USER" >/dev/null 2>&1 || useradd -m "$BENCH_USER"
-                exec runuser -u "$BENCH_USER" -- env AGENTD_BENCH_INNER=1 PATH=/usr/bin:/bin \
+                runuser -u "$BENCH_USER" -- env AGENTD_BENCH_INNER=1 PATH=/usr/bin:/bin \
                         RPC_SECONDS="$RPC_SECONDS" WARMUP="${WARMUP:-20}" RUNS="${RUNS:-200}" ROUNDS="${ROUNDS:-2}" "$0" "$BUILD"
+                python_benches
+                exit 0
         fi
 fi
 BUILD=$(cd "$BUILD" && pwd)
@@ -98,15 +122,3 @@ done
 echo "== spawn.sh"
 "$HERE/spawn.sh" "$BUILD"
 
-# The feature benchmarks run as root here: each re-executes itself unprivileged.
-if [ "$(id -u)" -eq 0 ]; then
-        echo
-        echo "== bench-diff.py (workspace review)"
-        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-diff.py"
-        echo
-        echo "== bench-credentials.py (broker and revoke --all)"
-        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-credentials.py"
-        echo
-        echo "== bench-egress.py (egress proxy)"
-        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-egress.py"
-fi

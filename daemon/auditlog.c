@@ -1,7 +1,11 @@
 /* Audit log wiring. The HMAC key is 32 random bytes sealed like the broker's
  * secret: by the TPM when one answers on [TPM] TCTI=, else with a software
  * key file (the log must work on machines without a TPM; status says which).
- * Records are written at once and fsync'd in batches by a short timer.
+ * Records are written at once and fsync'd in batches by a short timer; the
+ * per-request "rpc" records are group-committed: chained as they happen and
+ * written with one writev per loop iteration (a prepare and a check hook),
+ * while the server holds every reply back until that write has happened
+ * (server_release_held()), so a reply never precedes its record on disk.
  * The key is unsealed off the loop (broker/tpmjob.h) so a stopped TPM never
  * stops the daemon: until the key is there the log is off (auditlog_key_ready()
  * says so), and it turns on by itself when the TPM answers. */
@@ -34,6 +38,8 @@ typedef struct auditlog {
         manager *m;
         audit_log *log;
         uv_timer_t flush_timer, retry_timer, startup_timer;
+        uv_prepare_t commit_prepare;
+        uv_check_t commit_check;
         bool timers_init;
         bool dirty;
         char *state;              /* why it is unavailable, or "ok (key sealed: ...)" */
@@ -133,12 +139,49 @@ static void write_failed(const char *what, int r) {
 
 static int try_resume(void);
 
+/* Batches of this many records are written at once, not only at the end of the iteration. */
+#define AUDIT_BATCH_MAX 256
+
+int auditlog_commit(manager *m) {
+        if (!the_log.log || audit_pending(the_log.log) == 0)
+                return 0;
+        size_t lost = 0;
+        int r = audit_commit(the_log.log, &lost);
+        if (r < 0) {
+                write_failed("write records", r);
+                the_log.lost += lost;
+                return r;
+        }
+        the_log.dirty = true;
+        return 0;
+}
+
+bool auditlog_pending(manager *m) {
+        return the_log.log && audit_pending(the_log.log) > 0;
+}
+
+/* Once per loop iteration (after the poll callbacks, and before blocking):
+ * write the batch, then let the replies that waited for it go. */
+static void commit_and_release(manager *m) {
+        (void) auditlog_commit(m);
+        server_release_held(m);
+}
+
+static void on_commit_prepare(uv_prepare_t *h) {
+        commit_and_release(h->data);
+}
+
+static void on_commit_check(uv_check_t *h) {
+        commit_and_release(h->data);
+}
+
 static void on_flush(uv_timer_t *t) {
         /* A log that failed resumes by itself once records fit again; so does
          * the writing of a lockdown marker that did not fit. */
         if (the_log.log && the_log.write_error < 0)
                 (void) try_resume();
         lockdown_retry_persist(t->data);
+        (void) auditlog_commit(t->data);
         if (the_log.log && the_log.dirty) {
                 the_log.dirty = false;
                 int r = audit_flush(the_log.log);
@@ -240,6 +283,14 @@ int auditlog_init(manager *m) {
         the_log.flush_timer.data = m;
         uv_timer_init(m->loop, &the_log.retry_timer);
         uv_timer_init(m->loop, &the_log.startup_timer);
+        uv_prepare_init(m->loop, &the_log.commit_prepare);
+        uv_check_init(m->loop, &the_log.commit_check);
+        the_log.commit_prepare.data = the_log.commit_check.data = m;
+        uv_prepare_start(&the_log.commit_prepare, on_commit_prepare);
+        uv_check_start(&the_log.commit_check, on_commit_check);
+        /* They run every iteration but must not keep the loop alive. */
+        uv_unref((uv_handle_t *) &the_log.commit_prepare);
+        uv_unref((uv_handle_t *) &the_log.commit_check);
         the_log.timers_init = true;
         /* TPM round trips happen off the loop: a stopped TPM must not stop the daemon. */
         set_state("unavailable: unsealing the audit key (waiting for the TPM)%s", NULL);
@@ -262,6 +313,11 @@ void auditlog_free(manager *m) {
         tpm_job_abandon(the_log.key_job);
         the_log.key_job = NULL;
         if (the_log.timers_init) {
+                commit_and_release(m);
+                uv_prepare_stop(&the_log.commit_prepare);
+                uv_check_stop(&the_log.commit_check);
+                uv_close((uv_handle_t *) &the_log.commit_prepare, NULL);
+                uv_close((uv_handle_t *) &the_log.commit_check, NULL);
                 uv_timer_stop(&the_log.flush_timer);
                 uv_timer_stop(&the_log.retry_timer);
                 uv_close((uv_handle_t *) &the_log.flush_timer, NULL);
@@ -322,6 +378,8 @@ int auditlog_can_record(manager *m, char **ret_why) {
                         *ret_why = NULL;
                 return -ENODEV;
         }
+        /* A batch that cannot be written must be known before a state change goes ahead. */
+        (void) auditlog_commit(m);
         int r = space_check(m, ret_why);
         if (r < 0)
                 return r;
@@ -357,13 +415,22 @@ void audit_event(manager *m, const char *type, const char *sandbox, json_object 
                 fields = json_object_new_object();
         telemetry_event(m, type, sandbox, fields);
         if (the_log.log) {
-                int r = audit_append(the_log.log, type, sandbox, fields);
+                /* Requests ("rpc") are group-committed: their replies wait in
+                 * the server until the batch is written. Everything else is
+                 * written at once, behind the batch, as before. */
+                bool defer = strcmp(type, "rpc") == 0;
+                int r = 0;
+                if (!defer || audit_pending(the_log.log) >= AUDIT_BATCH_MAX)
+                        r = auditlog_commit(m);   /* counts what it lost */
+                if (r == 0)
+                        r = defer ? audit_append_deferred(the_log.log, type, sandbox, fields)
+                                  : audit_append(the_log.log, type, sandbox, fields);
                 if (r == -EINVAL)
                         log_error("audit: refused to record %s (a bug: see audit.h)", type);
                 else if (r < 0) {
                         write_failed("write records", r);
                         the_log.lost++;
-                } else
+                } else if (!defer)
                         the_log.dirty = true;
         } else
                 the_log.lost++;
@@ -375,6 +442,7 @@ int rpc_audit_verify(rpc_ctx *ctx, rpc_error *err) {
                 rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "audit log %s", auditlog_state(ctx->m));
                 return -ENODEV;
         }
+        (void) auditlog_commit(the_log.m);   /* counts what a failed batch lost */
         (void) audit_flush(the_log.log);
         bool ok = false;
         uint64_t records = 0, bad = 0;
@@ -445,6 +513,7 @@ int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
                 .max_bytes = AUDIT_QUERY_MAX_BYTES,
         };
         json_object *arr = NULL;
+        (void) auditlog_commit(the_log.m);   /* counts what a failed batch lost */
         (void) audit_flush(the_log.log);
         int r = audit_query_page(the_log.log, &q, &arr, NULL);
         if (r < 0) {
@@ -476,6 +545,7 @@ json_object *auditlog_tail(manager *m, const char *sandbox, size_t n) {
         json_object *arr = NULL;
         if (!the_log.log)
                 return NULL;
+        (void) auditlog_commit(the_log.m);   /* counts what a failed batch lost */
         (void) audit_flush(the_log.log);
         if (audit_query(the_log.log, sandbox, 0, n, &arr) < 0)
                 return NULL;
@@ -485,6 +555,7 @@ json_object *auditlog_tail(manager *m, const char *sandbox, size_t n) {
 int auditlog_snapshot(manager *m, audit_snapshot **ret) {
         if (!the_log.log)
                 return -ENODEV;
+        (void) auditlog_commit(the_log.m);   /* counts what a failed batch lost */
         (void) audit_flush(the_log.log);
         return audit_snapshot_new(the_log.log, ret);
 }

@@ -23,8 +23,15 @@ int auditlog_can_record(manager *m, char **ret_why);
 /* True once the HMAC key is unsealed and the log is open. Until then (a TPM
  * that is stopped or gone: retried with backoff) events cannot be recorded. */
 bool auditlog_key_ready(manager *m);
-/* Takes ownership of `fields` (may be NULL). */
+/* Takes ownership of `fields` (may be NULL). "rpc" records are deferred to
+ * the next auditlog_commit() (group commit, see auditlog.c); others are
+ * written at once, after any pending ones. */
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields);
+/* Writes the pending "rpc" records (one writev). A failure is counted like a
+ * failed append (the log is "failing", state-changing requests are refused). */
+int auditlog_commit(manager *m);
+/* True while records wait for auditlog_commit(): replies must wait too. */
+bool auditlog_pending(manager *m);
 struct audit_prune_result;
 /* audit_prune() on the open log (see audit.h); *ret_why (free()) on failure. */
 int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, struct audit_prune_result *ret, char **ret_why);

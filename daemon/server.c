@@ -168,6 +168,32 @@ static int flush_output(connection *c) {
         return 0;
 }
 
+/* Connections whose replies wait for the audit batch (auditlog.c commits it
+ * once per loop iteration, then calls server_release_held()). */
+static list_head held_conns = { &held_conns, &held_conns };
+
+static void connection_hold(connection *c) {
+        if (c->held)
+                return;
+        c->held = true;
+        list_add_tail(&held_conns, &connection_ref(c)->held_link);
+}
+
+void server_release_held(manager *m) {
+        while (!list_empty(&held_conns)) {
+                connection *c = container_of(held_conns.next, connection, held_link);
+                list_del(&c->held_link);
+                c->held = false;
+                if (c->state != CONNECTION_CLOSED) {
+                        if (flush_output(c) < 0)
+                                connection_close(c);
+                        else
+                                connection_update_poll(c);
+                }
+                connection_unref(c);
+        }
+}
+
 int connection_send(connection *c, const void *data, size_t len, const int *fds, unsigned n_fds) {
         if (c->state == CONNECTION_CLOSED) {
                 for (unsigned i = 0; i < n_fds; i++)
@@ -201,6 +227,11 @@ int connection_send(connection *c, const void *data, size_t len, const int *fds,
         c->out_tail = o;
         c->out_bytes += len;
 
+        /* Group commit: a reply never goes out before the records written for it. */
+        if (auditlog_pending(c->m)) {
+                connection_hold(c);
+                return 0;
+        }
         int r = flush_output(c);
         if (r < 0) {
                 connection_close(c);
@@ -566,7 +597,7 @@ static void connection_update_poll(connection *c) {
         int ev = 0;
         if (c->state == CONNECTION_OPEN && c->out_bytes < OUT_HIGH_WATER && !c->m->shutting_down)
                 ev |= UV_READABLE;
-        if (c->out_head)
+        if (c->out_head && !c->held)    /* held output is flushed by server_release_held() */
                 ev |= UV_WRITABLE;
         if (ev == c->poll_events && c->poll_active)
                 return;

@@ -54,6 +54,11 @@ struct connection {
         char *sandbox_id;         /* set for connections on a sandbox's broker socket */
         bool subscribed;
         char *subscribe_sandbox;
+
+        /* Replies queued behind audit records not yet written (group commit):
+         * on server.c's held list, with a reference, until server_release_held(). */
+        bool held;
+        list_head held_link;
 };
 
 /* A request being answered; async handlers keep it (and so a connection
@@ -118,6 +123,8 @@ void connection_unref(connection *c);
 /* Takes an fd the client sent with its request (SCM_RIGHTS), or -1. */
 int connection_take_fd(connection *c);
 int connection_send(connection *c, const void *data, size_t len, const int *fds, unsigned n_fds);
+/* Sends the replies held back for the audit batch (call after auditlog_commit()). */
+void server_release_held(manager *m);
 
 /* Reply later: returns a call object the handler keeps. */
 rpc_call *rpc_ctx_defer(rpc_ctx *ctx);

@@ -12,6 +12,9 @@ PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       debhelper dpkg-dev debootstrap systemd-container)   # the .deb and the e2e suite (tests/e2e)
 missing=()
 for p in "${PKGS[@]}"; do
+        # A Node.js installed another way (one that bundles npm, which conflicts
+        # with Debian's npm package) serves as well as Debian's nodejs + npm.
+        case $p in nodejs) command -v node >/dev/null && continue ;; npm) command -v npm >/dev/null && continue ;; esac
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <syslog.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
@@ -67,6 +68,20 @@ struct audit_log {
         bool dirty;                     /* written, not yet fsync'd */
         uint64_t head_seq;              /* what audit.head says */
         bool head_current;
+
+        /* Group commit (audit_append_deferred): records chained in memory, not
+         * yet written. seq/last_hash above include them; base_* is the chain
+         * end on disk, where seq/last_hash go back to if the write fails. */
+        char *batch;
+        size_t batch_len, batch_cap;
+        struct pending_rec {
+                size_t len;
+                uint64_t seq;
+                uint8_t hash[HASH_LEN];
+        } *recs;
+        size_t n_recs, recs_cap;
+        uint64_t base_seq;
+        uint8_t base_hash[HASH_LEN];
 };
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_object *, json_object_put)
@@ -873,6 +888,19 @@ static char *json_quote(const char *s) {
 
         if (!s)
                 return strdup("null");
+        /* Fast path (types, sandbox ids): nothing to escape, so json-c would
+         * produce exactly "s". */
+        size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-");
+        if (s[n] == '\0') {
+                char *r = malloc(n + 3);
+                if (!r)
+                        return NULL;
+                r[0] = '"';
+                memcpy(r + 1, s, n);
+                r[n + 1] = '"';
+                r[n + 2] = '\0';
+                return r;
+        }
         o = json_object_new_string(s);
         if (!o)
                 return NULL;
@@ -975,17 +1003,32 @@ static void audit_journal(audit_log *a, uint64_t seq, const char *type, const ch
 /* The unsigned record U (see audit.h), malloc'd. */
 static char *record_unsigned(uint64_t seq, const char *time, const char *type_q, const char *sandbox_q,
                              const char *fields_s, const uint8_t prev[HASH_LEN]) {
-        char hex[HEX_LEN + 1];
-        char *u = NULL;
+        /* Piece by piece rather than asprintf: this runs once per request. The
+         * bytes are exactly {"seq":N,"time":"T","type":Q,"sandbox":Q,"fields":F,"prev":"H"}. */
+        const char *parts[] = { "{\"seq\":", NULL, ",\"time\":\"", time, "\",\"type\":", type_q, ",\"sandbox\":",
+                                sandbox_q, ",\"fields\":", fields_s, ",\"prev\":\"", NULL, "\"}" };
+        char num[24], hex[HEX_LEN + 1];
+        size_t len[ELEMENTSOF(parts)], total = 1;
 
+        snprintf(num, sizeof(num), "%" PRIu64, seq);
         hex_encode(prev, HASH_LEN, hex);
-        if (asprintf(&u, "{\"seq\":%" PRIu64 ",\"time\":\"%s\",\"type\":%s,\"sandbox\":%s,\"fields\":%s,\"prev\":\"%s\"}",
-                     seq, time, type_q, sandbox_q, fields_s, hex) < 0)
+        parts[1] = num;
+        parts[11] = hex;
+        for (size_t i = 0; i < ELEMENTSOF(parts); i++)
+                total += len[i] = strlen(parts[i]);
+        char *u = malloc(total), *p = u;
+        if (!u)
                 return NULL;
+        for (size_t i = 0; i < ELEMENTSOF(parts); i++)
+                p = mempcpy(p, parts[i], len[i]);
+        *p = '\0';
         return u;
 }
 
-int audit_append(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
+/* Builds the next record of the chain (seq a->seq + 1, prev a->last_hash):
+ * *ret_line is the line with its '\n', *ret_hash its SHA-256 without it. */
+static int record_build(audit_log *a, const char *type, const char *sandbox, struct json_object *fields,
+                        char **ret_line, size_t *ret_len, uint8_t ret_hash[HASH_LEN]) {
         _cleanup_(json_object_putp) struct json_object *copy = NULL;
         _cleanup_free_ char *type_q = NULL, *sandbox_q = NULL, *u = NULL, *line = NULL, *fallback = NULL;
         static const size_t limits[] = { 4096, 512, 64 };
@@ -1065,34 +1108,154 @@ int audit_append(audit_log *a, const char *type, const char *sandbox, struct jso
         if (r < 0)
                 return r;
         hex_encode(mac, HASH_LEN, mhex);
-        if (asprintf(&line, "%.*s" HMAC_SUFFIX_PREFIX "%s\"}\n", (int) (ulen - 1), u, mhex) < 0)
+        /* The line: U without its closing '}', then ,"hmac":"<hex>"}\n */
+        len = ulen - 1 + HMAC_SUFFIX_LEN + 1;
+        line = malloc(len + 1);
+        if (!line)
                 return -ENOMEM;
-        len = strlen(line);
+        char *e = mempcpy(line, u, ulen - 1);
+        e = mempcpy(e, HMAC_SUFFIX_PREFIX, sizeof(HMAC_SUFFIX_PREFIX) - 1);
+        e = mempcpy(e, mhex, HEX_LEN);
+        memcpy(e, "\"}\n", 4);
         r = sha256(line, len - 1, hash);
         if (r < 0)
                 return r;
-
-        if (a->file_size > 0 && a->file_size + len > a->rotate_bytes) {
-                r = audit_rotate(a);
-                if (r < 0)
-                        return r;
-        }
-
-        r = write_all(a->fd, line, len);
-        if (r < 0) {
-                /* Take back a partial line (ENOSPC mid-write), so the next record does not
-                 * land behind garbage and the file stays a valid chain. */
-                (void) ftruncate(a->fd, (off_t) a->file_size);
-                return r;
-        }
-        a->file_size += len;
-        a->seq = seq;
-        memcpy(a->last_hash, hash, HASH_LEN);
-        a->dirty = true;
-        a->head_current = false;
-
         audit_journal(a, seq, type, sandbox, fields_s);
+        *ret_line = TAKE_PTR(line);
+        *ret_len = len;
+        memcpy(ret_hash, hash, HASH_LEN);
         return 0;
+}
+
+static int batch_push(audit_log *a, const char *line, size_t len, const uint8_t hash[HASH_LEN]) {
+        if (a->batch_len + len > a->batch_cap) {
+                size_t cap = a->batch_cap ? a->batch_cap : 4096;
+                while (cap < a->batch_len + len)
+                        cap *= 2;
+                char *b = realloc(a->batch, cap);
+                if (!b)
+                        return -ENOMEM;
+                a->batch = b;
+                a->batch_cap = cap;
+        }
+        if (a->n_recs == a->recs_cap) {
+                size_t cap = a->recs_cap ? a->recs_cap * 2 : 16;
+                struct pending_rec *n = reallocarray(a->recs, cap, sizeof(*n));
+                if (!n)
+                        return -ENOMEM;
+                a->recs = n;
+                a->recs_cap = cap;
+        }
+        if (a->n_recs == 0) {
+                a->base_seq = a->seq;
+                memcpy(a->base_hash, a->last_hash, HASH_LEN);
+        }
+        memcpy(a->batch + a->batch_len, line, len);
+        a->batch_len += len;
+        a->recs[a->n_recs++] = (struct pending_rec) { .len = len, .seq = a->seq + 1 };
+        memcpy(a->recs[a->n_recs - 1].hash, hash, HASH_LEN);
+        a->seq++;
+        memcpy(a->last_hash, hash, HASH_LEN);
+        return 0;
+}
+
+/* writev(2) until everything is written (a regular file may take part of it). */
+static int writev_all(int fd, struct iovec *iov, int n) {
+        while (n > 0) {
+                ssize_t k = writev(fd, iov, n);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        return -EIO;
+                while (n > 0 && (size_t) k >= iov->iov_len) {
+                        k -= (ssize_t) iov->iov_len;
+                        iov++;
+                        n--;
+                }
+                if (n > 0) {
+                        iov->iov_base = (char *) iov->iov_base + k;
+                        iov->iov_len -= (size_t) k;
+                }
+        }
+        return 0;
+}
+
+#define COMMIT_IOV_MAX 64
+
+int audit_commit(audit_log *a, size_t *ret_lost) {
+        size_t i = 0, off = 0;
+        int r = 0;
+
+        if (ret_lost)
+                *ret_lost = 0;
+        if (!a)
+                return -EINVAL;
+        while (i < a->n_recs) {
+                if (a->file_size > 0 && a->file_size + a->recs[i].len > a->rotate_bytes) {
+                        r = audit_rotate(a);
+                        if (r < 0)
+                                break;
+                }
+                /* The records that fit into this file (at least one), one writev. */
+                struct iovec iov[COMMIT_IOV_MAX];
+                size_t j = i, total = 0;
+                int n = 0;
+                while (j < a->n_recs && n < COMMIT_IOV_MAX &&
+                       (j == i || a->file_size + total + a->recs[j].len <= a->rotate_bytes)) {
+                        iov[n++] = (struct iovec) { a->batch + off + total, a->recs[j].len };
+                        total += a->recs[j].len;
+                        j++;
+                }
+                r = writev_all(a->fd, iov, n);
+                if (r < 0) {
+                        /* Take back a partial line (ENOSPC mid-write), so the next record does not
+                         * land behind garbage and the file stays a valid chain. */
+                        (void) ftruncate(a->fd, (off_t) a->file_size);
+                        break;
+                }
+                a->file_size += total;
+                a->dirty = true;
+                a->head_current = false;
+                off += total;
+                i = j;
+        }
+        /* The chain continues from the last record on disk. */
+        if (i < a->n_recs) {
+                a->seq = i > 0 ? a->recs[i - 1].seq : a->base_seq;
+                memcpy(a->last_hash, i > 0 ? a->recs[i - 1].hash : a->base_hash, HASH_LEN);
+                if (ret_lost)
+                        *ret_lost = a->n_recs - i;
+        }
+        a->n_recs = 0;
+        a->batch_len = 0;
+        return r;
+}
+
+size_t audit_pending(const audit_log *a) {
+        return a ? a->n_recs : 0;
+}
+
+int audit_append_deferred(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
+        _cleanup_free_ char *line = NULL;
+        uint8_t hash[HASH_LEN];
+        size_t len = 0;
+
+        if (!a)
+                return -EINVAL;
+        int r = record_build(a, type, sandbox, fields, &line, &len, hash);
+        if (r < 0)
+                return r;
+        return batch_push(a, line, len, hash);
+}
+
+int audit_append(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
+        int r = audit_append_deferred(a, type, sandbox, fields);
+        if (r < 0)
+                return r;
+        return audit_commit(a, NULL);
 }
 
 int audit_flush(audit_log *a) {
@@ -1100,6 +1263,9 @@ int audit_flush(audit_log *a) {
 
         if (!a)
                 return -EINVAL;
+        r = audit_commit(a, NULL);
+        if (r < 0)
+                return r;
         if (a->dirty) {
                 if (fsync(a->fd) < 0)
                         return -errno;
@@ -1127,11 +1293,15 @@ void audit_close(audit_log *a) {
          * recovery never examined. */
         if (a->ready && a->fd >= 0)
                 (void) audit_flush(a);
+        else if (a->fd >= 0)
+                (void) audit_commit(a, NULL);
         safe_close(a->fd);
         safe_close(a->dir_fd);
         key_page_free(a->key_page, a->key_page_size);
         EVP_MAC_CTX_free(a->key.tmpl);
         EVP_MAC_free(a->key.mac);
+        free(a->batch);
+        free(a->recs);
         free(a);
 }
 
@@ -1686,6 +1856,7 @@ int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *re
 
         if (!a)
                 return -EINVAL;
+        (void) audit_commit(a, NULL);   /* pending records are part of what this process wrote */
         mem.seq = a->seq;
         memcpy(mem.hash, a->last_hash, HASH_LEN);
         return verify_core(a->dir_fd, &a->key, &mem, 0, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
@@ -1906,6 +2077,7 @@ int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object
 
         if (!a || !q || !ret_array || q->limit == 0)
                 return -EINVAL;
+        (void) audit_commit(a, NULL);
         tok = json_tokener_new();
         g.cap = q->limit;
         g.line = calloc(g.cap, sizeof(*g.line));
@@ -1988,6 +2160,7 @@ int audit_snapshot_new(audit_log *a, audit_snapshot **ret) {
 
         if (!a || !ret)
                 return -EINVAL;
+        (void) audit_commit(a, NULL);
         /* Fetched here, on the loop, so that worker threads only read the cache. */
         if (!sha256_md())
                 return -EIO;

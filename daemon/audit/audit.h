@@ -60,7 +60,8 @@
  * "...[truncated N bytes]"; if that is not enough, fields is replaced by
  * {"_truncated":true,"_original_bytes":N}.
  *
- * Durability: audit_append() write(2)s the line at once (so a daemon crash loses
+ * Durability: audit_append() write(2)s the line at once (audit_append_deferred()
+ * at the next audit_commit(), see below) (so a daemon crash loses
  * nothing already appended); audit_flush() fsyncs the file and then rewrites
  * audit.head. The daemon calls audit_flush() from a short timer; audit_close()
  * flushes.
@@ -133,6 +134,24 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(audit_log *, audit_close)
  * or the write error (then nothing of the record stays in the file and seq does
  * not advance). */
 int audit_append(audit_log *a, const char *type, const char *sandbox, struct json_object *fields);
+
+/* Group commit. audit_append_deferred() checks, builds and chains a record
+ * exactly like audit_append() (seq and the chain advance at once; audit_seq()
+ * counts it) but keeps the line in memory; audit_commit() writes every pending
+ * record, in order, with one writev(2) per file (rotating between records as
+ * audit_append() would). A record is "written" only once audit_commit() has
+ * returned: the daemon holds back every reply until then, so a reply never
+ * precedes its record in the file. On a write error the records not written
+ * are dropped (a partial line is truncated away), seq and the chain go back to
+ * the last record on disk, *ret_lost (may be NULL) says how many were dropped,
+ * and the error is returned. audit_append() = deferred + commit, so it writes
+ * any pending records first. audit_flush(), audit_verify(), audit_query*(),
+ * audit_prune(), audit_snapshot_new() and audit_close() commit first. There is
+ * no bound on the batch here: the caller commits at least once per loop
+ * iteration. */
+int audit_append_deferred(audit_log *a, const char *type, const char *sandbox, struct json_object *fields);
+int audit_commit(audit_log *a, size_t *ret_lost);
+size_t audit_pending(const audit_log *a);
 
 /* Makes every appended record durable: fsync of the current file, then audit.head
  * is rewritten (tmp, fsync, rename, fsync dir). Cheap when nothing is pending. */

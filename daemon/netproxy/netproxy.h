@@ -110,6 +110,19 @@ int netproxy_set_resolver_override(netproxy *p, const char *name, const char *ip
 void netproxy_set_header_timeout_ms(netproxy *p, uint64_t ms);
 void netproxy_set_max_connections(netproxy *p, unsigned n);
 
+/* The relay path. Each direction of a relayed connection copies through a
+ * buffer, or, with splicing on, splices through a pipe of its own (zero copy;
+ * copying when no pipe could be made). Off by default (measured: no faster
+ * here, see netproxy.c); on with netproxy_set_splice(p, true) or
+ * AGENTD_NETPROXY_SPLICE=1 in the environment at netproxy_new(). Bytes are
+ * counted in the events the same way on both paths. */
+typedef struct netproxy_relay_stats {
+        uint64_t spliced_dirs, copied_dirs;     /* directions set up per path */
+        uint64_t spliced_bytes, copied_bytes;   /* payload relayed per path (prefixes not included) */
+} netproxy_relay_stats;
+void netproxy_set_splice(netproxy *p, bool on);
+netproxy_relay_stats netproxy_get_relay_stats(const netproxy *p);
+
 /* NULL if the address is an ordinary public one; otherwise why a name may not
  * resolve to it, as a phrase ("a loopback address", "a private address",
  * "a link-local address", ...). IPv4-mapped, IPv4-compatible, NAT64 and 6to4

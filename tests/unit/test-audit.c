@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -308,6 +310,123 @@ static void path_of(char *buf, size_t size, const char *dir, unsigned no) {
 }
 
 /* ---- tests ---- */
+
+/* ---- group commit ---- */
+
+static void append_deferred_n(audit_log *a, int from, int to) {
+        for (int i = from; i <= to; i++) {
+                _cleanup_(json_object_putp) struct json_object *f = json_object_new_object();
+                json_object_object_add(f, "n", json_object_new_int(i));
+                json_object_object_add(f, "method", json_object_new_string("agentd.ping"));
+                ck_assert_int_eq(audit_append_deferred(a, "rpc", sandbox_of(i), f), 0);
+        }
+}
+
+static size_t lines_on_disk(const char *dir) {
+        lset s;
+        size_t n = 0;
+        lset_load(dir, &s);
+        for (size_t i = 0; i < s.n; i++)
+                n += s.f[i].n;
+        lset_free(&s);
+        return n;
+}
+
+/* A batch of records is chained in memory, written by one commit (rotating
+ * between records where it must) and verifies like records appended one by one. */
+START_TEST(test_batch_commit) {
+        audit_log *a = open_log(master);
+        size_t lost = 99;
+
+        append_n(a, 1, 3);
+        append_deferred_n(a, 4, N_RECORDS);
+        ck_assert_uint_eq(audit_pending(a), N_RECORDS - 3);
+        ck_assert_uint_eq(audit_seq(a), N_RECORDS);
+        /* Nothing of the batch is in the files yet. */
+        ck_assert_uint_eq(lines_on_disk(master), 3);
+
+        ck_assert_int_eq(audit_commit(a, &lost), 0);
+        ck_assert_uint_eq(lost, 0);
+        ck_assert_uint_eq(audit_pending(a), 0);
+        ck_assert_uint_eq(lines_on_disk(master), N_RECORDS);
+        ck_assert_int_eq(audit_commit(a, &lost), 0);   /* empty: nothing to do */
+
+        /* Rotation inside the batch kept every full file within rotate_bytes. */
+        lset s;
+        lset_load(master, &s);
+        ck_assert_uint_ge(s.n, 3);
+        for (size_t i = 0; i + 1 < s.n; i++) {
+                char p[256];
+                struct stat st;
+                path_of(p, sizeof(p), master, s.f[i].no);
+                ck_assert_int_eq(stat(p, &st), 0);
+                ck_assert_uint_le(st.st_size, ROTATE);
+        }
+        lset_free(&s);
+
+        /* An immediate append after deferred ones writes them first, in chain order. */
+        append_deferred_n(a, N_RECORDS + 1, N_RECORDS + 2);
+        append_n(a, N_RECORDS + 3, N_RECORDS + 3);
+        ck_assert_uint_eq(audit_pending(a), 0);
+        ck_assert_uint_eq(lines_on_disk(master), N_RECORDS + 3);
+
+        /* Pending records are committed by verify (and flush, query, close). */
+        append_deferred_n(a, N_RECORDS + 4, N_RECORDS + 5);
+        bool ok = false;
+        uint64_t n = 0;
+        ck_assert_int_eq(audit_verify(a, &ok, &n, NULL, NULL), 0);
+        ck_assert(ok);
+        ck_assert_uint_eq(n, N_RECORDS + 5);
+        append_deferred_n(a, N_RECORDS + 6, N_RECORDS + 6);
+        audit_close(a);
+        expect_ok(master, N_RECORDS + 6);
+}
+END_TEST
+
+/* A batch that cannot be written is reported: the error, how many records were
+ * dropped, no partial line left behind, and the chain goes on from the file. */
+START_TEST(test_batch_write_failure) {
+        audit_options opt = { .rotate_bytes = 1u << 20, .no_journal = true };
+        audit_error err = {};
+        audit_log *a = NULL;
+        struct rlimit old, lim;
+        struct stat st;
+        char p[256];
+        size_t lost = 0;
+
+        ck_assert_int_eq(audit_open(master, KEY, sizeof(KEY), &opt, &a, &err), 0);
+        append_n(a, 1, 2);
+        path_of(p, sizeof(p), master, 1);
+        ck_assert_int_eq(stat(p, &st), 0);
+        off_t before = st.st_size;
+
+        /* Room for one and a half more records: the batch of five does not fit. */
+        signal(SIGXFSZ, SIG_IGN);
+        ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+        lim = old;
+        lim.rlim_cur = (rlim_t) (before + before / 2 + before / 4);
+        ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+        append_deferred_n(a, 3, 7);
+        ck_assert_uint_eq(audit_seq(a), 7);
+        int r = audit_commit(a, &lost);
+        ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+        signal(SIGXFSZ, SIG_DFL);
+
+        ck_assert_int_eq(r, -EFBIG);
+        ck_assert_uint_eq(lost, 5);
+        ck_assert_uint_eq(audit_pending(a), 0);
+        ck_assert_uint_eq(audit_seq(a), 2);
+        ck_assert_int_eq(stat(p, &st), 0);
+        ck_assert_int_eq(st.st_size, before);   /* no torn line left behind */
+
+        /* Writing works again: the chain continues from seq 2. */
+        append_deferred_n(a, 3, 4);
+        ck_assert_int_eq(audit_commit(a, &lost), 0);
+        ck_assert_uint_eq(audit_seq(a), 4);
+        audit_close(a);
+        expect_ok(master, 4);
+}
+END_TEST
 
 START_TEST(test_format_and_rotation) {
         lset s;
@@ -1159,6 +1278,8 @@ static Suite *audit_suite(void) {
         tcase_add_checked_fixture(tc, setup, teardown);
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_format_and_rotation);
+        tcase_add_test(tc, test_batch_commit);
+        tcase_add_test(tc, test_batch_write_failure);
         tcase_add_test(tc, test_tamper_modify);
         tcase_add_test(tc, test_snapshot_select);
         tcase_add_test(tc, test_tamper_delete_record);

@@ -56,6 +56,7 @@ typedef struct upstream_write {
 static struct {
         uv_loop_t loop;
         netproxy *proxy;
+        netproxy_relay_stats stats;  /* taken right before netproxy_free() */
         uv_tcp_t server;
         uint16_t port;
         uv_async_t async;
@@ -193,8 +194,10 @@ static void on_proxy_done(void *userdata) {
 static void on_async(uv_async_t *a) {
         if (atomic_exchange(&H.want_remove, false))
                 netproxy_remove_sandbox(H.proxy, "sb1");
-        if (atomic_exchange(&H.want_done, false))
+        if (atomic_exchange(&H.want_done, false)) {
+                H.stats = netproxy_get_relay_stats(H.proxy);
                 netproxy_free(H.proxy, on_proxy_done, NULL);
+        }
 }
 
 static void add_allow(policy_host *allow, size_t *n, const char *fmt, ...) _printf_(3, 4);
@@ -439,6 +442,42 @@ START_TEST(test_connect_allowed) {
         ck_assert_str_eq(H.events[1].address, "127.0.0.1");
         ck_assert_uint_eq(H.events[1].up, 5 + 5 + BIG);
         ck_assert_uint_eq(H.events[1].down, 5 + 5 + BIG);
+}
+END_TEST
+
+/* The same tunnel relayed by splice(2) and by the copy path (the default):
+ * the audit's byte counts are exact on both, and the path was the one asked for. */
+static void check_tunnel_counts(void) {
+        ck_assert_uint_eq(H.n_events, 2);
+        ck_assert_int_eq(H.events[1].kind, NETPROXY_CLOSED);
+        ck_assert_uint_eq(H.events[1].up, 5 + 5 + BIG);
+        ck_assert_uint_eq(H.events[1].down, 5 + 5 + BIG);
+}
+
+/* Payload through the relay, prefixes not included: up "hello" + BIG (the
+ * "early" bytes are the forwarded prefix), down the echo of all of it. */
+#define TUNNEL_PAYLOAD ((uint64_t) (5 + BIG) + (5 + 5 + BIG))
+
+START_TEST(test_connect_splice_counts) {
+        setup();
+        netproxy_set_splice(H.proxy, true);
+        run(body_connect_allowed);
+        check_tunnel_counts();
+        ck_assert_uint_eq(H.stats.spliced_dirs, 2);
+        ck_assert_uint_eq(H.stats.copied_dirs, 0);
+        ck_assert_uint_eq(H.stats.spliced_bytes, TUNNEL_PAYLOAD);
+        ck_assert_uint_eq(H.stats.copied_bytes, 0);
+}
+END_TEST
+
+START_TEST(test_connect_copy_counts) {
+        setup();
+        run(body_connect_allowed);      /* the default path */
+        check_tunnel_counts();
+        ck_assert_uint_eq(H.stats.spliced_dirs, 0);
+        ck_assert_uint_eq(H.stats.copied_dirs, 2);
+        ck_assert_uint_eq(H.stats.copied_bytes, TUNNEL_PAYLOAD);
+        ck_assert_uint_eq(H.stats.spliced_bytes, 0);
 }
 END_TEST
 
@@ -1151,6 +1190,8 @@ static Suite *netproxy_suite(void) {
         tcase_add_test(tc, test_address_class);
         tcase_add_test(tc, test_lifecycle);
         tcase_add_test(tc, test_connect_allowed);
+        tcase_add_test(tc, test_connect_splice_counts);
+        tcase_add_test(tc, test_connect_copy_counts);
         tcase_add_test(tc, test_connect_other_port);
         tcase_add_test(tc, test_connect_other_host);
         tcase_add_test(tc, test_rebinding);
