@@ -4,6 +4,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,7 +31,9 @@ static inline void secbuf_wipe_free(secbuf *b) {
 
 /* Appends n bytes, keeping a NUL after them; -EFBIG past max bytes, -ENOMEM. */
 static inline int secbuf_append(secbuf *b, const void *p, size_t n, size_t max) {
-        if (n > max || b->len > max - n)
+        /* No object is larger than PTRDIFF_MAX: a larger n is always too big
+         * (and saying so lets the compiler see the copy below is bounded). */
+        if (n > max || n > (size_t) PTRDIFF_MAX / 2 || b->len > max - n)
                 return -EFBIG;
         if (b->len + n + 1 > b->cap) {
                 size_t cap = b->cap ? b->cap : 256;
