@@ -565,8 +565,13 @@ static void print_diff(const msgpack_object *o) {
                 char c = mp_str_eq(ch, "added") ? 'A' : mp_str_eq(ch, "deleted") ? 'D' : 'M';
                 bool is_guarded = g && g->type == MSGPACK_OBJECT_BOOLEAN && g->via.boolean;
                 guarded += is_guarded;
-                printf("%c %.*s%s%s\n", c, path ? (int) path->via.str.size : 0, path ? path->via.str.ptr : "",
-                       mp_str_eq(type, "directory") ? "/" : "", is_guarded ? "   [guarded: promote needs --include-hooks]" : "");
+                printf("%c ", c);
+                /* A file name is the sandbox's: no control character reaches the terminal. */
+                for (uint32_t k = 0; path && path->type == MSGPACK_OBJECT_STR && k < path->via.str.size; k++) {
+                        unsigned char ch = (unsigned char) path->via.str.ptr[k];
+                        putchar(ch < 0x20 || ch == 0x7f ? '?' : ch);
+                }
+                printf("%s%s\n", mp_str_eq(type, "directory") ? "/" : "", is_guarded ? "   [guarded: promote needs --include-hooks]" : "");
         }
         if (guarded)
                 printf("\n%zu change(s) to files the host runs later (git hooks/config, .envrc, editor settings).\n", guarded);

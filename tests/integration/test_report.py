@@ -624,5 +624,25 @@ def test_otlp_bounded_queue_and_failures_are_counted():
         rx.stop()
 
 
+def test_file_names_cannot_write_to_the_terminal():
+    """A sandbox names a file in its change layer with terminal escapes and a
+    newline: agentctl report and diff print them as '?', so the sandbox can
+    neither drive the operator's terminal nor forge a line of the report."""
+    with Daemon() as d:
+        c = d.client()
+        ws = os.path.join(d.tmp, "ws")
+        os.makedirs(ws, exist_ok=True)
+        evil = "x\x1b]0;owned\x07\x1b[2J\rVerified:   yes\nPromoted at now"
+        sid = c.ok("sandbox.spawn", {"argv": ["/usr/bin/python3", "-c", f"open({evil!r}, 'w').write('hi')"],
+                                     "workspace": ws})["id"]
+        assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0
+        assert any("owned" in e["path"] for e in c.ok("sandbox.diff", {"id": sid}))
+        for args in (("report", sid), ("diff", sid)):
+            out = d.agentctl(*args).stdout
+            assert b"owned" in out, (args, out)
+            assert not any(ch < 0x20 and ch not in (0x0a, 0x09) or ch == 0x7f for ch in out), (args, out)
+            assert b"\nPromoted at now" not in out, (args, out)
+
+
 if __name__ == "__main__":
     run_tests(globals())
