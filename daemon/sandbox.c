@@ -1761,7 +1761,8 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
 
         /* The caller's stdin reaches the sandbox through our pipe, never as its own open file. */
         if (attach && (r = stdin_relay_start(m->loop, TAKE_FD(client_fds[0]), &stdin_fd, &s->stdin_relay)) < 0)
-                FAIL(RPC_E_INTERNAL, "cannot relay stdin: %s", strerror(-r));
+                FAIL(r == -EINVAL ? RPC_E_INVALID_PARAMS : RPC_E_INTERNAL, "cannot relay stdin: %s",
+                     r == -EINVAL ? "it is neither a file, a pipe, a socket nor a terminal" : strerror(-r));
         int src[7] = {
                 attach ? stdin_fd : devnull,
                 tty ? devnull : outp[0][1],

@@ -495,5 +495,28 @@ def test_freeze_without_cgroup_stops_threads_of_an_exited_leader():
         c.ok("sandbox.wait", {"id": sid})
 
 
+def test_stdin_that_is_no_file_does_not_block_agentd():
+    """An eventfd (or any other anonymous-inode fd) as stdin: fstat calls it
+    neither file nor pipe, and a blocking read of it would stop agentd's loop.
+    It is refused (or read without blocking); agentd keeps answering."""
+    with Daemon() as d:
+        ws = workspace(d)
+        efd = os.eventfd(0)
+        proc = None
+        try:
+            proc = subprocess.Popen([AGENTCTL, "spawn", "-i", "--", "/bin/sh", "-c", "echo started"],
+                                    stdin=efd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ctl_env(d), cwd=ws)
+            time.sleep(1.0)
+            c = d.client()
+            c.sock.settimeout(5)
+            assert c.ok("agentd.ping") is not None
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode != 0 and b"invalid_params" in err and b"cannot relay stdin" in err, (out, err)
+        finally:
+            if proc and proc.poll() is None:
+                proc.kill()
+            os.close(efd)
+
+
 if __name__ == "__main__":
     run_tests(globals())
