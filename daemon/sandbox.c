@@ -657,10 +657,15 @@ static int client_fd_prepare(output_stream *o, int fd) {
                 if (nfd < 0)
                         return -errno;
                 o->client_fd = nfd;
-        } else {
+        } else if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode)) {
                 /* Regular files and /dev/null do not block. */
                 o->client_fd = fd;
                 return 0;
+        } else {
+                /* An eventfd and the like: a write could block the loop. */
+                close(fd);
+                errno = EINVAL;
+                return -EINVAL;
         }
         uv_poll_init(o->sb->m->loop, &o->client_poll, o->client_fd);
         o->client_poll_init = true;

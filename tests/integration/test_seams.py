@@ -518,5 +518,28 @@ def test_stdin_that_is_no_file_does_not_block_agentd():
             os.close(efd)
 
 
+def test_stdout_that_is_no_file_does_not_block_agentd():
+    """An eventfd near its maximum as stdout: writing the sandbox's 8 bytes
+    of output to it would block agentd's loop. It is not written to."""
+    import struct
+    with Daemon() as d:
+        ws = workspace(d)
+        efd = os.eventfd(0)
+        os.write(efd, struct.pack("=Q", 0xfffffffffffffffe - 1))
+        proc = None
+        try:
+            proc = subprocess.Popen([AGENTCTL, "spawn", "-i", "--", "/bin/sh", "-c", "echo 1234567; sleep 1"],
+                                    stdin=subprocess.DEVNULL, stdout=efd, stderr=subprocess.PIPE, env=ctl_env(d), cwd=ws)
+            time.sleep(1.5)
+            c = d.client()
+            c.sock.settimeout(5)
+            assert c.ok("agentd.ping") is not None
+            proc.communicate(timeout=30)
+        finally:
+            if proc and proc.poll() is None:
+                proc.kill()
+            os.close(efd)
+
+
 if __name__ == "__main__":
     run_tests(globals())
