@@ -135,9 +135,12 @@ static int same_content(int dfa, const char *na, int dfb, const char *nb, const 
                 return 0;
         if (sa->st_size != sb->st_size || (sa->st_mode & 07777) != (sb->st_mode & 07777))
                 return 0;
-        _cleanup_close_ int a = openat(dfa, na, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        _cleanup_close_ int b = openat(dfb, nb, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (a < 0 || b < 0)
+        /* A running sandbox may have made it a FIFO since the stat: opening
+         * never waits, and only regular files are read. */
+        _cleanup_close_ int a = openat(dfa, na, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+        _cleanup_close_ int b = openat(dfb, nb, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+        struct stat fa, fb;
+        if (a < 0 || b < 0 || fstat(a, &fa) < 0 || fstat(b, &fb) < 0 || !S_ISREG(fa.st_mode) || !S_ISREG(fb.st_mode))
                 return 0;
         static _Thread_local char ba[65536], bb[65536]; /* the report walks the layer in a worker thread */
         for (;;) {

@@ -644,5 +644,37 @@ def test_file_names_cannot_write_to_the_terminal():
             assert b"\nPromoted at now" not in out, (args, out)
 
 
+def test_report_and_diff_of_a_running_sandbox_that_swaps_files_for_fifos():
+    """A running sandbox turns a changed file into a FIFO between the diff's
+    look at it and its read (comparing with the host's copy, hashing it for
+    the report): neither sandbox.diff (on agentd's loop) nor the report hangs."""
+    with Daemon() as d:
+        c = d.client()
+        ws = os.path.join(d.tmp, "ws")
+        os.makedirs(ws, exist_ok=True)
+        for i in range(300):
+            with open(os.path.join(ws, "f%d" % i), "w") as f:
+                f.write("x")
+        swap = ("import os\n"
+                "names = ['f%d' % i for i in range(300)]\n"
+                "while True:\n"
+                "    for n in names:\n"
+                "        try: os.unlink(n)\n"
+                "        except OSError: pass\n"
+                "        open(n, 'w').write('x')\n"
+                "    for n in names:\n"
+                "        os.unlink(n); os.mkfifo(n)\n")
+        sid = c.ok("sandbox.spawn", {"argv": ["/usr/bin/python3", "-c", swap], "workspace": ws})["id"]
+        time.sleep(0.5)
+        for _ in range(40):
+            r = d.client()
+            r.sock.settimeout(20)
+            rep = r.ok("sandbox.report", {"id": sid})
+            assert rep["id"] == sid
+            r.ok("sandbox.diff", {"id": sid})
+        c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
+        c.ok("sandbox.wait", {"id": sid})
+
+
 if __name__ == "__main__":
     run_tests(globals())
