@@ -676,5 +676,30 @@ def test_report_and_diff_of_a_running_sandbox_that_swaps_files_for_fifos():
         c.ok("sandbox.wait", {"id": sid})
 
 
+def test_otlp_failed_spawn_reason_is_redacted():
+    """A command that cannot be found: the helper's message names it; the
+    exported reason says only which step failed."""
+    if not otlp_available():
+        return "skip"
+    rx = Receiver()
+    try:
+        with Daemon(config=f"[Telemetry]\nEndpoint={rx.url}\nFlushIntervalMs=100\n") as d:
+            ws = os.path.join(d.tmp, "ws")
+            os.makedirs(ws)
+            d.agentctl("spawn", "--", "argmarker-no-such-command", "x", cwd=ws)
+
+            def exits():
+                return [attrs(r["attributes"]) for r in otlp_items(rx.posts(), "logs")
+                        if attrs(r["attributes"]).get("agentd.event") == "sandbox.exit"]
+            ex = wait_for(exits)
+            assert ex, rx.posts()
+            raw = "".join(p["raw"] for p in rx.posts())
+            assert "argmarker" not in raw, [e.get("agentd.reason") for e in ex]
+            assert ex[0].get("agentd.reason") == "sandbox setup failed at exec", ex
+            assert ex[0]["agentd.reason.hmac"].startswith("hmac-sha256:"), ex
+    finally:
+        rx.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
