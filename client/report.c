@@ -21,7 +21,12 @@ static const char *obj_str(const msgpack_object *o, char *buf, size_t size, cons
         if (!o || o->type != MSGPACK_OBJECT_STR || size == 0)
                 return def;
         size_t n = o->via.str.size < size - 1 ? o->via.str.size : size - 1;
-        memcpy(buf, o->via.str.ptr, n);
+        /* Names come from the sandbox (its files, its argv): no control
+         * character reaches the terminal, and none starts a line of its own. */
+        for (size_t i = 0; i < n; i++) {
+                unsigned char ch = (unsigned char) o->via.str.ptr[i];
+                buf[i] = ch < 0x20 || ch == 0x7f ? '?' : (char) ch;
+        }
         buf[n] = 0;
         return buf;
 }

@@ -25,6 +25,9 @@
  * connections to made-up hosts cannot grow the table (or the prompts) without
  * bound; beyond it, connections are refused as without Ask=. */
 #define APPROVALS_PENDING_MAX 64U
+/* ...and per sandbox: one sandbox cannot take the whole table and so keep
+ * the others from asking. */
+#define APPROVALS_PENDING_PER_SANDBOX_MAX 8U
 #define APPROVAL_ID_LEN 16
 
 typedef enum approval_scope {
@@ -247,12 +250,21 @@ static void settle_covered(manager *m, const grant *g, const char *by) {
 
 /* ---- asking ---- */
 
+static unsigned pending_of(manager *m, const char *sandbox) {
+        list_head *i, *n;
+        unsigned k = 0;
+        list_for_each_safe(i, n, &m->approvals->pending)
+                if (streq(container_of(i, approval, link)->sandbox, sandbox))
+                        k++;
+        return k;
+}
+
 static int approval_new(manager *m, approval_kind kind, const char *sandbox, const char *task, const char *what,
                         uint64_t timeout_ms, approval **ret) {
         approvals *t = m->approvals;
         if (!t)
                 return -ENODEV;
-        if (t->n_pending >= APPROVALS_PENDING_MAX)
+        if (t->n_pending >= APPROVALS_PENDING_MAX || pending_of(m, sandbox) >= APPROVALS_PENDING_PER_SANDBOX_MAX)
                 return -EBUSY;
         approval *a = calloc(1, sizeof(*a));
         if (!a)

@@ -15,8 +15,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <linux/openat2.h>
 #include <unistd.h>
+#include <linux/openat2.h>
 
 #include "auditlog.h"
 #include "log.h"
@@ -257,11 +257,15 @@ static bool select_record(json_object *rec, void *userdata) {
         return streq(type, "revoke") && str_in_array(fget(f, "sandboxes"), j->id);
 }
 
+/* The layer of a running sandbox changes under us: a file seen by the diff
+ * may be a FIFO or a device by now, or a directory on its path a symlink out
+ * of the layer. Only a regular file below the layer is read, and opening
+ * never waits (a FIFO's open blocked this thread, and agentd's exit, forever). */
 static int sha256_file(int dfd, const char *path, char hex[65]) {
-        /* The layer is the sandbox's to change under us: never follow a link,
-         * never leave it, never block on a FIFO swapped in for the file. */
-        struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
-                                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+        struct open_how how = {
+                .flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
+                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+        };
         _cleanup_close_ int fd = (int) syscall(SYS_openat2, dfd, path, &how, sizeof(how));
         if (fd < 0)
                 return -errno;

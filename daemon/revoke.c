@@ -55,9 +55,8 @@ typedef struct proc_entry {
         char state;
 } proc_entry;
 
-static int proc_stat(pid_t pid, pid_t *ret_ppid, char *ret_state) {
-        char path[64], buf[512];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+static int stat_file(const char *path, pid_t *ret_ppid, char *ret_state) {
+        char buf[512];
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
@@ -75,6 +74,41 @@ static int proc_stat(pid_t pid, pid_t *ret_ppid, char *ret_state) {
         *ret_ppid = (pid_t) ppid;
         *ret_state = state;
         return 0;
+}
+
+static int proc_stat(pid_t pid, pid_t *ret_ppid, char *ret_state) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        return stat_file(path, ret_ppid, ret_state);
+}
+
+static bool state_is_stopped(char state) {
+        return state == 'T' || state == 't' || state == 'Z' || state == 'X';
+}
+
+/* Whether every thread of the process is stopped or dead. The process's own
+ * stat shows only its leader: a leader that called pthread_exit() is a zombie
+ * while the other threads run on. */
+static bool threads_stopped(pid_t pid) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
+        DIR *d = opendir(path);
+        if (!d)
+                return errno == ENOENT; /* reaped meanwhile */
+        bool stopped = true;
+        struct dirent *de;
+        while (stopped && (de = readdir(d))) {
+                char *end, tpath[96], state;
+                pid_t ppid;
+                long tid = strtol(de->d_name, &end, 10);
+                if (*end || tid <= 0)
+                        continue;
+                snprintf(tpath, sizeof(tpath), "/proc/%d/task/%ld/stat", (int) pid, tid);
+                if (stat_file(tpath, &ppid, &state) == 0 && !state_is_stopped(state))
+                        stopped = false;
+        }
+        closedir(d);
+        return stopped;
 }
 
 static int cmp_pid(const void *a, const void *b) {
@@ -225,7 +259,7 @@ static int freeze_by_signal(sandbox *s) {
                         return r;
                 bool all_stopped = n > 0;
                 for (size_t i = 0; i < n; i++) {
-                        if (e[i].state == 'T' || e[i].state == 't' || e[i].state == 'Z' || e[i].state == 'X')
+                        if (state_is_stopped(e[i].state) && threads_stopped(e[i].pid))
                                 continue;
                         all_stopped = false;
                         (void) kill(e[i].pid, SIGSTOP);

@@ -670,10 +670,15 @@ static int client_fd_prepare(output_stream *o, int fd) {
                 if (nfd < 0)
                         return -errno;
                 o->client_fd = nfd;
-        } else {
+        } else if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode)) {
                 /* Regular files and /dev/null do not block. */
                 o->client_fd = fd;
                 return 0;
+        } else {
+                /* An eventfd and the like: a write could block the loop. */
+                close(fd);
+                errno = EINVAL;
+                return -EINVAL;
         }
         uv_poll_init(o->sb->m->loop, &o->client_poll, o->client_fd);
         o->client_poll_init = true;
@@ -1850,7 +1855,8 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
 
         /* The caller's stdin reaches the sandbox through our pipe, never as its own open file. */
         if (attach && (r = stdin_relay_start(m->loop, TAKE_FD(client_fds[0]), &stdin_fd, &s->stdin_relay)) < 0)
-                FAIL(RPC_E_INTERNAL, "cannot relay stdin: %s", strerror(-r));
+                FAIL(r == -EINVAL ? RPC_E_INVALID_PARAMS : RPC_E_INTERNAL, "cannot relay stdin: %s",
+                     r == -EINVAL ? "it is neither a file, a pipe, a socket nor a terminal" : strerror(-r));
         int src[7] = {
                 attach ? stdin_fd : devnull,
                 tty ? devnull : outp[0][1],

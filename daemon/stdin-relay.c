@@ -180,7 +180,8 @@ static int relay_prepare_in(stdin_relay *r, int fd) {
                 /* A terminal read in its shared, blocking description could stall the loop: refuse. */
                 if (!S_ISCHR(st.st_mode) || isatty(fd))
                         return -errno;
-        }
+        } else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode) && !S_ISDIR(st.st_mode))
+                return -EINVAL; /* an eventfd, a timerfd...: its blocking read would stall the loop */
         /* Regular files, /dev/null and the like never block: read as the pipe drains. */
         r->in_fd = fd;
         r->in_pollable = false;

@@ -192,6 +192,21 @@ static void attrs_spawn(json_object *a, json_object *f) {
         }
 }
 
+/* Why a sandbox ended, as exported: a setup failure's message names the
+ * command or a path ("sandbox setup failed at exec: NAME: ..."), so only its
+ * step goes out in clear, the whole of it as a keyed hash. */
+static void attr_reason(json_object *a, json_object *f) {
+        static const char setup[] = "sandbox setup failed at ";
+        const char *why = fstr(f, "reason");
+        const char *colon = why && strncmp(why, setup, strlen(setup)) == 0 ? strchr(why + strlen(setup), ':') : NULL;
+        if (!colon) {
+                attr(a, "agentd.reason", field(f, "reason"));
+                return;
+        }
+        attr(a, "agentd.reason", json_object_new_string_len(why, (int) (colon - why)));
+        attr(a, "agentd.reason.hmac", redacted(why));
+}
+
 static void attrs_for(json_object *a, const char *type, json_object *f) {
         if (streq(type, "sandbox.spawn"))
                 attrs_spawn(a, f);
@@ -200,7 +215,7 @@ static void attrs_for(json_object *a, const char *type, json_object *f) {
                 attr(a, "agentd.state", field(f, "state"));
                 attr(a, "process.exit.code", field(f, "exit_code"));
                 attr(a, "agentd.signal", field(f, "signal"));
-                attr(a, "agentd.reason", field(f, "reason"));
+                attr_reason(a, f);
                 attr(a, "agentd.cpu_usec", field(u, "cpu_usec"));
                 attr(a, "agentd.memory_peak_bytes", field(u, "memory_peak_bytes"));
                 attr(a, "agentd.layer_bytes", field(u, "layer_bytes"));

@@ -294,5 +294,43 @@ def test_credentials_request_round_trip():
         tpm.stop()
 
 
+def test_one_sandbox_cannot_fill_the_pending_table():
+    """A sandbox opening many connections to hosts outside Allow= gets only its
+    own share of pending approvals (the rest are refused at once): it cannot
+    fill the daemon-wide table and so deny another sandbox's chance to ask.
+    (No automatic response here: the refusals would freeze the hog first.)"""
+    up = Upstream()
+    try:
+        with Daemon(tasks=tasks_for("60s"), config="[Response]\nEgressDenials=0\n") as d:
+            ws, sub, c = setup(d)
+            n = 70
+            one = f"curl -s -m 70 -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.1:{up.port}/"
+            hog = spawn(c, ws, "export NO_PROXY= no_proxy=; " + f"{one} & " * n + "wait")
+            # Settled: every connection of the hog is either pending or refused.
+            deadline = time.time() + 30
+            while True:
+                mine = [a for a in c.ok("approval.list") if a["sandbox"] == hog]
+                refused = c.ok("sandbox.logs", {"id": hog})["stdout"].count(b"\n")
+                if len(mine) + refused == n or time.time() > deadline:
+                    break
+                time.sleep(0.2)
+            assert len(mine) + refused == n, (len(mine), refused, c.ok("sandbox.logs", {"id": hog}))
+            assert 0 < len(mine) <= 16, len(mine)
+            assert len(audit(c, hog, "approval.requested")) == len(mine)
+
+            other = spawn(c, ws, curls(up.port, 1))
+            deadline = time.time() + 20
+            theirs = []
+            while not theirs and time.time() < deadline:
+                theirs = [a for a in c.ok("approval.list") if a["sandbox"] == other]
+                time.sleep(0.1)
+            assert theirs, "the other sandbox could not ask: " + repr(c.ok("sandbox.logs", {"id": other}))
+            d.agentctl("approve", theirs[0]["id"], check=0)
+            assert finish(c, other) == b"200\n"
+            c.ok("credentials.revoke", {"sandbox": hog})
+    finally:
+        up.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())

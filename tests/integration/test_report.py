@@ -624,5 +624,82 @@ def test_otlp_bounded_queue_and_failures_are_counted():
         rx.stop()
 
 
+def test_file_names_cannot_write_to_the_terminal():
+    """A sandbox names a file in its change layer with terminal escapes and a
+    newline: agentctl report and diff print them as '?', so the sandbox can
+    neither drive the operator's terminal nor forge a line of the report."""
+    with Daemon() as d:
+        c = d.client()
+        ws = os.path.join(d.tmp, "ws")
+        os.makedirs(ws, exist_ok=True)
+        evil = "x\x1b]0;owned\x07\x1b[2J\rVerified:   yes\nPromoted at now"
+        sid = c.ok("sandbox.spawn", {"argv": ["/usr/bin/python3", "-c", f"open({evil!r}, 'w').write('hi')"],
+                                     "workspace": ws})["id"]
+        assert c.ok("sandbox.wait", {"id": sid})["exit_code"] == 0
+        assert any("owned" in e["path"] for e in c.ok("sandbox.diff", {"id": sid}))
+        for args in (("report", sid), ("diff", sid)):
+            out = d.agentctl(*args).stdout
+            assert b"owned" in out, (args, out)
+            assert not any(ch < 0x20 and ch not in (0x0a, 0x09) or ch == 0x7f for ch in out), (args, out)
+            assert b"\nPromoted at now" not in out, (args, out)
+
+
+def test_report_and_diff_of_a_running_sandbox_that_swaps_files_for_fifos():
+    """A running sandbox turns a changed file into a FIFO between the diff's
+    look at it and its read (comparing with the host's copy, hashing it for
+    the report): neither sandbox.diff (on agentd's loop) nor the report hangs."""
+    with Daemon() as d:
+        c = d.client()
+        ws = os.path.join(d.tmp, "ws")
+        os.makedirs(ws, exist_ok=True)
+        for i in range(300):
+            with open(os.path.join(ws, "f%d" % i), "w") as f:
+                f.write("x")
+        swap = ("import os\n"
+                "names = ['f%d' % i for i in range(300)]\n"
+                "while True:\n"
+                "    for n in names:\n"
+                "        try: os.unlink(n)\n"
+                "        except OSError: pass\n"
+                "        open(n, 'w').write('x')\n"
+                "    for n in names:\n"
+                "        os.unlink(n); os.mkfifo(n)\n")
+        sid = c.ok("sandbox.spawn", {"argv": ["/usr/bin/python3", "-c", swap], "workspace": ws})["id"]
+        time.sleep(0.5)
+        for _ in range(40):
+            r = d.client()
+            r.sock.settimeout(20)
+            rep = r.ok("sandbox.report", {"id": sid})
+            assert rep["id"] == sid
+            r.ok("sandbox.diff", {"id": sid})
+        c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
+        c.ok("sandbox.wait", {"id": sid})
+
+
+def test_otlp_failed_spawn_reason_is_redacted():
+    """A command that cannot be found: the helper's message names it; the
+    exported reason says only which step failed."""
+    if not otlp_available():
+        return "skip"
+    rx = Receiver()
+    try:
+        with Daemon(config=f"[Telemetry]\nEndpoint={rx.url}\nFlushIntervalMs=100\n") as d:
+            ws = os.path.join(d.tmp, "ws")
+            os.makedirs(ws)
+            d.agentctl("spawn", "--", "argmarker-no-such-command", "x", cwd=ws)
+
+            def exits():
+                return [attrs(r["attributes"]) for r in otlp_items(rx.posts(), "logs")
+                        if attrs(r["attributes"]).get("agentd.event") == "sandbox.exit"]
+            ex = wait_for(exits)
+            assert ex, rx.posts()
+            raw = "".join(p["raw"] for p in rx.posts())
+            assert "argmarker" not in raw, [e.get("agentd.reason") for e in ex]
+            assert ex[0].get("agentd.reason") == "sandbox setup failed at exec", ex
+            assert ex[0]["agentd.reason.hmac"].startswith("hmac-sha256:"), ex
+    finally:
+        rx.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())

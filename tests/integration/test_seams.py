@@ -459,5 +459,87 @@ def test_change_max_freezes_and_keeps_review_working():
         assert not os.path.exists(os.path.join(ws, "big"))
 
 
+# A process whose main thread has exited shows the leader as a zombie ("Z")
+# in /proc/PID/stat while its other threads keep running.
+ZOMBIE_LEADER = ("import ctypes, sys, threading, time\n"
+                 "def tick():\n"
+                 "    i = 0\n"
+                 "    while True:\n"
+                 "        i += 1; sys.stdout.write('tick %d\\n' % i); sys.stdout.flush(); time.sleep(0.02)\n"
+                 "threading.Thread(target=tick).start()\n"
+                 "time.sleep(0.3)\n"
+                 "ctypes.CDLL(None).pthread_exit(None)\n")
+
+
+def test_freeze_without_cgroup_stops_threads_of_an_exited_leader():
+    with Daemon(config=NO_CGROUP) as d:
+        c = d.client()
+        ws = workspace(d)
+        sid = c.ok("sandbox.spawn", {"argv": ["/usr/bin/python3", "-c", ZOMBIE_LEADER], "workspace": ws})["id"]
+        deadline = time.time() + 10
+        while time.time() < deadline and c.ok("sandbox.logs", {"id": sid})["stdout"].count(b"tick") < 30:
+            time.sleep(0.05)
+        assert c.ok("sandbox.logs", {"id": sid})["stdout"].count(b"tick") >= 30, c.ok("sandbox.logs", {"id": sid})
+        p = d.agentctl("--json", "revoke", "--sandbox", sid, "--freeze-only")
+        r = json.loads(p.stdout)
+        if p.returncode == 0 and r["frozen"] == 1:
+            # Frozen must mean frozen: no thread of the sandbox runs on.
+            a = c.ok("sandbox.logs", {"id": sid})["stdout"].count(b"tick")
+            time.sleep(1.0)
+            b = c.ok("sandbox.logs", {"id": sid})["stdout"].count(b"tick")
+            assert b == a, f"reported frozen, but a thread still ran: {a} -> {b} ticks"
+        else:
+            # Or it could not be frozen: then it was killed and reported.
+            assert r["failures"], r
+        c.ok("sandbox.kill", {"id": sid, "signal": "KILL"})
+        c.ok("sandbox.wait", {"id": sid})
+
+
+def test_stdin_that_is_no_file_does_not_block_agentd():
+    """An eventfd (or any other anonymous-inode fd) as stdin: fstat calls it
+    neither file nor pipe, and a blocking read of it would stop agentd's loop.
+    It is refused (or read without blocking); agentd keeps answering."""
+    with Daemon() as d:
+        ws = workspace(d)
+        efd = os.eventfd(0)
+        proc = None
+        try:
+            proc = subprocess.Popen([AGENTCTL, "spawn", "-i", "--", "/bin/sh", "-c", "echo started"],
+                                    stdin=efd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ctl_env(d), cwd=ws)
+            time.sleep(1.0)
+            c = d.client()
+            c.sock.settimeout(5)
+            assert c.ok("agentd.ping") is not None
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode != 0 and b"invalid_params" in err and b"cannot relay stdin" in err, (out, err)
+        finally:
+            if proc and proc.poll() is None:
+                proc.kill()
+            os.close(efd)
+
+
+def test_stdout_that_is_no_file_does_not_block_agentd():
+    """An eventfd near its maximum as stdout: writing the sandbox's 8 bytes
+    of output to it would block agentd's loop. It is not written to."""
+    import struct
+    with Daemon() as d:
+        ws = workspace(d)
+        efd = os.eventfd(0)
+        os.write(efd, struct.pack("=Q", 0xfffffffffffffffe - 1))
+        proc = None
+        try:
+            proc = subprocess.Popen([AGENTCTL, "spawn", "-i", "--", "/bin/sh", "-c", "echo 1234567; sleep 1"],
+                                    stdin=subprocess.DEVNULL, stdout=efd, stderr=subprocess.PIPE, env=ctl_env(d), cwd=ws)
+            time.sleep(1.5)
+            c = d.client()
+            c.sock.settimeout(5)
+            assert c.ok("agentd.ping") is not None
+            proc.communicate(timeout=30)
+        finally:
+            if proc and proc.poll() is None:
+                proc.kill()
+            os.close(efd)
+
+
 if __name__ == "__main__":
     run_tests(globals())
