@@ -9,6 +9,7 @@ PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       python3-msgpack python3-hvac swtpm swtpm-tools tpm2-tools
       systemd bubblewrap hyperfine util-linux uidmap iproute2 curl procps
       chromium fonts-dejavu-core nodejs npm neovim zsh fish bash-completion man-db
+      golang-go   # test_laptop.py: go fetching modules through the egress proxy
       debhelper dpkg-dev debootstrap systemd-container)   # the .deb and the e2e suite (tests/e2e)
 missing=()
 for p in "${PKGS[@]}"; do

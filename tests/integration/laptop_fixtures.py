@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Package registries for test_laptop.py and bench/bench-laptop.py, run on
 loopback by the test: a small npm registry (packuments built from the tarballs
-in a directory) and a PEP 503 simple index (wheels in a directory). Also, for
+in a directory), a PEP 503 simple index (wheels in a directory), a cargo sparse
+registry and a GOPROXY (both of small packages the test writes). Also, for
 test_laptop-setup.sh: `laptop_fixtures.py wheels SITE OUT` repacks Debian's
 installed pytest and its dependencies as wheels (pure Python, py3-none-any)."""
 import base64
@@ -151,6 +152,100 @@ class Registries:
     def stop(self):
         self.srv.shutdown()
         self.srv.server_close()
+
+
+
+class Served:
+    """Fixed files (path -> bytes, or a function of the server's base URL giving
+    bytes) over HTTP on one address; hits are recorded. A cargo sparse registry
+    and a GOPROXY are such trees (sparse_registry(), goproxy_module())."""
+
+    def __init__(self, files, host="127.0.0.1"):
+        self.hits = []
+        served = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                served.hits.append(path)
+                body = served.files.get(path)
+                if callable(body):
+                    body = body(served.url)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *a):
+                pass
+
+        self.files = files
+        self.srv = http.server.ThreadingHTTPServer((host, 0), H)
+        self.port = self.srv.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def _tar_gz(entries):
+    """entries: {relative path: text} -> gzip'd tar bytes, fixed mtimes."""
+    import gzip
+    import io
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        for name, text in sorted(entries.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1700000000
+            t.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def sparse_index_path(name):
+    """Where cargo's sparse protocol looks for a crate's index file."""
+    n = name.lower()
+    if len(n) <= 2:
+        return f"/{len(n)}/{n}"
+    if len(n) == 3:
+        return f"/3/{n[0]}/{n}"
+    return f"/{n[:2]}/{n[2:4]}/{n}"
+
+
+def sparse_registry(crates):
+    """A cargo sparse registry: crates = {(name, version): {relative path: text}}
+    (the crate's sources, Cargo.toml included). Index under /index/, .crate
+    files under /dl/NAME/VERSION/download."""
+    files = {"/index/config.json": lambda url: json.dumps({"dl": f"{url}/dl", "api": url}).encode()}
+    lines = {}
+    for (name, vers), sources in crates.items():
+        crate = _tar_gz({f"{name}-{vers}/{rel}": text for rel, text in sources.items()})
+        files[f"/dl/{name}/{vers}/download"] = crate
+        lines.setdefault(name, []).append(json.dumps({
+            "name": name, "vers": vers, "deps": [], "cksum": hashlib.sha256(crate).hexdigest(),
+            "features": {}, "yanked": False}))
+    for name, ls in lines.items():
+        files["/index" + sparse_index_path(name)] = ("\n".join(ls) + "\n").encode()
+    return files
+
+
+def goproxy_module(module, version, sources):
+    """A GOPROXY serving one module version: sources = {relative path: text}
+    (go.mod included)."""
+    import io
+    raw = io.BytesIO()
+    with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as z:
+        for rel, text in sorted(sources.items()):
+            z.writestr(f"{module}@{version}/{rel}", text)
+    base = f"/{module}/@v/"
+    return {
+        base + "list": f"{version}\n".encode(),
+        base + f"{version}.info": json.dumps({"Version": version, "Time": "2024-01-01T00:00:00Z"}).encode(),
+        base + f"{version}.mod": sources["go.mod"].encode(),
+        base + f"{version}.zip": raw.getvalue(),
+    }
 
 
 if __name__ == "__main__":

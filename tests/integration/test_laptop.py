@@ -425,5 +425,107 @@ def test_project_python_toolz_pip_through_proxy_then_pytest():
     assert "/simple/pytest/" in hits and any(h.startswith("/wheels/pytest-7") for h in hits), hits
 
 
+
+def proxy_tasks(host, port):
+    """build-net with only the local server (an IP literal: agentd's proxy then
+    permits it whatever its range) reachable, through agentd's proxy; build-other
+    allows another port of that host only (the control: nothing gets through)."""
+    task = "[Task]\nTimeout=30min\n[Filesystem]\nWorkspace=rw\nToolchains=auto\n[Network]\nMode=proxy\nAllow="
+    return {"build-net": f"{task}{host}:{port}\n", "build-other": f"{task}{host}:{port % 65535 + 1}\n"}
+
+
+def test_cargo_build_through_proxy_from_sparse_registry():
+    """cargo fetches a crate from a sparse registry (index and download) through
+    agentd's proxy and builds against it; the host's ~/.cargo/registry is unchanged."""
+    home = os.path.realpath(os.environ.get("HOME", "/"))
+    if not os.access(os.path.join(home, ".cargo", "bin", "cargo"), os.X_OK):
+        print(f"SKIP: no rustup toolchain in {home} (run tests/run-integration.sh test_laptop.py as root)", flush=True)
+        return "skip"
+    from laptop_fixtures import Served, sparse_registry
+    greet = {
+        "Cargo.toml": '[package]\nname = "agentd-greet"\nversion = "0.3.1"\nedition = "2021"\n',
+        "src/lib.rs": 'pub fn greet(who: &str) -> String { format!("greetings, {who}, from a local registry") }\n',
+    }
+    reg = Served(sparse_registry({("agentd-greet", "0.3.1"): greet}))
+    host_cache = os.path.join(home, ".cargo", "registry")
+    before = tree_digest(host_cache) if os.path.isdir(host_cache) else None
+    try:
+        with new_daemon(tasks=proxy_tasks("127.0.0.1", reg.port), home=home) as d:
+            ws = os.path.join(d.tmp, "app")
+            write(os.path.join(ws, "Cargo.toml"), '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n'
+                                                  '[dependencies]\nagentd-greet = "0.3"\n')
+            write(os.path.join(ws, "src", "main.rs"), 'fn main() { println!("{}", agentd_greet::greet("agent")); }\n')
+            write(os.path.join(ws, ".cargo", "config.toml"),
+                  '[source.crates-io]\nreplace-with = "local"\n'
+                  f'[source.local]\nregistry = "sparse+{reg.url}/index/"\n')
+            # agentd's NO_PROXY names loopback: cleared so that the loopback
+            # registry is asked through the proxy (a sandbox has no route to it).
+            script = "export NO_PROXY= no_proxy= CARGO_NET_RETRY=0; cargo run -q"
+            p = spawn(d, "/bin/sh", "-c", script, task="build-other", path=project_env(home), ws=ws)
+            assert p.returncode != 0 and b"denied by task 'build-other'" in p.stderr and reg.hits == [], (p.stderr[-3000:], reg.hits)
+            p = spawn(d, "/bin/sh", "-c", script, task="build-net", path=project_env(home), ws=ws)
+            assert p.returncode == 0 and p.stdout == b"greetings, agent, from a local registry\n", (p.stdout, p.stderr[-3000:])
+            assert "/index/config.json" in reg.hits and "/index/ag/en/agentd-greet" in reg.hits, reg.hits
+            assert "/dl/agentd-greet/0.3.1/download" in reg.hits, reg.hits
+            lock = open(os.path.join(ws, "Cargo.lock")).read()
+            assert 'name = "agentd-greet"' in lock and f"sparse+{reg.url}/index/" not in lock, lock
+    finally:
+        reg.stop()
+    after = tree_digest(host_cache) if os.path.isdir(host_cache) else None
+    assert after == before, "a sandbox changed the host's ~/.cargo/registry"
+
+
+# The Go test's host: 198.18.0.1 (the range set aside for test hosts) on the
+# loopback device, added as root by test_laptop-setup.sh; nothing leaves the machine.
+GO_TEST_ADDR = "198.18.0.1"
+
+
+def go_test_addr():
+    """GO_TEST_ADDR when the setup added it to this machine, else None."""
+    import subprocess
+    try:
+        out = subprocess.run(["ip", "-4", "addr", "show", "dev", "lo"], capture_output=True, timeout=10).stdout
+    except OSError:
+        return None
+    return GO_TEST_ADDR if f" {GO_TEST_ADDR}/".encode() in out else None
+
+
+def test_go_build_through_proxy_from_goproxy():
+    """go fetches a module (its .mod and .zip) from a GOPROXY through
+    agentd's proxy and builds a program importing it. Go never proxies a
+    loopback host (net/http's ProxyFromEnvironment), so the GOPROXY listens on
+    198.18.0.1 on this machine's loopback device (added by the setup), named in Allow=."""
+    if not os.access("/usr/bin/go", os.X_OK):
+        print("SKIP: no /usr/bin/go (apt-get install golang-go)", flush=True)
+        return "skip"
+    addr = go_test_addr()
+    if not addr:
+        print(f"SKIP: {GO_TEST_ADDR} is not on lo (added as root by test_laptop-setup.sh; Go never proxies loopback)",
+              flush=True)
+        return "skip"
+    from laptop_fixtures import Served, goproxy_module
+    mod = "example.test/greet"
+    srv = Served(goproxy_module(mod, "v1.2.0", {
+        "go.mod": f"module {mod}\n\ngo 1.19\n",
+        "greet.go": 'package greet\n\nfunc Hello(who string) string { return "hello, " + who + ", from a GOPROXY" }\n',
+    }), host=addr)
+    try:
+        with new_daemon(tasks=proxy_tasks(addr, srv.port)) as d:
+            ws = os.path.join(d.tmp, "app")
+            write(os.path.join(ws, "go.mod"), f"module example.test/app\n\ngo 1.19\n\nrequire {mod} v1.2.0\n")
+            write(os.path.join(ws, "main.go"), f'package main\n\nimport (\n\t"fmt"\n\t"{mod}"\n)\n\n'
+                                               'func main() { fmt.Println(greet.Hello("agent")) }\n')
+            script = (f"export GOPROXY={srv.url} GOFLAGS=-mod=mod GOSUMDB=off GONOSUMDB='*' "
+                      "GOPATH=/tmp/gopath GOCACHE=/tmp/gocache GOTOOLCHAIN=local && go build -o app . && ./app")
+            p = spawn(d, "/bin/sh", "-c", script, task="build-other", path="/usr/bin:/bin", ws=ws)
+            assert p.returncode != 0 and b"denied by task 'build-other'" in p.stderr and srv.hits == [], (p.stderr[-3000:], srv.hits)
+            p = spawn(d, "/bin/sh", "-c", script, task="build-net", path="/usr/bin:/bin", ws=ws)
+            assert p.returncode == 0 and p.stdout == b"hello, agent, from a GOPROXY\n", (p.stdout, p.stderr[-3000:])
+            for suffix in ("v1.2.0.mod", "v1.2.0.zip"):
+                assert f"/{mod}/@v/{suffix}" in srv.hits, srv.hits
+    finally:
+        srv.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())
