@@ -49,6 +49,26 @@ void audit_event(manager *m, const char *type, const char *sandbox, json_object 
 void sandboxes_connection_closed(manager *m, connection *c) {
 }
 
+/* The audit log's side of the group commit and the fail-closed gate, moved by
+ * the script: records pending (replies are held until the commit releases
+ * them) and a log that cannot record (state-changing calls are refused). */
+static bool audit_records_pending, audit_cannot_record;
+
+bool auditlog_pending(manager *m) {
+        return audit_records_pending;
+}
+
+int auditlog_can_record(manager *m, char **ret_why) {
+        if (!audit_cannot_record)
+                return 0;
+        if (ret_why)
+                *ret_why = strdup("the state filesystem is full (fuzzed)");
+        return -ENOSPC;
+}
+
+void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {
+}
+
 /* A clock the script moves, so rate limits are reached and recovered from. */
 static uint64_t fake_now = 1;
 uint64_t now_msec(void) {
@@ -246,10 +266,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         listener.m = &m;
         listener.sandbox_id = sandbox_name;
         fake_now = 1;
+        audit_records_pending = audit_cannot_record = false;
 
         while (s.left > 0) {
                 uint8_t op = next(&s);
-                switch (op % 13) {
+                switch (op % 14) {
                 case 0: peer_open(&m, &s); break;
                 case 1: case 2: case 3: peer_send(&s); break;
                 case 4: if (n_peers) (void) shutdown(peers[next(&s) % n_peers], SHUT_WR); break;
@@ -259,12 +280,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 case 9: peer_read(&s); break;
                 case 10: server_broadcast(&m, (next(&s) & 1) ? "sandbox-1" : NULL, "sandbox.state", pack_event, NULL); break;
                 case 11: fake_now += 100u * next(&s); break;
+                case 12:
+                        switch (next(&s) % 4) {
+                        case 0: audit_records_pending = true; break;
+                        case 1: audit_records_pending = false; server_release_held(&m); break;
+                        case 2: audit_cannot_record = !audit_cannot_record; break;
+                        default: handler_mode = next(&s); break;
+                        }
+                        break;
                 default: handler_mode = next(&s); break;
                 }
         }
 
         /* Every peer hangs up: every connection must notice and go away, even
          * those with deferred calls still outstanding. */
+        audit_records_pending = false;
+        server_release_held(&m);
         while (n_peers > 0)
                 peer_drop(0);
         for (int i = 0; i < 1000 && m.n_connections > 0; i++)
