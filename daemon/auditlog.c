@@ -492,12 +492,67 @@ void auditlog_pack_json(msgpack_packer *pk, json_object *o) {
         }
 }
 
+/* audit.query runs in a worker over a snapshot: a page is a walk of the whole
+ * log (about a second for 10,000 of 60,000 records), which the loop must not
+ * wait for. The worker also packs the reply, so the loop only sends bytes. */
+typedef struct query_job {
+        uv_work_t work;
+        rpc_call *call;
+        audit_snapshot *snap;
+        char *sandbox;
+        audit_query_opts q;
+        msgpack_sbuffer out;
+        int error;
+} query_job;
+
+static void query_job_free(query_job *j) {
+        if (!j)
+                return;
+        if (j->call)
+                rpc_call_free(j->call);
+        audit_snapshot_free(j->snap);
+        free(j->sandbox);
+        msgpack_sbuffer_destroy(&j->out);
+        free(j);
+}
+
+static void query_work(uv_work_t *w) {
+        query_job *j = container_of(w, query_job, work);
+        json_object *arr = NULL;
+        msgpack_packer pk;
+
+        j->error = audit_snapshot_query_page(j->snap, &j->q, &arr, NULL);
+        if (j->error < 0)
+                return;
+        msgpack_packer_init(&pk, &j->out, msgpack_sbuffer_write);
+        auditlog_pack_json(&pk, arr);
+        json_object_put(arr);
+}
+
+static void pack_packed(msgpack_packer *pk, void *userdata) {
+        const msgpack_sbuffer *out = userdata;
+        (void) pk->callback(pk->data, out->data, out->size);
+}
+
+static void query_done(uv_work_t *w, int status) {
+        query_job *j = container_of(w, query_job, work);
+        char msg[256];
+
+        if (status < 0)
+                rpc_call_error(TAKE_PTR(j->call), RPC_E_INTERNAL, "the audit query was cancelled");
+        else if (j->error < 0) {
+                snprintf(msg, sizeof(msg), "audit query failed: %s", strerror(-j->error));
+                rpc_call_error(TAKE_PTR(j->call), RPC_E_INTERNAL, msg);
+        } else
+                rpc_call_reply(TAKE_PTR(j->call), pack_packed, &j->out);
+        query_job_free(j);
+}
+
 int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
         if (!the_log.log) {
                 rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "audit log %s", auditlog_state(ctx->m));
                 return -ENODEV;
         }
-        _cleanup_free_ char *sb = rpc_param_strdup(ctx->params, "sandbox");
         const msgpack_object *since = rpc_param(ctx->params, "since"), *limit = rpc_param(ctx->params, "limit"),
                              *before = rpc_param(ctx->params, "before");
         if (limit && (limit->via.u64 == 0 || limit->via.u64 > AUDIT_QUERY_MAX)) {
@@ -505,23 +560,39 @@ int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
                               AUDIT_QUERY_MAX);
                 return -EINVAL;
         }
-        audit_query_opts q = {
-                .sandbox = sb,
+        query_job *j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        msgpack_sbuffer_init(&j->out);
+        j->sandbox = rpc_param_strdup(ctx->params, "sandbox");
+        j->q = (audit_query_opts) {
+                .sandbox = j->sandbox,
                 .since_ms = since ? since->via.u64 : 0,
                 .before_seq = before ? before->via.u64 : 0,
                 .limit = limit ? (size_t) limit->via.u64 : AUDIT_QUERY_DEFAULT,
                 .max_bytes = AUDIT_QUERY_MAX_BYTES,
         };
-        json_object *arr = NULL;
-        (void) auditlog_commit(the_log.m);   /* counts what a failed batch lost */
-        (void) audit_flush(the_log.log);
-        int r = audit_query_page(the_log.log, &q, &arr, NULL);
+        /* Commits and flushes first, as before: the page holds every record
+         * written up to this request. */
+        int r = auditlog_snapshot(ctx->m, &j->snap);
         if (r < 0) {
-                rpc_error_set(err, RPC_E_INTERNAL, "audit query failed: %s", strerror(-r));
+                query_job_free(j);
+                rpc_error_set(err, r == -ENODEV ? RPC_E_BACKEND_UNAVAILABLE : RPC_E_INTERNAL, "audit query failed: %s",
+                              strerror(-r));
                 return r;
         }
-        auditlog_pack_json(ctx->pk, arr);
-        json_object_put(arr);
+        j->call = rpc_ctx_defer(ctx);
+        if (!j->call) {
+                query_job_free(j);
+                return -ENOMEM;
+        }
+        r = uv_queue_work(ctx->m->loop, &j->work, query_work, query_done);
+        if (r < 0) {
+                j->call = NULL; /* dispatch answers through ctx->async */
+                query_job_free(j);
+                rpc_error_set(err, RPC_E_INTERNAL, "cannot queue the audit query: %s", uv_strerror(r));
+                return r;
+        }
         return 0;
 }
 
@@ -541,15 +612,55 @@ int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, audit_p
         return r;
 }
 
-json_object *auditlog_tail(manager *m, const char *sandbox, size_t n) {
+/* The tail for an incident snapshot: the same walk of the whole log, so in a
+ * worker too; it writes the file when done (a revoke never waits for it). */
+typedef struct tail_job {
+        uv_work_t work;
+        audit_snapshot *snap;
+        char *sandbox, *path;
+        size_t n;
+} tail_job;
+
+static void tail_job_free(tail_job *j) {
+        audit_snapshot_free(j->snap);
+        free(j->sandbox);
+        free(j->path);
+        free(j);
+}
+
+static void tail_work(uv_work_t *w) {
+        tail_job *j = container_of(w, tail_job, work);
+        audit_query_opts q = { .sandbox = j->sandbox, .limit = j->n, .max_bytes = AUDIT_QUERY_MAX_BYTES };
         json_object *arr = NULL;
-        if (!the_log.log)
-                return NULL;
-        (void) auditlog_commit(the_log.m);   /* counts what a failed batch lost */
-        (void) audit_flush(the_log.log);
-        if (audit_query(the_log.log, sandbox, 0, n, &arr) < 0)
-                return NULL;
-        return arr;
+        if (audit_snapshot_query_page(j->snap, &q, &arr, NULL) < 0)
+                return;
+        const char *text = json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PRETTY);
+        int fd = open(j->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd >= 0) {
+                (void) !write(fd, text, strlen(text));
+                (void) fsync(fd);
+                close(fd);
+        }
+        json_object_put(arr);
+}
+
+static void tail_done(uv_work_t *w, int status) {
+        tail_job_free(container_of(w, tail_job, work));
+}
+
+int auditlog_tail_queue(manager *m, const char *sandbox, size_t n, const char *path) {
+        tail_job *j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        j->n = n > 0 && n <= AUDIT_QUERY_MAX ? n : AUDIT_QUERY_MAX;
+        j->sandbox = sandbox ? strdup(sandbox) : NULL;
+        j->path = strdup(path);
+        int r = (sandbox && !j->sandbox) || !j->path ? -ENOMEM : auditlog_snapshot(m, &j->snap);
+        if (r >= 0)
+                r = uv_queue_work(m->loop, &j->work, tail_work, tail_done);
+        if (r < 0)
+                tail_job_free(j);
+        return r;
 }
 
 int auditlog_snapshot(manager *m, audit_snapshot **ret) {

@@ -35,7 +35,9 @@ bool auditlog_pending(manager *m);
 struct audit_prune_result;
 /* audit_prune() on the open log (see audit.h); *ret_why (free()) on failure. */
 int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, struct audit_prune_result *ret, char **ret_why);
-json_object *auditlog_tail(manager *m, const char *sandbox, size_t n);
+/* Writes the newest n (1..AUDIT_QUERY_MAX) records of sandbox to path (a json
+ * array, mode 0600) from a worker thread; -ENODEV when the log is off. */
+int auditlog_tail_queue(manager *m, const char *sandbox, size_t n, const char *path);
 /* A json value as msgpack (maps, arrays, strings, numbers, booleans, nil). */
 void auditlog_pack_json(msgpack_packer *pk, json_object *o);
 /* For reading the log off the loop (sandbox.report); -ENODEV when the log is off. */

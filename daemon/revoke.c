@@ -395,13 +395,9 @@ static char *sandbox_snapshot(manager *m, sandbox *s, const char *stamp) {
         /* What changed in the workspace: walked off the loop, added to the file when done. */
         (void) workspace_snapshot_queue(m, s, path, text);
         json_object_put(snap);
-        /* The last audit records of this sandbox. */
-        json_object *tail = auditlog_tail(m, s->id, 200);
-        if (tail) {
-                snprintf(path, sizeof(path), "%s/audit-tail.json", dir);
-                write_text(path, json_object_to_json_string_ext(tail, JSON_C_TO_STRING_PRETTY));
-                json_object_put(tail);
-        }
+        /* The last audit records of this sandbox: a walk of the whole log, off the loop. */
+        snprintf(path, sizeof(path), "%s/audit-tail.json", dir);
+        (void) auditlog_tail_queue(m, s->id, 200, path);
         return strdup(dir);
 }
 

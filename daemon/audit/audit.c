@@ -2068,16 +2068,27 @@ static void ring_free(line_ring *g) {
         free(g->len);
 }
 
-int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object **ret_array, bool *ret_more) {
+/* The seq a parsed record carries (0: none). */
+static uint64_t record_seq(struct json_object *o) {
+        struct json_object *v;
+        if (!get_member(o, "seq", json_type_int, &v) || json_object_get_int64(v) <= 0)
+                return 0;
+        return (uint64_t) json_object_get_int64(v);
+}
+
+/* The query over the files in dir_fd, reading no record after last_seq (the
+ * files are in chain order, so the walk stops at the first one after it). */
+static int query_dir(int dir_fd, uint64_t last_seq, const audit_query_opts *q, struct json_object **ret_array,
+                     bool *ret_more) {
         _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
         _cleanup_free_ unsigned *files = NULL;
         size_t n_files = 0;
         line_ring g = { 0 };
+        bool done = false;
         int r;
 
-        if (!a || !q || !ret_array || q->limit == 0)
+        if (!q || !ret_array || q->limit == 0)
                 return -EINVAL;
-        (void) audit_commit(a, NULL);
         tok = json_tokener_new();
         g.cap = q->limit;
         g.line = calloc(g.cap, sizeof(*g.line));
@@ -2087,14 +2098,14 @@ int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object
                 return -ENOMEM;
         }
 
-        r = list_files(a->dir_fd, &files, &n_files);
-        for (size_t i = 0; r >= 0 && i < n_files; i++) {
+        r = list_files(dir_fd, &files, &n_files);
+        for (size_t i = 0; r >= 0 && !done && i < n_files; i++) {
                 _cleanup_close_ int fd = -1;
                 line_reader rd;
                 char name[32];
 
                 file_name(files[i], name);
-                fd = openat(a->dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+                fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
                 if (fd < 0)
                         continue;
                 r = reader_init(&rd, fd);
@@ -2113,6 +2124,11 @@ int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object
                         struct json_object *o = parse_line(tok, line, len);
                         if (!o)
                                 continue;
+                        if (record_seq(o) > last_seq) {
+                                json_object_put(o);
+                                done = true;
+                                break;
+                        }
                         bool match = record_matches(o, q);
                         json_object_put(o);
                         if (match && (r = ring_push(&g, line, len, q->max_bytes)) < 0)
@@ -2142,6 +2158,13 @@ int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object
         if (ret_more)
                 *ret_more = more;
         return 0;
+}
+
+int audit_query_page(audit_log *a, const audit_query_opts *q, struct json_object **ret_array, bool *ret_more) {
+        if (!a)
+                return -EINVAL;
+        (void) audit_commit(a, NULL);
+        return query_dir(a->dir_fd, UINT64_MAX, q, ret_array, ret_more);
 }
 
 /* ---- snapshots: verify and select off the loop ---- */
@@ -2330,4 +2353,13 @@ int audit_query(audit_log *a, const char *sandbox, uint64_t since_ms, size_t lim
                 .max_bytes = AUDIT_QUERY_MAX_BYTES,
         };
         return audit_query_page(a, &q, ret_array, NULL);
+}
+
+int audit_snapshot_query_page(audit_snapshot *s, const audit_query_opts *q, struct json_object **ret_array,
+                              bool *ret_more) {
+        if (!s)
+                return -EINVAL;
+        /* Up to what this process had written when the snapshot was made: the
+         * lines after it may be half written while we read. */
+        return query_dir(s->dir_fd, s->mem.seq, q, ret_array, ret_more);
 }

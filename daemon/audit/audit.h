@@ -266,3 +266,8 @@ typedef struct audit_selection {
  * negative errno; on success the caller owns *ret (audit_selection_done()). */
 int audit_snapshot_select(audit_snapshot *s, audit_select_fn fn, void *userdata, audit_selection *ret);
 void audit_selection_done(audit_selection *sel);
+
+/* audit_query_page() over a snapshot, in a worker thread: only records up to
+ * the snapshot's last seq (later ones, perhaps half written, are not read). */
+int audit_snapshot_query_page(audit_snapshot *s, const audit_query_opts *q, struct json_object **ret_array,
+                              bool *ret_more);
