@@ -196,7 +196,7 @@ export const METHODS = Object.freeze([
   {
     name: "audit.query",
     fn: "auditQuery",
-    hostOnly: true, sandboxOnly: false, async: false,
+    hostOnly: true, sandboxOnly: false, async: true,
     params: [
       { key: "sandbox", type: "string", optional: true },
       { key: "since", type: "uint", optional: true },
