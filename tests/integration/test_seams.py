@@ -34,6 +34,17 @@ def ctl_env(d):
     return e
 
 
+def proc_comms(tree):
+    """{pid: (comm, wchan)} for a failure message."""
+    out = {}
+    for p in tree:
+        try:
+            out[p] = (open(f"/proc/{p}/comm").read().strip(), open(f"/proc/{p}/wchan").read().strip())
+        except OSError:
+            out[p] = None
+    return out
+
+
 def proc_tree(root):
     """{pid: state} of `root` and every process below it (host view)."""
     ppid, state = {}, {}
@@ -205,10 +216,12 @@ def test_sandbox_that_cannot_be_frozen_is_killed_and_reported():
         ws = workspace(d)
         res = c.ok("sandbox.spawn", {"argv": ["/usr/bin/perl", "-e", vfork], "workspace": ws})
         sid, init = res["id"], res["pid"]
-        deadline = time.time() + 10
+        # Perl's start can take a while on a loaded machine: wait for the vfork itself.
+        deadline = time.time() + 30
         while time.time() < deadline and "D" not in proc_tree(init).values():
             time.sleep(0.05)
-        assert "D" in proc_tree(init).values(), (proc_tree(init), c.ok("sandbox.logs", {"id": sid}))
+        assert "D" in proc_tree(init).values(), (proc_tree(init), proc_comms(proc_tree(init)),
+                                                 c.ok("sandbox.logs", {"id": sid}))
         p = d.agentctl("--json", "revoke", "--sandbox", sid, "--freeze-only")
         assert p.returncode == 1 and b"could not be frozen" in p.stderr, p
         r = json.loads(p.stdout)
