@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.request
 
-from harness import AGENTCTL_INSIDE, Daemon, run_tests
+from harness import AGENTCTL_INSIDE, Client, Daemon, run_tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "..", "vaultdev", "vault_dev.py")
@@ -308,7 +308,8 @@ def test_spawn_waits_for_the_vault_login():
         vault.req("POST", "sys/dev/latency", vault.root, {"ms": 14000})
         d.start()
         t0 = time.time()
-        err, _ = d.client().call("sandbox.spawn", {"task": "creds", "argv": ["true"], "workspace": ws})
+        # The answer comes after the 10 s login wait: a client that waits longer than that.
+        err, _ = Client(d.socket, timeout=40).call("sandbox.spawn", {"task": "creds", "argv": ["true"], "workspace": ws})
         waited = time.time() - t0
         assert err["code"] == "backend_unavailable" and "did not finish within 10 s" in err["message"], err
         assert waited >= 9, waited
