@@ -136,7 +136,7 @@ for f in tests/integration/test_*.py; do
         case $f in
         test_sandbox_hands.py)
                 # Runs as root and re-executes itself as its own unprivileged user.
-                step "integration $f" env AGENTD_SANDBOX="$ROOT/build/daemon/sandbox/agentd-sandbox" \
+                step "integration $f" env AGENTD_SANDBOX="$ROOT/build/helper/agentd-sandbox" \
                         /usr/bin/python3 "tests/integration/$f"
                 ;;
         test_peer_uid.py)

@@ -1,92 +1,117 @@
-/* agentd-sandbox ("the hands"): shared types of the standalone sandbox helper.
- * Links nothing but libc; nothing here is used by the daemon itself. */
+/* Sandboxes as the daemon sees them: state, the helper process that built
+ * the namespaces, captured output, waiters. */
 #pragma once
 
 #include <stdbool.h>
-#include <stddef.h>
 #include <stdint.h>
-#include <linux/filter.h>
+#include <sys/types.h>
+#include <uv.h>
 
-#include "macro.h"
+#include "core/manager.h"
+#include "core/server.h"
 
-#define SPEC_MAX (1024 * 1024)
-#define SANDBOX_EXIT_SETUP 125
-#define SANDBOX_EXIT_NOEXEC 126
-#define SANDBOX_EXIT_NOTFOUND 127
-#define SANDBOX_RUN_SIZE (UINT64_C(16) << 20) /* the tmpfs /run inside */
+typedef enum sandbox_state {
+        SANDBOX_STARTING,
+        SANDBOX_RUNNING,
+        SANDBOX_FROZEN,
+        SANDBOX_EXITED,
+        SANDBOX_KILLED,
+} sandbox_state;
 
-/* Failure detail, written only on failure: the step that failed and why. */
-typedef struct SandboxError {
-        const char *step;
-        char message[512];
-} SandboxError;
+const char *sandbox_state_to_string(sandbox_state s);
 
-int sandbox_fail(SandboxError *err, const char *step, int r, const char *fmt, ...) _printf_(4, 5);
+typedef struct output_stream {
+        struct sandbox *sb;
+        const char *name;        /* "stdout" / "stderr" */
+        int pipe_fd;             /* read end from the sandbox, -1 at EOF */
+        uv_poll_t pipe_poll;
+        bool pipe_poll_init;
+        int log_fd;              /* bounded copy in the state dir */
+        uint64_t logged, dropped;
+        int client_fd;           /* attached client's fd (non-blocking description), or -1 */
+        bool client_is_socket;
+        uv_poll_t client_poll;
+        bool client_poll_init;
+        uint8_t *pending;        /* bytes the client's fd did not take yet */
+        size_t pending_len;
+} output_stream;
 
-typedef enum WorkspaceMode {
-        WORKSPACE_OVERLAY,
-        WORKSPACE_RO,
-        WORKSPACE_RW,
-        WORKSPACE_NONE,
-} WorkspaceMode;
+typedef struct sandbox_waiter {
+        struct sandbox_waiter *next;
+        rpc_call *call;
+} sandbox_waiter;
 
-/* The parsed spec. All strings point into the spec buffer, which lives as long
- * as the process; vectors are NULL-terminated arrays of such pointers. */
-typedef struct SandboxSpec {
+typedef struct sandbox {
+        manager *m;
+        list_head link;
+        unsigned refcount;
+        char id[16];
+        char *task;
+        char *workspace;
+        char *dir;                /* state dir */
+        char *cgroup;             /* cgroup dir or NULL */
+        char *limits_note;
+        char *workspace_note;        /* files that will be read-only inside, and why (laptop.c), or NULL */
         char **argv;
-        char **envp;
-        const char *workspace;
-        WorkspaceMode workspace_mode;
-        bool workspace_mode_set;
-        const char *upper;
-        const char *work;
-        const char *home;
-        char **ro;
-        char **rw;
-        char **hide;
-        char **cow;                /* shown writable through an overlay whose upper is cow_dir/<index>/upper */
-        const char *cow_dir;
-        const char *agentctl;      /* host file bound read-only at SANDBOX_AGENTCTL_PATH */
-        const char *hostname;
-        bool landlock;
-        bool tty;
-        bool unsafe_no_seccomp;
-        int umask;                 /* the command's umask (the caller's); -1: inherited */
-        int seccomp_fd;
-        int cgroup_fd;
+        sandbox_state state;
+        uint64_t started_at;      /* realtime ms */
+        int64_t started_ns;       /* realtime ns: host files changed later are promote conflicts */
+        int workspace_mode;       /* workspace_mode of the task at spawn */
+        bool discarded;
+        unsigned review_readers;  /* diff/snapshot walks running on a worker thread */
+        bool review_writer;       /* a promote or discard running on a worker thread */
+        bool review_frozen;       /* cgroup frozen by a diff of the running sandbox */
+        bool from_disk;           /* loaded from the state dir after a restart */
+        pid_t helper_pid;
+        int helper_pidfd;
+        uv_poll_t helper_poll;
+        bool helper_poll_init;
+        bool helper_reaped;
+        pid_t init_pid;
+        pid_t recorded_pid;       /* init_pid as its record says (loaded after a restart) */
+        int init_pidfd;
         int status_fd;
-        const char *proxy_socket;  /* host Unix socket, reached as 127.0.0.1:proxy_port inside */
-        unsigned proxy_port;
-        const char *broker_socket; /* host Unix socket, bound at /run/agentd/broker.sock inside */
-        uint64_t tmp_size, shm_size, home_size; /* bytes of those tmpfs mounts; 0 = the kernel's default */
-        uint64_t nproc;            /* RLIMIT_NPROC inside the user namespace; 0 = left as it is */
+        uv_poll_t status_poll;
+        bool status_poll_init;
+        char status_buf[1024];
+        size_t status_len;
+        bool have_exit;
+        int exit_code, exit_signal;
+        bool killed;              /* we ended it (kill, timeout, shutdown) */
+        char *end_reason;
+        char *setup_error;
+        output_stream out[2];
+        uv_timer_t timeout;
+        bool timeout_init;
+        uint64_t timeout_ms;
+        rpc_call *spawn_call;     /* answered when the helper reports started/error */
+        bool tty;
+        int tty_master;
+        connection *owner;        /* attached client: the sandbox ends when it leaves */
+        sandbox_waiter *waiters;
+        unsigned open_handles;
+        struct sandbox_creds *creds;            /* Vault tokens, when the task names policies */
+        struct sandbox_listener *broker_listener;
+        bool proxied;             /* registered with the egress proxy */
+        uint64_t denials[64];     /* recent egress denial times (ms), a ring */
+        unsigned n_denials;
+        bool auto_responded;
+        const char *frozen_by;    /* "cgroup" or "signal" while frozen */
+        struct stdin_relay *stdin_relay; /* attached: the caller's stdin, copied into the sandbox's */
+        struct change_watch *change_watch; /* overlay: ChangeMax= on the upper dir */
+} sandbox;
 
-        struct sock_filter *seccomp_insns; /* loaded from seccomp_fd */
-        unsigned short seccomp_len;
-} SandboxSpec;
-
-/* spec.c */
-int spec_read(int fd, char **ret_buf, size_t *ret_size, SandboxError *err);
-int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err);
-const char *spec_env_get(const SandboxSpec *spec, const char *key);
-
-/* mounts.c: runs in the sandbox init, in its fresh mount namespace. */
-int mounts_build_root(const SandboxSpec *spec, SandboxError *err);
-
-/* confine.c: runs in the command child right before execve. */
-int confine_drop_capabilities(SandboxError *err);
-int confine_landlock(const SandboxSpec *spec, SandboxError *err);
-int confine_seccomp(const SandboxSpec *spec, SandboxError *err);
-
-/* bridge.c: the TCP-to-Unix bridge of proxy_socket/proxy_port, run by the init. */
-int bridge_open_socket(const SandboxSpec *spec, SandboxError *err);
-int bridge_start(const SandboxSpec *spec, int socket_fd, SandboxError *err);
-int bridge_wait_ready(int ready_fd, SandboxError *err);
-
-#define SANDBOX_BROKER_PATH "/run/agentd/broker.sock"
-#define SANDBOX_AGENTCTL_PATH "/run/agentd/bin/agentctl"
-
-/* Where the command runs inside the sandbox. */
-static inline const char *spec_cwd(const SandboxSpec *spec) {
-        return spec->workspace_mode == WORKSPACE_NONE || !spec->workspace ? spec->home : spec->workspace;
-}
+sandbox *sandbox_find(manager *m, const char *id);
+/* References keep the record's memory alive (e.g. across a worker thread). */
+sandbox *sandbox_ref(sandbox *s);
+void sandbox_unref(sandbox *s);
+bool sandbox_ended(const sandbox *s);
+int sandbox_forget(manager *m, const char *id);
+int sandbox_save_meta(sandbox *s);
+/* Stops every process of the sandbox (cgroup.freeze, else SIGSTOP to each,
+ * confirmed): 0 only when it is stopped; sets frozen_by. */
+int sandbox_freeze(sandbox *s);
+/* The one way a sandbox's state changes (tells subscribers). */
+void sandbox_set_state(sandbox *s, sandbox_state st);
+int sandbox_signal(sandbox *s, int sig);
+void sandboxes_connection_closed(manager *m, connection *c);

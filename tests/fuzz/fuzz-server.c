@@ -1,5 +1,5 @@
 /* libFuzzer target for the RPC server's connection state machine
- * (daemon/server.c): the input is a script of peer actions on real socket
+ * (daemon/core/server.c): the input is a script of peer actions on real socket
  * pairs served by the real server code in a real libuv loop — connect, send
  * bytes (partial messages, garbage, fds), half-close, hang up, read replies
  * or not — interleaved with loop iterations, late replies and errors of

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Man pages agentd.conf(5) and agentd.task(5) (docs/man/): each documents
-exactly the keys of the tables that drive the parsers (daemon/config.c's
+exactly the keys of the tables that drive the parsers (daemon/core/config.c's
 KEY(...) lines, policy/policy-parse.c's keys[]), each under its section;
 man renders them without warnings; meson installs them and the completions."""
 import json
@@ -44,7 +44,7 @@ def test_task_page_matches_the_parser_table():
 
 
 def test_conf_page_matches_the_config_parser():
-    table = set(re.findall(r'KEY\("(\w+)", "(\w+)"\)', read("daemon", "config.c")))
+    table = set(re.findall(r'KEY\("(\w+)", "(\w+)"\)', read("daemon", "core", "config.c")))
     assert len(table) >= 20, table
     doc = documented("agentd.conf.5")
     assert table - doc == set(), f"config keys missing from agentd.conf.5: {sorted(table - doc)}"

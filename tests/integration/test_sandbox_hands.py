@@ -2,7 +2,7 @@
 """Integration test of agentd-sandbox ("the hands"), driven the way the daemon
 drives it: a spec in a memfd, a status socket, fds 0-2 passed through. Every
 test that goes through Env.run runs twice: exec'd with --spec-fd, and forked by
-the zygote (--zygote, the daemon's fast path; see daemon/sandbox/zygote.h).
+the zygote (--zygote, the daemon's fast path; see helper/zygote.h).
 
 Usage: test_sandbox_hands.py [path/to/agentd-sandbox] [seccomp.bpf]
        (or AGENTD_SANDBOX=...). Run as root it re-executes itself as the

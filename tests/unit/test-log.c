@@ -1,4 +1,4 @@
-/* Unit tests for daemon/log.c: the structured fields that let journalctl select
+/* Unit tests for daemon/core/log.c: the structured fields that let journalctl select
  * one sandbox's lines (AGENTD_SANDBOX=, AGENTD_TASK=, AGENTD_EVENT=), and their
  * form on the stderr fallback (this host has no journald to send them to). */
 #include <check.h>

@@ -1,0 +1,204 @@
+/* Retention of what agentd keeps in its state directory. Without it every
+ * sandbox leaves ~3 files forever and every request ~300 bytes of audit.
+ * Rules (agentd.conf [Retention], see docs/faults.md):
+ * - an ended sandbox's record (its whole directory: meta, logs, change layer)
+ *   goes when it is older than SandboxDays= or not among the newest
+ *   SandboxRecords= ended ones; a record holding incident snapshots stays;
+ * - audit files go, oldest first and never the current one, when older than
+ *   AuditDays= or while the log is larger than AuditMaxSize=, behind a signed
+ *   checkpoint (audit.h) so the rest still verifies. */
+#include "retention.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "audit.h"
+#include "auditlog.h"
+#include "core/log.h"
+#include "macro.h"
+#include "sandbox/sandbox.h"
+#include "core/server.h"
+#include "core/statedir.h"
+
+#define PRUNE_INTERVAL_MS (60u * 60u * 1000u)
+
+typedef struct record {
+        char id[16];
+        uint64_t started_at;
+        int64_t mtime;      /* meta.json's: written last when the sandbox ended */
+} record;
+
+static uv_timer_t prune_timer;
+static bool prune_timer_on;
+
+static int cmp_newest_first(const void *a, const void *b) {
+        const record *x = a, *y = b;
+        return x->started_at > y->started_at ? -1 : x->started_at < y->started_at;
+}
+
+static bool has_snapshots(int sb_fd, const char *id) {
+        char p[64];
+        snprintf(p, sizeof(p), "%s/snapshots", id);
+        struct stat st;
+        return fstatat(sb_fd, p, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* Records on disk, with what the rules need. */
+static int list_records(int sb_fd, record **ret, size_t *ret_n) {
+        int dfd = fcntl(sb_fd, F_DUPFD_CLOEXEC, 3);
+        DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+        if (!d) {
+                safe_close(dfd);
+                return -errno;
+        }
+        record *v = NULL;
+        size_t n = 0;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                if (strlen(de->d_name) != 12 || de->d_name[0] == '.')
+                        continue;
+                char p[PATH_MAX];
+                snprintf(p, sizeof(p), "/proc/self/fd/%d/%s/meta.json", sb_fd, de->d_name);
+                struct stat st;
+                if (stat(p, &st) < 0)
+                        continue;
+                /* Every record: one still "running" on disk whose sandbox is not live
+                 * in memory died with an earlier agentd (sandbox_forget() refuses live ones). */
+                json_object *o = json_object_from_file(p), *x;
+                uint64_t started = o && json_object_object_get_ex(o, "started_at", &x) ? (uint64_t) json_object_get_int64(x) : 0;
+                json_object_put(o);
+                record *nv = realloc(v, (n + 1) * sizeof(*v));
+                if (!nv) {
+                        closedir(d);
+                        free(v);
+                        return -ENOMEM;
+                }
+                v = nv;
+                snprintf(v[n].id, sizeof(v[n].id), "%s", de->d_name);
+                v[n].started_at = started;
+                v[n].mtime = st.st_mtim.tv_sec;
+                n++;
+        }
+        closedir(d);
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+static void prune_sandboxes(manager *m, prune_result *res) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/sandboxes", m->config->state_directory);
+        _cleanup_close_ int sb_fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sb_fd < 0)
+                return;
+        _cleanup_free_ record *v = NULL;
+        size_t n = 0;
+        if (list_records(sb_fd, &v, &n) < 0)
+                return;
+        qsort(v, n, sizeof(*v), cmp_newest_first);
+        int64_t cutoff = m->config->retention_sandbox_days > 0
+                                 ? (int64_t) time(NULL) - (int64_t) m->config->retention_sandbox_days * 86400
+                                 : 0;
+        for (size_t i = 0; i < n; i++) {
+                bool too_many = m->config->retention_sandbox_records > 0 && i >= m->config->retention_sandbox_records;
+                bool too_old = cutoff > 0 && v[i].mtime < cutoff;
+                if (!too_many && !too_old)
+                        continue;
+                if (has_snapshots(sb_fd, v[i].id)) {
+                        res->sandboxes_kept_evidence++;
+                        continue;
+                }
+                /* Still in use in memory (a waiter, a live process): next time. */
+                if (sandbox_forget(m, v[i].id) < 0)
+                        continue;
+                int r = statedir_remove_tree(sb_fd, v[i].id);
+                if (r < 0)
+                        log_warning("retention: cannot remove sandbox %s: %s", v[i].id, strerror(-r));
+                else
+                        res->sandboxes_removed++;
+        }
+}
+
+int retention_prune(manager *m, prune_result *ret, char **ret_why) {
+        prune_result res = {};
+        *ret = res;
+        /* Pruning is allowed on a full disk (it frees space) but never without
+         * an audit log at all: what goes must be recorded somewhere. */
+        int r = auditlog_can_record(m, ret_why);
+        if (r == -ENODEV)
+                return r;
+        free(*ret_why);
+        *ret_why = NULL;
+        prune_sandboxes(m, &res);
+        audit_prune_result ar = {};
+        int64_t older = m->config->retention_audit_days > 0
+                                ? (int64_t) time(NULL) - (int64_t) m->config->retention_audit_days * 86400
+                                : 0;
+        r = auditlog_prune(m, older, m->config->retention_audit_max, &ar, ret_why);
+        res.audit_files_removed = ar.files_removed;
+        res.audit_bytes_removed = ar.bytes_removed;
+        res.audit_first_seq = ar.first_seq;
+        if (res.sandboxes_removed > 0 || res.audit_files_removed > 0) {
+                json_object *f = json_object_new_object();
+                json_object_object_add(f, "sandboxes_removed", json_object_new_int64(res.sandboxes_removed));
+                json_object_object_add(f, "audit_files_removed", json_object_new_int64(res.audit_files_removed));
+                json_object_object_add(f, "audit_bytes_removed", json_object_new_int64((int64_t) res.audit_bytes_removed));
+                audit_event(m, "prune", NULL, f);
+                log_info("retention: removed %u sandbox record(s) and %u audit file(s) (%llu bytes)", res.sandboxes_removed,
+                         res.audit_files_removed, (unsigned long long) res.audit_bytes_removed);
+        }
+        *ret = res;
+        return r;
+}
+
+static void on_prune_timer(uv_timer_t *t) {
+        manager *m = t->data;
+        prune_result res;
+        _cleanup_free_ char *why = NULL;
+        if (retention_prune(m, &res, &why) < 0)
+                log_error("retention: %s", why ? why : "audit pruning failed");
+}
+
+void retention_init(manager *m) {
+        uv_timer_init(m->loop, &prune_timer);
+        prune_timer.data = m;
+        prune_timer_on = true;
+        /* Once soon after start, then every hour. */
+        uv_timer_start(&prune_timer, on_prune_timer, 0, PRUNE_INTERVAL_MS);
+}
+
+void retention_free(manager *m) {
+        if (!prune_timer_on)
+                return;
+        prune_timer_on = false;
+        uv_timer_stop(&prune_timer);
+        uv_close((uv_handle_t *) &prune_timer, NULL);
+}
+
+int rpc_agentd_prune(rpc_ctx *ctx, rpc_error *err) {
+        prune_result res;
+        _cleanup_free_ char *why = NULL;
+        int r = retention_prune(ctx->m, &res, &why);
+        if (r < 0) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE,
+                              "%u sandbox record(s) removed; audit files not pruned: %s", res.sandboxes_removed,
+                              why ? why : strerror(-r));
+                return r;
+        }
+        msgpack_pack_map(ctx->pk, 5);
+        mp_pack_kv_u64(ctx->pk, "sandboxes_removed", res.sandboxes_removed);
+        mp_pack_kv_u64(ctx->pk, "sandboxes_kept_evidence", res.sandboxes_kept_evidence);
+        mp_pack_kv_u64(ctx->pk, "audit_files_removed", res.audit_files_removed);
+        mp_pack_kv_u64(ctx->pk, "audit_bytes_removed", res.audit_bytes_removed);
+        mp_pack_kv_u64(ctx->pk, "audit_first_seq", res.audit_first_seq);
+        return 0;
+}

@@ -1,0 +1,2352 @@
+/* The sandbox lifecycle in the daemon (the "brains"). The namespace work is
+ * done by a separate helper executable, agentd-sandbox (the "hands"), forked
+ * by its zygote as our child (posix_spawn'd when there is no zygote) and
+ * watched through pidfds on the libuv loop, so the daemon never forks into a
+ * sandbox. This file builds the helper's spec,
+ * relays and records output, enforces timeouts and answers the sandbox.*
+ * methods. */
+#include "sandbox.h"
+
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+#include <openssl/evp.h>
+
+#include "agentd-build.h"
+#include "incident/approval.h"
+#include "audit/auditlog.h"
+#include "broker/broker.h"
+#include "cgroup.h"
+#include "core/fileio.h"
+#include "laptop.h"
+#include "core/daemon.h"
+#include "core/log.h"
+#include "macro.h"
+#include "egress/netproxy.h"
+#include "policy.h"
+#include "audit/report.h"
+#include "seccomp-build.h"
+#include "spawn-guard.h"
+#include "stdin-relay.h"
+#include "change-watch.h"
+#include "zygote.h"
+
+#define MAX_ENDED_KEPT 256
+#define MAX_ARGV_BYTES (256 * 1024)
+#define MAX_ARGV_COUNT 4096
+#define CLIENT_PENDING_MAX (1024 * 1024)
+/* RLIMIT_NPROC of a task without TasksMax=: a fork bomb stops here even without a cgroup. */
+#define SANDBOX_DEFAULT_NPROC 4096
+
+extern char **environ;
+
+static int pidfd_open_(pid_t pid) {
+        return (int) syscall(SYS_pidfd_open, pid, 0);
+}
+static int pidfd_send_signal_(int pidfd, int sig) {
+        return (int) syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+static void sandbox_free(sandbox *s);
+static sandbox *sandbox_load(manager *m, const char *id);
+static void evict_old(manager *m, sandbox *keep);
+
+const char *sandbox_state_to_string(sandbox_state s) {
+        switch (s) {
+        case SANDBOX_STARTING: return "starting";
+        case SANDBOX_RUNNING: return "running";
+        case SANDBOX_FROZEN: return "frozen";
+        case SANDBOX_EXITED: return "exited";
+        case SANDBOX_KILLED: return "killed";
+        }
+        return "?";
+}
+
+bool sandbox_ended(const sandbox *s) {
+        return s->state == SANDBOX_EXITED || s->state == SANDBOX_KILLED;
+}
+
+sandbox *sandbox_find(manager *m, const char *id) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (streq(s->id, id))
+                        return s;
+        }
+        return sandbox_load(m, id);
+}
+
+/* ---- seccomp programs, built once per profile ---------------------------- */
+
+typedef struct bpf_cache {
+        struct bpf_cache *next;
+        char *profile;
+        void *bpf;
+        size_t len;
+} bpf_cache;
+static bpf_cache *bpf_cached;
+
+static int get_bpf(const char *profile, const void **ret_bpf, size_t *ret_len, char **ret_error) {
+        for (bpf_cache *c = bpf_cached; c; c = c->next)
+                if (streq(c->profile, profile)) {
+                        *ret_bpf = c->bpf;
+                        *ret_len = c->len;
+                        return 0;
+                }
+        void *bpf = NULL;
+        size_t len = 0;
+        int r = seccomp_build_bpf(profile, &bpf, &len, ret_error);
+        if (r < 0)
+                return r;
+        bpf_cache *c = calloc(1, sizeof(*c));
+        if (!c || !(c->profile = strdup(profile))) {
+                free(c);
+                free(bpf);
+                return -ENOMEM;
+        }
+        c->bpf = bpf;
+        c->len = len;
+        /* A profile file may change: only named profiles are cached. */
+        if (profile[0] != '/') {
+                c->next = bpf_cached;
+                bpf_cached = c;
+        }
+        *ret_bpf = c->bpf;
+        *ret_len = c->len;
+        if (profile[0] == '/') {
+                /* Caller copies into a memfd right away; keep it alive until the next call. */
+                static bpf_cache *last_file;
+                if (last_file) {
+                        free(last_file->profile);
+                        free(last_file->bpf);
+                        free(last_file);
+                }
+                last_file = c;
+        }
+        return 0;
+}
+
+static void bpf_cache_free(void) {
+        for (bpf_cache *c = bpf_cached, *n; c; c = n) {
+                n = c->next;
+                free(c->profile);
+                free(c->bpf);
+                free(c);
+        }
+        bpf_cached = NULL;
+}
+
+static int memfd_with(const char *name, const void *data, size_t len) {
+        int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return -errno;
+        const char *p = data;
+        size_t left = len;
+        while (left > 0) {
+                ssize_t n = write(fd, p, left);
+                if (n < 0) {
+                        int r = -errno;
+                        close(fd);
+                        return r;
+                }
+                p += n;
+                left -= (size_t) n;
+        }
+        (void) fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+        if (lseek(fd, 0, SEEK_SET) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+/* ---- the spec handed to the helper ---------------------------------------- */
+
+typedef struct spec {
+        char *buf;
+        size_t len, cap;
+        bool oom;
+} spec;
+
+static void spec_add(spec *s, const char *key, const char *value) {
+        size_t kl = strlen(key), vl = strlen(value), need = kl + 1 + vl + 1;
+        if (s->oom)
+                return;
+        if (s->len + need > s->cap) {
+                size_t ncap = (s->cap + need) * 2;
+                char *n = realloc(s->buf, ncap);
+                if (!n) {
+                        s->oom = true;
+                        return;
+                }
+                s->buf = n;
+                s->cap = ncap;
+        }
+        memcpy(s->buf + s->len, key, kl);
+        s->buf[s->len + kl] = '=';
+        memcpy(s->buf + s->len + kl + 1, value, vl);
+        s->buf[s->len + kl + 1 + vl] = 0;
+        s->len += need;
+}
+
+static void spec_add_int(spec *s, const char *key, long v) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "%ld", v);
+        spec_add(s, key, buf);
+}
+
+/* ---- environment ----------------------------------------------------------- */
+
+static bool env_name_valid(const char *n) {
+        if (!*n || strlen(n) > 128)
+                return false;
+        for (const char *p = n; *p; p++)
+                if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+                        return false;
+        return !(n[0] >= '0' && n[0] <= '9');
+}
+
+/* What a caller may always set: terminal and locale, nothing that changes
+ * how programs load code (no LD_*, no PATH). */
+static bool env_always_allowed(const char *n) {
+        static const char *const names[] = { "TERM", "COLORTERM", "LANG", "LANGUAGE", "LC_ALL", "NO_COLOR", "TZ", "COLUMNS", "LINES" };
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (streq(n, names[i]))
+                        return true;
+        return strncmp(n, "LC_", 3) == 0;
+}
+
+static bool strv_contains(char *const *v, const char *s) {
+        for (size_t i = 0; v && v[i]; i++)
+                if (streq(v[i], s))
+                        return true;
+        return false;
+}
+
+/* ---- the record on disk ------------------------------------------------------- */
+
+typedef struct sync_work {
+        uv_work_t req;
+        char path[];
+} sync_work;
+
+static void do_sync(uv_work_t *req) {
+        sync_work *w = container_of(req, sync_work, req);
+        int fd = open(w->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0) {
+                (void) fsync(fd);
+                close(fd);
+        }
+        char *slash = strrchr(w->path, '/');
+        if (slash) {
+                *slash = 0;
+                fd = open(w->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (fd >= 0) {
+                        (void) fsync(fd);
+                        close(fd);
+                }
+        }
+}
+
+static void after_sync(uv_work_t *req, int status) {
+        free(container_of(req, sync_work, req));
+}
+
+static void sync_in_background(manager *m, const char *path) {
+        size_t n = strlen(path) + 1;
+        sync_work *w = malloc(sizeof(*w) + n);
+        if (!w)
+                return;
+        memcpy(w->path, path, n);
+        if (uv_queue_work(m->loop, &w->req, do_sync, after_sync) < 0)
+                free(w);
+}
+
+/* meta.json in the sandbox's state dir: what review needs after the sandbox
+ * and the daemon are gone. Written atomically (temp + rename). */
+int sandbox_save_meta(sandbox *s) {
+        json_object *o = json_object_new_object();
+        if (!o)
+                return -ENOMEM;
+        json_object_object_add(o, "id", json_object_new_string(s->id));
+        json_object_object_add(o, "task", json_object_new_string(s->task));
+        json_object_object_add(o, "workspace", json_object_new_string(s->workspace));
+        json_object_object_add(o, "workspace_mode", json_object_new_int(s->workspace_mode));
+        json_object_object_add(o, "started_at", json_object_new_int64((int64_t) s->started_at));
+        json_object_object_add(o, "started_ns", json_object_new_int64(s->started_ns));
+        json_object_object_add(o, "state", json_object_new_string(sandbox_state_to_string(s->state)));
+        json_object_object_add(o, "exit_code", json_object_new_int(s->exit_code));
+        json_object_object_add(o, "signal", json_object_new_int(s->exit_signal));
+        if (s->init_pid > 0 || s->recorded_pid > 0)
+                json_object_object_add(o, "pid", json_object_new_int(s->init_pid > 0 ? s->init_pid : s->recorded_pid));
+        json_object_object_add(o, "discarded", json_object_new_boolean(s->discarded));
+        if (s->end_reason)
+                json_object_object_add(o, "reason", json_object_new_string(s->end_reason));
+        json_object *av = json_object_new_array();
+        for (size_t i = 0; s->argv && s->argv[i]; i++)
+                json_object_array_add(av, json_object_new_string(s->argv[i]));
+        json_object_object_add(o, "argv", av);
+        const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+        char tmp[PATH_MAX], final[PATH_MAX];
+        snprintf(tmp, sizeof(tmp), "%s/meta.json.tmp", s->dir);
+        snprintf(final, sizeof(final), "%s/meta.json", s->dir);
+        int r = 0;
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                r = -errno;
+        else {
+                size_t n = strlen(text);
+                if (write(fd, text, n) != (ssize_t) n || write(fd, "\n", 1) != 1)
+                        r = -EIO;
+                close(fd);
+                if (r == 0 && rename(tmp, final) < 0)
+                        r = -errno;
+        }
+        json_object_put(o);
+        /* fsync costs milliseconds on some disks: never on the loop thread. */
+        if (r == 0)
+                sync_in_background(s->m, final);
+        if (r < 0)
+                log_warning("sandbox %s: cannot save its record: %s", s->id, strerror(-r));
+        return r;
+}
+
+static sandbox *sandbox_alloc(manager *m) {
+        sandbox *s = calloc(1, sizeof(*s));
+        if (!s)
+                return NULL;
+        s->m = m;
+        s->refcount = 1;
+        s->helper_pidfd = s->init_pidfd = s->status_fd = s->tty_master = -1;
+        for (int i = 0; i < 2; i++) {
+                s->out[i].sb = s;
+                s->out[i].name = i == 0 ? "stdout" : "stderr";
+                s->out[i].pipe_fd = s->out[i].log_fd = s->out[i].client_fd = -1;
+        }
+        return s;
+}
+
+static bool id_valid(const char *id) {
+        if (strlen(id) != 12)
+                return false;
+        for (const char *p = id; *p; p++)
+                if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+                        return false;
+        return true;
+}
+
+/* Loads an ended sandbox's record from its state dir (after a restart, or
+ * evicted from memory). A record left "running" means agentd died with it. */
+/* While load_previous() reads every record (in directory order, not by age). */
+static bool loading_previous;
+
+static sandbox *sandbox_load(manager *m, const char *id) {
+        if (!id_valid(id))
+                return NULL;
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/sandboxes/%s/meta.json", m->config->state_directory, id);
+        json_object *o = json_object_from_file(path);
+        if (!o)
+                return NULL;
+        sandbox *s = sandbox_alloc(m);
+        json_object *v;
+        if (!s)
+                goto fail;
+        snprintf(s->id, sizeof(s->id), "%s", id);
+        if (asprintf(&s->dir, "%s/sandboxes/%s", m->config->state_directory, id) < 0)
+                s->dir = NULL;
+        s->task = strdup(json_object_object_get_ex(o, "task", &v) ? json_object_get_string(v) : "?");
+        s->workspace = strdup(json_object_object_get_ex(o, "workspace", &v) ? json_object_get_string(v) : "");
+        s->workspace_mode = json_object_object_get_ex(o, "workspace_mode", &v) ? json_object_get_int(v) : WORKSPACE_NONE;
+        s->started_at = json_object_object_get_ex(o, "started_at", &v) ? (uint64_t) json_object_get_int64(v) : 0;
+        s->started_ns = json_object_object_get_ex(o, "started_ns", &v) ? json_object_get_int64(v) : 0;
+        s->exit_code = json_object_object_get_ex(o, "exit_code", &v) ? json_object_get_int(v) : 0;
+        s->exit_signal = json_object_object_get_ex(o, "signal", &v) ? json_object_get_int(v) : 0;
+        s->recorded_pid = json_object_object_get_ex(o, "pid", &v) ? (pid_t) json_object_get_int(v) : 0;
+        s->discarded = json_object_object_get_ex(o, "discarded", &v) && json_object_get_boolean(v);
+        const char *state = json_object_object_get_ex(o, "state", &v) ? json_object_get_string(v) : "exited";
+        if (json_object_object_get_ex(o, "reason", &v))
+                s->end_reason = strdup(json_object_get_string(v));
+        if (json_object_object_get_ex(o, "argv", &v) && json_object_is_type(v, json_type_array)) {
+                size_t n = json_object_array_length(v);
+                s->argv = calloc(n + 1, sizeof(char *));
+                for (size_t i = 0; s->argv && i < n; i++)
+                        s->argv[i] = strdup(json_object_get_string(json_object_array_get_idx(v, i)));
+        }
+        if (streq(state, "exited"))
+                s->state = SANDBOX_EXITED;
+        else if (streq(state, "killed"))
+                s->state = SANDBOX_KILLED;
+        else {
+                s->state = SANDBOX_KILLED;
+                free(s->end_reason);
+                s->end_reason = strdup("agentd stopped while it ran");
+                s->exit_signal = SIGKILL;
+                s->exit_code = 128 + SIGKILL;
+        }
+        s->from_disk = true;
+        if (!s->dir || !s->task || !s->workspace)
+                goto fail;
+        json_object_put(o);
+        list_add_tail(&m->sandboxes, &s->link);
+        m->n_sandboxes++;
+        /* Looking up old ids must not grow memory without bound (at start,
+         * load_previous() keeps the newest once all are read and sorted). */
+        if (!loading_previous)
+                evict_old(m, s);
+        return s;
+fail:
+        json_object_put(o);
+        if (s)
+                sandbox_free(s);
+        return NULL;
+}
+
+/* ---- lifecycle --------------------------------------------------------------- */
+
+static void sandbox_maybe_complete(sandbox *s);
+static void spawn_failed(sandbox *s, const char *message);
+static void sandbox_free(sandbox *s);
+
+static void handle_closed(uv_handle_t *h) {
+        sandbox *s = h->data;
+        if (--s->open_handles == 0 && s->refcount == 0)
+                sandbox_free(s);
+}
+
+static void close_handle(sandbox *s, uv_handle_t *h, bool *flag) {
+        if (!*flag)
+                return;
+        *flag = false;
+        h->data = s;
+        s->open_handles++;
+        uv_close(h, handle_closed);
+}
+
+sandbox *sandbox_ref(sandbox *s) {
+        s->refcount++;
+        return s;
+}
+
+void sandbox_unref(sandbox *s) {
+        if (--s->refcount == 0 && s->open_handles == 0)
+                sandbox_free(s);
+}
+
+static void sandbox_free(sandbox *s) {
+        free(s->task);
+        free(s->workspace);
+        free(s->dir);
+        free(s->cgroup);
+        free(s->limits_note);
+        free(s->workspace_note);
+        free(s->end_reason);
+        free(s->setup_error);
+        strv_free(s->argv);
+        for (int i = 0; i < 2; i++) {
+                safe_close(s->out[i].pipe_fd);
+                safe_close(s->out[i].log_fd);
+                safe_close(s->out[i].client_fd);
+                free(s->out[i].pending);
+        }
+        safe_close(s->helper_pidfd);
+        safe_close(s->init_pidfd);
+        safe_close(s->status_fd);
+        safe_close(s->tty_master);
+        stdin_relay_free(s->stdin_relay);
+        change_watch_free(s->change_watch);
+        free(s);
+}
+
+typedef struct state_event {
+        sandbox *s;
+} state_event;
+
+static void pack_state_event(msgpack_packer *pk, void *userdata) {
+        sandbox *s = userdata;
+        bool ended = sandbox_ended(s);
+        msgpack_pack_map(pk, ended ? 5 : 3);
+        mp_pack_kv_str(pk, "id", s->id);
+        mp_pack_kv_str(pk, "state", sandbox_state_to_string(s->state));
+        mp_pack_kv_str(pk, "task", s->task);
+        if (ended) {
+                mp_pack_kv_i64(pk, "exit_code", s->exit_code);
+                mp_pack_kv_i64(pk, "signal", s->exit_signal);
+        }
+}
+
+static void set_state(sandbox *s, sandbox_state st) {
+        s->state = st;
+        daemon_status_notify(s->m);
+        server_broadcast(s->m, s->id, "sandbox.state", pack_state_event, s);
+}
+
+void sandbox_set_state(sandbox *s, sandbox_state st) {
+        set_state(s, st);
+}
+
+typedef struct output_event {
+        sandbox *s;
+        const char *stream;
+        const void *data;
+        size_t len;
+} output_event;
+
+static void pack_output_event(msgpack_packer *pk, void *userdata) {
+        output_event *e = userdata;
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_str(pk, "id", e->s->id);
+        mp_pack_kv_str(pk, "stream", e->stream);
+        mp_pack_cstr(pk, "data");
+        msgpack_pack_bin(pk, e->len);
+        msgpack_pack_bin_body(pk, e->data, e->len);
+}
+
+/* ---- output relay ----------------------------------------------------------- */
+
+static void on_client_writable(uv_poll_t *h, int status, int events);
+static void on_pipe_readable(uv_poll_t *h, int status, int events);
+
+static void stream_update(output_stream *o) {
+        sandbox *s = o->sb;
+        /* Read from the sandbox only while the client keeps up. */
+        if (o->pipe_fd >= 0 && o->pipe_poll_init) {
+                if (o->pending_len < CLIENT_PENDING_MAX)
+                        uv_poll_start(&o->pipe_poll, UV_READABLE, on_pipe_readable);
+                else
+                        uv_poll_stop(&o->pipe_poll);
+        }
+        if (o->client_poll_init) {
+                if (o->pending_len > 0)
+                        uv_poll_start(&o->client_poll, UV_WRITABLE, on_client_writable);
+                else
+                        uv_poll_stop(&o->client_poll);
+        }
+        (void) s;
+}
+
+static void client_drop(output_stream *o) {
+        close_handle(o->sb, (uv_handle_t *) &o->client_poll, &o->client_poll_init);
+        o->client_fd = safe_close(o->client_fd);
+        free(o->pending);
+        o->pending = NULL;
+        o->pending_len = 0;
+}
+
+static void client_flush(output_stream *o) {
+        while (o->pending_len > 0 && o->client_fd >= 0) {
+                ssize_t n;
+                if (o->client_is_socket)
+                        n = send(o->client_fd, o->pending, o->pending_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+                else
+                        n = write(o->client_fd, o->pending, o->pending_len);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                break;
+                        client_drop(o); /* the reader went away: keep running, keep logging */
+                        return;
+                }
+                memmove(o->pending, o->pending + n, o->pending_len - (size_t) n);
+                o->pending_len -= (size_t) n;
+        }
+}
+
+static void client_queue(output_stream *o, const uint8_t *data, size_t len) {
+        if (o->client_fd < 0)
+                return;
+        uint8_t *n = realloc(o->pending, o->pending_len + len);
+        if (!n) {
+                client_drop(o);
+                return;
+        }
+        o->pending = n;
+        memcpy(o->pending + o->pending_len, data, len);
+        o->pending_len += len;
+        client_flush(o);
+}
+
+static void on_client_writable(uv_poll_t *h, int status, int events) {
+        output_stream *o = container_of(h, output_stream, client_poll);
+        sandbox *s = o->sb;
+        if (status < 0)
+                client_drop(o);
+        else
+                client_flush(o);
+        stream_update(o);
+        sandbox_maybe_complete(s);
+}
+
+static void stream_record(output_stream *o, const uint8_t *buf, size_t n) {
+        sandbox *s = o->sb;
+        size_t keep = 0;
+        if (o->logged < s->m->config->log_limit)
+                keep = n < s->m->config->log_limit - o->logged ? n : (size_t) (s->m->config->log_limit - o->logged);
+        if (keep > 0 && o->log_fd >= 0 && write(o->log_fd, buf, keep) == (ssize_t) keep)
+                o->logged += keep;
+        o->dropped += n - keep;
+        client_queue(o, buf, n);
+        output_event e = { .s = s, .stream = o->name, .data = buf, .len = n };
+        server_broadcast(s->m, s->id, "sandbox.output", pack_output_event, &e);
+}
+
+static void stream_eof(output_stream *o) {
+        close_handle(o->sb, (uv_handle_t *) &o->pipe_poll, &o->pipe_poll_init);
+        o->pipe_fd = safe_close(o->pipe_fd);
+}
+
+/* Returns true when the pipe is at EOF. */
+static bool stream_read(output_stream *o, int max_rounds) {
+        uint8_t buf[65536];
+        for (int i = 0; i < max_rounds && o->pipe_fd >= 0; i++) {
+                ssize_t n = read(o->pipe_fd, buf, sizeof(buf));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                return false;
+                        stream_eof(o);
+                        return true;
+                }
+                if (n == 0) {
+                        stream_eof(o);
+                        return true;
+                }
+                stream_record(o, buf, (size_t) n);
+                if (o->pending_len >= CLIENT_PENDING_MAX)
+                        return false;
+        }
+        return o->pipe_fd < 0;
+}
+
+static void on_pipe_readable(uv_poll_t *h, int status, int events) {
+        output_stream *o = container_of(h, output_stream, pipe_poll);
+        sandbox *s = o->sb;
+        s->refcount++;
+        if (status < 0)
+                stream_eof(o);
+        else
+                (void) stream_read(o, 4);
+        stream_update(o);
+        sandbox_maybe_complete(s);
+        sandbox_unref(s);
+}
+
+/* Prepares the attached client's fd so writing to it can never block the loop. */
+static int client_fd_prepare(output_stream *o, int fd) {
+        struct stat st;
+        if (fstat(fd, &st) < 0) {
+                close(fd);
+                return -errno;
+        }
+        if (S_ISSOCK(st.st_mode)) {
+                o->client_is_socket = true;
+                o->client_fd = fd;
+        } else if (S_ISFIFO(st.st_mode) || (S_ISCHR(st.st_mode) && isatty(fd))) {
+                /* A new open file description: O_NONBLOCK here does not touch the user's shell. */
+                char path[64];
+                snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+                int nfd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+                close(fd);
+                if (nfd < 0)
+                        return -errno;
+                o->client_fd = nfd;
+        } else if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode)) {
+                /* Regular files and /dev/null do not block. */
+                o->client_fd = fd;
+                return 0;
+        } else {
+                /* An eventfd and the like: a write could block the loop. */
+                close(fd);
+                errno = EINVAL;
+                return -EINVAL;
+        }
+        uv_poll_init(o->sb->m->loop, &o->client_poll, o->client_fd);
+        o->client_poll_init = true;
+        return 0;
+}
+
+/* Output is written through a new open file description of the caller's pipe or
+ * terminal (client_fd_prepare); one another uid created cannot be opened again. Checked
+ * before the sandbox starts, so such a spawn fails instead of losing its output. */
+static int client_fd_check(int fd, const char *name, rpc_error *err) {
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !(S_ISFIFO(st.st_mode) || (S_ISCHR(st.st_mode) && isatty(fd))))
+                return 0;
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        int nfd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (nfd >= 0) {
+                close(nfd);
+                return 0;
+        }
+        int r = -errno;
+        if (r != -EACCES && r != -EPERM)
+                return 0; /* e.g. a pipe nobody reads any more: as before, the output goes to the log only */
+        rpc_error_set(err, RPC_E_INVALID_PARAMS,
+                      "cannot attach the caller's %s: %s (a pipe or terminal another user created; send a pipe of your own "
+                      "and relay it, as agentctl does)", name, strerror(-r));
+        return r;
+}
+
+/* ---- waiters ------------------------------------------------------------------ */
+
+static void pack_wait_result(msgpack_packer *pk, void *userdata) {
+        sandbox *s = userdata;
+        size_t n = 3 + (s->end_reason ? 1 : 0);
+        msgpack_pack_map(pk, n);
+        mp_pack_kv_i64(pk, "exit_code", s->exit_code);
+        mp_pack_kv_i64(pk, "signal", s->exit_signal);
+        mp_pack_kv_str(pk, "state", sandbox_state_to_string(s->state));
+        if (s->end_reason)
+                mp_pack_kv_str(pk, "reason", s->end_reason);
+}
+
+static void complete_waiters(sandbox *s) {
+        while (s->waiters) {
+                sandbox_waiter *w = s->waiters;
+                s->waiters = w->next;
+                rpc_call_reply(w->call, pack_wait_result, s);
+                free(w);
+        }
+}
+
+static void release_owner(sandbox *s) {
+        if (s->owner) {
+                connection_unref(s->owner);
+                s->owner = NULL;
+        }
+}
+
+/* Retention is about to remove this record: drop it from memory. -EBUSY while
+ * it has not ended or someone waits on it. */
+int sandbox_forget(manager *m, const char *id) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (!streq(s->id, id))
+                        continue;
+                if (!sandbox_ended(s) || s->waiters || s->owner)
+                        return -EBUSY;
+                list_del(&s->link);
+                m->n_sandboxes--;
+                sandbox_unref(s);
+                return 0;
+        }
+        return 0;
+}
+
+/* Keeps at most MAX_ENDED_KEPT ended sandboxes in memory, oldest out first
+ * (their records stay on disk and load again on demand); never `keep`. */
+static void evict_old(manager *m, sandbox *keep) {
+        unsigned ended = 0;
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (sandbox_ended(s))
+                        ended++;
+        }
+        list_for_each_safe(i, t, &m->sandboxes) {
+                if (ended <= MAX_ENDED_KEPT)
+                        break;
+                sandbox *s = container_of(i, sandbox, link);
+                if (!sandbox_ended(s) || s->waiters || s == keep || s->review_readers || s->review_writer)
+                        continue;
+                list_del(&s->link);
+                m->n_sandboxes--;
+                ended--;
+                sandbox_unref(s);
+        }
+}
+
+/* The end: the helper is reaped, output drained and delivered. */
+static void sandbox_maybe_complete(sandbox *s) {
+        /* The helper reports the exit as soon as the command is gone; the
+         * namespace teardown finishes behind it (the helper is reaped later). */
+        if (sandbox_ended(s) || (!s->helper_reaped && !s->have_exit))
+                return;
+        for (int i = 0; i < 2; i++) {
+                if (s->out[i].pipe_fd >= 0)
+                        (void) stream_read(&s->out[i], 64);
+                if (s->out[i].pipe_fd >= 0 || s->out[i].pending_len > 0)
+                        return;
+        }
+        manager *m = s->m;
+        if (s->timeout_init) {
+                uv_timer_stop(&s->timeout);
+                close_handle(s, (uv_handle_t *) &s->timeout, &s->timeout_init);
+        }
+        close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
+        s->status_fd = safe_close(s->status_fd);
+        for (int i = 0; i < 2; i++) {
+                client_drop(&s->out[i]);
+                s->out[i].log_fd = safe_close(s->out[i].log_fd);
+        }
+        s->init_pidfd = safe_close(s->init_pidfd);
+        json_object *usage = report_usage(s); /* before the cgroup goes */
+        stdin_relay_free(TAKE_PTR(s->stdin_relay));
+        change_watch_free(TAKE_PTR(s->change_watch));
+        if (s->cgroup && s->helper_reaped) {
+                int r = cgroup_remove(s->cgroup);
+                if (r < 0 && r != -ENOENT)
+                        log_warning("sandbox %s: cannot remove cgroup %s: %s", s->id, s->cgroup, strerror(-r));
+        }
+        if (s->spawn_call) {
+                char msg[600];
+                snprintf(msg, sizeof(msg), "sandbox setup failed: %s", s->setup_error ? s->setup_error : "the sandbox ended before it started");
+                spawn_failed(s, msg);
+        }
+        set_state(s, s->killed ? SANDBOX_KILLED : SANDBOX_EXITED);
+        log_sandbox(LOG_INFO, s->id, s->task, "exit", "sandbox %s (%s) %s: exit_code=%d signal=%d%s%s", s->id, s->task, sandbox_state_to_string(s->state),
+                 s->exit_code, s->exit_signal, s->end_reason ? " reason=" : "", s->end_reason ? s->end_reason : "");
+        if (s->creds)
+                broker_release(m, TAKE_PTR(s->creds));
+        server_close_sandbox(TAKE_PTR(s->broker_listener));
+        approvals_sandbox_ended(m, s->id);
+        if (s->proxied) {
+                s->proxied = false;
+                netproxy_remove_sandbox(m->proxy, s->id);
+        }
+        (void) sandbox_save_meta(s);
+        {
+                json_object *ev = json_object_new_object();
+                json_object_object_add(ev, "state", json_object_new_string(sandbox_state_to_string(s->state)));
+                json_object_object_add(ev, "exit_code", json_object_new_int(s->exit_code));
+                json_object_object_add(ev, "signal", json_object_new_int(s->exit_signal));
+                if (s->end_reason)
+                        json_object_object_add(ev, "reason", json_object_new_string(s->end_reason));
+                json_object_object_add(ev, "usage", usage);
+                audit_event(m, "sandbox.exit", s->id, ev);
+        }
+        complete_waiters(s);
+        release_owner(s);
+        m->n_sandboxes_live--;
+        evict_old(m, NULL);
+        daemon_status_notify(m);
+        daemon_maybe_finish(m);
+}
+
+static void spawn_failed(sandbox *s, const char *message) {
+        /* Nothing ran: the client leaving now is not a kill. */
+        release_owner(s);
+        if (!s->end_reason)
+                s->end_reason = strdup(message);
+        if (s->spawn_call) {
+                rpc_call_error(s->spawn_call, RPC_E_SPAWN_FAILED, message);
+                s->spawn_call = NULL;
+        }
+}
+
+static void on_helper_exit(uv_poll_t *h, int status, int events) {
+        sandbox *s = container_of(h, sandbox, helper_poll);
+        siginfo_t si = { 0 };
+        bool no_status = false;
+
+        if (waitid(P_PIDFD, (id_t) s->helper_pidfd, &si, WEXITED | WNOHANG) < 0) {
+                /* Not ours to reap (the hands is our child, spawned or cloned with
+                 * CLONE_PARENT, so this should not happen): the readable pidfd
+                 * still says it is gone, and polling on would spin. */
+                if (errno != ECHILD)
+                        return;
+                no_status = true;
+        } else if (si.si_pid == 0)
+                return;
+        s->helper_reaped = true;
+        close_handle(s, (uv_handle_t *) &s->helper_poll, &s->helper_poll_init);
+        s->helper_pidfd = safe_close(s->helper_pidfd);
+        if (sandbox_ended(s)) {
+                /* Reported earlier; the teardown is over now: the cgroup is empty. */
+                if (s->cgroup)
+                        (void) cgroup_remove(s->cgroup);
+                return;
+        }
+
+        /* Whatever the helper still said before it died. */
+        if (s->status_fd >= 0 && s->status_poll_init) {
+                extern void sandbox_read_status(sandbox *s);
+                sandbox_read_status(s);
+        }
+        if (!s->have_exit) {
+                if (no_status) {
+                        s->exit_code = 125;
+                        s->exit_signal = 0;
+                        if (!s->end_reason)
+                                s->end_reason = strdup("sandbox helper died");
+                } else if (si.si_code == CLD_EXITED) {
+                        s->exit_code = si.si_status;
+                        s->exit_signal = 0;
+                } else {
+                        s->exit_code = 128 + si.si_status;
+                        s->exit_signal = si.si_status;
+                }
+        }
+        if (s->spawn_call) {
+                char msg[600];
+                snprintf(msg, sizeof(msg), "sandbox setup failed: %s",
+                         s->setup_error ? s->setup_error : "the sandbox helper ended before reporting");
+                spawn_failed(s, msg);
+        }
+        sandbox_maybe_complete(s);
+}
+
+static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
+        sandbox *s = userdata;
+        msgpack_pack_map(pk, 6 + (s->workspace_note ? 1 : 0));
+        if (s->workspace_note)
+                mp_pack_kv_str(pk, "workspace_note", s->workspace_note);
+        mp_pack_kv_str(pk, "id", s->id);
+        mp_pack_kv_i64(pk, "pid", s->init_pid);
+        mp_pack_kv_str(pk, "task", s->task);
+        mp_pack_kv_str(pk, "state_dir", s->dir);
+        mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->cgroup_status);
+        mp_pack_kv_str(pk, "limits", s->limits_note ? s->limits_note : (s->cgroup ? "enforced" : "not enforced: no cgroup"));
+}
+
+typedef struct limit_alert {
+        const char *id, *rule, *action;
+} limit_alert;
+
+static void pack_limit_alert(msgpack_packer *pk, void *userdata) {
+        limit_alert *a = userdata;
+        msgpack_pack_map(pk, 3);
+        mp_pack_kv_str(pk, "sandbox", a->id);
+        mp_pack_kv_str(pk, "rule", a->rule);
+        mp_pack_kv_str(pk, "action", a->action);
+}
+
+/* ChangeMax= reached: freeze it (the changes stay for review: diff, promote,
+ * discard), or kill it if it cannot be frozen; tell the user either way. */
+static void on_change_max(void *userdata, uint64_t used, uint64_t limit) {
+        sandbox *s = userdata;
+        if (sandbox_ended(s))
+                return;
+        _cleanup_free_ char *u = NULL, *l = NULL;
+        char rule[96], msg[512];
+        if (policy_format_size(used, &u) < 0 || policy_format_size(limit, &l) < 0)
+                return;
+        snprintf(rule, sizeof(rule), "ChangeMax=%s", l);
+        int r = sandbox_freeze(s);
+        const char *action = r == 0 ? "frozen" : "killed (it could not be frozen)";
+        if (r < 0) {
+                s->killed = true;
+                free(s->end_reason);
+                s->end_reason = strdup("killed: ChangeMax= reached and it could not be frozen");
+                (void) sandbox_signal(s, SIGKILL);
+        }
+        log_notice("sandbox %s: its changes use %s, over %s: %s", s->id, u, rule, action);
+        int n = snprintf(msg, sizeof(msg),
+                         "agentd: this sandbox's changes use %s on disk, over the task's %s: it is %s. "
+                         "Review them with 'agentctl diff %s', then promote, discard or kill it.\n",
+                         u, rule, action, s->id);
+        stream_record(&s->out[1], (const uint8_t *) msg, (size_t) (n < (int) sizeof(msg) ? n : (int) sizeof(msg) - 1));
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "rule", json_object_new_string(rule));
+        json_object_object_add(ev, "used", json_object_new_int64((int64_t) used));
+        json_object_object_add(ev, "action", json_object_new_string(action));
+        audit_event(s->m, "alert", s->id, ev);
+        limit_alert a = { .id = s->id, .rule = rule, .action = action };
+        server_broadcast(s->m, s->id, "alert", pack_limit_alert, &a);
+}
+
+static void on_timeout(uv_timer_t *t) {
+        sandbox *s = container_of(t, sandbox, timeout);
+        if (sandbox_ended(s))
+                return;
+        free(s->end_reason);
+        s->end_reason = strdup("timeout");
+        s->killed = true;
+        log_sandbox(LOG_NOTICE, s->id, s->task, "timeout", "sandbox %s: Timeout reached after %llu ms, killing it", s->id, (unsigned long long) s->timeout_ms);
+        (void) sandbox_signal(s, SIGKILL);
+}
+
+static void handle_status_line(sandbox *s, char *line, int fd) {
+        if (strncmp(line, "started ", 8) == 0) {
+                s->init_pid = (pid_t) strtol(line + 8, NULL, 10);
+                if (s->init_pid > 0)
+                        s->init_pidfd = pidfd_open_(s->init_pid);
+                if (s->state == SANDBOX_STARTING)
+                        set_state(s, SANDBOX_RUNNING);
+                if (fd >= 0) {
+                        safe_close(s->tty_master);
+                        s->tty_master = fd;
+                        fd = -1;
+                }
+                if (s->spawn_call) {
+                        rpc_call *call = s->spawn_call;
+                        s->spawn_call = NULL;
+                        if (s->tty && s->tty_master >= 0) {
+                                /* The pty master goes to the client, which relays it. */
+                                msgpack_sbuffer sb;
+                                msgpack_packer pk;
+                                msgpack_sbuffer_init(&sb);
+                                msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+                                rpc_pack_response_header(&pk, call->msgid);
+                                pack_spawn_result(&pk, s);
+                                int mfd = s->tty_master;
+                                s->tty_master = -1;
+                                (void) connection_send(call->conn, sb.data, sb.size, &mfd, 1);
+                                msgpack_sbuffer_destroy(&sb);
+                                rpc_call_free(call);
+                        } else
+                                rpc_call_reply(call, pack_spawn_result, s);
+                }
+                if (s->timeout_ms > 0) {
+                        uv_timer_init(s->m->loop, &s->timeout);
+                        s->timeout_init = true;
+                        uv_timer_start(&s->timeout, on_timeout, s->timeout_ms, 0);
+                }
+        } else if (strncmp(line, "error ", 6) == 0) {
+                free(s->setup_error);
+                s->setup_error = strdup(line + 6);
+                log_sandbox(LOG_NOTICE, s->id, s->task, "helper", "sandbox %s: %s", s->id, line + 6);
+                if (s->spawn_call) {
+                        char msg[1200];
+                        snprintf(msg, sizeof(msg), "sandbox setup failed at %s", line + 6);
+                        spawn_failed(s, msg);
+                } else {
+                        /* After setup (exec failed): tell the user like a shell would. */
+                        char msg[1200];
+                        int n = snprintf(msg, sizeof(msg), "agentd: %s\n", line + 6);
+                        stream_record(&s->out[1], (const uint8_t *) msg, (size_t) (n < (int) sizeof(msg) ? n : (int) sizeof(msg) - 1));
+                }
+        } else if (strncmp(line, "exit ", 5) == 0) {
+                s->have_exit = true;
+                s->exit_code = (int) strtol(line + 5, NULL, 10);
+                s->exit_signal = 0;
+        } else if (strncmp(line, "signal ", 7) == 0) {
+                s->have_exit = true;
+                s->exit_signal = (int) strtol(line + 7, NULL, 10);
+                s->exit_code = 128 + s->exit_signal;
+        } else
+                log_warning("sandbox %s: unexpected message from the helper: %.100s", s->id, line);
+        safe_close(fd);
+}
+
+void sandbox_read_status(sandbox *s) {
+        for (;;) {
+                union {
+                        struct cmsghdr h;
+                        char buf[CMSG_SPACE(sizeof(int) * 2)];
+                } cm;
+                struct iovec iov = { s->status_buf + s->status_len, sizeof(s->status_buf) - 1 - s->status_len };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+                ssize_t n = recvmsg(s->status_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        if (n == 0 || errno != EAGAIN) {
+                                close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
+                                s->status_fd = safe_close(s->status_fd);
+                        }
+                        return;
+                }
+                int rxfd = -1;
+                for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
+                        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+                                continue;
+                        size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                        int *fds = (int *) CMSG_DATA(h);
+                        for (size_t i = 0; i < nfd; i++) {
+                                if (rxfd < 0)
+                                        rxfd = fds[i];
+                                else
+                                        close(fds[i]);
+                        }
+                }
+                s->status_len += (size_t) n;
+                s->status_buf[s->status_len] = 0;
+                char *nl;
+                while ((nl = memchr(s->status_buf, '\n', s->status_len))) {
+                        *nl = 0;
+                        handle_status_line(s, s->status_buf, rxfd);
+                        rxfd = -1;
+                        size_t used = (size_t) (nl + 1 - s->status_buf);
+                        memmove(s->status_buf, nl + 1, s->status_len - used);
+                        s->status_len -= used;
+                        s->status_buf[s->status_len] = 0;
+                }
+                safe_close(rxfd);
+                if (s->status_len >= sizeof(s->status_buf) - 1)
+                        s->status_len = 0; /* a line this long is not ours */
+        }
+}
+
+static void on_status_readable(uv_poll_t *h, int status, int events) {
+        sandbox *s = container_of(h, sandbox, status_poll);
+        s->refcount++;
+        sandbox_read_status(s);
+        sandbox_maybe_complete(s);
+        sandbox_unref(s);
+}
+
+int sandbox_signal(sandbox *s, int sig) {
+        if (sandbox_ended(s))
+                return -ESRCH;
+        if (sig == SIGKILL && s->cgroup) {
+                int r = cgroup_kill(s->cgroup);
+                if (r == 0)
+                        return 0;
+        }
+        if (s->init_pidfd >= 0 && s->state != SANDBOX_STARTING) {
+                if (pidfd_send_signal_(s->init_pidfd, sig) == 0)
+                        return 0;
+        }
+        /* Not started yet, or init already gone: end the helper; the init dies with it. */
+        if (s->helper_pidfd >= 0 && sig == SIGKILL) {
+                if (pidfd_send_signal_(s->helper_pidfd, SIGKILL) == 0)
+                        return 0;
+                return -errno;
+        }
+        return -ESRCH;
+}
+
+void sandboxes_connection_closed(manager *m, connection *c) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (s->owner != c)
+                        continue;
+                release_owner(s);
+                if (!sandbox_ended(s)) {
+                        /* An attached command whose terminal went away ends, as under a shell. */
+                        s->killed = true;
+                        free(s->end_reason);
+                        s->end_reason = strdup("client disconnected");
+                        (void) sandbox_signal(s, SIGKILL);
+                }
+        }
+}
+
+/* ---- spawning ------------------------------------------------------------------ */
+
+/* The helper wants canonical absolute paths: resolve what exists, and
+ * normalise the spelling (// . trailing /) of what does not. */
+static char *canonical_path(const char *p) {
+        char *r = realpath(p, NULL);
+        if (r)
+                return r;
+        if (p[0] != '/')
+                return NULL;
+        r = malloc(strlen(p) + 2);
+        if (!r)
+                return NULL;
+        char *o = r;
+        for (const char *i = p; *i;) {
+                while (*i == '/')
+                        i++;
+                const char *e = strchrnul(i, '/');
+                size_t n = (size_t) (e - i);
+                if (n == 0)
+                        break;
+                if (n == 1 && i[0] == '.') {
+                } else if (n == 2 && i[0] == '.' && i[1] == '.') {
+                        while (o > r && *--o != '/')
+                                ;
+                } else {
+                        *o++ = '/';
+                        memcpy(o, i, n);
+                        o += n;
+                }
+                i = e;
+        }
+        if (o == r)
+                *o++ = '/';
+        *o = 0;
+        return r;
+}
+
+static void spec_add_path(spec *sp, const char *key, const char *path) {
+        _cleanup_free_ char *c = canonical_path(path);
+        if (c)
+                spec_add(sp, key, c);
+        else
+                sp->oom = true;
+}
+
+static char *find_helper(manager *m) {
+        if (m->config->sandbox_helper)
+                return strdup(m->config->sandbox_helper);
+        char *p = NULL;
+        if (asprintf(&p, "%s/agentd-sandbox", AGENTD_LIBEXECDIR) >= 0 && access(p, X_OK) == 0)
+                return p;
+        free(p);
+        /* Running from the build tree: the helper is built next to us. */
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        if (n <= 0)
+                return NULL;
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        if (!slash)
+                return NULL;
+        *slash = 0;
+        if (asprintf(&p, "%s/../helper/agentd-sandbox", self) >= 0 && access(p, X_OK) == 0)
+                return p;
+        free(p);
+        return NULL;
+}
+
+static void make_id(char out[16]) {
+        uint8_t r[6];
+        if (getrandom(r, sizeof(r), 0) != sizeof(r)) {
+                uint64_t t = now_msec() ^ (uint64_t) getpid();
+                memcpy(r, &t, sizeof(r));
+        }
+        snprintf(out, 16, "%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
+}
+
+static int mkdir_private(const char *p) {
+        if (mkdir(p, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+/* Moves fd to a number above every target so the dup2 file actions cannot clobber each other. */
+static int high_fd(int fd) {
+        return fcntl(fd, F_DUPFD_CLOEXEC, 64);
+}
+
+/* posix_spawn()s agentd-sandbox with src[i] at fd i. Only what the daemon
+ * changed is reset in the child (each reset is a syscall there). */
+static int helper_spawn(const char *helper, char *const *argv, const int *src, int n, pid_t *ret_pid) {
+        int fds[8];
+        int r = 0;
+
+        assert(n <= (int) ELEMENTSOF(fds));
+        for (int i = 0; i < n; i++)
+                fds[i] = -1;
+        /* Above every target first, so the dup2 file actions cannot clobber each other. */
+        for (int i = 0; i < n && r == 0; i++)
+                if ((fds[i] = high_fd(src[i])) < 0)
+                        r = -errno;
+        if (r == 0) {
+                posix_spawn_file_actions_t fa;
+                posix_spawn_file_actions_init(&fa);
+                for (int i = 0; i < n; i++)
+                        posix_spawn_file_actions_adddup2(&fa, fds[i], i);
+                posix_spawnattr_t attr;
+                posix_spawnattr_init(&attr);
+                sigset_t none, ours;
+                sigemptyset(&none);
+                sigemptyset(&ours);
+                sigaddset(&ours, SIGPIPE);
+                sigaddset(&ours, SIGTERM);
+                sigaddset(&ours, SIGINT);
+                sigaddset(&ours, SIGHUP);
+                sigaddset(&ours, SIGCHLD);
+                posix_spawnattr_setsigmask(&attr, &none);
+                posix_spawnattr_setsigdefault(&attr, &ours);
+                posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+                char *henv[] = { NULL };
+                r = -posix_spawn(ret_pid, helper, &fa, &attr, argv, henv);
+                posix_spawn_file_actions_destroy(&fa);
+                posix_spawnattr_destroy(&attr);
+        }
+        for (int i = 0; i < n; i++)
+                safe_close(fds[i]);
+        return r;
+}
+
+/* ---- the zygote ------------------------------------------------------------------ */
+
+/* posix_spawn costs the loop a vfork (~1 ms) and the helper an exec per
+ * sandbox. Instead a zygote, `agentd-sandbox --zygote` started once, forks
+ * the hands: we send it the child's fds (sandbox/zygote.h) and it answers
+ * with the pid. It clones with CLONE_PARENT, so the hands is still our child:
+ * we reap it, its PDEATHSIG is our death and a dying zygote takes no sandbox
+ * along. posix_spawn remains the fallback: when the zygote cannot be started,
+ * or died and one lazy restart did not help. */
+#define ZYGOTE_REPLY_TIMEOUT_USEC (1000 * 1000)
+
+typedef struct zygote {
+        uv_poll_t poll; /* on the pidfd: it died */
+        int fd;         /* our end of the socketpair */
+        int pidfd;
+        pid_t pid;
+        char *helper;
+        uint32_t seq;
+} zygote;
+
+static zygote *zygote_current;
+static unsigned zygote_starts;
+static bool zygote_stopped;
+
+static void zygote_closed(uv_handle_t *h) {
+        zygote *z = container_of((uv_poll_t *) h, zygote, poll);
+        safe_close(z->pidfd);
+        free(z->helper);
+        free(z);
+}
+
+/* Kills and reaps it (a stateless process: nothing is lost); the next spawn restarts it or falls back. */
+static void zygote_drop(zygote *z) {
+        siginfo_t si;
+
+        if (zygote_current == z)
+                zygote_current = NULL;
+        z->fd = safe_close(z->fd);
+        (void) pidfd_send_signal_(z->pidfd, SIGKILL);
+        while (waitid(P_PIDFD, (id_t) z->pidfd, &si, WEXITED) < 0 && errno == EINTR)
+                ;
+        uv_close((uv_handle_t *) &z->poll, zygote_closed);
+}
+
+static void on_zygote_exit(uv_poll_t *h, int status, int events) {
+        zygote *z = container_of(h, zygote, poll);
+        siginfo_t si = { 0 };
+
+        if (waitid(P_PIDFD, (id_t) z->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0)
+                return; /* still there */
+        log_warning("the sandbox zygote (pid %d) %s %d; sandboxes start without it until it is restarted", (int) z->pid,
+                    si.si_code == CLD_EXITED ? "exited with status" : "was killed by signal", si.si_status);
+        zygote_drop(z);
+}
+
+static int zygote_start(manager *m, const char *helper) {
+        _cleanup_close_ int devnull = -1;
+        int pair[2] = { -1, -1 }, r;
+        pid_t pid;
+
+        zygote_starts++;
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (devnull < 0) {
+                r = -errno;
+                goto fail;
+        }
+        /* Our stderr stays its stderr: it has nothing to say unless it cannot start. */
+        int err_fd = fcntl(STDERR_FILENO, F_GETFD) >= 0 ? STDERR_FILENO : devnull;
+        char *argv[] = { (char *) "agentd-sandbox", (char *) "--zygote", NULL };
+        r = helper_spawn(helper, argv, (int[]) { devnull, devnull, err_fd, pair[1] }, 4, &pid);
+        if (r < 0)
+                goto fail;
+        pair[1] = safe_close(pair[1]);
+
+        zygote *z = calloc(1, sizeof(*z));
+        if (!z || !(z->helper = strdup(helper)) || (z->pidfd = pidfd_open_(pid)) < 0) {
+                r = z && z->helper ? -errno : -ENOMEM;
+                (void) kill(pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                if (z)
+                        free(z->helper);
+                free(z);
+                goto fail;
+        }
+        z->pid = pid;
+        z->fd = TAKE_FD(pair[0]);
+        /* It answers in microseconds; a zygote that does not is dropped, never waited on for long. */
+        struct timeval tv = { .tv_sec = ZYGOTE_REPLY_TIMEOUT_USEC / 1000000, .tv_usec = ZYGOTE_REPLY_TIMEOUT_USEC % 1000000 };
+        (void) setsockopt(z->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        (void) setsockopt(z->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        uv_poll_init(m->loop, &z->poll, z->pidfd);
+        uv_poll_start(&z->poll, UV_READABLE, on_zygote_exit);
+        zygote_current = z;
+        log_info("sandbox zygote started (pid %d)", (int) pid);
+        return 0;
+
+fail:
+        safe_close(pair[0]);
+        safe_close(pair[1]);
+        log_warning("cannot start the sandbox zygote %s --zygote: %s; sandboxes start with posix_spawn", helper, strerror(-r));
+        return r;
+}
+
+/* The zygote for `helper`: started at daemon start, restarted lazily once. */
+static zygote *zygote_get(manager *m, const char *helper) {
+        if (zygote_current && streq(zygote_current->helper, helper))
+                return zygote_current;
+        if (zygote_current)
+                zygote_drop(zygote_current); /* SandboxHelper= changed on reload */
+        if (zygote_stopped || m->shutting_down)
+                return NULL;
+        if (zygote_starts >= 2) {
+                if (zygote_starts == 2)
+                        log_notice("the sandbox zygote is gone for good; sandboxes start with posix_spawn from now on");
+                zygote_starts = 3; /* said once */
+                return NULL;
+        }
+        log_notice("restarting the sandbox zygote");
+        return zygote_start(m, helper) < 0 ? NULL : zygote_current;
+}
+
+/* Starts a hands with fds[i] at i through the zygote. Returns -ENOTCONN when
+ * the request did not reach a zygote: nothing was started, the caller may
+ * posix_spawn. Any other error means something may have been started: the
+ * spawn fails (the hands of a lost reply finds nobody on its status socket
+ * and never runs the command). */
+static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, pid_t *ret_pid) {
+        zygote *z = zygote_get(m, helper);
+        if (!z)
+                return -ENOTCONN;
+
+        ZygoteRequest req = { .magic = ZYGOTE_MAGIC, .seq = ++z->seq, .n_fds = (uint32_t) n };
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int) * ZYGOTE_FDS_MAX)];
+        } cm = {};
+        struct iovec iov = { &req, sizeof(req) };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                             .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t) n) };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        ssize_t k;
+
+        assert(n >= ZYGOTE_FDS_MIN && n <= ZYGOTE_FDS_MAX);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t) n);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t) n);
+        while ((k = sendmsg(z->fd, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+                ;
+        if (k != (ssize_t) sizeof(req)) {
+                log_warning("sandbox zygote (pid %d): cannot send: %s; starting this sandbox with posix_spawn",
+                            (int) z->pid, k < 0 ? strerror(errno) : "short write");
+                zygote_drop(z);
+                return -ENOTCONN;
+        }
+
+        ZygoteReply rep;
+        while ((k = recv(z->fd, &rep, sizeof(rep), MSG_TRUNC)) < 0 && errno == EINTR)
+                ;
+        if (k != (ssize_t) sizeof(rep) || rep.magic != ZYGOTE_MAGIC || rep.seq != req.seq) {
+                int r = k < 0 ? -errno : -EBADMSG;
+                if (r == -EAGAIN)
+                        r = -ETIMEDOUT;
+                log_error("sandbox zygote (pid %d): %s; dropping it", (int) z->pid,
+                          k < 0 ? strerror(-r) : k == 0 ? "it went away" : "garbled reply");
+                zygote_drop(z);
+                return r == -ENOTCONN ? -EIO : r;
+        }
+        if (rep.pid <= 0)
+                return rep.pid < 0 ? rep.pid : -EBADMSG; /* it started nothing */
+        *ret_pid = rep.pid;
+        return 0;
+}
+
+static void zygote_stop(void) {
+        zygote_stopped = true;
+        if (zygote_current)
+                zygote_drop(zygote_current);
+}
+
+/* A spawn in progress: credentials may have to be issued (asynchronously)
+ * before the sandbox is built, so the request's parameters are kept packed. */
+typedef struct spawn_request {
+        manager *m;
+        rpc_call *call;
+        msgpack_sbuffer params;
+        int client_fds[3];
+        char id[16];
+        sandbox_creds *creds;
+} spawn_request;
+
+static void spawn_request_free(spawn_request *req) {
+        for (int i = 0; i < 3; i++)
+                safe_close(req->client_fds[i]);
+        msgpack_sbuffer_destroy(&req->params);
+        free(req);
+}
+
+static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_error *err) {
+        manager *m = req->m;
+        _cleanup_free_ char *task_name = rpc_param_strdup(params, "task");
+        _cleanup_free_ char *ws_param = rpc_param_strdup(params, "workspace");
+        if (!ws_param && req->call && req->call->conn->peer.pid > 0) {
+                /* CONTRACT §3: the default is the caller's working directory. */
+                char link[64], cwd[PATH_MAX];
+                snprintf(link, sizeof(link), "/proc/%d/cwd", (int) req->call->conn->peer.pid);
+                ssize_t n = readlink(link, cwd, sizeof(cwd) - 1);
+                if (n > 0) {
+                        cwd[n] = 0;
+                        ws_param = strdup(cwd);
+                }
+        }
+        _cleanup_strv_free_ char **argv = rpc_param_strv(params, "argv");
+        bool tty = rpc_param_bool(params, "tty", false);
+        bool attach = rpc_param_bool(params, "attach", false);
+        const msgpack_object *umask_param = rpc_param(params, "umask");
+        int client_fds[3] = { -1, -1, -1 };
+        int r;
+
+        if (umask_param && umask_param->via.u64 > 0777) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'umask' must be a file mode creation mask (0 to 0777)");
+                return -EINVAL;
+        }
+
+        if (m->locked_down) {
+                rpc_error_set(err, RPC_E_LOCKED_DOWN, "spawning is locked down after an incident revocation; run 'agentctl unlock'");
+                return -EPERM;
+        }
+        if (m->shutting_down) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "agentd is stopping");
+                return -ESHUTDOWN;
+        }
+        if (m->n_sandboxes_live >= m->config->max_sandboxes) {
+                rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "too many running sandboxes (MaxSandboxes=%u)", m->config->max_sandboxes);
+                return -EBUSY;
+        }
+        if (tty && attach) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameters 'tty' and 'attach' exclude each other");
+                return -EINVAL;
+        }
+        const task_policy *p = policy_registry_find(m->tasks, task_name ? task_name : "default");
+        if (!p) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no task named '%.64s'", task_name ? task_name : "default");
+                return -ENOENT;
+        }
+        if (!argv && p->command) {
+                size_t n = strv_length(p->command);
+                argv = calloc(n + 1, sizeof(char *));
+                for (size_t i = 0; argv && i < n; i++)
+                        argv[i] = strdup(p->command[i]);
+        }
+        if (!argv || !argv[0]) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "no command: pass 'argv' or set Command= in task '%s'", p->name);
+                return -EINVAL;
+        }
+        size_t argbytes = 0, argc = strv_length(argv);
+        for (size_t i = 0; i < argc; i++)
+                argbytes += strlen(argv[i]) + 1;
+        if (argc > MAX_ARGV_COUNT || argbytes > MAX_ARGV_BYTES) {
+                rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "argv too large (at most %d arguments, %d bytes)", MAX_ARGV_COUNT, MAX_ARGV_BYTES);
+                return -E2BIG;
+        }
+        if (argv[0][0] == 0) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'argv' must not start with an empty string");
+                return -EINVAL;
+        }
+
+        /* Credentials are issued before we get here; a task edited meanwhile is refused. */
+        bool wants_creds = p->vault_policies && p->vault_policies[0];
+        if (wants_creds != (req->creds != NULL)) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' changed while its credentials were issued; try again", p->name);
+                return -EAGAIN;
+        }
+        if (p->network == NETWORK_PROXY && !m->proxy) {
+                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' asks for Network Mode=proxy, but the egress proxy is not running", p->name);
+                return -EOPNOTSUPP;
+        }
+
+        /* The workspace: a real directory, and never one of the places spawn-guard.c refuses. */
+        _cleanup_free_ char *workspace = NULL;
+        if (p->workspace != WORKSPACE_NONE && (r = spawn_workspace_resolve(m, ws_param, &workspace, err)) < 0)
+                return r;
+        /* The task's own binds never show agentd's directories either. */
+        _cleanup_strv_free_ char **agentd_hides = NULL;
+        if ((r = spawn_task_paths_check(m, p, &agentd_hides, err)) < 0)
+                return r;
+
+        /* Toolchains, caches, credential files to hide, and PATH (laptop.c). */
+        _cleanup_(laptop_plan_done) laptop_plan lp = { 0 };
+        _cleanup_free_ char *caller_path = rpc_param_strdup(params, "path");
+        _cleanup_free_ char *runtime_dir = m->socket_path ? strdup(m->socket_path) : NULL;
+        if (runtime_dir && strrchr(runtime_dir, '/') && strrchr(runtime_dir, '/') != runtime_dir)
+                *strrchr(runtime_dir, '/') = 0;
+        const char *never[] = { m->config->state_directory, runtime_dir, NULL };
+        _cleanup_free_ char *path_env = NULL;
+        r = laptop_plan_build(p, m->home, caller_path, workspace, never, &lp);
+        if (r < 0 || asprintf(&path_env, "PATH=%s", lp.path) < 0)
+                return -ENOMEM;
+
+        /* Environment: a fixed allowlist, then the task's, then what the caller may pass. */
+        spec sp = { 0 };
+        const char *user = getenv("USER");
+        char buf[PATH_MAX + 16];
+        for (size_t i = 0; i < argc; i++)
+                spec_add(&sp, "arg", argv[i]);
+        spec_add(&sp, "env", path_env);
+        snprintf(buf, sizeof(buf), "HOME=%s", m->home);
+        spec_add(&sp, "env", buf);
+        if (user && env_name_valid(user)) {
+                snprintf(buf, sizeof(buf), "USER=%s", user);
+                spec_add(&sp, "env", buf);
+                snprintf(buf, sizeof(buf), "LOGNAME=%s", user);
+                spec_add(&sp, "env", buf);
+        }
+        spec_add(&sp, "env", "SHELL=/bin/sh");
+        if (req->creds)
+                spec_add(&sp, "env", "AGENTD_BROKER=/run/agentd/broker.sock");
+        if (p->network == NETWORK_PROXY) {
+                /* Every common spelling, so curl, pip, npm, git and Python all find the proxy. */
+                static const char *const vars[] = { "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy" };
+                char v[96];
+                for (size_t i = 0; i < ELEMENTSOF(vars); i++) {
+                        snprintf(v, sizeof(v), "%s=http://127.0.0.1:%u", vars[i], m->config->proxy_port);
+                        spec_add(&sp, "env", v);
+                }
+                spec_add(&sp, "env", "NO_PROXY=localhost,127.0.0.1,::1");
+                spec_add(&sp, "env", "no_proxy=localhost,127.0.0.1,::1");
+        }
+        snprintf(buf, sizeof(buf), "AGENTD_SANDBOX=%s", "1");
+        spec_add(&sp, "env", buf);
+        for (size_t i = 0; p->environment && p->environment[i]; i++)
+                spec_add(&sp, "env", p->environment[i]);
+        const msgpack_object *env = rpc_param(params, "env");
+        bool have_lang = false;
+        for (uint32_t i = 0; env && i < env->via.map.size; i++) {
+                const msgpack_object_kv *kv = &env->via.map.ptr[i];
+                char name[160];
+                if (kv->key.via.str.size >= sizeof(name)) {
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "environment variable name too long");
+                        return -EINVAL;
+                }
+                memcpy(name, kv->key.via.str.ptr, kv->key.via.str.size);
+                name[kv->key.via.str.size] = 0;
+                if (!env_name_valid(name)) {
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "invalid environment variable name '%.64s'", name);
+                        return -EINVAL;
+                }
+                if (!env_always_allowed(name) && !strv_contains(p->pass_environment, name)) {
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_POLICY_DENIED,
+                                      "environment variable %s is not allowed by task '%s' (add it to PassEnvironment=)", name, p->name);
+                        return -EPERM;
+                }
+                if (kv->val.via.str.size > 32768) {
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "environment variable %s is longer than 32768 bytes", name);
+                        return -E2BIG;
+                }
+                if (streq(name, "LANG"))
+                        have_lang = true;
+                _cleanup_free_ char *kvs = NULL;
+                if (asprintf(&kvs, "%s=%.*s", name, (int) kv->val.via.str.size, kv->val.via.str.ptr) < 0) {
+                        free(sp.buf);
+                        return -ENOMEM;
+                }
+                spec_add(&sp, "env", kvs);
+        }
+        if (!have_lang)
+                spec_add(&sp, "env", "LANG=C.UTF-8");
+
+        /* Seccomp program for the task's profile, built once. */
+        const void *bpf = NULL;
+        size_t bpf_len = 0;
+        _cleanup_free_ char *bpf_error = NULL;
+        bool seccomp_on = task_policy_seccomp_enabled(p);
+        r = seccomp_on ? get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error) : 0;
+        if (r < 0) {
+                free(sp.buf);
+                rpc_error_set(err, RPC_E_POLICY_DENIED, "task '%s': seccomp profile %s: %s", p->name,
+                              p->seccomp ? p->seccomp : "default", bpf_error ? bpf_error : strerror(-r));
+                return r;
+        }
+
+        /* Found once at start (sandboxes_init), like the zygote that runs it. */
+        const char *helper = m->sandbox_helper;
+        if (!helper) {
+                free(sp.buf);
+                rpc_error_set(err, RPC_E_INTERNAL, "the sandbox helper agentd-sandbox is not installed");
+                return -ENOENT;
+        }
+
+        if (attach) {
+                for (int i = 0; i < 3; i++)
+                        client_fds[i] = TAKE_FD(req->client_fds[i]);
+                if (client_fds[2] < 0) {
+                        for (int i = 0; i < 3; i++)
+                                safe_close(client_fds[i]);
+                        free(sp.buf);
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "'attach' needs stdin, stdout and stderr sent with the request (SCM_RIGHTS)");
+                        return -EINVAL;
+                }
+                for (int i = 1; i < 3; i++) {
+                        r = client_fd_check(client_fds[i], i == 1 ? "stdout" : "stderr", err);
+                        if (r < 0) {
+                                for (int j = 0; j < 3; j++)
+                                        safe_close(client_fds[j]);
+                                free(sp.buf);
+                                return r;
+                        }
+                }
+        }
+
+        sandbox *s = sandbox_alloc(m);
+        if (!s) {
+                free(sp.buf);
+                return -ENOMEM;
+        }
+        snprintf(s->id, sizeof(s->id), "%s", req->id);
+        s->workspace_mode = (int) p->workspace;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        s->started_ns = (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+        s->task = strdup(p->name);
+        s->workspace = workspace ? strdup(workspace) : strdup("");
+        s->argv = TAKE_PTR(argv);
+        s->tty = tty;
+        s->started_at = now_realtime_msec();
+        s->timeout_ms = p->timeout_usec / 1000;
+        s->state = SANDBOX_STARTING;
+
+        int spec_fd = -1, bpf_fd = -1, cg_fd = -1, status_pair[2] = { -1, -1 }, outp[2][2] = { { -1, -1 }, { -1, -1 } };
+        int devnull = -1, stdin_fd = -1;
+        char *error_text = NULL;
+        rpc_error_code error_code = RPC_E_INTERNAL;
+
+#define FAIL(code, ...)                                                  \
+        do {                                                             \
+                error_code = code;                                       \
+                if (asprintf(&error_text, __VA_ARGS__) < 0)              \
+                        error_text = NULL;                               \
+                goto fail;                                               \
+        } while (0)
+
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/sandboxes", m->config->state_directory);
+        if ((r = mkdir_private(path)) < 0)
+                FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
+        if (asprintf(&s->dir, "%s/sandboxes/%s", m->config->state_directory, s->id) < 0)
+                FAIL(RPC_E_INTERNAL, "out of memory");
+        if (mkdir(s->dir, 0700) < 0)
+                FAIL(RPC_E_INTERNAL, "cannot create %s: %s", s->dir, strerror(errno));
+        /* The record exists before anything runs: a sandbox that could not be
+         * recorded would be unknown after a crash, so it is not started. */
+        if ((r = sandbox_save_meta(s)) < 0)
+                FAIL(RPC_E_BACKEND_UNAVAILABLE, "cannot write the sandbox's record in %s: %s", s->dir, strerror(-r));
+        if (req->creds) {
+                snprintf(path, sizeof(path), "%s/broker.sock", s->dir);
+                if ((r = server_listen_sandbox(m, s->id, path, &s->broker_listener)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox's broker socket: %s", strerror(-r));
+                spec_add(&sp, "broker_socket", path);
+        }
+        if (p->network == NETWORK_PROXY) {
+                snprintf(path, sizeof(path), "%s/proxy.sock", s->dir);
+                if ((r = netproxy_add_sandbox(m->proxy, s->id, p->name, p->allow, p->n_allow, path)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox's egress proxy socket: %s", strerror(-r));
+                s->proxied = true;
+                if (p->ask && (r = netproxy_set_ask(m->proxy, s->id, p->ask_timeout_usec / 1000)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot set up Network.Ask for the sandbox: %s", strerror(-r));
+                spec_add(&sp, "proxy_socket", path);
+                spec_add_int(&sp, "proxy_port", (long) m->config->proxy_port);
+        }
+        if (p->workspace == WORKSPACE_OVERLAY) {
+                snprintf(path, sizeof(path), "%s/upper", s->dir);
+                if ((r = mkdir_private(path)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
+                spec_add(&sp, "upper", path);
+                if (p->change_max != POLICY_INFINITY &&
+                    (r = change_watch_start(m->loop, path, p->change_max, on_change_max, s, &s->change_watch)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot watch ChangeMax=: %s", strerror(-r));
+                snprintf(path, sizeof(path), "%s/work", s->dir);
+                if ((r = mkdir_private(path)) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
+                spec_add(&sp, "work", path);
+        }
+        static const char *const ws_modes[] = { [WORKSPACE_OVERLAY] = "overlay", [WORKSPACE_RO] = "ro", [WORKSPACE_RW] = "rw", [WORKSPACE_NONE] = "none" };
+        spec_add(&sp, "workspace_mode", ws_modes[p->workspace]);
+        if (workspace)
+                spec_add(&sp, "workspace", workspace);
+        spec_add_path(&sp, "home", m->home);
+        for (size_t i = 0; p->read_only_paths && p->read_only_paths[i]; i++)
+                spec_add_path(&sp, "ro", p->read_only_paths[i]);
+        for (size_t i = 0; p->writable_paths && p->writable_paths[i]; i++)
+                spec_add_path(&sp, "rw", p->writable_paths[i]);
+        for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
+                spec_add_path(&sp, "hide", p->hide_paths[i]);
+        for (size_t i = 0; agentd_hides && agentd_hides[i]; i++)
+                spec_add(&sp, "hide", agentd_hides[i]);
+        /* Bounded tmpfs mounts (0: the task said infinity), and the pids bound
+         * that holds without a cgroup: TasksMax, plus the hands (counted there too). */
+        spec_add_int(&sp, "tmp_size", p->tmp_size == POLICY_INFINITY ? 0 : (long) p->tmp_size);
+        spec_add_int(&sp, "shm_size", p->shm_size == POLICY_INFINITY ? 0 : (long) p->shm_size);
+        spec_add_int(&sp, "home_size", p->home_size == POLICY_INFINITY ? 0 : (long) p->home_size);
+        if (p->tasks_max != POLICY_INFINITY)
+                spec_add_int(&sp, "nproc", (long) (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
+        for (size_t i = 0; lp.ro && lp.ro[i]; i++)
+                spec_add(&sp, "ro", lp.ro[i]);
+        if (lp.cow) {
+                if ((r = laptop_make_cow_dirs(s->dir, strv_length(lp.cow))) < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the cache layers in %s: %s", s->dir, strerror(-r));
+                snprintf(path, sizeof(path), "%s/cow", s->dir);
+                spec_add(&sp, "cow_dir", path);
+        }
+        for (size_t i = 0; lp.cow && lp.cow[i]; i++)
+                spec_add(&sp, "cow", lp.cow[i]);
+        for (size_t i = 0; lp.hide && lp.hide[i]; i++)
+                spec_add(&sp, "hide", lp.hide[i]);
+        if (lp.agentctl)
+                spec_add(&sp, "agentctl", lp.agentctl);
+        if (laptop_group_note(workspace, p->workspace == WORKSPACE_OVERLAY, &s->workspace_note) < 0)
+                FAIL(RPC_E_INTERNAL, "out of memory");
+        if (s->workspace_note)
+                log_notice("sandbox %s: %s", s->id, s->workspace_note);
+        spec_add(&sp, "hostname", "agentd");
+        spec_add(&sp, "landlock", p->landlock ? "1" : "0");
+        if (tty)
+                spec_add(&sp, "tty", "1");
+        if (umask_param) {
+                /* Files the command creates get the caller's umask, not agentd's (the unit's UMask=0077). */
+                snprintf(buf, sizeof(buf), "%03llo", (unsigned long long) umask_param->via.u64);
+                spec_add(&sp, "umask", buf);
+        }
+
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof(path), "%s/%s.log", s->dir, s->out[i].name);
+                s->out[i].log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+                if (s->out[i].log_fd < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(errno));
+        }
+
+        if (m->cgroup_root) {
+                cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
+                                      .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
+                r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &cg_fd, &s->limits_note);
+                if (r < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox cgroup: %s", strerror(-r));
+                r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &error_text);
+        } else
+                r = spawn_limits_check(m, p, task_limits_asked(p), m->cgroup_status ? m->cgroup_status : "unavailable",
+                                       &s->limits_note, &error_text);
+        if (r < 0) {
+                error_code = RPC_E_BACKEND_UNAVAILABLE;
+                goto fail;
+        }
+
+        /* Fixed child fd numbers: 3 spec, 4 status, 5 seccomp (or /dev/null), 6 cgroup. */
+        spec_add_int(&sp, "status_fd", 4);
+        if (seccomp_on) {
+                bpf_fd = memfd_with("agentd-seccomp", bpf, bpf_len);
+                if (bpf_fd < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot pass the seccomp program: %s", strerror(-bpf_fd));
+                spec_add_int(&sp, "seccomp_fd", 5);
+        } else
+                spec_add(&sp, "unsafe_no_seccomp", "1"); /* the task said Seccomp=off; task show lists it */
+        if (cg_fd >= 0)
+                spec_add_int(&sp, "cgroup_fd", 6);
+        if (sp.oom)
+                FAIL(RPC_E_INTERNAL, "out of memory");
+        spec_fd = memfd_with("agentd-spec", sp.buf, sp.len);
+        if (spec_fd < 0)
+                FAIL(RPC_E_INTERNAL, "cannot pass the sandbox spec: %s", strerror(-spec_fd));
+
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, status_pair) < 0)
+                FAIL(RPC_E_INTERNAL, "socketpair: %s", strerror(errno));
+        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (devnull < 0)
+                FAIL(RPC_E_INTERNAL, "/dev/null: %s", strerror(errno));
+        if (!tty)
+                for (int i = 0; i < 2; i++)
+                        if (pipe2(outp[i], O_CLOEXEC) < 0)
+                                FAIL(RPC_E_INTERNAL, "pipe: %s", strerror(errno));
+
+        /* The caller's stdin reaches the sandbox through our pipe, never as its own open file. */
+        if (attach && (r = stdin_relay_start(m->loop, TAKE_FD(client_fds[0]), &stdin_fd, &s->stdin_relay)) < 0)
+                FAIL(r == -EINVAL ? RPC_E_INVALID_PARAMS : RPC_E_INTERNAL, "cannot relay stdin: %s",
+                     r == -EINVAL ? "it is neither a file, a pipe, a socket nor a terminal" : strerror(-r));
+        int src[7] = {
+                attach ? stdin_fd : devnull,
+                tty ? devnull : outp[0][1],
+                tty ? devnull : outp[1][1],
+                spec_fd, status_pair[1], bpf_fd >= 0 ? bpf_fd : devnull, cg_fd,
+        };
+        int nfds = cg_fd >= 0 ? 7 : 6;
+        pid_t pid;
+        r = zygote_spawn(m, helper, src, nfds, &pid);
+        if (r == -ENOTCONN) {
+                char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", (char *) "3", NULL };
+                r = helper_spawn(helper, hargv, src, nfds, &pid);
+        }
+        if (r < 0)
+                FAIL(RPC_E_INTERNAL, "cannot start %s: %s", helper, strerror(-r));
+        s->helper_pid = pid;
+        s->helper_pidfd = pidfd_open_(pid);
+        if (s->helper_pidfd < 0) {
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                FAIL(RPC_E_INTERNAL, "pidfd_open: %s", strerror(errno));
+        }
+
+        /* The parent keeps only its ends. */
+        spec_fd = safe_close(spec_fd);
+        bpf_fd = safe_close(bpf_fd);
+        cg_fd = safe_close(cg_fd);
+        devnull = safe_close(devnull);
+        status_pair[1] = safe_close(status_pair[1]);
+        stdin_fd = safe_close(stdin_fd);
+        s->status_fd = TAKE_FD(status_pair[0]);
+        free(sp.buf);
+        sp.buf = NULL;
+
+        uv_poll_init(m->loop, &s->helper_poll, s->helper_pidfd);
+        s->helper_poll_init = true;
+        uv_poll_start(&s->helper_poll, UV_READABLE, on_helper_exit);
+        uv_poll_init(m->loop, &s->status_poll, s->status_fd);
+        s->status_poll_init = true;
+        uv_poll_start(&s->status_poll, UV_READABLE, on_status_readable);
+        for (int i = 0; i < 2 && !tty; i++) {
+                output_stream *o = &s->out[i];
+                safe_close(outp[i][1]);
+                o->pipe_fd = outp[i][0];
+                fcntl(o->pipe_fd, F_SETFL, O_NONBLOCK);
+                uv_poll_init(m->loop, &o->pipe_poll, o->pipe_fd);
+                o->pipe_poll_init = true;
+                if (attach) {
+                        int cfd = TAKE_FD(client_fds[1 + i]);
+                        if (client_fd_prepare(o, cfd) < 0)
+                                log_warning("sandbox %s: cannot attach %s: %m", s->id, o->name);
+                }
+                stream_update(o);
+        }
+        for (int i = 0; i < 3; i++)
+                safe_close(client_fds[i]);
+        if (attach || tty)
+                s->owner = connection_ref(req->call->conn);
+
+        (void) sandbox_save_meta(s);
+        list_add_tail(&m->sandboxes, &s->link);
+        m->n_sandboxes++;
+        m->n_sandboxes_live++;
+        s->spawn_call = TAKE_PTR(req->call);
+        s->creds = TAKE_PTR(req->creds);
+        log_sandbox(LOG_INFO, s->id, s->task, "spawn", "sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
+        {
+                /* What ran, where, under which exact policy (hash of its canonical form). */
+                json_object *ev = json_object_new_object();
+                _cleanup_free_ char *canon = task_policy_canonical(p);
+                unsigned char dg[32];
+                char hexd[65] = "";
+                unsigned int dl = 0;
+                if (canon && EVP_Digest(canon, strlen(canon), dg, &dl, EVP_sha256(), NULL) == 1)
+                        for (unsigned i = 0; i < 32; i++)
+                                sprintf(hexd + 2 * i, "%02x", dg[i]);
+                json_object_object_add(ev, "task", json_object_new_string(s->task));
+                json_object_object_add(ev, "policy_sha256", json_object_new_string(hexd));
+                json_object_object_add(ev, "policy_source", json_object_new_string(p->source));
+                json_object *av = json_object_new_array();
+                for (size_t i = 0; s->argv && s->argv[i]; i++)
+                        json_object_array_add(av, json_object_new_string(s->argv[i]));
+                json_object_object_add(ev, "argv", av);
+                json_object_object_add(ev, "workspace", json_object_new_string(s->workspace));
+                _cleanup_strv_free_ char **caps = task_policy_capabilities(p);
+                json_object *cv = json_object_new_array();
+                for (size_t i = 0; caps && caps[i]; i++)
+                        json_object_array_add(cv, json_object_new_string(caps[i]));
+                json_object_object_add(ev, "capabilities", cv);
+                json_object_object_add(ev, "attached", json_object_new_boolean(attach || tty));
+                report_annotate_spawn(ev, s, params, p);
+                audit_event(m, "sandbox.spawn", s->id, ev);
+        }
+        return 0;
+
+fail:
+        safe_close(spec_fd);
+        safe_close(bpf_fd);
+        safe_close(cg_fd);
+        safe_close(devnull);
+        safe_close(stdin_fd);
+        safe_close(status_pair[0]);
+        safe_close(status_pair[1]);
+        for (int i = 0; i < 2; i++) {
+                safe_close(outp[i][0]);
+                safe_close(outp[i][1]);
+        }
+        for (int i = 0; i < 3; i++)
+                safe_close(client_fds[i]);
+        free(sp.buf);
+        if (s->cgroup)
+                (void) cgroup_remove(s->cgroup);
+        server_close_sandbox(s->broker_listener);
+        if (s->proxied)
+                netproxy_remove_sandbox(m->proxy, s->id);
+        if (s->dir) {
+                /* Nothing ran: without its record the directory is swept at the next start. */
+                snprintf(path, sizeof(path), "%s/meta.json", s->dir);
+                (void) unlink(path);
+        }
+        rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
+        log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
+        free(error_text);
+        sandbox_free(s);
+        return -EIO;
+#undef FAIL
+}
+
+static void on_creds_issued(sandbox_creds *creds, const char *error, void *userdata) {
+        spawn_request *req = userdata;
+        if (!creds) {
+                char msg[800];
+                snprintf(msg, sizeof(msg), "cannot issue this sandbox's credentials: %s", error ? error : "unknown error");
+                rpc_call_error(req->call, RPC_E_BACKEND_UNAVAILABLE, msg);
+                spawn_request_free(req);
+                return;
+        }
+        req->creds = creds;
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
+        size_t off = 0;
+        rpc_error err = { 0 };
+        int r = -EINVAL;
+        if (msgpack_unpack_next(&u, req->params.data, req->params.size, &off) == MSGPACK_UNPACK_SUCCESS)
+                r = spawn_impl(req, &u.data, &err);
+        msgpack_unpacked_destroy(&u);
+        if (r < 0) {
+                if (req->creds)
+                        broker_release(req->m, TAKE_PTR(req->creds));
+                if (req->call)
+                        rpc_call_error(req->call, err.message[0] ? err.code : RPC_E_INTERNAL,
+                                       err.message[0] ? err.message : "spawn failed");
+                req->call = NULL;
+        }
+        spawn_request_free(req);
+}
+
+int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        spawn_request *req = calloc(1, sizeof(*req));
+        if (!req)
+                return -ENOMEM;
+        req->m = m;
+        req->client_fds[0] = req->client_fds[1] = req->client_fds[2] = -1;
+        msgpack_sbuffer_init(&req->params);
+        make_id(req->id);
+        if (rpc_param_bool(ctx->params, "attach", false))
+                for (int i = 0; i < 3; i++)
+                        req->client_fds[i] = connection_take_fd(ctx->conn);
+
+        _cleanup_free_ char *task_name = rpc_param_strdup(ctx->params, "task");
+        const task_policy *p = policy_registry_find(m->tasks, task_name ? task_name : "default");
+        if (p && p->vault_policies && p->vault_policies[0] && !m->locked_down) {
+                const char *why = broker_unavailable_reason(m);
+                if (why) {
+                        rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' needs Vault credentials (VaultPolicies=%s): %s",
+                                      p->name, p->vault_policies[0], why);
+                        spawn_request_free(req);
+                        return -EOPNOTSUPP;
+                }
+                msgpack_packer pk;
+                msgpack_packer_init(&pk, &req->params, msgpack_sbuffer_write);
+                if (ctx->params)
+                        msgpack_pack_object(&pk, *ctx->params);
+                else
+                        msgpack_pack_map(&pk, 0);
+                req->call = rpc_ctx_defer(ctx);
+                int r = req->call ? broker_issue(m, req->id, p->name, p->vault_policies, p->token_ttl_usec, on_creds_issued, req)
+                                  : -ENOMEM;
+                if (r < 0) {
+                        rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "cannot issue credentials: %s", strerror(-r));
+                        req->call = NULL; /* dispatch answers through ctx->async */
+                        spawn_request_free(req);
+                        return r;
+                }
+                return 0;
+        }
+        req->call = rpc_ctx_defer(ctx);
+        if (!req->call) {
+                spawn_request_free(req);
+                return -ENOMEM;
+        }
+        int r = spawn_impl(req, ctx->params, err);
+        if (r < 0)
+                req->call = NULL; /* dispatch answers the error through ctx->async */
+        spawn_request_free(req);
+        return r;
+}
+
+/* ---- the other methods ---------------------------------------------------------- */
+
+static sandbox *lookup(rpc_ctx *ctx, rpc_error *err) {
+        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "id");
+        sandbox *s = id ? sandbox_find(ctx->m, id) : NULL;
+        if (!s)
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id ? id : "");
+        return s;
+}
+
+int rpc_sandbox_list(rpc_ctx *ctx, rpc_error *err) {
+        manager *m = ctx->m;
+        list_head *i, *t;
+        msgpack_pack_array(ctx->pk, m->n_sandboxes);
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                bool ended = sandbox_ended(s);
+                msgpack_pack_map(ctx->pk, ended ? 9 : 7);
+                mp_pack_kv_str(ctx->pk, "id", s->id);
+                mp_pack_kv_str(ctx->pk, "task", s->task);
+                mp_pack_kv_str(ctx->pk, "state", sandbox_state_to_string(s->state));
+                /* The pid it ran as (from its record after a restart); nil when unknown. */
+                pid_t pid = s->init_pid > 0 ? s->init_pid : s->recorded_pid;
+                mp_pack_cstr(ctx->pk, "pid");
+                if (pid > 0)
+                        msgpack_pack_int64(ctx->pk, pid);
+                else
+                        msgpack_pack_nil(ctx->pk);
+                mp_pack_kv_u64(ctx->pk, "started_at", s->started_at);
+                mp_pack_kv_str(ctx->pk, "workspace", s->workspace);
+                mp_pack_cstr(ctx->pk, "argv");
+                mp_pack_strv(ctx->pk, s->argv);
+                if (ended) {
+                        mp_pack_kv_i64(ctx->pk, "exit_code", s->exit_code);
+                        mp_pack_kv_i64(ctx->pk, "signal", s->exit_signal);
+                }
+        }
+        return 0;
+}
+
+int rpc_sandbox_wait(rpc_ctx *ctx, rpc_error *err) {
+        sandbox *s = lookup(ctx, err);
+        if (!s)
+                return -ENOENT;
+        if (sandbox_ended(s)) {
+                pack_wait_result(ctx->pk, s);
+                return 0;
+        }
+        sandbox_waiter *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->call = rpc_ctx_defer(ctx);
+        if (!w->call) {
+                free(w);
+                return -ENOMEM;
+        }
+        w->next = s->waiters;
+        s->waiters = w;
+        return 0;
+}
+
+static int parse_signal(const msgpack_object *o, int *ret) {
+        if (!o) {
+                *ret = SIGTERM;
+                return 0;
+        }
+        if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                if (o->via.u64 < 1 || o->via.u64 > 64)
+                        return -ERANGE;
+                *ret = (int) o->via.u64;
+                return 0;
+        }
+        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > 16)
+                return -EINVAL;
+        char name[20];
+        memcpy(name, o->via.str.ptr, o->via.str.size);
+        name[o->via.str.size] = 0;
+        const char *n = strncmp(name, "SIG", 3) == 0 ? name + 3 : name;
+        static const struct { const char *name; int sig; } tbl[] = {
+                { "TERM", SIGTERM }, { "KILL", SIGKILL }, { "INT", SIGINT }, { "HUP", SIGHUP }, { "QUIT", SIGQUIT },
+                { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "STOP", SIGSTOP }, { "CONT", SIGCONT }, { "WINCH", SIGWINCH },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(tbl); i++)
+                if (streq(n, tbl[i].name)) {
+                        *ret = tbl[i].sig;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+int rpc_sandbox_kill(rpc_ctx *ctx, rpc_error *err) {
+        sandbox *s = lookup(ctx, err);
+        if (!s)
+                return -ENOENT;
+        int sig;
+        if (parse_signal(rpc_param(ctx->params, "signal"), &sig) < 0) {
+                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'signal' must be a signal name (TERM, KILL, ...) or number 1..64");
+                return -EINVAL;
+        }
+        if (sandbox_ended(s)) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "sandbox %s has already ended", s->id);
+                return -ESRCH;
+        }
+        if (sig == SIGKILL) {
+                s->killed = true;
+                free(s->end_reason);
+                s->end_reason = strdup("killed by request");
+        }
+        int r = sandbox_signal(s, sig);
+        if (r < 0) {
+                rpc_error_set(err, RPC_E_INTERNAL, "cannot signal sandbox %s: %s", s->id, strerror(-r));
+                return r;
+        }
+        msgpack_pack_map(ctx->pk, 0);
+        return 0;
+}
+
+static int read_log(const char *dir, const char *name, char **ret, size_t *ret_len) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/%s.log", dir, name);
+        return read_file_bounded(path, 64 * 1024 * 1024, ret, ret_len);
+}
+
+int rpc_sandbox_logs(rpc_ctx *ctx, rpc_error *err) {
+        sandbox *s = lookup(ctx, err);
+        if (!s)
+                return -ENOENT;
+        msgpack_pack_map(ctx->pk, 5);
+        for (int i = 0; i < 2; i++) {
+                _cleanup_free_ char *b = NULL;
+                size_t n = 0;
+                if (read_log(s->dir, s->out[i].name, &b, &n) < 0)
+                        n = 0;
+                mp_pack_cstr(ctx->pk, s->out[i].name);
+                msgpack_pack_bin(ctx->pk, n);
+                msgpack_pack_bin_body(ctx->pk, b ? b : "", n);
+        }
+        mp_pack_kv_u64(ctx->pk, "stdout_dropped", s->out[0].dropped);
+        mp_pack_kv_u64(ctx->pk, "stderr_dropped", s->out[1].dropped);
+        mp_pack_kv_str(ctx->pk, "state", sandbox_state_to_string(s->state));
+        return 0;
+}
+
+int rpc_events_subscribe(rpc_ctx *ctx, rpc_error *err) {
+        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "sandbox");
+        if (id && !sandbox_find(ctx->m, id)) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id);
+                return -ENOENT;
+        }
+        ctx->conn->subscribed = true;
+        free(ctx->conn->subscribe_sandbox);
+        ctx->conn->subscribe_sandbox = TAKE_PTR(id);
+        msgpack_pack_map(ctx->pk, 0);
+        return 0;
+}
+
+/* ---- daemon start and stop ------------------------------------------------------- */
+
+/* Records of earlier runs, newest last, so ps and review work after a restart. */
+static int cmp_started(const void *a, const void *b) {
+        const sandbox *x = *(sandbox *const *) a, *y = *(sandbox *const *) b;
+        return x->started_at < y->started_at ? -1 : x->started_at > y->started_at;
+}
+
+static void load_previous(manager *m) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/sandboxes", m->config->state_directory);
+        DIR *d = opendir(path);
+        if (!d)
+                return;
+        struct dirent *de;
+        loading_previous = true;
+        while ((de = readdir(d)))
+                if (id_valid(de->d_name))
+                        (void) sandbox_load(m, de->d_name);
+        loading_previous = false;
+        closedir(d);
+        /* Sort by start time, keep the newest in memory (the rest load on demand). */
+        size_t n = m->n_sandboxes, k = 0;
+        sandbox **v = calloc(n ? n : 1, sizeof(*v));
+        if (!v)
+                return;
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                v[k++] = container_of(i, sandbox, link);
+                list_del(i);
+        }
+        qsort(v, k, sizeof(*v), cmp_started);
+        m->n_sandboxes = 0;
+        for (size_t j = 0; j < k; j++) {
+                if (k - j > MAX_ENDED_KEPT) {
+                        sandbox_unref(v[j]);
+                        continue;
+                }
+                if (streq(v[j]->end_reason ? v[j]->end_reason : "", "agentd stopped while it ran"))
+                        (void) sandbox_save_meta(v[j]);
+                list_add_tail(&m->sandboxes, &v[j]->link);
+                m->n_sandboxes++;
+        }
+        free(v);
+        if (m->cgroup_root) {
+                /* Sandbox cgroups a previous instance left behind (all their processes died with it).
+                 * Only ours: another agentd (another state directory) may share this cgroup. */
+                DIR *cg = opendir(m->cgroup_root);
+                while (cg && (de = readdir(cg)))
+                        if (!strncmp(de->d_name, "sb-", 3) && id_valid(de->d_name + 3)) {
+                                char p[PATH_MAX];
+                                snprintf(p, sizeof(p), "%s/%s", path, de->d_name + 3);
+                                if (access(p, F_OK) < 0)
+                                        continue;
+                                snprintf(p, sizeof(p), "%s/%s", m->cgroup_root, de->d_name);
+                                (void) cgroup_kill(p);
+                                (void) rmdir(p);
+                        }
+                if (cg)
+                        closedir(cg);
+        }
+}
+
+int sandboxes_init(manager *m) {
+        cgroup_setup(m);
+        load_previous(m);
+        m->sandbox_helper = find_helper(m);
+        if (!m->sandbox_helper)
+                log_warning("the sandbox helper agentd-sandbox was not found; spawning will fail");
+        else
+                (void) zygote_start(m, m->sandbox_helper); /* failing is logged: posix_spawn then */
+        return 0;
+}
+
+void sandboxes_shutdown(manager *m) {
+        list_head *i, *t;
+
+        zygote_stop(); /* nothing is spawned any more */
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                if (sandbox_ended(s))
+                        continue;
+                s->killed = true;
+                free(s->end_reason);
+                s->end_reason = strdup("agentd stopping");
+                (void) sandbox_signal(s, SIGKILL);
+        }
+}
+
+void sandboxes_free(manager *m) {
+        list_head *i, *t;
+        list_for_each_safe(i, t, &m->sandboxes) {
+                sandbox *s = container_of(i, sandbox, link);
+                list_del(&s->link);
+                m->n_sandboxes--;
+                if (s->spawn_call) {
+                        rpc_call_free(s->spawn_call);
+                        s->spawn_call = NULL;
+                }
+                while (s->waiters) {
+                        sandbox_waiter *w = s->waiters;
+                        s->waiters = w->next;
+                        rpc_call_free(w->call);
+                        free(w);
+                }
+                release_owner(s);
+                if (s->helper_pidfd >= 0)
+                        (void) pidfd_send_signal_(s->helper_pidfd, SIGKILL);
+                if (s->timeout_init)
+                        uv_timer_stop(&s->timeout);
+                close_handle(s, (uv_handle_t *) &s->timeout, &s->timeout_init);
+                close_handle(s, (uv_handle_t *) &s->helper_poll, &s->helper_poll_init);
+                close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
+                for (int k = 0; k < 2; k++) {
+                        close_handle(s, (uv_handle_t *) &s->out[k].pipe_poll, &s->out[k].pipe_poll_init);
+                        close_handle(s, (uv_handle_t *) &s->out[k].client_poll, &s->out[k].client_poll_init);
+                }
+                sandbox_unref(s);
+        }
+        zygote_stop();
+        free(m->sandbox_helper);
+        m->sandbox_helper = NULL;
+        free(m->cgroup_root);
+        free(m->cgroup_status);
+        free(m->cgroup_controllers);
+        m->cgroup_root = m->cgroup_status = m->cgroup_controllers = NULL;
+        bpf_cache_free();
+}
