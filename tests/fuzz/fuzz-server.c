@@ -17,11 +17,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "auditlog.h"
-#include "log.h"
+#include "audit/auditlog.h"
+#include "core/log.h"
 #include "macro.h"
-#include "sandbox.h"
-#include "server.h"
+#include "sandbox/sandbox.h"
+#include "core/server.h"
 
 #define MAX_PEERS 6
 #define MAX_PENDING 64
