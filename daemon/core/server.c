@@ -58,28 +58,6 @@ static void connection_drain(connection *c) {
                 c->state = CONNECTION_DRAINING;
 }
 
-static uint64_t pid_starttime(pid_t pid) {
-        char path[64], buf[1024];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return 0;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n <= 0)
-                return 0;
-        buf[n] = 0;
-        /* Field 22, counted after the ')' closing the command name. */
-        char *p = strrchr(buf, ')');
-        if (!p)
-                return 0;
-        unsigned field = 2;
-        for (p++; *p && field < 22; p++)
-                if (*p == ' ')
-                        field++;
-        return strtoull(p, NULL, 10);
-}
-
 connection *connection_ref(connection *c) {
         c->refcount++;
         return c;
@@ -657,7 +635,6 @@ int server_adopt(manager *m, int fd, sandbox_listener *l) {
         c->fd = fd;
         c->refcount = 1;
         c->peer = cred;
-        c->peer_starttime = pid_starttime(cred.pid);
         c->state = CONNECTION_OPEN;
         int r = sandbox_id && !(c->sandbox_id = strdup(sandbox_id)) ? -ENOMEM : uv_poll_init(m->loop, &c->poll, fd);
         if (r < 0) {

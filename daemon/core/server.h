@@ -36,7 +36,6 @@ struct connection {
         bool poll_active;
         int poll_events;
         struct ucred peer;
-        uint64_t peer_starttime;
 
         uint8_t *in;
         size_t in_len, in_cap;
