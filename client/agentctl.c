@@ -166,8 +166,7 @@ static int simple_kv(const char *method, const char *key, const char *value, voi
         params p;
         params_init(&p, 1);
         mp_pack_kv_str(&p.pk, key, value);
-        int r = simple(method, &p, print);
-        return r;
+        return simple(method, &p, print);
 }
 
 /* COMMAND ID: the method with {id}. */
@@ -382,8 +381,7 @@ static int cmd_task_check(const char *file) {
         msgpack_pack_str(&p.pk, n);
         msgpack_pack_str_body(&p.pk, text, n);
         mp_pack_kv_str(&p.pk, "source", abs ? abs : file);
-        int r = simple("task.check", &p, NULL);
-        return r;
+        return simple("task.check", &p, NULL);
 }
 
 /* task show NAME | task check FILE */
@@ -666,8 +664,7 @@ static int cmd_kill(const command *cmd, int argc, char **argv) {
                 else
                         mp_pack_kv_str(&p.pk, "signal", sig);
         }
-        int r = simple("sandbox.kill", &p, print_nothing);
-        return r;
+        return simple("sandbox.kill", &p, print_nothing);
 }
 
 /* ---- review ------------------------------------------------------------ */
@@ -1007,8 +1004,7 @@ static int cmd_approval(const command *cmd, int argc, char **argv) {
         mp_pack_kv_str(&p.pk, "decision", approve ? "approve" : "deny");
         if (scope)
                 mp_pack_kv_str(&p.pk, "scope", scope);
-        int r = simple("approval.answer", &p, print_nothing);
-        return r;
+        return simple("approval.answer", &p, print_nothing);
 }
 
 static int cmd_audit(const command *cmd, int argc, char **argv) {
@@ -1040,8 +1036,7 @@ static int cmd_audit(const command *cmd, int argc, char **argv) {
                         mp_pack_kv_u64(&p.pk, "limit", (uint64_t) limit);
                 if (before > 0)
                         mp_pack_kv_u64(&p.pk, "before", before);
-                int r = simple("audit.query", &p, print_audit_records);
-                return r;
+                return simple("audit.query", &p, print_audit_records);
         }
         return usage_error(cmd);
 }
