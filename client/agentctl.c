@@ -86,14 +86,43 @@ static int call(rpc_client *c, const char *method, msgpack_sbuffer *params, cons
         return 0;
 }
 
+typedef struct params {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        bool secret;    /* wiped before it is freed */
+} params;
+
+static void params_init(params *p, size_t n) {
+        p->secret = false;
+        msgpack_sbuffer_init(&p->sb);
+        msgpack_packer_init(&p->pk, &p->sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&p->pk, n);
+}
+
+/* One call on a new connection; consumes p (NULL: no parameters). The caller
+ * looks at res when it returns 0, then calls call_done() in any case. */
+static int call_new(const char *method, params *p, rpc_client *c, rpc_result *res) {
+        memset(res, 0, sizeof(*res));
+        *c = (rpc_client) { .fd = -1 };
+        int r = connect_daemon(c);
+        r = r < 0 ? -r : call(c, method, p ? &p->sb : NULL, NULL, 0, res);
+        if (p && p->secret)
+                explicit_zero(p->sb.data, p->sb.size);
+        if (p)
+                msgpack_sbuffer_destroy(&p->sb);
+        return r;
+}
+
+static void call_done(rpc_client *c, rpc_result *res) {
+        rpc_result_done(res);
+        rpc_client_close(c);
+}
+
 /* The common case: call, print the result, exit. */
-static int simple(const char *method, msgpack_sbuffer *params, void (*printer)(const msgpack_object *)) {
+static int simple(const char *method, params *p, void (*printer)(const msgpack_object *)) {
         rpc_client c;
         rpc_result res;
-        int r = connect_daemon(&c);
-        if (r < 0)
-                return -r;
-        r = call(&c, method, params, NULL, 0, &res);
+        int r = call_new(method, p, &c, &res);
         if (r == 0) {
                 if (arg_json)
                         print_json(res.result);
@@ -102,39 +131,93 @@ static int simple(const char *method, msgpack_sbuffer *params, void (*printer)(c
                 else
                         print_human(res.result);
         }
-        rpc_result_done(&res);
-        rpc_client_close(&c);
+        call_done(&c, &res);
         return r;
 }
 
-typedef struct params {
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-} params;
+/* ---- the command table's plumbing ---------------------------------------- */
 
-static void params_init(params *p, size_t n) {
-        msgpack_sbuffer_init(&p->sb);
-        msgpack_packer_init(&p->pk, &p->sb, msgpack_sbuffer_write);
-        msgpack_pack_map(&p->pk, n);
+/* One row of the command table (at the end of this file), as methods.def is
+ * the daemon's: the name, what runs it, its usage line and, for the commands
+ * that are one call, the method and how its result prints. */
+typedef struct command command;
+struct command {
+        const char *name;
+        int (*run)(const command *cmd, int argc, char **argv);
+        const char *usage;                      /* after "agentctl: usage: agentctl " */
+        const char *method;                     /* cmd_call, cmd_call_id */
+        void (*print)(const msgpack_object *o); /* NULL: print_human */
+};
+
+static int usage_error(const command *cmd) {
+        fprintf(stderr, "agentctl: usage: agentctl %s\n", cmd->usage);
+        return EXIT_USAGE;
 }
 
-static int need_args(int argc, int want, const char *what) {
-        if (argc != want) {
-                fprintf(stderr, "agentctl: usage: agentctl %s\n", what);
-                return -1;
-        }
-        return 0;
+/* COMMAND: the method, without parameters. */
+static int cmd_call(const command *cmd, int argc, char **argv) {
+        if (argc != 1)
+                return usage_error(cmd);
+        return simple(cmd->method, NULL, cmd->print);
 }
 
-static int cmd_by_id(const char *method, int argc, char **argv, const char *use) {
-        if (need_args(argc, 2, use) < 0)
-                return EXIT_USAGE;
+/* One call whose only parameter is {key: value}. */
+static int simple_kv(const char *method, const char *key, const char *value, void (*print)(const msgpack_object *)) {
         params p;
         params_init(&p, 1);
-        mp_pack_kv_str(&p.pk, "id", argv[1]);
-        int r = simple(method, &p.sb, NULL);
-        msgpack_sbuffer_destroy(&p.sb);
-        return r;
+        mp_pack_kv_str(&p.pk, key, value);
+        return simple(method, &p, print);
+}
+
+/* COMMAND ID: the method with {id}. */
+static int cmd_call_id(const command *cmd, int argc, char **argv) {
+        if (argc != 2)
+                return usage_error(cmd);
+        return simple_kv(cmd->method, "id", argv[1], cmd->print);
+}
+
+/* A flag of "COMMAND ID [FLAG...]": a switch sets *set; a flag with a value
+ * takes the next argument (or --name=VALUE) into *value. */
+typedef struct flag {
+        const char *name, *alias;
+        bool *set;
+        const char **value;
+} flag;
+
+static const flag *flag_find(const flag *flags, const char *arg, const char **ret_inline) {
+        *ret_inline = NULL;
+        for (const flag *f = flags; f->name; f++) {
+                if (streq(arg, f->name) || (f->alias && streq(arg, f->alias)))
+                        return f;
+                size_t n = strlen(f->name);
+                if (f->value && strncmp(arg, f->name, n) == 0 && arg[n] == '=') {
+                        *ret_inline = arg + n + 1;
+                        return f;
+                }
+        }
+        return NULL;
+}
+
+/* Exactly one ID among the flags: 0, or -1 (a usage error). */
+static int parse_id_flags(int argc, char **argv, const flag *flags, const char **ret_id) {
+        const char *id = NULL, *inline_value;
+        for (int i = 1; i < argc; i++) {
+                const flag *f = flag_find(flags, argv[i], &inline_value);
+                if (f && f->set)
+                        *f->set = true;
+                else if (f && inline_value)
+                        *f->value = inline_value;
+                else if (f && i + 1 < argc)
+                        *f->value = argv[++i];
+                else if (f || id)
+                        return -1;
+                else
+                        id = argv[i];
+        }
+        if (!id)
+                return -1;
+        *ret_id = id;
+        return 0;
 }
 
 /* ---- spawn ------------------------------------------------------------- */
@@ -298,12 +381,19 @@ static int cmd_task_check(const char *file) {
         msgpack_pack_str(&p.pk, n);
         msgpack_pack_str_body(&p.pk, text, n);
         mp_pack_kv_str(&p.pk, "source", abs ? abs : file);
-        int r = simple("task.check", &p.sb, NULL);
-        msgpack_sbuffer_destroy(&p.sb);
-        return r;
+        return simple("task.check", &p, NULL);
 }
 
-static int cmd_spawn(int argc, char **argv) {
+/* task show NAME | task check FILE */
+static int cmd_task(const command *cmd, int argc, char **argv) {
+        if (argc == 3 && streq(argv[1], "check"))
+                return cmd_task_check(argv[2]);
+        if (argc != 3 || !streq(argv[1], "show"))
+                return usage_error(cmd);
+        return simple_kv("task.show", "name", argv[2], NULL);
+}
+
+static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
         static const struct option opts[] = {
                 { "task", required_argument, NULL, 'T' },
                 { "workspace", required_argument, NULL, 'w' },
@@ -514,29 +604,14 @@ static void on_follow_notification(const char *method, size_t len, const msgpack
         }
 }
 
-static int cmd_logs(int argc, char **argv) {
+static int cmd_logs(const command *cmd, int argc, char **argv) {
         bool follow = false;
-        const char *id = NULL;
-        for (int i = 1; i < argc; i++) {
-                if (streq(argv[i], "-f") || streq(argv[i], "--follow"))
-                        follow = true;
-                else if (!id)
-                        id = argv[i];
-                else
-                        id = NULL, i = argc;
-        }
-        if (!id) {
-                fprintf(stderr, "agentctl: usage: agentctl logs ID [-f]\n");
-                return EXIT_USAGE;
-        }
-        if (!follow) {
-                params p;
-                params_init(&p, 1);
-                mp_pack_kv_str(&p.pk, "id", id);
-                int r = simple("sandbox.logs", &p.sb, print_logs);
-                msgpack_sbuffer_destroy(&p.sb);
-                return r;
-        }
+        const char *id;
+        const flag flags[] = { { "--follow", "-f", .set = &follow }, {} };
+        if (parse_id_flags(argc, argv, flags, &id) < 0)
+                return usage_error(cmd);
+        if (!follow)
+                return simple_kv("sandbox.logs", "id", id, print_logs);
         rpc_client c;
         int r = connect_daemon(&c);
         if (r < 0)
@@ -573,24 +648,11 @@ static int cmd_logs(int argc, char **argv) {
         return r;
 }
 
-static int cmd_kill(int argc, char **argv) {
-        const char *id = NULL, *sig = NULL;
-        for (int i = 1; i < argc; i++) {
-                if ((streq(argv[i], "--signal") || streq(argv[i], "-s")) && i + 1 < argc)
-                        sig = argv[++i];
-                else if (!strncmp(argv[i], "--signal=", 9))
-                        sig = argv[i] + 9;
-                else if (!id)
-                        id = argv[i];
-                else {
-                        id = NULL;
-                        break;
-                }
-        }
-        if (!id) {
-                fprintf(stderr, "agentctl: usage: agentctl kill ID [--signal SIG]\n");
-                return EXIT_USAGE;
-        }
+static int cmd_kill(const command *cmd, int argc, char **argv) {
+        const char *id, *sig = NULL;
+        const flag flags[] = { { "--signal", "-s", .value = &sig }, {} };
+        if (parse_id_flags(argc, argv, flags, &id) < 0)
+                return usage_error(cmd);
         params p;
         params_init(&p, sig ? 2 : 1);
         mp_pack_kv_str(&p.pk, "id", id);
@@ -602,9 +664,7 @@ static int cmd_kill(int argc, char **argv) {
                 else
                         mp_pack_kv_str(&p.pk, "signal", sig);
         }
-        int r = simple("sandbox.kill", &p.sb, print_nothing);
-        msgpack_sbuffer_destroy(&p.sb);
-        return r;
+        return simple("sandbox.kill", &p, print_nothing);
 }
 
 /* ---- review ------------------------------------------------------------ */
@@ -658,42 +718,22 @@ static int run_diff_u(const char *label, const char *a, const char *b) {
         return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static int cmd_diff(int argc, char **argv) {
+static int cmd_diff(const command *cmd, int argc, char **argv) {
         bool patch = false;
-        const char *id = NULL;
-        for (int i = 1; i < argc; i++) {
-                if (streq(argv[i], "--patch") || streq(argv[i], "-p"))
-                        patch = true;
-                else if (!id)
-                        id = argv[i];
-                else {
-                        id = NULL;
-                        break;
-                }
-        }
-        if (!id) {
-                fprintf(stderr, "agentctl: usage: agentctl diff ID [--patch]\n");
-                return EXIT_USAGE;
-        }
+        const char *id;
+        const flag flags[] = { { "--patch", "-p", .set = &patch }, {} };
+        if (parse_id_flags(argc, argv, flags, &id) < 0)
+                return usage_error(cmd);
         params p;
         params_init(&p, patch ? 2 : 1);
         mp_pack_kv_str(&p.pk, "id", id);
         if (patch)
                 mp_pack_kv_bool(&p.pk, "patch", true);
-        if (!patch || arg_json) {
-                int r = simple("sandbox.diff", &p.sb, print_diff);
-                msgpack_sbuffer_destroy(&p.sb);
-                return r;
-        }
+        if (!patch || arg_json)
+                return simple("sandbox.diff", &p, print_diff);
         rpc_client c;
         rpc_result res;
-        int r = connect_daemon(&c);
-        if (r < 0) {
-                msgpack_sbuffer_destroy(&p.sb);
-                return -r;
-        }
-        r = call(&c, "sandbox.diff", &p.sb, NULL, 0, &res);
-        msgpack_sbuffer_destroy(&p.sb);
+        int r = call_new("sandbox.diff", &p, &c, &res);
         const msgpack_object *o = res.result;
         for (uint32_t i = 0; r == 0 && o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size; i++) {
                 const msgpack_object *e = &o->via.array.ptr[i];
@@ -740,8 +780,7 @@ static int cmd_diff(int argc, char **argv) {
                         r = EXIT_DAEMON_ERROR;
                 }
         }
-        rpc_result_done(&res);
-        rpc_client_close(&c);
+        call_done(&c, &res);
         return r;
 }
 
@@ -778,7 +817,7 @@ static void print_promote_and_note(const msgpack_object *o) {
         promote_had_conflicts = cf && cf->type == MSGPACK_OBJECT_ARRAY && cf->via.array.size > 0;
 }
 
-static int cmd_promote(int argc, char **argv) {
+static int cmd_promote(const command *cmd, int argc, char **argv) {
         const char *id = NULL;
         bool hooks = false;
         int npaths = 0;
@@ -793,8 +832,7 @@ static int cmd_promote(int argc, char **argv) {
         }
         if (!id) {
                 free(paths);
-                fprintf(stderr, "agentctl: usage: agentctl promote ID [PATH...] [--include-hooks]\n");
-                return EXIT_USAGE;
+                return usage_error(cmd);
         }
         params p;
         params_init(&p, 1 + (npaths ? 1 : 0) + (hooks ? 1 : 0));
@@ -808,8 +846,7 @@ static int cmd_promote(int argc, char **argv) {
         if (hooks)
                 mp_pack_kv_bool(&p.pk, "include_hooks", true);
         free(paths);
-        int r = simple("sandbox.promote", &p.sb, print_promote_and_note);
-        msgpack_sbuffer_destroy(&p.sb);
+        int r = simple("sandbox.promote", &p, print_promote_and_note);
         /* Something was not applied: say so in the exit status too. */
         if (r == 0 && promote_had_conflicts)
                 r = EXIT_DAEMON_ERROR;
@@ -818,13 +855,11 @@ static int cmd_promote(int argc, char **argv) {
 
 /* ---- credentials ------------------------------------------------------- */
 
-static int cmd_broker(int argc, char **argv) {
+static int cmd_broker(const command *cmd, int argc, char **argv) {
         if (argc >= 2 && streq(argv[1], "status") && argc == 2)
                 return simple("broker.status", NULL, NULL);
-        if (argc < 2 || !streq(argv[1], "enroll")) {
-                fprintf(stderr, "agentctl: usage: agentctl broker enroll --role-id ID --secret-id-file FILE | broker status\n");
-                return EXIT_USAGE;
-        }
+        if (argc < 2 || !streq(argv[1], "enroll"))
+                return usage_error(cmd);
         const char *role = NULL, *file = NULL;
         for (int i = 2; i < argc; i++) {
                 if (streq(argv[i], "--role-id") && i + 1 < argc)
@@ -864,20 +899,16 @@ static int cmd_broker(int argc, char **argv) {
         msgpack_pack_str(&p.pk, n);
         msgpack_pack_str_body(&p.pk, secret, n);
         explicit_zero(secret, sizeof(secret));
-        int r = simple("broker.enroll", &p.sb, NULL);
-        explicit_zero(p.sb.data, p.sb.size);
-        msgpack_sbuffer_destroy(&p.sb);
-        return r;
+        p.secret = true;
+        return simple("broker.enroll", &p, NULL);
 }
 
 /* Inside a sandbox: ask $AGENTD_BROKER for this sandbox's token (a sealed memfd) and print it. */
 /* token | token --request POLICY...: the second waits until a person answers. */
-static int cmd_token(int argc, char **argv) {
+static int cmd_token(const command *cmd, int argc, char **argv) {
         bool request = argc >= 3 && streq(argv[1], "--request");
-        if (argc != 1 && !request) {
-                fprintf(stderr, "agentctl: usage: agentctl token [--request POLICY...]\n");
-                return EXIT_USAGE;
-        }
+        if (argc != 1 && !request)
+                return usage_error(cmd);
         const char *path = getenv("AGENTD_BROKER");
         if (!path || !*path) {
                 fprintf(stderr, "agentctl: AGENTD_BROKER is not set: 'token' works inside a sandbox whose task has VaultPolicies=\n");
@@ -958,34 +989,25 @@ static void print_verify(const msgpack_object *o) {
                        why ? (int) why->via.str.size : 0, why ? why->via.str.ptr : "");
 }
 
-/* approvals | approve ID [--once|--sandbox|--task] | deny ID */
-static int cmd_approval(int argc, char **argv) {
+/* approve ID [--once|--sandbox|--task] | deny ID */
+static int cmd_approval(const command *cmd, int argc, char **argv) {
         const char *scope = NULL;
         bool approve = streq(argv[0], "approve");
 
-        if (streq(argv[0], "approvals")) {
-                if (need_args(argc, 1, "approvals") < 0)
-                        return EXIT_USAGE;
-                return simple("approval.list", NULL, print_approval_list);
-        }
         if (approve && argc == 3 && (streq(argv[2], "--once") || streq(argv[2], "--sandbox") || streq(argv[2], "--task")))
                 scope = argv[2] + 2;
-        if (argc != (scope ? 3 : 2)) {
-                fprintf(stderr, "agentctl: usage: agentctl approve ID [--once|--sandbox|--task] | agentctl deny ID\n");
-                return EXIT_USAGE;
-        }
+        if (argc != (scope ? 3 : 2))
+                return usage_error(cmd);
         params p;
         params_init(&p, scope ? 3 : 2);
         mp_pack_kv_str(&p.pk, "id", argv[1]);
         mp_pack_kv_str(&p.pk, "decision", approve ? "approve" : "deny");
         if (scope)
                 mp_pack_kv_str(&p.pk, "scope", scope);
-        int r = simple("approval.answer", &p.sb, print_nothing);
-        msgpack_sbuffer_destroy(&p.sb);
-        return r;
+        return simple("approval.answer", &p, print_nothing);
 }
 
-static int cmd_audit(int argc, char **argv) {
+static int cmd_audit(const command *cmd, int argc, char **argv) {
         if (argc == 2 && streq(argv[1], "verify")) {
                 int r = simple("audit.verify", NULL, print_verify);
                 return r == 0 && verify_failed ? EXIT_DAEMON_ERROR : r;
@@ -1014,16 +1036,13 @@ static int cmd_audit(int argc, char **argv) {
                         mp_pack_kv_u64(&p.pk, "limit", (uint64_t) limit);
                 if (before > 0)
                         mp_pack_kv_u64(&p.pk, "before", before);
-                int r = simple("audit.query", &p.sb, print_audit_records);
-                msgpack_sbuffer_destroy(&p.sb);
-                return r;
+                return simple("audit.query", &p, print_audit_records);
         }
-        fprintf(stderr, "agentctl: usage: agentctl audit verify | audit show [--sandbox ID] [--limit N]\n");
-        return EXIT_USAGE;
+        return usage_error(cmd);
 }
 
 /* report ID [--json | --html] [-o FILE]: exits 1 when the records do not verify. */
-static int cmd_report(int argc, char **argv) {
+static int cmd_report(const command *cmd, int argc, char **argv) {
         const char *id = NULL, *out = NULL;
         bool html = false;
         for (int i = 1; i < argc; i++) {
@@ -1038,22 +1057,14 @@ static int cmd_report(int argc, char **argv) {
                 else
                         id = NULL, i = argc;
         }
-        if (!id || (html && arg_json)) {
-                fprintf(stderr, "agentctl: usage: agentctl report ID [--json | --html] [-o FILE]\n");
-                return EXIT_USAGE;
-        }
+        if (!id || (html && arg_json))
+                return usage_error(cmd);
         params p;
         params_init(&p, 1);
         mp_pack_kv_str(&p.pk, "id", id);
         rpc_client c;
         rpc_result res;
-        int r = connect_daemon(&c);
-        if (r < 0) {
-                msgpack_sbuffer_destroy(&p.sb);
-                return -r;
-        }
-        r = call(&c, "sandbox.report", &p.sb, NULL, 0, &res);
-        msgpack_sbuffer_destroy(&p.sb);
+        int r = call_new("sandbox.report", &p, &c, &res);
         FILE *f = r == 0 && out ? fopen(out, "we") : stdout;
         if (!f) {
                 fprintf(stderr, "agentctl: cannot write %s: %m\n", out);
@@ -1073,8 +1084,7 @@ static int cmd_report(int argc, char **argv) {
                 if (f != stdout && fclose(f) != 0)
                         r = EXIT_DAEMON_ERROR;
         }
-        rpc_result_done(&res);
-        rpc_client_close(&c);
+        call_done(&c, &res);
         return r;
 }
 
@@ -1115,7 +1125,7 @@ static void note_pending_json(const msgpack_object *o) {
         note_failures(o, false);
 }
 
-static int cmd_revoke(int argc, char **argv) {
+static int cmd_revoke(const command *cmd, int argc, char **argv) {
         bool all = false, freeze_only = false;
         const char *sb = NULL, *task = NULL;
         for (int i = 1; i < argc; i++) {
@@ -1132,10 +1142,8 @@ static int cmd_revoke(int argc, char **argv) {
                         break;
                 }
         }
-        if ((all ? 1 : 0) + (sb ? 1 : 0) + (task ? 1 : 0) != 1) {
-                fprintf(stderr, "agentctl: usage: agentctl revoke --all | --sandbox ID | --task NAME [--freeze-only]\n");
-                return EXIT_USAGE;
-        }
+        if ((all ? 1 : 0) + (sb ? 1 : 0) + (task ? 1 : 0) != 1)
+                return usage_error(cmd);
         params p;
         params_init(&p, 2);
         if (all)
@@ -1147,13 +1155,7 @@ static int cmd_revoke(int argc, char **argv) {
         mp_pack_kv_bool(&p.pk, "freeze_only", freeze_only);
         rpc_client c;
         rpc_result res;
-        int r = connect_daemon(&c);
-        if (r < 0) {
-                msgpack_sbuffer_destroy(&p.sb);
-                return -r;
-        }
-        r = call(&c, "credentials.revoke", &p.sb, NULL, 0, &res);
-        msgpack_sbuffer_destroy(&p.sb);
+        int r = call_new("credentials.revoke", &p, &c, &res);
         if (r == 0) {
                 if (arg_json) {
                         print_json(res.result);
@@ -1161,8 +1163,7 @@ static int cmd_revoke(int argc, char **argv) {
                 } else
                         print_revoke(res.result);
         }
-        rpc_result_done(&res);
-        rpc_client_close(&c);
+        call_done(&c, &res);
         /* Not done until Vault confirmed every revocation. */
         if (r == 0 && revoke_pending > 0) {
                 fprintf(stderr, "agentctl: %u token revocation(s) not yet confirmed by Vault; agentd retries them (see agentctl broker status)\n",
@@ -1176,6 +1177,33 @@ static int cmd_revoke(int argc, char **argv) {
         }
         return r;
 }
+
+/* Every command: argv[0] picks the row; its run() gets the whole argv. */
+static const command commands[] = {
+        { "ping", cmd_call, "ping", "agentd.ping" },
+        { "status", cmd_call, "status", "agentd.status" },
+        { "tasks", cmd_call, "tasks", "task.list", print_task_list },
+        { "task", cmd_task, "task show NAME | task check FILE" },
+        { "spawn", cmd_spawn, "spawn [--task NAME] [--workspace DIR] [-i] [-t] [--detach] [-- CMD ARG...]" },
+        { "ps", cmd_call, "ps", "sandbox.list", print_sandbox_list },
+        { "wait", cmd_call_id, "wait ID", "sandbox.wait" },
+        { "kill", cmd_kill, "kill ID [--signal SIG]" },
+        { "logs", cmd_logs, "logs ID [-f]" },
+        { "revoke", cmd_revoke, "revoke --all | --sandbox ID | --task NAME [--freeze-only]" },
+        { "unlock", cmd_call, "unlock", "agentd.unlock" },
+        { "audit", cmd_audit, "audit verify | audit show [--sandbox ID] [--limit N]" },
+        { "prune", cmd_call, "prune", "agentd.prune" },
+        { "approvals", cmd_call, "approvals", "approval.list", print_approval_list },
+        { "approve", cmd_approval, "approve ID [--once|--sandbox|--task] | agentctl deny ID" },
+        { "deny", cmd_approval, "approve ID [--once|--sandbox|--task] | agentctl deny ID" },
+        { "broker", cmd_broker, "broker enroll --role-id ID --secret-id-file FILE | broker status" },
+        { "token", cmd_token, "token [--request POLICY...]" },
+        { "diff", cmd_diff, "diff ID [--patch]" },
+        { "promote", cmd_promote, "promote ID [PATH...] [--include-hooks]" },
+        { "report", cmd_report, "report ID [--json | --html] [-o FILE]" },
+        { "discard", cmd_call_id, "discard ID", "sandbox.discard" },
+        {},
+};
 
 int main(int argc, char **argv) {
         static const struct option opts[] = {
@@ -1204,74 +1232,9 @@ int main(int argc, char **argv) {
         argc = global_options_extract(argc, argv, &arg_json, &arg_socket);
         if (argc < 0)
                 return EXIT_USAGE;
-        const char *cmd = argv[0];
-
-        if (streq(cmd, "ping") || streq(cmd, "status")) {
-                if (need_args(argc, 1, cmd) < 0)
-                        return EXIT_USAGE;
-                return simple(streq(cmd, "ping") ? "agentd.ping" : "agentd.status", NULL, NULL);
-        }
-        if (streq(cmd, "tasks")) {
-                if (need_args(argc, 1, "tasks") < 0)
-                        return EXIT_USAGE;
-                return simple("task.list", NULL, print_task_list);
-        }
-        if (streq(cmd, "task") && argc == 3 && streq(argv[1], "check"))
-                return cmd_task_check(argv[2]);
-        if (streq(cmd, "task")) {
-                if (argc != 3 || !streq(argv[1], "show")) {
-                        fprintf(stderr, "agentctl: usage: agentctl task show NAME | task check FILE\n");
-                        return EXIT_USAGE;
-                }
-                params p;
-                params_init(&p, 1);
-                mp_pack_kv_str(&p.pk, "name", argv[2]);
-                int r = simple("task.show", &p.sb, NULL);
-                msgpack_sbuffer_destroy(&p.sb);
-                return r;
-        }
-        if (streq(cmd, "spawn"))
-                return cmd_spawn(argc, argv);
-        if (streq(cmd, "ps")) {
-                if (need_args(argc, 1, "ps") < 0)
-                        return EXIT_USAGE;
-                return simple("sandbox.list", NULL, print_sandbox_list);
-        }
-        if (streq(cmd, "wait"))
-                return cmd_by_id("sandbox.wait", argc, argv, "wait ID");
-        if (streq(cmd, "kill"))
-                return cmd_kill(argc, argv);
-        if (streq(cmd, "logs"))
-                return cmd_logs(argc, argv);
-        if (streq(cmd, "revoke"))
-                return cmd_revoke(argc, argv);
-        if (streq(cmd, "unlock")) {
-                if (need_args(argc, 1, "unlock") < 0)
-                        return EXIT_USAGE;
-                return simple("agentd.unlock", NULL, NULL);
-        }
-        if (streq(cmd, "audit"))
-                return cmd_audit(argc, argv);
-        if (streq(cmd, "prune")) {
-                if (need_args(argc, 1, "prune") < 0)
-                        return EXIT_USAGE;
-                return simple("agentd.prune", NULL, NULL);
-        }
-        if (streq(cmd, "approvals") || streq(cmd, "approve") || streq(cmd, "deny"))
-                return cmd_approval(argc, argv);
-        if (streq(cmd, "broker"))
-                return cmd_broker(argc, argv);
-        if (streq(cmd, "token"))
-                return cmd_token(argc, argv);
-        if (streq(cmd, "diff"))
-                return cmd_diff(argc, argv);
-        if (streq(cmd, "promote"))
-                return cmd_promote(argc, argv);
-        if (streq(cmd, "report"))
-                return cmd_report(argc, argv);
-        if (streq(cmd, "discard"))
-                return cmd_by_id("sandbox.discard", argc, argv, "discard ID");
-
-        fprintf(stderr, "agentctl: unknown command '%s' (see agentctl --help)\n", cmd);
+        for (const command *c = commands; c->name; c++)
+                if (streq(argv[0], c->name))
+                        return c->run(c, argc, argv);
+        fprintf(stderr, "agentctl: unknown command '%s' (see agentctl --help)\n", argv[0]);
         return EXIT_USAGE;
 }

@@ -1,36 +1,18 @@
 /* Prints the method list of proto/PROTOCOL.md from the method table, so the
  * reference cannot drift from the code (a test compares the two). */
 #include <stdio.h>
-#include <string.h>
 
 #include "proto.h"
 
-static void print_params(const char *spec) {
-        if (!*spec) {
+static void print_params(const rpc_method *m) {
+        if (m->n_params == 0) {
                 fputs("—", stdout);
                 return;
         }
-        const char *p = spec;
-        bool first = true;
-        while (*p) {
-                while (*p == ' ')
-                        p++;
-                if (!*p)
-                        break;
-                const char *key = p;
-                while (*p && *p != ':')
-                        p++;
-                int keylen = (int) (p - key);
-                char t = p[1];
-                p += 2;
-                bool opt = *p == '?';
-                if (opt)
-                        p++;
-                const char *tn = t == 's' ? "string" : t == 'b' ? "bool" : t == 'u' ? "uint" : t == 'i' ? "int" :
-                                 t == 'S' ? "[string]" : t == 'M' ? "{string: string}" : "any";
-                printf("%s`%.*s`: %s%s", first ? "" : ", ", keylen, key, tn, opt ? " (optional)" : "");
-                first = false;
-        }
+        const rpc_param_desc *t = rpc_method_params(m);
+        for (size_t i = 0; i < m->n_params; i++)
+                printf("%s`%s`: %s%s", i ? ", " : "", t[i].key, rpc_param_type_to_string(t[i].type),
+                       t[i].optional ? " (optional)" : "");
 }
 
 int main(void) {
@@ -38,7 +20,7 @@ int main(void) {
         for (size_t i = 0; i < _RPC_METHOD_MAX; i++) {
                 const rpc_method *m = &rpc_methods[i];
                 printf("| `%s` | ", m->name);
-                print_params(m->params);
+                print_params(m);
                 printf(" | `agentctl %s` | %s | %s%s |\n", m->cli, m->summary,
                        m->flags & RPC_HOST_ONLY ? "host-only " : m->flags & RPC_SANDBOX_ONLY ? "sandbox-only " : "",
                        m->flags & RPC_ASYNC ? "async" : "");

@@ -97,17 +97,74 @@ typedef enum rpc_method_id {
         _RPC_METHOD_MAX,
 } rpc_method_id;
 
+/* Parameter types of methods.def. */
+typedef enum rpc_param_type {
+        RPC_PARAM_STR,     /* const char *: NUL-terminated, no NUL inside */
+        RPC_PARAM_BOOL,    /* bool + has_<key> */
+        RPC_PARAM_UINT,    /* uint64_t + has_<key> */
+        RPC_PARAM_INT,     /* int64_t + has_<key> */
+        RPC_PARAM_STRV,    /* char **: NULL-terminated array of strings */
+        RPC_PARAM_STRMAP,  /* const msgpack_object *: a map of strings to strings, or an empty array (Lua's {}) */
+        RPC_PARAM_ANY,     /* const msgpack_object *: anything but nil; the handler checks it */
+        RPC_PARAM_SECRET,  /* const msgpack_object *: a string like STR, but not copied, so the
+                            * handler can take it into locked memory and wipe the request's bytes */
+        _RPC_PARAM_TYPE_MAX,
+} rpc_param_type;
+
+/* Each method's parameters as a struct, rpc_<ident>_params, one member per key.
+ * An absent (or nil) optional key leaves its member zero: NULL, or has_<key> false.
+ * Strings and string arrays live in the request's msgpack zone: valid while the
+ * handler runs, so a handler that keeps one (an async job) copies it. */
+#define RPC_PARAM_FIELD_STR(k) const char *k;
+#define RPC_PARAM_FIELD_BOOL(k) bool k; bool has_##k;
+#define RPC_PARAM_FIELD_UINT(k) uint64_t k; bool has_##k;
+#define RPC_PARAM_FIELD_INT(k) int64_t k; bool has_##k;
+#define RPC_PARAM_FIELD_STRV(k) char **k;
+#define RPC_PARAM_FIELD_STRMAP(k) const msgpack_object *k;
+#define RPC_PARAM_FIELD_ANY(k) const msgpack_object *k;
+#define RPC_PARAM_FIELD_SECRET(k) const msgpack_object *k;
+#define PARAMS(...) __VA_ARGS__
+#define REQ(k, T) RPC_PARAM_FIELD_##T(k)
+#define OPT(k, T) RPC_PARAM_FIELD_##T(k)
+#define METHOD(name, ident, flags, params, cli, summary) typedef struct rpc_##ident##_params { params } rpc_##ident##_params;
+#include "methods.def"
+#undef METHOD
+/* Big enough and aligned for any method's parameters. */
+typedef union rpc_params_any {
+#define METHOD(name, ident, flags, params, cli, summary) rpc_##ident##_params ident;
+#include "methods.def"
+#undef METHOD
+} rpc_params_any;
+#undef OPT
+#undef REQ
+#undef PARAMS
+
+/* One key of a method's parameter table (generated from methods.def). */
+typedef struct rpc_param_desc {
+        const char *key;
+        rpc_param_type type;
+        bool optional;
+        size_t offset;       /* offsetof the member in rpc_<ident>_params */
+        size_t has_offset;   /* offsetof has_<key>, or 0 for types without one */
+} rpc_param_desc;
+
 typedef struct rpc_method {
         const char *name;
         rpc_method_id id;
         unsigned flags;
-        const char *params;
+        const rpc_param_desc *(*param_table)(void);   /* n_params entries: use rpc_method_params() */
+        size_t n_params;
+        size_t params_size;             /* sizeof(rpc_<ident>_params) */
         const char *cli;
         const char *summary;
 } rpc_method;
 
 extern const rpc_method rpc_methods[_RPC_METHOD_MAX];
 const rpc_method *rpc_method_find(const char *name, size_t len);
+/* The method's parameter table, n_params entries in methods.def order. */
+const rpc_param_desc *rpc_method_params(const rpc_method *m);
+/* The wire type name of a parameter type ("string", "[string]", ...), as PROTOCOL.md shows it. */
+const char *rpc_param_type_to_string(rpc_param_type t);
 
 /* ---- envelope ---------------------------------------------------------- */
 
@@ -144,14 +201,26 @@ void rpc_error_set(rpc_error *e, rpc_error_code code, const char *fmt, ...)
 int rpc_message_decode(rpc_message *m, const uint8_t *buf, size_t len, rpc_error *err);
 void rpc_message_done(rpc_message *m);
 
-/* Validates a request's params against the method's spec. */
-int rpc_params_validate(const rpc_method *method, const msgpack_object *params, rpc_error *err);
+/* Decodes a request's params (NULL: none given) into ret, the method's
+ * rpc_<ident>_params (params_size bytes, zeroed here first), allocating strings
+ * and string arrays in zone. Every invalid_params answer comes from here: a key
+ * that is not a string, unknown or given twice, a value of the wrong type (nil
+ * means "default" for an optional key), a required key missing or nil. */
+int rpc_params_decode(const rpc_method *method, const msgpack_object *params, msgpack_zone *zone, void *ret,
+                      rpc_error *err);
 
-/* Parameter access after validation. */
+/* Whether a peer may call the method: on a sandbox's broker socket only
+ * RPC_SANDBOX_ONLY methods, on the host socket every other one. unauthorized otherwise. */
+int rpc_method_check_peer(const rpc_method *method, bool on_sandbox_socket, rpc_error *err);
+
+/* By-name access to a decoded map, for handlers not yet taking their struct
+ * (daemon/sandbox/sandbox.c) and for hooks that read the raw request. */
 const msgpack_object *rpc_param(const msgpack_object *params, const char *key);
 /* Copies a string param into a new NUL-terminated buffer; NULL if absent. */
 char *rpc_param_strdup(const msgpack_object *params, const char *key);
 bool rpc_param_bool(const msgpack_object *params, const char *key, bool def);
+/* A malloc'd copy of a decoded string array (free with strv_free), for a handler that keeps it. */
+char **rpc_strv_dup(char *const *v);
 /* NULL-terminated array of strings, NULL if absent. */
 char **rpc_param_strv(const msgpack_object *params, const char *key);
 

@@ -22,11 +22,62 @@ const char *rpc_error_code_to_string(rpc_error_code c) {
         return error_code_names[c];
 }
 
+/* Each method's parameter table: offsetof() into its rpc_<ident>_params,
+ * which is named S inside the function holding the table (a macro argument
+ * cannot carry the method's name into REQ/OPT). */
+#define PARAMS(...) __VA_ARGS__
+#define REQ(k, T) PARAM_DESC(k, T, false)
+#define OPT(k, T) PARAM_DESC(k, T, true)
+#define PARAM_DESC(k, T, opt) \
+        { .key = #k, .type = RPC_PARAM_##T, .optional = opt, .offset = offsetof(S, k), .has_offset = HAS_OFFSET_##T(k) },
+#define HAS_OFFSET_STR(k) 0
+#define HAS_OFFSET_BOOL(k) offsetof(S, has_##k)
+#define HAS_OFFSET_UINT(k) offsetof(S, has_##k)
+#define HAS_OFFSET_INT(k) offsetof(S, has_##k)
+#define HAS_OFFSET_STRV(k) 0
+#define HAS_OFFSET_STRMAP(k) 0
+#define HAS_OFFSET_ANY(k) 0
+#define HAS_OFFSET_SECRET(k) 0
+#define METHOD(n, ident, f, params, c, s)                                             \
+        static const rpc_param_desc *param_table_##ident(void) {                     \
+                typedef rpc_##ident##_params S __attribute__((unused));               \
+                static const rpc_param_desc table[] = { params { .key = NULL } };     \
+                return table;                                                         \
+        }
+#include "methods.def"
+#undef METHOD
+#undef PARAM_DESC
+#undef REQ
+#undef OPT
+
+#define REQ(k, T) +1
+#define OPT(k, T) +1
 const rpc_method rpc_methods[_RPC_METHOD_MAX] = {
-#define METHOD(n, ident, f, p, c, s) [RPC_METHOD_##ident] = { .name = n, .id = RPC_METHOD_##ident, .flags = (f), .params = p, .cli = c, .summary = s },
+#define METHOD(n, ident, f, params, c, s)                                                                   \
+        [RPC_METHOD_##ident] = { .name = n, .id = RPC_METHOD_##ident, .flags = (f),                        \
+                                 .param_table = param_table_##ident, .n_params = 0 params,                 \
+                                 .params_size = sizeof(rpc_##ident##_params), .cli = c, .summary = s },
 #include "methods.def"
 #undef METHOD
 };
+#undef REQ
+#undef OPT
+#undef PARAMS
+
+const rpc_param_desc *rpc_method_params(const rpc_method *m) {
+        return m->param_table();
+}
+
+static const char *const param_type_names[_RPC_PARAM_TYPE_MAX] = {
+        [RPC_PARAM_STR] = "string",     [RPC_PARAM_BOOL] = "bool",
+        [RPC_PARAM_UINT] = "uint",      [RPC_PARAM_INT] = "int",
+        [RPC_PARAM_STRV] = "[string]",  [RPC_PARAM_STRMAP] = "{string: string}",
+        [RPC_PARAM_ANY] = "any",       [RPC_PARAM_SECRET] = "string",
+};
+
+const char *rpc_param_type_to_string(rpc_param_type t) {
+        return (unsigned) t < _RPC_PARAM_TYPE_MAX ? param_type_names[t] : "?";
+}
 
 const rpc_method *rpc_method_find(const char *name, size_t len) {
         for (size_t i = 0; i < _RPC_METHOD_MAX; i++)
@@ -145,31 +196,36 @@ void rpc_message_done(rpc_message *m) {
 
 /* ---- parameters -------------------------------------------------------- */
 
-static bool type_matches(char t, const msgpack_object *v, const char **why) {
+static bool str_ok(const msgpack_object *v) {
+        return v->type == MSGPACK_OBJECT_STR && !memchr(v->via.str.ptr, 0, v->via.str.size);
+}
+
+static bool type_matches(rpc_param_type t, const msgpack_object *v, const char **why) {
         switch (t) {
-        case 's':
+        case RPC_PARAM_STR:
+        case RPC_PARAM_SECRET:
                 *why = "a string";
-                return v->type == MSGPACK_OBJECT_STR && !memchr(v->via.str.ptr, 0, v->via.str.size);
-        case 'b':
+                return str_ok(v);
+        case RPC_PARAM_BOOL:
                 *why = "a boolean";
                 return v->type == MSGPACK_OBJECT_BOOLEAN;
-        case 'u':
+        case RPC_PARAM_UINT:
                 *why = "an unsigned integer";
                 return v->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
-        case 'i':
+        case RPC_PARAM_INT:
                 *why = "an integer";
-                return v->type == MSGPACK_OBJECT_POSITIVE_INTEGER || v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER;
-        case 'S':
+                /* A positive integer above INT64_MAX does not fit the member. */
+                return (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= INT64_MAX) ||
+                       v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        case RPC_PARAM_STRV:
                 *why = "an array of strings";
                 if (v->type != MSGPACK_OBJECT_ARRAY)
                         return false;
-                for (uint32_t i = 0; i < v->via.array.size; i++) {
-                        const msgpack_object *e = &v->via.array.ptr[i];
-                        if (e->type != MSGPACK_OBJECT_STR || memchr(e->via.str.ptr, 0, e->via.str.size))
+                for (uint32_t i = 0; i < v->via.array.size; i++)
+                        if (!str_ok(&v->via.array.ptr[i]))
                                 return false;
-                }
                 return true;
-        case 'M':
+        case RPC_PARAM_STRMAP:
                 *why = "a map of strings to strings";
                 /* An empty array is an empty map (Lua's {}); handlers read it
                  * through via.map.size, the common initial member. */
@@ -177,126 +233,167 @@ static bool type_matches(char t, const msgpack_object *v, const char **why) {
                         return true;
                 if (v->type != MSGPACK_OBJECT_MAP)
                         return false;
-                for (uint32_t i = 0; i < v->via.map.size; i++) {
-                        const msgpack_object_kv *kv = &v->via.map.ptr[i];
-                        if (kv->key.type != MSGPACK_OBJECT_STR || kv->val.type != MSGPACK_OBJECT_STR ||
-                            memchr(kv->key.via.str.ptr, 0, kv->key.via.str.size) ||
-                            memchr(kv->val.via.str.ptr, 0, kv->val.via.str.size))
+                for (uint32_t i = 0; i < v->via.map.size; i++)
+                        if (!str_ok(&v->via.map.ptr[i].key) || !str_ok(&v->via.map.ptr[i].val))
                                 return false;
-                }
                 return true;
-        case 'x':
+        case RPC_PARAM_ANY:
                 *why = "anything";
                 return true;
+        default:
+                *why = "?";
+                return false;
         }
-        *why = "?";
-        return false;
 }
 
-/* Walks "key:t key:t? ..." calling fn for each entry; stops when fn returns non-zero. */
-typedef int (*spec_fn)(const char *key, size_t keylen, char type, bool optional, void *userdata);
-static int spec_foreach(const char *spec, spec_fn fn, void *userdata) {
-        const char *p = spec;
-        while (*p) {
-                while (*p == ' ')
-                        p++;
-                if (!*p)
-                        break;
-                const char *key = p;
-                while (*p && *p != ':')
-                        p++;
-                size_t keylen = (size_t) (p - key);
-                char type = p[0] == ':' ? p[1] : '?';
-                p += 2;
-                bool optional = *p == '?';
-                if (optional)
-                        p++;
-                int r = fn(key, keylen, type, optional, userdata);
-                if (r != 0)
+static char *zone_strndup(msgpack_zone *zone, const char *s, size_t n) {
+        char *r = msgpack_zone_malloc(zone, n + 1);
+        if (!r)
+                return NULL;
+        memcpy(r, s, n);
+        r[n] = 0;
+        return r;
+}
+
+/* Stores one checked, non-nil value into its member. */
+static int store_value(const rpc_param_desc *d, const msgpack_object *v, msgpack_zone *zone, uint8_t *base) {
+        void *field = base + d->offset;
+        switch (d->type) {
+        case RPC_PARAM_STR: {
+                char *s = zone_strndup(zone, v->via.str.ptr, v->via.str.size);
+                if (!s)
+                        return -ENOMEM;
+                *(const char **) field = s;
+                break;
+        }
+        case RPC_PARAM_BOOL:
+                *(bool *) field = v->via.boolean;
+                break;
+        case RPC_PARAM_UINT:
+                *(uint64_t *) field = v->via.u64;
+                break;
+        case RPC_PARAM_INT:
+                *(int64_t *) field = v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? v->via.i64 : (int64_t) v->via.u64;
+                break;
+        case RPC_PARAM_STRV: {
+                char **strv = msgpack_zone_malloc(zone, (v->via.array.size + 1) * sizeof(char *));
+                if (!strv)
+                        return -ENOMEM;
+                for (uint32_t i = 0; i < v->via.array.size; i++) {
+                        strv[i] = zone_strndup(zone, v->via.array.ptr[i].via.str.ptr, v->via.array.ptr[i].via.str.size);
+                        if (!strv[i])
+                                return -ENOMEM;
+                }
+                strv[v->via.array.size] = NULL;
+                *(char ***) field = strv;
+                break;
+        }
+        case RPC_PARAM_STRMAP:
+        case RPC_PARAM_ANY:
+        case RPC_PARAM_SECRET:
+        default:
+                *(const msgpack_object **) field = v;
+                break;
+        }
+        if (d->has_offset)
+                *(bool *) (base + d->has_offset) = true;
+        return 0;
+}
+
+static const rpc_param_desc *desc_find(const rpc_method *method, const char *key, size_t len) {
+        const rpc_param_desc *t = rpc_method_params(method);
+        for (size_t i = 0; i < method->n_params; i++)
+                if (strlen(t[i].key) == len && memcmp(t[i].key, key, len) == 0)
+                        return &t[i];
+        return NULL;
+}
+
+/* The map's value for key, or NULL when the key is absent. */
+static const msgpack_object *map_value(const msgpack_object *params, const char *key) {
+        size_t n = strlen(key);
+        for (uint32_t i = 0; params && i < params->via.map.size; i++) {
+                const msgpack_object *k = &params->via.map.ptr[i].key;
+                if (k->via.str.size == n && memcmp(k->via.str.ptr, key, n) == 0)
+                        return &params->via.map.ptr[i].val;
+        }
+        return NULL;
+}
+
+/* Keys, in the order given: names, known, once, of the right type. */
+static int check_keys(const rpc_method *method, const msgpack_object *params, rpc_error *err) {
+        for (uint32_t i = 0; params && i < params->via.map.size; i++) {
+                const msgpack_object_kv *kv = &params->via.map.ptr[i];
+                if (kv->key.type != MSGPACK_OBJECT_STR) {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter names must be strings");
+                        return -EINVAL;
+                }
+                const char *key = kv->key.via.str.ptr;
+                size_t len = kv->key.via.str.size;
+                const rpc_param_desc *d = desc_find(method, key, len);
+                if (!d) {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "unknown parameter '%.*s' for %s",
+                                      (int) (len > 64 ? 64 : len), key, method->name);
+                        return -EINVAL;
+                }
+                for (uint32_t j = 0; j < i; j++) {
+                        const msgpack_object *k = &params->via.map.ptr[j].key;
+                        if (k->via.str.size == len && memcmp(k->via.str.ptr, key, len) == 0) {
+                                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter '%.*s' given twice", (int) len, key);
+                                return -EINVAL;
+                        }
+                }
+                const char *why;
+                /* nil means "default" for optional parameters. */
+                if (kv->val.type == MSGPACK_OBJECT_NIL)
+                        continue;
+                if (!type_matches(d->type, &kv->val, &why)) {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter '%.*s' must be %s", (int) len, key, why);
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+int rpc_params_decode(const rpc_method *method, const msgpack_object *params, msgpack_zone *zone, void *ret,
+                      rpc_error *err) {
+        memset(ret, 0, method->params_size);
+        int r = check_keys(method, params, err);
+        if (r < 0)
+                return r;
+        /* Then the table, in its order: required keys present and not nil. */
+        const rpc_param_desc *t = rpc_method_params(method);
+        for (size_t i = 0; i < method->n_params; i++) {
+                const msgpack_object *v = map_value(params, t[i].key);
+                if (!t[i].optional && !v) {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "missing parameter '%s'", t[i].key);
+                        return -EINVAL;
+                }
+                /* Required means present and non-nil: handlers never see a nil they must have. */
+                if (!t[i].optional && v->type == MSGPACK_OBJECT_NIL) {
+                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter '%s' is required and must not be nil", t[i].key);
+                        return -EINVAL;
+                }
+                if (!v || v->type == MSGPACK_OBJECT_NIL)
+                        continue;
+                r = store_value(&t[i], v, zone, ret);
+                if (r < 0) {
+                        rpc_error_set(err, RPC_E_INTERNAL, "out of memory decoding parameter '%s'", t[i].key);
                         return r;
+                }
         }
         return 0;
 }
 
-typedef struct spec_lookup {
-        const char *key;
-        size_t len;
-        char type;
-        bool found;
-} spec_lookup;
-
-static int spec_lookup_fn(const char *key, size_t keylen, char type, bool optional, void *userdata) {
-        spec_lookup *l = userdata;
-        if (keylen == l->len && memcmp(key, l->key, keylen) == 0) {
-                l->type = type;
-                l->found = true;
-                return 1;
+int rpc_method_check_peer(const rpc_method *method, bool on_sandbox_socket, rpc_error *err) {
+        if (on_sandbox_socket && !(method->flags & RPC_SANDBOX_ONLY)) {
+                rpc_error_set(err, RPC_E_UNAUTHORIZED, "%s is not available from inside a sandbox", method->name);
+                return -EPERM;
         }
-        return 0;
-}
-
-typedef struct required_check {
-        const msgpack_object *params;
-        rpc_error *err;
-} required_check;
-
-static int required_fn(const char *key, size_t keylen, char type, bool optional, void *userdata) {
-        required_check *c = userdata;
-        if (optional)
-                return 0;
-        if (c->params)
-                for (uint32_t i = 0; i < c->params->via.map.size; i++) {
-                        const msgpack_object_kv *kv = &c->params->via.map.ptr[i];
-                        if (kv->key.via.str.size != keylen || memcmp(kv->key.via.str.ptr, key, keylen) != 0)
-                                continue;
-                        /* Required means present and non-nil: handlers never see a nil they must have. */
-                        if (kv->val.type != MSGPACK_OBJECT_NIL)
-                                return 0;
-                        rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "parameter '%.*s' is required and must not be nil",
-                                      (int) keylen, key);
-                        return -1;
-                }
-        rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "missing parameter '%.*s'", (int) keylen, key);
-        return -1;
-}
-
-int rpc_params_validate(const rpc_method *method, const msgpack_object *params, rpc_error *err) {
-        if (params) {
-                for (uint32_t i = 0; i < params->via.map.size; i++) {
-                        const msgpack_object_kv *kv = &params->via.map.ptr[i];
-                        if (kv->key.type != MSGPACK_OBJECT_STR) {
-                                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter names must be strings");
-                                return -EINVAL;
-                        }
-                        spec_lookup l = { .key = kv->key.via.str.ptr, .len = kv->key.via.str.size };
-                        spec_foreach(method->params, spec_lookup_fn, &l);
-                        if (!l.found) {
-                                rpc_error_set(err, RPC_E_INVALID_PARAMS, "unknown parameter '%.*s' for %s",
-                                              (int) (l.len > 64 ? 64 : l.len), l.key, method->name);
-                                return -EINVAL;
-                        }
-                        for (uint32_t j = 0; j < i; j++) {
-                                const msgpack_object *k = &params->via.map.ptr[j].key;
-                                if (k->via.str.size == l.len && memcmp(k->via.str.ptr, l.key, l.len) == 0) {
-                                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter '%.*s' given twice",
-                                                      (int) l.len, l.key);
-                                        return -EINVAL;
-                                }
-                        }
-                        const char *why;
-                        /* nil means "default" for optional parameters. */
-                        if (kv->val.type == MSGPACK_OBJECT_NIL)
-                                continue;
-                        if (!type_matches(l.type, &kv->val, &why)) {
-                                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter '%.*s' must be %s",
-                                              (int) l.len, l.key, why);
-                                return -EINVAL;
-                        }
-                }
+        if (!on_sandbox_socket && (method->flags & RPC_SANDBOX_ONLY)) {
+                rpc_error_set(err, RPC_E_UNAUTHORIZED, "%s is only answered on a sandbox's broker socket ($AGENTD_BROKER)",
+                              method->name);
+                return -EPERM;
         }
-        required_check c = { .params = params, .err = err };
-        if (spec_foreach(method->params, required_fn, &c) != 0)
-                return -EINVAL;
         return 0;
 }
 
@@ -340,6 +437,17 @@ char **rpc_param_strv(const msgpack_object *params, const char *key) {
                 }
         }
         return r;
+}
+
+char **rpc_strv_dup(char *const *v) {
+        size_t n = strv_length(v);
+        _cleanup_strv_free_ char **r = calloc(n + 1, sizeof(char *));
+        if (!r)
+                return NULL;
+        for (size_t i = 0; i < n; i++)
+                if (!(r[i] = strdup(v[i])))
+                        return NULL;
+        return TAKE_PTR(r);
 }
 
 /* ---- encoding ---------------------------------------------------------- */

@@ -437,7 +437,7 @@ void audit_event(manager *m, const char *type, const char *sandbox, json_object 
         json_object_put(fields);
 }
 
-int rpc_audit_verify(rpc_ctx *ctx, rpc_error *err) {
+int rpc_audit_verify(rpc_ctx *ctx, const rpc_audit_verify_params *p, rpc_error *err) {
         if (!the_log.log) {
                 rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "audit log %s", auditlog_state(ctx->m));
                 return -ENODEV;
@@ -548,14 +548,12 @@ static void query_done(uv_work_t *w, int status) {
         query_job_free(j);
 }
 
-int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
+int rpc_audit_query(rpc_ctx *ctx, const rpc_audit_query_params *p, rpc_error *err) {
         if (!the_log.log) {
                 rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "audit log %s", auditlog_state(ctx->m));
                 return -ENODEV;
         }
-        const msgpack_object *since = rpc_param(ctx->params, "since"), *limit = rpc_param(ctx->params, "limit"),
-                             *before = rpc_param(ctx->params, "before");
-        if (limit && (limit->via.u64 == 0 || limit->via.u64 > AUDIT_QUERY_MAX)) {
+        if (p->has_limit && (p->limit == 0 || p->limit > AUDIT_QUERY_MAX)) {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "limit must be 1..%u (page with 'before': the first seq returned)",
                               AUDIT_QUERY_MAX);
                 return -EINVAL;
@@ -564,12 +562,15 @@ int rpc_audit_query(rpc_ctx *ctx, rpc_error *err) {
         if (!j)
                 return -ENOMEM;
         msgpack_sbuffer_init(&j->out);
-        j->sandbox = rpc_param_strdup(ctx->params, "sandbox");
+        if (p->sandbox && !(j->sandbox = strdup(p->sandbox))) {
+                query_job_free(j);
+                return -ENOMEM;
+        }
         j->q = (audit_query_opts) {
                 .sandbox = j->sandbox,
-                .since_ms = since ? since->via.u64 : 0,
-                .before_seq = before ? before->via.u64 : 0,
-                .limit = limit ? (size_t) limit->via.u64 : AUDIT_QUERY_DEFAULT,
+                .since_ms = p->since,
+                .before_seq = p->before,
+                .limit = p->has_limit ? (size_t) p->limit : AUDIT_QUERY_DEFAULT,
                 .max_bytes = AUDIT_QUERY_MAX_BYTES,
         };
         /* Commits and flushes first, as before: the page holds every record

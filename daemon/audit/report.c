@@ -721,8 +721,8 @@ static int job_new(manager *m, const char *id, report_job **ret) {
         return 0;
 }
 
-int rpc_sandbox_report(rpc_ctx *ctx, rpc_error *err) {
-        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "id");
+int rpc_sandbox_report(rpc_ctx *ctx, const rpc_sandbox_report_params *p, rpc_error *err) {
+        const char *id = p->id;
         if (!id_valid(id)) {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "id: not a sandbox id");
                 return -EINVAL;

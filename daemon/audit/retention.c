@@ -184,7 +184,7 @@ void retention_free(manager *m) {
         uv_close((uv_handle_t *) &prune_timer, NULL);
 }
 
-int rpc_agentd_prune(rpc_ctx *ctx, rpc_error *err) {
+int rpc_agentd_prune(rpc_ctx *ctx, const rpc_agentd_prune_params *p, rpc_error *err) {
         prune_result res;
         _cleanup_free_ char *why = NULL;
         int r = retention_prune(ctx->m, &res, &why);

@@ -1469,7 +1469,7 @@ int broker_pack_token(sandbox_creds *c, msgpack_packer *pk, int *ret_fd) {
         return 0;
 }
 
-int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
+int rpc_credentials_get(rpc_ctx *ctx, const rpc_credentials_get_params *p, rpc_error *err) {
         broker *b = ctx->m->broker;
         sandbox_creds *c = b ? find_creds(b, ctx->conn->sandbox_id) : NULL;
         if (c && c->revoked) {
@@ -1497,7 +1497,7 @@ int rpc_credentials_get(rpc_ctx *ctx, rpc_error *err) {
         return 0;
 }
 
-int rpc_broker_status(rpc_ctx *ctx, rpc_error *err) {
+int rpc_broker_status(rpc_ctx *ctx, const rpc_broker_status_params *p, rpc_error *err) {
         manager *m = ctx->m;
         broker *b = m->broker;
         msgpack_pack_map(ctx->pk, b && b->session && b->session_expires_ms ? 6 : 5);
@@ -1577,14 +1577,14 @@ static void after_seal(void *arg) {
         }
 }
 
-int rpc_broker_enroll(rpc_ctx *ctx, rpc_error *err) {
+int rpc_broker_enroll(rpc_ctx *ctx, const rpc_broker_enroll_params *p, rpc_error *err) {
         manager *m = ctx->m;
         broker *b = m->broker;
-        const msgpack_object *sid = rpc_param(ctx->params, "secret_id");
-        _cleanup_free_ char *role = rpc_param_strdup(ctx->params, "role_id");
-        if (!b)
+        const msgpack_object *sid = p->secret_id;
+        _cleanup_free_ char *role = strdup(p->role_id);
+        if (!b || !role)
                 return -ENOMEM;
-        if (!role || !role[0] || strlen(role) > 256 || !sid || sid->via.str.size == 0 || sid->via.str.size > SEAL_SECRET_MAX) {
+        if (!role[0] || strlen(role) > 256 || sid->via.str.size == 0 || sid->via.str.size > SEAL_SECRET_MAX) {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "role_id must be 1..256 bytes and secret_id 1..%d bytes", SEAL_SECRET_MAX);
                 return -EINVAL;
         }

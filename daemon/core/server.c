@@ -29,9 +29,17 @@
 /* At most one "requests suppressed" audit record per sandbox and method per interval. */
 #define SUPPRESSED_INTERVAL_MS 1000u
 
-typedef int (*rpc_handler)(rpc_ctx *ctx, rpc_error *err);
+/* One entry per method: calls its handler with the decoded parameters. */
+typedef int (*rpc_handler)(rpc_ctx *ctx, const void *params, rpc_error *err);
+#define METHOD(name, ident, flags, params, cli, summary)                                 \
+        static int call_##ident(rpc_ctx *ctx, const void *p, rpc_error *err) {          \
+                RPC_IF_BY_NAME(ident, (void) p; return rpc_##ident(ctx, err);,           \
+                               return rpc_##ident(ctx, p, err);)                          \
+        }
+#include "methods.def"
+#undef METHOD
 static const rpc_handler handlers[_RPC_METHOD_MAX] = {
-#define METHOD(name, ident, flags, params, cli, summary) [RPC_METHOD_##ident] = rpc_##ident,
+#define METHOD(name, ident, flags, params, cli, summary) [RPC_METHOD_##ident] = call_##ident,
 #include "methods.def"
 #undef METHOD
 };
@@ -48,28 +56,6 @@ static void connection_update_poll(connection *c);
 static void connection_drain(connection *c) {
         if (c->state == CONNECTION_OPEN)
                 c->state = CONNECTION_DRAINING;
-}
-
-static uint64_t pid_starttime(pid_t pid) {
-        char path[64], buf[1024];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return 0;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n <= 0)
-                return 0;
-        buf[n] = 0;
-        /* Field 22, counted after the ')' closing the command name. */
-        char *p = strrchr(buf, ')');
-        if (!p)
-                return 0;
-        unsigned field = 2;
-        for (p++; *p && field < 22; p++)
-                if (*p == ' ')
-                        field++;
-        return strtoull(p, NULL, 10);
 }
 
 connection *connection_ref(connection *c) {
@@ -397,22 +383,10 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 rpc_message_done(&msg);
                 return;
         }
-        if (rpc_params_validate(method, msg.params, &err) < 0) {
+        rpc_params_any args;
+        if (rpc_params_decode(method, msg.params, msg.unpacked.zone, &args, &err) < 0 ||
+            rpc_method_check_peer(method, c->sandbox_id != NULL, &err) < 0) {
                 send_packed_error(c, true, msg.msgid, err.code, err.message);
-                rpc_message_done(&msg);
-                return;
-        }
-        if (c->sandbox_id && !(method->flags & RPC_SANDBOX_ONLY)) {
-                char text[160];
-                snprintf(text, sizeof(text), "%s is not available from inside a sandbox", method->name);
-                send_packed_error(c, true, msg.msgid, RPC_E_UNAUTHORIZED, text);
-                rpc_message_done(&msg);
-                return;
-        }
-        if (!c->sandbox_id && (method->flags & RPC_SANDBOX_ONLY)) {
-                char text[160];
-                snprintf(text, sizeof(text), "%s is only answered on a sandbox's broker socket ($AGENTD_BROKER)", method->name);
-                send_packed_error(c, true, msg.msgid, RPC_E_UNAUTHORIZED, text);
                 rpc_message_done(&msg);
                 return;
         }
@@ -462,7 +436,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 .m = m, .conn = c, .msg = &msg, .params = msg.params, .method = method, .pk = &pk,
         };
         connection_ref(c);
-        int r = handlers[method->id](&ctx, &err);
+        int r = handlers[method->id](&ctx, &args, &err);
         /* Every request is evidence: who asked what, and how it went. */
         json_object *ev = json_object_new_object();
         json_object_object_add(ev, "method", json_object_new_string(method->name));
@@ -661,7 +635,6 @@ int server_adopt(manager *m, int fd, sandbox_listener *l) {
         c->fd = fd;
         c->refcount = 1;
         c->peer = cred;
-        c->peer_starttime = pid_starttime(cred.pid);
         c->state = CONNECTION_OPEN;
         int r = sandbox_id && !(c->sandbox_id = strdup(sandbox_id)) ? -ENOMEM : uv_poll_init(m->loop, &c->poll, fd);
         if (r < 0) {

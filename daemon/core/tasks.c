@@ -130,7 +130,7 @@ size_t tasks_n_errors(manager *m) {
         return m->tasks ? policy_registry_n_errors(m->tasks) : 0;
 }
 
-int rpc_task_list(rpc_ctx *ctx, rpc_error *err) {
+int rpc_task_list(rpc_ctx *ctx, const rpc_task_list_params *p, rpc_error *err) {
         manager *m = ctx->m;
         size_t n = policy_registry_count(m->tasks), n_err = policy_registry_n_errors(m->tasks);
         msgpack_pack_array(ctx->pk, n + n_err);
@@ -291,10 +291,8 @@ void pack_task_policy(msgpack_packer *pk, const task_policy *p) {
         pack_origins(pk, p);
 }
 
-int rpc_task_show(rpc_ctx *ctx, rpc_error *err) {
-        _cleanup_free_ char *name = rpc_param_strdup(ctx->params, "name");
-        if (!name)
-                return -ENOMEM;
+int rpc_task_show(rpc_ctx *ctx, const rpc_task_show_params *args, rpc_error *err) {
+        const char *name = args->name;
         const task_policy *p = policy_registry_find(ctx->m->tasks, name);
         if (!p) {
                 /* A task whose file is broken is not "not found": say what is wrong with it. */
@@ -317,10 +315,11 @@ int rpc_task_show(rpc_ctx *ctx, rpc_error *err) {
 
 /* task.check: parse a task file's text as the daemon would load it (source names it in
  * messages; name defaults to the source's file name without ".task"). */
-int rpc_task_check(rpc_ctx *ctx, rpc_error *err) {
-        const msgpack_object *text = rpc_param(ctx->params, "text");
-        _cleanup_free_ char *source = rpc_param_strdup(ctx->params, "source");
-        _cleanup_free_ char *name = rpc_param_strdup(ctx->params, "name");
+int rpc_task_check(rpc_ctx *ctx, const rpc_task_check_params *args, rpc_error *err) {
+        const char *source = args->source;
+        _cleanup_free_ char *name = args->name ? strdup(args->name) : NULL;
+        if (args->name && !name)
+                return -ENOMEM;
         if (!name) {
                 policy_error e = {};
                 snprintf(e.file, sizeof(e.file), "%s", source ? source : "check.task");
@@ -337,7 +336,7 @@ int rpc_task_check(rpc_ctx *ctx, rpc_error *err) {
         }
         _cleanup_task_policy_ task_policy *p = NULL;
         policy_error e = {};
-        int r = policy_parse_buffer(text->via.str.ptr, text->via.str.size, source ? source : "check.task", name,
+        int r = policy_parse_buffer(args->text, strlen(args->text), source ? source : "check.task", name,
                                     ctx->m->home, &p, &e);
         if (r == -ENOMEM)
                 return r;

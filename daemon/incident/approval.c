@@ -437,7 +437,7 @@ void approvals_free(manager *m) {
 
 /* ---- methods ---- */
 
-int rpc_approval_list(rpc_ctx *ctx, rpc_error *err) {
+int rpc_approval_list(rpc_ctx *ctx, const rpc_approval_list_params *args, rpc_error *err) {
         approvals *t = ctx->m->approvals;
         list_head *i, *n;
         msgpack_pack_array(ctx->pk, t ? t->n_pending : 0);
@@ -448,19 +448,13 @@ int rpc_approval_list(rpc_ctx *ctx, rpc_error *err) {
         return 0;
 }
 
-int rpc_approval_answer(rpc_ctx *ctx, rpc_error *err) {
+int rpc_approval_answer(rpc_ctx *ctx, const rpc_approval_answer_params *args, rpc_error *err) {
         manager *m = ctx->m;
-        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "id");
-        _cleanup_free_ char *decision = rpc_param_strdup(ctx->params, "decision");
-        _cleanup_free_ char *scope_s = rpc_param_strdup(ctx->params, "scope");
+        const char *id = args->id, *decision = args->decision, *scope_s = args->scope;
         approval_scope scope = SCOPE_ONCE;
         bool approve;
         char by[PATH_MAX + 64], exe[PATH_MAX], p[64];
 
-        if (!id || !decision) {
-                rpc_error_set(err, RPC_E_INTERNAL, "out of memory");
-                return -ENOMEM;
-        }
         if (streq(decision, "approve"))
                 approve = true;
         else if (streq(decision, "deny"))
@@ -583,9 +577,9 @@ static void on_cred_answer(bool approved, const char *reason, void *userdata) {
         cred_request_free(q);
 }
 
-int rpc_credentials_request(rpc_ctx *ctx, rpc_error *err) {
+int rpc_credentials_request(rpc_ctx *ctx, const rpc_credentials_request_params *args, rpc_error *err) {
         manager *m = ctx->m;
-        _cleanup_strv_free_ char **policies = rpc_param_strv(ctx->params, "policies");
+        char **policies = args->policies;
         size_t n = 0;
 
         for (char **p = policies; p && *p; p++, n++)
@@ -616,9 +610,9 @@ int rpc_credentials_request(rpc_ctx *ctx, rpc_error *err) {
         q->m = m;
         snprintf(q->sandbox, sizeof(q->sandbox), "%s", s->id);
         q->task = strdup(s->task);
-        q->policies = TAKE_PTR(policies);
+        q->policies = rpc_strv_dup(policies);
         q->ttl_usec = tp ? tp->token_ttl_usec : POLICY_DEFAULT_TOKEN_TTL_USEC;
-        if (!q->task) {
+        if (!q->task || !q->policies) {
                 cred_request_free(q);
                 return -ENOMEM;
         }

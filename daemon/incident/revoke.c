@@ -622,11 +622,10 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         return 0;
 }
 
-int rpc_credentials_revoke(rpc_ctx *ctx, rpc_error *err) {
+int rpc_credentials_revoke(rpc_ctx *ctx, const rpc_credentials_revoke_params *p, rpc_error *err) {
         manager *m = ctx->m;
-        bool all = rpc_param_bool(ctx->params, "all", false);
-        _cleanup_free_ char *sid = rpc_param_strdup(ctx->params, "sandbox");
-        _cleanup_free_ char *task = rpc_param_strdup(ctx->params, "task");
+        bool all = p->all;
+        const char *sid = p->sandbox, *task = p->task;
         if ((all ? 1 : 0) + (sid ? 1 : 0) + (task ? 1 : 0) != 1) {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "give exactly one of 'all: true', 'sandbox' or 'task'");
                 return -EINVAL;
@@ -638,13 +637,13 @@ int rpc_credentials_revoke(rpc_ctx *ctx, rpc_error *err) {
         rpc_call *call = rpc_ctx_defer(ctx);
         if (!call)
                 return -ENOMEM;
-        int r = revoke_begin(m, all, sid, task, rpc_param_bool(ctx->params, "freeze_only", false), call, NULL);
+        int r = revoke_begin(m, all, sid, task, p->freeze_only, call, NULL);
         if (r < 0)
                 return r; /* dispatch answers through ctx->async */
         return 0;
 }
 
-int rpc_agentd_unlock(rpc_ctx *ctx, rpc_error *err) {
+int rpc_agentd_unlock(rpc_ctx *ctx, const rpc_agentd_unlock_params *args, rpc_error *err) {
         manager *m = ctx->m;
         _cleanup_free_ char *p = lockdown_path(m);
         bool was = m->locked_down;

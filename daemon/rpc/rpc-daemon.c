@@ -12,7 +12,7 @@
 #include "core/server.h"
 #include "audit/telemetry.h"
 
-int rpc_agentd_ping(rpc_ctx *ctx, rpc_error *err) {
+int rpc_agentd_ping(rpc_ctx *ctx, const rpc_agentd_ping_params *p, rpc_error *err) {
         msgpack_packer *pk = ctx->pk;
         msgpack_pack_map(pk, 3);
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
@@ -33,7 +33,7 @@ static uint64_t count_open_fds(void) {
         return n > 0 ? n - 1 : 0;   /* not the one opendir() holds */
 }
 
-int rpc_agentd_status(rpc_ctx *ctx, rpc_error *err) {
+int rpc_agentd_status(rpc_ctx *ctx, const rpc_agentd_status_params *p, rpc_error *err) {
         manager *m = ctx->m;
         msgpack_packer *pk = ctx->pk;
 

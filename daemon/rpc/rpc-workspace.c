@@ -486,11 +486,10 @@ static int job_queue_call(ws_job *j, rpc_ctx *ctx, sandbox *s, rpc_error *err) {
         return r;
 }
 
-static sandbox *lookup_layer(rpc_ctx *ctx, rpc_error *err) {
-        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "id");
-        sandbox *s = id ? sandbox_find(ctx->m, id) : NULL;
+static sandbox *lookup_layer(rpc_ctx *ctx, const char *id, rpc_error *err) {
+        sandbox *s = sandbox_find(ctx->m, id);
         if (!s) {
-                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id ? id : "");
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id);
                 return NULL;
         }
         if (s->workspace_mode != WORKSPACE_OVERLAY) {
@@ -504,26 +503,26 @@ static sandbox *lookup_layer(rpc_ctx *ctx, rpc_error *err) {
         return s;
 }
 
-int rpc_sandbox_diff(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup_layer(ctx, err);
+int rpc_sandbox_diff(rpc_ctx *ctx, const rpc_sandbox_diff_params *p, rpc_error *err) {
+        sandbox *s = lookup_layer(ctx, p->id, err);
         if (!s)
                 return -ENOENT;
         ws_job *j = job_new(WS_JOB_DIFF, ctx->m, s);
         if (!j)
                 return -ENOMEM;
-        j->patch = rpc_param_bool(ctx->params, "patch", false);
+        j->patch = p->patch;
         return job_queue_call(j, ctx, s, err);
 }
 
-int rpc_sandbox_promote(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup_layer(ctx, err);
+int rpc_sandbox_promote(rpc_ctx *ctx, const rpc_sandbox_promote_params *p, rpc_error *err) {
+        sandbox *s = lookup_layer(ctx, p->id, err);
         if (!s)
                 return -ENOENT;
         if (!sandbox_ended(s)) {
                 rpc_error_set(err, RPC_E_POLICY_DENIED, "sandbox %s is still running: wait for it or kill it before promoting", s->id);
                 return -EBUSY;
         }
-        _cleanup_strv_free_ char **paths = rpc_param_strv(ctx->params, "paths");
+        char **paths = p->paths;
         for (size_t i = 0; paths && paths[i]; i++)
                 if (paths[i][0] == '/' || strstr(paths[i], "..") || !paths[i][0]) {
                         rpc_error_set(err, RPC_E_INVALID_PARAMS, "paths are relative to the workspace, without '..': '%.200s'", paths[i]);
@@ -532,13 +531,16 @@ int rpc_sandbox_promote(rpc_ctx *ctx, rpc_error *err) {
         ws_job *j = job_new(WS_JOB_PROMOTE, ctx->m, s);
         if (!j)
                 return -ENOMEM;
-        j->paths = TAKE_PTR(paths);
-        j->hooks = rpc_param_bool(ctx->params, "include_hooks", false);
+        if (paths && !(j->paths = rpc_strv_dup(paths))) {
+                job_free(j);
+                return -ENOMEM;
+        }
+        j->hooks = p->include_hooks;
         return job_queue_call(j, ctx, s, err);
 }
 
-int rpc_sandbox_discard(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup_layer(ctx, err);
+int rpc_sandbox_discard(rpc_ctx *ctx, const rpc_sandbox_discard_params *p, rpc_error *err) {
+        sandbox *s = lookup_layer(ctx, p->id, err);
         if (!s)
                 return -ENOENT;
         if (!sandbox_ended(s)) {

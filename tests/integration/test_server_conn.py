@@ -157,6 +157,60 @@ def test_malformed_then_hangup_broker_socket():
         assert_serving(d)
 
 
+ASK_EVERY = r"""
+import json, os, socket, sys, msgpack
+p = os.environ['AGENTD_BROKER']
+out = {}
+s = socket.socket(socket.AF_UNIX); s.connect(p)
+replies = msgpack.Unpacker(s.makefile("rb", buffering=0), raw=False)
+for i, (method, params) in enumerate(json.loads(sys.argv[1])):
+    s.sendall(msgpack.packb([0, i, method, [params]]))
+    msg = next(replies)
+    out[method] = msg[2] if msg[1] == i else ["unexpected reply", msg]
+print(json.dumps(out))
+"""
+
+
+def method_flags():
+    """{method: set of RPC_* flags} from proto/methods.def."""
+    import re
+    from test_wire import METHODS_DEF
+    text = open(METHODS_DEF).read()
+    return {name: {f.strip() for f in flags.split("|")}
+            for name, flags in re.findall(r'METHOD\("([^"]+)",\s*\w+,\s*([^,]+),', text)}
+
+
+def test_host_only_methods_refused_on_broker_socket():
+    """Every method of the table is host-only or sandbox-only, and dispatch holds
+    it to that: each host-only method, called with valid parameters on a
+    sandbox's $AGENTD_BROKER, is unauthorized (it never runs), and each
+    sandbox-only one is unauthorized on the host socket (needs swtpm and the
+    Vault dev server)."""
+    import json
+    import shutil
+    from test_wire import methods, sample
+    if not shutil.which("swtpm"):
+        print("swtpm not installed")
+        return "skip"
+    from test_broker import enrolled_daemon
+    flags = method_flags()
+    assert all(("RPC_HOST_ONLY" in f) != ("RPC_SANDBOX_ONLY" in f) for f in flags.values()), flags
+    host = [(name, {k: sample(t) for k, t, opt in spec if not opt})
+            for name, spec in methods() if "RPC_HOST_ONLY" in flags[name]]
+    assert len(host) >= 20 and "agentd.ping" in dict(host) and "task.show" in dict(host), host
+    with enrolled_daemon() as (tpm, vault, d, ws, c):
+        p = d.agentctl("spawn", "--task", "creds", "--", "/usr/bin/python3", "-c", ASK_EVERY, json.dumps(host),
+                       cwd=ws, timeout=120)
+        assert p.returncode == 0, (p, d.read_log()[-3000:])
+        got = json.loads(p.stdout.decode())
+        for name, _ in host:
+            assert got[name] == [0, f"unauthorized: {name} is not available from inside a sandbox"], (name, got[name])
+        for name in (n for n, f in flags.items() if "RPC_SANDBOX_ONLY" in f):
+            err, _ = c.call(name, {"policies": ["x"]} if name == "credentials.request" else {})
+            assert err["code"] == "unauthorized" and "$AGENTD_BROKER" in err["message"], (name, err)
+        assert_serving(d)
+
+
 def test_agentd_memory_not_readable_by_its_user():
     """agentd is not dumpable: another process of the same user cannot read its
     memory, environment or fd table (and it leaves no core dump)."""

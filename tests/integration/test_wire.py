@@ -17,11 +17,8 @@ def methods():
     """(name, [(key, type, optional)]) from the one method table."""
     text = open(METHODS_DEF).read()
     out = []
-    for name, params in re.findall(r'METHOD\("([^"]+)",\s*\w+,\s*[^,]+,\s*"([^"]*)"', text):
-        spec = []
-        for item in params.split():
-            key, t = item.split(":")
-            spec.append((key, t.rstrip("?"), t.endswith("?")))
+    for name, params in re.findall(r'METHOD\("([^"]+)",\s*\w+,\s*[^,]+,\s*PARAMS\(((?:\s*(?:REQ|OPT)\(\w+, \w+\))*)\s*\)', text):
+        spec = [(key, t, kind == "OPT") for kind, key, t in re.findall(r'(REQ|OPT)\((\w+), (\w+)\)', params)]
         out.append((name, spec))
     assert len(out) >= 20, out
     return out
@@ -96,7 +93,7 @@ def test_all_defaults_forms():
 
 
 def sample(t):
-    return {"s": "x", "b": True, "u": 1, "i": 1, "S": [], "M": {}, "x": 1}[t]
+    return {"STR": "x", "SECRET": "x", "BOOL": True, "UINT": 1, "INT": 1, "STRV": [], "STRMAP": {}, "ANY": 1}[t]
 
 
 def test_required_nil_every_method():

@@ -241,10 +241,11 @@ START_TEST(test_decode_request) {
         ck_assert_uint_eq(m.method_len, strlen("sandbox.kill"));
         const rpc_method *meth = rpc_method_find(m.method, m.method_len);
         ck_assert_ptr_nonnull(meth);
-        ck_assert_int_eq(rpc_params_validate(meth, m.params, &err), 0);
-        char *id = rpc_param_strdup(m.params, "id");
-        ck_assert_str_eq(id, "abc");
-        free(id);
+        rpc_params_any args;
+        ck_assert_int_eq(rpc_params_decode(meth, m.params, m.unpacked.zone, &args, &err), 0);
+        ck_assert_str_eq(args.sandbox_kill.id, "abc");
+        ck_assert_ptr_nonnull(args.sandbox_kill.signal);
+        ck_assert_int_eq(args.sandbox_kill.signal->via.u64, 9);
         rpc_message_done(&m);
         buf_done(&b);
 }
@@ -312,6 +313,11 @@ START_TEST(test_decode_bad_envelopes) {
 }
 END_TEST
 
+static int params_decode(const rpc_method *meth, rpc_message *m, rpc_error *err) {
+        rpc_params_any args;
+        return rpc_params_decode(meth, m->params, m->unpacked.zone, &args, err);
+}
+
 static int validate(const char *method, void (*fill)(msgpack_packer *), rpc_error *err) {
         buf b;
         buf_init(&b);
@@ -321,7 +327,7 @@ static int validate(const char *method, void (*fill)(msgpack_packer *), rpc_erro
         rpc_message m;
         int r = decode_packed(&b, &m, err);
         if (r == 0)
-                r = rpc_params_validate(rpc_method_find(m.method, m.method_len), m.params, err);
+                r = params_decode(rpc_method_find(m.method, m.method_len), &m, err);
         rpc_message_done(&m);
         buf_done(&b);
         return r;
@@ -384,48 +390,21 @@ static void fill_empty_array(msgpack_packer *pk) {
 
 /* Every method's every required parameter, given as nil (the others present
  * and valid): invalid_params naming it, from the one validation place. */
-static void pack_value_of_type(msgpack_packer *pk, char t) {
+static void pack_value_of_type(msgpack_packer *pk, rpc_param_type t) {
         switch (t) {
-        case 'b': msgpack_pack_true(pk); break;
-        case 'u': case 'i': msgpack_pack_uint8(pk, 1); break;
-        case 'S': msgpack_pack_array(pk, 0); break;
-        case 'M': msgpack_pack_map(pk, 0); break;
+        case RPC_PARAM_BOOL: msgpack_pack_true(pk); break;
+        case RPC_PARAM_UINT: case RPC_PARAM_INT: msgpack_pack_uint8(pk, 1); break;
+        case RPC_PARAM_STRV: msgpack_pack_array(pk, 0); break;
+        case RPC_PARAM_STRMAP: msgpack_pack_map(pk, 0); break;
         default: mp_pack_cstr(pk, "x");
         }
-}
-
-typedef struct spec_item {
-        char key[32];
-        char type;
-        bool optional;
-} spec_item;
-
-static size_t parse_spec(const char *spec, spec_item *items, size_t max) {
-        size_t n = 0;
-        for (const char *p = spec; *p && n < max;) {
-                while (*p == ' ')
-                        p++;
-                if (!*p)
-                        break;
-                size_t k = strcspn(p, ":");
-                ck_assert_uint_lt(k, sizeof(items[n].key));
-                memcpy(items[n].key, p, k);
-                items[n].key[k] = 0;
-                items[n].type = p[k + 1];
-                p += k + 2;
-                items[n].optional = *p == '?';
-                if (*p == '?')
-                        p++;
-                n++;
-        }
-        return n;
 }
 
 START_TEST(test_required_nil_every_method) {
         unsigned checked = 0;
         for (size_t mi = 0; mi < _RPC_METHOD_MAX; mi++) {
-                spec_item items[16];
-                size_t n = parse_spec(rpc_methods[mi].params, items, 16);
+                const rpc_param_desc *items = rpc_method_params(&rpc_methods[mi]);
+                size_t n = rpc_methods[mi].n_params;
                 for (size_t nil_at = 0; nil_at < n; nil_at++) {
                         if (items[nil_at].optional)
                                 continue;
@@ -449,7 +428,7 @@ START_TEST(test_required_nil_every_method) {
                         rpc_message m;
                         rpc_error err = { 0 };
                         ck_assert_int_eq(decode_packed(&b, &m, &err), 0);
-                        ck_assert_int_eq(rpc_params_validate(&rpc_methods[mi], m.params, &err), -EINVAL);
+                        ck_assert_int_eq(params_decode(&rpc_methods[mi], &m, &err), -EINVAL);
                         ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
                         char want[64];
                         snprintf(want, sizeof(want), "'%s'", items[nil_at].key);

@@ -8,12 +8,21 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const TYPES = { s: "string", b: "boolean", u: "number", i: "number", S: "string[]", M: "Record<string, string>", x: "unknown" };
-const WIRE = { s: "string", b: "bool", u: "uint", i: "int", S: "[string]", M: "{string: string}", x: "any" };
+// methods.def's parameter types (REQ(key, TYPE) / OPT(key, TYPE)): TypeScript and wire names.
+const TYPES = {
+  STR: "string", SECRET: "string", BOOL: "boolean", UINT: "number", INT: "number", STRV: "string[]",
+  STRMAP: "Record<string, string>", ANY: "unknown",
+};
+const WIRE = {
+  STR: "string", SECRET: "string", BOOL: "bool", UINT: "uint", INT: "int", STRV: "[string]",
+  STRMAP: "{string: string}", ANY: "any",
+};
 
 const STR = String.raw`"(?:[^"\\]|\\.)*"`;
 const STRS = String.raw`(?:${STR}\s*)+`;
-const METHOD_RE = new RegExp(String.raw`^METHOD\(\s*(${STR})\s*,\s*(\w+)\s*,\s*([^,]+?)\s*,\s*(${STRS}),\s*(${STRS}),\s*(${STRS})\)`, "gm");
+const PARAM = String.raw`(?:REQ|OPT)\(\s*\w+\s*,\s*\w+\s*\)`;
+const PARAMS = String.raw`PARAMS\(((?:\s*${PARAM})*)\s*\)`;
+const METHOD_RE = new RegExp(String.raw`^METHOD\(\s*(${STR})\s*,\s*(\w+)\s*,\s*([^,]+?)\s*,\s*${PARAMS}\s*,\s*(${STRS}),\s*(${STRS})\)`, "gm");
 
 function cstr(lit) {
   // A sequence of adjacent C string literals, concatenated.
@@ -24,10 +33,9 @@ export function parseMethods(text) {
   const methods = [];
   for (const m of text.matchAll(METHOD_RE)) {
     const flags = m[3].split("|").map((f) => f.trim()).filter((f) => f !== "0");
-    const params = cstr(m[4]).split(/\s+/).filter(Boolean).map((p) => {
-      const match = /^([a-z_]+):([sbuiSMx])(\??)$/.exec(p);
-      if (!match) throw new Error(`methods.def: bad parameter '${p}' of ${cstr(m[1])}`);
-      return { key: match[1], type: WIRE[match[2]], tsType: TYPES[match[2]], optional: match[3] === "?" };
+    const params = [...m[4].matchAll(/(REQ|OPT)\(\s*(\w+)\s*,\s*(\w+)\s*\)/g)].map((p) => {
+      if (!/^[a-z_]+$/.test(p[2]) || !(p[3] in WIRE)) throw new Error(`methods.def: bad parameter '${p[0]}' of ${cstr(m[1])}`);
+      return { key: p[2], type: WIRE[p[3]], tsType: TYPES[p[3]], optional: p[1] === "OPT" };
     });
     methods.push({
       name: cstr(m[1]),

@@ -5,28 +5,28 @@ export const METHODS = Object.freeze([
   {
     name: "agentd.ping",
     fn: "agentdPing",
-    hostOnly: false, sandboxOnly: false, async: false,
+    hostOnly: true, sandboxOnly: false, async: false,
     params: [],
     summary: "Liveness check: {version, protocol, uptime_ms}",
   },
   {
     name: "agentd.status",
     fn: "agentdStatus",
-    hostOnly: false, sandboxOnly: false, async: false,
+    hostOnly: true, sandboxOnly: false, async: false,
     params: [],
     summary: "Daemon state: {version, protocol, sandboxes, locked_down, vault, tpm, cgroup, ...}",
   },
   {
     name: "task.list",
     fn: "taskList",
-    hostOnly: false, sandboxOnly: false, async: false,
+    hostOnly: true, sandboxOnly: false, async: false,
     params: [],
     summary: "Task policies: array of {name, description, source, error?} (error: a broken file, file:line: key: reason)",
   },
   {
     name: "task.show",
     fn: "taskShow",
-    hostOnly: false, sandboxOnly: false, async: false,
+    hostOnly: true, sandboxOnly: false, async: false,
     params: [
       { key: "name", type: "string", optional: false },
     ],
@@ -35,7 +35,7 @@ export const METHODS = Object.freeze([
   {
     name: "task.check",
     fn: "taskCheck",
-    hostOnly: false, sandboxOnly: false, async: false,
+    hostOnly: true, sandboxOnly: false, async: false,
     params: [
       { key: "text", type: "string", optional: false },
       { key: "source", type: "string", optional: true },
