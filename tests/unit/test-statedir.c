@@ -184,6 +184,9 @@ START_TEST(test_sweep_removes_promote_temps_where_the_layer_reaches) {
         put("ws/src/.agentd-promote", "not the prefix");
         put("ws/src/main.c", "user's file");
         dir("ws/src/.agentd-promote.dir");
+        char fifo[512];
+        snprintf(fifo, sizeof(fifo), "%s/ws/src/.agentd-promote.fifo", tmp);
+        ck_assert_int_eq(mkfifo(fifo, 0600), 0);
         char p[512];
         snprintf(p, sizeof(p), "%s/ws/.agentd-promote.link", tmp);
         ck_assert_int_eq(symlink("/nonexistent", p), 0);
@@ -202,6 +205,7 @@ START_TEST(test_sweep_removes_promote_temps_where_the_layer_reaches) {
         ck_assert(there("ws/src/.agentd-promote"));
         ck_assert(there("ws/src/main.c"));
         ck_assert(there("ws/src/.agentd-promote.dir"));
+        ck_assert(there("ws/src/.agentd-promote.fifo")); /* not a file promote writes */
         ck_assert(there("sandboxes/bbbbbbbbbbbb/meta.json"));
 }
 END_TEST
