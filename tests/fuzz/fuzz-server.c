@@ -17,10 +17,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "auditlog.h"
+#include "audit/auditlog.h"
 #include "log.h"
 #include "macro.h"
-#include "sandbox.h"
+#include "sandbox/sandbox.h"
 #include "server.h"
 
 #define MAX_PEERS 6
