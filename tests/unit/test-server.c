@@ -311,7 +311,7 @@ static void expect_error(peer *p, uint32_t msgid, const char *code, const char *
 static void expect_hangup(peer *p) {
         msgpack_unpacked u;
         msgpack_unpacked_init(&u);
-        ck_assert_msg(!next_message(p, &u, 200), "a message after the end");
+        ck_assert_msg(!next_message(p, &u, 2000), "a message after the end");
         msgpack_unpacked_destroy(&u);
         char c;
         ck_assert_int_eq(recv(p->fd, &c, 1, MSG_DONTWAIT), 0);
