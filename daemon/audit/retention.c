@@ -31,101 +31,11 @@
 
 #define PRUNE_INTERVAL_MS (60u * 60u * 1000u)
 
-typedef struct record {
-        char id[16];
-        uint64_t started_at;
-        int64_t mtime;      /* meta.json's: written last when the sandbox ended */
-} record;
-
 static uv_timer_t prune_timer;
 static bool prune_timer_on;
 
-static int cmp_newest_first(const void *a, const void *b) {
-        const record *x = a, *y = b;
-        return x->started_at > y->started_at ? -1 : x->started_at < y->started_at;
-}
-
-static bool has_snapshots(int sb_fd, const char *id) {
-        char p[64];
-        snprintf(p, sizeof(p), "%s/snapshots", id);
-        struct stat st;
-        return fstatat(sb_fd, p, &st, AT_SYMLINK_NOFOLLOW) == 0;
-}
-
-/* Records on disk, with what the rules need. */
-static int list_records(int sb_fd, record **ret, size_t *ret_n) {
-        int dfd = fcntl(sb_fd, F_DUPFD_CLOEXEC, 3);
-        DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
-        if (!d) {
-                safe_close(dfd);
-                return -errno;
-        }
-        record *v = NULL;
-        size_t n = 0;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-                if (strlen(de->d_name) != 12 || de->d_name[0] == '.')
-                        continue;
-                char p[PATH_MAX];
-                snprintf(p, sizeof(p), "/proc/self/fd/%d/%s/meta.json", sb_fd, de->d_name);
-                struct stat st;
-                if (stat(p, &st) < 0)
-                        continue;
-                /* Every record: one still "running" on disk whose sandbox is not live
-                 * in memory died with an earlier agentd (sandbox_forget() refuses live ones). */
-                json_object *o = json_object_from_file(p), *x;
-                uint64_t started = o && json_object_object_get_ex(o, "started_at", &x) ? (uint64_t) json_object_get_int64(x) : 0;
-                json_object_put(o);
-                record *nv = realloc(v, (n + 1) * sizeof(*v));
-                if (!nv) {
-                        closedir(d);
-                        free(v);
-                        return -ENOMEM;
-                }
-                v = nv;
-                snprintf(v[n].id, sizeof(v[n].id), "%s", de->d_name);
-                v[n].started_at = started;
-                v[n].mtime = st.st_mtim.tv_sec;
-                n++;
-        }
-        closedir(d);
-        *ret = v;
-        *ret_n = n;
-        return 0;
-}
-
-static void prune_sandboxes(manager *m, prune_result *res) {
-        char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/sandboxes", m->config->state_directory);
-        _cleanup_close_ int sb_fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (sb_fd < 0)
-                return;
-        _cleanup_free_ record *v = NULL;
-        size_t n = 0;
-        if (list_records(sb_fd, &v, &n) < 0)
-                return;
-        qsort(v, n, sizeof(*v), cmp_newest_first);
-        int64_t cutoff = m->config->retention_sandbox_days > 0
-                                 ? (int64_t) time(NULL) - (int64_t) m->config->retention_sandbox_days * 86400
-                                 : 0;
-        for (size_t i = 0; i < n; i++) {
-                bool too_many = m->config->retention_sandbox_records > 0 && i >= m->config->retention_sandbox_records;
-                bool too_old = cutoff > 0 && v[i].mtime < cutoff;
-                if (!too_many && !too_old)
-                        continue;
-                if (has_snapshots(sb_fd, v[i].id)) {
-                        res->sandboxes_kept_evidence++;
-                        continue;
-                }
-                /* Still in use in memory (a waiter, a live process): next time. */
-                if (sandbox_forget(m, v[i].id) < 0)
-                        continue;
-                int r = statedir_remove_tree(sb_fd, v[i].id);
-                if (r < 0)
-                        log_warning("retention: cannot remove sandbox %s: %s", v[i].id, strerror(-r));
-                else
-                        res->sandboxes_removed++;
-        }
+static int forget_sandbox(void *userdata, const char *id) {
+        return sandbox_forget(userdata, id);
 }
 
 int retention_prune(manager *m, prune_result *ret, char **ret_why) {
@@ -138,7 +48,8 @@ int retention_prune(manager *m, prune_result *ret, char **ret_why) {
                 return r;
         free(*ret_why);
         *ret_why = NULL;
-        prune_sandboxes(m, &res);
+        retention_prune_records(m->config->state_directory, m->config->retention_sandbox_days,
+                                m->config->retention_sandbox_records, forget_sandbox, m, &res);
         audit_prune_result ar = {};
         int64_t older = m->config->retention_audit_days > 0
                                 ? (int64_t) time(NULL) - (int64_t) m->config->retention_audit_days * 86400

@@ -13,6 +13,15 @@ typedef struct prune_result {
         uint64_t audit_first_seq;           /* the oldest seq kept (0: nothing pruned) */
 } prune_result;
 
+/* The sandbox-record half of the rules (retention-records.c), on
+ * <state_dir>/sandboxes: an ended record goes when its meta.json is older than
+ * `days` or it is not among the newest `records` (by started_at; 0: no such
+ * rule); a record holding snapshots/ stays (counted as kept evidence); one that
+ * forget(userdata, id) refuses (still in use in memory) is left for next time. */
+typedef int (*retention_forget_fn)(void *userdata, const char *id);
+void retention_prune_records(const char *state_dir, unsigned days, unsigned records, retention_forget_fn forget,
+                             void *userdata, prune_result *res);
+
 /* Applies the rules now. The audit part fails (-EBADMSG, *ret_why) when the
  * chain does not verify: a break is never pruned away. */
 int retention_prune(manager *m, prune_result *ret, char **ret_why);

@@ -10,8 +10,7 @@ int daemon_reload(manager *m);
 void daemon_maybe_finish(manager *m);
 void daemon_finish(manager *m);
 
-/* notify-status.c: systemd's one-line status (STATUS=), sent when it changes */
-int daemon_status_format(manager *m, char *buf, size_t size);
+/* daemon-status.c: systemd's one-line status (STATUS=, notify-status.h), sent when it changes */
 void daemon_status_notify(manager *m);
 
 /* tasks.c */

@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>

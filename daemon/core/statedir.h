@@ -5,8 +5,6 @@
 
 #include <sys/types.h>
 
-#include "manager.h"
-
 /* Takes an exclusive flock(2) on <dir>/agentd.lock and keeps it for the life
  * of the process (the fd is close-on-exec, so helpers do not inherit it).
  * Returns the fd, -EBUSY when another process holds it (*ret_holder: that

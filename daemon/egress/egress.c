@@ -16,6 +16,7 @@
 #include "netproxy.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
+#include "egress-record.h"
 
 typedef struct alert {
         const char *id, *rule, *action;
@@ -39,13 +40,8 @@ static void note_denial(manager *m, const char *id) {
         sandbox *s = sandbox_find(m, id);
         if (!s || sandbox_ended(s) || s->auto_responded)
                 return;
-        uint64_t now = now_msec(), window = (uint64_t) m->config->egress_window_s * 1000;
-        s->denials[s->n_denials++ % ELEMENTSOF(s->denials)] = now;
-        unsigned recent = 0;
-        size_t n = s->n_denials < ELEMENTSOF(s->denials) ? s->n_denials : ELEMENTSOF(s->denials);
-        for (size_t i = 0; i < n; i++)
-                if (now - s->denials[i] <= window)
-                        recent++;
+        unsigned recent = egress_denials_note(s->denials, ELEMENTSOF(s->denials), &s->n_denials, now_msec(),
+                                              (uint64_t) m->config->egress_window_s * 1000);
         if (recent < limit)
                 return;
         s->auto_responded = true;
@@ -72,30 +68,13 @@ static void note_denial(manager *m, const char *id) {
 
 static void on_egress(const netproxy_event *ev, void *userdata) {
         manager *m = userdata;
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "host", json_object_new_string(ev->host ? ev->host : ""));
-        json_object_object_add(o, "port", json_object_new_int(ev->port));
-        if (ev->method)
-                json_object_object_add(o, "method", json_object_new_string(ev->method));
-        if (ev->address)
-                json_object_object_add(o, "address", json_object_new_string(ev->address));
-        switch (ev->kind) {
-        case NETPROXY_ALLOWED:
-                json_object_object_add(o, "decision", json_object_new_string("allowed"));
-                audit_event(m, "egress", ev->sandbox_id, o);
-                break;
-        case NETPROXY_DENIED:
-                json_object_object_add(o, "decision", json_object_new_string("denied"));
-                json_object_object_add(o, "reason", json_object_new_string(ev->reason ? ev->reason : ""));
-                audit_event(m, "egress", ev->sandbox_id, o);
+        const char *type;
+        json_object *o = egress_event_record(ev, &type);
+        if (!o)
+                return;
+        audit_event(m, type, ev->sandbox_id, o);
+        if (ev->kind == NETPROXY_DENIED)
                 note_denial(m, ev->sandbox_id);
-                break;
-        case NETPROXY_CLOSED:
-                json_object_object_add(o, "bytes_up", json_object_new_int64((int64_t) ev->bytes_up));
-                json_object_object_add(o, "bytes_down", json_object_new_int64((int64_t) ev->bytes_down));
-                audit_event(m, "egress.closed", ev->sandbox_id, o);
-                break;
-        }
 }
 
 int egress_init(manager *m) {

@@ -100,7 +100,24 @@ static int check_protected(const char *ws, const char *dir, const char *what, rp
         return -EPERM;
 }
 
+spawn_guard spawn_guard_of(const manager *m) {
+        return (spawn_guard) {
+                .home = m->home,
+                .runtime_dir = getenv("XDG_RUNTIME_DIR"),
+                .socket_path = m->socket_path,
+                .config_path = m->config_path,
+                .task_dir = m->task_dirs ? m->task_dirs[0] : NULL,
+                .state_dir = m->config->state_directory,
+                .require_limits = m->config->require_limits,
+        };
+}
+
 int spawn_workspace_resolve(manager *m, const char *requested, char **ret_path, rpc_error *err) {
+        spawn_guard g = spawn_guard_of(m);
+        return spawn_guard_workspace(&g, requested, ret_path, err);
+}
+
+int spawn_guard_workspace(const spawn_guard *g, const char *requested, char **ret_path, rpc_error *err) {
         if (!requested || requested[0] != '/') {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'workspace' must be an absolute directory");
                 return -EINVAL;
@@ -148,24 +165,24 @@ int spawn_workspace_resolve(manager *m, const char *requested, char **ret_path, 
                                       kernel_trees[i]);
                         return -EPERM;
                 }
-        if (m->home && path_within(ws, m->home)) {
+        if (g->home && path_within(ws, g->home)) {
                 rpc_error_set(err, RPC_E_POLICY_DENIED,
                               "workspace %.300s is %s (%.300s), which holds every secret and agentd's own config and state; "
                               "use a project directory",
-                              ws, streq(ws, m->home) ? "the home directory" : "an ancestor of the home directory", m->home);
+                              ws, streq(ws, g->home) ? "the home directory" : "an ancestor of the home directory", g->home);
                 return -EPERM;
         }
 
-        _cleanup_free_ char *config_dir = dir_of(m->config_path);
-        _cleanup_free_ char *socket_dir = dir_of(m->socket_path);
+        _cleanup_free_ char *config_dir = dir_of(g->config_path);
+        _cleanup_free_ char *socket_dir = dir_of(g->socket_path);
         const struct {
                 const char *dir, *what;
         } rules[] = {
-                { getenv("XDG_RUNTIME_DIR"), "the runtime directory $XDG_RUNTIME_DIR" },
+                { g->runtime_dir, "the runtime directory $XDG_RUNTIME_DIR" },
                 { socket_dir, "the directory of agentd's socket" },
                 { config_dir, "agentd's config directory" },
-                { m->task_dirs ? m->task_dirs[0] : NULL, "agentd's task directory" },
-                { m->config->state_directory, "agentd's state directory" },
+                { g->task_dir, "agentd's task directory" },
+                { g->state_dir, "agentd's state directory" },
         };
         for (size_t i = 0; i < ELEMENTSOF(rules); i++) {
                 int r = check_protected(ws, rules[i].dir, rules[i].what, err);
@@ -202,12 +219,18 @@ static void limits_list(unsigned bits, char *buf, size_t size) {
 
 int spawn_limits_check(manager *m, const task_policy *p, unsigned unenforced, const char *no_cgroup_why, char **note,
                        char **ret_error) {
+        spawn_guard g = spawn_guard_of(m);
+        return spawn_guard_limits(&g, p, unenforced, no_cgroup_why, note, ret_error);
+}
+
+int spawn_guard_limits(const spawn_guard *g, const task_policy *p, unsigned unenforced, const char *no_cgroup_why,
+                       char **note, char **ret_error) {
         /* TasksMax holds anyway: the helper sets RLIMIT_NPROC from it. */
         unsigned missing = unenforced & ~CGROUP_LIMIT_PIDS;
         char what[64];
 
         limits_list(missing, what, sizeof(what));
-        if (missing && m->config->require_limits) {
+        if (missing && g->require_limits) {
                 if (asprintf(ret_error,
                              "task '%s' sets %s, which cannot be enforced here (%s%s), and agentd.conf says RequireLimits=yes",
                              p->name, what, no_cgroup_why ? "cgroup " : "", no_cgroup_why ? no_cgroup_why : *note ? *note : "?") < 0)
@@ -234,15 +257,20 @@ int spawn_limits_check(manager *m, const task_policy *p, unsigned unenforced, co
 /* ---- the task's own paths ------------------------------------------------------ */
 
 int spawn_task_paths_check(manager *m, const task_policy *p, char ***ret_hide, rpc_error *err) {
-        _cleanup_free_ char *socket_dir = dir_of(m->socket_path);
-        _cleanup_free_ char *config_dir = dir_of(m->config_path);
+        spawn_guard g = spawn_guard_of(m);
+        return spawn_guard_task_paths(&g, p, ret_hide, err);
+}
+
+int spawn_guard_task_paths(const spawn_guard *g, const task_policy *p, char ***ret_hide, rpc_error *err) {
+        _cleanup_free_ char *socket_dir = dir_of(g->socket_path);
+        _cleanup_free_ char *config_dir = dir_of(g->config_path);
         const struct {
                 const char *dir, *what;
                 bool writes_only;     /* only a writable bind matters */
         } rules[] = {
-                { getenv("XDG_RUNTIME_DIR"), "the runtime directory $XDG_RUNTIME_DIR", false },
+                { g->runtime_dir, "the runtime directory $XDG_RUNTIME_DIR", false },
                 { socket_dir, "the directory of agentd's socket", false },
-                { m->config->state_directory, "agentd's state directory", false },
+                { g->state_dir, "agentd's state directory", false },
                 { config_dir, "agentd's config directory", true },
         };
         const struct {

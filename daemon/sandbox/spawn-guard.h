@@ -5,12 +5,26 @@
 #include "policy.h"
 #include "core/server.h"
 
+/* agentd's own places the guards compare against (NULL: not set), and the
+ * one setting they apply; spawn_guard_of() takes them from the manager. */
+typedef struct spawn_guard {
+        const char *home;
+        const char *runtime_dir;      /* $XDG_RUNTIME_DIR */
+        const char *socket_path;      /* files: their directories are protected */
+        const char *config_path;
+        const char *task_dir;
+        const char *state_dir;
+        bool require_limits;          /* [Daemon] RequireLimits= */
+} spawn_guard;
+spawn_guard spawn_guard_of(const manager *m);
+
 /* Resolves `requested` (absolute; symlinks followed once, through an O_PATH
  * descriptor) and refuses, with policy_denied naming the rule, a workspace
  * that is /, on a kernel pseudo-filesystem, in /dev, the home directory or an
  * ancestor of it, or the same as, inside or above agentd's runtime, socket,
  * config, task or state directory. *ret_path (caller frees): the resolved path. */
 int spawn_workspace_resolve(manager *m, const char *requested, char **ret_path, rpc_error *err);
+int spawn_guard_workspace(const spawn_guard *g, const char *requested, char **ret_path, rpc_error *err);
 
 /* CGROUP_LIMIT_* bits of the limits the task sets (that need a cgroup to hold). */
 unsigned task_limits_asked(const task_policy *p);
@@ -21,9 +35,12 @@ unsigned task_limits_asked(const task_policy *p);
  * -EOPNOTSUPP and *ret_error saying which and why. */
 int spawn_limits_check(manager *m, const task_policy *p, unsigned unenforced, const char *no_cgroup_why, char **note,
                        char **ret_error);
+int spawn_guard_limits(const spawn_guard *g, const task_policy *p, unsigned unenforced, const char *no_cgroup_why,
+                       char **note, char **ret_error);
 
 /* The task's ReadOnlyPaths=/WritablePaths= against the same directories of
  * agentd's (runtime, socket, state; config for writable ones): one that is or
  * is inside such a directory is refused (policy_denied); for one above it,
  * *ret_hide lists the directories to mask inside (caller frees). */
 int spawn_task_paths_check(manager *m, const task_policy *p, char ***ret_hide, rpc_error *err);
+int spawn_guard_task_paths(const spawn_guard *g, const task_policy *p, char ***ret_hide, rpc_error *err);
