@@ -26,7 +26,7 @@
 #include "broker/seal.h"
 #include "core/daemon.h"
 #include "broker/tpmjob.h"
-#include "core/fileio.h"
+#include "file.h"
 #include "core/log.h"
 #include "macro.h"
 #include "core/server.h"

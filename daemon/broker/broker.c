@@ -21,7 +21,7 @@
 
 #include "seal.h"
 #include "tpmjob.h"
-#include "core/fileio.h"
+#include "file.h"
 #include "vault.h"
 #include "audit/auditlog.h"
 #include "core/log.h"

@@ -23,7 +23,7 @@
 #include "broker/broker.h"
 #include "sandbox/cgroup.h"
 #include "core/daemon.h"
-#include "core/fileio.h"
+#include "file.h"
 #include "core/log.h"
 #include "macro.h"
 #include "policy.h"

@@ -34,7 +34,7 @@
 #include "audit/auditlog.h"
 #include "broker/broker.h"
 #include "cgroup.h"
-#include "core/fileio.h"
+#include "file.h"
 #include "laptop.h"
 #include "core/daemon.h"
 #include "core/log.h"
