@@ -52,9 +52,11 @@ int socket_send_all_fds(int sock, const void *data, size_t len, const int *fds, 
  * (capped at SOCKET_FDS_MAX), appended to fds[*n_fds..max_fds) as
  * socket_cmsg_take_fds() does. MSG_CMSG_CLOEXEC is always added to `flags`.
  * EINTR is NOT retried: the caller may have a signal to handle. The control
- * buffer holds exactly the room: the kernel drops any further fds and sets
- * MSG_CTRUNC in ret_info->msg_flags. Returns the bytes read (0 at the end of
- * the stream, with fds possibly taken) or -errno (nothing taken).
- * `ret_info` may be NULL. */
+ * buffer is sized for the room; CMSG_SPACE's padding may let the kernel
+ * deliver one fd more, which is closed here (ret_info->n_closed), and fds
+ * beyond the buffer the kernel drops itself (MSG_CTRUNC in
+ * ret_info->msg_flags): "exactly one fd" is n == 1, n_closed == 0 and no
+ * MSG_CTRUNC. Returns the bytes read (0 at the end of the stream, with fds
+ * possibly taken) or -errno (nothing taken). `ret_info` may be NULL. */
 ssize_t socket_recv_fds(int sock, void *buf, size_t len, int *fds, size_t *n_fds, size_t max_fds, int flags,
                         SocketFdsInfo *ret_info);

@@ -21,7 +21,9 @@
 
 #include "seal.h"
 #include "tpmjob.h"
+#include "fd.h"
 #include "file.h"
+#include "memfd.h"
 #include "vault.h"
 #include "audit/auditlog.h"
 #include "core/log.h"
@@ -1447,20 +1449,13 @@ int broker_pack_token(sandbox_creds *c, msgpack_packer *pk, int *ret_fd) {
         if (!c || !c->token || until <= now)
                 return -ESTALE;
         /* The token travels only as a sealed, read-only memfd. */
-        int fd = memfd_create("agentd-token", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        int fd = memfd_new_sealed("agentd-token", c->token, c->token_len);
         if (fd < 0)
-                return -errno;
-        if (write(fd, c->token, c->token_len) != (ssize_t) c->token_len ||
-            fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
-                close(fd);
-                return -EIO;
-        }
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-        int ro = open(path, O_RDONLY | O_CLOEXEC);
+                return fd;
+        int ro = fd_reopen(fd, O_RDONLY);
         close(fd);
         if (ro < 0)
-                return -errno;
+                return ro;
         *ret_fd = ro;
         msgpack_pack_map(pk, 3);
         mp_pack_kv_u64(pk, "expires_at", until);

@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "macro.h"
+#include "socket.h"
 
 /* The whole head (request line + headers) plus whatever arrived after it in
  * the same reads must fit here: a proxy request head is a few hundred bytes. */
@@ -1507,40 +1508,19 @@ static int check_client_socket(int fd) {
  * there is nobody to answer). Extra fds are closed; the kernel drops the ones
  * that do not fit into the control buffer. */
 static int handoff_receive(int fd) {
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * 4)];
-        } control;
+        SocketFdsInfo info;
+        size_t n_fds = 0;
+        int got = -1;
         char byte;
-        struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-        struct msghdr mh = {
-                .msg_iov = &iov,
-                .msg_iovlen = 1,
-                .msg_control = &control,
-                .msg_controllen = sizeof(control),
-        };
-        int got = -1, n_fds = 0;
         ssize_t n;
 
-        n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        n = socket_recv_fds(fd, &byte, 1, &got, &n_fds, 1, MSG_DONTWAIT, &info);
         if (n < 0)
-                return errno == EINTR ? -EAGAIN : -errno;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (size_t i = 0; i < k; i++) {
-                        int f;
-                        memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                        if (n_fds++ == 0)
-                                got = f;
-                        else
-                                safe_close(f);
-                }
-        }
+                return n == -EINTR ? -EAGAIN : (int) n;
         if (n == 0 && n_fds == 0)
                 return -ECONNRESET;
-        if (n_fds != 1 || (mh.msg_flags & MSG_CTRUNC)) {
+        /* A second fd is closed (n_closed) or dropped by the kernel (MSG_CTRUNC). */
+        if (n_fds != 1 || info.n_closed > 0 || (info.msg_flags & MSG_CTRUNC)) {
                 safe_close(got);
                 return -EBADMSG;
         }

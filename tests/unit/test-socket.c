@@ -99,6 +99,33 @@ START_TEST(test_recv_surplus_truncated) {
 }
 END_TEST
 
+/* Room for one, two sent: CMSG_SPACE's padding lets the second in, and it
+ * is closed and counted, so "exactly one" stays checkable. */
+START_TEST(test_recv_padding_surplus) {
+        int sp[2], p[2];
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+        ck_assert_int_eq(pipe(p), 0);
+        ck_assert_int_eq(socket_send_fds(sp[0], "x", 1, p, 2, 0), 1);
+        close(p[1]);
+        int before = n_open_fds();
+        char c;
+        int fd = -1;
+        size_t n = 0;
+        SocketFdsInfo info;
+        ck_assert_int_eq(socket_recv_fds(sp[1], &c, 1, &fd, &n, 1, 0, &info), 1);
+        ck_assert_uint_eq(n, 1);
+        same_file(fd, p[0]);
+        ck_assert_uint_eq(info.n_closed + ((info.msg_flags & MSG_CTRUNC) ? 1 : 0), 1);
+        ck_assert_int_eq(n_open_fds(), before + 1);
+        /* The write end's last reference is gone: the read end sees EOF. */
+        ck_assert_int_eq(read(fd, &c, 1), 0);
+        close(fd);
+        close(p[0]);
+        close(sp[0]);
+        close(sp[1]);
+}
+END_TEST
+
 /* socket_cmsg_take_fds closes what does not fit the caller's array. */
 START_TEST(test_take_closes_surplus) {
         int p[2], q[2];
@@ -191,6 +218,7 @@ static Suite *socket_suite(void) {
         TCase *tc = tcase_create("core");
         tcase_add_test(tc, test_send_recv_fds);
         tcase_add_test(tc, test_recv_surplus_truncated);
+        tcase_add_test(tc, test_recv_padding_surplus);
         tcase_add_test(tc, test_take_closes_surplus);
         tcase_add_test(tc, test_send_all_large);
         tcase_add_test(tc, test_errors);
