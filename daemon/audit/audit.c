@@ -27,6 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fd.h"
+#include "file.h"
+
 #define HASH_LEN 32
 #define HEX_LEN (2 * HASH_LEN)
 #define HEAD_NAME "audit.head"
@@ -221,24 +224,6 @@ static void key_page_free(uint8_t *p, size_t size) {
 }
 
 /* ---- small file helpers ---- */
-
-static int write_all(int fd, const void *p, size_t n) {
-        const char *c = p;
-
-        while (n > 0) {
-                ssize_t k = write(fd, c, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EIO;
-                c += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
 
 static void file_name(unsigned no, char buf[static 32]) {
         snprintf(buf, 32, "audit-%06u.jsonl", no);
@@ -574,7 +559,6 @@ static int head_read(int dir_fd, const audit_key *k, uint64_t *ret_seq, uint8_t 
 
 /* Atomically: a reader sees the old head or the new one, never half of either. */
 static int head_write(audit_log *a) {
-        _cleanup_close_ int fd = -1;
         char buf[512];
         size_t len;
         int r;
@@ -582,19 +566,7 @@ static int head_write(audit_log *a) {
         r = head_format(&a->key, a->seq, a->last_hash, buf, sizeof(buf), &len);
         if (r < 0)
                 return r;
-        fd = openat(a->dir_fd, HEAD_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
-        if (fd < 0)
-                return -errno;
-        r = write_all(fd, buf, len);
-        if (r < 0)
-                return r;
-        if (fsync(fd) < 0)
-                return -errno;
-        if (renameat(a->dir_fd, HEAD_TMP_NAME, a->dir_fd, HEAD_NAME) < 0)
-                return -errno;
-        if (fsync(a->dir_fd) < 0)
-                return -errno;
-        return 0;
+        return write_file_replace_at(a->dir_fd, HEAD_TMP_NAME, HEAD_NAME, buf, len, 0600, WRITE_FILE_SYNC_DIR);
 }
 
 /* ---- the checkpoint: where a pruned log starts ---- */
@@ -664,7 +636,6 @@ static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, u
 }
 
 static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uint8_t hash[HASH_LEN]) {
-        _cleanup_close_ int fd = -1;
         char buf[512];
         size_t len;
         int r;
@@ -672,20 +643,8 @@ static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uin
         r = checkpoint_format(&a->key, file, seq, hash, buf, sizeof(buf), &len);
         if (r < 0)
                 return r;
-        fd = openat(a->dir_fd, CHECKPOINT_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
-                    0600);
-        if (fd < 0)
-                return -errno;
-        r = write_all(fd, buf, len);
-        if (r < 0)
-                return r;
-        if (fsync(fd) < 0)
-                return -errno;
-        if (renameat(a->dir_fd, CHECKPOINT_TMP_NAME, a->dir_fd, CHECKPOINT_NAME) < 0)
-                return -errno;
-        if (fsync(a->dir_fd) < 0)
-                return -errno;
-        return 0;
+        return write_file_replace_at(a->dir_fd, CHECKPOINT_TMP_NAME, CHECKPOINT_NAME, buf, len, 0600,
+                                     WRITE_FILE_SYNC_DIR);
 }
 
 /* ---- what fields may contain ---- */

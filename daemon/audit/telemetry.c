@@ -16,6 +16,7 @@
 #include "agentd-build.h"
 #include "broker/vault.h"
 #include "core/log.h"
+#include "file.h"
 #include "macro.h"
 
 #define BATCH_MAX 256u
@@ -95,10 +96,7 @@ static int load_key(const char *dir) {
                 return -errno;
         if (getrandom(T.key, KEY_LEN, 0) != KEY_LEN)
                 return -EIO;
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        return write(fd, T.key, KEY_LEN) == KEY_LEN && fsync(fd) == 0 ? 0 : -EIO;
+        return write_file(path, T.key, KEY_LEN, 0600, WRITE_FILE_EXCL);
 }
 
 /* ---- OTLP/JSON building blocks (int64 as decimal strings, ids as hex) ---- */

@@ -143,14 +143,6 @@ static json_object *auth_field(json_object *body, const char *key) {
 
 /* ---- files -------------------------------------------------------------------- */
 
-static void fsync_dir(const char *dir) {
-        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd >= 0) {
-                (void) fsync(fd);
-                close(fd);
-        }
-}
-
 static bool accessor_valid(const char *a) {
         size_t n = strlen(a);
         if (n == 0 || n > 100 || a[0] == '.')
@@ -166,7 +158,7 @@ static int record_accessor(broker *b, const char *accessor, const char *sandbox_
         snprintf(path, sizeof(path), "%s/%s", b->accessor_dir, accessor);
         int r = write_file_atomic(path, sandbox_id, strlen(sandbox_id));
         if (r == 0)
-                fsync_dir(b->accessor_dir);
+                (void) fsync_directory(b->accessor_dir);
         return r;
 }
 
