@@ -493,56 +493,75 @@ enum {
         HEAD_INVALID,
 };
 
+/* The line of the head and the checkpoint files: the JSON object u[0..n)
+ * with ,"hmac":"<HMAC of u>" added before its closing brace, and a newline. */
+static int signed_line(const audit_key *k, const char *u, size_t n, char *buf, size_t size, size_t *ret_len) {
+        char mhex[HEX_LEN + 1];
+        uint8_t mac[HASH_LEN];
+        int m, r;
+
+        r = hmac_sha256(k, u, n, NULL, 0, mac);
+        if (r < 0)
+                return r;
+        hex_encode(mac, HASH_LEN, mhex);
+        m = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", (int) n - 1, u, mhex);
+        if (m < 0 || (size_t) m >= size)
+                return -EINVAL;
+        *ret_len = (size_t) m;
+        return 0;
+}
+
+/* Reads a small file of ours (not following a symlink) into buf, NUL-terminated:
+ * 0, or -ENOENT, -ELOOP (a symlink) or another -errno. */
+static int small_file_read(int dir_fd, const char *name, char *buf, size_t size, size_t *ret_len) {
+        _cleanup_close_ int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        size_t n = 0;
+
+        if (fd < 0)
+                return -errno;
+        while (n < size - 1) {
+                ssize_t k = read(fd, buf + n, size - 1 - n);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        break;
+                n += (size_t) k;
+        }
+        buf[n] = 0;
+        *ret_len = n;
+        return 0;
+}
+
 static int head_format(const audit_key *k, uint64_t seq, const uint8_t hash[HASH_LEN], char *buf, size_t size,
                        size_t *ret_len) {
-        char hex[HEX_LEN + 1], mhex[HEX_LEN + 1], u[160];
-        uint8_t mac[HASH_LEN];
-        int n, r;
+        char hex[HEX_LEN + 1], u[160];
+        int n;
 
         hex_encode(hash, HASH_LEN, hex);
         n = snprintf(u, sizeof(u), "{\"audit_head\":1,\"seq\":%" PRIu64 ",\"hash\":\"%s\"}", seq, hex);
         if (n < 0 || (size_t) n >= sizeof(u))
                 return -EINVAL;
-        r = hmac_sha256(k, u, (size_t) n, NULL, 0, mac);
-        if (r < 0)
-                return r;
-        hex_encode(mac, HASH_LEN, mhex);
-        n = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", n - 1, u, mhex);
-        if (n < 0 || (size_t) n >= size)
-                return -EINVAL;
-        *ret_len = (size_t) n;
-        return 0;
+        return signed_line(k, u, (size_t) n, buf, size, ret_len);
 }
 
 /* Reads and authenticates audit.head: HEAD_OK with *ret_seq and ret_hash filled,
  * HEAD_MISSING, HEAD_INVALID, or a negative errno. */
 static int head_read(int dir_fd, const audit_key *k, uint64_t *ret_seq, uint8_t ret_hash[HASH_LEN]) {
-        _cleanup_close_ int fd = -1;
         char buf[512], canon[512], hex[HEX_LEN + 1];
-        size_t n = 0, canon_len;
+        size_t n, canon_len;
         uint64_t seq;
         int r;
 
-        fd = openat(dir_fd, HEAD_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-        if (fd < 0) {
-                if (errno == ENOENT)
-                        return HEAD_MISSING;
-                if (errno == ELOOP)
-                        return HEAD_INVALID;
-                return -errno;
-        }
-        while (n < sizeof(buf) - 1) {
-                ssize_t k2 = read(fd, buf + n, sizeof(buf) - 1 - n);
-                if (k2 < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k2 == 0)
-                        break;
-                n += (size_t) k2;
-        }
-        buf[n] = 0;
+        r = small_file_read(dir_fd, HEAD_NAME, buf, sizeof(buf), &n);
+        if (r == -ENOENT)
+                return HEAD_MISSING;
+        if (r == -ELOOP)
+                return HEAD_INVALID;
+        if (r < 0)
+                return r;
 
         /* Parse loosely, then require the file to be byte for byte what we would write. */
         if (sscanf(buf, "{\"audit_head\":1,\"seq\":%" SCNu64 ",\"hash\":\"%64[0-9a-f]\"", &seq, hex) != 2 ||
@@ -582,45 +601,30 @@ enum {
 
 static int checkpoint_format(const audit_key *k, unsigned file, uint64_t seq, const uint8_t hash[HASH_LEN], char *buf,
                              size_t size, size_t *ret_len) {
-        char hex[HEX_LEN + 1], mhex[HEX_LEN + 1], u[200];
-        uint8_t mac[HASH_LEN];
-        int n, r;
+        char hex[HEX_LEN + 1], u[200];
+        int n;
 
         hex_encode(hash, HASH_LEN, hex);
         n = snprintf(u, sizeof(u), "{\"audit_checkpoint\":1,\"file\":%u,\"seq\":%" PRIu64 ",\"hash\":\"%s\"}", file, seq,
                      hex);
         if (n < 0 || (size_t) n >= sizeof(u))
                 return -EINVAL;
-        r = hmac_sha256(k, u, (size_t) n, NULL, 0, mac);
-        if (r < 0)
-                return r;
-        hex_encode(mac, HASH_LEN, mhex);
-        n = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", n - 1, u, mhex);
-        if (n < 0 || (size_t) n >= size)
-                return -EINVAL;
-        *ret_len = (size_t) n;
-        return 0;
+        return signed_line(k, u, (size_t) n, buf, size, ret_len);
 }
 
 /* CP_OK with the first kept file's number and the seq and hash of the record
  * before its first one; CP_MISSING (never pruned); CP_INVALID; or -errno. */
 static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, uint64_t *ret_seq,
                            uint8_t ret_hash[HASH_LEN]) {
-        _cleanup_close_ int fd = -1;
         char buf[512], canon[512], hex[HEX_LEN + 1];
-        size_t canon_len;
+        size_t n, canon_len;
         unsigned file;
         uint64_t seq;
-        ssize_t n;
         int r;
 
-        fd = openat(dir_fd, CHECKPOINT_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-        if (fd < 0)
-                return errno == ENOENT ? CP_MISSING : errno == ELOOP ? CP_INVALID : -errno;
-        n = read(fd, buf, sizeof(buf) - 1);
-        if (n < 0)
-                return -errno;
-        buf[n] = 0;
+        r = small_file_read(dir_fd, CHECKPOINT_NAME, buf, sizeof(buf), &n);
+        if (r < 0)
+                return r == -ENOENT ? CP_MISSING : r == -ELOOP ? CP_INVALID : r;
         if (sscanf(buf, "{\"audit_checkpoint\":1,\"file\":%u,\"seq\":%" SCNu64 ",\"hash\":\"%64[0-9a-f]\"", &file, &seq,
                    hex) != 3 ||
             !hex_decode(hex, strlen(hex), ret_hash, HASH_LEN))
@@ -628,7 +632,7 @@ static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, u
         r = checkpoint_format(k, file, seq, ret_hash, canon, sizeof(canon), &canon_len);
         if (r < 0)
                 return r;
-        if (canon_len != (size_t) n || CRYPTO_memcmp(canon, buf, (size_t) n) != 0)
+        if (canon_len != n || CRYPTO_memcmp(canon, buf, n) != 0)
                 return CP_INVALID;
         *ret_file = file;
         *ret_seq = seq;

@@ -489,6 +489,21 @@ static int tpm_session_attrs(tpm *t, TPMA_SESSION attrs, seal_error *err) {
         return 0;
 }
 
+/* Connects, creates the primary key and starts a salted session with
+ * `session_attrs`: the first steps of both seal and unseal. */
+static int tpm_begin(tpm *t, const char *tcti, TPMA_SESSION session_attrs, seal_error *err) {
+        int r = tpm_open(t, tcti, err);
+        if (r < 0)
+                return r;
+        r = tpm_create_primary(t, err);
+        if (r < 0)
+                return r;
+        r = tpm_start_session(t, err);
+        if (r < 0)
+                return r;
+        return tpm_session_attrs(t, session_attrs, err);
+}
+
 static int tpm_seal(const char *tcti, const void *secret, size_t len, uint8_t **ret_blob, size_t *ret_len,
                     seal_error *err) {
         _cleanup_(tpm_done) tpm t = TPM_INIT;
@@ -497,16 +512,7 @@ static int tpm_seal(const char *tcti, const void *secret, size_t len, uint8_t **
         TSS2_RC rc;
         int r;
 
-        r = tpm_open(&t, tcti, err);
-        if (r < 0)
-                return r;
-        r = tpm_create_primary(&t, err);
-        if (r < 0)
-                return r;
-        r = tpm_start_session(&t, err);
-        if (r < 0)
-                return r;
-        r = tpm_session_attrs(&t, TPMA_SESSION_DECRYPT, err);
+        r = tpm_begin(&t, tcti, TPMA_SESSION_DECRYPT, err);
         if (r < 0)
                 return r;
 
@@ -578,16 +584,7 @@ static int tpm_unseal(const char *tcti, const blob_view *v, uint8_t **ret_secret
                 return fail(err, -EBADMSG, "blob", "sealed blob does not hold a sealed data object (type 0x%x)",
                             pub.publicArea.type);
 
-        r = tpm_open(&t, tcti, err);
-        if (r < 0)
-                return r;
-        r = tpm_create_primary(&t, err);
-        if (r < 0)
-                return r;
-        r = tpm_start_session(&t, err);
-        if (r < 0)
-                return r;
-        r = tpm_session_attrs(&t, 0, err);
+        r = tpm_begin(&t, tcti, 0, err);
         if (r < 0)
                 return r;
 
