@@ -28,6 +28,24 @@ int fd_write_all(int fd, const void *data, size_t len) {
         return 0;
 }
 
+ssize_t fd_read_full(int fd, void *buf, size_t size) {
+        char *p = buf;
+        size_t n = 0;
+
+        while (n < size) {
+                ssize_t k = read(fd, p + n, size - n);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        break;
+                n += (size_t) k;
+        }
+        return (ssize_t) n;
+}
+
 int fsync_directory(const char *path) {
         _cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 

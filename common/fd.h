@@ -3,10 +3,15 @@
 #pragma once
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* Writes all of data[0..len) to fd, retrying short writes and EINTR.
  * 0 or -errno (-EIO if write() returns 0). */
 int fd_write_all(int fd, const void *data, size_t len);
+
+/* Reads from fd until EOF or until `size` bytes are in buf, retrying EINTR
+ * and short reads. The byte count, or -errno. */
+ssize_t fd_read_full(int fd, void *buf, size_t size);
 
 /* Opens `path` as a directory and fsyncs it: a rename or create inside is
  * durable afterwards. 0 or -errno. */

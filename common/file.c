@@ -25,7 +25,7 @@ int read_file_bounded(const char *path, size_t max, char **ret, size_t *ret_len)
         b = malloc((size_t) st.st_size + 1);
         if (!b)
                 return -EIO;
-        n = read(fd, b, (size_t) st.st_size);
+        n = fd_read_full(fd, b, (size_t) st.st_size);
         if (n < 0)
                 return -EIO;
         b[n] = 0;

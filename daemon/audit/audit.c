@@ -515,23 +515,15 @@ static int signed_line(const audit_key *k, const char *u, size_t n, char *buf, s
  * 0, or -ENOENT, -ELOOP (a symlink) or another -errno. */
 static int small_file_read(int dir_fd, const char *name, char *buf, size_t size, size_t *ret_len) {
         _cleanup_close_ int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-        size_t n = 0;
+        ssize_t n;
 
         if (fd < 0)
                 return -errno;
-        while (n < size - 1) {
-                ssize_t k = read(fd, buf + n, size - 1 - n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        break;
-                n += (size_t) k;
-        }
+        n = fd_read_full(fd, buf, size - 1);
+        if (n < 0)
+                return (int) n;
         buf[n] = 0;
-        *ret_len = n;
+        *ret_len = (size_t) n;
         return 0;
 }
 

@@ -9,8 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "fd.h"
 #include "file.h"
 #include "macro.h"
 
@@ -125,6 +127,41 @@ START_TEST(test_replace_path) {
 }
 END_TEST
 
+/* common/fd.h: reads gather short reads up to EOF or the size; fsync of a
+ * directory refuses what is not one. */
+START_TEST(test_fd_helpers) {
+        int p[2];
+        ck_assert_int_eq(pipe(p), 0);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                close(p[0]);
+                for (int i = 0; i < 5; i++) {
+                        if (fd_write_all(p[1], "abc", 3) < 0)
+                                _exit(1);
+                        usleep(20 * 1000); /* five separate short reads on the other side */
+                }
+                _exit(0);
+        }
+        close(p[1]);
+        char buf[64];
+        ck_assert_int_eq(fd_read_full(p[0], buf, 10), 10);          /* stops at the size */
+        ck_assert_int_eq(memcmp(buf, "abcabcabca", 10), 0);
+        ck_assert_int_eq(fd_read_full(p[0], buf, sizeof(buf)), 5);  /* and at EOF */
+        ck_assert_int_eq(memcmp(buf, "bcabc", 5), 0);
+        close(p[0]);
+        int st;
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        ck_assert_int_eq(fd_read_full(-1, buf, 1), -EBADF);
+        ck_assert_int_eq(fsync_directory(dir), 0);
+        ck_assert_int_eq(write_file(path_in("f"), "", 0, 0600, 0), 0);
+        ck_assert_int_eq(fsync_directory(path_in("f")), -ENOTDIR);
+        ck_assert_int_eq(fsync_parent_directory(path_in("f")), 0);
+        ck_assert_int_eq(fsync_parent_directory(path_in("none/f")), -ENOENT);
+}
+END_TEST
+
 static Suite *file_suite(void) {
         Suite *s = suite_create("file");
         TCase *tc = tcase_create("core");
@@ -133,6 +170,7 @@ static Suite *file_suite(void) {
         tcase_add_test(tc, test_write_file);
         tcase_add_test(tc, test_replace_at);
         tcase_add_test(tc, test_replace_path);
+        tcase_add_test(tc, test_fd_helpers);
         suite_add_tcase(s, tc);
         return s;
 }
