@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from harness import Daemon, cgroup_delegated, run_tests, skip_no_cgroup
+from harness import Daemon, cgroup_delegated, proc_stats, run_tests, skip_no_cgroup
 from test_broker import enrolled_daemon, sandbox_accessors, wait_vault_ok
 
 
@@ -21,19 +21,7 @@ def wait_tokens(d, c, ids, vault, timeout=20):
 
 def children_cpu(init_pid):
     """utime+stime of every process whose parent is the sandbox's init (and the init)."""
-    total = 0
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            st = open(f"/proc/{p}/stat").read()
-        except OSError:
-            continue
-        fields = st[st.rindex(")") + 2:].split()
-        ppid = int(fields[1])
-        if ppid == init_pid or int(p) == init_pid:
-            total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(int(f[11]) + int(f[12]) for p, f in proc_stats().items() if int(f[1]) == init_pid or p == init_pid)
 
 
 def test_revoke_all_20_sandboxes_and_lockdown():
