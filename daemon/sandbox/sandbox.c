@@ -38,6 +38,7 @@
 #include "laptop.h"
 #include "core/daemon.h"
 #include "core/log.h"
+#include "core/statedir.h"
 #include "macro.h"
 #include "memfd.h"
 #include "socket.h"
@@ -322,12 +323,7 @@ static sandbox *sandbox_alloc(manager *m) {
 }
 
 static bool id_valid(const char *id) {
-        if (strlen(id) != 12)
-                return false;
-        for (const char *p = id; *p; p++)
-                if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-                        return false;
-        return true;
+        return statedir_sandbox_id_valid(id);
 }
 
 /* Loads an ended sandbox's record from its state dir (after a restart, or
