@@ -11,16 +11,12 @@
 
 int memfd_new_sealed(const char *name, const void *data, size_t len) {
         _cleanup_close_ int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        int r;
+        int r = fd < 0 ? -errno : fd_write_all(fd, data, len);
 
-        if (fd < 0)
-                return -errno;
-        r = fd_write_all(fd, data, len);
-        if (r < 0)
-                return r;
-        if (fcntl(fd, F_ADD_SEALS, MEMFD_SEALS) < 0)
-                return -errno;
-        if (lseek(fd, 0, SEEK_SET) < 0)
-                return -errno;
-        return TAKE_FD(fd);
+        /* Sealed before anyone else sees it: what the reader gets is what was written. */
+        if (r == 0 && fcntl(fd, F_ADD_SEALS, MEMFD_SEALS) < 0)
+                r = -errno;
+        if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
+                r = -errno;
+        return r < 0 ? r : TAKE_FD(fd);
 }

@@ -47,6 +47,27 @@
 #include "macro.h"
 #include "socket.h"
 
+/* The proxy's lists (sandboxes, a sandbox's connections) are doubly linked
+ * through prev/next, with a head pointer. */
+#define LIST_PREPEND(head, x)                        \
+        do {                                         \
+                (x)->prev = NULL;                    \
+                (x)->next = (head);                  \
+                if (head)                            \
+                        (head)->prev = (x);          \
+                (head) = (x);                        \
+        } while (0)
+#define LIST_UNLINK(head, x)                         \
+        do {                                         \
+                if ((x)->prev)                       \
+                        (x)->prev->next = (x)->next; \
+                else                                 \
+                        (head) = (x)->next;          \
+                if ((x)->next)                       \
+                        (x)->next->prev = (x)->prev; \
+                (x)->prev = (x)->next = NULL;        \
+        } while (0)
+
 /* The whole head (request line + headers) plus whatever arrived after it in
  * the same reads must fit here: a proxy request head is a few hundred bytes. */
 #define HEAD_MAX (16U * 1024U)
@@ -781,13 +802,7 @@ static void conn_close(np_conn *c) {
         if (c->state == CONN_CLOSED)
                 return;
         c->state = CONN_CLOSED;
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                sb->conns = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
-        c->prev = c->next = NULL;
+        LIST_UNLINK(sb->conns, c);
 
         /* Whatever is still buffered was never taken by its sink: dropped,
          * and not counted. */
@@ -1628,10 +1643,7 @@ static void conn_new(np_sandbox *sb, int fd) {
          * freed, so a sandbox cannot open more than max_connections at once. */
         c->over_limit = sb->n_conns >= p->max_connections;
         sb->n_conns++;
-        c->next = sb->conns;
-        if (sb->conns)
-                sb->conns->prev = c;
-        sb->conns = c;
+        LIST_PREPEND(sb->conns, c);
 
         /* One deadline for the handoff and the whole head, not reset by
          * progress: a byte every few seconds must not hold a slot forever.
@@ -1714,20 +1726,13 @@ static np_sandbox *sandbox_find(netproxy *p, const char *id) {
         return NULL;
 }
 
-
 static void sandbox_remove(np_sandbox *sb) {
         netproxy *p = sb->proxy;
 
         if (sb->removed)
                 return;
         sb->removed = true;
-        if (sb->prev)
-                sb->prev->next = sb->next;
-        else
-                p->sandboxes = sb->next;
-        if (sb->next)
-                sb->next->prev = sb->prev;
-        sb->prev = sb->next = NULL;
+        LIST_UNLINK(p->sandboxes, sb);
 
         (void) unlink(sb->socket_path);
         uv_close((uv_handle_t *) &sb->listener, on_listener_closed);
@@ -1801,10 +1806,7 @@ int netproxy_add_sandbox(netproxy *p, const char *sandbox_id, const char *task, 
                 return r;
         }
 
-        sb->next = p->sandboxes;
-        if (p->sandboxes)
-                p->sandboxes->prev = sb;
-        p->sandboxes = sb;
+        LIST_PREPEND(p->sandboxes, sb);
         return 0;
 
 fail:
