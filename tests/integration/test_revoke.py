@@ -24,13 +24,19 @@ def children_cpu(init_pid):
     return sum(int(f[11]) + int(f[12]) for p, f in proc_stats().items() if int(f[1]) == init_pid or p == init_pid)
 
 
+def creds_sandboxes(d, c, vault, ws, n):
+    """n sandboxes of task creds, each holding a token it fetched, then sleeping: their ids."""
+    ids = [c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token >/dev/null; sleep 300"],
+                                  "workspace": ws})["id"] for _ in range(n)]
+    wait_tokens(d, c, ids, vault)
+    return ids
+
+
 def test_revoke_all_20_sandboxes_and_lockdown():
     if not cgroup_delegated():   # freezing needs the sandboxes' cgroups
         return skip_no_cgroup()
     with enrolled_daemon() as (tpm, vault, d, ws, c):
-        ids = [c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token >/dev/null; sleep 300"],
-                                      "workspace": ws})["id"] for _ in range(20)]
-        wait_tokens(d, c, ids, vault)
+        ids = creds_sandboxes(d, c, vault, ws, 20)
         before = [t for t in vault.tokens().values() if t.get("display_name", "").startswith("token-agentd-")]
         assert len(before) == 20 and not any(t["revoked"] for t in before)
         p = d.agentctl("--json", "revoke", "--all")
@@ -101,9 +107,7 @@ def test_vault_down_during_revoke_then_back_and_restart():
     if not cgroup_delegated():   # freezing needs the sandboxes' cgroups
         return skip_no_cgroup()
     with enrolled_daemon() as (tpm, vault, d, ws, c):
-        ids = [c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token >/dev/null; sleep 300"],
-                                      "workspace": ws})["id"] for _ in range(3)]
-        wait_tokens(d, c, ids, vault)
+        ids = creds_sandboxes(d, c, vault, ws, 3)
         port = vault.port
         vault.stop()
         t0 = time.time()
