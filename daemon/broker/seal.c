@@ -36,6 +36,7 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "file.h"
 #include "macro.h"
 
 #define IN_SET(x, ...)                                                  \
@@ -668,18 +669,13 @@ static int key_file_create(const char *path, seal_error *err) {
         if ((size_t) snprintf(tmp, sizeof(tmp), "%s.tmp-%016" PRIx64, path, rnd) >= sizeof(tmp))
                 return fail(err, -ENAMETOOLONG, "key-file", "key file path is too long");
 
-        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
-        if (fd < 0)
-                return fail(err, -errno, "key-file", "cannot create %s: %m", tmp);
-
-        int r = 0;
-        ssize_t n = write(fd, key.p, SOFT_KEY_SIZE);
-        if (n != SOFT_KEY_SIZE)
-                r = fail(err, n < 0 ? -errno : -EIO, "key-file", "cannot write %s: %s", tmp,
-                         n < 0 ? strerror(errno) : "short write");
-        else if (fsync(fd) < 0)
-                r = fail(err, -errno, "key-file", "cannot sync %s: %m", tmp);
-        else if (link(tmp, path) < 0 && errno != EEXIST)
+        int r = write_file(tmp, key.p, SOFT_KEY_SIZE, 0600, WRITE_FILE_EXCL);
+        if (r < 0) {
+                if (r != -EEXIST) /* a temp file we did not create is not ours to remove */
+                        (void) unlink(tmp);
+                return fail(err, r, "key-file", "cannot write %s: %s", tmp, strerror(-r));
+        }
+        if (link(tmp, path) < 0 && errno != EEXIST)
                 r = fail(err, -errno, "key-file", "cannot install the key file %s: %m", path);
         (void) unlink(tmp);
         return r;
