@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "macro.h"
 #include "proto.h"
 
 static void json_string(FILE *f, const char *p, size_t n) {
@@ -162,6 +163,17 @@ static void cell(const msgpack_object *o, int width) {
                 printf("%s", buf);
 }
 
+/* A table's leading columns that print a field as it is. */
+typedef struct column {
+        const char *key;
+        int width;
+} column;
+
+static void cells(const msgpack_object *row, const column *c, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                cell(get(row, c[i].key), c[i].width);
+}
+
 void print_task_list(const msgpack_object *o) {
         if (o->type != MSGPACK_OBJECT_ARRAY)
                 return print_human(o);
@@ -185,12 +197,9 @@ void print_sandbox_list(const msgpack_object *o) {
                 return print_human(o);
         printf("%-14s %-10s %-8s %-8s %-5s %-20s %s\n", "ID", "TASK", "STATE", "PID", "EXIT", "STARTED", "WORKSPACE");
         for (uint32_t i = 0; i < o->via.array.size; i++) {
+                static const column cols[] = { { "id", 14 }, { "task", 10 }, { "state", 8 }, { "pid", 8 }, { "exit_code", 5 } };
                 const msgpack_object *s = &o->via.array.ptr[i];
-                cell(get(s, "id"), 14);
-                cell(get(s, "task"), 10);
-                cell(get(s, "state"), 8);
-                cell(get(s, "pid"), 8);
-                cell(get(s, "exit_code"), 5);
+                cells(s, cols, ELEMENTSOF(cols));
                 const msgpack_object *t = get(s, "started_at");
                 char when[32] = "-";
                 if (t && t->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
@@ -210,11 +219,9 @@ void print_approval_list(const msgpack_object *o) {
                 return print_human(o);
         printf("%-14s %-14s %-10s %-12s %-8s %s\n", "ID", "SANDBOX", "TASK", "KIND", "EXPIRES", "WHAT");
         for (uint32_t i = 0; i < o->via.array.size; i++) {
+                static const column cols[] = { { "id", 14 }, { "sandbox", 14 }, { "task", 10 }, { "kind", 12 } };
                 const msgpack_object *a = &o->via.array.ptr[i];
-                cell(get(a, "id"), 14);
-                cell(get(a, "sandbox"), 14);
-                cell(get(a, "task"), 10);
-                cell(get(a, "kind"), 12);
+                cells(a, cols, ELEMENTSOF(cols));
                 const msgpack_object *t = get(a, "expires_at");
                 char left[32] = "-";
                 struct timespec now;

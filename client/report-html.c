@@ -45,6 +45,12 @@ static void val(FILE *f, const msgpack_object *o) {
                 fputs("?", f);
 }
 
+/* The HTML text `before`, then the value. */
+static void put_val(FILE *f, const char *before, const msgpack_object *o) {
+        fputs(before, f);
+        val(f, o);
+}
+
 static void kv(FILE *f, const char *label, const msgpack_object *o) {
         fprintf(f, "<tr><th>%s</th><td>", label);
         val(f, o);
@@ -56,14 +62,10 @@ static void peer(FILE *f, const msgpack_object *p) {
                 fputs("not recorded", f);
                 return;
         }
-        fputs("<b>", f);
-        val(f, rep_get(p, "comm"));
-        fputs("</b> (pid ", f);
-        val(f, rep_get(p, "pid"));
-        fputs(", uid ", f);
-        val(f, rep_get(p, "uid"));
-        fputs(", <code>", f);
-        val(f, rep_get(p, "exe"));
+        put_val(f, "<b>", rep_get(p, "comm"));
+        put_val(f, "</b> (pid ", rep_get(p, "pid"));
+        put_val(f, ", uid ", rep_get(p, "uid"));
+        put_val(f, ", <code>", rep_get(p, "exe"));
         fputs("</code>)", f);
 }
 
@@ -123,8 +125,7 @@ static void html_verification(FILE *f, const msgpack_object *v) {
         for (size_t i = 0; i < rep_len(probs); i++) {
                 fprintf(f, "<br>seq %" PRId64 " (", rep_int(&probs->via.array.ptr[i], "seq", 0));
                 val(f, rep_get(&probs->via.array.ptr[i], "type"));
-                fputs("): ", f);
-                val(f, rep_get(&probs->via.array.ptr[i], "problem"));
+                put_val(f, "): ", rep_get(&probs->via.array.ptr[i], "problem"));
         }
         fputs("</div>\n", f);
 }
@@ -134,18 +135,15 @@ static void html_summary(FILE *f, const msgpack_object *r) {
                              *u = rep_get(r, "usage");
         fputs("<h2>Who asked, and what ran</h2>\n<table>\n<tr><th>Asked by</th><td>", f);
         peer(f, req);
-        fputs(" at ", f);
-        val(f, rep_get(req, "time"));
+        put_val(f, " at ", rep_get(req, "time"));
         fputs("</td></tr>\n", f);
         kv(f, "Task", rep_get(pol, "task"));
-        fputs("<tr><th>Policy SHA-256</th><td class=\"mono\">", f);
-        val(f, rep_get(pol, "sha256"));
+        put_val(f, "<tr><th>Policy SHA-256</th><td class=\"mono\">", rep_get(pol, "sha256"));
         fputs("</td></tr>\n", f);
         kv(f, "Policy from", rep_get(pol, "source"));
         kv(f, "Capabilities", rep_get(pol, "capabilities"));
         kv(f, "Workspace", rep_get(r, "workspace"));
-        fputs("<tr><th>Command</th><td class=\"mono\">", f);
-        val(f, rep_get(r, "argv"));
+        put_val(f, "<tr><th>Command</th><td class=\"mono\">", rep_get(r, "argv"));
         fputs("</td></tr>\n", f);
         kv(f, "Environment names", rep_get(r, "env_names"));
         fputs("<tr><th>Ended</th><td>", f);
@@ -153,11 +151,9 @@ static void html_summary(FILE *f, const msgpack_object *r) {
                 val(f, rep_get(ex, "state"));
                 fprintf(f, ", exit code %" PRId64 ", signal %" PRId64, rep_int(ex, "exit_code", 0), rep_int(ex, "signal", 0));
                 if (rep_get(ex, "reason")) {
-                        fputs(", ", f);
-                        val(f, rep_get(ex, "reason"));
+                        put_val(f, ", ", rep_get(ex, "reason"));
                 }
-                fputs(" at ", f);
-                val(f, rep_get(ex, "time"));
+                put_val(f, " at ", rep_get(ex, "time"));
         } else
                 fputs("still running", f);
         fputs("</td></tr>\n<tr><th>Resources</th><td>", f);
@@ -182,17 +178,13 @@ static void html_egress(FILE *f, const msgpack_object *a) {
         for (size_t i = 0; i < rep_len(a); i++) {
                 const msgpack_object *e = &a->via.array.ptr[i];
                 char d[16];
-                fputs("<tr><td class=\"mono\">", f);
-                val(f, rep_get(e, "time"));
-                fputs("</td><td>", f);
-                val(f, rep_get(e, "host"));
-                fputs("</td><td>", f);
-                val(f, rep_get(e, "port"));
+                put_val(f, "<tr><td class=\"mono\">", rep_get(e, "time"));
+                put_val(f, "</td><td>", rep_get(e, "host"));
+                put_val(f, "</td><td>", rep_get(e, "port"));
                 fprintf(f, "</td><td class=\"%s\">", strcmp(rep_str(e, "decision", d, sizeof(d), ""), "allowed") == 0 ? "allowed" : "denied");
                 val(f, rep_get(e, "decision"));
                 if (rep_get(e, "reason")) {
-                        fputs(": ", f);
-                        val(f, rep_get(e, "reason"));
+                        put_val(f, ": ", rep_get(e, "reason"));
                 }
                 fputs("</td><td>", f);
                 if (rep_get(e, "bytes_up"))
@@ -211,17 +203,12 @@ static void html_tokens(FILE *f, const msgpack_object *a) {
         fputs("<table><thead><tr><th>Accessor</th><th>Policies</th><th>Issued</th><th>Status</th></tr></thead>\n", f);
         for (size_t i = 0; i < rep_len(a); i++) {
                 const msgpack_object *t = &a->via.array.ptr[i];
-                fputs("<tr><td class=\"mono\">", f);
-                val(f, rep_get(t, "accessor"));
-                fputs("</td><td>", f);
-                val(f, rep_get(t, "policies"));
-                fputs("</td><td class=\"mono\">", f);
-                val(f, rep_get(t, "issued"));
-                fputs("</td><td>", f);
-                val(f, rep_get(t, "status"));
+                put_val(f, "<tr><td class=\"mono\">", rep_get(t, "accessor"));
+                put_val(f, "</td><td>", rep_get(t, "policies"));
+                put_val(f, "</td><td class=\"mono\">", rep_get(t, "issued"));
+                put_val(f, "</td><td>", rep_get(t, "status"));
                 if (rep_get(t, "revoked_at")) {
-                        fputs(" at ", f);
-                        val(f, rep_get(t, "revoked_at"));
+                        put_val(f, " at ", rep_get(t, "revoked_at"));
                 }
                 fputs("</td></tr>\n", f);
         }
@@ -231,8 +218,7 @@ static void html_tokens(FILE *f, const msgpack_object *a) {
 static void html_changes(FILE *f, const msgpack_object *r) {
         const msgpack_object *c = rep_get(r, "changes"), *files = rep_get(c, "files"), *pr = rep_get(r, "promotions"),
                              *dis = rep_get(r, "discarded");
-        fputs("<h2>Changes</h2>\n<p>Change layer: ", f);
-        val(f, rep_get(c, "layer"));
+        put_val(f, "<h2>Changes</h2>\n<p>Change layer: ", rep_get(c, "layer"));
         if (files)
                 fprintf(f, ", %zu change(s) not promoted", rep_len(files));
         fputs("</p>\n", f);
@@ -240,22 +226,18 @@ static void html_changes(FILE *f, const msgpack_object *r) {
                 fputs("<table><thead><tr><th>Change</th><th>Path</th><th>SHA-256 (in the layer)</th></tr></thead>\n", f);
                 for (size_t i = 0; i < rep_len(files); i++) {
                         const msgpack_object *e = &files->via.array.ptr[i];
-                        fputs("<tr><td>", f);
-                        val(f, rep_get(e, "change"));
-                        fputs("</td><td class=\"mono\">", f);
-                        val(f, rep_get(e, "path"));
+                        put_val(f, "<tr><td>", rep_get(e, "change"));
+                        put_val(f, "</td><td class=\"mono\">", rep_get(e, "path"));
                         if (rep_bool(e, "guarded"))
                                 fputs(" <b>[guarded]</b>", f);
-                        fputs("</td><td class=\"mono\">", f);
-                        val(f, rep_get(e, "sha256"));
+                        put_val(f, "</td><td class=\"mono\">", rep_get(e, "sha256"));
                         fputs("</td></tr>\n", f);
                 }
                 fputs("</table>\n", f);
         }
         for (size_t i = 0; i < rep_len(pr); i++) {
                 const msgpack_object *e = &pr->via.array.ptr[i], *m = rep_get(e, "files");
-                fputs("<p><b>Promoted</b> at ", f);
-                val(f, rep_get(e, "time"));
+                put_val(f, "<p><b>Promoted</b> at ", rep_get(e, "time"));
                 fputs(" by ", f);
                 peer(f, rep_get(e, "by"));
                 fprintf(f, ": %zu path(s), %zu conflict(s)</p>\n", rep_len(m), rep_len(rep_get(e, "conflicts")));
@@ -263,17 +245,14 @@ static void html_changes(FILE *f, const msgpack_object *r) {
                         continue;
                 fputs("<table><thead><tr><th>Path</th><th>SHA-256 (promoted)</th></tr></thead>\n", f);
                 for (uint32_t k = 0; m->type == MSGPACK_OBJECT_MAP && k < m->via.map.size; k++) {
-                        fputs("<tr><td class=\"mono\">", f);
-                        val(f, &m->via.map.ptr[k].key);
-                        fputs("</td><td class=\"mono\">", f);
-                        val(f, m->via.map.ptr[k].val.type == MSGPACK_OBJECT_NIL ? NULL : &m->via.map.ptr[k].val);
+                        put_val(f, "<tr><td class=\"mono\">", &m->via.map.ptr[k].key);
+                        put_val(f, "</td><td class=\"mono\">", m->via.map.ptr[k].val.type == MSGPACK_OBJECT_NIL ? NULL : &m->via.map.ptr[k].val);
                         fputs("</td></tr>\n", f);
                 }
                 fputs("</table>\n", f);
         }
         if (dis) {
-                fputs("<p><b>Discarded</b> at ", f);
-                val(f, rep_get(dis, "time"));
+                put_val(f, "<p><b>Discarded</b> at ", rep_get(dis, "time"));
                 fputs(" by ", f);
                 peer(f, rep_get(dis, "by"));
                 fputs("</p>\n", f);
@@ -289,8 +268,7 @@ static void html_timeline(FILE *f, const msgpack_object *a) {
                 fprintf(f, "<li class=\"%s%s\" data-seq=\"%" PRId64 "\"><span class=\"t\">", kind_class(rep_str(e, "type", type, sizeof(type), "")),
                         ok ? "" : " unverified", rep_int(e, "seq", 0));
                 val(f, rep_get(e, "time"));
-                fputs("</span>", f);
-                val(f, rep_get(e, "summary"));
+                put_val(f, "</span>", rep_get(e, "summary"));
                 fprintf(f, "<span class=\"seq\">seq %" PRId64 "</span>%s</li>\n", rep_int(e, "seq", 0),
                         ok ? "" : "<span class=\"flag\">NOT VERIFIED</span>");
         }
@@ -304,10 +282,8 @@ void report_print_html(FILE *f, const msgpack_object *r) {
         val(f, rep_get(r, "id"));
         fprintf(f, "</title>\n<style>%s</style>\n</head><body><main>\n<h1>Sandbox ", CSS);
         val(f, rep_get(r, "id"));
-        fputs("</h1>\n<div class=\"sub\">task ", f);
-        val(f, rep_get(r, "task"));
-        fputs(" &middot; ", f);
-        val(f, rep_get(r, "state"));
+        put_val(f, "</h1>\n<div class=\"sub\">task ", rep_get(r, "task"));
+        put_val(f, " &middot; ", rep_get(r, "state"));
         fputs("</div>\n", f);
         html_verification(f, rep_get(r, "verification"));
         html_summary(f, r);
@@ -317,13 +293,11 @@ void report_print_html(FILE *f, const msgpack_object *r) {
                    "see the timeline.</p>\n",
                 rep_len(rep_get(r, "approvals")), rep_len(rep_get(r, "incidents")));
         if (rep_len(rep_get(r, "snapshots"))) {
-                fputs("<p>Forensic snapshots: <code>", f);
-                val(f, rep_get(r, "snapshots"));
+                put_val(f, "<p>Forensic snapshots: <code>", rep_get(r, "snapshots"));
                 fputs("</code></p>\n", f);
         }
         html_changes(f, r);
         html_timeline(f, rep_get(r, "timeline"));
-        fputs("<footer>Built by agentd from the audit records with seq ", f);
-        val(f, rep_get(rep_get(r, "verification"), "seqs"));
+        put_val(f, "<footer>Built by agentd from the audit records with seq ", rep_get(rep_get(r, "verification"), "seqs"));
         fputs(".</footer>\n</main></body></html>\n", f);
 }

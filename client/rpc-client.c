@@ -12,6 +12,7 @@
 
 #include "macro.h"
 #include "proto.h"
+#include "socket.h"
 
 int rpc_client_connect(rpc_client *c, const char *path) {
         memset(c, 0, sizeof(*c));
@@ -48,38 +49,6 @@ void rpc_client_close(rpc_client *c) {
         c->fd = -1;
 }
 
-static int send_all(int fd, const char *data, size_t len, const int *fds, unsigned n_fds) {
-        bool first = true;
-        while (len > 0) {
-                struct iovec iov = { (void *) data, len };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-                union {
-                        struct cmsghdr h;
-                        char buf[CMSG_SPACE(sizeof(int) * 4)];
-                } cm;
-                if (first && n_fds > 0) {
-                        memset(&cm, 0, sizeof(cm));
-                        mh.msg_control = cm.buf;
-                        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-                        struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
-                        h->cmsg_level = SOL_SOCKET;
-                        h->cmsg_type = SCM_RIGHTS;
-                        h->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-                        memcpy(CMSG_DATA(h), fds, sizeof(int) * n_fds);
-                }
-                ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                first = false;
-                data += n;
-                len -= (size_t) n;
-        }
-        return 0;
-}
-
 /* Reads more bytes into the unpacker, keeping fds that arrive. */
 static int read_more(rpc_client *c, int timeout_ms) {
         if (timeout_ms >= 0) {
@@ -93,28 +62,13 @@ static int read_more(rpc_client *c, int timeout_ms) {
         if (msgpack_unpacker_buffer_capacity(&c->unpacker) < 4096 &&
             !msgpack_unpacker_reserve_buffer(&c->unpacker, 64 * 1024))
                 return -ENOMEM;
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int) * 4)];
-        } cm;
-        struct iovec iov = { msgpack_unpacker_buffer(&c->unpacker), msgpack_unpacker_buffer_capacity(&c->unpacker) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+        size_t n_fds = c->n_received_fds;
         /* EINTR goes up: the caller may have a signal to forward. */
-        ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
+        ssize_t n = socket_recv_fds(c->fd, msgpack_unpacker_buffer(&c->unpacker), msgpack_unpacker_buffer_capacity(&c->unpacker),
+                                    c->received_fds, &n_fds, ELEMENTSOF(c->received_fds), 0, NULL);
         if (n < 0)
-                return -errno;
-        for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
-                if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                int *fds = (int *) CMSG_DATA(h);
-                for (size_t i = 0; i < nfd; i++) {
-                        if (c->n_received_fds < ELEMENTSOF(c->received_fds))
-                                c->received_fds[c->n_received_fds++] = fds[i];
-                        else
-                                close(fds[i]);
-                }
-        }
+                return (int) n;
+        c->n_received_fds = (unsigned) n_fds;
         if (n == 0)
                 return -ECONNRESET;
         msgpack_unpacker_buffer_consumed(&c->unpacker, (size_t) n);
@@ -188,7 +142,7 @@ int rpc_client_call(rpc_client *c, const char *method, const char *params, size_
                 msgpack_sbuffer_write(&sb, params, params_len);
         } else
                 msgpack_pack_array(&pk, 0);
-        int r = send_all(c->fd, sb.data, sb.size, fds, n_fds);
+        int r = socket_send_all_fds(c->fd, sb.data, sb.size, fds, n_fds, 0);
         msgpack_sbuffer_destroy(&sb);
         msgpack_unpacked_destroy(&res->unpacked);
         if (r < 0) {

@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "helper.h"
+#include "socket.h"
 #include "zygote.h"
 
 #ifndef CLONE_INTO_CGROUP
@@ -66,13 +67,8 @@ static const int forwarded_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUS
 static int status_send(int fd, int passfd, const char *fmt, ...) _printf_(3, 4);
 static int status_send(int fd, int passfd, const char *fmt, ...) {
         char buf[640];
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control = {};
-        struct iovec iov = { .iov_base = buf };
-        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
         va_list ap;
+        ssize_t k;
         int n;
 
         va_start(ap, fmt);
@@ -83,28 +79,13 @@ static int status_send(int fd, int passfd, const char *fmt, ...) {
         if ((size_t) n > sizeof(buf) - 2)
                 n = sizeof(buf) - 2;
         buf[n++] = '\n';
-        iov.iov_len = (size_t) n;
 
-        if (passfd >= 0) {
-                struct cmsghdr *c;
-
-                msg.msg_control = control.buf;
-                msg.msg_controllen = sizeof(control.buf);
-                c = CMSG_FIRSTHDR(&msg);
-                c->cmsg_level = SOL_SOCKET;
-                c->cmsg_type = SCM_RIGHTS;
-                c->cmsg_len = CMSG_LEN(sizeof(int));
-                memcpy(CMSG_DATA(c), &passfd, sizeof(int));
-        }
-        for (;;) {
-                if (sendmsg(fd, &msg, MSG_NOSIGNAL) >= 0)
-                        return 0;
-                if (errno == EINTR)
-                        continue;
-                if (errno == ENOTSOCK && passfd < 0 && write(fd, buf, (size_t) n) == n)
-                        return 0;
-                return -errno;
-        }
+        k = socket_send_fds(fd, buf, (size_t) n, &passfd, passfd >= 0 ? 1 : 0, 0);
+        if (k >= 0)
+                return 0;
+        if (k == -ENOTSOCK && passfd < 0)
+                return write(fd, buf, (size_t) n) == n ? 0 : -errno;
+        return (int) k;
 }
 
 /* The one place setup failures are reported; without a status channel, stderr. */
@@ -634,47 +615,24 @@ static int zygote_main(void) {
 
         for (;;) {
                 ZygoteRequest req;
-                union {
-                        struct cmsghdr h;
-                        char buf[CMSG_SPACE(sizeof(int) * ZYGOTE_FDS_MAX)];
-                } control;
-                struct iovec iov = { .iov_base = &req, .iov_len = sizeof(req) };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                                     .msg_controllen = sizeof(control.buf) };
                 int fds[ZYGOTE_FDS_MAX];
-                unsigned n_fds = 0, n_rights = 0;
-                bool bad = false;
+                size_t n_fds = 0;
+                SocketFdsInfo info;
                 ssize_t n;
                 pid_t pid;
 
-                n = recvmsg(ZYGOTE_FD, &mh, MSG_CMSG_CLOEXEC);
-                if (n < 0 && errno == EINTR)
+                n = socket_recv_fds(ZYGOTE_FD, &req, sizeof(req), fds, &n_fds, ZYGOTE_FDS_MAX, 0, &info);
+                if (n == -EINTR)
                         continue;
-                if (n <= 0)
+                if (n <= 0) {
+                        for (size_t i = 0; i < n_fds; i++)
+                                close(fds[i]);
                         return 0; /* agentd closed its end: we are done */
-
-                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-                        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
-                                bad = true;
-                                continue;
-                        }
-                        n_rights++;
-                        for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-                                int fd;
-
-                                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                                if (n_fds < ZYGOTE_FDS_MAX)
-                                        fds[n_fds++] = fd;
-                                else {
-                                        close(fd);
-                                        bad = true;
-                                }
-                        }
                 }
                 /* Fail closed on anything but exactly the request we expect. */
-                if (bad || n != (ssize_t) sizeof(req) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || n_rights != 1 ||
+                if (info.foreign || info.n_closed > 0 || n != (ssize_t) sizeof(req) || (info.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || info.n_rights != 1 ||
                     req.magic != ZYGOTE_MAGIC || req.n_fds != n_fds || n_fds < ZYGOTE_FDS_MIN) {
-                        for (unsigned i = 0; i < n_fds; i++)
+                        for (size_t i = 0; i < n_fds; i++)
                                 close(fds[i]);
                         if (zygote_reply(n >= (ssize_t) offsetof(ZygoteRequest, n_fds) ? req.seq : 0, -EBADMSG) < 0)
                                 return 0;

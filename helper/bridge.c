@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "helper.h"
+#include "socket.h"
 
 #define BRIDGE_MAX_PENDING 64  /* connections waiting for room in the proxy's backlog */
 #define BRIDGE_RETRY_MS 10     /* the proxy's backlog was full: connect again after */
@@ -132,27 +133,13 @@ static void tcp_reset(int fd) {
 /* 0: handed over; 1: the proxy's backlog is full, try again later; <0: failed.
  * On a fresh connection the one byte always fits, so sending cannot block. */
 static int handoff(const Bridge *b, int unx, int tcp) {
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control = {};
-        struct iovec iov = { .iov_base = (char[]) { 'F' }, .iov_len = 1 };
-        struct msghdr mh = {
-                .msg_iov = &iov,
-                .msg_iovlen = 1,
-                .msg_control = &control,
-                .msg_controllen = sizeof(control),
-        };
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        ssize_t n;
 
         if (connect(unx, (const struct sockaddr *) &b->proxy, b->proxy_len) < 0)
                 return errno == EAGAIN || errno == EINTR ? 1 : -errno;
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &tcp, sizeof(int));
-        if (sendmsg(unx, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
-                return -errno;
+        n = socket_send_fds(unx, "F", 1, &tcp, 1, MSG_DONTWAIT);
+        if (n != 1)
+                return n < 0 ? (int) n : -EIO;
         return 0;
 }
 

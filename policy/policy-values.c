@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <arpa/inet.h>
 
+#include "fd.h"
 #include "policy-internal.h"
 
 int strv_push(char ***l, char *value) {
@@ -608,7 +609,8 @@ int policy_read_file(const char *path, size_t max, char **ret, size_t *ret_len) 
         _cleanup_close_ int fd = -1;
         _cleanup_free_ char *buf = NULL;
         struct stat st;
-        size_t n = 0;
+        ssize_t k;
+        size_t n;
 
         /* O_NONBLOCK so a FIFO planted in a tasks directory cannot hang the daemon */
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
@@ -626,19 +628,12 @@ int policy_read_file(const char *path, size_t max, char **ret, size_t *ret_len) 
         if (!buf)
                 return -ENOMEM;
         /* the size may change under us: read until EOF, never beyond max */
-        for (;;) {
-                ssize_t k = read(fd, buf + n, max + 1 - n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        break;
-                n += (size_t) k;
-                if (n > max)
-                        return -EFBIG;
-        }
+        k = fd_read_full(fd, buf, max + 1);
+        if (k < 0)
+                return (int) k;
+        n = (size_t) k;
+        if (n > max)
+                return -EFBIG;
         buf[n] = 0;
         *ret = TAKE_PTR(buf);
         *ret_len = n;

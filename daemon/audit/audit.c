@@ -27,6 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fd.h"
+#include "file.h"
+
 #define HASH_LEN 32
 #define HEX_LEN (2 * HASH_LEN)
 #define HEAD_NAME "audit.head"
@@ -221,24 +224,6 @@ static void key_page_free(uint8_t *p, size_t size) {
 }
 
 /* ---- small file helpers ---- */
-
-static int write_all(int fd, const void *p, size_t n) {
-        const char *c = p;
-
-        while (n > 0) {
-                ssize_t k = write(fd, c, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EIO;
-                c += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
 
 static void file_name(unsigned no, char buf[static 32]) {
         snprintf(buf, 32, "audit-%06u.jsonl", no);
@@ -508,56 +493,67 @@ enum {
         HEAD_INVALID,
 };
 
+/* The line of the head and the checkpoint files: the JSON object u[0..n)
+ * with ,"hmac":"<HMAC of u>" added before its closing brace, and a newline. */
+static int signed_line(const audit_key *k, const char *u, size_t n, char *buf, size_t size, size_t *ret_len) {
+        char mhex[HEX_LEN + 1];
+        uint8_t mac[HASH_LEN];
+        int m, r;
+
+        r = hmac_sha256(k, u, n, NULL, 0, mac);
+        if (r < 0)
+                return r;
+        hex_encode(mac, HASH_LEN, mhex);
+        m = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", (int) n - 1, u, mhex);
+        if (m < 0 || (size_t) m >= size)
+                return -EINVAL;
+        *ret_len = (size_t) m;
+        return 0;
+}
+
+/* Reads a small file of ours (not following a symlink) into buf, NUL-terminated:
+ * 0, or -ENOENT, -ELOOP (a symlink) or another -errno. */
+static int small_file_read(int dir_fd, const char *name, char *buf, size_t size, size_t *ret_len) {
+        _cleanup_close_ int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        ssize_t n;
+
+        if (fd < 0)
+                return -errno;
+        n = fd_read_full(fd, buf, size - 1);
+        if (n < 0)
+                return (int) n;
+        buf[n] = 0;
+        *ret_len = (size_t) n;
+        return 0;
+}
+
 static int head_format(const audit_key *k, uint64_t seq, const uint8_t hash[HASH_LEN], char *buf, size_t size,
                        size_t *ret_len) {
-        char hex[HEX_LEN + 1], mhex[HEX_LEN + 1], u[160];
-        uint8_t mac[HASH_LEN];
-        int n, r;
+        char hex[HEX_LEN + 1], u[160];
+        int n;
 
         hex_encode(hash, HASH_LEN, hex);
         n = snprintf(u, sizeof(u), "{\"audit_head\":1,\"seq\":%" PRIu64 ",\"hash\":\"%s\"}", seq, hex);
         if (n < 0 || (size_t) n >= sizeof(u))
                 return -EINVAL;
-        r = hmac_sha256(k, u, (size_t) n, NULL, 0, mac);
-        if (r < 0)
-                return r;
-        hex_encode(mac, HASH_LEN, mhex);
-        n = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", n - 1, u, mhex);
-        if (n < 0 || (size_t) n >= size)
-                return -EINVAL;
-        *ret_len = (size_t) n;
-        return 0;
+        return signed_line(k, u, (size_t) n, buf, size, ret_len);
 }
 
 /* Reads and authenticates audit.head: HEAD_OK with *ret_seq and ret_hash filled,
  * HEAD_MISSING, HEAD_INVALID, or a negative errno. */
 static int head_read(int dir_fd, const audit_key *k, uint64_t *ret_seq, uint8_t ret_hash[HASH_LEN]) {
-        _cleanup_close_ int fd = -1;
         char buf[512], canon[512], hex[HEX_LEN + 1];
-        size_t n = 0, canon_len;
+        size_t n, canon_len;
         uint64_t seq;
         int r;
 
-        fd = openat(dir_fd, HEAD_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-        if (fd < 0) {
-                if (errno == ENOENT)
-                        return HEAD_MISSING;
-                if (errno == ELOOP)
-                        return HEAD_INVALID;
-                return -errno;
-        }
-        while (n < sizeof(buf) - 1) {
-                ssize_t k2 = read(fd, buf + n, sizeof(buf) - 1 - n);
-                if (k2 < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k2 == 0)
-                        break;
-                n += (size_t) k2;
-        }
-        buf[n] = 0;
+        r = small_file_read(dir_fd, HEAD_NAME, buf, sizeof(buf), &n);
+        if (r == -ENOENT)
+                return HEAD_MISSING;
+        if (r == -ELOOP)
+                return HEAD_INVALID;
+        if (r < 0)
+                return r;
 
         /* Parse loosely, then require the file to be byte for byte what we would write. */
         if (sscanf(buf, "{\"audit_head\":1,\"seq\":%" SCNu64 ",\"hash\":\"%64[0-9a-f]\"", &seq, hex) != 2 ||
@@ -574,7 +570,6 @@ static int head_read(int dir_fd, const audit_key *k, uint64_t *ret_seq, uint8_t 
 
 /* Atomically: a reader sees the old head or the new one, never half of either. */
 static int head_write(audit_log *a) {
-        _cleanup_close_ int fd = -1;
         char buf[512];
         size_t len;
         int r;
@@ -582,19 +577,7 @@ static int head_write(audit_log *a) {
         r = head_format(&a->key, a->seq, a->last_hash, buf, sizeof(buf), &len);
         if (r < 0)
                 return r;
-        fd = openat(a->dir_fd, HEAD_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
-        if (fd < 0)
-                return -errno;
-        r = write_all(fd, buf, len);
-        if (r < 0)
-                return r;
-        if (fsync(fd) < 0)
-                return -errno;
-        if (renameat(a->dir_fd, HEAD_TMP_NAME, a->dir_fd, HEAD_NAME) < 0)
-                return -errno;
-        if (fsync(a->dir_fd) < 0)
-                return -errno;
-        return 0;
+        return write_file_replace_at(a->dir_fd, HEAD_TMP_NAME, HEAD_NAME, buf, len, 0600, WRITE_FILE_SYNC_DIR);
 }
 
 /* ---- the checkpoint: where a pruned log starts ---- */
@@ -610,45 +593,30 @@ enum {
 
 static int checkpoint_format(const audit_key *k, unsigned file, uint64_t seq, const uint8_t hash[HASH_LEN], char *buf,
                              size_t size, size_t *ret_len) {
-        char hex[HEX_LEN + 1], mhex[HEX_LEN + 1], u[200];
-        uint8_t mac[HASH_LEN];
-        int n, r;
+        char hex[HEX_LEN + 1], u[200];
+        int n;
 
         hex_encode(hash, HASH_LEN, hex);
         n = snprintf(u, sizeof(u), "{\"audit_checkpoint\":1,\"file\":%u,\"seq\":%" PRIu64 ",\"hash\":\"%s\"}", file, seq,
                      hex);
         if (n < 0 || (size_t) n >= sizeof(u))
                 return -EINVAL;
-        r = hmac_sha256(k, u, (size_t) n, NULL, 0, mac);
-        if (r < 0)
-                return r;
-        hex_encode(mac, HASH_LEN, mhex);
-        n = snprintf(buf, size, "%.*s,\"hmac\":\"%s\"}\n", n - 1, u, mhex);
-        if (n < 0 || (size_t) n >= size)
-                return -EINVAL;
-        *ret_len = (size_t) n;
-        return 0;
+        return signed_line(k, u, (size_t) n, buf, size, ret_len);
 }
 
 /* CP_OK with the first kept file's number and the seq and hash of the record
  * before its first one; CP_MISSING (never pruned); CP_INVALID; or -errno. */
 static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, uint64_t *ret_seq,
                            uint8_t ret_hash[HASH_LEN]) {
-        _cleanup_close_ int fd = -1;
         char buf[512], canon[512], hex[HEX_LEN + 1];
-        size_t canon_len;
+        size_t n, canon_len;
         unsigned file;
         uint64_t seq;
-        ssize_t n;
         int r;
 
-        fd = openat(dir_fd, CHECKPOINT_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-        if (fd < 0)
-                return errno == ENOENT ? CP_MISSING : errno == ELOOP ? CP_INVALID : -errno;
-        n = read(fd, buf, sizeof(buf) - 1);
-        if (n < 0)
-                return -errno;
-        buf[n] = 0;
+        r = small_file_read(dir_fd, CHECKPOINT_NAME, buf, sizeof(buf), &n);
+        if (r < 0)
+                return r == -ENOENT ? CP_MISSING : r == -ELOOP ? CP_INVALID : r;
         if (sscanf(buf, "{\"audit_checkpoint\":1,\"file\":%u,\"seq\":%" SCNu64 ",\"hash\":\"%64[0-9a-f]\"", &file, &seq,
                    hex) != 3 ||
             !hex_decode(hex, strlen(hex), ret_hash, HASH_LEN))
@@ -656,7 +624,7 @@ static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, u
         r = checkpoint_format(k, file, seq, ret_hash, canon, sizeof(canon), &canon_len);
         if (r < 0)
                 return r;
-        if (canon_len != (size_t) n || CRYPTO_memcmp(canon, buf, (size_t) n) != 0)
+        if (canon_len != n || CRYPTO_memcmp(canon, buf, n) != 0)
                 return CP_INVALID;
         *ret_file = file;
         *ret_seq = seq;
@@ -664,7 +632,6 @@ static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, u
 }
 
 static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uint8_t hash[HASH_LEN]) {
-        _cleanup_close_ int fd = -1;
         char buf[512];
         size_t len;
         int r;
@@ -672,20 +639,8 @@ static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uin
         r = checkpoint_format(&a->key, file, seq, hash, buf, sizeof(buf), &len);
         if (r < 0)
                 return r;
-        fd = openat(a->dir_fd, CHECKPOINT_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
-                    0600);
-        if (fd < 0)
-                return -errno;
-        r = write_all(fd, buf, len);
-        if (r < 0)
-                return r;
-        if (fsync(fd) < 0)
-                return -errno;
-        if (renameat(a->dir_fd, CHECKPOINT_TMP_NAME, a->dir_fd, CHECKPOINT_NAME) < 0)
-                return -errno;
-        if (fsync(a->dir_fd) < 0)
-                return -errno;
-        return 0;
+        return write_file_replace_at(a->dir_fd, CHECKPOINT_TMP_NAME, CHECKPOINT_NAME, buf, len, 0600,
+                                     WRITE_FILE_SYNC_DIR);
 }
 
 /* ---- what fields may contain ---- */

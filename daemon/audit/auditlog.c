@@ -26,7 +26,7 @@
 #include "broker/seal.h"
 #include "core/daemon.h"
 #include "broker/tpmjob.h"
-#include "core/fileio.h"
+#include "file.h"
 #include "core/log.h"
 #include "macro.h"
 #include "core/server.h"
@@ -63,15 +63,6 @@ typedef struct key_work {
 } key_work;
 
 static auditlog the_log;
-
-static int write_new(const char *path, const void *data, size_t len) {
-        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        int r = write(fd, data, len) == (ssize_t) len && fsync(fd) == 0 ? 0 : -EIO;
-        close(fd);
-        return r;
-}
 
 static void set_state(const char *fmt, const char *arg) {
         free(the_log.state);
@@ -110,7 +101,7 @@ static int audit_key(const char *tcti, const char *dir, uint8_t **ret, size_t *r
                 snprintf(why, whylen, "cannot seal a new audit key (%s: %s)", se.step, se.message);
                 return r;
         }
-        r = write_new(blob_path, nb, nlen);
+        r = write_file(blob_path, nb, nlen, 0600, WRITE_FILE_EXCL);
         free(nb);
         if (r < 0) {
                 explicit_zero(key, sizeof(key));
@@ -636,12 +627,7 @@ static void tail_work(uv_work_t *w) {
         if (audit_snapshot_query_page(j->snap, &q, &arr, NULL) < 0)
                 return;
         const char *text = json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PRETTY);
-        int fd = open(j->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd >= 0) {
-                (void) !write(fd, text, strlen(text));
-                (void) fsync(fd);
-                close(fd);
-        }
+        (void) write_file(j->path, text, strlen(text), 0600, 0);
         json_object_put(arr);
 }
 

@@ -379,6 +379,13 @@ static json_object *copy_of(json_object *f, const char *k) {
         return v ? json_object_get(v) : NULL;
 }
 
+/* Copies fields of f into dst: { name in dst, name in f } pairs. */
+static void copy_fields(json_object *dst, json_object *f, const char *const (*names)[2], size_t n) {
+        for (size_t i = 0; i < n; i++)
+                json_object_object_add(dst, names[i][0], copy_of(f, names[i][1]));
+}
+#define COPY_FIELDS(dst, f, names) copy_fields(dst, f, names, ELEMENTSOF(names))
+
 static json_object *peer_of(json_object *f) {
         json_object *p = json_object_new_object();
         static const char *const keys[] = { "peer_pid", "peer_uid", "peer_exe", "peer_comm" };
@@ -468,6 +475,13 @@ static void on_token(sections *x, const char *type, json_object *rec, json_objec
         }
 }
 
+static const char *const policy_fields[][2] = {
+        { "task", "task" }, { "sha256", "policy_sha256" }, { "source", "policy_source" }, { "capabilities", "capabilities" },
+};
+static const char *const exit_fields[][2] = {
+        { "state", "state" }, { "exit_code", "exit_code" }, { "signal", "signal" }, { "reason", "reason" },
+};
+
 static void on_record(sections *x, json_object *rec) {
         const char *type = fstr(rec, "type") ?: "?";
         json_object *f = fget(rec, "fields");
@@ -495,10 +509,7 @@ static void on_record(sections *x, json_object *rec) {
                 json_object_object_add(x->request, "seq", copy_of(rec, "seq"));
                 json_object_put(x->policy);
                 x->policy = json_object_new_object();
-                json_object_object_add(x->policy, "task", copy_of(f, "task"));
-                json_object_object_add(x->policy, "sha256", copy_of(f, "policy_sha256"));
-                json_object_object_add(x->policy, "source", copy_of(f, "policy_source"));
-                json_object_object_add(x->policy, "capabilities", copy_of(f, "capabilities"));
+                COPY_FIELDS(x->policy, f, policy_fields);
                 json_object_put(x->argv);
                 x->argv = copy_of(f, "argv");
                 json_object_put(x->env_names);
@@ -506,10 +517,7 @@ static void on_record(sections *x, json_object *rec) {
         } else if (streq(type, "sandbox.exit")) {
                 json_object_put(x->exit);
                 x->exit = entry_base(rec);
-                json_object_object_add(x->exit, "state", copy_of(f, "state"));
-                json_object_object_add(x->exit, "exit_code", copy_of(f, "exit_code"));
-                json_object_object_add(x->exit, "signal", copy_of(f, "signal"));
-                json_object_object_add(x->exit, "reason", copy_of(f, "reason"));
+                COPY_FIELDS(x->exit, f, exit_fields);
                 json_object_put(x->usage);
                 x->usage = copy_of(f, "usage");
         } else if (streq(type, "egress")) {
@@ -534,16 +542,12 @@ static void on_record(sections *x, json_object *rec) {
                 }
         } else if (streq(type, "token.issued") || streq(type, "token.revoked")) {
                 on_token(x, type, rec, f);
-        } else if (strncmp(type, "approval", 8) == 0) {
+        } else if (strncmp(type, "approval", 8) == 0 || streq(type, "revoke") || streq(type, "alert") ||
+                   streq(type, "sandbox.freeze")) {
                 json_object *e = entry_base(rec);
                 add_str(e, "type", type);
                 json_object_object_add(e, "fields", json_object_get(f));
-                json_object_array_add(x->approvals, e);
-        } else if (streq(type, "revoke") || streq(type, "alert") || streq(type, "sandbox.freeze")) {
-                json_object *e = entry_base(rec);
-                add_str(e, "type", type);
-                json_object_object_add(e, "fields", json_object_get(f));
-                json_object_array_add(x->incidents, e);
+                json_object_array_add(strncmp(type, "approval", 8) == 0 ? x->approvals : x->incidents, e);
         } else if (streq(type, "sandbox.promote")) {
                 json_object *e = entry_base(rec);
                 json_object_object_add(e, "by", peer_of(f));
@@ -563,7 +567,6 @@ static void on_record(sections *x, json_object *rec) {
                 json_object_array_add(x->requests, e);
         }
 }
-
 
 static void build_report(report_job *j, audit_selection *sel) {
         sections x = {

@@ -16,6 +16,7 @@
 #include "agentd-build.h"
 #include "broker/vault.h"
 #include "core/log.h"
+#include "file.h"
 #include "macro.h"
 
 #define BATCH_MAX 256u
@@ -95,10 +96,7 @@ static int load_key(const char *dir) {
                 return -errno;
         if (getrandom(T.key, KEY_LEN, 0) != KEY_LEN)
                 return -EIO;
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        return write(fd, T.key, KEY_LEN) == KEY_LEN && fsync(fd) == 0 ? 0 : -EIO;
+        return write_file(path, T.key, KEY_LEN, 0600, WRITE_FILE_EXCL);
 }
 
 /* ---- OTLP/JSON building blocks (int64 as decimal strings, ids as hex) ---- */
@@ -176,13 +174,67 @@ static void sandbox_ids(const char *sandbox, char trace[33], char span[17]) {
 
 /* ---- what each event exports (everything else stays here) ---- */
 
+/* An exported attribute taken from a record field, in clear or as a keyed hash. */
+typedef struct attr_map {
+        const char *attr, *field;
+        bool redact;
+} attr_map;
+
+static void attrs_copy(json_object *a, json_object *f, const attr_map *m, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                attr(a, m[i].attr, m[i].redact ? redacted_field(f, m[i].field) : field(f, m[i].field));
+}
+#define ATTRS_COPY(a, f, map) attrs_copy(a, f, map, ELEMENTSOF(map))
+
+static const attr_map spawn_attrs[] = {
+        { "agentd.task", "task" },
+        { "agentd.policy.sha256", "policy_sha256" },
+        { "agentd.policy.source.hmac", "policy_source", true },
+        { "agentd.workspace.hmac", "workspace", true },
+        { "agentd.peer.comm", "peer_comm" },
+        { "agentd.peer.exe.hmac", "peer_exe", true },
+};
+static const attr_map exit_attrs[] = {
+        { "agentd.state", "state" },
+        { "process.exit.code", "exit_code" },
+        { "agentd.signal", "signal" },
+};
+static const attr_map usage_attrs[] = {
+        { "agentd.cpu_usec", "cpu_usec" },
+        { "agentd.memory_peak_bytes", "memory_peak_bytes" },
+        { "agentd.layer_bytes", "layer_bytes" },
+};
+static const attr_map egress_attrs[] = {
+        { "server.address", "host" },
+        { "server.port", "port" },
+        { "agentd.egress.decision", "decision" },
+        { "agentd.egress.reason", "reason" },
+        { "agentd.bytes_up", "bytes_up" },
+        { "agentd.bytes_down", "bytes_down" },
+};
+static const attr_map token_attrs[] = {
+        { "agentd.token.accessor", "accessor" },
+        { "agentd.token.ttl", "ttl" },
+        { "agentd.token.policies", "policies" },
+};
+static const attr_map revoke_attrs[] = {
+        { "agentd.revoke.all", "all" },
+        { "agentd.revoke.sandboxes", "sandboxes" },
+        { "agentd.revoke.frozen", "frozen" },
+        { "agentd.revoke.killed", "killed" },
+        { "agentd.revoke.tokens_revoked", "tokens_revoked" },
+        { "agentd.revoke.tokens_pending", "tokens_pending" },
+};
+static const attr_map alert_attrs[] = {
+        { "agentd.alert.rule", "rule" },
+        { "agentd.alert.count", "count" },
+};
+static const attr_map peer_attrs[] = {
+        { "agentd.peer.comm", "peer_comm" },
+};
+
 static void attrs_spawn(json_object *a, json_object *f) {
-        attr(a, "agentd.task", field(f, "task"));
-        attr(a, "agentd.policy.sha256", field(f, "policy_sha256"));
-        attr(a, "agentd.policy.source.hmac", redacted_field(f, "policy_source"));
-        attr(a, "agentd.workspace.hmac", redacted_field(f, "workspace"));
-        attr(a, "agentd.peer.comm", field(f, "peer_comm"));
-        attr(a, "agentd.peer.exe.hmac", redacted_field(f, "peer_exe"));
+        ATTRS_COPY(a, f, spawn_attrs);
         json_object *argv = field(f, "argv");
         if (argv && T.include_args)
                 attr(a, "process.command_args", argv);
@@ -212,36 +264,19 @@ static void attrs_for(json_object *a, const char *type, json_object *f) {
                 attrs_spawn(a, f);
         else if (streq(type, "sandbox.exit")) {
                 json_object *u = field(f, "usage");
-                attr(a, "agentd.state", field(f, "state"));
-                attr(a, "process.exit.code", field(f, "exit_code"));
-                attr(a, "agentd.signal", field(f, "signal"));
+                ATTRS_COPY(a, f, exit_attrs);
                 attr_reason(a, f);
-                attr(a, "agentd.cpu_usec", field(u, "cpu_usec"));
-                attr(a, "agentd.memory_peak_bytes", field(u, "memory_peak_bytes"));
-                attr(a, "agentd.layer_bytes", field(u, "layer_bytes"));
+                ATTRS_COPY(a, u, usage_attrs);
                 json_object_put(u);
-        } else if (streq(type, "egress") || streq(type, "egress.closed")) {
-                attr(a, "server.address", field(f, "host"));
-                attr(a, "server.port", field(f, "port"));
-                attr(a, "agentd.egress.decision", field(f, "decision"));
-                attr(a, "agentd.egress.reason", field(f, "reason"));
-                attr(a, "agentd.bytes_up", field(f, "bytes_up"));
-                attr(a, "agentd.bytes_down", field(f, "bytes_down"));
-        } else if (strncmp(type, "token.", 6) == 0) {
-                attr(a, "agentd.token.accessor", field(f, "accessor"));
-                attr(a, "agentd.token.ttl", field(f, "ttl"));
-                attr(a, "agentd.token.policies", field(f, "policies"));
-        } else if (streq(type, "revoke")) {
-                attr(a, "agentd.revoke.all", field(f, "all"));
-                attr(a, "agentd.revoke.sandboxes", field(f, "sandboxes"));
-                attr(a, "agentd.revoke.frozen", field(f, "frozen"));
-                attr(a, "agentd.revoke.killed", field(f, "killed"));
-                attr(a, "agentd.revoke.tokens_revoked", field(f, "tokens_revoked"));
-                attr(a, "agentd.revoke.tokens_pending", field(f, "tokens_pending"));
-        } else if (streq(type, "alert")) {
-                attr(a, "agentd.alert.rule", field(f, "rule"));
-                attr(a, "agentd.alert.count", field(f, "count"));
-        } else if (streq(type, "sandbox.promote")) {
+        } else if (streq(type, "egress") || streq(type, "egress.closed"))
+                ATTRS_COPY(a, f, egress_attrs);
+        else if (strncmp(type, "token.", 6) == 0)
+                ATTRS_COPY(a, f, token_attrs);
+        else if (streq(type, "revoke"))
+                ATTRS_COPY(a, f, revoke_attrs);
+        else if (streq(type, "alert"))
+                ATTRS_COPY(a, f, alert_attrs);
+        else if (streq(type, "sandbox.promote")) {
                 json_object *pr = field(f, "promoted_sha256"), *names = json_object_new_array();
                 if (!pr || !json_object_is_type(pr, json_type_object)) {
                         json_object_put(pr);
@@ -258,9 +293,9 @@ static void attrs_for(json_object *a, const char *type, json_object *f) {
                 attr(a, "agentd.promote.conflicts", json_object_new_int64(cf ? (int64_t) json_object_array_length(cf) : 0));
                 json_object_put(cf);
                 json_object_put(pr);
-                attr(a, "agentd.peer.comm", field(f, "peer_comm"));
+                ATTRS_COPY(a, f, peer_attrs);
         } else if (streq(type, "sandbox.discard"))
-                attr(a, "agentd.peer.comm", field(f, "peer_comm"));
+                ATTRS_COPY(a, f, peer_attrs);
 }
 
 static bool exported(const char *type) {

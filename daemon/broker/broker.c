@@ -21,7 +21,9 @@
 
 #include "seal.h"
 #include "tpmjob.h"
-#include "core/fileio.h"
+#include "fd.h"
+#include "file.h"
+#include "memfd.h"
 #include "vault.h"
 #include "audit/auditlog.h"
 #include "core/log.h"
@@ -141,14 +143,6 @@ static json_object *auth_field(json_object *body, const char *key) {
 
 /* ---- files -------------------------------------------------------------------- */
 
-static void fsync_dir(const char *dir) {
-        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd >= 0) {
-                (void) fsync(fd);
-                close(fd);
-        }
-}
-
 static bool accessor_valid(const char *a) {
         size_t n = strlen(a);
         if (n == 0 || n > 100 || a[0] == '.')
@@ -164,7 +158,7 @@ static int record_accessor(broker *b, const char *accessor, const char *sandbox_
         snprintf(path, sizeof(path), "%s/%s", b->accessor_dir, accessor);
         int r = write_file_atomic(path, sandbox_id, strlen(sandbox_id));
         if (r == 0)
-                fsync_dir(b->accessor_dir);
+                (void) fsync_directory(b->accessor_dir);
         return r;
 }
 
@@ -1447,20 +1441,13 @@ int broker_pack_token(sandbox_creds *c, msgpack_packer *pk, int *ret_fd) {
         if (!c || !c->token || until <= now)
                 return -ESTALE;
         /* The token travels only as a sealed, read-only memfd. */
-        int fd = memfd_create("agentd-token", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        int fd = memfd_new_sealed("agentd-token", c->token, c->token_len);
         if (fd < 0)
-                return -errno;
-        if (write(fd, c->token, c->token_len) != (ssize_t) c->token_len ||
-            fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
-                close(fd);
-                return -EIO;
-        }
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-        int ro = open(path, O_RDONLY | O_CLOEXEC);
+                return fd;
+        int ro = fd_reopen(fd, O_RDONLY);
         close(fd);
         if (ro < 0)
-                return -errno;
+                return ro;
         *ret_fd = ro;
         msgpack_pack_map(pk, 3);
         mp_pack_kv_u64(pk, "expires_at", until);

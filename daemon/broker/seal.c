@@ -36,6 +36,7 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "file.h"
 #include "macro.h"
 
 #define IN_SET(x, ...)                                                  \
@@ -489,6 +490,21 @@ static int tpm_session_attrs(tpm *t, TPMA_SESSION attrs, seal_error *err) {
         return 0;
 }
 
+/* Connects, creates the primary key and starts a salted session with
+ * `session_attrs`: the first steps of both seal and unseal. */
+static int tpm_begin(tpm *t, const char *tcti, TPMA_SESSION session_attrs, seal_error *err) {
+        int r = tpm_open(t, tcti, err);
+        if (r < 0)
+                return r;
+        r = tpm_create_primary(t, err);
+        if (r < 0)
+                return r;
+        r = tpm_start_session(t, err);
+        if (r < 0)
+                return r;
+        return tpm_session_attrs(t, session_attrs, err);
+}
+
 static int tpm_seal(const char *tcti, const void *secret, size_t len, uint8_t **ret_blob, size_t *ret_len,
                     seal_error *err) {
         _cleanup_(tpm_done) tpm t = TPM_INIT;
@@ -497,16 +513,7 @@ static int tpm_seal(const char *tcti, const void *secret, size_t len, uint8_t **
         TSS2_RC rc;
         int r;
 
-        r = tpm_open(&t, tcti, err);
-        if (r < 0)
-                return r;
-        r = tpm_create_primary(&t, err);
-        if (r < 0)
-                return r;
-        r = tpm_start_session(&t, err);
-        if (r < 0)
-                return r;
-        r = tpm_session_attrs(&t, TPMA_SESSION_DECRYPT, err);
+        r = tpm_begin(&t, tcti, TPMA_SESSION_DECRYPT, err);
         if (r < 0)
                 return r;
 
@@ -578,16 +585,7 @@ static int tpm_unseal(const char *tcti, const blob_view *v, uint8_t **ret_secret
                 return fail(err, -EBADMSG, "blob", "sealed blob does not hold a sealed data object (type 0x%x)",
                             pub.publicArea.type);
 
-        r = tpm_open(&t, tcti, err);
-        if (r < 0)
-                return r;
-        r = tpm_create_primary(&t, err);
-        if (r < 0)
-                return r;
-        r = tpm_start_session(&t, err);
-        if (r < 0)
-                return r;
-        r = tpm_session_attrs(&t, 0, err);
+        r = tpm_begin(&t, tcti, 0, err);
         if (r < 0)
                 return r;
 
@@ -671,18 +669,13 @@ static int key_file_create(const char *path, seal_error *err) {
         if ((size_t) snprintf(tmp, sizeof(tmp), "%s.tmp-%016" PRIx64, path, rnd) >= sizeof(tmp))
                 return fail(err, -ENAMETOOLONG, "key-file", "key file path is too long");
 
-        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
-        if (fd < 0)
-                return fail(err, -errno, "key-file", "cannot create %s: %m", tmp);
-
-        int r = 0;
-        ssize_t n = write(fd, key.p, SOFT_KEY_SIZE);
-        if (n != SOFT_KEY_SIZE)
-                r = fail(err, n < 0 ? -errno : -EIO, "key-file", "cannot write %s: %s", tmp,
-                         n < 0 ? strerror(errno) : "short write");
-        else if (fsync(fd) < 0)
-                r = fail(err, -errno, "key-file", "cannot sync %s: %m", tmp);
-        else if (link(tmp, path) < 0 && errno != EEXIST)
+        int r = write_file(tmp, key.p, SOFT_KEY_SIZE, 0600, WRITE_FILE_EXCL);
+        if (r < 0) {
+                if (r != -EEXIST) /* a temp file we did not create is not ours to remove */
+                        (void) unlink(tmp);
+                return fail(err, r, "key-file", "cannot write %s: %s", tmp, strerror(-r));
+        }
+        if (link(tmp, path) < 0 && errno != EEXIST)
                 r = fail(err, -errno, "key-file", "cannot install the key file %s: %m", path);
         (void) unlink(tmp);
         return r;

@@ -16,6 +16,7 @@
 
 #include "log.h"
 #include "macro.h"
+#include "socket.h"
 #include "audit/auditlog.h"
 #include "audit/report.h"
 #include "sandbox/sandbox.h"
@@ -115,28 +116,10 @@ int connection_take_fd(connection *c) {
 static int flush_output(connection *c) {
         while (c->out_head) {
                 out_chunk *o = c->out_head;
-                struct iovec iov = { o->data + o->off, o->len - o->off };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-                union {
-                        struct cmsghdr h;
-                        char buf[CMSG_SPACE(sizeof(int) * 3)];
-                } cm;
-                if (o->n_fds > 0 && o->off == 0) {
-                        memset(&cm, 0, sizeof(cm));
-                        mh.msg_control = cm.buf;
-                        mh.msg_controllen = CMSG_SPACE(sizeof(int) * o->n_fds);
-                        struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
-                        h->cmsg_level = SOL_SOCKET;
-                        h->cmsg_type = SCM_RIGHTS;
-                        h->cmsg_len = CMSG_LEN(sizeof(int) * o->n_fds);
-                        memcpy(CMSG_DATA(h), o->fds, sizeof(int) * o->n_fds);
-                }
-                ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-                if (n < 0) {
-                        if (errno == EAGAIN || errno == EINTR)
-                                return 0;
-                        return -errno;
-                }
+                ssize_t n = socket_send_fds(c->fd, o->data + o->off, o->len - o->off, o->fds, o->off == 0 ? o->n_fds : 0,
+                                            MSG_DONTWAIT);
+                if (n < 0)
+                        return n == -EAGAIN ? 0 : (int) n;
                 if (o->n_fds > 0 && o->off == 0) {
                         for (unsigned i = 0; i < o->n_fds; i++)
                                 safe_close(o->fds[i]);
@@ -539,18 +522,9 @@ static int read_input(connection *c) {
         ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0)
                 return errno == EAGAIN || errno == EINTR ? 0 : -errno;
-        for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
-                if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                int *fds = (int *) CMSG_DATA(h);
-                for (size_t i = 0; i < nfd; i++) {
-                        if (c->n_rx_fds < CONN_MAX_RX_FDS)
-                                c->rx_fds[c->n_rx_fds++] = fds[i];
-                        else
-                                safe_close(fds[i]);
-                }
-        }
+        size_t n_rx = c->n_rx_fds;
+        socket_cmsg_take_fds(&mh, c->rx_fds, &n_rx, CONN_MAX_RX_FDS, NULL);
+        c->n_rx_fds = (unsigned) n_rx;
         if (mh.msg_flags & MSG_CTRUNC)
                 log_notice("peer pid %d sent more file descriptors than accepted; extra ones closed", (int) c->peer.pid);
         if (n == 0)

@@ -60,7 +60,7 @@ int statedir_lock(const char *dir, pid_t *ret_holder) {
         return TAKE_FD(fd);
 }
 
-static bool sandbox_id_valid(const char *id) {
+bool statedir_sandbox_id_valid(const char *id) {
         if (strlen(id) != 12)
                 return false;
         for (const char *p = id; *p; p++)
@@ -203,7 +203,7 @@ unsigned statedir_sweep(const char *state_dir) {
         size_t n_ids = 0;
         struct dirent *de;
         while ((de = readdir(d)))
-                if (sandbox_id_valid(de->d_name)) {
+                if (statedir_sandbox_id_valid(de->d_name)) {
                         char **nv = realloc(ids, (n_ids + 1) * sizeof(*ids));
                         if (!nv)
                                 break;

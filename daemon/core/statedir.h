@@ -3,6 +3,7 @@
  * predecessor left behind. */
 #pragma once
 
+#include <stdbool.h>
 #include <sys/types.h>
 
 /* Takes an exclusive flock(2) on <dir>/agentd.lock and keeps it for the life
@@ -10,6 +11,10 @@
  * Returns the fd, -EBUSY when another process holds it (*ret_holder: that
  * process's pid as it wrote it, or 0), or another negative errno. */
 int statedir_lock(const char *dir, pid_t *ret_holder);
+
+/* True for a sandbox id as agentd makes them: 12 lowercase hex digits (the
+ * name of its directory under sandboxes/). */
+bool statedir_sandbox_id_valid(const char *id);
 
 /* rm -r of dir_fd/name, never following symlinks. */
 int statedir_remove_tree(int dir_fd, const char *name);

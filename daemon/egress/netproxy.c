@@ -45,6 +45,28 @@
 #include <unistd.h>
 
 #include "macro.h"
+#include "socket.h"
+
+/* The proxy's lists (sandboxes, a sandbox's connections) are doubly linked
+ * through prev/next, with a head pointer. */
+#define LIST_PREPEND(head, x)                        \
+        do {                                         \
+                (x)->prev = NULL;                    \
+                (x)->next = (head);                  \
+                if (head)                            \
+                        (head)->prev = (x);          \
+                (head) = (x);                        \
+        } while (0)
+#define LIST_UNLINK(head, x)                         \
+        do {                                         \
+                if ((x)->prev)                       \
+                        (x)->prev->next = (x)->next; \
+                else                                 \
+                        (head) = (x)->next;          \
+                if ((x)->next)                       \
+                        (x)->next->prev = (x)->prev; \
+                (x)->prev = (x)->next = NULL;        \
+        } while (0)
 
 /* The whole head (request line + headers) plus whatever arrived after it in
  * the same reads must fit here: a proxy request head is a few hundred bytes. */
@@ -706,7 +728,6 @@ static void sandbox_unref(np_sandbox *sb) {
                 proxy_finalize(p);
 }
 
-
 static void dir_free(np_dir *d) {
         d->buf = mfree(d->buf);
         d->prefix = mfree(d->prefix);
@@ -739,33 +760,40 @@ static void conn_release(np_conn *c) {
 
 /* uv_close() on a poll handle leaves the fd open: it is closed here, once
  * libuv no longer watches it. */
+static void poll_closed(np_conn *c, int *fd) {
+        *fd = safe_close(*fd);
+        conn_release(c);
+}
+
 static void on_handoff_closed(uv_handle_t *h) {
         np_conn *c = container_of((uv_poll_t *) h, np_conn, handoff);
-        c->handoff_fd = safe_close(c->handoff_fd);
-        conn_release(c);
+        poll_closed(c, &c->handoff_fd);
 }
 
 static void on_client_closed(uv_handle_t *h) {
         np_conn *c = container_of((uv_poll_t *) h, np_conn, client);
-        c->client_fd = safe_close(c->client_fd);
-        conn_release(c);
+        poll_closed(c, &c->client_fd);
 }
 
 static void on_upstream_closed(uv_handle_t *h) {
         np_conn *c = container_of((uv_poll_t *) h, np_conn, upstream);
-        c->upstream_fd = safe_close(c->upstream_fd);
-        conn_release(c);
+        poll_closed(c, &c->upstream_fd);
 }
 
 static void on_timer_closed(uv_handle_t *h) {
         conn_release(container_of((uv_timer_t *) h, np_conn, timer));
 }
 
-static void close_handoff(np_conn *c) {
-        if (!c->handoff_open)
+/* Closes a poll handle of c once; its close callback closes the fd. */
+static void poll_close(uv_poll_t *h, bool *open, uv_close_cb cb) {
+        if (!*open)
                 return;
-        c->handoff_open = false;
-        uv_close((uv_handle_t *) &c->handoff, on_handoff_closed);
+        *open = false;
+        uv_close((uv_handle_t *) h, cb);
+}
+
+static void close_handoff(np_conn *c) {
+        poll_close(&c->handoff, &c->handoff_open, on_handoff_closed);
 }
 
 static void conn_close(np_conn *c) {
@@ -774,27 +802,15 @@ static void conn_close(np_conn *c) {
         if (c->state == CONN_CLOSED)
                 return;
         c->state = CONN_CLOSED;
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                sb->conns = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
-        c->prev = c->next = NULL;
+        LIST_UNLINK(sb->conns, c);
 
         /* Whatever is still buffered was never taken by its sink: dropped,
          * and not counted. */
         dir_free(&c->up);
         dir_free(&c->down);
         close_handoff(c);
-        if (c->client_open) {
-                c->client_open = false;
-                uv_close((uv_handle_t *) &c->client, on_client_closed);
-        }
-        if (c->upstream_open) {
-                c->upstream_open = false;
-                uv_close((uv_handle_t *) &c->upstream, on_upstream_closed);
-        }
+        poll_close(&c->client, &c->client_open, on_client_closed);
+        poll_close(&c->upstream, &c->upstream_open, on_upstream_closed);
         uv_close((uv_handle_t *) &c->timer, on_timer_closed);
         if (c->gai_pending)
                 (void) uv_cancel((uv_req_t *) &c->gai);   /* if it already runs, its callback comes later */
@@ -899,9 +915,39 @@ static int dir_finish(np_dir *d, int dst) {
         return 0;
 }
 
+/* When the sink has taken everything: 1 to read the source again; else
+ * what the pump returns (the direction is finished at EOF, and after
+ * RELAY_ROUNDS it waits: level-triggered, a still readable source wakes us
+ * right away). */
+static int dir_next_round(np_dir *d, int dst, unsigned round) {
+        if (d->eof)
+                return dir_finish(d, dst);
+        if (round >= RELAY_ROUNDS) {
+                d->wait = WAIT_SOURCE;
+                return 0;
+        }
+        return 1;
+}
+
+/* The result n of one read of the source: 1 with data or EOF (d->eof),
+ * 0 when it has nothing now (d->wait = WAIT_SOURCE), -EINTR to try again, or
+ * another -errno. */
+static int dir_source_read(np_dir *d, ssize_t n) {
+        if (n < 0) {
+                if (errno != EAGAIN)
+                        return -errno; /* -EINTR included: the caller tries again */
+                d->wait = WAIT_SOURCE;
+                return 0;
+        }
+        if (n == 0)
+                d->eof = true;
+        return 1;
+}
+
 /* dir_pump() for a spliced direction: src -> pipe -> dst, in the kernel. */
 static int dir_pump_splice(np_dir *d, int src, int dst) {
         ssize_t n;
+        int r;
 
         for (unsigned round = 0;; round++) {
                 while (d->in_pipe > 0) {
@@ -921,37 +967,26 @@ static int dir_pump_splice(np_dir *d, int src, int dst) {
                         *d->count += (uint64_t) n;
                         d->stats->spliced_bytes += (uint64_t) n;
                 }
-                if (d->eof)
-                        return dir_finish(d, dst);
-                if (round >= RELAY_ROUNDS) {
-                        d->wait = WAIT_SOURCE;
-                        return 0;
-                }
+                r = dir_next_round(d, dst, round);
+                if (r <= 0)
+                        return r;
+                /* The pipe is empty here: if nothing comes, it is the source that has nothing. */
                 n = splice(src, NULL, d->pipe[1], NULL, RELAY_PIPE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno != EAGAIN)
-                                return -errno;
-                        /* The pipe is empty here: it is the source that has nothing. */
-                        d->wait = WAIT_SOURCE;
-                        return 0;
-                }
-                if (n == 0)
-                        d->eof = true;
+                r = dir_source_read(d, n);
+                if (r == -EINTR)
+                        continue;
+                if (r <= 0)
+                        return r;
                 d->in_pipe = (size_t) n;
         }
 }
 
-static int dir_pump(np_dir *d, int src, int dst) {
-        ssize_t n;
-
-        if (d->shut) {
-                d->wait = WAIT_NOTHING;
-                return 0;
-        }
-        while (d->prefix_off < d->prefix_len) {
-                n = send(dst, d->prefix + d->prefix_off, d->prefix_len - d->prefix_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+/* Sends buf[*off..len) to dst without blocking, adding what went to *sent:
+ * 1 when all of it has gone, 0 when the sink is full (d->wait = WAIT_SINK:
+ * backpressure, src is not read until the sink takes this), or -errno. */
+static int dir_send(np_dir *d, int dst, const char *buf, size_t *off, size_t len, uint64_t *sent) {
+        while (*off < len) {
+                ssize_t n = send(dst, buf + *off, len - *off, MSG_DONTWAIT | MSG_NOSIGNAL);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -960,47 +995,45 @@ static int dir_pump(np_dir *d, int src, int dst) {
                         d->wait = WAIT_SINK;
                         return 0;
                 }
-                d->prefix_off += (size_t) n;
-                if (d->prefix_counted)
-                        *d->count += (uint64_t) n;
+                *off += (size_t) n;
+                *sent += (uint64_t) n;
         }
+        return 1;
+}
+
+static int dir_pump(np_dir *d, int src, int dst) {
+        uint64_t sent = 0;
+        ssize_t n;
+        int r;
+
+        if (d->shut) {
+                d->wait = WAIT_NOTHING;
+                return 0;
+        }
+        r = dir_send(d, dst, d->prefix, &d->prefix_off, d->prefix_len, &sent);
+        if (d->prefix_counted)
+                *d->count += sent;
+        if (r <= 0)
+                return r;
         if (d->spliced)
                 return dir_pump_splice(d, src, dst);
 
         for (unsigned round = 0;; round++) {
-                while (d->off < d->len) {
-                        n = send(dst, d->buf + d->off, d->len - d->off, MSG_DONTWAIT | MSG_NOSIGNAL);
-                        if (n < 0) {
-                                if (errno == EINTR)
-                                        continue;
-                                if (errno != EAGAIN)
-                                        return -errno;
-                                /* Backpressure: src is not read until the sink takes this. */
-                                d->wait = WAIT_SINK;
-                                return 0;
-                        }
-                        d->off += (size_t) n;
-                        *d->count += (uint64_t) n;
-                        d->stats->copied_bytes += (uint64_t) n;
-                }
-                if (d->eof)
-                        return dir_finish(d, dst);
-                if (round >= RELAY_ROUNDS) {
-                        /* Level-triggered: a still readable source wakes us right away. */
-                        d->wait = WAIT_SOURCE;
-                        return 0;
-                }
+                sent = 0;
+                r = dir_send(d, dst, d->buf, &d->off, d->len, &sent);
+                *d->count += sent;
+                d->stats->copied_bytes += sent;
+                if (r <= 0)
+                        return r;
+                r = dir_next_round(d, dst, round);
+                if (r <= 0)
+                        return r;
                 n = recv(src, d->buf, RELAY_BUF, MSG_DONTWAIT);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno != EAGAIN)
-                                return -errno;
-                        d->wait = WAIT_SOURCE;
-                        return 0;
-                }
-                if (n == 0)
-                        d->eof = true;
+                r = dir_source_read(d, n);
+                if (r == -EINTR)
+                        continue;
+                if (r <= 0)
+                        return r;
                 d->off = 0;
                 d->len = (size_t) n;
         }
@@ -1507,40 +1540,19 @@ static int check_client_socket(int fd) {
  * there is nobody to answer). Extra fds are closed; the kernel drops the ones
  * that do not fit into the control buffer. */
 static int handoff_receive(int fd) {
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * 4)];
-        } control;
+        SocketFdsInfo info;
+        size_t n_fds = 0;
+        int got = -1;
         char byte;
-        struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-        struct msghdr mh = {
-                .msg_iov = &iov,
-                .msg_iovlen = 1,
-                .msg_control = &control,
-                .msg_controllen = sizeof(control),
-        };
-        int got = -1, n_fds = 0;
         ssize_t n;
 
-        n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        n = socket_recv_fds(fd, &byte, 1, &got, &n_fds, 1, MSG_DONTWAIT, &info);
         if (n < 0)
-                return errno == EINTR ? -EAGAIN : -errno;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (size_t i = 0; i < k; i++) {
-                        int f;
-                        memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                        if (n_fds++ == 0)
-                                got = f;
-                        else
-                                safe_close(f);
-                }
-        }
+                return n == -EINTR ? -EAGAIN : (int) n;
         if (n == 0 && n_fds == 0)
                 return -ECONNRESET;
-        if (n_fds != 1 || (mh.msg_flags & MSG_CTRUNC)) {
+        /* A second fd is closed (n_closed) or dropped by the kernel (MSG_CTRUNC). */
+        if (n_fds != 1 || info.n_closed > 0 || (info.msg_flags & MSG_CTRUNC)) {
                 safe_close(got);
                 return -EBADMSG;
         }
@@ -1631,10 +1643,7 @@ static void conn_new(np_sandbox *sb, int fd) {
          * freed, so a sandbox cannot open more than max_connections at once. */
         c->over_limit = sb->n_conns >= p->max_connections;
         sb->n_conns++;
-        c->next = sb->conns;
-        if (sb->conns)
-                sb->conns->prev = c;
-        sb->conns = c;
+        LIST_PREPEND(sb->conns, c);
 
         /* One deadline for the handoff and the whole head, not reset by
          * progress: a byte every few seconds must not hold a slot forever.
@@ -1717,20 +1726,13 @@ static np_sandbox *sandbox_find(netproxy *p, const char *id) {
         return NULL;
 }
 
-
 static void sandbox_remove(np_sandbox *sb) {
         netproxy *p = sb->proxy;
 
         if (sb->removed)
                 return;
         sb->removed = true;
-        if (sb->prev)
-                sb->prev->next = sb->next;
-        else
-                p->sandboxes = sb->next;
-        if (sb->next)
-                sb->next->prev = sb->prev;
-        sb->prev = sb->next = NULL;
+        LIST_UNLINK(p->sandboxes, sb);
 
         (void) unlink(sb->socket_path);
         uv_close((uv_handle_t *) &sb->listener, on_listener_closed);
@@ -1804,10 +1806,7 @@ int netproxy_add_sandbox(netproxy *p, const char *sandbox_id, const char *task, 
                 return r;
         }
 
-        sb->next = p->sandboxes;
-        if (p->sandboxes)
-                p->sandboxes->prev = sb;
-        p->sandboxes = sb;
+        LIST_PREPEND(p->sandboxes, sb);
         return 0;
 
 fail:

@@ -23,7 +23,7 @@
 #include "broker/broker.h"
 #include "sandbox/cgroup.h"
 #include "core/daemon.h"
-#include "core/fileio.h"
+#include "file.h"
 #include "core/log.h"
 #include "macro.h"
 #include "policy.h"
@@ -180,13 +180,7 @@ static int lockdown_persist(manager *m) {
         if (!p)
                 return -ENOMEM;
         static const char text[] = "locked by credentials.revoke all\n";
-        int r = write_file_atomic(p, text, sizeof(text) - 1);
-        if (r < 0)
-                return r;
-        _cleanup_close_ int dfd = open(m->config->state_directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0 || fsync(dfd) < 0)
-                return -errno;
-        return 0;
+        return write_file_replace(p, text, sizeof(text) - 1, WRITE_FILE_SYNC_DIR);
 }
 
 /* A lockdown in force whose marker could not be written: retried until it is. */
@@ -298,16 +292,6 @@ int sandbox_freeze(sandbox *s) {
         return r;
 }
 
-static void write_text(const char *path, const char *text) {
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return;
-        size_t n = strlen(text);
-        (void) !write(fd, text, n);
-        (void) fsync(fd);
-        close(fd);
-}
-
 static char *read_small(const char *path, size_t max) {
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
@@ -391,7 +375,7 @@ static char *sandbox_snapshot(manager *m, sandbox *s, const char *stamp) {
         json_object_object_add(snap, "egress", json_object_new_string("egress decisions are in the audit log (type egress)"));
         snprintf(path, sizeof(path), "%s/snapshot.json", dir);
         const char *text = json_object_to_json_string_ext(snap, JSON_C_TO_STRING_PRETTY);
-        write_text(path, text);
+        (void) write_file(path, text, strlen(text), 0600, 0);
         /* What changed in the workspace: walked off the loop, added to the file when done. */
         (void) workspace_snapshot_queue(m, s, path, text);
         json_object_put(snap);

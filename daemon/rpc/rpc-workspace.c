@@ -8,6 +8,7 @@
  * sent from the after-work callback, on the loop. A running sandbox is
  * frozen (cgroup.freeze) while a diff reads its layer and thawed after. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <openssl/evp.h>
 #include <stdatomic.h>
@@ -22,6 +23,7 @@
 #include "sandbox/cgroup.h"
 #include "core/daemon.h"
 #include "core/log.h"
+#include "file.h"
 #include "macro.h"
 #include "policy.h"
 #include "audit/report.h"
@@ -148,19 +150,8 @@ static void snapshot_write(ws_job *j) {
         _cleanup_free_ char *tmp = NULL;
         const char *text = json_object_to_json_string_ext(snap, JSON_C_TO_STRING_PRETTY);
         int r = asprintf(&tmp, "%s.tmp", j->snapshot_path) < 0 ? -ENOMEM : 0;
-        FILE *f = r == 0 ? fopen(tmp, "wxe") : NULL;
-        if (r == 0 && !f)
-                r = -errno;
-        if (f) {
-                if (fputs(text, f) < 0 || fflush(f) != 0 || fsync(fileno(f)) < 0)
-                        r = -EIO;
-                if (fclose(f) != 0 && r == 0)
-                        r = -EIO;
-                if (r == 0 && rename(tmp, j->snapshot_path) < 0)
-                        r = -errno;
-                if (r < 0)
-                        (void) unlink(tmp);
-        }
+        if (r == 0)
+                r = write_file_replace_at(AT_FDCWD, tmp, j->snapshot_path, text, strlen(text), 0666, WRITE_FILE_EXCL);
         json_object_put(snap);
         if (j->r == 0)
                 j->r = r;
@@ -309,15 +300,8 @@ static int write_manifest(ws_job *j, char **ret_path, char sha[65]) {
                 r = -ENOMEM;
         if (r == 0 && mkdir(dir, 0700) < 0 && errno != EEXIST)
                 r = -errno;
-        FILE *f = r == 0 ? fopen(path, "wxe") : NULL;
-        if (r == 0 && !f)
-                r = -errno;
-        if (f) {
-                if (fputs(text, f) < 0 || fflush(f) != 0 || fsync(fileno(f)) < 0)
-                        r = -EIO;
-                if (fclose(f) != 0 && r == 0)
-                        r = -EIO;
-        }
+        if (r == 0)
+                r = write_file(path, text, strlen(text), 0666, WRITE_FILE_EXCL);
         json_object_put(m);
         if (r == 0)
                 *ret_path = TAKE_PTR(path);
@@ -503,6 +487,20 @@ static sandbox *lookup_layer(rpc_ctx *ctx, const char *id, rpc_error *err) {
         return s;
 }
 
+/* lookup_layer() of a sandbox that has ended: -ENOENT, or -EBUSY with
+ * `advice` (what to do first) while it still runs. */
+static int lookup_ended_layer(rpc_ctx *ctx, const char *id, const char *advice, sandbox **ret, rpc_error *err) {
+        sandbox *s = lookup_layer(ctx, id, err);
+        if (!s)
+                return -ENOENT;
+        if (!sandbox_ended(s)) {
+                rpc_error_set(err, RPC_E_POLICY_DENIED, "sandbox %s is still running: %s", s->id, advice);
+                return -EBUSY;
+        }
+        *ret = s;
+        return 0;
+}
+
 int rpc_sandbox_diff(rpc_ctx *ctx, const rpc_sandbox_diff_params *p, rpc_error *err) {
         sandbox *s = lookup_layer(ctx, p->id, err);
         if (!s)
@@ -515,13 +513,10 @@ int rpc_sandbox_diff(rpc_ctx *ctx, const rpc_sandbox_diff_params *p, rpc_error *
 }
 
 int rpc_sandbox_promote(rpc_ctx *ctx, const rpc_sandbox_promote_params *p, rpc_error *err) {
-        sandbox *s = lookup_layer(ctx, p->id, err);
-        if (!s)
-                return -ENOENT;
-        if (!sandbox_ended(s)) {
-                rpc_error_set(err, RPC_E_POLICY_DENIED, "sandbox %s is still running: wait for it or kill it before promoting", s->id);
-                return -EBUSY;
-        }
+        sandbox *s;
+        int r = lookup_ended_layer(ctx, p->id, "wait for it or kill it before promoting", &s, err);
+        if (r < 0)
+                return r;
         char **paths = p->paths;
         for (size_t i = 0; paths && paths[i]; i++)
                 if (paths[i][0] == '/' || strstr(paths[i], "..") || !paths[i][0]) {
@@ -540,13 +535,10 @@ int rpc_sandbox_promote(rpc_ctx *ctx, const rpc_sandbox_promote_params *p, rpc_e
 }
 
 int rpc_sandbox_discard(rpc_ctx *ctx, const rpc_sandbox_discard_params *p, rpc_error *err) {
-        sandbox *s = lookup_layer(ctx, p->id, err);
-        if (!s)
-                return -ENOENT;
-        if (!sandbox_ended(s)) {
-                rpc_error_set(err, RPC_E_POLICY_DENIED, "sandbox %s is still running: kill it before discarding its changes", s->id);
-                return -EBUSY;
-        }
+        sandbox *s;
+        int r = lookup_ended_layer(ctx, p->id, "kill it before discarding its changes", &s, err);
+        if (r < 0)
+                return r;
         ws_job *j = job_new(WS_JOB_DISCARD, ctx->m, s);
         if (!j)
                 return -ENOMEM;

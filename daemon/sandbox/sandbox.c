@@ -34,11 +34,14 @@
 #include "audit/auditlog.h"
 #include "broker/broker.h"
 #include "cgroup.h"
-#include "core/fileio.h"
+#include "file.h"
 #include "laptop.h"
 #include "core/daemon.h"
 #include "core/log.h"
+#include "core/statedir.h"
 #include "macro.h"
+#include "memfd.h"
+#include "socket.h"
 #include "egress/netproxy.h"
 #include "policy.h"
 #include "audit/report.h"
@@ -151,31 +154,6 @@ static void bpf_cache_free(void) {
                 free(c);
         }
         bpf_cached = NULL;
-}
-
-static int memfd_with(const char *name, const void *data, size_t len) {
-        int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        if (fd < 0)
-                return -errno;
-        const char *p = data;
-        size_t left = len;
-        while (left > 0) {
-                ssize_t n = write(fd, p, left);
-                if (n < 0) {
-                        int r = -errno;
-                        close(fd);
-                        return r;
-                }
-                p += n;
-                left -= (size_t) n;
-        }
-        (void) fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
-        if (lseek(fd, 0, SEEK_SET) < 0) {
-                int r = -errno;
-                close(fd);
-                return r;
-        }
-        return fd;
 }
 
 /* ---- the spec handed to the helper ---------------------------------------- */
@@ -345,12 +323,7 @@ static sandbox *sandbox_alloc(manager *m) {
 }
 
 static bool id_valid(const char *id) {
-        if (strlen(id) != 12)
-                return false;
-        for (const char *p = id; *p; p++)
-                if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-                        return false;
-        return true;
+        return statedir_sandbox_id_valid(id);
 }
 
 /* Loads an ended sandbox's record from its state dir (after a restart, or
@@ -1043,34 +1016,19 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
 
 void sandbox_read_status(sandbox *s) {
         for (;;) {
-                union {
-                        struct cmsghdr h;
-                        char buf[CMSG_SPACE(sizeof(int) * 2)];
-                } cm;
-                struct iovec iov = { s->status_buf + s->status_len, sizeof(s->status_buf) - 1 - s->status_len };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
-                ssize_t n = recvmsg(s->status_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-                if (n < 0 && errno == EINTR)
+                int rxfd = -1;
+                size_t n_rx = 0;
+                ssize_t n = socket_recv_fds(s->status_fd, s->status_buf + s->status_len, sizeof(s->status_buf) - 1 - s->status_len,
+                                            &rxfd, &n_rx, 1, MSG_DONTWAIT, NULL);
+                if (n == -EINTR)
                         continue;
                 if (n <= 0) {
-                        if (n == 0 || errno != EAGAIN) {
+                        safe_close(rxfd);
+                        if (n != -EAGAIN) {
                                 close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
                                 s->status_fd = safe_close(s->status_fd);
                         }
                         return;
-                }
-                int rxfd = -1;
-                for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
-                        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
-                                continue;
-                        size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                        int *fds = (int *) CMSG_DATA(h);
-                        for (size_t i = 0; i < nfd; i++) {
-                                if (rxfd < 0)
-                                        rxfd = fds[i];
-                                else
-                                        close(fds[i]);
-                        }
                 }
                 s->status_len += (size_t) n;
                 s->status_buf[s->status_len] = 0;
@@ -1402,26 +1360,13 @@ static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, p
                 return -ENOTCONN;
 
         ZygoteRequest req = { .magic = ZYGOTE_MAGIC, .seq = ++z->seq, .n_fds = (uint32_t) n };
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int) * ZYGOTE_FDS_MAX)];
-        } cm = {};
-        struct iovec iov = { &req, sizeof(req) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
-                             .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t) n) };
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
         ssize_t k;
 
         assert(n >= ZYGOTE_FDS_MIN && n <= ZYGOTE_FDS_MAX);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t) n);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t) n);
-        while ((k = sendmsg(z->fd, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-                ;
+        k = socket_send_fds(z->fd, &req, sizeof(req), fds, (size_t) n, 0);
         if (k != (ssize_t) sizeof(req)) {
                 log_warning("sandbox zygote (pid %d): cannot send: %s; starting this sandbox with posix_spawn",
-                            (int) z->pid, k < 0 ? strerror(errno) : "short write");
+                            (int) z->pid, k < 0 ? strerror((int) -k) : "short write");
                 zygote_drop(z);
                 return -ENOTCONN;
         }
@@ -1829,7 +1774,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         /* Fixed child fd numbers: 3 spec, 4 status, 5 seccomp (or /dev/null), 6 cgroup. */
         spec_add_int(&sp, "status_fd", 4);
         if (seccomp_on) {
-                bpf_fd = memfd_with("agentd-seccomp", bpf, bpf_len);
+                bpf_fd = memfd_new_sealed("agentd-seccomp", bpf, bpf_len);
                 if (bpf_fd < 0)
                         FAIL(RPC_E_INTERNAL, "cannot pass the seccomp program: %s", strerror(-bpf_fd));
                 spec_add_int(&sp, "seccomp_fd", 5);
@@ -1839,7 +1784,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 spec_add_int(&sp, "cgroup_fd", 6);
         if (sp.oom)
                 FAIL(RPC_E_INTERNAL, "out of memory");
-        spec_fd = memfd_with("agentd-spec", sp.buf, sp.len);
+        spec_fd = memfd_new_sealed("agentd-spec", sp.buf, sp.len);
         if (spec_fd < 0)
                 FAIL(RPC_E_INTERNAL, "cannot pass the sandbox spec: %s", strerror(-spec_fd));
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "macro.h"
+#include "memfd.h"
 #include "seccomp-profiles.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(scmp_filter_ctx, seccomp_release)
@@ -236,7 +237,7 @@ int seccomp_build_bpf(const char *profile_name, void **ret_bpf, size_t *ret_len,
 int seccomp_build_memfd(const char *profile_name, int *ret_fd, char **ret_error) {
         _cleanup_free_ void *bpf = NULL;
         _cleanup_close_ int fd = -1;
-        size_t len = 0, done = 0;
+        size_t len = 0;
         int r;
 
         if (!ret_fd)
@@ -244,22 +245,10 @@ int seccomp_build_memfd(const char *profile_name, int *ret_fd, char **ret_error)
         r = seccomp_build_bpf(profile_name, &bpf, &len, ret_error);
         if (r < 0)
                 return r;
-        fd = memfd_create("agentd-seccomp", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        if (fd < 0)
-                return set_error(ret_error, -errno, "cannot create a memfd: %m");
-        while (done < len) {
-                ssize_t k = write(fd, (const char *) bpf + done, len - done);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return set_error(ret_error, -errno, "cannot write the seccomp program: %m");
-                done += (size_t) k;
-        }
         /* the sandbox helper must load exactly what was built */
-        if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
-                return set_error(ret_error, -errno, "cannot seal the seccomp memfd: %m");
-        if (lseek(fd, 0, SEEK_SET) < 0)
-                return -errno;
+        fd = memfd_new_sealed("agentd-seccomp", bpf, len);
+        if (fd < 0)
+                return set_error(ret_error, fd, "cannot pass the seccomp program in a sealed memfd: %s", strerror(-fd));
         *ret_fd = TAKE_FD(fd);
         return 0;
 }

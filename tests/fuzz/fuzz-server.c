@@ -22,6 +22,7 @@
 #include "macro.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
+#include "socket.h"
 
 #define MAX_PEERS 6
 #define MAX_PENDING 64
@@ -193,24 +194,10 @@ static void peer_send(script *s) {
         size_t n = len & 0x7f;
         if (n > s->left)
                 n = s->left;
-        struct iovec iov = { (void *) s->p, n };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } cm;
         int fd = -1;
-        if (with_fd && n > 0 && (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0) {
-                memset(&cm, 0, sizeof(cm));
-                mh.msg_control = cm.buf;
-                mh.msg_controllen = sizeof(cm.buf);
-                struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
-                h->cmsg_level = SOL_SOCKET;
-                h->cmsg_type = SCM_RIGHTS;
-                h->cmsg_len = CMSG_LEN(sizeof(int));
-                memcpy(CMSG_DATA(h), &fd, sizeof(int));
-        }
-        (void) sendmsg(peers[k], &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (with_fd && n > 0)
+                fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        (void) socket_send_fds(peers[k], s->p, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT);
         safe_close(fd);
         s->p += n;
         s->left -= n;
@@ -221,21 +208,9 @@ static void peer_read(script *s) {
         if (n_peers == 0)
                 return;
         unsigned k = next(s) % n_peers;
-        /* Closes any fds that came along. */
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int) * 8)];
-        } cm;
-        struct iovec iov = { sink, sizeof(sink) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
-        if (recvmsg(peers[k], &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0)
-                return;
-        for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h))
-                if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS) {
-                        size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                        for (size_t i = 0; i < nfd; i++)
-                                close(((int *) CMSG_DATA(h))[i]);
-                }
+        /* Closes any fds that came along: no room for them. */
+        size_t n_fds = 0;
+        (void) socket_recv_fds(peers[k], sink, sizeof(sink), NULL, &n_fds, 0, MSG_DONTWAIT, NULL);
 }
 
 static void pack_event(msgpack_packer *pk, void *userdata) {

@@ -236,6 +236,40 @@ class Daemon:
         self.stop()
 
 
+class HttpServer:
+    """A loopback HTTP server on a free port, serving from a thread until stop():
+    the upstream of egress tests and the registries of the laptop tests. `handler`
+    is a BaseHTTPRequestHandler subclass; its access log is silenced."""
+
+    def __init__(self, handler, host="127.0.0.1"):
+        import http.server
+        import threading
+        quiet = type(handler.__name__, (handler,), {"log_message": lambda self, *a: None})
+        self.srv = http.server.ThreadingHTTPServer((host, 0), quiet)
+        self.port = self.srv.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def proc_stats(pids=None):
+    """{pid: the fields of /proc/PID/stat after the command name} of `pids`, or of
+    every process visible now: [0] is the state, [1] the ppid, [11]+[12] utime+stime.
+    Processes that are gone by the time they are read are left out."""
+    out = {}
+    for p in pids if pids is not None else (int(x) for x in os.listdir("/proc") if x.isdigit()):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        out[int(p)] = st[st.rindex(")") + 2:].split()
+    return out
+
+
 def cgroup_delegated():
     """True when this process's cgroup v2 directory is ours to manage (systemd's Delegate=yes,
     or tests/run-integration.sh as root). Tests that freeze sandboxes need it; without it they

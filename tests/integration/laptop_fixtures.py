@@ -13,8 +13,9 @@ import os
 import re
 import sys
 import tarfile
-import threading
 import zipfile
+
+from harness import HttpServer
 
 WHEEL_DISTS = ("pytest", "pluggy", "iniconfig", "packaging", "attrs")
 
@@ -69,7 +70,7 @@ def repack_wheel(site, dist, out_dir):
     return path
 
 
-class Registries:
+class Registries(HttpServer):
     """An npm registry (/npm/NAME, /npm/-/FILE.tgz) and a PEP 503 index
     (/simple/NAME/, /wheels/FILE) on 127.0.0.1; hits are counted."""
 
@@ -104,13 +105,7 @@ class Registries:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *a):
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.srv.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        super().__init__(H)
 
     def _file(self, d, name):
         p = os.path.join(d, os.path.basename(name))
@@ -149,13 +144,8 @@ class Registries:
             return f"<!DOCTYPE html><html><body>\n{links}</body></html>\n".encode(), "text/html"
         return None, None
 
-    def stop(self):
-        self.srv.shutdown()
-        self.srv.server_close()
 
-
-
-class Served:
+class Served(HttpServer):
     """Fixed files (path -> bytes, or a function of the server's base URL giving
     bytes) over HTTP on one address; hits are recorded. A cargo sparse registry
     and a GOPROXY are such trees (sparse_registry(), goproxy_module())."""
@@ -176,18 +166,8 @@ class Served:
                 self.end_headers()
                 self.wfile.write(body or b"")
 
-            def log_message(self, *a):
-                pass
-
         self.files = files
-        self.srv = http.server.ThreadingHTTPServer((host, 0), H)
-        self.port = self.srv.server_address[1]
-        self.url = f"http://{host}:{self.port}"
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.srv.shutdown()
-        self.srv.server_close()
+        super().__init__(H, host)
 
 
 def _tar_gz(entries):

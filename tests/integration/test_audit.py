@@ -44,13 +44,19 @@ def test_events_recorded_and_verified():
         assert c.ok("agentd.status")["audit"].startswith("ok")
 
 
-def test_tampering_is_caught():
-    d = Daemon().start()
-    for _ in range(10):
+def pings_logged(d, n=10):
+    """Runs d for n audited pings: the newest log file and its lines."""
+    d.start()
+    for _ in range(n):
         d.client().ok("agentd.ping")
     d.stop()
     f = audit_files(d)[-1]
-    lines = open(f).read().splitlines(keepends=True)
+    return f, open(f).read().splitlines(keepends=True)
+
+
+def test_tampering_is_caught():
+    d = Daemon()
+    f, lines = pings_logged(d)
     assert len(lines) >= 10
     victim = json.loads(lines[4])
     lines[4] = lines[4].replace('"agentd.ping"', '"agentd.pong"')
@@ -64,12 +70,8 @@ def test_tampering_is_caught():
 
 
 def test_deleted_record_is_caught():
-    d = Daemon().start()
-    for _ in range(10):
-        d.client().ok("agentd.ping")
-    d.stop()
-    f = audit_files(d)[-1]
-    lines = open(f).read().splitlines(keepends=True)
+    d = Daemon()
+    f, lines = pings_logged(d)
     gone = json.loads(lines[3])["seq"]
     del lines[3]
     open(f, "w").writelines(lines)

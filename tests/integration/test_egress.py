@@ -4,13 +4,12 @@ agentd's proxy (exposed inside as 127.0.0.1:PORT); every decision audited;
 repeated denials trip the automatic response."""
 import http.server
 import os
-import threading
 import time
 
-from harness import Daemon, cgroup_delegated, run_tests, skip_no_cgroup
+from harness import Daemon, HttpServer, cgroup_delegated, run_tests, skip_no_cgroup
 
 
-class Upstream:
+class Upstream(HttpServer):
     """A loopback HTTP server on the host, the allowed destination."""
 
     def __init__(self):
@@ -25,15 +24,7 @@ class Upstream:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *a):
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.srv.shutdown()
+        super().__init__(H)
 
 
 def tasks_for(port, other):

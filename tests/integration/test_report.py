@@ -11,16 +11,15 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 
-from harness import AGENTD as AGENTD_BIN, Daemon, run_tests
+from harness import AGENTD as AGENTD_BIN, Daemon, HttpServer, run_tests
 from test_broker import ROLE_ID, SECRET_ID, Swtpm, Vault, enroll, wait_vault_ok, workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-class Upstream:
+class Upstream(HttpServer):
     """A loopback HTTP server, the allowed destination; or (record=True) a
     recorder that notes every request reaching it (the browser's proxy)."""
 
@@ -44,15 +43,7 @@ class Upstream:
                 self.send_response(502)
                 self.end_headers()
 
-            def log_message(self, *a):
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.srv.shutdown()
+        super().__init__(H)
 
 
 def tasks(port):

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from harness import Daemon, cgroup_delegated, run_tests, skip_no_cgroup
+from harness import Daemon, cgroup_delegated, proc_stats, run_tests, skip_no_cgroup
 from test_broker import enrolled_daemon, sandbox_accessors, wait_vault_ok
 
 
@@ -21,28 +21,22 @@ def wait_tokens(d, c, ids, vault, timeout=20):
 
 def children_cpu(init_pid):
     """utime+stime of every process whose parent is the sandbox's init (and the init)."""
-    total = 0
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            st = open(f"/proc/{p}/stat").read()
-        except OSError:
-            continue
-        fields = st[st.rindex(")") + 2:].split()
-        ppid = int(fields[1])
-        if ppid == init_pid or int(p) == init_pid:
-            total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(int(f[11]) + int(f[12]) for p, f in proc_stats().items() if int(f[1]) == init_pid or p == init_pid)
+
+
+def creds_sandboxes(d, c, vault, ws, n):
+    """n sandboxes of task creds, each holding a token it fetched, then sleeping: their ids."""
+    ids = [c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token >/dev/null; sleep 300"],
+                                  "workspace": ws})["id"] for _ in range(n)]
+    wait_tokens(d, c, ids, vault)
+    return ids
 
 
 def test_revoke_all_20_sandboxes_and_lockdown():
     if not cgroup_delegated():   # freezing needs the sandboxes' cgroups
         return skip_no_cgroup()
     with enrolled_daemon() as (tpm, vault, d, ws, c):
-        ids = [c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token >/dev/null; sleep 300"],
-                                      "workspace": ws})["id"] for _ in range(20)]
-        wait_tokens(d, c, ids, vault)
+        ids = creds_sandboxes(d, c, vault, ws, 20)
         before = [t for t in vault.tokens().values() if t.get("display_name", "").startswith("token-agentd-")]
         assert len(before) == 20 and not any(t["revoked"] for t in before)
         p = d.agentctl("--json", "revoke", "--all")
@@ -113,9 +107,7 @@ def test_vault_down_during_revoke_then_back_and_restart():
     if not cgroup_delegated():   # freezing needs the sandboxes' cgroups
         return skip_no_cgroup()
     with enrolled_daemon() as (tpm, vault, d, ws, c):
-        ids = [c.ok("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "./agentctl token >/dev/null; sleep 300"],
-                                      "workspace": ws})["id"] for _ in range(3)]
-        wait_tokens(d, c, ids, vault)
+        ids = creds_sandboxes(d, c, vault, ws, 3)
         port = vault.port
         vault.stop()
         t0 = time.time()

@@ -12,7 +12,7 @@ import subprocess
 import termios
 import time
 
-from harness import AGENTCTL, BUILD, Daemon, run_tests
+from harness import AGENTCTL, BUILD, Daemon, proc_stats, run_tests
 from test_broker import enrolled_daemon
 
 ATTACKS = os.path.join(BUILD, "tests/attack/attacks")
@@ -48,15 +48,8 @@ def proc_comms(tree):
 def proc_tree(root):
     """{pid: state} of `root` and every process below it (host view)."""
     ppid, state = {}, {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            st = open(f"/proc/{p}/stat").read()
-        except OSError:
-            continue
-        f = st[st.rindex(")") + 2:].split()
-        state[int(p)], ppid[int(p)] = f[0], int(f[1])
+    for p, f in proc_stats().items():
+        state[p], ppid[p] = f[0], int(f[1])
     out = {}
     for p in state:
         q, n = p, 0
@@ -68,15 +61,7 @@ def proc_tree(root):
 
 
 def cpu_of(pids):
-    total = 0
-    for p in pids:
-        try:
-            st = open(f"/proc/{p}/stat").read()
-        except OSError:
-            continue
-        f = st[st.rindex(")") + 2:].split()
-        total += int(f[11]) + int(f[12])
-    return total
+    return sum(int(f[11]) + int(f[12]) for f in proc_stats(pids).values())
 
 
 # ---- §3: the caller chooses the workspace, but not every place is one ----

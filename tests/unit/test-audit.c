@@ -1201,6 +1201,20 @@ static uint64_t sel_seq(const audit_selection *sel, size_t i, bool *ret_verified
         return (uint64_t) json_object_get_int64(v);
 }
 
+/* Appends text to the newest log file (a line still being written). */
+static void append_to_newest(const char *master, const char *text) {
+        char newest[256];
+        unsigned no = 1;
+
+        for (;; no++) {
+                path_of(newest, sizeof(newest), master, no + 1);
+                if (access(newest, F_OK) != 0)
+                        break;
+        }
+        path_of(newest, sizeof(newest), master, no);
+        append_file(newest, text);
+}
+
 START_TEST(test_snapshot_select) {
         audit_log *a = open_log(master);
         audit_snapshot *snap = NULL;
@@ -1217,17 +1231,7 @@ START_TEST(test_snapshot_select) {
         lset_load(master, &s);
         ck_assert_uint_ge(s.n, 2); /* rotated: the chain spans files */
         lset_free(&s);
-        {
-                char newest[256];
-                unsigned no = 1;
-                for (;; no++) {
-                        path_of(newest, sizeof(newest), master, no + 1);
-                        if (access(newest, F_OK) != 0)
-                                break;
-                }
-                path_of(newest, sizeof(newest), master, no);
-                append_file(newest, "{\"seq\":41,\"time\":\"2026-");
-        }
+        append_to_newest(master, "{\"seq\":41,\"time\":\"2026-");
         ck_assert_int_eq(audit_snapshot_select(snap, pick_sb1, &seen, &sel), 0);
         ck_assert_msg(sel.ok, "%s", sel.reason);
         ck_assert_uint_eq(sel.last_seq, 30);
@@ -1288,17 +1292,7 @@ START_TEST(test_snapshot_query_page) {
         append_n(a, 1, 30);
         ck_assert_int_eq(audit_snapshot_new(a, &snap), 0);
         append_n(a, 31, 40);
-        {
-                char newest[256];
-                unsigned no = 1;
-                for (;; no++) {
-                        path_of(newest, sizeof(newest), master, no + 1);
-                        if (access(newest, F_OK) != 0)
-                                break;
-                }
-                path_of(newest, sizeof(newest), master, no);
-                append_file(newest, "{\"seq\":41,\"time\":\"2026-");
-        }
+        append_to_newest(master, "{\"seq\":41,\"time\":\"2026-");
         audit_query_opts q = { .limit = 100, .max_bytes = AUDIT_QUERY_MAX_BYTES };
         ck_assert_int_eq(audit_snapshot_query_page(snap, &q, &arr, &more), 0);
         ck_assert_uint_eq(json_object_array_length(arr), 30);

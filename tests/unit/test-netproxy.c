@@ -25,6 +25,7 @@
 #include "macro.h"
 #include "netproxy.h"
 #include "policy.h"
+#include "socket.h"
 
 #define MAX_EVENTS 64
 #define BIG (4U * 1024U * 1024U)
@@ -288,25 +289,8 @@ static int unix_connect(void) {
 
 /* What the bridge does: one byte and the fds, then close. */
 static void send_fds(int unx, const int *fds, size_t n) {
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int) * 8)];
-        } control = {};
-        struct iovec iov = { .iov_base = (char[]) { 'F' }, .iov_len = 1 };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-
         ck_assert_uint_le(n, 8);
-        if (n > 0) {
-                struct cmsghdr *cm;
-                mh.msg_control = &control;
-                mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
-                cm = CMSG_FIRSTHDR(&mh);
-                cm->cmsg_level = SOL_SOCKET;
-                cm->cmsg_type = SCM_RIGHTS;
-                cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
-                memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
-        }
-        ck_assert_int_eq(sendmsg(unx, &mh, MSG_NOSIGNAL), 1);
+        ck_assert_int_eq(socket_send_fds(unx, "F", 1, fds, n, 0), 1);
 }
 
 /* A loopback TCP connection: *ret_client is the sandbox program's end, the

@@ -331,27 +331,36 @@ START_TEST(test_allow_sets) {
 }
 END_TEST
 
+/* A uint64 parser: each good string gives its value; each bad one fails
+ * and leaves the output alone. */
+typedef struct u64_case {
+        const char *s;
+        uint64_t v;
+} u64_case;
+
+static void check_u64_parser(int (*parse)(const char *, uint64_t *), const u64_case *ok, size_t n_ok,
+                             const char *const *bad, size_t n_bad) {
+        for (size_t i = 0; i < n_ok; i++) {
+                uint64_t v = 1234;
+                ck_assert_msg(parse(ok[i].s, &v) == 0, "%s", ok[i].s);
+                ck_assert_uint_eq(v, ok[i].v);
+        }
+        for (size_t i = 0; i < n_bad; i++) {
+                uint64_t v = 1234;
+                ck_assert_msg(parse(bad[i], &v) < 0, "%s", bad[i]);
+                ck_assert_uint_eq(v, 1234);
+        }
+}
+
 START_TEST(test_durations) {
-        static const struct {
-                const char *s;
-                uint64_t usec;
-        } ok[] = {
+        static const u64_case ok[] = {
                 { "2s", 2 * USEC_PER_SEC }, { "15min", 15 * USEC_PER_MINUTE }, { "1h", 3600 * USEC_PER_SEC },
                 { "500ms", 500000 }, { "90", 90 * USEC_PER_SEC }, { "1h 30min", 5400 * USEC_PER_SEC },
                 { "1d", 86400 * USEC_PER_SEC }, { "10us", 10 }, { "2 min", 120 * USEC_PER_SEC }, { "0", 0 },
         };
         static const char *const bad[] = { "", "abc", "5x", "-1s", "1.5h", "s", "99999999999999999999", "1h x",
                                            "18446744073709551615h" };
-        for (size_t i = 0; i < ELEMENTSOF(ok); i++) {
-                uint64_t u = 1234;
-                ck_assert_msg(policy_parse_duration(ok[i].s, &u) == 0, "%s", ok[i].s);
-                ck_assert_uint_eq(u, ok[i].usec);
-        }
-        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                uint64_t u = 1234;
-                ck_assert_msg(policy_parse_duration(bad[i], &u) < 0, "%s", bad[i]);
-                ck_assert_uint_eq(u, 1234);
-        }
+        check_u64_parser(policy_parse_duration, ok, ELEMENTSOF(ok), bad, ELEMENTSOF(bad));
         {
                 _cleanup_task_policy_ task_policy *p = parse_ok("[Task]\nTimeout=500ms\n[Credentials]\nTTL=90\n");
                 ck_assert_uint_eq(p->timeout_usec, 500000);
@@ -361,25 +370,13 @@ START_TEST(test_durations) {
 END_TEST
 
 START_TEST(test_sizes) {
-        static const struct {
-                const char *s;
-                uint64_t v;
-        } ok[] = {
+        static const u64_case ok[] = {
                 { "4G", UINT64_C(4) << 30 }, { "512M", UINT64_C(512) << 20 }, { "1K", 1024 }, { "1000", 1000 },
                 { "infinity", POLICY_INFINITY }, { "2T", UINT64_C(2) << 40 }, { "1GiB", UINT64_C(1) << 30 },
                 { "3k", 3072 },
         };
         static const char *const bad[] = { "", "G", "4X", "-1", "4 G", "1.5G", "99999999999E", "4Gx", "inf" };
-        for (size_t i = 0; i < ELEMENTSOF(ok); i++) {
-                uint64_t v = 7;
-                ck_assert_msg(policy_parse_size(ok[i].s, &v) == 0, "%s", ok[i].s);
-                ck_assert_uint_eq(v, ok[i].v);
-        }
-        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                uint64_t v = 7;
-                ck_assert_msg(policy_parse_size(bad[i], &v) < 0, "%s", bad[i]);
-                ck_assert_uint_eq(v, 7);
-        }
+        check_u64_parser(policy_parse_size, ok, ELEMENTSOF(ok), bad, ELEMENTSOF(bad));
         {
                 _cleanup_task_policy_ task_policy *p = parse_ok("[Limits]\nMemoryMax=infinity\nTasksMax=infinity\n");
                 _cleanup_task_policy_ task_policy *q = parse_ok("[Limits]\nMemoryMax=1048576\n");
