@@ -18,6 +18,30 @@ const char *error_code_to_string(error_code c) {
         return code_names[c];
 }
 
+int error_code_to_errno(error_code c) {
+        switch (c) {
+        case ERROR_INVALID_REQUEST:
+                return EBADMSG;
+        case ERROR_METHOD_NOT_FOUND:
+                return EOPNOTSUPP;
+        case ERROR_INVALID_PARAMS:
+                return EINVAL;
+        case ERROR_NOT_FOUND:
+                return ENOENT;
+        case ERROR_POLICY_DENIED:
+        case ERROR_LOCKED_DOWN:
+                return EPERM;
+        case ERROR_LIMIT_EXCEEDED:
+                return E2BIG;
+        case ERROR_UNAUTHORIZED:
+                return EACCES;
+        case ERROR_BACKEND_UNAVAILABLE:
+                return ECONNREFUSED;
+        default:
+                return EIO;
+        }
+}
+
 static int normalize_errno(int errnum) {
         if (errnum < 0)
                 errnum = -errnum;

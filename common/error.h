@@ -43,6 +43,9 @@ typedef struct agentd_error {
 
 /* "not_found", ...; "internal" for a value out of range. */
 const char *error_code_to_string(error_code c);
+/* The errno that usually goes with a code (ENOENT for not_found, ...), for
+ * errors that have no errno of their own. */
+int error_code_to_errno(error_code c);
 
 /* Sets (or replaces) the error and returns -errnum, so a caller can write
  * `return error_set(err, ERROR_NOT_FOUND, ENOENT, "no task named '%s'", n);`.

@@ -370,14 +370,14 @@ static bool sandbox_rate_admit(connection *c, const rpc_method *method) {
 static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         manager *m = c->m;
         rpc_message msg;
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
 
         if (rpc_message_decode(&msg, buf, len, &err) < 0) {
                 if (msg.have_msgid)
-                        send_packed_error(c, true, msg.msgid, err.code, err.message);
+                        send_packed_error(c, true, msg.msgid, err.code, error_message(&err));
                 else {
                         /* The stream is in sync but we cannot say which request this was. */
-                        send_packed_error(c, false, 0, err.code, err.message);
+                        send_packed_error(c, false, 0, err.code, error_message(&err));
                         connection_drain(c);
                 }
                 rpc_message_done(&msg);
@@ -398,7 +398,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 return;
         }
         if (rpc_params_validate(method, msg.params, &err) < 0) {
-                send_packed_error(c, true, msg.msgid, err.code, err.message);
+                send_packed_error(c, true, msg.msgid, err.code, error_message(&err));
                 rpc_message_done(&msg);
                 return;
         }
@@ -468,21 +468,21 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         json_object_object_add(ev, "method", json_object_new_string(method->name));
         json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));
         json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
-        json_object_object_add(ev, "outcome", json_object_new_string(r < 0 ? rpc_error_code_to_string(err.message[0] ? err.code : RPC_E_INTERNAL)
+        json_object_object_add(ev, "outcome", json_object_new_string(r < 0 ? rpc_error_code_to_string(error_is_set(&err) ? err.code : RPC_E_INTERNAL)
                                                                           : ctx.async ? "pending" : "ok"));
         report_annotate_rpc(ev, &ctx);
         audit_event(m, "rpc", c->sandbox_id, ev);
         if (r < 0) {
-                if (err.message[0] == 0)
+                if (!error_is_set(&err))
                         rpc_error_set(&err, RPC_E_INTERNAL, "%s failed: %s", method->name, strerror(-r));
                 if (err.code == RPC_E_INTERNAL)
-                        log_error("%s: %s", method->name, err.message);
+                        log_error("%s: %s", method->name, error_message(&err));
                 for (unsigned i = 0; i < ctx.n_reply_fds; i++)
                         safe_close(ctx.reply_fds[i]);
                 if (ctx.async)
-                        rpc_call_error(ctx.async, err.code, err.message);
+                        rpc_call_error(ctx.async, err.code, error_message(&err));
                 else
-                        send_packed_error(c, true, msg.msgid, err.code, err.message);
+                        send_packed_error(c, true, msg.msgid, err.code, error_message(&err));
         } else if (!ctx.async) {
                 /* A handler that packed a wrong count would desynchronise the
                  * client's stream: check the reply is exactly one object. */

@@ -568,9 +568,9 @@ int workspace_snapshot_queue(manager *m, sandbox *s, const char *snapshot_path, 
                 job_free(j);
                 return -ENOMEM;
         }
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         int r = job_queue(j, s, &err);
         if (r < 0)
-                log_warning("sandbox %s: no change list in the snapshot: %s", s->id, err.message);
+                log_warning("sandbox %s: no change list in the snapshot: %s", s->id, error_message(&err));
         return r;
 }

@@ -1998,7 +1998,7 @@ static void on_creds_issued(sandbox_creds *creds, const char *error, void *userd
         msgpack_unpacked u;
         msgpack_unpacked_init(&u);
         size_t off = 0;
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         int r = -EINVAL;
         if (msgpack_unpack_next(&u, req->params.data, req->params.size, &off) == MSGPACK_UNPACK_SUCCESS)
                 r = spawn_impl(req, &u.data, &err);
@@ -2007,8 +2007,8 @@ static void on_creds_issued(sandbox_creds *creds, const char *error, void *userd
                 if (req->creds)
                         broker_release(req->m, TAKE_PTR(req->creds));
                 if (req->call)
-                        rpc_call_error(req->call, err.message[0] ? err.code : RPC_E_INTERNAL,
-                                       err.message[0] ? err.message : "spawn failed");
+                        rpc_call_error(req->call, error_is_set(&err) ? err.code : RPC_E_INTERNAL,
+                                       error_is_set(&err) ? error_message(&err) : "spawn failed");
                 req->call = NULL;
         }
         spawn_request_free(req);

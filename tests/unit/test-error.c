@@ -88,6 +88,9 @@ START_TEST(test_code_names) {
         ck_assert_str_eq(error_code_to_string(ERROR_BACKEND_UNAVAILABLE), "backend_unavailable");
         ck_assert_str_eq(error_code_to_string(ERROR_SPAWN_FAILED), "spawn_failed");
         ck_assert_str_eq(error_code_to_string((error_code) 999), "internal");
+        ck_assert_int_eq(error_code_to_errno(ERROR_NOT_FOUND), ENOENT);
+        ck_assert_int_eq(error_code_to_errno(ERROR_INVALID_PARAMS), EINVAL);
+        ck_assert_int_eq(error_code_to_errno(ERROR_INTERNAL), EIO);
 }
 END_TEST
 
