@@ -1582,8 +1582,8 @@ int rpc_broker_enroll(rpc_ctx *ctx, rpc_error *err) {
         broker *b = m->broker;
         const msgpack_object *sid = rpc_param(ctx->params, "secret_id");
         _cleanup_free_ char *role = rpc_param_strdup(ctx->params, "role_id");
-        if (!b)
-                return -ENOMEM;
+        if (!b) /* only while agentd starts or stops */
+                return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENODEV, "the credential broker is not running");
         if (!role || !role[0] || strlen(role) > 256 || !sid || sid->via.str.size == 0 || sid->via.str.size > SEAL_SECRET_MAX) {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "role_id must be 1..256 bytes and secret_id 1..%d bytes", SEAL_SECRET_MAX);
                 return -EINVAL;

@@ -1977,11 +1977,13 @@ fail:
                 snprintf(path, sizeof(path), "%s/meta.json", s->dir);
                 (void) unlink(path);
         }
-        rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
+        /* The failed step's errno when it returned one, else the code's usual one (not always EIO). */
+        r = error_set(err, error_code, r < 0 ? r : error_code_to_errno(error_code), "%s",
+                      error_text ? error_text : "sandbox setup failed");
         log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
         free(error_text);
         sandbox_free(s);
-        return -EIO;
+        return r;
 #undef FAIL
 }
 
