@@ -103,7 +103,7 @@ typedef struct bpf_cache {
 } bpf_cache;
 static bpf_cache *bpf_cached;
 
-static int get_bpf(const char *profile, const void **ret_bpf, size_t *ret_len, char **ret_error) {
+static int get_bpf(const char *profile, const void **ret_bpf, size_t *ret_len, agentd_error *ret_error) {
         for (bpf_cache *c = bpf_cached; c; c = c->next)
                 if (streq(c->profile, profile)) {
                         *ret_bpf = c->bpf;
@@ -1645,13 +1645,13 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         /* Seccomp program for the task's profile, built once. */
         const void *bpf = NULL;
         size_t bpf_len = 0;
-        _cleanup_free_ char *bpf_error = NULL;
+        _cleanup_error_ agentd_error bpf_error = {};
         bool seccomp_on = task_policy_seccomp_enabled(p);
         r = seccomp_on ? get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error) : 0;
         if (r < 0) {
                 free(sp.buf);
                 rpc_error_set(err, RPC_E_POLICY_DENIED, "task '%s': seccomp profile %s: %s", p->name,
-                              p->seccomp ? p->seccomp : "default", bpf_error ? bpf_error : strerror(-r));
+                              p->seccomp ? p->seccomp : "default", error_is_set(&bpf_error) ? error_message(&bpf_error) : strerror(-r));
                 return r;
         }
 
