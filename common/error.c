@@ -94,6 +94,10 @@ const char *error_message(const agentd_error *err) {
         return err->message ? err->message : strerror(err->errnum);
 }
 
+const char *error_reason(const agentd_error *err, int r) {
+        return error_is_set(err) ? error_message(err) : strerror(r < 0 ? -r : r);
+}
+
 int error_move(agentd_error *dst, agentd_error *src) {
         int r = error_is_set(src) ? -src->errnum : -EIO;
         if (dst) {

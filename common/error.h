@@ -65,6 +65,10 @@ static inline bool error_is_set(const agentd_error *err) {
 /* The message; never NULL: strerror(errnum) when memory ran out, "" when unset. */
 const char *error_message(const agentd_error *err);
 
+/* What to tell a person about a failure r (-errno): the message when err is
+ * set, else strerror(-r). */
+const char *error_reason(const agentd_error *err, int r);
+
 /* Hands the error on: *dst (freed first) takes src's contents, src is reset. */
 int error_move(agentd_error *dst, agentd_error *src);
 

@@ -27,6 +27,8 @@ START_TEST(test_set_returns_negative_errno) {
         ck_assert_int_eq(err.code, ERROR_LIMIT_EXCEEDED);
         ck_assert_int_eq(err.errnum, E2BIG);
         ck_assert_str_eq(error_message(&err), "at most 3");
+        ck_assert_str_eq(error_reason(&err, -ENOENT), "at most 3");
+        ck_assert_str_eq(error_reason(NULL, -ENOENT), strerror(ENOENT));
         /* -errno is accepted as well; 0 never turns into a success. */
         ck_assert_int_eq(error_set(&err, ERROR_INTERNAL, -EPERM, "x"), -EPERM);
         ck_assert_int_eq(err.errnum, EPERM);
