@@ -1811,18 +1811,21 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                         FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(errno));
         }
 
+        agentd_error limits_error = {}; /* not _cleanup_: `goto fail` jumps over it */
         if (m->cgroup_root) {
                 cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
                                       .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
                 r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &cg_fd, &s->limits_note);
                 if (r < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create the sandbox cgroup: %s", strerror(-r));
-                r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &error_text);
+                r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &limits_error);
         } else
                 r = spawn_limits_check(m, p, task_limits_asked(p), m->cgroup_status ? m->cgroup_status : "unavailable",
-                                       &s->limits_note, &error_text);
+                                       &s->limits_note, &limits_error);
         if (r < 0) {
                 error_code = RPC_E_BACKEND_UNAVAILABLE;
+                error_text = error_is_set(&limits_error) ? strdup(error_message(&limits_error)) : NULL;
+                error_free(&limits_error);
                 goto fail;
         }
 
