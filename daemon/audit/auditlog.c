@@ -231,12 +231,12 @@ static void key_done(void *arg) {
                 key_work_free(w);
                 return;
         }
-        audit_error ae = { 0 };
+        _cleanup_error_ agentd_error ae = {};
         audit_options opt = { .rotate_bytes = the_log.m->config->audit_file_size };
         int r = audit_open(the_log.dir, w->key, w->klen, &opt, &the_log.log, &ae);
         if (r < 0) {
-                set_state("unavailable: %s", ae.message);
-                log_error("audit: cannot open the log: %s", ae.message);
+                set_state("unavailable: %s", error_message(&ae));
+                log_error("audit: cannot open the log: %s", error_message(&ae));
                 key_work_free(w);
                 return;
         }
@@ -603,10 +603,10 @@ int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, audit_p
                         *ret_why = NULL;
                 return -ENODEV;
         }
-        audit_error ae = { 0 };
+        _cleanup_error_ agentd_error ae = {};
         int r = audit_prune(the_log.log, older_than_s, max_bytes, ret, &ae);
         if (r < 0 && ret_why)
-                *ret_why = strdup(ae.message);
+                *ret_why = strdup(error_message(&ae));
         if (r == 0 && ret->files_removed > 0)
                 the_log.dirty = true;
         return r;
