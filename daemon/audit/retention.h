@@ -4,6 +4,7 @@
 #pragma once
 
 #include "core/manager.h"
+#include "error.h"
 
 typedef struct prune_result {
         unsigned sandboxes_removed;
@@ -15,6 +16,6 @@ typedef struct prune_result {
 
 /* Applies the rules now. The audit part fails (-EBADMSG, *ret_why) when the
  * chain does not verify: a break is never pruned away. */
-int retention_prune(manager *m, prune_result *ret, char **ret_why);
+int retention_prune(manager *m, prune_result *ret, agentd_error *err);
 void retention_init(manager *m);
 void retention_free(manager *m);

@@ -442,11 +442,10 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
 
         /* Evidence fails closed: what changes state waits until it can be recorded. */
         if (!(method->flags & (RPC_READ_ONLY | RPC_CONTAINMENT))) {
-                _cleanup_free_ char *why = NULL;
+                _cleanup_error_ agentd_error why = {};
                 if (auditlog_can_record(m, &why) < 0) {
-                        char text[400];
-                        snprintf(text, sizeof(text), "%s refused: the audit log cannot record it: %s", method->name, why ? why : "unavailable");
-                        send_packed_error(c, true, msg.msgid, RPC_E_BACKEND_UNAVAILABLE, text);
+                        error_wrap(&why, "%s refused: the audit log cannot record it", method->name);
+                        send_packed_error(c, true, msg.msgid, RPC_E_BACKEND_UNAVAILABLE, error_message(&why));
                         rpc_message_done(&msg);
                         return;
                 }
