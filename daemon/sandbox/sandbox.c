@@ -1651,7 +1651,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         if (r < 0) {
                 free(sp.buf);
                 rpc_error_set(err, RPC_E_POLICY_DENIED, "task '%s': seccomp profile %s: %s", p->name,
-                              p->seccomp ? p->seccomp : "default", error_is_set(&bpf_error) ? error_message(&bpf_error) : strerror(-r));
+                              p->seccomp ? p->seccomp : "default", error_reason(&bpf_error, r));
                 return r;
         }
 
