@@ -35,6 +35,9 @@ START_TEST(test_set_returns_negative_errno) {
         ck_assert_int_eq(error_set(&err, ERROR_INVALID_PARAMS, 0, "bad"), -EINVAL);
         ck_assert_int_eq(err.code, ERROR_INVALID_PARAMS);
         ck_assert_str_eq(error_message(&err), "bad");
+        /* Setting it again may quote the old message: it is formatted before it is freed. */
+        error_set(&err, ERROR_INTERNAL, EIO, "again: %s", err.message);
+        ck_assert_str_eq(error_message(&err), "again: bad");
 }
 END_TEST
 
