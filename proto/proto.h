@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
+
 /* Bumped on any incompatible change of the wire protocol; additions keep it. */
 #define AGENTD_PROTOCOL_VERSION 1
 
@@ -15,26 +17,22 @@
 #define PROTO_DEFAULT_MAX_ELEMENTS 65536u
 #define PROTO_MAX_METHOD_NAME 64u
 
-/* Stable error codes (CONTRACT §2). Add, never rename. */
-#define RPC_ERROR_CODES(X)                         \
-        X(INVALID_REQUEST, "invalid_request")      \
-        X(METHOD_NOT_FOUND, "method_not_found")    \
-        X(INVALID_PARAMS, "invalid_params")        \
-        X(NOT_FOUND, "not_found")                  \
-        X(POLICY_DENIED, "policy_denied")          \
-        X(LIMIT_EXCEEDED, "limit_exceeded")        \
-        X(UNAUTHORIZED, "unauthorized")            \
-        X(LOCKED_DOWN, "locked_down")              \
-        X(BACKEND_UNAVAILABLE, "backend_unavailable") \
-        X(INTERNAL, "internal")                    \
-        X(SPAWN_FAILED, "spawn_failed")
+/* Stable error codes (CONTRACT §2): common/error.h's, under proto's names. */
+#define RPC_ERROR_CODES(X) ERROR_CODES(X)
 
-typedef enum rpc_error_code {
-#define X(id, s) RPC_E_##id,
-        RPC_ERROR_CODES(X)
-#undef X
-        _RPC_E_MAX,
-} rpc_error_code;
+typedef error_code rpc_error_code;
+#define RPC_E_INVALID_REQUEST ERROR_INVALID_REQUEST
+#define RPC_E_METHOD_NOT_FOUND ERROR_METHOD_NOT_FOUND
+#define RPC_E_INVALID_PARAMS ERROR_INVALID_PARAMS
+#define RPC_E_NOT_FOUND ERROR_NOT_FOUND
+#define RPC_E_POLICY_DENIED ERROR_POLICY_DENIED
+#define RPC_E_LIMIT_EXCEEDED ERROR_LIMIT_EXCEEDED
+#define RPC_E_UNAUTHORIZED ERROR_UNAUTHORIZED
+#define RPC_E_LOCKED_DOWN ERROR_LOCKED_DOWN
+#define RPC_E_BACKEND_UNAVAILABLE ERROR_BACKEND_UNAVAILABLE
+#define RPC_E_INTERNAL ERROR_INTERNAL
+#define RPC_E_SPAWN_FAILED ERROR_SPAWN_FAILED
+#define _RPC_E_MAX _ERROR_CODE_MAX
 
 const char *rpc_error_code_to_string(rpc_error_code c);
 
@@ -187,11 +185,10 @@ typedef struct rpc_message {
         const msgpack_object *result;
 } rpc_message;
 
-/* The error an operation failed with; set only on failure. */
-typedef struct rpc_error {
-        rpc_error_code code;
-        char message[512];
-} rpc_error;
+/* The error an operation failed with; set only on failure. It is the one
+ * error object (common/error.h): free it with error_free() / _cleanup_error_.
+ * rpc_error_set() is error_set() with the code's usual errno. */
+typedef agentd_error rpc_error;
 
 void rpc_error_set(rpc_error *e, rpc_error_code code, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));

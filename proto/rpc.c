@@ -10,16 +10,8 @@
 
 #include "macro.h"
 
-static const char *const error_code_names[_RPC_E_MAX] = {
-#define X(id, s) [RPC_E_##id] = s,
-        RPC_ERROR_CODES(X)
-#undef X
-};
-
 const char *rpc_error_code_to_string(rpc_error_code c) {
-        if ((unsigned) c >= _RPC_E_MAX)
-                return "internal";
-        return error_code_names[c];
+        return error_code_to_string(c);
 }
 
 /* Each method's parameter table: offsetof() into its rpc_<ident>_params,
@@ -88,11 +80,8 @@ const rpc_method *rpc_method_find(const char *name, size_t len) {
 
 void rpc_error_set(rpc_error *e, rpc_error_code code, const char *fmt, ...) {
         va_list ap;
-        if (!e)
-                return;
-        e->code = code;
         va_start(ap, fmt);
-        vsnprintf(e->message, sizeof(e->message), fmt, ap);
+        (void) error_setv(e, code, error_code_to_errno(code), fmt, ap);
         va_end(ap);
 }
 

@@ -92,14 +92,14 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free)
 DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_MAC *, EVP_MAC_free)
 DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir)
 
-_printf_(3, 4) static int fail(audit_error *err, int r, const char *fmt, ...) {
-        if (err) {
-                va_list ap;
+/* The log's own failures are the daemon's ("internal"); callers wrap or
+ * re-code them where they mean more. */
+_printf_(3, 4) static int fail(agentd_error *err, int r, const char *fmt, ...) {
+        va_list ap;
 
-                va_start(ap, fmt);
-                vsnprintf(err->message, sizeof(err->message), fmt, ap);
-                va_end(ap);
-        }
+        va_start(ap, fmt);
+        r = error_setv(err, ERROR_INTERNAL, r, fmt, ap);
+        va_end(ap);
         return r;
 }
 
@@ -1426,7 +1426,7 @@ static void add(struct json_object *o, const char *k, struct json_object *v) {
 }
 
 int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_options *opt, audit_log **ret,
-               audit_error *err) {
+               agentd_error *err) {
         _cleanup_(audit_closep) audit_log *a = NULL;
         _cleanup_(json_object_putp) struct json_object *ev_torn = NULL, *ev_head = NULL;
         _cleanup_free_ unsigned *files = NULL;
@@ -1438,8 +1438,6 @@ int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_
         struct stat st;
         int r, head;
 
-        if (err)
-                err->message[0] = 0;
         if (!dir || !key || !ret)
                 return fail(err, -EINVAL, "audit: missing argument");
         if (key_len < AUDIT_KEY_MIN || key_len > AUDIT_KEY_MAX)
@@ -1874,7 +1872,7 @@ static int first_record_anchor(audit_log *a, unsigned no, uint64_t *ret_seq, uin
         return 0;
 }
 
-int audit_prune(audit_log *a, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, audit_error *err) {
+int audit_prune(audit_log *a, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, agentd_error *err) {
         _cleanup_free_ unsigned *files = NULL;
         _cleanup_free_ struct stat *st = NULL;
         size_t n_files = 0, cut = 0;

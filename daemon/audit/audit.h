@@ -80,15 +80,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
 #include "macro.h"
 
 struct json_object;
 
 typedef struct audit_log audit_log;
-
-typedef struct audit_error {
-        char message[512];
-} audit_error;
 
 #define AUDIT_ROTATE_BYTES_DEFAULT (16u * 1024u * 1024u)
 #define AUDIT_RECORD_MAX_DEFAULT (64u * 1024u)
@@ -119,9 +116,9 @@ typedef struct audit_options {
  *   seqs are missing;
  * - a missing or forged audit.head while records exist gives reason
  *   "head_missing" / "head_invalid".
- * Returns 0, or a negative errno with err->message set (err may be NULL). */
+ * Returns 0, or a negative errno with err set (err may be NULL). */
 int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_options *opt,
-               audit_log **ret, audit_error *err);
+               audit_log **ret, agentd_error *err);
 
 /* Flushes (fsync + head) and frees. NULL is fine. */
 void audit_close(audit_log *a);
@@ -205,7 +202,7 @@ typedef struct audit_prune_result {
         uint64_t bytes_removed;
         uint64_t first_seq;             /* the oldest seq kept */
 } audit_prune_result;
-int audit_prune(audit_log *a, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, audit_error *err);
+int audit_prune(audit_log *a, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, agentd_error *err);
 
 /* A page of records, bounded in count and bytes whatever the log's size.
  * Queries never hold more than one page: AUDIT_QUERY_MAX records and

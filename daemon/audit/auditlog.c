@@ -222,12 +222,12 @@ static void key_done(void *arg) {
                 key_work_free(w);
                 return;
         }
-        audit_error ae = { 0 };
+        _cleanup_error_ agentd_error ae = {};
         audit_options opt = { .rotate_bytes = the_log.m->config->audit_file_size };
         int r = audit_open(the_log.dir, w->key, w->klen, &opt, &the_log.log, &ae);
         if (r < 0) {
-                set_state("unavailable: %s", ae.message);
-                log_error("audit: cannot open the log: %s", ae.message);
+                set_state("unavailable: %s", error_message(&ae));
+                log_error("audit: cannot open the log: %s", error_message(&ae));
                 key_work_free(w);
                 return;
         }
@@ -328,7 +328,7 @@ void auditlog_free(manager *m) {
 
 /* Free bytes on the state filesystem below AuditMinFreeSpace= mean the next
  * records may not fit: refuse what would need one before it happens. */
-static int space_check(manager *m, char **ret_why) {
+static int space_check(manager *m, agentd_error *err) {
         struct statvfs sv;
         /* A filesystem that reports no sizes (f_blocks 0): the writes themselves will tell. */
         if (statvfs(the_log.dir, &sv) < 0 || sv.f_blocks == 0)
@@ -336,10 +336,9 @@ static int space_check(manager *m, char **ret_why) {
         uint64_t avail = (uint64_t) sv.f_bavail * sv.f_frsize;
         if (avail >= m->config->audit_min_free)
                 return 0;
-        if (ret_why && asprintf(ret_why, "the state filesystem is full (%llu bytes free, [Audit] MinFreeSpace=%zu)",
-                                (unsigned long long) avail, m->config->audit_min_free) < 0)
-                *ret_why = NULL;
-        return -ENOSPC;
+        return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENOSPC,
+                         "the state filesystem is full (%llu bytes free, [Audit] MinFreeSpace=%zu)",
+                         (unsigned long long) avail, m->config->audit_min_free);
 }
 
 /* After a failure, the first record that goes through says how many were lost. */
@@ -363,22 +362,16 @@ static int try_resume(void) {
         return 0;
 }
 
-int auditlog_can_record(manager *m, char **ret_why) {
-        if (!the_log.log) {
-                if (ret_why && asprintf(ret_why, "the audit log is %s", auditlog_state(m)) < 0)
-                        *ret_why = NULL;
-                return -ENODEV;
-        }
+int auditlog_can_record(manager *m, agentd_error *err) {
+        if (!the_log.log)
+                return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENODEV, "the audit log is %s", auditlog_state(m));
         /* A batch that cannot be written must be known before a state change goes ahead. */
         (void) auditlog_commit(m);
-        int r = space_check(m, ret_why);
+        int r = space_check(m, err);
         if (r < 0)
                 return r;
-        if (the_log.write_error < 0 && (r = try_resume()) < 0) {
-                if (ret_why && asprintf(ret_why, "the audit log cannot write records (%s)", strerror(-r)) < 0)
-                        *ret_why = NULL;
-                return r;
-        }
+        if (the_log.write_error < 0 && (r = try_resume()) < 0)
+                return error_set(err, ERROR_BACKEND_UNAVAILABLE, r, "the audit log cannot write records (%s)", strerror(-r));
         return 0;
 }
 
@@ -387,7 +380,7 @@ const char *auditlog_state(manager *m) {
                 return "unavailable: not started";
         if (!the_log.log)
                 return the_log.state;
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         if (space_check(m, &why) < 0 || the_log.write_error < 0) {
                 free(the_log.why);
                 the_log.why = NULL;
@@ -395,7 +388,7 @@ const char *auditlog_state(manager *m) {
                         (void) !asprintf(&the_log.why, "failing: cannot write records (%s); %llu events not recorded",
                                          strerror(-the_log.write_error), (unsigned long long) the_log.lost);
                 else
-                        (void) !asprintf(&the_log.why, "failing: %s", why ? why : "no space");
+                        (void) !asprintf(&the_log.why, "failing: %s", error_is_set(&why) ? error_message(&why) : "no space");
                 return the_log.why ? the_log.why : "failing";
         }
         return the_log.state;
@@ -588,20 +581,21 @@ int rpc_audit_query(rpc_ctx *ctx, const rpc_audit_query_params *p, rpc_error *er
         return 0;
 }
 
-int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, char **ret_why) {
+int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, audit_prune_result *ret, agentd_error *err) {
         *ret = (audit_prune_result) {};
-        if (!the_log.log) {
-                if (ret_why && asprintf(ret_why, "the audit log is %s", auditlog_state(m)) < 0)
-                        *ret_why = NULL;
-                return -ENODEV;
+        if (!the_log.log)
+                return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENODEV, "the audit log is %s", auditlog_state(m));
+        int r = audit_prune(the_log.log, older_than_s, max_bytes, ret, err);
+        if (r < 0) {
+                if (!error_is_set(err))
+                        error_set(err, ERROR_BACKEND_UNAVAILABLE, r, "%s", strerror(-r));
+                if (err)
+                        err->code = ERROR_BACKEND_UNAVAILABLE; /* the log is the backend that refused */
+                return r;
         }
-        audit_error ae = { 0 };
-        int r = audit_prune(the_log.log, older_than_s, max_bytes, ret, &ae);
-        if (r < 0 && ret_why)
-                *ret_why = strdup(ae.message);
-        if (r == 0 && ret->files_removed > 0)
+        if (ret->files_removed > 0)
                 the_log.dirty = true;
-        return r;
+        return 0;
 }
 
 /* The tail for an incident snapshot: the same walk of the whole log, so in a

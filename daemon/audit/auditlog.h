@@ -19,7 +19,7 @@ const char *auditlog_state(manager *m);
  * written; else a negative errno and *ret_why (free() it) says why. A log that
  * failed is retried here: the first record that goes through is
  * "audit.resumed" with the number of events that were not recorded. */
-int auditlog_can_record(manager *m, char **ret_why);
+int auditlog_can_record(manager *m, agentd_error *err);
 /* True once the HMAC key is unsealed and the log is open. Until then (a TPM
  * that is stopped or gone: retried with backoff) events cannot be recorded. */
 bool auditlog_key_ready(manager *m);
@@ -33,8 +33,8 @@ int auditlog_commit(manager *m);
 /* True while records wait for auditlog_commit(): replies must wait too. */
 bool auditlog_pending(manager *m);
 struct audit_prune_result;
-/* audit_prune() on the open log (see audit.h); *ret_why (free()) on failure. */
-int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, struct audit_prune_result *ret, char **ret_why);
+/* audit_prune() on the open log (see audit.h); err (backend_unavailable) on failure. */
+int auditlog_prune(manager *m, int64_t older_than_s, uint64_t max_bytes, struct audit_prune_result *ret, agentd_error *err);
 /* Writes the newest n (1..AUDIT_QUERY_MAX) records of sandbox to path (a json
  * array, mode 0600) from a worker thread; -ENODEV when the log is off. */
 int auditlog_tail_queue(manager *m, const char *sandbox, size_t n, const char *path);

@@ -320,12 +320,12 @@ static json_object *layer_changes(report_job *j) {
                 return c;
         }
         ws_changes ch = { 0 };
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         ws_budget budget = { .deadline_ns = ws_now_ns() + (int64_t) REPORT_LAYER_WALK_SEC * 1000000000 };
         int r = workspace_diff(j->workspace, j->upper, &budget, &ch, &why);
         if (r < 0) {
                 add_str(c, "layer", "unreadable");
-                add_str(c, "error", why ? why : strerror(-r));
+                add_str(c, "error", error_reason(&why, r));
                 return c;
         }
         add_str(c, "layer", "present");

@@ -38,23 +38,22 @@ static int forget_sandbox(void *userdata, const char *id) {
         return sandbox_forget(userdata, id);
 }
 
-int retention_prune(manager *m, prune_result *ret, char **ret_why) {
+int retention_prune(manager *m, prune_result *ret, agentd_error *err) {
         prune_result res = {};
         *ret = res;
         /* Pruning is allowed on a full disk (it frees space) but never without
          * an audit log at all: what goes must be recorded somewhere. */
-        int r = auditlog_can_record(m, ret_why);
+        int r = auditlog_can_record(m, err);
         if (r == -ENODEV)
                 return r;
-        free(*ret_why);
-        *ret_why = NULL;
+        error_free(err);
         retention_prune_records(m->config->state_directory, m->config->retention_sandbox_days,
                                 m->config->retention_sandbox_records, forget_sandbox, m, &res);
         audit_prune_result ar = {};
         int64_t older = m->config->retention_audit_days > 0
                                 ? (int64_t) time(NULL) - (int64_t) m->config->retention_audit_days * 86400
                                 : 0;
-        r = auditlog_prune(m, older, m->config->retention_audit_max, &ar, ret_why);
+        r = auditlog_prune(m, older, m->config->retention_audit_max, &ar, err);
         res.audit_files_removed = ar.files_removed;
         res.audit_bytes_removed = ar.bytes_removed;
         res.audit_first_seq = ar.first_seq;
@@ -74,9 +73,9 @@ int retention_prune(manager *m, prune_result *ret, char **ret_why) {
 static void on_prune_timer(uv_timer_t *t) {
         manager *m = t->data;
         prune_result res;
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         if (retention_prune(m, &res, &why) < 0)
-                log_error("retention: %s", why ? why : "audit pruning failed");
+                log_error("retention: %s", error_is_set(&why) ? error_message(&why) : "audit pruning failed");
 }
 
 void retention_init(manager *m) {
@@ -97,13 +96,11 @@ void retention_free(manager *m) {
 
 int rpc_agentd_prune(rpc_ctx *ctx, const rpc_agentd_prune_params *p, rpc_error *err) {
         prune_result res;
-        _cleanup_free_ char *why = NULL;
-        int r = retention_prune(ctx->m, &res, &why);
+        int r = retention_prune(ctx->m, &res, err);
         if (r < 0) {
-                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE,
-                              "%u sandbox record(s) removed; audit files not pruned: %s", res.sandboxes_removed,
-                              why ? why : strerror(-r));
-                return r;
+                if (!error_is_set(err))
+                        error_set(err, ERROR_BACKEND_UNAVAILABLE, r, "%s", strerror(-r));
+                return error_wrap(err, "%u sandbox record(s) removed; audit files not pruned", res.sandboxes_removed);
         }
         msgpack_pack_map(ctx->pk, 5);
         mp_pack_kv_u64(ctx->pk, "sandboxes_removed", res.sandboxes_removed);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "core/manager.h"
+#include "error.h"
 
 typedef struct prune_result {
         unsigned sandboxes_removed;
@@ -24,6 +25,6 @@ void retention_prune_records(const char *state_dir, unsigned days, unsigned reco
 
 /* Applies the rules now. The audit part fails (-EBADMSG, *ret_why) when the
  * chain does not verify: a break is never pruned away. */
-int retention_prune(manager *m, prune_result *ret, char **ret_why);
+int retention_prune(manager *m, prune_result *ret, agentd_error *err);
 void retention_init(manager *m);
 void retention_free(manager *m);

@@ -1568,8 +1568,10 @@ int rpc_broker_enroll(rpc_ctx *ctx, const rpc_broker_enroll_params *p, rpc_error
         manager *m = ctx->m;
         broker *b = m->broker;
         const msgpack_object *sid = p->secret_id;
+        if (!b) /* only while agentd starts or stops */
+                return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENODEV, "the credential broker is not running");
         _cleanup_free_ char *role = strdup(p->role_id);
-        if (!b || !role)
+        if (!role)
                 return -ENOMEM;
         if (!role[0] || strlen(role) > 256 || sid->via.str.size == 0 || sid->via.str.size > SEAL_SECRET_MAX) {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "role_id must be 1..256 bytes and secret_id 1..%d bytes", SEAL_SECRET_MAX);

@@ -94,14 +94,15 @@ static void strip_inline_comment(char *v) {
 
 #define CONFIG_MAX_BYTES (1024u * 1024u)
 
-_printf_(5, 6) static int config_fail(config_error *err, const char *path, unsigned line, int r, const char *fmt, ...) {
-        snprintf(err->file, sizeof(err->file), "%s", path);
-        err->line = line;
+/* Sets err to "PATH:LINE: why", the form people and editors jump to. */
+_printf_(5, 6) static int config_fail(agentd_error *err, const char *path, unsigned line, int r, const char *fmt, ...) {
+        _cleanup_free_ char *why = NULL;
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err->message, sizeof(err->message), fmt, ap);
+        if (vasprintf(&why, fmt, ap) < 0)
+                why = NULL;
         va_end(ap);
-        return r;
+        return error_set(err, ERROR_INVALID_PARAMS, r, "%s:%u: %s", path, line, why ? why : strerror(r < 0 ? -r : r));
 }
 
 static int handler(void *userdata, const char *section, const char *key, const char *raw_value) {
@@ -257,7 +258,7 @@ char *config_default_path(void) {
 /* The whole file, refused when it is not text: a NUL byte would end a line
  * early for the INI parser, so a file of NULs (a crash while it was written, a
  * corrupted disk) would parse as empty and put every setting back to default. */
-static int config_read(const char *path, char **ret, config_error *err) {
+static int config_read(const char *path, char **ret, agentd_error *err) {
         FILE *f = fopen(path, "re");
         if (!f)
                 return errno == ENOENT ? -ENOENT : config_fail(err, path, 0, -errno, "cannot open: %s", strerror(errno));
@@ -289,7 +290,7 @@ static int config_read(const char *path, char **ret, config_error *err) {
         return 0;
 }
 
-int config_load(const char *path, const char *home, agentd_config **ret, config_error *err) {
+int config_load(const char *path, const char *home, agentd_config **ret, agentd_error *err) {
         agentd_config *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
@@ -336,10 +337,8 @@ int config_load(const char *path, const char *home, agentd_config **ret, config_
                         parse_state s = { .c = c, .home = home };
                         int line = ini_parse_string(text, handler, &s);
                         if (line != 0) {
-                                snprintf(err->file, sizeof(err->file), "%s", path);
-                                err->line = line > 0 ? (unsigned) line : 0;
-                                snprintf(err->message, sizeof(err->message), "%s",
-                                         s.message[0] ? s.message : "syntax error");
+                                config_fail(err, path, line > 0 ? (unsigned) line : 0, -EINVAL, "%s",
+                                            s.message[0] ? s.message : "syntax error");
                                 config_free(c);
                                 return -EINVAL;
                         }

@@ -4,6 +4,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "error.h"
+
 typedef struct agentd_config {
         char *state_directory;
         size_t max_message_size;
@@ -48,13 +50,8 @@ typedef struct agentd_config {
         unsigned telemetry_flush_interval_ms;
 } agentd_config;
 
-typedef struct config_error {
-        char file[512];
-        unsigned line;
-        char message[256];
-} config_error;
-
-/* Defaults, then the file if it exists. A missing file is not an error. */
-int config_load(const char *path, const char *home, agentd_config **ret, config_error *err);
+/* Defaults, then the file if it exists. A missing file is not an error; a bad
+ * one sets err to "PATH:LINE: why". */
+int config_load(const char *path, const char *home, agentd_config **ret, agentd_error *err);
 void config_free(agentd_config *c);
 char *config_default_path(void);

@@ -221,11 +221,11 @@ static void on_close_walk(uv_handle_t *h, void *arg) {
 
 int daemon_reload(manager *m) {
         agentd_config *c = NULL;
-        config_error ce = { 0 };
+        _cleanup_error_ agentd_error ce = {};
         sd_notify(0, "RELOADING=1");
         int r = config_load(m->config_path, m->home, &c, &ce);
         if (r < 0) {
-                log_error("reload: %s:%u: %s; keeping the previous configuration", ce.file, ce.line, ce.message);
+                log_error("reload: %s; keeping the previous configuration", error_reason(&ce, r));
         } else {
                 /* Socket and state directory are fixed for the life of the process. */
                 free(c->state_directory);
@@ -321,10 +321,10 @@ int main(int argc, char **argv) {
                 return 1;
         }
         m->config_path = arg_config ? strdup(arg_config) : config_default_path();
-        config_error ce = { 0 };
+        _cleanup_error_ agentd_error ce = {};
         int r = config_load(m->config_path, m->home, &m->config, &ce);
         if (r < 0) {
-                log_error("%s:%u: %s", ce.file, ce.line, ce.message);
+                log_error("%s", error_reason(&ce, r));
                 return 1;
         }
         m->limits.max_message = m->config->max_message_size;

@@ -339,14 +339,14 @@ static bool sandbox_rate_admit(connection *c, const rpc_method *method) {
 static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         manager *m = c->m;
         rpc_message msg;
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
 
         if (rpc_message_decode(&msg, buf, len, &err) < 0) {
                 if (msg.have_msgid)
-                        send_packed_error(c, true, msg.msgid, err.code, err.message);
+                        send_packed_error(c, true, msg.msgid, err.code, error_message(&err));
                 else {
                         /* The stream is in sync but we cannot say which request this was. */
-                        send_packed_error(c, false, 0, err.code, err.message);
+                        send_packed_error(c, false, 0, err.code, error_message(&err));
                         connection_drain(c);
                 }
                 rpc_message_done(&msg);
@@ -369,7 +369,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         rpc_params_any args;
         if (rpc_params_decode(method, msg.params, msg.unpacked.zone, &args, &err) < 0 ||
             rpc_method_check_peer(method, c->sandbox_id != NULL, &err) < 0) {
-                send_packed_error(c, true, msg.msgid, err.code, err.message);
+                send_packed_error(c, true, msg.msgid, err.code, error_message(&err));
                 rpc_message_done(&msg);
                 return;
         }
@@ -399,11 +399,10 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
 
         /* Evidence fails closed: what changes state waits until it can be recorded. */
         if (!(method->flags & (RPC_READ_ONLY | RPC_CONTAINMENT))) {
-                _cleanup_free_ char *why = NULL;
+                _cleanup_error_ agentd_error why = {};
                 if (auditlog_can_record(m, &why) < 0) {
-                        char text[400];
-                        snprintf(text, sizeof(text), "%s refused: the audit log cannot record it: %s", method->name, why ? why : "unavailable");
-                        send_packed_error(c, true, msg.msgid, RPC_E_BACKEND_UNAVAILABLE, text);
+                        error_wrap(&why, "%s refused: the audit log cannot record it", method->name);
+                        send_packed_error(c, true, msg.msgid, RPC_E_BACKEND_UNAVAILABLE, error_message(&why));
                         rpc_message_done(&msg);
                         return;
                 }
@@ -425,21 +424,21 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         json_object_object_add(ev, "method", json_object_new_string(method->name));
         json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));
         json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
-        json_object_object_add(ev, "outcome", json_object_new_string(r < 0 ? rpc_error_code_to_string(err.message[0] ? err.code : RPC_E_INTERNAL)
+        json_object_object_add(ev, "outcome", json_object_new_string(r < 0 ? rpc_error_code_to_string(error_is_set(&err) ? err.code : RPC_E_INTERNAL)
                                                                           : ctx.async ? "pending" : "ok"));
         report_annotate_rpc(ev, &ctx);
         audit_event(m, "rpc", c->sandbox_id, ev);
         if (r < 0) {
-                if (err.message[0] == 0)
+                if (!error_is_set(&err))
                         rpc_error_set(&err, RPC_E_INTERNAL, "%s failed: %s", method->name, strerror(-r));
                 if (err.code == RPC_E_INTERNAL)
-                        log_error("%s: %s", method->name, err.message);
+                        log_error("%s: %s", method->name, error_message(&err));
                 for (unsigned i = 0; i < ctx.n_reply_fds; i++)
                         safe_close(ctx.reply_fds[i]);
                 if (ctx.async)
-                        rpc_call_error(ctx.async, err.code, err.message);
+                        rpc_call_error(ctx.async, err.code, error_message(&err));
                 else
-                        send_packed_error(c, true, msg.msgid, err.code, err.message);
+                        send_packed_error(c, true, msg.msgid, err.code, error_message(&err));
         } else if (!ctx.async) {
                 /* A handler that packed a wrong count would desynchronise the
                  * client's stream: check the reply is exactly one object. */

@@ -60,7 +60,7 @@ typedef struct ws_job {
         bool hooks, patch;
         /* Results, written by the worker. */
         int r;
-        char *why;
+        agentd_error why;
         ws_changes changes;
         ws_promote_result res;
         /* Built by the worker too, so the loop only sends and appends: a
@@ -97,7 +97,7 @@ static void job_free(ws_job *j) {
         free(j->snapshot_path);
         free(j->snapshot_json);
         strv_free(j->paths);
-        free(j->why);
+        error_free(&j->why);
         ws_changes_free(&j->changes);
         ws_promote_result_free(&j->res);
         msgpack_sbuffer_destroy(&j->reply);
@@ -146,7 +146,7 @@ static void snapshot_write(ws_job *j) {
                 }
         json_object_object_add(snap, "workspace_changes", ch);
         json_object_object_add(snap, "workspace_changes_total", json_object_new_int64((int64_t) j->changes.n));
-        json_object_object_add(snap, "workspace_changes_error", j->r < 0 ? json_object_new_string(j->why ? j->why : strerror(-j->r)) : NULL);
+        json_object_object_add(snap, "workspace_changes_error", j->r < 0 ? json_object_new_string(error_reason(&j->why, j->r)) : NULL);
         _cleanup_free_ char *tmp = NULL;
         const char *text = json_object_to_json_string_ext(snap, JSON_C_TO_STRING_PRETTY);
         int r = asprintf(&tmp, "%s.tmp", j->snapshot_path) < 0 ? -ENOMEM : 0;
@@ -353,7 +353,7 @@ static void job_reply_error(ws_job *j) {
                 snprintf(msg, sizeof(msg), "sandbox %s: the %s took longer than its time limit (%d s)", j->id,
                          job_name(j->kind), WS_TIME_LIMIT_SEC);
         } else
-                snprintf(msg, sizeof(msg), "sandbox %s: %s", j->id, j->why ? j->why : strerror(-j->r));
+                snprintf(msg, sizeof(msg), "sandbox %s: %s", j->id, error_reason(&j->why, j->r));
         if (code == RPC_E_INTERNAL)
                 log_error("sandbox.%s: %s", job_name(j->kind), msg);
         rpc_call_error(j->call, code, msg);
@@ -415,7 +415,7 @@ static void job_done(uv_work_t *req, int status) {
                 break;
         case WS_JOB_SNAPSHOT:
                 if (j->r < 0)
-                        log_warning("sandbox %s: the snapshot's change list: %s", j->id, j->why ? j->why : strerror(-j->r));
+                        log_warning("sandbox %s: the snapshot's change list: %s", j->id, error_reason(&j->why, j->r));
                 break;
         }
         sandbox_unref(s);
@@ -562,9 +562,9 @@ int workspace_snapshot_queue(manager *m, sandbox *s, const char *snapshot_path, 
                 job_free(j);
                 return -ENOMEM;
         }
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         int r = job_queue(j, s, &err);
         if (r < 0)
-                log_warning("sandbox %s: no change list in the snapshot: %s", s->id, err.message);
+                log_warning("sandbox %s: no change list in the snapshot: %s", s->id, error_message(&err));
         return r;
 }

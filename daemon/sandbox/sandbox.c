@@ -106,7 +106,7 @@ typedef struct bpf_cache {
 } bpf_cache;
 static bpf_cache *bpf_cached;
 
-static int get_bpf(const char *profile, const void **ret_bpf, size_t *ret_len, char **ret_error) {
+static int get_bpf(const char *profile, const void **ret_bpf, size_t *ret_len, agentd_error *ret_error) {
         for (bpf_cache *c = bpf_cached; c; c = c->next)
                 if (streq(c->profile, profile)) {
                         *ret_bpf = c->bpf;
@@ -1590,13 +1590,13 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         /* Seccomp program for the task's profile, built once. */
         const void *bpf = NULL;
         size_t bpf_len = 0;
-        _cleanup_free_ char *bpf_error = NULL;
+        _cleanup_error_ agentd_error bpf_error = {};
         bool seccomp_on = task_policy_seccomp_enabled(p);
         r = seccomp_on ? get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error) : 0;
         if (r < 0) {
                 free(sp.buf);
                 rpc_error_set(err, RPC_E_POLICY_DENIED, "task '%s': seccomp profile %s: %s", p->name,
-                              p->seccomp ? p->seccomp : "default", bpf_error ? bpf_error : strerror(-r));
+                              p->seccomp ? p->seccomp : "default", error_reason(&bpf_error, r));
                 return r;
         }
 
@@ -1756,18 +1756,21 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                         FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(errno));
         }
 
+        agentd_error limits_error = {}; /* not _cleanup_: `goto fail` jumps over it */
         if (m->cgroup_root) {
                 cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
                                       .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
                 r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &cg_fd, &s->limits_note);
                 if (r < 0)
                         FAIL(RPC_E_INTERNAL, "cannot create the sandbox cgroup: %s", strerror(-r));
-                r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &error_text);
+                r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &limits_error);
         } else
                 r = spawn_limits_check(m, p, task_limits_asked(p), m->cgroup_status ? m->cgroup_status : "unavailable",
-                                       &s->limits_note, &error_text);
+                                       &s->limits_note, &limits_error);
         if (r < 0) {
                 error_code = RPC_E_BACKEND_UNAVAILABLE;
+                error_text = error_is_set(&limits_error) ? strdup(error_message(&limits_error)) : NULL;
+                error_free(&limits_error);
                 goto fail;
         }
 
@@ -1922,11 +1925,13 @@ fail:
                 snprintf(path, sizeof(path), "%s/meta.json", s->dir);
                 (void) unlink(path);
         }
-        rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
+        /* The failed step's errno when it returned one, else the code's usual one (not always EIO). */
+        r = error_set(err, error_code, r < 0 ? r : error_code_to_errno(error_code), "%s",
+                      error_text ? error_text : "sandbox setup failed");
         log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
         free(error_text);
         sandbox_free(s);
-        return -EIO;
+        return r;
 #undef FAIL
 }
 
@@ -1943,7 +1948,7 @@ static void on_creds_issued(sandbox_creds *creds, const char *error, void *userd
         msgpack_unpacked u;
         msgpack_unpacked_init(&u);
         size_t off = 0;
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         int r = -EINVAL;
         if (msgpack_unpack_next(&u, req->params.data, req->params.size, &off) == MSGPACK_UNPACK_SUCCESS)
                 r = spawn_impl(req, &u.data, &err);
@@ -1952,8 +1957,8 @@ static void on_creds_issued(sandbox_creds *creds, const char *error, void *userd
                 if (req->creds)
                         broker_release(req->m, TAKE_PTR(req->creds));
                 if (req->call)
-                        rpc_call_error(req->call, err.message[0] ? err.code : RPC_E_INTERNAL,
-                                       err.message[0] ? err.message : "spawn failed");
+                        rpc_call_error(req->call, error_is_set(&err) ? err.code : RPC_E_INTERNAL,
+                                       error_is_set(&err) ? error_message(&err) : "spawn failed");
                 req->call = NULL;
         }
         spawn_request_free(req);

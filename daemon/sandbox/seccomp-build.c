@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "error.h"
 #include "macro.h"
 #include "memfd.h"
 #include "seccomp-profiles.h"
@@ -26,21 +27,6 @@ typedef struct rule_list {
         size_t n;
         bool strict_names;   /* profile file: an unknown syscall is the author's typo */
 } rule_list;
-
-static int set_error(char **ret_error, int r, const char *fmt, ...) _printf_(3, 4);
-static int set_error(char **ret_error, int r, const char *fmt, ...) {
-        va_list ap;
-
-        if (ret_error) {
-                char *m = NULL;
-                va_start(ap, fmt);
-                if (vasprintf(&m, fmt, ap) < 0)
-                        m = NULL;
-                va_end(ap);
-                *ret_error = m;
-        }
-        return r;
-}
 
 static uint32_t action_to_scmp(seccomp_action a) {
         switch (a) {
@@ -90,7 +76,7 @@ static bool rule_is_superseded(const rule_list *l, size_t i) {
         return false;
 }
 
-static int add_rules(scmp_filter_ctx ctx, const rule_list *l, char **ret_error) {
+static int add_rules(scmp_filter_ctx ctx, const rule_list *l, agentd_error *err) {
         for (size_t i = 0; i < l->n; i++) {
                 const seccomp_rule *r = l->rules[i];
                 struct scmp_arg_cmp cmp[SECCOMP_RULE_ARGS_MAX] = {};
@@ -101,11 +87,11 @@ static int add_rules(scmp_filter_ctx ctx, const rule_list *l, char **ret_error) 
                 nr = seccomp_syscall_resolve_name(r->syscall);
                 if (nr == __NR_SCMP_ERROR) {
                         if (l->strict_names)
-                                return set_error(ret_error, -EINVAL, "seccomp profile: unknown syscall '%s'", r->syscall);
+                                return error_set(err, ERROR_POLICY_DENIED, -EINVAL, "seccomp profile: unknown syscall '%s'", r->syscall);
                         continue;   /* a built-in rule for a syscall this libseccomp does not know */
                 }
                 if (r->n_conds > SECCOMP_RULE_ARGS_MAX)
-                        return set_error(ret_error, -EINVAL, "seccomp profile: too many conditions for %s", r->syscall);
+                        return error_set(err, ERROR_POLICY_DENIED, -EINVAL, "seccomp profile: too many conditions for %s", r->syscall);
                 for (unsigned c = 0; c < r->n_conds; c++) {
                         const seccomp_arg_cond *a = &r->conds[c];
                         cmp[c] = (struct scmp_arg_cmp) {
@@ -117,13 +103,13 @@ static int add_rules(scmp_filter_ctx ctx, const rule_list *l, char **ret_error) 
                 }
                 k = seccomp_rule_add_array(ctx, action_to_scmp(r->action), nr, r->n_conds, cmp);
                 if (k < 0)
-                        return set_error(ret_error, k, "seccomp profile: cannot add the rule for %s: %s", r->syscall,
+                        return error_set(err, ERROR_INTERNAL, k, "seccomp profile: cannot add the rule for %s: %s", r->syscall,
                                          strerror(-k));
         }
         return 0;
 }
 
-static int export_bpf(scmp_filter_ctx ctx, void **ret_bpf, size_t *ret_len, char **ret_error) {
+static int export_bpf(scmp_filter_ctx ctx, void **ret_bpf, size_t *ret_len, agentd_error *err) {
 #if HAVE_SECCOMP_EXPORT_BPF_MEM
         _cleanup_free_ void *buf = NULL;
         size_t len = 0;
@@ -131,13 +117,13 @@ static int export_bpf(scmp_filter_ctx ctx, void **ret_bpf, size_t *ret_len, char
 
         r = seccomp_export_bpf_mem(ctx, NULL, &len);
         if (r < 0)
-                return set_error(ret_error, r, "cannot export the seccomp program: %s", strerror(-r));
+                return error_set(err, ERROR_INTERNAL, r, "cannot export the seccomp program: %s", strerror(-r));
         buf = malloc(len ? len : 1);
         if (!buf)
                 return -ENOMEM;
         r = seccomp_export_bpf_mem(ctx, buf, &len);
         if (r < 0)
-                return set_error(ret_error, r, "cannot export the seccomp program: %s", strerror(-r));
+                return error_set(err, ERROR_INTERNAL, r, "cannot export the seccomp program: %s", strerror(-r));
 #else
         _cleanup_close_ int fd = -1;
         _cleanup_free_ void *buf = NULL;
@@ -148,10 +134,10 @@ static int export_bpf(scmp_filter_ctx ctx, void **ret_bpf, size_t *ret_len, char
         /* libseccomp < 2.6 can only write to a file descriptor */
         fd = memfd_create("agentd-seccomp-export", MFD_CLOEXEC);
         if (fd < 0)
-                return set_error(ret_error, -errno, "cannot create a memfd: %m");
+                return error_set(err, ERROR_INTERNAL, -errno, "cannot create a memfd: %m");
         r = seccomp_export_bpf(ctx, fd);
         if (r < 0)
-                return set_error(ret_error, r, "cannot export the seccomp program: %s", strerror(-r));
+                return error_set(err, ERROR_INTERNAL, r, "cannot export the seccomp program: %s", strerror(-r));
         if (fstat(fd, &st) < 0)
                 return -errno;
         len = (size_t) st.st_size;
@@ -171,13 +157,13 @@ static int export_bpf(scmp_filter_ctx ctx, void **ret_bpf, size_t *ret_len, char
 #endif
         /* struct sock_filter is 8 bytes; the kernel takes at most 4096 instructions */
         if (len == 0 || len % 8 != 0 || len / 8 > 4096)
-                return set_error(ret_error, -E2BIG, "seccomp program has an invalid size (%zu bytes)", len);
+                return error_set(err, ERROR_INTERNAL, -E2BIG, "seccomp program has an invalid size (%zu bytes)", len);
         *ret_bpf = TAKE_PTR(buf);
         *ret_len = len;
         return 0;
 }
 
-int seccomp_build_bpf(const char *profile_name, void **ret_bpf, size_t *ret_len, char **ret_error) {
+int seccomp_build_bpf(const char *profile_name, void **ret_bpf, size_t *ret_len, agentd_error *err) {
         _cleanup_(seccomp_profile_file_freep) seccomp_profile_file *file = NULL;
         _cleanup_free_ const seccomp_rule **rules = NULL;
         _cleanup_seccomp_ scmp_filter_ctx ctx = NULL;
@@ -185,9 +171,9 @@ int seccomp_build_bpf(const char *profile_name, void **ret_bpf, size_t *ret_len,
         int r;
 
         if (!profile_name || !ret_bpf || !ret_len)
-                return set_error(ret_error, -EINVAL, "no seccomp profile given");
+                return error_set(err, ERROR_POLICY_DENIED, -EINVAL, "no seccomp profile given");
         if (streq(profile_name, "off"))
-                return set_error(ret_error, -EINVAL, "seccomp is off for this task; there is no program to build");
+                return error_set(err, ERROR_POLICY_DENIED, -EINVAL, "seccomp is off for this task; there is no program to build");
 
         if (profile_name[0] == '/') {
                 policy_error e = {};
@@ -196,7 +182,7 @@ int seccomp_build_bpf(const char *profile_name, void **ret_bpf, size_t *ret_len,
                 if (r == -ENOMEM)
                         return r;
                 if (r < 0)
-                        return set_error(ret_error, r, "%s:%u: %s", e.file, e.line, e.message);
+                        return error_set(err, ERROR_POLICY_DENIED, r, "%s:%u: %s", e.file, e.line, e.message);
                 rules = calloc(file->n_rules ? file->n_rules : 1, sizeof(seccomp_rule *));
                 if (!rules)
                         return -ENOMEM;
@@ -208,7 +194,7 @@ int seccomp_build_bpf(const char *profile_name, void **ret_bpf, size_t *ret_len,
                 size_t n = 0, k = 0;
 
                 if (!p)
-                        return set_error(ret_error, -ENOENT, "unknown seccomp profile '%s' (expected default, strict, off "
+                        return error_set(err, ERROR_POLICY_DENIED, -ENOENT, "unknown seccomp profile '%s' (expected default, strict, off "
                                          "or the absolute path of a profile file)", profile_name);
                 for (size_t t = 0; t < p->n_tables; t++)
                         n += p->n_rules[t];
@@ -223,18 +209,18 @@ int seccomp_build_bpf(const char *profile_name, void **ret_bpf, size_t *ret_len,
 
         ctx = seccomp_init(SCMP_ACT_ALLOW);
         if (!ctx)
-                return set_error(ret_error, -ENOMEM, "cannot initialise libseccomp");
+                return error_set(err, ERROR_INTERNAL, -ENOMEM, "cannot initialise libseccomp");
         /* only the native ABI is added: any other (x32, i386 via int 0x80) kills */
         r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
         if (r < 0)
-                return set_error(ret_error, r, "cannot set the bad-architecture action: %s", strerror(-r));
-        r = add_rules(ctx, &l, ret_error);
+                return error_set(err, ERROR_INTERNAL, r, "cannot set the bad-architecture action: %s", strerror(-r));
+        r = add_rules(ctx, &l, err);
         if (r < 0)
                 return r;
-        return export_bpf(ctx, ret_bpf, ret_len, ret_error);
+        return export_bpf(ctx, ret_bpf, ret_len, err);
 }
 
-int seccomp_build_memfd(const char *profile_name, int *ret_fd, char **ret_error) {
+int seccomp_build_memfd(const char *profile_name, int *ret_fd, agentd_error *err) {
         _cleanup_free_ void *bpf = NULL;
         _cleanup_close_ int fd = -1;
         size_t len = 0;
@@ -242,13 +228,13 @@ int seccomp_build_memfd(const char *profile_name, int *ret_fd, char **ret_error)
 
         if (!ret_fd)
                 return -EINVAL;
-        r = seccomp_build_bpf(profile_name, &bpf, &len, ret_error);
+        r = seccomp_build_bpf(profile_name, &bpf, &len, err);
         if (r < 0)
                 return r;
         /* the sandbox helper must load exactly what was built */
         fd = memfd_new_sealed("agentd-seccomp", bpf, len);
         if (fd < 0)
-                return set_error(ret_error, fd, "cannot pass the seccomp program in a sealed memfd: %s", strerror(-fd));
+                return error_set(err, ERROR_INTERNAL, fd, "cannot pass the seccomp program in a sealed memfd: %s", strerror(-fd));
         *ret_fd = TAKE_FD(fd);
         return 0;
 }

@@ -218,24 +218,22 @@ static void limits_list(unsigned bits, char *buf, size_t size) {
 }
 
 int spawn_limits_check(manager *m, const task_policy *p, unsigned unenforced, const char *no_cgroup_why, char **note,
-                       char **ret_error) {
+                       agentd_error *err) {
         spawn_guard g = spawn_guard_of(m);
-        return spawn_guard_limits(&g, p, unenforced, no_cgroup_why, note, ret_error);
+        return spawn_guard_limits(&g, p, unenforced, no_cgroup_why, note, err);
 }
 
 int spawn_guard_limits(const spawn_guard *g, const task_policy *p, unsigned unenforced, const char *no_cgroup_why,
-                       char **note, char **ret_error) {
+                       char **note, agentd_error *err) {
         /* TasksMax holds anyway: the helper sets RLIMIT_NPROC from it. */
         unsigned missing = unenforced & ~CGROUP_LIMIT_PIDS;
         char what[64];
 
         limits_list(missing, what, sizeof(what));
         if (missing && g->require_limits) {
-                if (asprintf(ret_error,
-                             "task '%s' sets %s, which cannot be enforced here (%s%s), and agentd.conf says RequireLimits=yes",
-                             p->name, what, no_cgroup_why ? "cgroup " : "", no_cgroup_why ? no_cgroup_why : *note ? *note : "?") < 0)
-                        *ret_error = NULL;
-                return -EOPNOTSUPP;
+                return error_set(err, ERROR_BACKEND_UNAVAILABLE, EOPNOTSUPP,
+                                 "task '%s' sets %s, which cannot be enforced here (%s%s), and agentd.conf says RequireLimits=yes",
+                                 p->name, what, no_cgroup_why ? "cgroup " : "", no_cgroup_why ? no_cgroup_why : *note ? *note : "?");
         }
         if (!no_cgroup_why)
                 return 0; /* the cgroup's own note says what it could not apply */

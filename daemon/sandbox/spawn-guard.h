@@ -32,11 +32,11 @@ unsigned task_limits_asked(const task_policy *p);
  * sandbox has a cgroup (then *note is the cgroup's own), else why not (then
  * *note is rewritten to say what holds). With [Daemon] RequireLimits=yes a
  * limit that does not hold (TasksMax always does, by RLIMIT_NPROC) fails with
- * -EOPNOTSUPP and *ret_error saying which and why. */
+ * -EOPNOTSUPP and err (backend_unavailable) saying which and why. */
 int spawn_limits_check(manager *m, const task_policy *p, unsigned unenforced, const char *no_cgroup_why, char **note,
-                       char **ret_error);
+                       agentd_error *err);
 int spawn_guard_limits(const spawn_guard *g, const task_policy *p, unsigned unenforced, const char *no_cgroup_why,
-                       char **note, char **ret_error);
+                       char **note, agentd_error *err);
 
 /* The task's ReadOnlyPaths=/WritablePaths= against the same directories of
  * agentd's (runtime, socket, state; config for writable ones): one that is or

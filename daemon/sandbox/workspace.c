@@ -273,20 +273,17 @@ static int cmp_change(const void *a, const void *b) {
         return strcmp(((const ws_change *) a)->path, ((const ws_change *) b)->path);
 }
 
-int workspace_diff(const char *workspace, const char *upper, ws_budget *budget, ws_changes *ret, char **ret_error) {
+int workspace_diff(const char *workspace, const char *upper, ws_budget *budget, ws_changes *ret, agentd_error *err) {
         ws_changes c = { 0 };
         _cleanup_close_ int up = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (up < 0) {
-                int r = -errno;
-                (void) !asprintf(ret_error, "the sandbox's change layer %s: %s", upper, strerror(errno));
-                return r;
+                return error_set(err, ERROR_INTERNAL, errno, "the sandbox's change layer %s: %s", upper, strerror(errno));
         }
         /* The host tree may be gone: then everything is "added". */
         _cleanup_close_ int host = open(workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         int r = ws_guard_discover(workspace, &c.guard_prefixes);
         if (r < 0) {
-                (void) !asprintf(ret_error, "reading the workspace's git configuration: %s", strerror(-r));
-                return r;
+                return error_set(err, ERROR_INTERNAL, r, "reading the workspace's git configuration: %s", strerror(-r));
         }
         walk w = { .up = up, .host = host, .budget = budget, .out = &c };
         w.buf_a = malloc(COPY_BUF);
@@ -304,9 +301,9 @@ int workspace_diff(const char *workspace, const char *upper, ws_budget *budget, 
         free(w.buf_b);
         if (r < 0) {
                 if (r == -ETIMEDOUT)
-                        (void) !asprintf(ret_error, "reading the change layer took longer than the time limit");
+                        error_set(err, ERROR_LIMIT_EXCEEDED, r, "reading the change layer took longer than the time limit");
                 else
-                        (void) !asprintf(ret_error, "reading the change layer: %s", strerror(-r));
+                        error_set(err, ERROR_INTERNAL, r, "reading the change layer: %s", strerror(-r));
                 ws_changes_free(&c);
                 return r;
         }
@@ -946,17 +943,16 @@ static int promote_one(promote_ctx *p, const ws_change *c) {
 }
 
 int workspace_promote(const char *workspace, const char *upper, int64_t started_at_ns, char *const *paths,
-                      bool include_hooks, ws_budget *budget, ws_promote_result *ret, char **ret_error) {
+                      bool include_hooks, ws_budget *budget, ws_promote_result *ret, agentd_error *err) {
         ws_changes c = { 0 };
         ws_promote_result res = { 0 };
-        int r = workspace_diff(workspace, upper, budget, &c, ret_error);
+        int r = workspace_diff(workspace, upper, budget, &c, err);
         if (r < 0)
                 return r;
         _cleanup_close_ int wsfd = open(workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         _cleanup_close_ int upfd = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (wsfd < 0 || upfd < 0) {
-                r = -errno;
-                (void) !asprintf(ret_error, "cannot open %s: %s", wsfd < 0 ? workspace : upper, strerror(errno));
+                r = error_set(err, ERROR_INTERNAL, errno, "cannot open %s: %s", wsfd < 0 ? workspace : upper, strerror(errno));
                 ws_changes_free(&c);
                 return r;
         }
@@ -998,7 +994,7 @@ int workspace_promote(const char *workspace, const char *upper, int64_t started_
         free(p->wsreal);
         ws_changes_free(&c);
         if (r < 0) {
-                (void) !asprintf(ret_error, "promote: %s", strerror(-r));
+                error_set(err, ERROR_INTERNAL, r, "promote: %s", strerror(-r));
                 ws_promote_result_free(&res);
                 return r;
         }

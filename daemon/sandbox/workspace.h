@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
+
 typedef enum ws_change_kind {
         WS_ADDED,
         WS_MODIFIED,
@@ -56,8 +58,8 @@ typedef struct ws_budget {
 bool ws_budget_spent(ws_budget *b);
 
 /* Lists the changes, sorted by path; -ETIMEDOUT once the budget is spent.
- * *ret_error explains a failure. */
-int workspace_diff(const char *workspace, const char *upper, ws_budget *budget, ws_changes *ret, char **ret_error);
+ * err (may be NULL) explains a failure. */
+int workspace_diff(const char *workspace, const char *upper, ws_budget *budget, ws_changes *ret, agentd_error *err);
 void ws_changes_free(ws_changes *c);
 
 typedef struct ws_item {
@@ -83,7 +85,7 @@ typedef struct ws_promote_result {
  * Files are written to temporary names, made durable with one syncfs() per
  * batch and renamed into place. */
 int workspace_promote(const char *workspace, const char *upper, int64_t started_at_ns, char *const *paths,
-                      bool include_hooks, ws_budget *budget, ws_promote_result *ret, char **ret_error);
+                      bool include_hooks, ws_budget *budget, ws_promote_result *ret, agentd_error *err);
 void ws_promote_result_free(ws_promote_result *r);
 
 /* Removes a directory tree without following symlinks (also the overlay's

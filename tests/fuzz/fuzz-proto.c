@@ -10,7 +10,7 @@
 
 static void handle(const uint8_t *msg, size_t len) {
         rpc_message m;
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         if (rpc_message_decode(&m, msg, len, &err) == 0 && m.type == RPC_REQUEST) {
                 const rpc_method *method = rpc_method_find(m.method, m.method_len);
                 rpc_params_any args;

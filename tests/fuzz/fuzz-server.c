@@ -59,12 +59,10 @@ bool auditlog_pending(manager *m) {
         return audit_records_pending;
 }
 
-int auditlog_can_record(manager *m, char **ret_why) {
+int auditlog_can_record(manager *m, agentd_error *err) {
         if (!audit_cannot_record)
                 return 0;
-        if (ret_why)
-                *ret_why = strdup("the state filesystem is full (fuzzed)");
-        return -ENOSPC;
+        return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENOSPC, "the state filesystem is full (fuzzed)");
 }
 
 void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {

@@ -257,10 +257,10 @@ static void append_n(audit_log *a, int from, int to) {
 
 static audit_log *open_log(const char *dir) {
         audit_options opt = { .rotate_bytes = ROTATE, .no_journal = true };
-        audit_error err = {};
+        _cleanup_error_ agentd_error err = {};
         audit_log *a = NULL;
         int r = audit_open(dir, KEY, sizeof(KEY), &opt, &a, &err);
-        ck_assert_msg(r == 0, "audit_open: %d %s", r, err.message);
+        ck_assert_msg(r == 0, "audit_open: %d %s", r, error_message(&err));
         ck_assert_ptr_nonnull(a);
         return a;
 }
@@ -387,7 +387,7 @@ END_TEST
  * dropped, no partial line left behind, and the chain goes on from the file. */
 START_TEST(test_batch_write_failure) {
         audit_options opt = { .rotate_bytes = 1u << 20, .no_journal = true };
-        audit_error err = {};
+        _cleanup_error_ agentd_error err = {};
         audit_log *a = NULL;
         struct rlimit old, lim;
         struct stat st;
@@ -945,7 +945,7 @@ START_TEST(test_prune_keeps_chain_verifiable) {
 
         audit_log *a = open_log(master);
         audit_prune_result res;
-        audit_error err = {};
+        _cleanup_error_ agentd_error err = {};
         /* Nothing is old enough and there is no byte bound: nothing goes. */
         ck_assert_int_eq(audit_prune(a, 1, 0, &res, &err), 0);
         ck_assert_uint_eq(res.files_removed, 0);
@@ -1014,9 +1014,9 @@ START_TEST(test_prune_refuses_broken_chain) {
         write_all_file(p, nl + 1, len - (size_t) (nl + 1 - text));
         audit_log *a = open_log(copy);
         audit_prune_result res;
-        audit_error err = {};
+        _cleanup_error_ agentd_error err = {};
         ck_assert_int_eq(audit_prune(a, 0, 2 * ROTATE, &res, &err), -EBADMSG);
-        ck_assert_msg(strstr(err.message, "does not verify"), "%s", err.message);
+        ck_assert_msg(strstr(error_message(&err), "does not verify"), "%s", error_message(&err));
         ck_assert_uint_eq(res.files_removed, 0);
         audit_close(a);
         ck_assert_uint_eq(count_files(copy), s.n);
@@ -1077,7 +1077,7 @@ END_TEST
 
 START_TEST(test_size_bound) {
         audit_options opt = { .no_journal = true };
-        audit_error err = {};
+        _cleanup_error_ agentd_error err = {};
         audit_log *a = NULL;
 
         ck_assert_int_eq(audit_open(master, KEY, sizeof(KEY), &opt, &a, &err), 0);
@@ -1155,12 +1155,12 @@ START_TEST(test_durable_after_flush) {
 END_TEST
 
 START_TEST(test_open_errors) {
-        audit_error err = {};
+        _cleanup_error_ agentd_error err = {};
         audit_log *a = NULL;
 
         ck_assert_int_eq(audit_open(master, KEY, 8, NULL, &a, &err), -EINVAL);
         ck_assert_ptr_null(a);
-        ck_assert_str_ne(err.message, "");
+        ck_assert_str_ne(error_message(&err), "");
         ck_assert_int_eq(audit_open(NULL, KEY, 32, NULL, &a, &err), -EINVAL);
 
         /* A log written with another key: verify says so at seq 1, open does not

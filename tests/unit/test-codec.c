@@ -180,7 +180,7 @@ START_TEST(test_scan_depth_limit) {
         proto_scanner_reset(&s);
         ck_assert_int_eq(proto_scan(&s, &lim, req, 36, &len, &e), 1);
         rpc_message m;
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         ck_assert_int_eq(rpc_message_decode(&m, req, len, &err), -EINVAL); /* params not [] / [map] */
         ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
         rpc_message_done(&m);
@@ -234,7 +234,7 @@ START_TEST(test_decode_request) {
         mp_pack_kv_str(&b.pk, "id", "abc");
         mp_pack_kv_i64(&b.pk, "signal", 9);
         rpc_message m;
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         ck_assert_int_eq(decode_packed(&b, &m, &err), 0);
         ck_assert_int_eq(m.type, RPC_REQUEST);
         ck_assert_uint_eq(m.msgid, 77);
@@ -253,7 +253,7 @@ END_TEST
 
 START_TEST(test_decode_bad_envelopes) {
         rpc_message m;
-        rpc_error err;
+        _cleanup_error_ rpc_error err = {};
         buf b;
 
         /* Not an array. */
@@ -426,7 +426,7 @@ START_TEST(test_required_nil_every_method) {
                                         pack_value_of_type(&b.pk, items[i].type);
                         }
                         rpc_message m;
-                        rpc_error err = { 0 };
+                        _cleanup_error_ rpc_error err = {};
                         ck_assert_int_eq(decode_packed(&b, &m, &err), 0);
                         ck_assert_int_eq(params_decode(&rpc_methods[mi], &m, &err), -EINVAL);
                         ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
@@ -444,7 +444,7 @@ START_TEST(test_required_nil_every_method) {
 END_TEST
 
 START_TEST(test_params) {
-        rpc_error err;
+        _cleanup_error_ rpc_error err = {};
         ck_assert_int_lt(validate("task.show", fill_missing, &err), 0);
         ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
         ck_assert_ptr_nonnull(strstr(err.message, "missing parameter 'name'"));

@@ -136,12 +136,12 @@ static int run_filtered(const void *bpf, size_t len, void (*fn)(void)) {
 
 START_TEST(test_default) {
         _cleanup_free_ void *bpf = NULL;
-        _cleanup_free_ char *error = NULL;
+        _cleanup_error_ agentd_error error = {};
         size_t len = 0;
         int status;
 
         ck_assert_int_eq(seccomp_build_bpf("default", &bpf, &len, &error), 0);
-        ck_assert_ptr_null(error);
+        ck_assert(!error_is_set(&error));
         ck_assert_uint_gt(len, 0);
         ck_assert_uint_eq(len % sizeof(struct sock_filter), 0);
         status = run_filtered(bpf, len, check_default);
@@ -224,7 +224,7 @@ START_TEST(test_profile_file) {
         static const char text[] = "include default\ngetppid eperm\nsocket eperm arg0 == AF_INET\n";
         char path[] = "/tmp/test-seccomp-XXXXXX";
         _cleanup_free_ void *bpf = NULL;
-        _cleanup_free_ char *error = NULL;
+        _cleanup_error_ agentd_error error = {};
         size_t len = 0;
         int fd, status;
 
@@ -256,36 +256,36 @@ START_TEST(test_profile_file) {
         free(bpf);
         bpf = NULL;
         ck_assert_int_eq(seccomp_build_bpf(path, &bpf, &len, &error), -EINVAL);
-        ck_assert_ptr_nonnull(strstr(error, "frobnicate"));
-        free(error);
-        error = NULL;
+        ck_assert_ptr_nonnull(strstr(error_message(&error), "frobnicate"));
+        ck_assert_int_eq(error.code, ERROR_POLICY_DENIED);
+        error_free(&error);
 
         fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(write(fd, "\n\nptrace maybe\n", 15), 15);
         close(fd);
         ck_assert_int_eq(seccomp_build_bpf(path, &bpf, &len, &error), -EINVAL);
-        ck_assert_ptr_nonnull(strstr(error, ":3:"));
+        ck_assert_ptr_nonnull(strstr(error_message(&error), ":3:"));
         unlink(path);
 }
 END_TEST
 
 START_TEST(test_unknown_profile) {
-        _cleanup_free_ char *error = NULL;
+        _cleanup_error_ agentd_error error = {};
         void *bpf = NULL;
         size_t len = 0;
         int fd = -1;
 
         ck_assert_int_eq(seccomp_build_bpf("relaxed", &bpf, &len, &error), -ENOENT);
         ck_assert_ptr_null(bpf);
-        ck_assert_ptr_nonnull(strstr(error, "relaxed"));
-        free(error);
-        error = NULL;
+        ck_assert_ptr_nonnull(strstr(error_message(&error), "relaxed"));
+        ck_assert_int_eq(error.code, ERROR_POLICY_DENIED);
+        error_free(&error);
         ck_assert_int_eq(seccomp_build_bpf("off", &bpf, &len, &error), -EINVAL);
-        free(error);
-        error = NULL;
+        ck_assert_int_eq(error.code, ERROR_POLICY_DENIED);
+        error_free(&error);
         ck_assert_int_eq(seccomp_build_bpf("/nonexistent/profile", &bpf, &len, &error), -ENOENT);
-        ck_assert_ptr_nonnull(strstr(error, "/nonexistent/profile"));
+        ck_assert_ptr_nonnull(strstr(error_message(&error), "/nonexistent/profile"));
         ck_assert_int_eq(seccomp_build_memfd("relaxed", &fd, NULL), -ENOENT);
         ck_assert_int_eq(fd, -1);
 }

@@ -48,11 +48,10 @@ bool auditlog_pending(manager *m) {
         return records_pending;
 }
 
-int auditlog_can_record(manager *m, char **ret_why) {
+int auditlog_can_record(manager *m, agentd_error *err) {
         if (!audit_broken)
                 return 0;
-        *ret_why = strdup("the state filesystem is full");
-        return -ENOSPC;
+        return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENOSPC, "the state filesystem is full");
 }
 
 void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {

@@ -202,20 +202,22 @@ START_TEST(test_limits) {
         p->cpu_weight = 0;
 
         /* No cgroup, RequireLimits=no: the note says what holds. */
-        char *note = strdup("cgroup note"), *error = NULL;
+        char *note = strdup("cgroup note");
+        agentd_error error = {};
         ck_assert_int_eq(spawn_guard_limits(&g, p, CGROUP_LIMIT_MEMORY | CGROUP_LIMIT_PIDS, "unavailable: not delegated", &note,
                                             &error), 0);
         ck_assert_str_eq(note, "MemoryMax not enforced (cgroup unavailable: not delegated); TasksMax held by RLIMIT_NPROC only");
-        ck_assert_ptr_null(error);
+        ck_assert(!error_is_set(&error));
         /* TasksMax alone always holds, even with RequireLimits=yes. */
         g.require_limits = true;
         ck_assert_int_eq(spawn_guard_limits(&g, p, CGROUP_LIMIT_PIDS, "unavailable: x", &note, &error), 0);
         ck_assert_str_eq(note, "TasksMax held by RLIMIT_NPROC only (cgroup unavailable: x)");
         /* RequireLimits=yes and a memory limit that cannot hold: refused, saying why. */
         ck_assert_int_eq(spawn_guard_limits(&g, p, CGROUP_LIMIT_MEMORY, "unavailable: x", &note, &error), -EOPNOTSUPP);
-        ck_assert_str_eq(error, "task 'big' sets MemoryMax, which cannot be enforced here (cgroup unavailable: x), and agentd.conf "
+        ck_assert_int_eq(error.code, ERROR_BACKEND_UNAVAILABLE);
+        ck_assert_str_eq(error_message(&error), "task 'big' sets MemoryMax, which cannot be enforced here (cgroup unavailable: x), and agentd.conf "
                                 "says RequireLimits=yes");
-        free(error);
+        error_free(&error);
         /* With a cgroup, its own note stays. */
         g.require_limits = false;
         free(note);

@@ -99,7 +99,7 @@ START_TEST(test_hookspath_and_gitdir_guarded) {
         sh("cd '%s' && mkdir -p tools/hooks gd other && echo x > tools/hooks/pre-commit && echo x > gd/config && echo x > other/f"
            " && ln -s elsewhere tools2", up);
         ws_changes c = { 0 };
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         ck_assert_int_eq(workspace_diff(ws, up, NULL, &c, &why), 0);
         ck_assert(find(&c, "tools/hooks")->guarded);
         ck_assert(find(&c, "tools/hooks/pre-commit")->guarded);
@@ -116,7 +116,7 @@ START_TEST(test_hookspath_through_symlinks) {
            " && printf '[core]\\n\\thooksPath = %s/wslink/hooks\\n' > realgit/config", root, root);
         sh("cd '%s' && mkdir hooks && echo x > hooks/post-checkout && echo x > plain", up);
         ws_changes c = { 0 };
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         ck_assert_int_eq(workspace_diff(ws, up, NULL, &c, &why), 0);
         ck_assert(find(&c, "hooks/post-checkout")->guarded);
         ck_assert(!find(&c, "plain")->guarded);
@@ -129,7 +129,7 @@ START_TEST(test_symlinks_in_final_tree) {
         sh("cd '%s' && mkdir sub p p/q && ln -s .. sub/u && ln -s sub/u/.. x && ln -s c2 c1 && ln -s ../.. c2"
            " && ln -s p/q pq && ln -s pq/../.. z && ln -s sub/u/d/b through && ln -s '%s/d' absin && ln -s /etc absout", up, ws);
         ws_promote_result r = { 0 };
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         ck_assert_int_eq(workspace_promote(ws, up, INT64_MAX, NULL, false, NULL, &r, &why), 0);
         static const char *const refused[] = { "x", "c1", "c2", "absout" };
         static const char *const fine[] = { "sub/u", "z", "through", "absin" };
@@ -147,7 +147,7 @@ START_TEST(test_modes) {
         sh("cd '%s' && echo b > f644 && chmod 666 f644 && echo b > g664 && chmod 664 g664 && mkdir nd && chmod 777 nd"
            " && echo c > nd/n && chmod 4777 nd/n", up);
         ws_promote_result r = { 0 };
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         ck_assert_int_eq(workspace_promote(ws, up, INT64_MAX, NULL, false, NULL, &r, &why), 0);
         ck_assert_uint_eq(r.conflicts.n, 0);
         static const struct {
@@ -179,7 +179,7 @@ START_TEST(test_deep_tree) {
         close(f);
         close(fd);
         ws_changes c = { 0 };
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         ck_assert_int_eq(workspace_diff(ws, up, NULL, &c, &why), 0);
         ck_assert_uint_eq(c.n, 301);
         ck_assert(strlen(c.v[300].path) > 4096);
@@ -224,8 +224,10 @@ START_TEST(test_budget_spent) {
         ws_budget b;
         atomic_init(&b.deadline_ns, 1);
         ws_changes c = { 0 };
-        _cleanup_free_ char *why = NULL;
+        _cleanup_error_ agentd_error why = {};
         ck_assert_int_eq(workspace_diff(ws, up, &b, &c, &why), -ETIMEDOUT);
+        ck_assert_int_eq(why.code, ERROR_LIMIT_EXCEEDED);
+        ck_assert_str_eq(error_message(&why), "reading the change layer took longer than the time limit");
 }
 END_TEST
 
