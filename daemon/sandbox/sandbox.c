@@ -42,6 +42,7 @@
 #include "egress/netproxy.h"
 #include "policy.h"
 #include "audit/report.h"
+#include "freeze.h"
 #include "sandbox-private.h"
 #include "spawn-steps.h"
 #include "spawn-guard.h"
@@ -350,8 +351,27 @@ static void set_state(sandbox *s, sandbox_state st) {
         server_broadcast(s->m, s->id, "sandbox.state", pack_state_event, s);
 }
 
-void sandbox_set_state(sandbox *s, sandbox_state st) {
-        set_state(s, st);
+/* Stops every process (freeze.c) and records it: the state event, meta.json. */
+int sandbox_freeze(sandbox *s) {
+        if (s->state != SANDBOX_RUNNING && s->state != SANDBOX_STARTING)
+                return s->state == SANDBOX_FROZEN ? 0 : -ESRCH;
+        const char *method = NULL;
+        int r = freeze_processes(s, &method);
+        if (r < 0)
+                return r;
+        s->frozen_by = method;
+        set_state(s, SANDBOX_FROZEN);
+        (void) sandbox_save_meta(s);
+        return 0;
+}
+
+int sandbox_kill(sandbox *s, const char *reason) {
+        if (sandbox_ended(s))
+                return -ESRCH;
+        s->killed = true;
+        free(s->end_reason);
+        s->end_reason = strdup(reason);
+        return sandbox_signal(s, SIGKILL);
 }
 
 typedef struct output_event {
@@ -798,10 +818,7 @@ void sandbox_on_change_max(void *userdata, uint64_t used, uint64_t limit) {
         int r = sandbox_freeze(s);
         const char *action = r == 0 ? "frozen" : "killed (it could not be frozen)";
         if (r < 0) {
-                s->killed = true;
-                free(s->end_reason);
-                s->end_reason = strdup("killed: ChangeMax= reached and it could not be frozen");
-                (void) sandbox_signal(s, SIGKILL);
+                (void) sandbox_kill(s, "killed: ChangeMax= reached and it could not be frozen");
         }
         log_notice("sandbox %s: its changes use %s, over %s: %s", s->id, u, rule, action);
         int n = snprintf(msg, sizeof(msg),
@@ -822,11 +839,8 @@ static void on_timeout(uv_timer_t *t) {
         sandbox *s = container_of(t, sandbox, timeout);
         if (sandbox_ended(s))
                 return;
-        free(s->end_reason);
-        s->end_reason = strdup("timeout");
-        s->killed = true;
         log_sandbox(LOG_NOTICE, s->id, s->task, "timeout", "sandbox %s: Timeout reached after %llu ms, killing it", s->id, (unsigned long long) s->timeout_ms);
-        (void) sandbox_signal(s, SIGKILL);
+        (void) sandbox_kill(s, "timeout");
 }
 
 static void handle_status_line(sandbox *s, char *line, int fd) {
@@ -979,10 +993,7 @@ void sandboxes_connection_closed(manager *m, connection *c) {
                 release_owner(s);
                 if (!sandbox_ended(s)) {
                         /* An attached command whose terminal went away ends, as under a shell. */
-                        s->killed = true;
-                        free(s->end_reason);
-                        s->end_reason = strdup("client disconnected");
-                        (void) sandbox_signal(s, SIGKILL);
+                        (void) sandbox_kill(s, "client disconnected");
                 }
         }
 }
@@ -1435,12 +1446,7 @@ int rpc_sandbox_kill(rpc_ctx *ctx, rpc_error *err) {
                 rpc_error_set(err, RPC_E_NOT_FOUND, "sandbox %s has already ended", s->id);
                 return -ESRCH;
         }
-        if (sig == SIGKILL) {
-                s->killed = true;
-                free(s->end_reason);
-                s->end_reason = strdup("killed by request");
-        }
-        int r = sandbox_signal(s, sig);
+        int r = sig == SIGKILL ? sandbox_kill(s, "killed by request") : sandbox_signal(s, sig);
         if (r < 0) {
                 rpc_error_set(err, RPC_E_INTERNAL, "cannot signal sandbox %s: %s", s->id, strerror(-r));
                 return r;
@@ -1570,10 +1576,7 @@ void sandboxes_shutdown(manager *m) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (sandbox_ended(s))
                         continue;
-                s->killed = true;
-                free(s->end_reason);
-                s->end_reason = strdup("agentd stopping");
-                (void) sandbox_signal(s, SIGKILL);
+                (void) sandbox_kill(s, "agentd stopping");
         }
 }
 
@@ -1610,9 +1613,6 @@ void sandboxes_free(manager *m) {
         zygote_stop();
         free(m->sandbox_helper);
         m->sandbox_helper = NULL;
-        free(m->cgroup_root);
-        free(m->cgroup_status);
-        free(m->cgroup_controllers);
-        m->cgroup_root = m->cgroup_status = m->cgroup_controllers = NULL;
+        cgroup_teardown(m);
         spawn_cache_free();
 }
