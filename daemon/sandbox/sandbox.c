@@ -45,6 +45,7 @@
 #include "freeze.h"
 #include "sandbox-private.h"
 #include "spawn-steps.h"
+#include "spec.h"
 #include "spawn-guard.h"
 #include "stdin-relay.h"
 #include "change-watch.h"
@@ -1256,7 +1257,9 @@ static void zygote_stop(void) {
 int sandbox_helper_start(manager *m, const char *helper, const int *src, int n, pid_t *ret_pid) {
         int r = zygote_spawn(m, helper, src, n, ret_pid);
         if (r == -ENOTCONN) {
-                char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", (char *) "3", NULL };
+                char fd[16];
+                snprintf(fd, sizeof(fd), "%d", SPEC_FD_SPEC);
+                char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", fd, NULL };
                 r = helper_spawn(helper, hargv, src, n, ret_pid);
         }
         return r;

@@ -40,6 +40,7 @@
 #include "sandbox-private.h"
 #include "seccomp-build.h"
 #include "spawn-guard.h"
+#include "spec.h"
 #include "stdin-relay.h"
 
 #define MAX_ARGV_BYTES (256 * 1024)
@@ -133,42 +134,7 @@ static int memfd_with(const char *name, const void *data, size_t len) {
         return fd;
 }
 
-/* ---- the spec handed to the helper ---------------------------------------- */
-
-typedef struct spec {
-        char *buf;
-        size_t len, cap;
-        bool oom;
-} spec;
-
-static void spec_add_bytes(spec *s, const char *data, size_t n) {
-        if (s->oom)
-                return;
-        if (s->len + n > s->cap) {
-                size_t ncap = (s->cap + n) * 2;
-                char *b = realloc(s->buf, ncap);
-                if (!b) {
-                        s->oom = true;
-                        return;
-                }
-                s->buf = b;
-                s->cap = ncap;
-        }
-        memcpy(s->buf + s->len, data, n);
-        s->len += n;
-}
-
-static void spec_add(spec *s, const char *key, const char *value) {
-        spec_add_bytes(s, key, strlen(key));
-        spec_add_bytes(s, "=", 1);
-        spec_add_bytes(s, value, strlen(value) + 1);
-}
-
-static void spec_add_int(spec *s, const char *key, long v) {
-        char buf[32];
-        snprintf(buf, sizeof(buf), "%ld", v);
-        spec_add(s, key, buf);
-}
+/* ---- the spec handed to the helper (keys: helper/spec.def) ------------------ */
 
 /* The helper wants canonical absolute paths: resolve what exists, and
  * normalise the spelling (// . trailing /) of what does not. */
@@ -206,12 +172,12 @@ static char *canonical_path(const char *p) {
         return r;
 }
 
-static void spec_add_path(spec *sp, const char *key, const char *path) {
+static void spec_put_canonical(SpecWriter *w, SpecKey key, const char *path) {
         _cleanup_free_ char *c = canonical_path(path);
         if (c)
-                spec_add(sp, key, c);
+                spec_write_str(w, key, c);
         else
-                sp->oom = true;
+                w->oom = true;
 }
 
 /* ---- environment names ---------------------------------------------------- */
@@ -289,7 +255,7 @@ typedef struct spawn_ctx {
         char **argv;
         char *workspace;           /* resolved, or NULL (WorkspaceMode none) */
         laptop_plan lp;
-        spec sp;
+        SpecWriter sp;
         const char *helper;
         int client_fds[3];
         sandbox *s;
@@ -461,28 +427,27 @@ static int step_seccomp(spawn_ctx *c) {
 /* The system mount plan: spec entries that follow from the task alone. */
 static int step_mount_plan(spawn_ctx *c) {
         const task_policy *p = c->p;
-        spec sp = { 0 };
-        static const char *const ws_modes[] = { [WORKSPACE_OVERLAY] = "overlay", [WORKSPACE_RO] = "ro", [WORKSPACE_RW] = "rw", [WORKSPACE_NONE] = "none" };
+        SpecWriter sp = { 0 };
 
-        spec_add(&sp, "workspace_mode", ws_modes[p->workspace]);
-        spec_add_path(&sp, "home", c->m->home);
+        spec_put_workspace_mode(&sp, p->workspace);
+        spec_put_canonical(&sp, SPEC_KEY_home, c->m->home);
         for (size_t i = 0; p->read_only_paths && p->read_only_paths[i]; i++)
-                spec_add_path(&sp, "ro", p->read_only_paths[i]);
+                spec_put_canonical(&sp, SPEC_KEY_ro, p->read_only_paths[i]);
         for (size_t i = 0; p->writable_paths && p->writable_paths[i]; i++)
-                spec_add_path(&sp, "rw", p->writable_paths[i]);
+                spec_put_canonical(&sp, SPEC_KEY_rw, p->writable_paths[i]);
         for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
-                spec_add_path(&sp, "hide", p->hide_paths[i]);
+                spec_put_canonical(&sp, SPEC_KEY_hide, p->hide_paths[i]);
         for (size_t i = 0; c->plan.agentd_hides && c->plan.agentd_hides[i]; i++)
-                spec_add(&sp, "hide", c->plan.agentd_hides[i]);
+                spec_put_hide(&sp, c->plan.agentd_hides[i]);
         /* Bounded tmpfs mounts (0: the task said infinity), and the pids bound
          * that holds without a cgroup: TasksMax, plus the hands (counted there too). */
-        spec_add_int(&sp, "tmp_size", p->tmp_size == POLICY_INFINITY ? 0 : (long) p->tmp_size);
-        spec_add_int(&sp, "shm_size", p->shm_size == POLICY_INFINITY ? 0 : (long) p->shm_size);
-        spec_add_int(&sp, "home_size", p->home_size == POLICY_INFINITY ? 0 : (long) p->home_size);
+        spec_put_tmp_size(&sp, p->tmp_size == POLICY_INFINITY ? 0 : p->tmp_size);
+        spec_put_shm_size(&sp, p->shm_size == POLICY_INFINITY ? 0 : p->shm_size);
+        spec_put_home_size(&sp, p->home_size == POLICY_INFINITY ? 0 : p->home_size);
         if (p->tasks_max != POLICY_INFINITY)
-                spec_add_int(&sp, "nproc", (long) (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
-        spec_add(&sp, "hostname", "agentd");
-        spec_add(&sp, "landlock", p->landlock ? "1" : "0");
+                spec_put_nproc(&sp, (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
+        spec_put_hostname(&sp, "agentd");
+        spec_put_landlock(&sp, p->landlock);
         if (sp.oom) {
                 free(sp.buf);
                 rpc_error_set(c->err, RPC_E_INTERNAL, "out of memory");
@@ -552,44 +517,44 @@ static int env_check(spawn_ctx *c, const spawn_env *e) {
 /* argv, then the environment: a fixed allowlist, then the task's, then what the caller may pass. */
 static int step_environment(spawn_ctx *c) {
         const task_policy *p = c->p;
-        spec *sp = &c->sp;
+        SpecWriter *sp = &c->sp;
         const char *user = getenv("USER");
         char buf[PATH_MAX + 16];
         bool have_lang = false;
         int r;
 
         for (size_t i = 0; c->argv[i]; i++)
-                spec_add(sp, "arg", c->argv[i]);
+                spec_put_arg(sp, c->argv[i]);
         _cleanup_free_ char *path_env = NULL;
         if (asprintf(&path_env, "PATH=%s", c->lp.path) < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "out of memory");
                 return -ENOMEM;
         }
-        spec_add(sp, "env", path_env);
+        spec_put_env(sp, path_env);
         snprintf(buf, sizeof(buf), "HOME=%s", c->m->home);
-        spec_add(sp, "env", buf);
+        spec_put_env(sp, buf);
         if (user && env_name_valid(user)) {
                 snprintf(buf, sizeof(buf), "USER=%s", user);
-                spec_add(sp, "env", buf);
+                spec_put_env(sp, buf);
                 snprintf(buf, sizeof(buf), "LOGNAME=%s", user);
-                spec_add(sp, "env", buf);
+                spec_put_env(sp, buf);
         }
-        spec_add(sp, "env", "SHELL=/bin/sh");
+        spec_put_env(sp, "SHELL=/bin/sh");
         if (c->creds)
-                spec_add(sp, "env", "AGENTD_BROKER=/run/agentd/broker.sock");
+                spec_put_env(sp, "AGENTD_BROKER=" SANDBOX_BROKER_PATH);
         if (p->network == NETWORK_PROXY) {
                 /* Every common spelling, so curl, pip, npm, git and Python all find the proxy. */
                 static const char *const vars[] = { "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy" };
                 for (size_t i = 0; i < ELEMENTSOF(vars); i++) {
                         snprintf(buf, sizeof(buf), "%s=http://127.0.0.1:%u", vars[i], c->m->config->proxy_port);
-                        spec_add(sp, "env", buf);
+                        spec_put_env(sp, buf);
                 }
-                spec_add(sp, "env", "NO_PROXY=localhost,127.0.0.1,::1");
-                spec_add(sp, "env", "no_proxy=localhost,127.0.0.1,::1");
+                spec_put_env(sp, "NO_PROXY=localhost,127.0.0.1,::1");
+                spec_put_env(sp, "no_proxy=localhost,127.0.0.1,::1");
         }
-        spec_add(sp, "env", "AGENTD_SANDBOX=1");
+        spec_put_env(sp, "AGENTD_SANDBOX=1");
         for (size_t i = 0; p->environment && p->environment[i]; i++)
-                spec_add(sp, "env", p->environment[i]);
+                spec_put_env(sp, p->environment[i]);
         for (size_t i = 0; i < c->in->n_env; i++) {
                 const spawn_env *e = &c->in->env[i];
                 if ((r = env_check(c, e)) < 0)
@@ -601,10 +566,10 @@ static int step_environment(spawn_ctx *c) {
                         rpc_error_set(c->err, RPC_E_INTERNAL, "out of memory");
                         return -ENOMEM;
                 }
-                spec_add(sp, "env", kv);
+                spec_put_env(sp, kv);
         }
         if (!have_lang)
-                spec_add(sp, "env", "LANG=C.UTF-8");
+                spec_put_env(sp, "LANG=C.UTF-8");
         return 0;
 }
 
@@ -701,12 +666,13 @@ static int step_broker_socket(spawn_ctx *c) {
         if (!c->creds)
                 return 0;
         snprintf(path, sizeof(path), "%s/broker.sock", c->s->dir);
-        int r = server_listen_sandbox(c->m, c->s->id, path, &c->s->broker_listener);
+        int r = strlen(path) >= SPEC_SUN_PATH_MAX ? -ENAMETOOLONG
+                                                  : server_listen_sandbox(c->m, c->s->id, path, &c->s->broker_listener);
         if (r < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "cannot create the sandbox's broker socket: %s", strerror(-r));
                 return r;
         }
-        spec_add(&c->sp, "broker_socket", path);
+        spec_put_broker_socket(&c->sp, path);
         return 0;
 }
 
@@ -723,6 +689,10 @@ static int step_egress_proxy(spawn_ctx *c) {
         if (p->network != NETWORK_PROXY)
                 return 0;
         snprintf(path, sizeof(path), "%s/proxy.sock", s->dir);
+        if (strlen(path) >= SPEC_SUN_PATH_MAX) {
+                rpc_error_set(c->err, RPC_E_INTERNAL, "cannot create the sandbox's egress proxy socket: %s", strerror(ENAMETOOLONG));
+                return -ENAMETOOLONG;
+        }
         if ((r = netproxy_add_sandbox(c->m->proxy, s->id, p->name, p->allow, p->n_allow, path)) < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "cannot create the sandbox's egress proxy socket: %s", strerror(-r));
                 return r;
@@ -734,8 +704,8 @@ static int step_egress_proxy(spawn_ctx *c) {
                 s->proxied = false;
                 return r;
         }
-        spec_add(&c->sp, "proxy_socket", path);
-        spec_add_int(&c->sp, "proxy_port", (long) c->m->config->proxy_port);
+        spec_put_proxy_socket(&c->sp, path);
+        spec_put_proxy_port(&c->sp, c->m->config->proxy_port);
         return 0;
 }
 
@@ -745,14 +715,14 @@ static void undo_egress_proxy(spawn_ctx *c) {
         c->s->proxied = false;
 }
 
-static int mkdir_spec(spawn_ctx *c, const char *name, const char *key, char ret_path[PATH_MAX]) {
+static int mkdir_spec(spawn_ctx *c, const char *name, SpecKey key, char ret_path[PATH_MAX]) {
         snprintf(ret_path, PATH_MAX, "%s/%s", c->s->dir, name);
         int r = mkdir_private(ret_path);
         if (r < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "cannot create %s: %s", ret_path, strerror(-r));
                 return r;
         }
-        spec_add(&c->sp, key, ret_path);
+        spec_write_str(&c->sp, key, ret_path);
         return 0;
 }
 
@@ -764,14 +734,14 @@ static int step_dirs(spawn_ctx *c) {
         int r;
 
         if (p->workspace == WORKSPACE_OVERLAY) {
-                if ((r = mkdir_spec(c, "upper", "upper", path)) < 0)
+                if ((r = mkdir_spec(c, "upper", SPEC_KEY_upper, path)) < 0)
                         return r;
                 if (p->change_max != POLICY_INFINITY &&
                     (r = change_watch_start(c->m->loop, path, p->change_max, sandbox_on_change_max, s, &s->change_watch)) < 0) {
                         rpc_error_set(c->err, RPC_E_INTERNAL, "cannot watch ChangeMax=: %s", strerror(-r));
                         return r;
                 }
-                if ((r = mkdir_spec(c, "work", "work", path)) < 0)
+                if ((r = mkdir_spec(c, "work", SPEC_KEY_work, path)) < 0)
                         return r;
         }
         if (c->lp.cow) {
@@ -780,7 +750,7 @@ static int step_dirs(spawn_ctx *c) {
                         return r;
                 }
                 snprintf(path, sizeof(path), "%s/cow", s->dir);
-                spec_add(&c->sp, "cow_dir", path);
+                spec_put_cow_dir(&c->sp, path);
         }
         return 0;
 }
@@ -788,20 +758,18 @@ static int step_dirs(spawn_ctx *c) {
 /* The mounts: the plan's, then this machine's toolchains, caches and hidden files. */
 static int step_spec_mounts(spawn_ctx *c) {
         sandbox *s = c->s;
-        spec *sp = &c->sp;
-        char buf[16];
-
+        SpecWriter *sp = &c->sp;
         if (c->workspace)
-                spec_add(sp, "workspace", c->workspace);
-        spec_add_bytes(sp, c->plan.mounts, c->plan.mounts_len);
+                spec_put_workspace(sp, c->workspace);
+        spec_write_entries(sp, c->plan.mounts, c->plan.mounts_len);
         for (size_t i = 0; c->lp.ro && c->lp.ro[i]; i++)
-                spec_add(sp, "ro", c->lp.ro[i]);
+                spec_put_ro(sp, c->lp.ro[i]);
         for (size_t i = 0; c->lp.cow && c->lp.cow[i]; i++)
-                spec_add(sp, "cow", c->lp.cow[i]);
+                spec_put_cow(sp, c->lp.cow[i]);
         for (size_t i = 0; c->lp.hide && c->lp.hide[i]; i++)
-                spec_add(sp, "hide", c->lp.hide[i]);
+                spec_put_hide(sp, c->lp.hide[i]);
         if (c->lp.agentctl)
-                spec_add(sp, "agentctl", c->lp.agentctl);
+                spec_put_agentctl(sp, c->lp.agentctl);
         if (laptop_group_note(c->workspace, c->p->workspace == WORKSPACE_OVERLAY, &s->workspace_note) < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "out of memory");
                 return -ENOMEM;
@@ -809,11 +777,10 @@ static int step_spec_mounts(spawn_ctx *c) {
         if (s->workspace_note)
                 log_notice("sandbox %s: %s", s->id, s->workspace_note);
         if (c->in->tty)
-                spec_add(sp, "tty", "1");
+                spec_put_tty(sp, true);
         if (c->in->has_umask) {
                 /* Files the command creates get the caller's umask, not agentd's (the unit's UMask=0077). */
-                snprintf(buf, sizeof(buf), "%03llo", (unsigned long long) c->in->umask);
-                spec_add(sp, "umask", buf);
+                spec_put_umask(sp, (unsigned) c->in->umask);
         }
         return 0;
 }
@@ -867,19 +834,18 @@ static void undo_cgroup(spawn_ctx *c) {
 }
 
 /* The fds the helper gets: the spec (sealed memfd), the status socket, the
- * output pipes, /dev/null. Fixed child fd numbers: 3 spec, 4 status,
- * 5 seccomp (or /dev/null), 6 cgroup. */
+ * output pipes, /dev/null. Fixed child fd numbers: SPEC_FD_* (helper/spec.h). */
 static int step_channels(spawn_ctx *c) {
-        spec *sp = &c->sp;
+        SpecWriter *sp = &c->sp;
         int r;
 
-        spec_add_int(sp, "status_fd", 4);
+        spec_put_status_fd(sp, SPEC_FD_STATUS);
         if (c->plan.seccomp)
-                spec_add_int(sp, "seccomp_fd", 5);
+                spec_put_seccomp_fd(sp, SPEC_FD_SECCOMP);
         else
-                spec_add(sp, "unsafe_no_seccomp", "1"); /* the task said Seccomp=off; task show lists it */
+                spec_put_unsafe_no_seccomp(sp, true); /* the task said Seccomp=off; task show lists it */
         if (c->cg_fd >= 0)
-                spec_add_int(sp, "cgroup_fd", 6);
+                spec_put_cgroup_fd(sp, SPEC_FD_CGROUP);
         if (sp->oom) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "out of memory");
                 return -ENOMEM;
@@ -924,13 +890,16 @@ static int step_stdin_relay(spawn_ctx *c) {
 
 static int step_exec(spawn_ctx *c) {
         bool tty = c->in->tty;
-        int src[7] = {
-                c->in->attach ? c->stdin_fd : c->devnull,
-                tty ? c->devnull : c->outp[0][1],
-                tty ? c->devnull : c->outp[1][1],
-                c->spec_fd, c->status_pair[1], c->plan.bpf_fd >= 0 ? c->plan.bpf_fd : c->devnull, c->cg_fd,
+        int src[SPEC_FD_CGROUP + 1] = {
+                [STDIN_FILENO] = c->in->attach ? c->stdin_fd : c->devnull,
+                [STDOUT_FILENO] = tty ? c->devnull : c->outp[0][1],
+                [STDERR_FILENO] = tty ? c->devnull : c->outp[1][1],
+                [SPEC_FD_SPEC] = c->spec_fd,
+                [SPEC_FD_STATUS] = c->status_pair[1],
+                [SPEC_FD_SECCOMP] = c->plan.bpf_fd >= 0 ? c->plan.bpf_fd : c->devnull,
+                [SPEC_FD_CGROUP] = c->cg_fd,
         };
-        int r = sandbox_helper_start(c->m, c->helper, src, c->cg_fd >= 0 ? 7 : 6, &c->pid);
+        int r = sandbox_helper_start(c->m, c->helper, src, c->cg_fd >= 0 ? SPEC_FD_CGROUP + 1 : SPEC_FD_CGROUP, &c->pid);
         if (r < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "cannot start %s: %s", c->helper, strerror(-r));
                 return r;
