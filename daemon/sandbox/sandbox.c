@@ -2,9 +2,10 @@
  * done by a separate helper executable, agentd-sandbox (the "hands"), forked
  * by its zygote as our child (posix_spawn'd when there is no zygote) and
  * watched through pidfds on the libuv loop, so the daemon never forks into a
- * sandbox. This file builds the helper's spec,
- * relays and records output, enforces timeouts and answers the sandbox.*
- * methods. */
+ * sandbox. This file is the only writer of a sandbox's state (set_state()):
+ * the record, the helper's start (zygote, else posix_spawn), its status and
+ * exit, output relay and logs, timeouts, freeze and kill, waiters. Starting one
+ * is spawn.c's step list; the sandbox.* handlers are in rpc/rpc-sandbox.c. */
 #include "sandbox.h"
 
 #include <assert.h>
@@ -17,17 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
-#include <openssl/evp.h>
 
 #include "agentd-build.h"
 #include "incident/approval.h"
@@ -35,7 +32,6 @@
 #include "broker/broker.h"
 #include "cgroup.h"
 #include "core/fileio.h"
-#include "laptop.h"
 #include "core/daemon.h"
 #include "core/log.h"
 #include "macro.h"
@@ -46,19 +42,12 @@
 #include "sandbox-private.h"
 #include "spawn-steps.h"
 #include "spec.h"
-#include "spawn-guard.h"
 #include "stdin-relay.h"
 #include "change-watch.h"
 #include "zygote.h"
 
 #define MAX_ENDED_KEPT 256
-#define MAX_ARGV_BYTES (256 * 1024)
-#define MAX_ARGV_COUNT 4096
 #define CLIENT_PENDING_MAX (1024 * 1024)
-/* RLIMIT_NPROC of a task without TasksMax=: a fork bomb stops here even without a cgroup. */
-#define SANDBOX_DEFAULT_NPROC 4096
-
-extern char **environ;
 
 static int pidfd_open_(pid_t pid) {
         return (int) syscall(SYS_pidfd_open, pid, 0);
@@ -582,7 +571,7 @@ int sandbox_client_fd_check(int fd, const char *name, rpc_error *err) {
 
 /* ---- waiters ------------------------------------------------------------------ */
 
-static void pack_wait_result(msgpack_packer *pk, void *userdata) {
+void sandbox_pack_wait_result(msgpack_packer *pk, void *userdata) {
         sandbox *s = userdata;
         size_t n = 3 + (s->end_reason ? 1 : 0);
         msgpack_pack_map(pk, n);
@@ -597,7 +586,7 @@ static void complete_waiters(sandbox *s) {
         while (s->waiters) {
                 sandbox_waiter *w = s->waiters;
                 s->waiters = w->next;
-                rpc_call_reply(w->call, pack_wait_result, s);
+                rpc_call_reply(w->call, sandbox_pack_wait_result, s);
                 free(w);
         }
 }
@@ -1289,212 +1278,22 @@ void sandbox_watch(sandbox *s, const int pipe_fds[2], int client_fds[2]) {
         }
 }
 
-/* ---- sandbox.spawn: the params, then spawn.c ------------------------------------ */
+/* ---- what the sandbox.* handlers (rpc/rpc-sandbox.c) call ------------------------ */
 
-static int spawn_params_parse(rpc_ctx *ctx, spawn_params *ret) {
-        const msgpack_object *params = ctx->params;
-        ret->task = rpc_param_strdup(params, "task");
-        ret->workspace = rpc_param_strdup(params, "workspace");
-        if (!ret->workspace && ctx->conn->peer.pid > 0) {
-                /* CONTRACT §3: the default is the caller's working directory. */
-                char link[64], cwd[PATH_MAX];
-                snprintf(link, sizeof(link), "/proc/%d/cwd", (int) ctx->conn->peer.pid);
-                ssize_t n = readlink(link, cwd, sizeof(cwd) - 1);
-                if (n > 0) {
-                        cwd[n] = 0;
-                        ret->workspace = strdup(cwd);
-                }
-        }
-        ret->argv = rpc_param_strv(params, "argv");
-        ret->path = rpc_param_strdup(params, "path");
-        ret->tty = rpc_param_bool(params, "tty", false);
-        ret->attach = rpc_param_bool(params, "attach", false);
-        const msgpack_object *umask_param = rpc_param(params, "umask");
-        if (umask_param) {
-                ret->has_umask = true;
-                ret->umask = umask_param->via.u64;
-        }
-        const msgpack_object *env = rpc_param(params, "env");
-        if (env && env->via.map.size > 0) {
-                ret->env = calloc(env->via.map.size, sizeof(spawn_env));
-                if (!ret->env)
-                        return -ENOMEM;
-                for (uint32_t i = 0; i < env->via.map.size; i++) {
-                        const msgpack_object_kv *kv = &env->via.map.ptr[i];
-                        spawn_env *e = &ret->env[ret->n_env++];
-                        e->name = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
-                        e->value = strndup(kv->val.via.str.ptr, kv->val.via.str.size);
-                        e->name_size = kv->key.via.str.size;
-                        e->value_size = kv->val.via.str.size;
-                        if (!e->name || !e->value)
-                                return -ENOMEM;
-                }
-        }
-        if (ret->attach)
-                for (int i = 0; i < 3; i++)
-                        ret->client_fds[i] = connection_take_fd(ctx->conn);
-        return 0;
-}
-
-int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
-        spawn_params params = SPAWN_PARAMS_INIT;
-        int r = spawn_params_parse(ctx, &params);
-        if (r < 0) {
-                spawn_params_done(&params);
-                return r;
-        }
-        return sandbox_spawn(ctx, &params, err);
-}
-
-/* ---- the other methods ---------------------------------------------------------- */
-
-static sandbox *lookup(rpc_ctx *ctx, rpc_error *err) {
-        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "id");
-        sandbox *s = id ? sandbox_find(ctx->m, id) : NULL;
-        if (!s)
-                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id ? id : "");
-        return s;
-}
-
-int rpc_sandbox_list(rpc_ctx *ctx, rpc_error *err) {
-        manager *m = ctx->m;
-        list_head *i, *t;
-        msgpack_pack_array(ctx->pk, m->n_sandboxes);
-        list_for_each_safe(i, t, &m->sandboxes) {
-                sandbox *s = container_of(i, sandbox, link);
-                bool ended = sandbox_ended(s);
-                msgpack_pack_map(ctx->pk, ended ? 9 : 7);
-                mp_pack_kv_str(ctx->pk, "id", s->id);
-                mp_pack_kv_str(ctx->pk, "task", s->task);
-                mp_pack_kv_str(ctx->pk, "state", sandbox_state_to_string(s->state));
-                /* The pid it ran as (from its record after a restart); nil when unknown. */
-                pid_t pid = s->init_pid > 0 ? s->init_pid : s->recorded_pid;
-                mp_pack_cstr(ctx->pk, "pid");
-                if (pid > 0)
-                        msgpack_pack_int64(ctx->pk, pid);
-                else
-                        msgpack_pack_nil(ctx->pk);
-                mp_pack_kv_u64(ctx->pk, "started_at", s->started_at);
-                mp_pack_kv_str(ctx->pk, "workspace", s->workspace);
-                mp_pack_cstr(ctx->pk, "argv");
-                mp_pack_strv(ctx->pk, s->argv);
-                if (ended) {
-                        mp_pack_kv_i64(ctx->pk, "exit_code", s->exit_code);
-                        mp_pack_kv_i64(ctx->pk, "signal", s->exit_signal);
-                }
-        }
-        return 0;
-}
-
-int rpc_sandbox_wait(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup(ctx, err);
-        if (!s)
-                return -ENOENT;
-        if (sandbox_ended(s)) {
-                pack_wait_result(ctx->pk, s);
-                return 0;
-        }
+int sandbox_add_waiter(sandbox *s, rpc_call *call) {
         sandbox_waiter *w = calloc(1, sizeof(*w));
         if (!w)
                 return -ENOMEM;
-        w->call = rpc_ctx_defer(ctx);
-        if (!w->call) {
-                free(w);
-                return -ENOMEM;
-        }
+        w->call = call;
         w->next = s->waiters;
         s->waiters = w;
         return 0;
 }
 
-static int parse_signal(const msgpack_object *o, int *ret) {
-        if (!o) {
-                *ret = SIGTERM;
-                return 0;
-        }
-        if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-                if (o->via.u64 < 1 || o->via.u64 > 64)
-                        return -ERANGE;
-                *ret = (int) o->via.u64;
-                return 0;
-        }
-        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > 16)
-                return -EINVAL;
-        char name[20];
-        memcpy(name, o->via.str.ptr, o->via.str.size);
-        name[o->via.str.size] = 0;
-        const char *n = strncmp(name, "SIG", 3) == 0 ? name + 3 : name;
-        static const struct { const char *name; int sig; } tbl[] = {
-                { "TERM", SIGTERM }, { "KILL", SIGKILL }, { "INT", SIGINT }, { "HUP", SIGHUP }, { "QUIT", SIGQUIT },
-                { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "STOP", SIGSTOP }, { "CONT", SIGCONT }, { "WINCH", SIGWINCH },
-        };
-        for (size_t i = 0; i < ELEMENTSOF(tbl); i++)
-                if (streq(n, tbl[i].name)) {
-                        *ret = tbl[i].sig;
-                        return 0;
-                }
-        return -EINVAL;
-}
-
-int rpc_sandbox_kill(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup(ctx, err);
-        if (!s)
-                return -ENOENT;
-        int sig;
-        if (parse_signal(rpc_param(ctx->params, "signal"), &sig) < 0) {
-                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'signal' must be a signal name (TERM, KILL, ...) or number 1..64");
-                return -EINVAL;
-        }
-        if (sandbox_ended(s)) {
-                rpc_error_set(err, RPC_E_NOT_FOUND, "sandbox %s has already ended", s->id);
-                return -ESRCH;
-        }
-        int r = sig == SIGKILL ? sandbox_kill(s, "killed by request") : sandbox_signal(s, sig);
-        if (r < 0) {
-                rpc_error_set(err, RPC_E_INTERNAL, "cannot signal sandbox %s: %s", s->id, strerror(-r));
-                return r;
-        }
-        msgpack_pack_map(ctx->pk, 0);
-        return 0;
-}
-
-static int read_log(const char *dir, const char *name, char **ret, size_t *ret_len) {
+int sandbox_read_log(const sandbox *s, int stream, char **ret, size_t *ret_len) {
         char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/%s.log", dir, name);
-        return read_file_bounded(path, 64 * 1024 * 1024, ret, ret_len);
-}
-
-int rpc_sandbox_logs(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup(ctx, err);
-        if (!s)
-                return -ENOENT;
-        msgpack_pack_map(ctx->pk, 5);
-        for (int i = 0; i < 2; i++) {
-                _cleanup_free_ char *b = NULL;
-                size_t n = 0;
-                if (read_log(s->dir, s->out[i].name, &b, &n) < 0)
-                        n = 0;
-                mp_pack_cstr(ctx->pk, s->out[i].name);
-                msgpack_pack_bin(ctx->pk, n);
-                msgpack_pack_bin_body(ctx->pk, b ? b : "", n);
-        }
-        mp_pack_kv_u64(ctx->pk, "stdout_dropped", s->out[0].dropped);
-        mp_pack_kv_u64(ctx->pk, "stderr_dropped", s->out[1].dropped);
-        mp_pack_kv_str(ctx->pk, "state", sandbox_state_to_string(s->state));
-        return 0;
-}
-
-int rpc_events_subscribe(rpc_ctx *ctx, rpc_error *err) {
-        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "sandbox");
-        if (id && !sandbox_find(ctx->m, id)) {
-                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id);
-                return -ENOENT;
-        }
-        ctx->conn->subscribed = true;
-        free(ctx->conn->subscribe_sandbox);
-        ctx->conn->subscribe_sandbox = TAKE_PTR(id);
-        msgpack_pack_map(ctx->pk, 0);
-        return 0;
+        snprintf(path, sizeof(path), "%s/%s.log", s->dir, s->out[stream].name);
+        return read_file_bounded(path, SANDBOX_LOG_READ_MAX, ret, ret_len);
 }
 
 /* ---- daemon start and stop ------------------------------------------------------- */

@@ -120,3 +120,12 @@ int sandbox_freeze(sandbox *s);
 int sandbox_kill(sandbox *s, const char *reason);
 int sandbox_signal(sandbox *s, int sig);
 void sandboxes_connection_closed(manager *m, connection *c);
+
+/* For the sandbox.* handlers (rpc/rpc-sandbox.c). */
+/* sandbox.wait: call is answered (sandbox_pack_wait_result) when it ends; on
+ * failure the call is not taken. */
+int sandbox_add_waiter(sandbox *s, rpc_call *call);
+void sandbox_pack_wait_result(msgpack_packer *pk, void *s);
+/* The bounded copy of stdout (stream 0) or stderr (1) in its state dir. */
+#define SANDBOX_LOG_READ_MAX (64 * 1024 * 1024)
+int sandbox_read_log(const sandbox *s, int stream, char **ret, size_t *ret_len);
