@@ -577,7 +577,7 @@ static _Noreturn void zygote_child(const int *fds, unsigned n, pid_t parent) {
         if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
                 fail(4, (sandbox_fail(&err, "zygote", -errno, "dumpable: %m"), &err), SANDBOX_EXIT_SETUP);
 
-        _exit(hands_main(3, parent));
+        _exit(hands_main(SPEC_FD_SPEC, parent));
 }
 
 static int zygote_reply(uint32_t seq, int32_t pid) {

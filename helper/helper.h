@@ -8,8 +8,8 @@
 #include <linux/filter.h>
 
 #include "macro.h"
+#include "spec.h"
 
-#define SPEC_MAX (1024 * 1024)
 #define SANDBOX_EXIT_SETUP 125
 #define SANDBOX_EXIT_NOEXEC 126
 #define SANDBOX_EXIT_NOTFOUND 127
@@ -23,20 +23,14 @@ typedef struct SandboxError {
 
 int sandbox_fail(SandboxError *err, const char *step, int r, const char *fmt, ...) _printf_(4, 5);
 
-typedef enum WorkspaceMode {
-        WORKSPACE_OVERLAY,
-        WORKSPACE_RO,
-        WORKSPACE_RW,
-        WORKSPACE_NONE,
-} WorkspaceMode;
-
-/* The parsed spec. All strings point into the spec buffer, which lives as long
- * as the process; vectors are NULL-terminated arrays of such pointers. */
+/* The parsed spec (keys: spec.def, which names the field each fills). All
+ * strings point into the spec buffer, which lives as long as the process;
+ * vectors are NULL-terminated arrays of such pointers. */
 typedef struct SandboxSpec {
         char **argv;
         char **envp;
         const char *workspace;
-        WorkspaceMode workspace_mode;
+        workspace_mode workspace_mode;
         bool workspace_mode_set;
         const char *upper;
         const char *work;
@@ -83,8 +77,6 @@ int bridge_open_socket(const SandboxSpec *spec, SandboxError *err);
 int bridge_start(const SandboxSpec *spec, int socket_fd, SandboxError *err);
 int bridge_wait_ready(int ready_fd, SandboxError *err);
 
-#define SANDBOX_BROKER_PATH "/run/agentd/broker.sock"
-#define SANDBOX_AGENTCTL_PATH "/run/agentd/bin/agentctl"
 
 /* Where the command runs inside the sandbox. */
 static inline const char *spec_cwd(const SandboxSpec *spec) {

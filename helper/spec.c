@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,10 +171,141 @@ static int parse_seccomp(SandboxSpec *spec, SandboxError *err) {
         return 0;
 }
 
-/* Fill three vectors in one pass: count first, then point into the buffer. */
+/* Where each key's value goes: its SandboxSpec field (spec.def), whose type
+ * the compiler checks against the key's kind. */
+#define SPEC_FIELD_LIST char **
+#define SPEC_FIELD_ENV char **
+#define SPEC_FIELD_PATHS char **
+#define SPEC_FIELD_LOWERS char **
+#define SPEC_FIELD_PATH const char *
+#define SPEC_FIELD_SOCKET const char *
+#define SPEC_FIELD_PORT unsigned
+#define SPEC_FIELD_U64 uint64_t
+#define SPEC_FIELD_MODE workspace_mode
+#define SPEC_FIELD_HOSTNAME const char *
+#define SPEC_FIELD_BOOL bool
+#define SPEC_FIELD_UMASK int
+#define SPEC_FIELD_FD int
+
+#define SPEC_KEY(name, kind, member)                                                                       \
+        _Static_assert(__builtin_types_compatible_p(__typeof__(((SandboxSpec *) 0)->member), SPEC_FIELD_##kind), \
+                       "SandboxSpec." #member " does not hold a " #kind);
+#include "spec.def"
+#undef SPEC_KEY
+
+static const size_t spec_key_offsets[_SPEC_KEY_MAX] = {
+#define SPEC_KEY(name, kind, member) [SPEC_KEY_##name] = offsetof(SandboxSpec, member),
+#include "spec.def"
+#undef SPEC_KEY
+};
+
+#define FIELD(spec, key, type) ((type *) ((char *) (spec) + spec_key_offsets[key]))
+
+/* The key of entry p ("name=value"), or -1 when it names none. */
+static int spec_key_find(const char *p, size_t len) {
+        for (int k = 0; k < _SPEC_KEY_MAX; k++)
+                if (strlen(spec_key_names[k]) == len && memcmp(p, spec_key_names[k], len) == 0)
+                        return k;
+        return -1;
+}
+
+static int parse_mode(const char *key, const char *value, workspace_mode *ret, SandboxError *err) {
+        int m = workspace_mode_from_string(value);
+        if (m < 0)
+                return sandbox_fail(err, "spec", -EINVAL, "%s: unknown mode '%.32s'", key, value);
+        *ret = (workspace_mode) m;
+        return 0;
+}
+
+static int parse_port(const char *key, const char *value, unsigned *ret, SandboxError *err) {
+        char *end;
+        long v;
+
+        errno = 0;
+        v = strtol(value, &end, 10);
+        if (errno || end == value || *end || v < 1 || v > 65535)
+                return sandbox_fail(err, "spec", -EINVAL, "%s: bad port '%.16s'", key, value);
+        *ret = (unsigned) v;
+        return 0;
+}
+
+static int parse_umask(const char *key, const char *value, int *ret, SandboxError *err) {
+        char *end;
+        long v;
+
+        errno = 0;
+        v = strtol(value, &end, 8);
+        if (errno || end == value || *end || v < 0 || v > 0777)
+                return sandbox_fail(err, "spec", -EINVAL, "%s: bad mode '%.16s'", key, value);
+        *ret = (int) v;
+        return 0;
+}
+
+/* One entry's value into its field (vectors: the next slot, counted in n[]). */
+static int parse_value(SandboxSpec *spec, SpecKey k, char *value, size_t *n, SandboxError *err) {
+        const char *key = spec_key_names[k];
+        int r;
+
+        switch (spec_key_kinds[k]) {
+        case SPEC_KIND_ENV:
+                if (!strchr(value, '=') || value[0] == '=')
+                        return sandbox_fail(err, "spec", -EINVAL, "%s entry '%.64s' is not KEY=VALUE", key, value);
+                __attribute__((fallthrough));
+        case SPEC_KIND_LIST:
+                (*FIELD(spec, k, char **))[n[k]++] = value;
+                return 0;
+        case SPEC_KIND_LOWERS:
+                if ((r = check_path(key, value, err)) < 0)
+                        return r;
+                /* overlayfs splits its options on ',' and lowerdir on ':' */
+                if (strpbrk(value, ",:\\"))
+                        return sandbox_fail(err, "spec", -EINVAL, "%s: path '%.256s' holds ',', ':' or '\\'", key, value);
+                (*FIELD(spec, k, char **))[n[k]++] = value;
+                return 0;
+        case SPEC_KIND_PATHS:
+                if ((r = check_path(key, value, err)) < 0)
+                        return r;
+                (*FIELD(spec, k, char **))[n[k]++] = value;
+                return 0;
+        case SPEC_KIND_SOCKET:
+                if ((r = check_path(key, value, err)) < 0)
+                        return r;
+                if (strlen(value) >= SPEC_SUN_PATH_MAX) /* for the daemon's side */
+                        return sandbox_fail(err, "spec", -ENAMETOOLONG, "%s: path too long for a socket", key);
+                *FIELD(spec, k, const char *) = value;
+                return 0;
+        case SPEC_KIND_PATH:
+                if ((r = check_path(key, value, err)) < 0)
+                        return r;
+                *FIELD(spec, k, const char *) = value;
+                return 0;
+        case SPEC_KIND_PORT:
+                return parse_port(key, value, FIELD(spec, k, unsigned), err);
+        case SPEC_KIND_U64:
+                return parse_u64(key, value, FIELD(spec, k, uint64_t), err);
+        case SPEC_KIND_MODE:
+                if ((r = parse_mode(key, value, FIELD(spec, k, workspace_mode), err)) < 0)
+                        return r;
+                spec->workspace_mode_set = true;
+                return 0;
+        case SPEC_KIND_HOSTNAME:
+                if (!*value || strlen(value) > 64)
+                        return sandbox_fail(err, "spec", -EINVAL, "%s: bad length", key);
+                *FIELD(spec, k, const char *) = value;
+                return 0;
+        case SPEC_KIND_BOOL:
+                return parse_bool(key, value, FIELD(spec, k, bool), err);
+        case SPEC_KIND_UMASK:
+                return parse_umask(key, value, FIELD(spec, k, int), err);
+        case SPEC_KIND_FD:
+                return parse_fd(key, value, FIELD(spec, k, int), err);
+        }
+        return sandbox_fail(err, "spec", -EINVAL, "%s: no parser", key);
+}
+
+/* Fill the vectors in one pass: count first, then point into the buffer. */
 int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
-        size_t n_arg = 0, n_env = 0, n_ro = 0, n_rw = 0, n_hide = 0, i_arg = 0, i_env = 0, i_ro = 0, i_rw = 0, i_hide = 0;
-        size_t n_cow = 0, i_cow = 0;
+        size_t count[_SPEC_KEY_MAX] = { 0 }, used[_SPEC_KEY_MAX] = { 0 }, total = 0, n_lists = 0;
         char **vec;
         int r;
 
@@ -187,167 +319,48 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
         };
 
         for (char *p = buf; p < buf + size; p += strlen(p) + 1) {
-                if (strncmp(p, "arg=", 4) == 0)
-                        n_arg++;
-                else if (strncmp(p, "env=", 4) == 0)
-                        n_env++;
-                else if (strncmp(p, "ro=", 3) == 0)
-                        n_ro++;
-                else if (strncmp(p, "rw=", 3) == 0)
-                        n_rw++;
-                else if (strncmp(p, "hide=", 5) == 0)
-                        n_hide++;
-                else if (strncmp(p, "cow=", 4) == 0)
-                        n_cow++;
-                else if (strncmp(p, "status_fd=", 10) == 0)
+                char *eq = strchr(p, '=');
+                int k = eq ? spec_key_find(p, (size_t) (eq - p)) : -1;
+
+                if (k < 0)
+                        continue;
+                if (spec_kind_repeats(spec_key_kinds[k])) {
+                        count[k]++;
+                        total++;
+                } else if (k == SPEC_KEY_status_fd)
                         /* Known early, so even a later spec error is reported there. */
-                        (void) parse_fd("status_fd", p + 10, &spec->status_fd, err);
+                        (void) parse_fd(spec_key_names[k], eq + 1, &spec->status_fd, err);
         }
-        vec = calloc(n_arg + n_env + n_ro + n_rw + n_hide + n_cow + 6, sizeof(char *));
+        for (int k = 0; k < _SPEC_KEY_MAX; k++)
+                n_lists += spec_kind_repeats(spec_key_kinds[k]);
+        vec = calloc(total + n_lists, sizeof(char *));
         if (!vec)
                 return sandbox_fail(err, "spec", -ENOMEM, "out of memory");
-        spec->argv = vec;
-        spec->envp = spec->argv + n_arg + 1;
-        spec->ro = spec->envp + n_env + 1;
-        spec->rw = spec->ro + n_ro + 1;
-        spec->hide = spec->rw + n_rw + 1;
-        spec->cow = spec->hide + n_hide + 1;
+        for (int k = 0; k < _SPEC_KEY_MAX; k++)
+                if (spec_kind_repeats(spec_key_kinds[k])) {
+                        *FIELD(spec, k, char **) = vec;
+                        vec += count[k] + 1;
+                }
 
         for (char *p = buf, *next; p < buf + size; p = next) {
-                char *eq = strchr(p, '='), *value;
+                char *eq = strchr(p, '=');
+                int k;
 
                 next = p + strlen(p) + 1;
 
                 if (!eq)
                         return sandbox_fail(err, "spec", -EINVAL, "entry '%.64s' has no '='", p);
-                *eq = '\0';
-                value = eq + 1;
-
-                if (streq(p, "arg"))
-                        spec->argv[i_arg++] = value;
-                else if (streq(p, "env")) {
-                        if (!strchr(value, '=') || value[0] == '=')
-                                return sandbox_fail(err, "spec", -EINVAL, "env entry '%.64s' is not KEY=VALUE", value);
-                        spec->envp[i_env++] = value;
-                } else if (streq(p, "ro") || streq(p, "rw") || streq(p, "hide")) {
-                        r = check_path(p, value, err);
-                        if (r < 0)
-                                return r;
-                        if (streq(p, "ro"))
-                                spec->ro[i_ro++] = value;
-                        else if (streq(p, "rw"))
-                                spec->rw[i_rw++] = value;
-                        else
-                                spec->hide[i_hide++] = value;
-                } else if (streq(p, "cow")) {
-                        r = check_path(p, value, err);
-                        if (r < 0)
-                                return r;
-                        /* overlayfs splits its options on ',' and lowerdir on ':' */
-                        if (strpbrk(value, ",:\\"))
-                                return sandbox_fail(err, "spec", -EINVAL, "cow: path '%.256s' holds ',', ':' or '\\'", value);
-                        spec->cow[i_cow++] = value;
-                } else if (streq(p, "cow_dir") || streq(p, "agentctl")) {
-                        r = check_path(p, value, err);
-                        if (r < 0)
-                                return r;
-                        if (streq(p, "cow_dir"))
-                                spec->cow_dir = value;
-                        else
-                                spec->agentctl = value;
-                } else if (streq(p, "workspace") || streq(p, "upper") || streq(p, "work") || streq(p, "home")) {
-                        r = check_path(p, value, err);
-                        if (r < 0)
-                                return r;
-                        if (streq(p, "workspace"))
-                                spec->workspace = value;
-                        else if (streq(p, "upper"))
-                                spec->upper = value;
-                        else if (streq(p, "work"))
-                                spec->work = value;
-                        else
-                                spec->home = value;
-                } else if (streq(p, "proxy_socket") || streq(p, "broker_socket")) {
-                        r = check_path(p, value, err);
-                        if (r < 0)
-                                return r;
-                        if (strlen(value) >= 108) /* sizeof(sun_path), for the daemon's side */
-                                return sandbox_fail(err, "spec", -ENAMETOOLONG, "%s: path too long for a socket", p);
-                        if (streq(p, "proxy_socket"))
-                                spec->proxy_socket = value;
-                        else
-                                spec->broker_socket = value;
-                } else if (streq(p, "proxy_port")) {
-                        char *end;
-                        long v;
-
-                        errno = 0;
-                        v = strtol(value, &end, 10);
-                        if (errno || end == value || *end || v < 1 || v > 65535)
-                                return sandbox_fail(err, "spec", -EINVAL, "proxy_port: bad port '%.16s'", value);
-                        spec->proxy_port = (unsigned) v;
-                } else if (streq(p, "tmp_size") || streq(p, "shm_size") || streq(p, "home_size") || streq(p, "nproc")) {
-                        r = parse_u64(p, value, streq(p, "tmp_size")    ? &spec->tmp_size
-                                                : streq(p, "shm_size")  ? &spec->shm_size
-                                                : streq(p, "home_size") ? &spec->home_size
-                                                                        : &spec->nproc,
-                                      err);
-                        if (r < 0)
-                                return r;
-                } else if (streq(p, "workspace_mode")) {
-                        if (streq(value, "overlay"))
-                                spec->workspace_mode = WORKSPACE_OVERLAY;
-                        else if (streq(value, "ro"))
-                                spec->workspace_mode = WORKSPACE_RO;
-                        else if (streq(value, "rw"))
-                                spec->workspace_mode = WORKSPACE_RW;
-                        else if (streq(value, "none"))
-                                spec->workspace_mode = WORKSPACE_NONE;
-                        else
-                                return sandbox_fail(err, "spec", -EINVAL, "workspace_mode: unknown mode '%.32s'", value);
-                        spec->workspace_mode_set = true;
-                } else if (streq(p, "hostname")) {
-                        if (!*value || strlen(value) > 64)
-                                return sandbox_fail(err, "spec", -EINVAL, "hostname: bad length");
-                        spec->hostname = value;
-                } else if (streq(p, "landlock")) {
-                        r = parse_bool(p, value, &spec->landlock, err);
-                        if (r < 0)
-                                return r;
-                } else if (streq(p, "tty")) {
-                        r = parse_bool(p, value, &spec->tty, err);
-                        if (r < 0)
-                                return r;
-                } else if (streq(p, "unsafe_no_seccomp")) {
-                        r = parse_bool(p, value, &spec->unsafe_no_seccomp, err);
-                        if (r < 0)
-                                return r;
-                } else if (streq(p, "umask")) {
-                        char *end;
-                        long v;
-
-                        errno = 0;
-                        v = strtol(value, &end, 8);
-                        if (errno || end == value || *end || v < 0 || v > 0777)
-                                return sandbox_fail(err, "spec", -EINVAL, "umask: bad mode '%.16s'", value);
-                        spec->umask = (int) v;
-                } else if (streq(p, "seccomp_fd")) {
-                        r = parse_fd(p, value, &spec->seccomp_fd, err);
-                        if (r < 0)
-                                return r;
-                } else if (streq(p, "cgroup_fd")) {
-                        r = parse_fd(p, value, &spec->cgroup_fd, err);
-                        if (r < 0)
-                                return r;
-                } else if (streq(p, "status_fd")) {
-                        r = parse_fd(p, value, &spec->status_fd, err);
-                        if (r < 0)
-                                return r;
-                } else
+                k = spec_key_find(p, (size_t) (eq - p));
+                if (k < 0) {
+                        *eq = '\0';
                         return sandbox_fail(err, "spec", -EINVAL, "unknown key '%.64s'", p);
+                }
+                r = parse_value(spec, (SpecKey) k, eq + 1, used, err);
+                if (r < 0)
+                        return r;
         }
 
-        if (n_arg == 0 || !*spec->argv[0])
+        if (count[SPEC_KEY_arg] == 0 || !*spec->argv[0])
                 return sandbox_fail(err, "spec", -EINVAL, "no command (arg=) given");
         if (spec->status_fd < 0)
                 return sandbox_fail(err, "spec", -EINVAL, "status_fd is required");
@@ -355,7 +368,7 @@ int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err) {
                 return sandbox_fail(err, "spec", -EINVAL, "workspace is required unless workspace_mode=none");
         if (spec->workspace_mode == WORKSPACE_OVERLAY && (!spec->upper || !spec->work))
                 return sandbox_fail(err, "spec", -EINVAL, "workspace_mode=overlay needs upper= and work=");
-        if (n_cow > 0 && !spec->cow_dir)
+        if (count[SPEC_KEY_cow] > 0 && !spec->cow_dir)
                 return sandbox_fail(err, "spec", -EINVAL, "cow= needs cow_dir=");
         if (!spec->proxy_socket != !spec->proxy_port)
                 return sandbox_fail(err, "spec", -EINVAL, "proxy_socket and proxy_port go together");

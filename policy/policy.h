@@ -35,12 +35,7 @@ typedef struct policy_error {
         char message[512];
 } policy_error;
 
-typedef enum workspace_mode {
-        WORKSPACE_OVERLAY,
-        WORKSPACE_RO,
-        WORKSPACE_RW,
-        WORKSPACE_NONE,
-} workspace_mode;
+#include "workspace-mode.h" /* workspace_mode, shared with helper/spec.def */
 
 typedef enum network_mode {
         NETWORK_NONE,

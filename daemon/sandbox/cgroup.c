@@ -86,6 +86,13 @@ static void set_status(manager *m, const char *fmt, const char *arg) {
         (void) !asprintf(&m->cgroup_status, fmt, arg);
 }
 
+void cgroup_teardown(manager *m) {
+        free(m->cgroup_root);
+        free(m->cgroup_status);
+        free(m->cgroup_controllers);
+        m->cgroup_root = m->cgroup_status = m->cgroup_controllers = NULL;
+}
+
 void cgroup_setup(manager *m) {
         _cleanup_free_ char *mnt = cgroup2_mount();
         _cleanup_free_ char *own = own_cgroup();

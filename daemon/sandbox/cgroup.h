@@ -11,6 +11,8 @@
  * daemon: without a usable cgroup, sandboxes run unconfined by cgroups and
  * status says why. */
 void cgroup_setup(manager *m);
+/* Frees what cgroup_setup() set (the cgroups themselves stay). */
+void cgroup_teardown(manager *m);
 
 /* Bits of cgroup_limits.unenforced. */
 #define CGROUP_LIMIT_MEMORY 1u
@@ -23,8 +25,10 @@ typedef struct cgroup_limits {
         unsigned unenforced;     /* out: CGROUP_LIMIT_* asked for but not applied */
 } cgroup_limits;
 
-/* Creates <root>/sb-<id>, applies limits; returns an O_DIRECTORY fd and the path.
- * *ret_note says which limits could not be applied (caller frees). */
+/* Creates <root>/sb-<id>, applies limits; returns an O_DIRECTORY fd and the path
+ * (the caller owns both: the sandbox record frees the path, cgroup_remove()
+ * removes the directory). *ret_note says which limits could not be applied
+ * (caller frees). */
 int cgroup_create_sandbox(manager *m, const char *id, cgroup_limits *lim, char **ret_path, int *ret_fd,
                           char **ret_note);
 int cgroup_write(const char *dir, const char *file, const char *value);

@@ -11,8 +11,9 @@
 
 #include "policy.h"
 
-#define LAPTOP_AGENTCTL_DIR "/run/agentd/bin"
-#define LAPTOP_AGENTCTL_PATH LAPTOP_AGENTCTL_DIR "/agentctl"
+#include "spec.h"
+
+#define LAPTOP_AGENTCTL_DIR SANDBOX_AGENTCTL_DIR /* where the helper binds agentctl= */
 #define LAPTOP_DEFAULT_PATH "/usr/local/bin:/usr/bin:/bin"
 
 typedef struct laptop_plan {
@@ -20,7 +21,7 @@ typedef struct laptop_plan {
         char **cow;       /* caches shown writable through a copy-on-write layer */
         char **hide;      /* credential files and directories that exist on the host */
         char *path;       /* the PATH value inside */
-        const char *agentctl; /* host path of the agentctl binary bound at LAPTOP_AGENTCTL_PATH, or NULL */
+        const char *agentctl; /* host path of the agentctl binary bound at SANDBOX_AGENTCTL_PATH, or NULL */
         char *note;       /* for the spawn reply and log: files that will be read-only inside and why, or NULL */
 } laptop_plan;
 

@@ -108,10 +108,24 @@ void sandbox_unref(sandbox *s);
 bool sandbox_ended(const sandbox *s);
 int sandbox_forget(manager *m, const char *id);
 int sandbox_save_meta(sandbox *s);
+/* sandbox.c is the only writer of a sandbox's state (set_state() there tells
+ * subscribers); these are the ways to change it from outside. */
 /* Stops every process of the sandbox (cgroup.freeze, else SIGSTOP to each,
- * confirmed): 0 only when it is stopped; sets frozen_by. */
+ * confirmed): 0 only when it is stopped; then sets frozen_by, the state
+ * FROZEN (an event) and meta.json. */
 int sandbox_freeze(sandbox *s);
-/* The one way a sandbox's state changes (tells subscribers). */
-void sandbox_set_state(sandbox *s, sandbox_state st);
+/* Ends it with SIGKILL (the cgroup's cgroup.kill, else the init, else the
+ * helper), recording why: the state becomes KILLED when it is reaped.
+ * -ESRCH when it has already ended. */
+int sandbox_kill(sandbox *s, const char *reason);
 int sandbox_signal(sandbox *s, int sig);
 void sandboxes_connection_closed(manager *m, connection *c);
+
+/* For the sandbox.* handlers (rpc/rpc-sandbox.c). */
+/* sandbox.wait: call is answered (sandbox_pack_wait_result) when it ends; on
+ * failure the call is not taken. */
+int sandbox_add_waiter(sandbox *s, rpc_call *call);
+void sandbox_pack_wait_result(msgpack_packer *pk, void *s);
+/* The bounded copy of stdout (stream 0) or stderr (1) in its state dir. */
+#define SANDBOX_LOG_READ_MAX (64 * 1024 * 1024)
+int sandbox_read_log(const sandbox *s, int stream, char **ret, size_t *ret_len);

@@ -330,6 +330,35 @@ def test_spawn_waits_for_the_vault_login():
         tpm.stop()
 
 
+def test_spawn_keeps_the_task_it_was_asked_under():
+    """A credentialed spawn waits for its token; a task file edited meanwhile does not change what
+    it runs: the sandbox gets the task's policy as it was when the request came."""
+    def set_mark(d, c, value):
+        with open(os.path.join(d.config_home, "agentd", "tasks", "creds.task"), "w") as f:
+            f.write(TASKS["creds"].replace("[Credentials]", f"Environment=MARK={value}\n[Credentials]"))
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if f"MARK={value}" in json.dumps(c.ok("task.show", {"name": "creds"})):
+                return
+            time.sleep(0.05)
+        raise AssertionError(c.ok("task.show", {"name": "creds"}))
+
+    with enrolled_daemon() as (tpm, vault, d, ws, c):
+        set_mark(d, c, "before")
+        st, _ = vault.req("POST", "sys/dev/latency", vault.root, {"ms": 2000})
+        assert st in (200, 204), st
+        spawner = d.client()
+        msgid = spawner.request("sandbox.spawn", {"task": "creds", "argv": ["/bin/sh", "-c", "echo $MARK"], "workspace": ws})
+        time.sleep(0.3)
+        set_mark(d, c, "after")  # while the token is being issued
+        err, res = spawner.response(msgid)
+        vault.req("POST", "sys/dev/latency", vault.root, {"ms": 0})
+        assert err is None, err
+        w = c.ok("sandbox.wait", {"id": res["id"]})
+        assert w["exit_code"] == 0, w
+        assert c.ok("sandbox.logs", {"id": res["id"]})["stdout"] == b"before\n"
+
+
 def test_vault_down_and_back():
     tpm, vault, d = setup()
     try:

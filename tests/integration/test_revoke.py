@@ -88,6 +88,9 @@ def test_freeze_only_stops_cpu():
         cgroup_ok = c.ok("agentd.status")["cgroup"].startswith("ok")
         assert r["freeze_method"] == ("cgroup" if cgroup_ok else "signal") and r["failures"] == [], r
         assert {s["id"]: s for s in c.ok("sandbox.list")}[sid]["state"] == "frozen"
+        # The freeze went through sandbox.c's one state writer: the record says so too.
+        with open(os.path.join(d.state_home, "agentd", "sandboxes", sid, "meta.json")) as f:
+            assert json.load(f)["state"] == "frozen"
         time.sleep(0.2)
         a = children_cpu(pid)
         time.sleep(1.0)
