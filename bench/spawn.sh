@@ -11,6 +11,9 @@
 #        JSON_OUT (keep the hyperfine JSONs there, as a list)
 #        BENCH_USER (agentd-bench): run as root, the script re-executes itself
 #        as this unprivileged user (user namespaces are what we measure).
+#        DELEGATE (1): as root, first move into a cgroup v2 subtree owned by
+#        that user, the way systemd's Delegate=yes runs agentd (0: do not).
+#        AGENTD_CONF: an agentd.conf to start the daemon with (e.g. [Pool]).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,8 +26,22 @@ if [ "$(id -u)" = 0 ]; then
         if ! id "$BENCH_USER" >/dev/null 2>&1; then
                 useradd -m "$BENCH_USER"
         fi
-        exec runuser -u "$BENCH_USER" -- env WARMUP="$WARMUP" RUNS="$RUNS" ROUNDS="${ROUNDS:-2}" JSON_OUT="${JSON_OUT:-}" \
-                PATH=/usr/bin:/bin "$0" "$BUILD"
+        CG=
+        CG2=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
+        if [ "${DELEGATE:-1}" = 1 ] && [ -n "$CG2" ]; then
+                CG=$CG2/agentd-bench-$$
+                mkdir -p "$CG"
+                chown -R "$BENCH_USER" "$CG"
+                echo $$ >"$CG/cgroup.procs"
+        fi
+        rc=0
+        runuser -u "$BENCH_USER" -- env WARMUP="$WARMUP" RUNS="$RUNS" ROUNDS="${ROUNDS:-2}" JSON_OUT="${JSON_OUT:-}" \
+                AGENTD_CONF="${AGENTD_CONF:-}" DELEGATED="${CG:-none}" PATH=/usr/bin:/bin "$0" "$BUILD" || rc=$?
+        if [ -n "$CG" ]; then
+                echo $$ >"$CG2/cgroup.procs"
+                find "$CG" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+        fi
+        exit $rc
 fi
 
 AGENTD=$BUILD/daemon/agentd
@@ -38,7 +55,8 @@ done
 
 T=$(mktemp -d /tmp/agentd-spawn-bench.XXXXXX)
 chmod 700 "$T"
-mkdir -p "$T/run" "$T/config" "$T/state"
+mkdir -p "$T/run" "$T/config/agentd" "$T/state"
+[ -z "${AGENTD_CONF:-}" ] || cp "$AGENTD_CONF" "$T/config/agentd/agentd.conf"
 # The workspace may not be inside the socket's directory (agentd refuses that).
 WS=$(mktemp -d /tmp/agentd-spawn-ws.XXXXXX)
 SOCK=$T/agentd.sock
@@ -66,6 +84,7 @@ if ! "$AGENTCTL" spawn --task default --workspace "$WS" -- /bin/true; then
 fi
 
 echo "spawn.sh: $(nproc) cpus, kernel $(uname -r), user $(id -un), warmup $WARMUP, runs $RUNS, build $BUILD"
+echo "spawn.sh: delegated cgroup ${DELEGATED:-none}; agentd: $("$AGENTCTL" status 2>/dev/null | grep -i cgroup | head -1)"
 # -N: no intermediate shell, each command is exec'd directly by hyperfine.
 # hyperfine measures one command after the other; to keep drift (other load,
 # thermal, page cache) from biasing the ratios, the runs are split into ROUNDS

@@ -23,8 +23,12 @@ typedef struct ZygoteRequest {
         uint32_t magic;
         uint32_t seq;   /* echoed in the reply */
         uint32_t n_fds; /* exactly as many as attached */
-        uint32_t reserved;
+        uint32_t flags; /* ZYGOTE_WARM or 0; anything else is refused */
 } ZygoteRequest;
+
+/* The spec is a task's part only: the hands builds a warm sandbox that waits
+ * on its status socket (the control socket) for one attach (helper/warm.c). */
+#define ZYGOTE_WARM 1U
 
 typedef struct ZygoteReply {
         uint32_t magic;
