@@ -47,6 +47,7 @@
 #include "stdin-relay.h"
 #include "change-watch.h"
 #include "zygote.h"
+#include "pool.h"
 
 #define MAX_ENDED_KEPT 256
 #define MAX_ARGV_BYTES (256 * 1024)
@@ -1396,12 +1397,12 @@ static zygote *zygote_get(manager *m, const char *helper) {
  * posix_spawn. Any other error means something may have been started: the
  * spawn fails (the hands of a lost reply finds nobody on its status socket
  * and never runs the command). */
-static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, pid_t *ret_pid) {
+static int zygote_spawn_flags(manager *m, const char *helper, const int *fds, int n, uint32_t flags, pid_t *ret_pid) {
         zygote *z = zygote_get(m, helper);
         if (!z)
                 return -ENOTCONN;
 
-        ZygoteRequest req = { .magic = ZYGOTE_MAGIC, .seq = ++z->seq, .n_fds = (uint32_t) n };
+        ZygoteRequest req = { .magic = ZYGOTE_MAGIC, .seq = ++z->seq, .n_fds = (uint32_t) n, .flags = flags };
         union {
                 struct cmsghdr h;
                 char buf[CMSG_SPACE(sizeof(int) * ZYGOTE_FDS_MAX)];
@@ -1442,6 +1443,10 @@ static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, p
                 return rep.pid < 0 ? rep.pid : -EBADMSG; /* it started nothing */
         *ret_pid = rep.pid;
         return 0;
+}
+
+static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, pid_t *ret_pid) {
+        return zygote_spawn_flags(m, helper, fds, n, 0, ret_pid);
 }
 
 static void zygote_stop(void) {
@@ -1684,12 +1689,16 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 }
         }
 
+        warm_sandbox *warm = NULL;
+        bool from_pool = false;
         sandbox *s = sandbox_alloc(m);
         if (!s) {
                 free(sp.buf);
                 return -ENOMEM;
         }
         snprintf(s->id, sizeof(s->id), "%s", req->id);
+        /* A warm sandbox of this task as it is now (pool.c): cgroup and hands are ready. */
+        warm = pool_take(m, p);
         s->workspace_mode = (int) p->workspace;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -1811,7 +1820,12 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                         FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(errno));
         }
 
-        if (m->cgroup_root) {
+        if (warm && warm->cgroup) {
+                s->cgroup = TAKE_PTR(warm->cgroup);
+                cg_fd = TAKE_FD(warm->cg_fd);
+                s->limits_note = TAKE_PTR(warm->limits_note);
+                r = spawn_limits_check(m, p, warm->unenforced, NULL, &s->limits_note, &error_text);
+        } else if (m->cgroup_root) {
                 cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
                                       .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
                 r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &cg_fd, &s->limits_note);
@@ -1865,6 +1879,18 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         };
         int nfds = cg_fd >= 0 ? 7 : 6;
         pid_t pid;
+        if (warm) {
+                /* One message: the warm init mounts the user's paths, pivots, confines and execs. */
+                r = pool_attach(warm, src, spec_fd, status_pair[1]);
+                if (r < 0)
+                        FAIL(RPC_E_INTERNAL, "cannot attach to a warm sandbox: %s", strerror(-r));
+                pid = warm->pid;
+                s->helper_pid = pid;
+                s->helper_pidfd = TAKE_FD(warm->pidfd);
+                warm_sandbox_drop(m, TAKE_PTR(warm));
+                from_pool = true;
+                goto started;
+        }
         r = zygote_spawn(m, helper, src, nfds, &pid);
         if (r == -ENOTCONN) {
                 char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", (char *) "3", NULL };
@@ -1880,6 +1906,7 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 FAIL(RPC_E_INTERNAL, "pidfd_open: %s", strerror(errno));
         }
 
+started:
         /* The parent keeps only its ends. */
         spec_fd = safe_close(spec_fd);
         bpf_fd = safe_close(bpf_fd);
@@ -1922,7 +1949,8 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
         m->n_sandboxes_live++;
         s->spawn_call = TAKE_PTR(req->call);
         s->creds = TAKE_PTR(req->creds);
-        log_sandbox(LOG_INFO, s->id, s->task, "spawn", "sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task, s->workspace, (int) pid);
+        log_sandbox(LOG_INFO, s->id, s->task, "spawn", "sandbox %s: spawned task %s in %s (helper pid %d%s)", s->id, s->task, s->workspace, (int) pid,
+                    from_pool ? ", warm" : "");
         {
                 /* What ran, where, under which exact policy (hash of its canonical form). */
                 json_object *ev = json_object_new_object();
@@ -1950,9 +1978,11 @@ static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_erro
                 report_annotate_spawn(ev, s, params, p);
                 audit_event(m, "sandbox.spawn", s->id, ev);
         }
+        pool_refill_later(m, p);
         return 0;
 
 fail:
+        warm_sandbox_drop(m, warm);
         safe_close(spec_fd);
         safe_close(bpf_fd);
         safe_close(cg_fd);
@@ -2064,6 +2094,100 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
                 req->call = NULL; /* dispatch answers the error through ctx->async */
         spawn_request_free(req);
         return r;
+}
+
+/* ---- warm sandboxes (pool.c) --------------------------------------------------- */
+
+void sandbox_make_id(char out[16]) {
+        make_id(out);
+}
+
+/* The task's part of a spawn's spec (what helper/warm.c applies before the
+ * attach and checks the spawn's spec against), the seccomp program, the
+ * cgroup, a control socket: a hands started with ZYGOTE_WARM. */
+int sandbox_start_warm(manager *m, const task_policy *p, const char *id, warm_sandbox *w) {
+        _cleanup_close_ int spec_fd = -1, bpf_fd = -1, cg_fd = -1, devnull = -1, theirs = -1, ours = -1;
+        _cleanup_free_ char *bpf_error = NULL, *cgroup = NULL, *note = NULL;
+        const void *bpf = NULL;
+        size_t bpf_len = 0;
+        unsigned unenforced = 0;
+        spec sp = { 0 };
+        int pair[2], r;
+        pid_t pid;
+
+        if (!m->sandbox_helper)
+                return -ENOENT;
+        if (task_policy_seccomp_enabled(p)) {
+                r = get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error);
+                if (r < 0)
+                        return r;
+                bpf_fd = memfd_with("agentd-seccomp", bpf, bpf_len);
+                if (bpf_fd < 0)
+                        return bpf_fd;
+        }
+        if (m->cgroup_root) {
+                cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
+                                      .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
+                r = cgroup_create_sandbox(m, id, &lim, &cgroup, &cg_fd, &note);
+                if (r < 0)
+                        return r;
+                unenforced = lim.unenforced;
+        }
+        spec_add(&sp, "arg", "/bin/false"); /* never run: the spawn's argv comes with the attach */
+        spec_add(&sp, "workspace_mode", "none");
+        spec_add_int(&sp, "tmp_size", p->tmp_size == POLICY_INFINITY ? 0 : (long) p->tmp_size);
+        spec_add_int(&sp, "shm_size", p->shm_size == POLICY_INFINITY ? 0 : (long) p->shm_size);
+        if (p->tasks_max != POLICY_INFINITY)
+                spec_add_int(&sp, "nproc", (long) (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
+        spec_add(&sp, "hostname", "agentd");
+        spec_add_int(&sp, "status_fd", 4);
+        if (bpf_fd >= 0)
+                spec_add_int(&sp, "seccomp_fd", 5);
+        else
+                spec_add(&sp, "unsafe_no_seccomp", "1");
+        if (cg_fd >= 0)
+                spec_add_int(&sp, "cgroup_fd", 6);
+        spec_fd = sp.oom ? -ENOMEM : memfd_with("agentd-spec", sp.buf, sp.len);
+        free(sp.buf);
+        if (spec_fd < 0)
+                r = spec_fd;
+        else if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+                r = -errno;
+        else {
+                ours = pair[0];
+                theirs = pair[1];
+                devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+                r = devnull < 0 ? -errno : 0;
+        }
+        if (r >= 0) {
+                int src[7] = { devnull, devnull, devnull, spec_fd, theirs, bpf_fd >= 0 ? bpf_fd : devnull, cg_fd };
+                int n = cg_fd >= 0 ? 7 : 6;
+                r = zygote_spawn_flags(m, m->sandbox_helper, src, n, ZYGOTE_WARM, &pid);
+                if (r == -ENOTCONN) {
+                        char *hargv[] = { (char *) "agentd-sandbox", (char *) "--warm", (char *) "--spec-fd", (char *) "3", NULL };
+                        r = helper_spawn(m->sandbox_helper, hargv, src, n, &pid);
+                }
+        }
+        if (r >= 0) {
+                w->pidfd = pidfd_open_(pid);
+                if (w->pidfd < 0) {
+                        r = -errno;
+                        kill(pid, SIGKILL);
+                        waitpid(pid, NULL, 0);
+                }
+        }
+        if (r < 0) {
+                if (cgroup)
+                        (void) cgroup_remove(cgroup);
+                return r;
+        }
+        w->pid = pid;
+        w->control = TAKE_FD(ours);
+        w->cg_fd = TAKE_FD(cg_fd);
+        w->cgroup = TAKE_PTR(cgroup);
+        w->limits_note = TAKE_PTR(note);
+        w->unenforced = unenforced;
+        return 0;
 }
 
 /* ---- the other methods ---------------------------------------------------------- */
@@ -2293,12 +2417,13 @@ int sandboxes_init(manager *m) {
                 log_warning("the sandbox helper agentd-sandbox was not found; spawning will fail");
         else
                 (void) zygote_start(m, m->sandbox_helper); /* failing is logged: posix_spawn then */
-        return 0;
+        return pool_init(m);
 }
 
 void sandboxes_shutdown(manager *m) {
         list_head *i, *t;
 
+        pool_free(m);
         zygote_stop(); /* nothing is spawned any more */
         list_for_each_safe(i, t, &m->sandboxes) {
                 sandbox *s = container_of(i, sandbox, link);

@@ -121,6 +121,10 @@ class Daemon:
         for d in (self.runtime, self.config_home, self.state_home):
             os.makedirs(d, mode=0o700)
         self.socket = os.path.join(self.runtime, "agentd", "agentd.sock")
+        # AGENTD_TEST_POOL=N: the whole suite against warm (pooled) sandboxes.
+        pool = os.environ.get("AGENTD_TEST_POOL", "")
+        if pool and pool != "0" and "WarmSandboxes=" not in (config or ""):
+            config = (config or "") + f"\n[Pool]\nWarmSandboxes={int(pool)}\n"
         if config is not None:
             os.makedirs(os.path.join(self.config_home, "agentd"), exist_ok=True)
             with open(os.path.join(self.config_home, "agentd", "agentd.conf"), "w") as f:
