@@ -83,9 +83,7 @@ int mounts_finish_root(const SandboxSpec *spec, MountPlan *plan, SandboxError *e
 /* agentd-sandbox.c: one status line (and optionally one fd) on the status channel. */
 int status_send(int fd, int passfd, const char *fmt, ...) _printf_(3, 4);
 
-/* warm.c: a warm sandbox (see WARM_ATTACH_MAGIC) waits for its one attach. */
-#define WARM_ATTACH_MAGIC UINT64_C(0x686361747461676f) /* "ogattach" */
-#define WARM_ATTACH_FDS 5 /* stdin, stdout, stderr, spec memfd, status socket */
+/* warm.c: a warm sandbox (zygote.h: WARM_ATTACH_MAGIC) waits for its one attach. */
 int warm_wait_attach(SandboxSpec *spec, char **ret_buf, size_t *ret_size, int parent, pid_t host_pid, SandboxError *err);
 int warm_receive_status(int parent, int *ret_status_fd);
 

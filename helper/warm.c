@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "helper.h"
+#include "zygote.h"
 
 /* What the warm phase already applied must be what the spawn asks for:
  * a spawn of another policy fails closed instead of inheriting it. */

@@ -30,6 +30,12 @@ typedef struct ZygoteRequest {
  * on its status socket (the control socket) for one attach (helper/warm.c). */
 #define ZYGOTE_WARM 1U
 
+/* The one message a warm sandbox takes on its control socket: these 8 bytes
+ * with WARM_ATTACH_FDS fds (SCM_RIGHTS, in order: stdin, stdout, stderr, the
+ * spawn's full spec in a memfd, the spawn's status socket). */
+#define WARM_ATTACH_MAGIC UINT64_C(0x686361747461676f) /* "ogattach" */
+#define WARM_ATTACH_FDS 5
+
 typedef struct ZygoteReply {
         uint32_t magic;
         uint32_t seq;

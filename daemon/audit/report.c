@@ -75,7 +75,7 @@ void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {
                 add_peer(ev, ctx->conn);
 }
 
-void report_annotate_spawn(json_object *ev, const sandbox *s, const msgpack_object *params, const task_policy *p) {
+void report_annotate_spawn(json_object *ev, const sandbox *s, const char *const *env_names, const task_policy *p) {
         if (s->spawn_call)
                 add_peer(ev, s->spawn_call->conn);
         /* Names only: values may be secrets. */
@@ -85,12 +85,9 @@ void report_annotate_spawn(json_object *ev, const sandbox *s, const msgpack_obje
                 json_object_array_add(names, json_object_new_string_len(p->environment[i],
                                                                         eq ? (int) (eq - p->environment[i]) : (int) strlen(p->environment[i])));
         }
-        const msgpack_object *env = rpc_param(params, "env");
-        for (uint32_t i = 0; env && env->type == MSGPACK_OBJECT_MAP && i < env->via.map.size; i++) {
-                const msgpack_object *k = &env->via.map.ptr[i].key;
-                if (k->type == MSGPACK_OBJECT_STR && k->via.str.size <= 256)
-                        json_object_array_add(names, json_object_new_string_len(k->via.str.ptr, (int) k->via.str.size));
-        }
+        for (size_t i = 0; env_names && env_names[i]; i++)
+                if (strlen(env_names[i]) <= 256)
+                        json_object_array_add(names, json_object_new_string(env_names[i]));
         json_object_object_add(ev, "env_names", names);
         json_object_object_add(ev, "tty", json_object_new_boolean(s->tty));
 }

@@ -13,8 +13,8 @@
 /* rpc records: the sandbox a host request is about ("target") and who sent it. */
 void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx);
 /* sandbox.spawn records: the peer that asked, the names (never values) of the
- * environment the policy and the caller set, tty. */
-void report_annotate_spawn(json_object *ev, const sandbox *s, const msgpack_object *params, const task_policy *p);
+ * environment the policy and the caller (env_names, NULL-terminated) set, tty. */
+void report_annotate_spawn(json_object *ev, const sandbox *s, const char *const *env_names, const task_policy *p);
 /* peer_pid, peer_uid, peer_exe, peer_comm of a connection. */
 void report_annotate_peer(json_object *ev, const connection *c);
 /* Resource use now (call before the cgroup is removed): CPU time, peak memory

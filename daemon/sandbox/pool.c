@@ -187,9 +187,9 @@ static int entry_start(manager *m, const task_policy *p) {
                 return -ENOMEM;
         }
 
-        sandbox_make_id(id);
+        spawn_make_id(id);
         id[0] = 'w'; /* sb-w...: a warm sandbox's cgroup, never a sandbox id's */
-        r = sandbox_start_warm(m, p, id, &e->w);
+        r = spawn_start_warm(m, p, id, &e->w);
         if (r < 0) {
                 entry_free(e);
                 return r;

@@ -50,7 +50,8 @@ void pool_drain(manager *m, const char *why);
 /* Warm sandboxes alive (ready or getting warm), for status. */
 unsigned pool_count(void);
 
-/* sandbox.c: starts a warm hands for task p (its cgroup sb-<id>) through the
- * zygote, filling w's pid, pidfd, control, cgroup, cg_fd and limits_note. */
-int sandbox_start_warm(manager *m, const task_policy *p, const char *id, warm_sandbox *w);
-void sandbox_make_id(char out[16]);
+/* spawn.c: starts a warm hands for task p (its cgroup sb-<id>) from the
+ * task's spawn_plan, filling w's pid, pidfd, control, cgroup, cg_fd,
+ * limits_note and unenforced. */
+int spawn_start_warm(manager *m, const task_policy *p, const char *id, warm_sandbox *w);
+void spawn_make_id(char out[16]);

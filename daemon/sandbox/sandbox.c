@@ -42,7 +42,8 @@
 #include "egress/netproxy.h"
 #include "policy.h"
 #include "audit/report.h"
-#include "seccomp-build.h"
+#include "sandbox-private.h"
+#include "spawn-steps.h"
 #include "spawn-guard.h"
 #include "stdin-relay.h"
 #include "change-watch.h"
@@ -65,7 +66,6 @@ static int pidfd_send_signal_(int pidfd, int sig) {
         return (int) syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
-static void sandbox_free(sandbox *s);
 static sandbox *sandbox_load(manager *m, const char *id);
 static void evict_old(manager *m, sandbox *keep);
 
@@ -92,154 +92,6 @@ sandbox *sandbox_find(manager *m, const char *id) {
                         return s;
         }
         return sandbox_load(m, id);
-}
-
-/* ---- seccomp programs, built once per profile ---------------------------- */
-
-typedef struct bpf_cache {
-        struct bpf_cache *next;
-        char *profile;
-        void *bpf;
-        size_t len;
-} bpf_cache;
-static bpf_cache *bpf_cached;
-
-static int get_bpf(const char *profile, const void **ret_bpf, size_t *ret_len, char **ret_error) {
-        for (bpf_cache *c = bpf_cached; c; c = c->next)
-                if (streq(c->profile, profile)) {
-                        *ret_bpf = c->bpf;
-                        *ret_len = c->len;
-                        return 0;
-                }
-        void *bpf = NULL;
-        size_t len = 0;
-        int r = seccomp_build_bpf(profile, &bpf, &len, ret_error);
-        if (r < 0)
-                return r;
-        bpf_cache *c = calloc(1, sizeof(*c));
-        if (!c || !(c->profile = strdup(profile))) {
-                free(c);
-                free(bpf);
-                return -ENOMEM;
-        }
-        c->bpf = bpf;
-        c->len = len;
-        /* A profile file may change: only named profiles are cached. */
-        if (profile[0] != '/') {
-                c->next = bpf_cached;
-                bpf_cached = c;
-        }
-        *ret_bpf = c->bpf;
-        *ret_len = c->len;
-        if (profile[0] == '/') {
-                /* Caller copies into a memfd right away; keep it alive until the next call. */
-                static bpf_cache *last_file;
-                if (last_file) {
-                        free(last_file->profile);
-                        free(last_file->bpf);
-                        free(last_file);
-                }
-                last_file = c;
-        }
-        return 0;
-}
-
-static void bpf_cache_free(void) {
-        for (bpf_cache *c = bpf_cached, *n; c; c = n) {
-                n = c->next;
-                free(c->profile);
-                free(c->bpf);
-                free(c);
-        }
-        bpf_cached = NULL;
-}
-
-static int memfd_with(const char *name, const void *data, size_t len) {
-        int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        if (fd < 0)
-                return -errno;
-        const char *p = data;
-        size_t left = len;
-        while (left > 0) {
-                ssize_t n = write(fd, p, left);
-                if (n < 0) {
-                        int r = -errno;
-                        close(fd);
-                        return r;
-                }
-                p += n;
-                left -= (size_t) n;
-        }
-        (void) fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
-        if (lseek(fd, 0, SEEK_SET) < 0) {
-                int r = -errno;
-                close(fd);
-                return r;
-        }
-        return fd;
-}
-
-/* ---- the spec handed to the helper ---------------------------------------- */
-
-typedef struct spec {
-        char *buf;
-        size_t len, cap;
-        bool oom;
-} spec;
-
-static void spec_add(spec *s, const char *key, const char *value) {
-        size_t kl = strlen(key), vl = strlen(value), need = kl + 1 + vl + 1;
-        if (s->oom)
-                return;
-        if (s->len + need > s->cap) {
-                size_t ncap = (s->cap + need) * 2;
-                char *n = realloc(s->buf, ncap);
-                if (!n) {
-                        s->oom = true;
-                        return;
-                }
-                s->buf = n;
-                s->cap = ncap;
-        }
-        memcpy(s->buf + s->len, key, kl);
-        s->buf[s->len + kl] = '=';
-        memcpy(s->buf + s->len + kl + 1, value, vl);
-        s->buf[s->len + kl + 1 + vl] = 0;
-        s->len += need;
-}
-
-static void spec_add_int(spec *s, const char *key, long v) {
-        char buf[32];
-        snprintf(buf, sizeof(buf), "%ld", v);
-        spec_add(s, key, buf);
-}
-
-/* ---- environment ----------------------------------------------------------- */
-
-static bool env_name_valid(const char *n) {
-        if (!*n || strlen(n) > 128)
-                return false;
-        for (const char *p = n; *p; p++)
-                if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
-                        return false;
-        return !(n[0] >= '0' && n[0] <= '9');
-}
-
-/* What a caller may always set: terminal and locale, nothing that changes
- * how programs load code (no LD_*, no PATH). */
-static bool env_always_allowed(const char *n) {
-        static const char *const names[] = { "TERM", "COLORTERM", "LANG", "LANGUAGE", "LC_ALL", "NO_COLOR", "TZ", "COLUMNS", "LINES" };
-        for (size_t i = 0; i < ELEMENTSOF(names); i++)
-                if (streq(n, names[i]))
-                        return true;
-        return strncmp(n, "LC_", 3) == 0;
-}
-
-static bool strv_contains(char *const *v, const char *s) {
-        for (size_t i = 0; v && v[i]; i++)
-                if (streq(v[i], s))
-                        return true;
-        return false;
 }
 
 /* ---- the record on disk ------------------------------------------------------- */
@@ -330,7 +182,7 @@ int sandbox_save_meta(sandbox *s) {
         return r;
 }
 
-static sandbox *sandbox_alloc(manager *m) {
+sandbox *sandbox_alloc(manager *m) {
         sandbox *s = calloc(1, sizeof(*s));
         if (!s)
                 return NULL;
@@ -425,7 +277,6 @@ fail:
 
 static void sandbox_maybe_complete(sandbox *s);
 static void spawn_failed(sandbox *s, const char *message);
-static void sandbox_free(sandbox *s);
 
 static void handle_closed(uv_handle_t *h) {
         sandbox *s = h->data;
@@ -452,7 +303,7 @@ void sandbox_unref(sandbox *s) {
                 sandbox_free(s);
 }
 
-static void sandbox_free(sandbox *s) {
+void sandbox_free(sandbox *s) {
         free(s->task);
         free(s->workspace);
         free(s->dir);
@@ -689,7 +540,7 @@ static int client_fd_prepare(output_stream *o, int fd) {
 /* Output is written through a new open file description of the caller's pipe or
  * terminal (client_fd_prepare); one another uid created cannot be opened again. Checked
  * before the sandbox starts, so such a spawn fails instead of losing its output. */
-static int client_fd_check(int fd, const char *name, rpc_error *err) {
+int sandbox_client_fd_check(int fd, const char *name, rpc_error *err) {
         struct stat st;
         if (fstat(fd, &st) < 0 || !(S_ISFIFO(st.st_mode) || (S_ISCHR(st.st_mode) && isatty(fd))))
                 return 0;
@@ -936,7 +787,7 @@ static void pack_limit_alert(msgpack_packer *pk, void *userdata) {
 
 /* ChangeMax= reached: freeze it (the changes stay for review: diff, promote,
  * discard), or kill it if it cannot be frozen; tell the user either way. */
-static void on_change_max(void *userdata, uint64_t used, uint64_t limit) {
+void sandbox_on_change_max(void *userdata, uint64_t used, uint64_t limit) {
         sandbox *s = userdata;
         if (sandbox_ended(s))
                 return;
@@ -1139,50 +990,6 @@ void sandboxes_connection_closed(manager *m, connection *c) {
 
 /* ---- spawning ------------------------------------------------------------------ */
 
-/* The helper wants canonical absolute paths: resolve what exists, and
- * normalise the spelling (// . trailing /) of what does not. */
-static char *canonical_path(const char *p) {
-        char *r = realpath(p, NULL);
-        if (r)
-                return r;
-        if (p[0] != '/')
-                return NULL;
-        r = malloc(strlen(p) + 2);
-        if (!r)
-                return NULL;
-        char *o = r;
-        for (const char *i = p; *i;) {
-                while (*i == '/')
-                        i++;
-                const char *e = strchrnul(i, '/');
-                size_t n = (size_t) (e - i);
-                if (n == 0)
-                        break;
-                if (n == 1 && i[0] == '.') {
-                } else if (n == 2 && i[0] == '.' && i[1] == '.') {
-                        while (o > r && *--o != '/')
-                                ;
-                } else {
-                        *o++ = '/';
-                        memcpy(o, i, n);
-                        o += n;
-                }
-                i = e;
-        }
-        if (o == r)
-                *o++ = '/';
-        *o = 0;
-        return r;
-}
-
-static void spec_add_path(spec *sp, const char *key, const char *path) {
-        _cleanup_free_ char *c = canonical_path(path);
-        if (c)
-                spec_add(sp, key, c);
-        else
-                sp->oom = true;
-}
-
 static char *find_helper(manager *m) {
         if (m->config->sandbox_helper)
                 return strdup(m->config->sandbox_helper);
@@ -1204,21 +1011,6 @@ static char *find_helper(manager *m) {
                 return p;
         free(p);
         return NULL;
-}
-
-static void make_id(char out[16]) {
-        uint8_t r[6];
-        if (getrandom(r, sizeof(r), 0) != sizeof(r)) {
-                uint64_t t = now_msec() ^ (uint64_t) getpid();
-                memcpy(r, &t, sizeof(r));
-        }
-        snprintf(out, 16, "%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
-}
-
-static int mkdir_private(const char *p) {
-        if (mkdir(p, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        return 0;
 }
 
 /* Moves fd to a number above every target so the dup2 file actions cannot clobber each other. */
@@ -1455,739 +1247,106 @@ static void zygote_stop(void) {
                 zygote_drop(zygote_current);
 }
 
-/* A spawn in progress: credentials may have to be issued (asynchronously)
- * before the sandbox is built, so the request's parameters are kept packed. */
-typedef struct spawn_request {
-        manager *m;
-        rpc_call *call;
-        msgpack_sbuffer params;
-        int client_fds[3];
-        char id[16];
-        sandbox_creds *creds;
-} spawn_request;
-
-static void spawn_request_free(spawn_request *req) {
-        for (int i = 0; i < 3; i++)
-                safe_close(req->client_fds[i]);
-        msgpack_sbuffer_destroy(&req->params);
-        free(req);
-}
-
-static int spawn_impl(spawn_request *req, const msgpack_object *params, rpc_error *err) {
-        manager *m = req->m;
-        _cleanup_free_ char *task_name = rpc_param_strdup(params, "task");
-        _cleanup_free_ char *ws_param = rpc_param_strdup(params, "workspace");
-        if (!ws_param && req->call && req->call->conn->peer.pid > 0) {
-                /* CONTRACT §3: the default is the caller's working directory. */
-                char link[64], cwd[PATH_MAX];
-                snprintf(link, sizeof(link), "/proc/%d/cwd", (int) req->call->conn->peer.pid);
-                ssize_t n = readlink(link, cwd, sizeof(cwd) - 1);
-                if (n > 0) {
-                        cwd[n] = 0;
-                        ws_param = strdup(cwd);
-                }
-        }
-        _cleanup_strv_free_ char **argv = rpc_param_strv(params, "argv");
-        bool tty = rpc_param_bool(params, "tty", false);
-        bool attach = rpc_param_bool(params, "attach", false);
-        const msgpack_object *umask_param = rpc_param(params, "umask");
-        int client_fds[3] = { -1, -1, -1 };
-        int r;
-
-        if (umask_param && umask_param->via.u64 > 0777) {
-                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'umask' must be a file mode creation mask (0 to 0777)");
-                return -EINVAL;
-        }
-
-        if (m->locked_down) {
-                rpc_error_set(err, RPC_E_LOCKED_DOWN, "spawning is locked down after an incident revocation; run 'agentctl unlock'");
-                return -EPERM;
-        }
-        if (m->shutting_down) {
-                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "agentd is stopping");
-                return -ESHUTDOWN;
-        }
-        if (m->n_sandboxes_live >= m->config->max_sandboxes) {
-                rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "too many running sandboxes (MaxSandboxes=%u)", m->config->max_sandboxes);
-                return -EBUSY;
-        }
-        if (tty && attach) {
-                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameters 'tty' and 'attach' exclude each other");
-                return -EINVAL;
-        }
-        const task_policy *p = policy_registry_find(m->tasks, task_name ? task_name : "default");
-        if (!p) {
-                rpc_error_set(err, RPC_E_NOT_FOUND, "no task named '%.64s'", task_name ? task_name : "default");
-                return -ENOENT;
-        }
-        if (!argv && p->command) {
-                size_t n = strv_length(p->command);
-                argv = calloc(n + 1, sizeof(char *));
-                for (size_t i = 0; argv && i < n; i++)
-                        argv[i] = strdup(p->command[i]);
-        }
-        if (!argv || !argv[0]) {
-                rpc_error_set(err, RPC_E_INVALID_PARAMS, "no command: pass 'argv' or set Command= in task '%s'", p->name);
-                return -EINVAL;
-        }
-        size_t argbytes = 0, argc = strv_length(argv);
-        for (size_t i = 0; i < argc; i++)
-                argbytes += strlen(argv[i]) + 1;
-        if (argc > MAX_ARGV_COUNT || argbytes > MAX_ARGV_BYTES) {
-                rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "argv too large (at most %d arguments, %d bytes)", MAX_ARGV_COUNT, MAX_ARGV_BYTES);
-                return -E2BIG;
-        }
-        if (argv[0][0] == 0) {
-                rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'argv' must not start with an empty string");
-                return -EINVAL;
-        }
-
-        /* Credentials are issued before we get here; a task edited meanwhile is refused. */
-        bool wants_creds = p->vault_policies && p->vault_policies[0];
-        if (wants_creds != (req->creds != NULL)) {
-                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' changed while its credentials were issued; try again", p->name);
-                return -EAGAIN;
-        }
-        if (p->network == NETWORK_PROXY && !m->proxy) {
-                rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' asks for Network Mode=proxy, but the egress proxy is not running", p->name);
-                return -EOPNOTSUPP;
-        }
-
-        /* The workspace: a real directory, and never one of the places spawn-guard.c refuses. */
-        _cleanup_free_ char *workspace = NULL;
-        if (p->workspace != WORKSPACE_NONE && (r = spawn_workspace_resolve(m, ws_param, &workspace, err)) < 0)
-                return r;
-        /* The task's own binds never show agentd's directories either. */
-        _cleanup_strv_free_ char **agentd_hides = NULL;
-        if ((r = spawn_task_paths_check(m, p, &agentd_hides, err)) < 0)
-                return r;
-
-        /* Toolchains, caches, credential files to hide, and PATH (laptop.c). */
-        _cleanup_(laptop_plan_done) laptop_plan lp = { 0 };
-        _cleanup_free_ char *caller_path = rpc_param_strdup(params, "path");
-        _cleanup_free_ char *runtime_dir = m->socket_path ? strdup(m->socket_path) : NULL;
-        if (runtime_dir && strrchr(runtime_dir, '/') && strrchr(runtime_dir, '/') != runtime_dir)
-                *strrchr(runtime_dir, '/') = 0;
-        const char *never[] = { m->config->state_directory, runtime_dir, NULL };
-        _cleanup_free_ char *path_env = NULL;
-        r = laptop_plan_build(p, m->home, caller_path, workspace, never, &lp);
-        if (r < 0 || asprintf(&path_env, "PATH=%s", lp.path) < 0)
-                return -ENOMEM;
-
-        /* Environment: a fixed allowlist, then the task's, then what the caller may pass. */
-        spec sp = { 0 };
-        const char *user = getenv("USER");
-        char buf[PATH_MAX + 16];
-        for (size_t i = 0; i < argc; i++)
-                spec_add(&sp, "arg", argv[i]);
-        spec_add(&sp, "env", path_env);
-        snprintf(buf, sizeof(buf), "HOME=%s", m->home);
-        spec_add(&sp, "env", buf);
-        if (user && env_name_valid(user)) {
-                snprintf(buf, sizeof(buf), "USER=%s", user);
-                spec_add(&sp, "env", buf);
-                snprintf(buf, sizeof(buf), "LOGNAME=%s", user);
-                spec_add(&sp, "env", buf);
-        }
-        spec_add(&sp, "env", "SHELL=/bin/sh");
-        if (req->creds)
-                spec_add(&sp, "env", "AGENTD_BROKER=/run/agentd/broker.sock");
-        if (p->network == NETWORK_PROXY) {
-                /* Every common spelling, so curl, pip, npm, git and Python all find the proxy. */
-                static const char *const vars[] = { "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy" };
-                char v[96];
-                for (size_t i = 0; i < ELEMENTSOF(vars); i++) {
-                        snprintf(v, sizeof(v), "%s=http://127.0.0.1:%u", vars[i], m->config->proxy_port);
-                        spec_add(&sp, "env", v);
-                }
-                spec_add(&sp, "env", "NO_PROXY=localhost,127.0.0.1,::1");
-                spec_add(&sp, "env", "no_proxy=localhost,127.0.0.1,::1");
-        }
-        snprintf(buf, sizeof(buf), "AGENTD_SANDBOX=%s", "1");
-        spec_add(&sp, "env", buf);
-        for (size_t i = 0; p->environment && p->environment[i]; i++)
-                spec_add(&sp, "env", p->environment[i]);
-        const msgpack_object *env = rpc_param(params, "env");
-        bool have_lang = false;
-        for (uint32_t i = 0; env && i < env->via.map.size; i++) {
-                const msgpack_object_kv *kv = &env->via.map.ptr[i];
-                char name[160];
-                if (kv->key.via.str.size >= sizeof(name)) {
-                        free(sp.buf);
-                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "environment variable name too long");
-                        return -EINVAL;
-                }
-                memcpy(name, kv->key.via.str.ptr, kv->key.via.str.size);
-                name[kv->key.via.str.size] = 0;
-                if (!env_name_valid(name)) {
-                        free(sp.buf);
-                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "invalid environment variable name '%.64s'", name);
-                        return -EINVAL;
-                }
-                if (!env_always_allowed(name) && !strv_contains(p->pass_environment, name)) {
-                        free(sp.buf);
-                        rpc_error_set(err, RPC_E_POLICY_DENIED,
-                                      "environment variable %s is not allowed by task '%s' (add it to PassEnvironment=)", name, p->name);
-                        return -EPERM;
-                }
-                if (kv->val.via.str.size > 32768) {
-                        free(sp.buf);
-                        rpc_error_set(err, RPC_E_LIMIT_EXCEEDED, "environment variable %s is longer than 32768 bytes", name);
-                        return -E2BIG;
-                }
-                if (streq(name, "LANG"))
-                        have_lang = true;
-                _cleanup_free_ char *kvs = NULL;
-                if (asprintf(&kvs, "%s=%.*s", name, (int) kv->val.via.str.size, kv->val.via.str.ptr) < 0) {
-                        free(sp.buf);
-                        return -ENOMEM;
-                }
-                spec_add(&sp, "env", kvs);
-        }
-        if (!have_lang)
-                spec_add(&sp, "env", "LANG=C.UTF-8");
-
-        /* Seccomp program for the task's profile, built once. */
-        const void *bpf = NULL;
-        size_t bpf_len = 0;
-        _cleanup_free_ char *bpf_error = NULL;
-        bool seccomp_on = task_policy_seccomp_enabled(p);
-        r = seccomp_on ? get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error) : 0;
-        if (r < 0) {
-                free(sp.buf);
-                rpc_error_set(err, RPC_E_POLICY_DENIED, "task '%s': seccomp profile %s: %s", p->name,
-                              p->seccomp ? p->seccomp : "default", bpf_error ? bpf_error : strerror(-r));
-                return r;
-        }
-
-        /* Found once at start (sandboxes_init), like the zygote that runs it. */
-        const char *helper = m->sandbox_helper;
-        if (!helper) {
-                free(sp.buf);
-                rpc_error_set(err, RPC_E_INTERNAL, "the sandbox helper agentd-sandbox is not installed");
-                return -ENOENT;
-        }
-
-        if (attach) {
-                for (int i = 0; i < 3; i++)
-                        client_fds[i] = TAKE_FD(req->client_fds[i]);
-                if (client_fds[2] < 0) {
-                        for (int i = 0; i < 3; i++)
-                                safe_close(client_fds[i]);
-                        free(sp.buf);
-                        rpc_error_set(err, RPC_E_INVALID_PARAMS, "'attach' needs stdin, stdout and stderr sent with the request (SCM_RIGHTS)");
-                        return -EINVAL;
-                }
-                for (int i = 1; i < 3; i++) {
-                        r = client_fd_check(client_fds[i], i == 1 ? "stdout" : "stderr", err);
-                        if (r < 0) {
-                                for (int j = 0; j < 3; j++)
-                                        safe_close(client_fds[j]);
-                                free(sp.buf);
-                                return r;
-                        }
-                }
-        }
-
-        warm_sandbox *warm = NULL;
-        bool from_pool = false;
-        sandbox *s = sandbox_alloc(m);
-        if (!s) {
-                free(sp.buf);
-                return -ENOMEM;
-        }
-        snprintf(s->id, sizeof(s->id), "%s", req->id);
-        /* A warm sandbox of this task as it is now (pool.c): cgroup and hands are ready. */
-        warm = pool_take(m, p);
-        s->workspace_mode = (int) p->workspace;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        s->started_ns = (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-        s->task = strdup(p->name);
-        s->workspace = workspace ? strdup(workspace) : strdup("");
-        s->argv = TAKE_PTR(argv);
-        s->tty = tty;
-        s->started_at = now_realtime_msec();
-        s->timeout_ms = p->timeout_usec / 1000;
-        s->state = SANDBOX_STARTING;
-
-        int spec_fd = -1, bpf_fd = -1, cg_fd = -1, status_pair[2] = { -1, -1 }, outp[2][2] = { { -1, -1 }, { -1, -1 } };
-        int devnull = -1, stdin_fd = -1;
-        char *error_text = NULL;
-        rpc_error_code error_code = RPC_E_INTERNAL;
-
-#define FAIL(code, ...)                                                  \
-        do {                                                             \
-                error_code = code;                                       \
-                if (asprintf(&error_text, __VA_ARGS__) < 0)              \
-                        error_text = NULL;                               \
-                goto fail;                                               \
-        } while (0)
-
-        char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/sandboxes", m->config->state_directory);
-        if ((r = mkdir_private(path)) < 0)
-                FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
-        if (asprintf(&s->dir, "%s/sandboxes/%s", m->config->state_directory, s->id) < 0)
-                FAIL(RPC_E_INTERNAL, "out of memory");
-        if (mkdir(s->dir, 0700) < 0)
-                FAIL(RPC_E_INTERNAL, "cannot create %s: %s", s->dir, strerror(errno));
-        /* The record exists before anything runs: a sandbox that could not be
-         * recorded would be unknown after a crash, so it is not started. */
-        if ((r = sandbox_save_meta(s)) < 0)
-                FAIL(RPC_E_BACKEND_UNAVAILABLE, "cannot write the sandbox's record in %s: %s", s->dir, strerror(-r));
-        if (req->creds) {
-                snprintf(path, sizeof(path), "%s/broker.sock", s->dir);
-                if ((r = server_listen_sandbox(m, s->id, path, &s->broker_listener)) < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox's broker socket: %s", strerror(-r));
-                spec_add(&sp, "broker_socket", path);
-        }
-        if (p->network == NETWORK_PROXY) {
-                snprintf(path, sizeof(path), "%s/proxy.sock", s->dir);
-                if ((r = netproxy_add_sandbox(m->proxy, s->id, p->name, p->allow, p->n_allow, path)) < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox's egress proxy socket: %s", strerror(-r));
-                s->proxied = true;
-                if (p->ask && (r = netproxy_set_ask(m->proxy, s->id, p->ask_timeout_usec / 1000)) < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot set up Network.Ask for the sandbox: %s", strerror(-r));
-                spec_add(&sp, "proxy_socket", path);
-                spec_add_int(&sp, "proxy_port", (long) m->config->proxy_port);
-        }
-        if (p->workspace == WORKSPACE_OVERLAY) {
-                snprintf(path, sizeof(path), "%s/upper", s->dir);
-                if ((r = mkdir_private(path)) < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
-                spec_add(&sp, "upper", path);
-                if (p->change_max != POLICY_INFINITY &&
-                    (r = change_watch_start(m->loop, path, p->change_max, on_change_max, s, &s->change_watch)) < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot watch ChangeMax=: %s", strerror(-r));
-                snprintf(path, sizeof(path), "%s/work", s->dir);
-                if ((r = mkdir_private(path)) < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(-r));
-                spec_add(&sp, "work", path);
-        }
-        static const char *const ws_modes[] = { [WORKSPACE_OVERLAY] = "overlay", [WORKSPACE_RO] = "ro", [WORKSPACE_RW] = "rw", [WORKSPACE_NONE] = "none" };
-        spec_add(&sp, "workspace_mode", ws_modes[p->workspace]);
-        if (workspace)
-                spec_add(&sp, "workspace", workspace);
-        spec_add_path(&sp, "home", m->home);
-        for (size_t i = 0; p->read_only_paths && p->read_only_paths[i]; i++)
-                spec_add_path(&sp, "ro", p->read_only_paths[i]);
-        for (size_t i = 0; p->writable_paths && p->writable_paths[i]; i++)
-                spec_add_path(&sp, "rw", p->writable_paths[i]);
-        for (size_t i = 0; p->hide_paths && p->hide_paths[i]; i++)
-                spec_add_path(&sp, "hide", p->hide_paths[i]);
-        for (size_t i = 0; agentd_hides && agentd_hides[i]; i++)
-                spec_add(&sp, "hide", agentd_hides[i]);
-        /* Bounded tmpfs mounts (0: the task said infinity), and the pids bound
-         * that holds without a cgroup: TasksMax, plus the hands (counted there too). */
-        spec_add_int(&sp, "tmp_size", p->tmp_size == POLICY_INFINITY ? 0 : (long) p->tmp_size);
-        spec_add_int(&sp, "shm_size", p->shm_size == POLICY_INFINITY ? 0 : (long) p->shm_size);
-        spec_add_int(&sp, "home_size", p->home_size == POLICY_INFINITY ? 0 : (long) p->home_size);
-        if (p->tasks_max != POLICY_INFINITY)
-                spec_add_int(&sp, "nproc", (long) (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
-        for (size_t i = 0; lp.ro && lp.ro[i]; i++)
-                spec_add(&sp, "ro", lp.ro[i]);
-        if (lp.cow) {
-                if ((r = laptop_make_cow_dirs(s->dir, strv_length(lp.cow))) < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot create the cache layers in %s: %s", s->dir, strerror(-r));
-                snprintf(path, sizeof(path), "%s/cow", s->dir);
-                spec_add(&sp, "cow_dir", path);
-        }
-        for (size_t i = 0; lp.cow && lp.cow[i]; i++)
-                spec_add(&sp, "cow", lp.cow[i]);
-        for (size_t i = 0; lp.hide && lp.hide[i]; i++)
-                spec_add(&sp, "hide", lp.hide[i]);
-        if (lp.agentctl)
-                spec_add(&sp, "agentctl", lp.agentctl);
-        if (laptop_group_note(workspace, p->workspace == WORKSPACE_OVERLAY, &s->workspace_note) < 0)
-                FAIL(RPC_E_INTERNAL, "out of memory");
-        if (s->workspace_note)
-                log_notice("sandbox %s: %s", s->id, s->workspace_note);
-        spec_add(&sp, "hostname", "agentd");
-        spec_add(&sp, "landlock", p->landlock ? "1" : "0");
-        if (tty)
-                spec_add(&sp, "tty", "1");
-        if (umask_param) {
-                /* Files the command creates get the caller's umask, not agentd's (the unit's UMask=0077). */
-                snprintf(buf, sizeof(buf), "%03llo", (unsigned long long) umask_param->via.u64);
-                spec_add(&sp, "umask", buf);
-        }
-
-        for (int i = 0; i < 2; i++) {
-                snprintf(path, sizeof(path), "%s/%s.log", s->dir, s->out[i].name);
-                s->out[i].log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-                if (s->out[i].log_fd < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot create %s: %s", path, strerror(errno));
-        }
-
-        if (warm && warm->cgroup) {
-                s->cgroup = TAKE_PTR(warm->cgroup);
-                cg_fd = TAKE_FD(warm->cg_fd);
-                s->limits_note = TAKE_PTR(warm->limits_note);
-                r = spawn_limits_check(m, p, warm->unenforced, NULL, &s->limits_note, &error_text);
-        } else if (m->cgroup_root) {
-                cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
-                                      .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
-                r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &cg_fd, &s->limits_note);
-                if (r < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot create the sandbox cgroup: %s", strerror(-r));
-                r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &error_text);
-        } else
-                r = spawn_limits_check(m, p, task_limits_asked(p), m->cgroup_status ? m->cgroup_status : "unavailable",
-                                       &s->limits_note, &error_text);
-        if (r < 0) {
-                error_code = RPC_E_BACKEND_UNAVAILABLE;
-                goto fail;
-        }
-
-        /* Fixed child fd numbers: 3 spec, 4 status, 5 seccomp (or /dev/null), 6 cgroup. */
-        spec_add_int(&sp, "status_fd", 4);
-        if (seccomp_on) {
-                bpf_fd = memfd_with("agentd-seccomp", bpf, bpf_len);
-                if (bpf_fd < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot pass the seccomp program: %s", strerror(-bpf_fd));
-                spec_add_int(&sp, "seccomp_fd", 5);
-        } else
-                spec_add(&sp, "unsafe_no_seccomp", "1"); /* the task said Seccomp=off; task show lists it */
-        if (cg_fd >= 0)
-                spec_add_int(&sp, "cgroup_fd", 6);
-        if (sp.oom)
-                FAIL(RPC_E_INTERNAL, "out of memory");
-        spec_fd = memfd_with("agentd-spec", sp.buf, sp.len);
-        if (spec_fd < 0)
-                FAIL(RPC_E_INTERNAL, "cannot pass the sandbox spec: %s", strerror(-spec_fd));
-
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, status_pair) < 0)
-                FAIL(RPC_E_INTERNAL, "socketpair: %s", strerror(errno));
-        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (devnull < 0)
-                FAIL(RPC_E_INTERNAL, "/dev/null: %s", strerror(errno));
-        if (!tty)
-                for (int i = 0; i < 2; i++)
-                        if (pipe2(outp[i], O_CLOEXEC) < 0)
-                                FAIL(RPC_E_INTERNAL, "pipe: %s", strerror(errno));
-
-        /* The caller's stdin reaches the sandbox through our pipe, never as its own open file. */
-        if (attach && (r = stdin_relay_start(m->loop, TAKE_FD(client_fds[0]), &stdin_fd, &s->stdin_relay)) < 0)
-                FAIL(r == -EINVAL ? RPC_E_INVALID_PARAMS : RPC_E_INTERNAL, "cannot relay stdin: %s",
-                     r == -EINVAL ? "it is neither a file, a pipe, a socket nor a terminal" : strerror(-r));
-        int src[7] = {
-                attach ? stdin_fd : devnull,
-                tty ? devnull : outp[0][1],
-                tty ? devnull : outp[1][1],
-                spec_fd, status_pair[1], bpf_fd >= 0 ? bpf_fd : devnull, cg_fd,
-        };
-        int nfds = cg_fd >= 0 ? 7 : 6;
-        pid_t pid;
-        if (warm) {
-                /* One message: the warm init mounts the user's paths, pivots, confines and execs. */
-                r = pool_attach(warm, src, spec_fd, status_pair[1]);
-                if (r < 0)
-                        FAIL(RPC_E_INTERNAL, "cannot attach to a warm sandbox: %s", strerror(-r));
-                pid = warm->pid;
-                s->helper_pid = pid;
-                s->helper_pidfd = TAKE_FD(warm->pidfd);
-                warm_sandbox_drop(m, TAKE_PTR(warm));
-                from_pool = true;
-                goto started;
-        }
-        r = zygote_spawn(m, helper, src, nfds, &pid);
+int sandbox_helper_start(manager *m, const char *helper, const int *src, int n, pid_t *ret_pid) {
+        int r = zygote_spawn(m, helper, src, n, ret_pid);
         if (r == -ENOTCONN) {
                 char *hargv[] = { (char *) "agentd-sandbox", (char *) "--spec-fd", (char *) "3", NULL };
-                r = helper_spawn(helper, hargv, src, nfds, &pid);
+                r = helper_spawn(helper, hargv, src, n, ret_pid);
         }
-        if (r < 0)
-                FAIL(RPC_E_INTERNAL, "cannot start %s: %s", helper, strerror(-r));
-        s->helper_pid = pid;
-        s->helper_pidfd = pidfd_open_(pid);
-        if (s->helper_pidfd < 0) {
-                kill(pid, SIGKILL);
-                waitpid(pid, NULL, 0);
-                FAIL(RPC_E_INTERNAL, "pidfd_open: %s", strerror(errno));
-        }
+        return r;
+}
 
-started:
-        /* The parent keeps only its ends. */
-        spec_fd = safe_close(spec_fd);
-        bpf_fd = safe_close(bpf_fd);
-        cg_fd = safe_close(cg_fd);
-        devnull = safe_close(devnull);
-        status_pair[1] = safe_close(status_pair[1]);
-        stdin_fd = safe_close(stdin_fd);
-        s->status_fd = TAKE_FD(status_pair[0]);
-        free(sp.buf);
-        sp.buf = NULL;
+int sandbox_pidfd_open(pid_t pid) {
+        return pidfd_open_(pid);
+}
 
+void sandbox_watch(sandbox *s, const int pipe_fds[2], int client_fds[2]) {
+        manager *m = s->m;
         uv_poll_init(m->loop, &s->helper_poll, s->helper_pidfd);
         s->helper_poll_init = true;
         uv_poll_start(&s->helper_poll, UV_READABLE, on_helper_exit);
         uv_poll_init(m->loop, &s->status_poll, s->status_fd);
         s->status_poll_init = true;
         uv_poll_start(&s->status_poll, UV_READABLE, on_status_readable);
-        for (int i = 0; i < 2 && !tty; i++) {
+        for (int i = 0; i < 2 && pipe_fds[i] >= 0; i++) {
                 output_stream *o = &s->out[i];
-                safe_close(outp[i][1]);
-                o->pipe_fd = outp[i][0];
+                o->pipe_fd = pipe_fds[i];
                 fcntl(o->pipe_fd, F_SETFL, O_NONBLOCK);
                 uv_poll_init(m->loop, &o->pipe_poll, o->pipe_fd);
                 o->pipe_poll_init = true;
-                if (attach) {
-                        int cfd = TAKE_FD(client_fds[1 + i]);
-                        if (client_fd_prepare(o, cfd) < 0)
-                                log_warning("sandbox %s: cannot attach %s: %m", s->id, o->name);
-                }
+                if (client_fds[i] >= 0 && client_fd_prepare(o, TAKE_FD(client_fds[i])) < 0)
+                        log_warning("sandbox %s: cannot attach %s: %m", s->id, o->name);
                 stream_update(o);
         }
-        for (int i = 0; i < 3; i++)
-                safe_close(client_fds[i]);
-        if (attach || tty)
-                s->owner = connection_ref(req->call->conn);
-
-        (void) sandbox_save_meta(s);
-        list_add_tail(&m->sandboxes, &s->link);
-        m->n_sandboxes++;
-        m->n_sandboxes_live++;
-        s->spawn_call = TAKE_PTR(req->call);
-        s->creds = TAKE_PTR(req->creds);
-        log_sandbox(LOG_INFO, s->id, s->task, "spawn", "sandbox %s: spawned task %s in %s (helper pid %d%s)", s->id, s->task, s->workspace, (int) pid,
-                    from_pool ? ", warm" : "");
-        {
-                /* What ran, where, under which exact policy (hash of its canonical form). */
-                json_object *ev = json_object_new_object();
-                _cleanup_free_ char *canon = task_policy_canonical(p);
-                unsigned char dg[32];
-                char hexd[65] = "";
-                unsigned int dl = 0;
-                if (canon && EVP_Digest(canon, strlen(canon), dg, &dl, EVP_sha256(), NULL) == 1)
-                        for (unsigned i = 0; i < 32; i++)
-                                sprintf(hexd + 2 * i, "%02x", dg[i]);
-                json_object_object_add(ev, "task", json_object_new_string(s->task));
-                json_object_object_add(ev, "policy_sha256", json_object_new_string(hexd));
-                json_object_object_add(ev, "policy_source", json_object_new_string(p->source));
-                json_object *av = json_object_new_array();
-                for (size_t i = 0; s->argv && s->argv[i]; i++)
-                        json_object_array_add(av, json_object_new_string(s->argv[i]));
-                json_object_object_add(ev, "argv", av);
-                json_object_object_add(ev, "workspace", json_object_new_string(s->workspace));
-                _cleanup_strv_free_ char **caps = task_policy_capabilities(p);
-                json_object *cv = json_object_new_array();
-                for (size_t i = 0; caps && caps[i]; i++)
-                        json_object_array_add(cv, json_object_new_string(caps[i]));
-                json_object_object_add(ev, "capabilities", cv);
-                json_object_object_add(ev, "attached", json_object_new_boolean(attach || tty));
-                report_annotate_spawn(ev, s, params, p);
-                audit_event(m, "sandbox.spawn", s->id, ev);
-        }
-        pool_refill_later(m, p);
-        return 0;
-
-fail:
-        warm_sandbox_drop(m, warm);
-        safe_close(spec_fd);
-        safe_close(bpf_fd);
-        safe_close(cg_fd);
-        safe_close(devnull);
-        safe_close(stdin_fd);
-        safe_close(status_pair[0]);
-        safe_close(status_pair[1]);
-        for (int i = 0; i < 2; i++) {
-                safe_close(outp[i][0]);
-                safe_close(outp[i][1]);
-        }
-        for (int i = 0; i < 3; i++)
-                safe_close(client_fds[i]);
-        free(sp.buf);
-        if (s->cgroup)
-                (void) cgroup_remove(s->cgroup);
-        server_close_sandbox(s->broker_listener);
-        if (s->proxied)
-                netproxy_remove_sandbox(m->proxy, s->id);
-        if (s->dir) {
-                /* Nothing ran: without its record the directory is swept at the next start. */
-                snprintf(path, sizeof(path), "%s/meta.json", s->dir);
-                (void) unlink(path);
-        }
-        rpc_error_set(err, error_code, "%s", error_text ? error_text : "sandbox setup failed");
-        log_error("sandbox %s: %s", s->id, error_text ? error_text : "setup failed");
-        free(error_text);
-        sandbox_free(s);
-        return -EIO;
-#undef FAIL
 }
 
-static void on_creds_issued(sandbox_creds *creds, const char *error, void *userdata) {
-        spawn_request *req = userdata;
-        if (!creds) {
-                char msg[800];
-                snprintf(msg, sizeof(msg), "cannot issue this sandbox's credentials: %s", error ? error : "unknown error");
-                rpc_call_error(req->call, RPC_E_BACKEND_UNAVAILABLE, msg);
-                spawn_request_free(req);
-                return;
+/* ---- sandbox.spawn: the params, then spawn.c ------------------------------------ */
+
+static int spawn_params_parse(rpc_ctx *ctx, spawn_params *ret) {
+        const msgpack_object *params = ctx->params;
+        ret->task = rpc_param_strdup(params, "task");
+        ret->workspace = rpc_param_strdup(params, "workspace");
+        if (!ret->workspace && ctx->conn->peer.pid > 0) {
+                /* CONTRACT §3: the default is the caller's working directory. */
+                char link[64], cwd[PATH_MAX];
+                snprintf(link, sizeof(link), "/proc/%d/cwd", (int) ctx->conn->peer.pid);
+                ssize_t n = readlink(link, cwd, sizeof(cwd) - 1);
+                if (n > 0) {
+                        cwd[n] = 0;
+                        ret->workspace = strdup(cwd);
+                }
         }
-        req->creds = creds;
-        msgpack_unpacked u;
-        msgpack_unpacked_init(&u);
-        size_t off = 0;
-        rpc_error err = { 0 };
-        int r = -EINVAL;
-        if (msgpack_unpack_next(&u, req->params.data, req->params.size, &off) == MSGPACK_UNPACK_SUCCESS)
-                r = spawn_impl(req, &u.data, &err);
-        msgpack_unpacked_destroy(&u);
-        if (r < 0) {
-                if (req->creds)
-                        broker_release(req->m, TAKE_PTR(req->creds));
-                if (req->call)
-                        rpc_call_error(req->call, err.message[0] ? err.code : RPC_E_INTERNAL,
-                                       err.message[0] ? err.message : "spawn failed");
-                req->call = NULL;
+        ret->argv = rpc_param_strv(params, "argv");
+        ret->path = rpc_param_strdup(params, "path");
+        ret->tty = rpc_param_bool(params, "tty", false);
+        ret->attach = rpc_param_bool(params, "attach", false);
+        const msgpack_object *umask_param = rpc_param(params, "umask");
+        if (umask_param) {
+                ret->has_umask = true;
+                ret->umask = umask_param->via.u64;
         }
-        spawn_request_free(req);
+        const msgpack_object *env = rpc_param(params, "env");
+        if (env && env->via.map.size > 0) {
+                ret->env = calloc(env->via.map.size, sizeof(spawn_env));
+                if (!ret->env)
+                        return -ENOMEM;
+                for (uint32_t i = 0; i < env->via.map.size; i++) {
+                        const msgpack_object_kv *kv = &env->via.map.ptr[i];
+                        spawn_env *e = &ret->env[ret->n_env++];
+                        e->name = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
+                        e->value = strndup(kv->val.via.str.ptr, kv->val.via.str.size);
+                        e->name_size = kv->key.via.str.size;
+                        e->value_size = kv->val.via.str.size;
+                        if (!e->name || !e->value)
+                                return -ENOMEM;
+                }
+        }
+        if (ret->attach)
+                for (int i = 0; i < 3; i++)
+                        ret->client_fds[i] = connection_take_fd(ctx->conn);
+        return 0;
 }
 
 int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
-        manager *m = ctx->m;
-        spawn_request *req = calloc(1, sizeof(*req));
-        if (!req)
-                return -ENOMEM;
-        req->m = m;
-        req->client_fds[0] = req->client_fds[1] = req->client_fds[2] = -1;
-        msgpack_sbuffer_init(&req->params);
-        make_id(req->id);
-        if (rpc_param_bool(ctx->params, "attach", false))
-                for (int i = 0; i < 3; i++)
-                        req->client_fds[i] = connection_take_fd(ctx->conn);
-
-        _cleanup_free_ char *task_name = rpc_param_strdup(ctx->params, "task");
-        const task_policy *p = policy_registry_find(m->tasks, task_name ? task_name : "default");
-        if (p && p->vault_policies && p->vault_policies[0] && !m->locked_down) {
-                const char *why = broker_unavailable_reason(m);
-                if (why) {
-                        rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' needs Vault credentials (VaultPolicies=%s): %s",
-                                      p->name, p->vault_policies[0], why);
-                        spawn_request_free(req);
-                        return -EOPNOTSUPP;
-                }
-                msgpack_packer pk;
-                msgpack_packer_init(&pk, &req->params, msgpack_sbuffer_write);
-                if (ctx->params)
-                        msgpack_pack_object(&pk, *ctx->params);
-                else
-                        msgpack_pack_map(&pk, 0);
-                req->call = rpc_ctx_defer(ctx);
-                int r = req->call ? broker_issue(m, req->id, p->name, p->vault_policies, p->token_ttl_usec, on_creds_issued, req)
-                                  : -ENOMEM;
-                if (r < 0) {
-                        rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "cannot issue credentials: %s", strerror(-r));
-                        req->call = NULL; /* dispatch answers through ctx->async */
-                        spawn_request_free(req);
-                        return r;
-                }
-                return 0;
+        spawn_params params = SPAWN_PARAMS_INIT;
+        int r = spawn_params_parse(ctx, &params);
+        if (r < 0) {
+                spawn_params_done(&params);
+                return r;
         }
-        req->call = rpc_ctx_defer(ctx);
-        if (!req->call) {
-                spawn_request_free(req);
-                return -ENOMEM;
-        }
-        int r = spawn_impl(req, ctx->params, err);
-        if (r < 0)
-                req->call = NULL; /* dispatch answers the error through ctx->async */
-        spawn_request_free(req);
-        return r;
+        return sandbox_spawn(ctx, &params, err);
 }
 
 /* ---- warm sandboxes (pool.c) --------------------------------------------------- */
 
-void sandbox_make_id(char out[16]) {
-        make_id(out);
-}
-
-/* The task's part of a spawn's spec (what helper/warm.c applies before the
- * attach and checks the spawn's spec against), the seccomp program, the
- * cgroup, a control socket: a hands started with ZYGOTE_WARM. */
-int sandbox_start_warm(manager *m, const task_policy *p, const char *id, warm_sandbox *w) {
-        _cleanup_close_ int spec_fd = -1, bpf_fd = -1, cg_fd = -1, devnull = -1, theirs = -1, ours = -1;
-        _cleanup_free_ char *bpf_error = NULL, *cgroup = NULL, *note = NULL;
-        const void *bpf = NULL;
-        size_t bpf_len = 0;
-        unsigned unenforced = 0;
-        spec sp = { 0 };
-        int pair[2], r;
-        pid_t pid;
-
-        if (!m->sandbox_helper)
-                return -ENOENT;
-        if (task_policy_seccomp_enabled(p)) {
-                r = get_bpf(p->seccomp ? p->seccomp : "default", &bpf, &bpf_len, &bpf_error);
-                if (r < 0)
-                        return r;
-                bpf_fd = memfd_with("agentd-seccomp", bpf, bpf_len);
-                if (bpf_fd < 0)
-                        return bpf_fd;
+/* sandbox_helper_start for a warm sandbox: the zygote's ZYGOTE_WARM, or --warm. */
+int sandbox_helper_start_warm(manager *m, const char *helper, const int *src, int n, pid_t *ret_pid) {
+        int r = zygote_spawn_flags(m, helper, src, n, ZYGOTE_WARM, ret_pid);
+        if (r == -ENOTCONN) {
+                char *hargv[] = { (char *) "agentd-sandbox", (char *) "--warm", (char *) "--spec-fd", (char *) "3", NULL };
+                r = helper_spawn(helper, hargv, src, n, ret_pid);
         }
-        if (m->cgroup_root) {
-                cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
-                                      .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
-                r = cgroup_create_sandbox(m, id, &lim, &cgroup, &cg_fd, &note);
-                if (r < 0)
-                        return r;
-                unenforced = lim.unenforced;
-        }
-        spec_add(&sp, "arg", "/bin/false"); /* never run: the spawn's argv comes with the attach */
-        spec_add(&sp, "workspace_mode", "none");
-        spec_add_int(&sp, "tmp_size", p->tmp_size == POLICY_INFINITY ? 0 : (long) p->tmp_size);
-        spec_add_int(&sp, "shm_size", p->shm_size == POLICY_INFINITY ? 0 : (long) p->shm_size);
-        if (p->tasks_max != POLICY_INFINITY)
-                spec_add_int(&sp, "nproc", (long) (p->tasks_max ? p->tasks_max : SANDBOX_DEFAULT_NPROC) + 1);
-        spec_add(&sp, "hostname", "agentd");
-        spec_add_int(&sp, "status_fd", 4);
-        if (bpf_fd >= 0)
-                spec_add_int(&sp, "seccomp_fd", 5);
-        else
-                spec_add(&sp, "unsafe_no_seccomp", "1");
-        if (cg_fd >= 0)
-                spec_add_int(&sp, "cgroup_fd", 6);
-        spec_fd = sp.oom ? -ENOMEM : memfd_with("agentd-spec", sp.buf, sp.len);
-        free(sp.buf);
-        if (spec_fd < 0)
-                r = spec_fd;
-        else if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
-                r = -errno;
-        else {
-                ours = pair[0];
-                theirs = pair[1];
-                devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-                r = devnull < 0 ? -errno : 0;
-        }
-        if (r >= 0) {
-                int src[7] = { devnull, devnull, devnull, spec_fd, theirs, bpf_fd >= 0 ? bpf_fd : devnull, cg_fd };
-                int n = cg_fd >= 0 ? 7 : 6;
-                r = zygote_spawn_flags(m, m->sandbox_helper, src, n, ZYGOTE_WARM, &pid);
-                if (r == -ENOTCONN) {
-                        char *hargv[] = { (char *) "agentd-sandbox", (char *) "--warm", (char *) "--spec-fd", (char *) "3", NULL };
-                        r = helper_spawn(m->sandbox_helper, hargv, src, n, &pid);
-                }
-        }
-        if (r >= 0) {
-                w->pidfd = pidfd_open_(pid);
-                if (w->pidfd < 0) {
-                        r = -errno;
-                        kill(pid, SIGKILL);
-                        waitpid(pid, NULL, 0);
-                }
-        }
-        if (r < 0) {
-                if (cgroup)
-                        (void) cgroup_remove(cgroup);
-                return r;
-        }
-        w->pid = pid;
-        w->control = TAKE_FD(ours);
-        w->cg_fd = TAKE_FD(cg_fd);
-        w->cgroup = TAKE_PTR(cgroup);
-        w->limits_note = TAKE_PTR(note);
-        w->unenforced = unenforced;
-        return 0;
+        return r;
 }
 
 /* ---- the other methods ---------------------------------------------------------- */
@@ -2473,5 +1632,5 @@ void sandboxes_free(manager *m) {
         free(m->cgroup_status);
         free(m->cgroup_controllers);
         m->cgroup_root = m->cgroup_status = m->cgroup_controllers = NULL;
-        bpf_cache_free();
+        spawn_cache_free();
 }
