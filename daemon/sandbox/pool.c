@@ -56,7 +56,11 @@ static int mountinfo_fd = -1;
 static bool pool_up;
 
 unsigned pool_count(void) {
-        return n_entries;
+        unsigned n = 0;
+        list_head *pos, *tmp;
+        list_for_each_safe(pos, tmp, &entries)
+                n += container_of(pos, warm_entry, link)->state == WARM_READY;
+        return n;
 }
 
 static void entry_free(warm_entry *e) {
@@ -383,6 +387,10 @@ int pool_init(manager *m) {
                 return 0;
         }
         pool_up = true;
+        /* The default task's pool fills right away; any other's after its first spawn. */
+        const task_policy *p = policy_registry_find(m->tasks, "default");
+        if (p && m->config->warm_sandboxes > 0)
+                pool_refill_later(m, p);
         return 0;
 }
 

@@ -47,7 +47,7 @@ void pool_refill_later(manager *m, const task_policy *p);
 /* Empties every pool (reload, mount table change, revoke --all, lockdown, stop). */
 void pool_drain(manager *m, const char *why);
 
-/* Warm sandboxes alive (ready or getting warm), for status. */
+/* Warm sandboxes ready for a spawn (agentd.status "warm_sandboxes"). */
 unsigned pool_count(void);
 
 /* spawn.c: starts a warm hands for task p (its cgroup sb-<id>) from the
