@@ -158,6 +158,12 @@ static void on_warm_control(uv_poll_t *h, int status, int events) {
         entry_end(e);
 }
 
+static unsigned task_count(const char *task);
+
+unsigned pool_count_task(const char *task) {
+        return task_count(task);
+}
+
 static unsigned task_count(const char *task) {
         unsigned n = 0;
         list_head *pos, *tmp;
@@ -317,13 +323,13 @@ static void on_refill(uv_timer_t *t) {
         uv_close((uv_handle_t *) t, refill_closed);
 }
 
-void pool_refill_later(manager *m, const task_policy *p) {
+void pool_refill_later(manager *m, const char *task) {
         refill *rf;
 
-        if (!pool_up || m->config->warm_sandboxes == 0 || task_count(p->name) >= m->config->warm_sandboxes)
+        if (!pool_up || m->config->warm_sandboxes == 0 || !task || task_count(task) >= m->config->warm_sandboxes)
                 return;
         rf = calloc(1, sizeof(*rf));
-        if (!rf || !(rf->task = strdup(p->name))) {
+        if (!rf || !(rf->task = strdup(task))) {
                 free(rf);
                 return;
         }
@@ -390,7 +396,7 @@ int pool_init(manager *m) {
         /* The default task's pool fills right away; any other's after its first spawn. */
         const task_policy *p = policy_registry_find(m->tasks, "default");
         if (p && m->config->warm_sandboxes > 0)
-                pool_refill_later(m, p);
+                pool_refill_later(m, p->name);
         return 0;
 }
 

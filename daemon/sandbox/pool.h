@@ -41,8 +41,14 @@ int pool_attach(warm_sandbox *w, const int stdio[3], int spec_fd, int status_fd)
  * reaps it) and frees w. Accepts NULL. */
 void warm_sandbox_drop(manager *m, warm_sandbox *w);
 
-/* Fills task p's pool up to WarmSandboxes= on a later loop iteration. */
-void pool_refill_later(manager *m, const task_policy *p);
+/* Fills the task's pool up to WarmSandboxes= on a later loop iteration (the
+ * task as the registry has it then). Called when a sandbox reports its exit,
+ * after that iteration's replies; and by a spawn that left its task's pool
+ * empty, so a burst does not starve. */
+void pool_refill_later(manager *m, const char *task);
+
+/* Warm sandboxes of the task, ready or getting warm. */
+unsigned pool_count_task(const char *task);
 
 /* Empties every pool (reload, mount table change, revoke --all, lockdown, stop). */
 void pool_drain(manager *m, const char *why);

@@ -890,6 +890,8 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
                 s->exit_code = 128 + s->exit_signal;
         } else
                 log_warning("sandbox %s: unexpected message from the helper: %.100s", s->id, line);
+        if (s->have_exit)
+                pool_refill_later(s->m, s->task); /* its task's warm sandboxes, after this iteration's replies */
         safe_close(fd);
 }
 

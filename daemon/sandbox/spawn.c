@@ -1110,7 +1110,9 @@ static int spawn_run(manager *m, spawn_params *in, const task_policy *p, sandbox
         if (r >= 0) {
                 *creds = NULL;
                 *call = NULL;
-                pool_refill_later(m, p); /* on a later loop iteration */
+                /* Off this spawn's path: when it exits (sandbox.c), unless it took the last one. */
+                if (!c.from_pool || pool_count_task(p->name) == 0)
+                        pool_refill_later(m, p->name);
         }
         spawn_ctx_done(&c);
         return r;
