@@ -106,5 +106,20 @@ def test_revoke_all_drains_the_pool():
         assert "warm sandbox" in d.read_log() and "revoke --all: lockdown" in d.read_log(), d.read_log()[-2000:]
 
 
+def test_idle_warm_sandboxes_are_dropped():
+    """WarmIdleSec=: an unused warm sandbox goes (agentd.status warm_sandboxes
+    falls to 0, its hands and cgroup with it), and the next spawn is cold."""
+    with Daemon(config="[Pool]\nWarmSandboxes=1\nWarmIdleSec=1\n") as d:
+        c = d.client()
+        assert c.ok("agentd.status")["warm_sandboxes"] == 1  # the default task's, filled at start
+        deadline = time.time() + 10
+        while c.ok("agentd.status")["warm_sandboxes"] != 0 and time.time() < deadline:
+            time.sleep(0.1)
+        assert c.ok("agentd.status")["warm_sandboxes"] == 0
+        ws = workspace(d, "ws")
+        d.agentctl("spawn", "--", "/bin/true", cwd=ws, check=0)
+        assert n_warm_spawns(d) == 0, d.read_log()
+
+
 if __name__ == "__main__":
     run_tests(globals())
