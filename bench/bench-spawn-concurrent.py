@@ -6,7 +6,8 @@ same run. Reports spawns/s and the p50/p95/p99 of one spawn, and the ratios.
 
 Rounds alternate agentd, bwrap, bwrap, agentd, ... (SPAWN_ROUNDS, default 4)
 and the results are pooled, so drift favours neither. Each round runs
-SPAWN_TOTAL (500) spawns. Prints numbers; passes or fails nothing. Run as root
+SPAWN_TOTAL (500) spawns. SPAWN_WARM=N: agentd keeps N warm sandboxes
+([Pool] WarmSandboxes=, at most 16). Prints numbers; passes or fails nothing. Run as root
 (re-executes itself as agentd-bench) or as any user."""
 import os
 import statistics
@@ -24,6 +25,7 @@ from benchutil import reexec_unprivileged  # noqa: E402
 CONC = int(os.environ.get("SPAWN_CONC", "50"))
 TOTAL = int(os.environ.get("SPAWN_TOTAL", "500"))
 ROUNDS = int(os.environ.get("SPAWN_ROUNDS", "4"))
+WARM = int(os.environ.get("SPAWN_WARM", "0"))
 BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev",
          "--proc", "/proc", "--tmpfs", "/tmp", "/bin/true"]
 
@@ -70,9 +72,9 @@ def round_of(argv, env):
 def main():
     sys.stdout.reconfigure(line_buffering=True)
     if os.geteuid() == 0:
-        reexec_unprivileged(__file__, keep_env=("SPAWN_CONC", "SPAWN_TOTAL", "SPAWN_ROUNDS"))
+        reexec_unprivileged(__file__, keep_env=("SPAWN_CONC", "SPAWN_TOTAL", "SPAWN_ROUNDS", "SPAWN_WARM"))
     from harness import AGENTCTL, Daemon  # noqa: E402
-    d = Daemon(config="[Daemon]\nMaxSandboxes=%d\n" % (CONC + 16))
+    d = Daemon(config="[Daemon]\nMaxSandboxes=%d\n" % (CONC + 16) + (f"[Pool]\nWarmSandboxes={WARM}\n" if WARM else ""))
     ws = tempfile.mkdtemp(prefix="agentd-conc-ws-")
     d.start()
     try:
@@ -81,7 +83,7 @@ def main():
         env["AGENTD_SOCKET"] = d.socket
         agentd = [AGENTCTL, "spawn", "--task", "default", "--workspace", ws, "--", "/bin/true"]
         print(f"bench-spawn-concurrent: {os.cpu_count()} cpus, {CONC} concurrent, {TOTAL} spawns per round, "
-              f"{ROUNDS} rounds, build {os.environ.get('AGENTD_BUILD')}")
+              f"{ROUNDS} rounds, warm sandboxes {WARM}, build {os.environ.get('AGENTD_BUILD')}")
         round_of(agentd, env)  # warm-up (not counted)
         res = {"agentd": [0.0, [], []], "bwrap": [0.0, [], []]}
         for r in range(ROUNDS):
@@ -101,6 +103,8 @@ def main():
             for f in sorted(set(fails))[:3]:
                 print(f"   failure: {f}")
         a, b = rows["agentd"], rows["bwrap"]
+        if WARM:
+            print(f"warm: {d.warm_spawns()} of {d.read_log().count(': spawned task ')} spawns ran in a warm sandbox")
         print(f"\nagentd/bwrap: spawns/s {a[0] / b[0]:.2f} (higher is better), p50 {a[1] / b[1]:.2f}, "
               f"p95 {a[2] / b[2]:.2f}, p99 {a[3] / b[3]:.2f} (lower is better)")
     finally:

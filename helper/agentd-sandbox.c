@@ -64,8 +64,7 @@ extern char **environ;
 
 static const int forwarded_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
 
-static int status_send(int fd, int passfd, const char *fmt, ...) _printf_(3, 4);
-static int status_send(int fd, int passfd, const char *fmt, ...) {
+int status_send(int fd, int passfd, const char *fmt, ...) {
         char buf[640];
         va_list ap;
         ssize_t k;
@@ -276,10 +275,11 @@ static int command_main(void *userdata) {
  * `parent` the moment it is reaped (the hands reports it right away, before
  * our own exit and the pid namespace teardown); a killed init is reported by
  * the hands from its wait status. */
-static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset_t *mask) {
+static _Noreturn void run_init(SandboxSpec *spec, int parent, const sigset_t *mask, bool warm) {
         _cleanup_close_ int master = -1, proxy_fd = -1, bridge_ready = -1;
         SandboxError err = {};
         pid_t host_pid = 0, cmd;
+        MountPlan *plan = NULL;
         int r;
 
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
@@ -288,18 +288,34 @@ static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset
         if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
                 fail(spec->status_fd, (sandbox_fail(&err, "init", -errno, "dumpable: %m"), &err), SANDBOX_EXIT_SETUP);
 
+        /* The task's part, which a warm sandbox does ahead of its spawn. */
+        r = mounts_plan_system(spec, &plan, &err);
+        if (r < 0)
+                fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+        if (sethostname(spec->hostname, strlen(spec->hostname)) < 0 || setdomainname("(none)", 6) < 0)
+                fail(spec->status_fd, (sandbox_fail(&err, "hostname", -errno, "%m"), &err), SANDBOX_EXIT_SETUP);
+        r = loopback_up(&err);
+        if (r < 0)
+                fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+        if (warm) {
+                _cleanup_free_ char *buf = NULL; /* never freed: the spec's strings live in it until exec */
+                size_t size;
+
+                if (recv(parent, &host_pid, sizeof(host_pid), 0) != sizeof(host_pid))
+                        _exit(SANDBOX_EXIT_SETUP);
+                r = warm_wait_attach(spec, &buf, &size, parent, host_pid, &err);
+                if (r < 0)
+                        fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
+                (void) TAKE_PTR(buf);
+        }
+
         /* The proxy's socket node, opened while the host's root is still ours. */
         if (spec->proxy_socket) {
                 proxy_fd = bridge_open_socket(spec, &err);
                 if (proxy_fd < 0)
                         fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
         }
-        r = mounts_build_root(spec, &err);
-        if (r < 0)
-                fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
-        if (sethostname(spec->hostname, strlen(spec->hostname)) < 0 || setdomainname("(none)", 6) < 0)
-                fail(spec->status_fd, (sandbox_fail(&err, "hostname", -errno, "%m"), &err), SANDBOX_EXIT_SETUP);
-        r = loopback_up(&err);
+        r = mounts_finish_root(spec, plan, &err);
         if (r < 0)
                 fail(spec->status_fd, &err, SANDBOX_EXIT_SETUP);
         if (proxy_fd >= 0) {
@@ -316,7 +332,7 @@ static _Noreturn void run_init(const SandboxSpec *spec, int parent, const sigset
         }
 
         /* The hands wrote our host pid right after clone3; EOF means it is gone. */
-        if (recv(parent, &host_pid, sizeof(host_pid), 0) != sizeof(host_pid))
+        if (!warm && recv(parent, &host_pid, sizeof(host_pid), 0) != sizeof(host_pid))
                 _exit(SANDBOX_EXIT_SETUP);
 
         if (bridge_ready >= 0) {
@@ -447,12 +463,16 @@ static int wait_init(pid_t pid, int sock, const sigset_t *mask, int status_fd) {
         return status;
 }
 
-static int parse_args(int argc, char **argv) {
+static int parse_args(int argc, char **argv, bool *warm) {
         for (int i = 1; i < argc; i++) {
                 const char *v = NULL;
                 char *end;
                 long fd;
 
+                if (streq(argv[i], "--warm") && i < argc - 1) {
+                        *warm = true;
+                        continue;
+                }
                 if (streq(argv[i], "--spec-fd") && i + 1 < argc)
                         v = argv[++i];
                 else if (strncmp(argv[i], "--spec-fd=", 10) == 0)
@@ -470,8 +490,9 @@ static int parse_args(int argc, char **argv) {
 }
 
 /* The hands proper, run either right after exec (--spec-fd) or in a child of
- * the zygote. `parent` is agentd: its death must be ours. */
-static int hands_main(int spec_fd, pid_t parent) {
+ * the zygote. `parent` is agentd: its death must be ours. warm: the spec is
+ * the task's part only, the spawn attaches later (warm.c). */
+static int hands_main(int spec_fd, pid_t parent, bool warm) {
         SandboxError err = {};
         SandboxSpec spec = { .status_fd = -1 };
         _cleanup_free_ char *buf = NULL;
@@ -530,7 +551,7 @@ static int hands_main(int spec_fd, pid_t parent) {
         }
         if (pid == 0) {
                 close(pair[0]);
-                run_init(&spec, pair[1], &mask);
+                run_init(&spec, pair[1], &mask, warm);
         }
         close(pair[1]);
         (void) send(pair[0], &pid, sizeof(pid), MSG_NOSIGNAL);
@@ -541,6 +562,17 @@ static int hands_main(int spec_fd, pid_t parent) {
                 spec.cgroup_fd = safe_close(spec.cgroup_fd);
         if (spec.seccomp_fd >= 0)
                 spec.seccomp_fd = safe_close(spec.seccomp_fd);
+        if (warm) {
+                /* The control socket is the init's to answer; ours is the spawn's status socket. */
+                spec.status_fd = safe_close(spec.status_fd);
+                r = warm_receive_status(pair[0], &spec.status_fd);
+                if (r < 0 || spec.status_fd < 0) {
+                        /* Not attached: whatever the init said went on the control socket. */
+                        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                                ;
+                        return r < 0 ? SANDBOX_EXIT_SETUP : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+                }
+        }
 
         status = wait_init(pid, pair[0], &mask, spec.status_fd);
         return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
@@ -553,7 +585,7 @@ static int hands_main(int spec_fd, pid_t parent) {
  * signal handling, dumpable until the user namespace is mapped (the id maps
  * are only writable then, as after exec), and no memory but the zygote's,
  * which holds nothing of any sandbox. */
-static _Noreturn void zygote_child(const int *fds, unsigned n, pid_t parent) {
+static _Noreturn void zygote_child(const int *fds, unsigned n, pid_t parent, bool warm) {
         SandboxError err = {};
         sigset_t none;
         int high[ZYGOTE_FDS_MAX];
@@ -577,7 +609,7 @@ static _Noreturn void zygote_child(const int *fds, unsigned n, pid_t parent) {
         if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
                 fail(4, (sandbox_fail(&err, "zygote", -errno, "dumpable: %m"), &err), SANDBOX_EXIT_SETUP);
 
-        _exit(hands_main(SPEC_FD_SPEC, parent));
+        _exit(hands_main(SPEC_FD_SPEC, parent, warm));
 }
 
 static int zygote_reply(uint32_t seq, int32_t pid) {
@@ -631,7 +663,8 @@ static int zygote_main(void) {
                 }
                 /* Fail closed on anything but exactly the request we expect. */
                 if (info.foreign || info.n_closed > 0 || n != (ssize_t) sizeof(req) || (info.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || info.n_rights != 1 ||
-                    req.magic != ZYGOTE_MAGIC || req.n_fds != n_fds || n_fds < ZYGOTE_FDS_MIN) {
+                    req.magic != ZYGOTE_MAGIC || req.n_fds != n_fds || n_fds < ZYGOTE_FDS_MIN ||
+                    (req.flags & ~ZYGOTE_WARM)) {
                         for (size_t i = 0; i < n_fds; i++)
                                 close(fds[i]);
                         if (zygote_reply(n >= (ssize_t) offsetof(ZygoteRequest, n_fds) ? req.seq : 0, -EBADMSG) < 0)
@@ -644,7 +677,7 @@ static int zygote_main(void) {
                 pid = (pid_t) syscall(SYS_clone3, &(struct sandbox_clone_args) { .flags = CLONE_PARENT },
                                       sizeof(struct sandbox_clone_args));
                 if (pid == 0)
-                        zygote_child(fds, n_fds, parent);
+                        zygote_child(fds, n_fds, parent, req.flags & ZYGOTE_WARM);
                 if (pid < 0)
                         pid = -errno;
                 for (unsigned i = 0; i < n_fds; i++)
@@ -655,6 +688,7 @@ static int zygote_main(void) {
 }
 
 int main(int argc, char **argv) {
+        bool warm = false;
         int spec_fd;
 
         /* Nothing of the daemon's environment is kept, not even in our memory. */
@@ -665,10 +699,10 @@ int main(int argc, char **argv) {
         if (argc == 2 && streq(argv[1], "--zygote"))
                 return zygote_main();
 
-        spec_fd = parse_args(argc, argv);
+        spec_fd = parse_args(argc, argv, &warm);
         if (spec_fd < 0) {
-                dprintf(STDERR_FILENO, "usage: %s --spec-fd N | --zygote\n", argv[0]);
+                dprintf(STDERR_FILENO, "usage: %s [--warm] --spec-fd N | --zygote\n", argv[0]);
                 return SANDBOX_EXIT_SETUP;
         }
-        return hands_main(spec_fd, getppid());
+        return hands_main(spec_fd, getppid(), warm);
 }

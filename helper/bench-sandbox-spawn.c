@@ -4,11 +4,15 @@
  * Two times for the hands: until the "exit"/"signal" report arrives (what the
  * daemon waits for; the namespace teardown may still run behind it) and until
  * the hands itself has exited and been reaped.
+ * A third time: a warm sandbox (`--warm`, built before the clock starts, as
+ * agentd's pool does it off the spawn's path) from its attach message to the
+ * exit report (helper/warm.c).
  * Usage: bench-sandbox-spawn path/to/agentd-sandbox [runs] [workspace]
  * BENCH_SOCKETS=proxy|broker|proxy,broker adds proxy_socket=/proxy_port= and/or
  * broker_socket= keys, served by listening sockets the benchmark creates. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,20 +52,10 @@ static int make_socket(char *path, size_t size, const char *name) {
         return fd;
 }
 
-static int run_hands(const char *hands, const char *workspace, double start, double *ret_reported) {
-        _cleanup_close_ int memfd = -1, ours = -1;
-        int pair[2], status;
-        char spec[8192], fdarg[16], buf[256];
+static size_t make_spec(char *spec, size_t size, const char *workspace, int status_fd) {
         size_t len = 0;
-        pid_t pid;
 
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
-                return -errno;
-        ours = pair[0];
-        memfd = memfd_create("spec", 0);
-        if (memfd < 0)
-                return -errno;
-        len += (size_t) snprintf(spec + len, sizeof(spec) - len, "arg=/bin/true%cenv=PATH=/usr/bin:/bin%c", 0, 0);
+        len += (size_t) snprintf(spec + len, size - len, "arg=/bin/true%cenv=PATH=/usr/bin:/bin%c", 0, 0);
         if (workspace)
                 len += (size_t) snprintf(spec + len, sizeof(spec) - len, "workspace=%s%cworkspace_mode=ro%c", workspace, 0, 0);
         else
@@ -70,7 +64,40 @@ static int run_hands(const char *hands, const char *workspace, double start, dou
                 len += (size_t) snprintf(spec + len, sizeof(spec) - len, "proxy_socket=%s%cproxy_port=18080%c", proxy_path, 0, 0);
         if (*broker_path)
                 len += (size_t) snprintf(spec + len, sizeof(spec) - len, "broker_socket=%s%c", broker_path, 0);
-        len += (size_t) snprintf(spec + len, sizeof(spec) - len, "unsafe_no_seccomp=1%cstatus_fd=%d%c", 0, pair[1], 0);
+        len += (size_t) snprintf(spec + len, sizeof(spec) - len, "unsafe_no_seccomp=1%cstatus_fd=%d%c", 0, status_fd, 0);
+        return len;
+}
+
+/* The status lines until EOF; the time the exit report arrived. */
+static void read_status(int fd, double start, double *ret_reported) {
+        char buf[256];
+
+        *ret_reported = -1;
+        for (;;) {
+                ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+
+                if (n <= 0)
+                        break;
+                if (*ret_reported < 0 && ((n > 5 && memcmp(buf, "exit ", 5) == 0) ||
+                                          (n > 7 && memcmp(buf, "signal ", 7) == 0)))
+                        *ret_reported = now_ms() - start;
+        }
+}
+
+static int run_hands(const char *hands, const char *workspace, double start, double *ret_reported) {
+        _cleanup_close_ int memfd = -1, ours = -1;
+        int pair[2], status;
+        char spec[8192], fdarg[16];
+        size_t len;
+        pid_t pid;
+
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+                return -errno;
+        ours = pair[0];
+        memfd = memfd_create("spec", 0);
+        if (memfd < 0)
+                return -errno;
+        len = make_spec(spec, sizeof(spec), workspace, pair[1]);
         if (write(memfd, spec, len) != (ssize_t) len)
                 return -EIO;
         snprintf(fdarg, sizeof(fdarg), "%d", memfd);
@@ -84,18 +111,82 @@ static int run_hands(const char *hands, const char *workspace, double start, dou
         close(pair[1]);
         if (pid < 0)
                 return -errno;
-        *ret_reported = -1;
-        for (;;) {
-                ssize_t n = recv(ours, buf, sizeof(buf) - 1, 0);
-
-                if (n <= 0)
-                        break;
-                if (*ret_reported < 0 && ((n > 5 && memcmp(buf, "exit ", 5) == 0) ||
-                                          (n > 7 && memcmp(buf, "signal ", 7) == 0)))
-                        *ret_reported = now_ms() - start;
-        }
+        read_status(ours, start, ret_reported);
         if (waitpid(pid, &status, 0) < 0)
                 return -errno;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -EINTR;
+}
+
+/* A warm sandbox, built before `start` is taken: then one attach (stdio,
+ * the full spec, a fresh status socket) and the exit report on it. */
+static int run_warm(const char *hands, const char *workspace, double *ret_reported, double *ret_reaped) {
+        _cleanup_close_ int warm_memfd = -1, memfd = -1, control = -1, ours = -1, devnull = -1;
+        int pair[2], status_pair[2], status;
+        char spec[8192], fdarg[16], buf[64];
+        size_t len;
+        ssize_t n;
+        double start;
+        pid_t pid;
+
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+                return -errno;
+        control = pair[0];
+        warm_memfd = memfd_create("warm-spec", 0);
+        memfd = memfd_create("spec", 0);
+        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (warm_memfd < 0 || memfd < 0 || devnull < 0)
+                return -errno;
+        /* The task's part: no workspace. The spawn's: the same plus its own. */
+        len = make_spec(spec, sizeof(spec), NULL, pair[1]);
+        if (write(warm_memfd, spec, len) != (ssize_t) len)
+                return -EIO;
+        len = make_spec(spec, sizeof(spec), workspace, pair[1]);
+        if (write(memfd, spec, len) != (ssize_t) len)
+                return -EIO;
+        snprintf(fdarg, sizeof(fdarg), "%d", warm_memfd);
+        pid = fork(); /* off the clock */
+        if (pid == 0) {
+                fcntl(pair[1], F_SETFD, 0);
+                execl(hands, hands, "--warm", "--spec-fd", fdarg, (char *) NULL);
+                _exit(127);
+        }
+        close(pair[1]);
+        if (pid < 0)
+                return -errno;
+        n = recv(control, buf, sizeof(buf) - 1, 0);
+        if (n < 6 || memcmp(buf, "warm ", 5) != 0) {
+                fprintf(stderr, "warm sandbox did not get warm: %.*s\n", (int) (n > 0 ? n : 0), buf);
+                waitpid(pid, NULL, 0);
+                return -EPROTO;
+        }
+
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, status_pair) < 0)
+                return -errno;
+        ours = status_pair[0];
+        start = now_ms();
+        {
+                uint64_t magic = UINT64_C(0x686361747461676f);
+                int fds[5] = { devnull, devnull, devnull, memfd, status_pair[1] };
+                union {
+                        struct cmsghdr h;
+                        char b[CMSG_SPACE(sizeof(fds))];
+                } cbuf = {};
+                struct iovec iov = { .iov_base = &magic, .iov_len = sizeof(magic) };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof(cbuf.b) };
+                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(fds));
+                memcpy(CMSG_DATA(c), fds, sizeof(fds));
+                if (sendmsg(control, &mh, MSG_NOSIGNAL) < 0)
+                        return -errno;
+        }
+        close(status_pair[1]);
+        read_status(ours, start, ret_reported);
+        if (waitpid(pid, &status, 0) < 0)
+                return -errno;
+        *ret_reaped = now_ms() - start;
         return WIFEXITED(status) ? WEXITSTATUS(status) : -EINTR;
 }
 
@@ -118,7 +209,7 @@ int main(int argc, char **argv) {
         int runs = argc > 2 ? atoi(argv[2]) : 200;
         const char *workspace = argc > 3 ? argv[3] : NULL;
         const char *sockets = getenv("BENCH_SOCKETS");
-        double *t[4];
+        double *t[6];
 
         if (argc < 2 || runs < 1) {
                 fprintf(stderr, "usage: %s path/to/agentd-sandbox [runs] [workspace]\n", argv[0]);
@@ -132,7 +223,7 @@ int main(int argc, char **argv) {
                 perror("broker socket");
                 return 1;
         }
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < 6; k++)
                 t[k] = calloc((size_t) runs, sizeof(double));
         /* Interleaved, so drift on the machine hits all three alike. */
         for (int i = 0; i < runs; i++) {
@@ -154,8 +245,15 @@ int main(int argc, char **argv) {
                 s = now_ms();
                 run_argv(plain_argv);
                 t[2][i] = now_ms() - s;
+                r = run_warm(argv[1], workspace, &t[4][i], &t[5][i]);
+                if (r == 0 && t[4][i] < 0)
+                        r = -EPROTO;
+                if (r != 0) {
+                        fprintf(stderr, "warm agentd-sandbox run %d failed: %d\n", i, r);
+                        return 1;
+                }
         }
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < 6; k++)
                 qsort(t[k], (size_t) runs, sizeof(double), cmp_double);
         if (*proxy_path)
                 unlink(proxy_path);
@@ -164,6 +262,8 @@ int main(int argc, char **argv) {
         printf("%d runs%s%s, median (p90) ms\n", runs, sockets ? ", BENCH_SOCKETS=" : "", sockets ?: "");
         printf("  agentd-sandbox /bin/true: exit report %6.2f (%6.2f)\n", t[3][runs / 2], t[3][runs * 9 / 10]);
         printf("  agentd-sandbox /bin/true: hands reaped %6.2f (%6.2f)\n", t[0][runs / 2], t[0][runs * 9 / 10]);
+        printf("  warm sandbox, attach to exit report   %6.2f (%6.2f)\n", t[4][runs / 2], t[4][runs * 9 / 10]);
+        printf("  warm sandbox, attach to hands reaped  %6.2f (%6.2f)\n", t[5][runs / 2], t[5][runs * 9 / 10]);
         printf("  unshare -Urmpfn --mount-proc /bin/true %6.2f (%6.2f)\n", t[1][runs / 2], t[1][runs * 9 / 10]);
         printf("  plain /bin/true                       %6.2f (%6.2f)\n", t[2][runs / 2], t[2][runs * 9 / 10]);
         return 0;

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <linux/filter.h>
 
 #include "macro.h"
@@ -64,8 +65,21 @@ int spec_read(int fd, char **ret_buf, size_t *ret_size, SandboxError *err);
 int spec_parse(char *buf, size_t size, SandboxSpec *spec, SandboxError *err);
 const char *spec_env_get(const SandboxSpec *spec, const char *key);
 
-/* mounts.c: runs in the sandbox init, in its fresh mount namespace. */
+/* mounts.c: runs in the sandbox init, in its fresh mount namespace.
+ * mounts_build_root = mounts_plan_system (the task's part: detached mounts,
+ * nothing covered) + mounts_finish_root (the spawn's part, attach all, pivot;
+ * takes the plan). */
+typedef struct MountPlan MountPlan;
 int mounts_build_root(const SandboxSpec *spec, SandboxError *err);
+int mounts_plan_system(const SandboxSpec *spec, MountPlan **ret_plan, SandboxError *err);
+int mounts_finish_root(const SandboxSpec *spec, MountPlan *plan, SandboxError *err);
+
+/* agentd-sandbox.c: one status line (and optionally one fd) on the status channel. */
+int status_send(int fd, int passfd, const char *fmt, ...) _printf_(3, 4);
+
+/* warm.c: a warm sandbox (zygote.h: WARM_ATTACH_MAGIC) waits for its one attach. */
+int warm_wait_attach(SandboxSpec *spec, char **ret_buf, size_t *ret_size, int parent, pid_t host_pid, SandboxError *err);
+int warm_receive_status(int parent, int *ret_status_fd);
 
 /* confine.c: runs in the command child right before execve. */
 int confine_drop_capabilities(SandboxError *err);

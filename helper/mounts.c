@@ -27,10 +27,10 @@ typedef struct MountEntry {
         bool is_dir;
 } MountEntry;
 
-typedef struct MountPlan {
+struct MountPlan {
         MountEntry entries[MAX_ENTRIES];
         size_t n;
-} MountPlan;
+};
 
 static int openat2_safe(int dirfd, const char *path, int flags) {
         struct open_how how = {
@@ -547,25 +547,48 @@ static int hide_path(int rootfd, const char *path, int *empty_cache, SandboxErro
         return 0;
 }
 
-int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
-        _cleanup_free_ MountPlan *plan = NULL;
+static void plan_free(MountPlan *plan) {
+        for (size_t i = 0; i < plan->n; i++)
+                safe_close(plan->entries[i].fd);
+        free(plan);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(MountPlan *, plan_free);
+
+/* Phase one, the same for every spawn of a task: the system part of the new
+ * root (/usr, /etc, /dev, /proc, /tmp, /run) cloned or created as detached
+ * mounts, nothing attached yet (so nothing of the host is covered). Nothing
+ * of the user's (workspace, home, binds, sockets) is looked at here: a warm
+ * sandbox stops after this phase. */
+int mounts_plan_system(const SandboxSpec *spec, MountPlan **ret_plan, SandboxError *err) {
+        _cleanup_(plan_freep) MountPlan *plan = NULL;
+        int r;
+
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+                return sandbox_fail(err, "mount", -errno, "make / private: %m");
+        plan = calloc(1, sizeof(*plan));
+        if (!plan)
+                return sandbox_fail(err, "mount", -ENOMEM, "out of memory");
+        r = plan_system(plan, spec, err);
+        if (r < 0)
+                return r;
+        *ret_plan = TAKE_PTR(plan);
+        return 0;
+}
+
+/* Phase two, per spawn: the user's mounts (home, workspace, sockets, binds,
+ * caches, agentctl) join the plan, then everything is attached beneath a
+ * fresh tmpfs, the hidden paths are masked, and the init pivots into it and
+ * makes the root read-only. Takes the plan. */
+int mounts_finish_root(const SandboxSpec *spec, MountPlan *plan_in, SandboxError *err) {
+        _cleanup_(plan_freep) MountPlan *plan = plan_in;
         _cleanup_close_ int rootfd = -1;
         ParentCache cache = { .fd = -1 };
         int empty_cache = -1;
         struct mount_attr ro = { .attr_set = MOUNT_ATTR_RDONLY };
-        int r = 0;
-
-        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-                return sandbox_fail(err, "mount", -errno, "make / private: %m");
-
-        plan = calloc(1, sizeof(*plan));
-        if (!plan)
-                return sandbox_fail(err, "mount", -ENOMEM, "out of memory");
+        int r;
 
         /* Clone every source before anything is covered: the sources may live anywhere. */
-        r = plan_system(plan, spec, err);
-        if (r >= 0)
-                r = plan_user(plan, spec, err);
+        r = plan_user(plan, spec, err);
         if (r >= 0) {
                 rootfd = make_tmpfs("0755", ATTR_RW, err);
                 if (rootfd < 0)
@@ -590,8 +613,6 @@ int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
         for (char **h = spec->hide; r >= 0 && *h; h++)
                 r = hide_path(rootfd, *h, &empty_cache, err);
         empty_cache = safe_close(empty_cache);
-        for (size_t i = 0; i < plan->n; i++)
-                safe_close(plan->entries[i].fd);
         if (r < 0)
                 return r;
 
@@ -610,4 +631,11 @@ int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
             mount_setattr(AT_FDCWD, "/dev", 0, &ro, sizeof(ro)) < 0)
                 return sandbox_fail(err, "mount", -errno, "make root read-only: %m");
         return 0;
+}
+
+int mounts_build_root(const SandboxSpec *spec, SandboxError *err) {
+        MountPlan *plan = NULL;
+        int r = mounts_plan_system(spec, &plan, err);
+
+        return r < 0 ? r : mounts_finish_root(spec, plan, err);
 }

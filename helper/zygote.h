@@ -23,8 +23,18 @@ typedef struct ZygoteRequest {
         uint32_t magic;
         uint32_t seq;   /* echoed in the reply */
         uint32_t n_fds; /* exactly as many as attached */
-        uint32_t reserved;
+        uint32_t flags; /* ZYGOTE_WARM or 0; anything else is refused */
 } ZygoteRequest;
+
+/* The spec is a task's part only: the hands builds a warm sandbox that waits
+ * on its status socket (the control socket) for one attach (helper/warm.c). */
+#define ZYGOTE_WARM 1U
+
+/* The one message a warm sandbox takes on its control socket: these 8 bytes
+ * with WARM_ATTACH_FDS fds (SCM_RIGHTS, in order: stdin, stdout, stderr, the
+ * spawn's full spec in a memfd, the spawn's status socket). */
+#define WARM_ATTACH_MAGIC UINT64_C(0x686361747461676f) /* "ogattach" */
+#define WARM_ATTACH_FDS 5
 
 typedef struct ZygoteReply {
         uint32_t magic;

@@ -150,6 +150,12 @@ for f in tests/integration/test_*.py; do
                 ;;
         esac
 done
+# Pooled sandboxes ([Pool] WarmSandboxes=2 in every harness daemon): the escape
+# battery and the sandbox tests must hold for warm sandboxes as for cold ones.
+for f in test_attack.py test_sandbox.py test_seams.py; do
+        step "integration $f (warm pool)" env AGENTD_TEST_POOL=2 CGROUP_BASE="$CGROUP_BASE" \
+                AGENTD_TEST_USER="$TEST_USER" bash tests/run-integration.sh "$f"
+done
 # The daemon again under ASan+UBSan (leaks fail its exit status, which the tests check).
 for f in test_foundation.py test_tasks.py test_sandbox.py test_workspace.py test_audit.py test_egress.py test_broker.py test_revoke.py; do
         step "integration $f (asan+ubsan)" env AGENTD_BUILD="$ROOT/build-asan" CGROUP_BASE="$CGROUP_BASE" \

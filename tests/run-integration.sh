@@ -4,6 +4,7 @@
 # inside a cgroup v2 subtree delegated to it (like systemd's Delegate=yes);
 # as any other user, it runs the file directly.
 # Usage: bash tests/run-integration.sh test_foo.py   [AGENTD_BUILD=dir] [AGENTD_TEST_ONLY=name]
+#        [AGENTD_TEST_POOL=N: every daemon keeps N warm sandboxes per task ([Pool] WarmSandboxes=)]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TEST_USER=${AGENTD_TEST_USER:-agentd-test}
@@ -32,7 +33,7 @@ if [ -n "$cg" ]; then
 fi
 rc=0
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$home" USER="$TEST_USER" \
-        AGENTD_BUILD="$build" AGENTD_TEST_ONLY="${AGENTD_TEST_ONLY:-}" CG="$cg" \
+        AGENTD_BUILD="$build" AGENTD_TEST_ONLY="${AGENTD_TEST_ONLY:-}" AGENTD_TEST_POOL="${AGENTD_TEST_POOL:-}" CG="$cg" \
         sh -c '[ -z "$CG" ] || echo $$ > "$CG/cgroup.procs"; exec runuser -u '"$TEST_USER"' -- /usr/bin/python3 "$0"' \
         "$ROOT/tests/integration/$file" || rc=$?
 if [ -n "$cg" ] && [ -z "${CGROUP_BASE:-}" ]; then

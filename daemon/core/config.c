@@ -116,7 +116,7 @@ static int handler(void *userdata, const char *section, const char *key, const c
 #define KEY(sec, k) (!strcmp(section, sec) && !strcmp(key, k))
         if (!key) {
                 if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM") && strcmp(section, "Response") &&
-                    strcmp(section, "Telemetry") &&
+                    strcmp(section, "Telemetry") && strcmp(section, "Pool") &&
                     strcmp(section, "Audit") && strcmp(section, "Retention")) {
                         snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
                         return 0;
@@ -153,6 +153,14 @@ static int handler(void *userdata, const char *section, const char *key, const c
                         r = -ERANGE;
         } else if (KEY("Daemon", "MaxSandboxes")) {
                 r = parse_uint(value, &c->max_sandboxes);
+        } else if (KEY("Pool", "WarmSandboxes")) {
+                r = parse_uint(value, &c->warm_sandboxes);
+                if (r == 0 && c->warm_sandboxes > 16)
+                        r = -ERANGE;
+        } else if (KEY("Pool", "WarmIdleSec")) {
+                r = parse_uint(value, &c->warm_idle_sec);
+                if (r == 0 && c->warm_idle_sec == 0)
+                        r = -ERANGE;
         } else if (KEY("Daemon", "LogLimit")) {
                 r = parse_size(value, &c->log_limit);
         } else if (KEY("Daemon", "ProxyPort")) {
@@ -306,6 +314,8 @@ int config_load(const char *path, const char *home, agentd_config **ret, agentd_
         c->max_connections_per_sandbox = 8;
         c->sandbox_request_rate = 20;
         c->max_sandboxes = 1024;
+        c->warm_sandboxes = 0;
+        c->warm_idle_sec = 300;
         c->log_limit = 1024 * 1024;
         c->proxy_port = 3128;
         c->proxy_header_timeout_ms = 10000;

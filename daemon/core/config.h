@@ -21,6 +21,10 @@ typedef struct agentd_config {
         unsigned proxy_header_timeout_ms;
         bool require_limits;         /* refuse a spawn whose task limits cannot be enforced */
 
+        /* [Pool]: warm sandboxes per recently used task (daemon/sandbox/pool.c); 0 = off */
+        unsigned warm_sandboxes;
+        unsigned warm_idle_sec;      /* an unused warm sandbox is dropped after this long */
+
         /* [Response]: automatic freeze + revoke of a sandbox that keeps hitting walls. */
         unsigned egress_denials;     /* 0 = off */
         unsigned egress_window_s;

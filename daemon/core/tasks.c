@@ -13,6 +13,7 @@
 #include "manager.h"
 #include "policy.h"
 #include "server.h"
+#include "sandbox/pool.h"
 
 /* "file:line: key: reason", as task.list, task.show and task.check report it. */
 static void format_error(const policy_error *e, char *buf, size_t size) {
@@ -48,6 +49,7 @@ static int load(manager *m) {
         }
         policy_registry_free(m->tasks);
         m->tasks = r;
+        pool_drain(m, "task policies reloaded");
         report_errors(m);
         return 0;
 }

@@ -31,6 +31,7 @@
 #include "sandbox/freeze.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
+#include "sandbox/pool.h"
 
 #define REVOKE_DEADLINE_MS 3000
 
@@ -339,6 +340,7 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         /* (5 first, for --all) no new spawn may slip in while we work. */
         if (all) {
                 m->locked_down = true;
+                pool_drain(m, "revoke --all: lockdown");
                 daemon_status_notify(m);
                 op->lockdown_error = lockdown_persist(m);
                 lockdown_unpersisted = op->lockdown_error < 0;

@@ -15,6 +15,8 @@ void sandbox_free(sandbox *s);
  * there is none). */
 int sandbox_helper_start(manager *m, const char *helper, const int *src, int n, pid_t *ret_pid);
 int sandbox_pidfd_open(pid_t pid);
+/* The same for a warm sandbox (helper/warm.c): ZYGOTE_WARM, or --warm. */
+int sandbox_helper_start_warm(manager *m, const char *helper, const int *src, int n, pid_t *ret_pid);
 
 /* Output through a new open description of the caller's fd; refused (set err)
  * when that cannot be opened again (a pipe another uid made). */

@@ -48,6 +48,7 @@
 #include "stdin-relay.h"
 #include "change-watch.h"
 #include "zygote.h"
+#include "pool.h"
 
 #define MAX_ENDED_KEPT 256
 #define CLIENT_PENDING_MAX (1024 * 1024)
@@ -891,6 +892,8 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
                 s->exit_code = 128 + s->exit_signal;
         } else
                 log_warning("sandbox %s: unexpected message from the helper: %.100s", s->id, line);
+        if (s->have_exit)
+                pool_refill_later(s->m, s->task); /* its task's warm sandboxes, after this iteration's replies */
         safe_close(fd);
 }
 
@@ -1172,12 +1175,12 @@ static zygote *zygote_get(manager *m, const char *helper) {
  * posix_spawn. Any other error means something may have been started: the
  * spawn fails (the hands of a lost reply finds nobody on its status socket
  * and never runs the command). */
-static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, pid_t *ret_pid) {
+static int zygote_spawn_flags(manager *m, const char *helper, const int *fds, int n, uint32_t flags, pid_t *ret_pid) {
         zygote *z = zygote_get(m, helper);
         if (!z)
                 return -ENOTCONN;
 
-        ZygoteRequest req = { .magic = ZYGOTE_MAGIC, .seq = ++z->seq, .n_fds = (uint32_t) n };
+        ZygoteRequest req = { .magic = ZYGOTE_MAGIC, .seq = ++z->seq, .n_fds = (uint32_t) n, .flags = flags };
         ssize_t k;
 
         assert(n >= ZYGOTE_FDS_MIN && n <= ZYGOTE_FDS_MAX);
@@ -1205,6 +1208,10 @@ static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, p
                 return rep.pid < 0 ? rep.pid : -EBADMSG; /* it started nothing */
         *ret_pid = rep.pid;
         return 0;
+}
+
+static int zygote_spawn(manager *m, const char *helper, const int *fds, int n, pid_t *ret_pid) {
+        return zygote_spawn_flags(m, helper, fds, n, 0, ret_pid);
 }
 
 static void zygote_stop(void) {
@@ -1249,6 +1256,18 @@ void sandbox_watch(sandbox *s, const int pipe_fds[2], int client_fds[2]) {
 }
 
 /* ---- what the sandbox.* handlers (rpc/rpc-sandbox.c) call ------------------------ */
+
+/* ---- warm sandboxes (pool.c) --------------------------------------------------- */
+
+/* sandbox_helper_start for a warm sandbox: the zygote's ZYGOTE_WARM, or --warm. */
+int sandbox_helper_start_warm(manager *m, const char *helper, const int *src, int n, pid_t *ret_pid) {
+        int r = zygote_spawn_flags(m, helper, src, n, ZYGOTE_WARM, ret_pid);
+        if (r == -ENOTCONN) {
+                char *hargv[] = { (char *) "agentd-sandbox", (char *) "--warm", (char *) "--spec-fd", (char *) "3", NULL };
+                r = helper_spawn(helper, hargv, src, n, ret_pid);
+        }
+        return r;
+}
 
 int sandbox_add_waiter(sandbox *s, rpc_call *call) {
         sandbox_waiter *w = calloc(1, sizeof(*w));
@@ -1337,12 +1356,13 @@ int sandboxes_init(manager *m) {
                 log_warning("the sandbox helper agentd-sandbox was not found; spawning will fail");
         else
                 (void) zygote_start(m, m->sandbox_helper); /* failing is logged: posix_spawn then */
-        return 0;
+        return pool_init(m);
 }
 
 void sandboxes_shutdown(manager *m) {
         list_head *i, *t;
 
+        pool_free(m);
         zygote_stop(); /* nothing is spawned any more */
         list_for_each_safe(i, t, &m->sandboxes) {
                 sandbox *s = container_of(i, sandbox, link);

@@ -43,6 +43,8 @@
 #include "spawn-guard.h"
 #include "spec.h"
 #include "stdin-relay.h"
+#include "pool.h"
+#include "zygote.h"
 
 #define MAX_ARGV_BYTES (256 * 1024)
 #define MAX_ARGV_COUNT 4096
@@ -239,6 +241,8 @@ typedef struct spawn_ctx {
         int spec_fd, cg_fd, devnull, stdin_fd;
         int status_pair[2], outp[2][2];
         pid_t pid;
+        warm_sandbox *warm;        /* taken from the pool (pool.c) by the cgroup step, or NULL */
+        bool from_pool;
 } spawn_ctx;
 
 typedef struct spawn_step {
@@ -264,6 +268,7 @@ static void spawn_ctx_done(spawn_ctx *c) {
                 safe_close(c->outp[i][1]);
         }
         spawn_plan_done(&c->plan);
+        warm_sandbox_drop(c->m, c->warm);
 }
 
 /* Runs steps[] in order; when one fails, undoes the finished ones in reverse
@@ -785,7 +790,14 @@ static int step_cgroup(spawn_ctx *c) {
         _cleanup_error_ agentd_error why = {};
         int r;
 
-        if (m->cgroup_root) {
+        /* A warm sandbox of this task as it is now: its cgroup and hands are ready. */
+        c->warm = pool_take(m, p);
+        if (c->warm && c->warm->cgroup) {
+                s->cgroup = TAKE_PTR(c->warm->cgroup);
+                c->cg_fd = TAKE_FD(c->warm->cg_fd);
+                s->limits_note = TAKE_PTR(c->warm->limits_note);
+                r = spawn_limits_check(m, p, c->warm->unenforced, NULL, &s->limits_note, &why);
+        } else if (m->cgroup_root) {
                 cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
                                       .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
                 r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &c->cg_fd, &s->limits_note);
@@ -807,6 +819,8 @@ static int step_cgroup(spawn_ctx *c) {
 }
 
 static void undo_cgroup(spawn_ctx *c) {
+        /* An unused warm sandbox still runs in it: end it first. */
+        warm_sandbox_drop(c->m, TAKE_PTR(c->warm));
         if (c->s->cgroup)
                 (void) cgroup_remove(c->s->cgroup);
 }
@@ -877,7 +891,22 @@ static int step_exec(spawn_ctx *c) {
                 [SPEC_FD_SECCOMP] = c->plan.bpf_fd >= 0 ? c->plan.bpf_fd : c->devnull,
                 [SPEC_FD_CGROUP] = c->cg_fd,
         };
-        int r = sandbox_helper_start(c->m, c->helper, src, c->cg_fd >= 0 ? SPEC_FD_CGROUP + 1 : SPEC_FD_CGROUP, &c->pid);
+        int r;
+
+        if (c->warm) {
+                /* One message: the warm init mounts the user's paths, pivots, confines and execs. */
+                r = pool_attach(c->warm, src, c->spec_fd, c->status_pair[1]);
+                if (r < 0) {
+                        rpc_error_set(c->err, RPC_E_INTERNAL, "cannot attach to a warm sandbox: %s", strerror(-r));
+                        return r;
+                }
+                c->pid = c->s->helper_pid = c->warm->pid;
+                c->s->helper_pidfd = TAKE_FD(c->warm->pidfd);
+                warm_sandbox_drop(c->m, TAKE_PTR(c->warm));
+                c->from_pool = true;
+                return 0;
+        }
+        r = sandbox_helper_start(c->m, c->helper, src, c->cg_fd >= 0 ? SPEC_FD_CGROUP + 1 : SPEC_FD_CGROUP, &c->pid);
         if (r < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "cannot start %s: %s", c->helper, strerror(-r));
                 return r;
@@ -932,8 +961,8 @@ static int step_audit(spawn_ctx *c) {
         char hexd[65] = "";
         unsigned int dl = 0;
 
-        log_sandbox(LOG_INFO, s->id, s->task, "spawn", "sandbox %s: spawned task %s in %s (helper pid %d)", s->id, s->task,
-                    s->workspace, (int) c->pid);
+        log_sandbox(LOG_INFO, s->id, s->task, "spawn", "sandbox %s: spawned task %s in %s (helper pid %d%s)", s->id, s->task,
+                    s->workspace, (int) c->pid, c->from_pool ? ", warm" : "");
         if (canon && EVP_Digest(canon, strlen(canon), dg, &dl, EVP_sha256(), NULL) == 1)
                 for (unsigned i = 0; i < 32; i++)
                         sprintf(hexd + 2 * i, "%02x", dg[i]);
@@ -1028,9 +1057,95 @@ static int spawn_run(manager *m, spawn_params *in, const task_policy *p, sandbox
         if (r >= 0) {
                 *creds = NULL;
                 *call = NULL;
+                /* Off this spawn's path: when it exits (sandbox.c), unless it took the last one. */
+                if (!c.from_pool || pool_count_task(p->name) == 0)
+                        pool_refill_later(m, p->name);
         }
         spawn_ctx_done(&c);
         return r;
+}
+
+void spawn_make_id(char out[16]) {
+        make_id(out);
+}
+
+/* A warm sandbox's hands: the task's spawn_plan (the same mount-plan entries
+ * a spawn of the task sends, with workspace_mode=none and a placeholder argv,
+ * which the attach replaces), its seccomp program, its cgroup and a control
+ * socket, started with ZYGOTE_WARM. */
+int spawn_start_warm(manager *m, const task_policy *p, const char *id, warm_sandbox *w) {
+        _cleanup_(spawn_plan_done) spawn_plan plan = SPAWN_PLAN_INIT;
+        _cleanup_close_ int spec_fd = -1, cg_fd = -1, devnull = -1, theirs = -1, ours = -1;
+        _cleanup_free_ char *cgroup = NULL, *note = NULL;
+        unsigned unenforced = 0;
+        _cleanup_error_ rpc_error err = {};
+        SpecWriter sp = { 0 };
+        int pair[2], r;
+        pid_t pid;
+
+        if (!m->sandbox_helper)
+                return -ENOENT;
+        r = spawn_plan_prepare(m, p, &plan, &err);
+        if (r < 0)
+                return r;
+        if (m->cgroup_root) {
+                cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
+                                      .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
+                r = cgroup_create_sandbox(m, id, &lim, &cgroup, &cg_fd, &note);
+                if (r < 0)
+                        return r;
+                unenforced = lim.unenforced;
+        }
+        spec_put_arg(&sp, "/bin/false"); /* never run: the spawn's argv comes with the attach */
+        spec_write_entries(&sp, plan.mounts, plan.mounts_len);
+        spec_put_workspace_mode(&sp, WORKSPACE_NONE);
+        spec_put_status_fd(&sp, SPEC_FD_STATUS);
+        if (plan.seccomp)
+                spec_put_seccomp_fd(&sp, SPEC_FD_SECCOMP);
+        else
+                spec_put_unsafe_no_seccomp(&sp, true);
+        if (cg_fd >= 0)
+                spec_put_cgroup_fd(&sp, SPEC_FD_CGROUP);
+        spec_fd = sp.oom ? -ENOMEM : memfd_new_sealed("agentd-spec", sp.buf, sp.len);
+        free(sp.buf);
+        if (spec_fd < 0)
+                r = spec_fd;
+        else if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+                r = -errno;
+        else {
+                ours = pair[0];
+                theirs = pair[1];
+                devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+                r = devnull < 0 ? -errno : 0;
+        }
+        if (r >= 0) {
+                int src[SPEC_FD_CGROUP + 1] = {
+                        [STDIN_FILENO] = devnull, [STDOUT_FILENO] = devnull, [STDERR_FILENO] = devnull,
+                        [SPEC_FD_SPEC] = spec_fd, [SPEC_FD_STATUS] = theirs,
+                        [SPEC_FD_SECCOMP] = plan.bpf_fd >= 0 ? plan.bpf_fd : devnull, [SPEC_FD_CGROUP] = cg_fd,
+                };
+                r = sandbox_helper_start_warm(m, m->sandbox_helper, src, cg_fd >= 0 ? SPEC_FD_CGROUP + 1 : SPEC_FD_CGROUP, &pid);
+        }
+        if (r >= 0) {
+                w->pidfd = sandbox_pidfd_open(pid);
+                if (w->pidfd < 0) {
+                        r = -errno;
+                        kill(pid, SIGKILL);
+                        waitpid(pid, NULL, 0);
+                }
+        }
+        if (r < 0) {
+                if (cgroup)
+                        (void) cgroup_remove(cgroup);
+                return r;
+        }
+        w->pid = pid;
+        w->control = TAKE_FD(ours);
+        w->cg_fd = TAKE_FD(cg_fd);
+        w->cgroup = TAKE_PTR(cgroup);
+        w->limits_note = TAKE_PTR(note);
+        w->unenforced = unenforced;
+        return 0;
 }
 
 static void on_creds_issued(sandbox_creds *creds, const char *error, void *userdata) {

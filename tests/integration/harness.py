@@ -111,6 +111,10 @@ class Client:
         return res
 
 
+POOL_COUNTS = [0, 0]  # spawns that ran in a warm sandbox, all spawns (summed over stopped daemons)
+RUNNING = []  # daemons started and not yet stopped
+
+
 class Daemon:
     def __init__(self, config=None, tasks=None, env=None, args=()):
         self.tmp = tempfile.mkdtemp(prefix="agentd-it-")
@@ -121,6 +125,10 @@ class Daemon:
         for d in (self.runtime, self.config_home, self.state_home):
             os.makedirs(d, mode=0o700)
         self.socket = os.path.join(self.runtime, "agentd", "agentd.sock")
+        # AGENTD_TEST_POOL=N: the whole suite against warm (pooled) sandboxes.
+        pool = os.environ.get("AGENTD_TEST_POOL", "")
+        if pool and pool != "0" and "WarmSandboxes=" not in (config or ""):
+            config = (config or "") + f"\n[Pool]\nWarmSandboxes={int(pool)}\n"
         if config is not None:
             os.makedirs(os.path.join(self.config_home, "agentd"), exist_ok=True)
             with open(os.path.join(self.config_home, "agentd", "agentd.conf"), "w") as f:
@@ -152,9 +160,36 @@ class Daemon:
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([AGENTD] + self.args, env=self.env, stdout=self.log, stderr=self.log)
+        RUNNING.append(self)
         if wait:
             self.wait_ready()
+            if self.pooled():
+                self.wait_warm()
         return self
+
+    def pooled(self):
+        try:
+            with open(os.path.join(self.config_home, "agentd", "agentd.conf")) as f:
+                text = f.read()
+            return "WarmSandboxes=" in text and "WarmSandboxes=0\n" not in text
+        except OSError:
+            return False
+
+    def wait_warm(self, timeout=10):
+        """AGENTD_TEST_POOL / [Pool]: the default task's warm sandboxes are ready
+        (agentd.status warm_sandboxes), so the test's first spawn is a pooled one."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if self.client().ok("agentd.status").get("warm_sandboxes", 0) > 0:
+                    return
+            except Exception:
+                pass
+            time.sleep(0.02)
+
+    def warm_spawns(self):
+        """How many spawns ran in a warm sandbox (agentd's log line says so)."""
+        return self.read_log().count(", warm)")
 
     def wait_ready(self, timeout=10):
         deadline = time.time() + timeout
@@ -228,6 +263,11 @@ class Daemon:
             assert rc == expect_rc, f"agentd exited {rc}: {self.read_log()}"
         if getattr(self, "log", None):
             self.log.close()
+            if self in RUNNING:
+                RUNNING.remove(self)
+                log = self.read_log()
+                POOL_COUNTS[0] += log.count(", warm)")
+                POOL_COUNTS[1] += log.count(": spawned task ")
 
     def __enter__(self):
         return self.start()
@@ -315,5 +355,10 @@ def run_tests(module_globals):
             print(f"FAIL {name}", flush=True)
             traceback.print_exc()
             sys.stdout.flush()
+    if os.environ.get("AGENTD_TEST_POOL"):
+        logs = [d.read_log() for d in RUNNING]
+        warm = POOL_COUNTS[0] + sum(log.count(", warm)") for log in logs)
+        total = POOL_COUNTS[1] + sum(log.count(": spawned task ") for log in logs)
+        print(f"AGENTD_TEST_POOL: {warm} of {total} spawns ran in a warm sandbox", flush=True)
     print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
     sys.exit(1 if failed else 0)

@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """Integration test of agentd-sandbox ("the hands"), driven the way the daemon
 drives it: a spec in a memfd, a status socket, fds 0-2 passed through. Every
-test that goes through Env.run runs twice: exec'd with --spec-fd, and forked by
-the zygote (--zygote, the daemon's fast path; see helper/zygote.h).
+test that goes through Env.run runs three times: exec'd with --spec-fd, forked
+by the zygote (--zygote, the daemon's fast path; see helper/zygote.h), and as a
+warm sandbox (--warm: built from the task's part of the spec, then attached to
+the spawn with one message; see helper/warm.c).
 
 Usage: test_sandbox_hands.py [path/to/agentd-sandbox] [seccomp.bpf]
        (or AGENTD_SANDBOX=...). Run as root it re-executes itself as the
@@ -109,9 +111,12 @@ class Env:
             f.write("PRIVATE KEY\n")
         self.n = 0
         self.zygote = None  # set: run() goes through this Zygote instead of exec
+        self.warm = False  # set: run() builds a warm sandbox first, then attaches
 
     def fresh_overlay(self):
         self.n += 1
+        while os.path.exists(os.path.join(self.root, f"upper{self.n}")):  # a forked test used the number
+            self.n += 1
         upper = os.path.join(self.root, f"upper{self.n}")
         work = os.path.join(self.root, f"work{self.n}")
         os.mkdir(upper)
@@ -137,6 +142,8 @@ class Env:
         """Run the hands; returns Result. Adds status_fd/seccomp_fd itself."""
         if self.zygote:
             return self.run_zygote(items, stdin, timeout, extra_fds, seccomp_file, on_started, keep_tty)
+        if self.warm:
+            return self.run_warm(items, stdin, timeout, extra_fds, seccomp_file, on_started, keep_tty)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         memfd = os.memfd_create("spec", 0)
         pass_fds = [theirs.fileno(), memfd] + list(extra_fds)
@@ -203,6 +210,84 @@ class Env:
             pass
         return self.collect(p, ours, outf, errf, timeout, on_started, keep_tty)
 
+    def start_warm(self, items, timeout=20, extra_fds=()):
+        """A warm sandbox from the task's keys of items (no workspace, home,
+        binds, sockets, argv or environment). Returns (popen, control socket,
+        the control socket's fd number in the hands, which the full spec's
+        status_fd must name) once it said "warm PID"."""
+        control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        status_fd = theirs.fileno()
+        task_keys = ("tmp_size=", "shm_size=", "nproc=", "hostname=", "landlock=", "unsafe_no_seccomp=",
+                     "seccomp_fd=", "cgroup_fd=")
+        warm_items = ["arg=/bin/false", "workspace_mode=none", f"status_fd={theirs.fileno()}"] + \
+            [i for i in items if i.startswith(task_keys)]
+        warm_fd = os.memfd_create("warm-spec", 0)
+        os.write(warm_fd, b"".join(i.encode() + b"\0" for i in warm_items))
+        p = subprocess.Popen([self.binary, "--warm", "--spec-fd", str(warm_fd)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             pass_fds=[theirs.fileno(), warm_fd] + list(extra_fds),
+                             env={HOST_SECRET_VAR: "leaked", "PATH": "/usr/bin:/bin"})
+        theirs.close()
+        os.close(warm_fd)
+        if not select.select([control], [], [], timeout)[0]:
+            p.kill()
+            raise AssertionError("the warm sandbox did not get warm")
+        hello = control.recv(256).decode()
+        if hello.startswith("error "):  # the warm-up failed; status_fd None, the lines in warm_error
+            self.warm_error = [hello.rstrip("\n")]
+            return p, control, None
+        if not hello.startswith("warm ") or not hello[5:-1].isdigit():
+            p.kill()
+            p.wait()
+            raise AssertionError(f"warm sandbox: {hello!r}")
+        return p, control, status_fd
+
+    def attach(self, control, items, stdio):
+        """The attach message: magic, stdio, the full spec, a fresh status socket (ours returned)."""
+        ours, status = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        memfd = os.memfd_create("spec", 0)
+        os.write(memfd, b"".join(i.encode() + b"\0" for i in items))
+        control.sendmsg([struct.pack("=Q", WARM_ATTACH_MAGIC)],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", list(stdio) + [memfd, status.fileno()]))])
+        os.close(memfd)
+        status.close()
+        return ours
+
+    def run_warm(self, items, stdin, timeout, extra_fds, seccomp_file, on_started, keep_tty):
+        """run() through a warm sandbox (start_warm, then attach): the control
+        socket's fd number is the status socket's in the full spec."""
+        bpf = seccomp_file or self.bpf
+        bpf_fd = None
+        items = list(items)
+        extra = list(extra_fds)
+        if bpf and not any(i.startswith("unsafe_no_seccomp=") for i in items):
+            bpf_fd = os.open(bpf, os.O_RDONLY)
+            extra.append(bpf_fd)
+            items.append(f"seccomp_fd={bpf_fd}")
+        try:
+            p, control, status_fd = self.start_warm(items, timeout, extra)
+        finally:
+            if bpf_fd is not None:
+                os.close(bpf_fd)
+        if status_fd is None:
+            control.close()
+            return Result(p.wait(timeout=timeout), self.warm_error, [], "", "")
+        items.append(f"status_fd={status_fd}")
+        outf = tempfile.TemporaryFile()
+        errf = tempfile.TemporaryFile()
+        rin, win = os.pipe()
+        ours = self.attach(control, items, [rin, outf.fileno(), errf.fileno()])
+        os.close(rin)
+        control.close()
+        w = ZygoteChild(p.pid, os.fdopen(win, "wb"))
+        w.wait = p.wait
+        try:
+            w.stdin.write(stdin)
+            w.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.collect(w, ours, outf, errf, timeout, on_started, keep_tty)
+
     def collect(self, p, ours, outf, errf, timeout, on_started, keep_tty):
         messages, fds = [], []
         deadline = time.monotonic() + timeout
@@ -239,6 +324,7 @@ class Env:
 
 
 ZYGOTE_MAGIC = 0x7A79676F
+WARM_ATTACH_MAGIC = 0x686361747461676F
 EBADMSG = 74
 
 
@@ -1138,6 +1224,116 @@ def daemon_sigkill_takes_everything(e):
     assert gone(zpid) and gone(hpid) and left == "", (gone(zpid), gone(hpid), left)
 
 
+# ---- warm sandboxes (helper/warm.c) ----------------------------------------------
+
+WARM_TESTS = []
+
+
+def warm_test(fn):
+    WARM_TESTS.append(fn)
+    return fn
+
+
+def read_status(sock, timeout=20):
+    messages = []
+    while select.select([sock], [], [], timeout)[0]:
+        data = sock.recv(4096)
+        if not data:
+            return messages
+        messages.append(data.decode().rstrip("\n"))
+    raise AssertionError(f"timeout; messages so far {messages}")
+
+
+@warm_test
+def warm_sandbox_gets_its_workspace_only_at_attach(e):
+    """The warm spec names no workspace, and the workspace is resolved when the
+    spawn attaches: one that did not even exist while the sandbox got warm is
+    the one the command sees, with what was written after the warm-up."""
+    items = e.spec(["/bin/sh", "-c", "cat late; pwd"])
+    late_ws = os.path.join(e.root, "late-ws")
+    items = [f"workspace={late_ws}" if i.startswith("workspace=") else i for i in items]
+    p, control, status_fd = e.start_warm(items)
+    try:
+        os.mkdir(late_ws)
+        with open(os.path.join(late_ws, "late"), "w") as f:
+            f.write("written after the warm-up\n")
+        outf = tempfile.TemporaryFile()
+        ours = e.attach(control, items + [f"status_fd={status_fd}"], [os.open("/dev/null", os.O_RDONLY), outf.fileno(), outf.fileno()])
+        messages = read_status(ours)
+        assert p.wait(timeout=10) == 0, messages
+        outf.seek(0)
+        out = outf.read().decode()
+        assert messages[1:] == ["exit 0"] and out == f"written after the warm-up\n{late_ws}\n", (messages, out)
+    finally:
+        p.kill()
+        p.wait()
+        shutil.rmtree(late_ws, ignore_errors=True)
+
+
+@warm_test
+def warm_sandbox_refuses_another_tasks_spawn(e):
+    """What the warm-up applied (here /tmp's size) must be what the spawn asks
+    for: a spawn of another policy fails closed and runs nothing."""
+    items = e.spec(["/bin/sh", "-c", "echo ran"], extra=["tmp_size=1048576"])
+    p, control, status_fd = e.start_warm(items)
+    try:
+        other = [i if i != "tmp_size=1048576" else "tmp_size=2097152" for i in items]
+        outf = tempfile.TemporaryFile()
+        ours = e.attach(control, other + [f"status_fd={status_fd}"], [os.open("/dev/null", os.O_RDONLY), outf.fileno(), outf.fileno()])
+        messages = read_status(ours)
+        assert p.wait(timeout=10) == 125, messages
+        outf.seek(0)
+        assert outf.read() == b"", "the command ran"
+        assert messages[:1] == ["error attach: the spawn's spec does not match the warm sandbox's task"], messages
+    finally:
+        p.kill()
+        p.wait()
+
+
+@warm_test
+def warm_sandbox_ends_quietly_unused_and_refuses_garbage(e):
+    """EOF on the control socket (the pool let go) ends it with nothing run; a
+    malformed attach is refused and its fds are not kept."""
+    items = e.spec(["/bin/true"])
+    p, control, _ = e.start_warm(items)
+    control.close()
+    assert p.wait(timeout=10) == 0
+    p, control, _ = e.start_warm(items)
+    try:
+        r, w = os.pipe()
+        control.sendmsg([struct.pack("=Q", WARM_ATTACH_MAGIC ^ 1)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))])
+        os.close(w)
+        assert read_status(control) == ["error attach: malformed attach message"]
+        assert p.wait(timeout=10) == 125
+        assert eof_within(r, 2), "the warm sandbox kept a refused attach's fd"
+        os.close(r)
+    finally:
+        p.kill()
+        p.wait()
+
+
+@warm_test
+def warm_sandboxes_share_nothing(e):
+    """Two spawns, two warm sandboxes: each its own pid namespace (the command
+    is pid 2 in both, the init pid 1) and its own empty /tmp."""
+    outs = []
+    for _ in range(2):
+        items = e.spec(["/bin/sh", "-c", "ls -A /tmp; echo $$; touch /tmp/mark; readlink /proc/self/ns/pid"], mode="none")
+        p, control, status_fd = e.start_warm(items)
+        try:
+            outf = tempfile.TemporaryFile()
+            ours = e.attach(control, items + [f"status_fd={status_fd}"], [os.open("/dev/null", os.O_RDONLY), outf.fileno(), outf.fileno()])
+            messages = read_status(ours)
+            assert p.wait(timeout=10) == 0, messages
+            outf.seek(0)
+            outs.append(outf.read().decode().split("\n"))
+        finally:
+            p.kill()
+            p.wait()
+    assert outs[0][0] == "2" and outs[1][0] == "2", outs  # /tmp empty: ls printed nothing
+    assert outs[0][1] != outs[1][1], outs  # different pid namespaces
+
+
 def main():
     if os.geteuid() == 0:
         reexec_unprivileged()
@@ -1151,11 +1347,13 @@ def main():
     passed = failed = 0
     # exec'd first, then all again forked by one zygote, then the zygote's own.
     z = Zygote(e.binary)
-    rounds = [("", TESTS, None), (" [zygote]", [t for t in TESTS if t not in EXEC_ONLY], z), ("", ZYGOTE_TESTS, None)]
+    rounds = [("", TESTS, None), (" [zygote]", [t for t in TESTS if t not in EXEC_ONLY], z),
+              (" [warm]", [t for t in TESTS if t not in EXEC_ONLY], "warm"), ("", ZYGOTE_TESTS, None), ("", WARM_TESTS, None)]
     try:
         for suffix, tests, zygote in rounds:
             for t in tests:
-                e.zygote = zygote
+                e.warm = zygote == "warm"
+                e.zygote = zygote if zygote != "warm" else None
                 try:
                     t(e)
                     print(f"ok   {t.__name__}{suffix}")
@@ -1166,6 +1364,7 @@ def main():
                     failed += 1
     finally:
         e.zygote = None
+        e.warm = False
         z.close()
         shutil.rmtree(e.root, ignore_errors=True)
         shutil.rmtree(os.path.join(e.home, ".ssh"), ignore_errors=True)
