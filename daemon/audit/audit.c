@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,7 +83,28 @@ struct audit_log {
         size_t n_recs, recs_cap;
         uint64_t base_seq;
         uint8_t base_hash[HASH_LEN];
+
+        audit_flush_job *flush_job;     /* the flush in a worker, if any (audit_flush_begin) */
 };
+
+/* A flush handed to a worker: everything it needs, so that the log may go on
+ * appending (or be closed) while it runs. */
+#define HEAD_LINE_MAX 512
+struct audit_flush_job {
+        audit_log *log;                 /* loop side; NULL once a synchronous flush took over */
+        int fd;                         /* a duplicate of the newest file's fd, or -1: nothing to fsync */
+        int dir_fd;                     /* a duplicate of the directory fd */
+        bool write_head;
+        char head[HEAD_LINE_MAX];       /* formatted and MAC'd on the loop: the worker never sees the key */
+        size_t head_len;
+        uint64_t seq;                   /* what the head vouches for: all of it written before the job began */
+        bool cancelled;                 /* under flush_lock */
+        int result;
+};
+
+/* Held while fsyncing and rewriting audit.head (a worker's flush or a
+ * synchronous one): one flush at a time, through the one tmp name. */
+static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_object *, json_object_put)
 DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free)
@@ -572,17 +594,13 @@ static int head_read(int dir_fd, const audit_key *k, uint64_t *ret_seq, uint8_t 
         return HEAD_OK;
 }
 
-/* Atomically: a reader sees the old head or the new one, never half of either. */
-static int head_write(audit_log *a) {
+/* Atomically: a reader sees the old head or the new one, never half of either.
+ * Takes no state but the directory: it also runs in a worker (audit_flush_run). */
+static int head_store(int dir_fd, const char *buf, size_t len) {
         _cleanup_close_ int fd = -1;
-        char buf[512];
-        size_t len;
         int r;
 
-        r = head_format(&a->key, a->seq, a->last_hash, buf, sizeof(buf), &len);
-        if (r < 0)
-                return r;
-        fd = openat(a->dir_fd, HEAD_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        fd = openat(dir_fd, HEAD_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
         if (fd < 0)
                 return -errno;
         r = write_all(fd, buf, len);
@@ -590,11 +608,22 @@ static int head_write(audit_log *a) {
                 return r;
         if (fsync(fd) < 0)
                 return -errno;
-        if (renameat(a->dir_fd, HEAD_TMP_NAME, a->dir_fd, HEAD_NAME) < 0)
+        if (renameat(dir_fd, HEAD_TMP_NAME, dir_fd, HEAD_NAME) < 0)
                 return -errno;
-        if (fsync(a->dir_fd) < 0)
+        if (fsync(dir_fd) < 0)
                 return -errno;
         return 0;
+}
+
+static int head_write(audit_log *a) {
+        char buf[HEAD_LINE_MAX];
+        size_t len;
+        int r;
+
+        r = head_format(&a->key, a->seq, a->last_hash, buf, sizeof(buf), &len);
+        if (r < 0)
+                return r;
+        return head_store(a->dir_fd, buf, len);
 }
 
 /* ---- the checkpoint: where a pruned log starts ---- */
@@ -1258,6 +1287,25 @@ int audit_append(audit_log *a, const char *type, const char *sandbox, struct jso
         return audit_commit(a, NULL);
 }
 
+/* A synchronous flush (or close) takes over from a worker's flush that has
+ * not finished: that one writes nothing more (its head would be older than
+ * ours), and its work counts as not done. */
+static void flush_job_detach(audit_log *a) {
+        audit_flush_job *j = a->flush_job;
+
+        if (!j)
+                return;
+        pthread_mutex_lock(&flush_lock);
+        j->cancelled = true;
+        pthread_mutex_unlock(&flush_lock);
+        j->log = NULL;
+        a->flush_job = NULL;
+        if (j->fd >= 0)
+                a->dirty = true;
+        if (j->write_head)
+                a->head_current = false;
+}
+
 int audit_flush(audit_log *a) {
         int r;
 
@@ -1266,20 +1314,111 @@ int audit_flush(audit_log *a) {
         r = audit_commit(a, NULL);
         if (r < 0)
                 return r;
+        flush_job_detach(a);
+        if (!a->dirty && a->head_current)
+                return 0;
+        pthread_mutex_lock(&flush_lock);
         if (a->dirty) {
-                if (fsync(a->fd) < 0)
-                        return -errno;
+                if (fsync(a->fd) < 0) {
+                        r = -errno;
+                        goto out;
+                }
                 a->dirty = false;
         }
-        if (a->head_current)
-                return 0;
-        /* Only after the records are durable may the head vouch for them. */
-        r = head_write(a);
+        if (!a->head_current) {
+                /* Only after the records are durable may the head vouch for them. */
+                r = head_write(a);
+                if (r < 0)
+                        goto out;
+                a->head_seq = a->seq;
+                a->head_current = true;
+        }
+out:
+        pthread_mutex_unlock(&flush_lock);
+        return r;
+}
+
+static void flush_job_free(audit_flush_job *j) {
+        if (!j)
+                return;
+        safe_close(j->fd);
+        safe_close(j->dir_fd);
+        free(j);
+}
+
+int audit_flush_begin(audit_log *a, audit_flush_job **ret) {
+        audit_flush_job *j;
+        int r;
+
+        if (!a || !ret)
+                return -EINVAL;
+        if (a->flush_job)
+                return -EBUSY;
+        r = audit_commit(a, NULL);
         if (r < 0)
                 return r;
-        a->head_seq = a->seq;
+        if (!a->dirty && a->head_current) {
+                *ret = NULL;
+                return 0;
+        }
+        j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        j->fd = j->dir_fd = -1;
+        j->write_head = !a->head_current;
+        j->seq = a->seq;
+        if (j->write_head)
+                r = head_format(&a->key, a->seq, a->last_hash, j->head, sizeof(j->head), &j->head_len);
+        if (r == 0 && a->dirty && (j->fd = fcntl(a->fd, F_DUPFD_CLOEXEC, 3)) < 0)
+                r = -errno;
+        if (r == 0 && (j->dir_fd = fcntl(a->dir_fd, F_DUPFD_CLOEXEC, 3)) < 0)
+                r = -errno;
+        if (r < 0) {
+                flush_job_free(j);
+                return r;
+        }
+        /* Taken as done; audit_flush_end() puts it back if it was not. */
+        a->dirty = false;
         a->head_current = true;
+        j->log = a;
+        a->flush_job = j;
+        *ret = j;
         return 0;
+}
+
+void audit_flush_run(audit_flush_job *j) {
+        int r = 0;
+
+        pthread_mutex_lock(&flush_lock);
+        if (!j->cancelled) {
+                /* Only after the records are durable may the head vouch for them. */
+                if (j->fd >= 0 && fsync(j->fd) < 0)
+                        r = -errno;
+                if (r == 0 && j->write_head)
+                        r = head_store(j->dir_fd, j->head, j->head_len);
+        }
+        j->result = r;
+        pthread_mutex_unlock(&flush_lock);
+}
+
+int audit_flush_end(audit_flush_job *j) {
+        audit_log *a;
+        int r;
+
+        if (!j)
+                return 0;
+        a = j->log;
+        r = a ? j->result : 0;
+        if (a) {
+                a->flush_job = NULL;
+                if (r < 0) {
+                        a->dirty = a->dirty || j->fd >= 0;
+                        a->head_current = a->head_current && !j->write_head;
+                } else if (j->write_head)
+                        a->head_seq = j->seq;
+        }
+        flush_job_free(j);
+        return r;
 }
 
 uint64_t audit_seq(const audit_log *a) {
@@ -1295,6 +1434,7 @@ void audit_close(audit_log *a) {
                 (void) audit_flush(a);
         else if (a->fd >= 0)
                 (void) audit_commit(a, NULL);
+        flush_job_detach(a);
         safe_close(a->fd);
         safe_close(a->dir_fd);
         key_page_free(a->key_page, a->key_page_size);

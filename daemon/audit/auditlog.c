@@ -1,8 +1,9 @@
 /* Audit log wiring. The HMAC key is 32 random bytes sealed like the broker's
  * secret: by the TPM when one answers on [TPM] TCTI=, else with a software
  * key file (the log must work on machines without a TPM; status says which).
- * Records are written at once and fsync'd in batches by a short timer; the
- * per-request "rpc" records are group-committed: chained as they happen and
+ * Records are written at once and fsync'd in batches by a short timer (the
+ * fsync and the head rewrite run in a worker thread, one at a time: the loop
+ * does not wait for the disk); the per-request "rpc" records are group-committed: chained as they happen and
  * written with one writev per loop iteration (a prepare and a check hook),
  * while the server holds every reply back until that write has happened
  * (server_release_held()), so a reply never precedes its record on disk.
@@ -40,6 +41,8 @@ typedef struct auditlog {
         uv_timer_t flush_timer, retry_timer, startup_timer;
         uv_prepare_t commit_prepare;
         uv_check_t commit_check;
+        uv_work_t flush_work;
+        audit_flush_job *flush_job;   /* in flight in flush_work: at most one */
         bool timers_init;
         bool dirty;
         char *state;              /* why it is unavailable, or "ok (key sealed: ...)" */
@@ -175,6 +178,37 @@ static void on_commit_check(uv_check_t *h) {
         commit_and_release(h->data);
 }
 
+static void flush_work(uv_work_t *w) {
+        audit_flush_run(the_log.flush_job);
+}
+
+static void flush_done(uv_work_t *w, int status) {
+        /* A job that a synchronous flush took over (or audit_close()) ends with 0. */
+        int r = audit_flush_end(TAKE_PTR(the_log.flush_job));
+        if (r < 0 && the_log.log)
+                write_failed("flush the log", r);
+}
+
+/* The fsync and the head rewrite in a worker; the head vouches only for what
+ * was written before the job began, and only after the fsync. */
+static void flush_start(manager *m) {
+        audit_flush_job *j = NULL;
+        int r = audit_flush_begin(the_log.log, &j);
+        if (r < 0) {
+                write_failed("flush the log", r);
+                return;
+        }
+        if (!j)
+                return;
+        the_log.flush_job = j;
+        r = uv_queue_work(m->loop, &the_log.flush_work, flush_work, flush_done);
+        if (r < 0) {
+                /* No worker: flush here, as before. */
+                audit_flush_run(j);
+                flush_done(&the_log.flush_work, 0);
+        }
+}
+
 static void on_flush(uv_timer_t *t) {
         /* A log that failed resumes by itself once records fit again; so does
          * the writing of a lockdown marker that did not fit. */
@@ -182,11 +216,10 @@ static void on_flush(uv_timer_t *t) {
                 (void) try_resume();
         lockdown_retry_persist(t->data);
         (void) auditlog_commit(t->data);
-        if (the_log.log && the_log.dirty) {
+        /* One flush in flight; what it did not cover waits for the next tick. */
+        if (the_log.log && the_log.dirty && !the_log.flush_job) {
                 the_log.dirty = false;
-                int r = audit_flush(the_log.log);
-                if (r < 0)
-                        write_failed("flush the log", r);
+                flush_start(t->data);
         }
 }
 

@@ -10,6 +10,7 @@
 #include <json-c/json.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1154,6 +1155,117 @@ START_TEST(test_durable_after_flush) {
 }
 END_TEST
 
+/* ---- the flush in a worker (audit_flush_begin/run/end) ---- */
+
+static uint64_t head_seq_of(const char *dir) {
+        char p[256];
+        snprintf(p, sizeof(p), "%s/audit.head", dir);
+        _cleanup_free_ char *h = read_all(p, NULL);
+        uint64_t seq = 0;
+        ck_assert_int_eq(sscanf(h, "{\"audit_head\":1,\"seq\":%" SCNu64 ",", &seq), 1);
+        return seq;
+}
+
+static void *flush_thread(void *job) {
+        audit_flush_run(job);
+        return NULL;
+}
+
+/* As the daemon does it: the slow part on another thread. */
+static void run_in_thread(audit_flush_job *j) {
+        pthread_t t;
+        ck_assert_int_eq(pthread_create(&t, NULL, flush_thread, j), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+}
+
+/* The head a worker writes vouches for what was written before the job
+ * began, never for records appended while it ran; one job at a time. */
+START_TEST(test_flush_job) {
+        audit_log *a = open_log(master);
+        audit_flush_job *j = NULL, *j2 = NULL;
+
+        append_n(a, 1, 3);
+        append_deferred_n(a, 4, 5);                     /* begin commits these */
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);
+        ck_assert_uint_eq(audit_pending(a), 0);
+        ck_assert_int_eq(audit_flush_begin(a, &j2), -EBUSY);
+        append_n(a, 6, 7);                              /* while the job is out */
+        ck_assert_uint_eq(head_seq_of(master), 0);      /* nothing before the job runs */
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_uint_eq(head_seq_of(master), 5);
+        expect_ok(master, 7);
+
+        /* The records appended meanwhile are the next job's. */
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_uint_eq(head_seq_of(master), 7);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_null(j);                          /* all durable and anchored */
+        ck_assert_int_eq(audit_flush_end(NULL), 0);
+        audit_close(a);
+        expect_ok(master, 7);
+}
+END_TEST
+
+/* A synchronous flush takes over from a job that has not run: the job then
+ * writes nothing, so its older head never lands over the newer one. */
+START_TEST(test_flush_job_taken_over) {
+        audit_log *a = open_log(master);
+        audit_flush_job *j = NULL;
+
+        append_n(a, 1, 3);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);
+        append_n(a, 4, 4);
+        ck_assert_int_eq(audit_flush(a), 0);
+        ck_assert_uint_eq(head_seq_of(master), 4);
+        run_in_thread(j);                               /* late: cancelled */
+        ck_assert_uint_eq(head_seq_of(master), 4);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_null(j);
+
+        /* And audit_close() with a job out: the job is detached and writes nothing. */
+        append_n(a, 5, 6);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);
+        audit_close(a);
+        ck_assert_uint_eq(head_seq_of(master), 6);
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_uint_eq(head_seq_of(master), 6);
+        expect_ok(master, 6);
+}
+END_TEST
+
+/* A job that fails reports it, and the log counts the flush as not done. */
+START_TEST(test_flush_job_failure) {
+        audit_log *a = open_log(master);
+        audit_flush_job *j = NULL;
+        char p[256];
+
+        append_n(a, 1, 3);
+        snprintf(p, sizeof(p), "%s/audit.head.tmp", master);
+        ck_assert_int_eq(mkdir(p, 0700), 0);            /* the head cannot be written */
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), -EISDIR);
+        ck_assert_uint_eq(head_seq_of(master), 0);
+        ck_assert_int_eq(rmdir(p), 0);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);                       /* still to do */
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_uint_eq(head_seq_of(master), 3);
+        audit_close(a);
+        expect_ok(master, 3);
+}
+END_TEST
+
 START_TEST(test_open_errors) {
         audit_error err = {};
         audit_log *a = NULL;
@@ -1360,6 +1472,9 @@ static Suite *audit_suite(void) {
         tcase_add_test(tc, test_secret_guard);
         tcase_add_test(tc, test_size_bound);
         tcase_add_test(tc, test_durable_after_flush);
+        tcase_add_test(tc, test_flush_job);
+        tcase_add_test(tc, test_flush_job_taken_over);
+        tcase_add_test(tc, test_flush_job_failure);
         tcase_add_test(tc, test_open_errors);
         tcase_add_test(tc, test_query_page_bounded);
         tcase_add_test(tc, test_prune_keeps_chain_verifiable);
