@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -43,11 +44,12 @@
 /* How much of a torn line goes into the audit.recovered record, as hex. */
 #define TORN_DATA_MAX 1024
 
+typedef struct hmac_state hmac_state;
+
 typedef struct audit_key {
-        const uint8_t *key;
+        const uint8_t *key;     /* in its own page (key_page_new), followed by: */
         size_t len;
-        EVP_MAC *mac;
-        EVP_MAC_CTX *tmpl;      /* digest already set, no key: duplicated per record */
+        hmac_state *hmac;       /* the key's HMAC state, in the same page */
 } audit_key;
 
 struct audit_log {
@@ -108,7 +110,6 @@ static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_object *, json_object_put)
 DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free)
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_MAC *, EVP_MAC_free)
 DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir)
 
 _printf_(3, 4) static int fail(audit_error *err, int r, const char *fmt, ...) {
@@ -124,59 +125,67 @@ _printf_(3, 4) static int fail(audit_error *err, int r, const char *fmt, ...) {
 
 /* ---- crypto and hex ---- */
 
-/* Fetched once: OpenSSL 3 otherwise looks the algorithm up on every call,
- * which was most of the cost of a record (and agentd records every RPC). */
-static const EVP_MD *sha256_md(void) {
-        static EVP_MD *md;
-        if (!md)
-                md = EVP_MD_fetch(NULL, "SHA256", NULL);
-        return md;
-}
+/* SHA-256 and HMAC-SHA256 through OpenSSL's low-level SHA-256 (the same
+ * assembly EVP ends in). For a 300-byte record, OpenSSL 3's EVP layer (a context
+ * allocated per call, the provider looked up, a fresh HMAC keyed per record)
+ * cost several times the hashing itself, and agentd writes a record per
+ * request. These functions are deprecated in OpenSSL 3.0, not removed; this
+ * section is their only user. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
 static int sha256(const void *p, size_t n, uint8_t out[HASH_LEN]) {
-        unsigned len = 0;
-        const EVP_MD *md = sha256_md();
+        SHA256_CTX c;
 
-        if (!md || EVP_Digest(p, n, out, &len, md, NULL) != 1 || len != HASH_LEN)
+        if (SHA256_Init(&c) != 1 || SHA256_Update(&c, p, n) != 1 || SHA256_Final(out, &c) != 1)
                 return -EIO;
         return 0;
 }
 
-/* HMAC-SHA256 over the concatenation a || b. The key is given to a fresh copy
- * of a keyless template per call, so the only long-lived copy of the key is
- * our locked page (the template holds just the digest choice). */
+/* HMAC (RFC 2104) with the key's two padded blocks hashed once, when the key
+ * is set up: `inner` is SHA-256 after (key ^ ipad), `outer` after (key ^ opad).
+ * Both are as good as the key, so they live in the key's locked, non-dumpable
+ * page, as does the context each call works in (one thread per key). */
+#define HMAC_BLOCK 64
+struct hmac_state {
+        SHA256_CTX inner, outer, work;
+        uint8_t pad[HMAC_BLOCK];
+};
+
+static int hmac_state_init(hmac_state *h, const uint8_t *key, size_t len) {
+        int ok = 1;
+
+        if (len > HMAC_BLOCK)
+                return -EINVAL;         /* AUDIT_KEY_MAX: never hashed down */
+        for (size_t i = 0; i < HMAC_BLOCK; i++)
+                h->pad[i] = (uint8_t) ((i < len ? key[i] : 0) ^ 0x36);
+        ok &= SHA256_Init(&h->inner) & SHA256_Update(&h->inner, h->pad, HMAC_BLOCK);
+        for (size_t i = 0; i < HMAC_BLOCK; i++)
+                h->pad[i] = (uint8_t) ((i < len ? key[i] : 0) ^ 0x5c);
+        ok &= SHA256_Init(&h->outer) & SHA256_Update(&h->outer, h->pad, HMAC_BLOCK);
+        explicit_zero(h->pad, sizeof(h->pad));
+        return ok == 1 ? 0 : -EIO;
+}
+
+/* HMAC-SHA256 over the concatenation a || b. */
 static int hmac_sha256(const audit_key *key, const void *a, size_t na, const void *b, size_t nb,
                        uint8_t out[HASH_LEN]) {
-        audit_key *k = (audit_key *) key; /* the template is a cache, filled on first use */
-        EVP_MAC_CTX *ctx;
-        size_t len = 0;
-        int r = -EIO;
+        hmac_state *h = key->hmac;
+        uint8_t inner[HASH_LEN];
+        int ok = 1;
 
-        if (!k->tmpl) {
-                OSSL_PARAM params[] = {
-                        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *) "SHA256", 0),
-                        OSSL_PARAM_construct_end(),
-                };
-                k->tmpl = EVP_MAC_CTX_new(k->mac);
-                if (!k->tmpl)
-                        return -ENOMEM;
-                if (EVP_MAC_CTX_set_params(k->tmpl, params) != 1) {
-                        EVP_MAC_CTX_free(k->tmpl);
-                        k->tmpl = NULL;
-                        return -EIO;
-                }
-        }
-        ctx = EVP_MAC_CTX_dup(k->tmpl);
-        if (!ctx)
-                return -ENOMEM;
-        if (EVP_MAC_init(ctx, k->key, k->len, NULL) == 1 &&
-            EVP_MAC_update(ctx, a, na) == 1 &&
-            (nb == 0 || EVP_MAC_update(ctx, b, nb) == 1) &&
-            EVP_MAC_final(ctx, out, &len, HASH_LEN) == 1 && len == HASH_LEN)
-                r = 0;
-        EVP_MAC_CTX_free(ctx);
-        return r;
+        h->work = h->inner;
+        ok &= SHA256_Update(&h->work, a, na);
+        if (nb > 0)
+                ok &= SHA256_Update(&h->work, b, nb);
+        ok &= SHA256_Final(inner, &h->work);
+        h->work = h->outer;
+        ok &= SHA256_Update(&h->work, inner, HASH_LEN) & SHA256_Final(out, &h->work);
+        explicit_zero(&h->work, sizeof(h->work));
+        return ok == 1 ? 0 : -EIO;
 }
+
+#pragma GCC diagnostic pop
 
 static void hex_encode(const uint8_t *p, size_t n, char *out) {
         static const char digits[] = "0123456789abcdef";
@@ -240,6 +249,17 @@ static void key_page_free(uint8_t *p, size_t size) {
         explicit_zero(p, size);
         (void) munlock(p, size);
         (void) munmap(p, size);
+}
+
+/* The HMAC state goes into the key's page, behind the key. */
+#define KEY_HMAC_OFFSET 128
+_Static_assert(AUDIT_KEY_MAX <= KEY_HMAC_OFFSET, "the key fits before its HMAC state");
+
+static int key_setup(audit_key *k, uint8_t *page, size_t page_size, size_t len) {
+        if (page_size < KEY_HMAC_OFFSET + sizeof(hmac_state))
+                return -ENOMEM;
+        *k = (audit_key) { .key = page, .len = len, .hmac = (hmac_state *) (void *) (page + KEY_HMAC_OFFSET) };
+        return hmac_state_init(k->hmac, k->key, len);
 }
 
 /* ---- small file helpers ---- */
@@ -1438,8 +1458,6 @@ void audit_close(audit_log *a) {
         safe_close(a->fd);
         safe_close(a->dir_fd);
         key_page_free(a->key_page, a->key_page_size);
-        EVP_MAC_CTX_free(a->key.tmpl);
-        EVP_MAC_free(a->key.mac);
         free(a->batch);
         free(a->recs);
         free(a);
@@ -1643,14 +1661,12 @@ int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_
                 a->max_record = AUDIT_RECORD_MAX_LIMIT;
         a->journal = !(opt && opt->no_journal) && access(JOURNAL_SOCKET, F_OK) == 0;
 
-        a->key.mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        if (!a->key.mac)
-                return fail(err, -EIO, "audit: OpenSSL has no HMAC");
         r = key_page_new(key, key_len, &a->key_page, &a->key_page_size);
         if (r < 0)
                 return fail(err, r, "audit: cannot allocate key memory: %s", strerror(-r));
-        a->key.key = a->key_page;
-        a->key.len = key_len;
+        r = key_setup(&a->key, a->key_page, a->key_page_size, key_len);
+        if (r < 0)
+                return fail(err, r, "audit: cannot set up the HMAC key: %s", strerror(-r));
 
         r = mkdir_p(dir, 0700);
         if (r < 0)
@@ -2004,21 +2020,24 @@ int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *re
 
 int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *ret_ok, uint64_t *ret_records,
                      uint64_t *ret_first_bad_seq, char **ret_reason) {
-        _cleanup_(EVP_MAC_freep) EVP_MAC *mac = NULL;
         _cleanup_close_ int dir_fd = -1;
+        uint8_t *page = NULL;
+        size_t page_size = 0;
         audit_key k;
+        int r;
 
         if (!dir || !key || key_len < AUDIT_KEY_MIN || key_len > AUDIT_KEY_MAX)
                 return -EINVAL;
-        mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        if (!mac)
-                return -EIO;
-        k = (audit_key) { .key = key, .len = key_len, .mac = mac };
         dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (dir_fd < 0)
                 return -errno;
-        int r = verify_core(dir_fd, &k, NULL, 0, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
-        EVP_MAC_CTX_free(k.tmpl);
+        r = key_page_new(key, key_len, &page, &page_size);
+        if (r < 0)
+                return r;
+        r = key_setup(&k, page, page_size, key_len);
+        if (r == 0)
+                r = verify_core(dir_fd, &k, NULL, 0, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
+        key_page_free(page, page_size);
         return r;
 }
 
@@ -2324,9 +2343,6 @@ int audit_snapshot_new(audit_log *a, audit_snapshot **ret) {
         if (!a || !ret)
                 return -EINVAL;
         (void) audit_commit(a, NULL);
-        /* Fetched here, on the loop, so that worker threads only read the cache. */
-        if (!sha256_md())
-                return -EIO;
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -2340,10 +2356,11 @@ int audit_snapshot_new(audit_log *a, audit_snapshot **ret) {
                 audit_snapshot_free(s);
                 return r;
         }
-        s->key = (audit_key) { .key = s->key_page, .len = a->key.len, .mac = EVP_MAC_fetch(NULL, "HMAC", NULL) };
-        if (!s->key.mac) {
+        /* Its own HMAC state too: the worker must not share the log's. */
+        r = key_setup(&s->key, s->key_page, s->key_page_size, a->key.len);
+        if (r < 0) {
                 audit_snapshot_free(s);
-                return -EIO;
+                return r;
         }
         s->mem = (anchor) { .set = a->seq > 0, .seq = a->seq };
         memcpy(s->mem.hash, a->last_hash, HASH_LEN);
@@ -2356,8 +2373,6 @@ void audit_snapshot_free(audit_snapshot *s) {
                 return;
         safe_close(s->dir_fd);
         key_page_free(s->key_page, s->key_page_size);
-        EVP_MAC_CTX_free(s->key.tmpl);
-        EVP_MAC_free(s->key.mac);
         free(s);
 }
 
