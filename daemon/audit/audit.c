@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <syslog.h>
+#include <assert.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
 #include <unistd.h>
@@ -968,16 +969,36 @@ static bool type_valid(const char *type) {
         return true;
 }
 
-static int format_time(char buf[static 40]) {
+/* UTC with microseconds, 2026-11-24T19:21:12.123456Z: the part up to the
+ * second is formatted once per second (a record is written per request). */
+static int format_time(char buf[static 40], size_t *ret_len) {
+        static _Thread_local time_t cached_sec = -1;
+        static _Thread_local char cached[32];
+        static _Thread_local size_t cached_len;
         struct timespec ts;
-        struct tm tm;
+        long us;
 
         if (clock_gettime(CLOCK_REALTIME, &ts) < 0)
                 return -errno;
-        if (!gmtime_r(&ts.tv_sec, &tm))
-                return -EOVERFLOW;
-        snprintf(buf, 40, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                 tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000);
+        if (ts.tv_sec != cached_sec) {
+                struct tm tm;
+                int n;
+
+                if (!gmtime_r(&ts.tv_sec, &tm))
+                        return -EOVERFLOW;
+                n = snprintf(cached, sizeof(cached), "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                if (n < 0 || (size_t) n >= sizeof(cached))
+                        return -EOVERFLOW;
+                cached_len = (size_t) n;
+                cached_sec = ts.tv_sec;
+        }
+        memcpy(buf, cached, cached_len);
+        us = ts.tv_nsec / 1000;
+        for (size_t i = 6; i > 0; i--, us /= 10)
+                buf[cached_len + i - 1] = (char) ('0' + us % 10);
+        memcpy(buf + cached_len + 6, "Z", 2);
+        *ret_len = cached_len + 7;
         return 0;
 }
 
@@ -1049,49 +1070,184 @@ static void audit_journal(audit_log *a, uint64_t seq, const char *type, const ch
                                        NULL);
 }
 
-/* The unsigned record U (see audit.h), malloc'd. */
-static char *record_unsigned(uint64_t seq, const char *time, const char *type_q, const char *sandbox_q,
-                             const char *fields_s, const uint8_t prev[HASH_LEN]) {
-        /* Piece by piece rather than asprintf: this runs once per request. The
-         * bytes are exactly {"seq":N,"time":"T","type":Q,"sandbox":Q,"fields":F,"prev":"H"}. */
-        const char *parts[] = { "{\"seq\":", NULL, ",\"time\":\"", time, "\",\"type\":", type_q, ",\"sandbox\":",
-                                sandbox_q, ",\"fields\":", fields_s, ",\"prev\":\"", NULL, "\"}" };
-        char num[24], hex[HEX_LEN + 1];
-        size_t len[ELEMENTSOF(parts)], total = 1;
+/* The pieces of a record; its unsigned form U (see audit.h) is
+ *   {"seq":N,"time":"T","type":Q,"sandbox":Q,"fields":F,"prev":"H"} */
+typedef struct record_parts {
+        const char *type, *sandbox;     /* as given: for the journal */
+        const char *type_q, *sandbox_q, *fields;
+        size_t type_q_len, sandbox_q_len, fields_len;
+        char time[40];
+        size_t time_len;
+} record_parts;
 
-        snprintf(num, sizeof(num), "%" PRIu64, seq);
-        hex_encode(prev, HASH_LEN, hex);
-        parts[1] = num;
-        parts[11] = hex;
-        for (size_t i = 0; i < ELEMENTSOF(parts); i++)
-                total += len[i] = strlen(parts[i]);
-        char *u = malloc(total), *p = u;
-        if (!u)
-                return NULL;
-        for (size_t i = 0; i < ELEMENTSOF(parts); i++)
-                p = mempcpy(p, parts[i], len[i]);
-        *p = '\0';
-        return u;
+#define U_SEQ "{\"seq\":"
+#define U_TIME ",\"time\":\""
+#define U_TYPE "\",\"type\":"
+#define U_SANDBOX ",\"sandbox\":"
+#define U_FIELDS ",\"fields\":"
+#define U_PREV ",\"prev\":\""
+#define U_END "\"}"
+#define U_FIXED_LEN (sizeof(U_SEQ U_TIME U_TYPE U_SANDBOX U_FIELDS U_PREV U_END) - 1 + HEX_LEN)
+
+static size_t u64_decimal(uint64_t v, char buf[static 21]) {
+        char t[20];
+        size_t n = 0;
+
+        do
+                t[n++] = (char) ('0' + v % 10);
+        while ((v /= 10) > 0);
+        for (size_t i = 0; i < n; i++)
+                buf[i] = t[n - 1 - i];
+        buf[n] = 0;
+        return n;
 }
 
-/* Builds the next record of the chain (seq a->seq + 1, prev a->last_hash):
- * *ret_line is the line with its '\n', *ret_hash its SHA-256 without it. */
-static int record_build(audit_log *a, const char *type, const char *sandbox, struct json_object *fields,
-                        char **ret_line, size_t *ret_len, uint8_t ret_hash[HASH_LEN]) {
-        _cleanup_(json_object_putp) struct json_object *copy = NULL;
-        _cleanup_free_ char *type_q = NULL, *sandbox_q = NULL, *u = NULL, *line = NULL, *fallback = NULL;
-        static const size_t limits[] = { 4096, 512, 64 };
-        const char *fields_s = "{}";
-        char now[40], mhex[HEX_LEN + 1];
+static size_t record_unsigned_len(uint64_t seq, const record_parts *p) {
+        char num[21];
+
+        return U_FIXED_LEN + u64_decimal(seq, num) + p->time_len + p->type_q_len + p->sandbox_q_len + p->fields_len;
+}
+
+/* Room for one more line of len bytes (and the NUL hex_encode() writes). */
+static int batch_reserve(audit_log *a, size_t len) {
+        if (a->batch_len + len + 1 > a->batch_cap) {
+                size_t cap = a->batch_cap ? a->batch_cap : 4096;
+                while (cap < a->batch_len + len + 1)
+                        cap *= 2;
+                char *b = realloc(a->batch, cap);
+                if (!b)
+                        return -ENOMEM;
+                a->batch = b;
+                a->batch_cap = cap;
+        }
+        if (a->n_recs == a->recs_cap) {
+                size_t cap = a->recs_cap ? a->recs_cap * 2 : 16;
+                struct pending_rec *n = reallocarray(a->recs, cap, sizeof(*n));
+                if (!n)
+                        return -ENOMEM;
+                a->recs = n;
+                a->recs_cap = cap;
+        }
+        return 0;
+}
+
+/* Chains the next record (seq a->seq + 1, prev a->last_hash) onto the batch:
+ * U is written in place and MAC'd, then its closing '}' becomes
+ * ,"hmac":"<hex>"}\n; prev of the next record is SHA-256 of the line without
+ * its '\n'. Nothing is allocated once the batch has grown to its size. */
+static int record_push(audit_log *a, const record_parts *p) {
+        char num[21];
         uint8_t mac[HASH_LEN], hash[HASH_LEN];
-        size_t longest = 0, original, ulen, len;
-        bool needs_repair = false;
-        uint64_t seq;
+        uint64_t seq = a->seq + 1;
+        size_t numlen = u64_decimal(seq, num);
+        size_t ulen = record_unsigned_len(seq, p), len = ulen - 1 + HMAC_SUFFIX_LEN + 1;
         int r;
 
-        if (!a || !type_valid(type))
+        r = batch_reserve(a, len);
+        if (r < 0)
+                return r;
+        char *line = a->batch + a->batch_len, *e = line;
+        e = mempcpy(e, U_SEQ, sizeof(U_SEQ) - 1);
+        e = mempcpy(e, num, numlen);
+        e = mempcpy(e, U_TIME, sizeof(U_TIME) - 1);
+        e = mempcpy(e, p->time, p->time_len);
+        e = mempcpy(e, U_TYPE, sizeof(U_TYPE) - 1);
+        e = mempcpy(e, p->type_q, p->type_q_len);
+        e = mempcpy(e, U_SANDBOX, sizeof(U_SANDBOX) - 1);
+        e = mempcpy(e, p->sandbox_q, p->sandbox_q_len);
+        e = mempcpy(e, U_FIELDS, sizeof(U_FIELDS) - 1);
+        e = mempcpy(e, p->fields, p->fields_len);
+        e = mempcpy(e, U_PREV, sizeof(U_PREV) - 1);
+        hex_encode(a->last_hash, HASH_LEN, e);
+        e = mempcpy(e + HEX_LEN, U_END, sizeof(U_END) - 1);
+        assert((size_t) (e - line) == ulen);
+
+        r = hmac_sha256(&a->key, line, ulen, NULL, 0, mac);
+        if (r < 0)
+                return r;
+        e = mempcpy(line + ulen - 1, HMAC_SUFFIX_PREFIX, sizeof(HMAC_SUFFIX_PREFIX) - 1);
+        hex_encode(mac, HASH_LEN, e);
+        memcpy(e + HEX_LEN, "\"}\n", 3);
+        r = sha256(line, len - 1, hash);
+        if (r < 0)
+                return r;
+
+        audit_journal(a, seq, p->type, p->sandbox, p->fields);
+        if (a->n_recs == 0) {
+                a->base_seq = a->seq;
+                memcpy(a->base_hash, a->last_hash, HASH_LEN);
+        }
+        a->batch_len += len;
+        a->recs[a->n_recs++] = (struct pending_rec) { .len = len, .seq = seq };
+        memcpy(a->recs[a->n_recs - 1].hash, hash, HASH_LEN);
+        a->seq = seq;
+        memcpy(a->last_hash, hash, HASH_LEN);
+        return 0;
+}
+
+/* Bytes that json-c's plain serialization (slashes not escaped) writes as they
+ * are: printable ASCII except '"' and '\\'. */
+static bool json_plain(const char *s, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                unsigned char c = (unsigned char) s[i];
+                if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
+                        return false;
+        }
+        return true;
+}
+
+/* "s" into buf (size > n + 2) when s needs no escaping; else NULL. */
+static const char *quote_plain(const char *s, size_t n, char *buf, size_t size, size_t *ret_len) {
+        if (n + 3 > size || !json_plain(s, n))
+                return NULL;
+        buf[0] = '"';
+        memcpy(buf + 1, s, n);
+        memcpy(buf + n + 1, "\"", 2);
+        *ret_len = n + 2;
+        return buf;
+}
+
+/* Checks the record's type and sandbox, quotes them and takes the time. *ret_sandbox_q
+ * is set when the sandbox had to be quoted by json-c (free() it). */
+static int record_start(const char *type, const char *sandbox, record_parts *p, char type_buf[static TYPE_MAX + 3],
+                        char sandbox_buf[static SANDBOX_MAX + 3], char **ret_sandbox_q) {
+        *ret_sandbox_q = NULL;
+        if (!type_valid(type))
                 return -EINVAL;
         if (sandbox && (strlen(sandbox) > SANDBOX_MAX || !utf8_valid(sandbox, strlen(sandbox))))
+                return -EINVAL;
+        *p = (record_parts) { .type = type, .sandbox = sandbox };
+        /* A valid type is plain. */
+        p->type_q = quote_plain(type, strlen(type), type_buf, TYPE_MAX + 3, &p->type_q_len);
+        if (!sandbox) {
+                p->sandbox_q = "null";
+                p->sandbox_q_len = 4;
+        } else if (!(p->sandbox_q = quote_plain(sandbox, strlen(sandbox), sandbox_buf, SANDBOX_MAX + 3,
+                                                &p->sandbox_q_len))) {
+                *ret_sandbox_q = json_quote(sandbox);
+                if (!*ret_sandbox_q)
+                        return -ENOMEM;
+                p->sandbox_q = *ret_sandbox_q;
+                p->sandbox_q_len = strlen(p->sandbox_q);
+        }
+        if (!p->type_q)
+                return -EINVAL;
+        return format_time(p->time, &p->time_len);
+}
+
+/* Builds the next record of the chain from json fields and puts it in the batch. */
+static int record_build(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
+        _cleanup_(json_object_putp) struct json_object *copy = NULL;
+        _cleanup_free_ char *sandbox_q = NULL, *fallback = NULL;
+        static const size_t limits[] = { 4096, 512, 64 };
+        char type_buf[TYPE_MAX + 3], sandbox_buf[SANDBOX_MAX + 3];
+        const char *fields_s = "{}";
+        size_t longest = 0, original;
+        bool needs_repair = false;
+        record_parts p;
+        int r;
+
+        if (!a)
                 return -EINVAL;
         if (fields) {
                 if (!json_object_is_type(fields, json_type_object))
@@ -1100,15 +1256,9 @@ static int record_build(audit_log *a, const char *type, const char *sandbox, str
                 if (r < 0)
                         return r;
         }
-
-        type_q = json_quote(type);
-        sandbox_q = json_quote(sandbox);
-        if (!type_q || !sandbox_q)
-                return -ENOMEM;
-        r = format_time(now);
+        r = record_start(type, sandbox, &p, type_buf, sandbox_buf, &sandbox_q);
         if (r < 0)
                 return r;
-        seq = a->seq + 1;
 
         if (fields) {
                 if (needs_repair) {
@@ -1125,12 +1275,9 @@ static int record_build(audit_log *a, const char *type, const char *sandbox, str
         /* Bound the record: cut long strings harder until it fits, and as a last
          * resort say only how big the fields were. */
         for (size_t i = 0;; i++) {
-                free(u);
-                u = record_unsigned(seq, now, type_q, sandbox_q, fields_s, a->last_hash);
-                if (!u)
-                        return -ENOMEM;
-                ulen = strlen(u);
-                if (ulen + HMAC_SUFFIX_LEN <= a->max_record)
+                p.fields = fields_s;
+                p.fields_len = strlen(fields_s);
+                if (record_unsigned_len(a->seq + 1, &p) + HMAC_SUFFIX_LEN <= a->max_record)
                         break;
                 while (i < ELEMENTSOF(limits) && limits[i] >= longest)
                         i++;            /* would cut nothing */
@@ -1152,60 +1299,7 @@ static int record_build(audit_log *a, const char *type, const char *sandbox, str
                 fields_s = fallback;
                 i = ELEMENTSOF(limits);
         }
-
-        r = hmac_sha256(&a->key, u, ulen, NULL, 0, mac);
-        if (r < 0)
-                return r;
-        hex_encode(mac, HASH_LEN, mhex);
-        /* The line: U without its closing '}', then ,"hmac":"<hex>"}\n */
-        len = ulen - 1 + HMAC_SUFFIX_LEN + 1;
-        line = malloc(len + 1);
-        if (!line)
-                return -ENOMEM;
-        char *e = mempcpy(line, u, ulen - 1);
-        e = mempcpy(e, HMAC_SUFFIX_PREFIX, sizeof(HMAC_SUFFIX_PREFIX) - 1);
-        e = mempcpy(e, mhex, HEX_LEN);
-        memcpy(e, "\"}\n", 4);
-        r = sha256(line, len - 1, hash);
-        if (r < 0)
-                return r;
-        audit_journal(a, seq, type, sandbox, fields_s);
-        *ret_line = TAKE_PTR(line);
-        *ret_len = len;
-        memcpy(ret_hash, hash, HASH_LEN);
-        return 0;
-}
-
-static int batch_push(audit_log *a, const char *line, size_t len, const uint8_t hash[HASH_LEN]) {
-        if (a->batch_len + len > a->batch_cap) {
-                size_t cap = a->batch_cap ? a->batch_cap : 4096;
-                while (cap < a->batch_len + len)
-                        cap *= 2;
-                char *b = realloc(a->batch, cap);
-                if (!b)
-                        return -ENOMEM;
-                a->batch = b;
-                a->batch_cap = cap;
-        }
-        if (a->n_recs == a->recs_cap) {
-                size_t cap = a->recs_cap ? a->recs_cap * 2 : 16;
-                struct pending_rec *n = reallocarray(a->recs, cap, sizeof(*n));
-                if (!n)
-                        return -ENOMEM;
-                a->recs = n;
-                a->recs_cap = cap;
-        }
-        if (a->n_recs == 0) {
-                a->base_seq = a->seq;
-                memcpy(a->base_hash, a->last_hash, HASH_LEN);
-        }
-        memcpy(a->batch + a->batch_len, line, len);
-        a->batch_len += len;
-        a->recs[a->n_recs++] = (struct pending_rec) { .len = len, .seq = a->seq + 1 };
-        memcpy(a->recs[a->n_recs - 1].hash, hash, HASH_LEN);
-        a->seq++;
-        memcpy(a->last_hash, hash, HASH_LEN);
-        return 0;
+        return record_push(a, &p);
 }
 
 /* writev(2) until everything is written (a regular file may take part of it). */
@@ -1288,16 +1382,93 @@ size_t audit_pending(const audit_log *a) {
 }
 
 int audit_append_deferred(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
-        _cleanup_free_ char *line = NULL;
-        uint8_t hash[HASH_LEN];
-        size_t len = 0;
+        return record_build(a, type, sandbox, fields);
+}
 
-        if (!a)
+/* The same object through json-c, for what the direct path does not take. */
+static int members_json(const audit_member *m, size_t n, struct json_object **ret) {
+        _cleanup_(json_object_putp) struct json_object *o = json_object_new_object();
+
+        if (!o)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                struct json_object *v = m[i].str ? json_object_new_string_len(m[i].str, (int) m[i].str_len)
+                                                 : json_object_new_int64(m[i].num);
+                if (!v || json_object_object_add(o, m[i].key, v) < 0) {
+                        json_object_put(v);
+                        return -ENOMEM;
+                }
+        }
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+#define MEMBERS_DIRECT_MAX 1024
+
+int audit_append_members_deferred(audit_log *a, const char *type, const char *sandbox, const audit_member *m, size_t n) {
+        _cleanup_free_ char *sandbox_q = NULL;
+        char type_buf[TYPE_MAX + 3], sandbox_buf[SANDBOX_MAX + 3], fields[MEMBERS_DIRECT_MAX], num[24];
+        size_t len = 1;
+        record_parts p;
+        int r;
+
+        if (!a || (n > 0 && !m))
                 return -EINVAL;
-        int r = record_build(a, type, sandbox, fields, &line, &len, hash);
+        fields[0] = '{';
+        for (size_t i = 0; i < n; i++) {
+                size_t kl = strlen(m[i].key), vl;
+                const char *v;
+
+                if (key_refused(m[i].key))
+                        return -EINVAL;
+                for (size_t k = 0; k < i; k++)
+                        if (streq(m[k].key, m[i].key))
+                                goto general;   /* json-c keeps the last one, in the first one's place */
+                if (m[i].str) {
+                        if (!json_plain(m[i].str, m[i].str_len))
+                                goto general;
+                        v = m[i].str;
+                        vl = m[i].str_len;
+                } else {
+                        /* json-c writes its integers with PRId64 too. */
+                        vl = (size_t) snprintf(num, sizeof(num), "%" PRId64, m[i].num);
+                        v = num;
+                }
+                /* ,"key":"value" or ,"key":number, then the closing brace */
+                if (!json_plain(m[i].key, kl) || len + kl + vl + 8 > sizeof(fields))
+                        goto general;
+                if (i > 0)
+                        fields[len++] = ',';
+                fields[len++] = '"';
+                len = (size_t) ((char *) mempcpy(fields + len, m[i].key, kl) - fields);
+                memcpy(fields + len, "\":", 2);
+                len += 2;
+                if (m[i].str)
+                        fields[len++] = '"';
+                len = (size_t) ((char *) mempcpy(fields + len, v, vl) - fields);
+                if (m[i].str)
+                        fields[len++] = '"';
+        }
+        memcpy(fields + len, "}", 2);
+        len++;
+
+        r = record_start(type, sandbox, &p, type_buf, sandbox_buf, &sandbox_q);
         if (r < 0)
                 return r;
-        return batch_push(a, line, len, hash);
+        p.fields = fields;
+        p.fields_len = len;
+        if (record_unsigned_len(a->seq + 1, &p) + HMAC_SUFFIX_LEN > a->max_record)
+                goto general;           /* the size bound cuts strings: json-c's path */
+        return record_push(a, &p);
+
+general: {
+        _cleanup_(json_object_putp) struct json_object *o = NULL;
+
+        r = members_json(m, n, &o);
+        if (r < 0)
+                return r;
+        return record_build(a, type, sandbox, o);
+}
 }
 
 int audit_append(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {

@@ -152,6 +152,22 @@ int audit_append(audit_log *a, const char *type, const char *sandbox, struct jso
  * no bound on the batch here: the caller commits at least once per loop
  * iteration. */
 int audit_append_deferred(audit_log *a, const char *type, const char *sandbox, struct json_object *fields);
+
+/* audit_append_deferred() for a flat fields object given as members, in order
+ * (keys distinct): a string member (str, str_len bytes) or an integer (num,
+ * when str is NULL). The record is byte for byte the one audit_append_deferred()
+ * makes from a json-c object holding the same members added in the same
+ * order; when no string needs escaping and no bound applies, it is built
+ * directly, without json-c or an allocation (the daemon's per-request "rpc"
+ * record), else through that object. Refuses what audit_append() refuses. */
+typedef struct audit_member {
+        const char *key;
+        const char *str;
+        size_t str_len;
+        int64_t num;
+} audit_member;
+int audit_append_members_deferred(audit_log *a, const char *type, const char *sandbox, const audit_member *m,
+                                  size_t n);
 int audit_commit(audit_log *a, size_t *ret_lost);
 size_t audit_pending(const audit_log *a);
 

@@ -31,6 +31,7 @@
 #include "core/log.h"
 #include "macro.h"
 #include "core/server.h"
+#include "report.h"
 #include "telemetry.h"
 
 #define AUDIT_QUERY_DEFAULT 1000u
@@ -443,31 +444,68 @@ const char *auditlog_state(manager *m) {
         return the_log.state;
 }
 
+/* Records one event: from json fields, or from members when mem is set.
+ * Requests ("rpc") are group-committed: their replies wait in the server until
+ * the batch is written. Everything else is written at once, behind the batch,
+ * as before. */
+static void log_event(manager *m, const char *type, const char *sandbox, json_object *fields, const audit_member *mem,
+                      size_t n_mem) {
+        if (!the_log.log) {
+                the_log.lost++;
+                return;
+        }
+        bool defer = strcmp(type, "rpc") == 0;
+        int r = 0;
+        if (!defer || audit_pending(the_log.log) >= AUDIT_BATCH_MAX)
+                r = auditlog_commit(m);   /* counts what it lost */
+        if (r == 0 && mem)
+                r = audit_append_members_deferred(the_log.log, type, sandbox, mem, n_mem);
+        else if (r == 0)
+                r = defer ? audit_append_deferred(the_log.log, type, sandbox, fields)
+                          : audit_append(the_log.log, type, sandbox, fields);
+        if (r == 0 && mem && !defer)
+                r = auditlog_commit(m);
+        if (r == -EINVAL)
+                log_error("audit: refused to record %s (a bug: see audit.h)", type);
+        else if (r < 0) {
+                write_failed("write records", r);
+                the_log.lost++;
+        } else if (!defer)
+                the_log.dirty = true;
+}
+
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields) {
         if (!fields)
                 fields = json_object_new_object();
         telemetry_event(m, type, sandbox, fields);
-        if (the_log.log) {
-                /* Requests ("rpc") are group-committed: their replies wait in
-                 * the server until the batch is written. Everything else is
-                 * written at once, behind the batch, as before. */
-                bool defer = strcmp(type, "rpc") == 0;
-                int r = 0;
-                if (!defer || audit_pending(the_log.log) >= AUDIT_BATCH_MAX)
-                        r = auditlog_commit(m);   /* counts what it lost */
-                if (r == 0)
-                        r = defer ? audit_append_deferred(the_log.log, type, sandbox, fields)
-                                  : audit_append(the_log.log, type, sandbox, fields);
-                if (r == -EINVAL)
-                        log_error("audit: refused to record %s (a bug: see audit.h)", type);
-                else if (r < 0) {
-                        write_failed("write records", r);
-                        the_log.lost++;
-                } else if (!defer)
-                        the_log.dirty = true;
-        } else
-                the_log.lost++;
+        log_event(m, type, sandbox, fields, NULL, 0);
         json_object_put(fields);
+}
+
+void auditlog_rpc(const rpc_ctx *ctx, const char *outcome) {
+        const connection *c = ctx->conn;
+
+        /* The members a request's record always has, built without json-c
+         * (audit_append_members_deferred(): the same bytes); a request that
+         * report.c annotates, or a telemetry that wants rpc events, takes the
+         * json-c path. */
+        if (report_rpc_annotates(ctx) || telemetry_exports("rpc")) {
+                json_object *ev = json_object_new_object();
+                json_object_object_add(ev, "method", json_object_new_string(ctx->method->name));
+                json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));
+                json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
+                json_object_object_add(ev, "outcome", json_object_new_string(outcome));
+                report_annotate_rpc(ev, ctx);
+                audit_event(ctx->m, "rpc", c->sandbox_id, ev);
+                return;
+        }
+        const audit_member mem[] = {
+                { .key = "method", .str = ctx->method->name, .str_len = strlen(ctx->method->name) },
+                { .key = "peer_pid", .num = c->peer.pid },
+                { .key = "peer_uid", .num = (int) c->peer.uid },
+                { .key = "outcome", .str = outcome, .str_len = strlen(outcome) },
+        };
+        log_event(ctx->m, "rpc", c->sandbox_id, NULL, mem, ELEMENTSOF(mem));
 }
 
 int rpc_audit_verify(rpc_ctx *ctx, rpc_error *err) {

@@ -17,7 +17,6 @@
 #include "log.h"
 #include "macro.h"
 #include "audit/auditlog.h"
-#include "audit/report.h"
 #include "sandbox/sandbox.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -464,14 +463,8 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         connection_ref(c);
         int r = handlers[method->id](&ctx, &err);
         /* Every request is evidence: who asked what, and how it went. */
-        json_object *ev = json_object_new_object();
-        json_object_object_add(ev, "method", json_object_new_string(method->name));
-        json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));
-        json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
-        json_object_object_add(ev, "outcome", json_object_new_string(r < 0 ? rpc_error_code_to_string(err.message[0] ? err.code : RPC_E_INTERNAL)
-                                                                          : ctx.async ? "pending" : "ok"));
-        report_annotate_rpc(ev, &ctx);
-        audit_event(m, "rpc", c->sandbox_id, ev);
+        auditlog_rpc(&ctx, r < 0 ? rpc_error_code_to_string(err.message[0] ? err.code : RPC_E_INTERNAL)
+                                 : ctx.async ? "pending" : "ok");
         if (r < 0) {
                 if (err.message[0] == 0)
                         rpc_error_set(&err, RPC_E_INTERNAL, "%s failed: %s", method->name, strerror(-r));
