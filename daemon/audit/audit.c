@@ -742,9 +742,10 @@ static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uin
 
 static bool key_refused(const char *k) {
         static const char *const refused[] = { "token", "client_token", "secret_id", "password" };
+        size_t n = strlen(k);
 
         for (size_t i = 0; i < ELEMENTSOF(refused); i++)
-                if (strcasecmp(k, refused[i]) == 0)
+                if (n == strlen(refused[i]) && strcasecmp(k, refused[i]) == 0)
                         return true;
         return false;
 }
@@ -1430,8 +1431,10 @@ int audit_append_members_deferred(audit_log *a, const char *type, const char *sa
                         v = m[i].str;
                         vl = m[i].str_len;
                 } else {
-                        /* json-c writes its integers with PRId64 too. */
-                        vl = (size_t) snprintf(num, sizeof(num), "%" PRId64, m[i].num);
+                        /* As json-c writes its integers (PRId64). */
+                        uint64_t u = m[i].num < 0 ? -(uint64_t) m[i].num : (uint64_t) m[i].num;
+                        num[0] = '-';
+                        vl = u64_decimal(u, num + (m[i].num < 0)) + (m[i].num < 0);
                         v = num;
                 }
                 /* ,"key":"value" or ,"key":number, then the closing brace */

@@ -489,7 +489,10 @@ void auditlog_rpc(const rpc_ctx *ctx, const char *outcome) {
          * (audit_append_members_deferred(): the same bytes); a request that
          * report.c annotates, or a telemetry that wants rpc events, takes the
          * json-c path. */
-        if (report_rpc_annotates(ctx) || telemetry_exports("rpc")) {
+        static int telemetry_wants = -1;        /* a fixed list: asked once */
+        if (telemetry_wants < 0)
+                telemetry_wants = telemetry_exports("rpc");
+        if (telemetry_wants || report_rpc_annotates(ctx)) {
                 json_object *ev = json_object_new_object();
                 json_object_object_add(ev, "method", json_object_new_string(ctx->method->name));
                 json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));

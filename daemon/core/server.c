@@ -366,6 +366,47 @@ static bool sandbox_rate_admit(connection *c, const rpc_method *method) {
 
 /* ---- dispatch ---------------------------------------------------------- */
 
+/* A reply packs into a buffer on the stack (no allocation per request); one
+ * that outgrows it moves to the heap. */
+typedef struct reply_buf {
+        char *data;
+        size_t size, alloc;
+        char inline_data[1024];
+} reply_buf;
+
+static void reply_buf_init(reply_buf *b) {
+        b->data = b->inline_data;
+        b->size = 0;
+        b->alloc = sizeof(b->inline_data);
+}
+
+static int reply_buf_write(void *userdata, const char *buf, size_t len) {
+        reply_buf *b = userdata;
+        if (b->alloc - b->size < len) {
+                size_t n = b->alloc;
+                while (n - b->size < len) {
+                        if (n > SIZE_MAX / 2)
+                                return -1;
+                        n *= 2;
+                }
+                char *p = b->data == b->inline_data ? malloc(n) : realloc(b->data, n);
+                if (!p)
+                        return -1;
+                if (b->data == b->inline_data)
+                        memcpy(p, b->inline_data, b->size);
+                b->data = p;
+                b->alloc = n;
+        }
+        memcpy(b->data + b->size, buf, len);
+        b->size += len;
+        return 0;
+}
+
+static void reply_buf_done(reply_buf *b) {
+        if (b->data != b->inline_data)
+                free(b->data);
+}
+
 static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         manager *m = c->m;
         rpc_message msg;
@@ -451,10 +492,10 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 }
         }
 
-        msgpack_sbuffer sb;
+        reply_buf sb;
         msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        reply_buf_init(&sb);
+        msgpack_packer_init(&pk, &sb, reply_buf_write);
         rpc_pack_response_header(&pk, msg.msgid);
 
         rpc_ctx ctx = {
@@ -492,7 +533,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 } else
                         (void) connection_send(c, sb.data, sb.size, ctx.reply_fds, ctx.n_reply_fds);
         }
-        msgpack_sbuffer_destroy(&sb);
+        reply_buf_done(&sb);
         rpc_message_done(&msg);
         connection_unref(c);
 }
