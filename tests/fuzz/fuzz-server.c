@@ -17,10 +17,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "auditlog.h"
+#include "audit/auditlog.h"
 #include "log.h"
 #include "macro.h"
-#include "sandbox.h"
+#include "sandbox/sandbox.h"
 #include "server.h"
 
 #define MAX_PEERS 6
@@ -66,7 +66,7 @@ int auditlog_can_record(manager *m, char **ret_why) {
         return -ENOSPC;
 }
 
-void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {
+void auditlog_rpc(const rpc_ctx *ctx, const char *outcome) {
 }
 
 /* A clock the script moves, so rate limits are reached and recovered from. */
