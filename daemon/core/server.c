@@ -125,16 +125,25 @@ int connection_take_fd(connection *c) {
         return fd;
 }
 
+#define FLUSH_IOV_MAX 64
+
+/* Replies without fds go out together (one sendmsg for all that are queued:
+ * pipelined requests, or those a batch held); a reply with fds goes alone, its
+ * fds with its first byte. */
 static int flush_output(connection *c) {
         while (c->out_head) {
                 out_chunk *o = c->out_head;
-                struct iovec iov = { o->data + o->off, o->len - o->off };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+                bool with_fds = o->n_fds > 0 && o->off == 0;
+                struct iovec iov[FLUSH_IOV_MAX];
+                size_t n_iov = 0;
+                for (out_chunk *k = o; k && n_iov < (with_fds ? 1 : FLUSH_IOV_MAX) && (k == o || k->n_fds == 0); k = k->next)
+                        iov[n_iov++] = (struct iovec) { k->data + k->off, k->len - k->off };
+                struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n_iov };
                 union {
                         struct cmsghdr h;
                         char buf[CMSG_SPACE(sizeof(int) * 3)];
                 } cm;
-                if (o->n_fds > 0 && o->off == 0) {
+                if (with_fds) {
                         memset(&cm, 0, sizeof(cm));
                         mh.msg_control = cm.buf;
                         mh.msg_controllen = CMSG_SPACE(sizeof(int) * o->n_fds);
@@ -150,18 +159,23 @@ static int flush_output(connection *c) {
                                 return 0;
                         return -errno;
                 }
-                if (o->n_fds > 0 && o->off == 0) {
+                if (with_fds) {
                         for (unsigned i = 0; i < o->n_fds; i++)
                                 safe_close(o->fds[i]);
                         o->n_fds = 0;
                 }
-                o->off += (size_t) n;
                 c->out_bytes -= (size_t) n;
-                if (o->off == o->len) {
-                        c->out_head = o->next;
-                        if (!c->out_head)
-                                c->out_tail = NULL;
-                        free(o);
+                for (size_t left = (size_t) n; left > 0;) {
+                        out_chunk *k = c->out_head;
+                        size_t take = left < k->len - k->off ? left : k->len - k->off;
+                        k->off += take;
+                        left -= take;
+                        if (k->off == k->len) {
+                                c->out_head = k->next;
+                                if (!c->out_head)
+                                        c->out_tail = NULL;
+                                free(k);
+                        }
                 }
         }
         return 0;
