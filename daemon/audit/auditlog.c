@@ -3,7 +3,8 @@
  * key file (the log must work on machines without a TPM; status says which).
  * Records are written at once and fsync'd in batches by a short timer (the
  * fsync and the head rewrite run in a worker thread, one at a time: the loop
- * does not wait for the disk); the per-request "rpc" records are group-committed: chained as they happen and
+ * does not wait for the disk); the per-request "rpc" records are
+ * group-committed: chained as they happen and
  * written with one writev per loop iteration (a prepare and a check hook),
  * while the server holds every reply back until that write has happened
  * (server_release_held()), so a reply never precedes its record on disk.
@@ -463,8 +464,8 @@ static void log_event(manager *m, const char *type, const char *sandbox, json_ob
         else if (r == 0)
                 r = defer ? audit_append_deferred(the_log.log, type, sandbox, fields)
                           : audit_append(the_log.log, type, sandbox, fields);
-        if (r == 0 && mem && !defer)
-                r = auditlog_commit(m);
+        if (r == 0 && mem && !defer && auditlog_commit(m) < 0)
+                return;                   /* counted there */
         if (r == -EINVAL)
                 log_error("audit: refused to record %s (a bug: see audit.h)", type);
         else if (r < 0) {
