@@ -7,6 +7,8 @@
  * throughput, p50/p99 latency and the ratios agentd/echo.
  *
  * Usage: bench-rpc SOCKET_OF_RUNNING_AGENTD [seconds]
+ * Env:   BENCH_RPC_CLIENTS=N  only the N-client cells (1..64; e.g. for a
+ *                             profile of agentd under 64 clients)
  *
  * Both servers get the identical client code path: pack a request with
  * rpc_pack_request_header (msgid >= 0x10000, so it is always encoded as uint32
@@ -347,7 +349,7 @@ int main(int argc, char **argv) {
         char dir[] = "/tmp/bench-rpc-XXXXXX", echo_path[108];
         msgpack_sbuffer sb;
         uint8_t buf[4096];
-        static const unsigned nclients[] = { 1, MAX_CLIENTS };
+        unsigned nclients[] = { 1, MAX_CLIENTS }, ncells = 2;
         result ra[2], re[2];
         pid_t echo;
         int fd, status;
@@ -362,6 +364,16 @@ int main(int argc, char **argv) {
                 return 2;
         }
         signal(SIGPIPE, SIG_IGN);
+        const char *only = getenv("BENCH_RPC_CLIENTS");
+        if (only && *only) {
+                long n = strtol(only, NULL, 10);
+                if (n < 1 || n > MAX_CLIENTS) {
+                        fprintf(stderr, "bench-rpc: BENCH_RPC_CLIENTS must be 1..%d\n", MAX_CLIENTS);
+                        return 2;
+                }
+                nclients[0] = (unsigned) n;
+                ncells = 1;
+        }
 
         /* Capture agentd's ping reply: its size is what the echo server answers. */
         msgpack_sbuffer_init(&sb);
@@ -408,7 +420,7 @@ int main(int argc, char **argv) {
                 printf("bench-rpc: clients on cpus %s; agentd and the echo server on cpus %s\n", a, b);
         }
         fflush(stdout);
-        for (unsigned i = 0; i < 2; i++) {
+        for (unsigned i = 0; i < ncells; i++) {
                 /* echo first, then agentd, per client count: same conditions, back to back */
                 re[i] = run(echo_path, nclients[i], seconds);
                 ra[i] = run(agentd, nclients[i], seconds);
@@ -419,14 +431,14 @@ int main(int argc, char **argv) {
         rmdir(dir);
 
         printf("\n%-8s %7s %12s %10s %10s %10s\n", "server", "clients", "round-trips", "req/s", "p50 us", "p99 us");
-        for (unsigned i = 0; i < 2; i++) {
+        for (unsigned i = 0; i < ncells; i++) {
                 printf("%-8s %7u %12zu %10.0f %10.1f %10.1f\n", "echo", nclients[i], re[i].n, re[i].rps, re[i].p50, re[i].p99);
                 printf("%-8s %7u %12zu %10.0f %10.1f %10.1f\n", "agentd", nclients[i], ra[i].n, ra[i].rps, ra[i].p50, ra[i].p99);
         }
         printf("\nratio agentd/echo (throughput: higher is better, target >= 0.80; latency: lower is better)\n");
         printf("%7s %12s %10s %10s %8s\n", "clients", "throughput", "p50", "p99", "verdict");
         int ok = 1;
-        for (unsigned i = 0; i < 2; i++) {
+        for (unsigned i = 0; i < ncells; i++) {
                 double t = re[i].rps > 0 ? ra[i].rps / re[i].rps : 0;
                 double l50 = re[i].p50 > 0 ? ra[i].p50 / re[i].p50 : 0;
                 double l99 = re[i].p99 > 0 ? ra[i].p99 / re[i].p99 : 0;

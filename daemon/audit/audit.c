@@ -14,6 +14,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <openssl/sha.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <syslog.h>
+#include <assert.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,11 +48,12 @@
 /* How much of a torn line goes into the audit.recovered record, as hex. */
 #define TORN_DATA_MAX 1024
 
+typedef struct hmac_state hmac_state;
+
 typedef struct audit_key {
-        const uint8_t *key;
+        const uint8_t *key;     /* in its own page (key_page_new), followed by: */
         size_t len;
-        EVP_MAC *mac;
-        EVP_MAC_CTX *tmpl;      /* digest already set, no key: duplicated per record */
+        hmac_state *hmac;       /* the key's HMAC state, in the same page */
 } audit_key;
 
 struct audit_log {
@@ -85,11 +89,31 @@ struct audit_log {
         size_t n_recs, recs_cap;
         uint64_t base_seq;
         uint8_t base_hash[HASH_LEN];
+
+        audit_flush_job *flush_job;     /* the flush in a worker, if any (audit_flush_begin) */
 };
+
+/* A flush handed to a worker: everything it needs, so that the log may go on
+ * appending (or be closed) while it runs. */
+#define HEAD_LINE_MAX 512
+struct audit_flush_job {
+        audit_log *log;                 /* loop side; NULL once a synchronous flush took over */
+        int fd;                         /* a duplicate of the newest file's fd, or -1: nothing to fsync */
+        int dir_fd;                     /* a duplicate of the directory fd */
+        bool write_head;
+        char head[HEAD_LINE_MAX];       /* formatted and MAC'd on the loop: the worker never sees the key */
+        size_t head_len;
+        uint64_t seq;                   /* what the head vouches for: all of it written before the job began */
+        bool cancelled;                 /* under flush_lock */
+        int result;
+};
+
+/* Held while fsyncing and rewriting audit.head (a worker's flush or a
+ * synchronous one): one flush at a time, through the one tmp name. */
+static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_object *, json_object_put)
 DEFINE_TRIVIAL_CLEANUP_FUNC(json_tokener *, json_tokener_free)
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_MAC *, EVP_MAC_free)
 DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir)
 
 /* The log's own failures are the daemon's ("internal"); callers wrap or
@@ -105,59 +129,67 @@ _printf_(3, 4) static int fail(agentd_error *err, int r, const char *fmt, ...) {
 
 /* ---- crypto and hex ---- */
 
-/* Fetched once: OpenSSL 3 otherwise looks the algorithm up on every call,
- * which was most of the cost of a record (and agentd records every RPC). */
-static const EVP_MD *sha256_md(void) {
-        static EVP_MD *md;
-        if (!md)
-                md = EVP_MD_fetch(NULL, "SHA256", NULL);
-        return md;
-}
+/* SHA-256 and HMAC-SHA256 through OpenSSL's low-level SHA-256 (the same
+ * assembly EVP ends in). For a 300-byte record, OpenSSL 3's EVP layer (a context
+ * allocated per call, the provider looked up, a fresh HMAC keyed per record)
+ * cost several times the hashing itself, and agentd writes a record per
+ * request. These functions are deprecated in OpenSSL 3.0, not removed; this
+ * section is their only user. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
 static int sha256(const void *p, size_t n, uint8_t out[HASH_LEN]) {
-        unsigned len = 0;
-        const EVP_MD *md = sha256_md();
+        SHA256_CTX c;
 
-        if (!md || EVP_Digest(p, n, out, &len, md, NULL) != 1 || len != HASH_LEN)
+        if (SHA256_Init(&c) != 1 || SHA256_Update(&c, p, n) != 1 || SHA256_Final(out, &c) != 1)
                 return -EIO;
         return 0;
 }
 
-/* HMAC-SHA256 over the concatenation a || b. The key is given to a fresh copy
- * of a keyless template per call, so the only long-lived copy of the key is
- * our locked page (the template holds just the digest choice). */
+/* HMAC (RFC 2104) with the key's two padded blocks hashed once, when the key
+ * is set up: `inner` is SHA-256 after (key ^ ipad), `outer` after (key ^ opad).
+ * Both are as good as the key, so they live in the key's locked, non-dumpable
+ * page, as does the context each call works in (one thread per key). */
+#define HMAC_BLOCK 64
+struct hmac_state {
+        SHA256_CTX inner, outer, work;
+        uint8_t pad[HMAC_BLOCK];
+};
+
+static int hmac_state_init(hmac_state *h, const uint8_t *key, size_t len) {
+        int ok = 1;
+
+        if (len > HMAC_BLOCK)
+                return -EINVAL;         /* AUDIT_KEY_MAX: never hashed down */
+        for (size_t i = 0; i < HMAC_BLOCK; i++)
+                h->pad[i] = (uint8_t) ((i < len ? key[i] : 0) ^ 0x36);
+        ok &= SHA256_Init(&h->inner) & SHA256_Update(&h->inner, h->pad, HMAC_BLOCK);
+        for (size_t i = 0; i < HMAC_BLOCK; i++)
+                h->pad[i] = (uint8_t) ((i < len ? key[i] : 0) ^ 0x5c);
+        ok &= SHA256_Init(&h->outer) & SHA256_Update(&h->outer, h->pad, HMAC_BLOCK);
+        explicit_zero(h->pad, sizeof(h->pad));
+        return ok == 1 ? 0 : -EIO;
+}
+
+/* HMAC-SHA256 over the concatenation a || b. */
 static int hmac_sha256(const audit_key *key, const void *a, size_t na, const void *b, size_t nb,
                        uint8_t out[HASH_LEN]) {
-        audit_key *k = (audit_key *) key; /* the template is a cache, filled on first use */
-        EVP_MAC_CTX *ctx;
-        size_t len = 0;
-        int r = -EIO;
+        hmac_state *h = key->hmac;
+        uint8_t inner[HASH_LEN];
+        int ok = 1;
 
-        if (!k->tmpl) {
-                OSSL_PARAM params[] = {
-                        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *) "SHA256", 0),
-                        OSSL_PARAM_construct_end(),
-                };
-                k->tmpl = EVP_MAC_CTX_new(k->mac);
-                if (!k->tmpl)
-                        return -ENOMEM;
-                if (EVP_MAC_CTX_set_params(k->tmpl, params) != 1) {
-                        EVP_MAC_CTX_free(k->tmpl);
-                        k->tmpl = NULL;
-                        return -EIO;
-                }
-        }
-        ctx = EVP_MAC_CTX_dup(k->tmpl);
-        if (!ctx)
-                return -ENOMEM;
-        if (EVP_MAC_init(ctx, k->key, k->len, NULL) == 1 &&
-            EVP_MAC_update(ctx, a, na) == 1 &&
-            (nb == 0 || EVP_MAC_update(ctx, b, nb) == 1) &&
-            EVP_MAC_final(ctx, out, &len, HASH_LEN) == 1 && len == HASH_LEN)
-                r = 0;
-        EVP_MAC_CTX_free(ctx);
-        return r;
+        h->work = h->inner;
+        ok &= SHA256_Update(&h->work, a, na);
+        if (nb > 0)
+                ok &= SHA256_Update(&h->work, b, nb);
+        ok &= SHA256_Final(inner, &h->work);
+        h->work = h->outer;
+        ok &= SHA256_Update(&h->work, inner, HASH_LEN) & SHA256_Final(out, &h->work);
+        explicit_zero(&h->work, sizeof(h->work));
+        return ok == 1 ? 0 : -EIO;
 }
+
+#pragma GCC diagnostic pop
 
 static void hex_encode(const uint8_t *p, size_t n, char *out) {
         static const char digits[] = "0123456789abcdef";
@@ -221,6 +253,17 @@ static void key_page_free(uint8_t *p, size_t size) {
         explicit_zero(p, size);
         (void) munlock(p, size);
         (void) munmap(p, size);
+}
+
+/* The HMAC state goes into the key's page, behind the key. */
+#define KEY_HMAC_OFFSET 128
+_Static_assert(AUDIT_KEY_MAX <= KEY_HMAC_OFFSET, "the key fits before its HMAC state");
+
+static int key_setup(audit_key *k, uint8_t *page, size_t page_size, size_t len) {
+        if (page_size < KEY_HMAC_OFFSET + sizeof(hmac_state))
+                return -ENOMEM;
+        *k = (audit_key) { .key = page, .len = len, .hmac = (hmac_state *) (void *) (page + KEY_HMAC_OFFSET) };
+        return hmac_state_init(k->hmac, k->key, len);
 }
 
 /* ---- small file helpers ---- */
@@ -568,16 +611,21 @@ static int head_read(int dir_fd, const audit_key *k, uint64_t *ret_seq, uint8_t 
         return HEAD_OK;
 }
 
-/* Atomically: a reader sees the old head or the new one, never half of either. */
+/* Atomically: a reader sees the old head or the new one, never half of either.
+ * Takes no state but the directory: it also runs in a worker (audit_flush_run). */
+static int head_store(int dir_fd, const char *buf, size_t len) {
+        return write_file_replace_at(dir_fd, HEAD_TMP_NAME, HEAD_NAME, buf, len, 0600, WRITE_FILE_SYNC_DIR);
+}
+
 static int head_write(audit_log *a) {
-        char buf[512];
+        char buf[HEAD_LINE_MAX];
         size_t len;
         int r;
 
         r = head_format(&a->key, a->seq, a->last_hash, buf, sizeof(buf), &len);
         if (r < 0)
                 return r;
-        return write_file_replace_at(a->dir_fd, HEAD_TMP_NAME, HEAD_NAME, buf, len, 0600, WRITE_FILE_SYNC_DIR);
+        return head_store(a->dir_fd, buf, len);
 }
 
 /* ---- the checkpoint: where a pruned log starts ---- */
@@ -647,9 +695,10 @@ static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uin
 
 static bool key_refused(const char *k) {
         static const char *const refused[] = { "token", "client_token", "secret_id", "password" };
+        size_t n = strlen(k);
 
         for (size_t i = 0; i < ELEMENTSOF(refused); i++)
-                if (strcasecmp(k, refused[i]) == 0)
+                if (n == strlen(refused[i]) && strcasecmp(k, refused[i]) == 0)
                         return true;
         return false;
 }
@@ -874,16 +923,36 @@ static bool type_valid(const char *type) {
         return true;
 }
 
-static int format_time(char buf[static 40]) {
+/* UTC with microseconds, 2026-11-24T19:21:12.123456Z: the part up to the
+ * second is formatted once per second (a record is written per request). */
+static int format_time(char buf[static 40], size_t *ret_len) {
+        static _Thread_local time_t cached_sec = -1;
+        static _Thread_local char cached[32];
+        static _Thread_local size_t cached_len;
         struct timespec ts;
-        struct tm tm;
+        long us;
 
         if (clock_gettime(CLOCK_REALTIME, &ts) < 0)
                 return -errno;
-        if (!gmtime_r(&ts.tv_sec, &tm))
-                return -EOVERFLOW;
-        snprintf(buf, 40, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                 tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000);
+        if (ts.tv_sec != cached_sec) {
+                struct tm tm;
+                int n;
+
+                if (!gmtime_r(&ts.tv_sec, &tm))
+                        return -EOVERFLOW;
+                n = snprintf(cached, sizeof(cached), "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                if (n < 0 || (size_t) n >= sizeof(cached))
+                        return -EOVERFLOW;
+                cached_len = (size_t) n;
+                cached_sec = ts.tv_sec;
+        }
+        memcpy(buf, cached, cached_len);
+        us = ts.tv_nsec / 1000;
+        for (size_t i = 6; i > 0; i--, us /= 10)
+                buf[cached_len + i - 1] = (char) ('0' + us % 10);
+        memcpy(buf + cached_len + 6, "Z", 2);
+        *ret_len = cached_len + 7;
         return 0;
 }
 
@@ -955,49 +1024,184 @@ static void audit_journal(audit_log *a, uint64_t seq, const char *type, const ch
                                        NULL);
 }
 
-/* The unsigned record U (see audit.h), malloc'd. */
-static char *record_unsigned(uint64_t seq, const char *time, const char *type_q, const char *sandbox_q,
-                             const char *fields_s, const uint8_t prev[HASH_LEN]) {
-        /* Piece by piece rather than asprintf: this runs once per request. The
-         * bytes are exactly {"seq":N,"time":"T","type":Q,"sandbox":Q,"fields":F,"prev":"H"}. */
-        const char *parts[] = { "{\"seq\":", NULL, ",\"time\":\"", time, "\",\"type\":", type_q, ",\"sandbox\":",
-                                sandbox_q, ",\"fields\":", fields_s, ",\"prev\":\"", NULL, "\"}" };
-        char num[24], hex[HEX_LEN + 1];
-        size_t len[ELEMENTSOF(parts)], total = 1;
+/* The pieces of a record; its unsigned form U (see audit.h) is
+ *   {"seq":N,"time":"T","type":Q,"sandbox":Q,"fields":F,"prev":"H"} */
+typedef struct record_parts {
+        const char *type, *sandbox;     /* as given: for the journal */
+        const char *type_q, *sandbox_q, *fields;
+        size_t type_q_len, sandbox_q_len, fields_len;
+        char time[40];
+        size_t time_len;
+} record_parts;
 
-        snprintf(num, sizeof(num), "%" PRIu64, seq);
-        hex_encode(prev, HASH_LEN, hex);
-        parts[1] = num;
-        parts[11] = hex;
-        for (size_t i = 0; i < ELEMENTSOF(parts); i++)
-                total += len[i] = strlen(parts[i]);
-        char *u = malloc(total), *p = u;
-        if (!u)
-                return NULL;
-        for (size_t i = 0; i < ELEMENTSOF(parts); i++)
-                p = mempcpy(p, parts[i], len[i]);
-        *p = '\0';
-        return u;
+#define U_SEQ "{\"seq\":"
+#define U_TIME ",\"time\":\""
+#define U_TYPE "\",\"type\":"
+#define U_SANDBOX ",\"sandbox\":"
+#define U_FIELDS ",\"fields\":"
+#define U_PREV ",\"prev\":\""
+#define U_END "\"}"
+#define U_FIXED_LEN (sizeof(U_SEQ U_TIME U_TYPE U_SANDBOX U_FIELDS U_PREV U_END) - 1 + HEX_LEN)
+
+static size_t u64_decimal(uint64_t v, char buf[static 21]) {
+        char t[20];
+        size_t n = 0;
+
+        do
+                t[n++] = (char) ('0' + v % 10);
+        while ((v /= 10) > 0);
+        for (size_t i = 0; i < n; i++)
+                buf[i] = t[n - 1 - i];
+        buf[n] = 0;
+        return n;
 }
 
-/* Builds the next record of the chain (seq a->seq + 1, prev a->last_hash):
- * *ret_line is the line with its '\n', *ret_hash its SHA-256 without it. */
-static int record_build(audit_log *a, const char *type, const char *sandbox, struct json_object *fields,
-                        char **ret_line, size_t *ret_len, uint8_t ret_hash[HASH_LEN]) {
-        _cleanup_(json_object_putp) struct json_object *copy = NULL;
-        _cleanup_free_ char *type_q = NULL, *sandbox_q = NULL, *u = NULL, *line = NULL, *fallback = NULL;
-        static const size_t limits[] = { 4096, 512, 64 };
-        const char *fields_s = "{}";
-        char now[40], mhex[HEX_LEN + 1];
+static size_t record_unsigned_len(uint64_t seq, const record_parts *p) {
+        char num[21];
+
+        return U_FIXED_LEN + u64_decimal(seq, num) + p->time_len + p->type_q_len + p->sandbox_q_len + p->fields_len;
+}
+
+/* Room for one more line of len bytes (and the NUL hex_encode() writes). */
+static int batch_reserve(audit_log *a, size_t len) {
+        if (a->batch_len + len + 1 > a->batch_cap) {
+                size_t cap = a->batch_cap ? a->batch_cap : 4096;
+                while (cap < a->batch_len + len + 1)
+                        cap *= 2;
+                char *b = realloc(a->batch, cap);
+                if (!b)
+                        return -ENOMEM;
+                a->batch = b;
+                a->batch_cap = cap;
+        }
+        if (a->n_recs == a->recs_cap) {
+                size_t cap = a->recs_cap ? a->recs_cap * 2 : 16;
+                struct pending_rec *n = reallocarray(a->recs, cap, sizeof(*n));
+                if (!n)
+                        return -ENOMEM;
+                a->recs = n;
+                a->recs_cap = cap;
+        }
+        return 0;
+}
+
+/* Chains the next record (seq a->seq + 1, prev a->last_hash) onto the batch:
+ * U is written in place and MAC'd, then its closing '}' becomes
+ * ,"hmac":"<hex>"}\n; prev of the next record is SHA-256 of the line without
+ * its '\n'. Nothing is allocated once the batch has grown to its size. */
+static int record_push(audit_log *a, const record_parts *p) {
+        char num[21];
         uint8_t mac[HASH_LEN], hash[HASH_LEN];
-        size_t longest = 0, original, ulen, len;
-        bool needs_repair = false;
-        uint64_t seq;
+        uint64_t seq = a->seq + 1;
+        size_t numlen = u64_decimal(seq, num);
+        size_t ulen = record_unsigned_len(seq, p), len = ulen - 1 + HMAC_SUFFIX_LEN + 1;
         int r;
 
-        if (!a || !type_valid(type))
+        r = batch_reserve(a, len);
+        if (r < 0)
+                return r;
+        char *line = a->batch + a->batch_len, *e = line;
+        e = mempcpy(e, U_SEQ, sizeof(U_SEQ) - 1);
+        e = mempcpy(e, num, numlen);
+        e = mempcpy(e, U_TIME, sizeof(U_TIME) - 1);
+        e = mempcpy(e, p->time, p->time_len);
+        e = mempcpy(e, U_TYPE, sizeof(U_TYPE) - 1);
+        e = mempcpy(e, p->type_q, p->type_q_len);
+        e = mempcpy(e, U_SANDBOX, sizeof(U_SANDBOX) - 1);
+        e = mempcpy(e, p->sandbox_q, p->sandbox_q_len);
+        e = mempcpy(e, U_FIELDS, sizeof(U_FIELDS) - 1);
+        e = mempcpy(e, p->fields, p->fields_len);
+        e = mempcpy(e, U_PREV, sizeof(U_PREV) - 1);
+        hex_encode(a->last_hash, HASH_LEN, e);
+        e = mempcpy(e + HEX_LEN, U_END, sizeof(U_END) - 1);
+        assert((size_t) (e - line) == ulen);
+
+        r = hmac_sha256(&a->key, line, ulen, NULL, 0, mac);
+        if (r < 0)
+                return r;
+        e = mempcpy(line + ulen - 1, HMAC_SUFFIX_PREFIX, sizeof(HMAC_SUFFIX_PREFIX) - 1);
+        hex_encode(mac, HASH_LEN, e);
+        memcpy(e + HEX_LEN, "\"}\n", 3);
+        r = sha256(line, len - 1, hash);
+        if (r < 0)
+                return r;
+
+        audit_journal(a, seq, p->type, p->sandbox, p->fields);
+        if (a->n_recs == 0) {
+                a->base_seq = a->seq;
+                memcpy(a->base_hash, a->last_hash, HASH_LEN);
+        }
+        a->batch_len += len;
+        a->recs[a->n_recs++] = (struct pending_rec) { .len = len, .seq = seq };
+        memcpy(a->recs[a->n_recs - 1].hash, hash, HASH_LEN);
+        a->seq = seq;
+        memcpy(a->last_hash, hash, HASH_LEN);
+        return 0;
+}
+
+/* Bytes that json-c's plain serialization (slashes not escaped) writes as they
+ * are: printable ASCII except '"' and '\\'. */
+static bool json_plain(const char *s, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                unsigned char c = (unsigned char) s[i];
+                if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
+                        return false;
+        }
+        return true;
+}
+
+/* "s" into buf (size > n + 2) when s needs no escaping; else NULL. */
+static const char *quote_plain(const char *s, size_t n, char *buf, size_t size, size_t *ret_len) {
+        if (n + 3 > size || !json_plain(s, n))
+                return NULL;
+        buf[0] = '"';
+        memcpy(buf + 1, s, n);
+        memcpy(buf + n + 1, "\"", 2);
+        *ret_len = n + 2;
+        return buf;
+}
+
+/* Checks the record's type and sandbox, quotes them and takes the time. *ret_sandbox_q
+ * is set when the sandbox had to be quoted by json-c (free() it). */
+static int record_start(const char *type, const char *sandbox, record_parts *p, char type_buf[static TYPE_MAX + 3],
+                        char sandbox_buf[static SANDBOX_MAX + 3], char **ret_sandbox_q) {
+        *ret_sandbox_q = NULL;
+        if (!type_valid(type))
                 return -EINVAL;
         if (sandbox && (strlen(sandbox) > SANDBOX_MAX || !utf8_valid(sandbox, strlen(sandbox))))
+                return -EINVAL;
+        *p = (record_parts) { .type = type, .sandbox = sandbox };
+        /* A valid type is plain. */
+        p->type_q = quote_plain(type, strlen(type), type_buf, TYPE_MAX + 3, &p->type_q_len);
+        if (!sandbox) {
+                p->sandbox_q = "null";
+                p->sandbox_q_len = 4;
+        } else if (!(p->sandbox_q = quote_plain(sandbox, strlen(sandbox), sandbox_buf, SANDBOX_MAX + 3,
+                                                &p->sandbox_q_len))) {
+                *ret_sandbox_q = json_quote(sandbox);
+                if (!*ret_sandbox_q)
+                        return -ENOMEM;
+                p->sandbox_q = *ret_sandbox_q;
+                p->sandbox_q_len = strlen(p->sandbox_q);
+        }
+        if (!p->type_q)
+                return -EINVAL;
+        return format_time(p->time, &p->time_len);
+}
+
+/* Builds the next record of the chain from json fields and puts it in the batch. */
+static int record_build(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
+        _cleanup_(json_object_putp) struct json_object *copy = NULL;
+        _cleanup_free_ char *sandbox_q = NULL, *fallback = NULL;
+        static const size_t limits[] = { 4096, 512, 64 };
+        char type_buf[TYPE_MAX + 3], sandbox_buf[SANDBOX_MAX + 3];
+        const char *fields_s = "{}";
+        size_t longest = 0, original;
+        bool needs_repair = false;
+        record_parts p;
+        int r;
+
+        if (!a)
                 return -EINVAL;
         if (fields) {
                 if (!json_object_is_type(fields, json_type_object))
@@ -1006,15 +1210,9 @@ static int record_build(audit_log *a, const char *type, const char *sandbox, str
                 if (r < 0)
                         return r;
         }
-
-        type_q = json_quote(type);
-        sandbox_q = json_quote(sandbox);
-        if (!type_q || !sandbox_q)
-                return -ENOMEM;
-        r = format_time(now);
+        r = record_start(type, sandbox, &p, type_buf, sandbox_buf, &sandbox_q);
         if (r < 0)
                 return r;
-        seq = a->seq + 1;
 
         if (fields) {
                 if (needs_repair) {
@@ -1031,12 +1229,9 @@ static int record_build(audit_log *a, const char *type, const char *sandbox, str
         /* Bound the record: cut long strings harder until it fits, and as a last
          * resort say only how big the fields were. */
         for (size_t i = 0;; i++) {
-                free(u);
-                u = record_unsigned(seq, now, type_q, sandbox_q, fields_s, a->last_hash);
-                if (!u)
-                        return -ENOMEM;
-                ulen = strlen(u);
-                if (ulen + HMAC_SUFFIX_LEN <= a->max_record)
+                p.fields = fields_s;
+                p.fields_len = strlen(fields_s);
+                if (record_unsigned_len(a->seq + 1, &p) + HMAC_SUFFIX_LEN <= a->max_record)
                         break;
                 while (i < ELEMENTSOF(limits) && limits[i] >= longest)
                         i++;            /* would cut nothing */
@@ -1058,60 +1253,7 @@ static int record_build(audit_log *a, const char *type, const char *sandbox, str
                 fields_s = fallback;
                 i = ELEMENTSOF(limits);
         }
-
-        r = hmac_sha256(&a->key, u, ulen, NULL, 0, mac);
-        if (r < 0)
-                return r;
-        hex_encode(mac, HASH_LEN, mhex);
-        /* The line: U without its closing '}', then ,"hmac":"<hex>"}\n */
-        len = ulen - 1 + HMAC_SUFFIX_LEN + 1;
-        line = malloc(len + 1);
-        if (!line)
-                return -ENOMEM;
-        char *e = mempcpy(line, u, ulen - 1);
-        e = mempcpy(e, HMAC_SUFFIX_PREFIX, sizeof(HMAC_SUFFIX_PREFIX) - 1);
-        e = mempcpy(e, mhex, HEX_LEN);
-        memcpy(e, "\"}\n", 4);
-        r = sha256(line, len - 1, hash);
-        if (r < 0)
-                return r;
-        audit_journal(a, seq, type, sandbox, fields_s);
-        *ret_line = TAKE_PTR(line);
-        *ret_len = len;
-        memcpy(ret_hash, hash, HASH_LEN);
-        return 0;
-}
-
-static int batch_push(audit_log *a, const char *line, size_t len, const uint8_t hash[HASH_LEN]) {
-        if (a->batch_len + len > a->batch_cap) {
-                size_t cap = a->batch_cap ? a->batch_cap : 4096;
-                while (cap < a->batch_len + len)
-                        cap *= 2;
-                char *b = realloc(a->batch, cap);
-                if (!b)
-                        return -ENOMEM;
-                a->batch = b;
-                a->batch_cap = cap;
-        }
-        if (a->n_recs == a->recs_cap) {
-                size_t cap = a->recs_cap ? a->recs_cap * 2 : 16;
-                struct pending_rec *n = reallocarray(a->recs, cap, sizeof(*n));
-                if (!n)
-                        return -ENOMEM;
-                a->recs = n;
-                a->recs_cap = cap;
-        }
-        if (a->n_recs == 0) {
-                a->base_seq = a->seq;
-                memcpy(a->base_hash, a->last_hash, HASH_LEN);
-        }
-        memcpy(a->batch + a->batch_len, line, len);
-        a->batch_len += len;
-        a->recs[a->n_recs++] = (struct pending_rec) { .len = len, .seq = a->seq + 1 };
-        memcpy(a->recs[a->n_recs - 1].hash, hash, HASH_LEN);
-        a->seq++;
-        memcpy(a->last_hash, hash, HASH_LEN);
-        return 0;
+        return record_push(a, &p);
 }
 
 /* writev(2) until everything is written (a regular file may take part of it). */
@@ -1194,16 +1336,95 @@ size_t audit_pending(const audit_log *a) {
 }
 
 int audit_append_deferred(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
-        _cleanup_free_ char *line = NULL;
-        uint8_t hash[HASH_LEN];
-        size_t len = 0;
+        return record_build(a, type, sandbox, fields);
+}
 
-        if (!a)
+/* The same object through json-c, for what the direct path does not take. */
+static int members_json(const audit_member *m, size_t n, struct json_object **ret) {
+        _cleanup_(json_object_putp) struct json_object *o = json_object_new_object();
+
+        if (!o)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                struct json_object *v = m[i].str ? json_object_new_string_len(m[i].str, (int) m[i].str_len)
+                                                 : json_object_new_int64(m[i].num);
+                if (!v || json_object_object_add(o, m[i].key, v) < 0) {
+                        json_object_put(v);
+                        return -ENOMEM;
+                }
+        }
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+#define MEMBERS_DIRECT_MAX 1024
+
+int audit_append_members_deferred(audit_log *a, const char *type, const char *sandbox, const audit_member *m, size_t n) {
+        _cleanup_free_ char *sandbox_q = NULL;
+        char type_buf[TYPE_MAX + 3], sandbox_buf[SANDBOX_MAX + 3], fields[MEMBERS_DIRECT_MAX], num[24];
+        size_t len = 1;
+        record_parts p;
+        int r;
+
+        if (!a || (n > 0 && !m))
                 return -EINVAL;
-        int r = record_build(a, type, sandbox, fields, &line, &len, hash);
+        fields[0] = '{';
+        for (size_t i = 0; i < n; i++) {
+                size_t kl = strlen(m[i].key), vl;
+                const char *v;
+
+                if (key_refused(m[i].key))
+                        return -EINVAL;
+                for (size_t k = 0; k < i; k++)
+                        if (streq(m[k].key, m[i].key))
+                                goto general;   /* json-c keeps the last one, in the first one's place */
+                if (m[i].str) {
+                        if (!json_plain(m[i].str, m[i].str_len))
+                                goto general;
+                        v = m[i].str;
+                        vl = m[i].str_len;
+                } else {
+                        /* As json-c writes its integers (PRId64). */
+                        uint64_t u = m[i].num < 0 ? -(uint64_t) m[i].num : (uint64_t) m[i].num;
+                        num[0] = '-';
+                        vl = u64_decimal(u, num + (m[i].num < 0)) + (m[i].num < 0);
+                        v = num;
+                }
+                /* ,"key":"value" or ,"key":number, then the closing brace */
+                if (!json_plain(m[i].key, kl) || len + kl + vl + 8 > sizeof(fields))
+                        goto general;
+                if (i > 0)
+                        fields[len++] = ',';
+                fields[len++] = '"';
+                len = (size_t) ((char *) mempcpy(fields + len, m[i].key, kl) - fields);
+                memcpy(fields + len, "\":", 2);
+                len += 2;
+                if (m[i].str)
+                        fields[len++] = '"';
+                len = (size_t) ((char *) mempcpy(fields + len, v, vl) - fields);
+                if (m[i].str)
+                        fields[len++] = '"';
+        }
+        memcpy(fields + len, "}", 2);
+        len++;
+
+        r = record_start(type, sandbox, &p, type_buf, sandbox_buf, &sandbox_q);
         if (r < 0)
                 return r;
-        return batch_push(a, line, len, hash);
+        p.fields = fields;
+        p.fields_len = len;
+        if (record_unsigned_len(a->seq + 1, &p) + HMAC_SUFFIX_LEN > a->max_record)
+                goto general;           /* the size bound cuts strings: json-c's path */
+        return record_push(a, &p);
+
+general: {
+        _cleanup_(json_object_putp) struct json_object *o = NULL;
+
+        r = members_json(m, n, &o);
+        if (r < 0)
+                return r;
+        return record_build(a, type, sandbox, o);
+}
 }
 
 int audit_append(audit_log *a, const char *type, const char *sandbox, struct json_object *fields) {
@@ -1211,6 +1432,25 @@ int audit_append(audit_log *a, const char *type, const char *sandbox, struct jso
         if (r < 0)
                 return r;
         return audit_commit(a, NULL);
+}
+
+/* A synchronous flush (or close) takes over from a worker's flush that has
+ * not finished: that one writes nothing more (its head would be older than
+ * ours), and its work counts as not done. */
+static void flush_job_detach(audit_log *a) {
+        audit_flush_job *j = a->flush_job;
+
+        if (!j)
+                return;
+        pthread_mutex_lock(&flush_lock);
+        j->cancelled = true;
+        pthread_mutex_unlock(&flush_lock);
+        j->log = NULL;
+        a->flush_job = NULL;
+        if (j->fd >= 0)
+                a->dirty = true;
+        if (j->write_head)
+                a->head_current = false;
 }
 
 int audit_flush(audit_log *a) {
@@ -1221,20 +1461,111 @@ int audit_flush(audit_log *a) {
         r = audit_commit(a, NULL);
         if (r < 0)
                 return r;
+        flush_job_detach(a);
+        if (!a->dirty && a->head_current)
+                return 0;
+        pthread_mutex_lock(&flush_lock);
         if (a->dirty) {
-                if (fsync(a->fd) < 0)
-                        return -errno;
+                if (fsync(a->fd) < 0) {
+                        r = -errno;
+                        goto out;
+                }
                 a->dirty = false;
         }
-        if (a->head_current)
-                return 0;
-        /* Only after the records are durable may the head vouch for them. */
-        r = head_write(a);
+        if (!a->head_current) {
+                /* Only after the records are durable may the head vouch for them. */
+                r = head_write(a);
+                if (r < 0)
+                        goto out;
+                a->head_seq = a->seq;
+                a->head_current = true;
+        }
+out:
+        pthread_mutex_unlock(&flush_lock);
+        return r;
+}
+
+static void flush_job_free(audit_flush_job *j) {
+        if (!j)
+                return;
+        safe_close(j->fd);
+        safe_close(j->dir_fd);
+        free(j);
+}
+
+int audit_flush_begin(audit_log *a, audit_flush_job **ret) {
+        audit_flush_job *j;
+        int r;
+
+        if (!a || !ret)
+                return -EINVAL;
+        if (a->flush_job)
+                return -EBUSY;
+        r = audit_commit(a, NULL);
         if (r < 0)
                 return r;
-        a->head_seq = a->seq;
+        if (!a->dirty && a->head_current) {
+                *ret = NULL;
+                return 0;
+        }
+        j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        j->fd = j->dir_fd = -1;
+        j->write_head = !a->head_current;
+        j->seq = a->seq;
+        if (j->write_head)
+                r = head_format(&a->key, a->seq, a->last_hash, j->head, sizeof(j->head), &j->head_len);
+        if (r == 0 && a->dirty && (j->fd = fcntl(a->fd, F_DUPFD_CLOEXEC, 3)) < 0)
+                r = -errno;
+        if (r == 0 && (j->dir_fd = fcntl(a->dir_fd, F_DUPFD_CLOEXEC, 3)) < 0)
+                r = -errno;
+        if (r < 0) {
+                flush_job_free(j);
+                return r;
+        }
+        /* Taken as done; audit_flush_end() puts it back if it was not. */
+        a->dirty = false;
         a->head_current = true;
+        j->log = a;
+        a->flush_job = j;
+        *ret = j;
         return 0;
+}
+
+void audit_flush_run(audit_flush_job *j) {
+        int r = 0;
+
+        pthread_mutex_lock(&flush_lock);
+        if (!j->cancelled) {
+                /* Only after the records are durable may the head vouch for them. */
+                if (j->fd >= 0 && fsync(j->fd) < 0)
+                        r = -errno;
+                if (r == 0 && j->write_head)
+                        r = head_store(j->dir_fd, j->head, j->head_len);
+        }
+        j->result = r;
+        pthread_mutex_unlock(&flush_lock);
+}
+
+int audit_flush_end(audit_flush_job *j) {
+        audit_log *a;
+        int r;
+
+        if (!j)
+                return 0;
+        a = j->log;
+        r = a ? j->result : 0;
+        if (a) {
+                a->flush_job = NULL;
+                if (r < 0) {
+                        a->dirty = a->dirty || j->fd >= 0;
+                        a->head_current = a->head_current && !j->write_head;
+                } else if (j->write_head)
+                        a->head_seq = j->seq;
+        }
+        flush_job_free(j);
+        return r;
 }
 
 uint64_t audit_seq(const audit_log *a) {
@@ -1250,11 +1581,10 @@ void audit_close(audit_log *a) {
                 (void) audit_flush(a);
         else if (a->fd >= 0)
                 (void) audit_commit(a, NULL);
+        flush_job_detach(a);
         safe_close(a->fd);
         safe_close(a->dir_fd);
         key_page_free(a->key_page, a->key_page_size);
-        EVP_MAC_CTX_free(a->key.tmpl);
-        EVP_MAC_free(a->key.mac);
         free(a->batch);
         free(a->recs);
         free(a);
@@ -1456,14 +1786,12 @@ int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_
                 a->max_record = AUDIT_RECORD_MAX_LIMIT;
         a->journal = !(opt && opt->no_journal) && access(JOURNAL_SOCKET, F_OK) == 0;
 
-        a->key.mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        if (!a->key.mac)
-                return fail(err, -EIO, "audit: OpenSSL has no HMAC");
         r = key_page_new(key, key_len, &a->key_page, &a->key_page_size);
         if (r < 0)
                 return fail(err, r, "audit: cannot allocate key memory: %s", strerror(-r));
-        a->key.key = a->key_page;
-        a->key.len = key_len;
+        r = key_setup(&a->key, a->key_page, a->key_page_size, key_len);
+        if (r < 0)
+                return fail(err, r, "audit: cannot set up the HMAC key: %s", strerror(-r));
 
         r = mkdir_p(dir, 0700);
         if (r < 0)
@@ -1817,21 +2145,24 @@ int audit_verify(audit_log *a, bool *ret_ok, uint64_t *ret_records, uint64_t *re
 
 int audit_verify_dir(const char *dir, const uint8_t *key, size_t key_len, bool *ret_ok, uint64_t *ret_records,
                      uint64_t *ret_first_bad_seq, char **ret_reason) {
-        _cleanup_(EVP_MAC_freep) EVP_MAC *mac = NULL;
         _cleanup_close_ int dir_fd = -1;
+        uint8_t *page = NULL;
+        size_t page_size = 0;
         audit_key k;
+        int r;
 
         if (!dir || !key || key_len < AUDIT_KEY_MIN || key_len > AUDIT_KEY_MAX)
                 return -EINVAL;
-        mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        if (!mac)
-                return -EIO;
-        k = (audit_key) { .key = key, .len = key_len, .mac = mac };
         dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (dir_fd < 0)
                 return -errno;
-        int r = verify_core(dir_fd, &k, NULL, 0, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
-        EVP_MAC_CTX_free(k.tmpl);
+        r = key_page_new(key, key_len, &page, &page_size);
+        if (r < 0)
+                return r;
+        r = key_setup(&k, page, page_size, key_len);
+        if (r == 0)
+                r = verify_core(dir_fd, &k, NULL, 0, ret_ok, ret_records, ret_first_bad_seq, ret_reason);
+        key_page_free(page, page_size);
         return r;
 }
 
@@ -2137,9 +2468,6 @@ int audit_snapshot_new(audit_log *a, audit_snapshot **ret) {
         if (!a || !ret)
                 return -EINVAL;
         (void) audit_commit(a, NULL);
-        /* Fetched here, on the loop, so that worker threads only read the cache. */
-        if (!sha256_md())
-                return -EIO;
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -2153,10 +2481,11 @@ int audit_snapshot_new(audit_log *a, audit_snapshot **ret) {
                 audit_snapshot_free(s);
                 return r;
         }
-        s->key = (audit_key) { .key = s->key_page, .len = a->key.len, .mac = EVP_MAC_fetch(NULL, "HMAC", NULL) };
-        if (!s->key.mac) {
+        /* Its own HMAC state too: the worker must not share the log's. */
+        r = key_setup(&s->key, s->key_page, s->key_page_size, a->key.len);
+        if (r < 0) {
                 audit_snapshot_free(s);
-                return -EIO;
+                return r;
         }
         s->mem = (anchor) { .set = a->seq > 0, .seq = a->seq };
         memcpy(s->mem.hash, a->last_hash, HASH_LEN);
@@ -2169,8 +2498,6 @@ void audit_snapshot_free(audit_snapshot *s) {
                 return;
         safe_close(s->dir_fd);
         key_page_free(s->key_page, s->key_page_size);
-        EVP_MAC_CTX_free(s->key.tmpl);
-        EVP_MAC_free(s->key.mac);
         free(s);
 }
 

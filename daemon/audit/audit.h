@@ -63,8 +63,8 @@
  * Durability: audit_append() write(2)s the line at once (audit_append_deferred()
  * at the next audit_commit(), see below) (so a daemon crash loses
  * nothing already appended); audit_flush() fsyncs the file and then rewrites
- * audit.head. The daemon calls audit_flush() from a short timer; audit_close()
- * flushes.
+ * audit.head. The daemon flushes from a short timer, in a worker thread
+ * (audit_flush_begin/run/end); audit_close() flushes.
  *
  * Journald: each record is also sent with sd_journal_send() (MESSAGE,
  * AGENTD_AUDIT_TYPE, AGENTD_AUDIT_SEQ, AGENTD_SANDBOX_ID, AGENTD_AUDIT_FIELDS)
@@ -73,7 +73,9 @@
  * journal with them). The journal is a convenience mirror; the files are the record.
  *
  * Not single-writer safe across processes: one daemon per user owns the dir.
- * The functions are not thread-safe; the daemon calls them from its loop. */
+ * The functions are not thread-safe; the daemon calls them from its loop
+ * (except audit_flush_run() and the audit_snapshot_* readers, which are meant
+ * for a worker thread). */
 #pragma once
 
 #include <stdbool.h>
@@ -147,12 +149,53 @@ int audit_append(audit_log *a, const char *type, const char *sandbox, struct jso
  * no bound on the batch here: the caller commits at least once per loop
  * iteration. */
 int audit_append_deferred(audit_log *a, const char *type, const char *sandbox, struct json_object *fields);
+
+/* audit_append_deferred() for a flat fields object given as members, in order
+ * (keys distinct): a string member (str, str_len bytes) or an integer (num,
+ * when str is NULL). The record is byte for byte the one audit_append_deferred()
+ * makes from a json-c object holding the same members added in the same
+ * order; when no string needs escaping and no bound applies, it is built
+ * directly, without json-c or an allocation (the daemon's per-request "rpc"
+ * record), else through that object. Refuses what audit_append() refuses. */
+typedef struct audit_member {
+        const char *key;
+        const char *str;
+        size_t str_len;
+        int64_t num;
+} audit_member;
+int audit_append_members_deferred(audit_log *a, const char *type, const char *sandbox, const audit_member *m,
+                                  size_t n);
 int audit_commit(audit_log *a, size_t *ret_lost);
 size_t audit_pending(const audit_log *a);
 
 /* Makes every appended record durable: fsync of the current file, then audit.head
- * is rewritten (tmp, fsync, rename, fsync dir). Cheap when nothing is pending. */
+ * is rewritten (tmp, fsync, rename, fsync dir). Cheap when nothing is pending.
+ * Takes over from a flush job that has not finished (see below). */
 int audit_flush(audit_log *a);
+
+/* The same flush, with its slow part in a worker thread (the daemon's 50 ms
+ * timer), so the loop goes on serving while the disk syncs:
+ *
+ *   audit_flush_begin()  loop: commits, then takes what the flush needs: a
+ *                        duplicate of the newest file's fd when it holds writes
+ *                        not yet fsync'd, and the head line for the end of the
+ *                        chain as it is now, formatted and MAC'd here (the
+ *                        worker never sees the key). *ret is NULL when there is
+ *                        nothing to flush; -EBUSY while a job is not ended.
+ *   audit_flush_run()    any thread: fsync, then audit.head as audit_flush()
+ *                        writes it. The head names only records written before
+ *                        begin, and is written only after their fsync succeeded.
+ *   audit_flush_end()    loop: the result (0 or a negative errno); frees the job.
+ *                        On failure the log counts the work as not done.
+ *
+ * One flush at a time: audit_flush() (and so audit_close() and audit_prune())
+ * cancels a job that has not finished, waiting while one is in its fsync; a
+ * cancelled job writes nothing and its end returns 0. Records appended
+ * while a job runs are not vouched for by its head; the next flush covers them. */
+typedef struct audit_flush_job audit_flush_job;
+int audit_flush_begin(audit_log *a, audit_flush_job **ret);
+void audit_flush_run(audit_flush_job *job);
+int audit_flush_end(audit_flush_job *job);
 
 /* The seq of the last appended record (0: empty log). */
 uint64_t audit_seq(const audit_log *a);

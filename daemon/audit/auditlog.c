@@ -1,8 +1,10 @@
 /* Audit log wiring. The HMAC key is 32 random bytes sealed like the broker's
  * secret: by the TPM when one answers on [TPM] TCTI=, else with a software
  * key file (the log must work on machines without a TPM; status says which).
- * Records are written at once and fsync'd in batches by a short timer; the
- * per-request "rpc" records are group-committed: chained as they happen and
+ * Records are written at once and fsync'd in batches by a short timer (the
+ * fsync and the head rewrite run in a worker thread, one at a time: the loop
+ * does not wait for the disk); the per-request "rpc" records are
+ * group-committed: chained as they happen and
  * written with one writev per loop iteration (a prepare and a check hook),
  * while the server holds every reply back until that write has happened
  * (server_release_held()), so a reply never precedes its record on disk.
@@ -30,6 +32,7 @@
 #include "core/log.h"
 #include "macro.h"
 #include "core/server.h"
+#include "report.h"
 #include "telemetry.h"
 
 #define AUDIT_QUERY_DEFAULT 1000u
@@ -40,6 +43,8 @@ typedef struct auditlog {
         uv_timer_t flush_timer, retry_timer, startup_timer;
         uv_prepare_t commit_prepare;
         uv_check_t commit_check;
+        uv_work_t flush_work;
+        audit_flush_job *flush_job;   /* in flight in flush_work: at most one */
         bool timers_init;
         bool dirty;
         char *state;              /* why it is unavailable, or "ok (key sealed: ...)" */
@@ -166,6 +171,37 @@ static void on_commit_check(uv_check_t *h) {
         commit_and_release(h->data);
 }
 
+static void flush_work(uv_work_t *w) {
+        audit_flush_run(the_log.flush_job);
+}
+
+static void flush_done(uv_work_t *w, int status) {
+        /* A job that a synchronous flush took over (or audit_close()) ends with 0. */
+        int r = audit_flush_end(TAKE_PTR(the_log.flush_job));
+        if (r < 0 && the_log.log)
+                write_failed("flush the log", r);
+}
+
+/* The fsync and the head rewrite in a worker; the head vouches only for what
+ * was written before the job began, and only after the fsync. */
+static void flush_start(manager *m) {
+        audit_flush_job *j = NULL;
+        int r = audit_flush_begin(the_log.log, &j);
+        if (r < 0) {
+                write_failed("flush the log", r);
+                return;
+        }
+        if (!j)
+                return;
+        the_log.flush_job = j;
+        r = uv_queue_work(m->loop, &the_log.flush_work, flush_work, flush_done);
+        if (r < 0) {
+                /* No worker: flush here, as before. */
+                audit_flush_run(j);
+                flush_done(&the_log.flush_work, 0);
+        }
+}
+
 static void on_flush(uv_timer_t *t) {
         /* A log that failed resumes by itself once records fit again; so does
          * the writing of a lockdown marker that did not fit. */
@@ -173,11 +209,10 @@ static void on_flush(uv_timer_t *t) {
                 (void) try_resume();
         lockdown_retry_persist(t->data);
         (void) auditlog_commit(t->data);
-        if (the_log.log && the_log.dirty) {
+        /* One flush in flight; what it did not cover waits for the next tick. */
+        if (the_log.log && the_log.dirty && !the_log.flush_job) {
                 the_log.dirty = false;
-                int r = audit_flush(the_log.log);
-                if (r < 0)
-                        write_failed("flush the log", r);
+                flush_start(t->data);
         }
 }
 
@@ -394,31 +429,71 @@ const char *auditlog_state(manager *m) {
         return the_log.state;
 }
 
+/* Records one event: from json fields, or from members when mem is set.
+ * Requests ("rpc") are group-committed: their replies wait in the server until
+ * the batch is written. Everything else is written at once, behind the batch,
+ * as before. */
+static void log_event(manager *m, const char *type, const char *sandbox, json_object *fields, const audit_member *mem,
+                      size_t n_mem) {
+        if (!the_log.log) {
+                the_log.lost++;
+                return;
+        }
+        bool defer = strcmp(type, "rpc") == 0;
+        int r = 0;
+        if (!defer || audit_pending(the_log.log) >= AUDIT_BATCH_MAX)
+                r = auditlog_commit(m);   /* counts what it lost */
+        if (r == 0 && mem)
+                r = audit_append_members_deferred(the_log.log, type, sandbox, mem, n_mem);
+        else if (r == 0)
+                r = defer ? audit_append_deferred(the_log.log, type, sandbox, fields)
+                          : audit_append(the_log.log, type, sandbox, fields);
+        if (r == 0 && mem && !defer && auditlog_commit(m) < 0)
+                return;                   /* counted there */
+        if (r == -EINVAL)
+                log_error("audit: refused to record %s (a bug: see audit.h)", type);
+        else if (r < 0) {
+                write_failed("write records", r);
+                the_log.lost++;
+        } else if (!defer)
+                the_log.dirty = true;
+}
+
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields) {
         if (!fields)
                 fields = json_object_new_object();
         telemetry_event(m, type, sandbox, fields);
-        if (the_log.log) {
-                /* Requests ("rpc") are group-committed: their replies wait in
-                 * the server until the batch is written. Everything else is
-                 * written at once, behind the batch, as before. */
-                bool defer = strcmp(type, "rpc") == 0;
-                int r = 0;
-                if (!defer || audit_pending(the_log.log) >= AUDIT_BATCH_MAX)
-                        r = auditlog_commit(m);   /* counts what it lost */
-                if (r == 0)
-                        r = defer ? audit_append_deferred(the_log.log, type, sandbox, fields)
-                                  : audit_append(the_log.log, type, sandbox, fields);
-                if (r == -EINVAL)
-                        log_error("audit: refused to record %s (a bug: see audit.h)", type);
-                else if (r < 0) {
-                        write_failed("write records", r);
-                        the_log.lost++;
-                } else if (!defer)
-                        the_log.dirty = true;
-        } else
-                the_log.lost++;
+        log_event(m, type, sandbox, fields, NULL, 0);
         json_object_put(fields);
+}
+
+void auditlog_rpc(const rpc_ctx *ctx, const char *outcome) {
+        const connection *c = ctx->conn;
+
+        /* The members a request's record always has, built without json-c
+         * (audit_append_members_deferred(): the same bytes); a request that
+         * report.c annotates, or a telemetry that wants rpc events, takes the
+         * json-c path. */
+        static int telemetry_wants = -1;        /* a fixed list: asked once */
+        if (telemetry_wants < 0)
+                telemetry_wants = telemetry_exports("rpc");
+        if (telemetry_wants || report_rpc_annotates(ctx)) {
+                json_object *ev = json_object_new_object();
+                json_object_object_add(ev, "method", json_object_new_string(ctx->method->name));
+                json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));
+                json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
+                json_object_object_add(ev, "outcome", json_object_new_string(outcome));
+                report_annotate_rpc(ev, ctx);
+                audit_event(ctx->m, "rpc", c->sandbox_id, ev);
+                return;
+        }
+        const audit_member mem[] = {
+                { .key = "method", .str = ctx->method->name, .str_len = strlen(ctx->method->name) },
+                { .key = "peer_pid", .num = c->peer.pid },
+                { .key = "peer_uid", .num = (int) c->peer.uid },
+                { .key = "outcome", .str = outcome, .str_len = strlen(outcome) },
+        };
+        log_event(ctx->m, "rpc", c->sandbox_id, NULL, mem, ELEMENTSOF(mem));
 }
 
 int rpc_audit_verify(rpc_ctx *ctx, const rpc_audit_verify_params *p, rpc_error *err) {

@@ -27,6 +27,10 @@ bool auditlog_key_ready(manager *m);
  * the next auditlog_commit() (group commit, see auditlog.c); others are
  * written at once, after any pending ones. */
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields);
+/* The "rpc" record of one request: method, peer_pid, peer_uid, outcome (and
+ * report.c's annotations), exactly as audit_event() would write it. */
+struct rpc_ctx;
+void auditlog_rpc(const struct rpc_ctx *ctx, const char *outcome);
 /* Writes the pending "rpc" records (one writev). A failure is counted like a
  * failed append (the log is "failing", state-changing requests are refused). */
 int auditlog_commit(manager *m);

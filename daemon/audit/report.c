@@ -63,12 +63,23 @@ void report_annotate_peer(json_object *ev, const connection *c) {
         add_peer(ev, c);
 }
 
-void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {
-        /* The sandbox a host request is about, so its report finds the request. */
+/* The sandbox a host request is about, so its report finds the request. */
+static const msgpack_object *rpc_target(const rpc_ctx *ctx) {
         const msgpack_object *id = rpc_param(ctx->params, "id");
         if (!id || id->type != MSGPACK_OBJECT_STR)
                 id = rpc_param(ctx->params, "sandbox");
         if (!id || id->type != MSGPACK_OBJECT_STR || id->via.str.size == 0 || id->via.str.size > 64)
+                return NULL;
+        return id;
+}
+
+bool report_rpc_annotates(const rpc_ctx *ctx) {
+        return rpc_target(ctx) != NULL;
+}
+
+void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {
+        const msgpack_object *id = rpc_target(ctx);
+        if (!id)
                 return;
         json_object_object_add(ev, "target", json_object_new_string_len(id->via.str.ptr, (int) id->via.str.size));
         if (!ctx->conn->sandbox_id)

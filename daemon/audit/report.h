@@ -12,6 +12,8 @@
 
 /* rpc records: the sandbox a host request is about ("target") and who sent it. */
 void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx);
+/* Whether report_annotate_rpc() adds anything to this request's record. */
+bool report_rpc_annotates(const rpc_ctx *ctx);
 /* sandbox.spawn records: the peer that asked, the names (never values) of the
  * environment the policy and the caller (env_names, NULL-terminated) set, tty. */
 void report_annotate_spawn(json_object *ev, const sandbox *s, const char *const *env_names, const task_policy *p);

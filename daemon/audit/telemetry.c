@@ -310,6 +310,10 @@ static bool exported(const char *type) {
         return false;
 }
 
+bool telemetry_exports(const char *type) {
+        return type && exported(type);
+}
+
 static void count(const char *type, json_object *f) {
         const char *d = fstr(f, "decision");
         T.counters_dirty = true;

@@ -25,5 +25,7 @@ int telemetry_init(manager *m);       /* never fatal: status says why it is off 
 void telemetry_free(manager *m);
 /* One audit event (borrowed). */
 void telemetry_event(manager *m, const char *type, const char *sandbox, json_object *fields);
+/* Whether events of this type are exported at all (when an endpoint is set). */
+bool telemetry_exports(const char *type);
 /* agentd.status "telemetry": {state, endpoint?, queued, sent_logs, sent_spans, sent_metrics, dropped, ...}. */
 void telemetry_pack_status(msgpack_packer *pk);

@@ -18,7 +18,6 @@
 #include "macro.h"
 #include "socket.h"
 #include "audit/auditlog.h"
-#include "audit/report.h"
 #include "sandbox/sandbox.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -113,25 +112,49 @@ int connection_take_fd(connection *c) {
         return fd;
 }
 
+#define FLUSH_IOV_MAX 64
+
+/* Replies without fds go out together (one sendmsg for all that are queued:
+ * pipelined requests, or those a batch held); a reply with fds goes alone, its
+ * fds with its first byte. */
 static int flush_output(connection *c) {
         while (c->out_head) {
                 out_chunk *o = c->out_head;
-                ssize_t n = socket_send_fds(c->fd, o->data + o->off, o->len - o->off, o->fds, o->off == 0 ? o->n_fds : 0,
-                                            MSG_DONTWAIT);
-                if (n < 0)
-                        return n == -EAGAIN ? 0 : (int) n;
-                if (o->n_fds > 0 && o->off == 0) {
+                bool with_fds = o->n_fds > 0 && o->off == 0;
+                struct iovec iov[FLUSH_IOV_MAX];
+                size_t n_iov = 0;
+                for (out_chunk *k = o; k && n_iov < (with_fds ? 1 : FLUSH_IOV_MAX) && (k == o || k->n_fds == 0); k = k->next)
+                        iov[n_iov++] = (struct iovec) { k->data + k->off, k->len - k->off };
+                struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n_iov };
+                union {
+                        struct cmsghdr align;
+                        char buf[SOCKET_CMSG_SPACE(3)];
+                } cm;
+                if (with_fds && socket_cmsg_put_fds(&mh, cm.buf, sizeof(cm.buf), o->fds, o->n_fds) < 0)
+                        return -EINVAL;
+                ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (n < 0) {
+                        if (errno == EAGAIN || errno == EINTR)
+                                return 0;
+                        return -errno;
+                }
+                if (with_fds) {
                         for (unsigned i = 0; i < o->n_fds; i++)
                                 safe_close(o->fds[i]);
                         o->n_fds = 0;
                 }
-                o->off += (size_t) n;
                 c->out_bytes -= (size_t) n;
-                if (o->off == o->len) {
-                        c->out_head = o->next;
-                        if (!c->out_head)
-                                c->out_tail = NULL;
-                        free(o);
+                for (size_t left = (size_t) n; left > 0;) {
+                        out_chunk *k = c->out_head;
+                        size_t take = left < k->len - k->off ? left : k->len - k->off;
+                        k->off += take;
+                        left -= take;
+                        if (k->off == k->len) {
+                                c->out_head = k->next;
+                                if (!c->out_head)
+                                        c->out_tail = NULL;
+                                free(k);
+                        }
                 }
         }
         return 0;
@@ -336,6 +359,47 @@ static bool sandbox_rate_admit(connection *c, const rpc_method *method) {
 
 /* ---- dispatch ---------------------------------------------------------- */
 
+/* A reply packs into a buffer on the stack (no allocation per request); one
+ * that outgrows it moves to the heap. */
+typedef struct reply_buf {
+        char *data;
+        size_t size, alloc;
+        char inline_data[1024];
+} reply_buf;
+
+static void reply_buf_init(reply_buf *b) {
+        b->data = b->inline_data;
+        b->size = 0;
+        b->alloc = sizeof(b->inline_data);
+}
+
+static int reply_buf_write(void *userdata, const char *buf, size_t len) {
+        reply_buf *b = userdata;
+        if (b->alloc - b->size < len) {
+                size_t n = b->alloc;
+                while (n - b->size < len) {
+                        if (n > SIZE_MAX / 2)
+                                return -1;
+                        n *= 2;
+                }
+                char *p = b->data == b->inline_data ? malloc(n) : realloc(b->data, n);
+                if (!p)
+                        return -1;
+                if (b->data == b->inline_data)
+                        memcpy(p, b->inline_data, b->size);
+                b->data = p;
+                b->alloc = n;
+        }
+        memcpy(b->data + b->size, buf, len);
+        b->size += len;
+        return 0;
+}
+
+static void reply_buf_done(reply_buf *b) {
+        if (b->data != b->inline_data)
+                free(b->data);
+}
+
 static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         manager *m = c->m;
         rpc_message msg;
@@ -408,10 +472,10 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 }
         }
 
-        msgpack_sbuffer sb;
+        reply_buf sb;
         msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        reply_buf_init(&sb);
+        msgpack_packer_init(&pk, &sb, reply_buf_write);
         rpc_pack_response_header(&pk, msg.msgid);
 
         rpc_ctx ctx = {
@@ -420,14 +484,8 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         connection_ref(c);
         int r = handlers[method->id](&ctx, &args, &err);
         /* Every request is evidence: who asked what, and how it went. */
-        json_object *ev = json_object_new_object();
-        json_object_object_add(ev, "method", json_object_new_string(method->name));
-        json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));
-        json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
-        json_object_object_add(ev, "outcome", json_object_new_string(r < 0 ? rpc_error_code_to_string(error_is_set(&err) ? err.code : RPC_E_INTERNAL)
-                                                                          : ctx.async ? "pending" : "ok"));
-        report_annotate_rpc(ev, &ctx);
-        audit_event(m, "rpc", c->sandbox_id, ev);
+        auditlog_rpc(&ctx, r < 0 ? rpc_error_code_to_string(error_is_set(&err) ? err.code : RPC_E_INTERNAL)
+                                 : ctx.async ? "pending" : "ok");
         if (r < 0) {
                 if (!error_is_set(&err))
                         rpc_error_set(&err, RPC_E_INTERNAL, "%s failed: %s", method->name, strerror(-r));
@@ -455,7 +513,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 } else
                         (void) connection_send(c, sb.data, sb.size, ctx.reply_fds, ctx.n_reply_fds);
         }
-        msgpack_sbuffer_destroy(&sb);
+        reply_buf_done(&sb);
         rpc_message_done(&msg);
         connection_unref(c);
 }

@@ -297,6 +297,34 @@ def test_spawn_refused_when_its_record_cannot_be_written():
         d.stop()
 
 
+def test_flush_failure_in_worker_fails_closed():
+    """The 50 ms flush (fsync, then audit.head) runs in a worker thread; when it
+    fails, the log is "failing" and state changes are refused, exactly as when
+    the loop flushed; once the head can be written again, the log resumes."""
+    d = Daemon().start()
+    try:
+        ws = os.path.join(d.tmp, "ws")
+        os.makedirs(ws)
+        c = d.client()
+        assert c.ok("agentd.status")["audit"].startswith("ok")
+        blocker = os.path.join(state_dir(d), "audit", "audit.head.tmp")
+        os.mkdir(blocker)  # the head's temporary cannot be created: EISDIR
+        c.ok("agentd.ping")  # something to flush
+        st = wait_for(lambda: (lambda s: s if "cannot write records" in s["audit"] else None)(c.ok("agentd.status")),
+                      what="the failed flush reported")
+        assert st["audit"].startswith("failing:") and "Is a directory" in st["audit"], st
+        err, _ = c.call("sandbox.spawn", {"argv": ["/bin/true"], "workspace": ws})
+        assert err is not None and err["code"] == "backend_unavailable" and "audit" in err["message"], err
+        os.rmdir(blocker)
+        wait_for(lambda: c.ok("agentd.status")["audit"].startswith("ok"), what="audit ok again")
+        recs = c.ok("audit.query", {"limit": 50})
+        assert any(r["type"] == "audit.resumed" for r in recs), [r["type"] for r in recs]
+        assert c.ok("audit.verify")["ok"] is True
+        c.ok("sandbox.spawn", {"argv": ["/bin/true"], "workspace": ws})
+    finally:
+        d.stop()
+
+
 def test_lockdown_marker_survives_restart():
     with Daemon() as d:
         c = d.client()

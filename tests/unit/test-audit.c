@@ -10,6 +10,7 @@
 #include <json-c/json.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1154,6 +1155,203 @@ START_TEST(test_durable_after_flush) {
 }
 END_TEST
 
+/* ---- records from members (audit_append_members_deferred) ---- */
+
+#define S(k, v) { .key = (k), .str = (v), .str_len = sizeof(v) - 1 }
+#define I(k, v) { .key = (k), .num = (v) }
+
+typedef struct member_case {
+        const char *sandbox;
+        audit_member m[6];
+        size_t n;
+} member_case;
+
+static struct json_object *members_as_json(const audit_member *m, size_t n) {
+        struct json_object *o = json_object_new_object();
+        for (size_t i = 0; i < n; i++)
+                json_object_object_add(o, m[i].key, m[i].str ? json_object_new_string_len(m[i].str, (int) m[i].str_len)
+                                                             : json_object_new_int64(m[i].num));
+        return o;
+}
+
+/* From "type": to ,"prev": : type, sandbox and fields, which must not depend on the path. */
+static char *record_body(const char *line) {
+        const char *b = strstr(line, ",\"type\":"), *e = strstr(line, ",\"prev\":\"");
+        ck_assert_ptr_nonnull(b);
+        ck_assert_ptr_nonnull(e);
+        return strndup(b, (size_t) (e - b));
+}
+
+/* The direct path writes exactly the bytes the json-c path writes, for the
+ * daemon's rpc record and for everything it hands back to json-c. */
+START_TEST(test_members_same_bytes) {
+        static char longstr[6000];
+        memset(longstr, 'x', sizeof(longstr) - 1);
+        const member_case cases[] = {
+                { NULL, { S("method", "agentd.ping"), I("peer_pid", 4242), I("peer_uid", 1000), S("outcome", "ok") }, 4 },
+                { "sb-1.a_b", { S("method", "sandbox.list"), I("peer_pid", 1), I("peer_uid", 0), S("outcome", "pending") }, 4 },
+                { NULL, { I("min", INT64_MIN), I("max", INT64_MAX), I("zero", 0), I("neg", -17) }, 4 },
+                { NULL, { S("slash", "/usr/bin/env a/b"), S("space", "a b ~!@#$%^&*()"), S("empty", "") }, 3 },
+                { NULL, { S("quote", "say \"hi\""), S("bs", "c:\\x") }, 2 },
+                { NULL, { S("ctl", "a\nb\tc\x01d\x1f"), S("del", "x\x7fy") }, 2 },
+                { NULL, { S("utf8", "caf\xc3\xa9 \xe2\x82\xac"), S("bad", "ab\xff\xfe") }, 2 },
+                { NULL, { S("k\"ey", "v"), S("caf\xc3\xa9", "v") }, 2 },
+                { NULL, { S("a", "1"), I("b", 2), S("a", "3") }, 3 },
+                { "odd \"sandbox\"", { S("method", "agentd.ping") }, 1 },
+                { NULL, { { 0 } }, 0 },
+                { NULL, { { .key = "long", .str = longstr, .str_len = sizeof(longstr) - 1 }, S("after", "y") }, 2 },
+        };
+        audit_options opt = { .rotate_bytes = 1u << 20, .max_record_bytes = 4096, .no_journal = true };
+        _cleanup_error_ agentd_error err = {};
+        audit_log *direct = NULL, *viajson = NULL;
+
+        ck_assert_int_eq(audit_open(master, KEY, sizeof(KEY), &opt, &direct, &err), 0);
+        ck_assert_int_eq(audit_open(copy, KEY, sizeof(KEY), &opt, &viajson, &err), 0);
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_(json_object_putp) struct json_object *o = members_as_json(cases[i].m, cases[i].n);
+                ck_assert_int_eq(audit_append_members_deferred(direct, "rpc", cases[i].sandbox, cases[i].m, cases[i].n), 0);
+                ck_assert_int_eq(audit_append_deferred(viajson, "rpc", cases[i].sandbox, o), 0);
+        }
+        /* Refused like any record: a secret's key, a bad type; nothing is chained. */
+        const audit_member secret[] = { S("method", "x"), S("Password", "hunter2") };
+        uint64_t seq = audit_seq(direct);
+        ck_assert_int_eq(audit_append_members_deferred(direct, "rpc", NULL, secret, 2), -EINVAL);
+        ck_assert_int_eq(audit_append_members_deferred(direct, "RPC!", NULL, secret, 1), -EINVAL);
+        ck_assert_uint_eq(audit_seq(direct), seq);
+        audit_close(direct);
+        audit_close(viajson);
+
+        lset a, b;
+        lset_load(master, &a);
+        lset_load(copy, &b);
+        ck_assert_uint_eq(a.n, 1);
+        ck_assert_uint_eq(b.n, 1);
+        ck_assert_uint_eq(a.f[0].n, b.f[0].n);
+        ck_assert_uint_eq(a.f[0].n, ELEMENTSOF(cases));
+        for (size_t i = 0; i < a.f[0].n; i++) {
+                _cleanup_free_ char *x = record_body(a.f[0].lines[i]), *y = record_body(b.f[0].lines[i]);
+                ck_assert_msg(streq(x, y), "record %zu differs:\n direct: %s\n json-c: %s", i, x, y);
+        }
+        /* The long string was cut by the size bound the same way on both paths. */
+        ck_assert_ptr_nonnull(strstr(a.f[0].lines[a.f[0].n - 1], "...[truncated "));
+        lset_free(&a);
+        lset_free(&b);
+        expect_ok(master, ELEMENTSOF(cases));
+        expect_ok(copy, ELEMENTSOF(cases));
+}
+END_TEST
+
+/* ---- the flush in a worker (audit_flush_begin/run/end) ---- */
+
+static uint64_t head_seq_of(const char *dir) {
+        char p[256];
+        snprintf(p, sizeof(p), "%s/audit.head", dir);
+        _cleanup_free_ char *h = read_all(p, NULL);
+        uint64_t seq = 0;
+        ck_assert_int_eq(sscanf(h, "{\"audit_head\":1,\"seq\":%" SCNu64 ",", &seq), 1);
+        return seq;
+}
+
+static void *flush_thread(void *job) {
+        audit_flush_run(job);
+        return NULL;
+}
+
+/* As the daemon does it: the slow part on another thread. */
+static void run_in_thread(audit_flush_job *j) {
+        pthread_t t;
+        ck_assert_int_eq(pthread_create(&t, NULL, flush_thread, j), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+}
+
+/* The head a worker writes vouches for what was written before the job
+ * began, never for records appended while it ran; one job at a time. */
+START_TEST(test_flush_job) {
+        audit_log *a = open_log(master);
+        audit_flush_job *j = NULL, *j2 = NULL;
+
+        append_n(a, 1, 3);
+        append_deferred_n(a, 4, 5);                     /* begin commits these */
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);
+        ck_assert_uint_eq(audit_pending(a), 0);
+        ck_assert_int_eq(audit_flush_begin(a, &j2), -EBUSY);
+        append_n(a, 6, 7);                              /* while the job is out */
+        ck_assert_uint_eq(head_seq_of(master), 0);      /* nothing before the job runs */
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_uint_eq(head_seq_of(master), 5);
+        expect_ok(master, 7);
+
+        /* The records appended meanwhile are the next job's. */
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_uint_eq(head_seq_of(master), 7);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_null(j);                          /* all durable and anchored */
+        ck_assert_int_eq(audit_flush_end(NULL), 0);
+        audit_close(a);
+        expect_ok(master, 7);
+}
+END_TEST
+
+/* A synchronous flush takes over from a job that has not run: the job then
+ * writes nothing, so its older head never lands over the newer one. */
+START_TEST(test_flush_job_taken_over) {
+        audit_log *a = open_log(master);
+        audit_flush_job *j = NULL;
+
+        append_n(a, 1, 3);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);
+        append_n(a, 4, 4);
+        ck_assert_int_eq(audit_flush(a), 0);
+        ck_assert_uint_eq(head_seq_of(master), 4);
+        run_in_thread(j);                               /* late: cancelled */
+        ck_assert_uint_eq(head_seq_of(master), 4);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_null(j);
+
+        /* And audit_close() with a job out: the job is detached and writes nothing. */
+        append_n(a, 5, 6);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);
+        audit_close(a);
+        ck_assert_uint_eq(head_seq_of(master), 6);
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_uint_eq(head_seq_of(master), 6);
+        expect_ok(master, 6);
+}
+END_TEST
+
+/* A job that fails reports it, and the log counts the flush as not done. */
+START_TEST(test_flush_job_failure) {
+        audit_log *a = open_log(master);
+        audit_flush_job *j = NULL;
+        char p[256];
+
+        append_n(a, 1, 3);
+        snprintf(p, sizeof(p), "%s/audit.head.tmp", master);
+        ck_assert_int_eq(mkdir(p, 0700), 0);            /* the head cannot be written */
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), -EISDIR);
+        ck_assert_uint_eq(head_seq_of(master), 0);
+        ck_assert_int_eq(rmdir(p), 0);
+        ck_assert_int_eq(audit_flush_begin(a, &j), 0);
+        ck_assert_ptr_nonnull(j);                       /* still to do */
+        run_in_thread(j);
+        ck_assert_int_eq(audit_flush_end(j), 0);
+        ck_assert_uint_eq(head_seq_of(master), 3);
+        audit_close(a);
+        expect_ok(master, 3);
+}
+END_TEST
+
 START_TEST(test_open_errors) {
         _cleanup_error_ agentd_error err = {};
         audit_log *a = NULL;
@@ -1354,6 +1552,10 @@ static Suite *audit_suite(void) {
         tcase_add_test(tc, test_secret_guard);
         tcase_add_test(tc, test_size_bound);
         tcase_add_test(tc, test_durable_after_flush);
+        tcase_add_test(tc, test_members_same_bytes);
+        tcase_add_test(tc, test_flush_job);
+        tcase_add_test(tc, test_flush_job_taken_over);
+        tcase_add_test(tc, test_flush_job_failure);
         tcase_add_test(tc, test_open_errors);
         tcase_add_test(tc, test_query_page_bounded);
         tcase_add_test(tc, test_prune_keeps_chain_verifiable);
