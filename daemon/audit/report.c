@@ -65,12 +65,13 @@ void report_annotate_peer(json_object *ev, const connection *c) {
 
 void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {
         /* The sandbox a host request is about, so its report finds the request. */
-        const msgpack_object *id = rpc_param(ctx->params, "id");
-        if (!id || id->type != MSGPACK_OBJECT_STR)
-                id = rpc_param(ctx->params, "sandbox");
-        if (!id || id->type != MSGPACK_OBJECT_STR || id->via.str.size == 0 || id->via.str.size > 64)
+        const char *id = rpc_params_str(ctx->method, ctx->args, "id");
+        if (!id)
+                id = rpc_params_str(ctx->method, ctx->args, "sandbox");
+        size_t n = id ? strlen(id) : 0;
+        if (n == 0 || n > 64)
                 return;
-        json_object_object_add(ev, "target", json_object_new_string_len(id->via.str.ptr, (int) id->via.str.size));
+        json_object_object_add(ev, "target", json_object_new_string_len(id, (int) n));
         if (!ctx->conn->sandbox_id)
                 add_peer(ev, ctx->conn);
 }
