@@ -210,16 +210,13 @@ int rpc_params_decode(const rpc_method *method, const msgpack_object *params, ms
  * RPC_SANDBOX_ONLY methods, on the host socket every other one. unauthorized otherwise. */
 int rpc_method_check_peer(const rpc_method *method, bool on_sandbox_socket, rpc_error *err);
 
-/* By-name access to a decoded map, for handlers not yet taking their struct
- * (daemon/sandbox/sandbox.c) and for hooks that read the raw request. */
-const msgpack_object *rpc_param(const msgpack_object *params, const char *key);
-/* Copies a string param into a new NUL-terminated buffer; NULL if absent. */
-char *rpc_param_strdup(const msgpack_object *params, const char *key);
-bool rpc_param_bool(const msgpack_object *params, const char *key, bool def);
+/* The STR parameter `key` from a request decoded into args (the method's
+ * rpc_<ident>_params), or NULL when the method has no such string parameter or
+ * it was not given. For code that runs for every method (the audit hook);
+ * handlers use their struct. */
+const char *rpc_params_str(const rpc_method *method, const void *args, const char *key);
 /* A malloc'd copy of a decoded string array (free with strv_free), for a handler that keeps it. */
 char **rpc_strv_dup(char *const *v);
-/* NULL-terminated array of strings, NULL if absent. */
-char **rpc_param_strv(const msgpack_object *params, const char *key);
 
 /* ---- encoding ---------------------------------------------------------- */
 

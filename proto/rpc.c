@@ -386,46 +386,11 @@ int rpc_method_check_peer(const rpc_method *method, bool on_sandbox_socket, rpc_
         return 0;
 }
 
-const msgpack_object *rpc_param(const msgpack_object *params, const char *key) {
-        if (!params || params->type != MSGPACK_OBJECT_MAP)
+const char *rpc_params_str(const rpc_method *method, const void *args, const char *key) {
+        const rpc_param_desc *d = desc_find(method, key, strlen(key));
+        if (!d || d->type != RPC_PARAM_STR)
                 return NULL;
-        for (uint32_t i = 0; i < params->via.map.size; i++)
-                if (mp_str_eq(&params->via.map.ptr[i].key, key)) {
-                        const msgpack_object *v = &params->via.map.ptr[i].val;
-                        return v->type == MSGPACK_OBJECT_NIL ? NULL : v;
-                }
-        return NULL;
-}
-
-char *rpc_param_strdup(const msgpack_object *params, const char *key) {
-        const msgpack_object *v = rpc_param(params, key);
-        if (!v || v->type != MSGPACK_OBJECT_STR)
-                return NULL;
-        return strndup(v->via.str.ptr, v->via.str.size);
-}
-
-bool rpc_param_bool(const msgpack_object *params, const char *key, bool def) {
-        const msgpack_object *v = rpc_param(params, key);
-        if (!v || v->type != MSGPACK_OBJECT_BOOLEAN)
-                return def;
-        return v->via.boolean;
-}
-
-char **rpc_param_strv(const msgpack_object *params, const char *key) {
-        const msgpack_object *v = rpc_param(params, key);
-        if (!v || v->type != MSGPACK_OBJECT_ARRAY)
-                return NULL;
-        char **r = calloc(v->via.array.size + 1, sizeof(char *));
-        if (!r)
-                return NULL;
-        for (uint32_t i = 0; i < v->via.array.size; i++) {
-                r[i] = strndup(v->via.array.ptr[i].via.str.ptr, v->via.array.ptr[i].via.str.size);
-                if (!r[i]) {
-                        strv_free(r);
-                        return NULL;
-                }
-        }
-        return r;
+        return *(const char *const *) ((const uint8_t *) args + d->offset);
 }
 
 char **rpc_strv_dup(char *const *v) {

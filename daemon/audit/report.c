@@ -64,24 +64,28 @@ void report_annotate_peer(json_object *ev, const connection *c) {
 }
 
 /* The sandbox a host request is about, so its report finds the request. */
-static const msgpack_object *rpc_target(const rpc_ctx *ctx) {
-        const msgpack_object *id = rpc_param(ctx->params, "id");
-        if (!id || id->type != MSGPACK_OBJECT_STR)
-                id = rpc_param(ctx->params, "sandbox");
-        if (!id || id->type != MSGPACK_OBJECT_STR || id->via.str.size == 0 || id->via.str.size > 64)
+static const char *rpc_target(const rpc_ctx *ctx, size_t *ret_len) {
+        const char *id = rpc_params_str(ctx->method, ctx->args, "id");
+        if (!id)
+                id = rpc_params_str(ctx->method, ctx->args, "sandbox");
+        size_t n = id ? strlen(id) : 0;
+        if (n == 0 || n > 64)
                 return NULL;
+        *ret_len = n;
         return id;
 }
 
 bool report_rpc_annotates(const rpc_ctx *ctx) {
-        return rpc_target(ctx) != NULL;
+        size_t n;
+        return rpc_target(ctx, &n) != NULL;
 }
 
 void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {
-        const msgpack_object *id = rpc_target(ctx);
+        size_t n = 0;
+        const char *id = rpc_target(ctx, &n);
         if (!id)
                 return;
-        json_object_object_add(ev, "target", json_object_new_string_len(id->via.str.ptr, (int) id->via.str.size));
+        json_object_object_add(ev, "target", json_object_new_string_len(id, (int) n));
         if (!ctx->conn->sandbox_id)
                 add_peer(ev, ctx->conn);
 }

@@ -33,8 +33,7 @@
 typedef int (*rpc_handler)(rpc_ctx *ctx, const void *params, rpc_error *err);
 #define METHOD(name, ident, flags, params, cli, summary)                                 \
         static int call_##ident(rpc_ctx *ctx, const void *p, rpc_error *err) {          \
-                RPC_IF_BY_NAME(ident, (void) p; return rpc_##ident(ctx, err);,           \
-                               return rpc_##ident(ctx, p, err);)                          \
+                return rpc_##ident(ctx, p, err);                                         \
         }
 #include "methods.def"
 #undef METHOD
@@ -479,7 +478,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         rpc_pack_response_header(&pk, msg.msgid);
 
         rpc_ctx ctx = {
-                .m = m, .conn = c, .msg = &msg, .params = msg.params, .method = method, .pk = &pk,
+                .m = m, .conn = c, .msg = &msg, .args = &args, .method = method, .pk = &pk,
         };
         connection_ref(c);
         int r = handlers[method->id](&ctx, &args, &err);

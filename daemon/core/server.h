@@ -72,7 +72,7 @@ typedef struct rpc_ctx {
         manager *m;
         connection *conn;
         const rpc_message *msg;
-        const msgpack_object *params;   /* the raw map (NULL: none), for by-name access and hooks */
+        const void *args;         /* the decoded rpc_<ident>_params, for hooks run for every method */
         const rpc_method *method;
         msgpack_packer *pk;       /* pack exactly one result object into it */
         int reply_fds[3];         /* fds to send along with the reply */
@@ -81,24 +81,9 @@ typedef struct rpc_ctx {
 } rpc_ctx;
 
 /* Handlers: rpc_<ident>(ctx, p, err) gets its parameters decoded into p (see
- * methods.def); returns 0 after packing the result, or a negative errno with err set.
- *
- * The handlers still in daemon/sandbox/sandbox.c read their parameters by name
- * (rpc_param*() on ctx->params) and take (ctx, err) until they are converted:
- * RPC_BY_NAME_<ident> marks them, and this list goes with the last of them. */
-#define RPC_BY_NAME_sandbox_spawn ~,
-#define RPC_BY_NAME_sandbox_list ~,
-#define RPC_BY_NAME_sandbox_wait ~,
-#define RPC_BY_NAME_sandbox_kill ~,
-#define RPC_BY_NAME_sandbox_logs ~,
-#define RPC_BY_NAME_events_subscribe ~,
-#define RPC_ARG3_(a, b, c, ...) c
-#define RPC_ARG3(...) RPC_ARG3_(__VA_ARGS__)
-/* by_name if RPC_BY_NAME_<ident> is defined (it adds an argument), else typed. */
-#define RPC_IF_BY_NAME(ident, by_name, typed) RPC_ARG3(RPC_BY_NAME_##ident, by_name, typed, ~)
-#define METHOD(name, ident, flags, params, cli, summary)                                    \
-        RPC_IF_BY_NAME(ident, int rpc_##ident(rpc_ctx *ctx, rpc_error *err);,                \
-                       int rpc_##ident(rpc_ctx *ctx, const rpc_##ident##_params *p, rpc_error *err);)
+ * methods.def); returns 0 after packing the result, or a negative errno with err set. */
+#define METHOD(name, ident, flags, params, cli, summary) \
+        int rpc_##ident(rpc_ctx *ctx, const rpc_##ident##_params *p, rpc_error *err);
 #include "methods.def"
 #undef METHOD
 

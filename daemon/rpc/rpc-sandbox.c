@@ -15,10 +15,20 @@
 #include "sandbox/sandbox.h"
 #include "sandbox/spawn-steps.h"
 
-static int spawn_params_parse(rpc_ctx *ctx, spawn_params *ret) {
-        const msgpack_object *params = ctx->params;
-        ret->task = rpc_param_strdup(params, "task");
-        ret->workspace = rpc_param_strdup(params, "workspace");
+/* A copy of a decoded string, or NULL for an absent one (-ENOMEM when the copy fails). */
+static int dup_str(const char *s, char **ret) {
+        if (!s)
+                return 0;
+        *ret = strdup(s);
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* The request as sandbox_spawn() takes it: everything copied out of the
+ * request's zone, since the spawn may outlive the handler (it waits for Vault). */
+static int spawn_params_parse(rpc_ctx *ctx, const rpc_sandbox_spawn_params *p, spawn_params *ret) {
+        if (dup_str(p->task, &ret->task) < 0 || dup_str(p->workspace, &ret->workspace) < 0 ||
+            dup_str(p->path, &ret->path) < 0)
+                return -ENOMEM;
         if (!ret->workspace && ctx->conn->peer.pid > 0) {
                 /* CONTRACT §3: the default is the caller's working directory. */
                 char link[64], cwd[PATH_MAX];
@@ -29,16 +39,14 @@ static int spawn_params_parse(rpc_ctx *ctx, spawn_params *ret) {
                         ret->workspace = strdup(cwd);
                 }
         }
-        ret->argv = rpc_param_strv(params, "argv");
-        ret->path = rpc_param_strdup(params, "path");
-        ret->tty = rpc_param_bool(params, "tty", false);
-        ret->attach = rpc_param_bool(params, "attach", false);
-        const msgpack_object *umask_param = rpc_param(params, "umask");
-        if (umask_param) {
-                ret->has_umask = true;
-                ret->umask = umask_param->via.u64;
-        }
-        const msgpack_object *env = rpc_param(params, "env");
+        if (p->argv && !(ret->argv = rpc_strv_dup(p->argv)))
+                return -ENOMEM;
+        ret->tty = p->tty;
+        ret->attach = p->attach;
+        ret->has_umask = p->has_umask;
+        ret->umask = p->umask;
+        /* A map of strings to strings, or an empty array (size 0 either way). */
+        const msgpack_object *env = p->env;
         if (env && env->via.map.size > 0) {
                 ret->env = calloc(env->via.map.size, sizeof(spawn_env));
                 if (!ret->env)
@@ -60,9 +68,9 @@ static int spawn_params_parse(rpc_ctx *ctx, spawn_params *ret) {
         return 0;
 }
 
-int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
+int rpc_sandbox_spawn(rpc_ctx *ctx, const rpc_sandbox_spawn_params *p, rpc_error *err) {
         spawn_params params = SPAWN_PARAMS_INIT;
-        int r = spawn_params_parse(ctx, &params);
+        int r = spawn_params_parse(ctx, p, &params);
         if (r < 0) {
                 spawn_params_done(&params);
                 return r;
@@ -70,15 +78,14 @@ int rpc_sandbox_spawn(rpc_ctx *ctx, rpc_error *err) {
         return sandbox_spawn(ctx, &params, err);
 }
 
-static sandbox *lookup(rpc_ctx *ctx, rpc_error *err) {
-        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "id");
-        sandbox *s = id ? sandbox_find(ctx->m, id) : NULL;
+static sandbox *lookup(rpc_ctx *ctx, const char *id, rpc_error *err) {
+        sandbox *s = sandbox_find(ctx->m, id);
         if (!s)
-                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id ? id : "");
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id);
         return s;
 }
 
-int rpc_sandbox_list(rpc_ctx *ctx, rpc_error *err) {
+int rpc_sandbox_list(rpc_ctx *ctx, const rpc_sandbox_list_params *p, rpc_error *err) {
         manager *m = ctx->m;
         list_head *i, *t;
         msgpack_pack_array(ctx->pk, m->n_sandboxes);
@@ -108,8 +115,8 @@ int rpc_sandbox_list(rpc_ctx *ctx, rpc_error *err) {
         return 0;
 }
 
-int rpc_sandbox_wait(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup(ctx, err);
+int rpc_sandbox_wait(rpc_ctx *ctx, const rpc_sandbox_wait_params *p, rpc_error *err) {
+        sandbox *s = lookup(ctx, p->id, err);
         if (!s)
                 return -ENOENT;
         if (sandbox_ended(s)) {
@@ -151,12 +158,12 @@ static int parse_signal(const msgpack_object *o, int *ret) {
         return -EINVAL;
 }
 
-int rpc_sandbox_kill(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup(ctx, err);
+int rpc_sandbox_kill(rpc_ctx *ctx, const rpc_sandbox_kill_params *p, rpc_error *err) {
+        sandbox *s = lookup(ctx, p->id, err);
         if (!s)
                 return -ENOENT;
         int sig;
-        if (parse_signal(rpc_param(ctx->params, "signal"), &sig) < 0) {
+        if (parse_signal(p->signal, &sig) < 0) {
                 rpc_error_set(err, RPC_E_INVALID_PARAMS, "parameter 'signal' must be a signal name (TERM, KILL, ...) or number 1..64");
                 return -EINVAL;
         }
@@ -173,8 +180,8 @@ int rpc_sandbox_kill(rpc_ctx *ctx, rpc_error *err) {
         return 0;
 }
 
-int rpc_sandbox_logs(rpc_ctx *ctx, rpc_error *err) {
-        sandbox *s = lookup(ctx, err);
+int rpc_sandbox_logs(rpc_ctx *ctx, const rpc_sandbox_logs_params *p, rpc_error *err) {
+        sandbox *s = lookup(ctx, p->id, err);
         if (!s)
                 return -ENOENT;
         msgpack_pack_map(ctx->pk, 5);
@@ -194,12 +201,15 @@ int rpc_sandbox_logs(rpc_ctx *ctx, rpc_error *err) {
 }
 
 /* events.subscribe: the sandboxes' events (output, state, alerts) on this connection. */
-int rpc_events_subscribe(rpc_ctx *ctx, rpc_error *err) {
-        _cleanup_free_ char *id = rpc_param_strdup(ctx->params, "sandbox");
-        if (id && !sandbox_find(ctx->m, id)) {
-                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", id);
+int rpc_events_subscribe(rpc_ctx *ctx, const rpc_events_subscribe_params *p, rpc_error *err) {
+        if (p->sandbox && !sandbox_find(ctx->m, p->sandbox)) {
+                rpc_error_set(err, RPC_E_NOT_FOUND, "no sandbox with id '%.64s'", p->sandbox);
                 return -ENOENT;
         }
+        /* Kept past the request: a copy. */
+        _cleanup_free_ char *id = NULL;
+        if (p->sandbox && !(id = strdup(p->sandbox)))
+                return -ENOMEM;
         ctx->conn->subscribed = true;
         free(ctx->conn->subscribe_sandbox);
         ctx->conn->subscribe_sandbox = TAKE_PTR(id);

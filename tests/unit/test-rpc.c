@@ -1,6 +1,7 @@
 /* Unit tests for proto/'s method table: the typed parameter decoder
  * (rpc_params_decode: types, missing, optional, nil, unknown keys) and the
- * peer check (rpc_method_check_peer: host-only / sandbox-only). */
+ * peer check (rpc_method_check_peer: host-only / sandbox-only), and
+ * rpc_params_str (a decoded string parameter by key, for the audit hook). */
 #include <check.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -257,6 +258,38 @@ START_TEST(test_table_matches_structs) {
 }
 END_TEST
 
+/* rpc_params_str: a method's STR parameter by key from the decoded struct (the
+ * audit hook's "target"): NULL when absent, not a string, or not the method's. */
+START_TEST(test_params_str_by_key) {
+        rpc_params_any a;
+        rpc_error err;
+        packed p;
+        packed_init(&p);
+        msgpack_pack_map(&p.pk, 2);
+        str(&p.pk, "id"), str(&p.pk, "abc");
+        str(&p.pk, "signal"), str(&p.pk, "KILL");
+        ck_assert_int_eq(decode(&p, "sandbox.kill", &a, &err), 0);
+        ck_assert_str_eq(rpc_params_str(method("sandbox.kill"), &a, "id"), "abc");
+        ck_assert_ptr_null(rpc_params_str(method("sandbox.kill"), &a, "signal"));   /* ANY, not STR */
+        ck_assert_ptr_null(rpc_params_str(method("sandbox.kill"), &a, "sandbox"));  /* not its key */
+        packed_done(&p);
+
+        packed_init(&p);
+        msgpack_pack_map(&p.pk, 1);
+        str(&p.pk, "freeze_only"), msgpack_pack_true(&p.pk);
+        ck_assert_int_eq(decode(&p, "credentials.revoke", &a, &err), 0);
+        ck_assert_ptr_null(rpc_params_str(method("credentials.revoke"), &a, "sandbox"));   /* absent */
+        packed_done(&p);
+        packed_init(&p);
+        msgpack_pack_map(&p.pk, 1);
+        str(&p.pk, "sandbox"), str(&p.pk, "0123456789ab");
+        ck_assert_int_eq(decode(&p, "credentials.revoke", &a, &err), 0);
+        ck_assert_str_eq(rpc_params_str(method("credentials.revoke"), &a, "sandbox"), "0123456789ab");
+        ck_assert_ptr_null(rpc_params_str(method("agentd.ping"), &a, "id"));
+        packed_done(&p);
+}
+END_TEST
+
 /* Every method is exactly one of host-only and sandbox-only, and the peer
  * check holds each to its flag. */
 START_TEST(test_peer_check_every_method) {
@@ -291,6 +324,7 @@ static Suite *rpc_suite(void) {
         tcase_add_test(tc, test_decode_secret_not_copied);
         tcase_add_test(tc, test_table_matches_structs);
         tcase_add_test(tc, test_peer_check_every_method);
+        tcase_add_test(tc, test_params_str_by_key);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -109,8 +109,7 @@ static int fixture_handler(rpc_ctx *ctx, rpc_error *err, unsigned id) {
 }
 
 #define METHOD(name, ident, flags, params, cli, summary) \
-        RPC_IF_BY_NAME(ident, int rpc_##ident(rpc_ctx *ctx, rpc_error *err),                          \
-                       int rpc_##ident(rpc_ctx *ctx, const rpc_##ident##_params *p, rpc_error *err))  \
+        int rpc_##ident(rpc_ctx *ctx, const rpc_##ident##_params *p, rpc_error *err) \
         { return fixture_handler(ctx, err, RPC_METHOD_##ident); }
 #include "methods.def"
 #undef METHOD
