@@ -1,7 +1,7 @@
 /* Seccomp profiles as data: the built-in `default` and `strict` rule tables, and a
  * parser for profile files. The daemon turns a rule list into BPF with libseccomp
- * (daemon/seccomp/); nothing here depends on libseccomp. The filter allows what
- * no rule names; rules deny. */
+ * (daemon/sandbox/seccomp-build.c); nothing here depends on libseccomp. The filter
+ * allows what no rule names; rules deny. */
 #pragma once
 
 #include <stdbool.h>
