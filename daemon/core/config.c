@@ -4,7 +4,9 @@
 
 #include <errno.h>
 #include <ini.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,25 +107,95 @@ _printf_(5, 6) static int config_fail(agentd_error *err, const char *path, unsig
         return error_set(err, ERROR_INVALID_PARAMS, r, "%s:%u: %s", path, line, why ? why : strerror(r < 0 ? -r : r));
 }
 
-static int handler(void *userdata, const char *section, const char *key, const char *raw_value) {
-        parse_state *s = userdata;
-        char value[4096];
-        snprintf(value, sizeof(value), "%s", raw_value ? raw_value : "");
-        strip_inline_comment(value);
-        agentd_config *c = s->c;
-        int r = 0;
+typedef enum config_kind {
+        CONFIG_BOOL,
+        CONFIG_SIZE,   /* size_t, with an optional K/M/G suffix */
+        CONFIG_UINT,   /* unsigned */
+        CONFIG_STRING, /* char *; empty = NULL */
+} config_kind;
 
-#define KEY(sec, k) (!strcmp(section, sec) && !strcmp(key, k))
-        if (!key) {
-                if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM") && strcmp(section, "Response") &&
-                    strcmp(section, "Telemetry") &&
-                    strcmp(section, "Audit") && strcmp(section, "Retention")) {
-                        snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
-                        return 0;
-                }
-                return 1;
+/* One key of agentd.conf: where it goes and the range it must lie in. */
+typedef struct config_key {
+        const char *section, *key;
+        config_kind kind;
+        size_t offset;
+        unsigned long long min, max; /* inclusive; only for CONFIG_SIZE and CONFIG_UINT */
+} config_key;
+
+#define ANY 0, ULLONG_MAX
+#define CK(sec, k, kind, field, ...) { sec, k, kind, offsetof(agentd_config, field), __VA_ARGS__ }
+/* The keys with a plain parser, in the order they were once tested; the two
+ * with their own checks (StateDirectory=, Endpoint=) are in config_set(). */
+static const config_key config_keys[] = {
+        CK("Daemon", "MaxMessageSize", CONFIG_SIZE, max_message_size, 1024, 64u * 1024 * 1024),
+        CK("Daemon", "MaxConnections", CONFIG_UINT, max_connections, 1, ULLONG_MAX),
+        CK("Daemon", "MaxConnectionsPerSandbox", CONFIG_UINT, max_connections_per_sandbox, 1, ULLONG_MAX),
+        CK("Daemon", "SandboxRequestRate", CONFIG_UINT, sandbox_request_rate, ANY),
+        CK("Daemon", "MaxRequestsInFlight", CONFIG_UINT, max_in_flight, 1, ULLONG_MAX),
+        CK("Daemon", "MaxSandboxes", CONFIG_UINT, max_sandboxes, ANY),
+        CK("Daemon", "LogLimit", CONFIG_SIZE, log_limit, ANY),
+        CK("Daemon", "ProxyPort", CONFIG_UINT, proxy_port, 1, 65535),
+        CK("Daemon", "ProxyHeaderTimeoutMs", CONFIG_UINT, proxy_header_timeout_ms, 100, 600000),
+        CK("Response", "EgressDenials", CONFIG_UINT, egress_denials, ANY),
+        CK("Response", "EgressWindowSec", CONFIG_UINT, egress_window_s, 1, ULLONG_MAX),
+        CK("Daemon", "RequireLimits", CONFIG_BOOL, require_limits, ANY),
+        CK("Audit", "MinFreeSpace", CONFIG_SIZE, audit_min_free, ANY),
+        CK("Audit", "FileSize", CONFIG_SIZE, audit_file_size, 4096, 1024u * 1024 * 1024),
+        CK("Retention", "SandboxDays", CONFIG_UINT, retention_sandbox_days, ANY),
+        CK("Retention", "SandboxRecords", CONFIG_UINT, retention_sandbox_records, ANY),
+        CK("Retention", "AuditDays", CONFIG_UINT, retention_audit_days, ANY),
+        CK("Retention", "AuditMaxSize", CONFIG_SIZE, retention_audit_max, ANY),
+        CK("Daemon", "CgroupPath", CONFIG_STRING, cgroup_path, ANY),
+        CK("Daemon", "SandboxHelper", CONFIG_STRING, sandbox_helper, ANY),
+        CK("Vault", "Address", CONFIG_STRING, vault_address, ANY),
+        CK("Vault", "Namespace", CONFIG_STRING, vault_namespace, ANY),
+        CK("Vault", "CACertificate", CONFIG_STRING, vault_ca_certificate, ANY),
+        CK("Vault", "AppRolePath", CONFIG_STRING, vault_approle_path, ANY),
+        CK("TPM", "TCTI", CONFIG_STRING, tpm_tcti, ANY),
+        CK("TPM", "AllowSoftwareKey", CONFIG_BOOL, tpm_allow_software_key, ANY),
+        CK("Telemetry", "IncludeArguments", CONFIG_BOOL, telemetry_include_arguments, ANY),
+        CK("Telemetry", "QueueMax", CONFIG_UINT, telemetry_queue_max, 16, 1000000),
+        CK("Telemetry", "FlushIntervalMs", CONFIG_UINT, telemetry_flush_interval_ms, 10, 600000),
+};
+#undef CK
+#undef ANY
+
+/* Parses value into the key's field; -EINVAL when it does not parse, -ERANGE
+ * when it lies outside the key's range (the field is written either way: a
+ * bad line applies nothing of the file). */
+static int config_key_set(agentd_config *c, const config_key *k, const char *value) {
+        void *field = (uint8_t *) c + k->offset;
+        int r;
+        switch (k->kind) {
+        case CONFIG_BOOL:
+                return parse_bool(value, field);
+        case CONFIG_STRING:
+                return set_str(field, value);
+        case CONFIG_SIZE:
+                r = parse_size(value, field);
+                if (r == 0 && (*(size_t *) field < k->min || *(size_t *) field > k->max))
+                        r = -ERANGE;
+                return r;
+        case CONFIG_UINT:
+                r = parse_uint(value, field);
+                if (r == 0 && (*(unsigned *) field < k->min || *(unsigned *) field > k->max))
+                        r = -ERANGE;
+                return r;
         }
-        if (KEY("Daemon", "StateDirectory")) {
+        return -EINVAL;
+}
+
+static bool known_section(const char *section) {
+        return !strcmp(section, "Daemon") || !strcmp(section, "Vault") || !strcmp(section, "TPM") || !strcmp(section, "Response") ||
+               !strcmp(section, "Telemetry") || !strcmp(section, "Audit") || !strcmp(section, "Retention");
+}
+
+/* Applies one key: 1 when set, 0 with s->message written when refused (inih's convention). */
+static int config_set(parse_state *s, const char *section, const char *key, const char *value) {
+        agentd_config *c = s->c;
+        int r;
+
+        if (!strcmp(section, "Daemon") && !strcmp(key, "StateDirectory")) {
                 if (value[0] != '/' && value[0] != '~') {
                         snprintf(s->message, sizeof(s->message), "StateDirectory= must be an absolute path");
                         return 0;
@@ -133,100 +205,46 @@ static int handler(void *userdata, const char *section, const char *key, const c
                         return 0;
                 free(c->state_directory);
                 c->state_directory = p;
-        } else if (KEY("Daemon", "MaxMessageSize")) {
-                r = parse_size(value, &c->max_message_size);
-                if (r == 0 && (c->max_message_size < 1024 || c->max_message_size > 64u * 1024 * 1024))
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "MaxConnections")) {
-                r = parse_uint(value, &c->max_connections);
-                if (r == 0 && c->max_connections == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "MaxConnectionsPerSandbox")) {
-                r = parse_uint(value, &c->max_connections_per_sandbox);
-                if (r == 0 && c->max_connections_per_sandbox == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "SandboxRequestRate")) {
-                r = parse_uint(value, &c->sandbox_request_rate);
-        } else if (KEY("Daemon", "MaxRequestsInFlight")) {
-                r = parse_uint(value, &c->max_in_flight);
-                if (r == 0 && c->max_in_flight == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "MaxSandboxes")) {
-                r = parse_uint(value, &c->max_sandboxes);
-        } else if (KEY("Daemon", "LogLimit")) {
-                r = parse_size(value, &c->log_limit);
-        } else if (KEY("Daemon", "ProxyPort")) {
-                r = parse_uint(value, &c->proxy_port);
-                if (r == 0 && (c->proxy_port == 0 || c->proxy_port > 65535))
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "ProxyHeaderTimeoutMs")) {
-                r = parse_uint(value, &c->proxy_header_timeout_ms);
-                if (r == 0 && (c->proxy_header_timeout_ms < 100 || c->proxy_header_timeout_ms > 600000))
-                        r = -ERANGE;
-        } else if (KEY("Response", "EgressDenials")) {
-                r = parse_uint(value, &c->egress_denials);
-        } else if (KEY("Response", "EgressWindowSec")) {
-                r = parse_uint(value, &c->egress_window_s);
-                if (r == 0 && c->egress_window_s == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "RequireLimits")) {
-                r = parse_bool(value, &c->require_limits);
-        } else if (KEY("Audit", "MinFreeSpace")) {
-                r = parse_size(value, &c->audit_min_free);
-        } else if (KEY("Audit", "FileSize")) {
-                r = parse_size(value, &c->audit_file_size);
-                if (r == 0 && (c->audit_file_size < 4096 || c->audit_file_size > 1024u * 1024 * 1024))
-                        r = -ERANGE;
-        } else if (KEY("Retention", "SandboxDays")) {
-                r = parse_uint(value, &c->retention_sandbox_days);
-        } else if (KEY("Retention", "SandboxRecords")) {
-                r = parse_uint(value, &c->retention_sandbox_records);
-        } else if (KEY("Retention", "AuditDays")) {
-                r = parse_uint(value, &c->retention_audit_days);
-        } else if (KEY("Retention", "AuditMaxSize")) {
-                r = parse_size(value, &c->retention_audit_max);
-        } else if (KEY("Daemon", "CgroupPath")) {
-                r = set_str(&c->cgroup_path, value);
-        } else if (KEY("Daemon", "SandboxHelper")) {
-                r = set_str(&c->sandbox_helper, value);
-        } else if (KEY("Vault", "Address")) {
-                r = set_str(&c->vault_address, value);
-        } else if (KEY("Vault", "Namespace")) {
-                r = set_str(&c->vault_namespace, value);
-        } else if (KEY("Vault", "CACertificate")) {
-                r = set_str(&c->vault_ca_certificate, value);
-        } else if (KEY("Vault", "AppRolePath")) {
-                r = set_str(&c->vault_approle_path, value);
-        } else if (KEY("TPM", "TCTI")) {
-                r = set_str(&c->tpm_tcti, value);
-        } else if (KEY("TPM", "AllowSoftwareKey")) {
-                r = parse_bool(value, &c->tpm_allow_software_key);
-        } else if (KEY("Telemetry", "Endpoint")) {
+                return 1;
+        }
+        if (!strcmp(section, "Telemetry") && !strcmp(key, "Endpoint")) {
                 if (value[0] && strncmp(value, "http://", 7) && strncmp(value, "https://", 8)) {
                         snprintf(s->message, sizeof(s->message), "Endpoint= must be an http:// or https:// URL");
                         return 0;
                 }
                 r = set_str(&c->telemetry_endpoint, value);
-        } else if (KEY("Telemetry", "IncludeArguments")) {
-                r = parse_bool(value, &c->telemetry_include_arguments);
-        } else if (KEY("Telemetry", "QueueMax")) {
-                r = parse_uint(value, &c->telemetry_queue_max);
-                if (r == 0 && (c->telemetry_queue_max < 16 || c->telemetry_queue_max > 1000000))
-                        r = -ERANGE;
-        } else if (KEY("Telemetry", "FlushIntervalMs")) {
-                r = parse_uint(value, &c->telemetry_flush_interval_ms);
-                if (r == 0 && (c->telemetry_flush_interval_ms < 10 || c->telemetry_flush_interval_ms > 600000))
-                        r = -ERANGE;
         } else {
-                snprintf(s->message, sizeof(s->message), "unknown key %s= in [%s]", key, section);
-                return 0;
+                const config_key *k = NULL;
+                for (size_t i = 0; i < ELEMENTSOF(config_keys) && !k; i++)
+                        if (!strcmp(section, config_keys[i].section) && !strcmp(key, config_keys[i].key))
+                                k = &config_keys[i];
+                if (!k) {
+                        snprintf(s->message, sizeof(s->message), "unknown key %s= in [%s]", key, section);
+                        return 0;
+                }
+                r = config_key_set(c, k, value);
         }
-#undef KEY
         if (r < 0) {
                 snprintf(s->message, sizeof(s->message), "bad value for %s=: \"%.100s\"", key, value);
                 return 0;
         }
         return 1;
+}
+
+static int handler(void *userdata, const char *section, const char *key, const char *raw_value) {
+        parse_state *s = userdata;
+        char value[4096];
+        snprintf(value, sizeof(value), "%s", raw_value ? raw_value : "");
+        strip_inline_comment(value);
+
+        if (!key) {
+                if (!known_section(section)) {
+                        snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
+                        return 0;
+                }
+                return 1;
+        }
+        return config_set(s, section, key, value);
 }
 
 void config_free(agentd_config *c) {
