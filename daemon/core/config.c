@@ -112,6 +112,8 @@ typedef enum config_kind {
         CONFIG_SIZE,   /* size_t, with an optional K/M/G suffix */
         CONFIG_UINT,   /* unsigned */
         CONFIG_STRING, /* char *; empty = NULL */
+        CONFIG_PATH,   /* char *; absolute or ~/..., expanded */
+        CONFIG_URL,    /* char *; http:// or https://, empty = NULL */
 } config_kind;
 
 /* One key of agentd.conf: where it goes and the range it must lie in. */
@@ -122,65 +124,94 @@ typedef struct config_key {
         unsigned long long min, max; /* inclusive; only for CONFIG_SIZE and CONFIG_UINT */
 } config_key;
 
+/* test_docs.py reads the KEY(...) entries to hold agentd.conf(5) to this table. */
+#define KEY(sec, k) sec, k
 #define ANY 0, ULLONG_MAX
-#define CK(sec, k, kind, field, ...) { sec, k, kind, offsetof(agentd_config, field), __VA_ARGS__ }
-/* The keys with a plain parser, in the order they were once tested; the two
- * with their own checks (StateDirectory=, Endpoint=) are in config_set(). */
+#define F(field) offsetof(agentd_config, field)
 static const config_key config_keys[] = {
-        CK("Daemon", "MaxMessageSize", CONFIG_SIZE, max_message_size, 1024, 64u * 1024 * 1024),
-        CK("Daemon", "MaxConnections", CONFIG_UINT, max_connections, 1, ULLONG_MAX),
-        CK("Daemon", "MaxConnectionsPerSandbox", CONFIG_UINT, max_connections_per_sandbox, 1, ULLONG_MAX),
-        CK("Daemon", "SandboxRequestRate", CONFIG_UINT, sandbox_request_rate, ANY),
-        CK("Daemon", "MaxRequestsInFlight", CONFIG_UINT, max_in_flight, 1, ULLONG_MAX),
-        CK("Daemon", "MaxSandboxes", CONFIG_UINT, max_sandboxes, ANY),
-        CK("Daemon", "LogLimit", CONFIG_SIZE, log_limit, ANY),
-        CK("Daemon", "ProxyPort", CONFIG_UINT, proxy_port, 1, 65535),
-        CK("Daemon", "ProxyHeaderTimeoutMs", CONFIG_UINT, proxy_header_timeout_ms, 100, 600000),
-        CK("Response", "EgressDenials", CONFIG_UINT, egress_denials, ANY),
-        CK("Response", "EgressWindowSec", CONFIG_UINT, egress_window_s, 1, ULLONG_MAX),
-        CK("Daemon", "RequireLimits", CONFIG_BOOL, require_limits, ANY),
-        CK("Audit", "MinFreeSpace", CONFIG_SIZE, audit_min_free, ANY),
-        CK("Audit", "FileSize", CONFIG_SIZE, audit_file_size, 4096, 1024u * 1024 * 1024),
-        CK("Retention", "SandboxDays", CONFIG_UINT, retention_sandbox_days, ANY),
-        CK("Retention", "SandboxRecords", CONFIG_UINT, retention_sandbox_records, ANY),
-        CK("Retention", "AuditDays", CONFIG_UINT, retention_audit_days, ANY),
-        CK("Retention", "AuditMaxSize", CONFIG_SIZE, retention_audit_max, ANY),
-        CK("Daemon", "CgroupPath", CONFIG_STRING, cgroup_path, ANY),
-        CK("Daemon", "SandboxHelper", CONFIG_STRING, sandbox_helper, ANY),
-        CK("Vault", "Address", CONFIG_STRING, vault_address, ANY),
-        CK("Vault", "Namespace", CONFIG_STRING, vault_namespace, ANY),
-        CK("Vault", "CACertificate", CONFIG_STRING, vault_ca_certificate, ANY),
-        CK("Vault", "AppRolePath", CONFIG_STRING, vault_approle_path, ANY),
-        CK("TPM", "TCTI", CONFIG_STRING, tpm_tcti, ANY),
-        CK("TPM", "AllowSoftwareKey", CONFIG_BOOL, tpm_allow_software_key, ANY),
-        CK("Telemetry", "IncludeArguments", CONFIG_BOOL, telemetry_include_arguments, ANY),
-        CK("Telemetry", "QueueMax", CONFIG_UINT, telemetry_queue_max, 16, 1000000),
-        CK("Telemetry", "FlushIntervalMs", CONFIG_UINT, telemetry_flush_interval_ms, 10, 600000),
+        { KEY("Daemon", "StateDirectory"), CONFIG_PATH, F(state_directory), ANY },
+        { KEY("Daemon", "MaxMessageSize"), CONFIG_SIZE, F(max_message_size), 1024, 64u * 1024 * 1024 },
+        { KEY("Daemon", "MaxConnections"), CONFIG_UINT, F(max_connections), 1, ULLONG_MAX },
+        { KEY("Daemon", "MaxConnectionsPerSandbox"), CONFIG_UINT, F(max_connections_per_sandbox), 1, ULLONG_MAX },
+        { KEY("Daemon", "SandboxRequestRate"), CONFIG_UINT, F(sandbox_request_rate), ANY },
+        { KEY("Daemon", "MaxRequestsInFlight"), CONFIG_UINT, F(max_in_flight), 1, ULLONG_MAX },
+        { KEY("Daemon", "MaxSandboxes"), CONFIG_UINT, F(max_sandboxes), ANY },
+        { KEY("Daemon", "LogLimit"), CONFIG_SIZE, F(log_limit), ANY },
+        { KEY("Daemon", "ProxyPort"), CONFIG_UINT, F(proxy_port), 1, 65535 },
+        { KEY("Daemon", "ProxyHeaderTimeoutMs"), CONFIG_UINT, F(proxy_header_timeout_ms), 100, 600000 },
+        { KEY("Response", "EgressDenials"), CONFIG_UINT, F(egress_denials), ANY },
+        { KEY("Response", "EgressWindowSec"), CONFIG_UINT, F(egress_window_s), 1, ULLONG_MAX },
+        { KEY("Daemon", "RequireLimits"), CONFIG_BOOL, F(require_limits), ANY },
+        { KEY("Audit", "MinFreeSpace"), CONFIG_SIZE, F(audit_min_free), ANY },
+        { KEY("Audit", "FileSize"), CONFIG_SIZE, F(audit_file_size), 4096, 1024u * 1024 * 1024 },
+        { KEY("Retention", "SandboxDays"), CONFIG_UINT, F(retention_sandbox_days), ANY },
+        { KEY("Retention", "SandboxRecords"), CONFIG_UINT, F(retention_sandbox_records), ANY },
+        { KEY("Retention", "AuditDays"), CONFIG_UINT, F(retention_audit_days), ANY },
+        { KEY("Retention", "AuditMaxSize"), CONFIG_SIZE, F(retention_audit_max), ANY },
+        { KEY("Daemon", "CgroupPath"), CONFIG_STRING, F(cgroup_path), ANY },
+        { KEY("Daemon", "SandboxHelper"), CONFIG_STRING, F(sandbox_helper), ANY },
+        { KEY("Vault", "Address"), CONFIG_STRING, F(vault_address), ANY },
+        { KEY("Vault", "Namespace"), CONFIG_STRING, F(vault_namespace), ANY },
+        { KEY("Vault", "CACertificate"), CONFIG_STRING, F(vault_ca_certificate), ANY },
+        { KEY("Vault", "AppRolePath"), CONFIG_STRING, F(vault_approle_path), ANY },
+        { KEY("TPM", "TCTI"), CONFIG_STRING, F(tpm_tcti), ANY },
+        { KEY("TPM", "AllowSoftwareKey"), CONFIG_BOOL, F(tpm_allow_software_key), ANY },
+        { KEY("Telemetry", "Endpoint"), CONFIG_URL, F(telemetry_endpoint), ANY },
+        { KEY("Telemetry", "IncludeArguments"), CONFIG_BOOL, F(telemetry_include_arguments), ANY },
+        { KEY("Telemetry", "QueueMax"), CONFIG_UINT, F(telemetry_queue_max), 16, 1000000 },
+        { KEY("Telemetry", "FlushIntervalMs"), CONFIG_UINT, F(telemetry_flush_interval_ms), 10, 600000 },
 };
-#undef CK
+#undef F
 #undef ANY
+#undef KEY
 
-/* Parses value into the key's field; -EINVAL when it does not parse, -ERANGE
- * when it lies outside the key's range (the field is written either way: a
- * bad line applies nothing of the file). */
-static int config_key_set(agentd_config *c, const config_key *k, const char *value) {
-        void *field = (uint8_t *) c + k->offset;
+static const config_key *config_key_find(const char *section, const char *key) {
+        for (size_t i = 0; i < ELEMENTSOF(config_keys); i++)
+                if (!strcmp(section, config_keys[i].section) && !strcmp(key, config_keys[i].key))
+                        return &config_keys[i];
+        return NULL;
+}
+
+/* Parses value into the key's field. 1: set; 0: refused, s->message says why
+ * (left as it was when out of memory); < 0: the value does not parse (-EINVAL)
+ * or lies outside the key's range (-ERANGE; the field is written anyway: a bad
+ * line applies nothing of the file). */
+static int config_key_set(parse_state *s, const config_key *k, const char *value) {
+        void *field = (uint8_t *) s->c + k->offset;
         int r;
         switch (k->kind) {
         case CONFIG_BOOL:
-                return parse_bool(value, field);
+                return parse_bool(value, field) ?: 1;
         case CONFIG_STRING:
-                return set_str(field, value);
+                return set_str(field, value) ?: 1;
         case CONFIG_SIZE:
                 r = parse_size(value, field);
                 if (r == 0 && (*(size_t *) field < k->min || *(size_t *) field > k->max))
                         r = -ERANGE;
-                return r;
+                return r ?: 1;
         case CONFIG_UINT:
                 r = parse_uint(value, field);
                 if (r == 0 && (*(unsigned *) field < k->min || *(unsigned *) field > k->max))
                         r = -ERANGE;
-                return r;
+                return r ?: 1;
+        case CONFIG_PATH: {
+                if (value[0] != '/' && value[0] != '~') {
+                        snprintf(s->message, sizeof(s->message), "%s= must be an absolute path", k->key);
+                        return 0;
+                }
+                char *p = expand_home(value, s->home);
+                if (!p)
+                        return 0;
+                free(*(char **) field);
+                *(char **) field = p;
+                return 1;
+        }
+        case CONFIG_URL:
+                if (value[0] && strncmp(value, "http://", 7) && strncmp(value, "https://", 8)) {
+                        snprintf(s->message, sizeof(s->message), "%s= must be an http:// or https:// URL", k->key);
+                        return 0;
+                }
+                return set_str(field, value) ?: 1;
         }
         return -EINVAL;
 }
@@ -190,47 +221,7 @@ static bool known_section(const char *section) {
                !strcmp(section, "Telemetry") || !strcmp(section, "Audit") || !strcmp(section, "Retention");
 }
 
-/* Applies one key: 1 when set, 0 with s->message written when refused (inih's convention). */
-static int config_set(parse_state *s, const char *section, const char *key, const char *value) {
-        agentd_config *c = s->c;
-        int r;
-
-        if (!strcmp(section, "Daemon") && !strcmp(key, "StateDirectory")) {
-                if (value[0] != '/' && value[0] != '~') {
-                        snprintf(s->message, sizeof(s->message), "StateDirectory= must be an absolute path");
-                        return 0;
-                }
-                char *p = expand_home(value, s->home);
-                if (!p)
-                        return 0;
-                free(c->state_directory);
-                c->state_directory = p;
-                return 1;
-        }
-        if (!strcmp(section, "Telemetry") && !strcmp(key, "Endpoint")) {
-                if (value[0] && strncmp(value, "http://", 7) && strncmp(value, "https://", 8)) {
-                        snprintf(s->message, sizeof(s->message), "Endpoint= must be an http:// or https:// URL");
-                        return 0;
-                }
-                r = set_str(&c->telemetry_endpoint, value);
-        } else {
-                const config_key *k = NULL;
-                for (size_t i = 0; i < ELEMENTSOF(config_keys) && !k; i++)
-                        if (!strcmp(section, config_keys[i].section) && !strcmp(key, config_keys[i].key))
-                                k = &config_keys[i];
-                if (!k) {
-                        snprintf(s->message, sizeof(s->message), "unknown key %s= in [%s]", key, section);
-                        return 0;
-                }
-                r = config_key_set(c, k, value);
-        }
-        if (r < 0) {
-                snprintf(s->message, sizeof(s->message), "bad value for %s=: \"%.100s\"", key, value);
-                return 0;
-        }
-        return 1;
-}
-
+/* inih's callback: 1 when the line is applied, 0 with s->message written when not. */
 static int handler(void *userdata, const char *section, const char *key, const char *raw_value) {
         parse_state *s = userdata;
         char value[4096];
@@ -244,7 +235,17 @@ static int handler(void *userdata, const char *section, const char *key, const c
                 }
                 return 1;
         }
-        return config_set(s, section, key, value);
+        const config_key *k = config_key_find(section, key);
+        if (!k) {
+                snprintf(s->message, sizeof(s->message), "unknown key %s= in [%s]", key, section);
+                return 0;
+        }
+        int r = config_key_set(s, k, value);
+        if (r < 0) {
+                snprintf(s->message, sizeof(s->message), "bad value for %s=: \"%.100s\"", key, value);
+                return 0;
+        }
+        return r;
 }
 
 void config_free(agentd_config *c) {
