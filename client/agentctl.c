@@ -393,7 +393,15 @@ static int cmd_task(const command *cmd, int argc, char **argv) {
         return simple_kv("task.show", "name", argv[2], NULL);
 }
 
-static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
+typedef struct spawn_args {
+        const char *task, *workspace;
+        bool detach, tty;
+        char **cmd;
+        int ncmd;
+} spawn_args;
+
+/* Parses the options of `spawn`; 0 or an exit code. */
+static int spawn_parse_args(int argc, char **argv, spawn_args *a) {
         static const struct option opts[] = {
                 { "task", required_argument, NULL, 'T' },
                 { "workspace", required_argument, NULL, 'w' },
@@ -402,31 +410,35 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
                 { "tty", no_argument, NULL, 't' },
                 {},
         };
-        const char *task = NULL, *workspace = NULL;
-        bool detach = false, tty = false;
         int o;
 
+        *a = (spawn_args) {};
         optind = 1;
         while ((o = getopt_long(argc, argv, "+itd", opts, NULL)) >= 0) {
                 switch (o) {
-                case 'T': task = optarg; break;
-                case 'w': workspace = optarg; break;
-                case 'd': detach = true; break;
+                case 'T': a->task = optarg; break;
+                case 'w': a->workspace = optarg; break;
+                case 'd': a->detach = true; break;
                 case 'i': break; /* stdin is attached by default */
-                case 't': tty = true; break;
+                case 't': a->tty = true; break;
                 default: return EXIT_USAGE;
                 }
         }
-        char **cmd = argv + optind;
-        int ncmd = argc - optind;
-        if (tty && detach) {
+        a->cmd = argv + optind;
+        a->ncmd = argc - optind;
+        if (a->tty && a->detach) {
                 fprintf(stderr, "agentctl: -t and --detach cannot be combined\n");
                 return EXIT_USAGE;
         }
-        if (tty && !isatty(STDIN_FILENO)) {
+        if (a->tty && !isatty(STDIN_FILENO)) {
                 fprintf(stderr, "agentctl: -t needs a terminal on standard input\n");
                 return EXIT_USAGE;
         }
+        return 0;
+}
+
+/* The absolute workspace path (the current directory when none is given); 0 or an exit code. */
+static int spawn_resolve_workspace(const char *workspace, char **ret) {
         _cleanup_free_ char *cwd = NULL;
         if (!workspace) {
                 cwd = getcwd(NULL, 0);
@@ -436,12 +448,16 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
                 }
                 workspace = cwd;
         }
-        _cleanup_free_ char *ws_abs = realpath(workspace, NULL);
-        if (!ws_abs) {
+        *ret = realpath(workspace, NULL);
+        if (!*ret) {
                 fprintf(stderr, "agentctl: workspace %s: %m\n", workspace);
                 return EXIT_USAGE;
         }
+        return 0;
+}
 
+/* Packs the sandbox.spawn parameters into p (initialised here). */
+static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs) {
         /* Only terminal-related variables leave the client; the task decides the rest. */
         static const char *const passed[] = { "TERM", "COLORTERM", "LANG", "LC_ALL", "NO_COLOR" };
         size_t nenv = 0;
@@ -449,59 +465,111 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
                 if (getenv(passed[i]))
                         nenv++;
 
-        params p;
         const char *caller_path = getenv("PATH");
-        params_init(&p, 6 + (task ? 1 : 0) + (ncmd > 0 ? 1 : 0) + (caller_path ? 1 : 0));
-        if (task)
-                mp_pack_kv_str(&p.pk, "task", task);
-        if (ncmd > 0) {
-                mp_pack_cstr(&p.pk, "argv");
-                msgpack_pack_array(&p.pk, (size_t) ncmd);
-                for (int i = 0; i < ncmd; i++)
-                        mp_pack_cstr(&p.pk, cmd[i]);
+        params_init(p, 6 + (a->task ? 1 : 0) + (a->ncmd > 0 ? 1 : 0) + (caller_path ? 1 : 0));
+        if (a->task)
+                mp_pack_kv_str(&p->pk, "task", a->task);
+        if (a->ncmd > 0) {
+                mp_pack_cstr(&p->pk, "argv");
+                msgpack_pack_array(&p->pk, (size_t) a->ncmd);
+                for (int i = 0; i < a->ncmd; i++)
+                        mp_pack_cstr(&p->pk, a->cmd[i]);
         }
-        mp_pack_kv_str(&p.pk, "workspace", ws_abs);
+        mp_pack_kv_str(&p->pk, "workspace", ws_abs);
         if (caller_path) /* filtered by agentd to what the sandbox can see */
-                mp_pack_kv_str(&p.pk, "path", caller_path);
-        mp_pack_kv_bool(&p.pk, "tty", tty);
-        mp_pack_kv_bool(&p.pk, "attach", !detach && !tty);
-        mp_pack_kv_bool(&p.pk, "detach", detach);
+                mp_pack_kv_str(&p->pk, "path", caller_path);
+        mp_pack_kv_bool(&p->pk, "tty", a->tty);
+        mp_pack_kv_bool(&p->pk, "attach", !a->detach && !a->tty);
+        mp_pack_kv_bool(&p->pk, "detach", a->detach);
         /* Files the sandbox creates get our umask, as if the command ran here. */
         mode_t mask = umask(0);
         umask(mask);
-        mp_pack_cstr(&p.pk, "umask");
-        msgpack_pack_uint32(&p.pk, mask);
-        mp_pack_cstr(&p.pk, "env");
-        msgpack_pack_map(&p.pk, nenv);
+        mp_pack_cstr(&p->pk, "umask");
+        msgpack_pack_uint32(&p->pk, mask);
+        mp_pack_cstr(&p->pk, "env");
+        msgpack_pack_map(&p->pk, nenv);
         for (size_t i = 0; i < ELEMENTSOF(passed); i++)
                 if (getenv(passed[i]))
-                        mp_pack_kv_str(&p.pk, passed[i], getenv(passed[i]));
+                        mp_pack_kv_str(&p->pk, passed[i], getenv(passed[i]));
+}
+
+/* From here on, Ctrl-C belongs to the sandboxed command: it is
+ * forwarded once the sandbox id is known. */
+static void spawn_forward_signals(void) {
+        struct sigaction sa = { .sa_handler = on_forward_signal };
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL);
+        sigaction(SIGQUIT, &sa, NULL);
+}
+
+/* The sandbox id of a spawn reply (NULL if none); prints the workspace note. */
+static char *spawn_reply_id(const msgpack_object *o2) {
+        char *id = NULL;
+        for (uint32_t i = 0; o2->type == MSGPACK_OBJECT_MAP && i < o2->via.map.size; i++) {
+                const msgpack_object_kv *kv = &o2->via.map.ptr[i];
+                if (mp_str_eq(&kv->key, "id") && kv->val.type == MSGPACK_OBJECT_STR) {
+                        free(id);
+                        id = strndup(kv->val.via.str.ptr, kv->val.via.str.size);
+                } else if (mp_str_eq(&kv->key, "workspace_note") && kv->val.type == MSGPACK_OBJECT_STR && !arg_json)
+                        fprintf(stderr, "agentctl: note: %.*s\n", (int) kv->val.via.str.size, kv->val.via.str.ptr);
+        }
+        return id;
+}
+
+/* Follows an attached sandbox (relayed stdio or a terminal) until it exits; the exit code. */
+static int spawn_follow(rpc_client *c, const char *id, bool tty) {
+        signal_client = c;
+        signal_sandbox = id;
+        c->interruptible = true;
+        forward_pending_signal();
+        if (tty) {
+                if (c->n_received_fds < 1) {
+                        fprintf(stderr, "agentctl: internal: no terminal received from agentd\n");
+                        return EXIT_DAEMON_ERROR;
+                }
+                int master = c->received_fds[0];
+                c->received_fds[0] = -1;
+                c->n_received_fds = 0;
+                struct sigaction sw = { .sa_handler = on_winch };
+                sigaction(SIGWINCH, &sw, NULL);
+                relay_pty(master);
+                close(master);
+        }
+        return wait_exit_status(c, id);
+}
+
+static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
+        spawn_args a;
+        int r = spawn_parse_args(argc, argv, &a);
+        if (r != 0)
+                return r;
+        _cleanup_free_ char *ws_abs = NULL;
+        r = spawn_resolve_workspace(a.workspace, &ws_abs);
+        if (r != 0)
+                return r;
+
+        params p;
+        spawn_pack_params(&p, &a, ws_abs);
 
         int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
         stdio_relay relay = { .write_fd = { -1, -1, -1 } };
-        if (!detach && !tty && stdio_relay_start(&relay, fds) < 0) {
+        if (!a.detach && !a.tty && stdio_relay_start(&relay, fds) < 0) {
                 fprintf(stderr, "agentctl: cannot relay the sandbox's output: %m\n");
                 msgpack_sbuffer_destroy(&p.sb);
                 return EXIT_USAGE;
         }
         rpc_client c;
-        int r = connect_daemon(&c);
+        r = connect_daemon(&c);
         if (r < 0) {
                 msgpack_sbuffer_destroy(&p.sb);
                 stdio_relay_finish(&relay);
                 return -r;
         }
         rpc_result res;
-        if (!detach) {
-                /* From here on, Ctrl-C belongs to the sandboxed command: it is
-                 * forwarded once the sandbox id is known. */
-                struct sigaction sa = { .sa_handler = on_forward_signal };
-                sigaction(SIGINT, &sa, NULL);
-                sigaction(SIGTERM, &sa, NULL);
-                sigaction(SIGHUP, &sa, NULL);
-                sigaction(SIGQUIT, &sa, NULL);
-        }
-        r = call(&c, "sandbox.spawn", &p.sb, fds, !detach && !tty ? 3 : 0, &res);
+        if (!a.detach)
+                spawn_forward_signals();
+        r = call(&c, "sandbox.spawn", &p.sb, fds, !a.detach && !a.tty ? 3 : 0, &res);
         msgpack_sbuffer_destroy(&p.sb);
         stdio_relay_sent(&relay);
         if (r != 0) {
@@ -510,16 +578,8 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
                 stdio_relay_finish(&relay);
                 return r;
         }
-        _cleanup_free_ char *id = NULL;
-        const msgpack_object *o2 = res.result;
-        for (uint32_t i = 0; o2->type == MSGPACK_OBJECT_MAP && i < o2->via.map.size; i++) {
-                const msgpack_object_kv *kv = &o2->via.map.ptr[i];
-                if (mp_str_eq(&kv->key, "id") && kv->val.type == MSGPACK_OBJECT_STR)
-                        id = strndup(kv->val.via.str.ptr, kv->val.via.str.size);
-                else if (mp_str_eq(&kv->key, "workspace_note") && kv->val.type == MSGPACK_OBJECT_STR && !arg_json)
-                        fprintf(stderr, "agentctl: note: %.*s\n", (int) kv->val.via.str.size, kv->val.via.str.ptr);
-        }
-        if (detach) {
+        _cleanup_free_ char *id = spawn_reply_id(res.result);
+        if (a.detach) {
                 if (arg_json)
                         print_json(res.result);
                 else
@@ -535,28 +595,9 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
                 stdio_relay_finish(&relay);
                 return EXIT_DAEMON_ERROR;
         }
-
-        signal_client = &c;
-        signal_sandbox = id;
-        c.interruptible = true;
-        forward_pending_signal();
-        if (tty) {
-                if (c.n_received_fds < 1) {
-                        fprintf(stderr, "agentctl: internal: no terminal received from agentd\n");
-                        rpc_client_close(&c);
-                        return EXIT_DAEMON_ERROR;
-                }
-                int master = c.received_fds[0];
-                c.received_fds[0] = -1;
-                c.n_received_fds = 0;
-                struct sigaction sw = { .sa_handler = on_winch };
-                sigaction(SIGWINCH, &sw, NULL);
-                relay_pty(master);
-                close(master);
-        }
-        r = wait_exit_status(&c, id);
+        r = spawn_follow(&c, id, a.tty);
         rpc_client_close(&c);
-        stdio_relay_finish(&relay);
+        stdio_relay_finish(&relay); /* a no-op with a terminal: no relay was started */
         return r;
 }
 

@@ -387,11 +387,95 @@ static int parse_list(parse_state *s, const key_def *k, const char *v) {
         return 0;
 }
 
+static int parse_command(parse_state *s, const key_def *k, const char *v) {
+        task_policy *p = s->p;
+        char **argv = NULL;
+        int r = policy_split_words(v, &argv);
+        if (r == -ENOMEM)
+                return fail(s, k, r, "out of memory");
+        if (r < 0)
+                return fail(s, k, r, "Task.Command: unbalanced quotes or trailing backslash in '%.256s'", v);
+        if (!argv[0]) {
+                strv_free(argv);
+                return fail(s, k, -EINVAL, "Task.Command: no command");
+        }
+        strv_free(p->command);
+        p->command = argv;
+        return 0;
+}
+
+/* Filesystem.TmpSize=, ShmSize=, HomeSize= and Limits.ChangeMax=. */
+static int parse_space_size(parse_state *s, const key_def *k, const char *v) {
+        task_policy *p = s->p;
+        uint64_t u;
+        /* At least 1M: a smaller tmpfs or change layer is a typo, not a policy. */
+        if (policy_parse_size(v, &u) < 0 || u < (UINT64_C(1) << 20))
+                return fail(s, k, -EINVAL, "%s.%s: invalid size '%.256s' (at least 1M, e.g. 512M, 2G, infinity)",
+                            k->section, k->name, v);
+        if (k->id == POLICY_KEY_FS_TMP_SIZE)
+                p->tmp_size = u;
+        else if (k->id == POLICY_KEY_FS_SHM_SIZE)
+                p->shm_size = u;
+        else if (k->id == POLICY_KEY_FS_HOME_SIZE)
+                p->home_size = u;
+        else
+                p->change_max = u;
+        return 0;
+}
+
+static int parse_tasks_max(parse_state *s, const key_def *k, const char *v) {
+        uint64_t u;
+        const char *e;
+        if (streq(v, "infinity"))
+                u = POLICY_INFINITY;
+        else if (policy_parse_size(v, &u) < 0 || u == 0 || u >= (UINT64_C(1) << 32) ||
+                 (e = v + strspn(v, "0123456789"), *e))
+                return fail(s, k, -EINVAL, "Limits.TasksMax: invalid value '%.256s' (a positive number or "
+                            "infinity)", v);
+        s->p->tasks_max = u;
+        return 0;
+}
+
+static int parse_cpu_quota(parse_state *s, const key_def *k, const char *v) {
+        size_t n = strlen(v);
+        char num[16];
+        uint64_t u;
+
+        if (n < 2 || n > sizeof(num) || v[n - 1] != '%' || strspn(v, "0123456789") != n - 1)
+                return fail(s, k, -EINVAL, "Limits.CPUQuota: invalid value '%.256s' (a percentage, e.g. 150%%)", v);
+        memcpy(num, v, n - 1);
+        num[n - 1] = 0;
+        if (policy_parse_size(num, &u) < 0 || u < 1 || u > 100000)
+                return fail(s, k, -EINVAL, "Limits.CPUQuota: invalid value '%.256s' (1%%..100000%%)", v);
+        s->p->cpu_quota_percent = (unsigned) u;
+        return 0;
+}
+
+static int parse_seccomp(parse_state *s, const key_def *k, const char *v) {
+        task_policy *p = s->p;
+        char *path = NULL;
+        if (streq(v, "default") || streq(v, "strict") || streq(v, "off"))
+                path = strdup(v);
+        else {
+                int r = policy_expand_path(v, s->home, &path);
+                if (r == -ENOMEM)
+                        return fail(s, k, r, "out of memory");
+                if (r < 0)
+                        return fail(s, k, r, "Security.Seccomp: invalid value '%.256s' (expected default, strict, "
+                                    "off or the absolute path of a profile file)", v);
+        }
+        if (!path)
+                return fail(s, k, -ENOMEM, "out of memory");
+        free(p->seccomp);
+        p->seccomp = path;
+        return 0;
+}
+
+/* One case per scalar key; the longer ones have their own parse_*() above. */
 static int parse_scalar(parse_state *s, const key_def *k, const char *v) {
         task_policy *p = s->p;
         uint64_t u;
         bool b;
-        int r;
 
         if (*v == 0)
                 return fail(s, k, -EINVAL, "%s.%s: empty value (remove the line to get the default)", k->section, k->name);
@@ -403,21 +487,8 @@ static int parse_scalar(parse_state *s, const key_def *k, const char *v) {
                 if (!p->description)
                         return fail(s, k, -ENOMEM, "out of memory");
                 return 0;
-        case POLICY_KEY_TASK_COMMAND: {
-                char **argv = NULL;
-                r = policy_split_words(v, &argv);
-                if (r == -ENOMEM)
-                        return fail(s, k, r, "out of memory");
-                if (r < 0)
-                        return fail(s, k, r, "Task.Command: unbalanced quotes or trailing backslash in '%.256s'", v);
-                if (!argv[0]) {
-                        strv_free(argv);
-                        return fail(s, k, -EINVAL, "Task.Command: no command");
-                }
-                strv_free(p->command);
-                p->command = argv;
-                return 0;
-        }
+        case POLICY_KEY_TASK_COMMAND:
+                return parse_command(s, k, v);
         case POLICY_KEY_TASK_TIMEOUT:
                 if (streq(v, "infinity"))
                         u = 0;
@@ -472,66 +543,18 @@ static int parse_scalar(parse_state *s, const key_def *k, const char *v) {
         case POLICY_KEY_FS_SHM_SIZE:
         case POLICY_KEY_FS_HOME_SIZE:
         case POLICY_KEY_LIMITS_CHANGE_MAX:
-                /* At least 1M: a smaller tmpfs or change layer is a typo, not a policy. */
-                if (policy_parse_size(v, &u) < 0 || u < (UINT64_C(1) << 20))
-                        return fail(s, k, -EINVAL, "%s.%s: invalid size '%.256s' (at least 1M, e.g. 512M, 2G, infinity)",
-                                    k->section, k->name, v);
-                if (k->id == POLICY_KEY_FS_TMP_SIZE)
-                        p->tmp_size = u;
-                else if (k->id == POLICY_KEY_FS_SHM_SIZE)
-                        p->shm_size = u;
-                else if (k->id == POLICY_KEY_FS_HOME_SIZE)
-                        p->home_size = u;
-                else
-                        p->change_max = u;
-                return 0;
-        case POLICY_KEY_LIMITS_TASKS_MAX: {
-                const char *e;
-                if (streq(v, "infinity"))
-                        u = POLICY_INFINITY;
-                else if (policy_parse_size(v, &u) < 0 || u == 0 || u >= (UINT64_C(1) << 32) ||
-                         (e = v + strspn(v, "0123456789"), *e))
-                        return fail(s, k, -EINVAL, "Limits.TasksMax: invalid value '%.256s' (a positive number or "
-                                    "infinity)", v);
-                p->tasks_max = u;
-                return 0;
-        }
+                return parse_space_size(s, k, v);
+        case POLICY_KEY_LIMITS_TASKS_MAX:
+                return parse_tasks_max(s, k, v);
         case POLICY_KEY_LIMITS_CPU_WEIGHT:
                 if (policy_parse_size(v, &u) < 0 || v[strspn(v, "0123456789")] || u < 1 || u > 10000)
                         return fail(s, k, -EINVAL, "Limits.CPUWeight: invalid value '%.256s' (1..10000)", v);
                 p->cpu_weight = (unsigned) u;
                 return 0;
-        case POLICY_KEY_LIMITS_CPU_QUOTA: {
-                size_t n = strlen(v);
-                char num[16];
-
-                if (n < 2 || n > sizeof(num) || v[n - 1] != '%' || strspn(v, "0123456789") != n - 1)
-                        return fail(s, k, -EINVAL, "Limits.CPUQuota: invalid value '%.256s' (a percentage, e.g. 150%%)", v);
-                memcpy(num, v, n - 1);
-                num[n - 1] = 0;
-                if (policy_parse_size(num, &u) < 0 || u < 1 || u > 100000)
-                        return fail(s, k, -EINVAL, "Limits.CPUQuota: invalid value '%.256s' (1%%..100000%%)", v);
-                p->cpu_quota_percent = (unsigned) u;
-                return 0;
-        }
-        case POLICY_KEY_SECURITY_SECCOMP: {
-                char *path = NULL;
-                if (streq(v, "default") || streq(v, "strict") || streq(v, "off"))
-                        path = strdup(v);
-                else {
-                        r = policy_expand_path(v, s->home, &path);
-                        if (r == -ENOMEM)
-                                return fail(s, k, r, "out of memory");
-                        if (r < 0)
-                                return fail(s, k, r, "Security.Seccomp: invalid value '%.256s' (expected default, strict, "
-                                            "off or the absolute path of a profile file)", v);
-                }
-                if (!path)
-                        return fail(s, k, -ENOMEM, "out of memory");
-                free(p->seccomp);
-                p->seccomp = path;
-                return 0;
-        }
+        case POLICY_KEY_LIMITS_CPU_QUOTA:
+                return parse_cpu_quota(s, k, v);
+        case POLICY_KEY_SECURITY_SECCOMP:
+                return parse_seccomp(s, k, v);
         case POLICY_KEY_SECURITY_LANDLOCK:
                 if (policy_parse_bool(v, &b) < 0)
                         return fail(s, k, -EINVAL, "Security.Landlock: invalid boolean '%.256s' (yes/no/true/false/1/0/"

@@ -1001,6 +1001,71 @@ static void on_issue_deadline(uv_timer_t *t) {
                 creds_destroy(c);
 }
 
+/* Why Vault's answer to a token request gives no usable token (NULL: it
+ * does). A lost answer taints the session; an accessor that cannot be
+ * recorded durably is revoked at once. The reason is written into why. */
+static const char *token_answer_check(sandbox_creds *c, const vault_response *resp, json_object *tok, json_object *acc,
+                                      char *why, size_t why_size) {
+        broker *b = c->b;
+        if (resp->status != 200 || !tok || !acc || !accessor_valid(json_object_get_string(acc))) {
+                snprintf(why, why_size, "Vault: %s", resp->error[0] ? resp->error : "no token in the answer");
+                if (c->create_sent && create_answer_ambiguous(resp))
+                        session_taint(b, c->issuing_gen, why);
+                return why;
+        }
+        if (record_accessor(b, json_object_get_string(acc), c->sandbox_id) < 0) {
+                /* Not recorded durably = not handed out: revoke it now. */
+                snprintf(why, why_size, "cannot record the token's accessor durably");
+                revoke_accessor(b, json_object_get_string(acc));
+                return why;
+        }
+        return NULL;
+}
+
+static void audit_token_issued(sandbox_creds *c, int64_t ttl) {
+        json_object *ev = json_object_new_object(), *pv = json_object_new_array();
+        for (size_t i = 0; c->policies && c->policies[i]; i++)
+                json_object_array_add(pv, json_object_new_string(c->policies[i]));
+        json_object_object_add(ev, "accessor", json_object_new_string(c->accessor));
+        json_object_object_add(ev, "policies", pv);
+        json_object_object_add(ev, "ttl", json_object_new_int64(ttl));
+        audit_event(c->b->m, "token.issued", c->sandbox_id, ev);
+}
+
+/* A fresh token well before this one expires. */
+static void arm_reissue(sandbox_creds *c, int64_t ttl) {
+        if (!c->reissue_init) {
+                uv_timer_init(c->b->m->loop, &c->reissue);
+                c->reissue_init = true;
+        }
+        if (ttl > 3 && !c->once)
+                uv_timer_start(&c->reissue, on_reissue, (uint64_t) ttl * 1000 * 2 / 3, 0);
+}
+
+/* Keeps the new token (in secure memory) with its accessor and expiry, logs
+ * and audits it and arms its re-issue; -ENOMEM leaves the creds unchanged. */
+static int creds_take_token(sandbox_creds *c, json_object *tok, json_object *acc, json_object *lease) {
+        const char *t = json_object_get_string(tok);
+        size_t n = strlen(t);
+        uint8_t *p = secure_alloc(n + 1);
+        if (!p)
+                return -ENOMEM;
+        memcpy(p, t, n + 1);
+        secure_free(c->token, c->token_cap);
+        c->token = p;
+        c->token_len = n;
+        c->token_cap = n + 1;
+        snprintf(c->accessor, sizeof(c->accessor), "%s", json_object_get_string(acc));
+        c->session_gen = c->issuing_gen;
+        int64_t ttl = lease ? json_object_get_int64(lease) : (int64_t) c->ttl_s;
+        c->expires_ms = realtime_ms() + (uint64_t) ttl * 1000;
+        log_sandbox(LOG_INFO, c->sandbox_id, c->task, "token.issued", "broker: sandbox %s: token issued (accessor %s, ttl %llds)", c->sandbox_id, c->accessor,
+                 (long long) ttl);
+        audit_token_issued(c, ttl);
+        arm_reissue(c, ttl);
+        return 0;
+}
+
 static void on_token_created(const vault_response *resp, void *userdata) {
         sandbox_creds *c = userdata;
         broker *b = c->b;
@@ -1018,19 +1083,8 @@ static void on_token_created(const vault_response *resp, void *userdata) {
         }
         json_object *tok = auth_field(resp->body, "client_token"), *acc = auth_field(resp->body, "accessor"),
                     *lease = auth_field(resp->body, "lease_duration");
-        const char *error = NULL;
         char why[700];
-        if (resp->status != 200 || !tok || !acc || !accessor_valid(json_object_get_string(acc))) {
-                snprintf(why, sizeof(why), "Vault: %s", resp->error[0] ? resp->error : "no token in the answer");
-                error = why;
-                if (c->create_sent && create_answer_ambiguous(resp))
-                        session_taint(b, c->issuing_gen, why);
-        } else if (record_accessor(b, json_object_get_string(acc), c->sandbox_id) < 0) {
-                /* Not recorded durably = not handed out: revoke it now. */
-                snprintf(why, sizeof(why), "cannot record the token's accessor durably");
-                error = why;
-                revoke_accessor(b, json_object_get_string(acc));
-        }
+        const char *error = token_answer_check(c, resp, tok, acc, why, sizeof(why));
         if (c->revoked && !c->released && !c->cb) {
                 /* Revoked while a re-issued token was being made: it never reaches the sandbox. */
                 if (!error) {
@@ -1059,40 +1113,9 @@ static void on_token_created(const vault_response *resp, void *userdata) {
                 creds_destroy(c);
                 return;
         }
-        if (!error) {
-                const char *t = json_object_get_string(tok);
-                size_t n = strlen(t);
-                uint8_t *p = secure_alloc(n + 1);
-                if (!p) {
-                        error = "out of memory";
-                        revoke_accessor(b, json_object_get_string(acc));
-                } else {
-                        memcpy(p, t, n + 1);
-                        secure_free(c->token, c->token_cap);
-                        c->token = p;
-                        c->token_len = n;
-                        c->token_cap = n + 1;
-                        snprintf(c->accessor, sizeof(c->accessor), "%s", json_object_get_string(acc));
-                        c->session_gen = c->issuing_gen;
-                        int64_t ttl = lease ? json_object_get_int64(lease) : (int64_t) c->ttl_s;
-                        c->expires_ms = realtime_ms() + (uint64_t) ttl * 1000;
-                        log_sandbox(LOG_INFO, c->sandbox_id, c->task, "token.issued", "broker: sandbox %s: token issued (accessor %s, ttl %llds)", c->sandbox_id, c->accessor,
-                                 (long long) ttl);
-                        json_object *ev = json_object_new_object(), *pv = json_object_new_array();
-                        for (size_t i = 0; c->policies && c->policies[i]; i++)
-                                json_object_array_add(pv, json_object_new_string(c->policies[i]));
-                        json_object_object_add(ev, "accessor", json_object_new_string(c->accessor));
-                        json_object_object_add(ev, "policies", pv);
-                        json_object_object_add(ev, "ttl", json_object_new_int64(ttl));
-                        audit_event(b->m, "token.issued", c->sandbox_id, ev);
-                        if (!c->reissue_init) {
-                                uv_timer_init(b->m->loop, &c->reissue);
-                                c->reissue_init = true;
-                        }
-                        /* A fresh token well before this one expires. */
-                        if (ttl > 3 && !c->once)
-                                uv_timer_start(&c->reissue, on_reissue, (uint64_t) ttl * 1000 * 2 / 3, 0);
-                }
+        if (!error && creds_take_token(c, tok, acc, lease) < 0) {
+                error = "out of memory";
+                revoke_accessor(b, json_object_get_string(acc));
         }
         scrub_json_string(tok);
         /* Made under a session that a re-login replaced meanwhile: it dies with

@@ -4,7 +4,9 @@
 
 #include <errno.h>
 #include <ini.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,136 +107,147 @@ _printf_(5, 6) static int config_fail(agentd_error *err, const char *path, unsig
         return error_set(err, ERROR_INVALID_PARAMS, r, "%s:%u: %s", path, line, why ? why : strerror(r < 0 ? -r : r));
 }
 
-static int handler(void *userdata, const char *section, const char *key, const char *raw_value) {
-        parse_state *s = userdata;
-        char value[4096];
-        snprintf(value, sizeof(value), "%s", raw_value ? raw_value : "");
-        strip_inline_comment(value);
-        agentd_config *c = s->c;
-        int r = 0;
+typedef enum config_kind {
+        CONFIG_BOOL,
+        CONFIG_SIZE,   /* size_t, with an optional K/M/G suffix */
+        CONFIG_UINT,   /* unsigned */
+        CONFIG_STRING, /* char *; empty = NULL */
+        CONFIG_PATH,   /* char *; absolute or ~/..., expanded */
+        CONFIG_URL,    /* char *; http:// or https://, empty = NULL */
+} config_kind;
 
-#define KEY(sec, k) (!strcmp(section, sec) && !strcmp(key, k))
-        if (!key) {
-                if (strcmp(section, "Daemon") && strcmp(section, "Vault") && strcmp(section, "TPM") && strcmp(section, "Response") &&
-                    strcmp(section, "Telemetry") && strcmp(section, "Pool") &&
-                    strcmp(section, "Audit") && strcmp(section, "Retention")) {
-                        snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
-                        return 0;
-                }
-                return 1;
-        }
-        if (KEY("Daemon", "StateDirectory")) {
+/* One key of agentd.conf: where it goes and the range it must lie in. */
+typedef struct config_key {
+        const char *section, *key;
+        config_kind kind;
+        size_t offset;
+        unsigned long long min, max; /* inclusive; only for CONFIG_SIZE and CONFIG_UINT */
+} config_key;
+
+/* test_docs.py reads the KEY(...) entries to hold agentd.conf(5) to this table. */
+#define KEY(sec, k) sec, k
+#define ANY 0, ULLONG_MAX
+#define F(field) offsetof(agentd_config, field)
+static const config_key config_keys[] = {
+        { KEY("Daemon", "StateDirectory"), CONFIG_PATH, F(state_directory), ANY },
+        { KEY("Daemon", "MaxMessageSize"), CONFIG_SIZE, F(max_message_size), 1024, 64u * 1024 * 1024 },
+        { KEY("Daemon", "MaxConnections"), CONFIG_UINT, F(max_connections), 1, ULLONG_MAX },
+        { KEY("Daemon", "MaxConnectionsPerSandbox"), CONFIG_UINT, F(max_connections_per_sandbox), 1, ULLONG_MAX },
+        { KEY("Daemon", "SandboxRequestRate"), CONFIG_UINT, F(sandbox_request_rate), ANY },
+        { KEY("Daemon", "MaxRequestsInFlight"), CONFIG_UINT, F(max_in_flight), 1, ULLONG_MAX },
+        { KEY("Daemon", "MaxSandboxes"), CONFIG_UINT, F(max_sandboxes), ANY },
+        { KEY("Pool", "WarmSandboxes"), CONFIG_UINT, F(warm_sandboxes), 0, 16 },
+        { KEY("Pool", "WarmIdleSec"), CONFIG_UINT, F(warm_idle_sec), 1, ULLONG_MAX },
+        { KEY("Daemon", "LogLimit"), CONFIG_SIZE, F(log_limit), ANY },
+        { KEY("Daemon", "ProxyPort"), CONFIG_UINT, F(proxy_port), 1, 65535 },
+        { KEY("Daemon", "ProxyHeaderTimeoutMs"), CONFIG_UINT, F(proxy_header_timeout_ms), 100, 600000 },
+        { KEY("Response", "EgressDenials"), CONFIG_UINT, F(egress_denials), ANY },
+        { KEY("Response", "EgressWindowSec"), CONFIG_UINT, F(egress_window_s), 1, ULLONG_MAX },
+        { KEY("Daemon", "RequireLimits"), CONFIG_BOOL, F(require_limits), ANY },
+        { KEY("Audit", "MinFreeSpace"), CONFIG_SIZE, F(audit_min_free), ANY },
+        { KEY("Audit", "FileSize"), CONFIG_SIZE, F(audit_file_size), 4096, 1024u * 1024 * 1024 },
+        { KEY("Retention", "SandboxDays"), CONFIG_UINT, F(retention_sandbox_days), ANY },
+        { KEY("Retention", "SandboxRecords"), CONFIG_UINT, F(retention_sandbox_records), ANY },
+        { KEY("Retention", "AuditDays"), CONFIG_UINT, F(retention_audit_days), ANY },
+        { KEY("Retention", "AuditMaxSize"), CONFIG_SIZE, F(retention_audit_max), ANY },
+        { KEY("Daemon", "CgroupPath"), CONFIG_STRING, F(cgroup_path), ANY },
+        { KEY("Daemon", "SandboxHelper"), CONFIG_STRING, F(sandbox_helper), ANY },
+        { KEY("Vault", "Address"), CONFIG_STRING, F(vault_address), ANY },
+        { KEY("Vault", "Namespace"), CONFIG_STRING, F(vault_namespace), ANY },
+        { KEY("Vault", "CACertificate"), CONFIG_STRING, F(vault_ca_certificate), ANY },
+        { KEY("Vault", "AppRolePath"), CONFIG_STRING, F(vault_approle_path), ANY },
+        { KEY("TPM", "TCTI"), CONFIG_STRING, F(tpm_tcti), ANY },
+        { KEY("TPM", "AllowSoftwareKey"), CONFIG_BOOL, F(tpm_allow_software_key), ANY },
+        { KEY("Telemetry", "Endpoint"), CONFIG_URL, F(telemetry_endpoint), ANY },
+        { KEY("Telemetry", "IncludeArguments"), CONFIG_BOOL, F(telemetry_include_arguments), ANY },
+        { KEY("Telemetry", "QueueMax"), CONFIG_UINT, F(telemetry_queue_max), 16, 1000000 },
+        { KEY("Telemetry", "FlushIntervalMs"), CONFIG_UINT, F(telemetry_flush_interval_ms), 10, 600000 },
+};
+#undef F
+#undef ANY
+#undef KEY
+
+static const config_key *config_key_find(const char *section, const char *key) {
+        for (size_t i = 0; i < ELEMENTSOF(config_keys); i++)
+                if (!strcmp(section, config_keys[i].section) && !strcmp(key, config_keys[i].key))
+                        return &config_keys[i];
+        return NULL;
+}
+
+/* Parses value into the key's field. 1: set; 0: refused, s->message says why
+ * (left as it was when out of memory); < 0: the value does not parse (-EINVAL)
+ * or lies outside the key's range (-ERANGE; the field is written anyway: a bad
+ * line applies nothing of the file). */
+static int config_key_set(parse_state *s, const config_key *k, const char *value) {
+        void *field = (uint8_t *) s->c + k->offset;
+        int r;
+        switch (k->kind) {
+        case CONFIG_BOOL:
+                return parse_bool(value, field) ?: 1;
+        case CONFIG_STRING:
+                return set_str(field, value) ?: 1;
+        case CONFIG_SIZE:
+                r = parse_size(value, field);
+                if (r == 0 && (*(size_t *) field < k->min || *(size_t *) field > k->max))
+                        r = -ERANGE;
+                return r ?: 1;
+        case CONFIG_UINT:
+                r = parse_uint(value, field);
+                if (r == 0 && (*(unsigned *) field < k->min || *(unsigned *) field > k->max))
+                        r = -ERANGE;
+                return r ?: 1;
+        case CONFIG_PATH: {
                 if (value[0] != '/' && value[0] != '~') {
-                        snprintf(s->message, sizeof(s->message), "StateDirectory= must be an absolute path");
+                        snprintf(s->message, sizeof(s->message), "%s= must be an absolute path", k->key);
                         return 0;
                 }
                 char *p = expand_home(value, s->home);
                 if (!p)
                         return 0;
-                free(c->state_directory);
-                c->state_directory = p;
-        } else if (KEY("Daemon", "MaxMessageSize")) {
-                r = parse_size(value, &c->max_message_size);
-                if (r == 0 && (c->max_message_size < 1024 || c->max_message_size > 64u * 1024 * 1024))
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "MaxConnections")) {
-                r = parse_uint(value, &c->max_connections);
-                if (r == 0 && c->max_connections == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "MaxConnectionsPerSandbox")) {
-                r = parse_uint(value, &c->max_connections_per_sandbox);
-                if (r == 0 && c->max_connections_per_sandbox == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "SandboxRequestRate")) {
-                r = parse_uint(value, &c->sandbox_request_rate);
-        } else if (KEY("Daemon", "MaxRequestsInFlight")) {
-                r = parse_uint(value, &c->max_in_flight);
-                if (r == 0 && c->max_in_flight == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "MaxSandboxes")) {
-                r = parse_uint(value, &c->max_sandboxes);
-        } else if (KEY("Pool", "WarmSandboxes")) {
-                r = parse_uint(value, &c->warm_sandboxes);
-                if (r == 0 && c->warm_sandboxes > 16)
-                        r = -ERANGE;
-        } else if (KEY("Pool", "WarmIdleSec")) {
-                r = parse_uint(value, &c->warm_idle_sec);
-                if (r == 0 && c->warm_idle_sec == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "LogLimit")) {
-                r = parse_size(value, &c->log_limit);
-        } else if (KEY("Daemon", "ProxyPort")) {
-                r = parse_uint(value, &c->proxy_port);
-                if (r == 0 && (c->proxy_port == 0 || c->proxy_port > 65535))
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "ProxyHeaderTimeoutMs")) {
-                r = parse_uint(value, &c->proxy_header_timeout_ms);
-                if (r == 0 && (c->proxy_header_timeout_ms < 100 || c->proxy_header_timeout_ms > 600000))
-                        r = -ERANGE;
-        } else if (KEY("Response", "EgressDenials")) {
-                r = parse_uint(value, &c->egress_denials);
-        } else if (KEY("Response", "EgressWindowSec")) {
-                r = parse_uint(value, &c->egress_window_s);
-                if (r == 0 && c->egress_window_s == 0)
-                        r = -ERANGE;
-        } else if (KEY("Daemon", "RequireLimits")) {
-                r = parse_bool(value, &c->require_limits);
-        } else if (KEY("Audit", "MinFreeSpace")) {
-                r = parse_size(value, &c->audit_min_free);
-        } else if (KEY("Audit", "FileSize")) {
-                r = parse_size(value, &c->audit_file_size);
-                if (r == 0 && (c->audit_file_size < 4096 || c->audit_file_size > 1024u * 1024 * 1024))
-                        r = -ERANGE;
-        } else if (KEY("Retention", "SandboxDays")) {
-                r = parse_uint(value, &c->retention_sandbox_days);
-        } else if (KEY("Retention", "SandboxRecords")) {
-                r = parse_uint(value, &c->retention_sandbox_records);
-        } else if (KEY("Retention", "AuditDays")) {
-                r = parse_uint(value, &c->retention_audit_days);
-        } else if (KEY("Retention", "AuditMaxSize")) {
-                r = parse_size(value, &c->retention_audit_max);
-        } else if (KEY("Daemon", "CgroupPath")) {
-                r = set_str(&c->cgroup_path, value);
-        } else if (KEY("Daemon", "SandboxHelper")) {
-                r = set_str(&c->sandbox_helper, value);
-        } else if (KEY("Vault", "Address")) {
-                r = set_str(&c->vault_address, value);
-        } else if (KEY("Vault", "Namespace")) {
-                r = set_str(&c->vault_namespace, value);
-        } else if (KEY("Vault", "CACertificate")) {
-                r = set_str(&c->vault_ca_certificate, value);
-        } else if (KEY("Vault", "AppRolePath")) {
-                r = set_str(&c->vault_approle_path, value);
-        } else if (KEY("TPM", "TCTI")) {
-                r = set_str(&c->tpm_tcti, value);
-        } else if (KEY("TPM", "AllowSoftwareKey")) {
-                r = parse_bool(value, &c->tpm_allow_software_key);
-        } else if (KEY("Telemetry", "Endpoint")) {
+                free(*(char **) field);
+                *(char **) field = p;
+                return 1;
+        }
+        case CONFIG_URL:
                 if (value[0] && strncmp(value, "http://", 7) && strncmp(value, "https://", 8)) {
-                        snprintf(s->message, sizeof(s->message), "Endpoint= must be an http:// or https:// URL");
+                        snprintf(s->message, sizeof(s->message), "%s= must be an http:// or https:// URL", k->key);
                         return 0;
                 }
-                r = set_str(&c->telemetry_endpoint, value);
-        } else if (KEY("Telemetry", "IncludeArguments")) {
-                r = parse_bool(value, &c->telemetry_include_arguments);
-        } else if (KEY("Telemetry", "QueueMax")) {
-                r = parse_uint(value, &c->telemetry_queue_max);
-                if (r == 0 && (c->telemetry_queue_max < 16 || c->telemetry_queue_max > 1000000))
-                        r = -ERANGE;
-        } else if (KEY("Telemetry", "FlushIntervalMs")) {
-                r = parse_uint(value, &c->telemetry_flush_interval_ms);
-                if (r == 0 && (c->telemetry_flush_interval_ms < 10 || c->telemetry_flush_interval_ms > 600000))
-                        r = -ERANGE;
-        } else {
+                return set_str(field, value) ?: 1;
+        }
+        return -EINVAL;
+}
+
+static bool known_section(const char *section) {
+        return !strcmp(section, "Daemon") || !strcmp(section, "Vault") || !strcmp(section, "TPM") || !strcmp(section, "Response") ||
+               !strcmp(section, "Telemetry") || !strcmp(section, "Pool") || !strcmp(section, "Audit") || !strcmp(section, "Retention");
+}
+
+/* inih's callback: 1 when the line is applied, 0 with s->message written when not. */
+static int handler(void *userdata, const char *section, const char *key, const char *raw_value) {
+        parse_state *s = userdata;
+        char value[4096];
+        snprintf(value, sizeof(value), "%s", raw_value ? raw_value : "");
+        strip_inline_comment(value);
+
+        if (!key) {
+                if (!known_section(section)) {
+                        snprintf(s->message, sizeof(s->message), "unknown section [%s]", section);
+                        return 0;
+                }
+                return 1;
+        }
+        const config_key *k = config_key_find(section, key);
+        if (!k) {
                 snprintf(s->message, sizeof(s->message), "unknown key %s= in [%s]", key, section);
                 return 0;
         }
-#undef KEY
+        int r = config_key_set(s, k, value);
         if (r < 0) {
                 snprintf(s->message, sizeof(s->message), "bad value for %s=: \"%.100s\"", key, value);
                 return 0;
         }
-        return 1;
+        return r;
 }
 
 void config_free(agentd_config *c) {

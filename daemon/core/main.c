@@ -260,7 +260,14 @@ void daemon_finish(manager *m) {
         uv_walk(m->loop, on_close_walk, NULL);
 }
 
-int main(int argc, char **argv) {
+typedef struct main_args {
+        const char *socket, *config;
+        bool check_only;
+} main_args;
+
+/* systemd's convention: > 0 to go on, 0 to exit successfully (--version,
+ * --help), < 0 for a usage error (already reported). */
+static int parse_argv(int argc, char **argv, main_args *a) {
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },
                 { "config", required_argument, NULL, 'c' },
@@ -269,90 +276,99 @@ int main(int argc, char **argv) {
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
-        const char *arg_socket = NULL, *arg_config = NULL;
-        bool check_only = false;
         int o;
 
         while ((o = getopt_long(argc, argv, "s:c:hV", opts, NULL)) >= 0) {
                 switch (o) {
-                case 's': arg_socket = optarg; break;
-                case 'c': arg_config = optarg; break;
-                case 'C': check_only = true; break;
+                case 's': a->socket = optarg; break;
+                case 'c': a->config = optarg; break;
+                case 'C': a->check_only = true; break;
                 case 'V': printf("agentd %s (protocol %d)\n", AGENTD_VERSION, AGENTD_PROTOCOL_VERSION); return 0;
                 case 'h': usage(stdout); return 0;
-                default: usage(stderr); return 2;
+                default: usage(stderr); return -EINVAL;
                 }
         }
         if (optind < argc) {
                 usage(stderr);
-                return 2;
+                return -EINVAL;
         }
+        return 1;
+}
 
-        log_setup("agentd");
+static int harden_process(void) {
         /* agentd holds the Vault session and tokens: other processes of the
          * user may not read its memory (/proc/PID/mem, environ, ptrace) nor
          * get a core dump of it. Children that exec (the sandbox helper)
          * become dumpable again as usual. */
         if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+                int r = -errno;
                 log_error("cannot make agentd non-dumpable: %m");
-                return 1;
+                return r;
         }
         /* libtss2 prints every expected TPM error on stderr; we report them ourselves. */
         setenv("TSS2_LOG", "all+none", 0);
         signal(SIGPIPE, SIG_IGN);
+        return 0;
+}
 
-        static manager mgr;
-        manager *m = &mgr;
+static void manager_init(manager *m) {
         m->listen_fd = -1;
         m->state_lock_fd = -1;
         m->start_msec = now_msec();
         list_init(&m->connections);
         list_init(&m->sandboxes);
         proto_limits_default(&m->limits);
+}
 
+/* $HOME and the configuration file. */
+static int load_config(manager *m, const char *arg_config) {
         const char *home = getenv("HOME");
         if (!home || home[0] != '/') {
                 log_error("HOME is not set to an absolute path");
-                return 1;
+                return -EINVAL;
         }
         m->home = realpath(home, NULL);
         if (!m->home) {
+                int r = -errno;
                 log_error("HOME %s: %m", home);
-                return 1;
+                return r;
         }
         m->config_path = arg_config ? strdup(arg_config) : config_default_path();
         _cleanup_error_ agentd_error ce = {};
         int r = config_load(m->config_path, m->home, &m->config, &ce);
         if (r < 0) {
                 log_error("%s", error_reason(&ce, r));
-                return 1;
+                return r;
         }
         m->limits.max_message = m->config->max_message_size;
+        return 0;
+}
 
-        /* Each connection costs an fd: allow as many as the hard limit lets us. */
+/* Each connection costs an fd: allow as many as the hard limit lets us. */
+static void raise_fd_limit(void) {
         struct rlimit rl;
         if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
                 rl.rlim_cur = rl.rlim_max;
                 (void) setrlimit(RLIMIT_NOFILE, &rl);
         }
+}
 
-        m->loop = uv_default_loop();
-        r = tasks_init(m);
-        if (r < 0)
-                return 1;
-        if (check_only) {
-                size_t n = tasks_n_errors(m);
-                tasks_free(m);
-                config_free(m->config);
-                uv_run(m->loop, UV_RUN_DEFAULT);
-                (void) uv_loop_close(m->loop);
-                return n > 0 ? 1 : 0;
-        }
+/* --check-config: the tasks were loaded (and their errors reported); the exit code. */
+static int check_config_exit(manager *m) {
+        size_t n = tasks_n_errors(m);
+        tasks_free(m);
+        config_free(m->config);
+        uv_run(m->loop, UV_RUN_DEFAULT);
+        (void) uv_loop_close(m->loop);
+        return n > 0 ? 1 : 0;
+}
 
-        r = make_private_dir(m->config->state_directory);
+/* Creates, canonicalises and locks the state directory. */
+static int setup_state_directory(manager *m) {
+        int r = make_private_dir(m->config->state_directory);
         if (r < 0) {
                 log_error("cannot prepare state directory %s: %s", m->config->state_directory, strerror(-r));
-                return 1;
+                return r;
         }
         /* Canonical from here on: sandboxes mount beneath it. */
         char *state = realpath(m->config->state_directory, NULL);
@@ -371,16 +387,21 @@ int main(int argc, char **argv) {
                 else
                         log_error("another agentd is using the state directory %s; not starting",
                                   m->config->state_directory);
-                return 1;
+                return -EBUSY;
         }
         if (m->state_lock_fd < 0) {
                 log_error("cannot lock the state directory %s: %s", m->config->state_directory,
                           strerror(-m->state_lock_fd));
-                return 1;
+                return m->state_lock_fd;
         }
-        r = sandboxes_init(m);
+        return 0;
+}
+
+/* The parts, in dependency order. */
+static int start_parts(manager *m) {
+        int r = sandboxes_init(m);
         if (r < 0)
-                return 1;
+                return r;
         telemetry_init(m);
         /* After the records are loaded and our leftover cgroups killed (they are
          * found by the sandbox directories the sweep may remove). */
@@ -392,29 +413,37 @@ int main(int argc, char **argv) {
         r = broker_init(m);
         if (r < 0) {
                 log_error("cannot start the credential broker: %s", strerror(-r));
-                return 1;
+                return r;
         }
+        return 0;
+}
 
+/* The socket given, passed by the service manager or the default one; polled from here on. */
+static int setup_socket(manager *m, const char *arg_socket) {
         if (arg_socket)
                 m->socket_path = strdup(arg_socket);
         else if (sd_listen_fds(0) <= 0) {
                 m->socket_path = default_socket_path();
                 if (!m->socket_path) {
                         log_error("no socket path: set XDG_RUNTIME_DIR or AGENTD_SOCKET, or pass --socket");
-                        return 1;
+                        return -ENOENT;
                 }
         }
         if (arg_socket)
                 unsetenv("LISTEN_FDS");
-        r = setup_listen_fd(m);
+        int r = setup_listen_fd(m);
         if (r < 0)
-                return 1;
+                return r;
         r = server_listen(m);
         if (r < 0) {
                 log_error("cannot poll the listening socket: %s", uv_strerror(r));
-                return 1;
+                return r;
         }
+        return 0;
+}
 
+/* SIGTERM/SIGINT stop, SIGHUP reloads; the shutdown and watchdog timers. */
+static void setup_loop_handles(manager *m) {
         uv_signal_init(m->loop, &m->sig_term);
         uv_signal_init(m->loop, &m->sig_int);
         uv_signal_init(m->loop, &m->sig_hup);
@@ -430,6 +459,35 @@ int main(int argc, char **argv) {
                 uv_timer_start(&m->watchdog, on_watchdog, wd_usec / 2000, wd_usec / 2000);
                 m->watchdog_on = true;
         }
+}
+
+int main(int argc, char **argv) {
+        main_args args = {};
+        int r = parse_argv(argc, argv, &args);
+        if (r <= 0)
+                return r < 0 ? 2 : 0;
+
+        log_setup("agentd");
+        if (harden_process() < 0)
+                return 1;
+
+        static manager mgr;
+        manager *m = &mgr;
+        manager_init(m);
+        if (load_config(m, args.config) < 0)
+                return 1;
+        raise_fd_limit();
+
+        m->loop = uv_default_loop();
+        r = tasks_init(m);
+        if (r < 0)
+                return 1;
+        if (args.check_only)
+                return check_config_exit(m);
+
+        if (setup_state_directory(m) < 0 || start_parts(m) < 0 || setup_socket(m, args.socket) < 0)
+                return 1;
+        setup_loop_handles(m);
 
         log_info("agentd %s serving on %s", AGENTD_VERSION, m->socket_path ? m->socket_path : "(socket-activated)");
         sd_notify(0, "READY=1");

@@ -399,6 +399,65 @@ static void reply_buf_done(reply_buf *b) {
                 free(b->data);
 }
 
+/* The checks a request passes before its handler runs, in order: a known
+ * method, valid parameters for this peer, the connection's and the sandbox's
+ * limits, and (for what changes state) an audit log that can record it. A
+ * refused request is answered here and gets < 0. */
+static int dispatch_admit(connection *c, const rpc_message *msg, const rpc_method **ret_method, rpc_params_any *args,
+                          rpc_error *err) {
+        manager *m = c->m;
+        const rpc_method *method = rpc_method_find(msg->method, msg->method_len);
+        if (!method) {
+                char text[160];
+                snprintf(text, sizeof(text), "unknown method '%.*s'", (int) msg->method_len, msg->method);
+                send_packed_error(c, true, msg->msgid, RPC_E_METHOD_NOT_FOUND, text);
+                return -EPERM;
+        }
+        if (rpc_params_decode(method, msg->params, msg->unpacked.zone, args, err) < 0 ||
+            rpc_method_check_peer(method, c->sandbox_id != NULL, err) < 0) {
+                send_packed_error(c, true, msg->msgid, err->code, error_message(err));
+                return -EPERM;
+        }
+        if (c->revoke_only && method->id != RPC_METHOD_credentials_revoke) {
+                char text[200];
+                snprintf(text, sizeof(text), "too many connections (MaxConnections=%u): only credentials.revoke is served on this one",
+                         m->config->max_connections);
+                send_packed_error(c, true, msg->msgid, RPC_E_LIMIT_EXCEEDED, text);
+                connection_drain(c);
+                return -EPERM;
+        }
+        if (!sandbox_rate_admit(c, method)) {
+                char text[200];
+                snprintf(text, sizeof(text), "%s called too often from this sandbox (SandboxRequestRate=%u per second)",
+                         method->name, m->config->sandbox_request_rate);
+                send_packed_error(c, true, msg->msgid, RPC_E_LIMIT_EXCEEDED, text);
+                return -EPERM;
+        }
+        if ((method->flags & RPC_ASYNC) && c->in_flight >= m->config->max_in_flight) {
+                send_packed_error(c, true, msg->msgid, RPC_E_LIMIT_EXCEEDED,
+                                  "too many requests in flight on this connection (MaxRequestsInFlight)");
+                return -EPERM;
+        }
+
+        /* Evidence fails closed: what changes state waits until it can be recorded. */
+        if (!(method->flags & (RPC_READ_ONLY | RPC_CONTAINMENT))) {
+                _cleanup_error_ agentd_error why = {};
+                if (auditlog_can_record(m, &why) < 0) {
+                        error_wrap(&why, "%s refused: the audit log cannot record it", method->name);
+                        send_packed_error(c, true, msg->msgid, RPC_E_BACKEND_UNAVAILABLE, error_message(&why));
+                        return -EPERM;
+                }
+        }
+        *ret_method = method;
+        return 0;
+}
+
+/* Every request is evidence: who asked what, and how it went (audit/auditlog.c). */
+static void audit_rpc(const rpc_ctx *ctx, int r, const rpc_error *err) {
+        auditlog_rpc(ctx, r < 0 ? rpc_error_code_to_string(error_is_set(err) ? err->code : RPC_E_INTERNAL)
+                                : ctx->async ? "pending" : "ok");
+}
+
 static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         manager *m = c->m;
         rpc_message msg;
@@ -421,54 +480,11 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
                 return;
         }
 
-        const rpc_method *method = rpc_method_find(msg.method, msg.method_len);
-        if (!method) {
-                char text[160];
-                snprintf(text, sizeof(text), "unknown method '%.*s'", (int) msg.method_len, msg.method);
-                send_packed_error(c, true, msg.msgid, RPC_E_METHOD_NOT_FOUND, text);
-                rpc_message_done(&msg);
-                return;
-        }
+        const rpc_method *method;
         rpc_params_any args;
-        if (rpc_params_decode(method, msg.params, msg.unpacked.zone, &args, &err) < 0 ||
-            rpc_method_check_peer(method, c->sandbox_id != NULL, &err) < 0) {
-                send_packed_error(c, true, msg.msgid, err.code, error_message(&err));
+        if (dispatch_admit(c, &msg, &method, &args, &err) < 0) {
                 rpc_message_done(&msg);
                 return;
-        }
-        if (c->revoke_only && method->id != RPC_METHOD_credentials_revoke) {
-                char text[200];
-                snprintf(text, sizeof(text), "too many connections (MaxConnections=%u): only credentials.revoke is served on this one",
-                         m->config->max_connections);
-                send_packed_error(c, true, msg.msgid, RPC_E_LIMIT_EXCEEDED, text);
-                connection_drain(c);
-                rpc_message_done(&msg);
-                return;
-        }
-        if (!sandbox_rate_admit(c, method)) {
-                char text[200];
-                snprintf(text, sizeof(text), "%s called too often from this sandbox (SandboxRequestRate=%u per second)",
-                         method->name, m->config->sandbox_request_rate);
-                send_packed_error(c, true, msg.msgid, RPC_E_LIMIT_EXCEEDED, text);
-                rpc_message_done(&msg);
-                return;
-        }
-        if ((method->flags & RPC_ASYNC) && c->in_flight >= m->config->max_in_flight) {
-                send_packed_error(c, true, msg.msgid, RPC_E_LIMIT_EXCEEDED,
-                                  "too many requests in flight on this connection (MaxRequestsInFlight)");
-                rpc_message_done(&msg);
-                return;
-        }
-
-        /* Evidence fails closed: what changes state waits until it can be recorded. */
-        if (!(method->flags & (RPC_READ_ONLY | RPC_CONTAINMENT))) {
-                _cleanup_error_ agentd_error why = {};
-                if (auditlog_can_record(m, &why) < 0) {
-                        error_wrap(&why, "%s refused: the audit log cannot record it", method->name);
-                        send_packed_error(c, true, msg.msgid, RPC_E_BACKEND_UNAVAILABLE, error_message(&why));
-                        rpc_message_done(&msg);
-                        return;
-                }
         }
 
         reply_buf sb;
@@ -482,9 +498,7 @@ static void dispatch(connection *c, const uint8_t *buf, size_t len) {
         };
         connection_ref(c);
         int r = handlers[method->id](&ctx, &args, &err);
-        /* Every request is evidence: who asked what, and how it went. */
-        auditlog_rpc(&ctx, r < 0 ? rpc_error_code_to_string(error_is_set(&err) ? err.code : RPC_E_INTERNAL)
-                                 : ctx.async ? "pending" : "ok");
+        audit_rpc(&ctx, r, &err);
         if (r < 0) {
                 if (!error_is_set(&err))
                         rpc_error_set(&err, RPC_E_INTERNAL, "%s failed: %s", method->name, strerror(-r));

@@ -485,60 +485,63 @@ static void append(char *buf, size_t *len, const char *s, size_t n) {
         *len += n;
 }
 
-/* Parses the head in c->head[0..head_end) and prepares c->forward. Returns 0,
- * -EINVAL with *why set (answered 400), or -ENOMEM. */
-static int parse_request(np_conn *c, size_t head_end, const char **why) {
-        const char *head = c->head, *end = c->head + head_end - 2; /* at the final CRLF */
-        const char *line_end, *sp1, *sp2, *target, *version;
-        size_t target_len, version_len, method_len;
+/* The request line, split: "METHOD TARGET VERSION\r\n". */
+typedef struct request_line {
+        const char *line_end; /* at its CRLF */
+        const char *target, *version;
+        size_t method_len, target_len, version_len;
+} request_line;
 
-        if (memchr(head, '\0', head_end)) {
-                *why = "NUL byte in request head";
-                return -EINVAL;
-        }
-        line_end = memmem(head, head_end, "\r\n", 2);
-        sp1 = memchr(head, ' ', (size_t) (line_end - head));
+/* Checks the request line of head and copies its method to c->method. */
+static int parse_request_line(np_conn *c, const char *head, size_t head_end, request_line *rl, const char **why) {
+        const char *sp1, *sp2;
+
+        rl->line_end = memmem(head, head_end, "\r\n", 2);
+        sp1 = memchr(head, ' ', (size_t) (rl->line_end - head));
         if (!sp1) {
                 *why = "malformed request line";
                 return -EINVAL;
         }
-        sp2 = memchr(sp1 + 1, ' ', (size_t) (line_end - sp1 - 1));
+        sp2 = memchr(sp1 + 1, ' ', (size_t) (rl->line_end - sp1 - 1));
         if (!sp2) {
                 *why = "malformed request line";
                 return -EINVAL;
         }
-        method_len = (size_t) (sp1 - head);
-        if (method_len == 0 || method_len >= METHOD_MAX) {
+        rl->method_len = (size_t) (sp1 - head);
+        if (rl->method_len == 0 || rl->method_len >= METHOD_MAX) {
                 *why = "malformed request line";
                 return -EINVAL;
         }
-        for (size_t i = 0; i < method_len; i++)
+        for (size_t i = 0; i < rl->method_len; i++)
                 if (!is_tchar(head[i])) {
                         *why = "malformed request line";
                         return -EINVAL;
                 }
-        memcpy(c->method, head, method_len);
-        c->method[method_len] = '\0';
+        memcpy(c->method, head, rl->method_len);
+        c->method[rl->method_len] = '\0';
 
-        target = sp1 + 1;
-        target_len = (size_t) (sp2 - target);
-        version = sp2 + 1;
-        version_len = (size_t) (line_end - version);
-        if (target_len == 0 || !(version_len == 8 && (memcmp(version, "HTTP/1.1", 8) == 0 ||
-                                                       memcmp(version, "HTTP/1.0", 8) == 0))) {
+        rl->target = sp1 + 1;
+        rl->target_len = (size_t) (sp2 - rl->target);
+        rl->version = sp2 + 1;
+        rl->version_len = (size_t) (rl->line_end - rl->version);
+        if (rl->target_len == 0 || !(rl->version_len == 8 && (memcmp(rl->version, "HTTP/1.1", 8) == 0 ||
+                                                               memcmp(rl->version, "HTTP/1.0", 8) == 0))) {
                 *why = "malformed request line";
                 return -EINVAL;
         }
-        for (size_t i = 0; i < target_len; i++)
-                if (target[i] <= ' ' || target[i] >= 0x7f) {
+        for (size_t i = 0; i < rl->target_len; i++)
+                if (rl->target[i] <= ' ' || rl->target[i] >= 0x7f) {
                         *why = "malformed request target";
                         return -EINVAL;
                 }
+        return 0;
+}
 
-        /* Every header line must be "name: value" with no bare CR/LF and no
-         * obs-fold: anything we and the origin could split differently is a
-         * request-smuggling vector. */
-        for (const char *l = line_end + 2; l < end;) {
+/* Every header line in [l, end) (end at the final CRLF) must be "name: value"
+ * with no bare CR/LF and no obs-fold: anything we and the origin could split
+ * differently is a request-smuggling vector. */
+static int check_header_lines(const char *l, const char *end, const char **why) {
+        while (l < end) {
                 const char *le = memmem(l, (size_t) (end + 2 - l), "\r\n", 2);
                 const char *colon = memchr(l, ':', (size_t) (le - l));
                 if (!colon || colon == l || memchr(l, '\r', (size_t) (le - l)) || memchr(l, '\n', (size_t) (le - l))) {
@@ -552,43 +555,36 @@ static int parse_request(np_conn *c, size_t head_end, const char **why) {
                         }
                 l = le + 2;
         }
+        return 0;
+}
 
+/* CONNECT host:port; bytes sent right behind the head go into the tunnel. */
+static int parse_connect(np_conn *c, const request_line *rl, size_t head_end, const char **why) {
         size_t leftover = c->head_len - head_end;
-        if (streq(c->method, "CONNECT")) {
-                int r;
+        int r;
 
-                c->is_connect = true;
-                r = parse_authority(c, target, target_len, true, why);
-                if (r < 0)
-                        return r;
-                /* Bytes sent right behind the CONNECT head (a TLS ClientHello sent
-                 * eagerly) belong to the tunnel. */
-                if (leftover > 0) {
-                        c->forward = memdup(c->head + head_end, leftover);
-                        if (!c->forward)
-                                return -ENOMEM;
-                        c->forward_len = leftover;
-                }
-                return 0;
-        }
-
-        /* Absolute-URI form. https:// would need TLS here: clients use CONNECT. */
-        if (target_len < 7 || strncasecmp(target, "http://", 7) != 0) {
-                *why = target[0] == '/' ? "origin-form request: this is a proxy, send an absolute URI or CONNECT"
-                                        : "unsupported request target (only http:// URIs and CONNECT)";
-                return -EINVAL;
-        }
-        const char *auth = target + 7, *tend = target + target_len;
-        const char *auth_end = auth;
-        while (auth_end < tend && !strchr("/?#", *auth_end))
-                auth_end++;
-        int r = parse_authority(c, auth, (size_t) (auth_end - auth), false, why);
+        c->is_connect = true;
+        r = parse_authority(c, rl->target, rl->target_len, true, why);
         if (r < 0)
                 return r;
-        const char *path = auth_end, *path_end = memchr(path, '#', (size_t) (tend - path));
-        if (!path_end)
-                path_end = tend;
+        /* Bytes sent right behind the CONNECT head (a TLS ClientHello sent
+         * eagerly) belong to the tunnel. */
+        if (leftover > 0) {
+                c->forward = memdup(c->head + head_end, leftover);
+                if (!c->forward)
+                        return -ENOMEM;
+                c->forward_len = leftover;
+        }
+        return 0;
+}
 
+/* The head sent to the origin for an absolute-URI request: origin-form
+ * target, Host from the URI, the client's headers less the dropped ones,
+ * "Connection: close", then whatever body bytes came with the head. */
+static int build_forward_head(np_conn *c, const request_line *rl, const char *path, const char *path_end,
+                              size_t head_end) {
+        const char *end = c->head + head_end - 2; /* at the final CRLF */
+        size_t leftover = c->head_len - head_end;
         /* The new head is never longer than the old one plus the lines we add. */
         size_t cap = head_end + leftover + strlen(c->host) + 64;
         _cleanup_free_ char *f = malloc(cap);
@@ -598,13 +594,13 @@ static int parse_request(np_conn *c, size_t head_end, const char **why) {
 
         if (!f)
                 return -ENOMEM;
-        append(f, &n, c->method, method_len);
+        append(f, &n, c->method, rl->method_len);
         append(f, &n, " ", 1);
         if (path == path_end || *path != '/')
                 append(f, &n, "/", 1);
         append(f, &n, path, (size_t) (path_end - path));
         append(f, &n, " ", 1);
-        append(f, &n, version, version_len);
+        append(f, &n, rl->version, rl->version_len);
         append(f, &n, "\r\n", 2);
         k = snprintf(hostline, sizeof(hostline), "Host: %s%s%s", c->host_family == AF_INET6 ? "[" : "", c->host,
                      c->host_family == AF_INET6 ? "]" : "");
@@ -614,7 +610,7 @@ static int parse_request(np_conn *c, size_t head_end, const char **why) {
                 append(f, &n, hostline, (size_t) k);
         }
         append(f, &n, "\r\n", 2);
-        for (const char *l = line_end + 2; l < end;) {
+        for (const char *l = rl->line_end + 2; l < end;) {
                 const char *le = memmem(l, (size_t) (end + 2 - l), "\r\n", 2);
                 const char *colon = memchr(l, ':', (size_t) (le - l));
                 if (!header_is_dropped(l, (size_t) (colon - l)))
@@ -627,6 +623,45 @@ static int parse_request(np_conn *c, size_t head_end, const char **why) {
         c->forward = TAKE_PTR(f);
         c->forward_len = n;
         return 0;
+}
+
+/* Parses the head in c->head[0..head_end) and prepares c->forward. Returns 0,
+ * -EINVAL with *why set (answered 400), or -ENOMEM. */
+static int parse_request(np_conn *c, size_t head_end, const char **why) {
+        const char *head = c->head, *end = c->head + head_end - 2; /* at the final CRLF */
+        request_line rl;
+        int r;
+
+        if (memchr(head, '\0', head_end)) {
+                *why = "NUL byte in request head";
+                return -EINVAL;
+        }
+        r = parse_request_line(c, head, head_end, &rl, why);
+        if (r < 0)
+                return r;
+        r = check_header_lines(rl.line_end + 2, end, why);
+        if (r < 0)
+                return r;
+        if (streq(c->method, "CONNECT"))
+                return parse_connect(c, &rl, head_end, why);
+
+        /* Absolute-URI form. https:// would need TLS here: clients use CONNECT. */
+        if (rl.target_len < 7 || strncasecmp(rl.target, "http://", 7) != 0) {
+                *why = rl.target[0] == '/' ? "origin-form request: this is a proxy, send an absolute URI or CONNECT"
+                                           : "unsupported request target (only http:// URIs and CONNECT)";
+                return -EINVAL;
+        }
+        const char *auth = rl.target + 7, *tend = rl.target + rl.target_len;
+        const char *auth_end = auth;
+        while (auth_end < tend && !strchr("/?#", *auth_end))
+                auth_end++;
+        r = parse_authority(c, auth, (size_t) (auth_end - auth), false, why);
+        if (r < 0)
+                return r;
+        const char *path = auth_end, *path_end = memchr(path, '#', (size_t) (tend - path));
+        if (!path_end)
+                path_end = tend;
+        return build_forward_head(c, &rl, path, path_end, head_end);
 }
 
 /* ---- allow list ---- */

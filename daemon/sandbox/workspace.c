@@ -834,31 +834,117 @@ static int conflict(promote_ctx *p, const char *path, const char *fmt, ...) {
         return items_add(&p->res->conflicts, path, why);
 }
 
+/* The parent directory of c->path on the host could not be opened (parent_err). */
+static int promote_no_parent(promote_ctx *p, const ws_change *c, int parent_err) {
+        if (c->change == WS_DELETED && parent_err == -ENOENT)
+                return items_add(&p->res->promoted, c->path, ""); /* already gone */
+        if (parent_err == -EPERM)
+                return conflict(p, c->path, "its parent directory is guarded and held back: pass include_hooks");
+        if (parent_err == -ELOOP || parent_err == -EXDEV)
+                return conflict(p, c->path, "a parent directory on the host is a symlink: not followed");
+        return conflict(p, c->path, "cannot open the parent directory on the host: %s", strerror(-parent_err));
+}
+
+/* Deleted in the sandbox: deleted on the host unless it changed there meanwhile. */
+static int promote_deletion(promote_ctx *p, const ws_change *c, int parent, const char *name, bool host) {
+        if (!host)
+                return items_add(&p->res->promoted, c->path, "");
+        if (subtree_changed_since(parent, name, p->since))
+                return conflict(p, c->path, "changed on the host since the sandbox started");
+        int r = remove_at(parent, name);
+        if (r < 0)
+                return conflict(p, c->path, "cannot delete: %s", strerror(-r));
+        return items_add(&p->res->promoted, c->path, "");
+}
+
+/* A directory: made on the host (replacing a file there) with the promoted mode. */
+static int promote_directory(promote_ctx *p, const ws_change *c, int parent, const char *name, const struct stat *hs,
+                             const struct stat *us) {
+        bool host = hs != NULL;
+        if (!S_ISDIR(us->st_mode))
+                return conflict(p, c->path, "changed type in the change layer");
+        if (host && !S_ISDIR(hs->st_mode)) {
+                if (unlinkat(parent, name, 0) < 0)
+                        return conflict(p, c->path, "cannot replace the host file with a directory");
+        }
+        mode_t mode = promoted_mode(us->st_mode, hs);
+        if (!(host && S_ISDIR(hs->st_mode))) {
+                if (mkdirat(parent, name, mode) < 0 && errno != EEXIST)
+                        return conflict(p, c->path, "mkdir: %s", strerror(errno));
+                (void) fchmodat(parent, name, mode, AT_SYMLINK_NOFOLLOW);
+        }
+        return items_add(&p->res->promoted, c->path, "");
+}
+
+/* Reads and checks the symlink in the change layer into *ret_target, before
+ * anything on the host is touched: it must resolve inside the workspace.
+ * 1 to go on; 0 when recorded as a conflict; -ENOMEM. */
+static int promote_read_symlink(promote_ctx *p, const ws_change *c, const struct stat *us, char **ret_target) {
+        if (!S_ISLNK(us->st_mode) || ws_readlink_beneath(p->upfd, c->path, ret_target) < 0)
+                return conflict(p, c->path, "cannot read the symlink");
+        if (!symlink_resolves_inside(p, c->path, *ret_target)) {
+                _cleanup_free_ char *q = quote_path(*ret_target);
+                return conflict(p, c->path, "symlink resolves outside the workspace (-> %.300s): not promoted",
+                                q ? q : "?");
+        }
+        return 1;
+}
+
+/* Creates the symlink under a temporary name and renames it into place. */
+static int promote_symlink(promote_ctx *p, const ws_change *c, int parent, const char *name, const char *target) {
+        char tmp[64];
+        uint64_t rnd;
+        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+                rnd = (uint64_t) getpid();
+        snprintf(tmp, sizeof(tmp), ".agentd-promote.l%016llx", (unsigned long long) rnd);
+        if (symlinkat(target, parent, tmp) < 0 || renameat(parent, tmp, parent, name) < 0) {
+                int e = errno;
+                (void) unlinkat(parent, tmp, 0);
+                return conflict(p, c->path, "cannot create the symlink: %s", strerror(e));
+        }
+        return items_add(&p->res->promoted, c->path, "");
+}
+
+/* A regular file: written to a temporary file beside its place and queued;
+ * flush_pending() renames the batch into place. Takes *parent on success. */
+static int promote_file(promote_ctx *p, const ws_change *c, int *parent, const char *name, int uparent, const char *uname,
+                        const struct stat *hs, const struct stat *us) {
+        _cleanup_close_ int src = ws_open_regular(uparent, uname, us);
+        if (src < 0)
+                return conflict(p, c->path, src == -ESTALE ? "replaced in the change layer while promoting: not promoted"
+                                                           : "cannot open it in the change layer");
+        if (p->n_pending == PENDING_MAX) {
+                int r = flush_pending(p);
+                if (r < 0)
+                        return r;
+        }
+        pending_file *f = &p->pending[p->n_pending];
+        int r = write_temp(p, *parent, src, promoted_mode(us->st_mode, hs && S_ISREG(hs->st_mode) ? hs : NULL), f->tmp, f->sha);
+        if (r < 0)
+                return conflict(p, c->path, "cannot write: %s", strerror(-r));
+        f->name = strdup(name);
+        f->path = strdup(c->path);
+        if (!f->name || !f->path) {
+                (void) unlinkat(*parent, f->tmp, 0);
+                free(f->name);
+                free(f->path);
+                return -ENOMEM;
+        }
+        f->parent = TAKE_FD(*parent);
+        p->n_pending++;
+        return 0;
+}
+
 static int promote_one(promote_ctx *p, const ws_change *c) {
         const char *name;
         _cleanup_close_ int parent = open_parent(p, c->path, c->change != WS_DELETED, &name);
-        if (parent < 0) {
-                if (c->change == WS_DELETED && parent == -ENOENT)
-                        return items_add(&p->res->promoted, c->path, ""); /* already gone */
-                if (parent == -EPERM)
-                        return conflict(p, c->path, "its parent directory is guarded and held back: pass include_hooks");
-                if (parent == -ELOOP || parent == -EXDEV)
-                        return conflict(p, c->path, "a parent directory on the host is a symlink: not followed");
-                return conflict(p, c->path, "cannot open the parent directory on the host: %s", strerror(-parent));
-        }
+        if (parent < 0)
+                return promote_no_parent(p, c, parent);
         struct stat hs;
         bool host = fstatat(parent, name, &hs, AT_SYMLINK_NOFOLLOW) == 0;
 
-        if (c->change == WS_DELETED) {
-                if (!host)
-                        return items_add(&p->res->promoted, c->path, "");
-                if (subtree_changed_since(parent, name, p->since))
-                        return conflict(p, c->path, "changed on the host since the sandbox started");
-                int r = remove_at(parent, name);
-                if (r < 0)
-                        return conflict(p, c->path, "cannot delete: %s", strerror(-r));
-                return items_add(&p->res->promoted, c->path, "");
-        }
+        if (c->change == WS_DELETED)
+                return promote_deletion(p, c, parent, name, host);
 
         if (host && ctime_ns(&hs) > p->since && !(S_ISDIR(hs.st_mode) && c->type == 'd'))
                 return conflict(p, c->path, c->change == WS_ADDED ? "created on the host since the sandbox started"
@@ -869,31 +955,13 @@ static int promote_one(promote_ctx *p, const ws_change *c) {
         if (uparent < 0 || fstatat(uparent, uname, &us, AT_SYMLINK_NOFOLLOW) < 0)
                 return conflict(p, c->path, "gone from the change layer");
 
-        if (c->type == 'd') {
-                if (!S_ISDIR(us.st_mode))
-                        return conflict(p, c->path, "changed type in the change layer");
-                if (host && !S_ISDIR(hs.st_mode)) {
-                        if (unlinkat(parent, name, 0) < 0)
-                                return conflict(p, c->path, "cannot replace the host file with a directory");
-                }
-                mode_t mode = promoted_mode(us.st_mode, host ? &hs : NULL);
-                if (!(host && S_ISDIR(hs.st_mode))) {
-                        if (mkdirat(parent, name, mode) < 0 && errno != EEXIST)
-                                return conflict(p, c->path, "mkdir: %s", strerror(errno));
-                        (void) fchmodat(parent, name, mode, AT_SYMLINK_NOFOLLOW);
-                }
-                return items_add(&p->res->promoted, c->path, "");
-        }
+        if (c->type == 'd')
+                return promote_directory(p, c, parent, name, host ? &hs : NULL, &us);
         _cleanup_free_ char *target = NULL;
         if (c->type == 'l') {
-                /* Check the link before touching anything on the host. */
-                if (!S_ISLNK(us.st_mode) || ws_readlink_beneath(p->upfd, c->path, &target) < 0)
-                        return conflict(p, c->path, "cannot read the symlink");
-                if (!symlink_resolves_inside(p, c->path, target)) {
-                        _cleanup_free_ char *q = quote_path(target);
-                        return conflict(p, c->path, "symlink resolves outside the workspace (-> %.300s): not promoted",
-                                        q ? q : "?");
-                }
+                int r = promote_read_symlink(p, c, &us, &target);
+                if (r <= 0)
+                        return r;
         } else if (c->type != 'f' || !S_ISREG(us.st_mode))
                 return conflict(p, c->path, "not a regular file, directory or symlink: not promoted");
         if (host && S_ISDIR(hs.st_mode)) {
@@ -903,43 +971,9 @@ static int promote_one(promote_ctx *p, const ws_change *c) {
                 if (r < 0)
                         return conflict(p, c->path, "cannot replace the host directory");
         }
-        if (c->type == 'l') {
-                char tmp[64];
-                uint64_t rnd;
-                if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
-                        rnd = (uint64_t) getpid();
-                snprintf(tmp, sizeof(tmp), ".agentd-promote.l%016llx", (unsigned long long) rnd);
-                if (symlinkat(target, parent, tmp) < 0 || renameat(parent, tmp, parent, name) < 0) {
-                        int e = errno;
-                        (void) unlinkat(parent, tmp, 0);
-                        return conflict(p, c->path, "cannot create the symlink: %s", strerror(e));
-                }
-                return items_add(&p->res->promoted, c->path, "");
-        }
-        _cleanup_close_ int src = ws_open_regular(uparent, uname, &us);
-        if (src < 0)
-                return conflict(p, c->path, src == -ESTALE ? "replaced in the change layer while promoting: not promoted"
-                                                           : "cannot open it in the change layer");
-        if (p->n_pending == PENDING_MAX) {
-                int r = flush_pending(p);
-                if (r < 0)
-                        return r;
-        }
-        pending_file *f = &p->pending[p->n_pending];
-        int r = write_temp(p, parent, src, promoted_mode(us.st_mode, host && S_ISREG(hs.st_mode) ? &hs : NULL), f->tmp, f->sha);
-        if (r < 0)
-                return conflict(p, c->path, "cannot write: %s", strerror(-r));
-        f->name = strdup(name);
-        f->path = strdup(c->path);
-        if (!f->name || !f->path) {
-                (void) unlinkat(parent, f->tmp, 0);
-                free(f->name);
-                free(f->path);
-                return -ENOMEM;
-        }
-        f->parent = TAKE_FD(parent);
-        p->n_pending++;
-        return 0;
+        if (c->type == 'l')
+                return promote_symlink(p, c, parent, name, target);
+        return promote_file(p, c, &parent, name, uparent, uname, host ? &hs : NULL, &us);
 }
 
 int workspace_promote(const char *workspace, const char *upper, int64_t started_at_ns, char *const *paths,
