@@ -26,6 +26,7 @@
 #include "manager.h"
 #include "server.h"
 #include "audit/retention.h"
+#include "sandbox/sandbox.h"
 #include "statedir.h"
 
 uint64_t now_msec(void) {
@@ -397,6 +398,39 @@ static int setup_state_directory(manager *m) {
         return 0;
 }
 
+/* What the server asks of the parts (server.h's hooks): the audit log's
+ * group commit, gate and records, and the sandboxes' hold on connections. */
+static bool hook_records_pending(void *userdata) {
+        return auditlog_pending(userdata);
+}
+
+static int hook_can_record(void *userdata, agentd_error *err) {
+        return auditlog_can_record(userdata, err);
+}
+
+static void hook_record_rpc(void *userdata, const rpc_ctx *ctx, const char *outcome) {
+        auditlog_rpc(ctx, outcome);
+}
+
+static void hook_record_event(void *userdata, const char *type, const char *sandbox_id, json_object *fields) {
+        audit_event(userdata, type, sandbox_id, fields);
+}
+
+static void hook_connection_closed(void *userdata, connection *c) {
+        sandboxes_connection_closed(userdata, c);
+}
+
+static void set_server_hooks(manager *m) {
+        server_set_hooks(&(server_hooks) {
+                .userdata = m,
+                .records_pending = hook_records_pending,
+                .can_record = hook_can_record,
+                .record_rpc = hook_record_rpc,
+                .record_event = hook_record_event,
+                .connection_closed = hook_connection_closed,
+        });
+}
+
 /* The parts, in dependency order. */
 static int start_parts(manager *m) {
         int r = sandboxes_init(m);
@@ -415,6 +449,7 @@ static int start_parts(manager *m) {
                 log_error("cannot start the credential broker: %s", strerror(-r));
                 return r;
         }
+        set_server_hooks(m);
         return 0;
 }
 

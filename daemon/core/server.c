@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +18,6 @@
 #include "log.h"
 #include "macro.h"
 #include "socket.h"
-#include "audit/auditlog.h"
-#include "sandbox/sandbox.h"
 
 #define READ_CHUNK (64 * 1024)
 /* Stop reading from a peer that does not read its replies. */
@@ -42,6 +41,28 @@ static const rpc_handler handlers[_RPC_METHOD_MAX] = {
 #include "methods.def"
 #undef METHOD
 };
+
+/* The parts' side of the server (server.h): set once by main.c. */
+static server_hooks hooks;
+
+void server_set_hooks(const server_hooks *h) {
+        hooks = h ? *h : (server_hooks) {};
+}
+
+static bool hook_records_pending(void) {
+        return hooks.records_pending && hooks.records_pending(hooks.userdata);
+}
+
+static int hook_can_record(agentd_error *err) {
+        return hooks.can_record ? hooks.can_record(hooks.userdata, err) : 0;
+}
+
+static void hook_record_event(const char *type, const char *sandbox_id, json_object *fields) {
+        if (hooks.record_event)
+                hooks.record_event(hooks.userdata, type, sandbox_id, fields);
+        else
+                json_object_put(fields);
+}
 
 static void connection_close(connection *c);
 static void connection_update_poll(connection *c);
@@ -88,7 +109,8 @@ static void connection_close(connection *c) {
         if (c->state == CONNECTION_CLOSED)
                 return;
         c->state = CONNECTION_CLOSED;
-        sandboxes_connection_closed(c->m, c);
+        if (hooks.connection_closed)
+                hooks.connection_closed(hooks.userdata, c);
         list_del(&c->link);
         c->m->n_connections--;
         if (c->listener) {
@@ -219,7 +241,7 @@ int connection_send(connection *c, const void *data, size_t len, const int *fds,
         c->out_bytes += len;
 
         /* Group commit: a reply never goes out before the records written for it. */
-        if (auditlog_pending(c->m)) {
+        if (hook_records_pending()) {
                 connection_hold(c);
                 return 0;
         }
@@ -323,7 +345,7 @@ static void audit_suppressed(manager *m, const char *sandbox_id, const rpc_metho
         json_object_object_add(ev, "method", json_object_new_string(method->name));
         json_object_object_add(ev, "suppressed", json_object_new_int64((int64_t) b->suppressed));
         json_object_object_add(ev, "interval_ms", json_object_new_int64((int64_t) (now_msec() - b->suppressed_since_ms)));
-        audit_event(m, "rpc.suppressed", sandbox_id, ev);
+        hook_record_event("rpc.suppressed", sandbox_id, ev);
         b->suppressed = 0;
 }
 
@@ -442,7 +464,7 @@ static int dispatch_admit(connection *c, const rpc_message *msg, const rpc_metho
         /* Evidence fails closed: what changes state waits until it can be recorded. */
         if (!(method->flags & (RPC_READ_ONLY | RPC_CONTAINMENT))) {
                 _cleanup_error_ agentd_error why = {};
-                if (auditlog_can_record(m, &why) < 0) {
+                if (hook_can_record(&why) < 0) {
                         error_wrap(&why, "%s refused: the audit log cannot record it", method->name);
                         send_packed_error(c, true, msg->msgid, RPC_E_BACKEND_UNAVAILABLE, error_message(&why));
                         return -EPERM;
@@ -454,8 +476,11 @@ static int dispatch_admit(connection *c, const rpc_message *msg, const rpc_metho
 
 /* Every request is evidence: who asked what, and how it went (audit/auditlog.c). */
 static void audit_rpc(const rpc_ctx *ctx, int r, const rpc_error *err) {
-        auditlog_rpc(ctx, r < 0 ? rpc_error_code_to_string(error_is_set(err) ? err->code : RPC_E_INTERNAL)
-                                : ctx->async ? "pending" : "ok");
+        if (!hooks.record_rpc)
+                return;
+        hooks.record_rpc(hooks.userdata, ctx,
+                         r < 0 ? rpc_error_code_to_string(error_is_set(err) ? err->code : RPC_E_INTERNAL)
+                               : ctx->async ? "pending" : "ok");
 }
 
 static void dispatch(connection *c, const uint8_t *buf, size_t len) {

@@ -10,6 +10,8 @@
 #include "manager.h"
 #include "proto.h"
 
+struct json_object;
+
 #define CONN_MAX_RX_FDS 8
 
 typedef enum connection_state {
@@ -86,6 +88,26 @@ typedef struct rpc_ctx {
         int rpc_##ident(rpc_ctx *ctx, const rpc_##ident##_params *p, rpc_error *err);
 #include "methods.def"
 #undef METHOD
+
+/* What the server asks of the parts above it, which core/ does not include:
+ * main.c sets them (server_set_hooks()) when it starts the parts, before the
+ * socket is polled. Each gets the hooks' userdata; a NULL hook is a part that
+ * is not there: nothing pending, nothing to record, nothing to tell. */
+typedef struct server_hooks {
+        void *userdata;
+        /* Audit records not yet written: replies are held until server_release_held(). */
+        bool (*records_pending)(void *userdata);
+        /* 0 when a state-changing request may go ahead because its record can be
+         * written; else a negative errno with err set. */
+        int (*can_record)(void *userdata, agentd_error *err);
+        /* The record of one request and how it went ("ok", "pending" or an error code). */
+        void (*record_rpc)(void *userdata, const struct rpc_ctx *ctx, const char *outcome);
+        /* An audit event (type, sandbox id or NULL); takes the reference to fields. */
+        void (*record_event)(void *userdata, const char *type, const char *sandbox_id, struct json_object *fields);
+        /* A connection is closing: whatever refers to it lets go. */
+        void (*connection_closed)(void *userdata, connection *c);
+} server_hooks;
+void server_set_hooks(const server_hooks *hooks);
 
 int server_listen(manager *m);
 /* Serves an accepted (non-blocking) socket; l is the sandbox broker socket it

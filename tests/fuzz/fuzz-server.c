@@ -17,10 +17,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "audit/auditlog.h"
+#include <json-c/json.h>
+
 #include "core/log.h"
 #include "macro.h"
-#include "sandbox/sandbox.h"
 #include "core/server.h"
 #include "socket.h"
 
@@ -43,11 +43,11 @@ static uint8_t next(script *s) {
 
 /* ---- what server.c needs from the rest of the daemon --------------------- */
 
-void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields) {
+static void fake_record_event(void *userdata, const char *type, const char *sandbox, json_object *fields) {
         json_object_put(fields);
 }
 
-void sandboxes_connection_closed(manager *m, connection *c) {
+static void fake_connection_closed(void *userdata, connection *c) {
 }
 
 /* The audit log's side of the group commit and the fail-closed gate, moved by
@@ -55,18 +55,26 @@ void sandboxes_connection_closed(manager *m, connection *c) {
  * them) and a log that cannot record (state-changing calls are refused). */
 static bool audit_records_pending, audit_cannot_record;
 
-bool auditlog_pending(manager *m) {
+static bool fake_records_pending(void *userdata) {
         return audit_records_pending;
 }
 
-int auditlog_can_record(manager *m, agentd_error *err) {
+static int fake_can_record(void *userdata, agentd_error *err) {
         if (!audit_cannot_record)
                 return 0;
         return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENOSPC, "the state filesystem is full (fuzzed)");
 }
 
-void auditlog_rpc(const rpc_ctx *ctx, const char *outcome) {
+static void fake_record_rpc(void *userdata, const rpc_ctx *ctx, const char *outcome) {
 }
+
+static const server_hooks fake_hooks = {
+        .records_pending = fake_records_pending,
+        .can_record = fake_can_record,
+        .record_rpc = fake_record_rpc,
+        .record_event = fake_record_event,
+        .connection_closed = fake_connection_closed,
+};
 
 /* A clock the script moves, so rate limits are reached and recovered from. */
 static uint64_t fake_now = 1;
@@ -239,6 +247,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         memset(&listener, 0, sizeof(listener));
         listener.m = &m;
         listener.sandbox_id = sandbox_name;
+        server_set_hooks(&fake_hooks);
         fake_now = 1;
         audit_records_pending = audit_cannot_record = false;
 

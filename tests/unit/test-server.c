@@ -4,8 +4,8 @@
  * keep the stream and errors that end it, the audit gate and group commit,
  * file descriptors both ways, the broker socket's rules, and hang-ups (with a
  * deferred call still outstanding). The rest of the daemon is this file's
- * fixture: handlers that answer the way real ones do, and the audit log's
- * three calls (a counter, and two flags the tests move). */
+ * fixture: handlers that answer the way real ones do, and the server's hooks
+ * (server.h: a counter, and two flags the tests move). */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -17,11 +17,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "audit/auditlog.h"
-#include "audit/report.h"
+#include <json-c/json.h>
+
 #include "log.h"
 #include "macro.h"
-#include "sandbox/sandbox.h"
 #include "server.h"
 
 /* ---- what server.c needs from the rest of the daemon --------------------- */
@@ -30,7 +29,7 @@ static unsigned n_audit, n_suppressed, n_closed_hook;
 static char last_audit_type[64], last_outcome[64];
 static bool records_pending, audit_broken;
 
-void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields) {
+static void fake_record_event(void *userdata, const char *type, const char *sandbox, json_object *fields) {
         json_object *v;
         n_audit++;
         n_suppressed += strcmp(type, "rpc.suppressed") == 0;
@@ -40,26 +39,34 @@ void audit_event(manager *m, const char *type, const char *sandbox, json_object 
         json_object_put(fields);
 }
 
-void sandboxes_connection_closed(manager *m, connection *c) {
+static void fake_connection_closed(void *userdata, connection *c) {
         n_closed_hook++;
 }
 
-bool auditlog_pending(manager *m) {
+static bool fake_records_pending(void *userdata) {
         return records_pending;
 }
 
-int auditlog_can_record(manager *m, agentd_error *err) {
+static int fake_can_record(void *userdata, agentd_error *err) {
         if (!audit_broken)
                 return 0;
         return error_set(err, ERROR_BACKEND_UNAVAILABLE, ENOSPC, "the state filesystem is full");
 }
 
-/* audit/auditlog.c's record of a request: here the same counters as audit_event(). */
-void auditlog_rpc(const rpc_ctx *ctx, const char *outcome) {
+/* audit/auditlog.c's record of a request: here the same counters as an event. */
+static void fake_record_rpc(void *userdata, const rpc_ctx *ctx, const char *outcome) {
         n_audit++;
         snprintf(last_audit_type, sizeof(last_audit_type), "%s", "rpc");
         snprintf(last_outcome, sizeof(last_outcome), "%s", outcome);
 }
+
+static const server_hooks fake_hooks = {
+        .records_pending = fake_records_pending,
+        .can_record = fake_can_record,
+        .record_rpc = fake_record_rpc,
+        .record_event = fake_record_event,
+        .connection_closed = fake_connection_closed,
+};
 
 static uint64_t fake_now = 1000;
 uint64_t now_msec(void) {
@@ -143,6 +150,7 @@ static void setup(void) {
         memset(&listener, 0, sizeof(listener));
         listener.m = &m;
         listener.sandbox_id = sandbox_name;
+        server_set_hooks(&fake_hooks);
 }
 
 static void pump(unsigned rounds) {
