@@ -10,7 +10,7 @@ int daemon_reload(manager *m);
 void daemon_maybe_finish(manager *m);
 void daemon_finish(manager *m);
 
-/* daemon-status.c: systemd's one-line status (STATUS=, notify-status.h), sent when it changes */
+/* main.c: systemd's one-line status (STATUS=, notify-status.h), sent when it changes */
 void daemon_status_notify(manager *m);
 
 /* tasks.c */

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "notify-status.h"
 #include "server.h"
 #include "audit/retention.h"
 #include "sandbox/sandbox.h"
@@ -218,6 +219,21 @@ static void on_watchdog(uv_timer_t *t) {
 static void on_close_walk(uv_handle_t *h, void *arg) {
         if (!uv_is_closing(h))
                 uv_close(h, NULL);
+}
+
+/* What the STATUS= line says (notify-status.h), gathered here, above the parts,
+ * from the manager and the broker; callers anywhere in the daemon just say
+ * "it may have changed". */
+void daemon_status_notify(manager *m) {
+        daemon_status st = {
+                .stopping = m->shutting_down,
+                .locked_down = m->locked_down,
+                .n_sandboxes = m->n_sandboxes,
+                .n_live = m->n_sandboxes_live,
+                /* Only read when serving, as before: it may re-check the session's expiry. */
+                .vault = m->shutting_down ? NULL : broker_vault_state(m),
+        };
+        (void) daemon_status_send(&st);
 }
 
 int daemon_reload(manager *m) {

@@ -1,5 +1,5 @@
 /* systemd's one-line status (STATUS=, `systemctl --user status agentd`) from
- * the facts it shows; the manager's side gathers them (daemon-status.c). */
+ * the facts it shows; main.c gathers them (daemon_status_notify()). */
 #pragma once
 
 #include <stdbool.h>
