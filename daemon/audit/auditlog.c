@@ -26,7 +26,7 @@
 
 #include "audit.h"
 #include "broker/seal.h"
-#include "core/daemon.h"
+#include "incident/revoke.h"
 #include "broker/tpmjob.h"
 #include "file.h"
 #include "core/log.h"

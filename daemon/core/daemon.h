@@ -1,10 +1,7 @@
-/* Entry points between main() and the daemon's parts. */
+/* core/'s entry points: reload and finish, the STATUS= line, the task registry. */
 #pragma once
 
 #include "manager.h"
-
-struct rpc_call;
-struct sandbox;
 
 int daemon_reload(manager *m);
 void daemon_maybe_finish(manager *m);
@@ -19,23 +16,5 @@ void tasks_reload(manager *m);
 void tasks_free(manager *m);
 size_t tasks_n_errors(manager *m);
 
-/* sandbox.c */
-int sandboxes_init(manager *m);
-void sandboxes_shutdown(manager *m);
-void sandboxes_free(manager *m);
-
-/* revoke.c */
-void lockdown_load(manager *m);
-void lockdown_retry_persist(manager *m);   /* after a revoke --all whose marker could not be written */
-int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool freeze_only, struct rpc_call *call,
-                 const char *trigger);
-
-/* rpc-workspace.c: lists the sandbox's workspace changes into the snapshot
- * file on a worker thread (the file is first written without them). */
-int workspace_snapshot_queue(manager *m, struct sandbox *s, const char *snapshot_path, const char *snapshot_json);
-/* Shutdown: running diff/promote/snapshot walks stop at their next check. */
-void workspace_jobs_cancel(void);
-
-/* egress.c */
-int egress_init(manager *m);
-void egress_free(manager *m);
+/* The parts' own entry points are in their public headers: sandbox/sandbox.h,
+ * incident/revoke.h, egress/egress.h, rpc/rpc-workspace.h. */

@@ -10,7 +10,8 @@
 
 #include "incident/approval.h"
 #include "audit/auditlog.h"
-#include "core/daemon.h"
+#include "egress.h"
+#include "incident/revoke.h"
 #include "core/log.h"
 #include "macro.h"
 #include "netproxy.h"

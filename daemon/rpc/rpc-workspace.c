@@ -21,7 +21,7 @@
 
 #include "audit/auditlog.h"
 #include "sandbox/cgroup.h"
-#include "core/daemon.h"
+#include "rpc-workspace.h"
 #include "core/log.h"
 #include "file.h"
 #include "macro.h"

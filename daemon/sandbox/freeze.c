@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include "cgroup.h"
-#include "core/daemon.h"
 #include "macro.h"
 
 /* A process as /proc/PID/stat tells it (world-readable, even for the

@@ -121,6 +121,11 @@ int sandbox_kill(sandbox *s, const char *reason);
 int sandbox_signal(sandbox *s, int sig);
 void sandboxes_connection_closed(manager *m, connection *c);
 
+/* main.c: start (load the records, set up the cgroup), stop (end them all) and free. */
+int sandboxes_init(manager *m);
+void sandboxes_shutdown(manager *m);
+void sandboxes_free(manager *m);
+
 /* For the sandbox.* handlers (rpc/rpc-sandbox.c). */
 /* sandbox.wait: call is answered (sandbox_pack_wait_result) when it ends; on
  * failure the call is not taken. */

@@ -32,7 +32,6 @@
 #include "broker/broker.h"
 #include "cgroup.h"
 #include "change-watch.h"
-#include "core/daemon.h"
 #include "core/log.h"
 #include "egress/netproxy.h"
 #include "laptop.h"
