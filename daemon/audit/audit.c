@@ -586,7 +586,7 @@ static int head_format(const audit_key *k, uint64_t seq, const uint8_t hash[HASH
  * HEAD_MISSING, HEAD_INVALID, or a negative errno. */
 static int head_read(int dir_fd, const audit_key *k, uint64_t *ret_seq, uint8_t ret_hash[HASH_LEN]) {
         char buf[512], canon[512], hex[HEX_LEN + 1];
-        size_t n, canon_len;
+        size_t n = 0, canon_len;
         uint64_t seq;
         int r;
 
@@ -657,7 +657,7 @@ static int checkpoint_format(const audit_key *k, unsigned file, uint64_t seq, co
 static int checkpoint_read(int dir_fd, const audit_key *k, unsigned *ret_file, uint64_t *ret_seq,
                            uint8_t ret_hash[HASH_LEN]) {
         char buf[512], canon[512], hex[HEX_LEN + 1];
-        size_t n, canon_len;
+        size_t n = 0, canon_len;
         unsigned file;
         uint64_t seq;
         int r;

@@ -40,7 +40,7 @@ static const rpc_method *method(const char *name) {
 }
 
 static int decode(packed *p, const char *name, rpc_params_any *args, rpc_error *err) {
-        memset(err, 0, sizeof(*err));
+        error_free(err);
         const msgpack_object *o = packed_object(p);
         return rpc_params_decode(method(name), o, p->up.zone, args, err);
 }
@@ -61,7 +61,7 @@ START_TEST(test_decode_every_type) {
         str(&p.pk, "umask"), msgpack_pack_uint32(&p.pk, 022);
         str(&p.pk, "workspace"), msgpack_pack_nil(&p.pk);   /* nil: the default */
         rpc_params_any a;
-        rpc_error err;
+        _cleanup_error_ rpc_error err = {};
         memset(&a, 0xa5, sizeof(a));   /* the decoder zeroes what is not given */
         ck_assert_int_eq(decode(&p, "sandbox.spawn", &a, &err), 0);
         const rpc_sandbox_spawn_params *s = &a.sandbox_spawn;
@@ -86,7 +86,7 @@ END_TEST
 
 START_TEST(test_decode_optional_and_defaults) {
         rpc_params_any a;
-        rpc_error err;
+        _cleanup_error_ rpc_error err = {};
         packed p;
 
         /* Absent optional: zero, has_ false. */
@@ -212,7 +212,7 @@ START_TEST(test_decode_invalid_params) {
         packed_init(&p);
         c->fill(&p.pk);
         rpc_params_any a;
-        rpc_error err;
+        _cleanup_error_ rpc_error err = {};
         ck_assert_int_eq(decode(&p, c->method, &a, &err), -EINVAL);
         ck_assert_int_eq(err.code, RPC_E_INVALID_PARAMS);
         ck_assert_str_eq(err.message, c->message);
@@ -228,7 +228,7 @@ START_TEST(test_decode_secret_not_copied) {
         str(&p.pk, "role_id"), str(&p.pk, "role");
         str(&p.pk, "secret_id"), str(&p.pk, "s3cret");
         rpc_params_any a;
-        rpc_error err;
+        _cleanup_error_ rpc_error err = {};
         ck_assert_int_eq(decode(&p, "broker.enroll", &a, &err), 0);
         const msgpack_object *sid = a.broker_enroll.secret_id;
         ck_assert_ptr_nonnull(sid);
@@ -262,7 +262,7 @@ END_TEST
  * audit hook's "target"): NULL when absent, not a string, or not the method's. */
 START_TEST(test_params_str_by_key) {
         rpc_params_any a;
-        rpc_error err;
+        _cleanup_error_ rpc_error err = {};
         packed p;
         packed_init(&p);
         msgpack_pack_map(&p.pk, 2);
@@ -298,7 +298,7 @@ START_TEST(test_peer_check_every_method) {
                 const rpc_method *m = &rpc_methods[i];
                 bool h = m->flags & RPC_HOST_ONLY, s = m->flags & RPC_SANDBOX_ONLY;
                 ck_assert_msg(h != s, "%s: exactly one of RPC_HOST_ONLY and RPC_SANDBOX_ONLY", m->name);
-                rpc_error err = { 0 };
+                _cleanup_error_ rpc_error err = {};
                 ck_assert_int_eq(rpc_method_check_peer(m, false, &err), h ? 0 : -EPERM);
                 ck_assert_int_eq(rpc_method_check_peer(m, true, &err), s ? 0 : -EPERM);
                 ck_assert_int_eq(err.code, RPC_E_UNAUTHORIZED);
@@ -307,7 +307,7 @@ START_TEST(test_peer_check_every_method) {
         }
         ck_assert_uint_eq(sandbox, 2);
         ck_assert_uint_ge(host, 20);
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         ck_assert_int_eq(rpc_method_check_peer(method("approval.answer"), true, &err), -EPERM);
         ck_assert_str_eq(err.message, "approval.answer is not available from inside a sandbox");
         ck_assert_int_eq(rpc_method_check_peer(method("credentials.get"), false, &err), -EPERM);

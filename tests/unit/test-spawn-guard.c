@@ -54,7 +54,7 @@ static void teardown(void) {
 
 /* Refused with this errno and code, the message containing `what`. */
 static void refused(const char *ws, int want_r, rpc_error_code want_code, const char *what) {
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         char *path = NULL;
         int r = spawn_guard_workspace(&g, ws, &path, &err);
         ck_assert_msg(r == want_r, "workspace %s: got %d (%s), want %d", ws, r, err.message, want_r);
@@ -64,7 +64,7 @@ static void refused(const char *ws, int want_r, rpc_error_code want_code, const 
 }
 
 START_TEST(test_project_directory_allowed) {
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         char *path = NULL;
         ck_assert_int_eq(spawn_guard_workspace(&g, project, &path, &err), 0);
         ck_assert_str_eq(path, project);
@@ -114,7 +114,7 @@ START_TEST(test_home_and_ancestors) {
         refused(tmp, -EPERM, RPC_E_POLICY_DENIED, "an ancestor of the home directory");
         /* Without a home (or anything else) to protect, the temporary directory is an ordinary one. */
         g = (spawn_guard) { 0 };
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         char *path = NULL;
         ck_assert_int_eq(spawn_guard_workspace(&g, tmp, &path, &err), 0);
         free(path);
@@ -145,7 +145,7 @@ END_TEST
 START_TEST(test_task_paths) {
         task_policy *p = NULL;
         ck_assert_int_eq(task_policy_new("build", "test", &p), 0);
-        rpc_error err = { 0 };
+        _cleanup_error_ rpc_error err = {};
         char **hide = NULL;
         char inside[300], *ro[3] = { NULL }, *rw[2] = { NULL };
 

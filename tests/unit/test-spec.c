@@ -169,6 +169,7 @@ START_TEST(test_every_key_round_trips) {
                 if (fx.fds[k] > 0)
                         close(fx.fds[k]);
         free(spec.argv); /* one allocation holds every vector */
+        free(spec.seccomp_insns);
         free(fx.w.buf);
 }
 END_TEST
