@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "proto.h"
+#include "unit.h"
 
 typedef struct buf {
         msgpack_sbuffer sb;
@@ -568,9 +569,5 @@ static Suite *codec_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(codec_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(codec_suite(), false);
 }

@@ -23,6 +23,7 @@
 #include "macro.h"
 #include "sandbox/sandbox.h"
 #include "server.h"
+#include "unit.h"
 
 /* ---- what server.c needs from the rest of the daemon --------------------- */
 
@@ -665,9 +666,5 @@ int main(void) {
         tcase_add_test(tc, test_broker_socket_rules);
         tcase_add_test(tc, test_over_max_connections_revoke_only);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "stdin-relay.h"
+#include "unit.h"
 
 #define BIG (1024 * 1024 + 17)
 
@@ -253,9 +254,5 @@ int main(void) {
         tcase_add_test(tc, test_sandbox_closes_stdin);
         tcase_add_test(tc, test_free_while_relaying);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }
