@@ -234,16 +234,7 @@ warm_sandbox *pool_take(manager *m, const task_policy *p) {
                 }
                 e->state = WARM_TAKEN;
                 /* The spawn owns the hands from here: the pidfd goes to the sandbox. */
-                if (e->control_poll_init) {
-                        e->control_poll_init = false;
-                        e->handles_open++;
-                        uv_close((uv_handle_t *) &e->control_poll, entry_handle_closed);
-                }
-                if (e->pid_poll_init) {
-                        e->pid_poll_init = false;
-                        e->handles_open++;
-                        uv_close((uv_handle_t *) &e->pid_poll, entry_handle_closed);
-                }
+                entry_stop_polls(e);
                 list_del(&e->link);
                 n_entries--;
                 list_init(&e->link);
