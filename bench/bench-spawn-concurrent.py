@@ -20,7 +20,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-from benchutil import reexec_unprivileged  # noqa: E402
+from benchutil import pct, reexec_unprivileged  # noqa: E402
 
 CONC = int(os.environ.get("SPAWN_CONC", "50"))
 TOTAL = int(os.environ.get("SPAWN_TOTAL", "500"))
@@ -28,14 +28,6 @@ ROUNDS = int(os.environ.get("SPAWN_ROUNDS", "4"))
 WARM = int(os.environ.get("SPAWN_WARM", "0"))
 BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev",
          "--proc", "/proc", "--tmpfs", "/tmp", "/bin/true"]
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p
-    f = int(k)
-    c = min(f + 1, len(xs) - 1)
-    return xs[f] + (xs[c] - xs[f]) * (k - f)
 
 
 def round_of(argv, env):

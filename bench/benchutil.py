@@ -10,6 +10,15 @@ USER = "agentd-bench"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def pct(xs, p):
+    """The p-quantile of xs (0 <= p <= 1), interpolated between neighbours."""
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p
+    f = int(k)
+    c = min(f + 1, len(xs) - 1)
+    return xs[f] + (xs[c] - xs[f]) * (k - f)
+
+
 def reexec_unprivileged(script, delegate_cgroup=False, keep_env=()):
     """Called as root: re-run `script` as agentd-bench and exit with its status.
     keep_env: names of environment variables (the script's knobs) to pass on."""

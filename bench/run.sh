@@ -18,22 +18,18 @@ BENCH_USER=${BENCH_USER:-agentd-bench}
 RPC_SECONDS=${RPC_SECONDS:-3}
 
 # The feature benchmarks run as root: each re-executes itself unprivileged.
+python_bench() {
+        echo
+        echo "== $1 ($2)"
+        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/$1"
+}
+
 python_benches() {
-        echo
-        echo "== bench-diff.py (workspace review)"
-        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-diff.py"
-        echo
-        echo "== bench-credentials.py (broker and revoke --all)"
-        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-credentials.py"
-        echo
-        echo "== bench-egress.py (egress proxy: copy and splice relays, connections/s)"
-        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-egress.py"
-        echo
-        echo "== bench-spawn-concurrent.py (50 concurrent spawns vs 50 concurrent bwrap)"
-        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-spawn-concurrent.py"
-        echo
-        echo "== bench-scale.py (memory and fds per sandbox, growth over SCALE_SPAWNS=${SCALE_SPAWNS:-10000} spawns)"
-        AGENTD_BUILD="$BUILD" /usr/bin/python3 "$HERE/bench-scale.py"
+        python_bench bench-diff.py "workspace review"
+        python_bench bench-credentials.py "broker and revoke --all"
+        python_bench bench-egress.py "egress proxy: copy and splice relays, connections/s"
+        python_bench bench-spawn-concurrent.py "50 concurrent spawns vs 50 concurrent bwrap"
+        python_bench bench-scale.py "memory and fds per sandbox, growth over SCALE_SPAWNS=${SCALE_SPAWNS:-10000} spawns"
 }
 
 if [ "${AGENTD_BENCH_INNER:-}" != 1 ]; then

@@ -133,20 +133,16 @@ if [ -n "${JSON_OUT:-}" ]; then
 fi
 
 echo "spawn.sh: $ROUNDS rounds x $PER_ROUND runs per command (order reversed every other round), pooled"
-/usr/bin/python3 - "${JSONS[@]}" <<'EOF'
-import json, statistics, sys
+BENCH_DIR="$HERE" /usr/bin/python3 - "${JSONS[@]}" <<'EOF'
+import json, os, statistics, sys
+
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from benchutil import pct  # noqa: E402
 
 res = {}
 for f in sys.argv[1:]:
     for r in json.load(open(f))["results"]:
         res.setdefault(r["command"], {"times": []})["times"] += r["times"]
-
-def pct(xs, p):
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p
-    f = int(k)
-    c = min(f + 1, len(xs) - 1)
-    return xs[f] + (xs[c] - xs[f]) * (k - f)
 
 rows = {}
 print()

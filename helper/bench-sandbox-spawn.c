@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "macro.h"
+#include "socket.h"
 
 static double now_ms(void) {
         struct timespec ts;
@@ -167,20 +168,10 @@ static int run_warm(const char *hands, const char *workspace, double *ret_report
         {
                 uint64_t magic = UINT64_C(0x686361747461676f);
                 int fds[5] = { devnull, devnull, devnull, memfd, status_pair[1] };
-                union {
-                        struct cmsghdr h;
-                        char b[CMSG_SPACE(sizeof(fds))];
-                } cbuf = {};
-                struct iovec iov = { .iov_base = &magic, .iov_len = sizeof(magic) };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof(cbuf.b) };
-                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+                ssize_t sent = socket_send_fds(control, &magic, sizeof(magic), fds, 5, 0);
 
-                c->cmsg_level = SOL_SOCKET;
-                c->cmsg_type = SCM_RIGHTS;
-                c->cmsg_len = CMSG_LEN(sizeof(fds));
-                memcpy(CMSG_DATA(c), fds, sizeof(fds));
-                if (sendmsg(control, &mh, MSG_NOSIGNAL) < 0)
-                        return -errno;
+                if (sent < 0)
+                        return (int) sent;
         }
         close(status_pair[1]);
         read_status(ours, start, ret_reported);

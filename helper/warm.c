@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "helper.h"
+#include "socket.h"
 #include "zygote.h"
 
 /* What the warm phase already applied must be what the spawn asks for:
@@ -34,45 +35,23 @@ static int check_same_task(const SandboxSpec *warm, const SandboxSpec *spec, San
 
 /* One message, exactly as expected, or -EBADMSG; 0 with no fds on EOF. */
 static int receive_attach(int control, int fds[WARM_ATTACH_FDS], SandboxError *err) {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int) * (WARM_ATTACH_FDS + 1))];
-        } control_buf;
         uint64_t magic = 0;
-        struct iovec iov = { .iov_base = &magic, .iov_len = sizeof(magic) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control_buf.buf,
-                             .msg_controllen = sizeof(control_buf.buf) };
-        unsigned n = 0;
-        bool bad = false;
+        size_t n = 0;
+        SocketFdsInfo info;
         ssize_t got;
 
+        /* More fds than expected: closed (n_closed) or dropped by the kernel
+         * (MSG_CTRUNC); either fails below. */
         do
-                got = recvmsg(control, &mh, MSG_CMSG_CLOEXEC);
-        while (got < 0 && errno == EINTR);
+                got = socket_recv_fds(control, &magic, sizeof(magic), fds, &n, WARM_ATTACH_FDS, 0, &info);
+        while (got == -EINTR);
         if (got < 0)
-                return sandbox_fail(err, "attach", -errno, "recvmsg: %m");
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
-                        bad = true;
-                        continue;
-                }
-                for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-                        int fd;
-
-                        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                        if (n < WARM_ATTACH_FDS)
-                                fds[n++] = fd;
-                        else {
-                                close(fd);
-                                bad = true;
-                        }
-                }
-        }
+                return sandbox_fail(err, "attach", (int) got, "recvmsg: %s", strerror((int) -got));
         if (got == 0 && n == 0)
                 return 0;
-        if (bad || got != (ssize_t) sizeof(magic) || magic != WARM_ATTACH_MAGIC || n != WARM_ATTACH_FDS ||
-            (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
-                for (unsigned i = 0; i < n; i++)
+        if (info.foreign || info.n_closed > 0 || got != (ssize_t) sizeof(magic) || magic != WARM_ATTACH_MAGIC ||
+            n != WARM_ATTACH_FDS || (info.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+                for (size_t i = 0; i < n; i++)
                         close(fds[i]);
                 return sandbox_fail(err, "attach", -EBADMSG, "malformed attach message");
         }
@@ -135,26 +114,20 @@ int warm_wait_attach(SandboxSpec *spec, char **ret_buf, size_t *ret_size, int pa
 /* In the warm hands: the spawn's status socket, once the init is attached.
  * 0 with *ret_status_fd < 0: the init went away before any attach. */
 int warm_receive_status(int parent, int *ret_status_fd) {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control_buf;
         char line[16];
-        struct iovec iov = { .iov_base = line, .iov_len = sizeof(line) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control_buf.buf,
-                             .msg_controllen = sizeof(control_buf.buf) };
-        struct cmsghdr *c;
+        SocketFdsInfo info;
+        size_t n_fds = 0;
         ssize_t n;
         int fd = -1;
 
         do
-                n = recvmsg(parent, &mh, MSG_CMSG_CLOEXEC);
-        while (n < 0 && errno == EINTR);
+                n = socket_recv_fds(parent, line, sizeof(line), &fd, &n_fds, 1, 0, &info);
+        while (n == -EINTR);
         if (n < 0)
-                return -errno;
-        c = CMSG_FIRSTHDR(&mh);
-        if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
-                memcpy(&fd, CMSG_DATA(c), sizeof(int));
+                return (int) n;
+        /* Exactly one fd in one SCM_RIGHTS message, or none at all. */
+        if (n_fds > 0 && (info.foreign || info.n_rights != 1 || info.n_closed > 0 || (info.msg_flags & MSG_CTRUNC)))
+                fd = safe_close(fd);
         if (n == 0 && fd < 0) {
                 *ret_status_fd = -1;
                 return 0;

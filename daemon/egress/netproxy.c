@@ -360,15 +360,104 @@ static bool is_tchar(char ch) {
                (ch && strchr("!#$%&'*+-.^_`|~", ch));
 }
 
+/* Splits host[:port] or [v6][:port] into the host (without brackets) and
+ * the port text (NULL when there is none). */
+static int split_authority(const char *s, size_t n, const char **ret_host, size_t *ret_host_len,
+                           const char **ret_port, const char **why) {
+        if (s[0] == '[') {
+                const char *close = memchr(s, ']', n);
+                if (!close) {
+                        *why = "unterminated IPv6 literal";
+                        return -EINVAL;
+                }
+                *ret_host = s + 1;
+                *ret_host_len = (size_t) (close - s - 1);
+                *ret_port = NULL;
+                if (close + 1 < s + n) {
+                        if (close[1] != ':') {
+                                *why = "bad authority";
+                                return -EINVAL;
+                        }
+                        *ret_port = close + 2;
+                }
+        } else {
+                const char *colon = memchr(s, ':', n);
+                *ret_host = s;
+                *ret_host_len = colon ? (size_t) (colon - s) : n;
+                *ret_port = colon ? colon + 1 : NULL;
+        }
+        return 0;
+}
+
+/* The port text port_start..end: 1-65535 in at most five digits. */
+static int parse_port(const char *port_start, const char *end, unsigned long *ret_port, const char **why) {
+        size_t plen = (size_t) (end - port_start);
+        unsigned long port;
+
+        if (plen == 0 || plen > 5 || strspn(port_start, "0123456789") < plen) {
+                *why = "bad port";
+                return -EINVAL;
+        }
+        port = strtoul(port_start, NULL, 10);
+        if (port < 1 || port > 65535) {
+                *why = "bad port";
+                return -EINVAL;
+        }
+        *ret_port = port;
+        return 0;
+}
+
+/* Dot-separated labels of 1-63 characters from [a-z0-9_-]. */
+static int check_host_name(const char *host, const char **why) {
+        const char *label = host;
+
+        for (const char *p = host;; p++) {
+                if (*p == '.' || *p == '\0') {
+                        if (p == label || p - label > 63) {
+                                *why = "bad host name";
+                                return -EINVAL;
+                        }
+                        if (*p == '\0')
+                                return 0;
+                        label = p + 1;
+                } else if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_')) {
+                        *why = "bad host name";
+                        return -EINVAL;
+                }
+        }
+}
+
+/* Sets c->host_family and c->host_ip from the lowercased host: an IPv6
+ * literal (bracketed), a dotted IPv4 address, or a host name. */
+static int classify_host(np_conn *c, const char *host, bool bracketed, const char **why) {
+        struct in_addr aton;
+
+        c->host_family = AF_UNSPEC;
+        if (bracketed) {
+                if (inet_pton(AF_INET6, host, &c->host_ip.v6) != 1) {
+                        *why = "bad IPv6 literal";
+                        return -EINVAL;
+                }
+                c->host_family = AF_INET6;
+        } else if (inet_pton(AF_INET, host, &c->host_ip.v4) == 1)
+                c->host_family = AF_INET;
+        else if (inet_aton(host, &aton) != 0) {
+                *why = "ambiguous numeric host";
+                return -EINVAL;
+        } else
+                return check_host_name(host, why);
+        return 0;
+}
+
 /* host[:port] or [v6][:port]. Lowercases, strips one trailing dot, and refuses
  * anything a resolver could read differently from us: numeric forms inet_aton
  * takes but inet_pton does not ("0x7f.1", "2130706433"), userinfo, zone ids. */
 static int parse_authority(np_conn *c, const char *s, size_t n, bool port_required, const char **why) {
         _cleanup_free_ char *host = NULL;
-        const char *host_start, *port_start = NULL;
+        const char *host_start, *port_start;
         size_t host_len;
         unsigned long port = 80;
-        struct in_addr aton;
+        int r;
 
         if (n == 0) {
                 *why = "missing host";
@@ -378,40 +467,13 @@ static int parse_authority(np_conn *c, const char *s, size_t n, bool port_requir
                 *why = "userinfo in the authority";
                 return -EINVAL;
         }
-        if (s[0] == '[') {
-                const char *close = memchr(s, ']', n);
-                if (!close) {
-                        *why = "unterminated IPv6 literal";
-                        return -EINVAL;
-                }
-                host_start = s + 1;
-                host_len = (size_t) (close - s - 1);
-                if (close + 1 < s + n) {
-                        if (close[1] != ':') {
-                                *why = "bad authority";
-                                return -EINVAL;
-                        }
-                        port_start = close + 2;
-                }
-        } else {
-                const char *colon = memchr(s, ':', n);
-                host_start = s;
-                host_len = colon ? (size_t) (colon - s) : n;
-                if (colon)
-                        port_start = colon + 1;
-        }
-
+        r = split_authority(s, n, &host_start, &host_len, &port_start, why);
+        if (r < 0)
+                return r;
         if (port_start) {
-                size_t plen = (size_t) (s + n - port_start);
-                if (plen == 0 || plen > 5 || strspn(port_start, "0123456789") < plen) {
-                        *why = "bad port";
-                        return -EINVAL;
-                }
-                port = strtoul(port_start, NULL, 10);
-                if (port < 1 || port > 65535) {
-                        *why = "bad port";
-                        return -EINVAL;
-                }
+                r = parse_port(port_start, s + n, &port, why);
+                if (r < 0)
+                        return r;
         } else if (port_required) {
                 *why = "missing port";
                 return -EINVAL;
@@ -430,36 +492,9 @@ static int parse_authority(np_conn *c, const char *s, size_t n, bool port_requir
                 if (*p >= 'A' && *p <= 'Z')
                         *p = (char) (*p - 'A' + 'a');
 
-        c->host_family = AF_UNSPEC;
-        if (s[0] == '[') {
-                if (inet_pton(AF_INET6, host, &c->host_ip.v6) != 1) {
-                        *why = "bad IPv6 literal";
-                        return -EINVAL;
-                }
-                c->host_family = AF_INET6;
-        } else if (inet_pton(AF_INET, host, &c->host_ip.v4) == 1)
-                c->host_family = AF_INET;
-        else if (inet_aton(host, &aton) != 0) {
-                *why = "ambiguous numeric host";
-                return -EINVAL;
-        } else {
-                const char *label = host;
-                for (const char *p = host;; p++) {
-                        if (*p == '.' || *p == '\0') {
-                                if (p == label || p - label > 63) {
-                                        *why = "bad host name";
-                                        return -EINVAL;
-                                }
-                                if (*p == '\0')
-                                        break;
-                                label = p + 1;
-                        } else if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_')) {
-                                *why = "bad host name";
-                                return -EINVAL;
-                        }
-                }
-        }
-
+        r = classify_host(c, host, s[0] == '[', why);
+        if (r < 0)
+                return r;
         c->host = TAKE_PTR(host);
         c->port = (uint16_t) port;
         return 0;

@@ -22,6 +22,7 @@
 #include "cgroup.h"
 #include "core/log.h"
 #include "macro.h"
+#include "socket.h"
 #include "zygote.h"
 
 typedef enum warm_state {
@@ -233,16 +234,7 @@ warm_sandbox *pool_take(manager *m, const task_policy *p) {
                 }
                 e->state = WARM_TAKEN;
                 /* The spawn owns the hands from here: the pidfd goes to the sandbox. */
-                if (e->control_poll_init) {
-                        e->control_poll_init = false;
-                        e->handles_open++;
-                        uv_close((uv_handle_t *) &e->control_poll, entry_handle_closed);
-                }
-                if (e->pid_poll_init) {
-                        e->pid_poll_init = false;
-                        e->handles_open++;
-                        uv_close((uv_handle_t *) &e->pid_poll, entry_handle_closed);
-                }
+                entry_stop_polls(e);
                 list_del(&e->link);
                 n_entries--;
                 list_init(&e->link);
@@ -254,23 +246,11 @@ warm_sandbox *pool_take(manager *m, const task_policy *p) {
 int pool_attach(warm_sandbox *w, const int stdio[3], int spec_fd, int status_fd) {
         int fds[WARM_ATTACH_FDS] = { stdio[0], stdio[1], stdio[2], spec_fd, status_fd };
         uint64_t magic = WARM_ATTACH_MAGIC;
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(fds))];
-        } cm = { 0 };
-        struct iovec iov = { &magic, sizeof(magic) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
         ssize_t n;
 
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(fds));
-        memcpy(CMSG_DATA(c), fds, sizeof(fds));
-        while ((n = sendmsg(w->control, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-                ;
+        n = socket_send_fds(w->control, &magic, sizeof(magic), fds, WARM_ATTACH_FDS, 0);
         if (n != (ssize_t) sizeof(magic))
-                return n < 0 ? -errno : -EIO;
+                return n < 0 ? (int) n : -EIO;
         /* One use: the init's copy is replaced by the status socket already. */
         w->control = safe_close(w->control);
         return 0;

@@ -88,6 +88,11 @@ def make_delegated_cgroup():
     return path
 
 
+def write_spec(fd, items):
+    """The spec as the daemon writes it: NUL-terminated key=value items."""
+    os.write(fd, b"".join(i.encode() + b"\0" for i in items))
+
+
 class Result:
     def __init__(self, rc, messages, fds, out, err):
         self.rc, self.messages, self.fds, self.out, self.err = rc, messages, fds, out, err
@@ -138,6 +143,13 @@ class Env:
         items += list(extra)
         return items
 
+    def seccomp_program(self, items, seccomp_file):
+        """The BPF program file to pass, or None: none given, or the spec asks for no seccomp."""
+        bpf = seccomp_file or self.bpf
+        if bpf and not any(i.startswith("unsafe_no_seccomp=") for i in items):
+            return bpf
+        return None
+
     def run(self, items, stdin=b"", timeout=20, extra_fds=(), seccomp_file=None, on_started=None, keep_tty=False):
         """Run the hands; returns Result. Adds status_fd/seccomp_fd itself."""
         if self.zygote:
@@ -149,12 +161,12 @@ class Env:
         pass_fds = [theirs.fileno(), memfd] + list(extra_fds)
         items = list(items) + [f"status_fd={theirs.fileno()}"]
         bpf_fd = None
-        bpf = seccomp_file or self.bpf
-        if bpf and not any(i.startswith("unsafe_no_seccomp=") for i in items):
+        bpf = self.seccomp_program(items, seccomp_file)
+        if bpf:
             bpf_fd = os.open(bpf, os.O_RDONLY)
             pass_fds.append(bpf_fd)
             items.append(f"seccomp_fd={bpf_fd}")
-        os.write(memfd, b"".join(i.encode() + b"\0" for i in items))
+        write_spec(memfd, items)
         outf = tempfile.TemporaryFile()
         errf = tempfile.TemporaryFile()
         p = subprocess.Popen([self.binary, "--spec-fd", str(memfd)], stdin=subprocess.PIPE, stdout=outf,
@@ -163,12 +175,7 @@ class Env:
         os.close(memfd)
         if bpf_fd is not None:
             os.close(bpf_fd)
-        try:
-            p.stdin.write(stdin)
-            p.stdin.close()
-        except BrokenPipeError:
-            pass
-        return self.collect(p, ours, outf, errf, timeout, on_started, keep_tty)
+        return self.collect(p, ours, outf, errf, stdin, timeout, on_started, keep_tty)
 
     def run_zygote(self, items, stdin, timeout, extra_fds, seccomp_file, on_started, keep_tty):
         """run() through the zygote: the fds at the daemon's fixed numbers (3 spec,
@@ -183,13 +190,13 @@ class Env:
                 cgroup_fd = int(it[10:])
                 items[i] = "cgroup_fd=6"
         items.append("status_fd=4")
-        bpf = seccomp_file or self.bpf
-        if bpf and not any(i.startswith("unsafe_no_seccomp=") for i in items):
+        bpf = self.seccomp_program(items, seccomp_file)
+        if bpf:
             bpf_fd = os.open(bpf, os.O_RDONLY)
             items.append("seccomp_fd=5")
         else:
             bpf_fd = os.open("/dev/null", os.O_RDWR)
-        os.write(memfd, b"".join(i.encode() + b"\0" for i in items))
+        write_spec(memfd, items)
         outf = tempfile.TemporaryFile()
         errf = tempfile.TemporaryFile()
         rin, win = os.pipe()
@@ -203,12 +210,7 @@ class Env:
                 os.close(fd)
             theirs.close()
         p = ZygoteChild(pid, os.fdopen(win, "wb"))
-        try:
-            p.stdin.write(stdin)
-            p.stdin.close()
-        except BrokenPipeError:
-            pass
-        return self.collect(p, ours, outf, errf, timeout, on_started, keep_tty)
+        return self.collect(p, ours, outf, errf, stdin, timeout, on_started, keep_tty)
 
     def start_warm(self, items, timeout=20, extra_fds=()):
         """A warm sandbox from the task's keys of items (no workspace, home,
@@ -222,7 +224,7 @@ class Env:
         warm_items = ["arg=/bin/false", "workspace_mode=none", f"status_fd={theirs.fileno()}"] + \
             [i for i in items if i.startswith(task_keys)]
         warm_fd = os.memfd_create("warm-spec", 0)
-        os.write(warm_fd, b"".join(i.encode() + b"\0" for i in warm_items))
+        write_spec(warm_fd, warm_items)
         p = subprocess.Popen([self.binary, "--warm", "--spec-fd", str(warm_fd)], stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              pass_fds=[theirs.fileno(), warm_fd] + list(extra_fds),
@@ -246,7 +248,7 @@ class Env:
         """The attach message: magic, stdio, the full spec, a fresh status socket (ours returned)."""
         ours, status = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         memfd = os.memfd_create("spec", 0)
-        os.write(memfd, b"".join(i.encode() + b"\0" for i in items))
+        write_spec(memfd, items)
         control.sendmsg([struct.pack("=Q", WARM_ATTACH_MAGIC)],
                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", list(stdio) + [memfd, status.fileno()]))])
         os.close(memfd)
@@ -256,11 +258,11 @@ class Env:
     def run_warm(self, items, stdin, timeout, extra_fds, seccomp_file, on_started, keep_tty):
         """run() through a warm sandbox (start_warm, then attach): the control
         socket's fd number is the status socket's in the full spec."""
-        bpf = seccomp_file or self.bpf
         bpf_fd = None
         items = list(items)
         extra = list(extra_fds)
-        if bpf and not any(i.startswith("unsafe_no_seccomp=") for i in items):
+        bpf = self.seccomp_program(items, seccomp_file)
+        if bpf:
             bpf_fd = os.open(bpf, os.O_RDONLY)
             extra.append(bpf_fd)
             items.append(f"seccomp_fd={bpf_fd}")
@@ -281,14 +283,14 @@ class Env:
         control.close()
         w = ZygoteChild(p.pid, os.fdopen(win, "wb"))
         w.wait = p.wait
+        return self.collect(w, ours, outf, errf, stdin, timeout, on_started, keep_tty)
+
+    def collect(self, p, ours, outf, errf, stdin, timeout, on_started, keep_tty):
         try:
-            w.stdin.write(stdin)
-            w.stdin.close()
+            p.stdin.write(stdin)
+            p.stdin.close()
         except BrokenPipeError:
             pass
-        return self.collect(w, ours, outf, errf, timeout, on_started, keep_tty)
-
-    def collect(self, p, ours, outf, errf, timeout, on_started, keep_tty):
         messages, fds = [], []
         deadline = time.monotonic() + timeout
         while True:
@@ -749,7 +751,7 @@ def exit_reported_with_pipes_released(e):  # exec only: drives the hands itself
     items = e.spec(["/bin/sh", "-c", f"echo out; echo err >&2; exec </dev/null >/dev/null 2>&1; sleep 5{tag} &"])
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     memfd = os.memfd_create("spec", 0)
-    os.write(memfd, b"".join(i.encode() + b"\0" for i in items + [f"status_fd={theirs.fileno()}"]))
+    write_spec(memfd, items + [f"status_fd={theirs.fileno()}"])
     p = subprocess.Popen([e.binary, "--spec-fd", str(memfd)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, pass_fds=[theirs.fileno(), memfd], env={"PATH": "/usr/bin:/bin"})
     theirs.close()

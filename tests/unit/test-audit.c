@@ -22,6 +22,7 @@
 
 #include "audit.h"
 #include "macro.h"
+#include "unit.h"
 
 #define N_RECORDS 60
 #define ROTATE 2048
@@ -1565,11 +1566,5 @@ static Suite *audit_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(audit_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(audit_suite(), false);
 }

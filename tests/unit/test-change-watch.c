@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "change-watch.h"
+#include "unit.h"
 
 static uv_loop_t loop;
 static char tmp[] = "/tmp/test-change-watch-XXXXXX";
@@ -157,9 +158,5 @@ int main(void) {
         tcase_add_test(tc, test_free_before_first_walk);
         tcase_add_test(tc, test_missing_layer_never_triggers);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "proto.h"
+#include "unit.h"
 
 typedef struct buf {
         msgpack_sbuffer sb;
@@ -31,6 +32,17 @@ static int scan_bytewise(const uint8_t *data, size_t len, const proto_limits *li
                         return r;
         }
         return 0;
+}
+
+/* One proto_scan of data[0..n) from a fresh scanner, which must refuse it
+ * with `want`; *s is left for the caller's msgid checks. */
+static void scan_refused(proto_scanner *s, const proto_limits *lim, const void *data, size_t n, proto_scan_error want) {
+        proto_scan_error e = PROTO_SCAN_OK;
+        size_t len;
+
+        proto_scanner_reset(s);
+        ck_assert_int_eq(proto_scan(s, lim, data, n, &len, &e), -1);
+        ck_assert_int_eq(e, want);
 }
 
 static void pack_every_type(msgpack_packer *pk) {
@@ -106,17 +118,13 @@ START_TEST(test_scan_size_limit_from_header) {
         size_t len;
         proto_scan_error e = PROTO_SCAN_OK;
         proto_scanner s;
-        proto_scanner_reset(&s);
-        ck_assert_int_eq(proto_scan(&s, &lim, hdr, sizeof(hdr), &len, &e), -1);
-        ck_assert_int_eq(e, PROTO_SCAN_TOO_BIG);
+        scan_refused(&s, &lim, hdr, sizeof(hdr), PROTO_SCAN_TOO_BIG);
         ck_assert(s.have_msgid);
         ck_assert_uint_eq(s.msgid, 1);
 
         /* array32 with 2^31 elements: refused likewise. */
         const uint8_t arr[] = { 0xdd, 0x80, 0x00, 0x00, 0x00 };
-        proto_scanner_reset(&s);
-        ck_assert_int_eq(proto_scan(&s, &lim, arr, sizeof(arr), &len, &e), -1);
-        ck_assert_int_eq(e, PROTO_SCAN_TOO_BIG);
+        scan_refused(&s, &lim, arr, sizeof(arr), PROTO_SCAN_TOO_BIG);
         ck_assert(!s.have_msgid);
 
         /* A configured smaller limit applies exactly. */
@@ -131,9 +139,7 @@ START_TEST(test_scan_size_limit_from_header) {
         buf_done(&b);
         buf_init(&b);
         msgpack_pack_str_with_body(&b.pk, big, 1100);
-        proto_scanner_reset(&s);
-        ck_assert_int_eq(proto_scan(&s, &lim, (const uint8_t *) b.sb.data, 3, &len, &e), -1);
-        ck_assert_int_eq(e, PROTO_SCAN_TOO_BIG);
+        scan_refused(&s, &lim, (const uint8_t *) b.sb.data, 3, PROTO_SCAN_TOO_BIG);
         buf_done(&b);
 }
 END_TEST
@@ -153,9 +159,7 @@ START_TEST(test_scan_depth_limit) {
         proto_scanner_reset(&s);
         ck_assert_int_eq(proto_scan(&s, &lim, ok, 32, &len, &e), 1);
         ck_assert_uint_eq(len, 32);
-        proto_scanner_reset(&s);
-        ck_assert_int_eq(proto_scan(&s, &lim, bad, 33, &len, &e), -1);
-        ck_assert_int_eq(e, PROTO_SCAN_TOO_DEEP);
+        scan_refused(&s, &lim, bad, 33, PROTO_SCAN_TOO_DEEP);
 
         /* 100,000-deep nesting inside a request: refused, msgid still known. */
         size_t n = 100000 + 8;
@@ -166,9 +170,7 @@ START_TEST(test_scan_depth_limit) {
         deep[3] = 0xa1;
         deep[4] = 'x';
         memset(deep + 5, 0x91, n - 5);
-        proto_scanner_reset(&s);
-        ck_assert_int_eq(proto_scan(&s, &lim, deep, n, &len, &e), -1);
-        ck_assert_int_eq(e, PROTO_SCAN_TOO_DEEP);
+        scan_refused(&s, &lim, deep, n, PROTO_SCAN_TOO_DEEP);
         ck_assert(s.have_msgid);
         ck_assert_uint_eq(s.msgid, 42);
         free(deep);
@@ -196,12 +198,8 @@ START_TEST(test_scan_element_limit) {
         msgpack_pack_array(&b.pk, 200);
         for (int i = 0; i < 200; i++)
                 msgpack_pack_nil(&b.pk);
-        size_t len;
-        proto_scan_error e = PROTO_SCAN_OK;
         proto_scanner s;
-        proto_scanner_reset(&s);
-        ck_assert_int_eq(proto_scan(&s, &lim, (const uint8_t *) b.sb.data, b.sb.size, &len, &e), -1);
-        ck_assert_int_eq(e, PROTO_SCAN_TOO_MANY);
+        scan_refused(&s, &lim, (const uint8_t *) b.sb.data, b.sb.size, PROTO_SCAN_TOO_MANY);
         buf_done(&b);
 }
 END_TEST
@@ -210,12 +208,8 @@ START_TEST(test_scan_malformed) {
         const uint8_t bad[] = { 0x94, 0x00, 0x07, 0xc1 };
         proto_limits lim;
         proto_limits_default(&lim);
-        size_t len;
-        proto_scan_error e = PROTO_SCAN_OK;
         proto_scanner s;
-        proto_scanner_reset(&s);
-        ck_assert_int_eq(proto_scan(&s, &lim, bad, sizeof(bad), &len, &e), -1);
-        ck_assert_int_eq(e, PROTO_SCAN_MALFORMED);
+        scan_refused(&s, &lim, bad, sizeof(bad), PROTO_SCAN_MALFORMED);
         ck_assert(s.have_msgid);
         ck_assert_uint_eq(s.msgid, 7);
 }
@@ -568,9 +562,5 @@ static Suite *codec_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(codec_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(codec_suite(), false);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "egress-record.h"
+#include "unit.h"
 
 static const char *field(json_object *o, const char *key) {
         json_object *v;
@@ -94,9 +95,5 @@ int main(void) {
         tcase_add_test(tc, test_closed_record);
         tcase_add_test(tc, test_denial_window);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "unit.h"
 
 /* Two levels below the caller, as a part would set and a handler would wrap. */
 static int open_workspace(agentd_error *err) {
@@ -124,9 +125,5 @@ static Suite *error_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(error_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(error_suite(), false);
 }

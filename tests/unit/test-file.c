@@ -15,6 +15,7 @@
 #include "fd.h"
 #include "file.h"
 #include "macro.h"
+#include "unit.h"
 
 static char dir[64];
 static int dir_fd = -1;
@@ -176,9 +177,5 @@ static Suite *file_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(file_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(file_suite(), false);
 }

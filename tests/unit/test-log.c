@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "unit.h"
 
 START_TEST(test_fields_exact) {
         log_sandbox_fields f;
@@ -79,10 +80,5 @@ static Suite *log_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(log_suite());
-        srunner_set_fork_status(sr, CK_NOFORK);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(log_suite(), true);
 }

@@ -10,6 +10,7 @@
 
 #include "fd.h"
 #include "memfd.h"
+#include "unit.h"
 
 START_TEST(test_sealed_contents) {
         size_t len = 300000; /* larger than one write of a pipe, several pages */
@@ -65,9 +66,5 @@ static Suite *memfd_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(memfd_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(memfd_suite(), false);
 }

@@ -26,6 +26,7 @@
 #include "netproxy.h"
 #include "policy.h"
 #include "socket.h"
+#include "unit.h"
 
 #define MAX_EVENTS 64
 #define BIG (4U * 1024U * 1024U)
@@ -1197,11 +1198,5 @@ static Suite *netproxy_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(netproxy_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(netproxy_suite(), false);
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "notify-status.h"
+#include "unit.h"
 
 static char tmp[] = "/tmp/test-notify-XXXXXX";
 static char sock_path[256];
@@ -115,9 +116,5 @@ int main(void) {
         tcase_add_test(tc, test_without_notify_socket);
         tcase_add_test(tc, test_format_bounded);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

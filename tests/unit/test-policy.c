@@ -12,6 +12,7 @@
 #include "macro.h"
 #include "policy.h"
 #include "seccomp-profiles.h"
+#include "unit.h"
 
 #define HOME "/home/u"
 
@@ -890,11 +891,5 @@ static Suite *policy_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(policy_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(policy_suite(), false);
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "retention.h"
+#include "unit.h"
 
 static char tmp[] = "/tmp/test-retention-XXXXXX";
 
@@ -145,9 +146,5 @@ int main(void) {
         tcase_add_test(tc, test_evidence_and_in_use_stay);
         tcase_add_test(tc, test_no_rules_no_records);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

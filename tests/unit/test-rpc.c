@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "proto.h"
+#include "unit.h"
 
 /* A params map packed by the test, unpacked as the server does. */
 typedef struct packed {
@@ -330,9 +331,5 @@ static Suite *rpc_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(rpc_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(rpc_suite(), false);
 }

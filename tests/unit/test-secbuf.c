@@ -10,6 +10,7 @@ static unsigned n_freed, n_freed_dirty;
 static void checking_free(void *p);
 #define SECBUF_FREE checking_free
 #include "secbuf.h"
+#include "unit.h"
 
 static size_t tracked_cap;
 static void checking_free(void *p) {
@@ -69,9 +70,5 @@ static Suite *secbuf_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(secbuf_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(secbuf_suite(), false);
 }

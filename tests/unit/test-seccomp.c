@@ -21,6 +21,7 @@
 
 #include "macro.h"
 #include "seccomp-build.h"
+#include "unit.h"
 
 #ifndef AF_VSOCK
 #define AF_VSOCK 40
@@ -308,11 +309,5 @@ static Suite *seccomp_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(seccomp_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(seccomp_suite(), false);
 }

@@ -22,6 +22,8 @@
 #include "log.h"
 #include "macro.h"
 #include "server.h"
+#include "socket.h"
+#include "unit.h"
 
 /* ---- what server.c needs from the rest of the daemon --------------------- */
 
@@ -134,7 +136,7 @@ typedef struct peer {
         uint8_t buf[65536];
         size_t len;
         int fds[4];
-        unsigned n_fds;
+        size_t n_fds;
 } peer;
 
 static void setup(void) {
@@ -185,23 +187,7 @@ static void peer_close(peer *p) {
 }
 
 static void peer_send(peer *p, const void *data, size_t len, int fd) {
-        struct iovec iov = { (void *) data, len };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } cm;
-        if (fd >= 0) {
-                memset(&cm, 0, sizeof(cm));
-                mh.msg_control = cm.buf;
-                mh.msg_controllen = sizeof(cm.buf);
-                struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
-                h->cmsg_level = SOL_SOCKET;
-                h->cmsg_type = SCM_RIGHTS;
-                h->cmsg_len = CMSG_LEN(sizeof(int));
-                memcpy(CMSG_DATA(h), &fd, sizeof(int));
-        }
-        ck_assert_int_eq(sendmsg(p->fd, &mh, MSG_NOSIGNAL), (ssize_t) len);
+        ck_assert_int_eq(socket_send_fds(p->fd, data, len, &fd, fd >= 0 ? 1 : 0, 0), (ssize_t) len);
 }
 
 /* A request [0, msgid, method, [params]]; params: {key: value}, or {} without a key. */
@@ -226,21 +212,12 @@ static void send_request(peer *p, uint32_t msgid, const char *method) {
 
 /* Reads what has arrived (keeping fds); false at EOF. */
 static bool peer_read(peer *p) {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int) * 4)];
-        } cm;
-        struct iovec iov = { p->buf + p->len, sizeof(p->buf) - p->len };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
-        ssize_t n = recvmsg(p->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        ssize_t n = socket_recv_fds(p->fd, p->buf + p->len, sizeof(p->buf) - p->len, p->fds, &p->n_fds,
+                                    ELEMENTSOF(p->fds), MSG_DONTWAIT, NULL);
         if (n < 0) {
-                ck_assert_int_eq(errno, EAGAIN);
+                ck_assert_int_eq(n, -EAGAIN);
                 return true;
         }
-        for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h))
-                if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS)
-                        for (size_t i = 0; i < (h->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
-                                p->fds[p->n_fds++] = ((int *) CMSG_DATA(h))[i];
         p->len += (size_t) n;
         return n > 0;
 }
@@ -673,9 +650,5 @@ int main(void) {
         tcase_add_test(tc, test_broker_socket_rules);
         tcase_add_test(tc, test_over_max_connections_revoke_only);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

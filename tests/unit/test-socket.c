@@ -13,6 +13,7 @@
 
 #include "macro.h"
 #include "socket.h"
+#include "unit.h"
 
 static bool fd_is_open(int fd) {
         return fcntl(fd, F_GETFD) >= 0;
@@ -227,10 +228,5 @@ static Suite *socket_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(socket_suite());
-        srunner_set_fork_status(sr, CK_NOFORK);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(socket_suite(), true);
 }

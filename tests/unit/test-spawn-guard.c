@@ -13,6 +13,7 @@
 
 #include "cgroup.h"
 #include "spawn-guard.h"
+#include "unit.h"
 
 static char tmp[] = "/tmp/test-spawn-guard-XXXXXX";
 static char home[300], state[300], runtime[300], sock[300], conf[300], tasks[300], project[300];
@@ -241,9 +242,5 @@ int main(void) {
         tcase_add_test(tc, test_task_paths);
         tcase_add_test(tc, test_limits);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

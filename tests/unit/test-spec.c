@@ -13,6 +13,7 @@
 
 #include "helper.h"
 #include "spec.h"
+#include "unit.h"
 
 /* A value per key, distinct per key so a swapped field shows. */
 static void value_path(SpecKey k, char *buf, size_t n) {
@@ -259,9 +260,5 @@ static Suite *spec_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(spec_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(spec_suite(), false);
 }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "statedir.h"
+#include "unit.h"
 
 static char tmp[] = "/tmp/test-statedir-XXXXXX";
 
@@ -246,9 +247,5 @@ int main(void) {
         tcase_add_test(tc, test_sweep_without_state);
         tcase_add_test(tc, test_remove_tree);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

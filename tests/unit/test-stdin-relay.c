@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "stdin-relay.h"
+#include "unit.h"
 
 #define BIG (1024 * 1024 + 17)
 
@@ -116,17 +117,24 @@ static void relay_all(int in, reader *r) {
         stdin_relay_free(relay);
 }
 
-START_TEST(test_socket_bytes_and_eof) {
-        int sv[2];
-        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-        writer w = { sv[1], BIG };
+/* The caller types BIG bytes into `write_end` (closed after) from a thread
+ * while `in` is relayed: the sandbox must read exactly them, then EOF. */
+static void relay_typed(int in, int write_end) {
+        writer w = { write_end, BIG };
         pthread_t t;
-        pthread_create(&t, NULL, write_all, &w);
         reader r;
-        relay_all(sv[0], &r);
+
+        pthread_create(&t, NULL, write_all, &w);
+        relay_all(in, &r);
         pthread_join(t, NULL);
         expect_pattern(&r, BIG);
         free(r.buf);
+}
+
+START_TEST(test_socket_bytes_and_eof) {
+        int sv[2];
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        relay_typed(sv[0], sv[1]);
 }
 END_TEST
 
@@ -135,17 +143,10 @@ START_TEST(test_fifo_description_untouched) {
         ck_assert_int_eq(pipe(p), 0);
         /* The caller keeps its own reference to the same description. */
         int callers = dup(p[0]);
-        writer w = { p[1], BIG };
-        pthread_t t;
-        pthread_create(&t, NULL, write_all, &w);
-        reader r;
-        relay_all(p[0], &r);
-        pthread_join(t, NULL);
-        expect_pattern(&r, BIG);
+        relay_typed(p[0], p[1]);
         /* Read non-blocking through a description of its own: the caller's stays blocking. */
         ck_assert_int_eq(fcntl(callers, F_GETFL) & O_NONBLOCK, 0);
         close(callers);
-        free(r.buf);
 }
 END_TEST
 
@@ -253,9 +254,5 @@ int main(void) {
         tcase_add_test(tc, test_sandbox_closes_stdin);
         tcase_add_test(tc, test_free_while_relaying);
         suite_add_tcase(s, tc);
-        SRunner *sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return unit_run(s, false);
 }

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "tpmjob.h"
+#include "unit.h"
 
 typedef struct job_arg {
         pthread_t loop_thread;
@@ -121,9 +122,5 @@ static Suite *tpmjob_suite(void) {
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(tpmjob_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(tpmjob_suite(), false);
 }

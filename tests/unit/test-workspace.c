@@ -19,6 +19,7 @@
 #include "quote.h"
 #include "workspace-fs.h"
 #include "workspace.h"
+#include "unit.h"
 
 static char root[256], ws[300], up[300];
 
@@ -253,9 +254,5 @@ int main(void) {
         /* The host's own git configuration must not leak into the guard tests. */
         (void) setenv("HOME", "/nonexistent", 1);
         (void) unsetenv("XDG_CONFIG_HOME");
-        SRunner *sr = srunner_create(workspace_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return unit_run(workspace_suite(), false);
 }
