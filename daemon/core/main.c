@@ -515,6 +515,12 @@ static void setup_loop_handles(manager *m) {
         }
 }
 
+/* A reload changes what a warm sandbox was started for. */
+static void on_tasks_reloaded(manager *m, void *userdata) {
+        (void) userdata;
+        pool_drain(m, "task policies reloaded");
+}
+
 int main(int argc, char **argv) {
         main_args args = {};
         int r = parse_argv(argc, argv, &args);
@@ -533,6 +539,7 @@ int main(int argc, char **argv) {
         raise_fd_limit();
 
         m->loop = uv_default_loop();
+        tasks_set_reload_hook(on_tasks_reloaded, NULL);
         r = tasks_init(m);
         if (r < 0)
                 return 1;

@@ -13,7 +13,6 @@
 #include "manager.h"
 #include "policy.h"
 #include "server.h"
-#include "sandbox/pool.h"
 
 /* "file:line: key: reason", as task.list, task.show and task.check report it. */
 static void format_error(const policy_error *e, char *buf, size_t size) {
@@ -30,6 +29,15 @@ static void error_task_name(const policy_error *e, char *buf, size_t size) {
         if (n <= 5 || strcmp(base + n - 5, ".task") != 0)
                 n = 5;
         snprintf(buf, size, "%.*s", (int) (n - 5), base);
+}
+
+/* Called after a load replaces the registry (main.c: empties the warm pool). */
+static tasks_reload_hook_fn reload_hook;
+static void *reload_hook_userdata;
+
+void tasks_set_reload_hook(tasks_reload_hook_fn fn, void *userdata) {
+        reload_hook = fn;
+        reload_hook_userdata = userdata;
 }
 
 static void report_errors(manager *m) {
@@ -49,7 +57,8 @@ static int load(manager *m) {
         }
         policy_registry_free(m->tasks);
         m->tasks = r;
-        pool_drain(m, "task policies reloaded");
+        if (reload_hook)
+                reload_hook(m, reload_hook_userdata);
         report_errors(m);
         return 0;
 }

@@ -29,10 +29,8 @@
 #include "macro.h"
 #include "policy.h"
 #include "audit/report.h"
-#include "sandbox/freeze.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
-#include "sandbox/pool.h"
 
 #define REVOKE_DEADLINE_MS 3000
 

@@ -11,7 +11,6 @@
 #include "sandbox/sandbox.h"
 #include "core/server.h"
 #include "audit/telemetry.h"
-#include "sandbox/pool.h"
 
 int rpc_agentd_ping(rpc_ctx *ctx, const rpc_agentd_ping_params *p, rpc_error *err) {
         msgpack_packer *pk = ctx->pk;

@@ -6,9 +6,7 @@
 
 #include "sandbox.h"
 
-/* Every process of the sandbox: its cgroup's list, else its pid namespace
- * found through /proc. *ret (caller frees) may be empty. */
-int sandbox_pids(const sandbox *s, pid_t **ret, size_t *ret_n);
+/* sandbox_pids, which incident/ calls, is in sandbox.h. */
 
 /* cgroup.freeze (confirmed through cgroup.events), else SIGSTOP to every
  * process until a scan finds all stopped; *ret_method: "cgroup" or "signal".

@@ -12,6 +12,7 @@
 
 #include "core/manager.h"
 #include "policy.h"
+#include "sandbox.h"
 
 /* A warm sandbox, taken out of the pool for one spawn. */
 typedef struct warm_sandbox {
@@ -50,11 +51,7 @@ void pool_refill_later(manager *m, const char *task);
 /* Warm sandboxes of the task, ready or getting warm. */
 unsigned pool_count_task(const char *task);
 
-/* Empties every pool (reload, mount table change, revoke --all, lockdown, stop). */
-void pool_drain(manager *m, const char *why);
-
-/* Warm sandboxes ready for a spawn (agentd.status "warm_sandboxes"). */
-unsigned pool_count(void);
+/* pool_drain and pool_count, which other parts call, are in sandbox.h. */
 
 /* spawn.c: starts a warm hands for task p (its cgroup sb-<id>) from the
  * task's spawn_plan, filling w's pid, pidfd, control, cgroup, cg_fd,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
@@ -120,6 +121,16 @@ int sandbox_freeze(sandbox *s);
 int sandbox_kill(sandbox *s, const char *reason);
 int sandbox_signal(sandbox *s, int sig);
 void sandboxes_connection_closed(manager *m, connection *c);
+
+/* Every process of the sandbox: its cgroup's list, else its pid namespace
+ * found through /proc. *ret (caller frees) may be empty. (freeze.c) */
+int sandbox_pids(const sandbox *s, pid_t **ret, size_t *ret_n);
+
+/* The warm pool (pool.c). Empties every pool (reload, mount table change,
+ * revoke --all, lockdown, stop). */
+void pool_drain(manager *m, const char *why);
+/* Warm sandboxes ready for a spawn (agentd.status "warm_sandboxes"). */
+unsigned pool_count(void);
 
 /* main.c: start (load the records, set up the cgroup), stop (end them all) and free. */
 int sandboxes_init(manager *m);
