@@ -22,4 +22,4 @@ void tasks_free(manager *m);
 size_t tasks_n_errors(manager *m);
 
 /* The parts' own entry points are in their public headers: sandbox/sandbox.h,
- * incident/revoke.h, egress/egress.h, rpc/rpc-workspace.h. */
+ * incident/revoke.h, egress/egress.h, sandbox/workspace-jobs.h. */

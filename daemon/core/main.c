@@ -29,7 +29,7 @@
 #include "notify-status.h"
 #include "server.h"
 #include "audit/retention.h"
-#include "rpc/rpc-workspace.h"
+#include "sandbox/workspace-jobs.h"
 #include "sandbox/sandbox.h"
 #include "statedir.h"
 

@@ -23,7 +23,7 @@
 #include "broker/broker.h"
 #include "core/daemon.h"
 #include "revoke.h"
-#include "rpc/rpc-workspace.h"
+#include "sandbox/workspace-jobs.h"
 #include "file.h"
 #include "core/log.h"
 #include "macro.h"

@@ -363,6 +363,36 @@ int sandbox_kill(sandbox *s, const char *reason) {
         return sandbox_signal(s, SIGKILL);
 }
 
+int sandbox_review_begin(sandbox *s, bool writes, bool freeze_if_running) {
+        if (s->review_writer || (writes && s->review_readers > 0))
+                return -EBUSY;
+        if (freeze_if_running && s->state == SANDBOX_RUNNING && s->cgroup && !s->review_frozen &&
+            cgroup_freeze(s->cgroup, true) == 0)
+                s->review_frozen = true;
+        if (writes)
+                s->review_writer = true;
+        else
+                s->review_readers++;
+        return 0;
+}
+
+void sandbox_review_end(sandbox *s, bool writes) {
+        if (writes)
+                s->review_writer = false;
+        else
+                s->review_readers--;
+        if (s->review_readers == 0 && s->review_frozen) {
+                s->review_frozen = false;
+                if (s->state == SANDBOX_RUNNING && s->cgroup)
+                        (void) cgroup_freeze(s->cgroup, false);
+        }
+}
+
+void sandbox_mark_discarded(sandbox *s) {
+        s->discarded = true;
+        (void) sandbox_save_meta(s);
+}
+
 typedef struct output_event {
         sandbox *s;
         const char *stream;

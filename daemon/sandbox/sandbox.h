@@ -120,6 +120,16 @@ int sandbox_freeze(sandbox *s);
  * -ESRCH when it has already ended. */
 int sandbox_kill(sandbox *s, const char *reason);
 int sandbox_signal(sandbox *s, int sig);
+/* A review walk of its change layer (sandbox/workspace-jobs.c) starts: -EBUSY
+ * while a promote or discard runs, or when a writer (promote, discard) would
+ * start while diffs run; else counts it and, with freeze_if_running, freezes
+ * a running sandbox's cgroup so the walk sees one state of it (best effort). */
+int sandbox_review_begin(sandbox *s, bool writes, bool freeze_if_running);
+/* It ended (or never started): the last reader thaws what it froze, if the
+ * sandbox still runs (a revoke may have frozen it meanwhile). */
+void sandbox_review_end(sandbox *s, bool writes);
+/* sandbox.discard removed its change layer: recorded in meta.json. */
+void sandbox_mark_discarded(sandbox *s);
 void sandboxes_connection_closed(manager *m, connection *c);
 
 /* Every process of the sandbox: its cgroup's list, else its pid namespace
