@@ -206,16 +206,20 @@ START_TEST(test_fifo_swap_does_not_block) {
         sh("echo data > '%s'", p);
         struct stat seen;
         ck_assert_int_eq(lstat(p, &seen), 0);
+        /* Held open, the walked file's inode cannot be reused by what replaces it. */
+        int held = open(p, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(held, 0);
         ck_assert_int_eq(unlink(p), 0);
         ck_assert_int_eq(mkfifo(p, 0644), 0);
         int dfd = open(up, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         alarm(5);
         ck_assert_int_eq(ws_open_regular(dfd, "f", &seen), -ESTALE);
-        /* A different regular file at the same name is refused as well (created
-         * while the FIFO still holds the inode, so its number differs). */
+        /* A different regular file at the same name is refused as well (the
+         * walked file is still held, so its inode number differs). */
         sh("echo other > '%s.new' && mv '%s.new' '%s'", p, p, p);
         ck_assert_int_eq(ws_open_regular(dfd, "f", &seen), -ESTALE);
         alarm(0);
+        close(held);
         close(dfd);
 }
 END_TEST
