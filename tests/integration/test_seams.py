@@ -60,6 +60,14 @@ def proc_tree(root):
     return out
 
 
+def vfork_parent_waiting(root):
+    """True when a process below `root` is in "D" and has a child: a vfork parent waiting."""
+    tree = proc_tree(root)
+    stats = proc_stats(list(tree))
+    parents = {int(f[1]) for f in stats.values()}
+    return any(st == "D" and p in parents for p, st in tree.items())
+
+
 def cpu_of(pids):
     return sum(int(f[11]) + int(f[12]) for f in proc_stats(pids).values())
 
@@ -201,12 +209,13 @@ def test_sandbox_that_cannot_be_frozen_is_killed_and_reported():
         ws = workspace(d)
         res = c.ok("sandbox.spawn", {"argv": ["/usr/bin/perl", "-e", vfork], "workspace": ws})
         sid, init = res["id"], res["pid"]
-        # Perl's start can take a while on a loaded machine: wait for the vfork itself.
+        # Perl's start can take a while on a loaded machine: wait for the vfork itself, a
+        # parent in "D" with its child below it (a "D" alone may be perl reading a file).
         deadline = time.time() + 30
-        while time.time() < deadline and "D" not in proc_tree(init).values():
+        while time.time() < deadline and not vfork_parent_waiting(init):
             time.sleep(0.05)
-        assert "D" in proc_tree(init).values(), (proc_tree(init), proc_comms(proc_tree(init)),
-                                                 c.ok("sandbox.logs", {"id": sid}))
+        assert vfork_parent_waiting(init), (proc_tree(init), proc_comms(proc_tree(init)),
+                                            c.ok("sandbox.logs", {"id": sid}))
         p = d.agentctl("--json", "revoke", "--sandbox", sid, "--freeze-only")
         assert p.returncode == 1 and b"could not be frozen" in p.stderr, p
         r = json.loads(p.stdout)
