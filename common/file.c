@@ -80,3 +80,29 @@ int write_file_replace(const char *path, const void *data, size_t len, unsigned 
                 return -ENAMETOOLONG;
         return write_file_replace_at(AT_FDCWD, tmp, path, data, len, 0600, flags);
 }
+
+int mkdir_private(const char *path) {
+        _cleanup_free_ char *copy = strdup(path);
+        if (!copy)
+                return -ENOMEM;
+        for (char *p = copy + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = 0;
+                if (mkdir(copy, 0700) < 0 && errno != EEXIST)
+                        return -errno;
+                *p = '/';
+        }
+        if (mkdir(copy, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        struct stat st;
+        if (lstat(copy, &st) < 0)
+                return -errno;
+        if (!S_ISDIR(st.st_mode))
+                return -ENOTDIR;
+        if (st.st_uid != getuid())
+                return -EPERM;
+        if ((st.st_mode & 07777) != 0700 && chmod(copy, 0700) < 0)
+                return -errno;
+        return 0;
+}

@@ -44,3 +44,7 @@ int write_file_replace(const char *path, const void *data, size_t len, unsigned 
 static inline int write_file_atomic(const char *path, const void *data, size_t len) {
         return write_file_replace(path, data, len, 0);
 }
+
+/* mkdir -p, mode 0700 for what it creates; the last component must then be
+ * a directory owned by us (-ENOTDIR, -EPERM), and is made 0700. 0 or -errno. */
+int mkdir_private(const char *path);

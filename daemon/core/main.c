@@ -1,5 +1,6 @@
-/* agentd: the per-user daemon. Parses arguments, loads the configuration,
- * binds (or receives) the socket, and runs the libuv loop until SIGTERM. */
+/* agentd: the per-user daemon's process. Parses arguments, composes the
+ * manager (compose.c), binds (or receives) the socket, and runs the libuv
+ * loop until SIGTERM. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -17,33 +18,13 @@
 #include <unistd.h>
 
 #include "agentd-build.h"
-#include "audit/auditlog.h"
-#include "audit/telemetry.h"
-#include "broker/broker.h"
+#include "compose.h"
 #include "daemon.h"
-#include "egress/egress.h"
-#include "incident/revoke.h"
+#include "file.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
-#include "notify-status.h"
 #include "server.h"
-#include "audit/retention.h"
-#include "sandbox/workspace-jobs.h"
-#include "sandbox/sandbox.h"
-#include "statedir.h"
-
-uint64_t now_msec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
-}
-
-uint64_t now_realtime_msec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
-}
 
 static void usage(FILE *f) {
         fprintf(f,
@@ -52,33 +33,6 @@ static void usage(FILE *f) {
                 "  --socket PATH   listen here (default $AGENTD_SOCKET, else $XDG_RUNTIME_DIR/agentd/agentd.sock)\n"
                 "  --config FILE   configuration (default $XDG_CONFIG_HOME/agentd/agentd.conf)\n"
                 "  --check-config  load the configuration and task files, report, exit\n");
-}
-
-/* mkdir -p with mode for the last component; refuses a directory we do not own. */
-static int make_private_dir(const char *path) {
-        _cleanup_free_ char *copy = strdup(path);
-        if (!copy)
-                return -ENOMEM;
-        for (char *p = copy + 1; *p; p++) {
-                if (*p != '/')
-                        continue;
-                *p = 0;
-                if (mkdir(copy, 0700) < 0 && errno != EEXIST)
-                        return -errno;
-                *p = '/';
-        }
-        if (mkdir(copy, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        struct stat st;
-        if (lstat(copy, &st) < 0)
-                return -errno;
-        if (!S_ISDIR(st.st_mode))
-                return -ENOTDIR;
-        if (st.st_uid != getuid())
-                return -EPERM;
-        if ((st.st_mode & 07777) != 0700 && chmod(copy, 0700) < 0)
-                return -errno;
-        return 0;
 }
 
 static char *default_socket_path(void) {
@@ -108,7 +62,7 @@ static int bind_socket(manager *m) {
         char *slash = strrchr(dir, '/');
         if (slash && slash != dir) {
                 *slash = 0;
-                int r = make_private_dir(dir);
+                int r = mkdir_private(dir);
                 if (r < 0) {
                         log_error("cannot prepare socket directory %s: %s", dir, strerror(-r));
                         return r;
@@ -184,100 +138,18 @@ static int setup_listen_fd(manager *m) {
         return bind_socket(m);
 }
 
-static void on_shutdown_timer(uv_timer_t *t) {
-        manager *m = container_of(t, manager, shutdown_timer);
-        log_warning("shutdown took too long; closing everything");
-        daemon_finish(m);
-}
-
-static void begin_shutdown(manager *m, const char *why) {
-        if (m->shutting_down)
-                return;
-        m->shutting_down = true;
-        log_info("stopping (%s)", why);
-        sd_notify(0, "STOPPING=1");
-        daemon_status_notify(m);
-        server_stop_listening(m);
-        sandboxes_shutdown(m);
-        workspace_jobs_cancel();
-        broker_shutdown(m);
-        uv_timer_start(&m->shutdown_timer, on_shutdown_timer, 5000, 0);
-        daemon_maybe_finish(m);
-}
-
 static void on_signal(uv_signal_t *s, int signum) {
         manager *m = s->data;
         if (signum == SIGHUP) {
                 daemon_reload(m);
                 return;
         }
-        begin_shutdown(m, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+        daemon_begin_shutdown(m, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 static void on_watchdog(uv_timer_t *t) {
         sd_notify(0, "WATCHDOG=1");
         daemon_status_notify(container_of(t, manager, watchdog));
-}
-
-static void on_close_walk(uv_handle_t *h, void *arg) {
-        if (!uv_is_closing(h))
-                uv_close(h, NULL);
-}
-
-/* What the STATUS= line says (notify-status.h), gathered here, above the parts,
- * from the manager and the broker; callers anywhere in the daemon just say
- * "it may have changed". */
-void daemon_status_notify(manager *m) {
-        daemon_status st = {
-                .stopping = m->shutting_down,
-                .locked_down = m->locked_down,
-                .n_sandboxes = m->n_sandboxes,
-                .n_live = m->n_sandboxes_live,
-                /* Only read when serving, as before: it may re-check the session's expiry. */
-                .vault = m->shutting_down ? NULL : broker_vault_state(m),
-        };
-        (void) daemon_status_send(&st);
-}
-
-int daemon_reload(manager *m) {
-        agentd_config *c = NULL;
-        _cleanup_error_ agentd_error ce = {};
-        sd_notify(0, "RELOADING=1");
-        int r = config_load(m->config_path, m->home, &c, &ce);
-        if (r < 0) {
-                log_error("reload: %s; keeping the previous configuration", error_reason(&ce, r));
-        } else {
-                /* Socket and state directory are fixed for the life of the process. */
-                free(c->state_directory);
-                c->state_directory = strdup(m->config->state_directory);
-                config_free(m->config);
-                m->config = c;
-                m->limits.max_message = c->max_message_size;
-                log_info("configuration reloaded");
-                audit_event(m, "config.reload", NULL, NULL);
-        }
-        tasks_reload(m);
-        sd_notify(0, "READY=1");
-        daemon_status_notify(m);
-        return r;
-}
-
-void daemon_maybe_finish(manager *m) {
-        if (m->shutting_down && m->n_sandboxes_live == 0)
-                daemon_finish(m);
-}
-
-void daemon_finish(manager *m) {
-        uv_timer_stop(&m->shutdown_timer);
-        server_close_all(m);
-        sandboxes_free(m);
-        egress_free(m);
-        broker_free(m);
-        retention_free(m);
-        auditlog_free(m);
-        telemetry_free(m);
-        tasks_free(m);
-        uv_walk(m->loop, on_close_walk, NULL);
 }
 
 typedef struct main_args {
@@ -331,39 +203,6 @@ static int harden_process(void) {
         return 0;
 }
 
-static void manager_init(manager *m) {
-        m->listen_fd = -1;
-        m->state_lock_fd = -1;
-        m->start_msec = now_msec();
-        list_init(&m->connections);
-        list_init(&m->sandboxes);
-        proto_limits_default(&m->limits);
-}
-
-/* $HOME and the configuration file. */
-static int load_config(manager *m, const char *arg_config) {
-        const char *home = getenv("HOME");
-        if (!home || home[0] != '/') {
-                log_error("HOME is not set to an absolute path");
-                return -EINVAL;
-        }
-        m->home = realpath(home, NULL);
-        if (!m->home) {
-                int r = -errno;
-                log_error("HOME %s: %m", home);
-                return r;
-        }
-        m->config_path = arg_config ? strdup(arg_config) : config_default_path();
-        _cleanup_error_ agentd_error ce = {};
-        int r = config_load(m->config_path, m->home, &m->config, &ce);
-        if (r < 0) {
-                log_error("%s", error_reason(&ce, r));
-                return r;
-        }
-        m->limits.max_message = m->config->max_message_size;
-        return 0;
-}
-
 /* Each connection costs an fd: allow as many as the hard limit lets us. */
 static void raise_fd_limit(void) {
         struct rlimit rl;
@@ -381,95 +220,6 @@ static int check_config_exit(manager *m) {
         uv_run(m->loop, UV_RUN_DEFAULT);
         (void) uv_loop_close(m->loop);
         return n > 0 ? 1 : 0;
-}
-
-/* Creates, canonicalises and locks the state directory. */
-static int setup_state_directory(manager *m) {
-        int r = make_private_dir(m->config->state_directory);
-        if (r < 0) {
-                log_error("cannot prepare state directory %s: %s", m->config->state_directory, strerror(-r));
-                return r;
-        }
-        /* Canonical from here on: sandboxes mount beneath it. */
-        char *state = realpath(m->config->state_directory, NULL);
-        if (state) {
-                free(m->config->state_directory);
-                m->config->state_directory = state;
-        }
-        /* One daemon per state directory, before anything in it (or any
-         * cgroup, or the socket) is touched. Held until the process ends. */
-        pid_t holder = 0;
-        m->state_lock_fd = statedir_lock(m->config->state_directory, &holder);
-        if (m->state_lock_fd == -EBUSY) {
-                if (holder > 0)
-                        log_error("another agentd (pid %d) is using the state directory %s; not starting",
-                                  (int) holder, m->config->state_directory);
-                else
-                        log_error("another agentd is using the state directory %s; not starting",
-                                  m->config->state_directory);
-                return -EBUSY;
-        }
-        if (m->state_lock_fd < 0) {
-                log_error("cannot lock the state directory %s: %s", m->config->state_directory,
-                          strerror(-m->state_lock_fd));
-                return m->state_lock_fd;
-        }
-        return 0;
-}
-
-/* What the server asks of the parts (server.h's hooks): the audit log's
- * group commit, gate and records, and the sandboxes' hold on connections. */
-static bool hook_records_pending(void *userdata) {
-        return auditlog_pending(userdata);
-}
-
-static int hook_can_record(void *userdata, agentd_error *err) {
-        return auditlog_can_record(userdata, err);
-}
-
-static void hook_record_rpc(void *userdata, const rpc_ctx *ctx, const char *outcome) {
-        auditlog_rpc(ctx, outcome);
-}
-
-static void hook_record_event(void *userdata, const char *type, const char *sandbox_id, json_object *fields) {
-        audit_event(userdata, type, sandbox_id, fields);
-}
-
-static void hook_connection_closed(void *userdata, connection *c) {
-        sandboxes_connection_closed(userdata, c);
-}
-
-static void set_server_hooks(manager *m) {
-        server_set_hooks(&(server_hooks) {
-                .userdata = m,
-                .records_pending = hook_records_pending,
-                .can_record = hook_can_record,
-                .record_rpc = hook_record_rpc,
-                .record_event = hook_record_event,
-                .connection_closed = hook_connection_closed,
-        });
-}
-
-/* The parts, in dependency order. */
-static int start_parts(manager *m) {
-        int r = sandboxes_init(m);
-        if (r < 0)
-                return r;
-        telemetry_init(m);
-        /* After the records are loaded and our leftover cgroups killed (they are
-         * found by the sandbox directories the sweep may remove). */
-        (void) statedir_sweep(m->config->state_directory);
-        auditlog_init(m);
-        retention_init(m);
-        lockdown_load(m);
-        egress_init(m);
-        r = broker_init(m);
-        if (r < 0) {
-                log_error("cannot start the credential broker: %s", strerror(-r));
-                return r;
-        }
-        set_server_hooks(m);
-        return 0;
 }
 
 /* The socket given, passed by the service manager or the default one; polled from here on. */
@@ -515,12 +265,6 @@ static void setup_loop_handles(manager *m) {
         }
 }
 
-/* A reload changes what a warm sandbox was started for. */
-static void on_tasks_reloaded(manager *m, void *userdata) {
-        (void) userdata;
-        pool_drain(m, "task policies reloaded");
-}
-
 int main(int argc, char **argv) {
         main_args args = {};
         int r = parse_argv(argc, argv, &args);
@@ -533,20 +277,19 @@ int main(int argc, char **argv) {
 
         static manager mgr;
         manager *m = &mgr;
-        manager_init(m);
-        if (load_config(m, args.config) < 0)
+        daemon_manager_init(m);
+        if (daemon_load_config(m, args.config) < 0)
                 return 1;
         raise_fd_limit();
 
         m->loop = uv_default_loop();
-        tasks_set_reload_hook(on_tasks_reloaded, NULL);
-        r = tasks_init(m);
+        r = daemon_start_tasks(m);
         if (r < 0)
                 return 1;
         if (args.check_only)
                 return check_config_exit(m);
 
-        if (setup_state_directory(m) < 0 || start_parts(m) < 0 || setup_socket(m, args.socket) < 0)
+        if (daemon_setup_state_directory(m) < 0 || daemon_start_parts(m) < 0 || setup_socket(m, args.socket) < 0)
                 return 1;
         setup_loop_handles(m);
 
@@ -559,10 +302,7 @@ int main(int argc, char **argv) {
         r = uv_loop_close(m->loop);
         if (r != 0)
                 log_error("event loop did not close cleanly: %s", uv_strerror(r));
-        config_free(m->config);
-        free(m->config_path);
-        free(m->home);
-        free(m->socket_path);
+        daemon_release(m);
         log_info("stopped");
         return r == 0 ? 0 : 1;
 }
