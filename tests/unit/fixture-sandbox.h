@@ -2,18 +2,24 @@
  * sandboxes and read notifications: a spawn of `/bin/sh -c CMD` under a task,
  * a sandbox's state from sandbox.list, and a reader of the messages a
  * subscribed connection receives (notifications arrive on their own, so they
- * cannot go through fixture_call()). Header-only: no build change needed. */
+ * cannot go through fixture_call()), and a sandbox's egress proxy reached the
+ * way its bridge reaches it. Header-only: no build change needed. */
 #pragma once
 
+#include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include "fixture.h"
+#include "socket.h"
 
 typedef struct fs_spawn_args {
         const char *task, *workspace, *cmd;
@@ -148,4 +154,96 @@ static inline const msgpack_object *fs_notification(const fixture_reply *msg, ch
         if (p->type == MSGPACK_OBJECT_ARRAY && p->via.array.size == 1)
                 return &p->via.array.ptr[0];
         return p;
+}
+
+/* ---- a sandbox's egress proxy, reached as its bridge reaches it ----------- */
+
+/* What helper/bridge.c does for a program inside that connects to the proxy
+ * port: a loopback TCP connection whose accepted end goes over the sandbox's
+ * proxy.sock (one byte and the fd). The program's end, non-blocking. */
+static inline int fs_proxy_connect(fixture *f, const char *sandbox_id) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(l, 0);
+        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        ck_assert_int_eq(listen(l, 1), 0);
+        ck_assert_int_eq(getsockname(l, (struct sockaddr *) &sa, &len), 0);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(c, 0);
+        ck_assert_int_eq(connect(c, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        int a = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        ck_assert_int_ge(a, 0);
+        close(l);
+
+        struct sockaddr_un su = { .sun_family = AF_UNIX };
+        snprintf(su.sun_path, sizeof(su.sun_path), "%s/agentd/sandboxes/%s/proxy.sock", f->state_home, sandbox_id);
+        int u = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(u, 0);
+        ck_assert_msg(connect(u, (struct sockaddr *) &su, sizeof(su)) == 0, "connect %s: %s", su.sun_path, strerror(errno));
+        ck_assert_int_eq(socket_send_fds(u, "F", 1, &a, 1, 0), 1);
+        close(u);
+        close(a);
+        ck_assert_int_eq(fcntl(c, F_SETFL, O_NONBLOCK), 0);
+        return c;
+}
+
+/* A loopback listener (non-blocking); its port in *ret_port. */
+static inline int fs_listen(uint16_t *ret_port) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(l, 0);
+        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        ck_assert_int_eq(listen(l, 8), 0);
+        ck_assert_int_eq(getsockname(l, (struct sockaddr *) &sa, &len), 0);
+        *ret_port = ntohs(sa.sin_port);
+        return l;
+}
+
+typedef struct fs_reader {
+        int fd;
+        char buf[8192];
+        size_t len;
+        const char *needle;
+        bool eof;
+} fs_reader;
+
+static inline bool fs_reader_pred(void *arg) {
+        fs_reader *r = arg;
+        ssize_t n = -1;
+        while (r->len + 1 < sizeof(r->buf) && (n = recv(r->fd, r->buf + r->len, sizeof(r->buf) - 1 - r->len, MSG_DONTWAIT)) > 0)
+                r->len += (size_t) n;
+        r->buf[r->len] = 0;
+        if (n == 0)
+                r->eof = true;
+        return strstr(r->buf, r->needle) != NULL || r->eof;
+}
+
+/* Reads from a non-blocking fd, running the loop, until `needle` is in what
+ * was read (true), or the end of the stream or `ms` pass (false). What was
+ * read is in r->buf. */
+static inline bool fs_read_until(fixture *f, fs_reader *r, int fd, const char *needle, unsigned ms) {
+        memset(r, 0, sizeof(*r));
+        r->fd = fd;
+        r->needle = needle;
+        (void) fixture_run_until(f, ms, fs_reader_pred, r);
+        return strstr(r->buf, needle) != NULL;
+}
+
+typedef struct fs_acceptor {
+        int listener, fd;
+} fs_acceptor;
+
+static inline bool fs_accept_pred(void *arg) {
+        fs_acceptor *a = arg;
+        a->fd = accept4(a->listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        return a->fd >= 0;
+}
+
+/* Accepts on a non-blocking listener, running the loop (-1 after `ms`). */
+static inline int fs_accept(fixture *f, int listener, unsigned ms) {
+        fs_acceptor a = { .listener = listener, .fd = -1 };
+        (void) fixture_run_until(f, ms, fs_accept_pred, &a);
+        return a.fd;
 }

@@ -24,14 +24,12 @@
 #include <unistd.h>
 
 #include "fixture-sandbox.h"
+#include "fixture-vault.h"
 #include "fixture.h"
 #include "unit.h"
 
 static fixture f;
 
-#define ROLE_ID "unit-role-id"
-#define SECRET_ID "unit-s3cret-approle-id-0123"
-#define ROOT_TOKEN "root-token-for-unit-tests"
 
 static const char creds_task[] = "[Task]\nDescription=gets a token\n[Credentials]\nVaultPolicies=ci-read\n";
 
@@ -160,66 +158,6 @@ START_TEST(test_credentialed_spawn_without_vault_leaves_nothing) {
 END_TEST
 
 /* ---- with the Vault dev server ------------------------------------------- */
-
-typedef struct vault_dev {
-        pid_t pid;
-        int port;
-} vault_dev;
-
-static void vault_start(vault_dev *v) {
-        int pfd[2];
-        ck_assert_int_eq(pipe2(pfd, O_CLOEXEC), 0);
-        v->pid = fork();
-        ck_assert_int_ge(v->pid, 0);
-        if (v->pid == 0) {
-                /* Gone with the test, even when an assertion ends it. */
-                (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
-                dup2(pfd[1], STDOUT_FILENO);
-                execl("/usr/bin/python3", "python3", FIXTURE_SOURCE_DIR "/../vaultdev/vault_dev.py", "--port", "0",
-                      "--role-id", ROLE_ID, "--secret-id", SECRET_ID, "--role-policies", "agentd,ci-read",
-                      "--grant", "agentd=auth/token/revoke-accessor", "--root-token", ROOT_TOKEN, (char *) NULL);
-                _exit(127);
-        }
-        close(pfd[1]);
-        FILE *fp = fdopen(pfd[0], "r");
-        ck_assert_ptr_nonnull(fp);
-        char line[256];
-        v->port = 0;
-        while (fgets(line, sizeof(line), fp))
-                if (sscanf(line, "READY %d", &v->port) == 1)
-                        break;
-        fclose(fp);
-        ck_assert_msg(v->port > 0, "vault_dev.py did not start");
-}
-
-static void vault_stop(vault_dev *v) {
-        if (v->pid > 0) {
-                kill(v->pid, SIGTERM);
-                (void) waitpid(v->pid, NULL, 0);
-                v->pid = 0;
-        }
-}
-
-/* GET /v1/<path> with a token: the HTTP status, the body in buf. */
-static int vault_get(const vault_dev *v, const char *path, const char *token, char *buf, size_t size) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        ck_assert_int_ge(fd, 0);
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t) v->port) };
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        ck_assert_int_eq(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        char req[1024];
-        int n = snprintf(req, sizeof(req), "GET /v1/%s HTTP/1.0\r\nHost: 127.0.0.1\r\nX-Vault-Token: %s\r\n\r\n", path, token);
-        ck_assert_int_eq(write(fd, req, (size_t) n), n);
-        size_t len = 0;
-        ssize_t k;
-        while (len + 1 < size && (k = read(fd, buf + len, size - 1 - len)) > 0)
-                len += (size_t) k;
-        buf[len] = 0;
-        close(fd);
-        int status = 0;
-        ck_assert_int_eq(sscanf(buf, "HTTP/%*s %d", &status), 1);
-        return status;
-}
 
 static bool vault_ok(void *arg) {
         int c = *(int *) arg;

@@ -1,0 +1,342 @@
+/* incident/approval.c on a composed daemon (fixture.h). A task with
+ * [Network] Mode=proxy, Ask=yes: a CONNECT its Allow= does not name, sent on
+ * the sandbox's proxy socket as its bridge would, is held; approval.list shows
+ * it, subscribers get approval.requested, approval.answer approve lets it
+ * through to a listener here and deny answers 403; an unknown id is
+ * not_found; AskTimeout= passing is a denial (audited, by "timeout"). With
+ * tests/vaultdev: credentials.request on the broker socket waits for a person
+ * and then gets a token, or policy_denied. */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "fixture-sandbox.h"
+#include "fixture-vault.h"
+#include "fixture.h"
+#include "unit.h"
+
+static fixture f;
+
+/* Allow= names only port 9 of loopback; AskTimeout=1s for the expiry test. */
+static const char ask_task[] = "[Task]\nDescription=asks\n[Network]\nMode=proxy\nAllow=127.0.0.1:9\nAsk=yes\nAskTimeout=%s\n";
+
+static void write_ask_task(const char *timeout) {
+        char text[256];
+        snprintf(text, sizeof(text), ask_task, timeout);
+        fixture_write_task(&f, "ask", text);
+}
+
+typedef struct pending_q {
+        int c;
+        char id[64], sandbox[64], kind[32], what[300];
+        unsigned n;
+} pending_q;
+
+/* approval.list: how many are pending, the first one's fields. */
+static bool has_pending(void *arg) {
+        pending_q *q = arg;
+        fixture_reply r;
+        ck_assert(fixture_call(&f, q->c, "approval.list", NULL, NULL, &r));
+        ck_assert_int_eq(r.result->type, MSGPACK_OBJECT_ARRAY);
+        q->n = r.result->via.array.size;
+        if (q->n > 0) {
+                const msgpack_object *a = &r.result->via.array.ptr[0];
+                ck_assert_ptr_nonnull(fixture_get_str(a, "id", q->id, sizeof(q->id)));
+                ck_assert_ptr_nonnull(fixture_get_str(a, "sandbox", q->sandbox, sizeof(q->sandbox)));
+                ck_assert_ptr_nonnull(fixture_get_str(a, "kind", q->kind, sizeof(q->kind)));
+                ck_assert_ptr_nonnull(fixture_get_str(a, "what", q->what, sizeof(q->what)));
+        }
+        fixture_reply_free(&r);
+        return q->n > 0;
+}
+
+static void wait_pending(pending_q *q, int c) {
+        memset(q, 0, sizeof(*q));
+        q->c = c;
+        ck_assert_msg(fixture_run_until(&f, 10000, has_pending, q), "nothing pending");
+        ck_assert_uint_eq(q->n, 1);
+}
+
+static void answer(int c, const char *id, const char *decision) {
+        fixture_reply r;
+        ck_assert_msg(fixture_call_str(&f, c, &r, "approval.answer", "id", id, "decision", decision, NULL), "%s: %s", r.code,
+                      r.message);
+        fixture_reply_free(&r);
+}
+
+static int connect_held(const char *sid, uint16_t port) {
+        int p = fs_proxy_connect(&f, sid);
+        char req[128];
+        int n = snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%u HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", port, port);
+        ck_assert_int_eq(write(p, req, (size_t) n), n);
+        return p;
+}
+
+/* The approval.* notification with `method` for approval `id` on the stream. */
+static bool saw_notification(fs_stream *st, const char *method, const char *id, char *decision, size_t size) {
+        fixture_reply msg;
+        bool found = false;
+        while (!found && fs_stream_next(&f, st, 2000, &msg)) {
+                char m[64], got[64];
+                const msgpack_object *p = fs_notification(&msg, m, sizeof(m));
+                if (p && strcmp(m, method) == 0 && fixture_get_str(p, "id", got, sizeof(got)) && strcmp(got, id) == 0) {
+                        found = true;
+                        if (decision)
+                                ck_assert_ptr_nonnull(fixture_get_str(p, "decision", decision, size));
+                }
+                fixture_reply_free(&msg);
+        }
+        return found;
+}
+
+START_TEST(test_network_ask_approve_and_deny) {
+        fixture_init(&f);
+        write_ask_task("60s");
+        fixture_start(&f, NULL);
+        int c = fixture_connect(&f), ev = fixture_connect(&f);
+        fixture_reply r;
+        ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
+        fixture_reply_free(&r);
+        fs_stream st;
+        fs_stream_init(&st, ev);
+        char sid[64];
+        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        uint16_t port;
+        int l = fs_listen(&port);
+
+        /* Held: nothing reaches the listener while it is pending. */
+        int p = connect_held(sid, port);
+        pending_q q;
+        wait_pending(&q, c);
+        ck_assert_str_eq(q.sandbox, sid);
+        ck_assert_str_eq(q.kind, "network");
+        char what[64];
+        snprintf(what, sizeof(what), "127.0.0.1:%u", port);
+        ck_assert_str_eq(q.what, what);
+        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert(saw_notification(&st, "approval.requested", q.id, NULL, 0));
+
+        answer(c, q.id, "approve");
+        fs_reader rd;
+        ck_assert_msg(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer to the CONNECT: %s", rd.buf);
+        ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 200", 12) == 0, "answer: %s", rd.buf);
+        int up = fs_accept(&f, l, 5000);
+        ck_assert_int_ge(up, 0);
+        ck_assert_int_eq(write(p, "ping", 4), 4);
+        ck_assert(fs_read_until(&f, &rd, up, "ping", 5000));
+        char decision[16];
+        ck_assert(saw_notification(&st, "approval.answered", q.id, decision, sizeof(decision)));
+        ck_assert_str_eq(decision, "approve");
+        close(up);
+        close(p);
+        /* Answered: gone from the list, and answering again is not_found. */
+        ck_assert(!has_pending(&q));
+        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", q.id, "decision", "deny", NULL));
+        ck_assert_str_eq(r.code, "not_found");
+        fixture_reply_free(&r);
+
+        /* Approved once only: the next connection asks again; deny is a 403. */
+        p = connect_held(sid, port);
+        wait_pending(&q, c);
+        answer(c, q.id, "deny");
+        ck_assert(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000));
+        ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
+        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert(saw_notification(&st, "approval.answered", q.id, decision, sizeof(decision)));
+        ck_assert_str_eq(decision, "deny");
+        close(p);
+
+        close(l);
+        fs_stream_free(&st);
+        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
+        fixture_reply_free(&r);
+        close(ev);
+        close(c);
+        fixture_stop(&f);
+}
+END_TEST
+
+START_TEST(test_answer_errors) {
+        fixture_init(&f);
+        fixture_start(&f, NULL);
+        int c = fixture_connect(&f);
+        fixture_reply r;
+        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "approve", NULL));
+        ck_assert_str_eq(r.code, "not_found");
+        fixture_reply_free(&r);
+        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "maybe", NULL));
+        ck_assert_str_eq(r.code, "invalid_params");
+        fixture_reply_free(&r);
+        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "approve", "scope",
+                                    "forever", NULL));
+        ck_assert_str_eq(r.code, "invalid_params");
+        fixture_reply_free(&r);
+        ck_assert(fixture_call(&f, c, "approval.list", NULL, NULL, &r));
+        ck_assert_uint_eq(r.result->via.array.size, 0);
+        fixture_reply_free(&r);
+        close(c);
+        fixture_stop(&f);
+}
+END_TEST
+
+typedef struct audit_q {
+        int c;
+        const char *sandbox, *type, *needle;
+} audit_q;
+
+/* An audit record of `type` for the sandbox whose text has `needle`. */
+static bool audited(void *arg) {
+        audit_q *q = arg;
+        fixture_reply r;
+        bool found = false;
+        ck_assert(fixture_call_str(&f, q->c, &r, "audit.query", "sandbox", q->sandbox, NULL));
+        ck_assert_int_eq(r.result->type, MSGPACK_OBJECT_ARRAY);
+        for (uint32_t i = 0; i < r.result->via.array.size && !found; i++) {
+                const msgpack_object *rec = &r.result->via.array.ptr[i];
+                char type[64];
+                if (!fixture_get_str(rec, "type", type, sizeof(type)) || strcmp(type, q->type) != 0)
+                        continue;
+                char *text = malloc(65536);
+                ck_assert_ptr_nonnull(text);
+                size_t n = msgpack_object_print_buffer(text, 65536, *rec);
+                text[n < 65536 ? n : 65535] = 0;
+                found = strstr(text, q->needle) != NULL;
+                free(text);
+        }
+        fixture_reply_free(&r);
+        return found;
+}
+
+START_TEST(test_ask_timeout_denies) {
+        fixture_init(&f);
+        write_ask_task("1s");
+        fixture_start(&f, NULL);
+        int c = fixture_connect(&f);
+        char sid[64];
+        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        uint16_t port;
+        int l = fs_listen(&port);
+        int p = connect_held(sid, port);
+        pending_q q;
+        wait_pending(&q, c);
+        /* Nobody answers: after AskTimeout=1s it is a denial. */
+        fs_reader rd;
+        ck_assert_msg(fs_read_until(&f, &rd, p, "\r\n\r\n", 10000), "no answer: %s", rd.buf);
+        ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
+        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert(!has_pending(&q));
+        audit_q aq = { .c = c, .sandbox = sid, .type = "approval.answered", .needle = "\"timeout\"" };
+        ck_assert_msg(fixture_run_until(&f, 5000, audited, &aq), "no approval.answered record by timeout");
+        close(p);
+        close(l);
+        fixture_reply r;
+        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
+        fixture_reply_free(&r);
+        close(c);
+        fixture_stop(&f);
+}
+END_TEST
+
+/* ---- credentials.request (needs Vault) ------------------------------------ */
+
+static void pack_request(msgpack_packer *pk, void *arg) {
+        msgpack_pack_map(pk, 1);
+        fs_pack_str(pk, "policies");
+        msgpack_pack_array(pk, 1);
+        fs_pack_str(pk, arg);
+}
+
+/* Sends credentials.request on the broker socket without waiting (the answer
+ * comes once a person decides). */
+static void send_request(int b, uint32_t msgid, const char *policy) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        rpc_pack_request_header(&pk, msgid, "credentials.request");
+        msgpack_pack_array(&pk, 1);
+        pack_request(&pk, (void *) policy);
+        ck_assert_int_eq(write(b, sb.data, sb.size), (ssize_t) sb.size);
+        msgpack_sbuffer_destroy(&sb);
+}
+
+/* The response to msgid on the stream: its error text ("" for a result). */
+static void response(fs_stream *st, uint32_t msgid, char *error, size_t size) {
+        fixture_reply msg;
+        ck_assert_msg(fs_stream_next(&f, st, 10000, &msg), "no answer to credentials.request");
+        const msgpack_object *o = &msg.u.data;
+        ck_assert(o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 4 && o->via.array.ptr[0].via.u64 == 1);
+        ck_assert_uint_eq(o->via.array.ptr[1].via.u64, msgid);
+        const msgpack_object *e = &o->via.array.ptr[2];
+        error[0] = 0;
+        if (e->type == MSGPACK_OBJECT_ARRAY)
+                snprintf(error, size, "%.*s", (int) e->via.array.ptr[1].via.str.size, e->via.array.ptr[1].via.str.ptr);
+        else
+                ck_assert_ptr_nonnull(fixture_get(&o->via.array.ptr[3], "accessor"));
+        fixture_reply_free(&msg);
+}
+
+START_TEST(test_credentials_request_approve_and_deny) {
+        vault_dev v = {};
+        vault_start(&v);
+        fixture_init(&f);
+        fixture_write_task(&f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
+        char conf[256];
+        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v.port);
+        fixture_start(&f, conf);
+        int c = fixture_connect(&f);
+        fv_enroll_and_login(&f, c);
+        char sid[64];
+        fs_spawn_ok(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
+
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, sid);
+        int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_eq(connect(b, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        fs_stream st;
+        fs_stream_init(&st, b);
+
+        send_request(b, 1, "deploy");
+        pending_q q;
+        wait_pending(&q, c);
+        ck_assert_str_eq(q.kind, "credentials");
+        ck_assert_str_eq(q.what, "deploy");
+        ck_assert_str_eq(q.sandbox, sid);
+        answer(c, q.id, "approve");
+        char err[256];
+        response(&st, 1, err, sizeof(err));
+        ck_assert_msg(err[0] == 0, "approved request failed: %s", err);
+
+        send_request(b, 2, "deploy");
+        wait_pending(&q, c);
+        answer(c, q.id, "deny");
+        response(&st, 2, err, sizeof(err));
+        ck_assert_msg(strncmp(err, "policy_denied: ", 15) == 0, "denied request: %s", err);
+
+        fs_stream_free(&st);
+        close(b);
+        fixture_reply r;
+        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
+        fixture_reply_free(&r);
+        close(c);
+        fixture_stop(&f);
+        vault_stop(&v);
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("approval");
+        TCase *tc = tcase_create("approval");
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, test_network_ask_approve_and_deny);
+        tcase_add_test(tc, test_answer_errors);
+        tcase_add_test(tc, test_ask_timeout_denies);
+        tcase_add_test(tc, test_credentials_request_approve_and_deny);
+        suite_add_tcase(s, tc);
+        return unit_run(s, false);
+}
