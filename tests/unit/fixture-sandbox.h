@@ -247,3 +247,41 @@ static inline int fs_accept(fixture *f, int listener, unsigned ms) {
         (void) fixture_run_until(f, ms, fs_accept_pred, &a);
         return a.fd;
 }
+
+/* ---- audit records ---------------------------------------------------- */
+
+typedef struct fs_audit_q {
+        fixture *f;
+        int c;
+        const char *sandbox, *type;
+        const char *needles[4];   /* each must be in the record as msgpack_object_print() prints it */
+        char found[4096];         /* the record that matched, printed */
+} fs_audit_q;
+
+/* audit.query for the sandbox: is there a record of `type` with every needle?
+ * (A predicate for fixture_run_until: the log is written off the loop.) */
+static inline bool fs_audited(void *arg) {
+        fs_audit_q *q = arg;
+        fixture_reply r;
+        bool found = false;
+        ck_assert(fixture_call_str(q->f, q->c, &r, "audit.query", "sandbox", q->sandbox, NULL));
+        ck_assert_int_eq(r.result->type, MSGPACK_OBJECT_ARRAY);
+        char *text = malloc(65536);
+        ck_assert_ptr_nonnull(text);
+        for (uint32_t i = 0; i < r.result->via.array.size && !found; i++) {
+                const msgpack_object *rec = &r.result->via.array.ptr[i];
+                char type[64];
+                if (!fixture_get_str(rec, "type", type, sizeof(type)) || strcmp(type, q->type) != 0)
+                        continue;
+                int n = msgpack_object_print_buffer(text, 65536, *rec);
+                text[n > 0 && n < 65536 ? n : 0] = 0;
+                found = true;
+                for (size_t k = 0; k < 4 && q->needles[k]; k++)
+                        found = found && strstr(text, q->needles[k]) != NULL;
+                if (found)
+                        snprintf(q->found, sizeof(q->found), "%s", text);
+        }
+        free(text);
+        fixture_reply_free(&r);
+        return found;
+}

@@ -9,7 +9,6 @@
 #include <check.h>
 #include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -184,34 +183,6 @@ START_TEST(test_answer_errors) {
 }
 END_TEST
 
-typedef struct audit_q {
-        int c;
-        const char *sandbox, *type, *needle;
-} audit_q;
-
-/* An audit record of `type` for the sandbox whose text has `needle`. */
-static bool audited(void *arg) {
-        audit_q *q = arg;
-        fixture_reply r;
-        bool found = false;
-        ck_assert(fixture_call_str(&f, q->c, &r, "audit.query", "sandbox", q->sandbox, NULL));
-        ck_assert_int_eq(r.result->type, MSGPACK_OBJECT_ARRAY);
-        for (uint32_t i = 0; i < r.result->via.array.size && !found; i++) {
-                const msgpack_object *rec = &r.result->via.array.ptr[i];
-                char type[64];
-                if (!fixture_get_str(rec, "type", type, sizeof(type)) || strcmp(type, q->type) != 0)
-                        continue;
-                char *text = malloc(65536);
-                ck_assert_ptr_nonnull(text);
-                size_t n = msgpack_object_print_buffer(text, 65536, *rec);
-                text[n < 65536 ? n : 65535] = 0;
-                found = strstr(text, q->needle) != NULL;
-                free(text);
-        }
-        fixture_reply_free(&r);
-        return found;
-}
-
 START_TEST(test_ask_timeout_denies) {
         fixture_init(&f);
         write_ask_task("1s");
@@ -230,8 +201,8 @@ START_TEST(test_ask_timeout_denies) {
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
         ck_assert_int_lt(fs_accept(&f, l, 100), 0);
         ck_assert(!has_pending(&q));
-        audit_q aq = { .c = c, .sandbox = sid, .type = "approval.answered", .needle = "\"timeout\"" };
-        ck_assert_msg(fixture_run_until(&f, 5000, audited, &aq), "no approval.answered record by timeout");
+        fs_audit_q aq = { .f = &f, .c = c, .sandbox = sid, .type = "approval.answered", .needles = { "\"by\"=>\"timeout\"" } };
+        ck_assert_msg(fixture_run_until(&f, 5000, fs_audited, &aq), "no approval.answered record by timeout");
         close(p);
         close(l);
         fixture_reply r;
