@@ -2,16 +2,21 @@
  * `agentctl revoke --all` sends it freezes the running sandboxes, then kills
  * them, writes the lockdown marker and refuses new spawns until agentd.unlock;
  * a marker that cannot be written makes the revoke an error (fail closed); a
- * marker left by an earlier run locks the daemon at start. */
+ * marker left by an earlier run locks the daemon at start. With tests/vaultdev:
+ * revoking one sandbox revokes its token at Vault and its broker socket
+ * refuses it a token from then on. */
 #include <check.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "fixture-sandbox.h"
+#include "fixture-vault.h"
 #include "fixture.h"
 #include "unit.h"
 
@@ -261,6 +266,68 @@ START_TEST(test_freeze_only_keeps_it_frozen_and_unlocked) {
 }
 END_TEST
 
+/* ---- with Vault: the tokens ---------------------------------------------- */
+
+typedef struct token_check {
+        const vault_dev *v;
+        const char *token;
+} token_check;
+
+static int lookup_self(const token_check *t) {
+        char body[8192];
+        return vault_get(t->v, "auth/token/lookup-self", t->token, body, sizeof(body));
+}
+
+START_TEST(test_revoke_sandbox_revokes_its_token_at_vault) {
+        vault_dev v = {};
+        vault_start(&v);
+        fixture_init(&f);
+        fixture_write_task(&f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
+        char conf[256];
+        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v.port);
+        fixture_start(&f, conf);
+        int c = fixture_connect(&f);
+        fv_enroll_and_login(&f, c);
+        char a[64];
+        fs_spawn_ok(&f, c, "creds", "exec sleep 60", a, sizeof(a));
+
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, a);
+        int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_eq(connect(b, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        fixture_reply r;
+        ck_assert_msg(fixture_call(&f, b, "credentials.get", NULL, NULL, &r), "%s: %s", r.code, r.message);
+        ck_assert_uint_eq(r.n_fds, 1);
+        char token[256] = "";
+        ssize_t n = pread(r.fds[0], token, sizeof(token) - 1, 0);
+        ck_assert_int_gt(n, 0);
+        token[strcspn(token, "\n")] = 0;
+        close(r.fds[0]);
+        fixture_reply_free(&r);
+        token_check t = { .v = &v, .token = token };
+        ck_assert_int_eq(lookup_self(&t), 200);
+
+        /* Frozen and kept (freeze_only): the token is revoked at Vault all the same. */
+        ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_sandbox_freeze_only, a, &r));
+        ck_assert_uint_eq(get_u64(r.result, "frozen"), 1);
+        ck_assert_uint_eq(get_u64(r.result, "tokens_revoked"), 1);
+        ck_assert_uint_eq(get_u64(r.result, "tokens_pending"), 0);
+        fixture_reply_free(&r);
+        ck_assert_int_eq(lookup_self(&t), 403);
+        ck_assert(!fixture_call(&f, b, "credentials.get", NULL, NULL, &r));
+        ck_assert_str_eq(r.code, "unauthorized");
+        fixture_reply_free(&r);
+
+        close(b);
+        ck_assert(fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", a, NULL));
+        fixture_reply_free(&r);
+        assert_killed(c, a);
+        close(c);
+        fixture_stop(&f);
+        vault_stop(&v);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("revoke");
         TCase *tc = tcase_create("revoke");
@@ -269,6 +336,7 @@ int main(void) {
         tcase_add_test(tc, test_unwritable_marker_is_an_error);
         tcase_add_test(tc, test_marker_from_an_earlier_run_locks_at_start);
         tcase_add_test(tc, test_freeze_only_keeps_it_frozen_and_unlocked);
+        tcase_add_test(tc, test_revoke_sandbox_revokes_its_token_at_vault);
         suite_add_tcase(s, tc);
         return unit_run(s, false);
 }
