@@ -55,12 +55,19 @@ static inline bool fq_status_has_prefix(void *arg) {
         return strncmp(fq_status_str(w->f, w->key, buf, sizeof(buf)), w->prefix, strlen(w->prefix)) == 0;
 }
 
-/* Runs the loop until agentd.status's `key` starts with `prefix` (10 s at most). */
+/* Runs the loop until agentd.status's `key` starts with `prefix` (30 s at most:
+ * the audit key is unsealed off the loop, slowly on a loaded machine). */
 static inline void fq_wait_status_prefix(fixture *f, const char *key, const char *prefix) {
         fq_wait_status w = { f, key, prefix };
         char buf[512];
-        ck_assert_msg(fixture_run_until(f, 10000, fq_status_has_prefix, &w), "status %s is '%s', not '%s...'", key,
+        ck_assert_msg(fixture_run_until(f, 30000, fq_status_has_prefix, &w), "status %s is '%s', not '%s...'", key,
                       fq_status_str(f, key, buf, sizeof(buf)), prefix);
+}
+
+/* Until the audit log records (state-changing requests such as sandbox.spawn
+ * are refused before: the key is unsealed off the loop). */
+static inline void fq_wait_audit_ready(fixture *f) {
+        fq_wait_status_prefix(f, "audit", "ok (key sealed: ");
 }
 
 /* audit.query's parameters; 0 / NULL: not sent. */

@@ -233,7 +233,7 @@ static void wait_for(const char *path, const char *const *needles) {
         expect e = { .path = path };
         for (size_t i = 0; needles[i]; i++)
                 e.needles[i] = needles[i];
-        ck_assert_msg(fixture_run_until(&f, 15000, got_pred, &e), "no %s request with '%s'...", path, needles[0]);
+        ck_assert_msg(fixture_run_until(&f, 30000, got_pred, &e), "no %s request with '%s'...", path, needles[0]);
 }
 
 /* ---- the daemon ------------------------------------------------------- */
@@ -275,11 +275,13 @@ static void start_with_endpoint(uint16_t port, const char *extra) {
                  extra ? extra : "");
         fixture_init(&f);
         fixture_start(&f, conf);
+        fq_wait_audit_ready(&f);
 }
 
 START_TEST(test_off_by_default) {
         fixture_init(&f);
         fixture_start(&f, NULL);
+        fq_wait_audit_ready(&f);
         int c = fixture_connect(&f);
         char id[64], buf[64];
         run_sandbox(c, id, sizeof(id));
@@ -378,7 +380,7 @@ static bool state_is(void *arg) {
 
 static void wait_state(int c, const char *prefix) {
         state_wait w = { c, prefix };
-        ck_assert_msg(fixture_run_until(&f, 15000, state_is, &w), "telemetry never '%s...'", prefix);
+        ck_assert_msg(fixture_run_until(&f, 30000, state_is, &w), "telemetry never '%s...'", prefix);
 }
 
 static uint64_t status_u64(int c, const char *key) {
@@ -401,7 +403,7 @@ static bool count_positive(void *arg) {
 /* Runs the loop until agentd.status's telemetry `key` is above 0. */
 static void wait_count(int c, const char *key) {
         count_wait w = { c, key };
-        ck_assert_msg(fixture_run_until(&f, 15000, count_positive, &w), "telemetry %s stays 0", key);
+        ck_assert_msg(fixture_run_until(&f, 30000, count_positive, &w), "telemetry %s stays 0", key);
 }
 
 START_TEST(test_refused_connections_do_not_fail_requests) {
