@@ -250,6 +250,29 @@ static int handler(void *userdata, const char *section, const char *key, const c
         return r;
 }
 
+/* inih calls the handler for keys only (it is built without
+ * INI_CALL_HANDLER_ON_NEW_SECTION), so a section header is checked here, on
+ * the text, the way inih finds it: '[' first on the line after blanks, the
+ * name up to ']'. 0, or the line of the first unknown section (name in s). */
+static unsigned find_unknown_section(const char *text, parse_state *s) {
+        unsigned line = 1;
+        for (const char *l = text; *l; line++) {
+                const char *end = strchrnul(l, '\n');
+                const char *p = l + strspn(l, " \t\r");
+                const char *close = p < end && *p == '[' ? memchr(p, ']', (size_t) (end - p)) : NULL;
+                if (close) {
+                        char name[128];
+                        snprintf(name, sizeof(name), "%.*s", (int) (close - p - 1), p + 1);
+                        if (!known_section(name)) {
+                                snprintf(s->message, sizeof(s->message), "unknown section [%.100s]", name);
+                                return line;
+                        }
+                }
+                l = *end ? end + 1 : end;
+        }
+        return 0;
+}
+
 void config_free(agentd_config *c) {
         if (!c)
                 return;
@@ -358,7 +381,14 @@ int config_load(const char *path, const char *home, agentd_config **ret, agentd_
                 }
                 if (text) {
                         parse_state s = { .c = c, .home = home };
+                        parse_state sections = {};
                         int line = ini_parse_string(text, handler, &s);
+                        unsigned bad_section = find_unknown_section(text, &sections);
+                        /* The first error in the file is the one reported. */
+                        if (bad_section > 0 && (line == 0 || bad_section <= (unsigned) line)) {
+                                line = (int) bad_section;
+                                memcpy(s.message, sections.message, sizeof(s.message));
+                        }
                         if (line != 0) {
                                 config_fail(err, path, line > 0 ? (unsigned) line : 0, -EINVAL, "%s",
                                             s.message[0] ? s.message : "syntax error");
