@@ -179,9 +179,7 @@ static void parse_reply(fixture_reply *r, uint32_t msgid) {
                 snprintf(r->message, sizeof(r->message), "%.*s", (int) (n - cl - 2), colon + 2);
 }
 
-bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg, fixture_reply *r) {
-        memset(r, 0, sizeof(*r));
-        msgpack_unpacked_init(&r->u);
+uint32_t fixture_send(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg) {
         uint32_t msgid = f->next_msgid++;
         msgpack_sbuffer sb;
         msgpack_packer pk;
@@ -195,6 +193,13 @@ bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_p
                 msgpack_pack_map(&pk, 0);
         ck_assert_int_eq(socket_send_fds(fd, sb.data, sb.size, NULL, 0, 0), (ssize_t) sb.size);
         msgpack_sbuffer_destroy(&sb);
+        return msgid;
+}
+
+bool fixture_recv(fixture *f, int fd, uint32_t msgid, fixture_reply *r) {
+        const char *method = "the request";
+        memset(r, 0, sizeof(*r));
+        msgpack_unpacked_init(&r->u);
 
         /* Read until one whole message is in. */
         size_t cap = 1 << 20, len = 0;
@@ -226,6 +231,10 @@ bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_p
         if (getenv("FIXTURE_DEBUG")) { msgpack_object_print(stderr, r->u.data); fputc('\n', stderr); }
         parse_reply(r, msgid);
         return r->result != NULL;
+}
+
+bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg, fixture_reply *r) {
+        return fixture_recv(f, fd, fixture_send(f, fd, method, pack_params, arg), r);
 }
 
 static void pack_str_pairs(msgpack_packer *pk, void *arg) {

@@ -78,6 +78,11 @@ bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_p
 /* The same with string parameters: key, value, ..., NULL. */
 bool fixture_call_str(fixture *f, int fd, fixture_reply *r, const char *method, ...);
 void fixture_reply_free(fixture_reply *r);
+/* fixture_call in two halves, for requests answered later (sandbox.wait):
+ * fixture_send sends and returns the msgid without waiting; fixture_recv runs
+ * the loop until the next reply on fd comes (it must be msgid's). */
+uint32_t fixture_send(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg);
+bool fixture_recv(fixture *f, int fd, uint32_t msgid, fixture_reply *r);
 
 /* A key of a result map (NULL when absent or the result is not a map). */
 const msgpack_object *fixture_get(const msgpack_object *map, const char *key);
