@@ -179,6 +179,25 @@ static void parse_reply(fixture_reply *r, uint32_t msgid) {
                 snprintf(r->message, sizeof(r->message), "%.*s", (int) (n - cl - 2), colon + 2);
 }
 
+void fixture_send_raw(fixture *f, int fd, const void *data, size_t len, const int *fds, size_t n_fds) {
+        /* The socket is non-blocking: a large request goes in parts while the loop reads. */
+        size_t off = 0;
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        while (off < len) {
+                ssize_t n = socket_send_fds(fd, (const char *) data + off, len - off, off ? NULL : fds, off ? 0 : n_fds, 0);
+                ck_assert_msg(n > 0 || n == -EAGAIN, "send: %s", strerror((int) -n));
+                if (n > 0)
+                        off += (size_t) n;
+                if (off < len) {
+                        (void) uv_run(&f->loop, UV_RUN_NOWAIT);
+                        poll(&(struct pollfd) { .fd = fd, .events = POLLOUT }, 1, 1);
+                }
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                ck_assert_msg(t.tv_sec - t0.tv_sec < 30, "cannot send the request in 30 s");
+        }
+}
+
 uint32_t fixture_send(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg) {
         uint32_t msgid = f->next_msgid++;
         msgpack_sbuffer sb;
@@ -191,7 +210,7 @@ uint32_t fixture_send(fixture *f, int fd, const char *method, fixture_pack_fn pa
                 pack_params(&pk, arg);
         else
                 msgpack_pack_map(&pk, 0);
-        ck_assert_int_eq(socket_send_fds(fd, sb.data, sb.size, NULL, 0, 0), (ssize_t) sb.size);
+        fixture_send_raw(f, fd, sb.data, sb.size, NULL, 0);
         msgpack_sbuffer_destroy(&sb);
         return msgid;
 }

@@ -81,6 +81,8 @@ void fixture_reply_free(fixture_reply *r);
 /* fixture_call in two halves, for requests answered later (sandbox.wait):
  * fixture_send sends and returns the msgid without waiting; fixture_recv runs
  * the loop until the next reply on fd comes (it must be msgid's). */
+/* Sends len bytes (and fds with the first part) while running the loop. */
+void fixture_send_raw(fixture *f, int fd, const void *data, size_t len, const int *fds, size_t n_fds);
 uint32_t fixture_send(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg);
 bool fixture_recv(fixture *f, int fd, uint32_t msgid, fixture_reply *r);
 

@@ -193,6 +193,37 @@ static inline bool st_audit_has_rpc(fixture *f, int c, const char *method, const
  * process back to the mount's root and removes the subtree. */
 static char st_cgroup_mnt[PATH_MAX];
 
+/* Removes cg's child cgroups (one level: supervisor, sb-*) and cg. */
+static inline void st_cgroup_rmdir_tree(const char *cg) {
+        char path[PATH_MAX + 300];
+        DIR *d = opendir(cg);
+        struct dirent *de;
+        while (d && (de = readdir(d)))
+                if (de->d_type == DT_DIR && de->d_name[0] != '.') {
+                        snprintf(path, sizeof(path), "%s/%s", cg, de->d_name);
+                        (void) rmdir(path);
+                }
+        if (d)
+                closedir(d);
+        (void) rmdir(cg);
+}
+
+/* Subtrees a failed test left (a failed assertion ends its process). */
+static inline void st_cgroup_sweep(void) {
+        DIR *d = opendir(st_cgroup_mnt);
+        struct dirent *de;
+        while (d && (de = readdir(d))) {
+                int pid;
+                char path[PATH_MAX + 300];
+                if (sscanf(de->d_name, "agentd-unit-%d", &pid) != 1 || kill(pid, 0) == 0 || errno != ESRCH)
+                        continue;
+                snprintf(path, sizeof(path), "%s/%s", st_cgroup_mnt, de->d_name);
+                st_cgroup_rmdir_tree(path);
+        }
+        if (d)
+                closedir(d);
+}
+
 static inline bool st_cgroup_make(char *ret, size_t size) {
         FILE *fp = fopen("/proc/self/mountinfo", "re");
         char line[4096];
@@ -216,6 +247,7 @@ static inline bool st_cgroup_make(char *ret, size_t size) {
                 fclose(fp);
         if (!st_cgroup_mnt[0])
                 return false;
+        st_cgroup_sweep();
         snprintf(ret, size, "%s/agentd-unit-%d", st_cgroup_mnt, (int) getpid());
         if (mkdir(ret, 0755) < 0 && errno != EEXIST) {
                 ret[0] = 0;
@@ -235,14 +267,5 @@ static inline void st_cgroup_done(const char *cg) {
                 (void) !write(fd, pid, strlen(pid));
                 close(fd);
         }
-        DIR *d = opendir(cg);
-        struct dirent *de;
-        while (d && (de = readdir(d)))
-                if (de->d_type == DT_DIR && de->d_name[0] != '.') {
-                        snprintf(path, sizeof(path), "%s/%s", cg, de->d_name);
-                        (void) rmdir(path);
-                }
-        if (d)
-                closedir(d);
-        (void) rmdir(cg);
+        st_cgroup_rmdir_tree(cg);
 }
