@@ -16,14 +16,19 @@ static fixture f;
 static char cg[PATH_MAX];
 static int conn = -1;
 
-/* After fixture_init (tasks may be written between). */
-static void start(unsigned warm) {
+/* After fixture_init (tasks may be written between); false (the test is
+ * skipped) without a cgroup v2 subtree, which the sb-w* checks need. */
+static bool start(unsigned warm) {
         char conf[PATH_MAX + 128];
-        bool have_cg = st_cgroup_make(cg, sizeof(cg));
-        ck_assert_msg(have_cg, "a cgroup v2 subtree is needed");
+        if (!st_cgroup_make(cg, sizeof(cg))) {
+                fprintf(stderr, "skipped: no writable cgroup v2 hierarchy\n");
+                fixture_stop(&f);
+                return false;
+        }
         snprintf(conf, sizeof(conf), "[Daemon]\nCgroupPath=%s\n[Pool]\nWarmSandboxes=%u\n", cg, warm);
         fixture_start(&f, conf);
         conn = fixture_connect(&f);
+        return true;
 }
 
 static void stop(void) {
@@ -103,7 +108,8 @@ static char *newest_cgroup(void) {
 START_TEST(test_fills_serves_and_drains) {
         fixture_init(&f);
         fixture_write_task(&f, "pooled", pooled_task);
-        start(1);
+        if (!start(1))
+                return;
         /* The default task's pool fills at start; any other's after its first spawn. */
         ck_assert_msg(wait_warm(1), "the default task's pool did not fill");
         spawn_and_end("pooled");
@@ -140,7 +146,8 @@ END_TEST
 START_TEST(test_zero_keeps_none) {
         fixture_init(&f);
         fixture_write_task(&f, "pooled", pooled_task);
-        start(0);
+        if (!start(0))
+                return;
         spawn_and_end(NULL);
         spawn_and_end("pooled");
         /* A refill would start within a loop iteration or two of the exit. */
