@@ -867,8 +867,10 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
                 s->init_pid = (pid_t) strtol(line + 8, NULL, 10);
                 if (s->init_pid > 0)
                         s->init_pidfd = pidfd_open_(s->init_pid);
-                if (s->state == SANDBOX_STARTING)
+                if (s->state == SANDBOX_STARTING) {
                         set_state(s, SANDBOX_RUNNING);
+                        (void) sandbox_save_meta(s); /* the record says running, with its pid */
+                }
                 if (fd >= 0) {
                         safe_close(s->tty_master);
                         s->tty_master = fd;

@@ -1,5 +1,7 @@
 /* The composed agentd of fixture.h. */
 #include <check.h>
+#include <dirent.h>
+#include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -16,6 +18,7 @@
 #include "compose.h"
 #include "daemon.h"
 #include "fixture.h"
+#include "macro.h"
 #include "proto.h"
 #include "server.h"
 #include "socket.h"
@@ -29,6 +32,109 @@ static void write_text(const char *path, const char *text) {
         ck_assert_msg(fp != NULL, "open %s: %s", path, strerror(errno));
         ck_assert_int_eq(fputs(text, fp) >= 0, 1);
         ck_assert_int_eq(fclose(fp), 0);
+}
+
+/* ---- a private cgroup subtree ------------------------------------------------
+ * Without one, agentd would make its supervisor and sb-* cgroups in whatever
+ * cgroup the test runs in (as root: the hierarchy's root). Each fixture gets
+ * <cgroup2 mount>/agentd-unit-<pid>; fixture_stop() moves this process back
+ * and removes the subtree, and fixture_init() removes those of dead tests. */
+
+static bool cgroup2_mount(char *ret, size_t size) {
+        FILE *fp = fopen("/proc/self/mountinfo", "re");
+        char line[4096];
+        bool found = false;
+        while (fp && !found && fgets(line, sizeof(line), fp)) {
+                char *sep = strstr(line, " - ");
+                if (!sep || strncmp(sep + 3, "cgroup2 ", 8) != 0)
+                        continue;
+                char *p = line;
+                for (int i = 0; i < 4 && p; i++)
+                        if ((p = strchr(p, ' ')))
+                                p++;
+                char *end = p ? strchr(p, ' ') : NULL;
+                if (end && (size_t) (end - p) < size) {
+                        snprintf(ret, size, "%.*s", (int) (end - p), p);
+                        found = true;
+                }
+        }
+        if (fp)
+                fclose(fp);
+        return found;
+}
+
+/* Depth first: a cgroup goes once its children went (and it is empty). */
+static void cgroup_rmdir_tree(const char *cg) {
+        DIR *d = opendir(cg);
+        struct dirent *de;
+        while (d && (de = readdir(d))) {
+                if (de->d_type != DT_DIR || de->d_name[0] == '.')
+                        continue;
+                char path[PATH_MAX + 300];
+                snprintf(path, sizeof(path), "%s/%s", cg, de->d_name);
+                cgroup_rmdir_tree(path);
+        }
+        if (d)
+                closedir(d);
+        (void) rmdir(cg);
+}
+
+static void cgroup_setup(fixture *f) {
+        char mnt[PATH_MAX], line[PATH_MAX];
+        f->cgroup[0] = f->cgroup_home[0] = 0;
+        if (!cgroup2_mount(mnt, sizeof(mnt)))
+                return;
+        FILE *fp = fopen("/proc/self/cgroup", "re");
+        while (fp && fgets(line, sizeof(line), fp))
+                if (strncmp(line, "0::", 3) == 0) {
+                        line[strcspn(line, "\n")] = 0;
+                        snprintf(f->cgroup_home, sizeof(f->cgroup_home), "%s%s", mnt, streq(line + 3, "/") ? "" : line + 3);
+                }
+        if (fp)
+                fclose(fp);
+        DIR *d = opendir(mnt);
+        struct dirent *de;
+        while (d && (de = readdir(d))) {
+                int pid;
+                if (sscanf(de->d_name, "agentd-unit-%d", &pid) != 1 || pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH)
+                        continue;
+                char path[PATH_MAX + 300];
+                snprintf(path, sizeof(path), "%s/%s", mnt, de->d_name);
+                cgroup_rmdir_tree(path);
+        }
+        if (d)
+                closedir(d);
+        snprintf(f->cgroup, sizeof(f->cgroup), "%s/agentd-unit-%d", mnt, (int) getpid());
+        if (mkdir(f->cgroup, 0755) < 0 && errno != EEXIST)
+                f->cgroup[0] = 0;
+}
+
+static void cgroup_done(fixture *f) {
+        if (!f->cgroup[0])
+                return;
+        if (f->cgroup_home[0]) {
+                char path[PATH_MAX + 32], pid[32];
+                snprintf(path, sizeof(path), "%s/cgroup.procs", f->cgroup_home);
+                snprintf(pid, sizeof(pid), "%d", (int) getpid());
+                int fd = open(path, O_WRONLY | O_CLOEXEC);
+                if (fd >= 0) {
+                        (void) !write(fd, pid, strlen(pid));
+                        close(fd);
+                }
+        }
+        /* What is left in it (this process is out now) ends, then the tree goes. */
+        char kill_path[PATH_MAX + 32];
+        snprintf(kill_path, sizeof(kill_path), "%s/cgroup.kill", f->cgroup);
+        int fd = open(kill_path, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+                (void) !write(fd, "1", 1);
+                close(fd);
+        }
+        for (int i = 0; i < 100 && access(f->cgroup, F_OK) == 0; i++) {
+                cgroup_rmdir_tree(f->cgroup);
+                if (access(f->cgroup, F_OK) == 0)
+                        poll(NULL, 0, 10);
+        }
 }
 
 void fixture_init(fixture *f) {
@@ -64,6 +170,7 @@ void fixture_init(fixture *f) {
         unsetenv("NOTIFY_SOCKET");
         setenv("TSS2_LOG", "all+none", 1);  /* as main() does: the broker reports TPM errors itself */
         f->next_msgid = 1;
+        cgroup_setup(f);
 }
 
 void fixture_write_task(fixture *f, const char *name, const char *text) {
@@ -79,10 +186,11 @@ void fixture_start(fixture *f, const char *config_text) {
          * appear twice in an INI file. */
         char *text = NULL;
         const char *given = config_text ? config_text : "";
-        if (strstr(given, "SandboxHelper="))
-                text = strdup(given);
-        else
-                ck_assert_int_ge(asprintf(&text, "%s\n[Daemon]\nSandboxHelper=%s\n", given, FIXTURE_HELPER), 0);
+        ck_assert_int_ge(asprintf(&text, "%s\n[Daemon]\n%s%s\n%s%s\n", given,
+                                  strstr(given, "SandboxHelper=") ? "" : "SandboxHelper=",
+                                  strstr(given, "SandboxHelper=") ? "" : FIXTURE_HELPER,
+                                  strstr(given, "CgroupPath=") || !f->cgroup[0] ? "" : "CgroupPath=",
+                                  strstr(given, "CgroupPath=") || !f->cgroup[0] ? "" : f->cgroup), 0);
         ck_assert_ptr_nonnull(text);
         write_text(path, text);
         free(text);
@@ -120,6 +228,7 @@ void fixture_stop(fixture *f) {
                 daemon_release(m);
                 f->started = false;
         }
+        cgroup_done(f);
         /* Directories the sandboxes made read-only are made writable on the way out. */
         (void) nftw(f->root, remove_one, 32, FTW_DEPTH | FTW_PHYS);
 }
@@ -179,9 +288,26 @@ static void parse_reply(fixture_reply *r, uint32_t msgid) {
                 snprintf(r->message, sizeof(r->message), "%.*s", (int) (n - cl - 2), colon + 2);
 }
 
-bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg, fixture_reply *r) {
-        memset(r, 0, sizeof(*r));
-        msgpack_unpacked_init(&r->u);
+void fixture_send_raw(fixture *f, int fd, const void *data, size_t len, const int *fds, size_t n_fds) {
+        /* The socket is non-blocking: a large request goes in parts while the loop reads. */
+        size_t off = 0;
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        while (off < len) {
+                ssize_t n = socket_send_fds(fd, (const char *) data + off, len - off, off ? NULL : fds, off ? 0 : n_fds, 0);
+                ck_assert_msg(n > 0 || n == -EAGAIN, "send: %s", strerror((int) -n));
+                if (n > 0)
+                        off += (size_t) n;
+                if (off < len) {
+                        (void) uv_run(&f->loop, UV_RUN_NOWAIT);
+                        poll(&(struct pollfd) { .fd = fd, .events = POLLOUT }, 1, 1);
+                }
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                ck_assert_msg(t.tv_sec - t0.tv_sec < 30, "cannot send the request in 30 s");
+        }
+}
+
+uint32_t fixture_send(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg) {
         uint32_t msgid = f->next_msgid++;
         msgpack_sbuffer sb;
         msgpack_packer pk;
@@ -193,8 +319,15 @@ bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_p
                 pack_params(&pk, arg);
         else
                 msgpack_pack_map(&pk, 0);
-        ck_assert_int_eq(socket_send_fds(fd, sb.data, sb.size, NULL, 0, 0), (ssize_t) sb.size);
+        fixture_send_raw(f, fd, sb.data, sb.size, NULL, 0);
         msgpack_sbuffer_destroy(&sb);
+        return msgid;
+}
+
+bool fixture_recv(fixture *f, int fd, uint32_t msgid, fixture_reply *r) {
+        const char *method = "the request";
+        memset(r, 0, sizeof(*r));
+        msgpack_unpacked_init(&r->u);
 
         /* Read until one whole message is in. */
         size_t cap = 1 << 20, len = 0;
@@ -226,6 +359,10 @@ bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_p
         if (getenv("FIXTURE_DEBUG")) { msgpack_object_print(stderr, r->u.data); fputc('\n', stderr); }
         parse_reply(r, msgid);
         return r->result != NULL;
+}
+
+bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg, fixture_reply *r) {
+        return fixture_recv(f, fd, fixture_send(f, fd, method, pack_params, arg), r);
 }
 
 static void pack_str_pairs(msgpack_packer *pk, void *arg) {

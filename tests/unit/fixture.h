@@ -15,8 +15,8 @@
  *   fixture_reply_free(&r);
  *   fixture_stop(&f);
  *
- * fixture_init() must come first (it makes the directories and sets the
- * environment); fixture_start() composes the manager. Check's assertions
+ * fixture_init() must come first (it makes the directories, a private cgroup
+ * v2 subtree when a cgroup2 mount is writable, and sets the environment); fixture_start() composes the manager. Check's assertions
  * fail the test on any setup error. */
 #pragma once
 
@@ -39,6 +39,8 @@ typedef struct fixture {
         char runtime_dir[PATH_MAX];  /* $XDG_RUNTIME_DIR */
         char workspace[PATH_MAX];    /* an empty directory under $HOME to spawn in */
         uint32_t next_msgid;
+        char cgroup[PATH_MAX];       /* the daemon's private cgroup v2 subtree ([Daemon] CgroupPath=), or "" */
+        char cgroup_home[PATH_MAX];  /* the cgroup this process was in, to go back to */
 } fixture;
 
 typedef struct fixture_reply {
@@ -78,6 +80,13 @@ bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_p
 /* The same with string parameters: key, value, ..., NULL. */
 bool fixture_call_str(fixture *f, int fd, fixture_reply *r, const char *method, ...);
 void fixture_reply_free(fixture_reply *r);
+/* fixture_call in two halves, for requests answered later (sandbox.wait):
+ * fixture_send sends and returns the msgid without waiting; fixture_recv runs
+ * the loop until the next reply on fd comes (it must be msgid's). */
+/* Sends len bytes (and fds with the first part) while running the loop. */
+void fixture_send_raw(fixture *f, int fd, const void *data, size_t len, const int *fds, size_t n_fds);
+uint32_t fixture_send(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg);
+bool fixture_recv(fixture *f, int fd, uint32_t msgid, fixture_reply *r);
 
 /* A key of a result map (NULL when absent or the result is not a map). */
 const msgpack_object *fixture_get(const msgpack_object *map, const char *key);
