@@ -8,7 +8,7 @@
  * written with one writev per loop iteration (a prepare and a check hook),
  * while the server holds every reply back until that write has happened
  * (server_release_held()), so a reply never precedes its record on disk.
- * The key is unsealed off the loop (broker/tpmjob.h) so a stopped TPM never
+ * The key is unsealed off the loop (lib/tpmjob.h) so a stopped TPM never
  * stops the daemon: until the key is there the log is off (auditlog_key_ready()
  * says so), and it turns on by itself when the TPM answers. */
 #include "auditlog.h"
@@ -25,9 +25,9 @@
 #include <unistd.h>
 
 #include "audit.h"
-#include "broker/seal.h"
+#include "lib/seal.h"
 #include "incident/revoke.h"
-#include "broker/tpmjob.h"
+#include "lib/tpmjob.h"
 #include "file.h"
 #include "core/log.h"
 #include "macro.h"

@@ -14,7 +14,7 @@
 #include "incident/revoke.h"
 #include "core/log.h"
 #include "macro.h"
-#include "netproxy.h"
+#include "lib/netproxy.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
 #include "egress-record.h"

@@ -15,7 +15,7 @@
 #include "broker/broker.h"
 #include "core/log.h"
 #include "macro.h"
-#include "egress/netproxy.h"
+#include "lib/netproxy.h"
 #include "policy.h"
 #include "audit/report.h"
 #include "sandbox/sandbox.h"

@@ -38,7 +38,7 @@
 #include "macro.h"
 #include "memfd.h"
 #include "socket.h"
-#include "egress/netproxy.h"
+#include "lib/netproxy.h"
 #include "policy.h"
 #include "audit/report.h"
 #include "freeze.h"

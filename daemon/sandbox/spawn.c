@@ -33,7 +33,7 @@
 #include "cgroup.h"
 #include "change-watch.h"
 #include "core/log.h"
-#include "egress/netproxy.h"
+#include "lib/netproxy.h"
 #include "laptop.h"
 #include "macro.h"
 #include "memfd.h"
