@@ -12,6 +12,11 @@
 
 int auditlog_init(manager *m);     /* never fatal: status says when the log is unavailable */
 void auditlog_free(manager *m);
+/* Runs on every flush tick, after a failed log had its chance to resume and
+ * before the pending records are written: main.c sets incident's retry of a
+ * lockdown marker that did not fit (the audit part includes no part above it). */
+typedef void (*auditlog_tick_fn)(manager *m);
+void auditlog_set_tick_hook(auditlog_tick_fn fn);
 /* "ok (key sealed: tpm|software)", "unavailable: <why>" (no log at all) or
  * "failing: <why>" (records cannot be written now: filesystem full, I/O error). */
 const char *auditlog_state(manager *m);

@@ -22,6 +22,8 @@
 #include "broker/broker.h"
 #include "daemon.h"
 #include "egress/egress.h"
+#include "incident/approval.h"
+#include "incident/response.h"
 #include "incident/revoke.h"
 #include "log.h"
 #include "macro.h"
@@ -271,6 +273,7 @@ void daemon_finish(manager *m) {
         uv_timer_stop(&m->shutdown_timer);
         server_close_all(m);
         sandboxes_free(m);
+        approvals_free(m);
         egress_free(m);
         broker_free(m);
         retention_free(m);
@@ -450,8 +453,21 @@ static void set_server_hooks(manager *m) {
         });
 }
 
+static void hook_egress_denied(void *userdata, const char *sandbox_id) {
+        response_egress_denied(userdata, sandbox_id);
+}
+
+static void hook_sandbox_ended(void *userdata, sandbox *s) {
+        approvals_sandbox_ended(userdata, s->id);
+}
+
+static int forget_sandbox_record(void *userdata, const char *id) {
+        return sandbox_forget(userdata, id);
+}
+
 /* The parts, in dependency order. */
 static int start_parts(manager *m) {
+        sandbox_set_hooks(&(sandbox_hooks) { .userdata = m, .ended = hook_sandbox_ended });
         int r = sandboxes_init(m);
         if (r < 0)
                 return r;
@@ -459,10 +475,14 @@ static int start_parts(manager *m) {
         /* After the records are loaded and our leftover cgroups killed (they are
          * found by the sandbox directories the sweep may remove). */
         (void) statedir_sweep(m->config->state_directory);
+        auditlog_set_tick_hook(lockdown_retry_persist);
         auditlog_init(m);
-        retention_init(m);
+        retention_init(m, forget_sandbox_record);
         lockdown_load(m);
+        egress_set_hooks(&(egress_hooks) { .userdata = m, .denied = hook_egress_denied });
         egress_init(m);
+        if (approvals_init(m) < 0)
+                log_error("cannot start approvals: out of memory (Network.Ask= connections will be refused)");
         r = broker_init(m);
         if (r < 0) {
                 log_error("cannot start the credential broker: %s", strerror(-r));

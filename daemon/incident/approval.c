@@ -17,7 +17,7 @@
 #include "macro.h"
 #include "lib/netproxy.h"
 #include "policy.h"
-#include "audit/report.h"
+#include "audit/report-annotate.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
 

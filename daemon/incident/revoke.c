@@ -28,7 +28,7 @@
 #include "core/log.h"
 #include "macro.h"
 #include "policy.h"
-#include "audit/report.h"
+#include "sandbox/report.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
 

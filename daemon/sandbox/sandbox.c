@@ -27,7 +27,6 @@
 #include <json-c/json.h>
 
 #include "agentd-build.h"
-#include "incident/approval.h"
 #include "audit/auditlog.h"
 #include "broker/broker.h"
 #include "cgroup.h"
@@ -40,7 +39,7 @@
 #include "socket.h"
 #include "lib/netproxy.h"
 #include "policy.h"
-#include "audit/report.h"
+#include "report.h"
 #include "freeze.h"
 #include "sandbox-private.h"
 #include "spawn-steps.h"
@@ -669,6 +668,12 @@ static void evict_old(manager *m, sandbox *keep) {
 }
 
 /* The end: the helper is reaped, output drained and delivered. */
+static sandbox_hooks hooks;
+
+void sandbox_set_hooks(const sandbox_hooks *h) {
+        hooks = h ? *h : (sandbox_hooks) {};
+}
+
 static void sandbox_maybe_complete(sandbox *s) {
         /* The helper reports the exit as soon as the command is gone; the
          * namespace teardown finishes behind it (the helper is reaped later). */
@@ -711,7 +716,8 @@ static void sandbox_maybe_complete(sandbox *s) {
         if (s->creds)
                 broker_release(m, TAKE_PTR(s->creds));
         server_close_sandbox(TAKE_PTR(s->broker_listener));
-        approvals_sandbox_ended(m, s->id);
+        if (hooks.ended)
+                hooks.ended(hooks.userdata, s);
         if (s->proxied) {
                 s->proxied = false;
                 netproxy_remove_sandbox(m->proxy, s->id);

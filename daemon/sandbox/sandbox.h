@@ -142,6 +142,15 @@ void pool_drain(manager *m, const char *why);
 /* Warm sandboxes ready for a spawn (agentd.status "warm_sandboxes"). */
 unsigned pool_count(void);
 
+/* What the part tells the composition root (main.c sets it before sandboxes_init()). */
+typedef struct sandbox_hooks {
+        void *userdata;
+        /* The sandbox ended (reaped, its credentials released, before meta.json
+         * and its sandbox.exit record): what parts above hold for it goes. */
+        void (*ended)(void *userdata, sandbox *s);
+} sandbox_hooks;
+void sandbox_set_hooks(const sandbox_hooks *hooks);
+
 /* main.c: start (load the records, set up the cgroup), stop (end them all) and free. */
 int sandboxes_init(manager *m);
 void sandboxes_shutdown(manager *m);

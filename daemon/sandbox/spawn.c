@@ -28,7 +28,7 @@
 #include <openssl/evp.h>
 
 #include "audit/auditlog.h"
-#include "audit/report.h"
+#include "report.h"
 #include "broker/broker.h"
 #include "cgroup.h"
 #include "change-watch.h"
