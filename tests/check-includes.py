@@ -1,0 +1,93 @@
+#!/usr/bin/python3
+"""The include rules of ARCHITECTURE.md ("Include rules"), checked on daemon/.
+
+    check-includes.py SOURCE_ROOT
+
+Parts are ordered; a part includes core/, lib/, its own files (by bare name) and
+the public headers of the parts below it, never a part above it nor another
+part's internals. lib/ includes nothing of daemon/; core/ only itself (main.c,
+the composition root, any part's public header); nothing includes rpc/ but
+rpc/. Prints every violation and exits 1 when there is one.
+"""
+import os
+import re
+import sys
+
+# Lowest first: a part may include the public headers of those before it.
+PART_ORDER = ["audit", "broker", "egress", "sandbox", "incident"]
+PUBLIC = {
+    "audit": {"auditlog.h", "report-annotate.h", "retention.h", "telemetry.h"},
+    "broker": {"broker.h"},
+    "egress": {"egress.h", "egress-record.h"},
+    "sandbox": {"sandbox.h", "spawn-steps.h", "workspace.h", "workspace-jobs.h", "report.h"},
+    "incident": {"approval.h", "revoke.h", "response.h"},
+}
+# Directories outside daemon/ whose headers come by bare name.
+OUTSIDE = ["common", "proto", "policy", "helper"]
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def check_one(root, d, name, daemon_dirs):
+    errors = []
+    path = os.path.join(root, "daemon", d, name)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    for inc in INCLUDE.findall(text):
+        where = f"daemon/{d}/{name}: #include \"{inc}\""
+        if "/" not in inc:
+            if os.path.exists(os.path.join(root, "daemon", d, inc)):
+                continue
+            if any(os.path.exists(os.path.join(root, o, inc)) for o in OUTSIDE):
+                continue
+            other = [x for x in daemon_dirs if os.path.exists(os.path.join(root, "daemon", x, inc))]
+            if other:
+                errors.append(f"{where}: daemon/{other[0]}/{inc} by bare name (write \"{other[0]}/{inc}\")")
+            continue
+        top, _, rest = inc.partition("/")
+        if top not in daemon_dirs:
+            continue  # helper/spec.h and the like
+        if d == "lib":
+            errors.append(f"{where}: lib/ includes nothing of daemon/")
+        elif top == "rpc":
+            errors.append(f"{where}: nothing but rpc/ includes rpc/")
+        elif top == d:
+            errors.append(f"{where}: the same directory's header by bare name")
+        elif top in ("core", "lib"):
+            if d == "core" and top == "lib" and name != "main.c":
+                errors.append(f"{where}: core/ includes only core/")
+        elif top in PART_ORDER:
+            if rest not in PUBLIC[top]:
+                errors.append(f"{where}: {top}/{rest} is {top}/'s internals")
+            elif d == "core" and name != "main.c":
+                errors.append(f"{where}: only core/main.c (the composition root) includes a part")
+            elif d in PART_ORDER and PART_ORDER.index(top) > PART_ORDER.index(d):
+                errors.append(f"{where}: {top}/ is above {d}/ (the order is {' < '.join(PART_ORDER)})")
+        else:
+            errors.append(f"{where}: daemon/{top}/ is not in the rules (add it to tests/check-includes.py)")
+    return errors
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..")
+    daemon = os.path.join(root, "daemon")
+    daemon_dirs = sorted(x for x in os.listdir(daemon) if os.path.isdir(os.path.join(daemon, x)))
+    errors, files = [], 0
+    for d in daemon_dirs:
+        if d not in PART_ORDER and d not in ("core", "lib", "rpc"):
+            errors.append(f"daemon/{d}/: not a part, core/, lib/ or rpc/ (add it to tests/check-includes.py)")
+            continue
+        for name in sorted(os.listdir(os.path.join(daemon, d))):
+            if name.endswith((".c", ".h")):
+                files += 1
+                errors += check_one(root, d, name, daemon_dirs)
+    for e in errors:
+        print(e)
+    if files == 0:
+        print(f"no daemon sources under {daemon}")
+        return 1
+    print(f"{files} files, {len(errors)} include rule violation(s)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
