@@ -232,9 +232,9 @@ static void on_close_walk(uv_handle_t *h, void *arg) {
 void daemon_status_notify(manager *m) {
         daemon_status st = {
                 .stopping = m->shutting_down,
-                .locked_down = m->locked_down,
-                .n_sandboxes = m->n_sandboxes,
-                .n_live = m->n_sandboxes_live,
+                .locked_down = sandbox_locked_down(m),
+                .n_sandboxes = sandbox_count(m),
+                .n_live = sandbox_count_live(m),
                 /* Only read when serving, as before: it may re-check the session's expiry. */
                 .vault = m->shutting_down ? NULL : broker_vault_state(m),
         };
@@ -265,7 +265,7 @@ int daemon_reload(manager *m) {
 }
 
 void daemon_maybe_finish(manager *m) {
-        if (m->shutting_down && m->n_sandboxes_live == 0)
+        if (m->shutting_down && sandbox_count_live(m) == 0)
                 daemon_finish(m);
 }
 
@@ -339,7 +339,6 @@ static void manager_init(manager *m) {
         m->state_lock_fd = -1;
         m->start_msec = now_msec();
         list_init(&m->connections);
-        list_init(&m->sandboxes);
         proto_limits_default(&m->limits);
 }
 

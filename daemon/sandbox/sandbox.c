@@ -79,7 +79,7 @@ bool sandbox_ended(const sandbox *s) {
 
 sandbox *sandbox_find(manager *m, const char *id) {
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (streq(s->id, id))
                         return s;
@@ -247,8 +247,8 @@ static sandbox *sandbox_load(manager *m, const char *id) {
         if (!s->dir || !s->task || !s->workspace)
                 goto fail;
         json_object_put(o);
-        list_add_tail(&m->sandboxes, &s->link);
-        m->n_sandboxes++;
+        list_add_tail(&m->sandboxes->list, &s->link);
+        m->sandboxes->n++;
         /* Looking up old ids must not grow memory without bound (at start,
          * load_previous() keeps the newest once all are read and sorted). */
         if (!loading_previous)
@@ -630,14 +630,14 @@ static void release_owner(sandbox *s) {
  * it has not ended or someone waits on it. */
 int sandbox_forget(manager *m, const char *id) {
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (!streq(s->id, id))
                         continue;
                 if (!sandbox_ended(s) || s->waiters || s->owner)
                         return -EBUSY;
                 list_del(&s->link);
-                m->n_sandboxes--;
+                m->sandboxes->n--;
                 sandbox_unref(s);
                 return 0;
         }
@@ -649,19 +649,19 @@ int sandbox_forget(manager *m, const char *id) {
 static void evict_old(manager *m, sandbox *keep) {
         unsigned ended = 0;
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (sandbox_ended(s))
                         ended++;
         }
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 if (ended <= MAX_ENDED_KEPT)
                         break;
                 sandbox *s = container_of(i, sandbox, link);
                 if (!sandbox_ended(s) || s->waiters || s == keep || s->review_readers || s->review_writer)
                         continue;
                 list_del(&s->link);
-                m->n_sandboxes--;
+                m->sandboxes->n--;
                 ended--;
                 sandbox_unref(s);
         }
@@ -669,6 +669,39 @@ static void evict_old(manager *m, sandbox *keep) {
 
 /* The end: the helper is reaped, output drained and delivered. */
 static sandbox_hooks hooks;
+
+/* The part's state: one per process, like the manager that points at it. */
+static sandbox_part part;
+static list_head no_sandboxes = { &no_sandboxes, &no_sandboxes };
+
+list_head *sandbox_list(manager *m) {
+        return m->sandboxes ? &m->sandboxes->list : &no_sandboxes;
+}
+
+unsigned sandbox_count(manager *m) {
+        return m->sandboxes ? m->sandboxes->n : 0;
+}
+
+unsigned sandbox_count_live(manager *m) {
+        return m->sandboxes ? m->sandboxes->n_live : 0;
+}
+
+const char *sandbox_cgroup_status(manager *m) {
+        return m->sandboxes ? m->sandboxes->cgroup.status : NULL;
+}
+
+const char *sandbox_cgroup_controllers(manager *m) {
+        return m->sandboxes ? m->sandboxes->cgroup.controllers : NULL;
+}
+
+bool sandbox_locked_down(manager *m) {
+        return m->sandboxes && m->sandboxes->locked_down;
+}
+
+void sandbox_set_locked_down(manager *m, bool locked) {
+        if (m->sandboxes)
+                m->sandboxes->locked_down = locked;
+}
 
 void sandbox_set_hooks(const sandbox_hooks *h) {
         hooks = h ? *h : (sandbox_hooks) {};
@@ -735,7 +768,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         }
         complete_waiters(s);
         release_owner(s);
-        m->n_sandboxes_live--;
+        m->sandboxes->n_live--;
         evict_old(m, NULL);
         daemon_status_notify(m);
         daemon_maybe_finish(m);
@@ -813,7 +846,7 @@ static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
         mp_pack_kv_i64(pk, "pid", s->init_pid);
         mp_pack_kv_str(pk, "task", s->task);
         mp_pack_kv_str(pk, "state_dir", s->dir);
-        mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->cgroup_status);
+        mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->sandboxes->cgroup.status);
         mp_pack_kv_str(pk, "limits", s->limits_note ? s->limits_note : (s->cgroup ? "enforced" : "not enforced: no cgroup"));
 }
 
@@ -998,7 +1031,7 @@ int sandbox_signal(sandbox *s, int sig) {
 
 void sandboxes_connection_closed(manager *m, connection *c) {
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (s->owner != c)
                         continue;
@@ -1343,17 +1376,17 @@ static void load_previous(manager *m) {
         loading_previous = false;
         closedir(d);
         /* Sort by start time, keep the newest in memory (the rest load on demand). */
-        size_t n = m->n_sandboxes, k = 0;
+        size_t n = m->sandboxes->n, k = 0;
         sandbox **v = calloc(n ? n : 1, sizeof(*v));
         if (!v)
                 return;
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 v[k++] = container_of(i, sandbox, link);
                 list_del(i);
         }
         qsort(v, k, sizeof(*v), cmp_started);
-        m->n_sandboxes = 0;
+        m->sandboxes->n = 0;
         for (size_t j = 0; j < k; j++) {
                 if (k - j > MAX_ENDED_KEPT) {
                         sandbox_unref(v[j]);
@@ -1361,21 +1394,21 @@ static void load_previous(manager *m) {
                 }
                 if (streq(v[j]->end_reason ? v[j]->end_reason : "", "agentd stopped while it ran"))
                         (void) sandbox_save_meta(v[j]);
-                list_add_tail(&m->sandboxes, &v[j]->link);
-                m->n_sandboxes++;
+                list_add_tail(&m->sandboxes->list, &v[j]->link);
+                m->sandboxes->n++;
         }
         free(v);
-        if (m->cgroup_root) {
+        if (m->sandboxes->cgroup.root) {
                 /* Sandbox cgroups a previous instance left behind (all their processes died with it).
                  * Only ours: another agentd (another state directory) may share this cgroup. */
-                DIR *cg = opendir(m->cgroup_root);
+                DIR *cg = opendir(m->sandboxes->cgroup.root);
                 while (cg && (de = readdir(cg)))
                         if (!strncmp(de->d_name, "sb-", 3) && id_valid(de->d_name + 3)) {
                                 char p[PATH_MAX];
                                 snprintf(p, sizeof(p), "%s/%s", path, de->d_name + 3);
                                 if (access(p, F_OK) < 0)
                                         continue;
-                                snprintf(p, sizeof(p), "%s/%s", m->cgroup_root, de->d_name);
+                                snprintf(p, sizeof(p), "%s/%s", m->sandboxes->cgroup.root, de->d_name);
                                 (void) cgroup_kill(p);
                                 (void) rmdir(p);
                         }
@@ -1385,13 +1418,16 @@ static void load_previous(manager *m) {
 }
 
 int sandboxes_init(manager *m) {
+        part = (sandbox_part) {};
+        list_init(&part.list);
+        m->sandboxes = &part;
         cgroup_setup(m);
         load_previous(m);
-        m->sandbox_helper = find_helper(m);
-        if (!m->sandbox_helper)
+        m->sandboxes->helper = find_helper(m);
+        if (!m->sandboxes->helper)
                 log_warning("the sandbox helper agentd-sandbox was not found; spawning will fail");
         else
-                (void) zygote_start(m, m->sandbox_helper); /* failing is logged: posix_spawn then */
+                (void) zygote_start(m, m->sandboxes->helper); /* failing is logged: posix_spawn then */
         return pool_init(m);
 }
 
@@ -1400,7 +1436,7 @@ void sandboxes_shutdown(manager *m) {
 
         pool_free(m);
         zygote_stop(); /* nothing is spawned any more */
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (sandbox_ended(s))
                         continue;
@@ -1410,10 +1446,10 @@ void sandboxes_shutdown(manager *m) {
 
 void sandboxes_free(manager *m) {
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 list_del(&s->link);
-                m->n_sandboxes--;
+                m->sandboxes->n--;
                 if (s->spawn_call) {
                         rpc_call_free(s->spawn_call);
                         s->spawn_call = NULL;
@@ -1439,8 +1475,8 @@ void sandboxes_free(manager *m) {
                 sandbox_unref(s);
         }
         zygote_stop();
-        free(m->sandbox_helper);
-        m->sandbox_helper = NULL;
+        free(m->sandboxes->helper);
+        m->sandboxes->helper = NULL;
         cgroup_teardown(m);
         spawn_cache_free();
 }

@@ -142,6 +142,19 @@ void pool_drain(manager *m, const char *why);
 /* Warm sandboxes ready for a spawn (agentd.status "warm_sandboxes"). */
 unsigned pool_count(void);
 
+/* The part's state (manager.sandboxes is opaque outside sandbox/). Safe
+ * before sandboxes_init(): no sandboxes, nothing set up. */
+/* Every sandbox in memory (list_for_each_safe; container_of(i, sandbox, link)). */
+list_head *sandbox_list(manager *m);
+unsigned sandbox_count(manager *m);            /* in sandbox_list() */
+unsigned sandbox_count_live(manager *m);       /* processes not yet reaped */
+const char *sandbox_cgroup_status(manager *m); /* "ok" or "unavailable: why"; NULL before start */
+const char *sandbox_cgroup_controllers(manager *m); /* enabled for sandboxes, e.g. "memory pids"; or NULL */
+/* An incident's lockdown (incident/revoke.c sets it): while set, spawns and
+ * credentials for spawns are refused and the warm pool is not refilled. */
+bool sandbox_locked_down(manager *m);
+void sandbox_set_locked_down(manager *m, bool locked);
+
 /* What the part tells the composition root (main.c sets it before sandboxes_init()). */
 typedef struct sandbox_hooks {
         void *userdata;
