@@ -7,28 +7,11 @@
 
 #include <stdio.h>
 
-#include "audit/auditlog.h"
 #include "core/log.h"
-#include "core/server.h"
 #include "egress/egress-record.h"
 #include "macro.h"
 #include "revoke.h"
 #include "sandbox/sandbox.h"
-
-typedef struct alert {
-        const char *id, *rule, *action;
-        unsigned count, window;
-} alert;
-
-static void pack_alert(msgpack_packer *pk, void *userdata) {
-        alert *a = userdata;
-        msgpack_pack_map(pk, 5);
-        mp_pack_kv_str(pk, "sandbox", a->id);
-        mp_pack_kv_str(pk, "rule", a->rule);
-        mp_pack_kv_str(pk, "action", a->action);
-        mp_pack_kv_u64(pk, "count", a->count);
-        mp_pack_kv_u64(pk, "window_s", a->window);
-}
 
 void response_egress_denied(manager *m, const char *id) {
         unsigned limit = m->config->egress_denials;
@@ -58,7 +41,5 @@ void response_egress_denied(manager *m, const char *id) {
                              : s->killed ? "could not be frozen: killed; revoking its tokens"
                                          : "not frozen; revoking its tokens";
         json_object_object_add(ev, "action", json_object_new_string(action));
-        audit_event(m, "alert", id, ev);
-        alert a = { .id = id, .rule = rule, .action = action, .count = recent, .window = m->config->egress_window_s };
-        server_broadcast(m, id, "alert", pack_alert, &a);
+        sandbox_alert(m, id, ev, rule, action, recent, m->config->egress_window_s);
 }

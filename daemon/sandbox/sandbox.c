@@ -850,16 +850,28 @@ static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
         mp_pack_kv_str(pk, "limits", s->limits_note ? s->limits_note : (s->cgroup ? "enforced" : "not enforced: no cgroup"));
 }
 
-typedef struct limit_alert {
+typedef struct alert {
         const char *id, *rule, *action;
-} limit_alert;
+        unsigned count, window_s;
+} alert;
 
-static void pack_limit_alert(msgpack_packer *pk, void *userdata) {
-        limit_alert *a = userdata;
-        msgpack_pack_map(pk, 3);
+static void pack_alert(msgpack_packer *pk, void *userdata) {
+        alert *a = userdata;
+        msgpack_pack_map(pk, a->count > 0 ? 5 : 3);
         mp_pack_kv_str(pk, "sandbox", a->id);
         mp_pack_kv_str(pk, "rule", a->rule);
         mp_pack_kv_str(pk, "action", a->action);
+        if (a->count > 0) {
+                mp_pack_kv_u64(pk, "count", a->count);
+                mp_pack_kv_u64(pk, "window_s", a->window_s);
+        }
+}
+
+void sandbox_alert(manager *m, const char *id, json_object *record, const char *rule, const char *action, unsigned count,
+                   unsigned window_s) {
+        audit_event(m, "alert", id, record);
+        alert a = { .id = id, .rule = rule, .action = action, .count = count, .window_s = window_s };
+        server_broadcast(m, id, "alert", pack_alert, &a);
 }
 
 /* ChangeMax= reached: freeze it (the changes stay for review: diff, promote,
@@ -888,9 +900,7 @@ void sandbox_on_change_max(void *userdata, uint64_t used, uint64_t limit) {
         json_object_object_add(ev, "rule", json_object_new_string(rule));
         json_object_object_add(ev, "used", json_object_new_int64((int64_t) used));
         json_object_object_add(ev, "action", json_object_new_string(action));
-        audit_event(s->m, "alert", s->id, ev);
-        limit_alert a = { .id = s->id, .rule = rule, .action = action };
-        server_broadcast(s->m, s->id, "alert", pack_limit_alert, &a);
+        sandbox_alert(s->m, s->id, ev, rule, action, 0, 0);
 }
 
 static void on_timeout(uv_timer_t *t) {
@@ -918,17 +928,9 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
                         s->spawn_call = NULL;
                         if (s->tty && s->tty_master >= 0) {
                                 /* The pty master goes to the client, which relays it. */
-                                msgpack_sbuffer sb;
-                                msgpack_packer pk;
-                                msgpack_sbuffer_init(&sb);
-                                msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-                                rpc_pack_response_header(&pk, call->msgid);
-                                pack_spawn_result(&pk, s);
                                 int mfd = s->tty_master;
                                 s->tty_master = -1;
-                                (void) connection_send(call->conn, sb.data, sb.size, &mfd, 1);
-                                msgpack_sbuffer_destroy(&sb);
-                                rpc_call_free(call);
+                                rpc_call_reply_fds(call, pack_spawn_result, s, &mfd, 1);
                         } else
                                 rpc_call_reply(call, pack_spawn_result, s);
                 }

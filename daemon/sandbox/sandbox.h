@@ -120,6 +120,12 @@ int sandbox_freeze(sandbox *s);
  * -ESRCH when it has already ended. */
 int sandbox_kill(sandbox *s, const char *reason);
 int sandbox_signal(sandbox *s, int sig);
+/* An alert about sandbox id (a limit reached, the automatic response): the
+ * "alert" audit record (record: its fields, taken) and the "alert"
+ * notification to subscribers: sandbox, rule, action, and count and window_s
+ * when count > 0 (what was counted within the window). */
+void sandbox_alert(manager *m, const char *id, struct json_object *record, const char *rule, const char *action, unsigned count,
+                   unsigned window_s);
 /* A review walk of its change layer (sandbox/workspace-jobs.c) starts: -EBUSY
  * while a promote or discard runs, or when a writer (promote, discard) would
  * start while diffs run; else counts it and, with freeze_if_running, freezes
