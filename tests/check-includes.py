@@ -7,27 +7,38 @@ Parts are ordered; a part includes core/, lib/, its own files (by bare name) and
 the public headers of the parts below it, never a part above it nor another
 part's internals. lib/ includes nothing of daemon/; core/ only itself (main.c,
 the composition root, any part's public header); nothing includes rpc/ but
-rpc/. Prints every violation and exits 1 when there is one.
+rpc/. The order and the public headers come from ARCHITECTURE.md. Prints
+every violation and exits 1 when there is one (or the rules cannot be read).
 """
 import os
 import re
 import sys
 
-# Lowest first: a part may include the public headers of those before it.
-PART_ORDER = ["audit", "broker", "egress", "sandbox", "incident"]
-PUBLIC = {
-    "audit": {"auditlog.h", "report-annotate.h", "retention.h", "telemetry.h"},
-    "broker": {"broker.h"},
-    "egress": {"egress.h", "egress-record.h"},
-    "sandbox": {"sandbox.h", "spawn-steps.h", "workspace.h", "workspace-jobs.h", "report.h"},
-    "incident": {"approval.h", "revoke.h", "response.h"},
-}
+# The parts' order and public headers are read from ARCHITECTURE.md's include
+# rules ("The parts are ordered, lowest first: `audit/` < ..." and "Public:
+# `x/y.h`, ... Everything else"), so the document and this check cannot differ.
+def read_rules(root):
+    with open(os.path.join(root, "ARCHITECTURE.md"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    m = re.search(r"The parts are ordered, lowest first: ((?:`\w+/` < )+`\w+/`)", text)
+    p = re.search(r"Public: (.*?) Everything else", text)
+    if not m or not p:
+        return None, None
+    order = re.findall(r"`(\w+)/`", m.group(1))
+    public = {part: set() for part in order}
+    for part, header in re.findall(r"`(\w+)/([\w.-]+\.h)`", p.group(1)):
+        if part not in public:
+            return order, None
+        public[part].add(header)
+    return order, public
+
+
 # Directories outside daemon/ whose headers come by bare name.
 OUTSIDE = ["common", "proto", "policy", "helper"]
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
-def check_one(root, d, name, daemon_dirs):
+def check_one(root, d, name, daemon_dirs, PART_ORDER, PUBLIC):
     errors = []
     path = os.path.join(root, "daemon", d, name)
     with open(path, encoding="utf-8") as f:
@@ -63,23 +74,27 @@ def check_one(root, d, name, daemon_dirs):
             elif d in PART_ORDER and PART_ORDER.index(top) > PART_ORDER.index(d):
                 errors.append(f"{where}: {top}/ is above {d}/ (the order is {' < '.join(PART_ORDER)})")
         else:
-            errors.append(f"{where}: daemon/{top}/ is not in the rules (add it to tests/check-includes.py)")
+            errors.append(f"{where}: daemon/{top}/ is not in the rules (ARCHITECTURE.md)")
     return errors
 
 
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..")
     daemon = os.path.join(root, "daemon")
+    PART_ORDER, PUBLIC = read_rules(root)
+    if not PART_ORDER or not PUBLIC:
+        print("ARCHITECTURE.md: the parts' order or the public headers cannot be read (see read_rules())")
+        return 1
     daemon_dirs = sorted(x for x in os.listdir(daemon) if os.path.isdir(os.path.join(daemon, x)))
     errors, files = [], 0
     for d in daemon_dirs:
         if d not in PART_ORDER and d not in ("core", "lib", "rpc"):
-            errors.append(f"daemon/{d}/: not a part, core/, lib/ or rpc/ (add it to tests/check-includes.py)")
+            errors.append(f"daemon/{d}/: not a part, core/, lib/ or rpc/ (add it to ARCHITECTURE.md's include rules)")
             continue
         for name in sorted(os.listdir(os.path.join(daemon, d))):
             if name.endswith((".c", ".h")):
                 files += 1
-                errors += check_one(root, d, name, daemon_dirs)
+                errors += check_one(root, d, name, daemon_dirs, PART_ORDER, PUBLIC)
     for e in errors:
         print(e)
     if files == 0:
