@@ -274,6 +274,7 @@ void daemon_finish(manager *m) {
         server_close_all(m);
         sandboxes_free(m);
         approvals_free(m);
+        response_free();
         egress_free(m);
         broker_free(m);
         retention_free(m);
@@ -458,6 +459,7 @@ static void hook_egress_denied(void *userdata, const char *sandbox_id) {
 
 static void hook_sandbox_ended(void *userdata, sandbox *s) {
         approvals_sandbox_ended(userdata, s->id);
+        response_sandbox_ended(s->id);
 }
 
 static int forget_sandbox_record(void *userdata, const char *id) {

@@ -6,6 +6,8 @@
 #include "response.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "core/log.h"
 #include "egress/egress-record.h"
@@ -13,18 +15,70 @@
 #include "revoke.h"
 #include "sandbox/sandbox.h"
 
+/* The denial window of each running sandbox that was denied: this part's
+ * state, dropped when the sandbox ends (response_sandbox_ended). */
+typedef struct denial_window {
+        struct denial_window *next;
+        char *id;
+        uint64_t times[64];       /* recent denial times (ms), a ring */
+        unsigned n;
+        bool responded;           /* the automatic response ran: once per sandbox */
+} denial_window;
+
+static denial_window *windows;
+
+static denial_window *window_get(const char *id) {
+        for (denial_window *w = windows; w; w = w->next)
+                if (streq(w->id, id))
+                        return w;
+        denial_window *w = calloc(1, sizeof(*w));
+        if (!w)
+                return NULL;
+        w->id = strdup(id);
+        if (!w->id) {
+                free(w);
+                return NULL;
+        }
+        w->next = windows;
+        windows = w;
+        return w;
+}
+
+void response_sandbox_ended(const char *id) {
+        for (denial_window **p = &windows; *p; p = &(*p)->next)
+                if (streq((*p)->id, id)) {
+                        denial_window *w = *p;
+                        *p = w->next;
+                        free(w->id);
+                        free(w);
+                        return;
+                }
+}
+
+void response_free(void) {
+        while (windows) {
+                denial_window *w = windows;
+                windows = w->next;
+                free(w->id);
+                free(w);
+        }
+}
+
 void response_egress_denied(manager *m, const char *id) {
         unsigned limit = m->config->egress_denials;
         if (!limit)
                 return;
         sandbox *s = sandbox_find(m, id);
-        if (!s || sandbox_ended(s) || s->auto_responded)
+        if (!s || sandbox_ended(s))
                 return;
-        unsigned recent = egress_denials_note(s->denials, ELEMENTSOF(s->denials), &s->n_denials, now_msec(),
+        denial_window *w = window_get(id);
+        if (!w || w->responded)
+                return;
+        unsigned recent = egress_denials_note(w->times, ELEMENTSOF(w->times), &w->n, now_msec(),
                                               (uint64_t) m->config->egress_window_s * 1000);
         if (recent < limit)
                 return;
-        s->auto_responded = true;
+        w->responded = true;
         char rule[128];
         snprintf(rule, sizeof(rule), "EgressDenials=%u within %us", limit, m->config->egress_window_s);
         log_sandbox(LOG_WARNING, id, NULL, "alert", "sandbox %s: %u denied egress attempts within %us: freezing it and revoking its tokens", id, recent,

@@ -94,9 +94,6 @@ typedef struct sandbox {
         struct sandbox_creds *creds;            /* Vault tokens, when the task names policies */
         struct sandbox_listener *broker_listener;
         bool proxied;             /* registered with the egress proxy */
-        uint64_t denials[64];     /* recent egress denial times (ms), a ring */
-        unsigned n_denials;
-        bool auto_responded;
         const char *frozen_by;    /* "cgroup" or "signal" while frozen */
         struct stdin_relay *stdin_relay; /* attached: the caller's stdin, copied into the sandbox's */
         struct change_watch *change_watch; /* overlay: ChangeMax= on the upper dir */
