@@ -667,7 +667,6 @@ static void evict_old(manager *m, sandbox *keep) {
         }
 }
 
-/* The end: the helper is reaped, output drained and delivered. */
 static sandbox_hooks hooks;
 
 /* The part's state: one per process, like the manager that points at it. */
@@ -707,6 +706,7 @@ void sandbox_set_hooks(const sandbox_hooks *h) {
         hooks = h ? *h : (sandbox_hooks) {};
 }
 
+/* The end: the helper is reaped, output drained and delivered. */
 static void sandbox_maybe_complete(sandbox *s) {
         /* The helper reports the exit as soon as the command is gone; the
          * namespace teardown finishes behind it (the helper is reaped later). */
