@@ -33,7 +33,7 @@ bool auditlog_key_ready(manager *m);
  * written at once, after any pending ones. */
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields);
 /* The "rpc" record of one request: method, peer_pid, peer_uid, outcome (and
- * report.c's annotations), exactly as audit_event() would write it. */
+ * report-annotate.c's annotations), exactly as audit_event() would write it. */
 struct rpc_ctx;
 void auditlog_rpc(const struct rpc_ctx *ctx, const char *outcome);
 /* Writes the pending "rpc" records (one writev). A failure is counted like a

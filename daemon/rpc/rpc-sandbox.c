@@ -1,7 +1,7 @@
 /* The sandbox.* methods (and events.subscribe, the sandboxes' event stream):
  * each handler parses its params and calls the sandbox part (sandbox/sandbox.h,
  * sandbox/spawn-steps.h); sandbox.diff / promote / discard are in
- * rpc-workspace.c, sandbox.report in audit/report.c. */
+ * rpc-workspace.c, sandbox.report in sandbox/report.c. */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
