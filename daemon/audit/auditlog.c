@@ -8,7 +8,7 @@
  * written with one writev per loop iteration (a prepare and a check hook),
  * while the server holds every reply back until that write has happened
  * (server_release_held()), so a reply never precedes its record on disk.
- * The key is unsealed off the loop (broker/tpmjob.h) so a stopped TPM never
+ * The key is unsealed off the loop (lib/tpmjob.h) so a stopped TPM never
  * stops the daemon: until the key is there the log is off (auditlog_key_ready()
  * says so), and it turns on by itself when the TPM answers. */
 #include "auditlog.h"
@@ -25,14 +25,13 @@
 #include <unistd.h>
 
 #include "audit.h"
-#include "broker/seal.h"
-#include "incident/revoke.h"
-#include "broker/tpmjob.h"
+#include "lib/seal.h"
+#include "lib/tpmjob.h"
 #include "file.h"
 #include "core/log.h"
 #include "macro.h"
 #include "core/server.h"
-#include "report.h"
+#include "report-annotate.h"
 #include "telemetry.h"
 
 #define AUDIT_QUERY_DEFAULT 1000u
@@ -202,12 +201,19 @@ static void flush_start(manager *m) {
         }
 }
 
+static auditlog_tick_fn tick_hook;
+
+void auditlog_set_tick_hook(auditlog_tick_fn fn) {
+        tick_hook = fn;
+}
+
 static void on_flush(uv_timer_t *t) {
         /* A log that failed resumes by itself once records fit again; so does
          * the writing of a lockdown marker that did not fit. */
         if (the_log.log && the_log.write_error < 0)
                 (void) try_resume();
-        lockdown_retry_persist(t->data);
+        if (tick_hook)
+                tick_hook(t->data);
         (void) auditlog_commit(t->data);
         /* One flush in flight; what it did not cover waits for the next tick. */
         if (the_log.log && the_log.dirty && !the_log.flush_job) {

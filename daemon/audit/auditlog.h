@@ -12,6 +12,11 @@
 
 int auditlog_init(manager *m);     /* never fatal: status says when the log is unavailable */
 void auditlog_free(manager *m);
+/* Runs on every flush tick, after a failed log had its chance to resume and
+ * before the pending records are written: main.c sets incident's retry of a
+ * lockdown marker that did not fit (the audit part includes no part above it). */
+typedef void (*auditlog_tick_fn)(manager *m);
+void auditlog_set_tick_hook(auditlog_tick_fn fn);
 /* "ok (key sealed: tpm|software)", "unavailable: <why>" (no log at all) or
  * "failing: <why>" (records cannot be written now: filesystem full, I/O error). */
 const char *auditlog_state(manager *m);
@@ -28,7 +33,7 @@ bool auditlog_key_ready(manager *m);
  * written at once, after any pending ones. */
 void audit_event(manager *m, const char *type, const char *sandbox, json_object *fields);
 /* The "rpc" record of one request: method, peer_pid, peer_uid, outcome (and
- * report.c's annotations), exactly as audit_event() would write it. */
+ * report-annotate.c's annotations), exactly as audit_event() would write it. */
 struct rpc_ctx;
 void auditlog_rpc(const struct rpc_ctx *ctx, const char *outcome);
 /* Writes the pending "rpc" records (one writev). A failure is counted like a

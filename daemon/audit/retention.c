@@ -25,7 +25,6 @@
 #include "auditlog.h"
 #include "core/log.h"
 #include "macro.h"
-#include "sandbox/sandbox.h"
 #include "core/server.h"
 #include "core/statedir.h"
 
@@ -34,8 +33,12 @@
 static uv_timer_t prune_timer;
 static bool prune_timer_on;
 
+/* The sandbox part's "forget this ended record" (main.c passes it: the audit
+ * part does not include the sandbox part). Without it nothing is removed. */
+static retention_forget_fn forget_hook;
+
 static int forget_sandbox(void *userdata, const char *id) {
-        return sandbox_forget(userdata, id);
+        return forget_hook ? forget_hook(userdata, id) : -EBUSY;
 }
 
 int retention_prune(manager *m, prune_result *ret, agentd_error *err) {
@@ -78,7 +81,8 @@ static void on_prune_timer(uv_timer_t *t) {
                 log_error("retention: %s", error_is_set(&why) ? error_message(&why) : "audit pruning failed");
 }
 
-void retention_init(manager *m) {
+void retention_init(manager *m, retention_forget_fn forget) {
+        forget_hook = forget;
         uv_timer_init(m->loop, &prune_timer);
         prune_timer.data = m;
         prune_timer_on = true;

@@ -26,5 +26,7 @@ void retention_prune_records(const char *state_dir, unsigned days, unsigned reco
 /* Applies the rules now. The audit part fails (-EBADMSG, *ret_why) when the
  * chain does not verify: a break is never pruned away. */
 int retention_prune(manager *m, prune_result *ret, agentd_error *err);
-void retention_init(manager *m);
+/* forget(m, id): drop the ended sandbox id from memory, or refuse (-EBUSY)
+ * while it is in use; the composition root passes the sandbox part's. */
+void retention_init(manager *m, retention_forget_fn forget);
 void retention_free(manager *m);

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "agentd-build.h"
-#include "broker/vault.h"
+#include "lib/vault.h"
 #include "core/log.h"
 #include "file.h"
 #include "macro.h"

@@ -1,6 +1,6 @@
 /* Optional OpenTelemetry export ([Telemetry] Endpoint=): OTLP over HTTP with
  * the JSON encoding, through the libcurl-multi-on-libuv client of
- * broker/vault.c (its paths join under /v1/, which is where OTLP/HTTP puts
+ * lib/vault.c (its paths join under /v1/, which is where OTLP/HTTP puts
  * /v1/logs, /v1/traces and /v1/metrics).
  *
  * What leaves the machine, privacy first: events (spawn, exit, egress, tokens,

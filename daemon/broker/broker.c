@@ -19,12 +19,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "seal.h"
-#include "tpmjob.h"
+#include "lib/seal.h"
+#include "lib/tpmjob.h"
 #include "fd.h"
 #include "file.h"
 #include "memfd.h"
-#include "vault.h"
+#include "lib/vault.h"
 #include "audit/auditlog.h"
 #include "core/log.h"
 #include "macro.h"

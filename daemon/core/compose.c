@@ -16,6 +16,8 @@
 #include "daemon.h"
 #include "egress/egress.h"
 #include "file.h"
+#include "incident/approval.h"
+#include "incident/response.h"
 #include "incident/revoke.h"
 #include "log.h"
 #include "macro.h"
@@ -37,9 +39,9 @@ static void on_close_walk(uv_handle_t *h, void *arg) {
 void daemon_status_notify(manager *m) {
         daemon_status st = {
                 .stopping = m->shutting_down,
-                .locked_down = m->locked_down,
-                .n_sandboxes = m->n_sandboxes,
-                .n_live = m->n_sandboxes_live,
+                .locked_down = sandbox_locked_down(m),
+                .n_sandboxes = sandbox_count(m),
+                .n_live = sandbox_count_live(m),
                 /* Only read when serving, as before: it may re-check the session's expiry. */
                 .vault = m->shutting_down ? NULL : broker_vault_state(m),
         };
@@ -70,7 +72,7 @@ int daemon_reload(manager *m) {
 }
 
 void daemon_maybe_finish(manager *m) {
-        if (m->shutting_down && m->n_sandboxes_live == 0)
+        if (m->shutting_down && sandbox_count_live(m) == 0)
                 daemon_finish(m);
 }
 
@@ -78,6 +80,8 @@ void daemon_finish(manager *m) {
         uv_timer_stop(&m->shutdown_timer);
         server_close_all(m);
         sandboxes_free(m);
+        approvals_free(m);
+        response_free();
         egress_free(m);
         broker_free(m);
         retention_free(m);
@@ -113,7 +117,6 @@ void daemon_manager_init(manager *m) {
         m->state_lock_fd = -1;
         m->start_msec = now_msec();
         list_init(&m->connections);
-        list_init(&m->sandboxes);
         proto_limits_default(&m->limits);
 }
 
@@ -219,8 +222,22 @@ static void set_server_hooks(manager *m) {
         });
 }
 
+static void hook_egress_denied(void *userdata, const char *sandbox_id) {
+        response_egress_denied(userdata, sandbox_id);
+}
+
+static void hook_sandbox_ended(void *userdata, sandbox *s) {
+        approvals_sandbox_ended(userdata, s->id);
+        response_sandbox_ended(s->id);
+}
+
+static int forget_sandbox_record(void *userdata, const char *id) {
+        return sandbox_forget(userdata, id);
+}
+
 /* The parts, in dependency order. */
 int daemon_start_parts(manager *m) {
+        sandbox_set_hooks(&(sandbox_hooks) { .userdata = m, .ended = hook_sandbox_ended });
         int r = sandboxes_init(m);
         if (r < 0)
                 return r;
@@ -228,10 +245,14 @@ int daemon_start_parts(manager *m) {
         /* After the records are loaded and our leftover cgroups killed (they are
          * found by the sandbox directories the sweep may remove). */
         (void) statedir_sweep(m->config->state_directory);
+        auditlog_set_tick_hook(lockdown_retry_persist);
         auditlog_init(m);
-        retention_init(m);
+        retention_init(m, forget_sandbox_record);
         lockdown_load(m);
+        egress_set_hooks(&(egress_hooks) { .userdata = m, .denied = hook_egress_denied });
         egress_init(m);
+        if (approvals_init(m) < 0)
+                log_error("cannot start approvals: out of memory (Network.Ask= connections will be refused)");
         r = broker_init(m);
         if (r < 0) {
                 log_error("cannot start the credential broker: %s", strerror(-r));

@@ -74,19 +74,12 @@ typedef struct manager {
         uv_timer_t task_reload_timer;
         char **task_dirs;
 
-        /* Sandboxes. */
-        list_head sandboxes;
-        unsigned n_sandboxes;
-        unsigned n_sandboxes_live;   /* processes not yet reaped */
-        uint64_t next_sandbox_serial;
-        char *sandbox_helper;
-        char *cgroup_root;           /* our delegated cgroup dir, or NULL */
-        char *cgroup_status;         /* "ok", or "unavailable: why" */
-        char *cgroup_controllers;    /* enabled for sandboxes, e.g. "memory pids" */
-        bool locked_down;
-        broker *broker;
-        netproxy *proxy;
-        struct approvals *approvals;
+        /* The parts' state, each owned by its part (opaque here; each part's
+         * header has what others may ask of it). */
+        struct sandbox_part *sandboxes;   /* sandbox/: the records, counters, helper, cgroup, lockdown */
+        broker *broker;                   /* broker/ */
+        netproxy *proxy;                  /* egress/: the proxy (lib/netproxy.c), NULL when it could not start */
+        struct approvals *approvals;      /* incident/approval.c */
 } manager;
 
 uint64_t now_msec(void);

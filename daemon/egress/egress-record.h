@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "netproxy.h"
+#include "lib/netproxy.h"
 
 /* The audit record of one proxy event: *ret_type is "egress" (allowed or
  * denied, with the decision and, denied, the reason) or "egress.closed" (bytes

@@ -1,70 +1,22 @@
 /* The egress proxy in the daemon: every decision and every closed
- * connection becomes an audit record; a sandbox that keeps being denied
- * trips the automatic response ([Response] EgressDenials= within
- * EgressWindowSec=): freeze + revoke for that sandbox, and an `alert`
- * notification to subscribers. */
+ * connection becomes an audit record; each denial is told to the hook main.c
+ * set (incident/response.c: the automatic response). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "incident/approval.h"
 #include "audit/auditlog.h"
 #include "egress.h"
-#include "incident/revoke.h"
 #include "core/log.h"
 #include "macro.h"
-#include "netproxy.h"
-#include "sandbox/sandbox.h"
-#include "core/server.h"
+#include "lib/netproxy.h"
 #include "egress-record.h"
 
-typedef struct alert {
-        const char *id, *rule, *action;
-        unsigned count, window;
-} alert;
+static egress_hooks hooks;
 
-static void pack_alert(msgpack_packer *pk, void *userdata) {
-        alert *a = userdata;
-        msgpack_pack_map(pk, 5);
-        mp_pack_kv_str(pk, "sandbox", a->id);
-        mp_pack_kv_str(pk, "rule", a->rule);
-        mp_pack_kv_str(pk, "action", a->action);
-        mp_pack_kv_u64(pk, "count", a->count);
-        mp_pack_kv_u64(pk, "window_s", a->window);
-}
-
-static void note_denial(manager *m, const char *id) {
-        unsigned limit = m->config->egress_denials;
-        if (!limit)
-                return;
-        sandbox *s = sandbox_find(m, id);
-        if (!s || sandbox_ended(s) || s->auto_responded)
-                return;
-        unsigned recent = egress_denials_note(s->denials, ELEMENTSOF(s->denials), &s->n_denials, now_msec(),
-                                              (uint64_t) m->config->egress_window_s * 1000);
-        if (recent < limit)
-                return;
-        s->auto_responded = true;
-        char rule[128];
-        snprintf(rule, sizeof(rule), "EgressDenials=%u within %us", limit, m->config->egress_window_s);
-        log_sandbox(LOG_WARNING, id, NULL, "alert", "sandbox %s: %u denied egress attempts within %us: freezing it and revoking its tokens", id, recent,
-                    m->config->egress_window_s);
-        json_object *ev = json_object_new_object();
-        json_object_object_add(ev, "rule", json_object_new_string(rule));
-        json_object_object_add(ev, "count", json_object_new_int((int) recent));
-        /* Act first, then say what actually happened: the freeze is done when
-         * revoke_begin returns; the token revocation goes on asynchronously. */
-        int r = revoke_begin(m, false, id, NULL, true, NULL, rule);
-        const char *action = r < 0 ? "nothing: the revocation could not start"
-                             : s->state == SANDBOX_FROZEN ? (streq(s->frozen_by, "cgroup") ? "frozen (cgroup); revoking its tokens"
-                                                                                          : "frozen (signal); revoking its tokens")
-                             : s->killed ? "could not be frozen: killed; revoking its tokens"
-                                         : "not frozen; revoking its tokens";
-        json_object_object_add(ev, "action", json_object_new_string(action));
-        audit_event(m, "alert", id, ev);
-        alert a = { .id = id, .rule = rule, .action = action, .count = recent, .window = m->config->egress_window_s };
-        server_broadcast(m, id, "alert", pack_alert, &a);
+void egress_set_hooks(const egress_hooks *h) {
+        hooks = h ? *h : (egress_hooks) {};
 }
 
 static void on_egress(const netproxy_event *ev, void *userdata) {
@@ -74,8 +26,8 @@ static void on_egress(const netproxy_event *ev, void *userdata) {
         if (!o)
                 return;
         audit_event(m, type, ev->sandbox_id, o);
-        if (ev->kind == NETPROXY_DENIED)
-                note_denial(m, ev->sandbox_id);
+        if (ev->kind == NETPROXY_DENIED && hooks.denied)
+                hooks.denied(hooks.userdata, ev->sandbox_id);
 }
 
 int egress_init(manager *m) {
@@ -84,13 +36,10 @@ int egress_init(manager *m) {
                 log_error("cannot start the egress proxy: %s (Mode=proxy tasks will be refused)", strerror(-r));
         else
                 netproxy_set_header_timeout_ms(m->proxy, m->config->proxy_header_timeout_ms);
-        if (approvals_init(m) < 0)
-                log_error("cannot start approvals: out of memory (Network.Ask= connections will be refused)");
         return 0;
 }
 
 void egress_free(manager *m) {
-        approvals_free(m);
         if (m->proxy) {
                 netproxy_free(m->proxy, NULL, NULL);
                 m->proxy = NULL;

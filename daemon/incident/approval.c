@@ -15,9 +15,9 @@
 #include "broker/broker.h"
 #include "core/log.h"
 #include "macro.h"
-#include "egress/netproxy.h"
+#include "lib/netproxy.h"
 #include "policy.h"
-#include "audit/report.h"
+#include "audit/report-annotate.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
 

@@ -28,7 +28,7 @@
 #include "core/log.h"
 #include "macro.h"
 #include "policy.h"
-#include "audit/report.h"
+#include "sandbox/report.h"
 #include "sandbox/sandbox.h"
 #include "core/server.h"
 
@@ -44,7 +44,7 @@ static char *lockdown_path(manager *m) {
 void lockdown_load(manager *m) {
         _cleanup_free_ char *p = lockdown_path(m);
         if (p && access(p, F_OK) == 0) {
-                m->locked_down = true;
+                sandbox_set_locked_down(m, true);
                 log_warning("lockdown is in force (since an earlier 'agentctl revoke --all'): spawning is refused until 'agentctl unlock'");
         }
 }
@@ -63,7 +63,7 @@ static int lockdown_persist(manager *m) {
 static bool lockdown_unpersisted;
 
 void lockdown_retry_persist(manager *m) {
-        if (!m->locked_down || !lockdown_unpersisted || lockdown_persist(m) < 0)
+        if (!sandbox_locked_down(m) || !lockdown_unpersisted || lockdown_persist(m) < 0)
                 return;
         lockdown_unpersisted = false;
         log_notice("lockdown: the marker is written now; the lockdown survives a restart");
@@ -209,7 +209,7 @@ static void pack_revoke(msgpack_packer *pk, void *userdata) {
         mp_pack_strv(pk, op->snapshots);
         mp_pack_cstr(pk, "sandboxes");
         mp_pack_strv(pk, op->ids);
-        mp_pack_kv_bool(pk, "locked_down", op->m->locked_down);
+        mp_pack_kv_bool(pk, "locked_down", sandbox_locked_down(op->m));
         mp_pack_kv_str(pk, "freeze_method", freeze_method(op));
         mp_pack_cstr(pk, "failures");
         msgpack_pack_array(pk, op->n_failures);
@@ -329,16 +329,16 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         op->all = all;
         op->freeze_only = freeze_only;
         op->call = call;
-        op->ids = calloc(m->n_sandboxes + 2, sizeof(char *));
-        op->failed_ids = calloc(m->n_sandboxes + 1, sizeof(char *));
-        op->failures = calloc(m->n_sandboxes + 1, sizeof(char *));
+        op->ids = calloc(sandbox_count(m) + 2, sizeof(char *));
+        op->failed_ids = calloc(sandbox_count(m) + 1, sizeof(char *));
+        op->failures = calloc(sandbox_count(m) + 1, sizeof(char *));
         if (!op->ids || !op->failed_ids || !op->failures) {
                 revoke_op_free(op);
                 return -ENOMEM;
         }
         /* (5 first, for --all) no new spawn may slip in while we work. */
         if (all) {
-                m->locked_down = true;
+                sandbox_set_locked_down(m, true);
                 pool_drain(m, "revoke --all: lockdown");
                 daemon_status_notify(m);
                 op->lockdown_error = lockdown_persist(m);
@@ -351,7 +351,7 @@ int revoke_begin(manager *m, bool all, const char *sid, const char *task, bool f
         }
         /* (1) freeze. */
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, sandbox_list(m)) {
                 sandbox *s = container_of(i, sandbox, link);
                 bool match = all || (sid && streq(s->id, sid)) || (task && streq(s->task, task));
                 if (!match)
@@ -405,12 +405,12 @@ int rpc_credentials_revoke(rpc_ctx *ctx, const rpc_credentials_revoke_params *p,
 int rpc_agentd_unlock(rpc_ctx *ctx, const rpc_agentd_unlock_params *args, rpc_error *err) {
         manager *m = ctx->m;
         _cleanup_free_ char *p = lockdown_path(m);
-        bool was = m->locked_down;
+        bool was = sandbox_locked_down(m);
         if (p && unlink(p) < 0 && errno != ENOENT) {
                 rpc_error_set(err, RPC_E_INTERNAL, "cannot remove the lockdown marker: %s", strerror(errno));
                 return -errno;
         }
-        m->locked_down = false;
+        sandbox_set_locked_down(m, false);
         broker_unlock(m);
         daemon_status_notify(m);
         if (was) {

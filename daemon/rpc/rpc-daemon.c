@@ -41,22 +41,22 @@ int rpc_agentd_status(rpc_ctx *ctx, const rpc_agentd_status_params *p, rpc_error
          * (ended ones too, up to the in-memory bound). */
         unsigned active = 0;
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes)
+        list_for_each_safe(i, t, sandbox_list(m))
                 active += !sandbox_ended(container_of(i, sandbox, link));
         msgpack_pack_map(pk, 18);
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
         mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
         mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);
         mp_pack_kv_u64(pk, "sandboxes", active);
-        mp_pack_kv_u64(pk, "sandboxes_listed", m->n_sandboxes);
+        mp_pack_kv_u64(pk, "sandboxes_listed", sandbox_count(m));
         mp_pack_kv_u64(pk, "warm_sandboxes", pool_count());
-        mp_pack_kv_bool(pk, "locked_down", m->locked_down);
+        mp_pack_kv_bool(pk, "locked_down", sandbox_locked_down(m));
         mp_pack_kv_str(pk, "vault", broker_vault_state(m));
         mp_pack_kv_str(pk, "tpm", broker_tpm_state(m));
         mp_pack_kv_u64(pk, "revocations_pending", broker_revocations_pending(m));
         mp_pack_kv_str(pk, "audit", auditlog_state(m));
-        mp_pack_kv_str(pk, "cgroup", m->cgroup_status ? m->cgroup_status : "unavailable: not set up");
-        mp_pack_kv_str(pk, "cgroup_controllers", m->cgroup_controllers ? m->cgroup_controllers : "");
+        mp_pack_kv_str(pk, "cgroup", sandbox_cgroup_status(m) ? sandbox_cgroup_status(m) : "unavailable: not set up");
+        mp_pack_kv_str(pk, "cgroup_controllers", sandbox_cgroup_controllers(m) ? sandbox_cgroup_controllers(m) : "");
         mp_pack_kv_u64(pk, "connections", m->n_connections);
         /* agentd is not dumpable, so its user cannot list /proc/PID/fd: say it here. */
         mp_pack_kv_u64(pk, "open_fds", count_open_fds());

@@ -1,7 +1,7 @@
 /* The sandbox.* methods (and events.subscribe, the sandboxes' event stream):
  * each handler parses its params and calls the sandbox part (sandbox/sandbox.h,
  * sandbox/spawn-steps.h); sandbox.diff / promote / discard are in
- * rpc-workspace.c, sandbox.report in audit/report.c. */
+ * rpc-workspace.c, sandbox.report in sandbox/report.c. */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -88,8 +88,8 @@ static sandbox *lookup(rpc_ctx *ctx, const char *id, rpc_error *err) {
 int rpc_sandbox_list(rpc_ctx *ctx, const rpc_sandbox_list_params *p, rpc_error *err) {
         manager *m = ctx->m;
         list_head *i, *t;
-        msgpack_pack_array(ctx->pk, m->n_sandboxes);
-        list_for_each_safe(i, t, &m->sandboxes) {
+        msgpack_pack_array(ctx->pk, sandbox_count(m));
+        list_for_each_safe(i, t, sandbox_list(m)) {
                 sandbox *s = container_of(i, sandbox, link);
                 bool ended = sandbox_ended(s);
                 msgpack_pack_map(ctx->pk, ended ? 9 : 7);

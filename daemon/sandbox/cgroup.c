@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "sandbox-private.h"
 #include "macro.h"
 
 int cgroup_write(const char *dir, const char *file, const char *value) {
@@ -81,16 +82,16 @@ static char *own_cgroup(void) {
 }
 
 static void set_status(manager *m, const char *fmt, const char *arg) {
-        free(m->cgroup_status);
-        m->cgroup_status = NULL;
-        (void) !asprintf(&m->cgroup_status, fmt, arg);
+        free(m->sandboxes->cgroup.status);
+        m->sandboxes->cgroup.status = NULL;
+        (void) !asprintf(&m->sandboxes->cgroup.status, fmt, arg);
 }
 
 void cgroup_teardown(manager *m) {
-        free(m->cgroup_root);
-        free(m->cgroup_status);
-        free(m->cgroup_controllers);
-        m->cgroup_root = m->cgroup_status = m->cgroup_controllers = NULL;
+        free(m->sandboxes->cgroup.root);
+        free(m->sandboxes->cgroup.status);
+        free(m->sandboxes->cgroup.controllers);
+        m->sandboxes->cgroup.root = m->sandboxes->cgroup.status = m->sandboxes->cgroup.controllers = NULL;
 }
 
 void cgroup_setup(manager *m) {
@@ -162,28 +163,28 @@ void cgroup_setup(manager *m) {
                         strcat(enabled, wanted[i]);
                 }
         }
-        free(m->cgroup_controllers);
-        m->cgroup_controllers = strdup(enabled);
-        free(m->cgroup_root);
-        m->cgroup_root = TAKE_PTR(root);
+        free(m->sandboxes->cgroup.controllers);
+        m->sandboxes->cgroup.controllers = strdup(enabled);
+        free(m->sandboxes->cgroup.root);
+        m->sandboxes->cgroup.root = TAKE_PTR(root);
         if (enabled[0])
                 set_status(m, "ok", NULL);
         else
                 set_status(m, "ok (no controllers delegated: MemoryMax/TasksMax/CPU are not enforced; freeze and kill work)%s", "");
-        log_info("cgroup: %s at %s", m->cgroup_status, m->cgroup_root);
+        log_info("cgroup: %s at %s", m->sandboxes->cgroup.status, m->sandboxes->cgroup.root);
         return;
 fail:
-        log_warning("cgroup: %s", m->cgroup_status ? m->cgroup_status : "unavailable");
-        free(m->cgroup_root);
-        m->cgroup_root = NULL;
-        free(m->cgroup_controllers);
-        m->cgroup_controllers = strdup("");
+        log_warning("cgroup: %s", m->sandboxes->cgroup.status ? m->sandboxes->cgroup.status : "unavailable");
+        free(m->sandboxes->cgroup.root);
+        m->sandboxes->cgroup.root = NULL;
+        free(m->sandboxes->cgroup.controllers);
+        m->sandboxes->cgroup.controllers = strdup("");
 }
 
 static bool has_controller(manager *m, const char *name) {
-        if (!m->cgroup_controllers)
+        if (!m->sandboxes->cgroup.controllers)
                 return false;
-        char *hit = strstr(m->cgroup_controllers, name);
+        char *hit = strstr(m->sandboxes->cgroup.controllers, name);
         return hit && (hit[strlen(name)] == ' ' || hit[strlen(name)] == 0);
 }
 
@@ -192,9 +193,9 @@ int cgroup_create_sandbox(manager *m, const char *id, cgroup_limits *lim, char *
         _cleanup_free_ char *path = NULL;
         char note[512] = "";
 
-        if (!m->cgroup_root)
+        if (!m->sandboxes->cgroup.root)
                 return -EOPNOTSUPP;
-        if (asprintf(&path, "%s/sb-%s", m->cgroup_root, id) < 0)
+        if (asprintf(&path, "%s/sb-%s", m->sandboxes->cgroup.root, id) < 0)
                 return -ENOMEM;
         if (mkdir(path, 0755) < 0)
                 return -errno;

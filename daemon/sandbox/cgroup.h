@@ -7,7 +7,14 @@
 
 #include "core/manager.h"
 
-/* Sets m->cgroup_root / cgroup_status / cgroup_controllers. Never fails the
+/* The sandbox part's cgroup state (in its sandbox_part, sandbox-private.h). */
+typedef struct cgroup_state {
+        char *root;              /* our delegated cgroup dir, or NULL */
+        char *status;            /* "ok", or "unavailable: why" */
+        char *controllers;       /* enabled for sandboxes, e.g. "memory pids" */
+} cgroup_state;
+
+/* Sets the part's cgroup.root / status / controllers. Never fails the
  * daemon: without a usable cgroup, sandboxes run unconfined by cgroups and
  * status says why. */
 void cgroup_setup(manager *m);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "sandbox-private.h"
 #include "core/log.h"
 #include "macro.h"
 #include "socket.h"
@@ -292,7 +293,7 @@ static void on_refill(uv_timer_t *t) {
         manager *m = t->data;
         const task_policy *p = policy_registry_find(m->tasks, rf->task);
 
-        if (p && pool_up && !m->locked_down && !m->shutting_down)
+        if (p && pool_up && !m->sandboxes->locked_down && !m->shutting_down)
                 for (unsigned n = task_count(p->name); n < m->config->warm_sandboxes; n++) {
                         int r = entry_start(m, p);
                         if (r < 0) {

@@ -1,12 +1,24 @@
 /* What spawn.c needs of sandbox.c's internals: the record's allocation, the
  * helper's start (zygote, else posix_spawn) and the loop wiring of a started
- * sandbox. Only daemon/sandbox/ includes this. */
+ * sandbox; the part's state. Only daemon/sandbox/ includes this. */
 #pragma once
 
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cgroup.h"
 #include "sandbox.h"
+
+/* The sandbox part's state (manager.sandboxes; opaque outside sandbox/:
+ * sandbox.h has the accessors). */
+typedef struct sandbox_part {
+        list_head list;          /* the sandboxes in memory (ended ones: the newest, the rest load on demand) */
+        unsigned n;              /* in list */
+        unsigned n_live;         /* processes not yet reaped */
+        char *helper;            /* agentd-sandbox */
+        cgroup_state cgroup;
+        bool locked_down;        /* an incident's lockdown: no spawns (incident/revoke.c sets it) */
+} sandbox_part;
 
 sandbox *sandbox_alloc(manager *m);
 void sandbox_free(sandbox *s);

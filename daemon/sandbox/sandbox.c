@@ -27,7 +27,6 @@
 #include <json-c/json.h>
 
 #include "agentd-build.h"
-#include "incident/approval.h"
 #include "audit/auditlog.h"
 #include "broker/broker.h"
 #include "cgroup.h"
@@ -38,9 +37,9 @@
 #include "macro.h"
 #include "memfd.h"
 #include "socket.h"
-#include "egress/netproxy.h"
+#include "lib/netproxy.h"
 #include "policy.h"
-#include "audit/report.h"
+#include "report.h"
 #include "freeze.h"
 #include "sandbox-private.h"
 #include "spawn-steps.h"
@@ -80,7 +79,7 @@ bool sandbox_ended(const sandbox *s) {
 
 sandbox *sandbox_find(manager *m, const char *id) {
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (streq(s->id, id))
                         return s;
@@ -248,8 +247,8 @@ static sandbox *sandbox_load(manager *m, const char *id) {
         if (!s->dir || !s->task || !s->workspace)
                 goto fail;
         json_object_put(o);
-        list_add_tail(&m->sandboxes, &s->link);
-        m->n_sandboxes++;
+        list_add_tail(&m->sandboxes->list, &s->link);
+        m->sandboxes->n++;
         /* Looking up old ids must not grow memory without bound (at start,
          * load_previous() keeps the newest once all are read and sorted). */
         if (!loading_previous)
@@ -631,14 +630,14 @@ static void release_owner(sandbox *s) {
  * it has not ended or someone waits on it. */
 int sandbox_forget(manager *m, const char *id) {
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (!streq(s->id, id))
                         continue;
                 if (!sandbox_ended(s) || s->waiters || s->owner)
                         return -EBUSY;
                 list_del(&s->link);
-                m->n_sandboxes--;
+                m->sandboxes->n--;
                 sandbox_unref(s);
                 return 0;
         }
@@ -650,22 +649,61 @@ int sandbox_forget(manager *m, const char *id) {
 static void evict_old(manager *m, sandbox *keep) {
         unsigned ended = 0;
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (sandbox_ended(s))
                         ended++;
         }
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 if (ended <= MAX_ENDED_KEPT)
                         break;
                 sandbox *s = container_of(i, sandbox, link);
                 if (!sandbox_ended(s) || s->waiters || s == keep || s->review_readers || s->review_writer)
                         continue;
                 list_del(&s->link);
-                m->n_sandboxes--;
+                m->sandboxes->n--;
                 ended--;
                 sandbox_unref(s);
         }
+}
+
+static sandbox_hooks hooks;
+
+/* The part's state: one per process, like the manager that points at it. */
+static sandbox_part part;
+static list_head no_sandboxes = { &no_sandboxes, &no_sandboxes };
+
+list_head *sandbox_list(manager *m) {
+        return m->sandboxes ? &m->sandboxes->list : &no_sandboxes;
+}
+
+unsigned sandbox_count(manager *m) {
+        return m->sandboxes ? m->sandboxes->n : 0;
+}
+
+unsigned sandbox_count_live(manager *m) {
+        return m->sandboxes ? m->sandboxes->n_live : 0;
+}
+
+const char *sandbox_cgroup_status(manager *m) {
+        return m->sandboxes ? m->sandboxes->cgroup.status : NULL;
+}
+
+const char *sandbox_cgroup_controllers(manager *m) {
+        return m->sandboxes ? m->sandboxes->cgroup.controllers : NULL;
+}
+
+bool sandbox_locked_down(manager *m) {
+        return m->sandboxes && m->sandboxes->locked_down;
+}
+
+void sandbox_set_locked_down(manager *m, bool locked) {
+        if (m->sandboxes)
+                m->sandboxes->locked_down = locked;
+}
+
+void sandbox_set_hooks(const sandbox_hooks *h) {
+        hooks = h ? *h : (sandbox_hooks) {};
 }
 
 /* The end: the helper is reaped, output drained and delivered. */
@@ -711,7 +749,8 @@ static void sandbox_maybe_complete(sandbox *s) {
         if (s->creds)
                 broker_release(m, TAKE_PTR(s->creds));
         server_close_sandbox(TAKE_PTR(s->broker_listener));
-        approvals_sandbox_ended(m, s->id);
+        if (hooks.ended)
+                hooks.ended(hooks.userdata, s);
         if (s->proxied) {
                 s->proxied = false;
                 netproxy_remove_sandbox(m->proxy, s->id);
@@ -729,7 +768,7 @@ static void sandbox_maybe_complete(sandbox *s) {
         }
         complete_waiters(s);
         release_owner(s);
-        m->n_sandboxes_live--;
+        m->sandboxes->n_live--;
         evict_old(m, NULL);
         daemon_status_notify(m);
         daemon_maybe_finish(m);
@@ -807,20 +846,32 @@ static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
         mp_pack_kv_i64(pk, "pid", s->init_pid);
         mp_pack_kv_str(pk, "task", s->task);
         mp_pack_kv_str(pk, "state_dir", s->dir);
-        mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->cgroup_status);
+        mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->sandboxes->cgroup.status);
         mp_pack_kv_str(pk, "limits", s->limits_note ? s->limits_note : (s->cgroup ? "enforced" : "not enforced: no cgroup"));
 }
 
-typedef struct limit_alert {
+typedef struct alert {
         const char *id, *rule, *action;
-} limit_alert;
+        unsigned count, window_s;
+} alert;
 
-static void pack_limit_alert(msgpack_packer *pk, void *userdata) {
-        limit_alert *a = userdata;
-        msgpack_pack_map(pk, 3);
+static void pack_alert(msgpack_packer *pk, void *userdata) {
+        alert *a = userdata;
+        msgpack_pack_map(pk, a->count > 0 ? 5 : 3);
         mp_pack_kv_str(pk, "sandbox", a->id);
         mp_pack_kv_str(pk, "rule", a->rule);
         mp_pack_kv_str(pk, "action", a->action);
+        if (a->count > 0) {
+                mp_pack_kv_u64(pk, "count", a->count);
+                mp_pack_kv_u64(pk, "window_s", a->window_s);
+        }
+}
+
+void sandbox_alert(manager *m, const char *id, json_object *record, const char *rule, const char *action, unsigned count,
+                   unsigned window_s) {
+        audit_event(m, "alert", id, record);
+        alert a = { .id = id, .rule = rule, .action = action, .count = count, .window_s = window_s };
+        server_broadcast(m, id, "alert", pack_alert, &a);
 }
 
 /* ChangeMax= reached: freeze it (the changes stay for review: diff, promote,
@@ -849,9 +900,7 @@ void sandbox_on_change_max(void *userdata, uint64_t used, uint64_t limit) {
         json_object_object_add(ev, "rule", json_object_new_string(rule));
         json_object_object_add(ev, "used", json_object_new_int64((int64_t) used));
         json_object_object_add(ev, "action", json_object_new_string(action));
-        audit_event(s->m, "alert", s->id, ev);
-        limit_alert a = { .id = s->id, .rule = rule, .action = action };
-        server_broadcast(s->m, s->id, "alert", pack_limit_alert, &a);
+        sandbox_alert(s->m, s->id, ev, rule, action, 0, 0);
 }
 
 static void on_timeout(uv_timer_t *t) {
@@ -881,17 +930,9 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
                         s->spawn_call = NULL;
                         if (s->tty && s->tty_master >= 0) {
                                 /* The pty master goes to the client, which relays it. */
-                                msgpack_sbuffer sb;
-                                msgpack_packer pk;
-                                msgpack_sbuffer_init(&sb);
-                                msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-                                rpc_pack_response_header(&pk, call->msgid);
-                                pack_spawn_result(&pk, s);
                                 int mfd = s->tty_master;
                                 s->tty_master = -1;
-                                (void) connection_send(call->conn, sb.data, sb.size, &mfd, 1);
-                                msgpack_sbuffer_destroy(&sb);
-                                rpc_call_free(call);
+                                rpc_call_reply_fds(call, pack_spawn_result, s, &mfd, 1);
                         } else
                                 rpc_call_reply(call, pack_spawn_result, s);
                 }
@@ -994,7 +1035,7 @@ int sandbox_signal(sandbox *s, int sig) {
 
 void sandboxes_connection_closed(manager *m, connection *c) {
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (s->owner != c)
                         continue;
@@ -1339,17 +1380,17 @@ static void load_previous(manager *m) {
         loading_previous = false;
         closedir(d);
         /* Sort by start time, keep the newest in memory (the rest load on demand). */
-        size_t n = m->n_sandboxes, k = 0;
+        size_t n = m->sandboxes->n, k = 0;
         sandbox **v = calloc(n ? n : 1, sizeof(*v));
         if (!v)
                 return;
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 v[k++] = container_of(i, sandbox, link);
                 list_del(i);
         }
         qsort(v, k, sizeof(*v), cmp_started);
-        m->n_sandboxes = 0;
+        m->sandboxes->n = 0;
         for (size_t j = 0; j < k; j++) {
                 if (k - j > MAX_ENDED_KEPT) {
                         sandbox_unref(v[j]);
@@ -1357,21 +1398,21 @@ static void load_previous(manager *m) {
                 }
                 if (streq(v[j]->end_reason ? v[j]->end_reason : "", "agentd stopped while it ran"))
                         (void) sandbox_save_meta(v[j]);
-                list_add_tail(&m->sandboxes, &v[j]->link);
-                m->n_sandboxes++;
+                list_add_tail(&m->sandboxes->list, &v[j]->link);
+                m->sandboxes->n++;
         }
         free(v);
-        if (m->cgroup_root) {
+        if (m->sandboxes->cgroup.root) {
                 /* Sandbox cgroups a previous instance left behind (all their processes died with it).
                  * Only ours: another agentd (another state directory) may share this cgroup. */
-                DIR *cg = opendir(m->cgroup_root);
+                DIR *cg = opendir(m->sandboxes->cgroup.root);
                 while (cg && (de = readdir(cg)))
                         if (!strncmp(de->d_name, "sb-", 3) && id_valid(de->d_name + 3)) {
                                 char p[PATH_MAX];
                                 snprintf(p, sizeof(p), "%s/%s", path, de->d_name + 3);
                                 if (access(p, F_OK) < 0)
                                         continue;
-                                snprintf(p, sizeof(p), "%s/%s", m->cgroup_root, de->d_name);
+                                snprintf(p, sizeof(p), "%s/%s", m->sandboxes->cgroup.root, de->d_name);
                                 (void) cgroup_kill(p);
                                 (void) rmdir(p);
                         }
@@ -1381,13 +1422,16 @@ static void load_previous(manager *m) {
 }
 
 int sandboxes_init(manager *m) {
+        part = (sandbox_part) {};
+        list_init(&part.list);
+        m->sandboxes = &part;
         cgroup_setup(m);
         load_previous(m);
-        m->sandbox_helper = find_helper(m);
-        if (!m->sandbox_helper)
+        m->sandboxes->helper = find_helper(m);
+        if (!m->sandboxes->helper)
                 log_warning("the sandbox helper agentd-sandbox was not found; spawning will fail");
         else
-                (void) zygote_start(m, m->sandbox_helper); /* failing is logged: posix_spawn then */
+                (void) zygote_start(m, m->sandboxes->helper); /* failing is logged: posix_spawn then */
         return pool_init(m);
 }
 
@@ -1396,7 +1440,7 @@ void sandboxes_shutdown(manager *m) {
 
         pool_free(m);
         zygote_stop(); /* nothing is spawned any more */
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (sandbox_ended(s))
                         continue;
@@ -1406,10 +1450,10 @@ void sandboxes_shutdown(manager *m) {
 
 void sandboxes_free(manager *m) {
         list_head *i, *t;
-        list_for_each_safe(i, t, &m->sandboxes) {
+        list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 list_del(&s->link);
-                m->n_sandboxes--;
+                m->sandboxes->n--;
                 if (s->spawn_call) {
                         rpc_call_free(s->spawn_call);
                         s->spawn_call = NULL;
@@ -1435,8 +1479,8 @@ void sandboxes_free(manager *m) {
                 sandbox_unref(s);
         }
         zygote_stop();
-        free(m->sandbox_helper);
-        m->sandbox_helper = NULL;
+        free(m->sandboxes->helper);
+        m->sandboxes->helper = NULL;
         cgroup_teardown(m);
         spawn_cache_free();
 }

@@ -94,9 +94,6 @@ typedef struct sandbox {
         struct sandbox_creds *creds;            /* Vault tokens, when the task names policies */
         struct sandbox_listener *broker_listener;
         bool proxied;             /* registered with the egress proxy */
-        uint64_t denials[64];     /* recent egress denial times (ms), a ring */
-        unsigned n_denials;
-        bool auto_responded;
         const char *frozen_by;    /* "cgroup" or "signal" while frozen */
         struct stdin_relay *stdin_relay; /* attached: the caller's stdin, copied into the sandbox's */
         struct change_watch *change_watch; /* overlay: ChangeMax= on the upper dir */
@@ -120,6 +117,12 @@ int sandbox_freeze(sandbox *s);
  * -ESRCH when it has already ended. */
 int sandbox_kill(sandbox *s, const char *reason);
 int sandbox_signal(sandbox *s, int sig);
+/* An alert about sandbox id (a limit reached, the automatic response): the
+ * "alert" audit record (record: its fields, taken) and the "alert"
+ * notification to subscribers: sandbox, rule, action, and count and window_s
+ * when count > 0 (what was counted within the window). */
+void sandbox_alert(manager *m, const char *id, struct json_object *record, const char *rule, const char *action, unsigned count,
+                   unsigned window_s);
 /* A review walk of its change layer (sandbox/workspace-jobs.c) starts: -EBUSY
  * while a promote or discard runs, or when a writer (promote, discard) would
  * start while diffs run; else counts it and, with freeze_if_running, freezes
@@ -141,6 +144,28 @@ int sandbox_pids(const sandbox *s, pid_t **ret, size_t *ret_n);
 void pool_drain(manager *m, const char *why);
 /* Warm sandboxes ready for a spawn (agentd.status "warm_sandboxes"). */
 unsigned pool_count(void);
+
+/* The part's state (manager.sandboxes is opaque outside sandbox/). Safe
+ * before sandboxes_init(): no sandboxes, nothing set up. */
+/* Every sandbox in memory (list_for_each_safe; container_of(i, sandbox, link)). */
+list_head *sandbox_list(manager *m);
+unsigned sandbox_count(manager *m);            /* in sandbox_list() */
+unsigned sandbox_count_live(manager *m);       /* processes not yet reaped */
+const char *sandbox_cgroup_status(manager *m); /* "ok" or "unavailable: why"; NULL before start */
+const char *sandbox_cgroup_controllers(manager *m); /* enabled for sandboxes, e.g. "memory pids"; or NULL */
+/* An incident's lockdown (incident/revoke.c sets it): while set, spawns and
+ * credentials for spawns are refused and the warm pool is not refilled. */
+bool sandbox_locked_down(manager *m);
+void sandbox_set_locked_down(manager *m, bool locked);
+
+/* What the part tells the composition root (main.c sets it before sandboxes_init()). */
+typedef struct sandbox_hooks {
+        void *userdata;
+        /* The sandbox ended (reaped, its credentials released, before meta.json
+         * and its sandbox.exit record): what parts above hold for it goes. */
+        void (*ended)(void *userdata, sandbox *s);
+} sandbox_hooks;
+void sandbox_set_hooks(const sandbox_hooks *hooks);
 
 /* main.c: start (load the records, set up the cgroup), stop (end them all) and free. */
 int sandboxes_init(manager *m);

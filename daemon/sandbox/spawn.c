@@ -28,12 +28,12 @@
 #include <openssl/evp.h>
 
 #include "audit/auditlog.h"
-#include "audit/report.h"
+#include "report.h"
 #include "broker/broker.h"
 #include "cgroup.h"
 #include "change-watch.h"
 #include "core/log.h"
-#include "egress/netproxy.h"
+#include "lib/netproxy.h"
 #include "laptop.h"
 #include "macro.h"
 #include "memfd.h"
@@ -295,7 +295,7 @@ static int step_admission(spawn_ctx *c) {
                 rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "parameter 'umask' must be a file mode creation mask (0 to 0777)");
                 return -EINVAL;
         }
-        if (m->locked_down) {
+        if (m->sandboxes->locked_down) {
                 rpc_error_set(c->err, RPC_E_LOCKED_DOWN, "spawning is locked down after an incident revocation; run 'agentctl unlock'");
                 return -EPERM;
         }
@@ -303,7 +303,7 @@ static int step_admission(spawn_ctx *c) {
                 rpc_error_set(c->err, RPC_E_BACKEND_UNAVAILABLE, "agentd is stopping");
                 return -ESHUTDOWN;
         }
-        if (m->n_sandboxes_live >= m->config->max_sandboxes) {
+        if (m->sandboxes->n_live >= m->config->max_sandboxes) {
                 rpc_error_set(c->err, RPC_E_LIMIT_EXCEEDED, "too many running sandboxes (MaxSandboxes=%u)", m->config->max_sandboxes);
                 return -EBUSY;
         }
@@ -555,7 +555,7 @@ static int step_environment(spawn_ctx *c) {
 
 /* Found once at start (sandboxes_init), like the zygote that runs it. */
 static int step_helper(spawn_ctx *c) {
-        c->helper = c->m->sandbox_helper;
+        c->helper = c->m->sandboxes->helper;
         if (!c->helper) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "the sandbox helper agentd-sandbox is not installed");
                 return -ENOENT;
@@ -796,7 +796,7 @@ static int step_cgroup(spawn_ctx *c) {
                 c->cg_fd = TAKE_FD(c->warm->cg_fd);
                 s->limits_note = TAKE_PTR(c->warm->limits_note);
                 r = spawn_limits_check(m, p, c->warm->unenforced, NULL, &s->limits_note, &why);
-        } else if (m->cgroup_root) {
+        } else if (m->sandboxes->cgroup.root) {
                 cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
                                       .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
                 r = cgroup_create_sandbox(m, s->id, &lim, &s->cgroup, &c->cg_fd, &s->limits_note);
@@ -806,7 +806,7 @@ static int step_cgroup(spawn_ctx *c) {
                 }
                 r = spawn_limits_check(m, p, lim.unenforced, NULL, &s->limits_note, &why);
         } else
-                r = spawn_limits_check(m, p, task_limits_asked(p), m->cgroup_status ? m->cgroup_status : "unavailable",
+                r = spawn_limits_check(m, p, task_limits_asked(p), m->sandboxes->cgroup.status ? m->sandboxes->cgroup.status : "unavailable",
                                        &s->limits_note, &why);
         if (r < 0) {
                 if (!error_is_set(&why))
@@ -942,9 +942,9 @@ static int step_wiring(spawn_ctx *c) {
                 s->owner = connection_ref(c->call->conn);
 
         (void) sandbox_save_meta(s);
-        list_add_tail(&c->m->sandboxes, &s->link);
-        c->m->n_sandboxes++;
-        c->m->n_sandboxes_live++;
+        list_add_tail(&c->m->sandboxes->list, &s->link);
+        c->m->sandboxes->n++;
+        c->m->sandboxes->n_live++;
         s->spawn_call = TAKE_PTR(c->call);
         s->creds = TAKE_PTR(c->creds);
         return 0;
@@ -1082,12 +1082,12 @@ int spawn_start_warm(manager *m, const task_policy *p, const char *id, warm_sand
         int pair[2], r;
         pid_t pid;
 
-        if (!m->sandbox_helper)
+        if (!m->sandboxes->helper)
                 return -ENOENT;
         r = spawn_plan_prepare(m, p, &plan, &err);
         if (r < 0)
                 return r;
-        if (m->cgroup_root) {
+        if (m->sandboxes->cgroup.root) {
                 cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
                                       .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };
                 r = cgroup_create_sandbox(m, id, &lim, &cgroup, &cg_fd, &note);
@@ -1123,7 +1123,7 @@ int spawn_start_warm(manager *m, const task_policy *p, const char *id, warm_sand
                         [SPEC_FD_SPEC] = spec_fd, [SPEC_FD_STATUS] = theirs,
                         [SPEC_FD_SECCOMP] = plan.bpf_fd >= 0 ? plan.bpf_fd : devnull, [SPEC_FD_CGROUP] = cg_fd,
                 };
-                r = sandbox_helper_start_warm(m, m->sandbox_helper, src, cg_fd >= 0 ? SPEC_FD_CGROUP + 1 : SPEC_FD_CGROUP, &pid);
+                r = sandbox_helper_start_warm(m, m->sandboxes->helper, src, cg_fd >= 0 ? SPEC_FD_CGROUP + 1 : SPEC_FD_CGROUP, &pid);
         }
         if (r >= 0) {
                 w->pidfd = sandbox_pidfd_open(pid);
@@ -1176,7 +1176,7 @@ int sandbox_spawn(rpc_ctx *ctx, spawn_params *params, rpc_error *err) {
 
         make_id(id);
         const task_policy *p = policy_registry_find(m->tasks, params->task ? params->task : "default");
-        if (p && p->vault_policies && p->vault_policies[0] && !m->locked_down) {
+        if (p && p->vault_policies && p->vault_policies[0] && !m->sandboxes->locked_down) {
                 const char *why = broker_unavailable_reason(m);
                 if (why) {
                         rpc_error_set(err, RPC_E_BACKEND_UNAVAILABLE, "task '%s' needs Vault credentials (VaultPolicies=%s): %s",

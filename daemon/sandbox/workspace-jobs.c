@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "audit/auditlog.h"
-#include "audit/report.h"
+#include "audit/report-annotate.h"
 #include "core/log.h"
 #include "core/server.h"
 #include "file.h"

@@ -240,7 +240,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (uv_loop_init(&loop) < 0)
                 return 0;
         list_init(&m.connections);
-        list_init(&m.sandboxes);
         proto_limits_default(&m.limits);
         m.limits.max_message = 2048;
         n_peers = n_pending = handler_mode = 0;

@@ -1,4 +1,4 @@
-/* Unit tests for daemon/egress/netproxy.c: the egress proxy on a real libuv loop. The
+/* Unit tests for daemon/lib/netproxy.c: the egress proxy on a real libuv loop. The
  * loop (proxy + a loopback "upstream" echo/HTTP server) runs on the test's main
  * thread; the sandbox side is a plain blocking client on a second thread, so
  * each test reads like a conversation. Shared state is only looked at by the

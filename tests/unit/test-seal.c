@@ -1,4 +1,4 @@
-/* Unit tests for the broker's sealing (daemon/broker/seal.c).
+/* Unit tests for the broker's sealing (daemon/lib/seal.c).
  *
  * The TPM cases run against two private swtpm instances this test starts itself
  * (fork/exec, free loopback ports, temporary state dirs), so they need neither

@@ -146,7 +146,6 @@ static void setup(void) {
         };
         m = (manager) { .loop = &loop, .config = &config, .listen_fd = -1 };
         list_init(&m.connections);
-        list_init(&m.sandboxes);
         proto_limits_default(&m.limits);
         m.limits.max_message = 4096;
         memset(&listener, 0, sizeof(listener));

@@ -18,81 +18,28 @@
 #include <unistd.h>
 #include <linux/openat2.h>
 
-#include "auditlog.h"
+#include "audit/auditlog.h"
+#include "audit/report-annotate.h"
 #include "core/log.h"
 #include "macro.h"
 #include "policy.h"
-#include "sandbox/sandbox.h"
+#include "sandbox.h"
 #include "core/server.h"
-#include "sandbox/workspace.h"
+#include "workspace.h"
 
 /* Bounds: a report is for a person; the audit records it names stay complete. */
 #define REPORT_LAYER_ENTRIES_MAX 20000u  /* the exit path walks the layer on the loop: keep it short */
 #define REPORT_HASH_FILES_MAX 5000u
 
-/* ---- hooks where records are written ---- */
+/* ---- hooks where records are written (the rpc and peer ones: audit/report-annotate.c) ---- */
 
 static void add_str(json_object *o, const char *k, const char *v) {
         json_object_object_add(o, k, v ? json_object_new_string(v) : NULL);
 }
 
-/* The peer's executable and command name, as /proc says now (the pid was
- * checked by SO_PEERCRED on connect; these are context for a person). */
-static void add_peer(json_object *ev, const connection *c) {
-        char p[64], exe[PATH_MAX];
-        if (!c || c->peer.pid <= 0)
-                return;
-        json_object_object_add(ev, "peer_pid", json_object_new_int(c->peer.pid));
-        json_object_object_add(ev, "peer_uid", json_object_new_int((int) c->peer.uid));
-        snprintf(p, sizeof(p), "/proc/%d/exe", (int) c->peer.pid);
-        ssize_t n = readlink(p, exe, sizeof(exe) - 1);
-        if (n > 0)
-                json_object_object_add(ev, "peer_exe", json_object_new_string_len(exe, (int) n));
-        snprintf(p, sizeof(p), "/proc/%d/comm", (int) c->peer.pid);
-        _cleanup_close_ int fd = open(p, O_RDONLY | O_CLOEXEC);
-        char comm[32];
-        n = fd >= 0 ? read(fd, comm, sizeof(comm) - 1) : -1;
-        if (n > 0) {
-                if (comm[n - 1] == '\n')
-                        n--;
-                json_object_object_add(ev, "peer_comm", json_object_new_string_len(comm, (int) n));
-        }
-}
-
-void report_annotate_peer(json_object *ev, const connection *c) {
-        add_peer(ev, c);
-}
-
-/* The sandbox a host request is about, so its report finds the request. */
-static const char *rpc_target(const rpc_ctx *ctx, size_t *ret_len) {
-        const char *id = rpc_params_str(ctx->method, ctx->args, "id");
-        if (!id)
-                id = rpc_params_str(ctx->method, ctx->args, "sandbox");
-        size_t n = id ? strlen(id) : 0;
-        if (n == 0 || n > 64)
-                return NULL;
-        *ret_len = n;
-        return id;
-}
-
-bool report_rpc_annotates(const rpc_ctx *ctx) {
-        size_t n;
-        return rpc_target(ctx, &n) != NULL;
-}
-
-void report_annotate_rpc(json_object *ev, const rpc_ctx *ctx) {
-        size_t n = 0;
-        const char *id = rpc_target(ctx, &n);
-        if (!id)
-                return;
-        json_object_object_add(ev, "target", json_object_new_string_len(id, (int) n));
-        if (!ctx->conn->sandbox_id)
-                add_peer(ev, ctx->conn);
-}
-
 void report_annotate_spawn(json_object *ev, const sandbox *s, const char *const *env_names, const task_policy *p) {
         if (s->spawn_call)
-                add_peer(ev, s->spawn_call->conn);
+                report_annotate_peer(ev, s->spawn_call->conn);
         /* Names only: values may be secrets. */
         json_object *names = json_object_new_array();
         for (size_t i = 0; p && p->environment && p->environment[i]; i++) {
