@@ -147,6 +147,7 @@ struct netproxy {
         size_t relay_big;            /* a bulk direction's buffer (RELAY_BUF_BIG) */
         void *big_free[RELAY_BIG_KEEP];   /* kept big buffers, relay_big bytes each */
         unsigned n_big_free, n_big_out;   /* kept; handed out to directions */
+        unsigned big_max;                 /* at most this many out at once (RELAY_BIG_MAX) */
         size_t relay_pipe;           /* the splice path's pipe size per direction (RELAY_PIPE) */
         netproxy_relay_stats stats;
 
@@ -841,7 +842,7 @@ static void big_put(netproxy *p, void *buf, size_t cap) {
 static void *big_get(netproxy *p) {
         void *buf;
 
-        if (p->n_big_out >= RELAY_BIG_MAX)
+        if (p->n_big_out >= p->big_max)
                 return NULL;
         buf = p->n_big_free > 0 ? p->big_free[--p->n_big_free] : malloc(p->relay_big);
         if (buf)
@@ -2031,6 +2032,7 @@ int netproxy_new(uv_loop_t *loop, netproxy_event_cb cb, void *userdata, netproxy
         const char *e = getenv("AGENTD_NETPROXY_SPLICE");
         p->splice = e && strcmp(e, "1") == 0;
         p->relay_big = relay_size_env("AGENTD_NETPROXY_BUF", RELAY_BUF_BIG);
+        p->big_max = RELAY_BIG_MAX;
         p->relay_pipe = relay_size_env("AGENTD_NETPROXY_PIPE", RELAY_PIPE);
         *ret = p;
         return 0;
@@ -2088,6 +2090,11 @@ int netproxy_set_resolver_override(netproxy *p, const char *name, const char *ip
 
 void netproxy_set_splice(netproxy *p, bool on) {
         p->splice = on;
+}
+
+void netproxy_set_relay_pool(netproxy *p, unsigned n) {
+        if (p)
+                p->big_max = n;
 }
 
 int netproxy_set_relay_size(netproxy *p, size_t buf, size_t pipe) {

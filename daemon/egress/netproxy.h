@@ -132,6 +132,8 @@ void netproxy_set_splice(netproxy *p, bool on);
  * (default 1 MiB, AGENTD_NETPROXY_PIPE=bytes; the kernel may round it up). Both
  * 4 KiB..16 MiB, else -EINVAL; applies to directions that grow from then on. */
 int netproxy_set_relay_size(netproxy *p, size_t buf, size_t pipe);
+/* Tests: how many big buffers may be out at once (default 32; 0: none). */
+void netproxy_set_relay_pool(netproxy *p, unsigned n);
 netproxy_relay_stats netproxy_get_relay_stats(const netproxy *p);
 
 /* NULL if the address is an ordinary public one; otherwise why a name may not

@@ -489,9 +489,21 @@ START_TEST(test_bulk_grows) {
         setup();
         run(body_connect_allowed);
         check_tunnel_counts();
-        ck_assert_uint_ge(H.stats.grown_dirs, 1);
+        ck_assert_uint_eq(H.stats.grown_dirs, 2);
         ck_assert_uint_gt(H.stats.max_held, 256U * 1024U);
         ck_assert_uint_le(H.stats.max_held, 1024U * 1024U);
+}
+END_TEST
+
+/* The pool is bounded: with room for one big buffer, the second bulk
+ * direction relays through 256 KiB instead, and every byte still arrives. */
+START_TEST(test_bulk_pool_limit) {
+        setup();
+        netproxy_set_relay_pool(H.proxy, 1);
+        run(body_connect_allowed);
+        check_tunnel_counts();
+        ck_assert_uint_eq(H.stats.grown_dirs, 1);
+        ck_assert_uint_eq(H.stats.copied_bytes, TUNNEL_PAYLOAD);
 }
 END_TEST
 
@@ -1311,6 +1323,7 @@ static Suite *netproxy_suite(void) {
         tcase_add_test(tc, test_connect_splice_counts);
         tcase_add_test(tc, test_connect_copy_counts);
         tcase_add_test(tc, test_bulk_grows);
+        tcase_add_test(tc, test_bulk_pool_limit);
         tcase_add_test(tc, test_relay_size_bounds);
         tcase_add_test(tc, test_backpressure_copy);
         tcase_add_test(tc, test_backpressure_splice);
