@@ -6,7 +6,7 @@
  * checked address, and then relayed byte for byte through one buffer per
  * direction.
  *
- * Two relay paths. The default copies through one buffer per direction: 64
+ * Two relay paths. The default copies through one buffer per direction: 256
  * KiB to start with, 1 MiB (from a bounded pool) once the direction proves to
  * be bulk (see RELAY_BUF_BIG). The other splices (socket -> pipe -> socket, no copy through
  * user space) with the pipe enlarged to 1 MiB (F_SETPIPE_SZ); it is on with
@@ -79,14 +79,12 @@
  * bytes the other side does not take, so a connection holds at most two of
  * them (plus the kernel's socket buffers).
  *
- * A direction starts with a small buffer (most connections carry a request
- * and a small answer). Once one read fills it, the direction is a bulk one
- * and gets a big buffer from the proxy's pool: measured (BENCHMARKS.md §11),
- * 1 MiB reads and writes cost agentd ~25-30% less CPU per MB than 256 KiB
- * ones on loopback (fewer window updates and pushes, not just fewer
- * syscalls). At most RELAY_BIG_MAX big buffers exist at once; beyond that a
- * bulk direction gets RELAY_BUF. */
-#define RELAY_BUF_SMALL (64U * 1024U)
+ * A direction starts with RELAY_BUF. Once one read fills it, the direction
+ * is a bulk one and gets a big buffer from the proxy's pool: measured
+ * (BENCHMARKS.md §11), 1 MiB reads and writes cost agentd ~25-30% less CPU
+ * per MB than 256 KiB ones on loopback (fewer window updates and pushes, not
+ * just fewer syscalls). At most RELAY_BIG_MAX big buffers exist at once;
+ * beyond that a bulk direction keeps RELAY_BUF. */
 #define RELAY_BUF (256U * 1024U)
 #define RELAY_BUF_BIG (1024U * 1024U)
 #define RELAY_BIG_MAX 32U
@@ -1136,28 +1134,22 @@ static int dir_send(np_dir *d, int dst, const char *buf, size_t *off, size_t len
 }
 
 /* The last read filled the (now empty) buffer: a bulk direction. It gets a
- * big buffer if the pool has one to give, else at least RELAY_BUF; on any
- * failure it keeps the one it has. */
+ * big buffer if the pool has one to give; else it keeps the one it has. */
 static void dir_grow(np_dir *d) {
         netproxy *p = d->proxy;
         void *buf;
-        size_t cap;
 
         if (d->big || d->cap >= p->relay_big)
                 return;
         buf = big_get(p);
-        if (buf) {
-                cap = p->relay_big;
-                d->big = true;
-                p->stats.grown_dirs++;
-        } else if (d->cap < MIN((size_t) RELAY_BUF, p->relay_big) && (buf = malloc(MIN((size_t) RELAY_BUF, p->relay_big))))
-                cap = MIN((size_t) RELAY_BUF, p->relay_big);
-        else
+        if (!buf)
                 return;
         free(d->buf);
         d->buf = buf;
-        d->cap = cap;
+        d->cap = p->relay_big;
+        d->big = true;
         d->len = d->off = 0;
+        p->stats.grown_dirs++;
 }
 
 static int dir_pump(np_dir *d, int src, int dst) {
@@ -1236,7 +1228,7 @@ static int dir_init(np_dir *d, netproxy *p, uint64_t *count, const char *prefix,
                 d->spliced = true;
                 p->stats.spliced_dirs++;
         } else {
-                d->cap = MIN((size_t) RELAY_BUF_SMALL, p->relay_big);
+                d->cap = MIN((size_t) RELAY_BUF, p->relay_big);
                 d->buf = malloc(d->cap);
                 if (!d->buf)
                         return -ENOMEM;

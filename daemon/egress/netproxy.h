@@ -126,7 +126,7 @@ typedef struct netproxy_relay_stats {
 void netproxy_set_splice(netproxy *p, bool on);
 
 /* The relay's size per direction: the copy path's buffer for a bulk
- * direction (one whose read filled its 64 KiB starting buffer; default 1 MiB,
+ * direction (one whose read filled its 256 KiB starting buffer; default 1 MiB,
  * from a pool of at most 32 such buffers per proxy, beyond that 256 KiB;
  * AGENTD_NETPROXY_BUF=bytes at netproxy_new()) and the splice path's pipe
  * (default 1 MiB, AGENTD_NETPROXY_PIPE=bytes; the kernel may round it up). Both
