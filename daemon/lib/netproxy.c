@@ -3,20 +3,23 @@
  * the sandbox (one byte + the socket, SCM_RIGHTS). Each connection reads a
  * bounded request head, is decided against that sandbox's Allow= list,
  * resolved (off the loop thread), checked address by address, connected to the
- * checked address, and then relayed byte for byte through one large buffer
- * per direction.
+ * checked address, and then relayed byte for byte through one buffer per
+ * direction.
  *
- * Two relay paths. The default copies through one large buffer per
- * direction. The other splices (socket -> pipe -> socket, no copy through
+ * Two relay paths. The default copies through one buffer per direction: 256
+ * KiB to start with, 1 MiB (from a bounded pool) once the direction proves to
+ * be bulk (see RELAY_BUF_BIG). The other splices (socket -> pipe -> socket, no copy through
  * user space) with the pipe enlarged to 1 MiB (F_SETPIPE_SZ); it is on with
  * AGENTD_NETPROXY_SPLICE=1 in the environment, and falls back to copying
  * when a pipe cannot be made. Measured on the 2-vCPU VM (BENCHMARKS.md §6),
  * splice was no faster for 100 MB through CONNECT (0.82-1.03x of copying)
  * and not faster for many small connections (two extra fds and pipe set-up per
  * direction), so copying stays the default; a machine with spare cores may
- * differ: bench/bench-egress.py measures both side by side. Why not libuv streams: they read 64 KiB at a time and
- * queue writes; a read as large as the buffer, written out at once, is what
- * keeps the syscalls per byte low.
+ * differ: bench/bench-egress.py measures both side by side (and BENCHMARKS.md
+ * §11 the CPU each path costs: splice saves agentd its two copies, but the
+ * receiver then pays more than that). Why not libuv streams: they read 64 KiB
+ * at a time and queue writes; a read as large as the buffer, written out at
+ * once, is what keeps the syscalls and the TCP work per byte low.
  *
  * All sockets are driven with uv_poll and plain non-blocking syscalls
  * (MSG_DONTWAIT).
@@ -74,13 +77,28 @@
 /* Per direction, the most that is read before it is written out again.
  * Backpressure is this buffer: a side is not read while the buffer holds
  * bytes the other side does not take, so a connection holds at most two of
- * them (plus the kernel's socket buffers). */
+ * them (plus the kernel's socket buffers).
+ *
+ * A direction starts with RELAY_BUF. Once one read fills it, the direction
+ * is a bulk one and gets a big buffer from the proxy's pool: measured
+ * (BENCHMARKS.md §11), 1 MiB reads and writes cost agentd ~25-30% less CPU
+ * per MB than 256 KiB ones on loopback (fewer window updates and pushes, not
+ * just fewer syscalls). At most RELAY_BIG_MAX big buffers exist at once;
+ * beyond that a bulk direction keeps RELAY_BUF. */
 #define RELAY_BUF (256U * 1024U)
-/* The splice path's pipe per direction: its capacity plays RELAY_BUF's role. */
+#define RELAY_BUF_BIG (1024U * 1024U)
+#define RELAY_BIG_MAX 32U
+/* Freed big buffers kept for the next bulk direction (no mmap/munmap per tunnel). */
+#define RELAY_BIG_KEEP 4U
+/* The splice path's pipe per direction: its capacity plays the buffer's role. */
 #define RELAY_PIPE (1024U * 1024U)
-/* Fairness: at most this many buffers per direction and wake-up; a busy
- * connection then waits for the next loop iteration like everybody else. */
-#define RELAY_ROUNDS 4U
+/* What netproxy_set_relay_size() and AGENTD_NETPROXY_BUF / _PIPE accept. */
+#define RELAY_SIZE_MIN (4U * 1024U)
+#define RELAY_SIZE_MAX (16U * 1024U * 1024U)
+/* Fairness: at most this many bytes per direction and wake-up (at least one
+ * buffer-full); a busy connection then waits for the next loop iteration like
+ * everybody else. */
+#define RELAY_WAKE_BYTES (1024U * 1024U)
 #define DEFAULT_HEADER_TIMEOUT_MS UINT64_C(10000)
 /* Resolution plus TCP connect; a SYN to a black hole would otherwise take minutes. */
 #define CONNECT_TIMEOUT_MS UINT64_C(30000)
@@ -124,6 +142,11 @@ struct netproxy {
         uint64_t header_timeout_ms;
         unsigned max_connections;
         bool splice;                 /* relay with splice(2) (AGENTD_NETPROXY_SPLICE=1) */
+        size_t relay_big;            /* a bulk direction's buffer (RELAY_BUF_BIG) */
+        void *big_free[RELAY_BIG_KEEP];   /* kept big buffers, relay_big bytes each */
+        unsigned n_big_free, n_big_out;   /* kept; handed out to directions */
+        unsigned big_max;                 /* at most this many out at once (RELAY_BIG_MAX) */
+        size_t relay_pipe;           /* the splice path's pipe size per direction (RELAY_PIPE) */
         netproxy_relay_stats stats;
 
         bool freeing;
@@ -168,7 +191,10 @@ typedef enum dir_wait {
 
 /* One direction of a relayed connection. */
 typedef struct np_dir {
-        char *buf;                   /* RELAY_BUF bytes */
+        char *buf;                   /* cap bytes */
+        size_t cap;                  /* the buffer's size, or the pipe's capacity */
+        bool big;                    /* buf is one of the proxy's big buffers */
+        netproxy *proxy;
         size_t off, len;             /* buf[off..len) is read and not yet written */
         char *prefix;                /* sent before anything from the buffer */
         size_t prefix_len, prefix_off;
@@ -771,6 +797,9 @@ static void proxy_finalize(netproxy *p) {
         void (*done)(void *) = p->done;
         void *ud = p->done_userdata;
 
+        while (p->n_big_free > 0)
+                free(p->big_free[--p->n_big_free]);
+
         for (np_override *o = p->overrides, *next; o; o = next) {
                 next = o->next;
                 free(o->name);
@@ -798,7 +827,31 @@ static void sandbox_unref(np_sandbox *sb) {
                 proxy_finalize(p);
 }
 
+/* A big buffer of cap bytes back to the pool (kept for the next bulk
+ * direction if it still has the size the pool hands out, else freed). */
+static void big_put(netproxy *p, void *buf, size_t cap) {
+        p->n_big_out--;
+        if (p->n_big_free < RELAY_BIG_KEEP && cap == p->relay_big)
+                p->big_free[p->n_big_free++] = buf;
+        else
+                free(buf);
+}
+
+static void *big_get(netproxy *p) {
+        void *buf;
+
+        if (p->n_big_out >= p->big_max)
+                return NULL;
+        buf = p->n_big_free > 0 ? p->big_free[--p->n_big_free] : malloc(p->relay_big);
+        if (buf)
+                p->n_big_out++;
+        return buf;
+}
+
 static void dir_free(np_dir *d) {
+        if (d->big)
+                big_put(d->proxy, TAKE_PTR(d->buf), d->cap);
+        d->big = false;
         d->buf = mfree(d->buf);
         d->prefix = mfree(d->prefix);
         if (d->spliced) {
@@ -987,12 +1040,12 @@ static int dir_finish(np_dir *d, int dst) {
 
 /* When the sink has taken everything: 1 to read the source again; else
  * what the pump returns (the direction is finished at EOF, and after
- * RELAY_ROUNDS it waits: level-triggered, a still readable source wakes us
- * right away). */
-static int dir_next_round(np_dir *d, int dst, unsigned round) {
+ * RELAY_WAKE_BYTES read in this wake-up it waits: level-triggered, a still
+ * readable source wakes us right away). */
+static int dir_next_round(np_dir *d, int dst, size_t moved) {
         if (d->eof)
                 return dir_finish(d, dst);
-        if (round >= RELAY_ROUNDS) {
+        if (moved >= RELAY_WAKE_BYTES) {
                 d->wait = WAIT_SOURCE;
                 return 0;
         }
@@ -1014,12 +1067,19 @@ static int dir_source_read(np_dir *d, ssize_t n) {
         return 1;
 }
 
+/* Back-pressure's evidence: the most one direction ever held (read from its
+ * source and not yet taken by its sink). */
+static void held_mark(np_dir *d, size_t held) {
+        if (held > d->stats->max_held)
+                d->stats->max_held = held;
+}
+
 /* dir_pump() for a spliced direction: src -> pipe -> dst, in the kernel. */
 static int dir_pump_splice(np_dir *d, int src, int dst) {
         ssize_t n;
         int r;
 
-        for (unsigned round = 0;; round++) {
+        for (size_t moved = 0;;) {
                 while (d->in_pipe > 0) {
                         n = splice(d->pipe[0], NULL, dst, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
                         if (n < 0) {
@@ -1037,17 +1097,19 @@ static int dir_pump_splice(np_dir *d, int src, int dst) {
                         *d->count += (uint64_t) n;
                         d->stats->spliced_bytes += (uint64_t) n;
                 }
-                r = dir_next_round(d, dst, round);
+                r = dir_next_round(d, dst, moved);
                 if (r <= 0)
                         return r;
                 /* The pipe is empty here: if nothing comes, it is the source that has nothing. */
-                n = splice(src, NULL, d->pipe[1], NULL, RELAY_PIPE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                n = splice(src, NULL, d->pipe[1], NULL, d->cap, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
                 r = dir_source_read(d, n);
                 if (r == -EINTR)
                         continue;
                 if (r <= 0)
                         return r;
                 d->in_pipe = (size_t) n;
+                moved += (size_t) n;
+                held_mark(d, d->in_pipe);
         }
 }
 
@@ -1071,6 +1133,25 @@ static int dir_send(np_dir *d, int dst, const char *buf, size_t *off, size_t len
         return 1;
 }
 
+/* The last read filled the (now empty) buffer: a bulk direction. It gets a
+ * big buffer if the pool has one to give; else it keeps the one it has. */
+static void dir_grow(np_dir *d) {
+        netproxy *p = d->proxy;
+        void *buf;
+
+        if (d->big || d->cap >= p->relay_big)
+                return;
+        buf = big_get(p);
+        if (!buf)
+                return;
+        free(d->buf);
+        d->buf = buf;
+        d->cap = p->relay_big;
+        d->big = true;
+        d->len = d->off = 0;
+        p->stats.grown_dirs++;
+}
+
 static int dir_pump(np_dir *d, int src, int dst) {
         uint64_t sent = 0;
         ssize_t n;
@@ -1088,17 +1169,19 @@ static int dir_pump(np_dir *d, int src, int dst) {
         if (d->spliced)
                 return dir_pump_splice(d, src, dst);
 
-        for (unsigned round = 0;; round++) {
+        for (size_t moved = 0;;) {
                 sent = 0;
                 r = dir_send(d, dst, d->buf, &d->off, d->len, &sent);
                 *d->count += sent;
                 d->stats->copied_bytes += sent;
                 if (r <= 0)
                         return r;
-                r = dir_next_round(d, dst, round);
+                r = dir_next_round(d, dst, moved);
                 if (r <= 0)
                         return r;
-                n = recv(src, d->buf, RELAY_BUF, MSG_DONTWAIT);
+                if (d->len == d->cap)
+                        dir_grow(d);
+                n = recv(src, d->buf, d->cap, MSG_DONTWAIT);
                 r = dir_source_read(d, n);
                 if (r == -EINTR)
                         continue;
@@ -1106,6 +1189,8 @@ static int dir_pump(np_dir *d, int src, int dst) {
                         return r;
                 d->off = 0;
                 d->len = (size_t) n;
+                moved += (size_t) n;
+                held_mark(d, d->len);
         }
 }
 
@@ -1133,13 +1218,18 @@ static void relay(np_conn *c, bool pump_up, bool pump_down) {
 static int dir_init(np_dir *d, netproxy *p, uint64_t *count, const char *prefix, size_t prefix_len, bool counted) {
         d->count = count;
         d->stats = &p->stats;
+        d->proxy = p;
         if (p->splice && pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) == 0) {
                 /* Best effort: a pipe at the default size still works, just in smaller steps. */
-                (void) fcntl(d->pipe[1], F_SETPIPE_SZ, (int) RELAY_PIPE);
+                int sz = fcntl(d->pipe[1], F_SETPIPE_SZ, (int) p->relay_pipe);
+                if (sz < 0)
+                        sz = fcntl(d->pipe[1], F_GETPIPE_SZ);
+                d->cap = sz > 0 ? (size_t) sz : 65536U;
                 d->spliced = true;
                 p->stats.spliced_dirs++;
         } else {
-                d->buf = malloc(RELAY_BUF);
+                d->cap = MIN((size_t) RELAY_BUF, p->relay_big);
+                d->buf = malloc(d->cap);
                 if (!d->buf)
                         return -ENOMEM;
                 p->stats.copied_dirs++;
@@ -1902,6 +1992,22 @@ void netproxy_remove_sandbox(netproxy *p, const char *sandbox_id) {
 
 /* ---- the proxy ---- */
 
+/* A relay size from the environment (bytes, RELAY_SIZE_MIN..RELAY_SIZE_MAX);
+ * anything else leaves the default. */
+static size_t relay_size_env(const char *name, size_t def) {
+        const char *e = getenv(name);
+        char *end;
+        unsigned long long v;
+
+        if (!e || !*e)
+                return def;
+        errno = 0;
+        v = strtoull(e, &end, 10);
+        if (errno != 0 || *end || v < RELAY_SIZE_MIN || v > RELAY_SIZE_MAX)
+                return def;
+        return (size_t) v;
+}
+
 int netproxy_new(uv_loop_t *loop, netproxy_event_cb cb, void *userdata, netproxy **ret) {
         netproxy *p;
 
@@ -1917,6 +2023,9 @@ int netproxy_new(uv_loop_t *loop, netproxy_event_cb cb, void *userdata, netproxy
         p->max_connections = DEFAULT_MAX_CONNECTIONS;
         const char *e = getenv("AGENTD_NETPROXY_SPLICE");
         p->splice = e && strcmp(e, "1") == 0;
+        p->relay_big = relay_size_env("AGENTD_NETPROXY_BUF", RELAY_BUF_BIG);
+        p->big_max = RELAY_BIG_MAX;
+        p->relay_pipe = relay_size_env("AGENTD_NETPROXY_PIPE", RELAY_PIPE);
         *ret = p;
         return 0;
 }
@@ -1973,6 +2082,21 @@ int netproxy_set_resolver_override(netproxy *p, const char *name, const char *ip
 
 void netproxy_set_splice(netproxy *p, bool on) {
         p->splice = on;
+}
+
+void netproxy_set_relay_pool(netproxy *p, unsigned n) {
+        if (p)
+                p->big_max = n;
+}
+
+int netproxy_set_relay_size(netproxy *p, size_t buf, size_t pipe) {
+        if (!p || buf < RELAY_SIZE_MIN || buf > RELAY_SIZE_MAX || pipe < RELAY_SIZE_MIN || pipe > RELAY_SIZE_MAX)
+                return -EINVAL;
+        p->relay_big = buf;
+        while (p->n_big_free > 0)       /* kept ones have the old size */
+                free(p->big_free[--p->n_big_free]);
+        p->relay_pipe = pipe;
+        return 0;
 }
 
 netproxy_relay_stats netproxy_get_relay_stats(const netproxy *p) {

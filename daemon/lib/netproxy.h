@@ -119,8 +119,21 @@ void netproxy_set_max_connections(netproxy *p, unsigned n);
 typedef struct netproxy_relay_stats {
         uint64_t spliced_dirs, copied_dirs;     /* directions set up per path */
         uint64_t spliced_bytes, copied_bytes;   /* payload relayed per path (prefixes not included) */
+        uint64_t max_held;      /* the most one direction held at once (read, not yet written):
+                                 * back-pressure keeps it at most the buffer or pipe size */
+        uint64_t grown_dirs;    /* copied directions that went bulk and got a big buffer */
 } netproxy_relay_stats;
 void netproxy_set_splice(netproxy *p, bool on);
+
+/* The relay's size per direction: the copy path's buffer for a bulk
+ * direction (one whose read filled its 256 KiB starting buffer; default 1 MiB,
+ * from a pool of at most 32 such buffers per proxy, beyond that 256 KiB;
+ * AGENTD_NETPROXY_BUF=bytes at netproxy_new()) and the splice path's pipe
+ * (default 1 MiB, AGENTD_NETPROXY_PIPE=bytes; the kernel may round it up). Both
+ * 4 KiB..16 MiB, else -EINVAL; applies to directions that grow from then on. */
+int netproxy_set_relay_size(netproxy *p, size_t buf, size_t pipe);
+/* Tests: how many big buffers may be out at once (default 32; 0: none). */
+void netproxy_set_relay_pool(netproxy *p, unsigned n);
 netproxy_relay_stats netproxy_get_relay_stats(const netproxy *p);
 
 /* NULL if the address is an ordinary public one; otherwise why a name may not
