@@ -40,6 +40,7 @@ typedef struct output_stream {
 typedef struct sandbox_waiter {
         struct sandbox_waiter *next;
         rpc_call *call;
+        bool spawn;               /* a sandbox.spawn with wait: the spawn reply's fields too */
 } sandbox_waiter;
 
 typedef struct sandbox {
@@ -86,6 +87,7 @@ typedef struct sandbox {
         bool timeout_init;
         uint64_t timeout_ms;
         rpc_call *spawn_call;     /* answered when the helper reports started/error */
+        bool spawn_wait;          /* spawn_call asked wait: it becomes a waiter at "started" */
         bool tty;
         int tty_master;
         connection *owner;        /* attached client: the sandbox ends when it leaves */

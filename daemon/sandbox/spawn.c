@@ -311,6 +311,11 @@ static int step_admission(spawn_ctx *c) {
                 rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "parameters 'tty' and 'attach' exclude each other");
                 return -EINVAL;
         }
+        if (c->in->tty && c->in->wait) {
+                /* The terminal comes with the spawn reply, which the caller needs while it runs. */
+                rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "parameters 'tty' and 'wait' exclude each other (call sandbox.wait)");
+                return -EINVAL;
+        }
         return 0;
 }
 
@@ -946,6 +951,7 @@ static int step_wiring(spawn_ctx *c) {
         c->m->n_sandboxes++;
         c->m->n_sandboxes_live++;
         s->spawn_call = TAKE_PTR(c->call);
+        s->spawn_wait = c->in->wait;
         s->creds = TAKE_PTR(c->creds);
         return 0;
 }
