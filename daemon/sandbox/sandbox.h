@@ -143,6 +143,8 @@ int sandbox_pids(const sandbox *s, pid_t **ret, size_t *ret_n);
 void pool_drain(manager *m, const char *why);
 /* Warm sandboxes ready for a spawn (agentd.status "warm_sandboxes"). */
 unsigned pool_count(void);
+/* Per-task plans built and cached so far (plan-cache.c; agentd.status "plan_cache_builds"). */
+unsigned plan_cache_builds(void);
 
 /* main.c: start (load the records, set up the cgroup), stop (end them all) and free. */
 int sandboxes_init(manager *m);
