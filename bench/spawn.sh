@@ -16,6 +16,9 @@
 #        that user, the way systemd's Delegate=yes runs agentd (0: do not).
 #        AGENTD_CONF: an agentd.conf for both daemons (the pooled one gets
 #        [Pool] WarmSandboxes=${WARM:-2} appended).
+#        BASELINE: another build dir (e.g. of the commit before a change): its
+#        agentd and agentctl run as "base" and "base-pool" in the same
+#        hyperfine run, and the ratios against them are printed too.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,7 +41,8 @@ if [ "$(id -u)" = 0 ]; then
         fi
         rc=0
         runuser -u "$BENCH_USER" -- env WARMUP="$WARMUP" RUNS="$RUNS" ROUNDS="${ROUNDS:-2}" JSON_OUT="${JSON_OUT:-}" \
-                AGENTD_CONF="${AGENTD_CONF:-}" DELEGATED="${CG:-none}" PATH=/usr/bin:/bin "$0" "$BUILD" || rc=$?
+                AGENTD_CONF="${AGENTD_CONF:-}" DELEGATED="${CG:-none}" BASELINE="${BASELINE:-}" PATH=/usr/bin:/bin \
+                "$0" "$BUILD" || rc=$?
         if [ -n "$CG" ]; then
                 echo $$ >"$CG2/cgroup.procs"
                 find "$CG" -depth -type d -exec rmdir {} \; 2>/dev/null || true
@@ -66,8 +70,9 @@ SOCK=$T/agentd.sock
 PSOCK=$T/pool/agentd.sock
 DPID=
 PPID_=
+BPIDS=
 cleanup() {
-        for p in $DPID $PPID_; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+        for p in $DPID $PPID_ $BPIDS; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
         rm -rf "$T" "$WS"
 }
 trap cleanup EXIT
@@ -84,6 +89,26 @@ for _ in $(seq 100); do
         [ -S "$SOCK" ] && [ -S "$PSOCK" ] && break
         sleep 0.05
 done
+BASE_CMDS=()
+if [ -n "${BASELINE:-}" ]; then
+        BASE=$(cd "$BASELINE" && pwd)
+        for kind in base base-pool; do
+                mkdir -p "$T/$kind/run" "$T/$kind/config/agentd" "$T/$kind/state"
+                if [ "$kind" = base-pool ]; then
+                        cp "$T/pool/config/agentd/agentd.conf" "$T/$kind/config/agentd/"
+                elif [ -n "${AGENTD_CONF:-}" ]; then
+                        cp "$AGENTD_CONF" "$T/$kind/config/agentd/agentd.conf"
+                fi
+                env -i HOME="$HOME" USER="$(id -un)" PATH=/usr/bin:/bin \
+                        XDG_RUNTIME_DIR="$T/$kind/run" XDG_CONFIG_HOME="$T/$kind/config" XDG_STATE_HOME="$T/$kind/state" \
+                        AGENTD_LOG_TARGET=stderr "$BASE/daemon/agentd" --socket "$T/$kind/agentd.sock" 2>"$T/$kind.log" &
+                BPIDS="$BPIDS $!"
+                for _ in $(seq 100); do [ -S "$T/$kind/agentd.sock" ] && break; sleep 0.05; done
+                "$BASE/client/agentctl" --socket "$T/$kind/agentd.sock" spawn --task default --workspace "$WS" -- /bin/true ||
+                        { echo "spawn.sh: baseline $kind failed:" >&2; cat "$T/$kind.log" >&2; exit 1; }
+                BASE_CMDS+=("$kind" "$BASE/client/agentctl --socket $T/$kind/agentd.sock spawn --task default --workspace $WS -- /bin/true")
+        done
+fi
 export AGENTD_SOCKET=$SOCK
 if ! "$AGENTCTL" ping >/dev/null; then
         echo "spawn.sh: agentd did not start:" >&2; cat "$T/agentd.log" >&2; exit 1
@@ -110,6 +135,7 @@ CMDS=(
         unshare "unshare -Urmpfn --mount-proc /bin/true"
         true "/bin/true"
         agentctl-ping "$AGENTCTL ping"
+        ${BASE_CMDS[@]+"${BASE_CMDS[@]}"}
 )
 JSONS=()
 for r in $(seq "$ROUNDS"); do
@@ -127,6 +153,9 @@ done
 WARM_N=$(grep -c ', warm)' "$T/agentd-pool.log" || true)
 ALL_N=$(grep -c ': spawned task ' "$T/agentd-pool.log" || true)
 echo "spawn.sh: agentd-pool: $WARM_N of $ALL_N spawns ran in a warm sandbox"
+if [ -n "${BASELINE:-}" ]; then
+        echo "spawn.sh: baseline $BASE: base-pool: $(grep -c ', warm)' "$T/base-pool.log" || true) of $(grep -c ': spawned task ' "$T/base-pool.log" || true) spawns warm"
+fi
 if [ -n "${JSON_OUT:-}" ]; then
         /usr/bin/python3 -c 'import json,sys; json.dump([json.load(open(f)) for f in sys.argv[2:]], open(sys.argv[1], "w"))' \
                 "$JSON_OUT" "${JSONS[@]}"
@@ -147,7 +176,8 @@ for f in sys.argv[1:]:
 rows = {}
 print()
 print(f"{'command':<14} {'median ms':>10} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'min ms':>7} {'runs':>5}")
-for name in ("agentd", "agentd-pool", "bwrap", "unshare", "true", "agentctl-ping"):
+names = ["agentd", "agentd-pool", "bwrap", "unshare", "true", "agentctl-ping"] + [n for n in ("base", "base-pool") if n in res]
+for name in names:
     t = [x * 1e3 for x in res[name]["times"]]
     rows[name] = (statistics.median(t), pct(t, 0.95), pct(t, 0.99))
     print(f"{name:<14} {rows[name][0]:>10.2f} {rows[name][1]:>8.2f} {rows[name][2]:>8.2f} {statistics.mean(t):>8.2f} {min(t):>7.2f} {len(t):>5}")
@@ -164,6 +194,13 @@ print(f"{'agentd - agentctl ping':<28} {net:>7.2f} ms (spawn cost beyond the cli
 print(f"{'(agentd - ping)/bwrap':<28} {net / rows['bwrap'][0]:>7.2f}")
 pool = rows["agentd-pool"]
 print(f"{'agentd-pool - agentctl ping':<28} {pool[0] - rows['agentctl-ping'][0]:>7.2f} ms")
+for who, base in (("agentd", "base"), ("agentd-pool", "base-pool")):
+    if base in rows:
+        if who == "agentd":
+            print()
+        w, b, p = rows[who], rows[base], rows["bwrap"]
+        print(f"{base + '/bwrap':<28} {b[0] / p[0]:>7.2f} {b[1] / p[1]:>7.2f} {b[2] / p[2]:>7.2f}")
+        print(f"{who + '/' + base:<28} {w[0] / b[0]:>7.2f} {w[1] / b[1]:>7.2f} {w[2] / b[2]:>7.2f}  (this build / the baseline)")
 verdict = "met" if pool[0] / rows["bwrap"][0] <= 0.5 else "NOT met"
 print(f"\nspawn.sh: agentd-pool/bwrap median ratio target (<= 0.5) {verdict}")
 EOF

@@ -462,7 +462,7 @@ static int spawn_resolve_workspace(const char *workspace, char **ret) {
 }
 
 /* Packs the sandbox.spawn parameters into p (initialised here). */
-static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs) {
+static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs, bool wait) {
         /* Only terminal-related variables leave the client; the task decides the rest. */
         static const char *const passed[] = { "TERM", "COLORTERM", "LANG", "LC_ALL", "NO_COLOR" };
         size_t nenv = 0;
@@ -471,7 +471,7 @@ static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs
                         nenv++;
 
         const char *caller_path = getenv("PATH");
-        params_init(p, 6 + (a->task ? 1 : 0) + (a->ncmd > 0 ? 1 : 0) + (caller_path ? 1 : 0) + (!a->detach && !a->tty ? 1 : 0));
+        params_init(p, 6 + (a->task ? 1 : 0) + (a->ncmd > 0 ? 1 : 0) + (caller_path ? 1 : 0) + (wait ? 1 : 0));
         if (a->task)
                 mp_pack_kv_str(&p->pk, "task", a->task);
         if (a->ncmd > 0) {
@@ -486,7 +486,7 @@ static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs
         mp_pack_kv_bool(&p->pk, "tty", a->tty);
         mp_pack_kv_bool(&p->pk, "attach", !a->detach && !a->tty);
         mp_pack_kv_bool(&p->pk, "detach", a->detach);
-        if (!a->detach && !a->tty) /* one round trip: the reply comes with the exit */
+        if (wait) /* one round trip: the reply comes with the exit */
                 mp_pack_kv_bool(&p->pk, "wait", true);
         /* Files the sandbox creates get our umask, as if the command ran here. */
         mode_t mask = umask(0);
@@ -558,6 +558,8 @@ static void on_spawn_started(const char *method, size_t len, const msgpack_objec
         }
 }
 
+#define SPAWN_WITHOUT_WAIT (-1) /* an agentd that predates wait: spawn, then sandbox.wait */
+
 /* An attached spawn in one call (wait: true): the reply carries the exit. */
 static int spawn_attached(rpc_client *c, params *p, int fds[3], stdio_relay *relay) {
         _cleanup_free_ char *id = NULL;
@@ -568,13 +570,19 @@ static int spawn_attached(rpc_client *c, params *p, int fds[3], stdio_relay *rel
         c->interruptible = true;
         signal_client = c; /* Ctrl-C is forwarded once sandbox.started names the sandbox */
         int r = rpc_client_call(c, "sandbox.spawn", p->sb.data, p->sb.size, fds, 3, &res);
-        stdio_relay_sent(relay);
         while (r == -EINTR) {
                 forward_pending_signal();
                 r = rpc_client_resume(c, &res);
         }
         signal_client = NULL;
         signal_sandbox = NULL;
+        c->on_notification = NULL;
+        c->interruptible = false;
+        if (r >= 0 && res.error && streq(res.code, "invalid_params") && strstr(res.message, "unknown parameter 'wait'")) {
+                rpc_result_done(&res);
+                return SPAWN_WITHOUT_WAIT; /* nothing ran; the relay's pipes are still ours to send again */
+        }
+        stdio_relay_sent(relay);
         if (r < 0) {
                 fprintf(stderr, "agentctl: connection to agentd lost: %s\n", strerror(-r));
                 return EXIT_UNREACHABLE;
@@ -602,7 +610,7 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
                 return r;
 
         params p;
-        spawn_pack_params(&p, &a, ws_abs);
+        spawn_pack_params(&p, &a, ws_abs, !a.detach && !a.tty);
 
         int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
         stdio_relay relay = { .write_fd = { -1, -1, -1 } };
@@ -624,9 +632,12 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
         if (!a.detach && !a.tty) {
                 r = spawn_attached(&c, &p, fds, &relay);
                 msgpack_sbuffer_destroy(&p.sb);
-                rpc_client_close(&c);
-                stdio_relay_finish(&relay);
-                return r;
+                if (r != SPAWN_WITHOUT_WAIT) {
+                        rpc_client_close(&c);
+                        stdio_relay_finish(&relay);
+                        return r;
+                }
+                spawn_pack_params(&p, &a, ws_abs, false);
         }
         r = call(&c, "sandbox.spawn", &p.sb, fds, !a.detach && !a.tty ? 3 : 0, &res);
         msgpack_sbuffer_destroy(&p.sb);

@@ -19,6 +19,7 @@
 #include "core/log.h"
 #include "macro.h"
 #include "sandbox.h"
+#include "spawn-guard.h"
 
 #define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 #define RESOLVED_MAX 16
@@ -121,8 +122,10 @@ void plan_cache_check(manager *m) {
                 plan_cache_clear();
 }
 
+/* The registry's own policy object (not a Vault spawn's copy), and no
+ * seccomp profile file (its content can change in place: built per spawn). */
 static bool usable(manager *m, const task_policy *p) {
-        return p && m->tasks && policy_registry_find(m->tasks, p->name) == p;
+        return p && m->tasks && policy_registry_find(m->tasks, p->name) == p && !(p->seccomp && p->seccomp[0] == '/');
 }
 
 const plan_cached *plan_cache_find(manager *m, const task_policy *p) {
@@ -259,6 +262,12 @@ int plan_cache_watch(manager *m, const task_policy *p, const char *const *never)
                 r = watch_path(m->home);
         if (r >= 0)
                 r = watch_list(never, m->home);
+        if (r >= 0) {
+                /* The task-path check resolves agentd's directories too. */
+                spawn_guard g = spawn_guard_of(m);
+                const char *own[] = { g.runtime_dir, g.socket_path, g.config_path, g.task_dir, g.state_dir, NULL };
+                r = watch_list(own, m->home);
+        }
         if (r >= 0)
                 r = watch_list((const char *const *) p->read_only_paths, m->home);
         if (r >= 0)
