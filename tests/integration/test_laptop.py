@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
+import time
 
 from harness import AGENTCTL, AGENTCTL_INSIDE, Daemon, run_tests
 
@@ -216,6 +218,28 @@ def test_secret_appearing_after_cached_plan_hidden_pool_off():
 
 def test_secret_appearing_after_cached_plan_hidden_pool_on():
     secret_and_cache_check(2)
+
+
+def test_plan_cache_dropped_on_reload():
+    """A task edited and reloaded: the next spawn runs under the new plan (the
+    cached one of the old policy object is dropped), with the pool off."""
+    tasks = {"sized": "[Task]\nDescription=x\n[Filesystem]\nTmpSize=16M\n"}
+    with Daemon(tasks=tasks, config="[Pool]\nWarmSandboxes=0\n") as d:
+        c = d.client()
+        df = 'df -k /tmp | tail -1'
+        p = sh(d, df, task="sized")
+        assert " 16384 " in p.stdout.decode(), p
+        assert " 16384 " in sh(d, df, task="sized").stdout.decode()
+        builds = c.ok("agentd.status")["plan_cache_builds"]
+        with open(os.path.join(d.config_home, "agentd", "tasks", "sized.task"), "w") as f:
+            f.write("[Task]\nDescription=x\n[Filesystem]\nTmpSize=8M\n")
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while "task policies reloaded" not in d.read_log() and time.time() < deadline:
+            time.sleep(0.1)
+        p = sh(d, df, task="sized")
+        assert " 8192 " in p.stdout.decode(), p
+        assert c.ok("agentd.status")["plan_cache_builds"] > builds
 
 
 def test_caches_copy_on_write():

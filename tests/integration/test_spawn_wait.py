@@ -5,12 +5,14 @@ sandbox.started notification names the sandbox first; errors before the
 command ran stay errors; a client that leaves mid-wait is handled as one that
 leaves a sandbox.wait; agentctl's foreground spawn uses it (no sandbox.wait)."""
 import os
+import signal
 import socket
+import subprocess
 import time
 
 import msgpack
 
-from harness import Client, Daemon, run_tests
+from harness import AGENTCTL, Daemon, run_tests
 
 
 def workspace(d):
@@ -137,9 +139,6 @@ def test_disconnect_mid_wait_attached_ends_it():
 
 
 def test_agentctl_spawn_is_one_call():
-    import signal
-    import subprocess
-    from harness import AGENTCTL
     with Daemon() as d:
         ws = workspace(d)
         p = d.agentctl("spawn", "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 5", cwd=ws)
