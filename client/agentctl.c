@@ -236,7 +236,7 @@ static void on_winch(int sig) {
 /* Forwards a signal the user sent agentctl (Ctrl-C) to the sandbox: the
  * command runs in its own session, so the terminal cannot reach it. */
 static void forward_pending_signal(void) {
-        if (!pending_signal || !signal_client)
+        if (!pending_signal || !signal_client || !signal_sandbox)
                 return;
         int sig = pending_signal;
         pending_signal = 0;
@@ -323,6 +323,19 @@ static void relay_pty(int master) {
         restore_terminal();
 }
 
+/* agentctl's exit code for a sandbox.wait result (128+N for signal N). */
+static int exit_status_of(const msgpack_object *o) {
+        int64_t code = 0, sig = 0;
+        for (uint32_t i = 0; o->type == MSGPACK_OBJECT_MAP && i < o->via.map.size; i++) {
+                const msgpack_object_kv *kv = &o->via.map.ptr[i];
+                if (mp_str_eq(&kv->key, "exit_code") && kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                        code = (int64_t) kv->val.via.u64;
+                else if (mp_str_eq(&kv->key, "signal") && kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                        sig = (int64_t) kv->val.via.u64;
+        }
+        return sig > 0 ? 128 + (int) sig : (int) (code & 0xff);
+}
+
 static int wait_exit_status(rpc_client *c, const char *id) {
         for (;;) {
                 params p;
@@ -344,17 +357,9 @@ static int wait_exit_status(rpc_client *c, const char *id) {
                         rpc_result_done(&res);
                         return EXIT_DAEMON_ERROR;
                 }
-                int64_t code = 0, sig = 0;
-                const msgpack_object *o = res.result;
-                for (uint32_t i = 0; o->type == MSGPACK_OBJECT_MAP && i < o->via.map.size; i++) {
-                        const msgpack_object_kv *kv = &o->via.map.ptr[i];
-                        if (mp_str_eq(&kv->key, "exit_code") && kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-                                code = (int64_t) kv->val.via.u64;
-                        else if (mp_str_eq(&kv->key, "signal") && kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-                                sig = (int64_t) kv->val.via.u64;
-                }
+                int status = exit_status_of(res.result);
                 rpc_result_done(&res);
-                return sig > 0 ? 128 + (int) sig : (int) (code & 0xff);
+                return status;
         }
 }
 
@@ -457,7 +462,7 @@ static int spawn_resolve_workspace(const char *workspace, char **ret) {
 }
 
 /* Packs the sandbox.spawn parameters into p (initialised here). */
-static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs) {
+static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs, bool wait) {
         /* Only terminal-related variables leave the client; the task decides the rest. */
         static const char *const passed[] = { "TERM", "COLORTERM", "LANG", "LC_ALL", "NO_COLOR" };
         size_t nenv = 0;
@@ -466,7 +471,7 @@ static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs
                         nenv++;
 
         const char *caller_path = getenv("PATH");
-        params_init(p, 6 + (a->task ? 1 : 0) + (a->ncmd > 0 ? 1 : 0) + (caller_path ? 1 : 0));
+        params_init(p, 6 + (a->task ? 1 : 0) + (a->ncmd > 0 ? 1 : 0) + (caller_path ? 1 : 0) + (wait ? 1 : 0));
         if (a->task)
                 mp_pack_kv_str(&p->pk, "task", a->task);
         if (a->ncmd > 0) {
@@ -481,6 +486,8 @@ static void spawn_pack_params(params *p, const spawn_args *a, const char *ws_abs
         mp_pack_kv_bool(&p->pk, "tty", a->tty);
         mp_pack_kv_bool(&p->pk, "attach", !a->detach && !a->tty);
         mp_pack_kv_bool(&p->pk, "detach", a->detach);
+        if (wait) /* one round trip: the reply comes with the exit */
+                mp_pack_kv_bool(&p->pk, "wait", true);
         /* Files the sandbox creates get our umask, as if the command ran here. */
         mode_t mask = umask(0);
         umask(mask);
@@ -539,6 +546,59 @@ static int spawn_follow(rpc_client *c, const char *id, bool tty) {
         return wait_exit_status(c, id);
 }
 
+/* sandbox.started (a spawn with wait): the id, for forwarding Ctrl-C, and the note. */
+static void on_spawn_started(const char *method, size_t len, const msgpack_object *params, void *userdata) {
+        char **id = userdata;
+        if (len != strlen("sandbox.started") || memcmp(method, "sandbox.started", len) != 0 || !params || *id)
+                return;
+        *id = spawn_reply_id(params);
+        if (*id) {
+                signal_sandbox = *id;
+                forward_pending_signal();
+        }
+}
+
+#define SPAWN_WITHOUT_WAIT (-1) /* an agentd that predates wait: spawn, then sandbox.wait */
+
+/* An attached spawn in one call (wait: true): the reply carries the exit. */
+static int spawn_attached(rpc_client *c, params *p, int fds[3], stdio_relay *relay) {
+        _cleanup_free_ char *id = NULL;
+        rpc_result res;
+
+        c->on_notification = on_spawn_started;
+        c->userdata = &id;
+        c->interruptible = true;
+        signal_client = c; /* Ctrl-C is forwarded once sandbox.started names the sandbox */
+        int r = rpc_client_call(c, "sandbox.spawn", p->sb.data, p->sb.size, fds, 3, &res);
+        while (r == -EINTR) {
+                forward_pending_signal();
+                r = rpc_client_resume(c, &res);
+        }
+        signal_client = NULL;
+        signal_sandbox = NULL;
+        c->on_notification = NULL;
+        c->interruptible = false;
+        if (r >= 0 && res.error && streq(res.code, "invalid_params") && strstr(res.message, "unknown parameter 'wait'")) {
+                rpc_result_done(&res);
+                return SPAWN_WITHOUT_WAIT; /* nothing ran; the relay's pipes are still ours to send again */
+        }
+        stdio_relay_sent(relay);
+        if (r < 0) {
+                fprintf(stderr, "agentctl: connection to agentd lost: %s\n", strerror(-r));
+                return EXIT_UNREACHABLE;
+        }
+        if (res.error) {
+                fprintf(stderr, "agentctl: %s: %s\n", res.code, res.message);
+                rpc_result_done(&res);
+                return EXIT_DAEMON_ERROR;
+        }
+        if (!id) /* no sandbox.started seen: the note is in the reply */
+                free(spawn_reply_id(res.result));
+        int status = exit_status_of(res.result);
+        rpc_result_done(&res);
+        return status;
+}
+
 static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
         spawn_args a;
         int r = spawn_parse_args(argc, argv, &a);
@@ -550,7 +610,7 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
                 return r;
 
         params p;
-        spawn_pack_params(&p, &a, ws_abs);
+        spawn_pack_params(&p, &a, ws_abs, !a.detach && !a.tty);
 
         int fds[3] = { STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO };
         stdio_relay relay = { .write_fd = { -1, -1, -1 } };
@@ -569,6 +629,16 @@ static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
         rpc_result res;
         if (!a.detach)
                 spawn_forward_signals();
+        if (!a.detach && !a.tty) {
+                r = spawn_attached(&c, &p, fds, &relay);
+                msgpack_sbuffer_destroy(&p.sb);
+                if (r != SPAWN_WITHOUT_WAIT) {
+                        rpc_client_close(&c);
+                        stdio_relay_finish(&relay);
+                        return r;
+                }
+                spawn_pack_params(&p, &a, ws_abs, false);
+        }
         r = call(&c, "sandbox.spawn", &p.sb, fds, !a.detach && !a.tty ? 3 : 0, &res);
         msgpack_sbuffer_destroy(&p.sb);
         stdio_relay_sent(&relay);

@@ -155,6 +155,11 @@ int rpc_client_call(rpc_client *c, const char *method, const char *params, size_
         return wait_response(c, id, res, -1);
 }
 
+int rpc_client_resume(rpc_client *c, rpc_result *res) {
+        rpc_result_done(res);
+        return wait_response(c, c->next_msgid - 1, res, -1);
+}
+
 int rpc_client_pump(rpc_client *c, int timeout_ms) {
         return wait_response(c, 0, NULL, timeout_ms);
 }

@@ -32,6 +32,8 @@ void rpc_client_close(rpc_client *c);
  * Returns 0 with *res filled (error or result), or -errno on a transport failure. */
 int rpc_client_call(rpc_client *c, const char *method, const char *params, size_t params_len,
                     const int *fds, unsigned n_fds, rpc_result *res);
+/* After rpc_client_call returned -EINTR (interruptible): waits on for the same response. */
+int rpc_client_resume(rpc_client *c, rpc_result *res);
 /* Reads and dispatches notifications until fn returns true or the peer closes. */
 int rpc_client_pump(rpc_client *c, int timeout_ms);
 void rpc_result_done(rpc_result *res);

@@ -43,13 +43,14 @@ int rpc_agentd_status(rpc_ctx *ctx, const rpc_agentd_status_params *p, rpc_error
         list_head *i, *t;
         list_for_each_safe(i, t, sandbox_list(m))
                 active += !sandbox_ended(container_of(i, sandbox, link));
-        msgpack_pack_map(pk, 18);
+        msgpack_pack_map(pk, 19);
         mp_pack_kv_str(pk, "version", AGENTD_VERSION);
         mp_pack_kv_u64(pk, "protocol", AGENTD_PROTOCOL_VERSION);
         mp_pack_kv_u64(pk, "uptime_ms", now_msec() - m->start_msec);
         mp_pack_kv_u64(pk, "sandboxes", active);
         mp_pack_kv_u64(pk, "sandboxes_listed", sandbox_count(m));
         mp_pack_kv_u64(pk, "warm_sandboxes", pool_count());
+        mp_pack_kv_u64(pk, "plan_cache_builds", plan_cache_builds());
         mp_pack_kv_bool(pk, "locked_down", sandbox_locked_down(m));
         mp_pack_kv_str(pk, "vault", broker_vault_state(m));
         mp_pack_kv_str(pk, "tpm", broker_tpm_state(m));

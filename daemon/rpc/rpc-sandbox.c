@@ -43,6 +43,7 @@ static int spawn_params_parse(rpc_ctx *ctx, const rpc_sandbox_spawn_params *p, s
                 return -ENOMEM;
         ret->tty = p->tty;
         ret->attach = p->attach;
+        ret->wait = p->wait;
         ret->has_umask = p->has_umask;
         ret->umask = p->umask;
         /* A map of strings to strings, or an empty array (size 0 either way). */

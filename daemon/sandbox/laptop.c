@@ -28,6 +28,10 @@ static int strv_add(char ***v, const char *s) {
         return nv[n] ? 0 : -ENOMEM;
 }
 
+int laptop_strv_add(char ***v, const char *s) {
+        return strv_add(v, s);
+}
+
 static bool strv_has(char *const *v, const char *s) {
         for (size_t i = 0; v && v[i]; i++)
                 if (streq(v[i], s))
@@ -292,19 +296,27 @@ void laptop_plan_done(laptop_plan *plan) {
         *plan = (laptop_plan) { 0 };
 }
 
+int laptop_toolchains_build(const task_policy *p, const char *home, const char *const *never, laptop_plan *plan) {
+        if (!task_policy_toolchains_enabled(p))
+                return 0;
+        return add_toolchains(plan, p, home, never);
+}
+
+int laptop_plan_finish(const task_policy *p, const char *home, const char *caller_path, const char *workspace,
+                       laptop_plan *plan) {
+        int r = add_secrets(plan, home);
+        if (r < 0)
+                return r;
+        plan->agentctl = find_agentctl();
+        return build_path(plan, p, caller_path, workspace);
+}
+
 int laptop_plan_build(const task_policy *p, const char *home, const char *caller_path, const char *workspace,
                       const char *const *never, laptop_plan *ret) {
         laptop_plan plan = { 0 };
-        int r = 0;
-
-        if (task_policy_toolchains_enabled(p))
-                r = add_toolchains(&plan, p, home, never);
+        int r = laptop_toolchains_build(p, home, never, &plan);
         if (r >= 0)
-                r = add_secrets(&plan, home);
-        if (r >= 0) {
-                plan.agentctl = find_agentctl();
-                r = build_path(&plan, p, caller_path, workspace);
-        }
+                r = laptop_plan_finish(p, home, caller_path, workspace, &plan);
         if (r < 0) {
                 laptop_plan_done(&plan);
                 return r;

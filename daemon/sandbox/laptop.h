@@ -32,6 +32,17 @@ void laptop_plan_done(laptop_plan *plan);
 int laptop_plan_build(const task_policy *p, const char *home, const char *caller_path, const char *workspace,
                       const char *const *never, laptop_plan *ret);
 
+/* laptop_plan_build in two parts: the toolchains and caches (ro, cow), which
+ * depend only on the task and the machine (plan-cache.c keeps them per task),
+ * then per spawn the credential files that exist (hide: never cached), agentctl
+ * and PATH. */
+int laptop_toolchains_build(const task_policy *p, const char *home, const char *const *never, laptop_plan *plan);
+int laptop_plan_finish(const task_policy *p, const char *home, const char *caller_path, const char *workspace,
+                       laptop_plan *plan);
+
+/* Appends a copy of s to the NULL-terminated *v. */
+int laptop_strv_add(char ***v, const char *s);
+
 /* dir/cow/<i>/{upper,work} for each cow entry, mode 0700. */
 int laptop_make_cow_dirs(const char *sandbox_dir, size_t n);
 

@@ -23,6 +23,7 @@
 #include "sandbox-private.h"
 #include "core/log.h"
 #include "macro.h"
+#include "plan-cache.h"
 #include "socket.h"
 #include "zygote.h"
 
@@ -324,6 +325,9 @@ void pool_drain(manager *m, const char *why) {
         list_head *pos, *tmp;
         unsigned n = 0;
         (void) m;
+
+        /* Whatever invalidates a warm sandbox (a reload, the mount table) invalidates the per-task plans too. */
+        plan_cache_clear();
 
         list_for_each_safe(pos, tmp, &entries) {
                 warm_entry *e = container_of(pos, warm_entry, link);

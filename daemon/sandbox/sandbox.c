@@ -610,11 +610,24 @@ void sandbox_pack_wait_result(msgpack_packer *pk, void *userdata) {
                 mp_pack_kv_str(pk, "reason", s->end_reason);
 }
 
+static void pack_spawn_fields(msgpack_packer *pk, sandbox *s, size_t extra);
+
+/* sandbox.spawn with wait: the spawn reply's fields and sandbox.wait's in one map. */
+static void pack_spawn_wait_result(msgpack_packer *pk, void *userdata) {
+        sandbox *s = userdata;
+        pack_spawn_fields(pk, s, 3 + (s->end_reason ? 1 : 0));
+        mp_pack_kv_i64(pk, "exit_code", s->exit_code);
+        mp_pack_kv_i64(pk, "signal", s->exit_signal);
+        mp_pack_kv_str(pk, "state", sandbox_state_to_string(s->state));
+        if (s->end_reason)
+                mp_pack_kv_str(pk, "reason", s->end_reason);
+}
+
 static void complete_waiters(sandbox *s) {
         while (s->waiters) {
                 sandbox_waiter *w = s->waiters;
                 s->waiters = w->next;
-                rpc_call_reply(w->call, sandbox_pack_wait_result, s);
+                rpc_call_reply(w->call, w->spawn ? pack_spawn_wait_result : sandbox_pack_wait_result, s);
                 free(w);
         }
 }
@@ -837,9 +850,9 @@ static void on_helper_exit(uv_poll_t *h, int status, int events) {
         sandbox_maybe_complete(s);
 }
 
-static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
-        sandbox *s = userdata;
-        msgpack_pack_map(pk, 6 + (s->workspace_note ? 1 : 0));
+/* The spawn reply's map header and fields, with room for `extra` more pairs. */
+static void pack_spawn_fields(msgpack_packer *pk, sandbox *s, size_t extra) {
+        msgpack_pack_map(pk, 6 + (s->workspace_note ? 1 : 0) + extra);
         if (s->workspace_note)
                 mp_pack_kv_str(pk, "workspace_note", s->workspace_note);
         mp_pack_kv_str(pk, "id", s->id);
@@ -848,6 +861,30 @@ static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
         mp_pack_kv_str(pk, "state_dir", s->dir);
         mp_pack_kv_str(pk, "cgroup", s->cgroup ? "ok" : s->m->sandboxes->cgroup.status);
         mp_pack_kv_str(pk, "limits", s->limits_note ? s->limits_note : (s->cgroup ? "enforced" : "not enforced: no cgroup"));
+}
+
+static void pack_spawn_result(msgpack_packer *pk, void *userdata) {
+        pack_spawn_fields(pk, userdata, 0);
+}
+
+/* sandbox.spawn with wait: it started; the call answers when it ends. The
+ * caller learns the id now (to forward a signal with sandbox.kill) from a
+ * sandbox.started notification on its own connection: the spawn reply's fields. */
+static void spawn_call_wait(sandbox *s, rpc_call *call) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        rpc_pack_notification_header(&pk, "sandbox.started");
+        msgpack_pack_array(&pk, 1);
+        pack_spawn_result(&pk, s);
+        (void) connection_send(call->conn, sb.data, sb.size, NULL, 0);
+        msgpack_sbuffer_destroy(&sb);
+        if (sandbox_add_waiter(s, call) < 0) {
+                rpc_call_error(call, RPC_E_INTERNAL, "out of memory: call sandbox.wait");
+                return;
+        }
+        s->waiters->spawn = true;
 }
 
 typedef struct alert {
@@ -933,7 +970,9 @@ static void handle_status_line(sandbox *s, char *line, int fd) {
                                 int mfd = s->tty_master;
                                 s->tty_master = -1;
                                 rpc_call_reply_fds(call, pack_spawn_result, s, &mfd, 1);
-                        } else
+                        } else if (s->spawn_wait)
+                                spawn_call_wait(s, call);
+                        else
                                 rpc_call_reply(call, pack_spawn_result, s);
                 }
                 if (s->timeout_ms > 0) {

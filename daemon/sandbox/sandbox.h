@@ -40,6 +40,7 @@ typedef struct output_stream {
 typedef struct sandbox_waiter {
         struct sandbox_waiter *next;
         rpc_call *call;
+        bool spawn;               /* a sandbox.spawn with wait: the spawn reply's fields too */
 } sandbox_waiter;
 
 typedef struct sandbox {
@@ -86,6 +87,7 @@ typedef struct sandbox {
         bool timeout_init;
         uint64_t timeout_ms;
         rpc_call *spawn_call;     /* answered when the helper reports started/error */
+        bool spawn_wait;          /* spawn_call asked wait: it becomes a waiter at "started" */
         bool tty;
         int tty_master;
         connection *owner;        /* attached client: the sandbox ends when it leaves */
@@ -144,6 +146,8 @@ int sandbox_pids(const sandbox *s, pid_t **ret, size_t *ret_n);
 void pool_drain(manager *m, const char *why);
 /* Warm sandboxes ready for a spawn (agentd.status "warm_sandboxes"). */
 unsigned pool_count(void);
+/* Per-task plans built and cached so far (plan-cache.c; agentd.status "plan_cache_builds"). */
+unsigned plan_cache_builds(void);
 
 /* The part's state (manager.sandboxes is opaque outside sandbox/). Safe
  * before sandboxes_init(): no sandboxes, nothing set up. */

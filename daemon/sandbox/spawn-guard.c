@@ -81,8 +81,8 @@ static const char *fs_name(unsigned long magic) {
 }
 
 /* One of agentd's own directories: the workspace may be neither it, nor inside it, nor above it. */
-static int check_protected(const char *ws, const char *dir, const char *what, rpc_error *err) {
-        _cleanup_free_ char *p = protected_path(dir);
+static int check_protected(const spawn_guard *g, const char *ws, const char *dir, const char *what, rpc_error *err) {
+        _cleanup_free_ char *p = g->resolve && dir && dir[0] == '/' ? g->resolve(dir) : protected_path(dir);
         if (!p)
                 return 0;
         const char *rel = NULL;
@@ -185,7 +185,7 @@ int spawn_guard_workspace(const spawn_guard *g, const char *requested, char **re
                 { g->state_dir, "agentd's state directory" },
         };
         for (size_t i = 0; i < ELEMENTSOF(rules); i++) {
-                int r = check_protected(ws, rules[i].dir, rules[i].what, err);
+                int r = check_protected(g, ws, rules[i].dir, rules[i].what, err);
                 if (r < 0)
                         return r;
         }

@@ -15,6 +15,9 @@ typedef struct spawn_guard {
         const char *task_dir;
         const char *state_dir;
         bool require_limits;          /* [Daemon] RequireLimits= */
+        /* The workspace check's realpath() of those directories (NULL: realpath;
+         * spawn.c: plan_cache_resolve, which remembers them while unchanged). */
+        char *(*resolve)(const char *path);
 } spawn_guard;
 spawn_guard spawn_guard_of(const manager *m);
 

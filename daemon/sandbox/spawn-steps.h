@@ -30,6 +30,7 @@ typedef struct spawn_params {
         size_t n_env;
         char *path;            /* the caller's PATH, or NULL */
         bool tty, attach;
+        bool wait;             /* reply when it ends, with sandbox.wait's fields (sandbox.started first) */
         bool has_umask;
         uint64_t umask;
         int client_fds[3];     /* attach: the caller's stdin, stdout, stderr (SCM_RIGHTS), else -1 */

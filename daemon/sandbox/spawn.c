@@ -37,6 +37,7 @@
 #include "laptop.h"
 #include "macro.h"
 #include "memfd.h"
+#include "plan-cache.h"
 #include "sandbox-private.h"
 #include "seccomp-build.h"
 #include "spawn-guard.h"
@@ -102,6 +103,7 @@ static int get_bpf(const char *profile, const void **ret_bpf, size_t *ret_len, a
 }
 
 void spawn_cache_free(void) {
+        plan_cache_free();
         for (bpf_cache *c = bpf_cached, *n; c; c = n) {
                 n = c->next;
                 free(c->profile);
@@ -226,7 +228,9 @@ typedef struct spawn_ctx {
         const char *id;
         rpc_error *err;
 
-        spawn_plan plan;           /* plan_steps */
+        spawn_plan plan;           /* plan_steps, when run for this spawn */
+        const spawn_plan *pl;      /* the plan in use: &plan, or the plan cache's */
+        bool toolchains_done;      /* lp.ro and lp.cow came with the plan */
 
         /* request_steps and build_steps */
         char **argv;
@@ -311,6 +315,11 @@ static int step_admission(spawn_ctx *c) {
                 rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "parameters 'tty' and 'attach' exclude each other");
                 return -EINVAL;
         }
+        if (c->in->tty && c->in->wait) {
+                /* The terminal comes with the spawn reply, which the caller needs while it runs. */
+                rpc_error_set(c->err, RPC_E_INVALID_PARAMS, "parameters 'tty' and 'wait' exclude each other (call sandbox.wait)");
+                return -EINVAL;
+        }
         return 0;
 }
 
@@ -362,7 +371,9 @@ static int step_egress_available(spawn_ctx *c) {
 static int step_workspace(spawn_ctx *c) {
         if (c->p->workspace == WORKSPACE_NONE)
                 return 0;
-        return spawn_workspace_resolve(c->m, c->in->workspace, &c->workspace, c->err);
+        spawn_guard g = spawn_guard_of(c->m);
+        g.resolve = plan_cache_resolve; /* agentd's own directories, resolved once while unchanged */
+        return spawn_guard_workspace(&g, c->in->workspace, &c->workspace, c->err);
 }
 
 static const spawn_step request_steps[] = {
@@ -400,6 +411,15 @@ static int step_seccomp(spawn_ctx *c) {
         if (c->plan.bpf_fd < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "cannot pass the seccomp program: %s", strerror(-c->plan.bpf_fd));
                 return c->plan.bpf_fd;
+        }
+        /* Shared by every spawn of the task (plan-cache.c): a read-only open of
+         * the sealed memfd (the helper preads it at offset 0). */
+        char self[64];
+        snprintf(self, sizeof(self), "/proc/self/fd/%d", c->plan.bpf_fd);
+        int ro = open(self, O_RDONLY | O_CLOEXEC);
+        if (ro >= 0) {
+                safe_close(c->plan.bpf_fd);
+                c->plan.bpf_fd = ro;
         }
         return 0;
 }
@@ -455,16 +475,65 @@ int spawn_plan_prepare(manager *m, const task_policy *p, spawn_plan *ret, rpc_er
         return 0;
 }
 
+/* The directories a sandbox never shows (laptop.c's never[]); runtime_dir is filled. */
+static void never_dirs(manager *m, char runtime_dir[PATH_MAX], const char *never[3]) {
+        snprintf(runtime_dir, PATH_MAX, "%s", m->socket_path ? m->socket_path : "");
+        char *slash = strrchr(runtime_dir, '/');
+        if (slash && slash != runtime_dir)
+                *slash = 0;
+        never[0] = m->config->state_directory;
+        never[1] = runtime_dir[0] ? runtime_dir : NULL;
+        never[2] = NULL;
+}
+
+/* The plan steps' results and the machine's toolchains and caches for the
+ * task: from the plan cache, or computed (and stored there when it may be). */
+static int spawn_plan_load(spawn_ctx *c) {
+        const plan_cached *e = plan_cache_find(c->m, c->p);
+        char runtime_dir[PATH_MAX];
+        const char *never[3];
+        int r;
+
+        if (e) {
+                c->pl = &e->plan;
+                for (size_t i = 0; e->ro && e->ro[i]; i++)
+                        if ((r = laptop_strv_add(&c->lp.ro, e->ro[i])) < 0)
+                                goto oom;
+                for (size_t i = 0; e->cow && e->cow[i]; i++)
+                        if ((r = laptop_strv_add(&c->lp.cow, e->cow[i])) < 0)
+                                goto oom;
+                c->toolchains_done = true;
+                return 0;
+        }
+        never_dirs(c->m, runtime_dir, never);
+        /* Watched before the probes run, so a change during them drops the result. */
+        bool cache = plan_cache_watch(c->m, c->p, never) >= 0;
+        r = run_steps(c, plan_steps, ELEMENTSOF(plan_steps));
+        if (r < 0)
+                return r;
+        c->pl = &c->plan;
+        if ((r = laptop_toolchains_build(c->p, c->m->home, never, &c->lp)) < 0)
+                goto oom;
+        c->toolchains_done = true;
+        if (cache && (e = plan_cache_store(c->m, c->p, &c->plan, c->lp.ro, c->lp.cow)))
+                c->pl = &e->plan;
+        return 0;
+oom:
+        rpc_error_set(c->err, RPC_E_INTERNAL, "out of memory");
+        return r;
+}
+
 /* ---- build steps: per spawn ------------------------------------------------- */
 
 /* Toolchains, caches, credential files to hide, and PATH (laptop.c). */
 static int step_toolchains(spawn_ctx *c) {
         manager *m = c->m;
-        _cleanup_free_ char *runtime_dir = m->socket_path ? strdup(m->socket_path) : NULL;
-        if (runtime_dir && strrchr(runtime_dir, '/') && strrchr(runtime_dir, '/') != runtime_dir)
-                *strrchr(runtime_dir, '/') = 0;
-        const char *never[] = { m->config->state_directory, runtime_dir, NULL };
-        int r = laptop_plan_build(c->p, m->home, c->in->path, c->workspace, never, &c->lp);
+        char runtime_dir[PATH_MAX];
+        const char *never[3];
+        never_dirs(m, runtime_dir, never);
+        int r = c->toolchains_done ? 0 : laptop_toolchains_build(c->p, m->home, never, &c->lp);
+        if (r >= 0) /* the credential files to hide: probed on every spawn, never cached */
+                r = laptop_plan_finish(c->p, m->home, c->in->path, c->workspace, &c->lp);
         if (r < 0) {
                 rpc_error_set(c->err, RPC_E_INTERNAL, "out of memory");
                 return -ENOMEM;
@@ -741,7 +810,7 @@ static int step_spec_mounts(spawn_ctx *c) {
         SpecWriter *sp = &c->sp;
         if (c->workspace)
                 spec_put_workspace(sp, c->workspace);
-        spec_write_entries(sp, c->plan.mounts, c->plan.mounts_len);
+        spec_write_entries(sp, c->pl->mounts, c->pl->mounts_len);
         for (size_t i = 0; c->lp.ro && c->lp.ro[i]; i++)
                 spec_put_ro(sp, c->lp.ro[i]);
         for (size_t i = 0; c->lp.cow && c->lp.cow[i]; i++)
@@ -831,7 +900,7 @@ static int step_channels(spawn_ctx *c) {
         int r;
 
         spec_put_status_fd(sp, SPEC_FD_STATUS);
-        if (c->plan.seccomp)
+        if (c->pl->seccomp)
                 spec_put_seccomp_fd(sp, SPEC_FD_SECCOMP);
         else
                 spec_put_unsafe_no_seccomp(sp, true); /* the task said Seccomp=off; task show lists it */
@@ -887,7 +956,7 @@ static int step_exec(spawn_ctx *c) {
                 [STDERR_FILENO] = tty ? c->devnull : c->outp[1][1],
                 [SPEC_FD_SPEC] = c->spec_fd,
                 [SPEC_FD_STATUS] = c->status_pair[1],
-                [SPEC_FD_SECCOMP] = c->plan.bpf_fd >= 0 ? c->plan.bpf_fd : c->devnull,
+                [SPEC_FD_SECCOMP] = c->pl->bpf_fd >= 0 ? c->pl->bpf_fd : c->devnull,
                 [SPEC_FD_CGROUP] = c->cg_fd,
         };
         int r;
@@ -946,6 +1015,7 @@ static int step_wiring(spawn_ctx *c) {
         c->m->sandboxes->n++;
         c->m->sandboxes->n_live++;
         s->spawn_call = TAKE_PTR(c->call);
+        s->spawn_wait = c->in->wait;
         s->creds = TAKE_PTR(c->creds);
         return 0;
 }
@@ -1044,9 +1114,10 @@ static int spawn_run(manager *m, spawn_params *in, const task_policy *p, sandbox
                 .spec_fd = -1, .cg_fd = -1, .devnull = -1, .stdin_fd = -1,
                 .status_pair = { -1, -1 }, .outp = { { -1, -1 }, { -1, -1 } },
         };
+        plan_cache_check(m);
         int r = run_steps(&c, request_steps, ELEMENTSOF(request_steps));
         if (r >= 0)
-                r = run_steps(&c, plan_steps, ELEMENTSOF(plan_steps));
+                r = spawn_plan_load(&c);
         if (r >= 0) {
                 r = run_steps(&c, build_steps, ELEMENTSOF(build_steps));
                 /* Failures once the sandbox had a record are logged (undo_record freed it). */
@@ -1073,7 +1144,7 @@ void spawn_make_id(char out[16]) {
  * which the attach replaces), its seccomp program, its cgroup and a control
  * socket, started with ZYGOTE_WARM. */
 int spawn_start_warm(manager *m, const task_policy *p, const char *id, warm_sandbox *w) {
-        _cleanup_(spawn_plan_done) spawn_plan plan = SPAWN_PLAN_INIT;
+        _cleanup_(spawn_plan_done) spawn_plan own = SPAWN_PLAN_INIT;
         _cleanup_close_ int spec_fd = -1, cg_fd = -1, devnull = -1, theirs = -1, ours = -1;
         _cleanup_free_ char *cgroup = NULL, *note = NULL;
         unsigned unenforced = 0;
@@ -1084,9 +1155,11 @@ int spawn_start_warm(manager *m, const task_policy *p, const char *id, warm_sand
 
         if (!m->sandboxes->helper)
                 return -ENOENT;
-        r = spawn_plan_prepare(m, p, &plan, &err);
-        if (r < 0)
+        plan_cache_check(m);
+        const plan_cached *cached = plan_cache_find(m, p);
+        if (!cached && (r = spawn_plan_prepare(m, p, &own, &err)) < 0)
                 return r;
+        const spawn_plan plan = cached ? cached->plan : own; /* a view: own is freed at return */
         if (m->sandboxes->cgroup.root) {
                 cgroup_limits lim = { .memory_max = p->memory_max, .tasks_max = p->tasks_max,
                                       .cpu_weight = p->cpu_weight, .cpu_quota_percent = p->cpu_quota_percent };

@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
+import time
 
 from harness import AGENTCTL, AGENTCTL_INSIDE, Daemon, run_tests
 
@@ -160,6 +162,84 @@ def test_secret_files_hidden_one_by_one():
         # and the shown tree's other files are there
         p = sh(d, 'test -x "$HOME/.cargo/bin/cargo" && echo shown', task="home")
         assert p.stdout == b"shown\n", p
+
+
+def secret_and_cache_check(pool):
+    """The per-task plan cache (plan-cache.c) holds across spawns and unrelated
+    changes, and a credential file that appears after the plan was cached is
+    still hidden at the next spawn (they are probed on every spawn); a toolchain
+    that appears drops the cache and is shown at the next spawn."""
+    tasks = {"home": "[Task]\nCommand=/bin/true\n[Filesystem]\nReadOnlyPaths=~\n"}
+    d = Daemon(tasks=tasks, config=f"[Pool]\nWarmSandboxes={pool}\n")
+    home = os.path.join(d.tmp, "home")
+    os.makedirs(home)
+    d.env["HOME"] = home
+    look = ('cat "$HOME/.aws/credentials" "$HOME/.netrc" "$HOME/.config/git/credentials" "$HOME/.npmrc" 2>/dev/null; '
+            'ls -A "$HOME/.aws" 2>/dev/null; echo END')
+    with d:
+        c = d.client()
+        p = sh(d, look, task="home")
+        assert p.stdout == b"END\n", p
+        builds = c.ok("agentd.status")["plan_cache_builds"]
+        assert builds >= 1, builds
+        for _ in range(3):
+            assert sh(d, look, task="home").stdout == b"END\n"
+        # Entries of watched directories that no probe looks at leave it alone.
+        write(os.path.join(home, "notes.txt"), "x\n")
+        write(os.path.join(d.tmp, "unrelated", "f"), "x\n")
+        assert sh(d, look, task="home").stdout == b"END\n"
+        assert c.ok("agentd.status")["plan_cache_builds"] == builds, "the plan cache did not hold"
+        # Secrets appear while the plan is cached: hidden at the very next spawn.
+        write(os.path.join(home, ".aws", "credentials"), "SECRET aws\n")
+        write(os.path.join(home, ".netrc"), "SECRET netrc\n")
+        write(os.path.join(home, ".config", "git", "credentials"), "SECRET git\n")
+        write(os.path.join(home, "dotfiles", "npmrc"), "SECRET npmrc\n")
+        os.symlink(os.path.join(home, "dotfiles", "npmrc"), os.path.join(home, ".npmrc"))
+        p = sh(d, look, task="home")
+        assert p.stdout == b"END\n", (p.stdout, p.stderr)
+        assert open(os.path.join(home, ".aws", "credentials")).read() == "SECRET aws\n"  # not vacuous
+        assert c.ok("agentd.status")["plan_cache_builds"] == builds, "secrets must not need a rebuild"
+        # A toolchain appears: the cache is dropped and the next spawn shows it on PATH.
+        caller = ":".join([os.path.join(home, ".cargo", "bin"), "/usr/bin", "/bin"])
+        p = sh(d, 'command -v cargo || echo missing', task="build", path=caller)
+        assert p.stdout == b"missing\n", p
+        before = c.ok("agentd.status")["plan_cache_builds"]
+        write(os.path.join(home, ".cargo", "bin", "cargo"), "#!/bin/sh\necho fake cargo\n", 0o755)
+        p = sh(d, 'cargo', task="build", path=caller)
+        assert p.stdout == b"fake cargo\n", p
+        assert c.ok("agentd.status")["plan_cache_builds"] > before
+        if pool:
+            assert d.warm_spawns() > 0, d.read_log()
+
+
+def test_secret_appearing_after_cached_plan_hidden_pool_off():
+    secret_and_cache_check(0)
+
+
+def test_secret_appearing_after_cached_plan_hidden_pool_on():
+    secret_and_cache_check(2)
+
+
+def test_plan_cache_dropped_on_reload():
+    """A task edited and reloaded: the next spawn runs under the new plan (the
+    cached one of the old policy object is dropped), with the pool off."""
+    tasks = {"sized": "[Task]\nDescription=x\n[Filesystem]\nTmpSize=16M\n"}
+    with Daemon(tasks=tasks, config="[Pool]\nWarmSandboxes=0\n") as d:
+        c = d.client()
+        df = 'df -k /tmp | tail -1'
+        p = sh(d, df, task="sized")
+        assert " 16384 " in p.stdout.decode(), p
+        assert " 16384 " in sh(d, df, task="sized").stdout.decode()
+        builds = c.ok("agentd.status")["plan_cache_builds"]
+        with open(os.path.join(d.config_home, "agentd", "tasks", "sized.task"), "w") as f:
+            f.write("[Task]\nDescription=x\n[Filesystem]\nTmpSize=8M\n")
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while "task policies reloaded" not in d.read_log() and time.time() < deadline:
+            time.sleep(0.1)
+        p = sh(d, df, task="sized")
+        assert " 8192 " in p.stdout.decode(), p
+        assert c.ok("agentd.status")["plan_cache_builds"] > builds
 
 
 def test_caches_copy_on_write():

@@ -52,7 +52,7 @@ START_TEST(test_status_fields) {
         int c2 = fixture_connect(&f);
         fixture_reply r;
         status(c, &r);
-        ck_assert_uint_eq(r.result->via.map.size, 18);
+        ck_assert_uint_eq(r.result->via.map.size, 19);
         char buf[PATH_MAX + 16], want[PATH_MAX + 16];
         ck_assert_str_eq(fq_str(r.result, "version", buf, sizeof(buf)), AGENTD_VERSION);
         ck_assert_uint_eq(fq_u64(r.result, "protocol"), AGENTD_PROTOCOL_VERSION);
@@ -60,6 +60,7 @@ START_TEST(test_status_fields) {
         ck_assert_uint_eq(fq_u64(r.result, "sandboxes"), 0);
         ck_assert_uint_eq(fq_u64(r.result, "sandboxes_listed"), 0);
         ck_assert_uint_eq(fq_u64(r.result, "warm_sandboxes"), 0);
+        ck_assert_uint_eq(fq_u64(r.result, "plan_cache_builds"), 0);
         ck_assert(!fq_bool(r.result, "locked_down"));
         /* No [Vault] Address=: unconfigured, and so nothing to revoke. */
         ck_assert_str_eq(fq_str(r.result, "vault", buf, sizeof(buf)), "unconfigured");

@@ -44,6 +44,7 @@ export interface SandboxSpawnParams {
   detach?: boolean;
   umask?: number;
   path?: string;
+  wait?: boolean;
 }
 
 export type SandboxListParams = Record<string, never>;
@@ -168,7 +169,7 @@ export interface GeneratedMethods {
   taskShow(params: TaskShowParams): Promise<any>;
   /** Validate a task file before installing it: its resolved policy, or invalid_params naming file:line */
   taskCheck(params: TaskCheckParams): Promise<any>;
-  /** Start a sandbox: {id, pid, task, limits} */
+  /** Start a sandbox: {id, pid, task, limits}; with wait: true the reply comes when it ends and adds sandbox.wait's {exit_code, signal, state, reason?} (notification sandbox.started {id, pid, task, ...} first) */
   sandboxSpawn(params?: SandboxSpawnParams): Promise<any>;
   /** Sandboxes: array of {id, task, state, pid, started_at, exit_code?, workspace} */
   sandboxList(params?: SandboxListParams): Promise<any>;

@@ -57,8 +57,9 @@ export const METHODS = Object.freeze([
       { key: "detach", type: "bool", optional: true },
       { key: "umask", type: "uint", optional: true },
       { key: "path", type: "string", optional: true },
+      { key: "wait", type: "bool", optional: true },
     ],
-    summary: "Start a sandbox: {id, pid, task, limits}",
+    summary: "Start a sandbox: {id, pid, task, limits}; with wait: true the reply comes when it ends and adds sandbox.wait's {exit_code, signal, state, reason?} (notification sandbox.started {id, pid, task, ...} first)",
   },
   {
     name: "sandbox.list",
