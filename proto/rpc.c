@@ -71,9 +71,16 @@ const char *rpc_param_type_to_string(rpc_param_type t) {
         return (unsigned) t < _RPC_PARAM_TYPE_MAX ? param_type_names[t] : "?";
 }
 
+/* The names' lengths, known at compile time (every request looks its method up). */
+static const uint8_t method_name_len[_RPC_METHOD_MAX] = {
+#define METHOD(n, ident, f, params, c, s) [RPC_METHOD_##ident] = sizeof(n) - 1,
+#include "methods.def"
+#undef METHOD
+};
+
 const rpc_method *rpc_method_find(const char *name, size_t len) {
         for (size_t i = 0; i < _RPC_METHOD_MAX; i++)
-                if (strlen(rpc_methods[i].name) == len && memcmp(rpc_methods[i].name, name, len) == 0)
+                if (method_name_len[i] == len && memcmp(rpc_methods[i].name, name, len) == 0)
                         return &rpc_methods[i];
         return NULL;
 }

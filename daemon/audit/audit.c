@@ -698,7 +698,7 @@ static bool key_refused(const char *k) {
         size_t n = strlen(k);
 
         for (size_t i = 0; i < ELEMENTSOF(refused); i++)
-                if (n == strlen(refused[i]) && strcasecmp(k, refused[i]) == 0)
+                if (n == strlen(refused[i]) && (k[0] | 0x20) == refused[i][0] && strcasecmp(k, refused[i]) == 0)
                         return true;
         return false;
 }
