@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -242,6 +243,7 @@ typedef struct worker {
         pthread_barrier_t *start;
         double *lat;      /* µs per round trip */
         size_t n, cap;
+        long nvcsw, nivcsw;   /* the thread's context switches (getrusage) */
         int error;
 } worker;
 
@@ -281,6 +283,11 @@ static void *worker_run(void *arg) {
                 }
                 w->lat[w->n++] = t1 - t0;
         }
+        struct rusage ru;
+        if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+                w->nvcsw = ru.ru_nvcsw;
+                w->nivcsw = ru.ru_nivcsw;
+        }
         close(fd);
         msgpack_sbuffer_destroy(&sb);
         return NULL;
@@ -289,6 +296,7 @@ static void *worker_run(void *arg) {
 typedef struct result {
         double rps, p50, p99;
         size_t n;
+        double vcsw, ivcsw;   /* clients' context switches per round trip */
 } result;
 
 static result run(const char *path, unsigned clients, double seconds) {
@@ -325,6 +333,12 @@ static result run(const char *path, unsigned clients, double seconds) {
                         exit(1);
                 }
                 total += w[i].n;
+                res.vcsw += (double) w[i].nvcsw;
+                res.ivcsw += (double) w[i].nivcsw;
+        }
+        if (total) {
+                res.vcsw /= (double) total;
+                res.ivcsw /= (double) total;
         }
         all = malloc((total ? total : 1) * sizeof(double));
         for (unsigned i = 0; i < clients; i++) {
@@ -435,6 +449,12 @@ int main(int argc, char **argv) {
                 printf("%-8s %7u %12zu %10.0f %10.1f %10.1f\n", "echo", nclients[i], re[i].n, re[i].rps, re[i].p50, re[i].p99);
                 printf("%-8s %7u %12zu %10.0f %10.1f %10.1f\n", "agentd", nclients[i], ra[i].n, ra[i].rps, ra[i].p50, ra[i].p99);
         }
+        /* A client that is woken before its reply is there (a reply held
+         * back) runs, finds nothing and sleeps again: a second voluntary switch. */
+        printf("\nclients' context switches per round trip (voluntary / involuntary)\n");
+        for (unsigned i = 0; i < ncells; i++)
+                printf("%7u clients: echo %.2f / %.2f, agentd %.2f / %.2f\n", nclients[i], re[i].vcsw, re[i].ivcsw,
+                       ra[i].vcsw, ra[i].ivcsw);
         printf("\nratio agentd/echo (throughput: higher is better, target >= 0.80; latency: lower is better)\n");
         printf("%7s %12s %10s %10s %8s\n", "clients", "throughput", "p50", "p99", "verdict");
         int ok = 1;
