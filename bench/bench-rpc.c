@@ -9,6 +9,9 @@
  * Usage: bench-rpc SOCKET_OF_RUNNING_AGENTD [seconds]
  * Env:   BENCH_RPC_CLIENTS=N  only the N-client cells (1..64; e.g. for a
  *                             profile of agentd under 64 clients)
+ *        BENCH_RPC_POLL=1     clients wait in poll(POLLIN) before each read
+ *                             instead of blocking in read (a blocked reader
+ *                             is also woken when its request is consumed)
  *
  * Both servers get the identical client code path: pack a request with
  * rpc_pack_request_header (msgid >= 0x10000, so it is always encoded as uint32
@@ -23,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -40,6 +44,7 @@
 static uint8_t ping_reply[512];   /* agentd's reply, served by the echo server */
 static size_t ping_reply_len;
 static size_t req_len;            /* fixed size of one ping request */
+static int use_poll;              /* BENCH_RPC_POLL */
 
 static double now_us(void) {
         struct timespec ts;
@@ -119,6 +124,11 @@ static ssize_t read_message(int fd, uint8_t *buf, size_t cap) {
                 if (r < 0 || have == cap) {
                         errno = EPROTO;
                         return -1;
+                }
+                if (use_poll) {
+                        struct pollfd p = { .fd = fd, .events = POLLIN };
+                        if (poll(&p, 1, -1) < 0 && errno != EINTR)
+                                return -1;
                 }
                 ssize_t n = read(fd, buf + have, cap - have);
                 if (n < 0 && errno == EINTR)
@@ -378,6 +388,7 @@ int main(int argc, char **argv) {
                 return 2;
         }
         signal(SIGPIPE, SIG_IGN);
+        use_poll = getenv("BENCH_RPC_POLL") && atoi(getenv("BENCH_RPC_POLL")) > 0;
         const char *only = getenv("BENCH_RPC_CLIENTS");
         if (only && *only) {
                 long n = strtol(only, NULL, 10);
@@ -417,8 +428,9 @@ int main(int argc, char **argv) {
         snprintf(echo_path, sizeof(echo_path), "%s/echo.sock", dir);
         echo = echo_start(echo_path);
 
-        printf("bench-rpc: agentd.ping, request %zu bytes, reply %zu bytes, %.1f s per cell, nproc %ld\n",
-               req_len, ping_reply_len, seconds, sysconf(_SC_NPROCESSORS_ONLN));
+        printf("bench-rpc: agentd.ping, request %zu bytes, reply %zu bytes, %.1f s per cell, nproc %ld%s\n",
+               req_len, ping_reply_len, seconds, sysconf(_SC_NPROCESSORS_ONLN),
+               use_poll ? ", clients wait in poll()" : "");
         {
                 cpu_set_t mine;
                 char a[64] = "?", b[64] = "?";
