@@ -9,6 +9,9 @@
  * Usage: bench-rpc SOCKET_OF_RUNNING_AGENTD [seconds]
  * Env:   BENCH_RPC_CLIENTS=N  only the N-client cells (1..64; e.g. for a
  *                             profile of agentd under 64 clients)
+ *        BENCH_RPC_POLL=1     clients wait in poll(POLLIN) before each read
+ *                             instead of blocking in read (a blocked reader
+ *                             is also woken when its request is consumed)
  *
  * Both servers get the identical client code path: pack a request with
  * rpc_pack_request_header (msgid >= 0x10000, so it is always encoded as uint32
@@ -23,8 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -39,6 +44,7 @@
 static uint8_t ping_reply[512];   /* agentd's reply, served by the echo server */
 static size_t ping_reply_len;
 static size_t req_len;            /* fixed size of one ping request */
+static int use_poll;              /* BENCH_RPC_POLL */
 
 static double now_us(void) {
         struct timespec ts;
@@ -118,6 +124,11 @@ static ssize_t read_message(int fd, uint8_t *buf, size_t cap) {
                 if (r < 0 || have == cap) {
                         errno = EPROTO;
                         return -1;
+                }
+                if (use_poll) {
+                        struct pollfd p = { .fd = fd, .events = POLLIN };
+                        if (poll(&p, 1, -1) < 0 && errno != EINTR)
+                                return -1;
                 }
                 ssize_t n = read(fd, buf + have, cap - have);
                 if (n < 0 && errno == EINTR)
@@ -242,6 +253,7 @@ typedef struct worker {
         pthread_barrier_t *start;
         double *lat;      /* µs per round trip */
         size_t n, cap;
+        long nvcsw, nivcsw;   /* the thread's context switches (getrusage) */
         int error;
 } worker;
 
@@ -281,6 +293,11 @@ static void *worker_run(void *arg) {
                 }
                 w->lat[w->n++] = t1 - t0;
         }
+        struct rusage ru;
+        if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+                w->nvcsw = ru.ru_nvcsw;
+                w->nivcsw = ru.ru_nivcsw;
+        }
         close(fd);
         msgpack_sbuffer_destroy(&sb);
         return NULL;
@@ -289,6 +306,7 @@ static void *worker_run(void *arg) {
 typedef struct result {
         double rps, p50, p99;
         size_t n;
+        double vcsw, ivcsw;   /* clients' context switches per round trip */
 } result;
 
 static result run(const char *path, unsigned clients, double seconds) {
@@ -325,6 +343,12 @@ static result run(const char *path, unsigned clients, double seconds) {
                         exit(1);
                 }
                 total += w[i].n;
+                res.vcsw += (double) w[i].nvcsw;
+                res.ivcsw += (double) w[i].nivcsw;
+        }
+        if (total) {
+                res.vcsw /= (double) total;
+                res.ivcsw /= (double) total;
         }
         all = malloc((total ? total : 1) * sizeof(double));
         for (unsigned i = 0; i < clients; i++) {
@@ -364,6 +388,7 @@ int main(int argc, char **argv) {
                 return 2;
         }
         signal(SIGPIPE, SIG_IGN);
+        use_poll = getenv("BENCH_RPC_POLL") && atoi(getenv("BENCH_RPC_POLL")) > 0;
         const char *only = getenv("BENCH_RPC_CLIENTS");
         if (only && *only) {
                 long n = strtol(only, NULL, 10);
@@ -403,8 +428,9 @@ int main(int argc, char **argv) {
         snprintf(echo_path, sizeof(echo_path), "%s/echo.sock", dir);
         echo = echo_start(echo_path);
 
-        printf("bench-rpc: agentd.ping, request %zu bytes, reply %zu bytes, %.1f s per cell, nproc %ld\n",
-               req_len, ping_reply_len, seconds, sysconf(_SC_NPROCESSORS_ONLN));
+        printf("bench-rpc: agentd.ping, request %zu bytes, reply %zu bytes, %.1f s per cell, nproc %ld%s\n",
+               req_len, ping_reply_len, seconds, sysconf(_SC_NPROCESSORS_ONLN),
+               use_poll ? ", clients wait in poll()" : "");
         {
                 cpu_set_t mine;
                 char a[64] = "?", b[64] = "?";
@@ -435,6 +461,12 @@ int main(int argc, char **argv) {
                 printf("%-8s %7u %12zu %10.0f %10.1f %10.1f\n", "echo", nclients[i], re[i].n, re[i].rps, re[i].p50, re[i].p99);
                 printf("%-8s %7u %12zu %10.0f %10.1f %10.1f\n", "agentd", nclients[i], ra[i].n, ra[i].rps, ra[i].p50, ra[i].p99);
         }
+        /* A client that is woken before its reply is there (a reply held
+         * back) runs, finds nothing and sleeps again: a second voluntary switch. */
+        printf("\nclients' context switches per round trip (voluntary / involuntary)\n");
+        for (unsigned i = 0; i < ncells; i++)
+                printf("%7u clients: echo %.2f / %.2f, agentd %.2f / %.2f\n", nclients[i], re[i].vcsw, re[i].ivcsw,
+                       ra[i].vcsw, ra[i].ivcsw);
         printf("\nratio agentd/echo (throughput: higher is better, target >= 0.80; latency: lower is better)\n");
         printf("%7s %12s %10s %10s %8s\n", "clients", "throughput", "p50", "p99", "verdict");
         int ok = 1;

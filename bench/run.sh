@@ -10,6 +10,7 @@
 #        SPAWN_CONC (50) SPAWN_TOTAL (500) SPAWN_ROUNDS (4)  SCALE_COUNTS ("1 100 500")
 #        SCALE_SPAWNS (10000) SCALE_PAR (8)
 #        RPC_ONLY=1: only the RPC part (bench-rpc in each placement)
+#        BENCH_RPC_POLL=1: bench-rpc's clients wait in poll() instead of a blocking read
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -47,7 +48,7 @@ if [ "${AGENTD_BENCH_INNER:-}" != 1 ]; then
         if [ "$(id -u)" = 0 ]; then
                 id "$BENCH_USER" >/dev/null 2>&1 || useradd -m "$BENCH_USER"
                 runuser -u "$BENCH_USER" -- env AGENTD_BENCH_INNER=1 PATH=/usr/bin:/bin \
-                        RPC_SECONDS="$RPC_SECONDS" RPC_PLACEMENTS="${RPC_PLACEMENTS:-}" RPC_ONLY="${RPC_ONLY:-}" WARMUP="${WARMUP:-20}" RUNS="${RUNS:-200}" ROUNDS="${ROUNDS:-2}" "$0" "$BUILD"
+                        RPC_SECONDS="$RPC_SECONDS" RPC_PLACEMENTS="${RPC_PLACEMENTS:-}" RPC_ONLY="${RPC_ONLY:-}" BENCH_RPC_POLL="${BENCH_RPC_POLL:-}" WARMUP="${WARMUP:-20}" RUNS="${RUNS:-200}" ROUNDS="${ROUNDS:-2}" "$0" "$BUILD"
                 [ "${RPC_ONLY:-}" = 1 ] || python_benches
                 exit 0
         fi

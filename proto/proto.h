@@ -183,6 +183,8 @@ typedef struct rpc_message {
         const msgpack_object *params;    /* the single map, or NULL for [] */
         const msgpack_object *error;     /* responses */
         const msgpack_object *result;
+        const char *zone_start;          /* where this message's allocations began (rpc.c) */
+        const void *zone_head;
 } rpc_message;
 
 /* The error an operation failed with; set only on failure. It is the one

@@ -71,9 +71,16 @@ const char *rpc_param_type_to_string(rpc_param_type t) {
         return (unsigned) t < _RPC_PARAM_TYPE_MAX ? param_type_names[t] : "?";
 }
 
+/* The names' lengths, known at compile time (every request looks its method up). */
+static const uint8_t method_name_len[_RPC_METHOD_MAX] = {
+#define METHOD(n, ident, f, params, c, s) [RPC_METHOD_##ident] = sizeof(n) - 1,
+#include "methods.def"
+#undef METHOD
+};
+
 const rpc_method *rpc_method_find(const char *name, size_t len) {
         for (size_t i = 0; i < _RPC_METHOD_MAX; i++)
-                if (strlen(rpc_methods[i].name) == len && memcmp(rpc_methods[i].name, name, len) == 0)
+                if (method_name_len[i] == len && memcmp(rpc_methods[i].name, name, len) == 0)
                         return &rpc_methods[i];
         return NULL;
 }
@@ -90,12 +97,46 @@ bool mp_str_eq(const msgpack_object *o, const char *s) {
         return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && memcmp(o->via.str.ptr, s, n) == 0;
 }
 
+/* A message's zone is kept for the next message of the same thread: a
+ * request used to cost a zone and its first 8 KiB chunk from malloc and back
+ * (msgpack_unpack_next() makes a new zone per call). What a message put into
+ * it (its objects and decoded strings, which may be secrets) is zeroed before
+ * the zone is kept; a zone that had to grow a second chunk is freed instead. */
+static _Thread_local msgpack_zone *spare_zone;
+
+static msgpack_zone *zone_take(void) {
+        msgpack_zone *z = spare_zone;
+
+        spare_zone = NULL;
+        return z ?: msgpack_zone_new(MSGPACK_ZONE_CHUNK_SIZE);
+}
+
+static void zone_give_back(msgpack_zone *z, const char *start, const void *head) {
+        if (!z)
+                return;
+        if (spare_zone || z->chunk_list.head != head || z->finalizer_array.tail != z->finalizer_array.array) {
+                msgpack_zone_free(z);
+                return;
+        }
+        explicit_zero((char *) start, (size_t) (z->chunk_list.ptr - start));
+        msgpack_zone_clear(z);
+        spare_zone = z;
+}
+
 int rpc_message_decode(rpc_message *m, const uint8_t *buf, size_t len, rpc_error *err) {
         size_t off = 0;
 
         memset(m, 0, sizeof(*m));
         msgpack_unpacked_init(&m->unpacked);
-        msgpack_unpack_return r = msgpack_unpack_next(&m->unpacked, (const char *) buf, len, &off);
+        m->unpacked.zone = zone_take();
+        if (!m->unpacked.zone) {
+                rpc_error_set(err, RPC_E_INTERNAL, "out of memory");
+                return -ENOMEM;
+        }
+        m->zone_start = m->unpacked.zone->chunk_list.ptr;
+        m->zone_head = m->unpacked.zone->chunk_list.head;
+        /* msgpack_unpack() fills a zone of ours (msgpack_unpack_next() makes its own) */
+        msgpack_unpack_return r = msgpack_unpack((const char *) buf, len, &off, m->unpacked.zone, &m->unpacked.data);
         if (r != MSGPACK_UNPACK_SUCCESS || off != len) {
                 rpc_error_set(err, RPC_E_INVALID_REQUEST, "not a msgpack-rpc message: undecodable msgpack");
                 return -EBADMSG;
@@ -179,7 +220,7 @@ int rpc_message_decode(rpc_message *m, const uint8_t *buf, size_t len, rpc_error
 }
 
 void rpc_message_done(rpc_message *m) {
-        msgpack_unpacked_destroy(&m->unpacked);
+        zone_give_back(m->unpacked.zone, m->zone_start, m->zone_head);
         memset(m, 0, sizeof(*m));
 }
 

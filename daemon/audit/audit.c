@@ -693,12 +693,28 @@ static int checkpoint_write(audit_log *a, unsigned file, uint64_t seq, const uin
 
 /* ---- what fields may contain ---- */
 
+/* ASCII case-insensitive equality of n bytes (b is lower case). */
+static bool ascii_eq_nocase(const char *a, const char *b, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                char c = a[i] >= 'A' && a[i] <= 'Z' ? (char) (a[i] + ('a' - 'A')) : a[i];
+                if (c != b[i])
+                        return false;
+        }
+        return true;
+}
+
+/* Checked for every member of every record: lengths known, no strcasecmp. */
 static bool key_refused(const char *k) {
-        static const char *const refused[] = { "token", "client_token", "secret_id", "password" };
+#define REFUSED(s) { s, sizeof(s) - 1 }
+        static const struct {
+                const char *key;
+                size_t len;
+        } refused[] = { REFUSED("token"), REFUSED("client_token"), REFUSED("secret_id"), REFUSED("password") };
+#undef REFUSED
         size_t n = strlen(k);
 
         for (size_t i = 0; i < ELEMENTSOF(refused); i++)
-                if (n == strlen(refused[i]) && strcasecmp(k, refused[i]) == 0)
+                if (n == refused[i].len && ascii_eq_nocase(k, refused[i].key, n))
                         return true;
         return false;
 }

@@ -245,6 +245,41 @@ START_TEST(test_decode_request) {
 }
 END_TEST
 
+/* The decode zone is kept for the next message (proto/rpc.c), and what a
+ * message decoded into it is wiped when the message is done. */
+START_TEST(test_decode_zone_reused_and_wiped) {
+        static const char marker[] = "zone-wipe-marker-0123456789";
+        msgpack_zone *first = NULL;
+
+        for (unsigned i = 0; i < 3; i++) {
+                buf b;
+                buf_init(&b);
+                rpc_pack_request_header(&b.pk, 100 + i, "sandbox.kill");
+                msgpack_pack_array(&b.pk, 1);
+                msgpack_pack_map(&b.pk, 1);
+                mp_pack_kv_str(&b.pk, "id", marker);
+                rpc_message m;
+                _cleanup_error_ rpc_error err = {};
+                ck_assert_int_eq(decode_packed(&b, &m, &err), 0);
+                ck_assert_uint_eq(m.msgid, 100 + i);
+                if (i == 0)
+                        first = m.unpacked.zone;
+                else
+                        ck_assert_ptr_eq(m.unpacked.zone, first);
+                rpc_params_any args;
+                ck_assert_int_eq(rpc_params_decode(rpc_method_find(m.method, m.method_len), m.params, m.unpacked.zone,
+                                                   &args, &err), 0);
+                ck_assert_str_eq(args.sandbox_kill.id, marker);
+                const char *copy = args.sandbox_kill.id;
+                buf_done(&b);
+                rpc_message_done(&m);
+                /* the copy lived in the kept zone: zeroed, not freed */
+                for (size_t k = 0; k < sizeof(marker); k++)
+                        ck_assert_int_eq(copy[k], 0);
+        }
+}
+END_TEST
+
 START_TEST(test_decode_bad_envelopes) {
         rpc_message m;
         _cleanup_error_ rpc_error err = {};
@@ -554,6 +589,7 @@ static Suite *codec_suite(void) {
         tcase_add_test(tc, test_scan_malformed);
         tcase_add_test(tc, test_decode_request);
         tcase_add_test(tc, test_decode_bad_envelopes);
+        tcase_add_test(tc, test_decode_zone_reused_and_wiped);
         tcase_add_test(tc, test_params);
         tcase_add_test(tc, test_required_nil_every_method);
         tcase_add_test(tc, test_error_codes_and_table);
