@@ -282,8 +282,12 @@ static void close_handle(sandbox *s, uv_handle_t *h, bool *flag) {
         uv_close(h, handle_closed);
 }
 
-/* Every handle still open starts closing; the last close callback frees. */
+/* Every handle still open starts closing; the last close callback frees.
+ * The stdin relay and the change watch close their own handles now too:
+ * before daemon_finish()'s uv_walk, which would close them a second time. */
 static void close_all_handles(sandbox *s) {
+        stdin_relay_free(TAKE_PTR(s->stdin_relay));
+        change_watch_free(TAKE_PTR(s->change_watch));
         if (s->timeout_init)
                 uv_timer_stop(&s->timeout);
         close_handle(s, (uv_handle_t *) &s->timeout, &s->timeout_init);
@@ -1448,6 +1452,8 @@ void sandboxes_free(manager *m) {
                 release_owner(s);
                 if (s->helper_pidfd >= 0)
                         (void) pidfd_send_signal_(s->helper_pidfd, SIGKILL);
+                /* Its broker socket too, before the final uv_walk would close it without freeing it. */
+                server_close_sandbox(TAKE_PTR(s->broker_listener));
                 close_all_handles(s);
                 sandbox_unref(s);
         }

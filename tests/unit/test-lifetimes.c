@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include "fixture-sandbox.h"
+#include "fixture-vault.h"
+#include "core/compose.h"
+#include "core/daemon.h"
 #include "fixture.h"
 #include "sandbox-test.h"
 #include "sandbox/sandbox.h"
@@ -124,6 +127,78 @@ START_TEST(test_stop_with_a_warm_sandbox) {
 }
 END_TEST
 
+/* The shutdown timer's end (daemon_finish() while sandboxes still run, as
+ * after 5 s of a stop): everything is closed from the outside in. */
+static void finish_now(void) {
+        daemon_begin_shutdown(&f.m, "test");
+        daemon_finish(&f.m);
+        fixture_stop(&f);
+}
+
+START_TEST(test_finish_while_a_sandbox_runs_attached) {
+        fixture_init(&f);
+        fixture_start(&f, NULL);
+        int c = fixture_connect(&f), w = fixture_connect(&f);
+        char id[16];
+        st_spawn_sh(&f, c, NULL, "exec sleep 60", id);
+        (void) fixture_send(&f, w, "sandbox.wait", pack_id, id);
+        fixture_run(&f, 50);
+        finish_now();
+        close(c);
+        close(w);
+}
+END_TEST
+
+START_TEST(test_finish_while_an_approval_is_pending) {
+        fixture_init(&f);
+        fixture_write_task(&f, "ask", "[Task]\nDescription=asks\n[Network]\nMode=proxy\nAllow=127.0.0.1:9\nAsk=yes\nAskTimeout=60s\n");
+        fixture_start(&f, NULL);
+        int c = fixture_connect(&f);
+        char sid[64];
+        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        int p = fs_proxy_connect(&f, sid);
+        static const char req[] = "CONNECT 127.0.0.1:10 HTTP/1.1\r\nHost: 127.0.0.1:10\r\n\r\n";
+        ck_assert_int_eq(write(p, req, sizeof(req) - 1), (ssize_t) sizeof(req) - 1);
+        fixture_run(&f, 300);
+        finish_now();
+        close(p);
+        close(c);
+}
+END_TEST
+
+/* A sandbox with a Vault token has a broker socket (server.c's sandbox
+ * listener): the finish closes it too, one way, with a connection on it. */
+START_TEST(test_finish_while_a_sandbox_has_a_broker_socket) {
+        vault_dev v = {};
+        vault_start(&v);
+        fixture_init(&f);
+        fixture_write_task(&f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
+        char conf[256];
+        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v.port);
+        fixture_start(&f, conf);
+        int c = fixture_connect(&f);
+        fv_enroll_and_login(&f, c);
+        char sid[64];
+        fs_spawn_ok(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, sid);
+        int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_eq(connect(b, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        fixture_run(&f, 50);
+        daemon_begin_shutdown(&f.m, "test");
+        daemon_finish(&f.m);
+        fixture_run(&f, 20);
+        /* The listener went with it: its socket file is gone, its fd closed. */
+        int b2 = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_lt(connect(b2, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        close(b2);
+        fixture_stop(&f);
+        close(b);
+        close(c);
+        vault_stop(&v);
+}
+END_TEST
+
 static bool helper_reaped(void *arg) {
         sandbox *s = sandbox_find(&f.m, arg);
         return s && s->helper_reaped;
@@ -181,6 +256,9 @@ int main(void) {
         tcase_add_test(tc, test_stop_while_the_pool_refills);
         tcase_add_test(tc, test_stop_with_a_warm_sandbox);
         tcase_add_test(tc, test_forget_before_the_helper_is_reaped);
+        tcase_add_test(tc, test_finish_while_a_sandbox_runs_attached);
+        tcase_add_test(tc, test_finish_while_an_approval_is_pending);
+        tcase_add_test(tc, test_finish_while_a_sandbox_has_a_broker_socket);
         suite_add_tcase(s, tc);
         return unit_run(s, false);
 }
