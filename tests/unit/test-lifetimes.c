@@ -100,7 +100,7 @@ START_TEST(test_stop_while_an_approval_is_pending) {
 END_TEST
 
 /* Stops right after the start, while the default task's refill timer is
- * armed, then once a warm sandbox is up (its pidfd poll still open). */
+ * armed, or once a warm sandbox is up (its pidfd poll still open). */
 static void stop_with_pool(unsigned settle_ms) {
         char cg[PATH_MAX], conf[PATH_MAX + 128];
         fixture_init(&f);
