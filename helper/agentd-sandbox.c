@@ -271,6 +271,36 @@ static int command_main(void *userdata) {
         run_command(a->spec, a->master, a->host_pid);
 }
 
+/* pid 1 once the command runs: forwards signals to it, reaps everything and
+ * leaves with the command's status, sent to the hands over `parent` first. */
+static _Noreturn void init_forward_and_reap(const sigset_t *mask, pid_t cmd, int parent) {
+        for (;;) {
+                siginfo_t si;
+                int sig = sigwaitinfo(mask, &si);
+
+                if (sig < 0)
+                        continue;
+                if (sig != SIGCHLD) {
+                        kill(cmd, sig);
+                        continue;
+                }
+                /* Reap everything; leave as soon as the command is gone (the
+                 * pid namespace dies with us and takes the rest along, the
+                 * proxy bridge included: its exit is reaped and ignored). */
+                for (;;) {
+                        int ws;
+                        pid_t p = waitpid(-1, &ws, WNOHANG);
+
+                        if (p <= 0)
+                                break;
+                        if (p == cmd) {
+                                (void) send(parent, &ws, sizeof(ws), MSG_NOSIGNAL);
+                                _exit(WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws));
+                        }
+                }
+        }
+}
+
 /* pid 1 of the sandbox. The command's wait status goes to the hands over
  * `parent` the moment it is reaped (the hands reports it right away, before
  * our own exit and the pid namespace teardown); a killed init is reported by
@@ -360,31 +390,7 @@ static _Noreturn void run_init(SandboxSpec *spec, int parent, const sigset_t *ma
         (void) syscall(SYS_close_range, 0U, 2U, 0);
         (void) close(spec->status_fd);
 
-        for (;;) {
-                siginfo_t si;
-                int sig = sigwaitinfo(mask, &si);
-
-                if (sig < 0)
-                        continue;
-                if (sig != SIGCHLD) {
-                        kill(cmd, sig);
-                        continue;
-                }
-                /* Reap everything; leave as soon as the command is gone (the
-                 * pid namespace dies with us and takes the rest along, the
-                 * proxy bridge included: its exit is reaped and ignored). */
-                for (;;) {
-                        int ws;
-                        pid_t p = waitpid(-1, &ws, WNOHANG);
-
-                        if (p <= 0)
-                                break;
-                        if (p == cmd) {
-                                (void) send(parent, &ws, sizeof(ws), MSG_NOSIGNAL);
-                                _exit(WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws));
-                        }
-                }
-        }
+        init_forward_and_reap(mask, cmd, parent);
 }
 
 static void report_exit(int status_fd, int status) {

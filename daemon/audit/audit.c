@@ -1771,18 +1771,155 @@ static void add(struct json_object *o, const char *k, struct json_object *v) {
                 json_object_put(v);
 }
 
+/* The log's directory, created 0700 and ours alone. */
+static int open_dir(audit_log *a, const char *dir, agentd_error *err) {
+        struct stat st;
+        int r = mkdir_p(dir, 0700);
+        if (r < 0)
+                return fail(err, r, "audit: cannot create %s: %s", dir, strerror(-r));
+        a->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (a->dir_fd < 0)
+                return fail(err, -errno, "audit: cannot open %s: %m", dir);
+        /* An existing directory may have been created looser; the log is ours alone. */
+        if (fstat(a->dir_fd, &st) < 0)
+                return fail(err, -errno, "audit: cannot stat %s: %m", dir);
+        if (st.st_uid != geteuid())
+                return fail(err, -EPERM, "audit: %s is owned by uid %u, not us", dir, (unsigned) st.st_uid);
+        if ((st.st_mode & 07777) != 0700 && fchmod(a->dir_fd, 0700) < 0)
+                return fail(err, -errno, "audit: cannot chmod %s: %m", dir);
+        return 0;
+}
+
+/* The recovery record of a torn end of file `name` (cut off at scan's offset). */
+static int torn_event(audit_log *a, const char *dir, const char *name, const tail_scan *scan, struct json_object **ret,
+                      agentd_error *err) {
+        torn_info t;
+        int r = torn_take(a->fd, scan->torn_offset, &t);
+        if (r < 0)
+                return fail(err, r, "audit: cannot recover the torn end of %s/%s: %s", dir, name, strerror(-r));
+        struct json_object *ev = json_object_new_object();
+        if (!ev) {
+                free(t.data_hex);
+                return fail(err, -ENOMEM, "audit: out of memory");
+        }
+        char hex[HEX_LEN + 1];
+        hex_encode(t.hash, HASH_LEN, hex);
+        add(ev, "reason", json_object_new_string("torn"));
+        add(ev, "file", json_object_new_string(name));
+        add(ev, "offset", json_object_new_int64((int64_t) t.offset));
+        add(ev, "length", json_object_new_int64((int64_t) t.length));
+        add(ev, "sha256", json_object_new_string(hex));
+        if (t.has_seq)
+                add(ev, "claimed_seq", json_object_new_uint64(t.seq));
+        add(ev, "data_hex", json_object_new_string(t.data_hex));
+        free(t.data_hex);
+        *ret = ev;
+        return 0;
+}
+
+/* Opens the newest file (creates the first) and finds the chain's last
+ * authentic record; *ret_torn is the recovery record of a torn end, if any. */
+static int open_files(audit_log *a, const char *dir, struct json_object **ret_torn, agentd_error *err) {
+        _cleanup_free_ unsigned *files = NULL;
+        tail_scan scan = {};
+        size_t n_files = 0;
+        char name[32];
+        struct stat st;
+        int r = list_files(a->dir_fd, &files, &n_files);
+        if (r < 0)
+                return fail(err, r, "audit: cannot list %s: %s", dir, strerror(-r));
+
+        if (n_files == 0) {
+                a->file_no = 1;
+                file_name(a->file_no, name);
+                a->fd = openat(a->dir_fd, name, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
+                               0600);
+                if (a->fd < 0)
+                        return fail(err, -errno, "audit: cannot create %s/%s: %m", dir, name);
+                if (fsync(a->dir_fd) < 0)
+                        return fail(err, -errno, "audit: cannot fsync %s: %m", dir);
+                return 0;
+        }
+        a->file_no = files[n_files - 1];
+        file_name(a->file_no, name);
+        a->fd = openat(a->dir_fd, name, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (a->fd < 0)
+                return fail(err, -errno, "audit: cannot open %s/%s: %m", dir, name);
+        r = scan_file(&a->key, a->fd, &scan);
+        if (r < 0)
+                return fail(err, r, "audit: cannot read %s/%s: %s", dir, name, strerror(-r));
+        if (scan.torn && (r = torn_event(a, dir, name, &scan, ret_torn, err)) < 0)
+                return r;
+
+        /* A file without any record of ours (a crash right after rotating): the
+         * chain continues from an older one. */
+        for (size_t i = n_files - 1; !scan.found && i > 0; i--) {
+                _cleanup_close_ int fd = -1;
+                char older[32];
+
+                file_name(files[i - 1], older);
+                fd = openat(a->dir_fd, older, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+                if (fd < 0)
+                        continue;
+                r = scan_file(&a->key, fd, &scan);
+                if (r < 0)
+                        return fail(err, r, "audit: cannot read %s/%s: %s", dir, older, strerror(-r));
+        }
+        if (scan.found) {
+                a->seq = scan.last.seq;
+                memcpy(a->last_hash, scan.last.hash, HASH_LEN);
+        }
+        if (fstat(a->fd, &st) < 0)
+                return fail(err, -errno, "audit: cannot stat %s/%s: %m", dir, name);
+        a->file_size = (uint64_t) st.st_size;
+        return 0;
+}
+
+/* Compares the chain's end with the head file; *ret_ev is the recovery
+ * record of a disagreement, if any. */
+static int check_head(audit_log *a, const char *dir, struct json_object **ret_ev, agentd_error *err) {
+        uint64_t head_seq = 0;
+        uint8_t head_hash[HASH_LEN];
+        struct json_object *ev = NULL;
+        int head = head_read(a->dir_fd, &a->key, &head_seq, head_hash);
+        if (head < 0)
+                return fail(err, head, "audit: cannot read %s/" HEAD_NAME ": %s", dir, strerror(-head));
+        if (head == HEAD_OK && head_seq > a->seq) {
+                /* The files end before what was once durable: records were cut off or the
+                 * newest file removed. Continue after the head, so the hole stays in the
+                 * chain for verify to name instead of being papered over. */
+                ev = json_object_new_object();
+                if (!ev)
+                        return fail(err, -ENOMEM, "audit: out of memory");
+                add(ev, "reason", json_object_new_string("truncated"));
+                add(ev, "missing_from", json_object_new_uint64(a->seq + 1));
+                add(ev, "missing_to", json_object_new_uint64(head_seq));
+                a->seq = head_seq;
+                memcpy(a->last_hash, head_hash, HASH_LEN);
+        } else if (head == HEAD_OK && head_seq == a->seq && memcmp(head_hash, a->last_hash, HASH_LEN) != 0) {
+                ev = json_object_new_object();
+                if (!ev)
+                        return fail(err, -ENOMEM, "audit: out of memory");
+                add(ev, "reason", json_object_new_string("head_mismatch"));
+                add(ev, "head_seq", json_object_new_uint64(head_seq));
+        } else if (head == HEAD_INVALID || (head == HEAD_MISSING && a->seq > 0)) {
+                ev = json_object_new_object();
+                if (!ev)
+                        return fail(err, -ENOMEM, "audit: out of memory");
+                add(ev, "reason", json_object_new_string(head == HEAD_INVALID ? "head_invalid" : "head_missing"));
+                add(ev, "last_seq", json_object_new_uint64(a->seq));
+        } else if (head == HEAD_OK && head_seq == a->seq)
+                a->head_current = true;
+        a->head_seq = head == HEAD_OK ? head_seq : 0;
+        *ret_ev = ev;
+        return 0;
+}
+
 int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_options *opt, audit_log **ret,
                agentd_error *err) {
         _cleanup_(audit_closep) audit_log *a = NULL;
         _cleanup_(json_object_putp) struct json_object *ev_torn = NULL, *ev_head = NULL;
-        _cleanup_free_ unsigned *files = NULL;
-        tail_scan scan = {};
-        size_t n_files = 0;
-        uint64_t head_seq = 0;
-        uint8_t head_hash[HASH_LEN];
-        char name[32];
-        struct stat st;
-        int r, head;
+        int r;
 
         if (!dir || !key || !ret)
                 return fail(err, -EINVAL, "audit: missing argument");
@@ -1809,121 +1946,9 @@ int audit_open(const char *dir, const uint8_t *key, size_t key_len, const audit_
         if (r < 0)
                 return fail(err, r, "audit: cannot set up the HMAC key: %s", strerror(-r));
 
-        r = mkdir_p(dir, 0700);
-        if (r < 0)
-                return fail(err, r, "audit: cannot create %s: %s", dir, strerror(-r));
-        a->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-        if (a->dir_fd < 0)
-                return fail(err, -errno, "audit: cannot open %s: %m", dir);
-        /* An existing directory may have been created looser; the log is ours alone. */
-        if (fstat(a->dir_fd, &st) < 0)
-                return fail(err, -errno, "audit: cannot stat %s: %m", dir);
-        if (st.st_uid != geteuid())
-                return fail(err, -EPERM, "audit: %s is owned by uid %u, not us", dir, (unsigned) st.st_uid);
-        if ((st.st_mode & 07777) != 0700 && fchmod(a->dir_fd, 0700) < 0)
-                return fail(err, -errno, "audit: cannot chmod %s: %m", dir);
-
-        r = list_files(a->dir_fd, &files, &n_files);
-        if (r < 0)
-                return fail(err, r, "audit: cannot list %s: %s", dir, strerror(-r));
-
-        if (n_files == 0) {
-                a->file_no = 1;
-                file_name(a->file_no, name);
-                a->fd = openat(a->dir_fd, name, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
-                               0600);
-                if (a->fd < 0)
-                        return fail(err, -errno, "audit: cannot create %s/%s: %m", dir, name);
-                if (fsync(a->dir_fd) < 0)
-                        return fail(err, -errno, "audit: cannot fsync %s: %m", dir);
-        } else {
-                a->file_no = files[n_files - 1];
-                file_name(a->file_no, name);
-                a->fd = openat(a->dir_fd, name, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-                if (a->fd < 0)
-                        return fail(err, -errno, "audit: cannot open %s/%s: %m", dir, name);
-                r = scan_file(&a->key, a->fd, &scan);
-                if (r < 0)
-                        return fail(err, r, "audit: cannot read %s/%s: %s", dir, name, strerror(-r));
-
-                if (scan.torn) {
-                        torn_info t;
-
-                        r = torn_take(a->fd, scan.torn_offset, &t);
-                        if (r < 0)
-                                return fail(err, r, "audit: cannot recover the torn end of %s/%s: %s", dir, name,
-                                            strerror(-r));
-                        ev_torn = json_object_new_object();
-                        if (!ev_torn) {
-                                free(t.data_hex);
-                                return fail(err, -ENOMEM, "audit: out of memory");
-                        }
-                        char hex[HEX_LEN + 1];
-                        hex_encode(t.hash, HASH_LEN, hex);
-                        add(ev_torn, "reason", json_object_new_string("torn"));
-                        add(ev_torn, "file", json_object_new_string(name));
-                        add(ev_torn, "offset", json_object_new_int64((int64_t) t.offset));
-                        add(ev_torn, "length", json_object_new_int64((int64_t) t.length));
-                        add(ev_torn, "sha256", json_object_new_string(hex));
-                        if (t.has_seq)
-                                add(ev_torn, "claimed_seq", json_object_new_uint64(t.seq));
-                        add(ev_torn, "data_hex", json_object_new_string(t.data_hex));
-                        free(t.data_hex);
-                }
-
-                /* A file without any record of ours (a crash right after rotating): the
-                 * chain continues from an older one. */
-                for (size_t i = n_files - 1; !scan.found && i > 0; i--) {
-                        _cleanup_close_ int fd = -1;
-                        char older[32];
-
-                        file_name(files[i - 1], older);
-                        fd = openat(a->dir_fd, older, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-                        if (fd < 0)
-                                continue;
-                        r = scan_file(&a->key, fd, &scan);
-                        if (r < 0)
-                                return fail(err, r, "audit: cannot read %s/%s: %s", dir, older, strerror(-r));
-                }
-                if (scan.found) {
-                        a->seq = scan.last.seq;
-                        memcpy(a->last_hash, scan.last.hash, HASH_LEN);
-                }
-                if (fstat(a->fd, &st) < 0)
-                        return fail(err, -errno, "audit: cannot stat %s/%s: %m", dir, name);
-                a->file_size = (uint64_t) st.st_size;
-        }
-
-        head = head_read(a->dir_fd, &a->key, &head_seq, head_hash);
-        if (head < 0)
-                return fail(err, head, "audit: cannot read %s/" HEAD_NAME ": %s", dir, strerror(-head));
-        if (head == HEAD_OK && head_seq > a->seq) {
-                /* The files end before what was once durable: records were cut off or the
-                 * newest file removed. Continue after the head, so the hole stays in the
-                 * chain for verify to name instead of being papered over. */
-                ev_head = json_object_new_object();
-                if (!ev_head)
-                        return fail(err, -ENOMEM, "audit: out of memory");
-                add(ev_head, "reason", json_object_new_string("truncated"));
-                add(ev_head, "missing_from", json_object_new_uint64(a->seq + 1));
-                add(ev_head, "missing_to", json_object_new_uint64(head_seq));
-                a->seq = head_seq;
-                memcpy(a->last_hash, head_hash, HASH_LEN);
-        } else if (head == HEAD_OK && head_seq == a->seq && memcmp(head_hash, a->last_hash, HASH_LEN) != 0) {
-                ev_head = json_object_new_object();
-                if (!ev_head)
-                        return fail(err, -ENOMEM, "audit: out of memory");
-                add(ev_head, "reason", json_object_new_string("head_mismatch"));
-                add(ev_head, "head_seq", json_object_new_uint64(head_seq));
-        } else if (head == HEAD_INVALID || (head == HEAD_MISSING && a->seq > 0)) {
-                ev_head = json_object_new_object();
-                if (!ev_head)
-                        return fail(err, -ENOMEM, "audit: out of memory");
-                add(ev_head, "reason", json_object_new_string(head == HEAD_INVALID ? "head_invalid" : "head_missing"));
-                add(ev_head, "last_seq", json_object_new_uint64(a->seq));
-        } else if (head == HEAD_OK && head_seq == a->seq)
-                a->head_current = true;
-        a->head_seq = head == HEAD_OK ? head_seq : 0;
+        if ((r = open_dir(a, dir, err)) < 0 || (r = open_files(a, dir, &ev_torn, err)) < 0 ||
+            (r = check_head(a, dir, &ev_head, err)) < 0)
+                return r;
 
         if (ev_torn) {
                 r = audit_append(a, "audit.recovered", NULL, ev_torn);

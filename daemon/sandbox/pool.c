@@ -48,8 +48,11 @@ typedef struct warm_entry {
 
 typedef struct refill {
         uv_timer_t timer;
+        list_head link;      /* in refills until its timer closes */
         char *task;
 } refill;
+
+static list_head refills = { &refills, &refills };
 
 static list_head entries = { &entries, &entries };
 static unsigned n_entries;
@@ -302,6 +305,7 @@ static void on_refill(uv_timer_t *t) {
                                 break;
                         }
                 }
+        list_del(&rf->link);
         uv_close((uv_handle_t *) t, refill_closed);
 }
 
@@ -317,6 +321,7 @@ void pool_refill_later(manager *m, const char *task) {
         }
         uv_timer_init(m->loop, &rf->timer);
         rf->timer.data = m;
+        list_add_tail(&refills, &rf->link);
         /* After this iteration's replies are written: off the spawn's path. */
         uv_timer_start(&rf->timer, on_refill, 1, 0);
 }
@@ -390,8 +395,35 @@ static void mountinfo_closed(uv_handle_t *h) {
         mountinfo_fd = safe_close(mountinfo_fd);
 }
 
+/* Stopping: nothing polls later, so every hands left is killed and reaped
+ * now and its handles close (the last close callback frees the entry), and
+ * pending refills close: daemon_finish()'s uv_walk would close them without
+ * freeing them, and leave a zombie. */
+static void pool_close_all(void) {
+        list_head *pos, *tmp;
+
+        list_for_each_safe(pos, tmp, &refills) {
+                refill *rf = container_of(pos, refill, link);
+                list_del(&rf->link);
+                uv_close((uv_handle_t *) &rf->timer, refill_closed);
+        }
+        list_for_each_safe(pos, tmp, &entries) {
+                warm_entry *e = container_of(pos, warm_entry, link);
+                e->state = WARM_ENDING;
+                if (e->w.pidfd >= 0) {
+                        (void) kill(e->w.pid, SIGKILL);
+                        (void) waitid(P_PIDFD, (id_t) e->w.pidfd, &(siginfo_t) { 0 }, WEXITED);
+                        e->w.pidfd = safe_close(e->w.pidfd);
+                }
+                entry_stop_polls(e);
+                if (e->handles_open == 0)
+                        entry_free(e);
+        }
+}
+
 void pool_free(manager *m) {
         pool_drain(m, "agentd is stopping");
+        pool_close_all();
         if (!uv_is_closing((uv_handle_t *) &idle_timer))
                 uv_close((uv_handle_t *) &idle_timer, NULL);
         if (pool_up)

@@ -281,13 +281,42 @@ static void close_handle(sandbox *s, uv_handle_t *h, bool *flag) {
         uv_close(h, handle_closed);
 }
 
+/* Every handle still open starts closing; the last close callback frees.
+ * The stdin relay and the change watch close their own handles now too:
+ * before daemon_finish()'s uv_walk, which would close them a second time. */
+static void close_all_handles(sandbox *s) {
+        stdin_relay_free(TAKE_PTR(s->stdin_relay));
+        change_watch_free(TAKE_PTR(s->change_watch));
+        if (s->timeout_init)
+                uv_timer_stop(&s->timeout);
+        close_handle(s, (uv_handle_t *) &s->timeout, &s->timeout_init);
+        close_handle(s, (uv_handle_t *) &s->helper_poll, &s->helper_poll_init);
+        close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
+        for (int k = 0; k < 2; k++) {
+                close_handle(s, (uv_handle_t *) &s->out[k].pipe_poll, &s->out[k].pipe_poll_init);
+                close_handle(s, (uv_handle_t *) &s->out[k].client_poll, &s->out[k].client_poll_init);
+        }
+}
+
+/* Its helper still runs (the namespace's teardown after the exit report):
+ * the pidfd poll must stay to reap it, so the record stays in memory. */
+static bool helper_unreaped(const sandbox *s) {
+        return s->helper_poll_init && !s->helper_reaped;
+}
+
 sandbox *sandbox_ref(sandbox *s) {
         s->refcount++;
         return s;
 }
 
+/* The handle rule (ARCHITECTURE.md, Lifetimes): the last reference closes
+ * whatever is still open, and the record is freed only after every close
+ * callback ran (handle_closed), never while one is pending. */
 void sandbox_unref(sandbox *s) {
-        if (--s->refcount == 0 && s->open_handles == 0)
+        if (--s->refcount > 0)
+                return;
+        close_all_handles(s);
+        if (s->open_handles == 0)
                 sandbox_free(s);
 }
 
@@ -640,14 +669,14 @@ static void release_owner(sandbox *s) {
 }
 
 /* Retention is about to remove this record: drop it from memory. -EBUSY while
- * it has not ended or someone waits on it. */
+ * it has not ended, its helper is not reaped yet or someone waits on it. */
 int sandbox_forget(manager *m, const char *id) {
         list_head *i, *t;
         list_for_each_safe(i, t, &m->sandboxes->list) {
                 sandbox *s = container_of(i, sandbox, link);
                 if (!streq(s->id, id))
                         continue;
-                if (!sandbox_ended(s) || s->waiters || s->owner)
+                if (!sandbox_ended(s) || s->waiters || s->owner || helper_unreaped(s))
                         return -EBUSY;
                 list_del(&s->link);
                 m->sandboxes->n--;
@@ -671,7 +700,7 @@ static void evict_old(manager *m, sandbox *keep) {
                 if (ended <= MAX_ENDED_KEPT)
                         break;
                 sandbox *s = container_of(i, sandbox, link);
-                if (!sandbox_ended(s) || s->waiters || s == keep || s->review_readers || s->review_writer)
+                if (!sandbox_ended(s) || s->waiters || s == keep || s->review_readers || s->review_writer || helper_unreaped(s))
                         continue;
                 list_del(&s->link);
                 m->sandboxes->n--;
@@ -1506,15 +1535,9 @@ void sandboxes_free(manager *m) {
                 release_owner(s);
                 if (s->helper_pidfd >= 0)
                         (void) pidfd_send_signal_(s->helper_pidfd, SIGKILL);
-                if (s->timeout_init)
-                        uv_timer_stop(&s->timeout);
-                close_handle(s, (uv_handle_t *) &s->timeout, &s->timeout_init);
-                close_handle(s, (uv_handle_t *) &s->helper_poll, &s->helper_poll_init);
-                close_handle(s, (uv_handle_t *) &s->status_poll, &s->status_poll_init);
-                for (int k = 0; k < 2; k++) {
-                        close_handle(s, (uv_handle_t *) &s->out[k].pipe_poll, &s->out[k].pipe_poll_init);
-                        close_handle(s, (uv_handle_t *) &s->out[k].client_poll, &s->out[k].client_poll_init);
-                }
+                /* Its broker socket too, before the final uv_walk would close it without freeing it. */
+                server_close_sandbox(TAKE_PTR(s->broker_listener));
+                close_all_handles(s);
                 sandbox_unref(s);
         }
         zygote_stop();
