@@ -262,6 +262,37 @@ START_TEST(test_path_replaced_by_symlink_drops_it) {
 }
 END_TEST
 
+/* The same with the link pointing at agentd's state directory: the next
+ * spawn is refused (the task-path check runs again on the new resolution),
+ * it never shows the state directory through the stale plan's bind. */
+START_TEST(test_path_replaced_by_symlink_to_state_dir_refused) {
+        fixture_init(&f);
+        home_write("data/f", "data\n", 0644);
+        fixture_write_task(&f, "ro", "[Task]\nCommand=/bin/sh\n[Filesystem]\nWorkspace=overlay\nToolchains=none\n"
+                                     "ReadOnlyPaths=~/data\n[Network]\nMode=none\n");
+        start(NULL);
+        const char *look = "ls ~/data; echo END";
+        run_expect("ro", NULL, look, "f\nEND\n");
+        run_expect("ro", NULL, look, "f\nEND\n");
+        ck_assert_uint_eq(builds(), 1);
+        char data[PATH_MAX], data_f[PATH_MAX], state[PATH_MAX];
+        home_path("data", data, sizeof(data));
+        home_path("data/f", data_f, sizeof(data_f));
+        snprintf(state, sizeof(state), "%s/agentd", f.state_home);
+        ck_assert_int_eq(unlink(data_f), 0);
+        ck_assert_int_eq(rmdir(data), 0);
+        ck_assert_int_eq(symlink(state, data), 0);
+        fixture_reply r;
+        char *out = NULL;
+        bool ok = try_run("ro", NULL, look, &out, &r);
+        ck_assert_msg(!ok, "spawned through the stale plan; it saw: %s", out);
+        ck_assert_str_eq(r.code, "policy_denied");
+        ck_assert_ptr_nonnull(strstr(r.message, "agentd's state directory"));
+        fixture_reply_free(&r);
+        stop();
+}
+END_TEST
+
 /* Entries appearing in directories on the way to probed paths, under names
  * no probe looks at ($TMPDIR, the workspace, the home): the cache holds. */
 START_TEST(test_unrelated_churn_keeps_it) {
@@ -347,6 +378,7 @@ int main(void) {
         tcase_add_test(tc, test_revoke_all_drops_it);
         tcase_add_test(tc, test_new_toolchain_dir_drops_it);
         tcase_add_test(tc, test_path_replaced_by_symlink_drops_it);
+        tcase_add_test(tc, test_path_replaced_by_symlink_to_state_dir_refused);
         tcase_add_test(tc, test_unrelated_churn_keeps_it);
         tcase_add_test(tc, test_secret_after_cached_plan_hidden);
         tcase_add_test(tc, test_seccomp_profile_file_never_cached);
