@@ -1,6 +1,6 @@
 /* sandbox/plan-cache.c on a composed daemon (fixture.h), [Pool] off: two
  * spawns of a task build its plan once (agentd.status "plan_cache_builds"),
- * another task builds its own; a task reload, revoke --all, a toolchain
+ * another task builds its own; a task reload, revoke --all, a mount, a toolchain
  * appearing on a probed path and a probed path replaced by a symlink drop it,
  * and the next spawn sees the machine as it is now; files appearing elsewhere
  * ($TMPDIR, the workspace, the home) leave it alone; a credential file that
@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -369,6 +371,30 @@ START_TEST(test_seccomp_profile_file_never_cached) {
 }
 END_TEST
 
+/* A change of agentd's mount table (a tmpfs mounted in a private mount
+ * namespace of this test process, which is agentd here): the cache is
+ * dropped. Needs root (CAP_SYS_ADMIN); skipped otherwise. */
+START_TEST(test_mount_change_drops_it) {
+        if (geteuid() != 0 || unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
+                fprintf(stderr, "skipped: no private mount namespace (needs root)\n");
+                return;
+        }
+        fixture_init(&f);
+        start(NULL);
+        run_expect("default", NULL, "echo one", "one\n");
+        run_expect("default", NULL, "echo two", "two\n");
+        ck_assert_uint_eq(builds(), 1);
+        char mnt[PATH_MAX];
+        snprintf(mnt, sizeof(mnt), "%s/mnt", f.root);
+        ck_assert_int_eq(mkdir(mnt, 0755), 0);
+        ck_assert_int_eq(mount("tmpfs", mnt, "tmpfs", 0, "size=1m"), 0);
+        run_expect("default", NULL, "echo three", "three\n");
+        ck_assert_uint_eq(builds(), 2);
+        ck_assert_int_eq(umount(mnt), 0);
+        stop();
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("plan-cache");
         TCase *tc = tcase_create("plan-cache");
@@ -382,6 +408,7 @@ int main(void) {
         tcase_add_test(tc, test_unrelated_churn_keeps_it);
         tcase_add_test(tc, test_secret_after_cached_plan_hidden);
         tcase_add_test(tc, test_seccomp_profile_file_never_cached);
+        tcase_add_test(tc, test_mount_change_drops_it);
         suite_add_tcase(s, tc);
         return unit_run(s, false);
 }
