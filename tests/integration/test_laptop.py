@@ -242,6 +242,37 @@ def test_plan_cache_dropped_on_reload():
         assert c.ok("agentd.status")["plan_cache_builds"] > builds
 
 
+def test_toolchain_symlinked_to_secret_or_state_not_shown():
+    """A toolchain or cache location that is a symlink (planted by anything that
+    can write the home: another process of the user, a sandbox with a writable
+    bind there) to ~/.ssh, to agentd's state directory or to the home itself is
+    not shown: the helper binds the spelling and the kernel follows the link,
+    while the hide list masks only the secrets' own spellings. A toolchain
+    symlinked to an ordinary tree still is; and planting the link after the
+    plan was cached is seen at the next spawn."""
+    with new_daemon() as d:
+        home = d.env["HOME"]
+        c = d.client()
+        write(os.path.join(home, ".ssh", "id_rsa"), "SECRET ssh\n")
+        write(os.path.join(home, "elsewhere", "cargo", "bin", "cargo"), "#!/bin/sh\necho real cargo\n", 0o755)
+        os.symlink(os.path.join(home, "elsewhere", "cargo"), os.path.join(home, ".cargo"))
+        look = ('cat ~/.rustup/id_rsa ~/.local/bin/id_rsa ~/.cache/id_rsa 2>/dev/null; ls ~/.nvm/agentd ~/.bun 2>/dev/null; '
+                '~/.cargo/bin/cargo; echo END')
+        p = sh(d, look, task="build")
+        assert p.stdout == b"real cargo\nEND\n", (p.stdout, p.stderr)
+        # Planted while the plan is cached.
+        os.symlink(os.path.join(home, ".ssh"), os.path.join(home, ".rustup"))
+        os.makedirs(os.path.join(home, ".local"))
+        os.symlink(os.path.join(home, ".ssh"), os.path.join(home, ".local", "bin"))
+        os.symlink(os.path.join(home, ".ssh"), os.path.join(home, ".cache"))
+        os.symlink(d.state_home, os.path.join(home, ".nvm"))
+        os.symlink(home, os.path.join(home, ".bun"))
+        p = sh(d, look, task="build")
+        assert p.stdout == b"real cargo\nEND\n", (p.stdout, p.stderr)
+        assert open(os.path.join(home, ".rustup", "id_rsa")).read() == "SECRET ssh\n"  # not vacuous
+        assert c.ok("agentd.status")["plan_cache_builds"] >= 2
+
+
 def test_caches_copy_on_write():
     """Caches are visible and writable inside; the host's copy is byte-identical after."""
     with new_daemon() as d:
