@@ -83,6 +83,49 @@ static bool forbidden(const char *path, const char *home, const char *const *nev
         return false;
 }
 
+/* Where a shown tree really is. The helper binds the path as spelled and the
+ * kernel follows its symlinks, while the checks above and the hide list of
+ * secrets work on spellings: a toolchain or cache that is (or passes through) a
+ * symlink to ~/.ssh, the home, or agentd's state would be shown under another
+ * name with nothing masked. So the resolved path is checked too: never
+ * forbidden, never a secret or inside one, and, when it differs from the
+ * spelling, holding no secret either (its hide would be at the wrong path).
+ * Anything that fails is not shown (fail closed). */
+static bool secret_overlap(const char *abs, const char *real, const char *home) {
+        for (size_t i = 0; policy_secrets_paths[i]; i++) {
+                _cleanup_free_ char *spelled = NULL, *shown = NULL;
+                if (expand(policy_secrets_paths[i], home, &spelled) < 0)
+                        return true;
+                _cleanup_free_ char *res = realpath(spelled, NULL);
+                if (under(spelled, real) || (res && under(res, real)))
+                        return true; /* the tree is a secret or inside one */
+                if (!res || !under(real, res))
+                        continue;
+                /* A secret inside the tree: shown at abs + the rest; hidden only if that is its own spelling. */
+                if (asprintf(&shown, "%s%s", abs, res + strlen(real)) < 0 || !streq(shown, spelled))
+                        return true;
+        }
+        return false;
+}
+
+static bool resolved_ok(const char *abs, const char *home, const char *const *never) {
+        _cleanup_free_ char *real = realpath(abs, NULL);
+        if (!real)
+                return false;
+        if (!path_plain(real) || forbidden(real, home, never))
+                return false;
+        /* Agentd's directories as they resolve, too (never[] is spelled). */
+        for (size_t i = 0; never && never[i]; i++) {
+                _cleanup_free_ char *n = realpath(never[i], NULL);
+                if (n && (under(real, n) || under(n, real)))
+                        return false;
+        }
+        _cleanup_free_ char *rhome = home ? realpath(home, NULL) : NULL;
+        if (rhome && under(real, rhome))
+                return false;
+        return !secret_overlap(abs, real, home);
+}
+
 static bool exists(const char *path) {
         struct stat st;
         return stat(path, &st) == 0;
@@ -140,7 +183,7 @@ static int add_toolchains(laptop_plan *plan, const task_policy *p, const char *h
                 if (r == -ENOMEM)
                         return r;
                 if (r < 0 || !path_plain(abs) || in_system_root(abs) || forbidden(abs, home, never) ||
-                    !exists(abs) || strv_has(plan->ro, abs))
+                    !exists(abs) || strv_has(plan->ro, abs) || !resolved_ok(abs, home, never))
                         continue;
                 r = strv_add(&plan->ro, abs);
                 if (r < 0)
@@ -152,7 +195,7 @@ static int add_toolchains(laptop_plan *plan, const task_policy *p, const char *h
                 r = expand(policy_caches_paths[i], home, &abs);
                 if (r == -ENOMEM)
                         return r;
-                if (r < 0 || !path_plain(abs) || forbidden(abs, home, never) || !make_cache_in_tree(plan->ro, abs))
+                if (r < 0 || !path_plain(abs) || forbidden(abs, home, never) || !make_cache_in_tree(plan->ro, abs) || !resolved_ok(abs, home, never))
                         continue;
                 r = strv_add(&plan->cow, abs);
                 if (r < 0)

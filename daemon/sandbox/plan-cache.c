@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 #include <linux/magic.h>
@@ -219,15 +220,58 @@ static int watch_ancestors(const char *path) {
         }
 }
 
-/* The path as spelled and, when it resolves elsewhere, as resolved. */
+/* path with its first symlink component replaced by the link's target (the
+ * rest appended): 1 and *ret, or 0 when no component is a symlink. */
+static int next_hop(const char *path, char **ret) {
+        char buf[PATH_MAX], target[PATH_MAX];
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *end = buf + 1;; end++) {
+                if (*end != '/' && *end != 0)
+                        continue;
+                char saved = *end;
+                *end = 0;
+                struct stat st;
+                bool link = lstat(buf, &st) == 0 && S_ISLNK(st.st_mode);
+                if (link) {
+                        ssize_t n = readlink(buf, target, sizeof(target) - 1);
+                        if (n <= 0)
+                                return -EINVAL;
+                        target[n] = 0;
+                        char *slash = strrchr(buf, '/');
+                        *slash = 0; /* the link's directory ("" for the root) */
+                        int k = target[0] == '/' ? asprintf(ret, "%s%s%s", target, saved ? "/" : "", saved ? end + 1 : "")
+                                                 : asprintf(ret, "%s/%s%s%s", buf, target, saved ? "/" : "", saved ? end + 1 : "");
+                        return k < 0 ? -ENOMEM : strlen(*ret) >= PATH_MAX ? (free(*ret), -ENAMETOOLONG) : 1;
+                }
+                *end = saved;
+                if (!saved)
+                        return 0;
+        }
+}
+
+/* The path as spelled and every symlink on the way to what it resolves to,
+ * hop by hop (a -> b/l2 -> c: a link in the middle of a chain is on neither
+ * the spelled nor the resolved path, yet retargeting it changes what a bind
+ * of the spelling shows). */
 static int watch_path(const char *path) {
-        int r = watch_ancestors(path);
-        if (r < 0)
-                return r;
-        _cleanup_free_ char *real = path && path[0] == '/' ? realpath(path, NULL) : NULL;
-        if (real && !streq(real, path))
-                r = watch_ancestors(real);
-        return r;
+        if (!path || path[0] != '/' || strlen(path) >= PATH_MAX)
+                return 0;
+        _cleanup_free_ char *cur = strdup(path);
+        if (!cur)
+                return -ENOMEM;
+        for (int hops = 0;; hops++) {
+                int r = watch_ancestors(cur);
+                if (r < 0)
+                        return r;
+                if (hops >= 40)
+                        return -ELOOP; /* as the kernel gives up: watch nothing more, cache nothing */
+                char *next = NULL;
+                r = next_hop(cur, &next);
+                if (r <= 0)
+                        return r;
+                free(cur);
+                cur = next;
+        }
 }
 
 /* "~/x" against home, else as it is; NULL when it cannot be expanded. */

@@ -6,7 +6,7 @@
  *
  * What these probes looked at can change, so an entry holds only while
  * nothing it depends on did: every directory on the way to a probed path (as
- * spelled and as resolved) is watched with inotify from before the probes
+ * spelled, as resolved, and through each symlink hop) is watched with inotify from before the probes
  * run, and any event in one, any change of agentd's mount table, a reload of
  * the tasks (pool_drain) or a watch that cannot be added drops the whole
  * cache. plan_cache_check() reads both watches without waiting, so a change

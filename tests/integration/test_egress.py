@@ -145,5 +145,35 @@ def test_automatic_response_freezes_and_alerts():
         c.ok("sandbox.wait", {"id": sid})
 
 
+FLOOD = ("/usr/bin/python3 -c \"\nimport socket\nfor i in range(100000):\n  try:\n"
+         "    s = socket.create_connection(('127.0.0.1', 3128))\n"
+         "    s.sendall(b'CONNECT denied%d.example:443 HTTP/1.1\\r\\n\\r\\n' % i); s.recv(100); s.close()\n"
+         "  except OSError: pass\n\"")
+
+
+def test_denial_flood_during_revoke_all_keeps_the_lockdown():
+    """Sandboxes flooding denials (each tripping the automatic response) and
+    others ending on their own while revoke --all runs: every one is killed by
+    the revocation or ends, the lockdown is in force and written, agentd stops
+    cleanly (no response acting on a sandbox that is gone)."""
+    if not cgroup_delegated():
+        return skip_no_cgroup()
+    with upstream_and_daemon(config="[Response]\nEgressDenials=3\nEgressWindowSec=60\n", web=True) as (up, d, ws):
+        c = d.client()
+        ids = [c.ok("sandbox.spawn", {"task": "web", "argv": ["/bin/sh", "-c", FLOOD], "workspace": ws})["id"]
+               for _ in range(4)]
+        ids += [c.ok("sandbox.spawn", {"task": "web", "argv": ["/bin/sh", "-c",
+                "for h in a b c; do curl -s -m 1 http://$h.example/; done"], "workspace": ws})["id"] for _ in range(4)]
+        time.sleep(0.3)
+        p = d.agentctl("--json", "revoke", "--all")
+        assert p.returncode == 0, p
+        for sid in ids:
+            assert c.ok("sandbox.wait", {"id": sid})["state"] in ("killed", "exited")
+        assert c.ok("agentd.status")["locked_down"] is True
+        assert os.path.exists(os.path.join(d.state_home, "agentd", "lockdown"))
+        types = [r["type"] for r in c.ok("audit.query", {"limit": 5000})]
+        assert "lockdown" in types and "alert" in types, types
+
+
 if __name__ == "__main__":
     run_tests(globals())

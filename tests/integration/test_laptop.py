@@ -242,6 +242,77 @@ def test_plan_cache_dropped_on_reload():
         assert c.ok("agentd.status")["plan_cache_builds"] > builds
 
 
+def test_toolchain_symlinked_to_secret_or_state_not_shown():
+    """A toolchain or cache location that is a symlink (planted by anything that
+    can write the home: another process of the user, a sandbox with a writable
+    bind there) to ~/.ssh, to agentd's state directory or to the home itself is
+    not shown: the helper binds the spelling and the kernel follows the link,
+    while the hide list masks only the secrets' own spellings. A toolchain
+    symlinked to an ordinary tree still is; and planting the link after the
+    plan was cached is seen at the next spawn."""
+    with new_daemon() as d:
+        home = d.env["HOME"]
+        c = d.client()
+        write(os.path.join(home, ".ssh", "id_rsa"), "SECRET ssh\n")
+        write(os.path.join(home, "elsewhere", "cargo", "bin", "cargo"), "#!/bin/sh\necho real cargo\n", 0o755)
+        os.symlink(os.path.join(home, "elsewhere", "cargo"), os.path.join(home, ".cargo"))
+        look = ('cat ~/.rustup/id_rsa ~/.local/bin/id_rsa ~/.cache/id_rsa 2>/dev/null; ls ~/.nvm/agentd ~/.bun 2>/dev/null; '
+                '~/.cargo/bin/cargo; echo END')
+        p = sh(d, look, task="build")
+        assert p.stdout == b"real cargo\nEND\n", (p.stdout, p.stderr)
+        # Planted while the plan is cached.
+        os.symlink(os.path.join(home, ".ssh"), os.path.join(home, ".rustup"))
+        os.makedirs(os.path.join(home, ".local"))
+        os.symlink(os.path.join(home, ".ssh"), os.path.join(home, ".local", "bin"))
+        os.symlink(os.path.join(home, ".ssh"), os.path.join(home, ".cache"))
+        os.symlink(d.state_home, os.path.join(home, ".nvm"))
+        os.symlink(home, os.path.join(home, ".bun"))
+        p = sh(d, look, task="build")
+        assert p.stdout == b"real cargo\nEND\n", (p.stdout, p.stderr)
+        assert open(os.path.join(home, ".rustup", "id_rsa")).read() == "SECRET ssh\n"  # not vacuous
+        assert c.ok("agentd.status")["plan_cache_builds"] >= 2
+
+
+def test_plan_cache_sees_a_retargeted_link_in_a_chain():
+    """A toolchain reached through two symlinks (~/.cargo -> x/l2 -> data/cargo):
+    the middle link is on neither the path as spelled nor as resolved, but the
+    helper binds the spelling, so retargeting it at ~/.ssh or agentd's state
+    must drop the cached plan, and the next spawn must not show them. A task
+    path through such a chain is bound at its resolved path (checked when the
+    plan was made), so it keeps showing that directory, never the new target."""
+    with new_daemon({"docs": "[Task]\nDescription=x\n[Filesystem]\nReadOnlyPaths=~/a/l1\n"}) as d:
+        home = d.env["HOME"]
+        write(os.path.join(home, ".ssh", "id_rsa"), "SECRET ssh\n")
+        write(os.path.join(home, "data", "cargo", "bin", "cargo"), "#!/bin/sh\necho real cargo\n", 0o755)
+        write(os.path.join(home, "c", "ok"), "ok\n")
+        for sub in ("registry", "git"):  # so that a stale plan's caches mount there too
+            os.makedirs(os.path.join(home, ".ssh", sub))
+        for sub in ("x", "a", "b"):
+            os.makedirs(os.path.join(home, sub))
+        os.symlink(os.path.join(home, "x", "l2"), os.path.join(home, ".cargo"))
+        os.symlink(os.path.join(home, "data", "cargo"), os.path.join(home, "x", "l2"))
+        os.symlink(os.path.join(home, "b", "l2"), os.path.join(home, "a", "l1"))
+        os.symlink(os.path.join(home, "c"), os.path.join(home, "b", "l2"))
+        look = 'cat ~/.cargo/id_rsa ~/.cargo/agentd/agentd.lock 2>/dev/null; ~/.cargo/bin/cargo 2>/dev/null; echo END'
+        c = d.client()
+        assert sh(d, 'cat ~/c/ok; echo END', task="docs").stdout == b"ok\nEND\n"
+        for _ in range(2):  # the first makes the caches inside the tree (~/.cargo/registry): a change
+            assert sh(d, look, task="build").stdout == b"real cargo\nEND\n"
+        builds = c.ok("agentd.status")["plan_cache_builds"]
+        assert sh(d, look, task="build").stdout == b"real cargo\nEND\n"
+        assert c.ok("agentd.status")["plan_cache_builds"] == builds, "the plan was not cached: the test proves nothing"
+        for target in (os.path.join(home, ".ssh"), d.state_home):
+            os.unlink(os.path.join(home, "x", "l2"))
+            os.symlink(target, os.path.join(home, "x", "l2"))
+            p = sh(d, look, task="build")
+            assert p.stdout == b"END\n", (target, p.stdout, p.stderr)
+        os.unlink(os.path.join(home, "b", "l2"))
+        os.symlink(os.path.join(d.state_home, "agentd"), os.path.join(home, "b", "l2"))
+        p = sh(d, 'ls ~/a/l1 ~/c 2>&1; echo END', task="docs")
+        assert b"audit" not in p.stdout and b"sandboxes" not in p.stdout, (p.stdout, p.stderr)
+        assert os.path.exists(os.path.join(home, ".cargo", "agentd", "agentd.lock"))  # not vacuous
+
+
 def test_caches_copy_on_write():
     """Caches are visible and writable inside; the host's copy is byte-identical after."""
     with new_daemon() as d:

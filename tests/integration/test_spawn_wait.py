@@ -138,6 +138,49 @@ def test_disconnect_mid_wait_attached_ends_it():
         os.close(rd)
 
 
+def test_two_waits_on_one_connection_answer_each_call():
+    """Two spawns with wait pipelined on one connection: each reply goes to its
+    own call (by msgid), the shorter first, each with its own exit code."""
+    with Daemon() as d:
+        ws = workspace(d)
+        c = d.client()
+        a = c.request("sandbox.spawn", {"argv": ["/bin/sh", "-c", "sleep 0.5; exit 4"], "workspace": ws, "wait": True})
+        b = c.request("sandbox.spawn", {"argv": ["/bin/sh", "-c", "exit 5"], "workspace": ws, "wait": True})
+        eb, rb = c.response(b)
+        ea, ra = c.response(a)
+        assert ea is None and eb is None and ra["exit_code"] == 4 and rb["exit_code"] == 5, (ea, ra, eb, rb)
+        assert ra["id"] != rb["id"]
+        notes = {n[2][0]["id"] for n in c.notifications if n[1] == "sandbox.started"}
+        assert notes == {ra["id"], rb["id"]}, c.notifications
+
+
+def test_disconnect_racing_the_exit_leaks_nothing():
+    """Clients that leave while (or just after) their wait spawn ends: agentd
+    stays up, every sandbox ends, and no descriptor stays behind."""
+    with Daemon() as d:
+        ws = workspace(d)
+        c = d.client()
+        c.ok("sandbox.spawn", {"argv": ["/bin/true"], "workspace": ws, "wait": True})  # the plan cache's fds
+        c.close()
+        base = d.n_fds()
+        for i in range(20):
+            c = d.client()
+            c.request("sandbox.spawn", {"argv": ["/bin/true"], "workspace": ws, "wait": True})
+            if i % 2:
+                c.read_message()  # the started notification: leave between it and the reply
+            c.close()
+        c = d.client()
+        deadline = time.time() + 10
+        while time.time() < deadline and {s["state"] for s in c.ok("sandbox.list")} != {"exited"}:
+            time.sleep(0.05)
+        assert {s["state"] for s in c.ok("sandbox.list")} == {"exited"}, c.ok("sandbox.list")
+        c.close()
+        deadline = time.time() + 5
+        while time.time() < deadline and d.n_fds() > base:
+            time.sleep(0.05)
+        assert d.n_fds() <= base, (base, d.n_fds())
+
+
 def test_agentctl_spawn_is_one_call():
     with Daemon() as d:
         ws = workspace(d)
