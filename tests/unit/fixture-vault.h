@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fixture.h"
+
 #define ROLE_ID "unit-role-id"
 #define SECRET_ID "unit-s3cret-approle-id-0123"
 #define ROOT_TOKEN "root-token-for-unit-tests"

@@ -14,7 +14,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture-vault.h"
 #include "fixture.h"
 #include "unit.h"
@@ -69,7 +68,7 @@ static void answer(int c, const char *id, const char *decision) {
 }
 
 static int connect_held(const char *sid, uint16_t port) {
-        int p = fs_proxy_connect(&f, sid);
+        int p = fixture_proxy_connect(&f, sid);
         char req[128];
         int n = snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%u HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", port, port);
         ck_assert_int_eq(write(p, req, (size_t) n), n);
@@ -77,12 +76,12 @@ static int connect_held(const char *sid, uint16_t port) {
 }
 
 /* The approval.* notification with `method` for approval `id` on the stream. */
-static bool saw_notification(fs_stream *st, const char *method, const char *id, char *decision, size_t size) {
+static bool saw_notification(fixture_stream *st, const char *method, const char *id, char *decision, size_t size) {
         fixture_reply msg;
         bool found = false;
-        while (!found && fs_stream_next(&f, st, 2000, &msg)) {
+        while (!found && fixture_stream_next(&f, st, 2000, &msg)) {
                 char m[64], got[64];
-                const msgpack_object *p = fs_notification(&msg, m, sizeof(m));
+                const msgpack_object *p = fixture_notification(&msg, m, sizeof(m));
                 if (p && strcmp(m, method) == 0 && fixture_get_str(p, "id", got, sizeof(got)) && strcmp(got, id) == 0) {
                         found = true;
                         if (decision)
@@ -101,12 +100,12 @@ START_TEST(test_network_ask_approve_and_deny) {
         fixture_reply r;
         ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
         fixture_reply_free(&r);
-        fs_stream st;
-        fs_stream_init(&st, ev);
+        fixture_stream st;
+        fixture_stream_init(&st, ev);
         char sid[64];
-        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
         uint16_t port;
-        int l = fs_listen(&port);
+        int l = fixture_listen(&port);
 
         /* Held: nothing reaches the listener while it is pending. */
         int p = connect_held(sid, port);
@@ -117,17 +116,17 @@ START_TEST(test_network_ask_approve_and_deny) {
         char what[64];
         snprintf(what, sizeof(what), "127.0.0.1:%u", port);
         ck_assert_str_eq(q.what, what);
-        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert_int_lt(fixture_accept(&f, l, 100), 0);
         ck_assert(saw_notification(&st, "approval.requested", q.id, NULL, 0));
 
         answer(c, q.id, "approve");
-        fs_reader rd;
-        ck_assert_msg(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer to the CONNECT: %s", rd.buf);
+        fixture_reader rd;
+        ck_assert_msg(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer to the CONNECT: %s", rd.buf);
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 200", 12) == 0, "answer: %s", rd.buf);
-        int up = fs_accept(&f, l, 5000);
+        int up = fixture_accept(&f, l, 5000);
         ck_assert_int_ge(up, 0);
         ck_assert_int_eq(write(p, "ping", 4), 4);
-        ck_assert(fs_read_until(&f, &rd, up, "ping", 5000));
+        ck_assert(fixture_read_until(&f, &rd, up, "ping", 5000));
         char decision[16];
         ck_assert(saw_notification(&st, "approval.answered", q.id, decision, sizeof(decision)));
         ck_assert_str_eq(decision, "approve");
@@ -143,15 +142,15 @@ START_TEST(test_network_ask_approve_and_deny) {
         p = connect_held(sid, port);
         wait_pending(&q, c);
         answer(c, q.id, "deny");
-        ck_assert(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000));
+        ck_assert(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000));
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
-        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert_int_lt(fixture_accept(&f, l, 100), 0);
         ck_assert(saw_notification(&st, "approval.answered", q.id, decision, sizeof(decision)));
         ck_assert_str_eq(decision, "deny");
         close(p);
 
         close(l);
-        fs_stream_free(&st);
+        fixture_stream_free(&st);
         ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
         fixture_reply_free(&r);
         close(ev);
@@ -189,20 +188,20 @@ START_TEST(test_ask_timeout_denies) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char sid[64];
-        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
         uint16_t port;
-        int l = fs_listen(&port);
+        int l = fixture_listen(&port);
         int p = connect_held(sid, port);
         pending_q q;
         wait_pending(&q, c);
         /* Nobody answers: after AskTimeout=1s it is a denial. */
-        fs_reader rd;
-        ck_assert_msg(fs_read_until(&f, &rd, p, "\r\n\r\n", 10000), "no answer: %s", rd.buf);
+        fixture_reader rd;
+        ck_assert_msg(fixture_read_until(&f, &rd, p, "\r\n\r\n", 10000), "no answer: %s", rd.buf);
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
-        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert_int_lt(fixture_accept(&f, l, 100), 0);
         ck_assert(!has_pending(&q));
-        fs_audit_q aq = { .f = &f, .c = c, .sandbox = sid, .type = "approval.answered", .needles = { "\"by\"=>\"timeout\"" } };
-        ck_assert_msg(fixture_run_until(&f, 5000, fs_audited, &aq), "no approval.answered record by timeout");
+        fixture_audit_match aq = { .f = &f, .c = c, .sandbox = sid, .type = "approval.answered", .needles = { "\"by\"=>\"timeout\"" } };
+        ck_assert_msg(fixture_run_until(&f, 5000, fixture_audited, &aq), "no approval.answered record by timeout");
         close(p);
         close(l);
         fixture_reply r;
@@ -217,9 +216,9 @@ END_TEST
 
 static void pack_request(msgpack_packer *pk, void *arg) {
         msgpack_pack_map(pk, 1);
-        fs_pack_str(pk, "policies");
+        mp_pack_cstr(pk, "policies");
         msgpack_pack_array(pk, 1);
-        fs_pack_str(pk, arg);
+        mp_pack_cstr(pk, arg);
 }
 
 /* Sends credentials.request on the broker socket without waiting (the answer
@@ -237,9 +236,9 @@ static void send_request(int b, uint32_t msgid, const char *policy) {
 }
 
 /* The response to msgid on the stream: its error text ("" for a result). */
-static void response(fs_stream *st, uint32_t msgid, char *error, size_t size) {
+static void response(fixture_stream *st, uint32_t msgid, char *error, size_t size) {
         fixture_reply msg;
-        ck_assert_msg(fs_stream_next(&f, st, 10000, &msg), "no answer to credentials.request");
+        ck_assert_msg(fixture_stream_next(&f, st, 10000, &msg), "no answer to credentials.request");
         const msgpack_object *o = &msg.u.data;
         ck_assert(o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 4 && o->via.array.ptr[0].via.u64 == 1);
         ck_assert_uint_eq(o->via.array.ptr[1].via.u64, msgid);
@@ -263,14 +262,14 @@ START_TEST(test_credentials_request_approve_and_deny) {
         int c = fixture_connect(&f);
         fv_enroll_and_login(&f, c);
         char sid[64];
-        fs_spawn_ok(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
+        fixture_spawn_sh(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
 
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, sid);
         int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         ck_assert_int_eq(connect(b, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        fs_stream st;
-        fs_stream_init(&st, b);
+        fixture_stream st;
+        fixture_stream_init(&st, b);
 
         send_request(b, 1, "deploy");
         pending_q q;
@@ -289,7 +288,7 @@ START_TEST(test_credentials_request_approve_and_deny) {
         response(&st, 2, err, sizeof(err));
         ck_assert_msg(strncmp(err, "policy_denied: ", 15) == 0, "denied request: %s", err);
 
-        fs_stream_free(&st);
+        fixture_stream_free(&st);
         close(b);
         fixture_reply r;
         ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));

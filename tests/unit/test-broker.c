@@ -23,7 +23,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture-vault.h"
 #include "fixture.h"
 #include "unit.h"
@@ -131,7 +130,8 @@ START_TEST(test_credentialed_spawn_without_vault_leaves_nothing) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(!fs_spawn(&f, c, "creds", "exit 0", &r, NULL, 0));
+        const char *argv[] = { "/bin/sh", "-c", "exit 0", NULL };
+        ck_assert(!fixture_spawn(&f, c, &(fixture_spawn_req) { .task = "creds", .workspace = f.workspace, .argv = argv }, NULL, 0, &r));
         ck_assert_str_eq(r.code, "backend_unavailable");
         ck_assert_msg(strstr(r.message, "task 'creds' needs Vault credentials (VaultPolicies=ci-read)") != NULL, "message: %s",
                       r.message);
@@ -149,7 +149,7 @@ START_TEST(test_credentialed_spawn_without_vault_leaves_nothing) {
         ck_assert_int_eq(count_entries(path), 0);
         /* The daemon still spawns what needs no credentials. */
         char id[64];
-        fs_spawn_ok(&f, c, "default", "exit 0", id, sizeof(id));
+        fixture_spawn_sh(&f, c, "default", "exit 0", id, sizeof(id));
         ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
         fixture_reply_free(&r);
         close(c);
@@ -207,7 +207,7 @@ START_TEST(test_vault_login_and_child_token) {
         ck_assert_msg(fixture_run_until(&f, 20000, vault_ok, &c), "no Vault session");
 
         char id[64];
-        fs_spawn_ok(&f, c, "creds", "exec sleep 60", id, sizeof(id));
+        fixture_spawn_sh(&f, c, "creds", "exec sleep 60", id, sizeof(id));
         int b = connect_broker_socket(id);
         /* Host methods are not for a sandbox. */
         ck_assert(!fixture_call(&f, b, "sandbox.list", NULL, NULL, &r));

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fixture-query.h"
 #include "fixture.h"
 #include "unit.h"
 
@@ -36,10 +35,10 @@ static void pack_spawn(msgpack_packer *pk, void *arg) {
 static void run_sandbox(int c, char *id, size_t size) {
         fixture_reply r;
         ck_assert_msg(fixture_call(&f, c, "sandbox.spawn", pack_spawn, NULL, &r), "%s: %s", r.code, r.message);
-        fq_str(r.result, "id", id, size);
+        fixture_str(r.result, "id", id, size);
         fixture_reply_free(&r);
         ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        ck_assert_uint_eq(fq_u64(r.result, "exit_code"), 7);
+        ck_assert_uint_eq(fixture_u64(r.result, "exit_code"), 7);
         fixture_reply_free(&r);
 }
 
@@ -73,7 +72,7 @@ static const msgpack_object *find_with(const msgpack_object *a, const char *key,
 static void start(void) {
         fixture_init(&f);
         fixture_start(&f, NULL);
-        fq_wait_status_prefix(&f, "audit", "ok (key sealed: ");
+        fixture_wait_status_prefix(&f, "audit", "ok (key sealed: ");
 }
 
 START_TEST(test_report_of_a_finished_sandbox) {
@@ -85,25 +84,25 @@ START_TEST(test_report_of_a_finished_sandbox) {
         report(c, id, &r);
         const msgpack_object *rep = r.result;
 
-        ck_assert_str_eq(fq_str(rep, "id", buf, sizeof(buf)), id);
-        ck_assert_str_eq(fq_str(rep, "task", buf, sizeof(buf)), "default");
-        ck_assert_str_eq(fq_str(rep, "state", buf, sizeof(buf)), "exited");
-        ck_assert_str_eq(fq_str(rep, "workspace", buf, sizeof(buf)), f.workspace);
-        ck_assert(fq_bool(rep, "sandbox_record"));
-        ck_assert_uint_gt(fq_u64(rep, "started_at"), 0);
+        ck_assert_str_eq(fixture_str(rep, "id", buf, sizeof(buf)), id);
+        ck_assert_str_eq(fixture_str(rep, "task", buf, sizeof(buf)), "default");
+        ck_assert_str_eq(fixture_str(rep, "state", buf, sizeof(buf)), "exited");
+        ck_assert_str_eq(fixture_str(rep, "workspace", buf, sizeof(buf)), f.workspace);
+        ck_assert(fixture_bool(rep, "sandbox_record"));
+        ck_assert_uint_gt(fixture_u64(rep, "started_at"), 0);
 
         const msgpack_object *ver = fixture_get(rep, "verification");
-        ck_assert(fq_bool(ver, "ok"));
-        ck_assert(fq_bool(ver, "chain_ok"));
+        ck_assert(fixture_bool(ver, "ok"));
+        ck_assert(fixture_bool(ver, "chain_ok"));
         ck_assert_uint_gt(fixture_get(ver, "seqs")->via.array.size, 0);
         ck_assert_uint_eq(fixture_get(ver, "problems")->via.array.size, 0);
 
         /* Who asked: this process, on its socket pair. */
-        ck_assert_uint_eq(fq_u64(fixture_get(rep, "requested_by"), "pid"), (uint64_t) getpid());
-        ck_assert_uint_eq(fq_u64(fixture_get(rep, "requested_by"), "uid"), (uint64_t) getuid());
+        ck_assert_uint_eq(fixture_u64(fixture_get(rep, "requested_by"), "pid"), (uint64_t) getpid());
+        ck_assert_uint_eq(fixture_u64(fixture_get(rep, "requested_by"), "uid"), (uint64_t) getuid());
         const msgpack_object *pol = fixture_get(rep, "policy");
-        ck_assert_str_eq(fq_str(pol, "task", buf, sizeof(buf)), "default");
-        ck_assert_uint_eq(strlen(fq_str(pol, "sha256", buf, sizeof(buf))), 64);
+        ck_assert_str_eq(fixture_str(pol, "task", buf, sizeof(buf)), "default");
+        ck_assert_uint_eq(strlen(fixture_str(pol, "sha256", buf, sizeof(buf))), 64);
         const msgpack_object *argv = fixture_get(rep, "argv");
         ck_assert(argv && argv->type == MSGPACK_OBJECT_ARRAY && argv->via.array.size == 3);
         ck_assert_int_eq(argv->via.array.ptr[2].via.str.size, strlen(script));
@@ -112,33 +111,33 @@ START_TEST(test_report_of_a_finished_sandbox) {
         /* The exit record. */
         const msgpack_object *ex = fixture_get(rep, "exit");
         ck_assert(ex && ex->type == MSGPACK_OBJECT_MAP);
-        ck_assert_uint_eq(fq_u64(ex, "exit_code"), 7);
-        ck_assert_uint_eq(fq_u64(ex, "signal"), 0);
-        ck_assert_str_eq(fq_str(ex, "state", buf, sizeof(buf)), "exited");
-        ck_assert_uint_gt(fq_u64(ex, "seq"), fq_u64(fixture_get(rep, "requested_by"), "seq"));
+        ck_assert_uint_eq(fixture_u64(ex, "exit_code"), 7);
+        ck_assert_uint_eq(fixture_u64(ex, "signal"), 0);
+        ck_assert_str_eq(fixture_str(ex, "state", buf, sizeof(buf)), "exited");
+        ck_assert_uint_gt(fixture_u64(ex, "seq"), fixture_u64(fixture_get(rep, "requested_by"), "seq"));
 
         /* The timeline holds both, in order. */
         const msgpack_object *tl = fixture_get(rep, "timeline");
         ck_assert_uint_eq(count_with(tl, "type", "sandbox.spawn"), 1);
         ck_assert_uint_eq(count_with(tl, "type", "sandbox.exit"), 1);
-        ck_assert_str_eq(fq_str(&tl->via.array.ptr[0], "type", buf, sizeof(buf)), "sandbox.spawn");
+        ck_assert_str_eq(fixture_str(&tl->via.array.ptr[0], "type", buf, sizeof(buf)), "sandbox.spawn");
 
         /* The host's requests about it (by id): the wait. */
         const msgpack_object *req = fixture_get(rep, "requests");
         const msgpack_object *wait = find_with(req, "method", "sandbox.wait");
         ck_assert_ptr_nonnull(wait);
-        ck_assert_str_eq(fq_str(wait, "outcome", buf, sizeof(buf)), "pending");
+        ck_assert_str_eq(fixture_str(wait, "outcome", buf, sizeof(buf)), "pending");
 
         /* What it changed: the one file, in the layer, hashed. */
         const msgpack_object *ch = fixture_get(rep, "changes");
-        ck_assert_str_eq(fq_str(ch, "layer", buf, sizeof(buf)), "present");
+        ck_assert_str_eq(fixture_str(ch, "layer", buf, sizeof(buf)), "present");
         const msgpack_object *files = fixture_get(ch, "files");
         ck_assert_uint_eq(files->via.array.size, 1);
         const msgpack_object *made = &files->via.array.ptr[0];
-        ck_assert_str_eq(fq_str(made, "path", buf, sizeof(buf)), "made.txt");
-        ck_assert_str_eq(fq_str(made, "change", buf, sizeof(buf)), "added");
-        ck_assert_str_eq(fq_str(made, "type", buf, sizeof(buf)), "file");
-        ck_assert_str_eq(fq_str(made, "sha256", buf, sizeof(buf)), HELLO_SHA256);
+        ck_assert_str_eq(fixture_str(made, "path", buf, sizeof(buf)), "made.txt");
+        ck_assert_str_eq(fixture_str(made, "change", buf, sizeof(buf)), "added");
+        ck_assert_str_eq(fixture_str(made, "type", buf, sizeof(buf)), "file");
+        ck_assert_str_eq(fixture_str(made, "sha256", buf, sizeof(buf)), HELLO_SHA256);
         /* The host's copy is untouched. */
         snprintf(buf, sizeof(buf), "%s/made.txt", f.workspace);
         ck_assert_int_ne(access(buf, F_OK), 0);
@@ -162,10 +161,10 @@ START_TEST(test_report_after_discard) {
         ck_assert_msg(fixture_call_str(&f, c, &r, "sandbox.discard", "id", id, NULL), "%s: %s", r.code, r.message);
         fixture_reply_free(&r);
         report(c, id, &r);
-        ck_assert_str_eq(fq_str(fixture_get(r.result, "changes"), "layer", buf, sizeof(buf)), "discarded");
+        ck_assert_str_eq(fixture_str(fixture_get(r.result, "changes"), "layer", buf, sizeof(buf)), "discarded");
         const msgpack_object *disc = fixture_get(r.result, "discarded");
         ck_assert(disc && disc->type == MSGPACK_OBJECT_MAP);
-        ck_assert_uint_eq(fq_u64(fixture_get(disc, "by"), "pid"), (uint64_t) getpid());
+        ck_assert_uint_eq(fixture_u64(fixture_get(disc, "by"), "pid"), (uint64_t) getpid());
         fixture_reply_free(&r);
         close(c);
         fixture_stop(&f);
@@ -205,9 +204,9 @@ START_TEST(test_report_names_a_broken_chain) {
         fixture_reply r;
         report(c, id, &r);
         const msgpack_object *ver = fixture_get(r.result, "verification");
-        ck_assert(!fq_bool(ver, "ok"));
-        ck_assert(!fq_bool(ver, "chain_ok"));
-        ck_assert_uint_eq(fq_u64(ver, "first_bad_seq"), seq);
+        ck_assert(!fixture_bool(ver, "ok"));
+        ck_assert(!fixture_bool(ver, "chain_ok"));
+        ck_assert_uint_eq(fixture_u64(ver, "first_bad_seq"), seq);
         ck_assert_uint_ge(fixture_get(ver, "problems")->via.array.size, 1);
         fixture_reply_free(&r);
         close(c);

@@ -15,7 +15,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture-vault.h"
 #include "fixture.h"
 #include "unit.h"
@@ -64,24 +63,25 @@ static void assert_killed(int c, const char *id) {
         ck_assert_uint_eq(sig->via.u64, SIGKILL);
         fixture_reply_free(&r);
         char state[32];
-        fs_sandbox_state(&f, c, id, state, sizeof(state));
+        fixture_sandbox_state(&f, c, id, state, sizeof(state));
         ck_assert_str_eq(state, "killed");
 }
 
 static void assert_spawn_refused(int c) {
         fixture_reply r;
-        ck_assert(!fs_spawn(&f, c, "default", "exit 0", &r, NULL, 0));
+        const char *argv[] = { "/bin/sh", "-c", "exit 0", NULL };
+        ck_assert(!fixture_spawn(&f, c, &(fixture_spawn_req) { .task = "default", .workspace = f.workspace, .argv = argv }, NULL, 0, &r));
         ck_assert_str_eq(r.code, "locked_down");
         fixture_reply_free(&r);
 }
 
 /* The states the subscribed stream reported for `id`, in order, as "a,b,c". */
-static void states_seen(fs_stream *st, const char *id, char *buf, size_t size) {
+static void states_seen(fixture_stream *st, const char *id, char *buf, size_t size) {
         fixture_reply msg;
         buf[0] = 0;
-        while (fs_stream_next(&f, st, 200, &msg)) {
+        while (fixture_stream_next(&f, st, 200, &msg)) {
                 char method[64], sid[64], state[32];
-                const msgpack_object *p = fs_notification(&msg, method, sizeof(method));
+                const msgpack_object *p = fixture_notification(&msg, method, sizeof(method));
                 if (p && strcmp(method, "sandbox.state") == 0 && fixture_get_str(p, "id", sid, sizeof(sid)) &&
                     strcmp(sid, id) == 0 && fixture_get_str(p, "state", state, sizeof(state))) {
                         size_t l = strlen(buf);
@@ -98,12 +98,12 @@ START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         fixture_reply r;
         ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
         fixture_reply_free(&r);
-        fs_stream st;
-        fs_stream_init(&st, ev);
+        fixture_stream st;
+        fixture_stream_init(&st, ev);
 
         char a[64], b[64];
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", a, sizeof(a));
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", b, sizeof(b));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", b, sizeof(b));
 
         ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r));
         ck_assert_uint_eq(get_u64(r.result, "frozen"), 2);
@@ -156,7 +156,7 @@ START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         ck_assert_int_eq(access(path, F_OK), -1);
         ck_assert_int_eq(errno, ENOENT);
         char id[64];
-        fs_spawn_ok(&f, c, "default", "exit 0", id, sizeof(id));
+        fixture_spawn_sh(&f, c, "default", "exit 0", id, sizeof(id));
         ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
         fixture_reply_free(&r);
         ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
@@ -164,7 +164,7 @@ START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         ck_assert(was && was->type == MSGPACK_OBJECT_BOOLEAN && !was->via.boolean);
         fixture_reply_free(&r);
 
-        fs_stream_free(&st);
+        fixture_stream_free(&st);
         close(ev);
         close(c);
         fixture_stop(&f);
@@ -186,7 +186,7 @@ START_TEST(test_unwritable_marker_is_an_error) {
 
         int c = fixture_connect(&f);
         char a[64];
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", a, sizeof(a));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
         fixture_reply r;
         ck_assert(!fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r));
         ck_assert_str_eq(r.code, "backend_unavailable");
@@ -231,7 +231,7 @@ START_TEST(test_freeze_only_keeps_it_frozen_and_unlocked) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char a[64], state[32];
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", a, sizeof(a));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
         fixture_reply r;
         ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_sandbox_freeze_only, a, &r));
         ck_assert_uint_eq(get_u64(r.result, "frozen"), 1);
@@ -239,7 +239,7 @@ START_TEST(test_freeze_only_keeps_it_frozen_and_unlocked) {
         const msgpack_object *ld = fixture_get(r.result, "locked_down");
         ck_assert(ld && ld->type == MSGPACK_OBJECT_BOOLEAN && !ld->via.boolean);
         fixture_reply_free(&r);
-        fs_sandbox_state(&f, c, a, state, sizeof(state));
+        fixture_sandbox_state(&f, c, a, state, sizeof(state));
         ck_assert_str_eq(state, "frozen");
         char path[PATH_MAX];
         marker_path(path, sizeof(path));
@@ -289,7 +289,7 @@ START_TEST(test_revoke_sandbox_revokes_its_token_at_vault) {
         int c = fixture_connect(&f);
         fv_enroll_and_login(&f, c);
         char a[64];
-        fs_spawn_ok(&f, c, "creds", "exec sleep 60", a, sizeof(a));
+        fixture_spawn_sh(&f, c, "creds", "exec sleep 60", a, sizeof(a));
 
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, a);
