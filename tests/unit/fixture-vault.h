@@ -114,3 +114,15 @@ static inline void fv_enroll_and_login(fixture *f, int c) {
         fv_conn x = { .f = f, .c = c };
         ck_assert_msg(fixture_run_until(f, 20000, fv_vault_ok, &x), "no Vault session");
 }
+
+/* A composed daemon whose [Vault] is the dev server (software seal allowed)
+ * with a task `creds` that needs a token (VaultPolicies=ci-read); a host
+ * connection. */
+static inline int fv_compose(fixture *f, const vault_dev *v) {
+        fixture_init(f);
+        fixture_write_task(f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
+        char conf[256];
+        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v->port);
+        fixture_start(f, conf);
+        return fixture_connect(f);
+}

@@ -254,20 +254,12 @@ static void response(fixture_stream *st, uint32_t msgid, char *error, size_t siz
 START_TEST(test_credentials_request_approve_and_deny) {
         vault_dev v = {};
         vault_start(&v);
-        fixture_init(&f);
-        fixture_write_task(&f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
-        char conf[256];
-        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v.port);
-        fixture_start(&f, conf);
-        int c = fixture_connect(&f);
+        int c = fv_compose(&f, &v);
         fv_enroll_and_login(&f, c);
         char sid[64];
         fixture_spawn_sh(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
 
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, sid);
-        int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        ck_assert_int_eq(connect(b, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        int b = fixture_broker_connect(&f, sid);
         fixture_stream st;
         fixture_stream_init(&st, b);
 

@@ -177,15 +177,6 @@ static bool token_dead(void *arg) {
         return vault_get(t->v, "auth/token/lookup-self", t->token, body, sizeof(body)) == 403;
 }
 
-static int connect_broker_socket(const char *id) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, id);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_msg(connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0, "connect %s: %s", sa.sun_path, strerror(errno));
-        return fd;
-}
-
 START_TEST(test_vault_login_and_child_token) {
         vault_dev v = {};
         vault_start(&v);
@@ -208,7 +199,7 @@ START_TEST(test_vault_login_and_child_token) {
 
         char id[64];
         fixture_spawn_sh(&f, c, "creds", "exec sleep 60", id, sizeof(id));
-        int b = connect_broker_socket(id);
+        int b = fixture_broker_connect(&f, id);
         /* Host methods are not for a sandbox. */
         ck_assert(!fixture_call(&f, b, "sandbox.list", NULL, NULL, &r));
         ck_assert_str_eq(r.code, "unauthorized");

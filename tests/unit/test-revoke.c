@@ -39,12 +39,6 @@ static void pack_revoke_sandbox_freeze_only(msgpack_packer *pk, void *arg) {
         mp_pack_kv_bool(pk, "freeze_only", true);
 }
 
-static uint64_t get_u64(const msgpack_object *map, const char *key) {
-        const msgpack_object *v = fixture_get(map, key);
-        ck_assert_msg(v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER, "'%s' is not a count", key);
-        return v->via.u64;
-}
-
 static bool strv_has(const msgpack_object *a, const char *s) {
         ck_assert(a && a->type == MSGPACK_OBJECT_ARRAY);
         for (uint32_t i = 0; i < a->via.array.size; i++) {
@@ -106,9 +100,9 @@ START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         fixture_spawn_sh(&f, c, "default", "exec sleep 60", b, sizeof(b));
 
         ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r));
-        ck_assert_uint_eq(get_u64(r.result, "frozen"), 2);
-        ck_assert_uint_eq(get_u64(r.result, "killed"), 2);
-        ck_assert_uint_eq(get_u64(r.result, "tokens_revoked"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "frozen"), 2);
+        ck_assert_uint_eq(fixture_u64(r.result, "killed"), 2);
+        ck_assert_uint_eq(fixture_u64(r.result, "tokens_revoked"), 0);
         const msgpack_object *ld = fixture_get(r.result, "locked_down");
         ck_assert(ld && ld->type == MSGPACK_OBJECT_BOOLEAN && ld->via.boolean);
         ck_assert(strv_has(fixture_get(r.result, "sandboxes"), a));
@@ -234,8 +228,8 @@ START_TEST(test_freeze_only_keeps_it_frozen_and_unlocked) {
         fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
         fixture_reply r;
         ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_sandbox_freeze_only, a, &r));
-        ck_assert_uint_eq(get_u64(r.result, "frozen"), 1);
-        ck_assert_uint_eq(get_u64(r.result, "killed"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "frozen"), 1);
+        ck_assert_uint_eq(fixture_u64(r.result, "killed"), 0);
         const msgpack_object *ld = fixture_get(r.result, "locked_down");
         ck_assert(ld && ld->type == MSGPACK_OBJECT_BOOLEAN && !ld->via.boolean);
         fixture_reply_free(&r);
@@ -258,7 +252,7 @@ START_TEST(test_freeze_only_keeps_it_frozen_and_unlocked) {
 
         /* The same sandbox without freeze_only: killed now. */
         ck_assert(fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", a, NULL));
-        ck_assert_uint_eq(get_u64(r.result, "killed"), 1);
+        ck_assert_uint_eq(fixture_u64(r.result, "killed"), 1);
         fixture_reply_free(&r);
         assert_killed(c, a);
         close(c);
@@ -281,20 +275,12 @@ static int lookup_self(const token_check *t) {
 START_TEST(test_revoke_sandbox_revokes_its_token_at_vault) {
         vault_dev v = {};
         vault_start(&v);
-        fixture_init(&f);
-        fixture_write_task(&f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
-        char conf[256];
-        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v.port);
-        fixture_start(&f, conf);
-        int c = fixture_connect(&f);
+        int c = fv_compose(&f, &v);
         fv_enroll_and_login(&f, c);
         char a[64];
         fixture_spawn_sh(&f, c, "creds", "exec sleep 60", a, sizeof(a));
 
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, a);
-        int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        ck_assert_int_eq(connect(b, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        int b = fixture_broker_connect(&f, a);
         fixture_reply r;
         ck_assert_msg(fixture_call(&f, b, "credentials.get", NULL, NULL, &r), "%s: %s", r.code, r.message);
         ck_assert_uint_eq(r.n_fds, 1);
@@ -309,9 +295,9 @@ START_TEST(test_revoke_sandbox_revokes_its_token_at_vault) {
 
         /* Frozen and kept (freeze_only): the token is revoked at Vault all the same. */
         ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_sandbox_freeze_only, a, &r));
-        ck_assert_uint_eq(get_u64(r.result, "frozen"), 1);
-        ck_assert_uint_eq(get_u64(r.result, "tokens_revoked"), 1);
-        ck_assert_uint_eq(get_u64(r.result, "tokens_pending"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "frozen"), 1);
+        ck_assert_uint_eq(fixture_u64(r.result, "tokens_revoked"), 1);
+        ck_assert_uint_eq(fixture_u64(r.result, "tokens_pending"), 0);
         fixture_reply_free(&r);
         ck_assert_int_eq(lookup_self(&t), 403);
         ck_assert(!fixture_call(&f, b, "credentials.get", NULL, NULL, &r));
