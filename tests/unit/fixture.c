@@ -378,18 +378,44 @@ static void pack_str_pairs(msgpack_packer *pk, void *arg) {
                 mp_pack_kv_str(pk, kv[2 * i], kv[2 * i + 1]);
 }
 
-bool fixture_call_str(fixture *f, int fd, fixture_reply *r, const char *method, ...) {
+static bool call_str_va(fixture *f, int fd, fixture_reply *r, const char *method, va_list ap) {
         const char *kv[33] = {};
-        va_list ap;
-        va_start(ap, method);
         for (size_t i = 0; i < 32; i++) {
                 kv[i] = va_arg(ap, const char *);
                 if (!kv[i])
                         break;
                 ck_assert_msg(i % 2 == 0 || kv[i], "key without a value");
         }
-        va_end(ap);
         return fixture_call(f, fd, method, pack_str_pairs, kv, r);
+}
+
+bool fixture_call_str(fixture *f, int fd, fixture_reply *r, const char *method, ...) {
+        va_list ap;
+        va_start(ap, method);
+        bool ok = call_str_va(f, fd, r, method, ap);
+        va_end(ap);
+        return ok;
+}
+
+void fixture_call_ok(fixture *f, int fd, const char *method, ...) {
+        fixture_reply r;
+        va_list ap;
+        va_start(ap, method);
+        bool ok = call_str_va(f, fd, &r, method, ap);
+        va_end(ap);
+        ck_assert_msg(ok, "%s: %s: %s", method, r.code, r.message);
+        fixture_reply_free(&r);
+}
+
+void fixture_call_fails(fixture *f, int fd, const char *code, const char *method, ...) {
+        fixture_reply r;
+        va_list ap;
+        va_start(ap, method);
+        bool ok = call_str_va(f, fd, &r, method, ap);
+        va_end(ap);
+        ck_assert_msg(!ok, "%s went ahead", method);
+        ck_assert_str_eq(r.code, code);
+        fixture_reply_free(&r);
 }
 
 void fixture_reply_free(fixture_reply *r) {

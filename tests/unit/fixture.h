@@ -79,6 +79,10 @@ typedef void (*fixture_pack_fn)(msgpack_packer *pk, void *arg);
 bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg, fixture_reply *r);
 /* The same with string parameters: key, value, ..., NULL. */
 bool fixture_call_str(fixture *f, int fd, fixture_reply *r, const char *method, ...);
+/* The same, asserting it succeeds (the reply is dropped). */
+void fixture_call_ok(fixture *f, int fd, const char *method, ...);
+/* The same, asserting it fails with the CONTRACT §2 code `code`. */
+void fixture_call_fails(fixture *f, int fd, const char *code, const char *method, ...);
 void fixture_reply_free(fixture_reply *r);
 /* fixture_call in two halves, for requests answered later (sandbox.wait):
  * fixture_send sends and returns the msgid without waiting; fixture_recv runs

@@ -67,14 +67,6 @@ static void answer(int c, const char *id, const char *decision) {
         fixture_reply_free(&r);
 }
 
-static int connect_held(const char *sid, uint16_t port) {
-        int p = fixture_proxy_connect(&f, sid);
-        char req[128];
-        int n = snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%u HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", port, port);
-        ck_assert_int_eq(write(p, req, (size_t) n), n);
-        return p;
-}
-
 /* The approval.* notification with `method` for approval `id` on the stream. */
 static bool saw_notification(fixture_stream *st, const char *method, const char *id, char *decision, size_t size) {
         fixture_reply msg;
@@ -97,9 +89,7 @@ START_TEST(test_network_ask_approve_and_deny) {
         write_ask_task("60s");
         fixture_start(&f, NULL);
         int c = fixture_connect(&f), ev = fixture_connect(&f);
-        fixture_reply r;
-        ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, ev, "events.subscribe", NULL);
         fixture_stream st;
         fixture_stream_init(&st, ev);
         char sid[64];
@@ -108,7 +98,7 @@ START_TEST(test_network_ask_approve_and_deny) {
         int l = fixture_listen(&port);
 
         /* Held: nothing reaches the listener while it is pending. */
-        int p = connect_held(sid, port);
+        int p = fixture_proxy_connect_to(&f, sid, port);
         pending_q q;
         wait_pending(&q, c);
         ck_assert_str_eq(q.sandbox, sid);
@@ -134,12 +124,10 @@ START_TEST(test_network_ask_approve_and_deny) {
         close(p);
         /* Answered: gone from the list, and answering again is not_found. */
         ck_assert(!has_pending(&q));
-        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", q.id, "decision", "deny", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "approval.answer", "id", q.id, "decision", "deny", NULL);
 
         /* Approved once only: the next connection asks again; deny is a 403. */
-        p = connect_held(sid, port);
+        p = fixture_proxy_connect_to(&f, sid, port);
         wait_pending(&q, c);
         answer(c, q.id, "deny");
         ck_assert(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000));
@@ -151,8 +139,7 @@ START_TEST(test_network_ask_approve_and_deny) {
 
         close(l);
         fixture_stream_free(&st);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", sid, "signal", "KILL", NULL);
         close(ev);
         close(c);
         fixture_stop(&f);
@@ -164,12 +151,8 @@ START_TEST(test_answer_errors) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "approve", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "maybe", NULL));
-        ck_assert_str_eq(r.code, "invalid_params");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "approval.answer", "id", "ap-0000000000", "decision", "approve", NULL);
+        fixture_call_fails(&f, c, "invalid_params", "approval.answer", "id", "ap-0000000000", "decision", "maybe", NULL);
         ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "approve", "scope",
                                     "forever", NULL));
         ck_assert_str_eq(r.code, "invalid_params");
@@ -191,7 +174,7 @@ START_TEST(test_ask_timeout_denies) {
         fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
         uint16_t port;
         int l = fixture_listen(&port);
-        int p = connect_held(sid, port);
+        int p = fixture_proxy_connect_to(&f, sid, port);
         pending_q q;
         wait_pending(&q, c);
         /* Nobody answers: after AskTimeout=1s it is a denial. */
@@ -204,9 +187,7 @@ START_TEST(test_ask_timeout_denies) {
         ck_assert_msg(fixture_run_until(&f, 5000, fixture_audited, &aq), "no approval.answered record by timeout");
         close(p);
         close(l);
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", sid, "signal", "KILL", NULL);
         close(c);
         fixture_stop(&f);
 }
@@ -282,9 +263,7 @@ START_TEST(test_credentials_request_approve_and_deny) {
 
         fixture_stream_free(&st);
         close(b);
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", sid, "signal", "KILL", NULL);
         close(c);
         fixture_stop(&f);
         vault_stop(&v);

@@ -48,16 +48,10 @@ START_TEST(test_every_request_has_an_rpc_record) {
         start(NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "task.show", "name", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.kill", "id", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
-        ck_assert(fixture_call(&f, c, "task.list", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.ping", NULL);
+        fixture_call_fails(&f, c, "not_found", "task.show", "name", "nosuch", NULL);
+        fixture_call_fails(&f, c, "not_found", "sandbox.kill", "id", "nosuch", NULL);
+        fixture_call_ok(&f, c, "task.list", NULL);
 
         /* The page is taken before audit.query's own record is written. */
         fixture_audit_query(&f, c, &(fixture_query) { .limit = 4 }, &r);
@@ -109,10 +103,8 @@ START_TEST(test_verify_passes_then_names_a_changed_byte) {
         start(NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call(&f, c, "task.list", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.ping", NULL);
+        fixture_call_ok(&f, c, "task.list", NULL);
 
         ck_assert(fixture_call(&f, c, "audit.verify", NULL, NULL, &r));
         ck_assert(fixture_bool(r.result, "ok"));
@@ -142,18 +134,9 @@ START_TEST(test_verify_passes_then_names_a_changed_byte) {
 }
 END_TEST
 
-static void pack_spawn(msgpack_packer *pk, void *arg) {
-        msgpack_pack_map(pk, 3);
-        mp_pack_kv_str(pk, "task", "default");
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 1);
-        mp_pack_cstr(pk, "/bin/true");
-}
-
-static void assert_refused_for_audit(int c, const char *method, fixture_pack_fn pack) {
+static void assert_refused_for_audit(int c, const char *method, fixture_pack_fn pack, void *arg) {
         fixture_reply r;
-        ck_assert_msg(!fixture_call(&f, c, method, pack, NULL, &r), "%s went ahead", method);
+        ck_assert_msg(!fixture_call(&f, c, method, pack, arg, &r), "%s went ahead", method);
         ck_assert_str_eq(r.code, "backend_unavailable");
         char want[128];
         snprintf(want, sizeof(want), "%s refused: the audit log cannot record it", method);
@@ -167,26 +150,22 @@ START_TEST(test_state_changes_refused_while_the_log_cannot_record) {
         fixture_start(&f, "[Audit]\nMinFreeSpace=1000000G\n");
         fixture_wait_status_prefix(&f, "audit", "failing: the state filesystem is full");
         int c = fixture_connect(&f);
-        assert_refused_for_audit(c, "agentd.unlock", NULL);
-        assert_refused_for_audit(c, "sandbox.spawn", pack_spawn);
+        assert_refused_for_audit(c, "agentd.unlock", NULL, NULL);
+        const char *argv[] = { "/bin/true", NULL };
+        assert_refused_for_audit(c, "sandbox.spawn", fixture_pack_spawn,
+                                 &(fixture_spawn_req) { .task = "default", .workspace = f.workspace, .argv = argv });
 
         /* Read-only methods pass. */
         fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call(&f, c, "task.list", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call(&f, c, "audit.verify", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.ping", NULL);
+        fixture_call_ok(&f, c, "task.list", NULL);
+        fixture_call_ok(&f, c, "audit.verify", NULL);
         /* So do containment methods: they reach their handlers. */
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.kill", "id", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "sandbox.kill", "id", "nosuch", NULL);
         ck_assert(!fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", "nosuch", NULL));
         ck_assert_str_ne(r.code, "backend_unavailable");
         fixture_reply_free(&r);
-        ck_assert_msg(fixture_call(&f, c, "agentd.prune", NULL, NULL, &r), "%s: %s", r.code, r.message);
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.prune", NULL);
 
         /* The records of what went ahead are still written. */
         fixture_audit_query(&f, c, &(fixture_query) { .limit = 1 }, &r);
@@ -219,8 +198,7 @@ START_TEST(test_query_pages_and_bounds) {
         int c = fixture_connect(&f);
         fixture_reply r;
         for (int i = 0; i < 10; i++) {
-                ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-                fixture_reply_free(&r);
+                fixture_call_ok(&f, c, "agentd.ping", NULL);
         }
         /* The newest 4, oldest first, with consecutive seqs. */
         fixture_audit_query(&f, c, &(fixture_query) { .limit = 4 }, &r);

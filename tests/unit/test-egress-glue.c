@@ -36,14 +36,6 @@ static void stop(void) {
         fixture_stop(&f);
 }
 
-static int connect_to(const char *sid, uint16_t port) {
-        int p = fixture_proxy_connect(&f, sid);
-        char req[128];
-        int n = snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%u HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", port, port);
-        ck_assert_int_eq(write(p, req, (size_t) n), n);
-        return p;
-}
-
 /* A loopback port nothing listens on and Allow= does not name. */
 static uint16_t other_port(void) {
         uint16_t port;
@@ -53,11 +45,8 @@ static uint16_t other_port(void) {
 }
 
 static void kill_sandbox(int c, const char *sid) {
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", sid, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", sid, "signal", "KILL", NULL);
+        fixture_call_ok(&f, c, "sandbox.wait", "id", sid, NULL);
 }
 
 START_TEST(test_denied_and_allowed_connect) {
@@ -71,7 +60,7 @@ START_TEST(test_denied_and_allowed_connect) {
 
         /* Denied: 403, nothing connects, and an egress record says why. */
         uint16_t denied = other_port();
-        int p = connect_to(sid, denied);
+        int p = fixture_proxy_connect_to(&f, sid, denied);
         fixture_reader rd;
         ck_assert_msg(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer: %s", rd.buf);
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
@@ -83,7 +72,7 @@ START_TEST(test_denied_and_allowed_connect) {
         ck_assert_msg(fixture_run_until(&f, 5000, fixture_audited, &q), "no egress denial recorded");
 
         /* Allowed: 200, then bytes both ways through the listener here. */
-        p = connect_to(sid, allowed_port);
+        p = fixture_proxy_connect_to(&f, sid, allowed_port);
         ck_assert_msg(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer: %s", rd.buf);
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 200", 12) == 0, "answer: %s", rd.buf);
         int up = fixture_accept(&f, listener, 5000);
@@ -120,9 +109,7 @@ typedef struct alert_q {
 START_TEST(test_repeated_denials_freeze_and_alert) {
         start_with_proxy_task("[Response]\nEgressDenials=3\nEgressWindowSec=600\n");
         int c = fixture_connect(&f), ev = fixture_connect(&f);
-        fixture_reply r;
-        ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, ev, "events.subscribe", NULL);
         fixture_stream st;
         fixture_stream_init(&st, ev);
         char sid[64], state[32];
@@ -132,7 +119,7 @@ START_TEST(test_repeated_denials_freeze_and_alert) {
         for (int i = 0; i < 3; i++) {
                 fixture_sandbox_state(&f, c, sid, state, sizeof(state));
                 ck_assert_msg(strcmp(state, "running") == 0, "after %d denials: %s", i, state);
-                int p = connect_to(sid, denied);
+                int p = fixture_proxy_connect_to(&f, sid, denied);
                 ck_assert(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000));
                 ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
                 close(p);
@@ -208,9 +195,7 @@ START_TEST(test_curl_inside_the_sandbox) {
         fixture_spawn_sh(&f, c, "net", cmd, sid, sizeof(sid));
         http_server h = { .fd = -1 };
         ck_assert_msg(fixture_run_until(&f, 20000, serve_one, &h), "curl's request never arrived");
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", sid, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.wait", "id", sid, NULL);
         char out[1024];
         fixture_logs(&f, c, sid, "stdout", out, sizeof(out));
         ck_assert_msg(strstr(out, "proxy=http://127.0.0.1:3128\n") != NULL, "stdout: %s", out);

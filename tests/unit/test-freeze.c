@@ -113,9 +113,7 @@ START_TEST(test_freeze_by_cgroup_then_kill) {
         ck_assert(cgroup_frozen(id));
 
         /* A frozen sandbox can be killed. */
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, conn, &r, "sandbox.kill", "id", id, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, conn, "sandbox.kill", "id", id, "signal", "KILL", NULL);
         long long sig = 0;
         fixture_wait(&f, conn, id, NULL, &sig);
         ck_assert_int_eq(sig, SIGKILL);
@@ -133,9 +131,7 @@ START_TEST(test_diff_of_a_running_sandbox_thaws_it) {
                 return;
         char id[16];
         fixture_spawn_sh(&f, conn, NULL, "echo x > x; exec sleep 60", id, sizeof(id));
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, conn, &r, "sandbox.diff", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, conn, "sandbox.diff", "id", id, NULL);
         ck_assert(!cgroup_frozen(id));
         fixture_entry e;
         ck_assert(fixture_list_find(&f, conn, id, &e));
@@ -178,8 +174,7 @@ START_TEST(test_without_cgroup_freezes_by_signal) {
         ck_assert_int_gt(child, 0);
         ck_assert_int_eq(proc_state(child), 'T');
         /* Stopped processes still die of SIGKILL. */
-        ck_assert(fixture_call_str(&f, conn, &r, "sandbox.kill", "id", id, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, conn, "sandbox.kill", "id", id, "signal", "KILL", NULL);
         long long sig = 0;
         fixture_wait(&f, conn, id, NULL, &sig);
         ck_assert_int_eq(sig, SIGKILL);

@@ -20,26 +20,11 @@ static fixture f;
 
 static const char script[] = "echo 'hello report' > made.txt; exit 7";
 
-static void pack_spawn(msgpack_packer *pk, void *arg) {
-        msgpack_pack_map(pk, 3);
-        mp_pack_kv_str(pk, "task", "default");
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 3);
-        mp_pack_cstr(pk, "/bin/sh");
-        mp_pack_cstr(pk, "-c");
-        mp_pack_cstr(pk, script);
-}
-
-/* Spawns the script and waits for it: its id in id. */
 static void run_sandbox(int c, char *id, size_t size) {
-        fixture_reply r;
-        ck_assert_msg(fixture_call(&f, c, "sandbox.spawn", pack_spawn, NULL, &r), "%s: %s", r.code, r.message);
-        fixture_str(r.result, "id", id, size);
-        fixture_reply_free(&r);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        ck_assert_uint_eq(fixture_u64(r.result, "exit_code"), 7);
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", script, id, size);
+        long long code = -1;
+        fixture_wait(&f, c, id, &code, NULL);
+        ck_assert_int_eq(code, 7);
 }
 
 static void report(int c, const char *id, fixture_reply *r) {
@@ -218,9 +203,7 @@ START_TEST(test_report_unknown_and_bad_ids) {
         start();
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.report", "id", "nosuch-1", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "sandbox.report", "id", "nosuch-1", NULL);
         static const char *const bad[] = { "", "../x", "UPPER", "a b",
                                            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" /* 65 */ };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

@@ -90,8 +90,7 @@ START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f), ev = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, ev, "events.subscribe", NULL);
         fixture_stream st;
         fixture_stream_init(&st, ev);
 
@@ -151,8 +150,7 @@ START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         ck_assert_int_eq(errno, ENOENT);
         char id[64];
         fixture_spawn_sh(&f, c, "default", "exit 0", id, sizeof(id));
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.wait", "id", id, NULL);
         ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
         was = fixture_get(r.result, "was_locked_down");
         ck_assert(was && was->type == MSGPACK_OBJECT_BOOLEAN && !was->via.boolean);
@@ -211,9 +209,7 @@ START_TEST(test_marker_from_an_earlier_run_locks_at_start) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         assert_spawn_refused(c);
-        fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.unlock", NULL);
         ck_assert_int_eq(access(path, F_OK), -1);
         close(c);
         fixture_stop(&f);
@@ -240,15 +236,9 @@ START_TEST(test_freeze_only_keeps_it_frozen_and_unlocked) {
         ck_assert_int_eq(access(path, F_OK), -1);
 
         /* Bad requests: none or two of all/sandbox/task, an unknown sandbox. */
-        ck_assert(!fixture_call(&f, c, "credentials.revoke", NULL, NULL, &r));
-        ck_assert_str_eq(r.code, "invalid_params");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", a, "task", "default", NULL));
-        ck_assert_str_eq(r.code, "invalid_params");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "invalid_params", "credentials.revoke", NULL);
+        fixture_call_fails(&f, c, "invalid_params", "credentials.revoke", "sandbox", a, "task", "default", NULL);
+        fixture_call_fails(&f, c, "not_found", "credentials.revoke", "sandbox", "nosuch", NULL);
 
         /* The same sandbox without freeze_only: killed now. */
         ck_assert(fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", a, NULL));
@@ -300,13 +290,10 @@ START_TEST(test_revoke_sandbox_revokes_its_token_at_vault) {
         ck_assert_uint_eq(fixture_u64(r.result, "tokens_pending"), 0);
         fixture_reply_free(&r);
         ck_assert_int_eq(lookup_self(&t), 403);
-        ck_assert(!fixture_call(&f, b, "credentials.get", NULL, NULL, &r));
-        ck_assert_str_eq(r.code, "unauthorized");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, b, "unauthorized", "credentials.get", NULL);
 
         close(b);
-        ck_assert(fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", a, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "credentials.revoke", "sandbox", a, NULL);
         assert_killed(c, a);
         close(c);
         fixture_stop(&f);

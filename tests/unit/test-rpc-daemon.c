@@ -97,18 +97,6 @@ START_TEST(test_status_fields) {
 }
 END_TEST
 
-static void pack_spawn(msgpack_packer *pk, void *arg) {
-        const char *script = arg;
-        msgpack_pack_map(pk, 3);
-        mp_pack_kv_str(pk, "task", "default");
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 3);
-        mp_pack_cstr(pk, "/bin/sh");
-        mp_pack_cstr(pk, "-c");
-        mp_pack_cstr(pk, script);
-}
-
 static void counts(int c, uint64_t *active, uint64_t *listed) {
         fixture_reply r;
         status(c, &r);
@@ -128,16 +116,13 @@ START_TEST(test_status_counts_sandboxes) {
         ck_assert_uint_eq(active, 0);
         ck_assert_uint_eq(listed, 0);
 
-        ck_assert_msg(fixture_call(&f, c, "sandbox.spawn", pack_spawn, "sleep 60", &r), "%s: %s", r.code, r.message);
         char id[64];
-        fixture_str(r.result, "id", id, sizeof(id));
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", "sleep 60", id, sizeof(id));
         counts(c, &active, &listed);
         ck_assert_uint_eq(active, 1);
         ck_assert_uint_eq(listed, 1);
 
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", id, NULL);
         ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
         ck_assert_uint_eq(fixture_u64(r.result, "signal"), SIGTERM);
         fixture_reply_free(&r);
@@ -173,7 +158,8 @@ START_TEST(test_status_lockdown) {
         ck_assert_msg(fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r), "%s: %s", r.code, r.message);
         fixture_reply_free(&r);
         ck_assert(locked(c));
-        ck_assert(!fixture_call(&f, c, "sandbox.spawn", pack_spawn, "true", &r));
+        const char *argv[] = { "/bin/sh", "-c", "true", NULL };
+        ck_assert(!fixture_spawn(&f, c, &(fixture_spawn_req) { .task = "default", .workspace = f.workspace, .argv = argv }, NULL, 0, &r));
         ck_assert_str_eq(r.code, "locked_down");
         fixture_reply_free(&r);
 

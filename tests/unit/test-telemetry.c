@@ -239,25 +239,11 @@ static void wait_for(const char *path, const char *const *needles) {
 
 static const char script[] = "echo secret-argument-$((6*7)) >/dev/null; exit 3";
 
-static void pack_spawn(msgpack_packer *pk, void *arg) {
-        msgpack_pack_map(pk, 3);
-        mp_pack_kv_str(pk, "task", "default");
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 3);
-        mp_pack_cstr(pk, "/bin/sh");
-        mp_pack_cstr(pk, "-c");
-        mp_pack_cstr(pk, script);
-}
-
 static void run_sandbox(int c, char *id, size_t size) {
-        fixture_reply r;
-        ck_assert_msg(fixture_call(&f, c, "sandbox.spawn", pack_spawn, NULL, &r), "%s: %s", r.code, r.message);
-        fixture_str(r.result, "id", id, size);
-        fixture_reply_free(&r);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        ck_assert_uint_eq(fixture_u64(r.result, "exit_code"), 3);
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", script, id, size);
+        long long code = -1;
+        fixture_wait(&f, c, id, &code, NULL);
+        ck_assert_int_eq(code, 3);
 }
 
 /* agentd.status "telemetry" on connection c; the reply stays in r. */
@@ -352,8 +338,7 @@ START_TEST(test_exports_a_sandbox_redacted) {
         char id[64], buf[256];
         run_sandbox(c, id, sizeof(id));
         fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.ping", NULL);
 
         char sid[128];
         snprintf(sid, sizeof(sid), "{\"stringValue\":\"%s\"}", id);
@@ -418,9 +403,7 @@ START_TEST(test_refused_connections_do_not_fail_requests) {
         int c = fixture_connect(&f);
         char id[64];
         run_sandbox(c, id, sizeof(id));
-        fixture_reply r;
-        ck_assert(fixture_call(&f, c, "task.list", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "task.list", NULL);
         wait_state(c, "failing: ");
         wait_count(c, "dropped_failed", 1);
         ck_assert_uint_eq(status_u64(c, "sent_logs"), 0);
@@ -449,8 +432,7 @@ START_TEST(test_a_silent_collector_does_not_block) {
                 ck_assert_msg(fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r), "%s: %s", r.code,
                               r.message);
                 fixture_reply_free(&r);
-                ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
-                fixture_reply_free(&r);
+                fixture_call_ok(&f, c, "agentd.unlock", NULL);
                 run_sandbox(c, id, sizeof(id));
         }
         /* Every request was answered while the batches wait (their 10 s
