@@ -811,11 +811,8 @@ static void proxy_finalize(netproxy *p) {
                 done(ud);
 }
 
-static void sandbox_unref(np_sandbox *sb) {
-        netproxy *p = sb->proxy;
-
-        if (--sb->refs > 0)
-                return;
+/* What a sandbox entry owns, and the entry. */
+static void sandbox_free(np_sandbox *sb) {
         for (size_t i = 0; i < sb->n_allow; i++)
                 free(sb->allow[i].host);
         free(sb->allow);
@@ -823,6 +820,14 @@ static void sandbox_unref(np_sandbox *sb) {
         free(sb->task);
         free(sb->socket_path);
         free(sb);
+}
+
+static void sandbox_unref(np_sandbox *sb) {
+        netproxy *p = sb->proxy;
+
+        if (--sb->refs > 0)
+                return;
+        sandbox_free(sb);
         if (--p->n_live == 0 && p->freeing)
                 proxy_finalize(p);
 }
@@ -1977,13 +1982,7 @@ int netproxy_add_sandbox(netproxy *p, const char *sandbox_id, const char *task, 
         return 0;
 
 fail:
-        for (size_t i = 0; i < sb->n_allow; i++)
-                free(sb->allow[i].host);
-        free(sb->allow);
-        free(sb->id);
-        free(sb->task);
-        free(sb->socket_path);
-        free(sb);
+        sandbox_free(sb);
         return r;
 }
 
