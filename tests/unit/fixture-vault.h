@@ -126,3 +126,14 @@ static inline int fv_compose(fixture *f, const vault_dev *v) {
         fixture_start(f, conf);
         return fixture_connect(f);
 }
+
+/* The dev server started, the daemon composed (fv_compose), enrolled and
+ * logged in, and a `creds` sandbox running `sleep 60` (its id in sid); the
+ * host connection. */
+static inline int fv_compose_with_creds_sandbox(fixture *f, vault_dev *v, char *sid, size_t size) {
+        vault_start(v);
+        int c = fv_compose(f, v);
+        fv_enroll_and_login(f, c);
+        fixture_spawn_sh(f, c, "creds", "exec sleep 60", sid, size);
+        return c;
+}

@@ -707,6 +707,13 @@ void fixture_stream_free(fixture_stream *s) {
         s->buf = NULL;
 }
 
+int fixture_subscribe(fixture *f, fixture_stream *st) {
+        int ev = fixture_connect(f);
+        fixture_call_ok(f, ev, "events.subscribe", NULL);
+        fixture_stream_init(st, ev);
+        return ev;
+}
+
 /* The first whole message in s->buf moved out into *ret_msg. */
 static bool stream_take(fixture_stream *s, fixture_reply *ret_msg) {
         msgpack_unpacked u;

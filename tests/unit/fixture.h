@@ -184,6 +184,9 @@ typedef struct fixture_stream {
 } fixture_stream;
 void fixture_stream_init(fixture_stream *s, int fd);
 void fixture_stream_free(fixture_stream *s);
+/* A new connection subscribed to events.subscribe (every sandbox), read
+ * through *st; the connection (the caller closes it). */
+int fixture_subscribe(fixture *f, fixture_stream *st);
 /* The next whole message, running the loop up to `ms`: true with *ret_msg
  * owning a copy (free it with fixture_reply_free), false on timeout. */
 bool fixture_stream_next(fixture *f, fixture_stream *s, unsigned ms, fixture_reply *ret_msg);

@@ -88,10 +88,9 @@ START_TEST(test_network_ask_approve_and_deny) {
         fixture_init(&f);
         write_ask_task("60s");
         fixture_start(&f, NULL);
-        int c = fixture_connect(&f), ev = fixture_connect(&f);
-        fixture_call_ok(&f, ev, "events.subscribe", NULL);
+        int c = fixture_connect(&f);
         fixture_stream st;
-        fixture_stream_init(&st, ev);
+        int ev = fixture_subscribe(&f, &st);
         char sid[64];
         fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
         uint16_t port;
@@ -234,11 +233,8 @@ static void response(fixture_stream *st, uint32_t msgid, char *error, size_t siz
 
 START_TEST(test_credentials_request_approve_and_deny) {
         vault_dev v = {};
-        vault_start(&v);
-        int c = fv_compose(&f, &v);
-        fv_enroll_and_login(&f, c);
         char sid[64];
-        fixture_spawn_sh(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
+        int c = fv_compose_with_creds_sandbox(&f, &v, sid, sizeof(sid));
 
         int b = fixture_broker_connect(&f, sid);
         fixture_stream st;

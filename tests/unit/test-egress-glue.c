@@ -108,10 +108,9 @@ typedef struct alert_q {
 
 START_TEST(test_repeated_denials_freeze_and_alert) {
         start_with_proxy_task("[Response]\nEgressDenials=3\nEgressWindowSec=600\n");
-        int c = fixture_connect(&f), ev = fixture_connect(&f);
-        fixture_call_ok(&f, ev, "events.subscribe", NULL);
+        int c = fixture_connect(&f);
         fixture_stream st;
-        fixture_stream_init(&st, ev);
+        int ev = fixture_subscribe(&f, &st);
         char sid[64], state[32];
         fixture_spawn_sh(&f, c, "net", "exec sleep 60", sid, sizeof(sid));
         uint16_t denied = other_port();

@@ -98,10 +98,8 @@ static unsigned alerts(fixture_stream *st, const char *sid, unsigned ms, char *r
 
 START_TEST(test_n_denials_freeze_and_alert_n_minus_1_do_not) {
         start("[Response]\nEgressDenials=3\nEgressWindowSec=600\n");
-        int ev = fixture_connect(&f);
-        fixture_call_ok(&f, ev, "events.subscribe", NULL);
         fixture_stream st;
-        fixture_stream_init(&st, ev);
+        int ev = fixture_subscribe(&f, &st);
         char sid[64], rule[64] = "";
         fixture_spawn_sh(&f, c, "net", "exec sleep 60", sid, sizeof(sid));
 

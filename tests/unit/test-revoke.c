@@ -88,11 +88,10 @@ static void states_seen(fixture_stream *st, const char *id, char *buf, size_t si
 START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         fixture_init(&f);
         fixture_start(&f, NULL);
-        int c = fixture_connect(&f), ev = fixture_connect(&f);
+        int c = fixture_connect(&f);
         fixture_reply r;
-        fixture_call_ok(&f, ev, "events.subscribe", NULL);
         fixture_stream st;
-        fixture_stream_init(&st, ev);
+        int ev = fixture_subscribe(&f, &st);
 
         char a[64], b[64];
         fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
@@ -264,11 +263,8 @@ static int lookup_self(const token_check *t) {
 
 START_TEST(test_revoke_sandbox_revokes_its_token_at_vault) {
         vault_dev v = {};
-        vault_start(&v);
-        int c = fv_compose(&f, &v);
-        fv_enroll_and_login(&f, c);
         char a[64];
-        fixture_spawn_sh(&f, c, "creds", "exec sleep 60", a, sizeof(a));
+        int c = fv_compose_with_creds_sandbox(&f, &v, a, sizeof(a));
 
         int b = fixture_broker_connect(&f, a);
         fixture_reply r;

@@ -70,14 +70,21 @@ static void assert_change(const msgpack_object *diff, const char *path, const ch
 
 static const char script[] = "echo new > n; echo B > b; rm a; mkdir -p d/e; echo deep > d/e/f";
 
-START_TEST(test_diff_then_promote) {
+/* A workspace with files a and b, and the script run over it to its end:
+ * the host connection. */
+static int run_script_over_a_and_b(char id[16]) {
         fixture_init(&f);
         ws_write("a", "a\n");
         ws_write("b", "b\n");
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
-        char id[16];
         run(c, script, id);
+        return c;
+}
+
+START_TEST(test_diff_then_promote) {
+        char id[16];
+        int c = run_script_over_a_and_b(id);
         /* The sandbox wrote into its layer only. */
         ws_is("n", NULL);
         ws_is("b", "b\n");
@@ -114,13 +121,8 @@ START_TEST(test_diff_then_promote) {
 END_TEST
 
 START_TEST(test_discard_leaves_the_host_alone) {
-        fixture_init(&f);
-        ws_write("a", "a\n");
-        ws_write("b", "b\n");
-        fixture_start(&f, NULL);
-        int c = fixture_connect(&f);
         char id[16];
-        run(c, script, id);
+        int c = run_script_over_a_and_b(id);
         fixture_call_ok(&f, c, "sandbox.discard", "id", id, NULL);
         ws_is("a", "a\n");
         ws_is("b", "b\n");
