@@ -84,15 +84,22 @@ static bool saw_notification(fixture_stream *st, const char *method, const char 
         return found;
 }
 
-START_TEST(test_network_ask_approve_and_deny) {
+/* A daemon with the `ask` task (AskTimeout=timeout) and one sandbox of it
+ * running (its id in sid): the host connection. */
+static int start_ask_sandbox(const char *timeout, char *sid, size_t size) {
         fixture_init(&f);
-        write_ask_task("60s");
+        write_ask_task(timeout);
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
+        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, size);
+        return c;
+}
+
+START_TEST(test_network_ask_approve_and_deny) {
+        char sid[64];
+        int c = start_ask_sandbox("60s", sid, sizeof(sid));
         fixture_stream st;
         int ev = fixture_subscribe(&f, &st);
-        char sid[64];
-        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
         uint16_t port;
         int l = fixture_listen(&port);
 
@@ -165,12 +172,8 @@ START_TEST(test_answer_errors) {
 END_TEST
 
 START_TEST(test_ask_timeout_denies) {
-        fixture_init(&f);
-        write_ask_task("1s");
-        fixture_start(&f, NULL);
-        int c = fixture_connect(&f);
         char sid[64];
-        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        int c = start_ask_sandbox("1s", sid, sizeof(sid));
         uint16_t port;
         int l = fixture_listen(&port);
         int p = fixture_proxy_connect_to(&f, sid, port);
