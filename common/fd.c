@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "macro.h"
@@ -44,6 +45,14 @@ ssize_t fd_read_full(int fd, void *buf, size_t size) {
                 n += (size_t) k;
         }
         return (ssize_t) n;
+}
+
+int fd_check_regular(int fd) {
+        struct stat st;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        return S_ISREG(st.st_mode) ? 0 : -EBADFD;
 }
 
 int fsync_directory(const char *path) {

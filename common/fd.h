@@ -13,6 +13,10 @@ int fd_write_all(int fd, const void *data, size_t len);
  * and short reads. The byte count, or -errno. */
 ssize_t fd_read_full(int fd, void *buf, size_t size);
 
+/* 0 when fd is a regular file, -EBADFD when it is something else (a FIFO, a
+ * device, a directory), -errno when fstat fails. */
+int fd_check_regular(int fd);
+
 /* Opens `path` as a directory and fsyncs it: a rename or create inside is
  * durable afterwards. 0 or -errno. */
 int fsync_directory(const char *path);

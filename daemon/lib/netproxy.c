@@ -811,11 +811,8 @@ static void proxy_finalize(netproxy *p) {
                 done(ud);
 }
 
-static void sandbox_unref(np_sandbox *sb) {
-        netproxy *p = sb->proxy;
-
-        if (--sb->refs > 0)
-                return;
+/* What a sandbox entry owns, and the entry. */
+static void sandbox_free(np_sandbox *sb) {
         for (size_t i = 0; i < sb->n_allow; i++)
                 free(sb->allow[i].host);
         free(sb->allow);
@@ -823,6 +820,14 @@ static void sandbox_unref(np_sandbox *sb) {
         free(sb->task);
         free(sb->socket_path);
         free(sb);
+}
+
+static void sandbox_unref(np_sandbox *sb) {
+        netproxy *p = sb->proxy;
+
+        if (--sb->refs > 0)
+                return;
+        sandbox_free(sb);
         if (--p->n_live == 0 && p->freeing)
                 proxy_finalize(p);
 }
@@ -1074,6 +1079,18 @@ static void held_mark(np_dir *d, size_t held) {
                 d->stats->max_held = held;
 }
 
+/* A write to the sink failed (errno): -EINTR (try again), 0 when the sink is
+ * full (d->wait = WAIT_SINK: backpressure, src is not read until the sink
+ * takes what is held), else -errno. */
+static inline int dir_sink_failed(np_dir *d) {
+        if (errno == EINTR)
+                return -EINTR;
+        if (errno != EAGAIN)
+                return -errno;
+        d->wait = WAIT_SINK;
+        return 0;
+}
+
 /* dir_pump() for a spliced direction: src -> pipe -> dst, in the kernel. */
 static int dir_pump_splice(np_dir *d, int src, int dst) {
         ssize_t n;
@@ -1083,13 +1100,10 @@ static int dir_pump_splice(np_dir *d, int src, int dst) {
                 while (d->in_pipe > 0) {
                         n = splice(d->pipe[0], NULL, dst, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
                         if (n < 0) {
-                                if (errno == EINTR)
+                                r = dir_sink_failed(d);
+                                if (r == -EINTR)
                                         continue;
-                                if (errno != EAGAIN)
-                                        return -errno;
-                                /* Backpressure: src is not read until the sink takes this. */
-                                d->wait = WAIT_SINK;
-                                return 0;
+                                return r;
                         }
                         if (n == 0)
                                 return -EIO;
@@ -1120,12 +1134,10 @@ static int dir_send(np_dir *d, int dst, const char *buf, size_t *off, size_t len
         while (*off < len) {
                 ssize_t n = send(dst, buf + *off, len - *off, MSG_DONTWAIT | MSG_NOSIGNAL);
                 if (n < 0) {
-                        if (errno == EINTR)
+                        int r = dir_sink_failed(d);
+                        if (r == -EINTR)
                                 continue;
-                        if (errno != EAGAIN)
-                                return -errno;
-                        d->wait = WAIT_SINK;
-                        return 0;
+                        return r;
                 }
                 *off += (size_t) n;
                 *sent += (uint64_t) n;
@@ -1970,13 +1982,7 @@ int netproxy_add_sandbox(netproxy *p, const char *sandbox_id, const char *task, 
         return 0;
 
 fail:
-        for (size_t i = 0; i < sb->n_allow; i++)
-                free(sb->allow[i].host);
-        free(sb->allow);
-        free(sb->id);
-        free(sb->task);
-        free(sb->socket_path);
-        free(sb);
+        sandbox_free(sb);
         return r;
 }
 

@@ -25,6 +25,7 @@
 #include "policy.h"
 #include "sandbox.h"
 #include "core/server.h"
+#include "fd.h"
 #include "workspace.h"
 
 /* Bounds: a report is for a person; the audit records it names stay complete. */
@@ -228,11 +229,9 @@ static int sha256_file(int dfd, const char *path, char hex[65]) {
         _cleanup_close_ int fd = (int) syscall(SYS_openat2, dfd, path, &how, sizeof(how));
         if (fd < 0)
                 return -errno;
-        struct stat st;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EBADFD;
+        int r = fd_check_regular(fd);
+        if (r < 0)
+                return r;
         EVP_MD_CTX *ctx = EVP_MD_CTX_new();
         if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
                 EVP_MD_CTX_free(ctx);
@@ -240,7 +239,6 @@ static int sha256_file(int dfd, const char *path, char hex[65]) {
         }
         char buf[65536];
         ssize_t n;
-        int r = 0;
         while ((n = read(fd, buf, sizeof(buf))) > 0)
                 if (EVP_DigestUpdate(ctx, buf, (size_t) n) != 1) {
                         r = -EIO;

@@ -11,6 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "fd.h"
 #include "macro.h"
 
 /* Paths longer than this are opened a chunk of components at a time. */
@@ -115,27 +116,16 @@ int ws_read_small(int dirfd, const char *name, bool follow, size_t max, char **r
         _cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
         if (fd < 0)
                 return -errno;
-        struct stat st;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EBADFD;
+        int r = fd_check_regular(fd);
+        if (r < 0)
+                return r;
         char *b = malloc(max + 1);
         if (!b)
                 return -ENOMEM;
-        size_t got = 0;
-        while (got < max) {
-                ssize_t n = read(fd, b + got, max - got);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0) {
-                        int r = -errno;
-                        free(b);
-                        return r;
-                }
-                if (n == 0)
-                        break;
-                got += (size_t) n;
+        ssize_t got = fd_read_full(fd, b, max);
+        if (got < 0) {
+                free(b);
+                return (int) got;
         }
         b[got] = 0;
         *ret = b;

@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fixture.h"
+
 #define ROLE_ID "unit-role-id"
 #define SECRET_ID "unit-s3cret-approle-id-0123"
 #define ROOT_TOKEN "root-token-for-unit-tests"
@@ -111,4 +113,27 @@ static inline void fv_enroll_and_login(fixture *f, int c) {
         fixture_reply_free(&r);
         fv_conn x = { .f = f, .c = c };
         ck_assert_msg(fixture_run_until(f, 20000, fv_vault_ok, &x), "no Vault session");
+}
+
+/* A composed daemon whose [Vault] is the dev server (software seal allowed)
+ * with a task `creds` that needs a token (VaultPolicies=ci-read); a host
+ * connection. */
+static inline int fv_compose(fixture *f, const vault_dev *v) {
+        fixture_init(f);
+        fixture_write_task(f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
+        char conf[256];
+        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v->port);
+        fixture_start(f, conf);
+        return fixture_connect(f);
+}
+
+/* The dev server started, the daemon composed (fv_compose), enrolled and
+ * logged in, and a `creds` sandbox running `sleep 60` (its id in sid); the
+ * host connection. */
+static inline int fv_compose_with_creds_sandbox(fixture *f, vault_dev *v, char *sid, size_t size) {
+        vault_start(v);
+        int c = fv_compose(f, v);
+        fv_enroll_and_login(f, c);
+        fixture_spawn_sh(f, c, "creds", "exec sleep 60", sid, size);
+        return c;
 }

@@ -79,6 +79,10 @@ typedef void (*fixture_pack_fn)(msgpack_packer *pk, void *arg);
 bool fixture_call(fixture *f, int fd, const char *method, fixture_pack_fn pack_params, void *arg, fixture_reply *r);
 /* The same with string parameters: key, value, ..., NULL. */
 bool fixture_call_str(fixture *f, int fd, fixture_reply *r, const char *method, ...);
+/* The same, asserting it succeeds (the reply is dropped). */
+void fixture_call_ok(fixture *f, int fd, const char *method, ...);
+/* The same, asserting it fails with the CONTRACT §2 code `code`. */
+void fixture_call_fails(fixture *f, int fd, const char *code, const char *method, ...);
 void fixture_reply_free(fixture_reply *r);
 /* fixture_call in two halves, for requests answered later (sandbox.wait):
  * fixture_send sends and returns the msgid without waiting; fixture_recv runs
@@ -92,3 +96,124 @@ bool fixture_recv(fixture *f, int fd, uint32_t msgid, fixture_reply *r);
 const msgpack_object *fixture_get(const msgpack_object *map, const char *key);
 /* Its string value, copied into buf (NULL when absent or not a string). */
 const char *fixture_get_str(const msgpack_object *map, const char *key, char *buf, size_t size);
+
+/* ---- helpers shared by the fixture tests (one set: fixture.c) -------------- */
+
+/* Members of a result map that must be there (the test fails otherwise). */
+uint64_t fixture_u64(const msgpack_object *map, const char *key);
+const char *fixture_str(const msgpack_object *map, const char *key, char *buf, size_t size);
+bool fixture_bool(const msgpack_object *map, const char *key);
+
+/* agentd.status's string `key` on a fresh connection, into buf. */
+const char *fixture_status_str(fixture *f, const char *key, char *buf, size_t size);
+/* Runs the loop until agentd.status's `key` starts with `prefix` (30 s at most:
+ * the audit key is unsealed off the loop, slowly on a loaded machine). */
+void fixture_wait_status_prefix(fixture *f, const char *key, const char *prefix);
+/* Until the audit log records (state-changing requests are refused before). */
+void fixture_wait_audit_ready(fixture *f);
+
+/* sandbox.spawn's parameters; NULL: not sent. */
+typedef struct fixture_spawn_req {
+        const char *task, *workspace;
+        const char *path;         /* the caller's PATH */
+        const char *const *argv;  /* NULL-terminated */
+        size_t argc;              /* > 0: send exactly this many of argv (NULLs go as "") */
+} fixture_spawn_req;
+void fixture_pack_spawn(msgpack_packer *pk, void *arg);
+/* sandbox.spawn: true with the id copied to id (when given) and r freed; false
+ * with r holding the error (the caller frees it). */
+bool fixture_spawn(fixture *f, int c, const fixture_spawn_req *s, char *id, size_t size, fixture_reply *r);
+/* A spawn that must succeed: `/bin/sh -c cmd` under task in f->workspace. */
+void fixture_spawn_sh(fixture *f, int c, const char *task, const char *cmd, char *id, size_t size);
+
+/* A sandbox.list entry. */
+typedef struct fixture_entry {
+        char state[32];
+        long long exit_code, signal;
+        bool ended;               /* it has an exit_code */
+} fixture_entry;
+/* The entry of `id` into *ret (may be NULL); false when it is not listed. */
+bool fixture_list_find(fixture *f, int c, const char *id, fixture_entry *ret);
+/* Its state into buf ("" when not listed). */
+const char *fixture_sandbox_state(fixture *f, int c, const char *id, char *buf, size_t size);
+size_t fixture_list_count(fixture *f, int c);
+/* sandbox.wait that must succeed: exit_code and signal (either may be NULL). */
+void fixture_wait(fixture *f, int c, const char *id, long long *ret_code, long long *ret_signal);
+/* sandbox.logs' `stream` ("stdout", "stderr": bin) into out, NUL-terminated
+ * (the test fails unless it fits). */
+void fixture_logs(fixture *f, int c, const char *id, const char *stream, char *out, size_t size);
+
+/* <state dir>/sandboxes/<id>[/name] */
+void fixture_sandbox_path(const fixture *f, const char *id, const char *name, char *buf, size_t size);
+/* meta.json of the sandbox says "state":"<want>". */
+bool fixture_meta_state_is(const fixture *f, const char *id, const char *want);
+/* A small file (64 KiB at most), NUL-terminated (the caller frees), or NULL. */
+char *fixture_read_file(const char *path);
+void fixture_write_file(const char *path, const char *text);
+/* Entries of dir whose names start with prefix (NULL: all), dot files aside. */
+size_t fixture_count_entries(const char *dir, const char *prefix);
+
+/* audit.query's parameters; 0 / NULL: not sent. */
+typedef struct fixture_query {
+        const char *sandbox;
+        uint64_t limit, before, since;
+} fixture_query;
+void fixture_pack_query(msgpack_packer *pk, void *arg);
+/* audit.query that must succeed; the reply (an array of records) in r. */
+void fixture_audit_query(fixture *f, int c, const fixture_query *q, fixture_reply *r);
+/* The "rpc" record's fields.method (or "" for other records) into buf. */
+const char *fixture_record_method(const msgpack_object *rec, char *buf, size_t size);
+/* Is there a record of `type` (for `sandbox`, NULL: any) with every needle in
+ * it as msgpack_object_print() prints it? A predicate for fixture_run_until:
+ * the log is written off the loop. */
+typedef struct fixture_audit_match {
+        fixture *f;
+        int c;
+        const char *sandbox, *type;
+        const char *needles[4];
+        char found[4096];         /* the record that matched, printed */
+} fixture_audit_match;
+bool fixture_audited(void *arg);
+
+/* A connection's incoming messages one at a time (notifications arrive on
+ * their own, so they cannot go through fixture_call()). */
+typedef struct fixture_stream {
+        int fd;
+        char *buf;
+        size_t len, cap;
+} fixture_stream;
+void fixture_stream_init(fixture_stream *s, int fd);
+void fixture_stream_free(fixture_stream *s);
+/* A new connection subscribed to events.subscribe (every sandbox), read
+ * through *st; the connection (the caller closes it). */
+int fixture_subscribe(fixture *f, fixture_stream *st);
+/* The next whole message, running the loop up to `ms`: true with *ret_msg
+ * owning a copy (free it with fixture_reply_free), false on timeout. */
+bool fixture_stream_next(fixture *f, fixture_stream *s, unsigned ms, fixture_reply *ret_msg);
+/* A notification [2, method, [params]]: method copied, params map returned;
+ * NULL when msg is not one. */
+const msgpack_object *fixture_notification(const fixture_reply *msg, char *method, size_t size);
+
+/* A sandbox's egress proxy reached as helper/bridge.c reaches it: a loopback
+ * TCP connection whose accepted end goes over proxy.sock; the program's end,
+ * non-blocking. */
+int fixture_proxy_connect(fixture *f, const char *sandbox_id);
+/* The same with "CONNECT 127.0.0.1:port" written on it. */
+int fixture_proxy_connect_to(fixture *f, const char *sandbox_id, uint16_t port);
+/* The unix socket path of a sandbox's broker.sock, connected (non-blocking). */
+int fixture_broker_connect(fixture *f, const char *sandbox_id);
+/* A loopback listener (non-blocking); its port in *ret_port. */
+int fixture_listen(uint16_t *ret_port);
+/* Accepts on a non-blocking listener, running the loop (-1 after `ms`). */
+int fixture_accept(fixture *f, int listener, unsigned ms);
+typedef struct fixture_reader {
+        int fd;
+        char buf[8192];
+        size_t len;
+        const char *needle;
+        bool eof;
+} fixture_reader;
+bool fixture_reader_pred(void *arg);
+/* Reads a non-blocking fd, running the loop, until needle is in r->buf (true)
+ * or the stream ends or `ms` pass (false). */
+bool fixture_read_until(fixture *f, fixture_reader *r, int fd, const char *needle, unsigned ms);

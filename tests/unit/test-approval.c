@@ -14,7 +14,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture-vault.h"
 #include "fixture.h"
 #include "unit.h"
@@ -68,21 +67,13 @@ static void answer(int c, const char *id, const char *decision) {
         fixture_reply_free(&r);
 }
 
-static int connect_held(const char *sid, uint16_t port) {
-        int p = fs_proxy_connect(&f, sid);
-        char req[128];
-        int n = snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%u HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", port, port);
-        ck_assert_int_eq(write(p, req, (size_t) n), n);
-        return p;
-}
-
 /* The approval.* notification with `method` for approval `id` on the stream. */
-static bool saw_notification(fs_stream *st, const char *method, const char *id, char *decision, size_t size) {
+static bool saw_notification(fixture_stream *st, const char *method, const char *id, char *decision, size_t size) {
         fixture_reply msg;
         bool found = false;
-        while (!found && fs_stream_next(&f, st, 2000, &msg)) {
+        while (!found && fixture_stream_next(&f, st, 2000, &msg)) {
                 char m[64], got[64];
-                const msgpack_object *p = fs_notification(&msg, m, sizeof(m));
+                const msgpack_object *p = fixture_notification(&msg, m, sizeof(m));
                 if (p && strcmp(m, method) == 0 && fixture_get_str(p, "id", got, sizeof(got)) && strcmp(got, id) == 0) {
                         found = true;
                         if (decision)
@@ -93,23 +84,27 @@ static bool saw_notification(fs_stream *st, const char *method, const char *id, 
         return found;
 }
 
-START_TEST(test_network_ask_approve_and_deny) {
+/* A daemon with the `ask` task (AskTimeout=timeout) and one sandbox of it
+ * running (its id in sid): the host connection. */
+static int start_ask_sandbox(const char *timeout, char *sid, size_t size) {
         fixture_init(&f);
-        write_ask_task("60s");
+        write_ask_task(timeout);
         fixture_start(&f, NULL);
-        int c = fixture_connect(&f), ev = fixture_connect(&f);
-        fixture_reply r;
-        ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        fs_stream st;
-        fs_stream_init(&st, ev);
+        int c = fixture_connect(&f);
+        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, size);
+        return c;
+}
+
+START_TEST(test_network_ask_approve_and_deny) {
         char sid[64];
-        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        int c = start_ask_sandbox("60s", sid, sizeof(sid));
+        fixture_stream st;
+        int ev = fixture_subscribe(&f, &st);
         uint16_t port;
-        int l = fs_listen(&port);
+        int l = fixture_listen(&port);
 
         /* Held: nothing reaches the listener while it is pending. */
-        int p = connect_held(sid, port);
+        int p = fixture_proxy_connect_to(&f, sid, port);
         pending_q q;
         wait_pending(&q, c);
         ck_assert_str_eq(q.sandbox, sid);
@@ -117,17 +112,17 @@ START_TEST(test_network_ask_approve_and_deny) {
         char what[64];
         snprintf(what, sizeof(what), "127.0.0.1:%u", port);
         ck_assert_str_eq(q.what, what);
-        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert_int_lt(fixture_accept(&f, l, 100), 0);
         ck_assert(saw_notification(&st, "approval.requested", q.id, NULL, 0));
 
         answer(c, q.id, "approve");
-        fs_reader rd;
-        ck_assert_msg(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer to the CONNECT: %s", rd.buf);
+        fixture_reader rd;
+        ck_assert_msg(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer to the CONNECT: %s", rd.buf);
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 200", 12) == 0, "answer: %s", rd.buf);
-        int up = fs_accept(&f, l, 5000);
+        int up = fixture_accept(&f, l, 5000);
         ck_assert_int_ge(up, 0);
         ck_assert_int_eq(write(p, "ping", 4), 4);
-        ck_assert(fs_read_until(&f, &rd, up, "ping", 5000));
+        ck_assert(fixture_read_until(&f, &rd, up, "ping", 5000));
         char decision[16];
         ck_assert(saw_notification(&st, "approval.answered", q.id, decision, sizeof(decision)));
         ck_assert_str_eq(decision, "approve");
@@ -135,25 +130,22 @@ START_TEST(test_network_ask_approve_and_deny) {
         close(p);
         /* Answered: gone from the list, and answering again is not_found. */
         ck_assert(!has_pending(&q));
-        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", q.id, "decision", "deny", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "approval.answer", "id", q.id, "decision", "deny", NULL);
 
         /* Approved once only: the next connection asks again; deny is a 403. */
-        p = connect_held(sid, port);
+        p = fixture_proxy_connect_to(&f, sid, port);
         wait_pending(&q, c);
         answer(c, q.id, "deny");
-        ck_assert(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000));
+        ck_assert(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000));
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
-        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert_int_lt(fixture_accept(&f, l, 100), 0);
         ck_assert(saw_notification(&st, "approval.answered", q.id, decision, sizeof(decision)));
         ck_assert_str_eq(decision, "deny");
         close(p);
 
         close(l);
-        fs_stream_free(&st);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_stream_free(&st);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", sid, "signal", "KILL", NULL);
         close(ev);
         close(c);
         fixture_stop(&f);
@@ -165,12 +157,8 @@ START_TEST(test_answer_errors) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "approve", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "maybe", NULL));
-        ck_assert_str_eq(r.code, "invalid_params");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "approval.answer", "id", "ap-0000000000", "decision", "approve", NULL);
+        fixture_call_fails(&f, c, "invalid_params", "approval.answer", "id", "ap-0000000000", "decision", "maybe", NULL);
         ck_assert(!fixture_call_str(&f, c, &r, "approval.answer", "id", "ap-0000000000", "decision", "approve", "scope",
                                     "forever", NULL));
         ck_assert_str_eq(r.code, "invalid_params");
@@ -184,30 +172,24 @@ START_TEST(test_answer_errors) {
 END_TEST
 
 START_TEST(test_ask_timeout_denies) {
-        fixture_init(&f);
-        write_ask_task("1s");
-        fixture_start(&f, NULL);
-        int c = fixture_connect(&f);
         char sid[64];
-        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        int c = start_ask_sandbox("1s", sid, sizeof(sid));
         uint16_t port;
-        int l = fs_listen(&port);
-        int p = connect_held(sid, port);
+        int l = fixture_listen(&port);
+        int p = fixture_proxy_connect_to(&f, sid, port);
         pending_q q;
         wait_pending(&q, c);
         /* Nobody answers: after AskTimeout=1s it is a denial. */
-        fs_reader rd;
-        ck_assert_msg(fs_read_until(&f, &rd, p, "\r\n\r\n", 10000), "no answer: %s", rd.buf);
+        fixture_reader rd;
+        ck_assert_msg(fixture_read_until(&f, &rd, p, "\r\n\r\n", 10000), "no answer: %s", rd.buf);
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
-        ck_assert_int_lt(fs_accept(&f, l, 100), 0);
+        ck_assert_int_lt(fixture_accept(&f, l, 100), 0);
         ck_assert(!has_pending(&q));
-        fs_audit_q aq = { .f = &f, .c = c, .sandbox = sid, .type = "approval.answered", .needles = { "\"by\"=>\"timeout\"" } };
-        ck_assert_msg(fixture_run_until(&f, 5000, fs_audited, &aq), "no approval.answered record by timeout");
+        fixture_audit_match aq = { .f = &f, .c = c, .sandbox = sid, .type = "approval.answered", .needles = { "\"by\"=>\"timeout\"" } };
+        ck_assert_msg(fixture_run_until(&f, 5000, fixture_audited, &aq), "no approval.answered record by timeout");
         close(p);
         close(l);
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", sid, "signal", "KILL", NULL);
         close(c);
         fixture_stop(&f);
 }
@@ -217,9 +199,9 @@ END_TEST
 
 static void pack_request(msgpack_packer *pk, void *arg) {
         msgpack_pack_map(pk, 1);
-        fs_pack_str(pk, "policies");
+        mp_pack_cstr(pk, "policies");
         msgpack_pack_array(pk, 1);
-        fs_pack_str(pk, arg);
+        mp_pack_cstr(pk, arg);
 }
 
 /* Sends credentials.request on the broker socket without waiting (the answer
@@ -237,9 +219,9 @@ static void send_request(int b, uint32_t msgid, const char *policy) {
 }
 
 /* The response to msgid on the stream: its error text ("" for a result). */
-static void response(fs_stream *st, uint32_t msgid, char *error, size_t size) {
+static void response(fixture_stream *st, uint32_t msgid, char *error, size_t size) {
         fixture_reply msg;
-        ck_assert_msg(fs_stream_next(&f, st, 10000, &msg), "no answer to credentials.request");
+        ck_assert_msg(fixture_stream_next(&f, st, 10000, &msg), "no answer to credentials.request");
         const msgpack_object *o = &msg.u.data;
         ck_assert(o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 4 && o->via.array.ptr[0].via.u64 == 1);
         ck_assert_uint_eq(o->via.array.ptr[1].via.u64, msgid);
@@ -254,23 +236,12 @@ static void response(fs_stream *st, uint32_t msgid, char *error, size_t size) {
 
 START_TEST(test_credentials_request_approve_and_deny) {
         vault_dev v = {};
-        vault_start(&v);
-        fixture_init(&f);
-        fixture_write_task(&f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
-        char conf[256];
-        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v.port);
-        fixture_start(&f, conf);
-        int c = fixture_connect(&f);
-        fv_enroll_and_login(&f, c);
         char sid[64];
-        fs_spawn_ok(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
+        int c = fv_compose_with_creds_sandbox(&f, &v, sid, sizeof(sid));
 
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, sid);
-        int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        ck_assert_int_eq(connect(b, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        fs_stream st;
-        fs_stream_init(&st, b);
+        int b = fixture_broker_connect(&f, sid);
+        fixture_stream st;
+        fixture_stream_init(&st, b);
 
         send_request(b, 1, "deploy");
         pending_q q;
@@ -289,11 +260,9 @@ START_TEST(test_credentials_request_approve_and_deny) {
         response(&st, 2, err, sizeof(err));
         ck_assert_msg(strncmp(err, "policy_denied: ", 15) == 0, "denied request: %s", err);
 
-        fs_stream_free(&st);
+        fixture_stream_free(&st);
         close(b);
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", sid, "signal", "KILL", NULL);
         close(c);
         fixture_stop(&f);
         vault_stop(&v);

@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include "daemon.h"
-#include "fixture-query.h"
 #include "fixture.h"
 #include "unit.h"
 
@@ -23,7 +22,7 @@ static fixture f;
 static void start(const char *config) {
         fixture_init(&f);
         fixture_start(&f, config);
-        fq_wait_status_prefix(&f, "audit", "ok (key sealed: ");
+        fixture_wait_status_prefix(&f, "audit", "ok (key sealed: ");
 }
 
 /* The records of the reply, as an array. */
@@ -34,12 +33,12 @@ static const msgpack_object *records(const fixture_reply *r, uint32_t *n) {
 
 static void assert_rpc_record(const msgpack_object *rec, const char *method, const char *outcome) {
         char buf[128];
-        ck_assert_str_eq(fq_str(rec, "type", buf, sizeof(buf)), "rpc");
+        ck_assert_str_eq(fixture_str(rec, "type", buf, sizeof(buf)), "rpc");
         const msgpack_object *fields = fixture_get(rec, "fields");
-        ck_assert_str_eq(fq_str(fields, "method", buf, sizeof(buf)), method);
-        ck_assert_str_eq(fq_str(fields, "outcome", buf, sizeof(buf)), outcome);
-        ck_assert_uint_eq(fq_u64(fields, "peer_pid"), (uint64_t) getpid());
-        ck_assert_uint_eq(fq_u64(fields, "peer_uid"), (uint64_t) getuid());
+        ck_assert_str_eq(fixture_str(fields, "method", buf, sizeof(buf)), method);
+        ck_assert_str_eq(fixture_str(fields, "outcome", buf, sizeof(buf)), outcome);
+        ck_assert_uint_eq(fixture_u64(fields, "peer_pid"), (uint64_t) getpid());
+        ck_assert_uint_eq(fixture_u64(fields, "peer_uid"), (uint64_t) getuid());
         /* A host request: no sandbox. */
         const msgpack_object *sb = fixture_get(rec, "sandbox");
         ck_assert(sb && sb->type == MSGPACK_OBJECT_NIL);
@@ -49,19 +48,13 @@ START_TEST(test_every_request_has_an_rpc_record) {
         start(NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "task.show", "name", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.kill", "id", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
-        ck_assert(fixture_call(&f, c, "task.list", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.ping", NULL);
+        fixture_call_fails(&f, c, "not_found", "task.show", "name", "nosuch", NULL);
+        fixture_call_fails(&f, c, "not_found", "sandbox.kill", "id", "nosuch", NULL);
+        fixture_call_ok(&f, c, "task.list", NULL);
 
         /* The page is taken before audit.query's own record is written. */
-        fq_audit_query(&f, c, &(fq_query) { .limit = 4 }, &r);
+        fixture_audit_query(&f, c, &(fixture_query) { .limit = 4 }, &r);
         uint32_t n;
         const msgpack_object *rec = records(&r, &n);
         ck_assert_uint_eq(n, 4);
@@ -69,15 +62,15 @@ START_TEST(test_every_request_has_an_rpc_record) {
         assert_rpc_record(&rec[1], "task.show", "not_found");
         assert_rpc_record(&rec[2], "sandbox.kill", "not_found");
         assert_rpc_record(&rec[3], "task.list", "ok");
-        uint64_t last = fq_u64(&rec[3], "seq");
+        uint64_t last = fixture_u64(&rec[3], "seq");
         fixture_reply_free(&r);
 
         /* The query itself: an async method, recorded as "pending" when it went ahead. */
-        fq_audit_query(&f, c, &(fq_query) { .limit = 1 }, &r);
+        fixture_audit_query(&f, c, &(fixture_query) { .limit = 1 }, &r);
         rec = records(&r, &n);
         ck_assert_uint_eq(n, 1);
         assert_rpc_record(&rec[0], "audit.query", "pending");
-        ck_assert_uint_eq(fq_u64(&rec[0], "seq"), last + 1);
+        ck_assert_uint_eq(fixture_u64(&rec[0], "seq"), last + 1);
         fixture_reply_free(&r);
         close(c);
         fixture_stop(&f);
@@ -110,14 +103,12 @@ START_TEST(test_verify_passes_then_names_a_changed_byte) {
         start(NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call(&f, c, "task.list", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.ping", NULL);
+        fixture_call_ok(&f, c, "task.list", NULL);
 
         ck_assert(fixture_call(&f, c, "audit.verify", NULL, NULL, &r));
-        ck_assert(fq_bool(r.result, "ok"));
-        uint64_t n_records = fq_u64(r.result, "records");
+        ck_assert(fixture_bool(r.result, "ok"));
+        uint64_t n_records = fixture_u64(r.result, "records");
         ck_assert_uint_ge(n_records, 3);
         ck_assert_ptr_null(fixture_get(r.result, "first_bad_seq"));
         fixture_reply_free(&r);
@@ -133,28 +124,19 @@ START_TEST(test_verify_passes_then_names_a_changed_byte) {
         close(fd);
 
         ck_assert(fixture_call(&f, c, "audit.verify", NULL, NULL, &r));
-        ck_assert(!fq_bool(r.result, "ok"));
-        ck_assert_uint_eq(fq_u64(r.result, "first_bad_seq"), seq);
+        ck_assert(!fixture_bool(r.result, "ok"));
+        ck_assert_uint_eq(fixture_u64(r.result, "first_bad_seq"), seq);
         char why[256];
-        ck_assert_str_ne(fq_str(r.result, "reason", why, sizeof(why)), "");
+        ck_assert_str_ne(fixture_str(r.result, "reason", why, sizeof(why)), "");
         fixture_reply_free(&r);
         close(c);
         fixture_stop(&f);
 }
 END_TEST
 
-static void pack_spawn(msgpack_packer *pk, void *arg) {
-        msgpack_pack_map(pk, 3);
-        mp_pack_kv_str(pk, "task", "default");
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 1);
-        mp_pack_cstr(pk, "/bin/true");
-}
-
-static void assert_refused_for_audit(int c, const char *method, fixture_pack_fn pack) {
+static void assert_refused_for_audit(int c, const char *method, fixture_pack_fn pack, void *arg) {
         fixture_reply r;
-        ck_assert_msg(!fixture_call(&f, c, method, pack, NULL, &r), "%s went ahead", method);
+        ck_assert_msg(!fixture_call(&f, c, method, pack, arg, &r), "%s went ahead", method);
         ck_assert_str_eq(r.code, "backend_unavailable");
         char want[128];
         snprintf(want, sizeof(want), "%s refused: the audit log cannot record it", method);
@@ -166,33 +148,29 @@ START_TEST(test_state_changes_refused_while_the_log_cannot_record) {
         /* About a petabyte must stay free: no test machine has it. */
         fixture_init(&f);
         fixture_start(&f, "[Audit]\nMinFreeSpace=1000000G\n");
-        fq_wait_status_prefix(&f, "audit", "failing: the state filesystem is full");
+        fixture_wait_status_prefix(&f, "audit", "failing: the state filesystem is full");
         int c = fixture_connect(&f);
-        assert_refused_for_audit(c, "agentd.unlock", NULL);
-        assert_refused_for_audit(c, "sandbox.spawn", pack_spawn);
+        assert_refused_for_audit(c, "agentd.unlock", NULL, NULL);
+        const char *argv[] = { "/bin/true", NULL };
+        assert_refused_for_audit(c, "sandbox.spawn", fixture_pack_spawn,
+                                 &(fixture_spawn_req) { .task = "default", .workspace = f.workspace, .argv = argv });
 
         /* Read-only methods pass. */
         fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call(&f, c, "task.list", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call(&f, c, "audit.verify", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.ping", NULL);
+        fixture_call_ok(&f, c, "task.list", NULL);
+        fixture_call_ok(&f, c, "audit.verify", NULL);
         /* So do containment methods: they reach their handlers. */
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.kill", "id", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "sandbox.kill", "id", "nosuch", NULL);
         ck_assert(!fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", "nosuch", NULL));
         ck_assert_str_ne(r.code, "backend_unavailable");
         fixture_reply_free(&r);
-        ck_assert_msg(fixture_call(&f, c, "agentd.prune", NULL, NULL, &r), "%s: %s", r.code, r.message);
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.prune", NULL);
 
         /* The records of what went ahead are still written. */
-        fq_audit_query(&f, c, &(fq_query) { .limit = 1 }, &r);
+        fixture_audit_query(&f, c, &(fixture_query) { .limit = 1 }, &r);
         char method[64];
-        ck_assert_str_eq(fq_record_method(&r.result->via.array.ptr[0], method, sizeof(method)), "agentd.prune");
+        ck_assert_str_eq(fixture_record_method(&r.result->via.array.ptr[0], method, sizeof(method)), "agentd.prune");
         fixture_reply_free(&r);
 
         /* Space enough again (a reload): state changes go ahead. */
@@ -206,89 +184,89 @@ START_TEST(test_state_changes_refused_while_the_log_cannot_record) {
         free(text);
         ck_assert_int_eq(daemon_reload(&f.m), 0);
         ck_assert_msg(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r), "%s: %s", r.code, r.message);
-        ck_assert(!fq_bool(r.result, "was_locked_down"));
+        ck_assert(!fixture_bool(r.result, "was_locked_down"));
         fixture_reply_free(&r);
         char st[256];
-        ck_assert_str_eq(fq_status_str(&f, "audit", st, sizeof(st)), "ok (key sealed: software)");
+        ck_assert_str_eq(fixture_status_str(&f, "audit", st, sizeof(st)), "ok (key sealed: software)");
         close(c);
         fixture_stop(&f);
 }
 END_TEST
+
+/* audit.query {limit: limit} (sent even when 0: fixture_query leaves 0 out) is refused. */
+static void pack_limit(msgpack_packer *pk, void *arg) {
+        msgpack_pack_map(pk, 1);
+        mp_pack_kv_u64(pk, "limit", *(const uint64_t *) arg);
+}
+
+static void assert_limit_refused(int c, uint64_t limit) {
+        fixture_reply r;
+        ck_assert(!fixture_call(&f, c, "audit.query", pack_limit, &limit, &r));
+        ck_assert_str_eq(r.code, "invalid_params");
+        ck_assert_ptr_nonnull(strstr(r.message, "limit must be 1..10000"));
+        fixture_reply_free(&r);
+}
 
 START_TEST(test_query_pages_and_bounds) {
         start(NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
         for (int i = 0; i < 10; i++) {
-                ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-                fixture_reply_free(&r);
+                fixture_call_ok(&f, c, "agentd.ping", NULL);
         }
         /* The newest 4, oldest first, with consecutive seqs. */
-        fq_audit_query(&f, c, &(fq_query) { .limit = 4 }, &r);
+        fixture_audit_query(&f, c, &(fixture_query) { .limit = 4 }, &r);
         uint32_t n;
         const msgpack_object *rec = records(&r, &n);
         ck_assert_uint_eq(n, 4);
-        uint64_t first = fq_u64(&rec[0], "seq");
+        uint64_t first = fixture_u64(&rec[0], "seq");
         for (uint32_t i = 0; i < n; i++) {
                 char m[64];
-                ck_assert_uint_eq(fq_u64(&rec[i], "seq"), first + i);
-                ck_assert_str_eq(fq_record_method(&rec[i], m, sizeof(m)), "agentd.ping");
+                ck_assert_uint_eq(fixture_u64(&rec[i], "seq"), first + i);
+                ck_assert_str_eq(fixture_record_method(&rec[i], m, sizeof(m)), "agentd.ping");
         }
         fixture_reply_free(&r);
 
         /* The page before it: the 4 records just older. */
-        fq_audit_query(&f, c, &(fq_query) { .limit = 4, .before = first }, &r);
+        fixture_audit_query(&f, c, &(fixture_query) { .limit = 4, .before = first }, &r);
         rec = records(&r, &n);
         ck_assert_uint_eq(n, 4);
         for (uint32_t i = 0; i < n; i++)
-                ck_assert_uint_eq(fq_u64(&rec[i], "seq"), first - 4 + i);
+                ck_assert_uint_eq(fixture_u64(&rec[i], "seq"), first - 4 + i);
         fixture_reply_free(&r);
 
         /* Nothing before the first record. */
-        fq_audit_query(&f, c, &(fq_query) { .before = 1 }, &r);
+        fixture_audit_query(&f, c, &(fixture_query) { .before = 1 }, &r);
         ck_assert_uint_eq(r.result->via.array.size, 0);
         fixture_reply_free(&r);
 
         /* Default (1000) and the upper bound hold the whole log: from seq 1 on. */
-        fq_audit_query(&f, c, &(fq_query) { .limit = 10000 }, &r);
+        fixture_audit_query(&f, c, &(fixture_query) { .limit = 10000 }, &r);
         rec = records(&r, &n);
         ck_assert_uint_ge(n, 14);
-        ck_assert_uint_eq(fq_u64(&rec[0], "seq"), 1);
-        ck_assert_uint_eq(fq_u64(&rec[n - 1], "seq"), n);
+        ck_assert_uint_eq(fixture_u64(&rec[0], "seq"), 1);
+        ck_assert_uint_eq(fixture_u64(&rec[n - 1], "seq"), n);
         fixture_reply_free(&r);
 
         /* A sandbox that never was: an empty page. */
-        fq_audit_query(&f, c, &(fq_query) { .sandbox = "nosuch" }, &r);
+        fixture_audit_query(&f, c, &(fixture_query) { .sandbox = "nosuch" }, &r);
         ck_assert_uint_eq(r.result->via.array.size, 0);
         fixture_reply_free(&r);
 
         /* limit outside 1..10000. */
         static const uint64_t bad[] = { 10001, 1u << 31 };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-                ck_assert(!fixture_call(&f, c, "audit.query", fq_pack_query, &(fq_query) { .limit = bad[i] }, &r));
-                ck_assert_str_eq(r.code, "invalid_params");
-                ck_assert_ptr_nonnull(strstr(r.message, "limit must be 1..10000"));
-                fixture_reply_free(&r);
+                assert_limit_refused(c, bad[i]);
         }
         close(c);
         fixture_stop(&f);
 }
 END_TEST
 
-/* limit=0 is sent explicitly (fq_query leaves 0 out). */
-static void pack_limit_zero(msgpack_packer *pk, void *arg) {
-        msgpack_pack_map(pk, 1);
-        mp_pack_kv_u64(pk, "limit", 0);
-}
-
 START_TEST(test_query_limit_zero_refused) {
         start(NULL);
         int c = fixture_connect(&f);
-        fixture_reply r;
-        ck_assert(!fixture_call(&f, c, "audit.query", pack_limit_zero, NULL, &r));
-        ck_assert_str_eq(r.code, "invalid_params");
-        ck_assert_ptr_nonnull(strstr(r.message, "limit must be 1..10000"));
-        fixture_reply_free(&r);
+        assert_limit_refused(c, 0);
         close(c);
         fixture_stop(&f);
 }

@@ -23,7 +23,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture-vault.h"
 #include "fixture.h"
 #include "unit.h"
@@ -86,9 +85,7 @@ START_TEST(test_unconfigured_status_and_methods) {
         fixture_reply_free(&r);
 
         /* A token is handed out only on a sandbox's broker socket. */
-        ck_assert(!fixture_call(&f, c, "credentials.get", NULL, NULL, &r));
-        ck_assert_str_eq(r.code, "unauthorized");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "unauthorized", "credentials.get", NULL);
         close(c);
         fixture_stop(&f);
 }
@@ -117,9 +114,7 @@ START_TEST(test_enroll_without_tpm_is_backend_unavailable) {
         fixture_reply_free(&r);
 
         /* Bad parameters are refused before the TPM is asked. */
-        ck_assert(!fixture_call_str(&f, c, &r, "broker.enroll", "role_id", "", "secret_id", "x", NULL));
-        ck_assert_str_eq(r.code, "invalid_params");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "invalid_params", "broker.enroll", "role_id", "", "secret_id", "x", NULL);
         close(c);
         fixture_stop(&f);
 }
@@ -131,7 +126,8 @@ START_TEST(test_credentialed_spawn_without_vault_leaves_nothing) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(!fs_spawn(&f, c, "creds", "exit 0", &r, NULL, 0));
+        const char *argv[] = { "/bin/sh", "-c", "exit 0", NULL };
+        ck_assert(!fixture_spawn(&f, c, &(fixture_spawn_req) { .task = "creds", .workspace = f.workspace, .argv = argv }, NULL, 0, &r));
         ck_assert_str_eq(r.code, "backend_unavailable");
         ck_assert_msg(strstr(r.message, "task 'creds' needs Vault credentials (VaultPolicies=ci-read)") != NULL, "message: %s",
                       r.message);
@@ -149,9 +145,8 @@ START_TEST(test_credentialed_spawn_without_vault_leaves_nothing) {
         ck_assert_int_eq(count_entries(path), 0);
         /* The daemon still spawns what needs no credentials. */
         char id[64];
-        fs_spawn_ok(&f, c, "default", "exit 0", id, sizeof(id));
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", "exit 0", id, sizeof(id));
+        fixture_call_ok(&f, c, "sandbox.wait", "id", id, NULL);
         close(c);
         fixture_stop(&f);
 }
@@ -177,15 +172,6 @@ static bool token_dead(void *arg) {
         return vault_get(t->v, "auth/token/lookup-self", t->token, body, sizeof(body)) == 403;
 }
 
-static int connect_broker_socket(const char *id) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, id);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_msg(connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0, "connect %s: %s", sa.sun_path, strerror(errno));
-        return fd;
-}
-
 START_TEST(test_vault_login_and_child_token) {
         vault_dev v = {};
         vault_start(&v);
@@ -207,12 +193,10 @@ START_TEST(test_vault_login_and_child_token) {
         ck_assert_msg(fixture_run_until(&f, 20000, vault_ok, &c), "no Vault session");
 
         char id[64];
-        fs_spawn_ok(&f, c, "creds", "exec sleep 60", id, sizeof(id));
-        int b = connect_broker_socket(id);
+        fixture_spawn_sh(&f, c, "creds", "exec sleep 60", id, sizeof(id));
+        int b = fixture_broker_connect(&f, id);
         /* Host methods are not for a sandbox. */
-        ck_assert(!fixture_call(&f, b, "sandbox.list", NULL, NULL, &r));
-        ck_assert_str_eq(r.code, "unauthorized");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, b, "unauthorized", "sandbox.list", NULL);
 
         ck_assert_msg(fixture_call(&f, b, "credentials.get", NULL, NULL, &r), "%s: %s", r.code, r.message);
         ck_assert_uint_eq(r.n_fds, 1);
@@ -246,10 +230,8 @@ START_TEST(test_vault_login_and_child_token) {
         fixture_reply_free(&r);
 
         /* The sandbox ends: its token is revoked at Vault. */
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", id, NULL));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", id, NULL);
+        fixture_call_ok(&f, c, "sandbox.wait", "id", id, NULL);
         token_check tc = { .v = &v, .token = token };
         ck_assert_msg(fixture_run_until(&f, 20000, token_dead, &tc), "the token outlived its sandbox");
 

@@ -12,7 +12,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture.h"
 #include "unit.h"
 
@@ -22,7 +21,7 @@ static int listener = -1;
 
 /* A task whose Allow= names the listener made here (an IP literal permits loopback). */
 static void start_with_proxy_task(const char *config) {
-        listener = fs_listen(&allowed_port);
+        listener = fixture_listen(&allowed_port);
         fixture_init(&f);
         char text[256];
         snprintf(text, sizeof(text), "[Task]\nDescription=egress\n[Network]\nMode=proxy\nAllow=127.0.0.1:%u\n",
@@ -37,75 +36,64 @@ static void stop(void) {
         fixture_stop(&f);
 }
 
-static int connect_to(const char *sid, uint16_t port) {
-        int p = fs_proxy_connect(&f, sid);
-        char req[128];
-        int n = snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%u HTTP/1.1\r\nHost: 127.0.0.1:%u\r\n\r\n", port, port);
-        ck_assert_int_eq(write(p, req, (size_t) n), n);
-        return p;
-}
-
 /* A loopback port nothing listens on and Allow= does not name. */
 static uint16_t other_port(void) {
         uint16_t port;
-        close(fs_listen(&port));
+        close(fixture_listen(&port));
         ck_assert_uint_ne(port, allowed_port);
         return port;
 }
 
 static void kill_sandbox(int c, const char *sid) {
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", sid, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", sid, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", sid, "signal", "KILL", NULL);
+        fixture_call_ok(&f, c, "sandbox.wait", "id", sid, NULL);
 }
 
 START_TEST(test_denied_and_allowed_connect) {
         start_with_proxy_task("[Response]\nEgressDenials=0\n");
         int c = fixture_connect(&f);
         char sid[64], path[PATH_MAX];
-        fs_spawn_ok(&f, c, "net", "exec sleep 60", sid, sizeof(sid));
+        fixture_spawn_sh(&f, c, "net", "exec sleep 60", sid, sizeof(sid));
         struct stat st;
         snprintf(path, sizeof(path), "%s/agentd/sandboxes/%s/proxy.sock", f.state_home, sid);
         ck_assert_msg(stat(path, &st) == 0 && S_ISSOCK(st.st_mode), "no proxy socket at %s", path);
 
         /* Denied: 403, nothing connects, and an egress record says why. */
         uint16_t denied = other_port();
-        int p = connect_to(sid, denied);
-        fs_reader rd;
-        ck_assert_msg(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer: %s", rd.buf);
+        int p = fixture_proxy_connect_to(&f, sid, denied);
+        fixture_reader rd;
+        ck_assert_msg(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer: %s", rd.buf);
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
         close(p);
         char port_text[32];
         snprintf(port_text, sizeof(port_text), "\"port\"=>%u", (unsigned) denied);
-        fs_audit_q q = { .f = &f, .c = c, .sandbox = sid, .type = "egress",
+        fixture_audit_match q = { .f = &f, .c = c, .sandbox = sid, .type = "egress",
                          .needles = { "\"decision\"=>\"denied\"", port_text, "not in Allow= of task net" } };
-        ck_assert_msg(fixture_run_until(&f, 5000, fs_audited, &q), "no egress denial recorded");
+        ck_assert_msg(fixture_run_until(&f, 5000, fixture_audited, &q), "no egress denial recorded");
 
         /* Allowed: 200, then bytes both ways through the listener here. */
-        p = connect_to(sid, allowed_port);
-        ck_assert_msg(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer: %s", rd.buf);
+        p = fixture_proxy_connect_to(&f, sid, allowed_port);
+        ck_assert_msg(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000), "no answer: %s", rd.buf);
         ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 200", 12) == 0, "answer: %s", rd.buf);
-        int up = fs_accept(&f, listener, 5000);
+        int up = fixture_accept(&f, listener, 5000);
         ck_assert_int_ge(up, 0);
         ck_assert_int_eq(write(p, "ping", 4), 4);
-        ck_assert(fs_read_until(&f, &rd, up, "ping", 5000));
+        ck_assert(fixture_read_until(&f, &rd, up, "ping", 5000));
         ck_assert_int_eq(write(up, "pong!", 5), 5);
-        ck_assert(fs_read_until(&f, &rd, p, "pong!", 5000));
+        ck_assert(fixture_read_until(&f, &rd, p, "pong!", 5000));
         snprintf(port_text, sizeof(port_text), "\"port\"=>%u", (unsigned) allowed_port);
-        fs_audit_q qa = { .f = &f, .c = c, .sandbox = sid, .type = "egress",
+        fixture_audit_match qa = { .f = &f, .c = c, .sandbox = sid, .type = "egress",
                           .needles = { "\"decision\"=>\"allowed\"", port_text, "\"address\"=>\"127.0.0.1\"" } };
-        ck_assert_msg(fixture_run_until(&f, 5000, fs_audited, &qa), "no egress allowed record");
+        ck_assert_msg(fixture_run_until(&f, 5000, fixture_audited, &qa), "no egress allowed record");
         close(up);
         close(p);
-        fs_audit_q qc = { .f = &f, .c = c, .sandbox = sid, .type = "egress.closed",
+        fixture_audit_match qc = { .f = &f, .c = c, .sandbox = sid, .type = "egress.closed",
                           .needles = { port_text, "\"bytes_up\"=>4", "\"bytes_down\"=>5" } };
-        ck_assert_msg(fixture_run_until(&f, 5000, fs_audited, &qc), "no egress.closed record with the byte counts");
+        ck_assert_msg(fixture_run_until(&f, 5000, fixture_audited, &qc), "no egress.closed record with the byte counts");
 
         /* Denials below the limit (0: none) change nothing. */
         char state[32];
-        fs_sandbox_state(&f, c, sid, state, sizeof(state));
+        fixture_sandbox_state(&f, c, sid, state, sizeof(state));
         ck_assert_str_eq(state, "running");
         kill_sandbox(c, sid);
         close(c);
@@ -114,39 +102,36 @@ START_TEST(test_denied_and_allowed_connect) {
 END_TEST
 
 typedef struct alert_q {
-        fs_stream *st;
+        fixture_stream *st;
         char sandbox[64], action[128];
 } alert_q;
 
 START_TEST(test_repeated_denials_freeze_and_alert) {
         start_with_proxy_task("[Response]\nEgressDenials=3\nEgressWindowSec=600\n");
-        int c = fixture_connect(&f), ev = fixture_connect(&f);
-        fixture_reply r;
-        ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        fs_stream st;
-        fs_stream_init(&st, ev);
+        int c = fixture_connect(&f);
+        fixture_stream st;
+        int ev = fixture_subscribe(&f, &st);
         char sid[64], state[32];
-        fs_spawn_ok(&f, c, "net", "exec sleep 60", sid, sizeof(sid));
+        fixture_spawn_sh(&f, c, "net", "exec sleep 60", sid, sizeof(sid));
         uint16_t denied = other_port();
-        fs_reader rd;
+        fixture_reader rd;
         for (int i = 0; i < 3; i++) {
-                fs_sandbox_state(&f, c, sid, state, sizeof(state));
+                fixture_sandbox_state(&f, c, sid, state, sizeof(state));
                 ck_assert_msg(strcmp(state, "running") == 0, "after %d denials: %s", i, state);
-                int p = connect_to(sid, denied);
-                ck_assert(fs_read_until(&f, &rd, p, "\r\n\r\n", 5000));
+                int p = fixture_proxy_connect_to(&f, sid, denied);
+                ck_assert(fixture_read_until(&f, &rd, p, "\r\n\r\n", 5000));
                 ck_assert_msg(strncmp(rd.buf, "HTTP/1.1 403", 12) == 0, "answer: %s", rd.buf);
                 close(p);
         }
-        fs_sandbox_state(&f, c, sid, state, sizeof(state));
+        fixture_sandbox_state(&f, c, sid, state, sizeof(state));
         ck_assert_str_eq(state, "frozen");
 
         /* The alert: a notification, and an audit record. */
         fixture_reply msg;
         bool alerted = false;
-        while (!alerted && fs_stream_next(&f, &st, 2000, &msg)) {
+        while (!alerted && fixture_stream_next(&f, &st, 2000, &msg)) {
                 char method[64], got[64], rule[64];
-                const msgpack_object *p = fs_notification(&msg, method, sizeof(method));
+                const msgpack_object *p = fixture_notification(&msg, method, sizeof(method));
                 if (p && strcmp(method, "alert") == 0) {
                         ck_assert_str_eq(fixture_get_str(p, "sandbox", got, sizeof(got)), sid);
                         ck_assert_str_eq(fixture_get_str(p, "rule", rule, sizeof(rule)), "EgressDenials=3 within 600s");
@@ -155,10 +140,10 @@ START_TEST(test_repeated_denials_freeze_and_alert) {
                 fixture_reply_free(&msg);
         }
         ck_assert_msg(alerted, "no alert notification");
-        fs_audit_q q = { .f = &f, .c = c, .sandbox = sid, .type = "alert", .needles = { "EgressDenials=3 within 600s", "frozen" } };
-        ck_assert_msg(fixture_run_until(&f, 5000, fs_audited, &q), "no alert record");
+        fixture_audit_match q = { .f = &f, .c = c, .sandbox = sid, .type = "alert", .needles = { "EgressDenials=3 within 600s", "frozen" } };
+        ck_assert_msg(fixture_run_until(&f, 5000, fixture_audited, &q), "no alert record");
 
-        fs_stream_free(&st);
+        fixture_stream_free(&st);
         kill_sandbox(c, sid);
         close(ev);
         close(c);
@@ -170,7 +155,7 @@ END_TEST
 typedef struct http_server {
         int fd;
         bool answered;
-        fs_reader rd;
+        fixture_reader rd;
 } http_server;
 
 static bool serve_one(void *arg) {
@@ -181,22 +166,13 @@ static bool serve_one(void *arg) {
                 return false;
         h->rd.fd = h->fd;
         h->rd.needle = "\r\n\r\n";
-        if (!fs_reader_pred(&h->rd))
+        if (!fixture_reader_pred(&h->rd))
                 return false;
         static const char resp[] = "HTTP/1.0 200 OK\r\nContent-Length: 14\r\nConnection: close\r\n\r\nhello-sandbox\n";
         ck_assert_int_eq(write(h->fd, resp, sizeof(resp) - 1), (ssize_t) sizeof(resp) - 1);
         close(h->fd);
         h->answered = true;
         return true;
-}
-
-static void logs(int c, const char *sid, char *out, size_t size) {
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.logs", "id", sid, NULL));
-        const msgpack_object *o = fixture_get(r.result, "stdout");
-        ck_assert(o && (o->type == MSGPACK_OBJECT_BIN || o->type == MSGPACK_OBJECT_STR));
-        snprintf(out, size, "%.*s", (int) o->via.bin.size, o->via.bin.ptr);
-        fixture_reply_free(&r);
 }
 
 START_TEST(test_curl_inside_the_sandbox) {
@@ -215,14 +191,12 @@ START_TEST(test_curl_inside_the_sandbox) {
                  "/usr/bin/curl -s --max-time 20 --noproxy '' -x \"$HTTP_PROXY\" -o /dev/null -w 'denied=%%{http_code}\\n' "
                  "http://127.0.0.1:%u/y",
                  (unsigned) allowed_port, (unsigned) denied);
-        fs_spawn_ok(&f, c, "net", cmd, sid, sizeof(sid));
+        fixture_spawn_sh(&f, c, "net", cmd, sid, sizeof(sid));
         http_server h = { .fd = -1 };
         ck_assert_msg(fixture_run_until(&f, 20000, serve_one, &h), "curl's request never arrived");
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", sid, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.wait", "id", sid, NULL);
         char out[1024];
-        logs(c, sid, out, sizeof(out));
+        fixture_logs(&f, c, sid, "stdout", out, sizeof(out));
         ck_assert_msg(strstr(out, "proxy=http://127.0.0.1:3128\n") != NULL, "stdout: %s", out);
         ck_assert_msg(strstr(out, "hello-sandbox\n") != NULL, "stdout: %s", out);
         ck_assert_msg(strstr(out, "denied=403\n") != NULL, "stdout: %s", out);

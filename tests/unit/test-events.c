@@ -12,7 +12,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture.h"
 #include "unit.h"
 
@@ -39,11 +38,11 @@ static int64_t get_i64(const msgpack_object *map, const char *key) {
 }
 
 /* Reads notifications until the sandbox `id` ended (or `ms` of silence). */
-static void collect(fs_stream *st, const char *id, unsigned ms, seen *s) {
+static void collect(fixture_stream *st, const char *id, unsigned ms, seen *s) {
         fixture_reply msg;
-        while (!s->ended && fs_stream_next(&f, st, ms, &msg)) {
+        while (!s->ended && fixture_stream_next(&f, st, ms, &msg)) {
                 char method[64], sid[64], state[32], stream[16];
-                const msgpack_object *p = fs_notification(&msg, method, sizeof(method));
+                const msgpack_object *p = fixture_notification(&msg, method, sizeof(method));
                 ck_assert_msg(p != NULL, "a subscribed connection got something other than a notification");
                 ck_assert_ptr_nonnull(fixture_get_str(p, "id", sid, sizeof(sid)));
                 if (strcmp(sid, id) != 0)
@@ -87,10 +86,10 @@ START_TEST(test_subscribe_then_spawn_delivers_state_and_output) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f), ev = fixture_connect(&f), quiet = fixture_connect(&f);
         subscribe(ev, NULL);
-        fs_stream st;
-        fs_stream_init(&st, ev);
+        fixture_stream st;
+        fixture_stream_init(&st, ev);
         char id[64];
-        fs_spawn_ok(&f, c, "default", "echo out-text; echo err-text >&2; exit 3", id, sizeof(id));
+        fixture_spawn_sh(&f, c, "default", "echo out-text; echo err-text >&2; exit 3", id, sizeof(id));
         seen s = {};
         collect(&st, id, 10000, &s);
         ck_assert_msg(s.ended, "no end event; states: %s", s.states);
@@ -103,7 +102,7 @@ START_TEST(test_subscribe_then_spawn_delivers_state_and_output) {
         ck_assert_uint_eq(s.others, 0);
         /* The connection that did not subscribe got nothing. */
         assert_quiet(quiet);
-        fs_stream_free(&st);
+        fixture_stream_free(&st);
         close(quiet);
         close(ev);
         close(c);
@@ -119,7 +118,7 @@ typedef struct running_q {
 static bool is_running(void *arg) {
         running_q *q = arg;
         char state[32];
-        fs_sandbox_state(&f, q->c, q->id, state, sizeof(state));
+        fixture_sandbox_state(&f, q->c, q->id, state, sizeof(state));
         return strcmp(state, "running") == 0;
 }
 
@@ -128,20 +127,17 @@ START_TEST(test_subscription_to_one_sandbox) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f), ev = fixture_connect(&f);
         char a[64], b[64];
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", a, sizeof(a));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
         running_q rq = { .c = c, .id = a };
         ck_assert(fixture_run_until(&f, 10000, is_running, &rq));
         subscribe(ev, a);
-        fs_stream st;
-        fs_stream_init(&st, ev);
+        fixture_stream st;
+        fixture_stream_init(&st, ev);
 
         /* Another sandbox runs and ends: nothing of it reaches this subscriber. */
-        fs_spawn_ok(&f, c, "default", "echo b-output", b, sizeof(b));
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", b, NULL));
-        fixture_reply_free(&r);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", a, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", "echo b-output", b, sizeof(b));
+        fixture_call_ok(&f, c, "sandbox.wait", "id", b, NULL);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", a, "signal", "KILL", NULL);
         seen s = {};
         collect(&st, a, 10000, &s);
         ck_assert_msg(s.ended, "no end event for %s; states: %s", a, s.states);
@@ -151,16 +147,13 @@ START_TEST(test_subscription_to_one_sandbox) {
 
         /* An unknown sandbox: not_found. */
         int bad = fixture_connect(&f);
-        ck_assert(!fixture_call_str(&f, bad, &r, "events.subscribe", "sandbox", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, bad, "not_found", "events.subscribe", "sandbox", "nosuch", NULL);
         char id[64];
-        fs_spawn_ok(&f, c, "default", "exit 0", id, sizeof(id));
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", "exit 0", id, sizeof(id));
+        fixture_call_ok(&f, c, "sandbox.wait", "id", id, NULL);
         assert_quiet(bad);
 
-        fs_stream_free(&st);
+        fixture_stream_free(&st);
         close(bad);
         close(ev);
         close(c);

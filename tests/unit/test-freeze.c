@@ -10,25 +10,28 @@
 #include <unistd.h>
 
 #include "fixture.h"
-#include "sandbox-test.h"
 #include "unit.h"
 
 static fixture f;
-static char cg[PATH_MAX];
 static int conn = -1;
 
-static void start(const char *cgroup_path) {
+/* The daemon in the fixture's own cgroup subtree; false (the test is skipped)
+ * without one. */
+static bool start_in_cgroup(void) {
         fixture_init(&f);
-        char conf[PATH_MAX + 64];
-        snprintf(conf, sizeof(conf), "[Daemon]\nCgroupPath=%s\n", cgroup_path);
-        fixture_start(&f, conf);
+        if (!f.cgroup[0]) {
+                fprintf(stderr, "skipped: no writable cgroup v2 hierarchy\n");
+                fixture_stop(&f);
+                return false;
+        }
+        fixture_start(&f, NULL);
         conn = fixture_connect(&f);
+        return true;
 }
 
 static void stop(void) {
         close(conn);
         fixture_stop(&f);
-        st_cgroup_done(cg);
 }
 
 /* credentials.revoke {sandbox: id, freeze_only: true}: frozen count and method. */
@@ -52,8 +55,8 @@ static unsigned long long freeze(const char *id, char method[32]) {
 
 static bool cgroup_frozen(const char *id) {
         char path[PATH_MAX + 64];
-        snprintf(path, sizeof(path), "%s/sb-%s/cgroup.events", cg, id);
-        char *text = st_read_file(path);
+        snprintf(path, sizeof(path), "%s/sb-%s/cgroup.events", f.cgroup, id);
+        char *text = fixture_read_file(path);
         ck_assert_msg(text != NULL, "no %s", path);
         bool yes = strstr(text, "frozen 1") != NULL;
         ck_assert(yes || strstr(text, "frozen 0"));
@@ -80,7 +83,7 @@ static pid_t init_pid(const char *id) {
 static char proc_state(pid_t pid) {
         char path[64];
         snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-        char *text = st_read_file(path);
+        char *text = fixture_read_file(path);
         ck_assert_ptr_nonnull(text);
         char *p = strrchr(text, ')');
         ck_assert_ptr_nonnull(p);
@@ -93,33 +96,28 @@ static char proc_state(pid_t pid) {
 static const char two_procs[] = "sleep 60 & wait";
 
 START_TEST(test_freeze_by_cgroup_then_kill) {
-        if (!st_cgroup_make(cg, sizeof(cg))) {
-                fprintf(stderr, "skipped: no writable cgroup v2 hierarchy\n");
+        if (!start_in_cgroup())
                 return;
-        }
-        start(cg);
         char id[16], method[32];
-        st_spawn_sh(&f, conn, NULL, two_procs, id);
+        fixture_spawn_sh(&f, conn, NULL, two_procs, id, sizeof(id));
         ck_assert(!cgroup_frozen(id));
         ck_assert_uint_eq(freeze(id, method), 1);
         ck_assert_str_eq(method, "cgroup");
         ck_assert(cgroup_frozen(id));
-        st_entry e;
-        ck_assert(st_list_find(&f, conn, id, &e));
+        fixture_entry e;
+        ck_assert(fixture_list_find(&f, conn, id, &e));
         ck_assert_str_eq(e.state, "frozen");
-        ck_assert(st_meta_state_is(&f, id, "frozen"));
+        ck_assert(fixture_meta_state_is(&f, id, "frozen"));
         /* Frozen again: nothing to do, and still frozen. */
         ck_assert_uint_eq(freeze(id, method), 1);
         ck_assert(cgroup_frozen(id));
 
         /* A frozen sandbox can be killed. */
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, conn, &r, "sandbox.kill", "id", id, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, conn, "sandbox.kill", "id", id, "signal", "KILL", NULL);
         long long sig = 0;
-        st_wait(&f, conn, id, NULL, &sig);
+        fixture_wait(&f, conn, id, NULL, &sig);
         ck_assert_int_eq(sig, SIGKILL);
-        ck_assert(st_list_find(&f, conn, id, &e));
+        ck_assert(fixture_list_find(&f, conn, id, &e));
         ck_assert_str_eq(e.state, "killed");
         /* An ended sandbox is not frozen: a revoke does not count it. */
         ck_assert_uint_eq(freeze(id, method), 0);
@@ -129,19 +127,14 @@ END_TEST
 
 /* The review walk of a running sandbox freezes its cgroup and thaws it after. */
 START_TEST(test_diff_of_a_running_sandbox_thaws_it) {
-        if (!st_cgroup_make(cg, sizeof(cg))) {
-                fprintf(stderr, "skipped: no writable cgroup v2 hierarchy\n");
+        if (!start_in_cgroup())
                 return;
-        }
-        start(cg);
         char id[16];
-        st_spawn_sh(&f, conn, NULL, "echo x > x; exec sleep 60", id);
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, conn, &r, "sandbox.diff", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, conn, NULL, "echo x > x; exec sleep 60", id, sizeof(id));
+        fixture_call_ok(&f, conn, "sandbox.diff", "id", id, NULL);
         ck_assert(!cgroup_frozen(id));
-        st_entry e;
-        ck_assert(st_list_find(&f, conn, id, &e));
+        fixture_entry e;
+        ck_assert(fixture_list_find(&f, conn, id, &e));
         ck_assert_str_eq(e.state, "running");
         char state = proc_state(init_pid(id));
         ck_assert_msg(state != 'T' && state != 't', "state %c", state);
@@ -152,8 +145,9 @@ END_TEST
 /* No cgroup (CgroupPath= is not a cgroup the daemon can write): agentd.status
  * says so, and a freeze stops every process by signal, confirmed. */
 START_TEST(test_without_cgroup_freezes_by_signal) {
-        cg[0] = 0;
-        start("/nonexistent/agentd-no-cgroup");
+        fixture_init(&f);
+        fixture_start(&f, "[Daemon]\nCgroupPath=/nonexistent/agentd-no-cgroup\n");
+        conn = fixture_connect(&f);
         fixture_reply r;
         ck_assert(fixture_call(&f, conn, "agentd.status", NULL, NULL, &r));
         char status[512];
@@ -162,28 +156,27 @@ START_TEST(test_without_cgroup_freezes_by_signal) {
         fixture_reply_free(&r);
 
         char id[16], method[32];
-        st_spawn_sh(&f, conn, NULL, two_procs, id);
+        fixture_spawn_sh(&f, conn, NULL, two_procs, id, sizeof(id));
         pid_t init = init_pid(id);
         ck_assert_uint_eq(freeze(id, method), 1);
         ck_assert_str_eq(method, "signal");
-        st_entry e;
-        ck_assert(st_list_find(&f, conn, id, &e));
+        fixture_entry e;
+        ck_assert(fixture_list_find(&f, conn, id, &e));
         ck_assert_str_eq(e.state, "frozen");
         /* Every process of it is stopped: the init and its child. */
         ck_assert_int_eq(proc_state(init), 'T');
         char path[96];
         snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int) init, (int) init);
-        char *children = st_read_file(path);
+        char *children = fixture_read_file(path);
         ck_assert_ptr_nonnull(children);
         int child = atoi(children);
         free(children);
         ck_assert_int_gt(child, 0);
         ck_assert_int_eq(proc_state(child), 'T');
         /* Stopped processes still die of SIGKILL. */
-        ck_assert(fixture_call_str(&f, conn, &r, "sandbox.kill", "id", id, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, conn, "sandbox.kill", "id", id, "signal", "KILL", NULL);
         long long sig = 0;
-        st_wait(&f, conn, id, NULL, &sig);
+        fixture_wait(&f, conn, id, NULL, &sig);
         ck_assert_int_eq(sig, SIGKILL);
         stop();
 }

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "fixture.h"
-#include "sandbox-test.h"
 #include "unit.h"
 
 static fixture f;
@@ -23,45 +22,22 @@ static void home_write(const char *rel, const char *text, mode_t mode) {
                 ck_assert(mkdir(path, 0755) == 0 || errno == EEXIST);
                 *p = '/';
         }
-        st_write_file(path, text);
+        fixture_write_file(path, text);
         ck_assert_int_eq(chmod(path, mode), 0);
-}
-
-typedef struct run_args {
-        const char *task;
-        const char *script;
-        const char *path;
-} run_args;
-
-static void pack_run(msgpack_packer *pk, void *arg) {
-        const run_args *a = arg;
-        msgpack_pack_map(pk, 4);
-        mp_pack_kv_str(pk, "task", a->task);
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_kv_str(pk, "path", a->path);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 3);
-        mp_pack_cstr(pk, "/bin/sh");
-        mp_pack_cstr(pk, "-c");
-        mp_pack_cstr(pk, a->script);
 }
 
 /* Runs the script to its end with the caller's PATH `path`; its stdout (caller frees). */
 static char *run(int c, const char *task, const char *path, const char *script) {
-        run_args a = { task, script, path };
+        const char *argv[] = { "/bin/sh", "-c", script, NULL };
+        fixture_spawn_req s = { .task = task, .workspace = f.workspace, .path = path, .argv = argv };
         fixture_reply r;
-        bool ok = fixture_call(&f, c, "sandbox.spawn", pack_run, &a, &r);
-        ck_assert_msg(ok, "spawn: %s: %s", r.code, r.message);
         char id[16];
-        ck_assert_ptr_nonnull(fixture_get_str(r.result, "id", id, sizeof(id)));
-        fixture_reply_free(&r);
-        st_wait(&f, c, id, NULL, NULL);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.logs", "id", id, NULL));
-        const msgpack_object *o = fixture_get(r.result, "stdout");
-        ck_assert(o && o->type == MSGPACK_OBJECT_BIN);
-        char *out = strndup(o->via.bin.ptr, o->via.bin.size);
-        fixture_reply_free(&r);
+        bool ok = fixture_spawn(&f, c, &s, id, sizeof(id), &r);
+        ck_assert_msg(ok, "spawn: %s: %s", r.code, r.message);
+        fixture_wait(&f, c, id, NULL, NULL);
+        char *out = malloc(65536);
         ck_assert_ptr_nonnull(out);
+        fixture_logs(&f, c, id, "stdout", out, 65536);
         return out;
 }
 
@@ -124,7 +100,7 @@ START_TEST(test_secrets_hidden_in_a_shown_tree) {
         /* They are there outside: the test is not vacuous. */
         char path[PATH_MAX];
         snprintf(path, sizeof(path), "%s/.cargo/credentials.toml", f.home);
-        char *text = st_read_file(path);
+        char *text = fixture_read_file(path);
         ck_assert_str_eq(text, "SECRET cargo token\n");
         free(text);
         close(c);

@@ -11,14 +11,14 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture-vault.h"
 #include "core/compose.h"
 #include "core/daemon.h"
 #include "fixture.h"
-#include "sandbox-test.h"
 #include "sandbox/sandbox.h"
 #include "unit.h"
 
@@ -34,7 +34,7 @@ START_TEST(test_stop_while_a_sandbox_runs_with_a_waiter) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f), w = fixture_connect(&f);
         char id[16];
-        st_spawn_sh(&f, c, NULL, "exec sleep 60", id);
+        fixture_spawn_sh(&f, c, NULL, "exec sleep 60", id, sizeof(id));
         (void) fixture_send(&f, w, "sandbox.wait", pack_id, id);
         fixture_run(&f, 50);
         fixture_stop(&f);
@@ -62,9 +62,9 @@ START_TEST(test_stop_while_a_workspace_job_runs) {
         int c = fixture_connect(&f);
         char id[16];
         /* Enough files that the promote is still in its worker when the daemon stops. */
-        st_spawn_sh(&f, c, NULL, "for i in $(seq 1 3000); do echo $i > f$i; done", id);
+        fixture_spawn_sh(&f, c, NULL, "for i in $(seq 1 3000); do echo $i > f$i; done", id, sizeof(id));
         long long code = -1;
-        st_wait(&f, c, id, &code, NULL);
+        fixture_wait(&f, c, id, &code, NULL);
         ck_assert_int_eq(code, 0);
         (void) fixture_send(&f, c, "sandbox.promote", pack_id, id);
         fixture_run(&f, 2);
@@ -79,8 +79,8 @@ START_TEST(test_stop_while_an_approval_is_pending) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char sid[64];
-        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
-        int p = fs_proxy_connect(&f, sid);
+        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        int p = fixture_proxy_connect(&f, sid);
         static const char req[] = "CONNECT 127.0.0.1:10 HTTP/1.1\r\nHost: 127.0.0.1:10\r\n\r\n";
         ck_assert_int_eq(write(p, req, sizeof(req) - 1), (ssize_t) sizeof(req) - 1);
         bool pending = false;
@@ -102,19 +102,16 @@ END_TEST
 /* Stops right after the start, while the default task's refill timer is
  * armed, or once a warm sandbox is up (its pidfd poll still open). */
 static void stop_with_pool(unsigned settle_ms) {
-        char cg[PATH_MAX], conf[PATH_MAX + 128];
         fixture_init(&f);
-        if (!st_cgroup_make(cg, sizeof(cg))) {
+        if (!f.cgroup[0]) {
                 fprintf(stderr, "skipped: no writable cgroup v2 hierarchy\n");
                 fixture_stop(&f);
                 return;
         }
-        snprintf(conf, sizeof(conf), "[Daemon]\nCgroupPath=%s\n[Pool]\nWarmSandboxes=1\n", cg);
-        fixture_start(&f, conf);
+        fixture_start(&f, "[Pool]\nWarmSandboxes=1\n");
         if (settle_ms)
                 fixture_run(&f, settle_ms);
         fixture_stop(&f);
-        st_cgroup_done(cg);
 }
 
 START_TEST(test_stop_while_the_pool_refills) {
@@ -140,7 +137,7 @@ START_TEST(test_finish_while_a_sandbox_runs_attached) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f), w = fixture_connect(&f);
         char id[16];
-        st_spawn_sh(&f, c, NULL, "exec sleep 60", id);
+        fixture_spawn_sh(&f, c, NULL, "exec sleep 60", id, sizeof(id));
         (void) fixture_send(&f, w, "sandbox.wait", pack_id, id);
         fixture_run(&f, 50);
         finish_now();
@@ -155,8 +152,8 @@ START_TEST(test_finish_while_an_approval_is_pending) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char sid[64];
-        fs_spawn_ok(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
-        int p = fs_proxy_connect(&f, sid);
+        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
+        int p = fixture_proxy_connect(&f, sid);
         static const char req[] = "CONNECT 127.0.0.1:10 HTTP/1.1\r\nHost: 127.0.0.1:10\r\n\r\n";
         ck_assert_int_eq(write(p, req, sizeof(req) - 1), (ssize_t) sizeof(req) - 1);
         fixture_run(&f, 300);
@@ -179,7 +176,7 @@ START_TEST(test_finish_while_a_sandbox_has_a_broker_socket) {
         int c = fixture_connect(&f);
         fv_enroll_and_login(&f, c);
         char sid[64];
-        fs_spawn_ok(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
+        fixture_spawn_sh(&f, c, "creds", "exec sleep 60", sid, sizeof(sid));
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, sid);
         int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -221,7 +218,7 @@ START_TEST(test_forget_before_the_helper_is_reaped) {
         for (int i = 0; i < 20 && !seen; i++) {
                 char id[16];
                 /* A child left behind makes the namespace's teardown take a moment. */
-                st_spawn_sh(&f, c, NULL, "sleep 30 & sleep 30 & sleep 30 & exit 0", id);
+                fixture_spawn_sh(&f, c, NULL, "sleep 30 & sleep 30 & sleep 30 & exit 0", id, sizeof(id));
                 sandbox *s = sandbox_find(&f.m, id);
                 ck_assert_ptr_nonnull(s);
                 sandbox_ref(s);

@@ -9,23 +9,21 @@
 #include <unistd.h>
 
 #include "fixture.h"
-#include "sandbox-test.h"
 #include "unit.h"
 
 static fixture f;
-static char cg[PATH_MAX];
 static int conn = -1;
 
 /* After fixture_init (tasks may be written between); false (the test is
  * skipped) without a cgroup v2 subtree, which the sb-w* checks need. */
 static bool start(unsigned warm) {
         char conf[PATH_MAX + 128];
-        if (!st_cgroup_make(cg, sizeof(cg))) {
+        if (!f.cgroup[0]) {
                 fprintf(stderr, "skipped: no writable cgroup v2 hierarchy\n");
                 fixture_stop(&f);
                 return false;
         }
-        snprintf(conf, sizeof(conf), "[Daemon]\nCgroupPath=%s\n[Pool]\nWarmSandboxes=%u\n", cg, warm);
+        snprintf(conf, sizeof(conf), "[Pool]\nWarmSandboxes=%u\n", warm);
         fixture_start(&f, conf);
         conn = fixture_connect(&f);
         return true;
@@ -34,7 +32,6 @@ static bool start(unsigned warm) {
 static void stop(void) {
         close(conn);
         fixture_stop(&f);
-        st_cgroup_done(cg);
 }
 
 static unsigned long long status_warm(void) {
@@ -50,7 +47,7 @@ static unsigned long long status_warm(void) {
 /* Warm sandboxes: as agentd.status counts them, and their sb-w* cgroups. */
 static bool n_warm(void *arg) {
         const unsigned *n = arg;
-        return status_warm() == n[0] && st_count_entries(cg, "sb-w") == n[1];
+        return status_warm() == n[0] && fixture_count_entries(f.cgroup, "sb-w") == n[1];
 }
 
 /* n warm, and n_cgroups sb-w* cgroups (a sandbox that took one runs in its cgroup). */
@@ -64,7 +61,7 @@ static bool wait_warm(unsigned n) {
 
 /* The sb-w* cgroup names, "/name\n" each, concatenated. */
 static void warm_cgroups(char *buf, size_t size) {
-        DIR *d = opendir(cg);
+        DIR *d = opendir(f.cgroup);
         ck_assert_ptr_nonnull(d);
         struct dirent *de;
         buf[0] = 0;
@@ -81,8 +78,8 @@ static const char pooled_task[] =
 
 static void spawn_and_end(const char *task) {
         char id[16];
-        st_spawn_sh(&f, conn, task, "exit 0", id);
-        st_wait(&f, conn, id, NULL, NULL);
+        fixture_spawn_sh(&f, conn, task, "exit 0", id, sizeof(id));
+        fixture_wait(&f, conn, id, NULL, NULL);
 }
 
 /* The cgroup line ("0::/path\n") of the newest sandbox's init. */
@@ -94,7 +91,7 @@ static char *newest_cgroup(void) {
         char path[64];
         snprintf(path, sizeof(path), "/proc/%llu/cgroup", (unsigned long long) pid->via.u64);
         fixture_reply_free(&r);
-        char *text = st_read_file(path);
+        char *text = fixture_read_file(path);
         ck_assert_ptr_nonnull(text);
         char *line = strstr(text, "0::");
         ck_assert_ptr_nonnull(line);
@@ -119,21 +116,19 @@ START_TEST(test_fills_serves_and_drains) {
 
         /* The next spawn of the task runs in a warm sandbox (its cgroup), made before. */
         char id[16];
-        st_spawn_sh(&f, conn, "pooled", "exec sleep 60", id);
+        fixture_spawn_sh(&f, conn, "pooled", "exec sleep 60", id, sizeof(id));
         char *name = newest_cgroup();
         ck_assert_msg(strncmp(name, "/sb-w", 5) == 0 && strstr(before, name), "the sandbox runs in %s, not in one of %s", name,
                       before);
         free(name);
         char own[32];
         snprintf(own, sizeof(own), "sb-%s", id);
-        ck_assert_uint_eq(st_count_entries(cg, own), 0);    /* no cgroup of its own */
+        ck_assert_uint_eq(fixture_count_entries(f.cgroup, own), 0);    /* no cgroup of its own */
 
         /* It took the last one: the pool fills again. */
         ck_assert_msg(wait_warm_cg(2, 3), "the pool did not refill");
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, conn, &r, "sandbox.kill", "id", id, "signal", "KILL", NULL));
-        fixture_reply_free(&r);
-        st_wait(&f, conn, id, NULL, NULL);
+        fixture_call_ok(&f, conn, "sandbox.kill", "id", id, "signal", "KILL", NULL);
+        fixture_wait(&f, conn, id, NULL, NULL);
         ck_assert(wait_warm(2));
 
         /* A change in the task directory reloads the policies: every pool is drained. */
@@ -153,7 +148,7 @@ START_TEST(test_zero_keeps_none) {
         /* A refill would start within a loop iteration or two of the exit. */
         fixture_run(&f, 300);
         ck_assert_uint_eq(status_warm(), 0);
-        ck_assert_uint_eq(st_count_entries(cg, "sb-w"), 0);
+        ck_assert_uint_eq(fixture_count_entries(f.cgroup, "sb-w"), 0);
         stop();
 }
 END_TEST

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fixture-query.h"
 #include "fixture.h"
 #include "macro.h"
 #include "unit.h"
@@ -22,26 +21,11 @@ static fixture f;
 
 static const char script[] = "echo 'hello report' > made.txt; exit 7";
 
-static void pack_spawn(msgpack_packer *pk, void *arg) {
-        msgpack_pack_map(pk, 3);
-        mp_pack_kv_str(pk, "task", "default");
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 3);
-        mp_pack_cstr(pk, "/bin/sh");
-        mp_pack_cstr(pk, "-c");
-        mp_pack_cstr(pk, script);
-}
-
-/* Spawns the script and waits for it: its id in id. */
 static void run_sandbox(int c, char *id, size_t size) {
-        fixture_reply r;
-        ck_assert_msg(fixture_call(&f, c, "sandbox.spawn", pack_spawn, NULL, &r), "%s: %s", r.code, r.message);
-        fq_str(r.result, "id", id, size);
-        fixture_reply_free(&r);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        ck_assert_uint_eq(fq_u64(r.result, "exit_code"), 7);
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", script, id, size);
+        long long code = -1;
+        fixture_wait(&f, c, id, &code, NULL);
+        ck_assert_int_eq(code, 7);
 }
 
 static void report(int c, const char *id, fixture_reply *r) {
@@ -74,7 +58,7 @@ static const msgpack_object *find_with(const msgpack_object *a, const char *key,
 static void start(void) {
         fixture_init(&f);
         fixture_start(&f, NULL);
-        fq_wait_status_prefix(&f, "audit", "ok (key sealed: ");
+        fixture_wait_status_prefix(&f, "audit", "ok (key sealed: ");
 }
 
 START_TEST(test_report_of_a_finished_sandbox) {
@@ -86,25 +70,25 @@ START_TEST(test_report_of_a_finished_sandbox) {
         report(c, id, &r);
         const msgpack_object *rep = r.result;
 
-        ck_assert_str_eq(fq_str(rep, "id", buf, sizeof(buf)), id);
-        ck_assert_str_eq(fq_str(rep, "task", buf, sizeof(buf)), "default");
-        ck_assert_str_eq(fq_str(rep, "state", buf, sizeof(buf)), "exited");
-        ck_assert_str_eq(fq_str(rep, "workspace", buf, sizeof(buf)), f.workspace);
-        ck_assert(fq_bool(rep, "sandbox_record"));
-        ck_assert_uint_gt(fq_u64(rep, "started_at"), 0);
+        ck_assert_str_eq(fixture_str(rep, "id", buf, sizeof(buf)), id);
+        ck_assert_str_eq(fixture_str(rep, "task", buf, sizeof(buf)), "default");
+        ck_assert_str_eq(fixture_str(rep, "state", buf, sizeof(buf)), "exited");
+        ck_assert_str_eq(fixture_str(rep, "workspace", buf, sizeof(buf)), f.workspace);
+        ck_assert(fixture_bool(rep, "sandbox_record"));
+        ck_assert_uint_gt(fixture_u64(rep, "started_at"), 0);
 
         const msgpack_object *ver = fixture_get(rep, "verification");
-        ck_assert(fq_bool(ver, "ok"));
-        ck_assert(fq_bool(ver, "chain_ok"));
+        ck_assert(fixture_bool(ver, "ok"));
+        ck_assert(fixture_bool(ver, "chain_ok"));
         ck_assert_uint_gt(fixture_get(ver, "seqs")->via.array.size, 0);
         ck_assert_uint_eq(fixture_get(ver, "problems")->via.array.size, 0);
 
         /* Who asked: this process, on its socket pair. */
-        ck_assert_uint_eq(fq_u64(fixture_get(rep, "requested_by"), "pid"), (uint64_t) getpid());
-        ck_assert_uint_eq(fq_u64(fixture_get(rep, "requested_by"), "uid"), (uint64_t) getuid());
+        ck_assert_uint_eq(fixture_u64(fixture_get(rep, "requested_by"), "pid"), (uint64_t) getpid());
+        ck_assert_uint_eq(fixture_u64(fixture_get(rep, "requested_by"), "uid"), (uint64_t) getuid());
         const msgpack_object *pol = fixture_get(rep, "policy");
-        ck_assert_str_eq(fq_str(pol, "task", buf, sizeof(buf)), "default");
-        ck_assert_uint_eq(strlen(fq_str(pol, "sha256", buf, sizeof(buf))), 64);
+        ck_assert_str_eq(fixture_str(pol, "task", buf, sizeof(buf)), "default");
+        ck_assert_uint_eq(strlen(fixture_str(pol, "sha256", buf, sizeof(buf))), 64);
         const msgpack_object *argv = fixture_get(rep, "argv");
         ck_assert(argv && argv->type == MSGPACK_OBJECT_ARRAY && argv->via.array.size == 3);
         ck_assert_int_eq(argv->via.array.ptr[2].via.str.size, strlen(script));
@@ -113,35 +97,35 @@ START_TEST(test_report_of_a_finished_sandbox) {
         /* The exit record. */
         const msgpack_object *ex = fixture_get(rep, "exit");
         ck_assert(ex && ex->type == MSGPACK_OBJECT_MAP);
-        ck_assert_uint_eq(fq_u64(ex, "exit_code"), 7);
-        ck_assert_uint_eq(fq_u64(ex, "signal"), 0);
-        ck_assert_str_eq(fq_str(ex, "state", buf, sizeof(buf)), "exited");
-        ck_assert_uint_gt(fq_u64(ex, "seq"), fq_u64(fixture_get(rep, "requested_by"), "seq"));
+        ck_assert_uint_eq(fixture_u64(ex, "exit_code"), 7);
+        ck_assert_uint_eq(fixture_u64(ex, "signal"), 0);
+        ck_assert_str_eq(fixture_str(ex, "state", buf, sizeof(buf)), "exited");
+        ck_assert_uint_gt(fixture_u64(ex, "seq"), fixture_u64(fixture_get(rep, "requested_by"), "seq"));
 
         /* The timeline holds both, in order. */
         const msgpack_object *tl = fixture_get(rep, "timeline");
         ck_assert_uint_eq(count_with(tl, "type", "sandbox.spawn"), 1);
         ck_assert_uint_eq(count_with(tl, "type", "sandbox.exit"), 1);
-        ck_assert_str_eq(fq_str(&tl->via.array.ptr[0], "type", buf, sizeof(buf)), "sandbox.spawn");
+        ck_assert_str_eq(fixture_str(&tl->via.array.ptr[0], "type", buf, sizeof(buf)), "sandbox.spawn");
 
         /* The host's requests about it (by id): the wait. */
         const msgpack_object *req = fixture_get(rep, "requests");
         const msgpack_object *wait = find_with(req, "method", "sandbox.wait");
         ck_assert_ptr_nonnull(wait);
         /* "pending" when it waited, "ok" when the sandbox had already ended. */
-        fq_str(wait, "outcome", buf, sizeof(buf));
+        fixture_str(wait, "outcome", buf, sizeof(buf));
         ck_assert_msg(streq(buf, "pending") || streq(buf, "ok"), "wait outcome %s", buf);
 
         /* What it changed: the one file, in the layer, hashed. */
         const msgpack_object *ch = fixture_get(rep, "changes");
-        ck_assert_str_eq(fq_str(ch, "layer", buf, sizeof(buf)), "present");
+        ck_assert_str_eq(fixture_str(ch, "layer", buf, sizeof(buf)), "present");
         const msgpack_object *files = fixture_get(ch, "files");
         ck_assert_uint_eq(files->via.array.size, 1);
         const msgpack_object *made = &files->via.array.ptr[0];
-        ck_assert_str_eq(fq_str(made, "path", buf, sizeof(buf)), "made.txt");
-        ck_assert_str_eq(fq_str(made, "change", buf, sizeof(buf)), "added");
-        ck_assert_str_eq(fq_str(made, "type", buf, sizeof(buf)), "file");
-        ck_assert_str_eq(fq_str(made, "sha256", buf, sizeof(buf)), HELLO_SHA256);
+        ck_assert_str_eq(fixture_str(made, "path", buf, sizeof(buf)), "made.txt");
+        ck_assert_str_eq(fixture_str(made, "change", buf, sizeof(buf)), "added");
+        ck_assert_str_eq(fixture_str(made, "type", buf, sizeof(buf)), "file");
+        ck_assert_str_eq(fixture_str(made, "sha256", buf, sizeof(buf)), HELLO_SHA256);
         /* The host's copy is untouched. */
         snprintf(buf, sizeof(buf), "%s/made.txt", f.workspace);
         ck_assert_int_ne(access(buf, F_OK), 0);
@@ -165,10 +149,10 @@ START_TEST(test_report_after_discard) {
         ck_assert_msg(fixture_call_str(&f, c, &r, "sandbox.discard", "id", id, NULL), "%s: %s", r.code, r.message);
         fixture_reply_free(&r);
         report(c, id, &r);
-        ck_assert_str_eq(fq_str(fixture_get(r.result, "changes"), "layer", buf, sizeof(buf)), "discarded");
+        ck_assert_str_eq(fixture_str(fixture_get(r.result, "changes"), "layer", buf, sizeof(buf)), "discarded");
         const msgpack_object *disc = fixture_get(r.result, "discarded");
         ck_assert(disc && disc->type == MSGPACK_OBJECT_MAP);
-        ck_assert_uint_eq(fq_u64(fixture_get(disc, "by"), "pid"), (uint64_t) getpid());
+        ck_assert_uint_eq(fixture_u64(fixture_get(disc, "by"), "pid"), (uint64_t) getpid());
         fixture_reply_free(&r);
         close(c);
         fixture_stop(&f);
@@ -208,9 +192,9 @@ START_TEST(test_report_names_a_broken_chain) {
         fixture_reply r;
         report(c, id, &r);
         const msgpack_object *ver = fixture_get(r.result, "verification");
-        ck_assert(!fq_bool(ver, "ok"));
-        ck_assert(!fq_bool(ver, "chain_ok"));
-        ck_assert_uint_eq(fq_u64(ver, "first_bad_seq"), seq);
+        ck_assert(!fixture_bool(ver, "ok"));
+        ck_assert(!fixture_bool(ver, "chain_ok"));
+        ck_assert_uint_eq(fixture_u64(ver, "first_bad_seq"), seq);
         ck_assert_uint_ge(fixture_get(ver, "problems")->via.array.size, 1);
         fixture_reply_free(&r);
         close(c);
@@ -222,9 +206,7 @@ START_TEST(test_report_unknown_and_bad_ids) {
         start();
         int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.report", "id", "nosuch-1", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "sandbox.report", "id", "nosuch-1", NULL);
         static const char *const bad[] = { "", "../x", "UPPER", "a b",
                                            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" /* 65 */ };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

@@ -15,7 +15,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "fixture-sandbox.h"
 #include "fixture-vault.h"
 #include "fixture.h"
 #include "unit.h"
@@ -40,12 +39,6 @@ static void pack_revoke_sandbox_freeze_only(msgpack_packer *pk, void *arg) {
         mp_pack_kv_bool(pk, "freeze_only", true);
 }
 
-static uint64_t get_u64(const msgpack_object *map, const char *key) {
-        const msgpack_object *v = fixture_get(map, key);
-        ck_assert_msg(v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER, "'%s' is not a count", key);
-        return v->via.u64;
-}
-
 static bool strv_has(const msgpack_object *a, const char *s) {
         ck_assert(a && a->type == MSGPACK_OBJECT_ARRAY);
         for (uint32_t i = 0; i < a->via.array.size; i++) {
@@ -64,24 +57,25 @@ static void assert_killed(int c, const char *id) {
         ck_assert_uint_eq(sig->via.u64, SIGKILL);
         fixture_reply_free(&r);
         char state[32];
-        fs_sandbox_state(&f, c, id, state, sizeof(state));
+        fixture_sandbox_state(&f, c, id, state, sizeof(state));
         ck_assert_str_eq(state, "killed");
 }
 
 static void assert_spawn_refused(int c) {
         fixture_reply r;
-        ck_assert(!fs_spawn(&f, c, "default", "exit 0", &r, NULL, 0));
+        const char *argv[] = { "/bin/sh", "-c", "exit 0", NULL };
+        ck_assert(!fixture_spawn(&f, c, &(fixture_spawn_req) { .task = "default", .workspace = f.workspace, .argv = argv }, NULL, 0, &r));
         ck_assert_str_eq(r.code, "locked_down");
         fixture_reply_free(&r);
 }
 
 /* The states the subscribed stream reported for `id`, in order, as "a,b,c". */
-static void states_seen(fs_stream *st, const char *id, char *buf, size_t size) {
+static void states_seen(fixture_stream *st, const char *id, char *buf, size_t size) {
         fixture_reply msg;
         buf[0] = 0;
-        while (fs_stream_next(&f, st, 200, &msg)) {
+        while (fixture_stream_next(&f, st, 200, &msg)) {
                 char method[64], sid[64], state[32];
-                const msgpack_object *p = fs_notification(&msg, method, sizeof(method));
+                const msgpack_object *p = fixture_notification(&msg, method, sizeof(method));
                 if (p && strcmp(method, "sandbox.state") == 0 && fixture_get_str(p, "id", sid, sizeof(sid)) &&
                     strcmp(sid, id) == 0 && fixture_get_str(p, "state", state, sizeof(state))) {
                         size_t l = strlen(buf);
@@ -94,21 +88,19 @@ static void states_seen(fs_stream *st, const char *id, char *buf, size_t size) {
 START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         fixture_init(&f);
         fixture_start(&f, NULL);
-        int c = fixture_connect(&f), ev = fixture_connect(&f);
+        int c = fixture_connect(&f);
         fixture_reply r;
-        ck_assert(fixture_call(&f, ev, "events.subscribe", NULL, NULL, &r));
-        fixture_reply_free(&r);
-        fs_stream st;
-        fs_stream_init(&st, ev);
+        fixture_stream st;
+        int ev = fixture_subscribe(&f, &st);
 
         char a[64], b[64];
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", a, sizeof(a));
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", b, sizeof(b));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", b, sizeof(b));
 
         ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r));
-        ck_assert_uint_eq(get_u64(r.result, "frozen"), 2);
-        ck_assert_uint_eq(get_u64(r.result, "killed"), 2);
-        ck_assert_uint_eq(get_u64(r.result, "tokens_revoked"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "frozen"), 2);
+        ck_assert_uint_eq(fixture_u64(r.result, "killed"), 2);
+        ck_assert_uint_eq(fixture_u64(r.result, "tokens_revoked"), 0);
         const msgpack_object *ld = fixture_get(r.result, "locked_down");
         ck_assert(ld && ld->type == MSGPACK_OBJECT_BOOLEAN && ld->via.boolean);
         ck_assert(strv_has(fixture_get(r.result, "sandboxes"), a));
@@ -156,15 +148,14 @@ START_TEST(test_revoke_all_freezes_kills_and_locks_down) {
         ck_assert_int_eq(access(path, F_OK), -1);
         ck_assert_int_eq(errno, ENOENT);
         char id[64];
-        fs_spawn_ok(&f, c, "default", "exit 0", id, sizeof(id));
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", "exit 0", id, sizeof(id));
+        fixture_call_ok(&f, c, "sandbox.wait", "id", id, NULL);
         ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
         was = fixture_get(r.result, "was_locked_down");
         ck_assert(was && was->type == MSGPACK_OBJECT_BOOLEAN && !was->via.boolean);
         fixture_reply_free(&r);
 
-        fs_stream_free(&st);
+        fixture_stream_free(&st);
         close(ev);
         close(c);
         fixture_stop(&f);
@@ -186,7 +177,7 @@ START_TEST(test_unwritable_marker_is_an_error) {
 
         int c = fixture_connect(&f);
         char a[64];
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", a, sizeof(a));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
         fixture_reply r;
         ck_assert(!fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r));
         ck_assert_str_eq(r.code, "backend_unavailable");
@@ -217,9 +208,7 @@ START_TEST(test_marker_from_an_earlier_run_locks_at_start) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         assert_spawn_refused(c);
-        fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.unlock", NULL);
         ck_assert_int_eq(access(path, F_OK), -1);
         close(c);
         fixture_stop(&f);
@@ -231,34 +220,28 @@ START_TEST(test_freeze_only_keeps_it_frozen_and_unlocked) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char a[64], state[32];
-        fs_spawn_ok(&f, c, "default", "exec sleep 60", a, sizeof(a));
+        fixture_spawn_sh(&f, c, "default", "exec sleep 60", a, sizeof(a));
         fixture_reply r;
         ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_sandbox_freeze_only, a, &r));
-        ck_assert_uint_eq(get_u64(r.result, "frozen"), 1);
-        ck_assert_uint_eq(get_u64(r.result, "killed"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "frozen"), 1);
+        ck_assert_uint_eq(fixture_u64(r.result, "killed"), 0);
         const msgpack_object *ld = fixture_get(r.result, "locked_down");
         ck_assert(ld && ld->type == MSGPACK_OBJECT_BOOLEAN && !ld->via.boolean);
         fixture_reply_free(&r);
-        fs_sandbox_state(&f, c, a, state, sizeof(state));
+        fixture_sandbox_state(&f, c, a, state, sizeof(state));
         ck_assert_str_eq(state, "frozen");
         char path[PATH_MAX];
         marker_path(path, sizeof(path));
         ck_assert_int_eq(access(path, F_OK), -1);
 
         /* Bad requests: none or two of all/sandbox/task, an unknown sandbox. */
-        ck_assert(!fixture_call(&f, c, "credentials.revoke", NULL, NULL, &r));
-        ck_assert_str_eq(r.code, "invalid_params");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", a, "task", "default", NULL));
-        ck_assert_str_eq(r.code, "invalid_params");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", "nosuch", NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "invalid_params", "credentials.revoke", NULL);
+        fixture_call_fails(&f, c, "invalid_params", "credentials.revoke", "sandbox", a, "task", "default", NULL);
+        fixture_call_fails(&f, c, "not_found", "credentials.revoke", "sandbox", "nosuch", NULL);
 
         /* The same sandbox without freeze_only: killed now. */
         ck_assert(fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", a, NULL));
-        ck_assert_uint_eq(get_u64(r.result, "killed"), 1);
+        ck_assert_uint_eq(fixture_u64(r.result, "killed"), 1);
         fixture_reply_free(&r);
         assert_killed(c, a);
         close(c);
@@ -280,21 +263,10 @@ static int lookup_self(const token_check *t) {
 
 START_TEST(test_revoke_sandbox_revokes_its_token_at_vault) {
         vault_dev v = {};
-        vault_start(&v);
-        fixture_init(&f);
-        fixture_write_task(&f, "creds", "[Task]\nDescription=token\n[Credentials]\nVaultPolicies=ci-read\n");
-        char conf[256];
-        snprintf(conf, sizeof(conf), "[Vault]\nAddress=http://127.0.0.1:%d\n[TPM]\nAllowSoftwareKey=yes\n", v.port);
-        fixture_start(&f, conf);
-        int c = fixture_connect(&f);
-        fv_enroll_and_login(&f, c);
         char a[64];
-        fs_spawn_ok(&f, c, "creds", "exec sleep 60", a, sizeof(a));
+        int c = fv_compose_with_creds_sandbox(&f, &v, a, sizeof(a));
 
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/agentd/sandboxes/%s/broker.sock", f.state_home, a);
-        int b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        ck_assert_int_eq(connect(b, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        int b = fixture_broker_connect(&f, a);
         fixture_reply r;
         ck_assert_msg(fixture_call(&f, b, "credentials.get", NULL, NULL, &r), "%s: %s", r.code, r.message);
         ck_assert_uint_eq(r.n_fds, 1);
@@ -309,18 +281,15 @@ START_TEST(test_revoke_sandbox_revokes_its_token_at_vault) {
 
         /* Frozen and kept (freeze_only): the token is revoked at Vault all the same. */
         ck_assert(fixture_call(&f, c, "credentials.revoke", pack_revoke_sandbox_freeze_only, a, &r));
-        ck_assert_uint_eq(get_u64(r.result, "frozen"), 1);
-        ck_assert_uint_eq(get_u64(r.result, "tokens_revoked"), 1);
-        ck_assert_uint_eq(get_u64(r.result, "tokens_pending"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "frozen"), 1);
+        ck_assert_uint_eq(fixture_u64(r.result, "tokens_revoked"), 1);
+        ck_assert_uint_eq(fixture_u64(r.result, "tokens_pending"), 0);
         fixture_reply_free(&r);
         ck_assert_int_eq(lookup_self(&t), 403);
-        ck_assert(!fixture_call(&f, b, "credentials.get", NULL, NULL, &r));
-        ck_assert_str_eq(r.code, "unauthorized");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, b, "unauthorized", "credentials.get", NULL);
 
         close(b);
-        ck_assert(fixture_call_str(&f, c, &r, "credentials.revoke", "sandbox", a, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "credentials.revoke", "sandbox", a, NULL);
         assert_killed(c, a);
         close(c);
         fixture_stop(&f);

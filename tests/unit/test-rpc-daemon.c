@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include "agentd-build.h"
-#include "fixture-query.h"
 #include "fixture.h"
 #include "unit.h"
 
@@ -31,13 +30,13 @@ START_TEST(test_ping) {
         ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
         ck_assert_uint_eq(r.result->via.map.size, 3);
         char buf[64];
-        ck_assert_str_eq(fq_str(r.result, "version", buf, sizeof(buf)), AGENTD_VERSION);
-        ck_assert_uint_eq(fq_u64(r.result, "protocol"), AGENTD_PROTOCOL_VERSION);
-        uint64_t up = fq_u64(r.result, "uptime_ms");
+        ck_assert_str_eq(fixture_str(r.result, "version", buf, sizeof(buf)), AGENTD_VERSION);
+        ck_assert_uint_eq(fixture_u64(r.result, "protocol"), AGENTD_PROTOCOL_VERSION);
+        uint64_t up = fixture_u64(r.result, "uptime_ms");
         fixture_reply_free(&r);
         fixture_run(&f, 20);
         ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        ck_assert_uint_ge(fq_u64(r.result, "uptime_ms"), up + 20);
+        ck_assert_uint_ge(fixture_u64(r.result, "uptime_ms"), up + 20);
         fixture_reply_free(&r);
         close(c);
         fixture_stop(&f);
@@ -47,47 +46,47 @@ END_TEST
 START_TEST(test_status_fields) {
         fixture_init(&f);
         fixture_start(&f, NULL);
-        fq_wait_status_prefix(&f, "audit", "ok (key sealed: ");
+        fixture_wait_status_prefix(&f, "audit", "ok (key sealed: ");
         int c = fixture_connect(&f);
         int c2 = fixture_connect(&f);
         fixture_reply r;
         status(c, &r);
         ck_assert_uint_eq(r.result->via.map.size, 19);
         char buf[PATH_MAX + 16], want[PATH_MAX + 16];
-        ck_assert_str_eq(fq_str(r.result, "version", buf, sizeof(buf)), AGENTD_VERSION);
-        ck_assert_uint_eq(fq_u64(r.result, "protocol"), AGENTD_PROTOCOL_VERSION);
-        fq_u64(r.result, "uptime_ms");
-        ck_assert_uint_eq(fq_u64(r.result, "sandboxes"), 0);
-        ck_assert_uint_eq(fq_u64(r.result, "sandboxes_listed"), 0);
-        ck_assert_uint_eq(fq_u64(r.result, "warm_sandboxes"), 0);
-        ck_assert_uint_eq(fq_u64(r.result, "plan_cache_builds"), 0);
-        ck_assert(!fq_bool(r.result, "locked_down"));
+        ck_assert_str_eq(fixture_str(r.result, "version", buf, sizeof(buf)), AGENTD_VERSION);
+        ck_assert_uint_eq(fixture_u64(r.result, "protocol"), AGENTD_PROTOCOL_VERSION);
+        fixture_u64(r.result, "uptime_ms");
+        ck_assert_uint_eq(fixture_u64(r.result, "sandboxes"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "sandboxes_listed"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "warm_sandboxes"), 0);
+        ck_assert_uint_eq(fixture_u64(r.result, "plan_cache_builds"), 0);
+        ck_assert(!fixture_bool(r.result, "locked_down"));
         /* No [Vault] Address=: unconfigured, and so nothing to revoke. */
-        ck_assert_str_eq(fq_str(r.result, "vault", buf, sizeof(buf)), "unconfigured");
-        fq_str(r.result, "tpm", buf, sizeof(buf));
-        ck_assert_uint_eq(fq_u64(r.result, "revocations_pending"), 0);
-        ck_assert_str_eq(fq_str(r.result, "audit", buf, sizeof(buf)), "ok (key sealed: software)");
-        fq_str(r.result, "cgroup", buf, sizeof(buf));
+        ck_assert_str_eq(fixture_str(r.result, "vault", buf, sizeof(buf)), "unconfigured");
+        fixture_str(r.result, "tpm", buf, sizeof(buf));
+        ck_assert_uint_eq(fixture_u64(r.result, "revocations_pending"), 0);
+        ck_assert_str_eq(fixture_str(r.result, "audit", buf, sizeof(buf)), "ok (key sealed: software)");
+        fixture_str(r.result, "cgroup", buf, sizeof(buf));
         ck_assert_msg(strncmp(buf, "ok", 2) == 0 || strncmp(buf, "unavailable: ", 13) == 0, "%s", buf);
-        fq_str(r.result, "cgroup_controllers", buf, sizeof(buf));
+        fixture_str(r.result, "cgroup_controllers", buf, sizeof(buf));
         /* Both of ours. */
-        ck_assert_uint_eq(fq_u64(r.result, "connections"), 2);
-        ck_assert_uint_gt(fq_u64(r.result, "open_fds"), 3);
+        ck_assert_uint_eq(fixture_u64(r.result, "connections"), 2);
+        ck_assert_uint_gt(fixture_u64(r.result, "open_fds"), 3);
         snprintf(want, sizeof(want), "%s/agentd", f.state_home);
-        ck_assert_str_eq(fq_str(r.result, "state_directory", buf, sizeof(buf)), want);
+        ck_assert_str_eq(fixture_str(r.result, "state_directory", buf, sizeof(buf)), want);
         /* The fixture binds no socket: as when systemd passes one. */
-        ck_assert_str_eq(fq_str(r.result, "socket", buf, sizeof(buf)), "(socket-activated)");
+        ck_assert_str_eq(fixture_str(r.result, "socket", buf, sizeof(buf)), "(socket-activated)");
         /* No [Telemetry] Endpoint=: off. */
         const msgpack_object *t = fixture_get(r.result, "telemetry");
         ck_assert(t && t->type == MSGPACK_OBJECT_MAP);
-        ck_assert_str_eq(fq_str(t, "state", buf, sizeof(buf)), "off");
+        ck_assert_str_eq(fixture_str(t, "state", buf, sizeof(buf)), "off");
         fixture_reply_free(&r);
 
         /* One connection fewer once the daemon saw it close. */
         close(c2);
         for (int i = 0; i < 100; i++) {
                 status(c, &r);
-                uint64_t n = fq_u64(r.result, "connections");
+                uint64_t n = fixture_u64(r.result, "connections");
                 fixture_reply_free(&r);
                 if (n == 1)
                         break;
@@ -99,30 +98,18 @@ START_TEST(test_status_fields) {
 }
 END_TEST
 
-static void pack_spawn(msgpack_packer *pk, void *arg) {
-        const char *script = arg;
-        msgpack_pack_map(pk, 3);
-        mp_pack_kv_str(pk, "task", "default");
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 3);
-        mp_pack_cstr(pk, "/bin/sh");
-        mp_pack_cstr(pk, "-c");
-        mp_pack_cstr(pk, script);
-}
-
 static void counts(int c, uint64_t *active, uint64_t *listed) {
         fixture_reply r;
         status(c, &r);
-        *active = fq_u64(r.result, "sandboxes");
-        *listed = fq_u64(r.result, "sandboxes_listed");
+        *active = fixture_u64(r.result, "sandboxes");
+        *listed = fixture_u64(r.result, "sandboxes_listed");
         fixture_reply_free(&r);
 }
 
 START_TEST(test_status_counts_sandboxes) {
         fixture_init(&f);
         fixture_start(&f, NULL);
-        fq_wait_status_prefix(&f, "audit", "ok (key sealed: ");
+        fixture_wait_status_prefix(&f, "audit", "ok (key sealed: ");
         int c = fixture_connect(&f);
         fixture_reply r;
         uint64_t active, listed;
@@ -130,18 +117,15 @@ START_TEST(test_status_counts_sandboxes) {
         ck_assert_uint_eq(active, 0);
         ck_assert_uint_eq(listed, 0);
 
-        ck_assert_msg(fixture_call(&f, c, "sandbox.spawn", pack_spawn, "sleep 60", &r), "%s: %s", r.code, r.message);
         char id[64];
-        fq_str(r.result, "id", id, sizeof(id));
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", "sleep 60", id, sizeof(id));
         counts(c, &active, &listed);
         ck_assert_uint_eq(active, 1);
         ck_assert_uint_eq(listed, 1);
 
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.kill", "id", id, NULL));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "sandbox.kill", "id", id, NULL);
         ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        ck_assert_uint_eq(fq_u64(r.result, "signal"), SIGTERM);
+        ck_assert_uint_eq(fixture_u64(r.result, "signal"), SIGTERM);
         fixture_reply_free(&r);
         /* Ended: no longer active, still listed. */
         counts(c, &active, &listed);
@@ -155,7 +139,7 @@ END_TEST
 static bool locked(int c) {
         fixture_reply r;
         status(c, &r);
-        bool b = fq_bool(r.result, "locked_down");
+        bool b = fixture_bool(r.result, "locked_down");
         fixture_reply_free(&r);
         return b;
 }
@@ -168,19 +152,20 @@ static void pack_revoke_all(msgpack_packer *pk, void *arg) {
 START_TEST(test_status_lockdown) {
         fixture_init(&f);
         fixture_start(&f, NULL);
-        fq_wait_status_prefix(&f, "audit", "ok (key sealed: ");
+        fixture_wait_status_prefix(&f, "audit", "ok (key sealed: ");
         int c = fixture_connect(&f);
         fixture_reply r;
         ck_assert(!locked(c));
         ck_assert_msg(fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r), "%s: %s", r.code, r.message);
         fixture_reply_free(&r);
         ck_assert(locked(c));
-        ck_assert(!fixture_call(&f, c, "sandbox.spawn", pack_spawn, "true", &r));
+        const char *argv[] = { "/bin/sh", "-c", "true", NULL };
+        ck_assert(!fixture_spawn(&f, c, &(fixture_spawn_req) { .task = "default", .workspace = f.workspace, .argv = argv }, NULL, 0, &r));
         ck_assert_str_eq(r.code, "locked_down");
         fixture_reply_free(&r);
 
         ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
-        ck_assert(fq_bool(r.result, "was_locked_down"));
+        ck_assert(fixture_bool(r.result, "was_locked_down"));
         fixture_reply_free(&r);
         ck_assert(!locked(c));
         close(c);

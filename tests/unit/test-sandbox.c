@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "fixture.h"
-#include "sandbox-test.h"
 #include "unit.h"
 
 static fixture f;
@@ -23,20 +22,20 @@ START_TEST(test_exit_code_state_and_meta) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char id[16];
-        st_spawn_sh(&f, c, NULL, "exit 7", id);
+        fixture_spawn_sh(&f, c, NULL, "exit 7", id, sizeof(id));
         long long code = -1, sig = -1;
-        st_wait(&f, c, id, &code, &sig);
+        fixture_wait(&f, c, id, &code, &sig);
         ck_assert_int_eq(code, 7);
         ck_assert_int_eq(sig, 0);
-        st_entry e;
-        ck_assert(st_list_find(&f, c, id, &e));
+        fixture_entry e;
+        ck_assert(fixture_list_find(&f, c, id, &e));
         ck_assert_str_eq(e.state, "exited");
         ck_assert(e.ended);
         ck_assert_int_eq(e.exit_code, 7);
-        ck_assert(st_meta_state_is(&f, id, "exited"));
+        ck_assert(fixture_meta_state_is(&f, id, "exited"));
         /* A wait on a sandbox that has ended answers at once, with the same result. */
         code = sig = -1;
-        st_wait(&f, c, id, &code, &sig);
+        fixture_wait(&f, c, id, &code, &sig);
         ck_assert_int_eq(code, 7);
         ck_assert_int_eq(sig, 0);
         close(c);
@@ -49,8 +48,8 @@ START_TEST(test_logs_capture_output) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char id[16];
-        st_spawn_sh(&f, c, NULL, "echo out-line; echo err-line >&2", id);
-        st_wait(&f, c, id, NULL, NULL);
+        fixture_spawn_sh(&f, c, NULL, "echo out-line; echo err-line >&2", id, sizeof(id));
+        fixture_wait(&f, c, id, NULL, NULL);
         fixture_reply r;
         ck_assert(fixture_call_str(&f, c, &r, "sandbox.logs", "id", id, NULL));
         const msgpack_object *o = fixture_get(r.result, "stdout"), *e = fixture_get(r.result, "stderr");
@@ -77,12 +76,12 @@ START_TEST(test_running_then_killed_by_signal_and_two_waits) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f), c2 = fixture_connect(&f), c3 = fixture_connect(&f);
         char id[16];
-        st_spawn_sh(&f, c, NULL, "exec sleep 60", id);
-        st_entry e;
-        ck_assert(st_list_find(&f, c, id, &e));
+        fixture_spawn_sh(&f, c, NULL, "exec sleep 60", id, sizeof(id));
+        fixture_entry e;
+        ck_assert(fixture_list_find(&f, c, id, &e));
         ck_assert_str_eq(e.state, "running");
         ck_assert(!e.ended);
-        ck_assert(st_meta_state_is(&f, id, "running"));
+        ck_assert(fixture_meta_state_is(&f, id, "running"));
 
         /* Two waits on one sandbox, on two connections: both are answered. */
         uint32_t w1 = fixture_send(&f, c2, "sandbox.wait", pack_id, id);
@@ -102,11 +101,11 @@ START_TEST(test_running_then_killed_by_signal_and_two_waits) {
                 ck_assert_int_eq(s->via.u64, SIGUSR1);
                 fixture_reply_free(&r);
         }
-        ck_assert(st_list_find(&f, c, id, &e));
+        ck_assert(fixture_list_find(&f, c, id, &e));
         ck_assert(e.ended);
         ck_assert_int_eq(e.signal, SIGUSR1);
         ck_assert_str_eq(e.state, "exited");   /* a signal it was sent, not a kill of ours */
-        ck_assert(st_meta_state_is(&f, id, "exited"));
+        ck_assert(fixture_meta_state_is(&f, id, "exited"));
 
         /* It has ended: a kill is refused. */
         ck_assert(!fixture_call(&f, c, "sandbox.kill", pack_kill, kill, &r));
@@ -124,18 +123,18 @@ START_TEST(test_sigkill_is_killed) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char id[16];
-        st_spawn_sh(&f, c, NULL, "exec sleep 60", id);
+        fixture_spawn_sh(&f, c, NULL, "exec sleep 60", id, sizeof(id));
         fixture_reply r;
         const char *kill[] = { id, "KILL" };
         ck_assert(fixture_call(&f, c, "sandbox.kill", pack_kill, kill, &r));
         fixture_reply_free(&r);
         long long code = -1, sig = -1;
-        st_wait(&f, c, id, &code, &sig);
+        fixture_wait(&f, c, id, &code, &sig);
         ck_assert_int_eq(sig, SIGKILL);
-        st_entry e;
-        ck_assert(st_list_find(&f, c, id, &e));
+        fixture_entry e;
+        ck_assert(fixture_list_find(&f, c, id, &e));
         ck_assert_str_eq(e.state, "killed");
-        ck_assert(st_meta_state_is(&f, id, "killed"));
+        ck_assert(fixture_meta_state_is(&f, id, "killed"));
         close(c);
         fixture_stop(&f);
 }
@@ -153,14 +152,14 @@ START_TEST(test_unknown_ids_and_bad_signal) {
                 fixture_reply_free(&r);
         }
         char id[16];
-        st_spawn_sh(&f, c, NULL, "exec sleep 60", id);
+        fixture_spawn_sh(&f, c, NULL, "exec sleep 60", id, sizeof(id));
         const char *bad[] = { id, "NOSUCHSIG" };
         ck_assert(!fixture_call(&f, c, "sandbox.kill", pack_kill, bad, &r));
         ck_assert_str_eq(r.code, "invalid_params");
         fixture_reply_free(&r);
         /* The refused kill did nothing. */
-        st_entry e;
-        ck_assert(st_list_find(&f, c, id, &e));
+        fixture_entry e;
+        ck_assert(fixture_list_find(&f, c, id, &e));
         ck_assert_str_eq(e.state, "running");
         close(c);
         fixture_stop(&f);

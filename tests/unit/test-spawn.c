@@ -10,46 +10,43 @@
 #include <unistd.h>
 
 #include "fixture.h"
-#include "sandbox-test.h"
 #include "unit.h"
 
 static fixture f;
-static char cg[PATH_MAX];
 
-/* The daemon in a cgroup subtree of its own, so sb-* can be counted. */
+/* The daemon in the fixture's cgroup subtree (f.cgroup), so sb-* can be counted. */
 static void start(void) {
         fixture_init(&f);
-        char conf[PATH_MAX + 64] = "";
-        if (st_cgroup_make(cg, sizeof(cg)))
-                snprintf(conf, sizeof(conf), "[Daemon]\nCgroupPath=%s\n", cg);
-        fixture_start(&f, conf);
+        fixture_start(&f, NULL);
 }
 
 static void stop(void) {
         fixture_stop(&f);
-        st_cgroup_done(cg);
 }
 
 static size_t n_sandbox_dirs(void) {
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/agentd/sandboxes", f.state_home);
-        return st_count_entries(dir, NULL);
+        return fixture_count_entries(dir, NULL);
 }
 
 /* The spawn is refused with `code`, and nothing is left of it. */
-static void refused(int c, const st_spawn *s, const char *code) {
-        size_t dirs = n_sandbox_dirs(), listed = st_list_count(&f, c);
-        size_t cgroups = cg[0] ? st_count_entries(cg, "sb-") : 0;
+static void refused(int c, const fixture_spawn_req *s, const char *code) {
+        size_t dirs = n_sandbox_dirs(), listed = fixture_list_count(&f, c);
+        size_t cgroups = f.cgroup[0] ? fixture_count_entries(f.cgroup, "sb-") : 0;
         fixture_reply r;
         char id[16];
-        ck_assert_msg(!st_spawn_call(&f, c, s, id, &r), "spawn of %s should be refused", s->workspace);
+        ck_assert_msg(!fixture_spawn(&f, c, s, id, sizeof(id), &r), "spawn of %s should be refused", s->workspace);
         ck_assert_msg(strcmp(r.code, code) == 0, "%s: %s (want %s)", r.code, r.message, code);
         fixture_reply_free(&r);
         ck_assert_uint_eq(n_sandbox_dirs(), dirs);
-        ck_assert_uint_eq(st_list_count(&f, c), listed);
-        if (cg[0])
-                ck_assert_uint_eq(st_count_entries(cg, "sb-"), cgroups);
-        ck_assert_msg(st_audit_has_rpc(&f, c, "sandbox.spawn", code), "no audit record of the refusal (%s)", code);
+        ck_assert_uint_eq(fixture_list_count(&f, c), listed);
+        if (f.cgroup[0])
+                ck_assert_uint_eq(fixture_count_entries(f.cgroup, "sb-"), cgroups);
+        char outcome[80];
+        snprintf(outcome, sizeof(outcome), "\"outcome\"=>\"%s\"", code);
+        fixture_audit_match q = { .f = &f, .c = c, .type = "rpc", .needles = { "\"method\"=>\"sandbox.spawn\"", outcome } };
+        ck_assert_msg(fixture_audited(&q), "no audit record of the refusal (%s)", code);
 }
 
 static const char *const true_argv[] = { "/bin/true", NULL };
@@ -59,27 +56,27 @@ START_TEST(test_workspace_refusals) {
         int c = fixture_connect(&f);
         char path[PATH_MAX], file[PATH_MAX], link_home[PATH_MAX], link_root[PATH_MAX];
         snprintf(path, sizeof(path), "%s/nosuch", f.home);
-        refused(c, &(st_spawn) { .workspace = path, .argv = true_argv }, "invalid_params");
+        refused(c, &(fixture_spawn_req) { .workspace = path, .argv = true_argv }, "invalid_params");
 
         snprintf(file, sizeof(file), "%s/a-file", f.home);
-        st_write_file(file, "not a directory\n");
-        refused(c, &(st_spawn) { .workspace = file, .argv = true_argv }, "invalid_params");
+        fixture_write_file(file, "not a directory\n");
+        refused(c, &(fixture_spawn_req) { .workspace = file, .argv = true_argv }, "invalid_params");
 
         /* A symlink is followed: what counts is where it leads. */
         snprintf(link_home, sizeof(link_home), "%s/to-home", f.workspace);
         ck_assert_int_eq(symlink(f.home, link_home), 0);
-        refused(c, &(st_spawn) { .workspace = link_home, .argv = true_argv }, "policy_denied");
+        refused(c, &(fixture_spawn_req) { .workspace = link_home, .argv = true_argv }, "policy_denied");
         snprintf(link_root, sizeof(link_root), "%s/to-root", f.workspace);
         ck_assert_int_eq(symlink("/", link_root), 0);
-        refused(c, &(st_spawn) { .workspace = link_root, .argv = true_argv }, "policy_denied");
+        refused(c, &(fixture_spawn_req) { .workspace = link_root, .argv = true_argv }, "policy_denied");
         snprintf(link_root, sizeof(link_root), "%s/to-proc", f.workspace);
         ck_assert_int_eq(symlink("/proc/self", link_root), 0);
-        refused(c, &(st_spawn) { .workspace = link_root, .argv = true_argv }, "policy_denied");
+        refused(c, &(fixture_spawn_req) { .workspace = link_root, .argv = true_argv }, "policy_denied");
         snprintf(link_root, sizeof(link_root), "%s/to-state", f.workspace);
         snprintf(path, sizeof(path), "%s/agentd", f.state_home);
         ck_assert_int_eq(symlink(path, link_root), 0);
-        refused(c, &(st_spawn) { .workspace = link_root, .argv = true_argv }, "policy_denied");
-        refused(c, &(st_spawn) { .workspace = "relative/dir", .argv = true_argv }, "invalid_params");
+        refused(c, &(fixture_spawn_req) { .workspace = link_root, .argv = true_argv }, "policy_denied");
+        refused(c, &(fixture_spawn_req) { .workspace = "relative/dir", .argv = true_argv }, "invalid_params");
         close(c);
         stop();
 }
@@ -88,24 +85,24 @@ END_TEST
 START_TEST(test_task_and_argv_refusals) {
         start();
         int c = fixture_connect(&f);
-        refused(c, &(st_spawn) { .task = "nosuch", .workspace = f.workspace, .argv = true_argv }, "not_found");
+        refused(c, &(fixture_spawn_req) { .task = "nosuch", .workspace = f.workspace, .argv = true_argv }, "not_found");
         static const char *const none[] = { NULL };
-        refused(c, &(st_spawn) { .workspace = f.workspace, .argv = none }, "invalid_params");
+        refused(c, &(fixture_spawn_req) { .workspace = f.workspace, .argv = none }, "invalid_params");
         static const char *const empty0[] = { "", "x", NULL };
-        refused(c, &(st_spawn) { .workspace = f.workspace, .argv = empty0 }, "invalid_params");
+        refused(c, &(fixture_spawn_req) { .workspace = f.workspace, .argv = empty0 }, "invalid_params");
 
         /* 5000 arguments: over MAX_ARGV_COUNT (4096). */
         static const char *many[5001];
         for (size_t i = 0; i < 5000; i++)
                 many[i] = "x";
-        refused(c, &(st_spawn) { .workspace = f.workspace, .argv = many }, "limit_exceeded");
+        refused(c, &(fixture_spawn_req) { .workspace = f.workspace, .argv = many }, "limit_exceeded");
         /* One argument of 300 KiB: over MAX_ARGV_BYTES (256 KiB). */
         char *big = malloc(300 * 1024 + 1);
         ck_assert_ptr_nonnull(big);
         memset(big, 'y', 300 * 1024);
         big[300 * 1024] = 0;
         const char *const bigv[] = { "/bin/echo", big, NULL };
-        refused(c, &(st_spawn) { .workspace = f.workspace, .argv = bigv }, "limit_exceeded");
+        refused(c, &(fixture_spawn_req) { .workspace = f.workspace, .argv = bigv }, "limit_exceeded");
         free(big);
         close(c);
         stop();
@@ -129,15 +126,14 @@ START_TEST(test_locked_down_after_revoke_all) {
         ck_assert(ld && ld->type == MSGPACK_OBJECT_BOOLEAN && ld->via.boolean);
         fixture_reply_free(&r);
 
-        refused(c, &(st_spawn) { .workspace = f.workspace, .argv = true_argv }, "locked_down");
+        refused(c, &(fixture_spawn_req) { .workspace = f.workspace, .argv = true_argv }, "locked_down");
 
         /* Unlocked, the same spawn runs. */
-        ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.unlock", NULL);
         char id[16];
-        ck_assert(st_spawn_call(&f, c, &(st_spawn) { .workspace = f.workspace, .argv = true_argv }, id, &r));
+        ck_assert(fixture_spawn(&f, c, &(fixture_spawn_req) { .workspace = f.workspace, .argv = true_argv }, id, sizeof(id), &r));
         long long code = -1;
-        st_wait(&f, c, id, &code, NULL);
+        fixture_wait(&f, c, id, &code, NULL);
         ck_assert_int_eq(code, 0);
         close(c);
         stop();
@@ -150,7 +146,7 @@ END_TEST
 START_TEST(test_late_failure_is_undone) {
         start();
         int c = fixture_connect(&f);
-        size_t listed = st_list_count(&f, c);
+        size_t listed = fixture_list_count(&f, c);
         int p[2];
         ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
         int dfd = eventfd(0, EFD_CLOEXEC);
@@ -181,9 +177,9 @@ START_TEST(test_late_failure_is_undone) {
         close(p[0]);
         close(p[1]);
 
-        ck_assert_uint_eq(st_list_count(&f, c), listed);
-        if (cg[0])
-                ck_assert_uint_eq(st_count_entries(cg, "sb-"), 0);
+        ck_assert_uint_eq(fixture_list_count(&f, c), listed);
+        if (f.cgroup[0])
+                ck_assert_uint_eq(fixture_count_entries(f.cgroup, "sb-"), 0);
         /* Its directory may stay (swept at the next start), never its record. */
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/agentd/sandboxes", f.state_home);
@@ -193,12 +189,14 @@ START_TEST(test_late_failure_is_undone) {
                 if (de->d_name[0] == '.')
                         continue;
                 char meta[PATH_MAX];
-                st_sandbox_path(&f, de->d_name, "meta.json", meta, sizeof(meta));
+                fixture_sandbox_path(&f, de->d_name, "meta.json", meta, sizeof(meta));
                 ck_assert_msg(access(meta, F_OK) < 0, "%s is left behind", meta);
         }
         if (d)
                 closedir(d);
-        ck_assert(st_audit_has_rpc(&f, c, "sandbox.spawn", "invalid_params"));
+        fixture_audit_match q = { .f = &f, .c = c, .type = "rpc",
+                                  .needles = { "\"method\"=>\"sandbox.spawn\"", "\"outcome\"=>\"invalid_params\"" } };
+        ck_assert(fixture_audited(&q));
         close(c);
         stop();
 }

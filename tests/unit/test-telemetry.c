@@ -20,7 +20,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fixture-query.h"
 #include "fixture.h"
 #include "unit.h"
 
@@ -240,25 +239,11 @@ static void wait_for(const char *path, const char *const *needles) {
 
 static const char script[] = "echo secret-argument-$((6*7)) >/dev/null; exit 3";
 
-static void pack_spawn(msgpack_packer *pk, void *arg) {
-        msgpack_pack_map(pk, 3);
-        mp_pack_kv_str(pk, "task", "default");
-        mp_pack_kv_str(pk, "workspace", f.workspace);
-        mp_pack_cstr(pk, "argv");
-        msgpack_pack_array(pk, 3);
-        mp_pack_cstr(pk, "/bin/sh");
-        mp_pack_cstr(pk, "-c");
-        mp_pack_cstr(pk, script);
-}
-
 static void run_sandbox(int c, char *id, size_t size) {
-        fixture_reply r;
-        ck_assert_msg(fixture_call(&f, c, "sandbox.spawn", pack_spawn, NULL, &r), "%s: %s", r.code, r.message);
-        fq_str(r.result, "id", id, size);
-        fixture_reply_free(&r);
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.wait", "id", id, NULL));
-        ck_assert_uint_eq(fq_u64(r.result, "exit_code"), 3);
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, "default", script, id, size);
+        long long code = -1;
+        fixture_wait(&f, c, id, &code, NULL);
+        ck_assert_int_eq(code, 3);
 }
 
 /* agentd.status "telemetry" on connection c; the reply stays in r. */
@@ -275,7 +260,7 @@ static void start_with_endpoint(uint16_t port, const char *extra) {
                  extra ? extra : "");
         fixture_init(&f);
         fixture_start(&f, conf);
-        fq_wait_audit_ready(&f);
+        fixture_wait_audit_ready(&f);
 }
 
 typedef struct state_wait {
@@ -288,7 +273,7 @@ static bool state_is(void *arg) {
         fixture_reply r;
         char buf[700];
         const msgpack_object *t = telemetry_status(w->c, &r);
-        bool ok = strncmp(fq_str(t, "state", buf, sizeof(buf)), w->prefix, strlen(w->prefix)) == 0;
+        bool ok = strncmp(fixture_str(t, "state", buf, sizeof(buf)), w->prefix, strlen(w->prefix)) == 0;
         fixture_reply_free(&r);
         return ok;
 }
@@ -300,7 +285,7 @@ static void wait_state(int c, const char *prefix) {
 
 static uint64_t status_u64(int c, const char *key) {
         fixture_reply r;
-        uint64_t v = fq_u64(telemetry_status(c, &r), key);
+        uint64_t v = fixture_u64(telemetry_status(c, &r), key);
         fixture_reply_free(&r);
         return v;
 }
@@ -328,14 +313,14 @@ static void wait_count(int c, const char *key, uint64_t min) {
 START_TEST(test_off_by_default) {
         fixture_init(&f);
         fixture_start(&f, NULL);
-        fq_wait_audit_ready(&f);
+        fixture_wait_audit_ready(&f);
         int c = fixture_connect(&f);
         char id[64], buf[64];
         run_sandbox(c, id, sizeof(id));
         fixture_reply r;
         const msgpack_object *t = telemetry_status(c, &r);
         ck_assert_uint_eq(t->via.map.size, 1);
-        ck_assert_str_eq(fq_str(t, "state", buf, sizeof(buf)), "off");
+        ck_assert_str_eq(fixture_str(t, "state", buf, sizeof(buf)), "off");
         fixture_reply_free(&r);
         /* No key made, nothing sent anywhere. */
         char key[PATH_MAX + 32];
@@ -353,8 +338,7 @@ START_TEST(test_exports_a_sandbox_redacted) {
         char id[64], buf[256];
         run_sandbox(c, id, sizeof(id));
         fixture_reply r;
-        ck_assert(fixture_call(&f, c, "agentd.ping", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "agentd.ping", NULL);
 
         char sid[128];
         snprintf(sid, sizeof(sid), "{\"stringValue\":\"%s\"}", id);
@@ -379,9 +363,9 @@ START_TEST(test_exports_a_sandbox_redacted) {
         wait_count(c, "sent_metrics", 1);
         const msgpack_object *t = telemetry_status(c, &r);
         snprintf(sid, sizeof(sid), "ok: exporting to http://127.0.0.1:%u", col.port);
-        ck_assert_str_eq(fq_str(t, "state", buf, sizeof(buf)), sid);
-        ck_assert_str_eq(fq_str(t, "endpoint", buf, sizeof(buf)), sid + strlen("ok: exporting to "));
-        ck_assert_uint_eq(fq_u64(t, "dropped"), 0);
+        ck_assert_str_eq(fixture_str(t, "state", buf, sizeof(buf)), sid);
+        ck_assert_str_eq(fixture_str(t, "endpoint", buf, sizeof(buf)), sid + strlen("ok: exporting to "));
+        ck_assert_uint_eq(fixture_u64(t, "dropped"), 0);
         fixture_reply_free(&r);
         /* The per-machine key of the hashes. */
         char key[PATH_MAX + 32];
@@ -419,9 +403,7 @@ START_TEST(test_refused_connections_do_not_fail_requests) {
         int c = fixture_connect(&f);
         char id[64];
         run_sandbox(c, id, sizeof(id));
-        fixture_reply r;
-        ck_assert(fixture_call(&f, c, "task.list", NULL, NULL, &r));
-        fixture_reply_free(&r);
+        fixture_call_ok(&f, c, "task.list", NULL);
         wait_state(c, "failing: ");
         wait_count(c, "dropped_failed", 1);
         ck_assert_uint_eq(status_u64(c, "sent_logs"), 0);
@@ -450,8 +432,7 @@ START_TEST(test_a_silent_collector_does_not_block) {
                 ck_assert_msg(fixture_call(&f, c, "credentials.revoke", pack_revoke_all, NULL, &r), "%s: %s", r.code,
                               r.message);
                 fixture_reply_free(&r);
-                ck_assert(fixture_call(&f, c, "agentd.unlock", NULL, NULL, &r));
-                fixture_reply_free(&r);
+                fixture_call_ok(&f, c, "agentd.unlock", NULL);
                 run_sandbox(c, id, sizeof(id));
         }
         /* Every request was answered while the batches wait (their 10 s
@@ -476,7 +457,7 @@ START_TEST(test_collector_errors_then_recovery) {
         wait_count(c, "dropped_failed", 1);
         fixture_reply r;
         const msgpack_object *t = telemetry_status(c, &r);
-        ck_assert_uint_eq(fq_u64(t, "dropped"), fq_u64(t, "dropped_failed") + fq_u64(t, "dropped_queue_full"));
+        ck_assert_uint_eq(fixture_u64(t, "dropped"), fixture_u64(t, "dropped_failed") + fixture_u64(t, "dropped_queue_full"));
         fixture_reply_free(&r);
 
         atomic_store(&col.status, 200);

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "fixture.h"
-#include "sandbox-test.h"
 #include "unit.h"
 
 static fixture f;
@@ -21,14 +20,14 @@ static void ws_path(const char *rel, char *buf, size_t size) {
 static void ws_write(const char *rel, const char *text) {
         char p[PATH_MAX];
         ws_path(rel, p, sizeof(p));
-        st_write_file(p, text);
+        fixture_write_file(p, text);
 }
 
 /* The host workspace file's content is `want` (NULL: it does not exist). */
 static void ws_is(const char *rel, const char *want) {
         char p[PATH_MAX];
         ws_path(rel, p, sizeof(p));
-        char *text = st_read_file(p);
+        char *text = fixture_read_file(p);
         if (!want)
                 ck_assert_msg(!text && access(p, F_OK) < 0, "%s exists", rel);
         else {
@@ -40,9 +39,9 @@ static void ws_is(const char *rel, const char *want) {
 
 /* Runs the script in a fresh overlay sandbox, in the fixture's workspace, to its end. */
 static void run(int c, const char *script, char id[16]) {
-        st_spawn_sh(&f, c, NULL, script, id);
+        fixture_spawn_sh(&f, c, NULL, script, id, 16);
         long long code = -1;
-        st_wait(&f, c, id, &code, NULL);
+        fixture_wait(&f, c, id, &code, NULL);
         ck_assert_int_eq(code, 0);
 }
 
@@ -71,14 +70,21 @@ static void assert_change(const msgpack_object *diff, const char *path, const ch
 
 static const char script[] = "echo new > n; echo B > b; rm a; mkdir -p d/e; echo deep > d/e/f";
 
-START_TEST(test_diff_then_promote) {
+/* A workspace with files a and b, and the script run over it to its end:
+ * the host connection. */
+static int run_script_over_a_and_b(char id[16]) {
         fixture_init(&f);
         ws_write("a", "a\n");
         ws_write("b", "b\n");
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
-        char id[16];
         run(c, script, id);
+        return c;
+}
+
+START_TEST(test_diff_then_promote) {
+        char id[16];
+        int c = run_script_over_a_and_b(id);
         /* The sandbox wrote into its layer only. */
         ws_is("n", NULL);
         ws_is("b", "b\n");
@@ -115,29 +121,18 @@ START_TEST(test_diff_then_promote) {
 END_TEST
 
 START_TEST(test_discard_leaves_the_host_alone) {
-        fixture_init(&f);
-        ws_write("a", "a\n");
-        ws_write("b", "b\n");
-        fixture_start(&f, NULL);
-        int c = fixture_connect(&f);
         char id[16];
-        run(c, script, id);
-        fixture_reply r;
-        ck_assert(fixture_call_str(&f, c, &r, "sandbox.discard", "id", id, NULL));
-        fixture_reply_free(&r);
+        int c = run_script_over_a_and_b(id);
+        fixture_call_ok(&f, c, "sandbox.discard", "id", id, NULL);
         ws_is("a", "a\n");
         ws_is("b", "b\n");
         ws_is("n", NULL);
         /* The layer is gone, and the record says so. */
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.diff", "id", id, NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.promote", "id", id, NULL));
-        ck_assert_str_eq(r.code, "not_found");
-        fixture_reply_free(&r);
+        fixture_call_fails(&f, c, "not_found", "sandbox.diff", "id", id, NULL);
+        fixture_call_fails(&f, c, "not_found", "sandbox.promote", "id", id, NULL);
         char meta[PATH_MAX];
-        st_sandbox_path(&f, id, "meta.json", meta, sizeof(meta));
-        char *text = st_read_file(meta);
+        fixture_sandbox_path(&f, id, "meta.json", meta, sizeof(meta));
+        char *text = fixture_read_file(meta);
         ck_assert(text && strstr(text, "\"discarded\":true"));
         free(text);
         ws_is("n", NULL);
@@ -151,14 +146,9 @@ START_TEST(test_promote_and_discard_wait_for_the_end) {
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char id[16];
-        st_spawn_sh(&f, c, NULL, "echo x > x; exec sleep 60", id);
-        fixture_reply r;
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.promote", "id", id, NULL));
-        ck_assert_str_eq(r.code, "policy_denied");
-        fixture_reply_free(&r);
-        ck_assert(!fixture_call_str(&f, c, &r, "sandbox.discard", "id", id, NULL));
-        ck_assert_str_eq(r.code, "policy_denied");
-        fixture_reply_free(&r);
+        fixture_spawn_sh(&f, c, NULL, "echo x > x; exec sleep 60", id, sizeof(id));
+        fixture_call_fails(&f, c, "policy_denied", "sandbox.promote", "id", id, NULL);
+        fixture_call_fails(&f, c, "policy_denied", "sandbox.discard", "id", id, NULL);
         ws_is("x", NULL);
         close(c);
         fixture_stop(&f);
@@ -173,7 +163,7 @@ START_TEST(test_hostile_names_are_not_promoted) {
         ws_path(".git/hooks", gitdir, sizeof(gitdir));
         ck_assert_int_eq(mkdir(gitdir, 0700), 0);
         snprintf(outside, sizeof(outside), "%s/outside.txt", f.root);
-        st_write_file(outside, "outside\n");
+        fixture_write_file(outside, "outside\n");
         fixture_start(&f, NULL);
         int c = fixture_connect(&f);
         char id[16], cmd[PATH_MAX + 200];
@@ -204,7 +194,7 @@ START_TEST(test_hostile_names_are_not_promoted) {
         ck_assert_int_lt(lstat(p, &st), 0);
         ws_path("fifo", p, sizeof(p));
         ck_assert_int_lt(lstat(p, &st), 0);
-        char *text = st_read_file(outside);
+        char *text = fixture_read_file(outside);
         ck_assert_str_eq(text, "outside\n");
         free(text);
         close(c);
