@@ -336,6 +336,24 @@ static int exit_status_of(const msgpack_object *o) {
         return sig > 0 ? 128 + (int) sig : (int) (code & 0xff);
 }
 
+/* agentctl's exit code for the answer to a call that waited for a sandbox
+ * (sandbox.wait, sandbox.spawn with wait): its status, or why there is none.
+ * Takes res over. */
+static int exit_status_of_reply(int r, rpc_result *res) {
+        if (r < 0) {
+                fprintf(stderr, "agentctl: connection to agentd lost: %s\n", strerror(-r));
+                return EXIT_UNREACHABLE;
+        }
+        if (res->error) {
+                fprintf(stderr, "agentctl: %s: %s\n", res->code, res->message);
+                rpc_result_done(res);
+                return EXIT_DAEMON_ERROR;
+        }
+        int status = exit_status_of(res->result);
+        rpc_result_done(res);
+        return status;
+}
+
 static int wait_exit_status(rpc_client *c, const char *id) {
         for (;;) {
                 params p;
@@ -348,18 +366,7 @@ static int wait_exit_status(rpc_client *c, const char *id) {
                         forward_pending_signal();
                         continue;
                 }
-                if (r < 0) {
-                        fprintf(stderr, "agentctl: connection to agentd lost: %s\n", strerror(-r));
-                        return EXIT_UNREACHABLE;
-                }
-                if (res.error) {
-                        fprintf(stderr, "agentctl: %s: %s\n", res.code, res.message);
-                        rpc_result_done(&res);
-                        return EXIT_DAEMON_ERROR;
-                }
-                int status = exit_status_of(res.result);
-                rpc_result_done(&res);
-                return status;
+                return exit_status_of_reply(r, &res);
         }
 }
 
@@ -583,20 +590,9 @@ static int spawn_attached(rpc_client *c, params *p, int fds[3], stdio_relay *rel
                 return SPAWN_WITHOUT_WAIT; /* nothing ran; the relay's pipes are still ours to send again */
         }
         stdio_relay_sent(relay);
-        if (r < 0) {
-                fprintf(stderr, "agentctl: connection to agentd lost: %s\n", strerror(-r));
-                return EXIT_UNREACHABLE;
-        }
-        if (res.error) {
-                fprintf(stderr, "agentctl: %s: %s\n", res.code, res.message);
-                rpc_result_done(&res);
-                return EXIT_DAEMON_ERROR;
-        }
-        if (!id) /* no sandbox.started seen: the note is in the reply */
+        if (r >= 0 && !res.error && !id) /* no sandbox.started seen: the note is in the reply */
                 free(spawn_reply_id(res.result));
-        int status = exit_status_of(res.result);
-        rpc_result_done(&res);
-        return status;
+        return exit_status_of_reply(r, &res);
 }
 
 static int cmd_spawn(const command *cmd_row, int argc, char **argv) {
