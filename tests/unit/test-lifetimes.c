@@ -73,7 +73,9 @@ START_TEST(test_stop_while_a_workspace_job_runs) {
 }
 END_TEST
 
-START_TEST(test_stop_while_an_approval_is_pending) {
+/* A Network Ask=yes sandbox whose CONNECT (sent on its proxy socket, as the
+ * bridge does) waits for an answer: the host connection and the proxy one. */
+static void start_held_connect(int *ret_c, int *ret_p) {
         fixture_init(&f);
         fixture_write_task(&f, "ask", "[Task]\nDescription=asks\n[Network]\nMode=proxy\nAllow=127.0.0.1:9\nAsk=yes\nAskTimeout=60s\n");
         fixture_start(&f, NULL);
@@ -83,6 +85,13 @@ START_TEST(test_stop_while_an_approval_is_pending) {
         int p = fixture_proxy_connect(&f, sid);
         static const char req[] = "CONNECT 127.0.0.1:10 HTTP/1.1\r\nHost: 127.0.0.1:10\r\n\r\n";
         ck_assert_int_eq(write(p, req, sizeof(req) - 1), (ssize_t) sizeof(req) - 1);
+        *ret_c = c;
+        *ret_p = p;
+}
+
+START_TEST(test_stop_while_an_approval_is_pending) {
+        int c, p;
+        start_held_connect(&c, &p);
         bool pending = false;
         for (int i = 0; i < 200 && !pending; i++) {
                 fixture_reply r;
@@ -147,15 +156,8 @@ START_TEST(test_finish_while_a_sandbox_runs_attached) {
 END_TEST
 
 START_TEST(test_finish_while_an_approval_is_pending) {
-        fixture_init(&f);
-        fixture_write_task(&f, "ask", "[Task]\nDescription=asks\n[Network]\nMode=proxy\nAllow=127.0.0.1:9\nAsk=yes\nAskTimeout=60s\n");
-        fixture_start(&f, NULL);
-        int c = fixture_connect(&f);
-        char sid[64];
-        fixture_spawn_sh(&f, c, "ask", "exec sleep 60", sid, sizeof(sid));
-        int p = fixture_proxy_connect(&f, sid);
-        static const char req[] = "CONNECT 127.0.0.1:10 HTTP/1.1\r\nHost: 127.0.0.1:10\r\n\r\n";
-        ck_assert_int_eq(write(p, req, sizeof(req) - 1), (ssize_t) sizeof(req) - 1);
+        int c, p;
+        start_held_connect(&c, &p);
         fixture_run(&f, 300);
         finish_now();
         close(p);

@@ -235,27 +235,35 @@ START_TEST(test_new_toolchain_dir_drops_it) {
 }
 END_TEST
 
+/* Task "ro" with ReadOnlyPaths=~/data (a directory holding f): two spawns
+ * running `look` print `want` on one plan build; then ~/data is replaced by a
+ * symlink to `target`. */
+static void ro_data_then_link(const char *look, const char *want, const char *target) {
+        home_write("data/f", "data\n", 0644);
+        fixture_write_task(&f, "ro", "[Task]\nCommand=/bin/sh\n[Filesystem]\nWorkspace=overlay\nToolchains=none\n"
+                                     "ReadOnlyPaths=~/data\n[Network]\nMode=none\n");
+        start(NULL);
+        run_expect("ro", NULL, look, want);
+        run_expect("ro", NULL, look, want);
+        ck_assert_uint_eq(builds(), 1);
+        char data[PATH_MAX], data_f[PATH_MAX];
+        home_path("data", data, sizeof(data));
+        home_path("data/f", data_f, sizeof(data_f));
+        ck_assert_int_eq(unlink(data_f), 0);
+        ck_assert_int_eq(rmdir(data), 0);
+        ck_assert_int_eq(symlink(target, data), 0);
+}
+
 /* ReadOnlyPaths=~/data, a directory when the plan was built, then replaced
  * by a symlink to ~/other: the next spawn shows what the link points to now
  * (~/other), not the stale resolution. */
 START_TEST(test_path_replaced_by_symlink_drops_it) {
         fixture_init(&f);
-        home_write("data/f", "data\n", 0644);
         home_write("other/f", "other\n", 0644);
-        fixture_write_task(&f, "ro", "[Task]\nCommand=/bin/sh\n[Filesystem]\nWorkspace=overlay\nToolchains=none\n"
-                                     "ReadOnlyPaths=~/data\n[Network]\nMode=none\n");
-        start(NULL);
         const char *look = "cat ~/data/f 2>/dev/null || echo no-data; cat ~/other/f 2>/dev/null || echo no-other";
-        run_expect("ro", NULL, look, "data\nno-other\n");
-        run_expect("ro", NULL, look, "data\nno-other\n");
-        ck_assert_uint_eq(builds(), 1);
-        char data[PATH_MAX], data_f[PATH_MAX], other[PATH_MAX];
-        home_path("data", data, sizeof(data));
-        home_path("data/f", data_f, sizeof(data_f));
+        char other[PATH_MAX];
         home_path("other", other, sizeof(other));
-        ck_assert_int_eq(unlink(data_f), 0);
-        ck_assert_int_eq(rmdir(data), 0);
-        ck_assert_int_eq(symlink(other, data), 0);
+        ro_data_then_link(look, "data\nno-other\n", other);
         char *out = run("ro", NULL, look);
         ck_assert_msg(strstr(out, "no-other") == NULL, "the sandbox followed the stale plan: %s", out);
         free(out);
@@ -269,21 +277,10 @@ END_TEST
  * it never shows the state directory through the stale plan's bind. */
 START_TEST(test_path_replaced_by_symlink_to_state_dir_refused) {
         fixture_init(&f);
-        home_write("data/f", "data\n", 0644);
-        fixture_write_task(&f, "ro", "[Task]\nCommand=/bin/sh\n[Filesystem]\nWorkspace=overlay\nToolchains=none\n"
-                                     "ReadOnlyPaths=~/data\n[Network]\nMode=none\n");
-        start(NULL);
         const char *look = "ls ~/data; echo END";
-        run_expect("ro", NULL, look, "f\nEND\n");
-        run_expect("ro", NULL, look, "f\nEND\n");
-        ck_assert_uint_eq(builds(), 1);
-        char data[PATH_MAX], data_f[PATH_MAX], state[PATH_MAX];
-        home_path("data", data, sizeof(data));
-        home_path("data/f", data_f, sizeof(data_f));
+        char state[PATH_MAX];
         snprintf(state, sizeof(state), "%s/agentd", f.state_home);
-        ck_assert_int_eq(unlink(data_f), 0);
-        ck_assert_int_eq(rmdir(data), 0);
-        ck_assert_int_eq(symlink(state, data), 0);
+        ro_data_then_link(look, "f\nEND\n", state);
         fixture_reply r;
         char *out = NULL;
         bool ok = try_run("ro", NULL, look, &out, &r);
